@@ -1,0 +1,28 @@
+//! Links the worker against libtorch_cuda when the installed libtorch has it.
+//!
+//! Nothing in tch references a symbol of libtorch_cuda.so, so a linker running with `--as-needed`
+//! drops it and CUDA silently disappears at run time (`Cuda::is_available()` is false on a GPU
+//! box). Forcing it into DT_NEEDED for the worker binary alone keeps the server free of libtorch.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var_os("CARGO_FEATURE_WORKER").is_none() {
+        return;
+    }
+    let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
+        return;
+    };
+    // Resolve the `.libtorch` link so the rpath keeps working if the checkout moves.
+    let lib_dir = libtorch.join("lib");
+    let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
+    let lib_dir = lib_dir.display();
+    // Every target that runs tch code (the worker and its unit-test harness) finds libtorch here.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
+    if libtorch.join("lib/libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg-bin=trainq-worker=-L{lib_dir}");
+        println!("cargo:rustc-link-arg-bin=trainq-worker=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the one libtorch trainq builds and runs against: torch==2.11.0 from PyPI (the CUDA 13.0
+# build, ~4.6 GB), into a virtual environment in a cache directory shared by every checkout on this
+# machine, then points the repo's ignored `.libtorch` link at it. `.cargo/config.toml` reads
+# LIBTORCH through that link, so `cargo build` needs no hand-set variables.
+#
+# Idempotent: a second run only checks the install and the link.
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${TRAINQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trainq}
+venv="$cache/torch-$TORCH_VERSION"
+python=${PYTHON:-python3}
+
+if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+    echo "setup-libtorch: installing torch==$TORCH_VERSION into $venv (about 2 minutes, 4.6 GB)" >&2
+    rm -rf "$venv.partial"
+    "$python" -m venv "$venv.partial"
+    "$venv.partial/bin/python" -m pip install --quiet --upgrade pip
+    # numpy and pillow serve the benchmarks that compare trainq against PyTorch and Pillow.
+    "$venv.partial/bin/python" -m pip install --quiet "torch==$TORCH_VERSION" numpy pillow safetensors
+    rm -rf "$venv"
+    mv "$venv.partial" "$venv"
+    # A venv records its own path in its scripts; the move keeps `bin/python` working because it
+    # is a symlink to the base interpreter, and we only ever call that and site-packages.
+fi
+
+torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
+ln -sfn "$torch_dir" "$repo/.libtorch"
+ln -sfn "$venv" "$repo/.torch-venv"
+echo "setup-libtorch: torch $TORCH_VERSION at $torch_dir" >&2
