@@ -1,0 +1,190 @@
+//! ImageFolder datasets: `<root>/<name>/{train,val,test}/<class>/<image>`. Classes are the sorted
+//! subfolder names of `train` (so NORMAL = 0, PNEUMONIA = 1 for the chest X-ray set).
+
+use super::{check_plain_name, CatalogError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The split names trainq knows, in order. `train` and `test` are required; `val` is optional.
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// A dataset as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetInfo {
+    /// Folder name, used in specs.
+    pub name: String,
+    /// Class names; index = label.
+    pub classes: Vec<String>,
+    /// The splits present.
+    pub splits: Vec<SplitInfo>,
+    /// The dataset's folder.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// One split's image counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitInfo {
+    /// `train`, `val` or `test`.
+    pub name: String,
+    /// Images in the split.
+    pub images: usize,
+    /// Images per class name.
+    pub per_class: BTreeMap<String, usize>,
+}
+
+impl DatasetInfo {
+    /// The split with this name, if present.
+    pub fn split(&self, name: &str) -> Option<&SplitInfo> {
+        self.splits.iter().find(|split| split.name == name)
+    }
+}
+
+/// Whether a file name looks like an image trainq decodes (JPEG or PNG).
+pub fn is_image_file(path: &Path) -> bool {
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    matches!(extension.as_deref(), Some("jpg" | "jpeg" | "png"))
+}
+
+fn read_dir_sorted(path: &Path) -> Result<Vec<PathBuf>, CatalogError> {
+    let io = |source| CatalogError::Io { path: path.to_path_buf(), source };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        entries.push(entry.map_err(io)?.path());
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+fn subfolder_names(path: &Path) -> Result<Vec<String>, CatalogError> {
+    Ok(read_dir_sorted(path)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
+        .filter(|name| !name.starts_with('.'))
+        .collect())
+}
+
+/// Every image of a split with its class index, in a stable order (class, then file name).
+pub fn split_files(dataset_dir: &Path, split: &str, classes: &[String]) -> Result<Vec<(PathBuf, i64)>, CatalogError> {
+    let mut files = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let class_dir = dataset_dir.join(split).join(class);
+        if !class_dir.is_dir() {
+            continue;
+        }
+        for path in read_dir_sorted(&class_dir)? {
+            if path.is_file() && is_image_file(&path) {
+                files.push((path, label as i64));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Reads one dataset folder.
+pub fn describe(name: &str, path: &Path) -> Result<DatasetInfo, CatalogError> {
+    let bad = |reason: String| CatalogError::BadLayout { name: name.to_string(), reason };
+    let train_dir = path.join("train");
+    if !train_dir.is_dir() {
+        return Err(bad(String::from("it has no train/ folder")));
+    }
+    let classes = subfolder_names(&train_dir)?;
+    if classes.len() < 2 {
+        return Err(bad(format!("train/ must hold one folder per class (at least 2), found {}", classes.len())));
+    }
+    let mut splits = Vec::new();
+    for split in SPLITS {
+        let split_dir = path.join(split);
+        if !split_dir.is_dir() {
+            continue;
+        }
+        let extra: Vec<String> =
+            subfolder_names(&split_dir)?.into_iter().filter(|class| !classes.contains(class)).collect();
+        if !extra.is_empty() {
+            return Err(bad(format!("{split}/ has classes that train/ lacks: {}", extra.join(", "))));
+        }
+        let mut per_class = BTreeMap::new();
+        for (file, label) in split_files(path, split, &classes)? {
+            drop(file);
+            *per_class.entry(classes[label as usize].clone()).or_insert(0) += 1;
+        }
+        let images = per_class.values().sum();
+        splits.push(SplitInfo { name: split.to_string(), images, per_class });
+    }
+    if !path.join("test").is_dir() {
+        return Err(bad(String::from("it has no test/ folder")));
+    }
+    Ok(DatasetInfo { name: name.to_string(), classes, splits, path: path.to_path_buf() })
+}
+
+/// Opens the dataset `name` under `root`.
+pub fn open(root: &Path, name: &str) -> Result<DatasetInfo, CatalogError> {
+    check_plain_name(name)?;
+    let path = root.join(name);
+    if !path.is_dir() {
+        let available = list(root).into_iter().map(|d| d.name).collect::<Vec<_>>().join(", ");
+        let available = if available.is_empty() { String::from("none") } else { available };
+        return Err(CatalogError::UnknownDataset { name: name.to_string(), available });
+    }
+    describe(name, &path)
+}
+
+/// Every usable dataset under `root`; unusable folders are skipped with a warning.
+pub fn list(root: &Path) -> Vec<DatasetInfo> {
+    let Ok(names) = subfolder_names(root) else {
+        return Vec::new();
+    };
+    names
+        .into_iter()
+        .filter_map(|name| match describe(&name, &root.join(&name)) {
+            Ok(info) => Some(info),
+            Err(err) => {
+                tracing::warn!(%err, "skipping dataset folder");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+
+    #[test]
+    fn an_image_folder_is_described_with_sorted_classes() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("xray");
+        touch(&dir.join("train/PNEUMONIA/a.jpeg"));
+        touch(&dir.join("train/PNEUMONIA/b.JPG"));
+        touch(&dir.join("train/NORMAL/c.png"));
+        touch(&dir.join("train/NORMAL/notes.txt"));
+        touch(&dir.join("test/NORMAL/d.jpeg"));
+        let info = open(root.path(), "xray").unwrap();
+        assert_eq!(info.classes, ["NORMAL", "PNEUMONIA"]);
+        assert_eq!(info.split("train").unwrap().images, 3);
+        assert_eq!(info.split("test").unwrap().per_class["NORMAL"], 1);
+        assert!(info.split("val").is_none());
+        let files = split_files(&dir, "train", &info.classes).unwrap();
+        assert_eq!(files.iter().map(|(_, label)| *label).collect::<Vec<_>>(), [0, 1, 1]);
+    }
+
+    #[test]
+    fn unknown_and_malformed_datasets_are_explained() {
+        let root = tempfile::tempdir().unwrap();
+        touch(&root.path().join("flat/train/a.jpeg"));
+        touch(&root.path().join("flat/test/b.jpeg"));
+        let err = open(root.path(), "nope").unwrap_err().to_string();
+        assert!(err.contains("no dataset `nope`"), "{err}");
+        let err = open(root.path(), "flat").unwrap_err().to_string();
+        assert!(err.contains("one folder per class"), "{err}");
+        assert!(open(root.path(), "../etc").is_err());
+        assert!(list(root.path()).is_empty());
+    }
+}

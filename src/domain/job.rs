@@ -1,0 +1,203 @@
+//! Job identity and the job state machine.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A job's public identifier: a random UUID, so ids leak nothing about other users' jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub uuid::Uuid);
+
+impl JobId {
+    /// A fresh random id.
+    pub fn new() -> JobId {
+        JobId(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        JobId::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<JobId, uuid::Error> {
+        uuid::Uuid::parse_str(s).map(JobId)
+    }
+}
+
+/// Where a job is in its life. Stored as the lowercase name in SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Accepted and waiting for a device.
+    Queued,
+    /// Claimed by the scheduler; a worker process runs it.
+    Running,
+    /// The worker exited 0 after writing its results.
+    Succeeded,
+    /// The worker crashed, exited non-zero, or could not start.
+    Failed,
+    /// A user cancelled it, queued or running.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in display order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The name used in the API and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True once nothing more will happen to the job.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// The legal transitions. `Running → Queued` is the re-queue of a job whose server died.
+    pub fn can_become(self, next: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, next),
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Cancelled)
+                | (Running, Queued)
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<JobState, String> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown state `{s}`; expected one of {}", names.join(", "))
+            })
+    }
+}
+
+
+/// Where a running job is, as the queue listing and the dashboard show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    /// 1-based phase number (0 before training starts).
+    pub phase: u32,
+    /// Phases in the spec.
+    pub phases: u32,
+    /// 1-based epoch within the phase.
+    pub epoch: u32,
+    /// Epochs in the current phase.
+    pub epochs: u32,
+    /// Steps done in the current epoch.
+    pub step: u32,
+    /// Steps per epoch.
+    pub steps: u32,
+    /// Training throughput of the current epoch.
+    pub images_per_sec: Option<f64>,
+    /// What the worker is doing when not training (`starting`, `loading data`, `evaluating`).
+    pub activity: String,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Public id.
+    pub id: JobId,
+    /// Submission order.
+    #[serde(skip)]
+    pub seq: i64,
+    /// The spec's name.
+    pub name: String,
+    /// Current state.
+    pub state: JobState,
+    /// The validated spec.
+    pub spec: serde_json::Value,
+    /// The device it runs (or ran) on.
+    pub device: Option<String>,
+    /// RFC 3339 timestamps.
+    pub submitted_at: String,
+    /// When its (latest) worker started.
+    pub started_at: Option<String>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<String>,
+    /// Latest progress.
+    pub progress: Option<JobProgress>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Whether a cancel is under way.
+    pub cancel_requested: bool,
+    /// Final evaluation, once it succeeded.
+    pub final_metrics: Option<crate::domain::progress::FinalMetrics>,
+    /// Workers started for it.
+    pub attempts: i64,
+}
+
+/// The current time as RFC 3339, the format every timestamp in trainq uses.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("the current time always formats")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_have_no_way_out() {
+        for from in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in JobState::ALL {
+                assert!(!from.can_become(to), "{from} -> {to} must be illegal");
+            }
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
+        }
+        assert!("done".parse::<JobState>().unwrap_err().contains("queued"));
+    }
+
+    #[test]
+    fn a_queued_job_cannot_finish_without_running() {
+        assert!(!JobState::Queued.can_become(JobState::Succeeded));
+        assert!(!JobState::Queued.can_become(JobState::Failed));
+    }
+}

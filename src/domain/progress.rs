@@ -1,0 +1,163 @@
+//! The worker protocol: what the supervisor hands a worker (`job.json` in the job's folder) and the
+//! progress events the worker prints back, one per stdout line behind [`EVENT_PREFIX`].
+
+use super::{JobId, JobSpec};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Marks a stdout line as a progress event; every other line is plain log output.
+pub const EVENT_PREFIX: &str = "@trainq ";
+
+/// Everything a worker needs to run one job, written by the supervisor before the spawn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerJob {
+    /// The job being run.
+    pub job_id: JobId,
+    /// The validated spec.
+    pub spec: JobSpec,
+    /// The dataset's root folder (holding `train/`, `val/`, `test/`).
+    pub dataset_dir: PathBuf,
+    /// The pretrained backbone file, when `weights` is `imagenet`.
+    pub weights_file: Option<PathBuf>,
+    /// Where checkpoints and other artifacts go.
+    pub output_dir: PathBuf,
+    /// `cuda` when the supervisor gave the worker a GPU (via CUDA_VISIBLE_DEVICES), else `cpu`.
+    pub device: WorkerDevice,
+    /// Intra-op threads for libtorch on CPU; the box's cores are split between CPU slots.
+    pub threads: usize,
+}
+
+/// The kind of device a worker trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerDevice {
+    /// Train on CPU threads.
+    Cpu,
+    /// Train on the single GPU the worker can see.
+    Cuda,
+}
+
+/// One epoch's curves, as the assignment's accuracy and loss graphs need them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based phase number.
+    pub phase: u32,
+    /// 1-based epoch within the phase.
+    pub epoch: u32,
+    /// Mean training loss over the epoch's batches (training mode, as Keras reports it).
+    pub train_loss: f64,
+    /// Training accuracy over the epoch.
+    pub train_acc: f64,
+    /// Validation loss in inference mode; absent when the dataset has no `val` split.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy in inference mode.
+    pub val_acc: Option<f64>,
+    /// Wall time of the epoch, validation included.
+    pub seconds: f64,
+}
+
+/// The end-of-job evaluation, in inference mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalMetrics {
+    /// Loss over the whole train split.
+    pub train_loss: f64,
+    /// Accuracy over the whole train split.
+    pub train_acc: f64,
+    /// Loss over the test split.
+    pub test_loss: f64,
+    /// Accuracy over the test split.
+    pub test_acc: f64,
+}
+
+/// A worker's report, one per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ProgressEvent {
+    /// The worker is up and knows its device.
+    Started {
+        /// `cpu` or the CUDA device's name.
+        device: String,
+    },
+    /// A split was loaded.
+    Data {
+        /// `train`, `val` or `test`.
+        split: String,
+        /// Images decoded.
+        images: usize,
+        /// Corrupt or unreadable files that were skipped.
+        skipped: usize,
+        /// Time spent loading.
+        seconds: f64,
+    },
+    /// A training phase began.
+    Phase {
+        /// 1-based phase number.
+        phase: u32,
+        /// Epochs in this phase.
+        epochs: u32,
+        /// Number of scalar parameters the optimizer updates in this phase.
+        trainable_params: i64,
+    },
+    /// A training step finished (sent at most a few times a second).
+    Step {
+        /// 1-based phase number.
+        phase: u32,
+        /// 1-based epoch within the phase.
+        epoch: u32,
+        /// Steps done in this epoch.
+        step: u32,
+        /// Steps in this epoch.
+        steps: u32,
+        /// Training throughput over the epoch so far.
+        images_per_sec: f64,
+    },
+    /// An epoch finished.
+    Epoch(EpochMetrics),
+    /// An artifact was written to the output folder.
+    Artifact {
+        /// File name inside the job's folder.
+        name: String,
+    },
+    /// The final evaluation.
+    Final(FinalMetrics),
+}
+
+impl ProgressEvent {
+    /// The line a worker prints for this event.
+    pub fn to_line(&self) -> String {
+        let json = serde_json::to_string(self).expect("progress events always serialize");
+        format!("{EVENT_PREFIX}{json}")
+    }
+
+    /// Reads a stdout line: `Some` for a progress event, `None` for plain log output.
+    pub fn from_line(line: &str) -> Option<Result<ProgressEvent, serde_json::Error>> {
+        line.strip_prefix(EVENT_PREFIX).map(serde_json::from_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_a_line() {
+        let event = ProgressEvent::Epoch(EpochMetrics {
+            phase: 2,
+            epoch: 7,
+            train_loss: 0.25,
+            train_acc: 0.9,
+            val_loss: None,
+            val_acc: Some(0.75),
+            seconds: 1.5,
+        });
+        let line = event.to_line();
+        assert!(line.starts_with(EVENT_PREFIX));
+        assert_eq!(ProgressEvent::from_line(&line).unwrap().unwrap(), event);
+    }
+
+    #[test]
+    fn plain_output_is_not_an_event() {
+        assert!(ProgressEvent::from_line("Epoch 1/100").is_none());
+        assert!(ProgressEvent::from_line("@trainq {broken").unwrap().is_err());
+    }
+}

@@ -1,0 +1,583 @@
+//! The job spec a student POSTs, and its validation. Parse, don't validate: [`JobSpec::parse`] is
+//! the only way to build one, so the rest of trainq never sees an invalid spec.
+
+use super::backbone::Backbone;
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds that keep one student from parking the box. Generous: the assignment needs 200
+/// epochs and 512 px at most.
+pub const MAX_EPOCHS: u32 = 10_000;
+/// Largest accepted `image_size`.
+pub const MAX_IMAGE_SIZE: u32 = 2048;
+/// Largest accepted `batch_size`.
+pub const MAX_BATCH_SIZE: u32 = 4096;
+
+/// Why a spec was refused: the field (as a JSON path) and what to do about it.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// JSON path of the offending field, e.g. `phases[1].train`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl SpecError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError { field: field.into(), message: message.into() }
+    }
+}
+
+/// Where the backbone's initial weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    /// `<weights dir>/<backbone>.safetensors`, torchvision parameter names.
+    Imagenet,
+    /// Fresh random initialisation (seeded).
+    Random,
+}
+
+/// How images are resized to `image_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// Keras' `flow_from_directory` default.
+    #[default]
+    Nearest,
+    /// Bilinear (triangle filter).
+    Bilinear,
+    /// Box filter averaging the covered source pixels.
+    Area,
+}
+
+/// One layer of the classifier head, in the spec's spelling: `"gap"`, `{"dense": 512}`, or
+/// `{"batchnorm": {"momentum": 0.9}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(from = "HeadLayerRepr", into = "HeadLayerRepr")]
+pub enum HeadLayer {
+    /// Global average pooling over the feature map.
+    Gap,
+    /// Flatten the feature map (its length depends on the input size).
+    Flatten,
+    /// Batch normalisation with Keras' conventions.
+    Batchnorm(BatchnormOptions),
+    /// ReLU activation.
+    Relu,
+    /// A fully connected layer with this many units (Glorot-uniform init, as in Keras).
+    Dense(u32),
+    /// Dropout with this drop probability, active only while training.
+    Dropout(f64),
+}
+
+/// Batch normalisation settings, in Keras' convention.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchnormOptions {
+    /// Fraction of the moving statistics kept at each step (Keras default 0.99; PyTorch's
+    /// `momentum` is one minus this). Lower it for tiny datasets with few steps per epoch.
+    #[serde(default = "default_bn_momentum")]
+    pub momentum: f64,
+    /// Added to the variance (Keras default 1e-3).
+    #[serde(default = "default_bn_epsilon")]
+    pub epsilon: f64,
+}
+
+impl Default for BatchnormOptions {
+    fn default() -> Self {
+        BatchnormOptions { momentum: default_bn_momentum(), epsilon: default_bn_epsilon() }
+    }
+}
+
+fn default_bn_momentum() -> f64 {
+    0.99
+}
+
+fn default_bn_epsilon() -> f64 {
+    1e-3
+}
+
+/// The two spellings of a head layer: a bare name, or a one-key object with settings.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum HeadLayerRepr {
+    Named(NamedLayer),
+    Configured(ConfiguredLayer),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NamedLayer {
+    Gap,
+    Flatten,
+    Batchnorm,
+    Relu,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ConfiguredLayer {
+    Dense(u32),
+    Dropout(f64),
+    Batchnorm(BatchnormOptions),
+}
+
+impl From<HeadLayerRepr> for HeadLayer {
+    fn from(repr: HeadLayerRepr) -> HeadLayer {
+        match repr {
+            HeadLayerRepr::Named(NamedLayer::Gap) => HeadLayer::Gap,
+            HeadLayerRepr::Named(NamedLayer::Flatten) => HeadLayer::Flatten,
+            HeadLayerRepr::Named(NamedLayer::Batchnorm) => HeadLayer::Batchnorm(BatchnormOptions::default()),
+            HeadLayerRepr::Named(NamedLayer::Relu) => HeadLayer::Relu,
+            HeadLayerRepr::Configured(ConfiguredLayer::Dense(units)) => HeadLayer::Dense(units),
+            HeadLayerRepr::Configured(ConfiguredLayer::Dropout(rate)) => HeadLayer::Dropout(rate),
+            HeadLayerRepr::Configured(ConfiguredLayer::Batchnorm(options)) => HeadLayer::Batchnorm(options),
+        }
+    }
+}
+
+impl From<HeadLayer> for HeadLayerRepr {
+    fn from(layer: HeadLayer) -> HeadLayerRepr {
+        match layer {
+            HeadLayer::Gap => HeadLayerRepr::Named(NamedLayer::Gap),
+            HeadLayer::Flatten => HeadLayerRepr::Named(NamedLayer::Flatten),
+            HeadLayer::Batchnorm(options) if options == BatchnormOptions::default() => {
+                HeadLayerRepr::Named(NamedLayer::Batchnorm)
+            }
+            HeadLayer::Batchnorm(options) => HeadLayerRepr::Configured(ConfiguredLayer::Batchnorm(options)),
+            HeadLayer::Relu => HeadLayerRepr::Named(NamedLayer::Relu),
+            HeadLayer::Dense(units) => HeadLayerRepr::Configured(ConfiguredLayer::Dense(units)),
+            HeadLayer::Dropout(rate) => HeadLayerRepr::Configured(ConfiguredLayer::Dropout(rate)),
+        }
+    }
+}
+
+/// What a phase trains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TrainSet {
+    /// `"head"` or `"all"`.
+    Named(String),
+    /// Backbone block names and/or `"head"`.
+    Blocks(Vec<String>),
+}
+
+impl TrainSet {
+    /// Whether the head's parameters are trained.
+    pub fn trains_head(&self) -> bool {
+        match self {
+            TrainSet::Named(name) => name == "head" || name == "all",
+            TrainSet::Blocks(items) => items.iter().any(|item| item == "head"),
+        }
+    }
+
+    /// Whether the named backbone block is trained.
+    pub fn trains_block(&self, block: &str) -> bool {
+        match self {
+            TrainSet::Named(name) => name == "all",
+            TrainSet::Blocks(items) => items.iter().any(|item| item == block),
+        }
+    }
+}
+
+/// One fine-tuning phase: a fresh optimizer, these epochs, these trainable parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// Epochs to run.
+    pub epochs: u32,
+    /// What is trainable; everything else is frozen (not updated, not in the optimizer).
+    pub train: TrainSet,
+    /// This phase's optimizer, when it differs from the spec's (e.g. a lower rate to fine-tune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerSpec>,
+}
+
+impl Phase {
+    /// The optimizer settings this phase uses.
+    pub fn optimizer<'a>(&'a self, spec: &'a JobSpec) -> &'a OptimizerSpec {
+        self.optimizer.as_ref().unwrap_or(&spec.optimizer)
+    }
+}
+
+/// The optimizer kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// Keras RMSprop (rho 0.9, epsilon 1e-7).
+    Rmsprop,
+    /// Adam (beta 0.9/0.999, epsilon 1e-7 as in Keras).
+    Adam,
+    /// SGD with optional momentum.
+    Sgd,
+}
+
+/// The optimizer each phase creates afresh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    /// Which optimizer.
+    pub name: OptimizerName,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum (SGD and RMSprop); 0 by default.
+    #[serde(default)]
+    pub momentum: f64,
+    /// L2 weight decay; 0 by default.
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+/// A validated experiment. Serializes back to the shape students POST.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A label for people; not unique.
+    #[serde(default)]
+    pub name: String,
+    /// A dataset folder name under `--datasets`.
+    pub dataset: String,
+    /// The convolutional base.
+    pub backbone: Backbone,
+    /// Initial backbone weights.
+    #[serde(default = "default_weights")]
+    pub weights: Weights,
+    /// Square side images are resized to; `null` asks for variable size (not available yet).
+    #[serde(default)]
+    pub image_size: Option<u32>,
+    /// How images are resized.
+    #[serde(default)]
+    pub interpolation: Interpolation,
+    /// Images per training step.
+    pub batch_size: u32,
+    /// The classifier on top of the backbone.
+    pub head: Vec<HeadLayer>,
+    /// Fine-tuning phases, run in order.
+    pub phases: Vec<Phase>,
+    /// Optimizer settings, used afresh in each phase.
+    pub optimizer: OptimizerSpec,
+    /// Seeds initialisation, shuffling and dropout.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_weights() -> Weights {
+    Weights::Imagenet
+}
+
+impl JobSpec {
+    /// Parses and validates a spec from JSON. Unknown fields, wrong types and bad values all come
+    /// back as a [`SpecError`] naming the field.
+    pub fn parse(json: &[u8]) -> Result<JobSpec, SpecError> {
+        let deserializer = &mut serde_json::Deserializer::from_slice(json);
+        let spec: JobSpec = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            // Syntax errors have no field; serde_json's line and column say where instead.
+            if !err.inner().is_data() {
+                return SpecError::new("(body)", format!("not valid JSON: {}", err.inner()));
+            }
+            let field = err.path().to_string();
+            let field = if field == "." { String::from("(body)") } else { field };
+            SpecError::new(field, describe_serde_error(err.inner()))
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The number of outputs the head ends in (1 = binary with sigmoid).
+    pub fn output_units(&self) -> u32 {
+        match self.head.last() {
+            Some(HeadLayer::Dense(units)) => *units,
+            _ => unreachable!("validated specs end in a dense layer"),
+        }
+    }
+
+    /// Total epochs over all phases.
+    pub fn total_epochs(&self) -> u32 {
+        self.phases.iter().map(|phase| phase.epochs).sum()
+    }
+
+    /// Checks that the output layer fits a dataset with `classes` classes.
+    pub fn check_classes(&self, classes: usize) -> Result<(), SpecError> {
+        let units = self.output_units() as usize;
+        let field = format!("head[{}].dense", self.head.len() - 1);
+        if units == 1 && classes != 2 {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "a final dense of 1 unit means binary classification, but dataset `{}` has {classes} classes; use {{\"dense\": {classes}}}",
+                    self.dataset
+                ),
+            ));
+        }
+        if units != 1 && units != classes {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "the final dense layer must have 1 unit (binary) or one per class; dataset `{}` has {classes} classes",
+                    self.dataset
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.name.len() > 200 {
+            return Err(SpecError::new("name", "at most 200 characters"));
+        }
+        if self.dataset.is_empty() {
+            return Err(SpecError::new("dataset", "must name a dataset; GET /api/datasets lists them"));
+        }
+        let info = self.backbone.info();
+        if !info.available {
+            return Err(SpecError::new(
+                "backbone",
+                format!("`{}` is not available in this version of trainq; use `vgg16`", info.name),
+            ));
+        }
+        match self.image_size {
+            None => {
+                return Err(SpecError::new(
+                    "image_size",
+                    "variable-size input (null or missing) is not available yet; give a square size such as 128",
+                ))
+            }
+            Some(size) if size < info.min_image_size || size > MAX_IMAGE_SIZE => {
+                return Err(SpecError::new(
+                    "image_size",
+                    format!(
+                        "{size} is out of range: {} needs at least {} px, and at most {MAX_IMAGE_SIZE} px is accepted",
+                        info.name, info.min_image_size
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return Err(SpecError::new("batch_size", format!("must be between 1 and {MAX_BATCH_SIZE}")));
+        }
+        self.validate_head()?;
+        self.validate_phases(info.blocks)?;
+        validate_optimizer("optimizer", &self.optimizer)?;
+        for (index, phase) in self.phases.iter().enumerate() {
+            if let Some(optimizer) = &phase.optimizer {
+                validate_optimizer(&format!("phases[{index}].optimizer"), optimizer)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_head(&self) -> Result<(), SpecError> {
+        let first_fix = "start the head with \"gap\" (global average pooling) or \"flatten\"";
+        match self.head.first() {
+            None => return Err(SpecError::new("head", format!("must not be empty; {first_fix}"))),
+            Some(HeadLayer::Gap | HeadLayer::Flatten) => {}
+            Some(_) => return Err(SpecError::new("head[0]", first_fix)),
+        }
+        for (index, layer) in self.head.iter().enumerate().skip(1) {
+            let field = format!("head[{index}]");
+            match *layer {
+                HeadLayer::Gap | HeadLayer::Flatten => {
+                    return Err(SpecError::new(field, "\"gap\" or \"flatten\" may only be the first head layer"))
+                }
+                HeadLayer::Dense(0) | HeadLayer::Dense(65_537..) => {
+                    return Err(SpecError::new(format!("{field}.dense"), "units must be between 1 and 65536"))
+                }
+                HeadLayer::Dropout(p) if !(0.0..1.0).contains(&p) => {
+                    return Err(SpecError::new(
+                        format!("{field}.dropout"),
+                        "the drop probability must be at least 0 and below 1, e.g. 0.25",
+                    ))
+                }
+                HeadLayer::Batchnorm(options) if !(0.0..1.0).contains(&options.momentum) => {
+                    return Err(SpecError::new(
+                        format!("{field}.batchnorm.momentum"),
+                        "must be at least 0 and below 1 (Keras' default is 0.99)",
+                    ))
+                }
+                HeadLayer::Batchnorm(options) if !(options.epsilon > 0.0 && options.epsilon < 1.0) => {
+                    return Err(SpecError::new(format!("{field}.batchnorm.epsilon"), "must be above 0 and below 1"))
+                }
+                _ => {}
+            }
+        }
+        if !matches!(self.head.last(), Some(HeadLayer::Dense(_))) {
+            return Err(SpecError::new(
+                format!("head[{}]", self.head.len() - 1),
+                "the head must end in a dense layer: {\"dense\": 1} for binary, or one unit per class",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_phases(&self, blocks: &[&str]) -> Result<(), SpecError> {
+        if self.phases.is_empty() {
+            return Err(SpecError::new("phases", "give at least one phase, e.g. [{\"epochs\": 10, \"train\": \"head\"}]"));
+        }
+        for (index, phase) in self.phases.iter().enumerate() {
+            if phase.epochs == 0 || phase.epochs > MAX_EPOCHS {
+                return Err(SpecError::new(
+                    format!("phases[{index}].epochs"),
+                    format!("must be between 1 and {MAX_EPOCHS}"),
+                ));
+            }
+            let field = format!("phases[{index}].train");
+            let allowed = || format!("\"head\", \"all\", or a list of {} and \"head\"", blocks.join(", "));
+            match &phase.train {
+                TrainSet::Named(name) if name == "head" || name == "all" => {}
+                TrainSet::Named(name) => {
+                    return Err(SpecError::new(field, format!("unknown value `{name}`; use {}", allowed())))
+                }
+                TrainSet::Blocks(items) if items.is_empty() => {
+                    return Err(SpecError::new(field, format!("must not be empty; use {}", allowed())))
+                }
+                TrainSet::Blocks(items) => {
+                    for (item_index, item) in items.iter().enumerate() {
+                        if item != "head" && !blocks.contains(&item.as_str()) {
+                            return Err(SpecError::new(
+                                format!("{field}[{item_index}]"),
+                                format!("unknown block `{item}` for {}; use {}", self.backbone.name(), allowed()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+}
+
+fn validate_optimizer(field: &str, optimizer: &OptimizerSpec) -> Result<(), SpecError> {
+    if !(optimizer.lr.is_finite() && optimizer.lr > 0.0 && optimizer.lr <= 10.0) {
+        return Err(SpecError::new(format!("{field}.lr"), "must be a positive number no larger than 10, e.g. 1e-5"));
+    }
+    if !(0.0..1.0).contains(&optimizer.momentum) {
+        return Err(SpecError::new(format!("{field}.momentum"), "must be at least 0 and below 1"));
+    }
+    if optimizer.momentum > 0.0 && optimizer.name == OptimizerName::Adam {
+        return Err(SpecError::new(format!("{field}.momentum"), "Adam takes no momentum; remove the field"));
+    }
+    if !(0.0..1.0).contains(&optimizer.weight_decay) {
+        return Err(SpecError::new(format!("{field}.weight_decay"), "must be at least 0 and below 1"));
+    }
+    Ok(())
+}
+
+/// Turns serde's message into one a student can act on (serde already names expected variants).
+fn describe_serde_error(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    // serde_json appends " at line L column C"; the field path already says where.
+    let message = match message.rfind(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message,
+    };
+    if message.contains("did not match any variant of untagged enum TrainSet") {
+        return String::from("must be \"head\", \"all\", or a list of block names such as [\"block5\", \"head\"]");
+    }
+    if message.contains("did not match any variant of untagged enum HeadLayerRepr") {
+        return String::from(
+            "a head layer is \"gap\", \"flatten\", \"batchnorm\", \"relu\", {\"dense\": units}, {\"dropout\": rate} or {\"batchnorm\": {\"momentum\": 0.99, \"epsilon\": 0.001}}",
+        );
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q1: &str = r#"{ "name": "q1", "dataset": "chest_xray", "backbone": "vgg16", "weights": "imagenet",
+      "image_size": 128, "batch_size": 20,
+      "head": ["gap", {"dense": 512}, "batchnorm", "relu", {"dense": 128}, {"dense": 1}],
+      "phases": [ {"epochs": 100, "train": "head"},
+                  {"epochs": 50,  "train": ["block5", "head"]} ],
+      "optimizer": {"name": "rmsprop", "lr": 1e-5}, "seed": 1 }"#;
+
+    fn with(patch: impl FnOnce(&mut serde_json::Value)) -> Result<JobSpec, SpecError> {
+        let mut value: serde_json::Value = serde_json::from_str(Q1).unwrap();
+        patch(&mut value);
+        JobSpec::parse(value.to_string().as_bytes())
+    }
+
+    #[test]
+    fn the_assignment_q1_spec_parses() {
+        let spec = JobSpec::parse(Q1.as_bytes()).unwrap();
+        assert_eq!(spec.head[1], HeadLayer::Dense(512));
+        assert_eq!(spec.output_units(), 1);
+        assert_eq!(spec.total_epochs(), 150);
+        assert!(spec.phases[1].train.trains_block("block5"));
+        assert!(!spec.phases[1].train.trains_block("block4"));
+        assert!(spec.phases[0].train.trains_head());
+        assert_eq!(spec.interpolation, Interpolation::Nearest);
+        spec.check_classes(2).unwrap();
+    }
+
+    #[test]
+    fn a_spec_round_trips_through_json() {
+        let spec = JobSpec::parse(Q1.as_bytes()).unwrap();
+        let again = JobSpec::parse(serde_json::to_string(&spec).unwrap().as_bytes()).unwrap();
+        assert_eq!(spec, again);
+    }
+
+    /// Each bad spec names the field a student has to fix.
+    #[test]
+    fn bad_specs_name_their_field() {
+        use serde_json::json;
+        type Patch = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Patch)> = vec![
+            ("colour", Box::new(|v| v["colour"] = json!("red"))),
+            ("backbone", Box::new(|v| v["backbone"] = json!("resnet50"))),
+            ("backbone", Box::new(|v| v["backbone"] = json!("inception_v3"))),
+            ("image_size", Box::new(|v| v["image_size"] = json!(8))),
+            ("image_size", Box::new(|v| v["image_size"] = json!(null))),
+            ("image_size", Box::new(|v| v["image_size"] = json!("big"))),
+            ("batch_size", Box::new(|v| v["batch_size"] = json!(0))),
+            ("head[0]", Box::new(|v| v["head"] = json!([{"dense": 1}]))),
+            ("head", Box::new(|v| v["head"] = json!([]))),
+            ("head[2]", Box::new(|v| v["head"] = json!(["gap", {"dense": 4}, "relu"]))),
+            ("head[1].dropout", Box::new(|v| v["head"] = json!(["gap", {"dropout": 1.5}, {"dense": 1}]))),
+            ("head[1]", Box::new(|v| v["head"] = json!(["gap", "softmax", {"dense": 1}]))),
+            ("head[1].batchnorm.momentum", Box::new(|v| v["head"] = json!(["gap", {"batchnorm": {"momentum": 1.5}}, {"dense": 1}]))),
+            ("phases", Box::new(|v| v["phases"] = json!([]))),
+            ("phases[0].epochs", Box::new(|v| v["phases"][0]["epochs"] = json!(0))),
+            ("phases[1].train[0]", Box::new(|v| v["phases"][1]["train"] = json!(["block9", "head"]))),
+            ("phases[1].train", Box::new(|v| v["phases"][1]["train"] = json!("everything"))),
+            ("phases[1].train", Box::new(|v| v["phases"][1]["train"] = json!(5))),
+            ("optimizer.lr", Box::new(|v| v["optimizer"]["lr"] = json!(-1.0))),
+            ("optimizer.name", Box::new(|v| v["optimizer"]["name"] = json!("lbfgs"))),
+            ("phases[1].optimizer.lr", Box::new(|v| v["phases"][1]["optimizer"] = json!({"name": "sgd", "lr": 0}))),
+            ("dataset", Box::new(|v| v.as_object_mut().unwrap().remove("dataset").map(drop).unwrap())),
+        ];
+        for (field, patch) in cases {
+            let err = with(patch).expect_err(field);
+            assert!(err.field == field || (field == "dataset" && err.field == "(body)"), "{field}: got {err:?}");
+            assert!(!err.message.is_empty());
+            if field == "dataset" {
+                assert!(err.message.contains("dataset"), "{err:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn batchnorm_takes_keras_defaults_or_settings() {
+        let spec = with(|v| v["head"][2] = serde_json::json!({"batchnorm": {"momentum": 0.9}})).unwrap();
+        assert_eq!(spec.head[2], HeadLayer::Batchnorm(BatchnormOptions { momentum: 0.9, epsilon: 1e-3 }));
+        let plain = JobSpec::parse(Q1.as_bytes()).unwrap();
+        assert_eq!(plain.head[2], HeadLayer::Batchnorm(BatchnormOptions::default()));
+        // Defaults serialize back to the bare name, so stored specs look like what was sent.
+        assert_eq!(serde_json::to_value(plain.head[2]).unwrap(), "batchnorm");
+        let err = with(|v| v["head"][2] = serde_json::json!("softmax")).unwrap_err();
+        assert!(err.message.contains("{\"dense\": units}"), "{err:?}");
+    }
+
+    #[test]
+    fn the_output_layer_must_fit_the_classes() {
+        let spec = JobSpec::parse(Q1.as_bytes()).unwrap();
+        assert_eq!(spec.check_classes(3).unwrap_err().field, "head[5].dense");
+        let three = with(|v| v["head"][5] = serde_json::json!({"dense": 3})).unwrap();
+        three.check_classes(3).unwrap();
+        assert!(three.check_classes(2).is_err());
+    }
+}

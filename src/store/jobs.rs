@@ -1,0 +1,336 @@
+//! The `jobs` and `epoch_metrics` tables.
+
+use super::{Store, StoreError};
+use crate::domain::job::now_rfc3339;
+use crate::domain::progress::{EpochMetrics, FinalMetrics};
+use crate::domain::{Job, JobId, JobProgress, JobState};
+
+/// What the API inserts for an accepted submission.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The new job's id.
+    pub id: JobId,
+    /// The spec's name.
+    pub name: String,
+    /// The validated spec as JSON.
+    pub spec: serde_json::Value,
+}
+
+/// What a cancel request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    CancelledWhileQueued,
+    /// The job is running; its worker must be stopped.
+    StopRunning,
+    /// The job had already finished in this state.
+    AlreadyFinished(JobState),
+    /// No such job.
+    NotFound,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRecord {
+    seq: i64,
+    id: String,
+    name: String,
+    state: String,
+    spec: String,
+    device: Option<String>,
+    submitted_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    progress: Option<String>,
+    error: Option<String>,
+    cancel_requested: bool,
+    final_metrics: Option<String>,
+    attempts: i64,
+}
+
+fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt { column, detail: detail.to_string() }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(column: &'static str, text: Option<String>) -> Result<Option<T>, StoreError> {
+    text.map(|text| serde_json::from_str(&text).map_err(|err| corrupt(column, err))).transpose()
+}
+
+impl TryFrom<JobRecord> for Job {
+    type Error = StoreError;
+    fn try_from(record: JobRecord) -> Result<Job, StoreError> {
+        Ok(Job {
+            id: record.id.parse().map_err(|err| corrupt("id", err))?,
+            seq: record.seq,
+            name: record.name,
+            state: record.state.parse().map_err(|err| corrupt("state", err))?,
+            spec: serde_json::from_str(&record.spec).map_err(|err| corrupt("spec", err))?,
+            device: record.device,
+            submitted_at: record.submitted_at,
+            started_at: record.started_at,
+            finished_at: record.finished_at,
+            progress: decode_json::<JobProgress>("progress", record.progress)?,
+            error: record.error,
+            cancel_requested: record.cancel_requested,
+            final_metrics: decode_json::<FinalMetrics>("final_metrics", record.final_metrics)?,
+            attempts: record.attempts,
+        })
+    }
+}
+
+const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
+                           progress, error, cancel_requested, final_metrics, attempts";
+
+impl Store {
+    /// Inserts an accepted job as `queued`.
+    pub async fn insert_job(&self, job: &NewJob) -> Result<Job, StoreError> {
+        sqlx::query("INSERT INTO jobs (id, name, state, spec, submitted_at) VALUES (?, ?, 'queued', ?, ?)")
+            .bind(job.id.to_string())
+            .bind(&job.name)
+            .bind(job.spec.to_string())
+            .bind(now_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        self.job(job.id).await?.ok_or_else(|| corrupt("id", "inserted job vanished"))
+    }
+
+    /// One job.
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let record: Option<JobRecord> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        record.map(Job::try_from).transpose()
+    }
+
+    /// Jobs in submission order, optionally only those in `state`.
+    pub async fn jobs(&self, state: Option<JobState>) -> Result<Vec<Job>, StoreError> {
+        let records: Vec<JobRecord> = match state {
+            Some(state) => {
+                sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? ORDER BY seq"))
+                    .bind(state.as_str())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq")).fetch_all(&self.pool).await?,
+        };
+        records.into_iter().map(Job::try_from).collect()
+    }
+
+    /// 1-based place of a queued job among queued jobs (1 = next to run).
+    pub async fn queue_position(&self, seq: i64) -> Result<i64, StoreError> {
+        let (ahead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq < ?")
+            .bind(seq)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(ahead + 1)
+    }
+
+    /// Moves a queued job to running on `device`. False when someone else got there first (it was
+    /// cancelled meanwhile). Only the scheduler calls this.
+    pub async fn claim_job(&self, id: JobId, device: &str) -> Result<bool, StoreError> {
+        let progress = serde_json::to_string(&JobProgress { activity: String::from("starting"), ..JobProgress::default() })
+            .expect("progress serializes");
+        let result = sqlx::query(
+            "UPDATE jobs SET state = 'running', device = ?, started_at = ?, attempts = attempts + 1, progress = ? \
+             WHERE id = ? AND state = 'queued'",
+        )
+        .bind(device)
+        .bind(now_rfc3339())
+        .bind(progress)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Ends a running job. False if it was not running.
+    pub async fn finish_job(&self, id: JobId, state: JobState, error: Option<&str>) -> Result<bool, StoreError> {
+        debug_assert!(state.is_terminal());
+        let result = sqlx::query(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(error)
+        .bind(now_rfc3339())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Cancels a queued job at once, or marks a running one for stopping.
+    pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let cancelled = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ? AND state = 'queued'",
+        )
+        .bind(now_rfc3339())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        if cancelled.rows_affected() == 1 {
+            return Ok(CancelOutcome::CancelledWhileQueued);
+        }
+        let marked = sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if marked.rows_affected() == 1 {
+            return Ok(CancelOutcome::StopRunning);
+        }
+        Ok(match self.job(id).await? {
+            Some(job) => CancelOutcome::AlreadyFinished(job.state),
+            None => CancelOutcome::NotFound,
+        })
+    }
+
+    /// Puts every job left `running` by a dead server back in the queue, keeping its place.
+    pub async fn requeue_running(&self) -> Result<Vec<JobId>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL, cancel_requested = 0 \
+             WHERE state = 'running' RETURNING id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|(id,)| id.parse().map_err(|err| corrupt("id", err))).collect()
+    }
+
+    /// Stores the latest progress snapshot of a running job.
+    pub async fn set_progress(&self, id: JobId, progress: &JobProgress) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'")
+            .bind(serde_json::to_string(progress).expect("progress serializes"))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a finished epoch (replacing a row from an earlier attempt of the same epoch).
+    pub async fn record_epoch(&self, id: JobId, metrics: &EpochMetrics) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(metrics.phase)
+        .bind(metrics.epoch)
+        .bind(metrics.train_loss)
+        .bind(metrics.train_acc)
+        .bind(metrics.val_loss)
+        .bind(metrics.val_acc)
+        .bind(metrics.seconds)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the final evaluation.
+    pub async fn set_final_metrics(&self, id: JobId, metrics: &FinalMetrics) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET final_metrics = ? WHERE id = ?")
+            .bind(serde_json::to_string(metrics).expect("metrics serialize"))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A job's curves, in phase and epoch order.
+    pub async fn epoch_metrics(&self, id: JobId) -> Result<Vec<EpochMetrics>, StoreError> {
+        let rows: Vec<(u32, u32, f64, f64, Option<f64>, Option<f64>, f64)> = sqlx::query_as(
+            "SELECT phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds FROM epoch_metrics \
+             WHERE job_id = ? ORDER BY phase, epoch",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds)| EpochMetrics {
+                phase,
+                epoch,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                seconds,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        (dir, store)
+    }
+
+    async fn queued(store: &Store) -> Job {
+        let job = NewJob { id: JobId::new(), name: String::from("t"), spec: serde_json::json!({"dataset": "d"}) };
+        store.insert_job(&job).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_is_claimed_once() {
+        let (_dir, store) = store().await;
+        let job = queued(&store).await;
+        assert!(store.claim_job(job.id, "cpu0").await.unwrap());
+        assert!(!store.claim_job(job.id, "cpu1").await.unwrap());
+        let job = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.device.as_deref(), job.attempts), (JobState::Running, Some("cpu0"), 1));
+    }
+
+    #[tokio::test]
+    async fn cancel_depends_on_state() {
+        let (_dir, store) = store().await;
+        let waiting = queued(&store).await;
+        let running = queued(&store).await;
+        assert_eq!(store.queue_position(running.seq).await.unwrap(), 2);
+        store.claim_job(running.id, "cpu0").await.unwrap();
+        assert_eq!(store.request_cancel(waiting.id).await.unwrap(), CancelOutcome::CancelledWhileQueued);
+        assert!(!store.claim_job(waiting.id, "cpu0").await.unwrap(), "a cancelled job is never claimed");
+        assert_eq!(store.request_cancel(running.id).await.unwrap(), CancelOutcome::StopRunning);
+        store.finish_job(running.id, JobState::Cancelled, None).await.unwrap();
+        assert_eq!(
+            store.request_cancel(running.id).await.unwrap(),
+            CancelOutcome::AlreadyFinished(JobState::Cancelled)
+        );
+        assert_eq!(store.request_cancel(JobId::new()).await.unwrap(), CancelOutcome::NotFound);
+    }
+
+    #[tokio::test]
+    async fn running_jobs_are_requeued_after_a_restart() {
+        let (dir, store) = store().await;
+        let job = queued(&store).await;
+        store.claim_job(job.id, "cpu0").await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.requeue_running().await.unwrap(), vec![job.id]);
+        let job = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.device), (JobState::Queued, None));
+        assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn epochs_are_kept_once_in_order() {
+        let (_dir, store) = store().await;
+        let job = queued(&store).await;
+        for (phase, epoch, loss) in [(2, 1, 0.5), (1, 2, 0.7), (1, 1, 0.9), (1, 2, 0.6)] {
+            let metrics = EpochMetrics {
+                phase,
+                epoch,
+                train_loss: loss,
+                train_acc: 0.5,
+                val_loss: None,
+                val_acc: None,
+                seconds: 1.0,
+            };
+            store.record_epoch(job.id, &metrics).await.unwrap();
+        }
+        let curve: Vec<(u32, u32, f64)> =
+            store.epoch_metrics(job.id).await.unwrap().iter().map(|m| (m.phase, m.epoch, m.train_loss)).collect();
+        assert_eq!(curve, [(1, 1, 0.9), (1, 2, 0.6), (2, 1, 0.5)]);
+    }
+}
