@@ -1,0 +1,80 @@
+//! Command-line and environment configuration (clap derive; every flag also reads `TRAINQ_*`).
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// trainq: a training queue for a shared GPU box.
+#[derive(Debug, Parser)]
+#[command(name = "trainq", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: REST API, dashboard, scheduler and worker supervisor.
+    Serve(ServeConfig),
+    /// Write a small synthetic chest-X-ray-like dataset (NORMAL vs PNEUMONIA) in ImageFolder layout.
+    DemoData(DemoDataArgs),
+}
+
+/// `trainq serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "TRAINQ_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Holds `trainq.db` and one folder per job.
+    #[arg(long, env = "TRAINQ_DATA_DIR", default_value = "trainq-data")]
+    pub data_dir: PathBuf,
+    /// Datasets root: each subfolder is a dataset in ImageFolder layout. Default: DATA_DIR/datasets.
+    #[arg(long, env = "TRAINQ_DATASETS")]
+    pub datasets: Option<PathBuf>,
+    /// Pretrained backbone files (`vgg16.safetensors`, torchvision names). Default: DATA_DIR/weights.
+    #[arg(long, env = "TRAINQ_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// How many CPU jobs may run at once when there is no GPU.
+    #[arg(long, env = "TRAINQ_CPU_SLOTS", default_value_t = 1)]
+    pub cpu_slots: usize,
+    /// Ignore GPUs even if NVML finds some (run on CPU slots).
+    #[arg(long, env = "TRAINQ_NO_GPU")]
+    pub no_gpu: bool,
+    /// The worker executable. Default: `trainq-worker` beside this binary.
+    #[arg(long, env = "TRAINQ_WORKER")]
+    pub worker: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a worker.
+    #[arg(long, env = "TRAINQ_KILL_GRACE_SECS", default_value_t = 10)]
+    pub kill_grace_secs: u64,
+    /// The dashboard's files. Default: the `static/` folder of the source tree.
+    #[arg(long, env = "TRAINQ_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Generate the demo dataset `chest_xray_demo` in the datasets folder if it is missing.
+    #[arg(long, env = "TRAINQ_DEMO")]
+    pub demo: bool,
+}
+
+/// `trainq demo-data`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoDataArgs {
+    /// The dataset folder to create (e.g. DATASETS/chest_xray_demo).
+    pub dir: PathBuf,
+    /// Training images per class.
+    #[arg(long, default_value_t = 150)]
+    pub train_per_class: usize,
+    /// Validation images per class.
+    #[arg(long, default_value_t = 10)]
+    pub val_per_class: usize,
+    /// Test images per class.
+    #[arg(long, default_value_t = 50)]
+    pub test_per_class: usize,
+    /// Nominal image side in pixels (each image varies a little around it).
+    #[arg(long, default_value_t = 96)]
+    pub size: u32,
+    /// Seed for the generator.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}

@@ -1,0 +1,54 @@
+//! `/api/datasets`, `/api/weights`, `/api/backbones`, `/api/devices`: what jobs can use.
+
+use super::{ApiError, AppState};
+use crate::catalog;
+use crate::devices::{DeviceSlot, GpuReading};
+use crate::domain::backbone::{Backbone, BackboneInfo};
+use crate::domain::JobState;
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+/// `GET /api/datasets`: every usable dataset with its splits, classes and image counts.
+pub async fn datasets(State(state): State<AppState>) -> Json<Vec<catalog::DatasetInfo>> {
+    let root = state.paths.datasets.clone();
+    Json(tokio::task::spawn_blocking(move || catalog::datasets::list(&root)).await.unwrap_or_default())
+}
+
+/// `GET /api/weights`: installed pretrained weights files.
+pub async fn weights(State(state): State<AppState>) -> Json<Vec<catalog::WeightsInfo>> {
+    Json(catalog::weights::list(&state.paths.weights))
+}
+
+/// `GET /api/backbones`: the backbones, their blocks and input limits.
+pub async fn backbones() -> Json<Vec<BackboneInfo>> {
+    Json(Backbone::ALL.into_iter().map(Backbone::info).collect())
+}
+
+/// A device and who holds it.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    slot: DeviceSlot,
+    /// Live NVML numbers (GPUs only).
+    #[serde(flatten)]
+    reading: Option<GpuReading>,
+    /// The running job on it.
+    job: Option<String>,
+}
+
+/// `GET /api/devices`.
+pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let running = state.store.jobs(Some(JobState::Running)).await?;
+    let views = state
+        .inventory
+        .slots()
+        .iter()
+        .map(|slot| DeviceView {
+            slot: slot.clone(),
+            reading: state.inventory.reading(slot),
+            job: running.iter().find(|job| job.device.as_deref() == Some(&slot.id)).map(|job| job.id.to_string()),
+        })
+        .collect();
+    Ok(Json(views))
+}

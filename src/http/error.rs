@@ -1,0 +1,62 @@
+//! The API's errors: each variant maps to a status and a JSON body `{"error": ..., "detail": ...}`.
+//! Internal failures become an opaque 500 whose cause chain is logged, never sent.
+
+use crate::domain::SpecError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Everything a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A submitted spec is invalid (422), naming the field.
+    #[error("invalid job spec")]
+    InvalidSpec(#[from] SpecError),
+    /// A query parameter or path segment is malformed (400).
+    #[error("bad request")]
+    BadRequest {
+        /// The parameter at fault.
+        field: &'static str,
+        /// What to send instead.
+        message: String,
+    },
+    /// The resource does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the resource's state (409).
+    #[error("{message}")]
+    Conflict {
+        /// What happened.
+        message: String,
+        /// Extra facts, e.g. the job's state.
+        detail: serde_json::Value,
+    },
+    /// A bug or an I/O failure (500); the cause is logged.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(err: crate::store::StoreError) -> ApiError {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, detail) = match &self {
+            ApiError::InvalidSpec(err) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, json!({"field": err.field, "message": err.message}))
+            }
+            ApiError::BadRequest { field, message } => (StatusCode::BAD_REQUEST, json!({"field": field, "message": message})),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
+            ApiError::Conflict { detail, .. } => (StatusCode::CONFLICT, detail.clone()),
+            ApiError::Internal(err) => {
+                tracing::error!(error = ?err, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, serde_json::Value::Null)
+            }
+        };
+        (status, Json(json!({"error": self.to_string(), "detail": detail}))).into_response()
+    }
+}

@@ -1,0 +1,124 @@
+//! `/api/jobs`: submit, list, show, cancel.
+
+use super::{ApiError, AppState};
+use crate::catalog;
+use crate::domain::spec::Weights;
+use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
+use crate::store::{CancelOutcome, NewJob};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+/// A job plus its place in the queue.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    job: Job,
+    /// 1-based position among queued jobs (1 = next); absent unless queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<i64>,
+}
+
+async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
+    let position = match job.state {
+        JobState::Queued => Some(state.store.queue_position(job.seq).await?),
+        _ => None,
+    };
+    Ok(JobView { job, position })
+}
+
+/// Parses a job id from the path; anything that is not a UUID cannot name a job.
+pub(super) fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound(format!("no job with id `{raw}`")))
+}
+
+/// Loads a job or answers 404.
+pub(super) async fn find(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+    let id = parse_id(raw_id)?;
+    state.store.job(id).await?.ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
+}
+
+/// Checks a parsed spec against what is on disk now: the dataset, its classes, the weights file.
+fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), SpecError> {
+    let dataset = catalog::datasets::open(&state.paths.datasets, &spec.dataset)
+        .map_err(|err| SpecError::new("dataset", format!("{err}; GET /api/datasets lists the datasets")))?;
+    if dataset.split("train").is_none_or(|split| split.images == 0) {
+        return Err(SpecError::new("dataset", format!("dataset `{}` has no training images", dataset.name)));
+    }
+    spec.check_classes(dataset.classes.len())?;
+    if spec.weights == Weights::Imagenet && catalog::weights::find(&state.paths.weights, spec.backbone).is_none() {
+        return Err(SpecError::new(
+            "weights",
+            format!(
+                "no ImageNet weights installed for {backbone}: the admin must place a safetensors file with torchvision names at {path}, or submit with \"weights\": \"random\"",
+                backbone = spec.backbone.name(),
+                path = state.paths.weights.join(spec.backbone.weights_file_name()).display(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/jobs`: validates the spec completely, then queues it.
+pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let spec = JobSpec::parse(&body)?;
+    check_inputs(&state, &spec)?;
+    let new = NewJob {
+        id: JobId::new(),
+        name: spec.name.clone(),
+        spec: serde_json::to_value(&spec).map_err(anyhow::Error::from)?,
+    };
+    let job = state.store.insert_job(&new).await?;
+    tracing::info!(job_id = %job.id, name = %job.name, "job queued");
+    state.scheduler.wake();
+    Ok((StatusCode::CREATED, Json(view(&state, job).await?)))
+}
+
+/// Query of `GET /api/jobs`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+}
+
+/// `GET /api/jobs[?state=queued]`.
+pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Json<Vec<JobView>>, ApiError> {
+    let filter = query
+        .state
+        .map(|raw| raw.parse::<JobState>().map_err(|message| ApiError::BadRequest { field: "state", message }))
+        .transpose()?;
+    let mut views = Vec::new();
+    for job in state.store.jobs(filter).await? {
+        views.push(view(&state, job).await?);
+    }
+    Ok(Json(views))
+}
+
+/// `GET /api/jobs/{id}`.
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = find(&state, &id).await?;
+    Ok(Json(view(&state, job).await?))
+}
+
+/// `POST /api/jobs/{id}/cancel`: a queued job is cancelled at once (200); a running one is asked
+/// to stop and turns `cancelled` when its worker has exited (202).
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let id = parse_id(&id)?;
+    let status = match state.store.request_cancel(id).await? {
+        CancelOutcome::CancelledWhileQueued => StatusCode::OK,
+        CancelOutcome::StopRunning => {
+            state.supervisor.cancel(id);
+            StatusCode::ACCEPTED
+        }
+        CancelOutcome::AlreadyFinished(job_state) => {
+            return Err(ApiError::Conflict {
+                message: format!("job already {job_state}; nothing to cancel"),
+                detail: serde_json::json!({"state": job_state}),
+            })
+        }
+        CancelOutcome::NotFound => return Err(ApiError::NotFound(format!("no job with id `{id}`"))),
+    };
+    let job = find(&state, &id.to_string()).await?;
+    Ok((status, Json(view(&state, job).await?)))
+}

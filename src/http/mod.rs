@@ -1,0 +1,83 @@
+//! The only place that knows axum: the router, shared state, and one file per resource.
+
+mod catalog;
+mod error;
+mod jobs;
+mod outputs;
+
+pub use error::ApiError;
+
+use crate::devices::Inventory;
+use crate::scheduler::SchedulerHandle;
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+use axum::routing::{get, post};
+use axum::Router;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+/// Largest accepted request body; a job spec is a few hundred bytes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Folders the API reads from.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Job folders live under `<data_dir>/jobs`.
+    pub data_dir: PathBuf,
+    /// Datasets root.
+    pub datasets: PathBuf,
+    /// Weights folder.
+    pub weights: PathBuf,
+    /// The dashboard's files.
+    pub static_dir: PathBuf,
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Wakes the scheduler after a submission.
+    pub scheduler: SchedulerHandle,
+    /// Stops running workers on cancel.
+    pub supervisor: Supervisor,
+    /// The devices.
+    pub inventory: Inventory,
+    /// Folders.
+    pub paths: Arc<Paths>,
+}
+
+/// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/jobs", post(jobs::submit).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::show))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/metrics", get(outputs::metrics))
+        .route("/jobs/{id}/log", get(outputs::log))
+        .route("/jobs/{id}/artifacts", get(outputs::artifacts))
+        .route("/jobs/{id}/artifacts/{name}", get(outputs::artifact))
+        .route("/datasets", get(catalog::datasets))
+        .route("/weights", get(catalog::weights))
+        .route("/backbones", get(catalog::backbones))
+        .route("/devices", get(catalog::devices))
+        .fallback(|| async { ApiError::NotFound(String::from("no such API route")) });
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .fallback_service(ServeDir::new(&state.paths.static_dir))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

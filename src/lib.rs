@@ -1,0 +1,23 @@
+//! trainq: a shared GPU box's training queue. The server side lives in this library; the tch
+//! worker is a separate binary (`src/worker/`) so the server process never loads libtorch.
+
+/// Datasets and weights on disk.
+pub mod catalog;
+/// Command-line and environment configuration.
+pub mod config;
+/// The synthetic demo dataset.
+pub mod demo_data;
+/// GPU inventory (NVML) and CPU slots.
+pub mod devices;
+/// Job ids, states, specs and the worker protocol.
+pub mod domain;
+/// The REST API and dashboard (the only axum code).
+pub mod http;
+/// The scheduling loop (the only code that claims jobs).
+pub mod scheduler;
+/// Wiring: starts every part of `trainq serve`.
+pub mod server;
+/// SQLite storage (the only SQL).
+pub mod store;
+/// Worker processes (the only code that spawns).
+pub mod supervisor;

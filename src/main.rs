@@ -1,0 +1,23 @@
+//! The `trainq` binary: parse the command line, set up tracing, run a subcommand.
+
+use clap::Parser;
+use trainq::config::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(config) => trainq::server::serve(config).await,
+        Command::DemoData(args) => {
+            let dir = args.dir.clone();
+            let summary = trainq::demo_data::write(&dir, &args.into())?;
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `trainq serve`: opens the store, re-queues jobs a dead server left running, starts the
+//! scheduler, and serves the API until the process ends.
+
+use crate::config::ServeConfig;
+use crate::devices::Inventory;
+use crate::http::{self, AppState, Paths};
+use crate::scheduler::{self, Inputs, SchedulerHandle};
+use crate::store::Store;
+use crate::supervisor::{Supervisor, SupervisorConfig};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The demo dataset's name under the datasets folder.
+pub const DEMO_DATASET: &str = "chest_xray_demo";
+
+fn absolute_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    path.canonicalize().with_context(|| format!("resolving {}", path.display()))
+}
+
+fn default_worker() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the trainq binary")?;
+    Ok(exe.with_file_name("trainq-worker"))
+}
+
+/// Runs the server.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Workers run in their own folders, so every path they get must be absolute.
+    let data_dir = absolute_dir(&config.data_dir)?;
+    let datasets = absolute_dir(&config.datasets.clone().unwrap_or_else(|| data_dir.join("datasets")))?;
+    let weights = absolute_dir(&config.weights.clone().unwrap_or_else(|| data_dir.join("weights")))?;
+    let static_dir = config.static_dir.clone().unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static")));
+    let worker_program = match config.worker.clone() {
+        Some(path) => path,
+        None => default_worker()?,
+    };
+    if config.demo && !datasets.join(DEMO_DATASET).exists() {
+        let options = crate::demo_data::DemoOptions::default();
+        let target = datasets.join(DEMO_DATASET);
+        let summary = tokio::task::spawn_blocking(move || crate::demo_data::write(&target, &options)).await??;
+        tracing::info!(%summary, "generated the demo dataset");
+    }
+
+    let store = Store::open(&data_dir).await.context("opening the database")?;
+    let requeued = store.requeue_running().await?;
+    if !requeued.is_empty() {
+        tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
+    }
+    let inventory = Inventory::discover(config.cpu_slots, !config.no_gpu);
+    let scheduler_handle = SchedulerHandle::default();
+    let supervisor = Supervisor::new(
+        store.clone(),
+        SupervisorConfig {
+            data_dir: data_dir.clone(),
+            worker_program,
+            kill_grace: Duration::from_secs(config.kill_grace_secs),
+        },
+        scheduler_handle.notifier(),
+    );
+    let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone() };
+    tokio::spawn(scheduler::run(scheduler_handle.clone(), store.clone(), inventory.clone(), supervisor.clone(), inputs));
+
+    let state = AppState {
+        store,
+        scheduler: scheduler_handle,
+        supervisor,
+        inventory,
+        paths: Arc::new(Paths { data_dir, datasets, weights, static_dir }),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts read this line to find a port-0 server.
+    println!("trainq listening on http://{address}");
+    tracing::info!(%address, "serving");
+    http::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down; running workers end with the server and are re-queued at the next start");
+}

@@ -1,0 +1,291 @@
+//! The only place that spawns processes: one worker per job, in its own process group, with a
+//! cleared environment, `CUDA_VISIBLE_DEVICES` set, stderr to the job's log and progress events on
+//! stdout. A watcher task per worker turns progress into database rows and the exit into a state.
+
+mod progress;
+
+use crate::devices::{DeviceKind, DeviceSlot};
+use crate::domain::progress::WorkerJob;
+use crate::domain::{JobId, JobState};
+use crate::store::Store;
+use progress::ProgressTracker;
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Environment variables a worker inherits; everything else is cleared.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "RUST_BACKTRACE"];
+
+/// How many log lines a failure reason quotes.
+const REASON_LOG_LINES: usize = 20;
+
+/// The files of one job under the data dir.
+#[derive(Debug, Clone)]
+pub struct JobPaths {
+    /// `<data dir>/jobs/<id>`.
+    pub dir: PathBuf,
+}
+
+impl JobPaths {
+    /// The folder of job `id` under `data_dir`.
+    pub fn new(data_dir: &Path, id: JobId) -> JobPaths {
+        JobPaths { dir: data_dir.join("jobs").join(id.to_string()) }
+    }
+    /// What the worker reads.
+    pub fn worker_job(&self) -> PathBuf {
+        self.dir.join("job.json")
+    }
+    /// stdout/stderr of every attempt, appended.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.txt")
+    }
+    /// Checkpoints and other downloadable outputs.
+    pub fn artifacts(&self) -> PathBuf {
+        self.dir.join("artifacts")
+    }
+}
+
+/// Settings the supervisor needs.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Root of job folders.
+    pub data_dir: PathBuf,
+    /// The worker executable; called as `<program> run --job <job.json>`.
+    pub worker_program: PathBuf,
+    /// Time between SIGTERM and SIGKILL when stopping a worker.
+    pub kill_grace: Duration,
+}
+
+/// Starts and stops workers. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    store: Store,
+    config: Arc<SupervisorConfig>,
+    running: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
+    worker_exited: Arc<Notify>,
+}
+
+impl Supervisor {
+    /// A supervisor that wakes `worker_exited` whenever a worker ends (the scheduler listens).
+    pub fn new(store: Store, config: SupervisorConfig, worker_exited: Arc<Notify>) -> Supervisor {
+        Supervisor { store, config: Arc::new(config), running: Arc::default(), worker_exited }
+    }
+
+    /// Spawns the worker for a job the scheduler has just claimed on `slot`, and watches it. A
+    /// worker that cannot start fails the job at once, so the slot is never left held.
+    #[tracing::instrument(skip_all, fields(job_id = %work.job_id, device = %slot.id))]
+    pub async fn start(&self, work: WorkerJob, slot: &DeviceSlot, phases: u32) {
+        let id = work.job_id;
+        let paths = JobPaths::new(&self.config.data_dir, id);
+        let token = CancellationToken::new();
+        self.running.lock().expect("running map poisoned").insert(id, token.clone());
+        match self.spawn(&paths, &work, slot).await {
+            Ok(child) => {
+                let watcher = self.clone();
+                let span = tracing::info_span!("watch", job_id = %id);
+                tokio::spawn(async move { watcher.watch(id, paths, child, token, phases).await }.instrument(span));
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "could not start worker");
+                let reason = format!("could not start the worker: {err:#}");
+                append_log(&paths.log(), &format!("trainq: {reason}\n")).await;
+                self.finish(id, JobState::Failed, Some(&reason)).await;
+            }
+        }
+    }
+
+    /// Asks the worker of a running job to stop (SIGTERM, then SIGKILL after the grace period).
+    /// Returns false if this supervisor runs no worker for that job.
+    pub fn cancel(&self, id: JobId) -> bool {
+        match self.running.lock().expect("running map poisoned").get(&id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn spawn(&self, paths: &JobPaths, work: &WorkerJob, slot: &DeviceSlot) -> anyhow::Result<Child> {
+        use anyhow::Context;
+        tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
+        let job_json = serde_json::to_vec_pretty(work).expect("worker jobs serialize");
+        tokio::fs::write(paths.worker_job(), job_json).await.context("writing job.json")?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(paths.log()).context("opening the log")?;
+        let mut command = Command::new(&self.config.worker_program);
+        command.arg("run").arg("--job").arg(paths.worker_job());
+        command.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        let visible = match slot.kind {
+            DeviceKind::Gpu { index } => index.to_string(),
+            DeviceKind::Cpu => String::new(),
+        };
+        command
+            .env("CUDA_VISIBLE_DEVICES", visible)
+            .env("OMP_NUM_THREADS", work.threads.to_string())
+            .current_dir(&paths.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: prctl is async-signal-safe and touches only the child. A worker must never
+        // outlive a dead server while holding a GPU: the kernel kills it when the server dies.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("spawning {}", self.config.worker_program.display()))?;
+        let pid = child.id().unwrap_or(0);
+        append_log(&paths.log(), &format!("trainq: worker pid {pid} started on {} ({})\n", slot.id, slot.name)).await;
+        tracing::info!(pid, "worker started");
+        Ok(child)
+    }
+
+    async fn watch(&self, id: JobId, paths: JobPaths, mut child: Child, token: CancellationToken, phases: u32) {
+        let pid = child.id().map(|pid| pid as i32);
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut tracker = ProgressTracker::new(self.store.clone(), id, paths.log(), phases);
+        let mut stdout_open = true;
+        let mut cancelled = false;
+        let status = loop {
+            tokio::select! {
+                line = lines.next_line(), if stdout_open => match line {
+                    Ok(Some(line)) => tracker.handle_line(&line).await,
+                    Ok(None) | Err(_) => stdout_open = false,
+                },
+                status = child.wait() => break status,
+                () = token.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    if let Some(pid) = pid {
+                        tracing::info!("stopping worker: SIGTERM to its process group");
+                        signal_group(pid, libc::SIGTERM);
+                        let grace = self.config.kill_grace;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace).await;
+                            signal_group(pid, libc::SIGKILL);
+                        });
+                    }
+                }
+            }
+        };
+        // Drain what the worker printed before it exited, without waiting on stray descendants.
+        let drain = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracker.handle_line(&line).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        // Nothing of the job may keep running (or hold the GPU) once its worker is gone.
+        if let Some(pid) = pid {
+            signal_group(pid, libc::SIGKILL);
+        }
+        let cancel_requested = cancelled
+            || matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested);
+        let (state, reason) = match status {
+            _ if cancel_requested => (JobState::Cancelled, None),
+            Ok(status) if status.success() && tracker.saw_final() => (JobState::Succeeded, None),
+            Ok(status) if status.success() => {
+                (JobState::Failed, Some(String::from("the worker exited 0 without reporting final metrics")))
+            }
+            Ok(status) => (JobState::Failed, Some(describe_exit(status))),
+            Err(ref err) => (JobState::Failed, Some(format!("waiting for the worker failed: {err}"))),
+        };
+        let reason = match reason {
+            Some(reason) => {
+                let tail = log_tail(&paths.log(), REASON_LOG_LINES).await;
+                Some(format!("{reason}\n--- last lines of the log ---\n{tail}"))
+            }
+            None => None,
+        };
+        let summary = match &status {
+            Ok(status) => describe_exit(*status),
+            Err(err) => err.to_string(),
+        };
+        append_log(&paths.log(), &format!("trainq: {summary}; job {state}\n")).await;
+        tracing::info!(%state, %summary, "worker ended");
+        self.finish(id, state, reason.as_deref()).await;
+    }
+
+    async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {
+        if let Err(err) = self.store.finish_job(id, state, reason).await {
+            tracing::error!(error = ?err, %id, "recording the end of a job failed");
+        }
+        self.running.lock().expect("running map poisoned").remove(&id);
+        self.worker_exited.notify_one();
+    }
+}
+
+fn signal_group(pid: i32, signal: i32) {
+    // SAFETY: killpg only sends a signal; ESRCH (group already gone) is fine.
+    unsafe {
+        libc::killpg(pid, signal);
+    }
+}
+
+/// "exited with code 3" or "killed by signal 11 (SIGSEGV)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("worker exited with code {code}");
+    }
+    match status.signal() {
+        Some(signal) => format!("worker killed by signal {signal} ({})", signal_name(signal)),
+        None => String::from("worker ended for an unknown reason"),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGINT => "SIGINT",
+        _ => "other signal",
+    }
+}
+
+async fn append_log(path: &Path, text: &str) {
+    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
+    if let Ok(mut file) = file {
+        let _ = file.write_all(text.as_bytes()).await;
+    }
+}
+
+async fn log_tail(path: &Path, lines: usize) -> String {
+    let text = tokio::fs::read(path).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_described_for_people() {
+        assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "worker exited with code 3");
+        assert_eq!(describe_exit(ExitStatus::from_raw(libc::SIGSEGV)), "worker killed by signal 11 (SIGSEGV)");
+    }
+}

@@ -1,0 +1,89 @@
+//! Turns a worker's stdout into database rows: epochs and final metrics at once, step progress at
+//! most twice a second. Plain output lines go to the job's log.
+
+use crate::domain::progress::ProgressEvent;
+use crate::domain::{JobId, JobProgress};
+use crate::store::Store;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+const STEP_WRITE_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(super) struct ProgressTracker {
+    store: Store,
+    id: JobId,
+    log: PathBuf,
+    progress: JobProgress,
+    last_write: Option<Instant>,
+    saw_final: bool,
+}
+
+impl ProgressTracker {
+    pub(super) fn new(store: Store, id: JobId, log: PathBuf, phases: u32) -> ProgressTracker {
+        let progress = JobProgress { phases, activity: String::from("starting"), ..JobProgress::default() };
+        ProgressTracker { store, id, log, progress, last_write: None, saw_final: false }
+    }
+
+    pub(super) fn saw_final(&self) -> bool {
+        self.saw_final
+    }
+
+    pub(super) async fn handle_line(&mut self, line: &str) {
+        match ProgressEvent::from_line(line) {
+            None => self.log_line(line).await,
+            Some(Err(err)) => self.log_line(&format!("trainq: unreadable progress event ({err}): {line}")).await,
+            Some(Ok(event)) => {
+                if let Err(err) = self.apply(event).await {
+                    tracing::error!(error = ?err, "storing worker progress failed");
+                }
+            }
+        }
+    }
+
+    async fn log_line(&self, line: &str) {
+        if let Ok(mut file) = tokio::fs::OpenOptions::new().append(true).create(true).open(&self.log).await {
+            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    }
+
+    async fn apply(&mut self, event: ProgressEvent) -> Result<(), crate::store::StoreError> {
+        let progress = &mut self.progress;
+        let urgent = match event {
+            ProgressEvent::Started { .. } => {
+                progress.activity = String::from("loading data");
+                true
+            }
+            ProgressEvent::Data { .. } | ProgressEvent::Artifact { .. } => false,
+            ProgressEvent::Phase { phase, epochs, .. } => {
+                *progress = JobProgress { phase, epochs, epoch: 1, activity: String::from("training"), ..progress.clone() };
+                true
+            }
+            ProgressEvent::Step { phase, epoch, step, steps, images_per_sec } => {
+                progress.phase = phase;
+                progress.epoch = epoch;
+                progress.step = step;
+                progress.steps = steps;
+                progress.images_per_sec = Some(images_per_sec);
+                false
+            }
+            ProgressEvent::Epoch(metrics) => {
+                self.store.record_epoch(self.id, &metrics).await?;
+                progress.step = progress.steps;
+                true
+            }
+            ProgressEvent::Final(metrics) => {
+                self.store.set_final_metrics(self.id, &metrics).await?;
+                self.saw_final = true;
+                progress.activity = String::from("finishing");
+                true
+            }
+        };
+        let due = self.last_write.is_none_or(|at| at.elapsed() >= STEP_WRITE_INTERVAL);
+        if urgent || due {
+            self.store.set_progress(self.id, &self.progress).await?;
+            self.last_write = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
