@@ -1,0 +1,262 @@
+//! One job from start to end: load the splits, build the network, run each phase with a fresh
+//! optimizer over exactly the phase's trainable parameters, checkpoint after each phase, evaluate.
+
+use crate::data::{load_split, Split};
+use crate::model::{Network, Trainable};
+use crate::report::emit;
+use anyhow::Context;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tch::{COptimizer, Device, Kind, Reduction, Tensor};
+use trainq::catalog::datasets;
+use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
+use trainq::domain::spec::{JobSpec, OptimizerName, OptimizerSpec};
+use trainq::domain::ProgressEvent;
+
+/// ImageNet channel statistics on the 0..1 scale (torchvision's normalisation).
+const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// How often a step event is sent.
+const STEP_EVENT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Picks the device the supervisor granted.
+pub fn device_for(kind: WorkerDevice) -> anyhow::Result<Device> {
+    match kind {
+        WorkerDevice::Cpu => Ok(Device::Cpu),
+        WorkerDevice::Cuda if tch::Cuda::is_available() => {
+            tch::Cuda::cudnn_set_benchmark(true);
+            Ok(Device::Cuda(0))
+        }
+        WorkerDevice::Cuda => anyhow::bail!(
+            "the scheduler gave this job a GPU but libtorch sees no CUDA device (is libtorch_cuda.so linked? `ldd trainq-worker`)"
+        ),
+    }
+}
+
+/// Converts a uint8 batch to normalised float on `device`.
+pub fn normalise(batch: &Tensor, device: Device) -> Tensor {
+    let mean = Tensor::from_slice(&MEAN).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+    let std = Tensor::from_slice(&STD).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+    (batch.to_device(device).to_kind(Kind::Float) / 255.0 - mean) / std
+}
+
+/// The spec's optimizer over `parameters`.
+pub fn optimizer(spec: &OptimizerSpec, parameters: &[Tensor]) -> anyhow::Result<COptimizer> {
+    let mut optimizer = match spec.name {
+        // Keras' RMSprop: rho 0.9, epsilon 1e-7.
+        OptimizerName::Rmsprop => COptimizer::rms_prop(spec.lr, 0.9, 1e-7, spec.weight_decay, spec.momentum, false)?,
+        OptimizerName::Adam => COptimizer::adam(spec.lr, 0.9, 0.999, spec.weight_decay, 1e-7, false)?,
+        OptimizerName::Sgd => COptimizer::sgd(spec.lr, spec.momentum, 0.0, spec.weight_decay, false)?,
+    };
+    for parameter in parameters {
+        optimizer.add_parameters(parameter, 0)?;
+    }
+    Ok(optimizer)
+}
+
+/// Loss (mean over the batch) and the number of correct predictions, both as 0-d tensors.
+pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+    if logits.size()[1] == 1 {
+        let logits = logits.squeeze_dim(1);
+        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&labels.to_kind(Kind::Float), None, None, Reduction::Mean);
+        let correct = logits.gt(0.0).to_kind(Kind::Int64).eq_tensor(labels).sum(Kind::Int64);
+        (loss, correct)
+    } else {
+        let loss = logits.cross_entropy_for_logits(labels);
+        let correct = logits.argmax(1, false).eq_tensor(labels).sum(Kind::Int64);
+        (loss, correct)
+    }
+}
+
+/// Loss and accuracy over a whole split in inference mode.
+pub fn evaluate(network: &Network, split: &Split, batch_size: i64, device: Device) -> (f64, f64) {
+    let n = split.len() as i64;
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let inference = Trainable { frozen_prefix: 0, head: false };
+    tch::no_grad(|| {
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        for start in (0..n).step_by(batch_size as usize) {
+            let len = batch_size.min(n - start);
+            let images = normalise(&split.images.narrow(0, start, len), device);
+            let labels = split.labels.narrow(0, start, len).to_device(device);
+            let logits = network.forward(&images, &inference, false);
+            let (loss, hits) = loss_and_correct(&logits, &labels);
+            loss_sum += loss * len as f64;
+            correct += hits;
+        }
+        (loss_sum.double_value(&[]) / n as f64, correct.double_value(&[]) / n as f64)
+    })
+}
+
+/// Writes the VarStore's tensors as safetensors, atomically (temp file, then rename).
+pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Result<()> {
+    let variables = network.vs.variables();
+    let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let named: Vec<(&str, Tensor)> = named.into_iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu))).collect();
+    let temporary = dir.join(format!("{name}.tmp"));
+    Tensor::write_safetensors(&named, &temporary)?;
+    std::fs::rename(&temporary, dir.join(name))?;
+    emit(&ProgressEvent::Artifact { name: name.to_string() });
+    Ok(())
+}
+
+fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let temporary = dir.join(format!("{name}.tmp"));
+    std::fs::write(&temporary, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&temporary, dir.join(name))?;
+    emit(&ProgressEvent::Artifact { name: name.to_string() });
+    Ok(())
+}
+
+fn load(work: &WorkerJob, split: &str, classes: &[String]) -> anyhow::Result<Split> {
+    let spec = &work.spec;
+    let size = spec.image_size.expect("validated specs have a size");
+    let loaded = load_split(&work.dataset_dir, split, classes, size, spec.interpolation, work.threads)
+        .with_context(|| format!("loading the {split} split"))?;
+    eprintln!("{split}: {} images loaded in {:.1}s ({} skipped)", loaded.len(), loaded.seconds, loaded.skipped);
+    emit(&ProgressEvent::Data { split: split.to_string(), images: loaded.len(), skipped: loaded.skipped, seconds: loaded.seconds });
+    Ok(loaded)
+}
+
+/// Runs the whole job.
+pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
+    let spec: &JobSpec = &work.spec;
+    tch::set_num_threads(work.threads.max(1) as i32);
+    let device = device_for(work.device)?;
+    let device_name = match device {
+        Device::Cpu => format!("cpu ({} threads)", work.threads),
+        _ => String::from("cuda:0"),
+    };
+    eprintln!("job {} on {device_name}", work.job_id);
+    emit(&ProgressEvent::Started { device: device_name });
+
+    let dataset = datasets::describe(&spec.dataset, &work.dataset_dir)?;
+    let train = load(work, "train", &dataset.classes)?;
+    anyhow::ensure!(train.len() > 0, "the train split has no readable images");
+    let val = match dataset.split("val") {
+        Some(_) => Some(load(work, "val", &dataset.classes)?),
+        None => None,
+    };
+    let test = load(work, "test", &dataset.classes)?;
+
+    tch::manual_seed(spec.seed as i64);
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let network = Network::new(spec, device);
+    if let Some(weights) = &work.weights_file {
+        let ignored = network.load_backbone(weights).context("loading pretrained weights")?;
+        eprintln!("loaded backbone weights from {} ({ignored} non-backbone tensors ignored)", weights.display());
+    }
+    std::fs::create_dir_all(&work.output_dir)?;
+    write_json(&work.output_dir, "spec.json", spec)?;
+
+    let batch_size = spec.batch_size as i64;
+    let mut curves = Vec::new();
+    for (index, phase) in spec.phases.iter().enumerate() {
+        let phase_number = index as u32 + 1;
+        let (trainable, parameters) = network.set_trainable(&phase.train);
+        let optimizer = optimizer(phase.optimizer(spec), &parameters)?;
+        let count = Network::count(&parameters);
+        eprintln!("phase {phase_number}: {} epochs, {count} trainable parameters", phase.epochs);
+        emit(&ProgressEvent::Phase { phase: phase_number, epochs: phase.epochs, trainable_params: count });
+        for epoch in 1..=phase.epochs {
+            let metrics = train_epoch(&network, &trainable, &optimizer, &train, batch_size, device, &mut rng, (phase_number, epoch))?;
+            let started = Instant::now();
+            let (val_loss, val_acc) = match &val {
+                Some(val) if val.len() > 0 => {
+                    let (loss, acc) = evaluate(&network, val, batch_size * 2, device);
+                    (Some(loss), Some(acc))
+                }
+                _ => (None, None),
+            };
+            let metrics = EpochMetrics { val_loss, val_acc, seconds: metrics.seconds + started.elapsed().as_secs_f64(), ..metrics };
+            eprintln!(
+                "phase {phase_number} epoch {epoch}/{}: loss {:.4} acc {:.4} val_loss {} val_acc {} ({:.1}s)",
+                phase.epochs,
+                metrics.train_loss,
+                metrics.train_acc,
+                val_loss.map_or(String::from("-"), |v| format!("{v:.4}")),
+                val_acc.map_or(String::from("-"), |v| format!("{v:.4}")),
+                metrics.seconds
+            );
+            emit(&ProgressEvent::Epoch(metrics.clone()));
+            curves.push(metrics);
+        }
+        let name = if index + 1 == spec.phases.len() { String::from("final.safetensors") } else { format!("phase{phase_number}.safetensors") };
+        save_checkpoint(&network, &work.output_dir, &name)?;
+    }
+
+    let (train_loss, train_acc) = evaluate(&network, &train, batch_size * 2, device);
+    let (test_loss, test_acc) = evaluate(&network, &test, batch_size * 2, device);
+    let final_metrics = FinalMetrics { train_loss, train_acc, test_loss, test_acc };
+    eprintln!("final: train loss {train_loss:.4} acc {train_acc:.4}; test loss {test_loss:.4} acc {test_acc:.4}");
+    write_json(&work.output_dir, "metrics.json", &serde_json::json!({"epochs": curves, "final": final_metrics}))?;
+    emit(&ProgressEvent::Final(final_metrics));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    network: &Network,
+    trainable: &Trainable,
+    optimizer: &COptimizer,
+    train: &Split,
+    batch_size: i64,
+    device: Device,
+    rng: &mut ChaCha8Rng,
+    (phase, epoch): (u32, u32),
+) -> anyhow::Result<EpochMetrics> {
+    let started = Instant::now();
+    let n = train.len() as i64;
+    let mut order: Vec<i64> = (0..n).collect();
+    order.shuffle(rng);
+    let order = Tensor::from_slice(&order);
+    let steps = ((n + batch_size - 1) / batch_size) as u32;
+    // Sums stay on the device: no host sync per step.
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut correct = Tensor::zeros([], (Kind::Int64, device));
+    let mut last_event = Instant::now();
+    for step in 0..steps {
+        let start = step as i64 * batch_size;
+        let len = batch_size.min(n - start);
+        let index = order.narrow(0, start, len);
+        let images = normalise(&train.images.index_select(0, &index), device);
+        let labels = train.labels.index_select(0, &index).to_device(device);
+        let logits = network.forward(&images, trainable, true);
+        let (loss, hits) = loss_and_correct(&logits, &labels);
+        optimizer.zero_grad()?;
+        loss.backward();
+        optimizer.step()?;
+        tch::no_grad(|| {
+            loss_sum += loss.detach() * len as f64;
+            correct += hits;
+        });
+        if last_event.elapsed() >= STEP_EVENT_INTERVAL || step + 1 == steps {
+            last_event = Instant::now();
+            let done = (start + len) as f64;
+            emit(&ProgressEvent::Step {
+                phase,
+                epoch,
+                step: step + 1,
+                steps,
+                images_per_sec: done / started.elapsed().as_secs_f64().max(1e-9),
+            });
+        }
+    }
+    Ok(EpochMetrics {
+        phase,
+        epoch,
+        train_loss: loss_sum.double_value(&[]) / n as f64,
+        train_acc: correct.double_value(&[]) / n as f64,
+        val_loss: None,
+        val_acc: None,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
