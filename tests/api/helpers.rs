@@ -1,0 +1,239 @@
+//! `spawn_app()`: a real `trainq serve` process on port 0 with its own temp data dir, generated
+//! datasets and weights, and helpers to talk to it.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server and its folders. Killed on drop.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub root: PathBuf,
+    pub process: Child,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// How to start the server.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// A fake worker script instead of the real `trainq-worker`.
+    pub worker: Option<PathBuf>,
+    pub cpu_slots: Option<usize>,
+}
+
+/// Writes a generated dataset `demo` (tiny images) under `root/datasets`.
+pub fn write_dataset(root: &Path, train: usize, val: usize, test: usize) {
+    let status = Command::new(env!("CARGO_BIN_EXE_trainq"))
+        .args(["demo-data", root.join("datasets/demo").to_str().unwrap(), "--size", "36", "--seed", "11"])
+        .args(["--train-per-class", &train.to_string(), "--val-per-class", &val.to_string()])
+        .args(["--test-per-class", &test.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// VGG16 `features.*` tensors with torchvision's names and shapes, Kaiming-scaled random values.
+/// The shapes are written out here independently of the worker's model code.
+pub fn write_vgg16_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let convs: [(usize, usize, usize); 13] = [
+        (0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
+        (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512),
+    ];
+    let mut tensors = Vec::new();
+    for (index, cin, cout) in convs {
+        let bound = (6.0 / (cin * 9) as f32).sqrt();
+        let weight: Vec<f32> = (0..cout * cin * 9).map(|_| rng.gen_range(-bound..bound)).collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rng.gen_range(-0.01..0.01)).collect();
+        tensors.push((format!("features.{index}.weight"), vec![cout, cin, 3, 3], weight));
+        tensors.push((format!("features.{index}.bias"), vec![cout], bias));
+    }
+    // A classifier tensor, as in timm/torchvision files; the loader must ignore it.
+    tensors.push((String::from("classifier.6.bias"), vec![1000], vec![0.0; 1000]));
+    write_safetensors(path, &tensors);
+    tensors
+}
+
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), data)| {
+            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap())
+        })
+        .collect();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    safetensors::tensor::serialize_to_file(views, &None, path).unwrap();
+}
+
+/// Reads every tensor of a safetensors file as f32 values (integers converted).
+pub fn read_safetensors(bytes: &[u8]) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = match view.dtype() {
+                safetensors::Dtype::F32 => {
+                    view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+                }
+                safetensors::Dtype::I64 => {
+                    view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+                }
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            };
+            (name, (view.shape().to_vec(), values))
+        })
+        .collect()
+}
+
+/// Writes an executable shell script to use as a fake worker.
+pub fn fake_worker(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A fake worker that reports success at once, unless the job is named `crash` (SIGSEGV) or `sleep`.
+pub const FAKE_WORKER: &str = r#"
+if grep -q '"name": "crash"' "$3"; then echo "about to crash" >&2; kill -SEGV $$; fi
+if grep -q '"name": "exit3"' "$3"; then echo "giving up" >&2; exit 3; fi
+if grep -q '"name": "silent"' "$3"; then exit 0; fi
+if grep -q '"name": "sleep"' "$3"; then exec sleep 60; fi
+if grep -q '"name": "stubborn"' "$3"; then trap '' TERM; sleep 60; fi
+echo "fake training" >&2
+echo '@trainq {"event":"epoch","phase":1,"epoch":1,"train_loss":0.5,"train_acc":0.75,"val_loss":null,"val_acc":null,"seconds":0.1}'
+echo '@trainq {"event":"final","train_loss":0.1,"train_acc":1.0,"test_loss":0.2,"test_acc":0.9}'
+"#;
+
+impl TestApp {
+    /// Starts a server on a fresh temp folder.
+    pub fn spawn(options: Options) -> TestApp {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().to_path_buf();
+        let mut app = TestApp::spawn_in(&root, options);
+        app._temp = Some(temp);
+        app
+    }
+
+    /// Starts a server on an existing folder (to test restarts).
+    pub fn spawn_in(root: &Path, options: Options) -> TestApp {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_trainq"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-gpu", "--kill-grace-secs", "2"])
+            .arg("--data-dir")
+            .arg(root.join("data"))
+            .arg("--datasets")
+            .arg(root.join("datasets"))
+            .arg("--weights")
+            .arg(root.join("weights"))
+            .args(["--cpu-slots", &options.cpu_slots.unwrap_or(1).to_string()])
+            .env("RUST_LOG", "info,trainq=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(root.join("server.log")).unwrap());
+        if let Some(worker) = &options.worker {
+            command.arg("--worker").arg(worker);
+        }
+        let mut process = command.spawn().expect("starting trainq serve");
+        let stdout = process.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(address) = line.strip_prefix("trainq listening on ") {
+                    let _ = sender.send(address.to_string());
+                }
+            }
+        });
+        let address = receiver.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            panic!("server did not start: {}", std::fs::read_to_string(root.join("server.log")).unwrap_or_default())
+        });
+        TestApp { address, client: reqwest::Client::new(), root: root.to_path_buf(), process, _temp: None }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let response = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn submit(&self, spec: &Value) -> String {
+        let (status, body) = self.post("/api/jobs", spec).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls a job until `done(job)` holds, or panics with the server log after `timeout`.
+    pub async fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, job) = self.get(&format!("/api/jobs/{id}")).await;
+            if done(&job) {
+                return job;
+            }
+            if started.elapsed() > timeout {
+                let (_, log) = self.text(&format!("/api/jobs/{id}/log")).await;
+                panic!("job {id} timed out: {job:#}\n--- job log ---\n{log}\n--- server log ---\n{}", self.server_log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_for_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        self.wait_for(id, timeout, |job| job["state"] == state).await
+    }
+
+    pub async fn text(&self, path: &str) -> (StatusCode, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
+    }
+
+    /// Hands over the temp folder so it outlives this server (for restart tests).
+    pub fn take_temp(&mut self) -> Option<tempfile::TempDir> {
+        self._temp.take()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.process.id() as i32
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The assignment's Q1 spec, shrunk: tiny images, few epochs.
+pub fn small_spec(name: &str) -> Value {
+    json!({
+        "name": name, "dataset": "demo", "backbone": "vgg16", "weights": "imagenet",
+        "image_size": 32, "batch_size": 20,
+        "head": ["gap", {"dense": 64}, "batchnorm", "relu", {"dense": 16}, {"dense": 1}],
+        "phases": [{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}],
+        "optimizer": {"name": "rmsprop", "lr": 1e-3}, "seed": 1
+    })
+}

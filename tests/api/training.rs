@@ -1,0 +1,116 @@
+//! End to end with the real tch worker on generated data: it learns, its curves and checkpoints
+//! are right, and the server process never maps libtorch.
+
+use crate::helpers::{read_safetensors, write_dataset, write_vgg16_weights, Options, TestApp};
+use serde_json::json;
+use std::time::Duration;
+
+/// torchvision indices of VGG16's convolutions, by block.
+const BLOCK_CONVS: [&[usize]; 5] = [&[0, 2], &[5, 7], &[10, 12, 14], &[17, 19, 21], &[24, 26, 28]];
+
+#[tokio::test]
+async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
+    let app = TestApp::spawn(Options::default());
+    write_dataset(&app.root, 60, 8, 25);
+    let initial = write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let spec = json!({
+        "name": "q1-tiny", "dataset": "demo", "backbone": "vgg16", "weights": "imagenet",
+        "image_size": 32, "batch_size": 10,
+        // Keras' 0.99 moving average needs hundreds of steps to settle; this run has 12 an epoch.
+        "head": ["gap", {"dense": 512}, {"batchnorm": {"momentum": 0.9}}, "relu", {"dense": 128}, {"dense": 1}],
+        "phases": [{"epochs": 8, "train": "head"},
+                   {"epochs": 2, "train": ["block5", "head"], "optimizer": {"name": "rmsprop", "lr": 1e-5}}],
+        "optimizer": {"name": "rmsprop", "lr": 1e-4}, "seed": 3
+    });
+    let id = app.submit(&spec).await;
+    let job = app.wait_for(&id, Duration::from_secs(600), |job| job["state"] != "queued" && job["state"] != "running").await;
+    let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
+    assert!(log.contains("phase 1 epoch 1/8"), "{log}");
+
+    // Curves: one row per epoch and phase, in order.
+    let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
+    let rows: Vec<(u64, u64)> = metrics["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["phase"].as_u64().unwrap(), row["epoch"].as_u64().unwrap()))
+        .collect();
+    let expected: Vec<(u64, u64)> = (1..=8).map(|e| (1, e)).chain((1..=2).map(|e| (2, e))).collect();
+    assert_eq!(rows, expected);
+    for row in metrics["epochs"].as_array().unwrap() {
+        assert!(row["train_loss"].as_f64().unwrap().is_finite() && row["val_acc"].is_number(), "{row}");
+    }
+    // It learned: the test set is balanced, so chance is 0.5.
+    let test_acc = metrics["final"]["test_acc"].as_f64().unwrap();
+    assert!(test_acc >= 0.75, "test accuracy {test_acc} is too close to chance\n{log}");
+    assert!(metrics["final"]["train_loss"].as_f64().unwrap().is_finite());
+
+    // Artifacts list and download.
+    let (_, artifacts) = app.get(&format!("/api/jobs/{id}/artifacts")).await;
+    let names: Vec<&str> = artifacts.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["final.safetensors", "metrics.json", "phase1.safetensors", "spec.json"]);
+    let download = |name: &str| {
+        let url = app.url(&format!("/api/jobs/{id}/artifacts/{name}"));
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let phase1 = read_safetensors(&download("phase1.safetensors").await);
+    let last = read_safetensors(&download("final.safetensors").await);
+    let saved_spec: serde_json::Value = serde_json::from_slice(&download("spec.json").await).unwrap();
+    // The saved spec is the normalised one: defaults filled in.
+    assert_eq!(saved_spec["head"][2], json!({"batchnorm": {"momentum": 0.9, "epsilon": 0.001}}));
+    assert_eq!(saved_spec["phases"][1]["train"], json!(["block5", "head"]));
+    assert_eq!(saved_spec["phases"][1]["optimizer"]["lr"], 1e-5);
+    let missing = app.client.get(app.url(&format!("/api/jobs/{id}/artifacts/..%2Ftrainq.db"))).send().await.unwrap();
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // Phase 1 froze the backbone: its tensors equal the loaded weights exactly.
+    for (name, shape, values) in initial.iter().filter(|(name, _, _)| name.starts_with("features.")) {
+        let (saved_shape, saved) = &phase1[name];
+        assert_eq!(saved_shape, shape, "{name}");
+        assert!(saved == values, "{name} changed while frozen");
+    }
+    // Phase 2 trained block5 only.
+    for (block, convs) in BLOCK_CONVS.iter().enumerate() {
+        for conv in convs.iter() {
+            let name = format!("features.{conv}.weight");
+            let changed = phase1[&name].1 != last[&name].1;
+            assert_eq!(changed, block == 4, "{name}: changed={changed}");
+        }
+    }
+    // The head trained in both phases; batch norm kept PyTorch's counter (10 epochs × 12 batches).
+    assert!(phase1["head.1.weight"].1 != last["head.1.weight"].1);
+    assert_eq!(last["head.2.num_batches_tracked"].1, [120.0]);
+    assert!(!last.contains_key("classifier.6.bias"), "non-backbone tensors of the weights file are not kept");
+
+    // The server ran a whole job without ever mapping libtorch.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", app.pid())).unwrap();
+    assert!(!maps.contains("libtorch") && !maps.contains("libc10"), "the server mapped libtorch");
+}
+
+#[tokio::test]
+async fn the_log_can_be_followed_until_the_job_ends() {
+    let app = TestApp::spawn(Options::default());
+    write_dataset(&app.root, 4, 1, 2);
+    let spec = json!({
+        "name": "follow", "dataset": "demo", "backbone": "vgg16", "weights": "random",
+        "image_size": 32, "batch_size": 4,
+        "head": ["flatten", {"dropout": 0.25}, {"dense": 8}, "batchnorm", "relu", {"dense": 2}],
+        "phases": [{"epochs": 2, "train": "all"}], "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}
+    });
+    let id = app.submit(&spec).await;
+    let response = app.client.get(app.url(&format!("/api/jobs/{id}/log?follow=true"))).send().await.unwrap();
+    // The body ends only when the job has finished; by then it holds the whole run.
+    let text = tokio::time::timeout(Duration::from_secs(300), response.text()).await.unwrap().unwrap();
+    assert!(text.contains("phase 1 epoch 2/2"), "{text}");
+    assert!(text.contains("job succeeded"), "{text}");
+    let (_, job) = app.get(&format!("/api/jobs/{id}")).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["progress"]["phase"], 1);
+    // Batch norm kept PyTorch's counter (2 epochs × 2 batches of 4) and moved its statistics.
+    let url = app.url(&format!("/api/jobs/{id}/artifacts/final.safetensors"));
+    let weights = read_safetensors(&app.client.get(url).send().await.unwrap().bytes().await.unwrap());
+    assert_eq!(weights["head.3.num_batches_tracked"].1, [4.0]);
+    assert!(weights["head.3.running_mean"].1.iter().any(|v| *v != 0.0));
+}
