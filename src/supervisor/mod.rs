@@ -89,6 +89,11 @@ impl Supervisor {
         self.running.lock().expect("running map poisoned").insert(id, token.clone());
         match self.spawn(&paths, &work, slot).await {
             Ok(child) => {
+                // A cancel that arrived between the claim and the token's registration finds no
+                // token; the flag in the database still says so.
+                if matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested) {
+                    token.cancel();
+                }
                 let watcher = self.clone();
                 let span = tracing::info_span!("watch", job_id = %id);
                 tokio::spawn(async move { watcher.watch(id, paths, child, token, phases).await }.instrument(span));
@@ -161,15 +166,23 @@ impl Supervisor {
     async fn watch(&self, id: JobId, paths: JobPaths, mut child: Child, token: CancellationToken, phases: u32) {
         let pid = child.id().map(|pid| pid as i32);
         let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
+        let mut reader = BufReader::new(stdout);
+        // Bytes, not `lines()`: one line of invalid UTF-8 must not stop us reading, or the
+        // worker would block on a full pipe.
+        let mut line = Vec::new();
         let mut tracker = ProgressTracker::new(self.store.clone(), id, paths.log(), phases);
         let mut stdout_open = true;
         let mut cancelled = false;
+        let mut kill_at: Option<tokio::time::Instant> = None;
+        let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let status = loop {
             tokio::select! {
-                line = lines.next_line(), if stdout_open => match line {
-                    Ok(Some(line)) => tracker.handle_line(&line).await,
-                    Ok(None) | Err(_) => stdout_open = false,
+                read = reader.read_until(b'\n', &mut line), if stdout_open => match read {
+                    Ok(0) | Err(_) => stdout_open = false,
+                    Ok(_) => {
+                        tracker.handle_line(String::from_utf8_lossy(&line).trim_end()).await;
+                        line.clear();
+                    }
                 },
                 status = child.wait() => break status,
                 () = token.cancelled(), if !cancelled => {
@@ -177,19 +190,26 @@ impl Supervisor {
                     if let Some(pid) = pid {
                         tracing::info!("stopping worker: SIGTERM to its process group");
                         signal_group(pid, libc::SIGTERM);
-                        let grace = self.config.kill_grace;
-                        tokio::spawn(async move {
-                            tokio::time::sleep(grace).await;
-                            signal_group(pid, libc::SIGKILL);
-                        });
+                        kill_at = Some(tokio::time::Instant::now() + self.config.kill_grace);
+                    }
+                }
+                () = tokio::time::sleep_until(kill_at.unwrap_or(never)), if kill_at.is_some() => {
+                    kill_at = None;
+                    if let Some(pid) = pid {
+                        tracing::warn!("worker ignored SIGTERM: SIGKILL to its process group");
+                        signal_group(pid, libc::SIGKILL);
                     }
                 }
             }
         };
         // Drain what the worker printed before it exited, without waiting on stray descendants.
         let drain = async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracker.handle_line(&line).await;
+            while let Ok(read) = reader.read_until(b'\n', &mut line).await {
+                if read == 0 {
+                    break;
+                }
+                tracker.handle_line(String::from_utf8_lossy(&line).trim_end()).await;
+                line.clear();
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;

@@ -107,6 +107,7 @@ pub const FAKE_WORKER: &str = r#"
 if grep -q '"name": "crash"' "$3"; then echo "about to crash" >&2; kill -SEGV $$; fi
 if grep -q '"name": "exit3"' "$3"; then echo "giving up" >&2; exit 3; fi
 if grep -q '"name": "silent"' "$3"; then exit 0; fi
+if grep -q '"name": "binary"' "$3"; then printf '\377\376 not utf8\n'; fi
 if grep -q '"name": "sleep"' "$3"; then exec sleep 60; fi
 if grep -q '"name": "stubborn"' "$3"; then trap '' TERM; sleep 60; fi
 echo "fake training" >&2

@@ -37,15 +37,20 @@ async fn a_crashing_worker_fails_the_job_with_a_reason_and_frees_the_device() {
 }
 
 #[tokio::test]
-async fn non_zero_exits_and_silent_workers_fail() {
+async fn worker_exits_and_output_map_to_states() {
     let (_scripts, app) = app_with_fake_worker();
     let exit3 = app.submit(&small_spec("exit3")).await;
     let silent = app.submit(&small_spec("silent")).await;
+    let binary = app.submit(&small_spec("binary")).await;
     let job = app.wait_for(&exit3, WAIT, |job| job["state"] == "failed").await;
     let reason = job["error"].as_str().unwrap();
     assert!(reason.contains("exited with code 3") && reason.contains("giving up"), "{reason}");
     let job = app.wait_for(&silent, WAIT, |job| job["state"] == "failed").await;
     assert!(job["error"].as_str().unwrap().contains("without reporting final metrics"));
+    // Output that is not UTF-8 goes to the log and does not stop the progress events after it.
+    app.wait_for_state(&binary, "succeeded", WAIT).await;
+    let (_, log) = app.text(&format!("/api/jobs/{binary}/log")).await;
+    assert!(log.contains("not utf8"), "{log}");
     let (_, failed) = app.get("/api/jobs?state=failed").await;
     assert_eq!(failed.as_array().unwrap().len(), 2);
 }
