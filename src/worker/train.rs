@@ -202,6 +202,17 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `(start, len)` of each training batch. A trailing batch of one image is merged into the one
+/// before: batch norm cannot take batch statistics of a single sample.
+pub fn batch_bounds(n: i64, batch_size: i64) -> Vec<(i64, i64)> {
+    let mut bounds: Vec<(i64, i64)> = (0..n).step_by(batch_size as usize).map(|s| (s, batch_size.min(n - s))).collect();
+    if bounds.len() > 1 && bounds.last().is_some_and(|&(_, len)| len == 1) {
+        bounds.pop();
+        bounds.last_mut().expect("more than one batch").1 += 1;
+    }
+    bounds
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_epoch(
     network: &Network,
@@ -218,14 +229,13 @@ fn train_epoch(
     let mut order: Vec<i64> = (0..n).collect();
     order.shuffle(rng);
     let order = Tensor::from_slice(&order);
-    let steps = ((n + batch_size - 1) / batch_size) as u32;
+    let batches = batch_bounds(n, batch_size);
+    let steps = batches.len() as u32;
     // Sums stay on the device: no host sync per step.
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut correct = Tensor::zeros([], (Kind::Int64, device));
     let mut last_event = Instant::now();
-    for step in 0..steps {
-        let start = step as i64 * batch_size;
-        let len = batch_size.min(n - start);
+    for (step, &(start, len)) in (0u32..).zip(&batches) {
         let index = order.narrow(0, start, len);
         let images = normalise(&train.images.index_select(0, &index), device);
         let labels = train.labels.index_select(0, &index).to_device(device);
@@ -259,4 +269,28 @@ fn train_epoch(
         val_acc: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cover_every_image_once_and_never_hold_one_alone() {
+        assert_eq!(batch_bounds(9, 4), [(0, 4), (4, 5)]);
+        assert_eq!(batch_bounds(8, 4), [(0, 4), (4, 4)]);
+        assert_eq!(batch_bounds(10, 4), [(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(batch_bounds(1, 4), [(0, 1)]);
+        assert_eq!(batch_bounds(5216, 20).len(), 261);
+    }
+
+    #[test]
+    fn binary_loss_and_accuracy_use_logits() {
+        let logits = Tensor::from_slice(&[2.0f32, -1.0, 0.5]).view([3, 1]);
+        let labels = Tensor::from_slice(&[1i64, 0, 0]);
+        let (loss, correct) = loss_and_correct(&logits, &labels);
+        assert_eq!(correct.int64_value(&[]), 2);
+        let expected = ((1.0 + (-2.0f64).exp()).ln() + (1.0 + (-1.0f64).exp()).ln() + (1.0 + 0.5f64.exp()).ln()) / 3.0;
+        assert!((loss.double_value(&[]) - expected).abs() < 1e-6);
+    }
 }

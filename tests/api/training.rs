@@ -93,6 +93,10 @@ async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
 async fn the_log_can_be_followed_until_the_job_ends() {
     let app = TestApp::spawn(Options::default());
     write_dataset(&app.root, 4, 1, 2);
+    // A corrupt file is skipped and counted, a PNG is read like a JPEG.
+    let normal = app.root.join("datasets/demo/train/NORMAL");
+    std::fs::write(normal.join("broken.jpeg"), b"\xff\xd8 this is not a JPEG").unwrap();
+    image::GrayImage::from_pixel(40, 40, image::Luma([90u8])).save(normal.join("flat.png")).unwrap();
     let spec = json!({
         "name": "follow", "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": 32, "batch_size": 4,
@@ -105,10 +109,13 @@ async fn the_log_can_be_followed_until_the_job_ends() {
     let text = tokio::time::timeout(Duration::from_secs(300), response.text()).await.unwrap().unwrap();
     assert!(text.contains("phase 1 epoch 2/2"), "{text}");
     assert!(text.contains("job succeeded"), "{text}");
+    assert!(text.contains("skipping unreadable image") && text.contains("broken.jpeg"), "{text}");
+    assert!(text.contains("train: 9 images loaded") && text.contains("(1 skipped)"), "{text}");
     let (_, job) = app.get(&format!("/api/jobs/{id}")).await;
     assert_eq!(job["state"], "succeeded");
     assert_eq!(job["progress"]["phase"], 1);
-    // Batch norm kept PyTorch's counter (2 epochs × 2 batches of 4) and moved its statistics.
+    // Batch norm kept PyTorch's counter and moved its statistics. 9 images by 4 make batches of
+    // 4 and 5 (a lone last image joins the batch before), so 2 epochs × 2 batches.
     let url = app.url(&format!("/api/jobs/{id}/artifacts/final.safetensors"));
     let weights = read_safetensors(&app.client.get(url).send().await.unwrap().bytes().await.unwrap());
     assert_eq!(weights["head.3.num_batches_tracked"].1, [4.0]);
