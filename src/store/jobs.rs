@@ -146,12 +146,16 @@ impl Store {
     /// Ends a running job. False if it was not running.
     pub async fn finish_job(&self, id: JobId, state: JobState, error: Option<&str>) -> Result<bool, StoreError> {
         debug_assert!(state.is_terminal());
+        // The last progress snapshot stays (where it stopped), but no longer claims an activity.
         let result = sqlx::query(
-            "UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ? AND state = 'running'",
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, \
+             progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', ?) END \
+             WHERE id = ? AND state = 'running'",
         )
         .bind(state.as_str())
         .bind(error)
         .bind(now_rfc3339())
+        .bind(state.as_str())
         .bind(id.to_string())
         .execute(&self.pool)
         .await?;
@@ -280,6 +284,10 @@ mod tests {
         assert!(!store.claim_job(job.id, "cpu1").await.unwrap());
         let job = store.job(job.id).await.unwrap().unwrap();
         assert_eq!((job.state, job.device.as_deref(), job.attempts), (JobState::Running, Some("cpu0"), 1));
+        assert!(store.finish_job(job.id, JobState::Succeeded, None).await.unwrap());
+        assert!(!store.finish_job(job.id, JobState::Failed, None).await.unwrap(), "finished once");
+        let job = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!(job.progress.unwrap().activity, "succeeded");
     }
 
     #[tokio::test]
