@@ -6,11 +6,15 @@ const POLL_MS = 1500;
 const LOG_LINES = 60;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const CANCELLABLE = new Set(['queued', 'running']);
+// Same as deploy/examples/q1-demo.json: the assignment's Q1, shrunk for the demo dataset.
 const EXAMPLE_SPEC = {
   name: 'q1-demo', dataset: 'chest_xray_demo', backbone: 'vgg16', weights: 'random',
-  image_size: 64, batch_size: 20,
-  head: ['gap', { dense: 512 }, 'batchnorm', 'relu', { dense: 128 }, { dense: 1 }],
-  phases: [{ epochs: 4, train: 'head' }, { epochs: 2, train: ['block5', 'head'] }],
+  image_size: 32, batch_size: 10,
+  head: ['gap', { dense: 512 }, { batchnorm: { momentum: 0.9 } }, 'relu', { dense: 128 }, { dense: 1 }],
+  phases: [
+    { epochs: 8, train: 'head' },
+    { epochs: 4, train: ['block5', 'head'], optimizer: { name: 'rmsprop', lr: 0.00001 } },
+  ],
   optimizer: { name: 'rmsprop', lr: 0.0001 },
   seed: 1,
 };
