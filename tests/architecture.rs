@@ -14,6 +14,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Whether `line` holds `needle` at the start of a word (so `tch::` does not match `fetch::`).
+fn contains_word(line: &str, needle: &str) -> bool {
+    line.match_indices(needle).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        !needle.starts_with(|c: char| c.is_alphanumeric()) || !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
 /// Source files (relative to `src/`) that contain `needle` outside comments.
 fn files_mentioning(needle: &str) -> Vec<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -26,7 +34,7 @@ fn files_mentioning(needle: &str) -> Vec<String> {
                 .unwrap()
                 .lines()
                 .filter(|line| !line.trim_start().starts_with("//"))
-                .any(|line| line.contains(needle))
+                .any(|line| contains_word(line, needle))
         })
         .map(|path| path.strip_prefix(&src).unwrap().to_string_lossy().into_owned())
         .collect();
@@ -38,6 +46,14 @@ fn assert_only_under(needle: &str, allowed: &[&str]) {
     let strays: Vec<String> =
         files_mentioning(needle).into_iter().filter(|file| !allowed.iter().any(|prefix| file.starts_with(prefix))).collect();
     assert!(strays.is_empty(), "`{needle}` may only appear under {allowed:?}, found in {strays:?}");
+}
+
+#[test]
+fn needles_match_whole_words_only() {
+    assert!(contains_word("use tch::Tensor;", "tch::"));
+    assert!(contains_word("x = tch::no_grad(f)", "tch::"));
+    assert!(!contains_word("trainq::fetch::run()", "tch::"));
+    assert!(contains_word("a.claim_job(", ".claim_job("));
 }
 
 #[test]

@@ -1,0 +1,163 @@
+//! `trainq weights fetch` end to end: the real binary downloads from a tiny HTTP server started
+//! here, checks the file, and installs it only when every tensor matches torchvision's layout.
+
+use safetensors::tensor::{Dtype, TensorView};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use trainq::domain::backbone::Backbone;
+use trainq::domain::weights_layout::{check_file, expected_tensors};
+
+/// One HTTP answer of the test server.
+struct Reply {
+    status: &'static str,
+    location: Option<String>,
+    body: Arc<Vec<u8>>,
+}
+
+impl Reply {
+    fn ok(body: &Arc<Vec<u8>>) -> Reply {
+        Reply { status: "200 OK", location: None, body: Arc::clone(body) }
+    }
+}
+
+/// Serves every connection on 127.0.0.1:<free port> with `route(path)`; returns the base URL.
+/// The thread ends with the test process.
+fn serve(route: impl Fn(&str) -> Reply + Send + 'static) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            // Skip the headers; the request has no body.
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|read| read > 2) {
+                header.clear();
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let reply = route(&path);
+            let mut head = format!(
+                "HTTP/1.1 {}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n",
+                reply.status,
+                reply.body.len()
+            );
+            if let Some(location) = &reply.location {
+                head += &format!("location: {location}\r\n");
+            }
+            head += "\r\n";
+            // The client may hang up early on a failure; that is its business.
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&reply.body));
+        }
+    });
+    base
+}
+
+/// A VGG16 file as timm publishes it: every feature tensor (F16 zeros) plus a classifier that
+/// trainq ignores. `misshape` gives one tensor another shape.
+fn vgg16_file(misshape: Option<(&str, Vec<usize>)>) -> Arc<Vec<u8>> {
+    let mut tensors: Vec<(String, Vec<usize>)> =
+        expected_tensors(Backbone::Vgg16).into_iter().map(|tensor| (tensor.name, tensor.shape)).collect();
+    tensors.push(("head.fc.weight".into(), vec![1000, 64]));
+    tensors.push(("head.fc.bias".into(), vec![1000]));
+    if let Some((name, shape)) = misshape {
+        tensors.iter_mut().find(|(tensor, _)| tensor == name).unwrap().1 = shape;
+    }
+    let largest = tensors.iter().map(|(_, shape)| shape.iter().product::<usize>() * 2).max().unwrap();
+    let zeros = vec![0u8; largest];
+    let views = tensors.iter().map(|(name, shape)| {
+        let bytes = shape.iter().product::<usize>() * 2;
+        (name.clone(), TensorView::new(Dtype::F16, shape.clone(), &zeros[..bytes]).unwrap())
+    });
+    Arc::new(safetensors::serialize(views, &None).unwrap())
+}
+
+fn fetch_vgg16(url: &str, weights: &Path) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_trainq"))
+        .args(["weights", "fetch", "vgg16", "--url", url, "--weights"])
+        .arg(weights)
+        .env_remove("TRAINQ_WEIGHTS")
+        .env_remove("TRAINQ_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_good_file_is_downloaded_through_a_redirect_checked_and_installed() {
+    let body = vgg16_file(None);
+    let served = Arc::clone(&body);
+    let base = serve(move |path| match path {
+        // Hugging Face answers `resolve/main/…` with a redirect to its CDN.
+        "/timm/vgg16/model.safetensors" => {
+            Reply { status: "302 Found", location: Some("/cdn/abc123".into()), body: Arc::new(Vec::new()) }
+        }
+        "/cdn/abc123" => Reply::ok(&served),
+        _ => Reply { status: "404 Not Found", location: None, body: Arc::new(b"not found".to_vec()) },
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("weights");
+
+    let output = fetch_vgg16(&format!("{base}/timm/vgg16/model.safetensors"), &weights);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("installed vgg16 weights at"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "26 tensors match torchvision's vgg16 layout; 2 other tensors ignored (head.fc.bias, head.fc.weight)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sha256 "), "{stdout}");
+    assert_eq!(file_names(&weights), ["vgg16.safetensors"]);
+    let installed = weights.join("vgg16.safetensors");
+    assert_eq!(std::fs::read(&installed).unwrap(), *body);
+    assert_eq!(check_file(Backbone::Vgg16, &installed).unwrap().matched, 26);
+}
+
+#[test]
+fn a_file_with_a_wrong_shape_is_refused_and_the_installed_one_kept() {
+    let body = vgg16_file(Some(("features.19.weight", vec![512, 512, 1, 1])));
+    let base = serve(move |_| Reply::ok(&body));
+    let weights = tempfile::tempdir().unwrap();
+    std::fs::write(weights.path().join("vgg16.safetensors"), b"the admin's earlier file").unwrap();
+
+    let output = fetch_vgg16(&format!("{base}/x.safetensors"), weights.path());
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot serve as vgg16 weights; nothing was installed"), "{stderr}");
+    assert!(stderr.contains("tensor `features.19.weight`"), "{stderr}");
+    assert!(stderr.contains("has shape [512, 512, 1, 1], expected [512, 512, 3, 3]"), "{stderr}");
+    assert_eq!(file_names(weights.path()), ["vgg16.safetensors"], "the partial download must be gone");
+    assert_eq!(std::fs::read(weights.path().join("vgg16.safetensors")).unwrap(), b"the admin's earlier file");
+}
+
+#[test]
+fn a_404_is_a_clear_failure() {
+    let base =
+        serve(|_| Reply { status: "404 Not Found", location: None, body: Arc::new(b"Entry not found".to_vec()) });
+    let weights = tempfile::tempdir().unwrap();
+
+    let url = format!("{base}/timm/nothing/model.safetensors");
+    let output = fetch_vgg16(&url, weights.path());
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("{url} answered 404 Not Found; nothing was installed")), "{stderr}");
+    assert!(file_names(weights.path()).is_empty());
+}
