@@ -1,5 +1,7 @@
 //! Command-line and environment configuration (clap derive; every flag also reads `TRAINQ_*`).
 
+use crate::domain::backbone::Backbone;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +22,8 @@ pub enum Command {
     Serve(ServeConfig),
     /// Write a small synthetic chest-X-ray-like dataset (NORMAL vs PNEUMONIA) in ImageFolder layout.
     DemoData(DemoDataArgs),
+    /// Manage the pretrained backbone weights jobs with `"weights": "imagenet"` start from.
+    Weights(WeightsArgs),
 }
 
 /// `trainq serve`.
@@ -77,4 +81,52 @@ pub struct DemoDataArgs {
     /// Seed for the generator.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+}
+
+/// `trainq weights`.
+#[derive(Debug, Clone, Args)]
+pub struct WeightsArgs {
+    /// What to do with the weights folder.
+    #[command(subcommand)]
+    pub command: WeightsCommand,
+}
+
+/// The `trainq weights` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum WeightsCommand {
+    /// Download a backbone's ImageNet weights, check every tensor against torchvision's layout,
+    /// and install them as `<weights dir>/<backbone>.safetensors`.
+    Fetch(WeightsFetchArgs),
+}
+
+/// `trainq weights fetch`.
+#[derive(Debug, Clone, Args)]
+pub struct WeightsFetchArgs {
+    /// The backbone whose weights to install.
+    #[arg(value_parser = backbone_parser())]
+    pub backbone: Backbone,
+    /// Where to download the safetensors file from. Default: torchvision's ImageNet weights as
+    /// published by timm on Hugging Face (`timm/<backbone>.tv_in1k`).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The server's data folder; only used to find the default weights folder, as `serve` does.
+    #[arg(long, env = "TRAINQ_DATA_DIR", default_value = "trainq-data")]
+    pub data_dir: PathBuf,
+    /// The weights folder `serve` reads. Default: DATA_DIR/weights.
+    #[arg(long, env = "TRAINQ_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+}
+
+impl WeightsFetchArgs {
+    /// The folder to install into: the same one `trainq serve` would read with these settings.
+    pub fn weights_dir(&self) -> PathBuf {
+        self.weights.clone().unwrap_or_else(|| self.data_dir.join("weights"))
+    }
+}
+
+/// Accepts the spec's backbone names (`vgg16`, `inception_v3`) and lists them in `--help`.
+fn backbone_parser() -> impl TypedValueParser<Value = Backbone> {
+    PossibleValuesParser::new(Backbone::ALL.map(Backbone::name)).map(|name| {
+        Backbone::ALL.into_iter().find(|backbone| backbone.name() == name).expect("a listed possible value")
+    })
 }

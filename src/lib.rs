@@ -11,8 +11,12 @@ pub mod demo_data;
 pub mod devices;
 /// Job ids, states, specs and the worker protocol.
 pub mod domain;
+/// `trainq weights fetch`: download, check and install a backbone's pretrained weights.
+pub mod fetch_weights;
 /// The REST API and dashboard (the only axum code).
 pub mod http;
+/// Test-set metrics: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
+pub mod metrics;
 /// The scheduling loop (the only code that claims jobs).
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.

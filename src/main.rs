@@ -1,7 +1,7 @@
 //! The `trainq` binary: parse the command line, set up tracing, run a subcommand.
 
 use clap::Parser;
-use trainq::config::{Cli, Command};
+use trainq::config::{Cli, Command, WeightsCommand};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,5 +19,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::Weights(args) => match args.command {
+            WeightsCommand::Fetch(args) => Ok(trainq::fetch_weights::fetch(args).await?),
+        },
     }
 }

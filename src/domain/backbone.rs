@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub enum Backbone {
     /// VGG16 (torchvision `features.*` names).
     Vgg16,
-    /// InceptionV3 (torchvision names); not trainable in this version.
+    /// InceptionV3 (torchvision names, no auxiliary head).
     InceptionV3,
 }
 
@@ -24,10 +24,10 @@ pub struct BackboneInfo {
     pub min_image_size: u32,
     /// Channels of the feature map the head consumes.
     pub feature_channels: u32,
-    /// Total downsampling factor from input to feature map.
-    pub stride: u32,
-    /// Whether this version of trainq can train it.
-    pub available: bool,
+    /// Per-channel mean subtracted from pixels scaled to 0..1 (what the pretrained weights expect).
+    pub input_mean: [f64; 3],
+    /// Per-channel standard deviation pixels are divided by after the mean.
+    pub input_std: [f64; 3],
 }
 
 impl Backbone {
@@ -47,16 +47,22 @@ impl Backbone {
                 blocks: &["block1", "block2", "block3", "block4", "block5"],
                 min_image_size: 32,
                 feature_channels: 512,
-                stride: 32,
-                available: true,
+                // torchvision's ImageNet statistics.
+                input_mean: [0.485, 0.456, 0.406],
+                input_std: [0.229, 0.224, 0.225],
             },
             Backbone::InceptionV3 => BackboneInfo {
                 name: "inception_v3",
-                blocks: &[],
+                // `stem` is every layer before Mixed_5b; the rest are torchvision's module names.
+                blocks: &[
+                    "stem", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                    "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+                ],
                 min_image_size: 75,
                 feature_channels: 2048,
-                stride: 32,
-                available: false,
+                // The Google-trained weights expect pixels in -1..1 (torchvision's transform_input).
+                input_mean: [0.5, 0.5, 0.5],
+                input_std: [0.5, 0.5, 0.5],
             },
         }
     }

@@ -131,6 +131,25 @@ pub struct JobProgress {
     pub images_per_sec: Option<f64>,
     /// What the worker is doing when not training (`starting`, `loading data`, `evaluating`).
     pub activity: String,
+    /// How each split was loaded, by split name: images, skipped files, and whether the shared
+    /// preprocessing cache was hit (0 images decoded) or built.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data: std::collections::BTreeMap<String, SplitLoad>,
+}
+
+/// How a worker loaded one split.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitLoad {
+    /// Images ready for training.
+    pub images: usize,
+    /// Unreadable files skipped.
+    pub skipped: usize,
+    /// Images this job decoded (0 on a cache hit).
+    pub decoded: usize,
+    /// `hit`, `built` or `off`; absent from workers without a cache.
+    pub cache: Option<String>,
+    /// Wall time of the load.
+    pub seconds: f64,
 }
 
 /// A job as the API shows it.
@@ -165,6 +184,9 @@ pub struct Job {
     pub final_metrics: Option<crate::domain::progress::FinalMetrics>,
     /// Workers started for it.
     pub attempts: i64,
+    /// The repeat group (`repeats: N`) it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// The current time as RFC 3339, the format every timestamp in trainq uses.

@@ -1,10 +1,12 @@
 //! The vocabulary shared by the server and the worker: job identity and states, the validated job
-//! spec, and the progress events a worker reports. No I/O lives here.
+//! spec, the progress events a worker reports, and the tensors a backbone's weights file must hold.
+//! No I/O lives here, except `weights_layout::check_file` reading a weights file's header.
 
 pub mod job;
 pub mod backbone;
 pub mod progress;
 pub mod spec;
+pub mod weights_layout;
 
 pub use job::{Job, JobId, JobProgress, JobState};
 pub use progress::ProgressEvent;

@@ -25,6 +25,10 @@ pub struct WorkerJob {
     pub device: WorkerDevice,
     /// Intra-op threads for libtorch on CPU; the box's cores are split between CPU slots.
     pub threads: usize,
+    /// The shared preprocessing cache (`<data dir>/cache`): decoded, resized splits that every
+    /// later job of every user reuses. Absent (older job files) means decode without caching.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The kind of device a worker trains on.
@@ -67,6 +71,13 @@ pub struct FinalMetrics {
     pub test_loss: f64,
     /// Accuracy over the test split.
     pub test_acc: f64,
+    /// Test-set metrics of a binary (sigmoid) model at threshold 0.5, positive class = the second
+    /// class: confusion matrix, precision, recall, specificity, F1, ROC curve and AUC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<crate::metrics::BinaryMetrics>,
+    /// Test-set metrics of a softmax model: confusion matrix and per-class metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiclass: Option<crate::metrics::MulticlassMetrics>,
 }
 
 /// A worker's report, one per line.
@@ -88,6 +99,13 @@ pub enum ProgressEvent {
         skipped: usize,
         /// Time spent loading.
         seconds: f64,
+        /// The preprocessing cache: `hit` (read back, nothing decoded), `built` (decoded and
+        /// stored) or `off` (decoded, not stored); absent from older workers.
+        #[serde(default)]
+        cache: Option<String>,
+        /// Images this job decoded for the split: 0 on a cache hit.
+        #[serde(default)]
+        decoded: usize,
     },
     /// A training phase began.
     Phase {

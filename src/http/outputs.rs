@@ -125,10 +125,19 @@ pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) ->
 
 /// `GET /api/jobs/{id}/artifacts/{name}`: the file's bytes.
 pub async fn artifact(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
-    let job = find(&state, &id).await?;
+    serve_artifact(&state, &id, &name).await
+}
+
+/// `GET /api/jobs/{id}/predictions.csv`: one row per test image (path, label, probability).
+pub async fn predictions(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    serve_artifact(&state, &id, "predictions.csv").await
+}
+
+async fn serve_artifact(state: &AppState, id: &str, name: &str) -> Result<Response, ApiError> {
+    let job = find(state, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
-    check_plain_name(&name).map_err(|_| missing())?;
-    let path = JobPaths::new(&state.paths.data_dir, job.id).artifacts().join(&name);
+    check_plain_name(name).map_err(|_| missing())?;
+    let path = JobPaths::new(&state.paths.data_dir, job.id).artifacts().join(name);
     let metadata = tokio::fs::symlink_metadata(&path).await.map_err(|_| missing())?;
     if !metadata.is_file() {
         return Err(missing());
@@ -137,7 +146,7 @@ pub async fn artifact(State(state): State<AppState>, Path((id, name)): Path<(Str
     let content_type = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => "application/json",
         Some("png") => "image/png",
-        Some("csv") => "text/csv",
+        Some("csv") => "text/csv; charset=utf-8",
         _ => "application/octet-stream",
     };
     let headers = [

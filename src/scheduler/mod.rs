@@ -121,6 +121,7 @@ fn worker_job(
         output_dir: JobPaths::new(&inputs.data_dir, job.id).artifacts(),
         device,
         threads,
+        cache_dir: Some(inputs.data_dir.join("cache")),
     };
     Ok((work, phases))
 }

@@ -14,6 +14,8 @@ pub struct NewJob {
     pub name: String,
     /// The validated spec as JSON.
     pub spec: serde_json::Value,
+    /// The repeat group it belongs to, if any.
+    pub group_id: Option<String>,
 }
 
 /// What a cancel request found.
@@ -45,6 +47,7 @@ struct JobRecord {
     cancel_requested: bool,
     final_metrics: Option<String>,
     attempts: i64,
+    group_id: Option<String>,
 }
 
 fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
@@ -73,24 +76,45 @@ impl TryFrom<JobRecord> for Job {
             cancel_requested: record.cancel_requested,
             final_metrics: decode_json::<FinalMetrics>("final_metrics", record.final_metrics)?,
             attempts: record.attempts,
+            group_id: record.group_id,
         })
     }
 }
 
 const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
-                           progress, error, cancel_requested, final_metrics, attempts";
+                           progress, error, cancel_requested, final_metrics, attempts, group_id";
 
 impl Store {
-    /// Inserts an accepted job as `queued`.
-    pub async fn insert_job(&self, job: &NewJob) -> Result<Job, StoreError> {
-        sqlx::query("INSERT INTO jobs (id, name, state, spec, submitted_at) VALUES (?, ?, 'queued', ?, ?)")
-            .bind(job.id.to_string())
-            .bind(&job.name)
-            .bind(job.spec.to_string())
-            .bind(now_rfc3339())
-            .execute(&self.pool)
-            .await?;
-        self.job(job.id).await?.ok_or_else(|| corrupt("id", "inserted job vanished"))
+    /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued).
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let submitted_at = now_rfc3339();
+        for job in jobs {
+            sqlx::query("INSERT INTO jobs (id, name, state, spec, submitted_at, group_id) VALUES (?, ?, 'queued', ?, ?, ?)")
+                .bind(job.id.to_string())
+                .bind(&job.name)
+                .bind(job.spec.to_string())
+                .bind(&submitted_at)
+                .bind(&job.group_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        let mut inserted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            inserted.push(self.job(job.id).await?.ok_or_else(|| corrupt("id", "inserted job vanished"))?);
+        }
+        Ok(inserted)
+    }
+
+    /// The jobs of a repeat group, in submission order.
+    pub async fn jobs_in_group(&self, group_id: &str) -> Result<Vec<Job>, StoreError> {
+        let records: Vec<JobRecord> =
+            sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE group_id = ? ORDER BY seq"))
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?;
+        records.into_iter().map(Job::try_from).collect()
     }
 
     /// One job.
@@ -272,8 +296,8 @@ mod tests {
     }
 
     async fn queued(store: &Store) -> Job {
-        let job = NewJob { id: JobId::new(), name: String::from("t"), spec: serde_json::json!({"dataset": "d"}) };
-        store.insert_job(&job).await.unwrap()
+        let job = NewJob { id: JobId::new(), name: String::from("t"), spec: serde_json::json!({"dataset": "d"}), group_id: None };
+        store.insert_jobs(&[job]).await.unwrap().remove(0)
     }
 
     #[tokio::test]
@@ -319,6 +343,18 @@ mod tests {
         let job = store.job(job.id).await.unwrap().unwrap();
         assert_eq!((job.state, job.device), (JobState::Queued, None));
         assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_group_is_inserted_whole_or_not_at_all() {
+        let (_dir, store) = store().await;
+        let member = |id: JobId| NewJob { id, name: String::from("r"), spec: serde_json::json!({}), group_id: Some(String::from("g1")) };
+        let jobs = store.insert_jobs(&[member(JobId::new()), member(JobId::new())]).await.unwrap();
+        assert_eq!(store.jobs_in_group("g1").await.unwrap().len(), 2);
+        // A duplicate id fails the second insert; the first of that batch must not stay behind.
+        let failing = [member(JobId::new()), member(jobs[0].id)];
+        assert!(store.insert_jobs(&failing).await.is_err());
+        assert_eq!(store.jobs(None).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! most twice a second. Plain output lines go to the job's log.
 
 use crate::domain::progress::ProgressEvent;
+use crate::domain::job::SplitLoad;
 use crate::domain::{JobId, JobProgress};
 use crate::store::Store;
 use std::path::PathBuf;
@@ -54,7 +55,11 @@ impl ProgressTracker {
                 progress.activity = String::from("loading data");
                 true
             }
-            ProgressEvent::Data { .. } | ProgressEvent::Artifact { .. } => false,
+            ProgressEvent::Data { split, images, skipped, seconds, cache, decoded } => {
+                progress.data.insert(split, SplitLoad { images, skipped, decoded, cache, seconds });
+                true
+            }
+            ProgressEvent::Artifact { .. } => false,
             ProgressEvent::Phase { phase, epochs, .. } => {
                 *progress = JobProgress { phase, epochs, epoch: 1, activity: String::from("training"), ..progress.clone() };
                 true

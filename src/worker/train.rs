@@ -12,13 +12,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tch::{COptimizer, Device, Kind, Reduction, Tensor};
 use trainq::catalog::datasets;
+use trainq::domain::backbone::Backbone;
 use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
 use trainq::domain::spec::{JobSpec, OptimizerName, OptimizerSpec};
 use trainq::domain::ProgressEvent;
-
-/// ImageNet channel statistics on the 0..1 scale (torchvision's normalisation).
-const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
-const STD: [f64; 3] = [0.229, 0.224, 0.225];
+use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
 
 /// How often a step event is sent.
 const STEP_EVENT_INTERVAL: Duration = Duration::from_millis(500);
@@ -37,11 +35,25 @@ pub fn device_for(kind: WorkerDevice) -> anyhow::Result<Device> {
     }
 }
 
-/// Converts a uint8 batch to normalised float on `device`.
-pub fn normalise(batch: &Tensor, device: Device) -> Tensor {
-    let mean = Tensor::from_slice(&MEAN).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
-    let std = Tensor::from_slice(&STD).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
-    (batch.to_device(device).to_kind(Kind::Float) / 255.0 - mean) / std
+/// Turns uint8 batches into the float input a backbone's pretrained weights expect.
+pub struct Normaliser {
+    mean: Tensor,
+    std: Tensor,
+    device: Device,
+}
+
+impl Normaliser {
+    /// The backbone's input statistics, kept on `device`.
+    pub fn new(backbone: Backbone, device: Device) -> Normaliser {
+        let info = backbone.info();
+        let on_device = |values: [f64; 3]| Tensor::from_slice(&values).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+        Normaliser { mean: on_device(info.input_mean), std: on_device(info.input_std), device }
+    }
+
+    /// `(pixels / 255 − mean) / std`, on the device.
+    pub fn apply(&self, batch: &Tensor) -> Tensor {
+        (batch.to_device(self.device).to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
+    }
 }
 
 /// The spec's optimizer over `parameters`.
@@ -72,27 +84,91 @@ pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     }
 }
 
-/// Loss and accuracy over a whole split in inference mode.
-pub fn evaluate(network: &Network, split: &Split, batch_size: i64, device: Device) -> (f64, f64) {
+/// A split evaluated in inference mode.
+pub struct Evaluation {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy (threshold 0.5 on the sigmoid, or argmax).
+    pub accuracy: f64,
+    /// Per image: the positive-class probability (binary models) or one probability per class.
+    pub probabilities: Vec<Vec<f64>>,
+}
+
+/// Loss, accuracy and probabilities over a whole split in inference mode.
+pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &Normaliser) -> Evaluation {
     let n = split.len() as i64;
     if n == 0 {
-        return (f64::NAN, f64::NAN);
+        return Evaluation { loss: f64::NAN, accuracy: f64::NAN, probabilities: Vec::new() };
     }
-    let inference = Trainable { frozen_prefix: 0, head: false };
+    let device = normaliser.device;
+    let inference = Trainable::none(network.block_count());
     tch::no_grad(|| {
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        let mut probabilities = Vec::new();
         for start in (0..n).step_by(batch_size as usize) {
             let len = batch_size.min(n - start);
-            let images = normalise(&split.images.narrow(0, start, len), device);
+            let images = normaliser.apply(&split.images.narrow(0, start, len));
             let labels = split.labels.narrow(0, start, len).to_device(device);
             let logits = network.forward(&images, &inference, false);
             let (loss, hits) = loss_and_correct(&logits, &labels);
             loss_sum += loss * len as f64;
             correct += hits;
+            let batch = if logits.size()[1] == 1 { logits.sigmoid() } else { logits.softmax(1, Kind::Float) };
+            probabilities.push(batch);
         }
-        (loss_sum.double_value(&[]) / n as f64, correct.double_value(&[]) / n as f64)
+        let probabilities = Tensor::cat(&probabilities, 0).to_kind(Kind::Double).to_device(Device::Cpu);
+        let probabilities: Vec<Vec<f64>> = Vec::<Vec<f64>>::try_from(&probabilities).unwrap_or_default();
+        Evaluation {
+            loss: loss_sum.double_value(&[]) / n as f64,
+            accuracy: correct.double_value(&[]) / n as f64,
+            probabilities,
+        }
     })
+}
+
+/// Test-set metrics: binary ones for a sigmoid model, per-class ones for a softmax model.
+fn test_metrics(
+    test: &Split,
+    evaluation: &Evaluation,
+    classes: usize,
+) -> anyhow::Result<(Option<BinaryMetrics>, Option<MulticlassMetrics>)> {
+    let labels: Vec<usize> = Vec::<i64>::try_from(&test.labels)?.into_iter().map(|l| l as usize).collect();
+    if evaluation.probabilities.first().is_some_and(|row| row.len() == 1) {
+        let positives: Vec<bool> = labels.iter().map(|&label| label == 1).collect();
+        let scores: Vec<f64> = evaluation.probabilities.iter().map(|row| row[0]).collect();
+        Ok((Some(metrics::evaluate_binary(&positives, &scores, 0.5)?), None))
+    } else {
+        Ok((None, Some(metrics::evaluate_multiclass(&labels, &evaluation.probabilities, classes)?)))
+    }
+}
+
+/// `predictions.csv`: one row per test image with its path (relative to the dataset), true label
+/// and probability (of the positive class, or of each class for a softmax model).
+fn write_predictions(dir: &Path, dataset_dir: &Path, test: &Split, evaluation: &Evaluation, classes: &[String]) -> anyhow::Result<()> {
+    let labels = Vec::<i64>::try_from(&test.labels)?;
+    let binary = evaluation.probabilities.first().is_some_and(|row| row.len() == 1);
+    let mut csv = if binary {
+        String::from("path,label,probability\n")
+    } else {
+        let columns: Vec<String> = classes.iter().map(|class| csv_field(&format!("p_{class}"))).collect();
+        format!("path,label,{}\n", columns.join(","))
+    };
+    for ((path, label), row) in test.paths.iter().zip(labels).zip(&evaluation.probabilities) {
+        let relative = path.strip_prefix(dataset_dir).unwrap_or(path).to_string_lossy();
+        let values: Vec<String> = row.iter().map(|p| format!("{p:.6}")).collect();
+        csv.push_str(&format!("{},{},{}\n", csv_field(&relative), csv_field(&classes[label as usize]), values.join(",")));
+    }
+    write_artifact(dir, "predictions.csv", csv.as_bytes())
+}
+
+/// Quotes a CSV field when it holds a comma, quote or newline.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// Writes the VarStore's tensors as safetensors, atomically (temp file, then rename).
@@ -108,21 +184,34 @@ pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Res
     Ok(())
 }
 
-fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+/// Writes an artifact atomically (temp file, then rename) and announces it.
+fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     let temporary = dir.join(format!("{name}.tmp"));
-    std::fs::write(&temporary, serde_json::to_vec_pretty(value)?)?;
+    std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, dir.join(name))?;
     emit(&ProgressEvent::Artifact { name: name.to_string() });
     Ok(())
 }
 
+fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    write_artifact(dir, name, &serde_json::to_vec_pretty(value)?)
+}
+
 fn load(work: &WorkerJob, split: &str, classes: &[String]) -> anyhow::Result<Split> {
     let spec = &work.spec;
     let size = spec.image_size.expect("validated specs have a size");
-    let loaded = load_split(&work.dataset_dir, split, classes, size, spec.interpolation, work.threads)
-        .with_context(|| format!("loading the {split} split"))?;
-    eprintln!("{split}: {} images loaded in {:.1}s ({} skipped)", loaded.len(), loaded.seconds, loaded.skipped);
-    emit(&ProgressEvent::Data { split: split.to_string(), images: loaded.len(), skipped: loaded.skipped, seconds: loaded.seconds });
+    let loaded =
+        load_split(&work.dataset_dir, split, classes, size, spec.interpolation, work.threads, work.cache_dir.as_deref())
+            .with_context(|| format!("loading the {split} split"))?;
+    eprintln!("{split}: {}", loaded.summary());
+    emit(&ProgressEvent::Data {
+        split: split.to_string(),
+        images: loaded.len(),
+        skipped: loaded.skipped,
+        seconds: loaded.seconds,
+        cache: Some(loaded.cache.as_str().to_string()),
+        decoded: loaded.decoded,
+    });
     Ok(loaded)
 }
 
@@ -150,6 +239,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     tch::manual_seed(spec.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let network = Network::new(spec, device);
+    let normaliser = Normaliser::new(spec.backbone, device);
     if let Some(weights) = &work.weights_file {
         let ignored = network.load_backbone(weights).context("loading pretrained weights")?;
         eprintln!("loaded backbone weights from {} ({ignored} non-backbone tensors ignored)", weights.display());
@@ -167,12 +257,12 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         eprintln!("phase {phase_number}: {} epochs, {count} trainable parameters", phase.epochs);
         emit(&ProgressEvent::Phase { phase: phase_number, epochs: phase.epochs, trainable_params: count });
         for epoch in 1..=phase.epochs {
-            let metrics = train_epoch(&network, &trainable, &optimizer, &train, batch_size, device, &mut rng, (phase_number, epoch))?;
+            let metrics = train_epoch(&network, &trainable, &optimizer, &train, batch_size, &normaliser, &mut rng, (phase_number, epoch))?;
             let started = Instant::now();
             let (val_loss, val_acc) = match &val {
                 Some(val) if val.len() > 0 => {
-                    let (loss, acc) = evaluate(&network, val, batch_size * 2, device);
-                    (Some(loss), Some(acc))
+                    let evaluation = evaluate(&network, val, batch_size * 2, &normaliser);
+                    (Some(evaluation.loss), Some(evaluation.accuracy))
                 }
                 _ => (None, None),
             };
@@ -193,9 +283,18 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         save_checkpoint(&network, &work.output_dir, &name)?;
     }
 
-    let (train_loss, train_acc) = evaluate(&network, &train, batch_size * 2, device);
-    let (test_loss, test_acc) = evaluate(&network, &test, batch_size * 2, device);
-    let final_metrics = FinalMetrics { train_loss, train_acc, test_loss, test_acc };
+    let on_train = evaluate(&network, &train, batch_size * 2, &normaliser);
+    let on_test = evaluate(&network, &test, batch_size * 2, &normaliser);
+    let (train_loss, train_acc, test_loss, test_acc) = (on_train.loss, on_train.accuracy, on_test.loss, on_test.accuracy);
+    let (binary, multiclass) = if test.len() > 0 { test_metrics(&test, &on_test, dataset.classes.len())? } else { (None, None) };
+    if let Some(binary) = &binary {
+        eprintln!(
+            "test: precision {} recall {} specificity {} f1 {} auc {} (confusion {:?})",
+            show(binary.precision), show(binary.recall), show(binary.specificity), show(binary.f1), show(binary.auc), binary.confusion
+        );
+    }
+    write_predictions(&work.output_dir, &work.dataset_dir, &test, &on_test, &dataset.classes)?;
+    let final_metrics = FinalMetrics { train_loss, train_acc, test_loss, test_acc, binary, multiclass };
     eprintln!("final: train loss {train_loss:.4} acc {train_acc:.4}; test loss {test_loss:.4} acc {test_acc:.4}");
     write_json(&work.output_dir, "metrics.json", &serde_json::json!({"epochs": curves, "final": final_metrics}))?;
     emit(&ProgressEvent::Final(final_metrics));
@@ -213,6 +312,10 @@ pub fn batch_bounds(n: i64, batch_size: i64) -> Vec<(i64, i64)> {
     bounds
 }
 
+fn show(value: Option<f64>) -> String {
+    value.map_or(String::from("undefined"), |v| format!("{v:.4}"))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_epoch(
     network: &Network,
@@ -220,11 +323,12 @@ fn train_epoch(
     optimizer: &COptimizer,
     train: &Split,
     batch_size: i64,
-    device: Device,
+    normaliser: &Normaliser,
     rng: &mut ChaCha8Rng,
     (phase, epoch): (u32, u32),
 ) -> anyhow::Result<EpochMetrics> {
     let started = Instant::now();
+    let device = normaliser.device;
     let n = train.len() as i64;
     let mut order: Vec<i64> = (0..n).collect();
     order.shuffle(rng);
@@ -237,7 +341,7 @@ fn train_epoch(
     let mut last_event = Instant::now();
     for (step, &(start, len)) in (0u32..).zip(&batches) {
         let index = order.narrow(0, start, len);
-        let images = normalise(&train.images.index_select(0, &index), device);
+        let images = normaliser.apply(&train.images.index_select(0, &index));
         let labels = train.labels.index_select(0, &index).to_device(device);
         let logits = network.forward(&images, trainable, true);
         let (loss, hits) = loss_and_correct(&logits, &labels);

@@ -115,3 +115,32 @@ async fn jobs_left_running_by_a_killed_server_are_requeued_and_finish() {
     assert_eq!(job["attempts"], 2);
     drop(temp);
 }
+
+#[tokio::test]
+async fn repeats_run_as_a_group_reported_as_mean_and_std() {
+    let (_scripts, app) = app_with_fake_worker();
+    let mut spec = small_spec("repeat");
+    spec["repeats"] = json!(3);
+    let (status, body) = app.post("/api/jobs", &spec).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let group = body["group_id"].as_str().unwrap().to_string();
+    let ids: Vec<String> = body["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        let job = app.wait_for_state(id, "succeeded", WAIT).await;
+        assert_eq!(job["group_id"], group.as_str());
+    }
+    let (status, view) = app.get(&format!("/api/groups/{group}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let seeds: Vec<u64> = view["jobs"].as_array().unwrap().iter().map(|j| j["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [1, 2, 3], "seeds seed … seed + N − 1");
+    assert_eq!((view["finished"].as_bool(), view["succeeded"].as_u64()), (Some(true), Some(3)));
+    // The fake worker reports test_acc 0.<seed>: 0.1, 0.2, 0.3 → mean 0.2, sample std 0.1.
+    let test_acc = &view["metrics"]["test_acc"];
+    assert!((test_acc["mean"].as_f64().unwrap() - 0.2).abs() < 1e-12, "{view}");
+    assert!((test_acc["std"].as_f64().unwrap() - 0.1).abs() < 1e-12, "{view}");
+    assert_eq!(test_acc["n"], 3);
+    assert!(view["metrics"].get("auc").is_none(), "undefined metrics are left out, not averaged");
+    let (status, _) = app.get("/api/groups/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -1,6 +1,8 @@
 //! API integration tests: each starts a real `trainq serve` on port 0 with its own temp data dir.
 
+mod cache;
 mod helpers;
+mod inception;
 mod jobs;
 mod training;
 mod validation;

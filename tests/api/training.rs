@@ -45,11 +45,32 @@ async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
     let test_acc = metrics["final"]["test_acc"].as_f64().unwrap();
     assert!(test_acc >= 0.75, "test accuracy {test_acc} is too close to chance\n{log}");
     assert!(metrics["final"]["train_loss"].as_f64().unwrap().is_finite());
+    // The assignment's QE2 metrics on the test set, positive class PNEUMONIA.
+    let binary = &metrics["final"]["binary"];
+    let confusion: Vec<u64> = binary["confusion"].as_array().unwrap().iter().flat_map(|row| {
+        row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>()
+    }).collect();
+    assert_eq!(confusion.iter().sum::<u64>(), 50, "{binary}");
+    assert_eq!(confusion[0] + confusion[1], 25, "row 0 holds the 25 NORMAL images");
+    let accuracy = (confusion[0] + confusion[3]) as f64 / 50.0;
+    assert!((accuracy - test_acc).abs() < 1e-9, "confusion matrix agrees with test accuracy");
+    assert!(binary["auc"].as_f64().unwrap() >= 0.8, "{binary}");
+    for field in ["precision", "recall", "specificity", "f1"] {
+        assert!(binary[field].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{field}: {binary}");
+    }
+    assert!(binary["roc"].as_array().unwrap().len() >= 3);
+    let (status, csv) = app.text(&format!("/api/jobs/{id}/predictions.csv")).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "path,label,probability");
+    assert_eq!(rows.len(), 51, "one row per test image");
+    assert!(rows[1].starts_with("test/NORMAL/") && rows[1].contains(",NORMAL,"), "{}", rows[1]);
+    assert!(rows[50].starts_with("test/PNEUMONIA/") && rows[50].contains(",PNEUMONIA,"), "{}", rows[50]);
 
     // Artifacts list and download.
     let (_, artifacts) = app.get(&format!("/api/jobs/{id}/artifacts")).await;
     let names: Vec<&str> = artifacts.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["final.safetensors", "metrics.json", "phase1.safetensors", "spec.json"]);
+    assert_eq!(names, ["final.safetensors", "metrics.json", "phase1.safetensors", "predictions.csv", "spec.json"]);
     let download = |name: &str| {
         let url = app.url(&format!("/api/jobs/{id}/artifacts/{name}"));
         let client = app.client.clone();
@@ -110,7 +131,7 @@ async fn the_log_can_be_followed_until_the_job_ends() {
     assert!(text.contains("phase 1 epoch 2/2"), "{text}");
     assert!(text.contains("job succeeded"), "{text}");
     assert!(text.contains("skipping unreadable image") && text.contains("broken.jpeg"), "{text}");
-    assert!(text.contains("train: 9 images loaded") && text.contains("(1 skipped)"), "{text}");
+    assert!(text.contains("train: decoded 9 images (1 skipped)"), "{text}");
     let (_, job) = app.get(&format!("/api/jobs/{id}")).await;
     assert_eq!(job["state"], "succeeded");
     assert_eq!(job["progress"]["phase"], 1);

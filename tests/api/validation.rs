@@ -12,7 +12,15 @@ async fn invalid_specs_get_422_naming_the_field() {
     let (status, body) = app.post("/api/jobs", &small_spec("no-weights")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["detail"]["field"], "weights");
-    assert!(body["detail"]["message"].as_str().unwrap().contains("vgg16.safetensors"), "{body}");
+    let message = body["detail"]["message"].as_str().unwrap();
+    assert!(message.contains("vgg16.safetensors") && message.contains("trainq weights fetch vgg16"), "{body}");
+    // A file with a wrong tensor is refused at submit, naming the tensor.
+    let mut wrong = write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    wrong.retain(|(name, _, _)| name != "features.28.weight");
+    crate::helpers::write_safetensors(&app.root.join("weights/vgg16.safetensors"), &wrong);
+    let (status, body) = app.post("/api/jobs", &small_spec("bad-weights")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["detail"]["message"].as_str().unwrap().contains("features.28.weight"), "{body}");
     write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
 
     type Patch = fn(&mut Value);

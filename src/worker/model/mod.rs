@@ -1,98 +1,32 @@
-//! The networks: VGG16 with torchvision parameter names (`features.N.weight`) and the spec's
-//! classifier head (`head.N.*`), written functionally over tensors held in one VarStore so a
-//! checkpoint is simply the store's named tensors.
+//! The networks: a torchvision-named backbone (VGG16 or InceptionV3) and the spec's classifier head
+//! (`head.N.*`), written functionally over tensors held in one VarStore so a checkpoint is simply
+//! the store's named tensors.
 
+mod inception;
+mod layers;
+mod vgg;
+
+use layers::BatchNorm;
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
+use trainq::domain::backbone::Backbone;
 use trainq::domain::spec::{HeadLayer, JobSpec, TrainSet};
 
-/// VGG16's convolutional configuration: channel counts, `0` = 2×2 max pool. Block boundaries are
-/// the pools.
-const VGG16: [i64; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
-
-enum VggLayer {
-    Conv { weight: Tensor, bias: Tensor },
-    Pool,
-}
-
-/// VGG16's `features`: 13 convolutions with ReLU and 5 pools, in 5 blocks.
-pub struct Vgg16 {
-    /// (block index 0..5, layer)
-    layers: Vec<(usize, VggLayer)>,
-}
-
-impl Vgg16 {
-    /// Block names as specs use them.
-    pub const BLOCKS: [&'static str; 5] = ["block1", "block2", "block3", "block4", "block5"];
-
-    fn new(path: &nn::Path) -> Vgg16 {
-        let features = path / "features";
-        let mut layers = Vec::new();
-        let (mut index, mut block, mut channels) = (0usize, 0usize, 3i64);
-        // torchvision: kaiming_normal(fan_out, relu) weights, zero biases.
-        let init = Init::Kaiming {
-            dist: nn::init::NormalOrUniform::Normal,
-            fan: nn::init::FanInOut::FanOut,
-            non_linearity: nn::init::NonLinearity::ReLU,
-        };
-        for out in VGG16 {
-            if out == 0 {
-                layers.push((block, VggLayer::Pool));
-                index += 1;
-                block += 1;
-            } else {
-                let conv = &features / index;
-                let weight = conv.var("weight", &[out, channels, 3, 3], init);
-                let bias = conv.var("bias", &[out], Init::Const(0.0));
-                layers.push((block, VggLayer::Conv { weight, bias }));
-                channels = out;
-                index += 2; // the ReLU takes an index in torchvision's Sequential
-            }
-        }
-        Vgg16 { layers }
-    }
-
-    /// Runs blocks `from..to` (0-based, end exclusive).
-    pub fn forward_blocks(&self, x: &Tensor, from: usize, to: usize) -> Tensor {
-        let mut x = x.shallow_clone();
-        for (block, layer) in &self.layers {
-            if *block < from || *block >= to {
-                continue;
-            }
-            x = match layer {
-                VggLayer::Conv { weight, bias } => x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1).relu(),
-                VggLayer::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
-            };
-        }
-        x
-    }
-
-    /// Parameters of one block.
-    fn block_parameters(&self, block: usize) -> Vec<&Tensor> {
-        self.layers
-            .iter()
-            .filter(|(b, _)| *b == block)
-            .flat_map(|(_, layer)| match layer {
-                VggLayer::Conv { weight, bias } => vec![weight, bias],
-                VggLayer::Pool => vec![],
-            })
-            .collect()
-    }
+/// A convolutional base split into named blocks (`BackboneInfo::blocks`, input side first).
+pub trait BackboneNet {
+    /// Number of blocks.
+    fn block_count(&self) -> usize;
+    /// Runs blocks `from..to`; `bn_train[i]` says whether block i's batch norms use batch
+    /// statistics (only blocks being trained, in training mode).
+    fn forward_blocks(&self, x: &Tensor, from: usize, to: usize, bn_train: &[bool]) -> Tensor;
+    /// The tensors of a block an optimizer may update (never running statistics).
+    fn block_parameters(&self, block: usize) -> Vec<Tensor>;
 }
 
 enum HeadOp {
     Gap,
     Flatten,
-    BatchNorm {
-        weight: Tensor,
-        bias: Tensor,
-        running_mean: Tensor,
-        running_var: Tensor,
-        batches: Tensor,
-        /// PyTorch's convention: the weight of the new batch (1 − Keras' momentum).
-        momentum: f64,
-        epsilon: f64,
-    },
+    BatchNorm(BatchNorm),
     Relu,
     Dense { weight: Tensor, bias: Tensor },
     Dropout(f64),
@@ -104,7 +38,7 @@ pub struct Head {
 }
 
 impl Head {
-    fn new(path: &nn::Path, layers: &[HeadLayer], feature_channels: i64, feature_side: i64) -> Head {
+    fn new(path: &nn::Path, layers: &[HeadLayer], feature_channels: i64, feature_area: i64) -> Head {
         let head = path / "head";
         let mut width = feature_channels;
         let ops = layers
@@ -115,22 +49,14 @@ impl Head {
                 match *layer {
                     HeadLayer::Gap => HeadOp::Gap,
                     HeadLayer::Flatten => {
-                        width = feature_channels * feature_side * feature_side;
+                        width = feature_channels * feature_area;
                         HeadOp::Flatten
                     }
                     HeadLayer::Relu => HeadOp::Relu,
                     HeadLayer::Dropout(rate) => HeadOp::Dropout(rate),
-                    HeadLayer::Batchnorm(options) => HeadOp::BatchNorm {
-                        momentum: 1.0 - options.momentum,
-                        epsilon: options.epsilon,
-                        weight: p.var("weight", &[width], Init::Const(1.0)),
-                        bias: p.var("bias", &[width], Init::Const(0.0)),
-                        running_mean: p.zeros_no_train("running_mean", &[width]),
-                        running_var: p.ones_no_train("running_var", &[width]),
-                        // PyTorch's BatchNorm1d state has this counter; keeping it lets
-                        // checkpoints load there with strict=True.
-                        batches: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false),
-                    },
+                    HeadLayer::Batchnorm(options) => {
+                        HeadOp::BatchNorm(BatchNorm::new(&p, width, 1.0 - options.momentum, options.epsilon))
+                    }
                     HeadLayer::Dense(units) => {
                         let units = units as i64;
                         // Keras' glorot_uniform kernel and zero bias.
@@ -148,40 +74,22 @@ impl Head {
 
     /// Runs the head. `train` enables dropout and batch statistics.
     pub fn forward(&self, features: &Tensor, train: bool) -> Tensor {
-        let mut x = features.shallow_clone();
-        for op in &self.ops {
-            x = match op {
-                HeadOp::Gap => x.mean_dim(&[2i64, 3][..], false, Kind::Float),
-                HeadOp::Flatten => x.flatten(1, -1),
-                HeadOp::Relu => x.relu(),
-                HeadOp::Dropout(rate) => x.dropout(*rate, train),
-                HeadOp::Dense { weight, bias } => x.linear(weight, Some(bias)),
-                HeadOp::BatchNorm { weight, bias, running_mean, running_var, batches, momentum, epsilon } => {
-                    if train {
-                        let mut counter = batches.shallow_clone();
-                        let _ = tch::no_grad(|| counter.g_add_scalar_(1));
-                    }
-                    x.batch_norm(
-                        Some(weight),
-                        Some(bias),
-                        Some(running_mean),
-                        Some(running_var),
-                        train,
-                        *momentum,
-                        *epsilon,
-                        true,
-                    )
-                }
-            };
-        }
-        x
+        self.ops.iter().fold(features.shallow_clone(), |x, op| match op {
+            HeadOp::Gap => x.mean_dim(&[2i64, 3][..], false, Kind::Float),
+            HeadOp::Flatten => x.flatten(1, -1),
+            HeadOp::Relu => x.relu(),
+            HeadOp::Dropout(rate) => x.dropout(*rate, train),
+            HeadOp::Dense { weight, bias } => x.linear(weight, Some(bias)),
+            HeadOp::BatchNorm(norm) => norm.forward(&x, train),
+        })
     }
 
-    fn parameters(&self) -> Vec<&Tensor> {
+    fn parameters(&self) -> Vec<Tensor> {
         self.ops
             .iter()
             .flat_map(|op| match op {
-                HeadOp::Dense { weight, bias } | HeadOp::BatchNorm { weight, bias, .. } => vec![weight, bias],
+                HeadOp::Dense { weight, bias } => vec![weight.shallow_clone(), bias.shallow_clone()],
+                HeadOp::BatchNorm(norm) => norm.parameters(),
                 _ => vec![],
             })
             .collect()
@@ -192,52 +100,78 @@ impl Head {
 pub struct Network {
     /// Holds every tensor under its checkpoint name.
     pub vs: nn::VarStore,
-    /// The convolutional base.
-    pub backbone: Vgg16,
-    /// The classifier.
-    pub head: Head,
+    backbone: Box<dyn BackboneNet>,
+    head: Head,
+    blocks: &'static [&'static str],
 }
 
 /// Which parts a phase trains, resolved against the network.
+#[derive(Debug, Clone)]
 pub struct Trainable {
-    /// Leading blocks that are frozen: they run under `no_grad`, once per batch.
+    /// Leading blocks that are frozen: they run under `no_grad` and build no graph.
     pub frozen_prefix: usize,
-    /// Whether the head trains (and its batch norm uses batch statistics).
+    /// Per block: trained in this phase (its batch norms use batch statistics while training).
+    pub blocks: Vec<bool>,
+    /// Whether the head trains.
     pub head: bool,
 }
 
+impl Trainable {
+    /// Nothing trains: inference everywhere.
+    pub fn none(blocks: usize) -> Trainable {
+        Trainable { frozen_prefix: blocks, blocks: vec![false; blocks], head: false }
+    }
+}
+
 impl Network {
-    /// Builds the network for `spec` (seed torch first for reproducible initialisation).
+    /// Builds the network for `spec` (seed torch first for reproducible initialisation). A
+    /// `flatten` head needs the feature map's area, found by running the backbone once.
     pub fn new(spec: &JobSpec, device: Device) -> Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let backbone = Vgg16::new(&root);
-        let side = spec.image_size.expect("validated specs have a size") as i64 / 32;
-        let head = Head::new(&root, &spec.head, 512, side);
-        Network { vs, backbone, head }
+        let info = spec.backbone.info();
+        let backbone: Box<dyn BackboneNet> = match spec.backbone {
+            Backbone::Vgg16 => Box::new(vgg::Vgg16::new(&root)),
+            Backbone::InceptionV3 => Box::new(inception::InceptionV3::new(&root)),
+        };
+        let feature_area = match (spec.head.first(), spec.image_size) {
+            (Some(HeadLayer::Flatten), Some(size)) => tch::no_grad(|| {
+                let probe = Tensor::zeros([1, 3, size as i64, size as i64], (Kind::Float, device));
+                let count = backbone.block_count();
+                let features = backbone.forward_blocks(&probe, 0, count, &vec![false; count]);
+                features.size()[2] * features.size()[3]
+            }),
+            _ => 1,
+        };
+        let head = Head::new(&root, &spec.head, info.feature_channels as i64, feature_area);
+        Network { vs, backbone, head, blocks: info.blocks }
     }
 
-    /// Full forward pass; blocks below `trainable.frozen_prefix` build no autograd graph.
+    /// Number of backbone blocks.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Full forward pass. Blocks below `trainable.frozen_prefix` build no autograd graph; batch
+    /// norms run in training mode only where `train` and their part is trained.
     pub fn forward(&self, images: &Tensor, trainable: &Trainable, train: bool) -> Tensor {
-        let frozen = tch::no_grad(|| self.backbone.forward_blocks(images, 0, trainable.frozen_prefix));
-        let features = self.backbone.forward_blocks(&frozen, trainable.frozen_prefix, Vgg16::BLOCKS.len());
+        let bn_train: Vec<bool> = trainable.blocks.iter().map(|on| *on && train).collect();
+        let count = self.block_count();
+        let frozen = tch::no_grad(|| self.backbone.forward_blocks(images, 0, trainable.frozen_prefix, &bn_train));
+        let features = self.backbone.forward_blocks(&frozen, trainable.frozen_prefix, count, &bn_train);
         self.head.forward(&features, train && trainable.head)
     }
 
     /// Marks exactly the phase's parameters as requiring gradients and returns them (the only
     /// tensors the phase's optimizer will hold).
     pub fn set_trainable(&self, train: &TrainSet) -> (Trainable, Vec<Tensor>) {
-        let mut trainable = Vec::new();
-        let mut frozen_prefix = Vgg16::BLOCKS.len();
-        for (block, name) in Vgg16::BLOCKS.iter().enumerate() {
-            let on = train.trains_block(name);
-            if on {
-                frozen_prefix = frozen_prefix.min(block);
-            }
+        let mut parameters = Vec::new();
+        let blocks: Vec<bool> = self.blocks.iter().map(|name| train.trains_block(name)).collect();
+        for (block, on) in blocks.iter().enumerate() {
             for parameter in self.backbone.block_parameters(block) {
-                let _ = parameter.set_requires_grad(on);
-                if on {
-                    trainable.push(parameter.shallow_clone());
+                let _ = parameter.set_requires_grad(*on);
+                if *on {
+                    parameters.push(parameter);
                 }
             }
         }
@@ -245,22 +179,26 @@ impl Network {
         for parameter in self.head.parameters() {
             let _ = parameter.set_requires_grad(head);
             if head {
-                trainable.push(parameter.shallow_clone());
+                parameters.push(parameter);
             }
         }
-        (Trainable { frozen_prefix, head }, trainable)
+        let frozen_prefix = blocks.iter().position(|on| *on).unwrap_or(blocks.len());
+        (Trainable { frozen_prefix, blocks, head }, parameters)
     }
 
-    /// Copies torchvision-named backbone weights from a safetensors file. Strict: every backbone
-    /// tensor must be present with its exact shape; keys outside `features.` (a classifier) are
-    /// ignored and counted.
+    /// Copies torchvision-named backbone tensors from a safetensors file. Strict: every backbone
+    /// tensor must be present with its exact shape (a missing `num_batches_tracked` is tolerated:
+    /// many published files drop it); keys the backbone does not have (a classifier, InceptionV3's
+    /// AuxLogits) are ignored and counted.
     pub fn load_backbone(&self, path: &std::path::Path) -> anyhow::Result<usize> {
         let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
         let variables = self.vs.variables();
+        let backbone: Vec<(&String, &Tensor)> = variables.iter().filter(|(name, _)| !name.starts_with("head.")).collect();
         let mut missing = Vec::new();
-        for (name, target) in variables.iter().filter(|(name, _)| name.starts_with("features.")) {
-            match file.get(name) {
-                None => missing.push(name.clone()),
+        for (name, target) in &backbone {
+            match file.get(*name) {
+                None if name.ends_with("num_batches_tracked") => {}
+                None => missing.push((*name).clone()),
                 Some(source) if source.size() != target.size() => anyhow::bail!(
                     "{}: {name} has shape {:?}, expected {:?}",
                     path.display(),
@@ -269,7 +207,8 @@ impl Network {
                 ),
                 Some(source) => {
                     let mut target = target.shallow_clone();
-                    tch::no_grad(|| target.copy_(&source.to_kind(Kind::Float)));
+                    let source = source.to_kind(target.kind());
+                    tch::no_grad(|| target.copy_(&source));
                 }
             }
         }
@@ -277,11 +216,71 @@ impl Network {
             missing.sort();
             anyhow::bail!("{} lacks {} backbone tensors, e.g. {}", path.display(), missing.len(), missing[0]);
         }
-        Ok(file.keys().filter(|name| !name.starts_with("features.")).count())
+        Ok(file.keys().filter(|name| !variables.contains_key(*name)).count())
     }
 
     /// Number of scalars in these tensors.
     pub fn count(tensors: &[Tensor]) -> i64 {
         tensors.iter().map(|t| t.numel() as i64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trainq::domain::weights_layout::expected_tensors;
+
+    fn spec(backbone: Backbone, size: u32, first: &str) -> JobSpec {
+        let json = format!(
+            r#"{{"dataset": "d", "backbone": "{}", "weights": "random", "image_size": {size}, "batch_size": 2,
+                "head": ["{first}", {{"dense": 4}}, "batchnorm", {{"dense": 1}}], "phases": [{{"epochs": 1, "train": "head"}}],
+                "optimizer": {{"name": "sgd", "lr": 0.1}}}}"#,
+            backbone.name()
+        );
+        JobSpec::parse(json.as_bytes()).unwrap()
+    }
+
+    /// The worker's backbone tensors are exactly torchvision's, as the server's table lists them.
+    #[test]
+    fn backbone_tensors_match_the_torchvision_layout() {
+        for backbone in Backbone::ALL {
+            let network = Network::new(&spec(backbone, 80, "gap"), Device::Cpu);
+            let variables = network.vs.variables();
+            let expected = expected_tensors(backbone);
+            for tensor in &expected {
+                let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+                assert_eq!(variables.get(&tensor.name).map(|t| t.size()), Some(shape), "{}", tensor.name);
+            }
+            let backbone_count = variables.keys().filter(|name| !name.starts_with("head.")).count();
+            assert_eq!(backbone_count, expected.len(), "{} has tensors the layout does not list", backbone.name());
+        }
+    }
+
+    #[test]
+    fn flatten_heads_size_their_first_dense_from_the_feature_map() {
+        // VGG16 at 64 px: 512 channels × 2 × 2. InceptionV3 at 80 px: 2048 × 1 × 1.
+        let vgg = Network::new(&spec(Backbone::Vgg16, 64, "flatten"), Device::Cpu);
+        assert_eq!(vgg.vs.variables()["head.1.weight"].size(), [4, 2048]);
+        let inception = Network::new(&spec(Backbone::InceptionV3, 80, "flatten"), Device::Cpu);
+        assert_eq!(inception.vs.variables()["head.1.weight"].size(), [4, 2048]);
+    }
+
+    #[test]
+    fn frozen_blocks_are_not_trainable_and_their_batch_norm_stays_in_inference_mode() {
+        let network = Network::new(&spec(Backbone::InceptionV3, 80, "gap"), Device::Cpu);
+        let train = TrainSet::Blocks(vec![String::from("Mixed_7c"), String::from("head")]);
+        let (trainable, parameters) = network.set_trainable(&train);
+        assert_eq!(trainable.frozen_prefix, 11);
+        assert_eq!(trainable.blocks.iter().filter(|on| **on).count(), 1);
+        let variables = network.vs.variables();
+        let frozen_before = variables["Mixed_7b.branch1x1.bn.running_mean"].copy();
+        let trained_before = variables["Mixed_7c.branch1x1.bn.running_mean"].copy();
+        let images = Tensor::rand([2, 3, 80, 80], (Kind::Float, Device::Cpu));
+        let _ = network.forward(&images, &trainable, true);
+        assert!(variables["Mixed_7b.branch1x1.bn.running_mean"].equal(&frozen_before), "frozen BN statistics moved");
+        assert!(!variables["Mixed_7c.branch1x1.bn.running_mean"].equal(&trained_before), "trained BN statistics did not move");
+        assert!(!variables["Mixed_7b.branch1x1.conv.weight"].requires_grad());
+        assert!(variables["Mixed_7c.branch1x1.conv.weight"].requires_grad());
+        assert!(parameters.iter().all(|p| p.requires_grad()));
     }
 }

@@ -1,0 +1,166 @@
+//! Benchmark (not a test): the worker's first pass over a split — decode + resize — against Pillow
+//! doing Keras' `load_img` path, and an epoch fed from the preprocessing cache against the first
+//! pass, all measured in the same run on the same generated films.
+//!
+//! `cargo bench --bench decode` (env `TRAINQ_BENCH_IMAGES=24`, `TRAINQ_BENCH_ROUNDS=3`,
+//! `TRAINQ_BENCH_EPOCH_COPIES=40`: the epoch split holds that many hard links of each film).
+//!
+//! The films are chest-X-ray-sized grayscale JPEGs (1.0–2.5 MP, quality 90) drawn by the demo
+//! generator at half size and upscaled, so their grain spans a few pixels and they compress like
+//! scanned films; a second, smaller line uses the generator's per-pixel white grain, which roughly
+//! doubles the compressed size and is the worst case for any JPEG decoder.
+
+use image::codecs::jpeg::JpegEncoder;
+use image::imageops::FilterType;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use std::process::Command;
+
+fn run_json(command: &mut Command) -> serde_json::Value {
+    let output = command.output().expect("benchmark process");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("one JSON line")
+}
+
+/// What was generated, for the printed lines.
+struct Films {
+    min_megapixels: f64,
+    max_megapixels: f64,
+    bits_per_pixel: f64,
+}
+
+/// Writes `count` films into `dir/train/{NORMAL,PNEUMONIA}`.
+fn generate(dir: &Path, count: usize, correlated_grain: bool) -> Films {
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let (mut min, mut max, mut pixels, mut bytes) = (f64::MAX, 0f64, 0f64, 0f64);
+    for index in 0..count {
+        let pneumonia = index % 2 == 1;
+        let side = rng.gen_range(1000..=1260);
+        let film = if correlated_grain {
+            let small = trainq::demo_data::chest_xray(&mut rng, side / 2, pneumonia);
+            image::imageops::resize(&small, small.width() * 2, small.height() * 2, FilterType::Triangle)
+        } else {
+            trainq::demo_data::chest_xray(&mut rng, side, pneumonia)
+        };
+        let class_dir = dir.join("train").join(if pneumonia { "PNEUMONIA" } else { "NORMAL" });
+        std::fs::create_dir_all(&class_dir).unwrap();
+        let mut encoded = Vec::new();
+        JpegEncoder::new_with_quality(&mut encoded, 90).encode_image(&film).unwrap();
+        std::fs::write(class_dir.join(format!("film-{index:03}.jpeg")), &encoded).unwrap();
+        let megapixels = (film.width() * film.height()) as f64 / 1e6;
+        (min, max) = (min.min(megapixels), max.max(megapixels));
+        pixels += megapixels * 1e6;
+        bytes += encoded.len() as f64;
+    }
+    Films { min_megapixels: min, max_megapixels: max, bits_per_pixel: 8.0 * bytes / pixels }
+}
+
+fn worker(dataset: &Path, threads: usize, rounds: &str, cache_dir: Option<&Path>) -> serde_json::Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trainq-worker"));
+    command.args(["bench-decode", "--size", "128", "--interpolation", "nearest", "--batch-size", "20", "--rounds", rounds]);
+    command.arg("--dataset").arg(dataset).arg("--threads").arg(threads.to_string());
+    if let Some(cache_dir) = cache_dir {
+        command.arg("--cache-dir").arg(cache_dir);
+    }
+    run_json(&mut command)
+}
+
+fn rate(result: &serde_json::Value, field: &str) -> f64 {
+    result[field].as_f64().unwrap_or_else(|| panic!("no {field} in {result}"))
+}
+
+/// Per-core rates of Pillow and trainq on `dataset`, in images per second of process CPU time
+/// (both single-threaded): each side runs twice, alternating, and keeps its better run, so a busy
+/// neighbour on a shared machine penalises neither side alone.
+fn per_core(python: &Path, root: &Path, dataset: &Path, rounds: &str) -> (f64, f64, String) {
+    let (mut pillow_best, mut trainq_best, mut version) = (0f64, 0f64, String::from("?"));
+    for _ in 0..2 {
+        let pillow = run_json(
+            Command::new(python)
+                .arg(root.join("deploy/bench/decode_pillow.py"))
+                .arg("--dataset")
+                .arg(dataset)
+                .args(["--size", "128", "--rounds", rounds]),
+        );
+        pillow_best = pillow_best.max(rate(&pillow, "images_per_cpu_sec"));
+        version = pillow["pillow"].as_str().unwrap_or("?").to_string();
+        let trainq = worker(dataset, 1, rounds, None);
+        assert_eq!(trainq["skipped"], 0, "{trainq}");
+        trainq_best = trainq_best.max(rate(&trainq, "load_images_per_cpu_sec"));
+    }
+    (trainq_best, pillow_best, version)
+}
+
+/// A bigger split for the epoch comparison: `copies` hard links of each film (no extra disk),
+/// so per-epoch fixed costs weigh as little as in a real split of thousands of images.
+fn replicate(films: &Path, target: &Path, copies: usize) -> usize {
+    let mut count = 0;
+    for class in ["NORMAL", "PNEUMONIA"] {
+        let class_dir = target.join("train").join(class);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for entry in std::fs::read_dir(films.join("train").join(class)).unwrap() {
+            let path = entry.unwrap().path();
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            for copy in 0..copies {
+                std::fs::hard_link(&path, class_dir.join(format!("{stem}-{copy:03}.jpeg"))).unwrap();
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".torch-venv/bin/python");
+    assert!(python.exists(), "run deploy/setup-libtorch.sh first (its venv has Pillow for the baseline)");
+    let count: usize = std::env::var("TRAINQ_BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let copies: usize = std::env::var("TRAINQ_BENCH_EPOCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let rounds = std::env::var("TRAINQ_BENCH_ROUNDS").unwrap_or_else(|_| String::from("3"));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let scratch = tempfile::tempdir().unwrap();
+
+    for correlated_grain in [true, false] {
+        let dataset = scratch.path().join(if correlated_grain { "films" } else { "white-grain" });
+        let films = generate(&dataset, count, correlated_grain);
+        let (trainq_rate, pillow_rate, pillow_version) = per_core(&python, root, &dataset, &rounds);
+        let grain = if correlated_grain { "" } else { ", white grain" };
+        println!(
+            "decode+resize {:.1}–{:.1} MP grayscale JPEG ({:.2} bits/px{grain}) → 128 px, per core (CPU time): \
+             trainq {trainq_rate:.1} img/s | Pillow {pillow_version} (Keras path) {pillow_rate:.1} img/s | ratio {:.2}x",
+            films.min_megapixels,
+            films.max_megapixels,
+            films.bits_per_pixel,
+            trainq_rate / pillow_rate
+        );
+        if !correlated_grain {
+            continue;
+        }
+
+        let epoch = scratch.path().join("epoch");
+        let images = replicate(&dataset, &epoch, copies);
+        let first_pass = worker(&epoch, cores, &rounds, None);
+        let first_pass_rate = rate(&first_pass, "load_images_per_sec");
+        let cache_dir = scratch.path().join("cache");
+        let built = worker(&epoch, cores, "1", Some(&cache_dir));
+        assert_eq!(built["cache"], "built", "{built}");
+        let cached = worker(&epoch, cores, &rounds, Some(&cache_dir));
+        assert_eq!((&cached["cache"], &cached["decoded"]), (&"hit".into(), &0.into()), "{cached}");
+        let cached_rate = rate(&cached, "epoch_images_per_sec");
+        let gathered_rate = rate(&cached, "gather_epoch_images_per_sec");
+        let read_rate = rate(&cached, "load_images_per_sec");
+        println!("decode+resize, {images} images, all {cores} cores: trainq first pass {first_pass_rate:.1} img/s");
+        println!(
+            "cached epoch feed ({images} images: read entry {read_rate:.0} img/s, then batches of 20: gather, float, \
+             normalise), {cores} cores: {cached_rate:.0} img/s vs first pass {first_pass_rate:.1} img/s | ratio {:.0}x",
+            cached_rate / first_pass_rate
+        );
+        println!(
+            "cached epoch feed, uint8 batches (read entry + gather: a GPU job's host side), {cores} cores: \
+             {gathered_rate:.0} img/s vs first pass {first_pass_rate:.1} img/s | ratio {:.0}x",
+            gathered_rate / first_pass_rate
+        );
+    }
+}

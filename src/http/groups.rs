@@ -1,0 +1,78 @@
+//! `/api/groups/{id}`: the sibling jobs of a `repeats: N` submission, every metric as mean ± std.
+
+use super::{ApiError, AppState};
+use crate::domain::{Job, JobState};
+use crate::metrics::{mean_std, MeanStd};
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A repeat group.
+#[derive(Debug, Serialize)]
+pub struct GroupView {
+    id: String,
+    /// Every sibling with its state and seed.
+    jobs: Vec<GroupMember>,
+    /// Jobs that succeeded (the ones the statistics cover).
+    succeeded: usize,
+    /// True once no sibling is queued or running.
+    finished: bool,
+    /// Each final metric over the succeeded siblings: mean, sample std (ddof 1) and n.
+    metrics: BTreeMap<&'static str, MeanStd>,
+}
+
+/// One sibling of a group.
+#[derive(Debug, Serialize)]
+pub struct GroupMember {
+    id: String,
+    state: JobState,
+    seed: Option<u64>,
+}
+
+/// The metrics a group aggregates, read from each job's final metrics.
+fn metric_values(job: &Job) -> Vec<(&'static str, Option<f64>)> {
+    let Some(last) = &job.final_metrics else { return Vec::new() };
+    let binary = last.binary.as_ref();
+    vec![
+        ("train_loss", Some(last.train_loss)),
+        ("train_acc", Some(last.train_acc)),
+        ("test_loss", Some(last.test_loss)),
+        ("test_acc", Some(last.test_acc)),
+        ("precision", binary.and_then(|b| b.precision)),
+        ("recall", binary.and_then(|b| b.recall)),
+        ("specificity", binary.and_then(|b| b.specificity)),
+        ("f1", binary.and_then(|b| b.f1)),
+        ("auc", binary.and_then(|b| b.auc)),
+    ]
+}
+
+/// `GET /api/groups/{id}`.
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<GroupView>, ApiError> {
+    let jobs = state.store.jobs_in_group(&id).await?;
+    if jobs.is_empty() {
+        return Err(ApiError::NotFound(format!("no group with id `{id}`")));
+    }
+    let succeeded: Vec<&Job> = jobs.iter().filter(|job| job.state == JobState::Succeeded).collect();
+    let mut values: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for job in &succeeded {
+        for (name, value) in metric_values(job) {
+            // An undefined metric (e.g. AUC of a one-class test set) is left out, never averaged as 0.
+            if let Some(value) = value {
+                values.entry(name).or_default().push(value);
+            }
+        }
+    }
+    let metrics = values.into_iter().filter_map(|(name, values)| Some((name, mean_std(&values)?))).collect();
+    let members = jobs
+        .iter()
+        .map(|job| GroupMember { id: job.id.to_string(), state: job.state, seed: job.spec["seed"].as_u64() })
+        .collect();
+    Ok(Json(GroupView {
+        id,
+        succeeded: succeeded.len(),
+        finished: jobs.iter().all(|job| job.state.is_terminal()),
+        jobs: members,
+        metrics,
+    }))
+}
