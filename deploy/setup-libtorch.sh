@@ -26,6 +26,11 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
     # is a symlink to the base interpreter, and we only ever call that and site-packages.
 fi
 
+# torchvision proves that checkpoints load in plain PyTorch (deploy/load_checkpoint.py and its test).
+if ! "$venv/bin/python" -c "import torchvision" 2>/dev/null; then
+    "$venv/bin/python" -m pip install --quiet "torchvision==0.26.0"
+fi
+
 torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" "$repo/.libtorch"
 ln -sfn "$venv" "$repo/.torch-venv"

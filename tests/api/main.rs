@@ -4,5 +4,6 @@ mod cache;
 mod helpers;
 mod inception;
 mod jobs;
+mod pytorch;
 mod training;
 mod validation;
