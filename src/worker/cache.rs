@@ -15,11 +15,13 @@
 //! | `h` | [`EntryHeader`] as JSON: key, count, channels (3), height, width, labels, relative paths, skipped files |
 //! | `count·3·height·width` | the pixels, `[N, 3, H, W]` uint8, C order |
 //!
-//! Writers write a private temporary file, fsync it and `rename` it over the entry, so readers see
-//! either no entry or a complete one; two jobs that build the same entry at once both succeed and
-//! the last rename wins (both files are identical). Readers check the magic, version, header and
+//! Writers write a private temporary file (`<key>.bin.tmp.<pid>.<n>.<nonce>`), fsync it and
+//! `rename` it over the entry, so readers see either no entry or a complete one; two jobs that
+//! build the same entry at once both succeed and the last rename wins (both files are identical; a
+//! reader that opened the first keeps reading it). Readers check the magic, version, header and
 //! exact length and treat anything else as a miss, which rebuilds the entry. The pixels carry no
-//! checksum: the rename protects against torn writes, not against a disk that flips bits.
+//! checksum: the rename protects against torn writes, not against a disk that flips bits. Nothing
+//! is ever evicted: an entry is `N·3·S²` bytes (the Kaggle train split at 128 px: 256 MB).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,6 +29,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tch::{Device, Kind, Tensor};
 use trainq::domain::spec::Interpolation;
@@ -122,9 +125,9 @@ pub enum Miss {
     Invalid(String),
 }
 
-/// Reads the entry for `key`: its header and its pixels as one `[N, 3, H, W]` uint8 tensor,
+/// Reads the entry for `key`: its header and its pixels as one `[N, 3, size, size]` uint8 tensor,
 /// read straight into the tensor's memory (no per-image work, no second copy).
-pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Tensor), Miss> {
+pub fn read_entry(cache_dir: &Path, key: &str, size: u32) -> Result<(EntryHeader, Tensor), Miss> {
     let path = entry_path(cache_dir, key);
     let mut file = match File::open(&path) {
         Ok(file) => file,
@@ -152,6 +155,8 @@ pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Tensor), 
         serde_json::from_slice(&header_bytes).map_err(|err| Miss::Invalid(format!("bad header: {err}")))?;
     if header.key != key
         || header.channels != 3
+        || header.height != size as usize
+        || header.width != size as usize
         || header.labels.len() != header.count
         || header.paths.len() != header.count
     {
@@ -176,9 +181,12 @@ pub fn write_entry(cache_dir: &Path, header: &EntryHeader, pixels: &[u8]) -> std
     std::fs::create_dir_all(cache_dir)?;
     remove_stale_temporaries(cache_dir);
     let header_bytes = serde_json::to_vec(header).map_err(std::io::Error::other)?;
+    // Unique per writer: other processes differ in pid, threads of this one in the counter.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let nonce = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let write = WRITES.fetch_add(1, Ordering::Relaxed);
     let final_path = entry_path(cache_dir, &header.key);
-    let temporary = cache_dir.join(format!("{}.bin.tmp.{}.{nonce:08x}", header.key, std::process::id()));
+    let temporary = cache_dir.join(format!("{}.bin.tmp.{}.{write}.{nonce:08x}", header.key, std::process::id()));
     let written = (|| {
         let mut file = File::create(&temporary)?;
         file.write_all(MAGIC)?;

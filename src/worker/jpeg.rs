@@ -182,10 +182,9 @@ fn read_huffman_tables(
         let counts: [u8; 16] = body[1..17].try_into().unwrap();
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         let values = body.get(17..17 + total).ok_or(Refused("short DHT"))?;
-        let table = Some(Box::new(Huffman::new(&counts, values)?));
         match spec >> 4 {
-            0 => dc_tables[(spec & 3) as usize] = table,
-            1 => ac_tables[(spec & 3) as usize] = table,
+            0 => dc_tables[(spec & 3) as usize] = Some(Box::new(Huffman::new(&counts, values, false)?)),
+            1 => ac_tables[(spec & 3) as usize] = Some(Box::new(Huffman::new(&counts, values, true)?)),
             _ => return Err(Refused("bad DHT class")),
         }
         body = &body[17 + total..];
@@ -213,8 +212,16 @@ struct Huffman {
 }
 
 impl Huffman {
-    fn new(counts: &[u8; 16], values: &[u8]) -> Result<Huffman, Refused> {
-        let mut table = Huffman { lookup: [0; 1 << LOOKUP_BITS], skip: [0; 1 << LOOKUP_BITS], multi: Box::new([0; 1 << MULTI_BITS]), max_code: [-1; 17], offset: [0; 17], values: values.to_vec() };
+    /// Builds the decoding tables; the skip tables only for AC tables (`ac`), the only ones skipped.
+    fn new(counts: &[u8; 16], values: &[u8], ac: bool) -> Result<Huffman, Refused> {
+        let mut table = Huffman {
+            lookup: [0; 1 << LOOKUP_BITS],
+            skip: [0; 1 << LOOKUP_BITS],
+            multi: Box::new([0; 1 << MULTI_BITS]),
+            max_code: [-1; 17],
+            offset: [0; 17],
+            values: values.to_vec(),
+        };
         let mut code = 0u32;
         let mut index = 0usize;
         for length in 1..=16u32 {
@@ -240,8 +247,10 @@ impl Huffman {
             }
             code <<= 1;
         }
-        for prefix in 0..1u32 << MULTI_BITS {
-            table.multi[prefix as usize] = table.multi_skip(prefix);
+        if ac {
+            for prefix in 0..1u32 << MULTI_BITS {
+                table.multi[prefix as usize] = table.multi_skip(prefix);
+            }
         }
         Ok(table)
     }
