@@ -16,8 +16,7 @@ async fn a_second_job_reuses_the_decoded_dataset_and_learns_the_same() {
     let mut finished = Vec::new();
     for _ in 0..2 {
         let id = app.submit(&spec).await;
-        let job = app.wait_for(&id, Duration::from_secs(300), |job| job["state"] != "queued" && job["state"] != "running").await;
-        let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+        let (job, log) = app.finished(&id, Duration::from_secs(300)).await;
         assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
         finished.push((job, log));
     }

@@ -203,6 +203,19 @@ impl TestApp {
         }
     }
 
+    /// Waits until a job has finished (any terminal state) and returns it with its log.
+    pub async fn finished(&self, id: &str, timeout: Duration) -> (Value, String) {
+        let job = self.wait_for(id, timeout, |job| job["state"] != "queued" && job["state"] != "running").await;
+        let (_, log) = self.text(&format!("/api/jobs/{id}/log")).await;
+        (job, log)
+    }
+
+    /// An artifact's bytes.
+    pub async fn download(&self, id: &str, name: &str) -> bytes::Bytes {
+        let url = self.url(&format!("/api/jobs/{id}/artifacts/{name}"));
+        self.client.get(url).send().await.unwrap().bytes().await.unwrap()
+    }
+
     pub async fn wait_for_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
         self.wait_for(id, timeout, |job| job["state"] == state).await
     }

@@ -45,17 +45,11 @@ async fn inception_v3_fine_tunes_one_block_and_leaves_frozen_batch_norm_alone() 
         "optimizer": {"name": "rmsprop", "lr": 1e-3}, "seed": 2
     });
     let id = app.submit(&spec).await;
-    let job = app.wait_for(&id, Duration::from_secs(600), |job| job["state"] != "queued" && job["state"] != "running").await;
-    let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+    let (job, log) = app.finished(&id, Duration::from_secs(600)).await;
     assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
 
-    let download = |name: &str| {
-        let url = app.url(&format!("/api/jobs/{id}/artifacts/{name}"));
-        let client = app.client.clone();
-        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
-    };
-    let phase1 = read_safetensors(&download("phase1.safetensors").await);
-    let last = read_safetensors(&download("final.safetensors").await);
+    let phase1 = read_safetensors(&app.download(&id, "phase1.safetensors").await);
+    let last = read_safetensors(&app.download(&id, "final.safetensors").await);
     // Phase 1 trained the head only: every backbone tensor, running statistics included, is as loaded.
     for (name, shape, values) in &initial {
         assert_eq!(&phase1[name].0, shape, "{name}");

@@ -10,13 +10,11 @@ use std::time::Duration;
 
 async fn check_in_pytorch(app: &TestApp, spec: Value) {
     let id = app.submit(&spec).await;
-    let job = app.wait_for(&id, Duration::from_secs(600), |job| job["state"] != "queued" && job["state"] != "running").await;
-    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let (job, log) = app.finished(&id, Duration::from_secs(600)).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
     let folder = tempfile::tempdir().unwrap();
     for name in ["spec.json", "final.safetensors"] {
-        let url = app.url(&format!("/api/jobs/{id}/artifacts/{name}"));
-        let bytes = app.client.get(url).send().await.unwrap().bytes().await.unwrap();
-        std::fs::write(folder.path().join(name), bytes).unwrap();
+        std::fs::write(folder.path().join(name), app.download(&id, name).await).unwrap();
     }
     let (_, csv) = app.text(&format!("/api/jobs/{id}/predictions.csv")).await;
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|line| line.split(',').collect()).collect();

@@ -23,8 +23,7 @@ async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
         "optimizer": {"name": "rmsprop", "lr": 1e-4}, "seed": 3
     });
     let id = app.submit(&spec).await;
-    let job = app.wait_for(&id, Duration::from_secs(600), |job| job["state"] != "queued" && job["state"] != "running").await;
-    let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+    let (job, log) = app.finished(&id, Duration::from_secs(600)).await;
     assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
     assert!(log.contains("phase 1 epoch 1/8"), "{log}");
 
@@ -71,14 +70,9 @@ async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
     let (_, artifacts) = app.get(&format!("/api/jobs/{id}/artifacts")).await;
     let names: Vec<&str> = artifacts.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["final.safetensors", "metrics.json", "phase1.safetensors", "predictions.csv", "spec.json"]);
-    let download = |name: &str| {
-        let url = app.url(&format!("/api/jobs/{id}/artifacts/{name}"));
-        let client = app.client.clone();
-        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
-    };
-    let phase1 = read_safetensors(&download("phase1.safetensors").await);
-    let last = read_safetensors(&download("final.safetensors").await);
-    let saved_spec: serde_json::Value = serde_json::from_slice(&download("spec.json").await).unwrap();
+    let phase1 = read_safetensors(&app.download(&id, "phase1.safetensors").await);
+    let last = read_safetensors(&app.download(&id, "final.safetensors").await);
+    let saved_spec: serde_json::Value = serde_json::from_slice(&app.download(&id, "spec.json").await).unwrap();
     // The saved spec is the normalised one: defaults filled in.
     assert_eq!(saved_spec["head"][2], json!({"batchnorm": {"momentum": 0.9, "epsilon": 0.001}}));
     assert_eq!(saved_spec["phases"][1]["train"], json!(["block5", "head"]));
