@@ -37,22 +37,31 @@ pub fn device_for(kind: WorkerDevice) -> anyhow::Result<Device> {
 
 /// Turns uint8 batches into the float input a backbone's pretrained weights expect.
 pub struct Normaliser {
-    mean: Tensor,
-    std: Tensor,
+    /// `1 / (255 · std)` per channel.
+    scale: Tensor,
+    /// `−mean / std` per channel.
+    shift: Tensor,
     device: Device,
 }
 
 impl Normaliser {
-    /// The backbone's input statistics, kept on `device`.
+    /// The backbone's input statistics, folded into one scale and shift per channel, on `device`.
     pub fn new(backbone: Backbone, device: Device) -> Normaliser {
         let info = backbone.info();
-        let on_device = |values: [f64; 3]| Tensor::from_slice(&values).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
-        Normaliser { mean: on_device(info.input_mean), std: on_device(info.input_std), device }
+        let on_device = |values: Vec<f64>| Tensor::from_slice(&values).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+        let scale = (0..3).map(|c| 1.0 / (255.0 * info.input_std[c])).collect();
+        let shift = (0..3).map(|c| -info.input_mean[c] / info.input_std[c]).collect();
+        Normaliser { scale: on_device(scale), shift: on_device(shift), device }
     }
 
-    /// `(pixels / 255 − mean) / std`, on the device.
+    /// `(pixels / 255 − mean) / std`, computed as `pixels · scale + shift` in place on the one
+    /// float tensor the conversion allocates: this runs on every batch of every epoch, and each
+    /// extra temporary is a batch-sized allocation.
     pub fn apply(&self, batch: &Tensor) -> Tensor {
-        (batch.to_device(self.device).to_kind(Kind::Float) / 255.0 - &self.mean) / &self.std
+        let mut x = batch.to_device(self.device).to_kind(Kind::Float);
+        let _ = x.g_mul_(&self.scale);
+        let _ = x.g_add_(&self.shift);
+        x
     }
 }
 
@@ -386,6 +395,19 @@ mod tests {
         assert_eq!(batch_bounds(10, 4), [(0, 4), (4, 4), (8, 2)]);
         assert_eq!(batch_bounds(1, 4), [(0, 1)]);
         assert_eq!(batch_bounds(5216, 20).len(), 261);
+    }
+
+    #[test]
+    fn normalising_matches_the_textbook_formula() {
+        let pixels = Tensor::from_slice(&[0u8, 128, 255, 10, 20, 30]).view([1, 3, 1, 2]);
+        for backbone in Backbone::ALL {
+            let info = backbone.info();
+            let ours = Normaliser::new(backbone, Device::Cpu).apply(&pixels);
+            let mean = Tensor::from_slice(&info.input_mean).to_kind(Kind::Float).view([1, 3, 1, 1]);
+            let std = Tensor::from_slice(&info.input_std).to_kind(Kind::Float).view([1, 3, 1, 1]);
+            let expected = (pixels.to_kind(Kind::Float) / 255.0 - mean) / std;
+            assert!(ours.allclose(&expected, 1e-5, 1e-5, false), "{}", backbone.name());
+        }
     }
 
     #[test]
