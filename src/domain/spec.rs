@@ -353,6 +353,12 @@ impl JobSpec {
         }
         let info = self.backbone.info();
         match self.image_size {
+            None if self.head.first() == Some(&HeadLayer::Flatten) => {
+                return Err(SpecError::new(
+                    "head[0]",
+                    "\"flatten\" cannot take variable-size images: the flattened length (channels × height × width of the feature map) changes with each image, so the dense layer after it has no fixed input size; use \"gap\" (global average pooling, one value per channel whatever the size) or give image_size",
+                ))
+            }
             None => {
                 return Err(SpecError::new(
                     "image_size",
@@ -565,6 +571,10 @@ mod tests {
             ("backbone", Box::new(|v| v["backbone"] = json!("resnet50"))),
             ("image_size", Box::new(|v| v["image_size"] = json!(8))),
             ("image_size", Box::new(|v| v["image_size"] = json!(null))),
+            ("head[0]", Box::new(|v| {
+                v["image_size"] = json!(null);
+                v["head"][0] = json!("flatten");
+            })),
             ("image_size", Box::new(|v| v["image_size"] = json!("big"))),
             ("batch_size", Box::new(|v| v["batch_size"] = json!(0))),
             ("head[0]", Box::new(|v| v["head"] = json!([{"dense": 1}]))),
