@@ -106,8 +106,7 @@ pub fn describe(name: &str, path: &Path) -> Result<DatasetInfo, CatalogError> {
             return Err(bad(format!("{split}/ has classes that train/ lacks: {}", extra.join(", "))));
         }
         let mut per_class = BTreeMap::new();
-        for (file, label) in split_files(path, split, &classes)? {
-            drop(file);
+        for (_, label) in split_files(path, split, &classes)? {
             *per_class.entry(classes[label as usize].clone()).or_insert(0) += 1;
         }
         let images = per_class.values().sum();

@@ -285,7 +285,8 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-async fn append_log(path: &Path, text: &str) {
+/// Appends to a job's log; a log that cannot be written never stops the job.
+pub(super) async fn append_log(path: &Path, text: &str) {
     let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
     if let Ok(mut file) = file {
         let _ = file.write_all(text.as_bytes()).await;

@@ -7,7 +7,6 @@ use crate::domain::{JobId, JobProgress};
 use crate::store::Store;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 const STEP_WRITE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -43,9 +42,7 @@ impl ProgressTracker {
     }
 
     async fn log_line(&self, line: &str) {
-        if let Ok(mut file) = tokio::fs::OpenOptions::new().append(true).create(true).open(&self.log).await {
-            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
-        }
+        super::append_log(&self.log, &format!("{line}\n")).await;
     }
 
     async fn apply(&mut self, event: ProgressEvent) -> Result<(), crate::store::StoreError> {
