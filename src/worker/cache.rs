@@ -12,8 +12,8 @@
 //! | 8 | magic `TRQCACHE` |
 //! | 4 | format version ([`FORMAT_VERSION`]) |
 //! | 4 | `h`: length of the JSON header |
-//! | `h` | [`EntryHeader`] as JSON: key, count, channels (3), height, width, labels, relative paths, skipped files |
-//! | `count·3·height·width` | the pixels, `[N, 3, H, W]` uint8, C order |
+//! | `h` | [`EntryHeader`] as JSON: key, count, channels (1 or 3), shape groups, labels, relative paths, skipped files |
+//! | `Σ count·channels·height·width` | the pixels: each shape group's `[n, C, H, W]` uint8 in C order, group after group |
 //!
 //! Writers write a private temporary file (`<key>.bin.tmp.<pid>.<n>.<nonce>`), fsync it and
 //! `rename` it over the entry, so readers see either no entry or a complete one; two jobs that
@@ -21,7 +21,7 @@
 //! reader that opened the first keeps reading it). Readers check the magic, version, header and
 //! exact length and treat anything else as a miss, which rebuilds the entry. The pixels carry no
 //! checksum: the rename protects against torn writes, not against a disk that flips bits. Nothing
-//! is ever evicted: an entry is `N·3·S²` bytes (the Kaggle train split at 128 px: 256 MB).
+//! is ever evicted: an entry is `N·C·H·W` bytes (the Kaggle train split, grayscale, at 128 px: 85 MB).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,13 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tch::{Device, Kind, Tensor};
-use trainq::domain::spec::Interpolation;
+use trainq::domain::spec::{Interpolation, Resize};
 
 const MAGIC: &[u8; 8] = b"TRQCACHE";
 
 /// Bump whenever the bytes an entry would hold change for the same inputs: the layout, the
 /// decoder (e.g. its DCT-domain downscaling) or the resize. Old entries then miss.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Temporary files older than this are left over from a killed builder and are removed.
 const STALE_TEMPORARY: Duration = Duration::from_secs(24 * 3600);
@@ -50,12 +50,10 @@ pub struct EntryHeader {
     pub key: String,
     /// Images in the entry.
     pub count: usize,
-    /// Always 3 (grayscale is expanded).
+    /// 1 when every image is grayscale, else 3.
     pub channels: usize,
-    /// Image height.
-    pub height: usize,
-    /// Image width.
-    pub width: usize,
+    /// The images' shapes, in storage order.
+    pub groups: Vec<GroupHeader>,
     /// Class index of each image, in tensor order.
     pub labels: Vec<i64>,
     /// Each image's path relative to the dataset folder, in tensor order.
@@ -64,14 +62,30 @@ pub struct EntryHeader {
     pub skipped: Vec<PathBuf>,
 }
 
+/// One shape group of an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupHeader {
+    /// Images of this shape.
+    pub count: usize,
+    /// Their height.
+    pub height: usize,
+    /// Their width.
+    pub width: usize,
+}
+
 impl EntryHeader {
+    fn group_bytes(&self, group: &GroupHeader) -> usize {
+        group.count * self.channels * group.height * group.width
+    }
+
     fn pixel_bytes(&self) -> usize {
-        self.count * self.channels * self.height * self.width
+        self.groups.iter().map(|group| self.group_bytes(group)).sum()
     }
 }
 
-/// The name of the entry for these inputs: `<split>-<size>-<interpolation>-<hash>`, where the hash
-/// covers the format version, the split, size, interpolation and classes, and each image file's
+/// The name of the entry for these inputs: `<split>-<size>-<interpolation>-<hash>` (size `128`, or
+/// `max256` for variable size), where the hash covers the format version, the split, sizing,
+/// interpolation and classes, and each image file's
 /// relative path, label, size and modification time (ns). Editing, adding, removing or renaming a
 /// file therefore gives a new key.
 pub fn entry_key(
@@ -79,10 +93,11 @@ pub fn entry_key(
     split: &str,
     files: &[(PathBuf, i64)],
     classes: &[String],
-    size: u32,
+    resize: Resize,
     interpolation: Interpolation,
 ) -> std::io::Result<String> {
     let interpolation = interpolation_name(interpolation);
+    let size = resize.label();
     let mut hasher = Sha256::new();
     hasher.update(format!("trainq cache v{FORMAT_VERSION}\0{split}\0{size}\0{interpolation}\0").as_bytes());
     for class in classes {
@@ -125,9 +140,9 @@ pub enum Miss {
     Invalid(String),
 }
 
-/// Reads the entry for `key`: its header and its pixels as one `[N, 3, size, size]` uint8 tensor,
-/// read straight into the tensor's memory (no per-image work, no second copy).
-pub fn read_entry(cache_dir: &Path, key: &str, size: u32) -> Result<(EntryHeader, Tensor), Miss> {
+/// Reads the entry for `key`: its header and its pixels as one `[n, C, H, W]` uint8 tensor per shape
+/// group, read straight into the tensors' memory (no per-image work, no second copy).
+pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Vec<Tensor>), Miss> {
     let path = entry_path(cache_dir, key);
     let mut file = match File::open(&path) {
         Ok(file) => file,
@@ -154,9 +169,8 @@ pub fn read_entry(cache_dir: &Path, key: &str, size: u32) -> Result<(EntryHeader
     let header: EntryHeader =
         serde_json::from_slice(&header_bytes).map_err(|err| Miss::Invalid(format!("bad header: {err}")))?;
     if header.key != key
-        || header.channels != 3
-        || header.height != size as usize
-        || header.width != size as usize
+        || !(header.channels == 1 || header.channels == 3)
+        || header.groups.iter().map(|group| group.count).sum::<usize>() != header.count
         || header.labels.len() != header.count
         || header.paths.len() != header.count
     {
@@ -169,15 +183,23 @@ pub fn read_entry(cache_dir: &Path, key: &str, size: u32) -> Result<(EntryHeader
             16 + header_length + header.pixel_bytes() as u64
         )));
     }
-    let shape = [header.count as i64, 3, header.height as i64, header.width as i64];
-    let mut images = Tensor::zeros(shape, (Kind::Uint8, Device::Cpu));
-    file.read_exact(uint8_bytes_mut(&mut images)).map_err(|err| Miss::Invalid(err.to_string()))?;
-    Ok((header, images))
+    let mut groups = Vec::with_capacity(header.groups.len());
+    for group in &header.groups {
+        let shape = [group.count as i64, header.channels as i64, group.height as i64, group.width as i64];
+        let mut images = Tensor::zeros(shape, (Kind::Uint8, Device::Cpu));
+        file.read_exact(uint8_bytes_mut(&mut images)).map_err(|err| Miss::Invalid(err.to_string()))?;
+        groups.push(images);
+    }
+    Ok((header, groups))
 }
 
-/// Writes the entry for `header.key` atomically (temporary file, fsync, rename).
-pub fn write_entry(cache_dir: &Path, header: &EntryHeader, pixels: &[u8]) -> std::io::Result<()> {
-    assert_eq!(pixels.len(), header.pixel_bytes(), "pixels match the header");
+/// Writes the entry for `header.key` atomically (temporary file, fsync, rename); `groups` are the
+/// contiguous CPU uint8 tensors the header's groups describe.
+pub fn write_entry(cache_dir: &Path, header: &EntryHeader, groups: &[&Tensor]) -> std::io::Result<()> {
+    assert_eq!(groups.len(), header.groups.len(), "one tensor per group");
+    for (tensor, group) in groups.iter().zip(&header.groups) {
+        assert_eq!(tensor.numel(), header.group_bytes(group), "pixels match the header");
+    }
     std::fs::create_dir_all(cache_dir)?;
     remove_stale_temporaries(cache_dir);
     let header_bytes = serde_json::to_vec(header).map_err(std::io::Error::other)?;
@@ -193,7 +215,9 @@ pub fn write_entry(cache_dir: &Path, header: &EntryHeader, pixels: &[u8]) -> std
         file.write_all(&FORMAT_VERSION.to_le_bytes())?;
         file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
         file.write_all(&header_bytes)?;
-        file.write_all(pixels)?;
+        for tensor in groups {
+            file.write_all(uint8_bytes(tensor))?;
+        }
         file.sync_all()?;
         std::fs::rename(&temporary, &final_path)
     })();
@@ -215,6 +239,22 @@ fn remove_stale_temporaries(cache_dir: &Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// The bytes of a contiguous CPU uint8 tensor, to be written out.
+fn uint8_bytes(tensor: &Tensor) -> &[u8] {
+    assert!(
+        tensor.kind() == Kind::Uint8 && tensor.device() == Device::Cpu && tensor.is_contiguous(),
+        "a contiguous CPU uint8 tensor"
+    );
+    let length = tensor.numel();
+    if length == 0 {
+        return &[];
+    }
+    // SAFETY: the tensor is contiguous uint8 on the CPU (checked above), so `data_ptr` points at
+    // `length` initialised bytes it owns; the shared borrow keeps it alive and unmodified (tch
+    // tensors are not mutated through `&Tensor` by this crate while a slice is held).
+    unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const u8, length) }
 }
 
 /// The bytes of a freshly made (zeroed), contiguous CPU uint8 tensor, to be filled in place: a

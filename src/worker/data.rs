@@ -1,27 +1,48 @@
-//! ImageFolder loading: a split becomes one uint8 tensor `[N, 3, S, S]` in memory. The first job
-//! that needs a (dataset, split, size, interpolation) decodes and resizes every image on all its
-//! threads and stores the result in the shared cache (`cache.rs`); every later job reads it back
-//! with one file read. Grayscale images are expanded to three channels; a corrupt file is skipped
-//! with a warning and counted, never fatal.
+//! ImageFolder loading: a split becomes uint8 tensors in memory, one per image shape (`[n, C, H, W]`;
+//! one tensor for a square size, a few for variable size). The first job that needs a (dataset,
+//! split, size, interpolation) decodes and resizes every image on all its threads and stores the
+//! result in the shared cache (`cache.rs`); every later job reads it back with one file read. A
+//! split whose images are all grayscale is kept with one channel (`C = 1`, a third of the memory,
+//! cache and host→GPU traffic) and expanded to three channels when a batch is normalised; a split
+//! with any colour image keeps three. A corrupt file is skipped with a warning and counted, never
+//! fatal.
 
-use crate::cache::{self, EntryHeader, Miss};
+use crate::cache::{self, EntryHeader, GroupHeader, Miss};
 use crate::jpeg;
 use image::{DynamicImage, GrayImage, ImageBuffer, Pixel, RgbImage};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets::split_files;
-use trainq::domain::spec::Interpolation;
+use trainq::domain::spec::{Interpolation, Resize};
+
+/// Images of one shape.
+pub struct ShapeGroup {
+    /// `[n, C, H, W]` uint8 pixels.
+    pub images: Tensor,
+    /// `[n]` int64 class indices.
+    pub labels: Tensor,
+}
+
+impl ShapeGroup {
+    /// Number of images.
+    pub fn len(&self) -> i64 {
+        self.images.size()[0]
+    }
+}
 
 /// A loaded split.
 pub struct Split {
-    /// `[N, 3, S, S]` uint8 pixels.
-    pub images: Tensor,
-    /// `[N]` int64 class indices.
+    /// The images, grouped by shape; group after group is the split's tensor order.
+    pub groups: Vec<ShapeGroup>,
+    /// `[N]` int64 class indices of all groups, in tensor order (on the CPU).
     pub labels: Tensor,
     /// Source files, in tensor order.
     pub paths: Vec<PathBuf>,
+    /// Channels stored: 1 when every image is grayscale, else 3.
+    pub channels: usize,
     /// Files that failed to decode (when the entry was built, for a cache hit).
     pub skipped: usize,
     /// Wall time of the load.
@@ -60,24 +81,55 @@ impl Split {
         self.paths.len()
     }
 
+    /// Bytes of pixels held.
+    pub fn pixel_bytes(&self) -> i64 {
+        self.groups.iter().map(|group| group.images.numel() as i64).sum()
+    }
+
+    /// Moves the pixels and labels to `device` (a no-op for the CPU): a GPU job whose split fits
+    /// copies it once, and every batch after that is gathered on the GPU.
+    pub fn to_device(&mut self, device: Device) {
+        for group in &mut self.groups {
+            group.images = group.images.to_device(device);
+            group.labels = group.labels.to_device(device);
+        }
+    }
+
+    /// The shapes held, e.g. `128x128` or `192x256 (40), 256x192 (310)`.
+    pub fn shapes(&self) -> String {
+        let shape = |group: &ShapeGroup| {
+            let size = group.images.size();
+            format!("{}x{}", size[3], size[2])
+        };
+        match self.groups.as_slice() {
+            [one] => shape(one),
+            groups => groups.iter().map(|group| format!("{} ({})", shape(group), group.len())).collect::<Vec<_>>().join(", "),
+        }
+    }
+
     /// The job-log line for this load (after the split's name).
     pub fn summary(&self) -> String {
+        let layout = format!("{} channel{}, {}", self.channels, if self.channels == 1 { "" } else { "s" }, self.shapes());
         match &self.cache {
-            CacheOutcome::Hit(key) => {
-                format!("cache hit {key}: {} images, 0 decoded ({:.2}s, {} skipped)", self.len(), self.seconds, self.skipped)
-            }
+            CacheOutcome::Hit(key) => format!(
+                "cache hit {key}: {} images, 0 decoded ({:.2}s, {} skipped; {layout})",
+                self.len(),
+                self.seconds,
+                self.skipped
+            ),
             CacheOutcome::Built(key) => format!(
-                "decoded {} images ({} skipped) in {:.1}s, cached as {key}",
+                "decoded {} images ({} skipped) in {:.1}s, cached as {key} ({layout})",
                 self.decoded, self.skipped, self.seconds
             ),
-            CacheOutcome::Off => {
-                format!("decoded {} images ({} skipped) in {:.1}s, not cached", self.decoded, self.skipped, self.seconds)
-            }
+            CacheOutcome::Off => format!(
+                "decoded {} images ({} skipped) in {:.1}s, not cached ({layout})",
+                self.decoded, self.skipped, self.seconds
+            ),
         }
     }
 }
 
-/// Loads `split` of the dataset at `dataset_dir`, resized to `size`: from the cache entry in
+/// Loads `split` of the dataset at `dataset_dir`, sized by `resize`: from the cache entry in
 /// `cache_dir` when there is a valid one, else by decoding on `threads` threads and storing the
 /// result there. Without a `cache_dir` it always decodes. A cache that cannot be read or written
 /// costs a warning, never the job.
@@ -85,14 +137,14 @@ pub fn load_split(
     dataset_dir: &Path,
     split: &str,
     classes: &[String],
-    size: u32,
+    resize: Resize,
     interpolation: Interpolation,
     threads: usize,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<Split> {
     let started = Instant::now();
     let files = split_files(dataset_dir, split, classes)?;
-    let key = cache_dir.and_then(|_| match cache::entry_key(dataset_dir, split, &files, classes, size, interpolation) {
+    let key = cache_dir.and_then(|_| match cache::entry_key(dataset_dir, split, &files, classes, resize, interpolation) {
         Ok(key) => Some(key),
         Err(err) => {
             eprintln!("warning: not caching the {split} split: {err}");
@@ -100,41 +152,65 @@ pub fn load_split(
         }
     });
     if let (Some(dir), Some(key)) = (cache_dir, &key) {
-        match cache::read_entry(dir, key, size) {
+        match cache::read_entry(dir, key) {
             Ok((header, images)) => {
+                let mut offset = 0;
+                let groups = images
+                    .into_iter()
+                    .map(|images| {
+                        let count = images.size()[0] as usize;
+                        let labels = Tensor::from_slice(&header.labels[offset..offset + count]);
+                        offset += count;
+                        ShapeGroup { images, labels }
+                    })
+                    .collect();
                 return Ok(Split {
-                    images,
+                    groups,
                     labels: Tensor::from_slice(&header.labels),
                     paths: header.paths.iter().map(|path| dataset_dir.join(path)).collect(),
+                    channels: header.channels,
                     skipped: header.skipped.len(),
                     seconds: started.elapsed().as_secs_f64(),
                     cache: CacheOutcome::Hit(key.clone()),
                     decoded: 0,
-                })
+                });
             }
             Err(Miss::Absent) => {}
             Err(Miss::Invalid(reason)) => eprintln!("warning: cache entry {key} is unusable ({reason}); rebuilding it"),
         }
     }
 
-    let per_image = 3 * (size as usize) * (size as usize);
-    let side = size as i64;
-    let mut images = Tensor::zeros([files.len() as i64, 3, side, side], (Kind::Uint8, Device::Cpu));
-    let pixels = cache::uint8_bytes_mut(&mut images);
-    let readable = decode_files(&files, size, interpolation, threads, pixels);
-    // Close the gaps the skipped files left, keeping tensor order = file order.
-    let mut labels = Vec::with_capacity(files.len());
-    let mut paths = Vec::with_capacity(files.len());
+    let decoded = decode_files(&files, resize, interpolation, threads);
+    let channels = if decoded.iter().flatten().all(|image| image.gray) { 1 } else { 3 };
+    // Group by shape (height, width); within a group, file order.
+    let mut by_shape: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
     let mut skipped_paths = Vec::new();
-    for (index, (path, label)) in files.into_iter().enumerate() {
-        if readable[index] {
-            let target = labels.len();
-            pixels.copy_within(index * per_image..(index + 1) * per_image, target * per_image);
-            labels.push(label);
-            paths.push(path);
-        } else {
-            skipped_paths.push(path);
+    for (index, image) in decoded.iter().enumerate() {
+        match image {
+            Some(image) => by_shape.entry((image.height, image.width)).or_default().push(index),
+            None => skipped_paths.push(files[index].0.clone()),
         }
+    }
+    let mut decoded = decoded;
+    let (mut groups, mut labels, mut paths, mut group_headers) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((height, width), members) in by_shape {
+        let plane = (height * width) as usize;
+        let shape = [members.len() as i64, channels as i64, height as i64, width as i64];
+        let mut images = Tensor::zeros(shape, (Kind::Uint8, Device::Cpu));
+        let pixels = cache::uint8_bytes_mut(&mut images);
+        for (slot, &index) in pixels.chunks_exact_mut(channels * plane).zip(&members) {
+            let image = decoded[index].take().expect("grouped images are decoded");
+            // A gray image in a colour split fills all three channels.
+            for (c, channel) in slot.chunks_exact_mut(plane).enumerate() {
+                let source = if image.gray { 0 } else { c * plane };
+                channel.copy_from_slice(&image.pixels[source..source + plane]);
+            }
+        }
+        let group_labels: Vec<i64> = members.iter().map(|&index| files[index].1).collect();
+        group_headers.push(GroupHeader { count: members.len(), height: height as usize, width: width as usize });
+        groups.push(ShapeGroup { images, labels: Tensor::from_slice(&group_labels) });
+        labels.extend(group_labels);
+        paths.extend(members.iter().map(|&index| files[index].0.clone()));
     }
     let count = labels.len();
     let relative = |path: &PathBuf| path.strip_prefix(dataset_dir).unwrap_or(path).to_path_buf();
@@ -143,14 +219,14 @@ pub fn load_split(
             let header = EntryHeader {
                 key: key.clone(),
                 count,
-                channels: 3,
-                height: size as usize,
-                width: size as usize,
+                channels,
+                groups: group_headers,
                 labels: labels.clone(),
                 paths: paths.iter().map(relative).collect(),
                 skipped: skipped_paths.iter().map(relative).collect(),
             };
-            match cache::write_entry(dir, &header, &pixels[..count * per_image]) {
+            let tensors: Vec<&Tensor> = groups.iter().map(|group| &group.images).collect();
+            match cache::write_entry(dir, &header, &tensors) {
                 Ok(()) => CacheOutcome::Built(key),
                 Err(err) => {
                     eprintln!("warning: could not store cache entry {key} in {}: {err}", dir.display());
@@ -160,11 +236,11 @@ pub fn load_split(
         }
         _ => CacheOutcome::Off,
     };
-    let images = if count == readable.len() { images } else { images.narrow(0, 0, count as i64).copy() };
     Ok(Split {
-        images,
+        groups,
         labels: Tensor::from_slice(&labels),
         paths,
+        channels,
         skipped: skipped_paths.len(),
         seconds: started.elapsed().as_secs_f64(),
         cache: outcome,
@@ -172,29 +248,29 @@ pub fn load_split(
     })
 }
 
-/// Decodes `files` into consecutive `3·size·size` slots of `pixels` on `threads` threads, which
-/// take the next file as they finish one (image sizes vary, so fixed chunks would leave a thread
-/// idle). Returns, per file, whether it could be read; unreadable files leave their slot zeroed.
-fn decode_files(
-    files: &[(PathBuf, i64)],
-    size: u32,
-    interpolation: Interpolation,
-    threads: usize,
-    pixels: &mut [u8],
-) -> Vec<bool> {
-    let per_image = 3 * (size as usize) * (size as usize);
-    let work = Mutex::new(files.iter().zip(pixels.chunks_mut(per_image)).enumerate());
-    let mut readable = vec![false; files.len()];
-    let done: Vec<Vec<usize>> = std::thread::scope(|scope| {
+/// One decoded and resized image: one plane if gray (or colour with identical channels), three
+/// planes (CHW) otherwise.
+struct Decoded {
+    width: u32,
+    height: u32,
+    gray: bool,
+    pixels: Vec<u8>,
+}
+
+/// Decodes `files` on `threads` threads, which take the next file as they finish one (image sizes
+/// vary, so fixed chunks would leave a thread idle). Unreadable files come back as `None`.
+fn decode_files(files: &[(PathBuf, i64)], resize: Resize, interpolation: Interpolation, threads: usize) -> Vec<Option<Decoded>> {
+    let work = Mutex::new(files.iter().enumerate());
+    let results: Vec<Vec<(usize, Decoded)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.clamp(1, files.len().max(1)))
             .map(|_| {
                 scope.spawn(|| {
                     let (mut done, mut file_bytes) = (Vec::new(), Vec::new());
                     loop {
                         let next = work.lock().expect("a decoder thread panicked").next();
-                        let Some((index, ((path, _), slot))) = next else { break done };
-                        if decode_file(path, size, interpolation, &mut file_bytes, slot) {
-                            done.push(index);
+                        let Some((index, (path, _))) = next else { break done };
+                        if let Some(image) = decode_file(path, resize, interpolation, &mut file_bytes) {
+                            done.push((index, image));
                         }
                     }
                 })
@@ -202,42 +278,56 @@ fn decode_files(
             .collect();
         handles.into_iter().map(|handle| handle.join().expect("decoder thread panicked")).collect()
     });
-    for index in done.into_iter().flatten() {
-        readable[index] = true;
+    let mut decoded: Vec<Option<Decoded>> = files.iter().map(|_| None).collect();
+    for (index, image) in results.into_iter().flatten() {
+        decoded[index] = Some(image);
     }
-    readable
+    decoded
 }
 
-/// Decodes one file into `out` as CHW RGB bytes of `size`×`size`; false (with a warning) if
-/// unreadable. `file_bytes` is the thread's reusable read buffer (a fresh one per file costs page
-/// faults that show on a fast first pass).
-fn decode_file(path: &Path, size: u32, interpolation: Interpolation, file_bytes: &mut Vec<u8>, out: &mut [u8]) -> bool {
+/// Decodes and resizes one file; `None` (with a warning) if unreadable. `file_bytes` is the
+/// thread's reusable read buffer (a fresh one per file costs page faults that show on a fast first
+/// pass).
+fn decode_file(path: &Path, resize: Resize, interpolation: Interpolation, file_bytes: &mut Vec<u8>) -> Option<Decoded> {
     file_bytes.clear();
-    let image = std::fs::File::open(path)
+    let decoded = std::fs::File::open(path)
         .and_then(|mut file| std::io::Read::read_to_end(&mut file, file_bytes))
         .map_err(image::ImageError::IoError)
-        .and_then(|_| decode_for_size(file_bytes, size));
-    match image {
-        Ok(image) => {
-            to_chw_into(&image, size, interpolation, out);
-            true
-        }
+        .and_then(|_| {
+            let (width, height) = source_dimensions(file_bytes)?;
+            let (width, height) = resize.target(width, height);
+            let image = decode_for_size(file_bytes, width, height)?;
+            Ok(resize_planes(&image, width, height, interpolation))
+        });
+    match decoded {
+        Ok(image) => Some(image),
         Err(err) => {
             eprintln!("warning: skipping unreadable image {}: {err}", path.display());
-            false
+            None
         }
     }
+}
+
+/// An image file's width and height, from its header.
+fn source_dimensions(bytes: &[u8]) -> image::ImageResult<(u32, u32)> {
+    if let Some(header) = jpeg::header(bytes) {
+        return Ok((header.width, header.height));
+    }
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.into_dimensions()
 }
 
 /// The DCT-domain reduction (8, 4, 2, or 1 for none) to decode a `width`×`height` JPEG at for a
-/// `size`-pixel target: the largest that keeps both sides at least `size`, so the resize that
-/// follows is still a downscale. A reduction happens only when the target is at most about half
-/// the source's smaller side.
-pub fn dct_reduction(width: u32, height: u32, size: u32) -> u32 {
-    [8, 4, 2].into_iter().find(|&factor| width.div_ceil(factor) >= size && height.div_ceil(factor) >= size).unwrap_or(1)
+/// `target_width`×`target_height` target: the largest that keeps both sides at least the target's,
+/// so the resize that follows is still a downscale. A reduction happens only when the target is at
+/// most about half the source.
+pub fn dct_reduction(width: u32, height: u32, target_width: u32, target_height: u32) -> u32 {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&factor| width.div_ceil(factor) >= target_width && height.div_ceil(factor) >= target_height)
+        .unwrap_or(1)
 }
 
-/// Decodes an image file's bytes for a `size`-pixel target.
+/// Decodes an image file's bytes for a `target_width`×`target_height` target.
 ///
 /// JPEGs much larger than the target are downscaled while decoding, in the DCT domain (see
 /// [`dct_reduction`]): baseline grayscale ones (chest X-rays) by `jpeg.rs` at 1/8 or 1/4, others
@@ -247,9 +337,9 @@ pub fn dct_reduction(width: u32, height: u32, size: u32) -> u32 {
 /// anyway; for `nearest` the result is smoother than, and not bit-identical to, Pillow's (Keras')
 /// nearest resize of the full image — a few grey levels apart on noisy films — in exchange for a
 /// first pass several times faster.
-pub fn decode_for_size(bytes: &[u8], size: u32) -> image::ImageResult<DynamicImage> {
+pub fn decode_for_size(bytes: &[u8], target_width: u32, target_height: u32) -> image::ImageResult<DynamicImage> {
     if let Some(header) = jpeg::header(bytes) {
-        let reduction = dct_reduction(header.width, header.height, size);
+        let reduction = dct_reduction(header.width, header.height, target_width, target_height);
         if reduction >= 4 && header.components == 1 && header.sequential_huffman {
             if let Ok((width, height, pixels)) = jpeg::decode_gray_reduced(bytes, reduction) {
                 let image = GrayImage::from_raw(width, height, pixels).expect("the decoder sizes its output");
@@ -282,46 +372,55 @@ fn decode_jpeg_scaled(bytes: &[u8], reduction: u32) -> Option<DynamicImage> {
     }
 }
 
-/// Resizes and lays out channel-first into a `3·size·size` slice. Grayscale is resized once and
-/// copied to all channels.
-fn to_chw_into(image: &DynamicImage, size: u32, interpolation: Interpolation, chw: &mut [u8]) {
-    let plane = (size * size) as usize;
+/// Resizes to `width`×`height` and lays the result out channel-first: one plane for a grayscale
+/// image, and for a colour image whose three channels came out identical (an X-ray saved as RGB);
+/// three planes otherwise.
+fn resize_planes(image: &DynamicImage, width: u32, height: u32, interpolation: Interpolation) -> Decoded {
     if image.color().has_color() {
-        let rgb: RgbImage = resize(&image.to_rgb8(), size, interpolation);
+        let rgb: RgbImage = resize(&image.to_rgb8(), width, height, interpolation);
+        if rgb.pixels().all(|pixel| pixel.0[0] == pixel.0[1] && pixel.0[1] == pixel.0[2]) {
+            let pixels = rgb.pixels().map(|pixel| pixel.0[0]).collect();
+            return Decoded { width, height, gray: true, pixels };
+        }
+        let plane = (width * height) as usize;
+        let mut pixels = vec![0u8; 3 * plane];
         for (i, pixel) in rgb.pixels().enumerate() {
             for c in 0..3 {
-                chw[c * plane + i] = pixel.0[c];
+                pixels[c * plane + i] = pixel.0[c];
             }
         }
+        Decoded { width, height, gray: false, pixels }
     } else {
         let gray: GrayImage = match image {
-            DynamicImage::ImageLuma8(gray) => resize(gray, size, interpolation),
-            _ => resize(&image.to_luma8(), size, interpolation),
+            DynamicImage::ImageLuma8(gray) => resize(gray, width, height, interpolation),
+            _ => resize(&image.to_luma8(), width, height, interpolation),
         };
-        for channel in chw.chunks_exact_mut(plane) {
-            channel.copy_from_slice(gray.as_raw());
-        }
+        Decoded { width, height, gray: true, pixels: gray.into_raw() }
     }
 }
 
-fn resize<P>(image: &ImageBuffer<P, Vec<u8>>, size: u32, interpolation: Interpolation) -> ImageBuffer<P, Vec<u8>>
+fn resize<P>(image: &ImageBuffer<P, Vec<u8>>, width: u32, height: u32, interpolation: Interpolation) -> ImageBuffer<P, Vec<u8>>
 where
     P: Pixel<Subpixel = u8> + 'static,
 {
     match interpolation {
-        Interpolation::Nearest => resize_nearest(image, size),
-        Interpolation::Bilinear => image::imageops::resize(image, size, size, image::imageops::FilterType::Triangle),
-        Interpolation::Area => resize_area(image, size),
+        Interpolation::Nearest => resize_nearest(image, width, height),
+        Interpolation::Bilinear => image::imageops::resize(image, width, height, image::imageops::FilterType::Triangle),
+        Interpolation::Area => resize_area(image, width, height),
     }
 }
 
 /// Nearest neighbour with PIL's sampling (what Keras' `load_img` calls): source pixel
 /// `floor((x + 0.5) * in / out)`.
-fn resize_nearest<P: Pixel<Subpixel = u8> + 'static>(image: &ImageBuffer<P, Vec<u8>>, size: u32) -> ImageBuffer<P, Vec<u8>> {
+fn resize_nearest<P: Pixel<Subpixel = u8> + 'static>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    out_width: u32,
+    out_height: u32,
+) -> ImageBuffer<P, Vec<u8>> {
     let (width, height) = image.dimensions();
-    let sx = width as f64 / size as f64;
-    let sy = height as f64 / size as f64;
-    ImageBuffer::from_fn(size, size, |x, y| {
+    let sx = width as f64 / out_width as f64;
+    let sy = height as f64 / out_height as f64;
+    ImageBuffer::from_fn(out_width, out_height, |x, y| {
         let src_x = (((x as f64 + 0.5) * sx) as u32).min(width - 1);
         let src_y = (((y as f64 + 0.5) * sy) as u32).min(height - 1);
         *image.get_pixel(src_x, src_y)
@@ -329,17 +428,21 @@ fn resize_nearest<P: Pixel<Subpixel = u8> + 'static>(image: &ImageBuffer<P, Vec<
 }
 
 /// Box filter: each output pixel is the mean of the source pixels its area covers (whole pixels).
-fn resize_area<P: Pixel<Subpixel = u8> + 'static>(image: &ImageBuffer<P, Vec<u8>>, size: u32) -> ImageBuffer<P, Vec<u8>> {
+fn resize_area<P: Pixel<Subpixel = u8> + 'static>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    out_width: u32,
+    out_height: u32,
+) -> ImageBuffer<P, Vec<u8>> {
     let (width, height) = image.dimensions();
     let channels = P::CHANNEL_COUNT as usize;
-    let span = |o: u32, extent: u32| {
-        let start = (o as u64 * extent as u64 / size as u64) as u32;
-        let end = (((o as u64 + 1) * extent as u64).div_ceil(size as u64) as u32).clamp(start + 1, extent);
+    let span = |o: u32, extent: u32, out: u32| {
+        let start = (o as u64 * extent as u64 / out as u64) as u32;
+        let end = (((o as u64 + 1) * extent as u64).div_ceil(out as u64) as u32).clamp(start + 1, extent);
         (start, end)
     };
-    ImageBuffer::from_fn(size, size, |x, y| {
-        let (x0, x1) = span(x, width);
-        let (y0, y1) = span(y, height);
+    ImageBuffer::from_fn(out_width, out_height, |x, y| {
+        let (x0, x1) = span(x, width, out_width);
+        let (y0, y1) = span(y, height, out_height);
         let mut sums = [0u32; 4];
         for sy in y0..y1 {
             for sx in x0..x1 {
@@ -363,8 +466,8 @@ pub struct DecodeBench {
     pub dataset: PathBuf,
     /// Split to load.
     pub split: String,
-    /// Square side.
-    pub size: u32,
+    /// Square side, or variable size.
+    pub resize: Resize,
     /// Resize filter.
     pub interpolation: Interpolation,
     /// Decoder and libtorch threads.
@@ -399,13 +502,14 @@ pub fn bench(config: &DecodeBench) -> anyhow::Result<()> {
     // The best round of each measure: a shared machine's neighbours only ever make rounds slower.
     let (mut best_load, mut best_gather_epoch, mut best_epoch) = (f64::MAX, f64::MAX, f64::MAX);
     let mut last = None;
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     for _ in 0..rounds {
         let (started, cpu_started) = (Instant::now(), process_cpu_seconds());
         let split = load_split(
             &config.dataset,
             &config.split,
             &classes,
-            config.size,
+            config.resize,
             config.interpolation,
             config.threads,
             config.cache_dir.as_deref(),
@@ -413,21 +517,21 @@ pub fn bench(config: &DecodeBench) -> anyhow::Result<()> {
         let load = started.elapsed().as_secs_f64();
         load_seconds += load;
         load_cpu_seconds += process_cpu_seconds() - cpu_started;
-        let n = split.len() as i64;
-        let order = Tensor::randperm(n, (Kind::Int64, Device::Cpu));
-        let batches = crate::train::batch_bounds(n, config.batch_size);
+        let sizes: Vec<i64> = split.groups.iter().map(|group| group.len()).collect();
+        let (orders, batches) = crate::train::epoch_plan(&sizes, config.batch_size, &mut rng);
+        let orders: Vec<Tensor> = orders.iter().map(|order| Tensor::from_slice(order)).collect();
         let started = Instant::now();
-        for &(start, len) in &batches {
-            let index = order.narrow(0, start, len);
-            let _ = std::hint::black_box((split.images.index_select(0, &index), split.labels.index_select(0, &index)));
+        for batch in &batches {
+            let (group, index) = (&split.groups[batch.group], orders[batch.group].narrow(0, batch.start, batch.len));
+            let _ = std::hint::black_box((group.images.index_select(0, &index), group.labels.index_select(0, &index)));
         }
         let gather = started.elapsed().as_secs_f64();
         gather_seconds += gather;
         let started = Instant::now();
-        for &(start, len) in &batches {
-            let index = order.narrow(0, start, len);
-            let batch = normaliser.apply(&split.images.index_select(0, &index));
-            let _ = std::hint::black_box((batch, split.labels.index_select(0, &index)));
+        for batch in &batches {
+            let (group, index) = (&split.groups[batch.group], orders[batch.group].narrow(0, batch.start, batch.len));
+            let images = normaliser.apply(&group.images.index_select(0, &index));
+            let _ = std::hint::black_box((images, group.labels.index_select(0, &index)));
         }
         let feed = started.elapsed().as_secs_f64();
         feed_seconds += feed;
@@ -441,8 +545,8 @@ pub fn bench(config: &DecodeBench) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "trainq", "split": config.split, "size": config.size, "threads": config.threads, "rounds": rounds,
-            "images": split.len(), "skipped": split.skipped, "decoded": split.decoded, "cache": split.cache.as_str(),
+            "impl": "trainq", "split": config.split, "size": config.resize.label(), "threads": config.threads, "rounds": rounds,
+            "images": split.len(), "channels": split.channels, "shapes": split.shapes(), "skipped": split.skipped, "decoded": split.decoded, "cache": split.cache.as_str(),
             "load_seconds": load_seconds, "load_cpu_seconds": load_cpu_seconds,
             "gather_seconds": gather_seconds, "feed_seconds": feed_seconds,
             "load_images_per_sec": per_sec(load_seconds),
@@ -480,8 +584,9 @@ mod tests {
         let image = DynamicImage::ImageLuma8(image);
         let chw = to_chw(&image.resize_exact(4, 4, image::imageops::FilterType::Nearest), 2, Interpolation::Nearest);
         assert_eq!(&chw[..2], &[20, 40]);
-        assert_eq!(chw.len(), 3 * 4, "gray becomes three identical planes");
-        assert_eq!(chw[..4], chw[4..8]);
+        assert_eq!(chw.len(), 4, "gray stays one plane");
+        let wide = resize_planes(&image, 2, 1, Interpolation::Nearest);
+        assert_eq!((wide.width, wide.height, wide.pixels), (2, 1, vec![20, 40]));
     }
 
     #[test]
@@ -491,16 +596,17 @@ mod tests {
     }
 
     #[test]
-    fn colour_images_keep_their_channels() {
+    fn colour_images_keep_their_channels_and_gray_ones_saved_as_rgb_do_not() {
         let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(3, 3, Rgb([1, 2, 3])));
         let chw = to_chw(&image, 2, Interpolation::Bilinear);
         assert_eq!(chw, [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
+        let gray_as_rgb = DynamicImage::ImageRgb8(RgbImage::from_pixel(3, 3, Rgb([7, 7, 7])));
+        assert_eq!(to_chw(&gray_as_rgb, 2, Interpolation::Bilinear), [7, 7, 7, 7]);
     }
 
+    /// The planes `resize_planes` makes for a `size`×`size` target: one if gray, three if colour.
     fn to_chw(image: &DynamicImage, size: u32, interpolation: Interpolation) -> Vec<u8> {
-        let mut chw = vec![0u8; 3 * (size * size) as usize];
-        to_chw_into(image, size, interpolation, &mut chw);
-        chw
+        resize_planes(image, size, size, interpolation).pixels
     }
 
     fn classes() -> Vec<String> {
@@ -517,7 +623,7 @@ mod tests {
     }
 
     fn load(data: &Path, cache: Option<&Path>) -> Split {
-        load_split(data, "train", &classes(), 32, Interpolation::Nearest, 2, cache).unwrap()
+        load_split(data, "train", &classes(), Resize::Square(32), Interpolation::Nearest, 2, cache).unwrap()
     }
 
     fn entry_files(cache: &Path) -> Vec<PathBuf> {
@@ -527,7 +633,12 @@ mod tests {
     }
 
     fn same_split(a: &Split, b: &Split) {
-        assert!(a.images.equal(&b.images), "identical pixels");
+        assert_eq!(a.groups.len(), b.groups.len());
+        for (x, y) in a.groups.iter().zip(&b.groups) {
+            assert!(x.images.equal(&y.images), "identical pixels");
+            assert!(x.labels.equal(&y.labels), "identical group labels");
+        }
+        assert_eq!(a.channels, b.channels);
         assert!(a.labels.equal(&b.labels), "identical labels");
         assert_eq!(a.paths, b.paths);
         assert_eq!(a.skipped, b.skipped);
@@ -539,7 +650,8 @@ mod tests {
         let first = load(data.path(), Some(cache.path()));
         assert!(matches!(first.cache, CacheOutcome::Built(_)), "{:?}", first.cache);
         assert_eq!((first.len(), first.decoded, first.skipped), (8, 8, 1));
-        assert_eq!(first.images.size(), [8, 3, 32, 32]);
+        assert_eq!(first.groups.len(), 1);
+        assert_eq!(first.groups[0].images.size(), [8, 1, 32, 32], "the demo films are grayscale: one channel");
         let second = load(data.path(), Some(cache.path()));
         assert!(matches!(second.cache, CacheOutcome::Hit(_)), "{:?}", second.cache);
         assert_eq!(second.decoded, 0);
@@ -554,7 +666,7 @@ mod tests {
         let (data, cache) = (dataset(), tempfile::tempdir().unwrap());
         let key = |interpolation| {
             let files = split_files(data.path(), "train", &classes()).unwrap();
-            cache::entry_key(data.path(), "train", &files, &classes(), 32, interpolation).unwrap()
+            cache::entry_key(data.path(), "train", &files, &classes(), Resize::Square(32), interpolation).unwrap()
         };
         let original = key(Interpolation::Nearest);
         assert_eq!(key(Interpolation::Nearest), original, "stable");
@@ -619,12 +731,69 @@ mod tests {
         same_split(&after, &reference);
     }
 
+    /// Writes `train/<class>/<i>.png` for each `(width, height, colour)`.
+    fn shaped_dataset(images: &[(u32, u32, bool)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, &(width, height, colour)) in images.iter().enumerate() {
+            let folder = dir.path().join("train").join(CLASSES[i % 2]);
+            std::fs::create_dir_all(&folder).unwrap();
+            let value = |x: u32, y: u32| ((x * 3 + y * 5 + i as u32 * 11) % 256) as u8;
+            let path = folder.join(format!("{i}.png"));
+            if colour {
+                RgbImage::from_fn(width, height, |x, y| Rgb([value(x, y), 255 - value(x, y), 9])).save(path).unwrap();
+            } else {
+                GrayImage::from_fn(width, height, |x, y| image::Luma([value(x, y)])).save(path).unwrap();
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn variable_size_groups_images_by_shape_and_round_trips_through_the_cache() {
+        let films = [(200, 140, false), (210, 150, false), (140, 200, false), (100, 100, false), (205, 145, false), (64, 64, false)];
+        let (data, cache) = (shaped_dataset(&films), tempfile::tempdir().unwrap());
+        let resize = Resize::Bounded { max_side: 128, min_side: 32 };
+        let load = |cache: Option<&Path>| load_split(data.path(), "train", &classes(), resize, Interpolation::Area, 2, cache).unwrap();
+        let built = load(Some(cache.path()));
+        assert!(matches!(built.cache, CacheOutcome::Built(_)));
+        let shapes: Vec<Vec<i64>> = built.groups.iter().map(|group| group.images.size()).collect();
+        // Landscape films → 128×96, the portrait one → 96×128, the square ones keep their size.
+        assert_eq!(shapes, [vec![1, 1, 64, 64], vec![1, 1, 96, 96], vec![3, 1, 96, 128], vec![1, 1, 128, 96]]);
+        assert_eq!(built.shapes(), "64x64 (1), 96x96 (1), 128x96 (3), 96x128 (1)");
+        assert_eq!(built.len(), 6);
+        // Tensor order is group order: the paths and labels follow the groups.
+        let names: Vec<String> = built.paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        // (Within a group, file order: class folder, then name.)
+        assert_eq!(names, ["5.png", "3.png", "0.png", "4.png", "1.png", "2.png"]);
+        assert_eq!(Vec::<i64>::try_from(&built.labels).unwrap(), [1, 1, 0, 0, 1, 0]);
+        let hit = load(Some(cache.path()));
+        assert!(matches!(hit.cache, CacheOutcome::Hit(_)), "{:?}", hit.cache);
+        same_split(&built, &hit);
+        same_split(&built, &load(None));
+    }
+
+    #[test]
+    fn one_colour_image_makes_a_three_channel_split_with_gray_images_replicated() {
+        let data = shaped_dataset(&[(40, 40, false), (40, 40, true), (40, 40, false)]);
+        let split = load_split(data.path(), "train", &classes(), Resize::Square(32), Interpolation::Area, 1, None).unwrap();
+        assert_eq!(split.channels, 3);
+        let images = &split.groups[0].images;
+        assert_eq!(images.size(), [3, 3, 32, 32]);
+        let position = |name: &str| split.paths.iter().position(|p| p.ends_with(name)).unwrap() as i64;
+        let gray = images.get(position("0.png"));
+        assert!(gray.get(0).equal(&gray.get(1)) && gray.get(1).equal(&gray.get(2)), "gray fills all channels");
+        let colour = images.get(position("1.png"));
+        assert!(!colour.get(0).equal(&colour.get(1)), "colour keeps its channels");
+    }
+
     #[test]
     fn the_dct_reduction_keeps_both_sides_at_least_the_target() {
-        assert_eq!(dct_reduction(1100, 1024, 128), 8);
-        assert_eq!(dct_reduction(1000, 1400, 128), 4, "1000/8 = 125 < 128");
-        assert_eq!(dct_reduction(300, 260, 128), 2);
-        assert_eq!(dct_reduction(250, 1000, 128), 1);
+        assert_eq!(dct_reduction(1100, 1024, 128, 128), 8);
+        assert_eq!(dct_reduction(1000, 1400, 128, 128), 4, "1000/8 = 125 < 128");
+        assert_eq!(dct_reduction(300, 260, 128, 128), 2);
+        assert_eq!(dct_reduction(250, 1000, 128, 128), 1);
+        assert_eq!(dct_reduction(2048, 1400, 256, 160), 8, "a variable-size target keeps the aspect");
+        assert_eq!(dct_reduction(2048, 1400, 256, 192), 4, "1400/8 = 175 < 192");
     }
 
     fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
@@ -634,7 +803,7 @@ mod tests {
     /// Mean abs differences of the 128-px (or `size`) CHW bytes from a reduced and a full decode.
     fn reduced_vs_full(bytes: &[u8], size: u32, reduction: u32, interpolation: Interpolation) -> f64 {
         let full = image::load_from_memory(bytes).unwrap();
-        let reduced = decode_for_size(bytes, size).unwrap();
+        let reduced = decode_for_size(bytes, size, size).unwrap();
         assert_eq!(reduced.width(), full.width().div_ceil(reduction), "decoded at 1/{reduction}");
         mean_abs_diff(&to_chw(&reduced, size, interpolation), &to_chw(&full, size, interpolation))
     }

@@ -100,8 +100,9 @@ fn main() -> ExitCode {
         Command::BenchDecode { dataset, split, size, interpolation, threads, cache_dir, batch_size, rounds } => {
             serde_json::from_value(serde_json::Value::String(interpolation)).map_err(anyhow::Error::from).and_then(
                 |interpolation| {
+                    let resize = trainq::domain::spec::Resize::Square(size);
                     let config =
-                        data::DecodeBench { dataset, split, size, interpolation, threads, cache_dir, batch_size, rounds };
+                        data::DecodeBench { dataset, split, resize, interpolation, threads, cache_dir, batch_size, rounds };
                     data::bench(&config)
                 },
             )

@@ -18,6 +18,9 @@ use trainq::domain::spec::{JobSpec, OptimizerName, OptimizerSpec};
 use trainq::domain::ProgressEvent;
 use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
 
+/// Most pixel bytes a job keeps on its GPU for the whole job.
+const GPU_DATA_BUDGET_BYTES: i64 = 4 << 30;
+
 /// How often a step event is sent.
 const STEP_EVENT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -56,9 +59,13 @@ impl Normaliser {
 
     /// `(pixels / 255 − mean) / std`, computed as `pixels · scale + shift` in place on the one
     /// float tensor the conversion allocates: this runs on every batch of every epoch, and each
-    /// extra temporary is a batch-sized allocation.
+    /// extra temporary is a batch-sized allocation. A one-channel (grayscale) batch is expanded to
+    /// three channels by that same conversion (an expanded view costs nothing until converted).
     pub fn apply(&self, batch: &Tensor) -> Tensor {
-        let mut x = batch.to_device(self.device).to_kind(Kind::Float);
+        let batch = batch.to_device(self.device);
+        let size = batch.size();
+        let batch = if size[1] == 1 { batch.expand([size[0], 3, size[2], size[3]], false) } else { batch };
+        let mut x = batch.to_kind(Kind::Float);
         let _ = x.g_mul_(&self.scale);
         let _ = x.g_add_(&self.shift);
         x
@@ -103,7 +110,7 @@ pub struct Evaluation {
     pub probabilities: Vec<Vec<f64>>,
 }
 
-/// Loss, accuracy and probabilities over a whole split in inference mode.
+/// Loss, accuracy and probabilities over a whole split in inference mode, in the split's tensor order.
 pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &Normaliser) -> Evaluation {
     let n = split.len() as i64;
     if n == 0 {
@@ -115,10 +122,12 @@ pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut probabilities = Vec::new();
-        for start in (0..n).step_by(batch_size as usize) {
-            let len = batch_size.min(n - start);
-            let images = normaliser.apply(&split.images.narrow(0, start, len));
-            let labels = split.labels.narrow(0, start, len).to_device(device);
+        let batches = split.groups.iter().flat_map(|group| {
+            (0..group.len()).step_by(batch_size as usize).map(move |start| (group, start, batch_size.min(group.len() - start)))
+        });
+        for (group, start, len) in batches {
+            let images = normaliser.apply(&group.images.narrow(0, start, len));
+            let labels = group.labels.narrow(0, start, len).to_device(device);
             let logits = network.forward(&images, &inference, false);
             let (loss, hits) = loss_and_correct(&logits, &labels);
             loss_sum += loss * len as f64;
@@ -208,9 +217,8 @@ fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::
 
 fn load(work: &WorkerJob, split: &str, classes: &[String]) -> anyhow::Result<Split> {
     let spec = &work.spec;
-    let size = spec.image_size.expect("validated specs have a size");
     let loaded =
-        load_split(&work.dataset_dir, split, classes, size, spec.interpolation, work.threads, work.cache_dir.as_deref())
+        load_split(&work.dataset_dir, split, classes, spec.resize(), spec.interpolation, work.threads, work.cache_dir.as_deref())
             .with_context(|| format!("loading the {split} split"))?;
     eprintln!("{split}: {}", loaded.summary());
     emit(&ProgressEvent::Data {
@@ -234,7 +242,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         _ => String::from("cuda:0"),
     };
     eprintln!("job {} on {device_name}", work.job_id);
-    emit(&ProgressEvent::Started { device: device_name });
+    emit(&ProgressEvent::Started { device: device_name.clone() });
 
     let dataset = datasets::describe(&spec.dataset, &work.dataset_dir)?;
     let train = load(work, "train", &dataset.classes)?;
@@ -244,6 +252,24 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         None => None,
     };
     let test = load(work, "test", &dataset.classes)?;
+    let (mut train, mut val, mut test) = (train, val, test);
+    if device != Device::Cpu {
+        // Pixels are uint8 (grayscale: one channel), so even the Kaggle set at 512 px (~1.4 GB)
+        // fits; then every batch is gathered and normalised on the GPU, with no copy per step.
+        let bytes = train.pixel_bytes() + val.as_ref().map_or(0, Split::pixel_bytes) + test.pixel_bytes();
+        if bytes <= GPU_DATA_BUDGET_BYTES {
+            for split in [Some(&mut train), val.as_mut(), Some(&mut test)].into_iter().flatten() {
+                split.to_device(device);
+            }
+            eprintln!("data: {:.0} MB of pixels kept on {device_name} for the whole job", bytes as f64 / 1e6);
+        } else {
+            eprintln!(
+                "data: {:.0} MB of pixels stay in host memory (over the {:.0} MB kept on the GPU); batches are copied per step",
+                bytes as f64 / 1e6,
+                GPU_DATA_BUDGET_BYTES as f64 / 1e6
+            );
+        }
+    }
 
     tch::manual_seed(spec.seed as i64);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
@@ -310,6 +336,36 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One training batch: `len` images of shape group `group`, from `start` in that group's shuffled
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedBatch {
+    /// Index of the shape group.
+    pub group: usize,
+    /// Offset into the group's shuffled order.
+    pub start: i64,
+    /// Images in the batch.
+    pub len: i64,
+}
+
+/// One epoch's batches over shape groups of `sizes` images: each group's images are shuffled and
+/// cut into batches ([`batch_bounds`]); with several groups the batches' order is shuffled too, so
+/// shapes interleave through the epoch. Returns each group's shuffled order and the batches.
+pub fn epoch_plan(sizes: &[i64], batch_size: i64, rng: &mut ChaCha8Rng) -> (Vec<Vec<i64>>, Vec<PlannedBatch>) {
+    let mut orders = Vec::with_capacity(sizes.len());
+    let mut batches = Vec::new();
+    for (group, &n) in sizes.iter().enumerate() {
+        let mut order: Vec<i64> = (0..n).collect();
+        order.shuffle(rng);
+        orders.push(order);
+        batches.extend(batch_bounds(n, batch_size).into_iter().map(|(start, len)| PlannedBatch { group, start, len }));
+    }
+    if sizes.len() > 1 {
+        batches.shuffle(rng);
+    }
+    (orders, batches)
+}
+
 /// `(start, len)` of each training batch. A trailing batch of one image is merged into the one
 /// before: batch norm cannot take batch statistics of a single sample.
 pub fn batch_bounds(n: i64, batch_size: i64) -> Vec<(i64, i64)> {
@@ -339,19 +395,21 @@ fn train_epoch(
     let started = Instant::now();
     let device = normaliser.device;
     let n = train.len() as i64;
-    let mut order: Vec<i64> = (0..n).collect();
-    order.shuffle(rng);
-    let order = Tensor::from_slice(&order);
-    let batches = batch_bounds(n, batch_size);
+    let sizes: Vec<i64> = train.groups.iter().map(|group| group.len()).collect();
+    let (orders, batches) = epoch_plan(&sizes, batch_size, rng);
+    let orders: Vec<Tensor> =
+        orders.iter().zip(&train.groups).map(|(order, group)| Tensor::from_slice(order).to_device(group.images.device())).collect();
     let steps = batches.len() as u32;
+    let mut done = 0;
     // Sums stay on the device: no host sync per step.
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut correct = Tensor::zeros([], (Kind::Int64, device));
     let mut last_event = Instant::now();
-    for (step, &(start, len)) in (0u32..).zip(&batches) {
-        let index = order.narrow(0, start, len);
-        let images = normaliser.apply(&train.images.index_select(0, &index));
-        let labels = train.labels.index_select(0, &index).to_device(device);
+    for (step, &PlannedBatch { group, start, len }) in (0u32..).zip(&batches) {
+        let index = orders[group].narrow(0, start, len);
+        let images = normaliser.apply(&train.groups[group].images.index_select(0, &index));
+        let labels = train.groups[group].labels.index_select(0, &index).to_device(device);
+        done += len;
         let logits = network.forward(&images, trainable, true);
         let (loss, hits) = loss_and_correct(&logits, &labels);
         optimizer.zero_grad()?;
@@ -363,13 +421,12 @@ fn train_epoch(
         });
         if last_event.elapsed() >= STEP_EVENT_INTERVAL || step + 1 == steps {
             last_event = Instant::now();
-            let done = (start + len) as f64;
             emit(&ProgressEvent::Step {
                 phase,
                 epoch,
                 step: step + 1,
                 steps,
-                images_per_sec: done / started.elapsed().as_secs_f64().max(1e-9),
+                images_per_sec: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
             });
         }
     }
@@ -395,6 +452,39 @@ mod tests {
         assert_eq!(batch_bounds(10, 4), [(0, 4), (4, 4), (8, 2)]);
         assert_eq!(batch_bounds(1, 4), [(0, 1)]);
         assert_eq!(batch_bounds(5216, 20).len(), 261);
+    }
+
+    #[test]
+    fn an_epoch_plan_covers_every_image_of_every_group_once() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (orders, batches) = epoch_plan(&[7, 3, 10], 4, &mut rng);
+        let mut seen: Vec<Vec<bool>> = [7, 3, 10].iter().map(|&n| vec![false; n]).collect();
+        for batch in &batches {
+            assert!(batch.len >= 2 || [7, 3, 10][batch.group] == 1, "{batch:?}");
+            for &image in &orders[batch.group][batch.start as usize..(batch.start + batch.len) as usize] {
+                assert!(!seen[batch.group][image as usize], "image seen twice");
+                seen[batch.group][image as usize] = true;
+            }
+        }
+        assert!(seen.iter().flatten().all(|&s| s), "every image seen");
+        assert_eq!(batches.len(), 2 + 1 + 3);
+        // Shapes interleave: the batch order is not simply group after group.
+        let groups: Vec<usize> = batches.iter().map(|batch| batch.group).collect();
+        let mut sorted = groups.clone();
+        sorted.sort();
+        let (_, again) = epoch_plan(&[7, 3, 10], 4, &mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(batches, again, "seeded");
+        assert_ne!(groups, sorted, "{groups:?}");
+    }
+
+    #[test]
+    fn a_gray_batch_normalises_like_its_three_channel_copy() {
+        let gray = Tensor::from_slice(&[0u8, 60, 128, 255]).view([1, 1, 2, 2]);
+        let rgb = gray.expand([1, 3, 2, 2], false).contiguous();
+        let normaliser = Normaliser::new(Backbone::Vgg16, Device::Cpu);
+        let ours = normaliser.apply(&gray);
+        assert_eq!(ours.size(), [1, 3, 2, 2]);
+        assert!(ours.equal(&normaliser.apply(&rgb)));
     }
 
     #[test]

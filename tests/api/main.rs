@@ -7,3 +7,4 @@ mod jobs;
 mod pytorch;
 mod training;
 mod validation;
+mod variable;
