@@ -1,4 +1,5 @@
-//! Links the worker against libtorch_cuda when the installed libtorch has it.
+//! Builds the worker's C++ shim, and links the worker against libtorch_cuda when the installed
+//! libtorch has it.
 //!
 //! Nothing in tch references a symbol of libtorch_cuda.so, so a linker running with `--as-needed`
 //! drops it and CUDA silently disappears at run time (`Cuda::is_available()` is false on a GPU
@@ -13,8 +14,9 @@ fn main() {
         return;
     }
     let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
-        return;
+        panic!("the worker needs LIBTORCH (run ./deploy/setup-libtorch.sh, which links .libtorch; .cargo/config.toml points LIBTORCH at it)");
     };
+    build_shim(&libtorch);
     // Resolve the `.libtorch` link so the rpath keeps working if the checkout moves.
     let lib_dir = libtorch.join("lib");
     let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
@@ -26,3 +28,25 @@ fn main() {
         println!("cargo:rustc-link-arg-bin=trainq-worker=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
 }
+
+/// `src/worker/shim.cpp` against the installed libtorch's headers (the same flags torch-sys uses
+/// for its own C++), as a static library only the worker's code references.
+#[cfg(feature = "worker")]
+fn build_shim(libtorch: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/worker/shim.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| String::from("1"));
+    cc::Build::new()
+        .cpp(true)
+        .file("src/worker/shim.cpp")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("trainq_shim");
+}
+
+#[cfg(not(feature = "worker"))]
+fn build_shim(_: &std::path::Path) {}

@@ -58,6 +58,20 @@ pub enum Interpolation {
     Area,
 }
 
+/// The arithmetic a job trains in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 autocast + channels-last + cuDNN autotuning on a GPU, fp32 on the CPU (where bf16
+    /// is slower without matrix units).
+    #[default]
+    Auto,
+    /// float32 everywhere.
+    Fp32,
+    /// bf16 autocast on any device (weights, optimizer state and the loss stay float32).
+    Bf16,
+}
+
 /// How images are sized for the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resize {
@@ -301,6 +315,9 @@ pub struct JobSpec {
     /// How images are resized.
     #[serde(default)]
     pub interpolation: Interpolation,
+    /// `auto` (bf16 on a GPU, fp32 on the CPU), `fp32` or `bf16`.
+    #[serde(default)]
+    pub precision: Precision,
     /// Images per training step.
     pub batch_size: u32,
     /// The classifier on top of the backbone.

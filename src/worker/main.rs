@@ -5,6 +5,7 @@ mod cache;
 mod data;
 mod jpeg;
 mod model;
+mod precision;
 mod report;
 mod train;
 
@@ -55,6 +56,9 @@ enum Command {
         /// Use the GPU.
         #[arg(long)]
         cuda: bool,
+        /// `auto`, `fp32` or `bf16`, as in a job spec.
+        #[arg(long, default_value = "auto")]
+        precision: String,
     },
     /// Time a split's first pass (decode + resize), cache build or cache hit, each followed by one
     /// epoch's batch feed; prints JSON (for `benches/decode.rs`).
@@ -93,9 +97,11 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(serde_json::from_slice::<WorkerJob>(&bytes)?))
             .and_then(|work| train::run(&work)),
-        Command::Bench { image_size, batch_size, steps, warmup, train, backbone, threads, cuda } => {
+        Command::Bench { image_size, batch_size, steps, warmup, train, backbone, threads, cuda, precision } => {
             let device = if cuda { WorkerDevice::Cuda } else { WorkerDevice::Cpu };
-            bench(BenchConfig { image_size, batch_size, steps, warmup, train, backbone, threads }, device)
+            serde_json::from_value(serde_json::Value::String(precision)).map_err(anyhow::Error::from).and_then(|precision| {
+                bench(BenchConfig { image_size, batch_size, steps, warmup, train, backbone, threads, precision }, device)
+            })
         }
         Command::BenchDecode { dataset, split, size, interpolation, threads, cache_dir, batch_size, rounds } => {
             serde_json::from_value(serde_json::Value::String(interpolation)).map_err(anyhow::Error::from).and_then(
@@ -126,11 +132,12 @@ struct BenchConfig {
     train: String,
     backbone: String,
     threads: usize,
+    precision: trainq::domain::spec::Precision,
 }
 
 fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     use tch::{Kind, Tensor};
-    let BenchConfig { image_size, batch_size, steps, warmup, ref train, ref backbone, threads } = config;
+    let BenchConfig { image_size, batch_size, steps, warmup, ref train, ref backbone, threads, precision } = config;
     tch::set_num_threads(threads as i32);
     let device = train::device_for(device)?;
     let train_set = match train.as_str() {
@@ -146,35 +153,49 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     tch::manual_seed(0);
     let network = model::Network::new(&spec, device);
     let normaliser = train::Normaliser::new(spec.backbone, device);
+    let numerics = precision::Numerics::new(precision, device);
+    if numerics.channels_last {
+        precision::set_channels_last(&mut network.vs.variables().into_values().collect::<Vec<_>>());
+    }
     let (trainable, parameters) = network.set_trainable(&spec.phases[0].train);
     let optimizer = train::optimizer(&spec.optimizer, &parameters)?;
     let size = image_size as i64;
     let batch = batch_size as i64;
-    let images = Tensor::randint(256, [batch, 3, size, size], (Kind::Uint8, tch::Device::Cpu));
-    let labels = Tensor::randint(2, [batch], (Kind::Int64, tch::Device::Cpu));
-    let step = || -> anyhow::Result<()> {
-        let x = normaliser.apply(&images);
-        let logits = network.forward(&x, &trainable, true);
-        let (loss, _) = train::loss_and_correct(&logits, &labels.to_device(device));
+    // The batch lives where a job's cached split lives: on the GPU for a GPU job.
+    let images = Tensor::randint(256, [batch, 3, size, size], (Kind::Uint8, device));
+    let labels = Tensor::randint(2, [batch], (Kind::Int64, device));
+    // No host sync inside the loop (as in a job): the one `double_value` after it waits for the
+    // queued work, so the wall time covers every step.
+    let step = || -> anyhow::Result<Tensor> {
+        let x = numerics.input(normaliser.apply(&images));
+        let (loss, _) = numerics.forward(|| train::loss_and_correct(&network.forward(&x, &trainable, true), &labels));
         optimizer.zero_grad()?;
         loss.backward();
         optimizer.step()?;
-        let _ = loss.double_value(&[]);
-        Ok(())
+        Ok(loss)
     };
     for _ in 0..warmup {
-        step()?;
+        step()?.double_value(&[]);
     }
     let started = std::time::Instant::now();
+    let mut last = None;
     for _ in 0..steps {
-        step()?;
+        last = Some(step()?);
     }
+    let loss = last.map_or(0.0, |loss| loss.double_value(&[]));
     let seconds = started.elapsed().as_secs_f64();
     let images_per_sec = (steps as f64 * batch as f64) / seconds;
+    // Convolution and dense FLOPs of a full fine-tuning step: forward, plus backward at about twice
+    // the forward (gradients of inputs and of weights) — the usual 3× convention.
+    let forward_gflop = model::forward_flops(&spec).map(|flops| flops / 1e9);
+    let train_gflop = forward_gflop.filter(|_| train == "all").map(|gflop| 3.0 * gflop);
     println!(
         "{}",
         serde_json::json!({"impl": "trainq (tch)", "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "train": train,
-                           "threads": threads, "steps": steps, "seconds": seconds, "images_per_sec": images_per_sec})
+                           "threads": threads, "steps": steps, "seconds": seconds, "images_per_sec": images_per_sec,
+                           "precision": numerics.describe(), "device": format!("{device:?}"), "final_loss": loss,
+                           "forward_gflop_per_image": forward_gflop,
+                           "achieved_tflops": train_gflop.map(|gflop| gflop * images_per_sec / 1e3)})
     );
     Ok(())
 }

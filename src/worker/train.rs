@@ -3,6 +3,7 @@
 
 use crate::data::{load_split, Split};
 use crate::model::{Network, Trainable};
+use crate::precision::{self, Numerics};
 use crate::report::emit;
 use anyhow::Context;
 use rand::seq::SliceRandom;
@@ -111,7 +112,7 @@ pub struct Evaluation {
 }
 
 /// Loss, accuracy and probabilities over a whole split in inference mode, in the split's tensor order.
-pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &Normaliser) -> Evaluation {
+pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &Normaliser, numerics: &Numerics) -> Evaluation {
     let n = split.len() as i64;
     if n == 0 {
         return Evaluation { loss: f64::NAN, accuracy: f64::NAN, probabilities: Vec::new() };
@@ -126,12 +127,16 @@ pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &
             (0..group.len()).step_by(batch_size as usize).map(move |start| (group, start, batch_size.min(group.len() - start)))
         });
         for (group, start, len) in batches {
-            let images = normaliser.apply(&group.images.narrow(0, start, len));
+            let images = numerics.input(normaliser.apply(&group.images.narrow(0, start, len)));
             let labels = group.labels.narrow(0, start, len).to_device(device);
-            let logits = network.forward(&images, &inference, false);
-            let (loss, hits) = loss_and_correct(&logits, &labels);
+            let (logits, (loss, hits)) = numerics.forward(|| {
+                let logits = network.forward(&images, &inference, false);
+                let outcome = loss_and_correct(&logits, &labels);
+                (logits, outcome)
+            });
             loss_sum += loss * len as f64;
             correct += hits;
+            let logits = logits.to_kind(Kind::Float);
             let batch = if logits.size()[1] == 1 { logits.sigmoid() } else { logits.softmax(1, Kind::Float) };
             probabilities.push(batch);
         }
@@ -275,9 +280,19 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let network = Network::new(spec, device);
     let normaliser = Normaliser::new(spec.backbone, device);
+    let numerics = Numerics::new(spec.precision, device);
+    eprintln!("precision: {}", numerics.describe());
     if let Some(weights) = &work.weights_file {
         let ignored = network.load_backbone(weights).context("loading pretrained weights")?;
         eprintln!("loaded backbone weights from {} ({ignored} non-backbone tensors ignored)", weights.display());
+    }
+    if numerics.channels_last {
+        let mut variables: Vec<Tensor> = network.vs.variables().into_values().collect();
+        precision::set_channels_last(&mut variables);
+        anyhow::ensure!(
+            variables.iter().filter(|tensor| tensor.dim() == 4).all(precision::is_channels_last),
+            "convolution weights did not take the channels-last layout"
+        );
     }
     std::fs::create_dir_all(&work.output_dir)?;
     write_json(&work.output_dir, "spec.json", spec)?;
@@ -292,11 +307,12 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         eprintln!("phase {phase_number}: {} epochs, {count} trainable parameters", phase.epochs);
         emit(&ProgressEvent::Phase { phase: phase_number, epochs: phase.epochs, trainable_params: count });
         for epoch in 1..=phase.epochs {
-            let metrics = train_epoch(&network, &trainable, &optimizer, &train, batch_size, &normaliser, &mut rng, (phase_number, epoch))?;
+            let feed = (&normaliser, &numerics);
+            let metrics = train_epoch(&network, &trainable, &optimizer, &train, batch_size, feed, &mut rng, (phase_number, epoch))?;
             let started = Instant::now();
             let (val_loss, val_acc) = match &val {
                 Some(val) if val.len() > 0 => {
-                    let evaluation = evaluate(&network, val, batch_size * 2, &normaliser);
+                    let evaluation = evaluate(&network, val, batch_size * 2, &normaliser, &numerics);
                     (Some(evaluation.loss), Some(evaluation.accuracy))
                 }
                 _ => (None, None),
@@ -318,8 +334,8 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         save_checkpoint(&network, &work.output_dir, &name)?;
     }
 
-    let on_train = evaluate(&network, &train, batch_size * 2, &normaliser);
-    let on_test = evaluate(&network, &test, batch_size * 2, &normaliser);
+    let on_train = evaluate(&network, &train, batch_size * 2, &normaliser, &numerics);
+    let on_test = evaluate(&network, &test, batch_size * 2, &normaliser, &numerics);
     let (train_loss, train_acc, test_loss, test_acc) = (on_train.loss, on_train.accuracy, on_test.loss, on_test.accuracy);
     let (binary, multiclass) = if test.len() > 0 { test_metrics(&test, &on_test, dataset.classes.len())? } else { (None, None) };
     if let Some(binary) = &binary {
@@ -388,7 +404,7 @@ fn train_epoch(
     optimizer: &COptimizer,
     train: &Split,
     batch_size: i64,
-    normaliser: &Normaliser,
+    (normaliser, numerics): (&Normaliser, &Numerics),
     rng: &mut ChaCha8Rng,
     (phase, epoch): (u32, u32),
 ) -> anyhow::Result<EpochMetrics> {
@@ -407,11 +423,10 @@ fn train_epoch(
     let mut last_event = Instant::now();
     for (step, &PlannedBatch { group, start, len }) in (0u32..).zip(&batches) {
         let index = orders[group].narrow(0, start, len);
-        let images = normaliser.apply(&train.groups[group].images.index_select(0, &index));
+        let images = numerics.input(normaliser.apply(&train.groups[group].images.index_select(0, &index)));
         let labels = train.groups[group].labels.index_select(0, &index).to_device(device);
         done += len;
-        let logits = network.forward(&images, trainable, true);
-        let (loss, hits) = loss_and_correct(&logits, &labels);
+        let (loss, hits) = numerics.forward(|| loss_and_correct(&network.forward(&images, trainable, true), &labels));
         optimizer.zero_grad()?;
         loss.backward();
         optimizer.step()?;

@@ -136,3 +136,33 @@ async fn the_log_can_be_followed_until_the_job_ends() {
     assert_eq!(weights["head.3.num_batches_tracked"].1, [4.0]);
     assert!(weights["head.3.running_mean"].1.iter().any(|v| *v != 0.0));
 }
+
+#[tokio::test]
+async fn precision_bf16_trains_under_autocast_and_keeps_float32_checkpoints() {
+    let app = TestApp::spawn(Options::default());
+    write_dataset(&app.root, 8, 2, 4);
+    let spec = json!({
+        "name": "bf16", "dataset": "demo", "backbone": "vgg16", "weights": "random", "precision": "bf16",
+        "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 8}, "relu", {"dense": 1}],
+        "phases": [{"epochs": 2, "train": "all"}], "optimizer": {"name": "adam", "lr": 1e-4}, "seed": 5
+    });
+    let id = app.submit(&spec).await;
+    let (job, log) = app.finished(&id, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
+    assert!(log.contains("precision: bf16 autocast"), "{log}");
+    assert!(job["final_metrics"]["train_loss"].as_f64().unwrap().is_finite(), "{job:#}");
+    // Weights and their checkpoint stay float32 (autocast only lowers the arithmetic).
+    let bytes = app.download(&id, "final.safetensors").await;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in tensors.tensors() {
+        assert!(matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::I64), "{name}: {:?}", view.dtype());
+    }
+    // The default (`auto`) is float32 on the CPU.
+    let (_, plain) = app.post("/api/jobs", &json!({"name": "auto", "dataset": "demo", "backbone": "vgg16", "weights": "random",
+        "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
+        "optimizer": {"name": "sgd", "lr": 0.01}})).await;
+    let id = plain["id"].as_str().unwrap();
+    let (job, log) = app.finished(id, Duration::from_secs(300)).await;
+    assert_eq!(job["state"], "succeeded", "{log}");
+    assert!(log.contains("precision: fp32"), "{log}");
+}

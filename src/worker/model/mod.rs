@@ -123,6 +123,26 @@ impl Trainable {
     }
 }
 
+/// FLOPs (2 per multiply-add) of one image's forward pass through the backbone's convolutions, for
+/// reporting a benchmark as a fraction of a GPU's peak: VGG16 only (InceptionV3's are not counted).
+pub fn forward_flops(spec: &JobSpec) -> Option<f64> {
+    let side = spec.image_size? as f64;
+    match spec.backbone {
+        Backbone::Vgg16 => {
+            let (mut flops, mut channels, mut area) = (0.0, 3.0, side * side);
+            for (width, convs) in [(64.0, 2), (128.0, 2), (256.0, 3), (512.0, 3), (512.0, 3)] {
+                for _ in 0..convs {
+                    flops += 2.0 * channels * width * 9.0 * area;
+                    channels = width;
+                }
+                area /= 4.0;
+            }
+            Some(flops)
+        }
+        Backbone::InceptionV3 => None,
+    }
+}
+
 impl Network {
     /// Builds the network for `spec` (seed torch first for reproducible initialisation). A
     /// `flatten` head needs the feature map's area, found by running the backbone once.
@@ -228,6 +248,15 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vgg16_forward_flops_match_the_published_count() {
+        // VGG16's convolutions at 224 px: 15.35 G multiply-adds (the classifier adds 0.12 G).
+        let spec = JobSpec::parse(br#"{"dataset": "d", "backbone": "vgg16", "image_size": 224, "batch_size": 2,
+            "head": ["gap", {"dense": 1}], "phases": [{"epochs": 1, "train": "all"}], "optimizer": {"name": "sgd", "lr": 0.1}}"#).unwrap();
+        let flops = forward_flops(&spec).unwrap();
+        assert!((flops / 2.0 / 15.35e9 - 1.0).abs() < 0.01, "{flops}");
+    }
     use trainq::domain::weights_layout::expected_tensors;
 
     fn spec(backbone: Backbone, size: u32, first: &str) -> JobSpec {
