@@ -44,6 +44,10 @@ pub struct ServeConfig {
     /// How many CPU jobs may run at once when there is no GPU.
     #[arg(long, env = "TRAINQ_CPU_SLOTS", default_value_t = 1)]
     pub cpu_slots: usize,
+    /// Most gigabytes the shared cache (decoded images and frozen-layer activations, under
+    /// DATA_DIR/cache) may hold; the least recently used entries are evicted beyond it.
+    #[arg(long, env = "TRAINQ_CACHE_MAX_GB", default_value_t = 50.0)]
+    pub cache_max_gb: f64,
     /// Ignore GPUs even if NVML finds some (run on CPU slots).
     #[arg(long, env = "TRAINQ_NO_GPU")]
     pub no_gpu: bool,

@@ -59,7 +59,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         },
         scheduler_handle.notifier(),
     );
-    let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone() };
+    let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
+    let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone(), cache_budget_bytes };
     tokio::spawn(scheduler::run(scheduler_handle.clone(), store.clone(), inventory.clone(), supervisor.clone(), inputs));
 
     let state = AppState {

@@ -135,6 +135,25 @@ pub struct JobProgress {
     /// preprocessing cache was hit (0 images decoded) or built.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub data: std::collections::BTreeMap<String, SplitLoad>,
+    /// Per phase (`"1"`, `"2"`, …): whether its frozen prefix ran from cached activations.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub features: std::collections::BTreeMap<String, FeatureUse>,
+}
+
+/// How a phase used the activation cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureUse {
+    /// The last frozen block whose output was cached (`backbone+gap` for the pooled features).
+    pub cut: String,
+    /// `hit`, `built`, `memory` or `off`.
+    pub state: String,
+    /// Why caching was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds to read or compute the activations.
+    pub seconds: f64,
+    /// Bytes of activations.
+    pub bytes: u64,
 }
 
 /// How a worker loaded one split.

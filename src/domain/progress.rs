@@ -29,6 +29,10 @@ pub struct WorkerJob {
     /// later job of every user reuses. Absent (older job files) means decode without caching.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes the shared cache folder may hold; the least recently used entries go first.
+    /// `None`: never evict.
+    #[serde(default)]
+    pub cache_budget_bytes: Option<u64>,
 }
 
 /// The kind of device a worker trains on.
@@ -106,6 +110,23 @@ pub enum ProgressEvent {
         /// Images this job decoded for the split: 0 on a cache hit.
         #[serde(default)]
         decoded: usize,
+    },
+    /// A phase's frozen prefix: computed once and fed from activations instead of pixels.
+    Features {
+        /// 1-based phase.
+        phase: u32,
+        /// Where the activations were taken: the last frozen block's name, or `backbone` + `gap`.
+        cut: String,
+        /// `hit` (read from the shared cache), `built` (computed and stored), `memory` (computed,
+        /// not stored: no cache folder), or `off` (the phase runs the whole network; `reason` says why).
+        state: String,
+        /// Why caching is off, for `off`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// Wall time to read or compute the activations of every split.
+        seconds: f64,
+        /// Bytes of activations (all splits).
+        bytes: u64,
     },
     /// A training phase began.
     Phase {

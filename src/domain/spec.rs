@@ -318,6 +318,10 @@ pub struct JobSpec {
     /// `auto` (bf16 on a GPU, fp32 on the CPU), `fp32` or `bf16`.
     #[serde(default)]
     pub precision: Precision,
+    /// Compute each phase's frozen layers once and train on their cached activations (the
+    /// results are the same; `false` recomputes them every epoch, as Keras does).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub cache_features: bool,
     /// Images per training step.
     pub batch_size: u32,
     /// The classifier on top of the backbone.
@@ -336,6 +340,14 @@ pub struct JobSpec {
 
 /// Most repeats one submission may ask for.
 pub const MAX_REPEATS: u32 = 20;
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
 
 fn one() -> u32 {
     1

@@ -46,6 +46,8 @@ pub struct Inputs {
     pub weights: PathBuf,
     /// Root of job folders.
     pub data_dir: PathBuf,
+    /// Budget of the shared cache folder, in bytes.
+    pub cache_budget_bytes: u64,
 }
 
 /// Runs the scheduling loop forever.
@@ -122,6 +124,7 @@ fn worker_job(
         device,
         threads,
         cache_dir: Some(inputs.data_dir.join("cache")),
+        cache_budget_bytes: Some(inputs.cache_budget_bytes),
     };
     Ok((work, phases))
 }

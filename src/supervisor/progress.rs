@@ -2,7 +2,7 @@
 //! most twice a second. Plain output lines go to the job's log.
 
 use crate::domain::progress::ProgressEvent;
-use crate::domain::job::SplitLoad;
+use crate::domain::job::{FeatureUse, SplitLoad};
 use crate::domain::{JobId, JobProgress};
 use crate::store::Store;
 use std::path::PathBuf;
@@ -54,6 +54,10 @@ impl ProgressTracker {
             }
             ProgressEvent::Data { split, images, skipped, seconds, cache, decoded } => {
                 progress.data.insert(split, SplitLoad { images, skipped, decoded, cache, seconds });
+                true
+            }
+            ProgressEvent::Features { phase, cut, state, reason, seconds, bytes } => {
+                progress.features.insert(phase.to_string(), FeatureUse { cut, state, reason, seconds, bytes });
                 true
             }
             ProgressEvent::Artifact { .. } => false,

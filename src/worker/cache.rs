@@ -20,8 +20,11 @@
 //! build the same entry at once both succeed and the last rename wins (both files are identical; a
 //! reader that opened the first keeps reading it). Readers check the magic, version, header and
 //! exact length and treat anything else as a miss, which rebuilds the entry. The pixels carry no
-//! checksum: the rename protects against torn writes, not against a disk that flips bits. Nothing
-//! is ever evicted: an entry is `N·C·H·W` bytes (the Kaggle train split, grayscale, at 128 px: 85 MB).
+//! checksum: the rename protects against torn writes, not against a disk that flips bits. An entry
+//! is `N·C·H·W` bytes (the Kaggle train split, grayscale, at 128 px: 85 MB). Reading an entry
+//! refreshes its modification time, and whoever writes an entry then trims the whole cache folder
+//! (these entries and the activation caches of `features.rs`) to its budget, least recently used
+//! first ([`evict`]).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -127,7 +130,8 @@ fn interpolation_name(interpolation: Interpolation) -> &'static str {
     }
 }
 
-fn entry_path(cache_dir: &Path, key: &str) -> PathBuf {
+/// The file of the entry `key`.
+pub fn entry_path(cache_dir: &Path, key: &str) -> PathBuf {
     cache_dir.join(format!("{key}.bin"))
 }
 
@@ -190,6 +194,7 @@ pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Vec<Tenso
         file.read_exact(uint8_bytes_mut(&mut images)).map_err(|err| Miss::Invalid(err.to_string()))?;
         groups.push(images);
     }
+    touch(&path);
     Ok((header, groups))
 }
 
@@ -200,31 +205,100 @@ pub fn write_entry(cache_dir: &Path, header: &EntryHeader, groups: &[&Tensor]) -
     for (tensor, group) in groups.iter().zip(&header.groups) {
         assert_eq!(tensor.numel(), header.group_bytes(group), "pixels match the header");
     }
-    std::fs::create_dir_all(cache_dir)?;
-    remove_stale_temporaries(cache_dir);
     let header_bytes = serde_json::to_vec(header).map_err(std::io::Error::other)?;
-    // Unique per writer: other processes differ in pid, threads of this one in the counter.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let nonce = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let write = WRITES.fetch_add(1, Ordering::Relaxed);
-    let final_path = entry_path(cache_dir, &header.key);
-    let temporary = cache_dir.join(format!("{}.bin.tmp.{}.{write}.{nonce:08x}", header.key, std::process::id()));
-    let written = (|| {
-        let mut file = File::create(&temporary)?;
+    write_atomic(&entry_path(cache_dir, &header.key), |file| {
         file.write_all(MAGIC)?;
         file.write_all(&FORMAT_VERSION.to_le_bytes())?;
         file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
         file.write_all(&header_bytes)?;
         for tensor in groups {
-            file.write_all(uint8_bytes(tensor))?;
+            file.write_all(tensor_bytes(tensor))?;
         }
+        Ok(())
+    })
+}
+
+/// Creates `path` atomically: `write` fills a private temporary file beside it
+/// (`<name>.tmp.<pid>.<n>.<nonce>`), which is fsynced and renamed over `path`, so readers see no
+/// file or a complete one, and concurrent writers of the same file all succeed (the last rename
+/// wins; a reader that opened an earlier one keeps reading it).
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> std::io::Result<()> {
+    let dir = path.parent().expect("cache files live in a folder");
+    std::fs::create_dir_all(dir)?;
+    remove_stale_temporaries(dir);
+    // Unique per writer: other processes differ in pid, threads of this one in the counter.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let nonce = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let write_number = WRITES.fetch_add(1, Ordering::Relaxed);
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let temporary = dir.join(format!("{name}.tmp.{}.{write_number}.{nonce:08x}", std::process::id()));
+    let written = (|| {
+        let mut file = File::create(&temporary)?;
+        write(&mut file)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, &final_path)
+        std::fs::rename(&temporary, path)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
     written
+}
+
+/// Marks a cache file as just used (its modification time is the LRU clock of [`evict`]).
+pub fn touch(path: &Path) {
+    if let Ok(file) = File::options().append(true).open(path) {
+        let _ = file.set_modified(SystemTime::now());
+    }
+}
+
+/// What [`evict`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// Files removed.
+    pub removed: usize,
+    /// Bytes they held.
+    pub freed: u64,
+    /// Bytes the cache holds afterwards.
+    pub remaining: u64,
+}
+
+/// Keeps the cache under `budget` bytes: removes the least recently used entries (`*.bin` in
+/// `cache_root` and its sub-folders, by modification time, which hits refresh) until the rest fit,
+/// never those in `keep` (the entries its caller just wrote or read). Removing an entry another job is
+/// reading is safe: an open or mapped file lives until it is closed; later jobs rebuild it.
+pub fn evict(cache_root: &Path, budget: u64, keep: &[PathBuf]) -> Eviction {
+    let mut entries = Vec::new();
+    let folders = std::iter::once(cache_root.to_path_buf()).chain(
+        std::fs::read_dir(cache_root).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
+    );
+    for folder in folders {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|extension| extension == "bin") {
+                if let Ok(metadata) = entry.metadata() {
+                    let used = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    entries.push((used, metadata.len(), path));
+                }
+            }
+        }
+    }
+    entries.sort();
+    let mut eviction = Eviction { remaining: entries.iter().map(|(_, length, _)| length).sum(), ..Eviction::default() };
+    for (_, length, path) in entries {
+        if eviction.remaining <= budget {
+            break;
+        }
+        if keep.contains(&path) {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            eprintln!("cache: evicted {} ({:.1} MB, least recently used)", path.display(), length as f64 / 1e6);
+            eviction.removed += 1;
+            eviction.freed += length;
+            eviction.remaining -= length;
+        }
+    }
+    eviction
 }
 
 /// Best effort: deletes temporary files that a builder killed mid-write left behind.
@@ -241,17 +315,14 @@ fn remove_stale_temporaries(cache_dir: &Path) {
     }
 }
 
-/// The bytes of a contiguous CPU uint8 tensor, to be written out.
-fn uint8_bytes(tensor: &Tensor) -> &[u8] {
-    assert!(
-        tensor.kind() == Kind::Uint8 && tensor.device() == Device::Cpu && tensor.is_contiguous(),
-        "a contiguous CPU uint8 tensor"
-    );
-    let length = tensor.numel();
+/// The bytes of a contiguous CPU tensor, to be written out.
+pub fn tensor_bytes(tensor: &Tensor) -> &[u8] {
+    assert!(tensor.device() == Device::Cpu && tensor.is_contiguous(), "a contiguous CPU tensor");
+    let length = tensor.numel() * tensor.kind().elt_size_in_bytes();
     if length == 0 {
         return &[];
     }
-    // SAFETY: the tensor is contiguous uint8 on the CPU (checked above), so `data_ptr` points at
+    // SAFETY: the tensor is contiguous on the CPU (checked above), so `data_ptr` points at
     // `length` initialised bytes it owns; the shared borrow keeps it alive and unmodified (tch
     // tensors are not mutated through `&Tensor` by this crate while a slice is held).
     unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const u8, length) }
@@ -273,4 +344,43 @@ pub fn uint8_bytes_mut(tensor: &mut Tensor) -> &mut [u8] {
     // tensors they just created, so no shallow clone aliases them, and the `&mut` borrow keeps the
     // tensor alive and otherwise unused for the slice's lifetime.
     unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, length) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `name` with `length` bytes, last used `age` seconds ago.
+    fn entry(dir: &Path, name: &str, length: usize, age: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write_atomic(&path, |file| file.write_all(&vec![7u8; length])).unwrap();
+        let used = SystemTime::now() - Duration::from_secs(age);
+        File::options().append(true).open(&path).unwrap().set_modified(used).unwrap();
+        path
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_entries_until_the_rest_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let oldest = entry(dir.path(), "train-128-a.bin", 400, 300);
+        let old_features = entry(dir.path(), "features/train-block4-b.bin", 300, 200);
+        let recent = entry(dir.path(), "test-128-c.bin", 200, 100);
+        let newest = entry(dir.path(), "features/test-block4-d.bin", 100, 0);
+        let unrelated = dir.path().join("notes.txt");
+        std::fs::write(&unrelated, vec![0u8; 5000]).unwrap();
+
+        // A read refreshes the clock: the oldest entry becomes the most recently used.
+        touch(&oldest);
+        let eviction = evict(dir.path(), 750, &[newest.clone()]);
+        assert_eq!(eviction, Eviction { removed: 1, freed: 300, remaining: 700 });
+        assert!(!old_features.exists() && oldest.exists() && recent.exists() && newest.exists());
+        assert!(unrelated.exists(), "only cache entries are ever removed");
+
+        // `keep` survives even when it alone is over the budget.
+        let eviction = evict(dir.path(), 50, &[newest.clone()]);
+        assert_eq!((eviction.removed, eviction.remaining), (2, 100));
+        assert!(newest.exists() && !oldest.exists() && !recent.exists());
+        assert_eq!(evict(dir.path(), 1000, &[]), Eviction { removed: 0, freed: 0, remaining: 100 });
+    }
 }

@@ -3,6 +3,7 @@
 
 mod cache;
 mod data;
+mod features;
 mod jpeg;
 mod model;
 mod precision;

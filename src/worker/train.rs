@@ -2,7 +2,10 @@
 //! optimizer over exactly the phase's trainable parameters, checkpoint after each phase, evaluate.
 
 use crate::data::{load_split, Split};
-use crate::model::{Network, Trainable};
+use crate::cache;
+use crate::data::CacheOutcome;
+use crate::features::{self, Features, Source};
+use crate::model::{Cut, Network, Trainable};
 use crate::precision::{self, Numerics};
 use crate::report::emit;
 use anyhow::Context;
@@ -111,26 +114,103 @@ pub struct Evaluation {
     pub probabilities: Vec<Vec<f64>>,
 }
 
+/// What a phase feeds the network: a split's pixels through the whole network, or the cached
+/// activations of its frozen prefix through the rest of it (`Network::forward_from`).
+pub struct Feed<'a> {
+    /// Per shape group: the stored inputs (uint8 pixels or activations) and the labels.
+    groups: Vec<(&'a Tensor, &'a Tensor)>,
+    /// Where the stored inputs enter the network; `None` for pixels.
+    cut: Option<Cut>,
+    normaliser: &'a Normaliser,
+    numerics: &'a Numerics,
+}
+
+impl<'a> Feed<'a> {
+    /// A split's pixels.
+    pub fn pixels(split: &'a Split, normaliser: &'a Normaliser, numerics: &'a Numerics) -> Feed<'a> {
+        let groups = split.groups.iter().map(|group| (&group.images, &group.labels)).collect();
+        Feed { groups, cut: None, normaliser, numerics }
+    }
+
+    /// A split's activations at `cut` (grouped like its pixels, so the labels are the split's).
+    pub fn features(
+        split: &'a Split,
+        features: &'a Features,
+        cut: Cut,
+        normaliser: &'a Normaliser,
+        numerics: &'a Numerics,
+    ) -> Feed<'a> {
+        let groups = features.groups.iter().zip(&split.groups).map(|(stored, group)| (stored, &group.labels)).collect();
+        Feed { groups, cut: Some(cut), normaliser, numerics }
+    }
+
+    /// The split's activations when there are some, else its pixels.
+    pub fn of(
+        split: &'a Split,
+        features: Option<(&'a Features, Cut)>,
+        normaliser: &'a Normaliser,
+        numerics: &'a Numerics,
+    ) -> Feed<'a> {
+        match features {
+            Some((features, cut)) => Feed::features(split, features, cut, normaliser, numerics),
+            None => Feed::pixels(split, normaliser, numerics),
+        }
+    }
+
+    fn len(&self) -> i64 {
+        self.groups.iter().map(|(stored, _)| stored.size()[0]).sum()
+    }
+
+    fn device(&self) -> Device {
+        self.normaliser.device
+    }
+
+    /// A stored batch as the network takes it at the feed's entry point.
+    fn input(&self, stored: &Tensor) -> Tensor {
+        match self.cut {
+            None => self.numerics.input(self.normaliser.apply(stored)),
+            Some(_) => {
+                let x = stored.to_device(self.device());
+                // Under autocast the next layer casts anyway; otherwise compute in float32.
+                let x = if self.numerics.bf16 { x } else { x.to_kind(Kind::Float) };
+                if x.dim() == 4 {
+                    self.numerics.input(x)
+                } else {
+                    x
+                }
+            }
+        }
+    }
+
+    fn forward(&self, network: &Network, x: &Tensor, trainable: &Trainable, train: bool) -> Tensor {
+        match self.cut {
+            None => network.forward(x, trainable, train),
+            Some(cut) => network.forward_from(x, cut, trainable, train),
+        }
+    }
+}
+
 /// Loss, accuracy and probabilities over a whole split in inference mode, in the split's tensor order.
-pub fn evaluate(network: &Network, split: &Split, batch_size: i64, normaliser: &Normaliser, numerics: &Numerics) -> Evaluation {
-    let n = split.len() as i64;
+pub fn evaluate(network: &Network, feed: &Feed, batch_size: i64) -> Evaluation {
+    let n = feed.len();
     if n == 0 {
         return Evaluation { loss: f64::NAN, accuracy: f64::NAN, probabilities: Vec::new() };
     }
-    let device = normaliser.device;
+    let device = feed.device();
     let inference = Trainable::none(network.block_count());
     tch::no_grad(|| {
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut probabilities = Vec::new();
-        let batches = split.groups.iter().flat_map(|group| {
-            (0..group.len()).step_by(batch_size as usize).map(move |start| (group, start, batch_size.min(group.len() - start)))
+        let batches = feed.groups.iter().flat_map(|&(stored, labels)| {
+            let size = stored.size()[0];
+            (0..size).step_by(batch_size as usize).map(move |start| (stored, labels, start, batch_size.min(size - start)))
         });
-        for (group, start, len) in batches {
-            let images = numerics.input(normaliser.apply(&group.images.narrow(0, start, len)));
-            let labels = group.labels.narrow(0, start, len).to_device(device);
-            let (logits, (loss, hits)) = numerics.forward(|| {
-                let logits = network.forward(&images, &inference, false);
+        for (stored, labels, start, len) in batches {
+            let images = feed.input(&stored.narrow(0, start, len));
+            let labels = labels.narrow(0, start, len).to_device(device);
+            let (logits, (loss, hits)) = feed.numerics.forward(|| {
+                let logits = feed.forward(network, &images, &inference, false);
                 let outcome = loss_and_correct(&logits, &labels);
                 (logits, outcome)
             });
@@ -299,6 +379,9 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
 
     let batch_size = spec.batch_size as i64;
     let mut curves = Vec::new();
+    trim_cache(work, cache_files(work, [Some(&train), val.as_ref(), Some(&test)].into_iter().flatten()));
+    // The activations of the phase that ran last: the final evaluation feeds from them too.
+    let mut cached: Option<(Cut, PhaseFeatures)> = None;
     for (index, phase) in spec.phases.iter().enumerate() {
         let phase_number = index as u32 + 1;
         let (trainable, parameters) = network.set_trainable(&phase.train);
@@ -306,13 +389,40 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         let count = Network::count(&parameters);
         eprintln!("phase {phase_number}: {} epochs, {count} trainable parameters", phase.epochs);
         emit(&ProgressEvent::Phase { phase: phase_number, epochs: phase.epochs, trainable_params: count });
+        cached = match (spec.cache_features, network.cut_for(&trainable)) {
+            (true, Some(cut)) => {
+                let splits = Splits { train: &train, val: val.as_ref(), test: &test };
+                Some((cut, phase_features(work, &network, cut, splits, &normaliser, &numerics, phase_number)))
+            }
+            (enabled, _) => {
+                let reason = if enabled {
+                    "the phase trains the first block: nothing frozen to reuse"
+                } else {
+                    "cache_features is false in the spec"
+                };
+                eprintln!("phase {phase_number}: no activation cache ({reason}); every epoch runs the whole network");
+                emit(&ProgressEvent::Features {
+                    phase: phase_number,
+                    cut: String::from("-"),
+                    state: String::from("off"),
+                    reason: Some(reason.to_string()),
+                    seconds: 0.0,
+                    bytes: 0,
+                });
+                None
+            }
+        };
+        let train_feed = Feed::of(&train, cached.as_ref().map(|(cut, f)| (&f.train, *cut)), &normaliser, &numerics);
+        let val_feed = val.as_ref().map(|val| {
+            let features = cached.as_ref().and_then(|(cut, f)| f.val.as_ref().map(|features| (features, *cut)));
+            Feed::of(val, features, &normaliser, &numerics)
+        });
         for epoch in 1..=phase.epochs {
-            let feed = (&normaliser, &numerics);
-            let metrics = train_epoch(&network, &trainable, &optimizer, &train, batch_size, feed, &mut rng, (phase_number, epoch))?;
+            let metrics = train_epoch(&network, &trainable, &optimizer, &train_feed, batch_size, &mut rng, (phase_number, epoch))?;
             let started = Instant::now();
-            let (val_loss, val_acc) = match &val {
+            let (val_loss, val_acc) = match &val_feed {
                 Some(val) if val.len() > 0 => {
-                    let evaluation = evaluate(&network, val, batch_size * 2, &normaliser, &numerics);
+                    let evaluation = evaluate(&network, val, batch_size * 2);
                     (Some(evaluation.loss), Some(evaluation.accuracy))
                 }
                 _ => (None, None),
@@ -334,8 +444,13 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         save_checkpoint(&network, &work.output_dir, &name)?;
     }
 
-    let on_train = evaluate(&network, &train, batch_size * 2, &normaliser, &numerics);
-    let on_test = evaluate(&network, &test, batch_size * 2, &normaliser, &numerics);
+    // Everything is frozen now, so the last phase's activations are still exact.
+    let started = Instant::now();
+    let on_train = Feed::of(&train, cached.as_ref().map(|(cut, f)| (&f.train, *cut)), &normaliser, &numerics);
+    let on_train = evaluate(&network, &on_train, batch_size * 2);
+    let on_test = Feed::of(&test, cached.as_ref().map(|(cut, f)| (&f.test, *cut)), &normaliser, &numerics);
+    let on_test = evaluate(&network, &on_test, batch_size * 2);
+    eprintln!("evaluated the train and test sets in {:.1}s", started.elapsed().as_secs_f64());
     let (train_loss, train_acc, test_loss, test_acc) = (on_train.loss, on_train.accuracy, on_test.loss, on_test.accuracy);
     let (binary, multiclass) = if test.len() > 0 { test_metrics(&test, &on_test, dataset.classes.len())? } else { (None, None) };
     if let Some(binary) = &binary {
@@ -350,6 +465,122 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     write_json(&work.output_dir, "metrics.json", &serde_json::json!({"epochs": curves, "final": final_metrics}))?;
     emit(&ProgressEvent::Final(final_metrics));
     Ok(())
+}
+
+/// A job's splits.
+#[derive(Clone, Copy)]
+struct Splits<'a> {
+    train: &'a Split,
+    val: Option<&'a Split>,
+    test: &'a Split,
+}
+
+/// A phase's activations of every split.
+pub struct PhaseFeatures {
+    train: Features,
+    val: Option<Features>,
+    test: Features,
+}
+
+/// Most activation bytes a GPU job keeps on its GPU; beyond it they stay in host memory (mapped)
+/// and each batch is copied.
+const GPU_FEATURE_BUDGET_BYTES: u64 = 8 << 30;
+
+/// Reads or computes the activations at `cut` of every split, reports how (log line and a
+/// `features` event), places them on the job's device when they fit, and trims the cache.
+#[allow(clippy::too_many_arguments)]
+fn phase_features(
+    work: &WorkerJob,
+    network: &Network,
+    cut: Cut,
+    splits: Splits,
+    normaliser: &Normaliser,
+    numerics: &Numerics,
+    phase: u32,
+) -> PhaseFeatures {
+    let started = Instant::now();
+    let cut_name = network.cut_name(cut);
+    let kind = features::dtype(numerics);
+    let features_dir = work.cache_dir.as_ref().map(|dir| dir.join("features"));
+    // Only worth hashing the weights when the result can be shared.
+    let state = features_dir.as_ref().map(|_| features::state_hash(network));
+    let batch = (work.spec.batch_size as i64 * 2).clamp(1, 64);
+    let (mut sources, mut files) = (Vec::new(), Vec::new());
+    let mut obtain = |name: &str, split: &Split| {
+        let pixels_key = match &split.cache {
+            CacheOutcome::Hit(key) | CacheOutcome::Built(key) => Some(key.as_str()),
+            CacheOutcome::Off => None,
+        };
+        let entry = match (&features_dir, &state, pixels_key) {
+            (Some(dir), Some(state), Some(pixels_key)) => {
+                Some((dir.as_path(), features::key(name, pixels_key, work.spec.backbone.name(), &cut_name, kind, state)))
+            }
+            _ => None,
+        };
+        let (features, source, file) = features::obtain(network, split, cut, normaliser, numerics, batch, entry);
+        sources.push((name.to_string(), source, features.bytes()));
+        files.extend(file);
+        features
+    };
+    let mut phase_features = PhaseFeatures {
+        train: obtain("train", splits.train),
+        val: splits.val.map(|val| obtain("val", val)),
+        test: obtain("test", splits.test),
+    };
+    let bytes: u64 = sources.iter().map(|(_, _, bytes)| bytes).sum();
+    if normaliser.device != Device::Cpu {
+        let device = if bytes <= GPU_FEATURE_BUDGET_BYTES { normaliser.device } else { Device::Cpu };
+        for features in [Some(&mut phase_features.train), phase_features.val.as_mut(), Some(&mut phase_features.test)].into_iter().flatten() {
+            if device == Device::Cpu {
+                features.groups = features.groups.iter().map(|group| group.to_device(Device::Cpu)).collect();
+            } else {
+                features.to_device(device);
+            }
+        }
+    }
+    let state = if sources.iter().all(|(_, source, _)| *source == Source::Hit) {
+        "hit"
+    } else if sources.iter().any(|(_, source, _)| *source == Source::Built) {
+        "built"
+    } else {
+        "memory"
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let detail: Vec<String> = sources.iter().map(|(name, source, bytes)| format!("{name} {source:?} ({:.1} MB)", *bytes as f64 / 1e6)).collect();
+    eprintln!(
+        "phase {phase}: activation cache at {cut_name} ({}): {state} in {seconds:.1}s — {}",
+        features::dtype_label(kind),
+        detail.join(", ").to_lowercase()
+    );
+    emit(&ProgressEvent::Features { phase, cut: cut_name, state: state.to_string(), reason: None, seconds, bytes });
+    trim_cache(work, files);
+    phase_features
+}
+
+/// The pixel cache entries these splits came from.
+fn cache_files<'a>(work: &WorkerJob, splits: impl Iterator<Item = &'a Split>) -> Vec<std::path::PathBuf> {
+    let Some(dir) = &work.cache_dir else { return Vec::new() };
+    splits
+        .filter_map(|split| match &split.cache {
+            CacheOutcome::Hit(key) | CacheOutcome::Built(key) => Some(cache::entry_path(dir, key)),
+            CacheOutcome::Off => None,
+        })
+        .collect()
+}
+
+/// Evicts least recently used cache entries beyond the job's budget, keeping `keep`.
+fn trim_cache(work: &WorkerJob, keep: Vec<std::path::PathBuf>) {
+    if let (Some(dir), Some(budget)) = (&work.cache_dir, work.cache_budget_bytes) {
+        let eviction = cache::evict(dir, budget, &keep);
+        if eviction.removed > 0 {
+            eprintln!(
+                "cache: evicted {} entries ({:.0} MB) to stay under {:.0} MB",
+                eviction.removed,
+                eviction.freed as f64 / 1e6,
+                budget as f64 / 1e6
+            );
+        }
+    }
 }
 
 /// One training batch: `len` images of shape group `group`, from `start` in that group's shuffled
@@ -402,19 +633,18 @@ fn train_epoch(
     network: &Network,
     trainable: &Trainable,
     optimizer: &COptimizer,
-    train: &Split,
+    train: &Feed,
     batch_size: i64,
-    (normaliser, numerics): (&Normaliser, &Numerics),
     rng: &mut ChaCha8Rng,
     (phase, epoch): (u32, u32),
 ) -> anyhow::Result<EpochMetrics> {
     let started = Instant::now();
-    let device = normaliser.device;
-    let n = train.len() as i64;
-    let sizes: Vec<i64> = train.groups.iter().map(|group| group.len()).collect();
+    let device = train.device();
+    let n = train.len();
+    let sizes: Vec<i64> = train.groups.iter().map(|(stored, _)| stored.size()[0]).collect();
     let (orders, batches) = epoch_plan(&sizes, batch_size, rng);
     let orders: Vec<Tensor> =
-        orders.iter().zip(&train.groups).map(|(order, group)| Tensor::from_slice(order).to_device(group.images.device())).collect();
+        orders.iter().zip(&train.groups).map(|(order, (stored, _))| Tensor::from_slice(order).to_device(stored.device())).collect();
     let steps = batches.len() as u32;
     let mut done = 0;
     // Sums stay on the device: no host sync per step.
@@ -423,10 +653,11 @@ fn train_epoch(
     let mut last_event = Instant::now();
     for (step, &PlannedBatch { group, start, len }) in (0u32..).zip(&batches) {
         let index = orders[group].narrow(0, start, len);
-        let images = numerics.input(normaliser.apply(&train.groups[group].images.index_select(0, &index)));
-        let labels = train.groups[group].labels.index_select(0, &index).to_device(device);
+        let (stored, labels) = train.groups[group];
+        let images = train.input(&stored.index_select(0, &index));
+        let labels = labels.index_select(0, &index).to_device(device);
         done += len;
-        let (loss, hits) = numerics.forward(|| loss_and_correct(&network.forward(&images, trainable, true), &labels));
+        let (loss, hits) = train.numerics.forward(|| loss_and_correct(&train.forward(network, &images, trainable, true), &labels));
         optimizer.zero_grad()?;
         loss.backward();
         optimizer.step()?;

@@ -74,7 +74,12 @@ impl Head {
 
     /// Runs the head. `train` enables dropout and batch statistics.
     pub fn forward(&self, features: &Tensor, train: bool) -> Tensor {
-        self.ops.iter().fold(features.shallow_clone(), |x, op| match op {
+        self.forward_from(features, 0, train)
+    }
+
+    /// Runs the head from its op `first` on (1 skips a leading `gap` whose output was cached).
+    pub fn forward_from(&self, features: &Tensor, first: usize, train: bool) -> Tensor {
+        self.ops.iter().skip(first).fold(features.shallow_clone(), |x, op| match op {
             HeadOp::Gap => x.mean_dim(&[2i64, 3][..], false, Kind::Float),
             HeadOp::Flatten => x.flatten(1, -1),
             HeadOp::Relu => x.relu(),
@@ -103,6 +108,15 @@ pub struct Network {
     backbone: Box<dyn BackboneNet>,
     head: Head,
     blocks: &'static [&'static str],
+}
+
+/// Where a phase enters the network from cached activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// The first block that runs live (all blocks below are frozen and cached).
+    pub block: usize,
+    /// The cache holds the backbone's output already pooled by the head's leading `gap`.
+    pub pooled: bool,
 }
 
 /// Which parts a phase trains, resolved against the network.
@@ -180,6 +194,57 @@ impl Network {
         let frozen = tch::no_grad(|| self.backbone.forward_blocks(images, 0, trainable.frozen_prefix, &bn_train));
         let features = self.backbone.forward_blocks(&frozen, trainable.frozen_prefix, count, &bn_train);
         self.head.forward(&features, train && trainable.head)
+    }
+
+    /// Where a phase with `trainable` parts may start from cached activations: below its first
+    /// trained block (after the backbone and, for a `gap` head, its pooling, when only the head
+    /// trains). `None` when the first block trains: nothing frozen comes first.
+    pub fn cut_for(&self, trainable: &Trainable) -> Option<Cut> {
+        let block = trainable.frozen_prefix;
+        (block > 0).then(|| Cut { block, pooled: block == self.block_count() && matches!(self.head.ops.first(), Some(HeadOp::Gap)) })
+    }
+
+    /// The name of what a cut caches, for logs: the last frozen block, plus `+gap` when pooled.
+    pub fn cut_name(&self, cut: Cut) -> String {
+        let name = self.blocks[cut.block - 1];
+        if cut.pooled {
+            format!("{name}+gap")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// What a cut caches for a batch of images: the frozen blocks' output in inference mode (and
+    /// pooled, when the cut says so). Builds no autograd graph.
+    pub fn features(&self, images: &Tensor, cut: Cut) -> Tensor {
+        tch::no_grad(|| {
+            let bn_train = vec![false; self.block_count()];
+            let x = self.backbone.forward_blocks(images, 0, cut.block, &bn_train);
+            if cut.pooled {
+                x.mean_dim(&[2i64, 3][..], false, Kind::Float)
+            } else {
+                x
+            }
+        })
+    }
+
+    /// The forward pass from cached activations at `cut`: the same result as [`Network::forward`]
+    /// on the images they came from.
+    pub fn forward_from(&self, features: &Tensor, cut: Cut, trainable: &Trainable, train: bool) -> Tensor {
+        let bn_train: Vec<bool> = trainable.blocks.iter().map(|on| *on && train).collect();
+        let count = self.block_count();
+        let live = trainable.frozen_prefix.max(cut.block);
+        let frozen = tch::no_grad(|| self.backbone.forward_blocks(features, cut.block, live, &bn_train));
+        let x = self.backbone.forward_blocks(&frozen, live, count, &bn_train);
+        self.head.forward_from(&x, usize::from(cut.pooled), train && trainable.head)
+    }
+
+    /// Every backbone tensor (parameters and batch-norm statistics) by name, sorted: what decides
+    /// a frozen prefix's activations besides the input.
+    pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
+        let mut state: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(name, _)| !name.starts_with("head.")).collect();
+        state.sort_by(|a, b| a.0.cmp(&b.0));
+        state
     }
 
     /// Marks exactly the phase's parameters as requiring gradients and returns them (the only
