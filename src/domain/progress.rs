@@ -87,6 +87,8 @@ pub struct FinalMetrics {
 /// A worker's report, one per line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+// One event per printed line: their size never matters, and a boxed variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum ProgressEvent {
     /// The worker is up and knows its device.
     Started {

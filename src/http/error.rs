@@ -32,6 +32,17 @@ pub enum ApiError {
         /// Extra facts, e.g. the job's state.
         detail: serde_json::Value,
     },
+    /// An uploaded image that cannot be used: not an image (415), too large (413), corrupt (422).
+    #[error("{message}")]
+    BadUpload {
+        /// 413, 415 or 422.
+        status: StatusCode,
+        /// What is wrong and what to send instead.
+        message: String,
+    },
+    /// A helper process could not answer (503); nothing is lost, the request may be repeated.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug or an I/O failure (500); the cause is logged.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -52,6 +63,8 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { field, message } => (StatusCode::BAD_REQUEST, json!({"field": field, "message": message})),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
             ApiError::Conflict { detail, .. } => (StatusCode::CONFLICT, detail.clone()),
+            ApiError::BadUpload { status, message } => (*status, json!({"field": "body", "message": message})),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::Value::Null),
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, serde_json::Value::Null)

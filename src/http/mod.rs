@@ -3,6 +3,7 @@
 mod catalog;
 mod error;
 mod groups;
+mod inference;
 mod jobs;
 mod outputs;
 
@@ -21,6 +22,8 @@ use tower_http::trace::TraceLayer;
 
 /// Largest accepted request body; a job spec is a few hundred bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest accepted image upload (a chest film is 0.5–3 MB).
+const MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
 
 /// Folders the API reads from.
 #[derive(Debug, Clone)]
@@ -59,19 +62,25 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/metrics", get(outputs::metrics))
         .route("/jobs/{id}/log", get(outputs::log))
         .route("/jobs/{id}/artifacts", get(outputs::artifacts))
-        .route("/jobs/{id}/artifacts/{name}", get(outputs::artifact))
+        .route("/jobs/{id}/artifacts/{*name}", get(outputs::artifact))
         .route("/jobs/{id}/predictions.csv", get(outputs::predictions))
         .route("/groups/{id}", get(groups::show))
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))
         .route("/backbones", get(catalog::backbones))
         .route("/devices", get(catalog::devices))
-        .fallback(|| async { ApiError::NotFound(String::from("no such API route")) });
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES));
+    let uploads = Router::new()
+        .route("/jobs/{id}/predict", post(inference::predict))
+        .route("/jobs/{id}/cam", post(inference::cam))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES));
+    let api = api.merge(uploads).fallback(|| async { ApiError::NotFound(String::from("no such API route")) });
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback_service(ServeDir::new(&state.paths.static_dir))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

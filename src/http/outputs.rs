@@ -103,17 +103,27 @@ pub struct ArtifactView {
     url: String,
 }
 
-/// `GET /api/jobs/{id}/artifacts`: checkpoints and other outputs, by name.
+/// `GET /api/jobs/{id}/artifacts`: checkpoints and other outputs, by name (`cam/tp-0.png` for the
+/// files of a sub-folder).
 pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ArtifactView>>, ApiError> {
     let job = find(&state, &id).await?;
     let dir = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let mut views = Vec::new();
-    if let Ok(mut entries) = tokio::fs::read_dir(&dir).await {
+    let mut folders = vec![(dir, String::new())];
+    while let Some((folder, prefix)) = folders.pop() {
+        let Ok(mut entries) = tokio::fs::read_dir(&folder).await else { continue };
         while let Ok(Some(entry)) = entries.next_entry().await {
-            let Ok(metadata) = entry.metadata().await else { continue };
+            // `symlink_metadata`: a link is never followed out of the job's folder.
+            let Ok(metadata) = tokio::fs::symlink_metadata(entry.path()).await else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
-            // Half-written files (`*.tmp`) are not artifacts yet.
-            if metadata.is_file() && !name.ends_with(".tmp") && check_plain_name(&name).is_ok() {
+            if check_plain_name(&name).is_err() {
+                continue;
+            }
+            if metadata.is_dir() && prefix.is_empty() {
+                folders.push((entry.path(), format!("{name}/")));
+            } else if metadata.is_file() && !name.contains(".tmp") {
+                // Half-written files (`*.tmp*`) are not artifacts yet.
+                let name = format!("{prefix}{name}");
                 let url = format!("/api/jobs/{}/artifacts/{name}", job.id);
                 views.push(ArtifactView { name, bytes: metadata.len(), url });
             }
@@ -123,7 +133,7 @@ pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) ->
     Ok(Json(views))
 }
 
-/// `GET /api/jobs/{id}/artifacts/{name}`: the file's bytes.
+/// `GET /api/jobs/{id}/artifacts/{name}`: the file's bytes (`name` may be `folder/file`).
 pub async fn artifact(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
     serve_artifact(&state, &id, &name).await
 }
@@ -136,11 +146,22 @@ pub async fn predictions(State(state): State<AppState>, Path(id): Path<String>) 
 async fn serve_artifact(state: &AppState, id: &str, name: &str) -> Result<Response, ApiError> {
     let job = find(state, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
-    check_plain_name(name).map_err(|_| missing())?;
-    let path = JobPaths::new(&state.paths.data_dir, job.id).artifacts().join(name);
-    let metadata = tokio::fs::symlink_metadata(&path).await.map_err(|_| missing())?;
-    if !metadata.is_file() {
+    // At most one folder level, every segment a plain name: no `..`, no absolute path, no hidden file.
+    let segments: Vec<&str> = name.split('/').collect();
+    if segments.len() > 2 || segments.iter().any(|segment| check_plain_name(segment).is_err()) {
         return Err(missing());
+    }
+    let mut path = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
+    let mut length = 0;
+    for (index, segment) in segments.iter().enumerate() {
+        path.push(segment);
+        // No symlink anywhere on the way, so nothing outside the job's folder is ever served.
+        let metadata = tokio::fs::symlink_metadata(&path).await.map_err(|_| missing())?;
+        let last = index + 1 == segments.len();
+        if (last && !metadata.is_file()) || (!last && !metadata.is_dir()) {
+            return Err(missing());
+        }
+        length = metadata.len();
     }
     let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
     let content_type = match path.extension().and_then(|e| e.to_str()) {
@@ -151,7 +172,7 @@ async fn serve_artifact(state: &AppState, id: &str, name: &str) -> Result<Respon
     };
     let headers = [
         (header::CONTENT_TYPE, content_type.to_string()),
-        (header::CONTENT_LENGTH, metadata.len().to_string()),
+        (header::CONTENT_LENGTH, length.to_string()),
         (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
     ];
     Ok((headers, Body::from_stream(tokio_util::io::ReaderStream::new(file))).into_response())

@@ -5,6 +5,9 @@ use crate::domain::job::now_rfc3339;
 use crate::domain::progress::{EpochMetrics, FinalMetrics};
 use crate::domain::{Job, JobId, JobProgress, JobState};
 
+/// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
+type EpochRow = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64);
+
 /// What the API inserts for an accepted submission.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -263,7 +266,7 @@ impl Store {
 
     /// A job's curves, in phase and epoch order.
     pub async fn epoch_metrics(&self, id: JobId) -> Result<Vec<EpochMetrics>, StoreError> {
-        let rows: Vec<(u32, u32, f64, f64, Option<f64>, Option<f64>, f64)> = sqlx::query_as(
+        let rows: Vec<EpochRow> = sqlx::query_as(
             "SELECT phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds FROM epoch_metrics \
              WHERE job_id = ? ORDER BY phase, epoch",
         )

@@ -2,6 +2,7 @@
 //! cleared environment, `CUDA_VISIBLE_DEVICES` set, stderr to the job's log and progress events on
 //! stdout. A watcher task per worker turns progress into database rows and the exit into a state.
 
+pub mod inference;
 mod progress;
 
 use crate::devices::{DeviceKind, DeviceSlot};
@@ -71,12 +72,32 @@ pub struct Supervisor {
     config: Arc<SupervisorConfig>,
     running: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
     worker_exited: Arc<Notify>,
+    inference: inference::InferencePool,
 }
 
 impl Supervisor {
     /// A supervisor that wakes `worker_exited` whenever a worker ends (the scheduler listens).
     pub fn new(store: Store, config: SupervisorConfig, worker_exited: Arc<Notify>) -> Supervisor {
-        Supervisor { store, config: Arc::new(config), running: Arc::default(), worker_exited }
+        let supervisor =
+            Supervisor { store, config: Arc::new(config), running: Arc::default(), worker_exited, inference: Default::default() };
+        let pool = supervisor.inference.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(inference::IDLE / 10).await;
+                let stopped = pool.reap(inference::IDLE).await;
+                if stopped > 0 {
+                    tracing::info!(stopped, "stopped idle models");
+                }
+            }
+        });
+        supervisor
+    }
+
+    /// Asks the warm model of finished job `id` (started on first use) for a prediction or a
+    /// heatmap; see `inference.rs` and the worker's `serve.rs` for the request and answer.
+    pub async fn infer(&self, id: JobId, request: &serde_json::Value) -> Result<serde_json::Value, inference::InferenceError> {
+        let artifacts = JobPaths::new(&self.config.data_dir, id).artifacts();
+        self.inference.request(&self.config.worker_program, id, &artifacts, request).await
     }
 
     /// Spawns the worker for a job the scheduler has just claimed on `slot`, and watches it. A

@@ -372,13 +372,13 @@ mod tests {
 
         // A read refreshes the clock: the oldest entry becomes the most recently used.
         touch(&oldest);
-        let eviction = evict(dir.path(), 750, &[newest.clone()]);
+        let eviction = evict(dir.path(), 750, std::slice::from_ref(&newest));
         assert_eq!(eviction, Eviction { removed: 1, freed: 300, remaining: 700 });
         assert!(!old_features.exists() && oldest.exists() && recent.exists() && newest.exists());
         assert!(unrelated.exists(), "only cache entries are ever removed");
 
         // `keep` survives even when it alone is over the budget.
-        let eviction = evict(dir.path(), 50, &[newest.clone()]);
+        let eviction = evict(dir.path(), 50, std::slice::from_ref(&newest));
         assert_eq!((eviction.removed, eviction.remaining), (2, 100));
         assert!(newest.exists() && !oldest.exists() && !recent.exists());
         assert_eq!(evict(dir.path(), 1000, &[]), Eviction { removed: 0, freed: 0, remaining: 100 });

@@ -81,6 +81,18 @@ impl Split {
         self.paths.len()
     }
 
+    /// Image `index` (tensor order) as `[1, C, H, W]` uint8.
+    pub fn image(&self, index: usize) -> Tensor {
+        let mut offset = index as i64;
+        for group in &self.groups {
+            if offset < group.len() {
+                return group.images.narrow(0, offset, 1);
+            }
+            offset -= group.len();
+        }
+        panic!("image {index} of a split of {}", self.len());
+    }
+
     /// Bytes of pixels held.
     pub fn pixel_bytes(&self) -> i64 {
         self.groups.iter().map(|group| group.images.numel() as i64).sum()
@@ -88,7 +100,7 @@ impl Split {
 
     /// Moves the pixels and labels to `device` (a no-op for the CPU): a GPU job whose split fits
     /// copies it once, and every batch after that is gathered on the GPU.
-    pub fn to_device(&mut self, device: Device) {
+    pub fn move_to(&mut self, device: Device) {
         for group in &mut self.groups {
             group.images = group.images.to_device(device);
             group.labels = group.labels.to_device(device);
@@ -306,6 +318,18 @@ fn decode_file(path: &Path, resize: Resize, interpolation: Interpolation, file_b
             None
         }
     }
+}
+
+/// One image file decoded and sized the way a job's splits are: `[1, C, H, W]` uint8 (C = 1 for
+/// grayscale). For predictions and heatmaps on uploaded images.
+pub fn load_image(path: &Path, resize: Resize, interpolation: Interpolation) -> anyhow::Result<Tensor> {
+    let bytes = std::fs::read(path)?;
+    let (width, height) = source_dimensions(&bytes)?;
+    let (width, height) = resize.target(width, height);
+    let image = decode_for_size(&bytes, width, height)?;
+    let decoded = resize_planes(&image, width, height, interpolation);
+    let channels = if decoded.gray { 1 } else { 3 };
+    Ok(Tensor::from_slice(&decoded.pixels).view([1, channels, height as i64, width as i64]))
 }
 
 /// An image file's width and height, from its header.

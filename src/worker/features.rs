@@ -63,7 +63,7 @@ impl Features {
     }
 
     /// Copies the activations to `device` (a GPU job whose activations fit keeps them there).
-    pub fn to_device(&mut self, device: Device) {
+    pub fn move_to(&mut self, device: Device) {
         if device == Device::Cpu {
             return;
         }

@@ -2,12 +2,14 @@
 //! (`trainq-worker run --job job.json`); `bench` measures a training step for the benchmarks.
 
 mod cache;
+mod cam;
 mod data;
 mod features;
 mod jpeg;
 mod model;
 mod precision;
 mod report;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,12 @@ enum Command {
         /// Path of job.json.
         #[arg(long)]
         job: PathBuf,
+    },
+    /// Keep a finished job's model warm and answer prediction / Grad-CAM requests on stdin.
+    Serve {
+        /// The job's artifacts folder (spec.json, final.safetensors).
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Time training steps of VGG16 + the assignment's Q1 head on random data; prints JSON.
     Bench {
@@ -98,6 +106,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(serde_json::from_slice::<WorkerJob>(&bytes)?))
             .and_then(|work| train::run(&work)),
+        Command::Serve { dir } => serve::serve(&dir),
         Command::Bench { image_size, batch_size, steps, warmup, train, backbone, threads, cuda, precision } => {
             let device = if cuda { WorkerDevice::Cuda } else { WorkerDevice::Cpu };
             serde_json::from_value(serde_json::Value::String(precision)).map_err(anyhow::Error::from).and_then(|precision| {

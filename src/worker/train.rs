@@ -344,7 +344,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         let bytes = train.pixel_bytes() + val.as_ref().map_or(0, Split::pixel_bytes) + test.pixel_bytes();
         if bytes <= GPU_DATA_BUDGET_BYTES {
             for split in [Some(&mut train), val.as_mut(), Some(&mut test)].into_iter().flatten() {
-                split.to_device(device);
+                split.move_to(device);
             }
             eprintln!("data: {:.0} MB of pixels kept on {device_name} for the whole job", bytes as f64 / 1e6);
         } else {
@@ -460,6 +460,13 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         );
     }
     write_predictions(&work.output_dir, &work.dataset_dir, &test, &on_test, &dataset.classes)?;
+    if test.len() > 0 {
+        let started = Instant::now();
+        match crate::cam::write_gallery(&network, &test, &on_test, &dataset.classes, &work.dataset_dir, &normaliser, &work.output_dir) {
+            Ok(count) => eprintln!("Grad-CAM: {count} heatmaps in cam/ ({:.1}s)", started.elapsed().as_secs_f64()),
+            Err(err) => eprintln!("warning: no Grad-CAM gallery: {err:#}"),
+        }
+    }
     let final_metrics = FinalMetrics { train_loss, train_acc, test_loss, test_acc, binary, multiclass };
     eprintln!("final: train loss {train_loss:.4} acc {train_acc:.4}; test loss {test_loss:.4} acc {test_acc:.4}");
     write_json(&work.output_dir, "metrics.json", &serde_json::json!({"epochs": curves, "final": final_metrics}))?;
@@ -534,7 +541,7 @@ fn phase_features(
             if device == Device::Cpu {
                 features.groups = features.groups.iter().map(|group| group.to_device(Device::Cpu)).collect();
             } else {
-                features.to_device(device);
+                features.move_to(device);
             }
         }
     }

@@ -11,7 +11,9 @@ fn spec(backbone: &str, size: u32, first: &str, phase2: Value, cache: bool) -> V
         "image_size": size, "batch_size": 4, "cache_features": cache,
         "head": [first, {"dropout": 0.25}, {"dense": 8}, {"batchnorm": {"momentum": 0.9}}, "relu", {"dense": 1}],
         "phases": [{"epochs": 2, "train": "head"}, {"epochs": 2, "train": phase2}],
-        "optimizer": {"name": "rmsprop", "lr": 1e-3}, "seed": 7
+        // SGD, not RMSprop: RMSprop's first steps are nearly sign(gradient), which turns the last-bit
+        // differences of a machine loaded by parallel tests into visible ones; SGD keeps them small.
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "seed": 7
     })
 }
 
@@ -99,3 +101,4 @@ async fn a_second_identical_job_skips_every_activation_build_and_train_all_cache
     assert!(phase["reason"].as_str().unwrap().contains("first block"), "{phase}");
     assert!(log.contains("no activation cache"), "{log}");
 }
+

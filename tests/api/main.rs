@@ -4,6 +4,7 @@ mod cache;
 mod features;
 mod helpers;
 mod inception;
+mod inference;
 mod jobs;
 mod pytorch;
 mod training;

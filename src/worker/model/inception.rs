@@ -247,6 +247,15 @@ impl BackboneNet for InceptionV3 {
         x
     }
 
+    fn forward_to_cam_layer(&self, x: &Tensor) -> Tensor {
+        let count = self.blocks.len();
+        self.forward_blocks(x, 0, count, &vec![false; count])
+    }
+
+    fn cam_layer_to_output(&self, a: &Tensor) -> Tensor {
+        a.shallow_clone()
+    }
+
     fn block_parameters(&self, block: usize) -> Vec<Tensor> {
         self.blocks[block].branches.iter().flatten().flat_map(Step::parameters).collect()
     }

@@ -21,6 +21,11 @@ pub trait BackboneNet {
     fn forward_blocks(&self, x: &Tensor, from: usize, to: usize, bn_train: &[bool]) -> Tensor;
     /// The tensors of a block an optimizer may update (never running statistics).
     fn block_parameters(&self, block: usize) -> Vec<Tensor>;
+    /// Inference up to the last convolution's output, the layer Grad-CAM explains (VGG16's
+    /// `block5_conv3` before its pool, as in the textbook; InceptionV3's `Mixed_7c`).
+    fn forward_to_cam_layer(&self, x: &Tensor) -> Tensor;
+    /// From that layer's output to the backbone's output (VGG16: the last pool).
+    fn cam_layer_to_output(&self, a: &Tensor) -> Tensor;
 }
 
 enum HeadOp {
@@ -237,6 +242,50 @@ impl Network {
         let frozen = tch::no_grad(|| self.backbone.forward_blocks(features, cut.block, live, &bn_train));
         let x = self.backbone.forward_blocks(&frozen, live, count, &bn_train);
         self.head.forward_from(&x, usize::from(cut.pooled), train && trainable.head)
+    }
+
+    /// Grad-CAM for one normalised image `[1, 3, H, W]` in inference mode: the class activation map
+    /// of `class` (or of the predicted class) at the last convolution — its channels weighted by
+    /// the spatially averaged gradient of the class score, summed, ReLU'd and scaled to [0, 1] —
+    /// and the image's class probabilities (one for a sigmoid model). A sigmoid model's score is
+    /// its logit for the positive class and minus it for the negative one.
+    pub fn grad_cam(&self, image: &Tensor, class: Option<i64>) -> (Tensor, Vec<f64>) {
+        let a = tch::no_grad(|| self.backbone.forward_to_cam_layer(image)).detach().set_requires_grad(true);
+        let logits = self.head.forward(&self.backbone.cam_layer_to_output(&a), false);
+        let binary = logits.size()[1] == 1;
+        let probabilities: Vec<f64> = tch::no_grad(|| {
+            let p = if binary { logits.sigmoid() } else { logits.softmax(1, Kind::Float) };
+            Vec::<f64>::try_from(p.to_kind(Kind::Double).flatten(0, -1)).unwrap_or_default()
+        });
+        let class = class.unwrap_or_else(|| {
+            if binary {
+                i64::from(probabilities[0] >= 0.5)
+            } else {
+                logits.argmax(1, false).int64_value(&[0])
+            }
+        });
+        let score = match (binary, class) {
+            (true, 1) => logits.sum(Kind::Float),
+            (true, _) => -logits.sum(Kind::Float),
+            (false, class) => logits.get(0).get(class),
+        };
+        let gradient = Tensor::run_backward(&[score], &[&a], false, false).remove(0);
+        let map = tch::no_grad(|| {
+            let weights = gradient.mean_dim(&[2i64, 3][..], true, Kind::Float);
+            let cam = (weights * &a).sum_dim_intlist(&[1i64][..], false, Kind::Float).relu().squeeze_dim(0);
+            let peak = cam.max().double_value(&[]);
+            if peak > 0.0 {
+                cam / peak
+            } else {
+                cam
+            }
+        });
+        (map.to_device(Device::Cpu), probabilities)
+    }
+
+    /// Loads every tensor (backbone and head) from a checkpoint this worker wrote.
+    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        self.vs.load(path).map_err(|err| anyhow::anyhow!("loading {}: {err}", path.display()))
     }
 
     /// Every backbone tensor (parameters and batch-norm statistics) by name, sorted: what decides

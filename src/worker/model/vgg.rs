@@ -65,6 +65,18 @@ impl BackboneNet for Vgg16 {
         x
     }
 
+    fn forward_to_cam_layer(&self, x: &Tensor) -> Tensor {
+        let last = self.layers.len() - 1;
+        self.layers[..last].iter().fold(x.shallow_clone(), |x, (_, layer)| match layer {
+            Layer::Conv { weight, bias } => x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1).relu(),
+            Layer::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
+        })
+    }
+
+    fn cam_layer_to_output(&self, a: &Tensor) -> Tensor {
+        a.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+    }
+
     fn block_parameters(&self, block: usize) -> Vec<Tensor> {
         self.layers
             .iter()
