@@ -58,7 +58,9 @@ impl ProgressTracker {
             }
             ProgressEvent::Artifact { .. } => false,
             ProgressEvent::Phase { phase, epochs, .. } => {
-                *progress = JobProgress { phase, epochs, epoch: 1, activity: String::from("training"), ..progress.clone() };
+                // Steps restart too: the last phase's `step == steps` would count an epoch as done.
+                *progress =
+                    JobProgress { phase, epochs, epoch: 1, step: 0, activity: String::from("training"), ..progress.clone() };
                 true
             }
             ProgressEvent::Step { phase, epoch, step, steps, images_per_sec } => {
