@@ -17,6 +17,8 @@ pub mod fetch_weights;
 pub mod http;
 /// Test-set metrics: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
 pub mod metrics;
+/// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
+pub mod plots;
 /// The scheduling loop (the only code that claims jobs).
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.
