@@ -5,6 +5,8 @@
 pub mod catalog;
 /// Command-line and environment configuration.
 pub mod config;
+/// Live events (job queued/started/progress/epoch/finished, log lines) with catch-up for late subscribers.
+pub mod events;
 /// The synthetic demo dataset.
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.

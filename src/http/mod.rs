@@ -2,6 +2,7 @@
 
 mod catalog;
 mod error;
+mod events;
 mod groups;
 mod jobs;
 mod outputs;
@@ -9,6 +10,7 @@ mod outputs;
 pub use error::ApiError;
 
 use crate::devices::Inventory;
+use crate::events::EventBus;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub supervisor: Supervisor,
     /// The devices.
     pub inventory: Inventory,
+    /// Live events, published by handlers and the supervisor, streamed by `/api/events`.
+    pub events: EventBus,
     /// Folders.
     pub paths: Arc<Paths>,
 }
@@ -56,12 +60,14 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", post(jobs::submit).get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/events", get(events::job_stream))
         .route("/jobs/{id}/metrics", get(outputs::metrics))
         .route("/jobs/{id}/log", get(outputs::log))
         .route("/jobs/{id}/artifacts", get(outputs::artifacts))
         .route("/jobs/{id}/artifacts/{name}", get(outputs::artifact))
         .route("/jobs/{id}/predictions.csv", get(outputs::predictions))
         .route("/groups/{id}", get(groups::show))
+        .route("/events", get(events::stream))
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))
         .route("/backbones", get(catalog::backbones))
