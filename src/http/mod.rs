@@ -1,11 +1,14 @@
 //! The only place that knows axum: the router, shared state, and one file per resource.
 
 mod catalog;
+mod compare;
+mod csv;
 mod error;
 mod events;
 mod groups;
 mod jobs;
 mod outputs;
+mod plots;
 
 pub use error::ApiError;
 
@@ -62,11 +65,14 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/events", get(events::job_stream))
         .route("/jobs/{id}/metrics", get(outputs::metrics))
+        .route("/jobs/{id}/plots/{file}", get(plots::job_plot))
         .route("/jobs/{id}/log", get(outputs::log))
         .route("/jobs/{id}/artifacts", get(outputs::artifacts))
-        .route("/jobs/{id}/artifacts/{name}", get(outputs::artifact))
+        .route("/jobs/{id}/artifacts/{*name}", get(outputs::artifact))
         .route("/jobs/{id}/predictions.csv", get(outputs::predictions))
         .route("/groups/{id}", get(groups::show))
+        .route("/compare", get(compare::table))
+        .route("/compare/plots/{file}", get(plots::compare_plot))
         .route("/events", get(events::stream))
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))
@@ -78,8 +84,22 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback_service(ServeDir::new(&state.paths.static_dir))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_too_large))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The body limit answers 413 in plain text; clients get the API's JSON error instead.
+async fn json_too_large(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::TooLarge { limit: MAX_BODY_BYTES }.into_response();
+    }
+    response
 }
 
 /// Serves the router on `listener` until `shutdown` completes.
