@@ -170,6 +170,16 @@ fn main() {
         uncached_total / 60.0,
         uncached_total / cached.wall
     );
+    if epochs != (100, 50) {
+        let projected = cached.data + build + 100.0 * c1 + 50.0 * c2 + cached.eval();
+        let projected_uncached = cached.data + 100.0 * u1 + 50.0 * u2 + uncached.eval();
+        println!(
+            "  projected to the assignment's 100 + 50 epochs from these per-epoch times: cached {:.1} min, uncached {:.1} min ({:.1}x)",
+            projected / 60.0,
+            projected_uncached / 60.0,
+            projected_uncached / projected
+        );
+    }
     let states: Vec<&str> = second.features.iter().map(|(_, state)| state.as_str()).collect();
     println!(
         "  second identical job: activations {:?} in {:.1}s (first job built them in {build:.0}s), pixels loaded in {:.1}s",

@@ -5,6 +5,8 @@
 pub mod catalog;
 /// Command-line and environment configuration.
 pub mod config;
+/// Live events (job queued/started/progress/epoch/finished, log lines) with catch-up for late subscribers.
+pub mod events;
 /// The synthetic demo dataset.
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.
@@ -17,6 +19,8 @@ pub mod fetch_weights;
 pub mod http;
 /// Test-set metrics: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
 pub mod metrics;
+/// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
+pub mod plots;
 /// The scheduling loop (the only code that claims jobs).
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.

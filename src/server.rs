@@ -3,6 +3,7 @@
 
 use crate::config::ServeConfig;
 use crate::devices::Inventory;
+use crate::events::EventBus;
 use crate::http::{self, AppState, Paths};
 use crate::scheduler::{self, Inputs, SchedulerHandle};
 use crate::store::Store;
@@ -50,6 +51,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     let inventory = Inventory::discover(config.cpu_slots, !config.no_gpu);
     let scheduler_handle = SchedulerHandle::default();
+    let events = EventBus::new();
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {
@@ -58,6 +60,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             kill_grace: Duration::from_secs(config.kill_grace_secs),
         },
         scheduler_handle.notifier(),
+        events.clone(),
     );
     let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
     let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone(), cache_budget_bytes };
@@ -68,6 +71,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         scheduler: scheduler_handle,
         supervisor,
         inventory,
+        events: events.clone(),
         paths: Arc::new(Paths { data_dir, datasets, weights, static_dir }),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -75,7 +79,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
-    http::serve(listener, state, shutdown_signal()).await?;
+    // Open event streams never end by themselves; closing the bus ends them so shutdown can finish.
+    let shutdown = async move {
+        shutdown_signal().await;
+        events.close();
+    };
+    http::serve(listener, state, shutdown).await?;
     Ok(())
 }
 

@@ -1,9 +1,14 @@
-// trainq dashboard: polls the JSON API and renders devices, the queue, one job's detail and a
-// submit form. Plain DOM, no framework; every piece of data goes in through textContent.
+// trainq dashboard: devices, the queue, one job's detail, a comparison and a submit form. Live
+// through server-sent events (/api/events for the queue, /api/jobs/{id}/events for the open job),
+// which start with a snapshot and resume with Last-Event-ID after a dropped connection. Plain DOM,
+// no framework, nothing from a CDN; every piece of data goes in through textContent.
 'use strict';
 
-const POLL_MS = 1500;
 const LOG_LINES = 60;
+const LOG_KEEP = 400;
+const DEVICE_POLL_MS = 5000;
+// A safety net only: events carry every change, this catches anything a proxy swallowed.
+const RESYNC_MS = 30000;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const CANCELLABLE = new Set(['queued', 'running']);
 // Same as deploy/examples/q1-demo.json: the assignment's Q1, shrunk for the demo dataset.
@@ -19,8 +24,18 @@ const EXAMPLE_SPEC = {
   seed: 1,
 };
 const COLORS = { train: '#2563eb', val: '#ea580c' };
+const METRIC_NAMES = {
+  test_acc: 'Test acc', test_loss: 'Test loss', precision: 'Precision', recall: 'Recall',
+  specificity: 'Specificity', f1: 'F1', auc: 'AUC', train_acc: 'Train acc', train_loss: 'Train loss',
+};
+const CAM_KINDS = [
+  ['tp', 'True positives'], ['tn', 'True negatives'], ['fp', 'False positives'], ['fn', 'False negatives'],
+];
+// Only files the worker writes into cam/ are shown; anything else in the index is ignored.
+const CAM_FILE = /^cam\/[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 
 const $ = (id) => document.getElementById(id);
+const enc = encodeURIComponent;
 
 // The one way nodes are built: strings become text nodes, so user input can never become markup.
 function el(tag, props = {}, ...children) {
@@ -55,7 +70,23 @@ function bytesText(bytes) {
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
-const jobHref = (id) => `#job=${encodeURIComponent(id)}`;
+function durationText(seconds) {
+  if (!Number.isFinite(seconds)) return '—';
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${s % 60}s`;
+  return `${Math.floor(m / 60)}h ${m % 60}m`;
+}
+
+// Accuracies read best as percentages, losses with four decimals, the rest with three.
+function metricText(name, value) {
+  if (name.endsWith('_acc')) return percent(value);
+  if (name.endsWith('_loss')) return fixed(value, 4);
+  return fixed(value, 3);
+}
+
+const jobHref = (id) => `#job=${enc(id)}`;
 const jobLink = (id, text) => el('a', { href: jobHref(id) }, text);
 const badge = (state) => el('span', { class: `badge state-${state}` }, state);
 
@@ -74,7 +105,7 @@ async function getJson(path) {
   return answer.body;
 }
 
-// Error bodies are {"error", "detail"}; detail is {field, message} for spec errors and e.g.
+// Error bodies are {"error", "detail"}; detail is {field, message} for bad input and e.g.
 // {state} for conflicts, so every key of it is shown as a labelled line.
 function errorNodes(answer) {
   const body = answer.body;
@@ -94,22 +125,47 @@ function showResult(target, kind, nodes) {
   target.replaceChildren(...[nodes].flat().filter((n) => n != null && n !== false));
 }
 
+function setConnection(error) {
+  const status = $('connection');
+  status.classList.toggle('offline', Boolean(error));
+  status.textContent = error ? `offline — ${error.message ?? error}` : `live · ${new Date().toLocaleTimeString()}`;
+}
+
 // ---------- progress ----------
 
-// Overall fraction across phases; phases may have different epoch counts, which only the spec knows.
+// The spec's epochs per phase; the progress snapshot only knows the current phase's.
+function phaseEpochs(job) {
+  const phases = Array.isArray(job.spec?.phases) ? job.spec.phases : [];
+  return phases.map((phase) => Number(phase?.epochs) || 0);
+}
+
+// Overall fraction across phases.
 function jobFraction(job) {
   if (job.state === 'succeeded') return 1;
   const p = job.progress;
   if (!p) return null;
-  const specPhases = Array.isArray(job.spec?.phases) ? job.spec.phases : [];
-  const phaseCount = Math.max(specPhases.length, p.phases || 0);
-  const epochsOf = (i) => Number(specPhases[i]?.epochs) || p.epochs || 0;
+  const epochs = phaseEpochs(job);
+  const count = Math.max(epochs.length, p.phases || 0);
+  const epochsOf = (i) => epochs[i] || p.epochs || 0;
   let total = 0;
-  for (let i = 0; i < phaseCount; i += 1) total += epochsOf(i);
+  for (let i = 0; i < count; i += 1) total += epochsOf(i);
   let done = 0;
   for (let i = 0; i < (p.phase || 1) - 1; i += 1) done += epochsOf(i);
   done += Math.max(0, (p.epoch || 1) - 1) + (p.steps ? p.step / p.steps : 0);
   return total > 0 ? Math.min(1, Math.max(0, done / total)) : null;
+}
+
+// Seconds of training left at the current speed: the steps left in every remaining epoch times
+// the batch size over images/s (evaluation time not included).
+function etaSeconds(job) {
+  const p = job.progress;
+  const batch = Number(job.spec?.batch_size) || 0;
+  if (job.state !== 'running' || !p || !p.steps || !(p.images_per_sec > 0) || !batch || !p.phase) return null;
+  const epochs = phaseEpochs(job);
+  let laterEpochs = Math.max(0, (epochs[p.phase - 1] || p.epochs) - p.epoch);
+  for (let i = p.phase; i < epochs.length; i += 1) laterEpochs += epochs[i];
+  const steps = (p.steps - p.step) + laterEpochs * p.steps;
+  return (steps * batch) / p.images_per_sec;
 }
 
 function progressBar(fraction) {
@@ -132,9 +188,13 @@ const meter = (fraction) => el('div', { class: 'meter' },
 
 // ---------- devices and queue ----------
 
-function renderDevices(devices, jobsById) {
-  const cards = devices.map((device) => {
-    const job = device.job ? jobsById.get(device.job) : null;
+// `progressAt` remembers when a job's progress last came by event, so a list fetched before that
+// moment cannot put an older progress back.
+const queue = { jobs: new Map(), devices: [], selected: new Set(), progressAt: new Map() };
+
+function renderDevices() {
+  const cards = queue.devices.map((device) => {
+    const job = device.job ? queue.jobs.get(device.job) : null;
     const memory = device.memory_total != null && [
       el('div', { class: 'meter-label' }, `Memory ${gib(device.memory_used ?? 0)} / ${gib(device.memory_total)} GiB`),
       meter((device.memory_used ?? 0) / device.memory_total),
@@ -156,8 +216,20 @@ function renderDevices(devices, jobsById) {
   $('devices').replaceChildren(...(cards.length ? cards : [el('p', { class: 'muted' }, 'No devices reported.')]));
 }
 
-function renderJobs(jobs) {
-  const newest = [...jobs].sort((a, b) => Date.parse(b.submitted_at) - Date.parse(a.submitted_at));
+function compareBox(job) {
+  return el('input', {
+    type: 'checkbox', class: 'compare-pick', 'aria-label': `Compare ${job.name}`,
+    checked: queue.selected.has(job.id),
+    onclick: (event) => event.stopPropagation(),
+    onchange: (event) => {
+      if (event.target.checked) queue.selected.add(job.id); else queue.selected.delete(job.id);
+      updateCompareButton();
+    },
+  });
+}
+
+function renderJobs() {
+  const newest = [...queue.jobs.values()].sort((a, b) => Date.parse(b.submitted_at) - Date.parse(a.submitted_at));
   const rows = newest.map((job) => {
     const fraction = jobFraction(job);
     return el('tr', {
@@ -167,30 +239,80 @@ function renderJobs(jobs) {
       onclick: () => { location.hash = jobHref(job.id); },
       onkeydown: (event) => { if (event.key === 'Enter') location.hash = jobHref(job.id); },
     },
+    el('td', {}, compareBox(job)),
     el('td', { class: 'name' }, jobLink(job.id, job.name)),
     el('td', { class: 'mono', title: job.id }, shortId(job.id)),
     el('td', {}, badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && el('span', { class: 'muted' }, ' cancelling')),
     el('td', {}, job.device ?? '—'),
     el('td', { class: 'col-progress' }, fraction != null && progressBar(fraction), progressText(job.progress)),
     el('td', { class: 'num' }, fixed(job.progress?.images_per_sec, 1)),
+    el('td', { class: 'num eta' }, durationText(etaSeconds(job))),
     el('td', { class: 'num' }, job.state === 'queued' && job.position != null ? `#${job.position}` : '—'),
     el('td', { class: 'num' }, percent(job.final_metrics?.test_acc)));
   });
-  const empty = el('tr', {}, el('td', { colspan: '8', class: 'muted' }, 'No jobs yet — submit one below.'));
+  const empty = el('tr', {}, el('td', { colspan: '10', class: 'muted' }, 'No jobs yet — submit one below.'));
   $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [empty]));
+  updateCompareButton();
+}
+
+function setJobs(jobs, fetchedAt = -Infinity) {
+  const previous = queue.jobs;
+  queue.jobs = new Map(jobs.map((job) => {
+    const known = previous.get(job.id);
+    const newer = known && job.state === 'running' && (queue.progressAt.get(job.id) ?? -Infinity) > fetchedAt;
+    return [job.id, newer ? { ...job, progress: known.progress } : job];
+  }));
+  for (const id of [...queue.selected]) if (!queue.jobs.has(id)) queue.selected.delete(id);
+  renderJobs();
+  renderDevices();
+}
+
+async function refreshDevices() {
+  queue.devices = await getJson('/api/devices');
+  renderDevices();
 }
 
 async function refreshOverview() {
+  const fetchedAt = performance.now();
   const [devices, jobs] = await Promise.all([getJson('/api/devices'), getJson('/api/jobs')]);
-  renderDevices(devices, new Map(jobs.map((job) => [job.id, job])));
-  renderJobs(jobs);
+  queue.devices = devices;
+  setJobs(jobs, fetchedAt);
+}
+
+// State changes (queued, started, finished) move other jobs too (queue positions, devices), so
+// they reload the list, coalesced; progress events patch one row in place.
+let overviewTimer = 0;
+function scheduleOverview() {
+  clearTimeout(overviewTimer);
+  overviewTimer = setTimeout(() => refreshOverview().catch(setConnection), 150);
+}
+
+function connectQueue() {
+  const source = new EventSource('/api/events');
+  source.addEventListener('open', () => setConnection(null));
+  source.addEventListener('error', () => setConnection(new Error('reconnecting…')));
+  source.addEventListener('snapshot', (message) => {
+    setJobs(JSON.parse(message.data).jobs, performance.now());
+    setConnection(null);
+  });
+  for (const name of ['queued', 'started', 'cancel_requested', 'finished']) {
+    source.addEventListener(name, scheduleOverview);
+  }
+  source.addEventListener('progress', (message) => {
+    const event = JSON.parse(message.data);
+    const job = queue.jobs.get(event.job_id);
+    if (!job) { scheduleOverview(); return; }
+    job.progress = event.progress;
+    queue.progressAt.set(job.id, performance.now());
+    renderJobs();
+  });
 }
 
 // ---------- job detail ----------
 
-// `loadedKey` remembers a finished job whose outputs are already shown: they can no longer
-// change, so they are not fetched again on every poll.
-const detail = { id: null, loadedKey: null, metrics: null };
+const detail = {
+  id: null, job: null, epochs: [], logLines: [], logOffset: 0, source: null, outputsKey: null, classes: null,
+};
 
 function hashJobId() {
   const match = /^#job=(.+)$/.exec(location.hash);
@@ -201,16 +323,22 @@ function fact(term, ...value) {
   return [el('dt', {}, term), el('dd', {}, ...value)];
 }
 
-function renderDetailJob(job) {
+function renderDetailJob() {
+  const job = detail.job;
+  if (!job) return;
   $('detail-message').hidden = true;
   $('detail-body').hidden = false;
   $('detail-title').replaceChildren('Job ', el('span', { class: 'job-name' }, job.name));
+  const fraction = jobFraction(job);
   $('detail-summary').replaceChildren(
     ...fact('ID', el('span', { class: 'mono' }, job.id)),
     ...fact('State', badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && ' (cancel requested)'),
     ...(job.state === 'queued' && job.position != null ? fact('Queue position', `#${job.position}`) : []),
     ...fact('Device', job.device ?? '—'),
-    ...fact('Progress', job.progress ? progressText(job.progress) : '—'),
+    ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
+    ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
+    ...fact('ETA', durationText(etaSeconds(job))),
+    ...(job.group_id ? fact('Repeat group', el('span', { class: 'mono' }, job.group_id)) : []),
     ...fact('Attempts', String(job.attempts ?? '—')),
     ...fact('Submitted', when(job.submitted_at)),
     ...fact('Started', when(job.started_at)),
@@ -219,48 +347,171 @@ function renderDetailJob(job) {
   $('detail-error-box').hidden = !job.error;
   $('detail-error').textContent = job.error ?? '';
   $('job-spec').textContent = JSON.stringify(job.spec, null, 2);
+  $('metrics-csv').href = `/api/jobs/${enc(job.id)}/metrics?format=csv`;
 }
 
-function renderMetrics(metrics) {
-  detail.metrics = metrics;
+// Epoch events may repeat what a snapshot already had: they are keyed by phase and epoch.
+function upsertEpoch(epoch) {
+  const at = detail.epochs.findIndex((e) => e.phase === epoch.phase && e.epoch === epoch.epoch);
+  if (at >= 0) detail.epochs[at] = epoch; else detail.epochs.push(epoch);
+  detail.epochs.sort((a, b) => a.phase - b.phase || a.epoch - b.epoch);
+}
+
+function renderEpochs() {
   drawCharts();
-  const rows = (metrics.epochs ?? []).map((e) => el('tr', {},
+  const rows = detail.epochs.map((e) => el('tr', {},
     el('td', { class: 'num' }, String(e.phase)), el('td', { class: 'num' }, String(e.epoch)),
     el('td', { class: 'num' }, fixed(e.train_loss, 4)), el('td', { class: 'num' }, percent(e.train_acc)),
     el('td', { class: 'num' }, fixed(e.val_loss, 4)), el('td', { class: 'num' }, percent(e.val_acc)),
     el('td', { class: 'num' }, fixed(e.seconds, 1))));
   const empty = el('tr', {}, el('td', { colspan: '7', class: 'muted' }, 'No finished epochs yet.'));
   $('metrics-table').tBodies[0].replaceChildren(...(rows.length ? rows : [empty]));
-  const f = metrics.final;
-  $('final-metrics').replaceChildren(...(f
-    ? [...fact('Train loss', fixed(f.train_loss, 4)), ...fact('Train acc', percent(f.train_acc)),
-      ...fact('Test loss', fixed(f.test_loss, 4)), ...fact('Test acc', percent(f.test_acc))]
-    : [el('dd', { class: 'muted' }, 'Not available until the job succeeds.')]));
+}
+
+function renderLogLines() {
+  const pre = $('job-log');
+  // Follow the tail only if the reader has not scrolled up to read something.
+  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
+  const lines = detail.logLines.slice(-LOG_LINES);
+  pre.textContent = lines.length ? lines.join('\n') : '(empty)';
+  if (atBottom) pre.scrollTop = pre.scrollHeight;
+}
+
+function renderFinal(final, classes) {
+  if (!final) {
+    $('final-metrics').replaceChildren(el('dd', { class: 'muted' }, 'Not available until the job succeeds.'));
+    $('confusion-table').replaceChildren();
+    return;
+  }
+  const binary = final.binary;
+  const undefinedReason = (name) => binary?.undefined?.[name];
+  const binaryFacts = binary ? ['precision', 'recall', 'specificity', 'f1', 'auc'].flatMap((name) => fact(
+    METRIC_NAMES[name], binary[name] == null
+      ? el('span', { class: 'muted', title: undefinedReason(name) ?? '' }, `undefined — ${undefinedReason(name) ?? ''}`)
+      : metricText(name, binary[name]))) : [];
+  $('final-metrics').replaceChildren(
+    ...fact('Test acc', percent(final.test_acc)), ...fact('Test loss', fixed(final.test_loss, 4)),
+    ...binaryFacts,
+    ...fact('Train acc', percent(final.train_acc)), ...fact('Train loss', fixed(final.train_loss, 4)));
+  const matrix = binary?.confusion ?? final.multiclass?.confusion;
+  if (!matrix) { $('confusion-table').replaceChildren(); return; }
+  const names = matrix.map((_, i) => classes?.[i] ?? `class ${i}`);
+  $('confusion-table').replaceChildren(el('table', { class: 'data confusion' },
+    el('caption', {}, 'Confusion matrix (rows: true class, columns: predicted)'),
+    el('thead', {}, el('tr', {}, el('th', {}, 'true \\ predicted'), ...names.map((n) => el('th', { class: 'num' }, n)))),
+    el('tbody', {}, ...matrix.map((row, i) => el('tr', {}, el('th', {}, names[i]),
+      ...row.map((count, j) => el('td', { class: i === j ? 'num diagonal' : 'num' }, String(count))))))));
 }
 
 function renderArtifacts(artifacts) {
   // Only same-origin API paths become links, so a stray value can never be a script URL.
   const items = artifacts.map((a) => el('li', {},
-    String(a.url).startsWith('/api/') ? el('a', { href: a.url, download: a.name }, a.name) : a.name,
+    String(a.url).startsWith('/api/') ? el('a', { href: a.url, download: a.name.split('/').pop() }, a.name) : a.name,
     el('span', { class: 'muted' }, ` ${bytesText(a.bytes)}`)));
   $('artifacts').replaceChildren(...(items.length ? items : [el('li', { class: 'muted' }, 'None yet.')]));
 }
 
-function renderLog(text) {
-  const pre = $('job-log');
-  // Follow the tail only if the reader has not scrolled up to read something.
-  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 8;
-  const lines = String(text).split('\n');
-  if (lines[lines.length - 1] === '') lines.pop();
-  pre.textContent = lines.length ? lines.slice(-LOG_LINES).join('\n') : '(empty)';
-  if (atBottom) pre.scrollTop = pre.scrollHeight;
+// A figure of a server-rendered plot: the SVG shown, PNG and SVG offered for the report. A plot
+// the server cannot draw yet shows the server's reason instead of a broken image.
+function plotFigure(base, kind, title, query, version) {
+  const url = (format) => `${base}/${kind}.${format}${query}${query ? '&' : '?'}v=${enc(version)}`;
+  const img = el('img', { class: 'plot-img', src: url('svg'), alt: title, dataset: { plot: kind } });
+  const figure = el('figure', { class: 'plot' },
+    el('a', { href: url('png'), target: '_blank', rel: 'noopener' }, img),
+    el('figcaption', {}, title, ' · ', el('a', { href: url('png'), download: '' }, 'PNG'),
+      ' · ', el('a', { href: url('svg'), download: '' }, 'SVG')));
+  img.addEventListener('error', async () => {
+    const answer = await api(url('svg')).catch(() => null);
+    figure.replaceChildren(el('figcaption', {}, title),
+      el('div', { class: 'result error' }, answer ? errorNodes(answer) : 'Could not load the plot.'));
+  }, { once: true });
+  return figure;
+}
+
+function renderReportPlots(job, final) {
+  const target = $('report-plots');
+  if (!TERMINAL.has(job.state)) {
+    target.replaceChildren(el('p', { class: 'muted' }, 'Drawn when the job has finished; the live charts above grow with every epoch.'));
+    return;
+  }
+  if (!detail.epochs.length) {
+    target.replaceChildren(el('p', { class: 'muted' }, 'The job finished no epoch, so there is nothing to plot.'));
+    return;
+  }
+  const base = `/api/jobs/${enc(job.id)}/plots`;
+  const version = `${job.state}-${detail.epochs.length}`;
+  const figures = [plotFigure(base, 'accuracy', 'Accuracy', '', version), plotFigure(base, 'loss', 'Loss', '', version)];
+  if (final?.binary?.roc?.length) figures.push(plotFigure(base, 'roc', 'ROC', '', version));
+  if (final?.binary || final?.multiclass) figures.push(plotFigure(base, 'confusion', 'Confusion matrix', '', version));
+  target.replaceChildren(...figures);
+}
+
+async function renderCams(id) {
+  const target = $('cam-gallery');
+  const answer = await api(`/api/jobs/${enc(id)}/artifacts/cam/index.json`);
+  if (id !== detail.id) return;
+  if (answer.status === 404) {
+    target.replaceChildren(el('p', { class: 'muted cam-empty' }, 'No heatmaps yet.'));
+    return;
+  }
+  if (!answer.ok || !Array.isArray(answer.body)) {
+    target.replaceChildren(el('p', { class: 'result error' }, 'The heatmap index (cam/index.json) could not be read.'));
+    return;
+  }
+  const entries = answer.body.filter((entry) => entry && CAM_FILE.test(String(entry.file)));
+  const groups = CAM_KINDS.map(([kind, title]) => {
+    const items = entries.filter((entry) => entry.kind === kind);
+    if (!items.length) return null;
+    return el('div', { class: 'cam-group', dataset: { kind } }, el('h4', {}, `${title} (${items.length})`),
+      el('div', { class: 'cam-row' }, ...items.map((entry) => el('figure', { class: 'cam' },
+        el('a', { href: `/api/jobs/${enc(id)}/artifacts/${entry.file}`, target: '_blank', rel: 'noopener' },
+          el('img', { src: `/api/jobs/${enc(id)}/artifacts/${entry.file}`, alt: `${title}: ${entry.path ?? entry.file}` })),
+        el('figcaption', {}, `${entry.label ?? ''} · p=${fixed(Number(entry.probability), 2)}`,
+          el('div', { class: 'muted small' }, String(entry.path ?? '')))))));
+  }).filter(Boolean);
+  target.replaceChildren(...(groups.length ? groups : [el('p', { class: 'muted cam-empty' }, 'No heatmaps yet.')]));
+}
+
+// The class names of a job's dataset, for the confusion table's labels.
+async function datasetClasses(job) {
+  const datasets = await getJson('/api/datasets').catch(() => []);
+  return datasets.find((d) => d.name === job.spec?.dataset)?.classes ?? null;
+}
+
+// Outputs (test metrics, plots, heatmaps, artifacts) change only with the job's state or its
+// epochs, so they are fetched again only when one of those changed.
+async function loadOutputs() {
+  const job = detail.job;
+  if (!job) return;
+  const key = `${job.id}:${job.state}:${detail.epochs.length}`;
+  if (detail.outputsKey === key) return;
+  detail.outputsKey = key;
+  const base = `/api/jobs/${enc(job.id)}`;
+  const [metrics, artifacts] = await Promise.all([api(`${base}/metrics`), api(`${base}/artifacts`)]);
+  if (job.id !== detail.id) return;
+  if (detail.classes == null) detail.classes = await datasetClasses(job);
+  const final = metrics.ok ? metrics.body.final : null;
+  renderFinal(final, detail.classes);
+  if (artifacts.ok) renderArtifacts(artifacts.body);
+  renderReportPlots(job, final);
+  await renderCams(job.id);
+}
+
+async function refreshDetailJob() {
+  const id = detail.id;
+  if (!id) return;
+  const answer = await api(`/api/jobs/${enc(id)}`);
+  if (id !== detail.id || !answer.ok) return;
+  detail.job = answer.body;
+  renderDetailJob();
+  await loadOutputs();
 }
 
 function clearDetail() {
-  detail.loadedKey = null;
-  detail.metrics = null;
+  Object.assign(detail, { job: null, epochs: [], logLines: [], logOffset: 0, outputsKey: null, classes: null });
   $('detail-title').textContent = 'Job';
-  for (const id of ['detail-summary', 'final-metrics', 'artifacts', 'detail-error', 'job-log', 'job-spec']) {
+  for (const id of ['detail-summary', 'final-metrics', 'artifacts', 'detail-error', 'job-log', 'job-spec',
+    'confusion-table', 'report-plots', 'cam-gallery']) {
     $(id).replaceChildren();
   }
   $('metrics-table').tBodies[0].replaceChildren();
@@ -269,44 +520,65 @@ function clearDetail() {
   drawCharts();
 }
 
-async function refreshDetail() {
-  const id = detail.id;
-  if (!id) return;
-  const base = `/api/jobs/${encodeURIComponent(id)}`;
-  const answer = await api(base);
-  if (id !== detail.id) return; // the reader moved on while we waited
-  if (!answer.ok) {
-    $('detail-body').hidden = true;
-    showResult($('detail-message'), 'error', answer.status === 404 ? `No job with id ${id}.` : errorNodes(answer));
-    $('detail-message').hidden = false;
-    return;
+function followJob(id) {
+  const source = new EventSource(`/api/jobs/${enc(id)}/events`);
+  detail.source = source;
+  const mine = (handler) => (message) => { if (detail.source === source) handler(JSON.parse(message.data)); };
+  source.addEventListener('snapshot', mine((snapshot) => {
+    detail.job = snapshot.job;
+    detail.epochs = snapshot.epochs;
+    detail.logLines = snapshot.log.text.split('\n');
+    if (detail.logLines[detail.logLines.length - 1] === '') detail.logLines.pop();
+    detail.logOffset = snapshot.log.offset;
+    renderDetailJob();
+    renderEpochs();
+    renderLogLines();
+    loadOutputs().catch(setConnection);
+  }));
+  source.addEventListener('progress', mine((event) => {
+    if (!detail.job) return;
+    detail.job.progress = event.progress;
+    renderDetailJob();
+  }));
+  source.addEventListener('epoch', mine((epoch) => {
+    upsertEpoch(epoch);
+    renderEpochs();
+  }));
+  // A line whose offset is below what the snapshot read is already shown.
+  source.addEventListener('log', mine((event) => {
+    if (event.offset < detail.logOffset) return;
+    detail.logOffset = event.offset + 1;
+    detail.logLines.push(event.line);
+    if (detail.logLines.length > LOG_KEEP) detail.logLines.splice(0, detail.logLines.length - LOG_KEEP);
+    renderLogLines();
+  }));
+  for (const name of ['started', 'cancel_requested', 'finished']) {
+    source.addEventListener(name, mine(() => refreshDetailJob().catch(setConnection)));
   }
-  const job = answer.body;
-  renderDetailJob(job);
-  const key = `${job.id}:${job.state}`;
-  if (TERMINAL.has(job.state) && detail.loadedKey === key) return;
-  const [metrics, artifacts, log] = await Promise.all(
-    ['metrics', 'artifacts', 'log'].map((part) => api(`${base}/${part}`)));
-  if (id !== detail.id) return;
-  if (metrics.ok) renderMetrics(metrics.body);
-  if (artifacts.ok) renderArtifacts(artifacts.body);
-  if (log.ok) renderLog(log.body);
-  if (metrics.ok && artifacts.ok && log.ok) detail.loadedKey = key;
 }
 
-function onHashChange() {
+async function onHashChange() {
   const id = hashJobId();
   if (id === detail.id) return;
+  detail.source?.close();
+  detail.source = null;
   detail.id = id;
   $('job-detail').hidden = !id;
   for (const row of $('jobs').querySelectorAll('tr[data-job-id]')) {
     row.classList.toggle('selected', row.dataset.jobId === id);
   }
   clearDetail();
-  if (id) {
-    $('job-detail').scrollIntoView({ behavior: 'smooth', block: 'start' });
-    refreshDetail().catch(setConnection);
+  if (!id) return;
+  $('job-detail').scrollIntoView({ behavior: 'smooth', block: 'start' });
+  const answer = await api(`/api/jobs/${enc(id)}`).catch(() => null);
+  if (id !== detail.id) return;
+  if (!answer?.ok) {
+    $('detail-body').hidden = true;
+    showResult($('detail-message'), 'error', answer?.status === 404 ? `No job with id ${id}.` : answer ? errorNodes(answer) : 'The server is unreachable.');
+    $('detail-message').hidden = false;
+    return;
   }
+  followJob(id);
 }
 
 async function cancelJob() {
@@ -316,7 +588,7 @@ async function cancelJob() {
   button.disabled = true;
   showResult(out, '', 'Cancelling…');
   try {
-    const answer = await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
+    const answer = await api(`/api/jobs/${enc(id)}/cancel`, { method: 'POST' });
     if (id !== detail.id) return;
     if (answer.ok) showResult(out, 'ok', 'Cancellation requested.');
     else showResult(out, 'error', ['Cancel failed: ', ...errorNodes(answer)]);
@@ -325,13 +597,68 @@ async function cancelJob() {
   } finally {
     button.disabled = false;
   }
-  await Promise.allSettled([refreshOverview(), refreshDetail()]);
+}
+
+// ---------- compare ----------
+
+function compareIds() {
+  const ids = [...queue.selected];
+  if (!$('compare-groups').checked) return ids;
+  // A job of a repeat group stands for its whole group, once.
+  return [...new Set(ids.map((id) => queue.jobs.get(id)?.group_id ?? id))];
+}
+
+function updateCompareButton() {
+  const button = $('compare-button');
+  button.textContent = `Compare selected (${queue.selected.size})`;
+  button.disabled = queue.selected.size === 0;
+}
+
+function cellText(name, cell) {
+  if (!cell) return '—';
+  const value = metricText(name, cell.mean);
+  if (cell.std == null) return value;
+  return `${value} ± ${metricText(name, cell.std)} (n=${cell.n})`;
+}
+
+async function showCompare() {
+  const ids = compareIds();
+  const query = `?ids=${enc(ids.join(','))}`;
+  const section = $('compare');
+  section.hidden = false;
+  const answer = await api(`/api/compare${query}`);
+  const message = $('compare-message');
+  message.hidden = answer.ok;
+  if (!answer.ok) {
+    showResult(message, 'error', errorNodes(answer));
+    $('compare-table').tHead.replaceChildren();
+    $('compare-table').tBodies[0].replaceChildren();
+    $('compare-plots').replaceChildren();
+    return;
+  }
+  const { metrics, rows } = answer.body;
+  $('compare-table').tHead.replaceChildren(el('tr', {},
+    el('th', {}, 'Name'), el('th', {}, 'ID'), el('th', {}, 'State'), el('th', { class: 'num' }, 'Runs'),
+    ...metrics.map((name) => el('th', { class: 'num' }, METRIC_NAMES[name] ?? name))));
+  $('compare-table').tBodies[0].replaceChildren(...rows.map((row) => el('tr', { dataset: { compareId: row.id } },
+    el('td', {}, row.kind === 'job' ? jobLink(row.id, row.name) : `${row.name} (group)`),
+    el('td', { class: 'mono', title: row.id }, shortId(row.id)),
+    el('td', {}, row.kind === 'job' ? badge(row.state) : row.state),
+    el('td', { class: 'num' }, `${row.succeeded}/${row.jobs.length}`),
+    ...metrics.map((name) => el('td', { class: 'num' }, cellText(name, row.metrics[name]))))));
+  $('compare-csv').href = `/api/compare${query}&format=csv`;
+  const version = rows.map((row) => `${row.state}${row.succeeded}`).join('');
+  $('compare-plots').replaceChildren(
+    plotFigure('/api/compare/plots', 'accuracy', 'Accuracy', query, version),
+    plotFigure('/api/compare/plots', 'loss', 'Loss', query, version),
+    plotFigure('/api/compare/plots', 'roc', 'ROC', query, version));
+  section.scrollIntoView({ behavior: 'smooth', block: 'start' });
 }
 
 // ---------- charts ----------
 
 function drawCharts() {
-  const epochs = detail.metrics?.epochs ?? [];
+  const epochs = detail.epochs;
   // Index i starts a new phase when its phase differs from the previous epoch's.
   const boundaries = epochs.flatMap((e, i) => (i > 0 && e.phase !== epochs[i - 1].phase ? [i] : []));
   const pair = (metric) => ['train', 'val'].map((split) => (
@@ -349,6 +676,8 @@ function segment(ctx, x1, y1, x2, y2) {
 }
 
 function drawChart(canvas, title, series, boundaries, tickText) {
+  // How many epochs are drawn, for anyone (or any test) watching the chart grow.
+  canvas.dataset.points = String(Math.max(0, ...series.map((s) => s.values.filter(Number.isFinite).length)));
   // Size the backing store to the CSS box times the pixel ratio so lines stay crisp.
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 320;
@@ -449,7 +778,9 @@ async function submitSpec() {
     });
     if (answer.status === 201 && answer.body?.id) {
       showResult(out, 'ok', ['Queued job ', jobLink(answer.body.id, answer.body.id)]);
-      refreshOverview().catch(setConnection);
+    } else if (answer.status === 201 && answer.body?.group_id) {
+      showResult(out, 'ok', [`Queued a group of ${answer.body.jobs.length} runs: `,
+        ...answer.body.jobs.flatMap((job, i) => [i ? ', ' : '', jobLink(job.id, shortId(job.id))])]);
     } else {
       showResult(out, 'error', errorNodes(answer));
     }
@@ -460,22 +791,7 @@ async function submitSpec() {
   }
 }
 
-// ---------- polling ----------
-
-function setConnection(error) {
-  const status = $('connection');
-  status.classList.toggle('offline', Boolean(error));
-  status.textContent = error ? `offline — ${error.message ?? error}` : `updated ${new Date().toLocaleTimeString()}`;
-}
-
-// Each poll starts only after the previous one finished, so a slow server never piles up requests.
-async function tick() {
-  if (!document.hidden) {
-    const results = await Promise.allSettled([refreshOverview(), refreshDetail()]);
-    setConnection(results.find((r) => r.status === 'rejected')?.reason ?? null);
-  }
-  setTimeout(tick, POLL_MS);
-}
+// ---------- start ----------
 
 function start() {
   const spec = $('submit-spec');
@@ -484,14 +800,19 @@ function start() {
   $('submit-reset').addEventListener('click', () => { spec.value = example; });
   $('submit-button').addEventListener('click', submitSpec);
   $('cancel-button').addEventListener('click', cancelJob);
-  window.addEventListener('hashchange', onHashChange);
+  $('compare-button').addEventListener('click', () => showCompare().catch(setConnection));
+  $('compare-close').addEventListener('click', (event) => { event.preventDefault(); $('compare').hidden = true; });
+  window.addEventListener('hashchange', () => onHashChange().catch(setConnection));
   let pending = 0;
   window.addEventListener('resize', () => {
     cancelAnimationFrame(pending);
     pending = requestAnimationFrame(drawCharts);
   });
-  onHashChange();
-  tick();
+  connectQueue();
+  refreshDevices().catch(setConnection);
+  setInterval(() => { if (!document.hidden) refreshDevices().catch(setConnection); }, DEVICE_POLL_MS);
+  setInterval(() => { if (!document.hidden) refreshOverview().catch(setConnection); }, RESYNC_MS);
+  onHashChange().catch(setConnection);
 }
 
 start();

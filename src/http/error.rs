@@ -24,6 +24,12 @@ pub enum ApiError {
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request body is over the limit (413); answered before the body is read.
+    #[error("request body too large")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The request conflicts with the resource's state (409).
     #[error("{message}")]
     Conflict {
@@ -62,6 +68,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest { field, message } => (StatusCode::BAD_REQUEST, json!({"field": field, "message": message})),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
+            ApiError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"limit_bytes": limit, "message": format!("send at most {limit} bytes")}),
+            ),
             ApiError::Conflict { detail, .. } => (StatusCode::CONFLICT, detail.clone()),
             ApiError::BadUpload { status, message } => (*status, json!({"field": "body", "message": message})),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::Value::Null),

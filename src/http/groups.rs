@@ -30,21 +30,27 @@ pub struct GroupMember {
     seed: Option<u64>,
 }
 
-/// The metrics a group aggregates, read from each job's final metrics.
-fn metric_values(job: &Job) -> Vec<(&'static str, Option<f64>)> {
+/// Every metric a group aggregates and a comparison tabulates, in the order a report lists them.
+pub(super) const METRICS: [&str; 9] =
+    ["test_acc", "test_loss", "precision", "recall", "specificity", "f1", "auc", "train_acc", "train_loss"];
+
+/// The metrics of [`METRICS`], in that order, read from a job's final metrics (nothing before it
+/// has them; `None` for a metric the job's head does not give, or that is undefined).
+pub(super) fn metric_values(job: &Job) -> Vec<(&'static str, Option<f64>)> {
     let Some(last) = &job.final_metrics else { return Vec::new() };
     let binary = last.binary.as_ref();
-    vec![
-        ("train_loss", Some(last.train_loss)),
-        ("train_acc", Some(last.train_acc)),
-        ("test_loss", Some(last.test_loss)),
-        ("test_acc", Some(last.test_acc)),
-        ("precision", binary.and_then(|b| b.precision)),
-        ("recall", binary.and_then(|b| b.recall)),
-        ("specificity", binary.and_then(|b| b.specificity)),
-        ("f1", binary.and_then(|b| b.f1)),
-        ("auc", binary.and_then(|b| b.auc)),
-    ]
+    let values = [
+        Some(last.test_acc),
+        Some(last.test_loss),
+        binary.and_then(|b| b.precision),
+        binary.and_then(|b| b.recall),
+        binary.and_then(|b| b.specificity),
+        binary.and_then(|b| b.f1),
+        binary.and_then(|b| b.auc),
+        Some(last.train_acc),
+        Some(last.train_loss),
+    ];
+    METRICS.into_iter().zip(values).collect()
 }
 
 /// `GET /api/groups/{id}`.

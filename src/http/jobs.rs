@@ -4,6 +4,7 @@ use super::{ApiError, AppState};
 use crate::catalog;
 use crate::domain::spec::Weights;
 use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
+use crate::events::EventKind;
 use crate::store::{CancelOutcome, NewJob};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -21,7 +22,8 @@ pub struct JobView {
     position: Option<i64>,
 }
 
-async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
+/// A job as the API shows it, with its queue position when queued.
+pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
     let position = match job.state {
         JobState::Queued => Some(state.store.queue_position(job.seq).await?),
         _ => None,
@@ -91,6 +93,7 @@ pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<(Statu
     let mut views = Vec::with_capacity(jobs.len());
     for job in jobs {
         tracing::info!(job_id = %job.id, name = %job.name, "job queued");
+        state.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
         views.push(view(&state, job).await?);
     }
     let body = match group_id {
@@ -130,8 +133,13 @@ pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Resu
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<JobView>), ApiError> {
     let id = parse_id(&id)?;
     let status = match state.store.request_cancel(id).await? {
-        CancelOutcome::CancelledWhileQueued => StatusCode::OK,
+        CancelOutcome::CancelledWhileQueued => {
+            state.events.publish(id, EventKind::Finished { state: JobState::Cancelled, error: None });
+            StatusCode::OK
+        }
         CancelOutcome::StopRunning => {
+            // Announced before the stop, so `finished` can never come first.
+            state.events.publish(id, EventKind::CancelRequested);
             state.supervisor.cancel(id);
             StatusCode::ACCEPTED
         }

@@ -1,15 +1,20 @@
 //! The only place that knows axum: the router, shared state, and one file per resource.
 
 mod catalog;
+mod compare;
+mod csv;
 mod error;
+mod events;
 mod groups;
 mod inference;
 mod jobs;
 mod outputs;
+mod plots;
 
 pub use error::ApiError;
 
 use crate::devices::Inventory;
+use crate::events::EventBus;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -49,6 +54,8 @@ pub struct AppState {
     pub supervisor: Supervisor,
     /// The devices.
     pub inventory: Inventory,
+    /// Live events, published by handlers and the supervisor, streamed by `/api/events`.
+    pub events: EventBus,
     /// Folders.
     pub paths: Arc<Paths>,
 }
@@ -59,21 +66,28 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", post(jobs::submit).get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/jobs/{id}/events", get(events::job_stream))
         .route("/jobs/{id}/metrics", get(outputs::metrics))
+        .route("/jobs/{id}/plots/{file}", get(plots::job_plot))
         .route("/jobs/{id}/log", get(outputs::log))
         .route("/jobs/{id}/artifacts", get(outputs::artifacts))
         .route("/jobs/{id}/artifacts/{*name}", get(outputs::artifact))
         .route("/jobs/{id}/predictions.csv", get(outputs::predictions))
         .route("/groups/{id}", get(groups::show))
+        .route("/compare", get(compare::table))
+        .route("/compare/plots/{file}", get(plots::compare_plot))
+        .route("/events", get(events::stream))
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))
         .route("/backbones", get(catalog::backbones))
         .route("/devices", get(catalog::devices))
+        .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES));
     let uploads = Router::new()
         .route("/jobs/{id}/predict", post(inference::predict))
         .route("/jobs/{id}/cam", post(inference::cam))
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES));
     let api = api.merge(uploads).fallback(|| async { ApiError::NotFound(String::from("no such API route")) });
     Router::new()
@@ -81,8 +95,23 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback_service(ServeDir::new(&state.paths.static_dir))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
+        .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The body limit answers 413 in plain text; clients get the API's JSON error instead, naming the
+/// limit of the route they called (uploads have their own).
+async fn too_large_as_json(response: axum::response::Response, limit: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::TooLarge { limit }.into_response();
+    }
+    response
 }
 
 /// Serves the router on `listener` until `shutdown` completes.

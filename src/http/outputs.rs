@@ -1,5 +1,7 @@
-//! What a job produces: `/metrics`, `/log` (optionally followed live), `/artifacts`.
+//! What a job produces: `/metrics` (JSON or CSV), `/log` (optionally followed live), `/artifacts`
+//! (nested names such as `cam/tp-0.png` included, never leaving the job's folder).
 
+use super::csv::{self, FormatQuery, TableFormat};
 use super::jobs::find;
 use super::{ApiError, AppState};
 use crate::catalog::check_plain_name;
@@ -26,11 +28,32 @@ pub struct MetricsView {
     final_metrics: Option<FinalMetrics>,
 }
 
-/// `GET /api/jobs/{id}/metrics`.
-pub async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<MetricsView>, ApiError> {
+/// `GET /api/jobs/{id}/metrics[?format=csv]`: JSON with the final metrics, or the curves as CSV
+/// (one line per epoch; an absent validation value is an empty field).
+pub async fn metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, ApiError> {
+    let format = query.table_format()?;
     let job = find(&state, &id).await?;
     let epochs = state.store.epoch_metrics(job.id).await?;
-    Ok(Json(MetricsView { job_id: job.id, epochs, final_metrics: job.final_metrics }))
+    if format == TableFormat::Json {
+        return Ok(Json(MetricsView { job_id: job.id, epochs, final_metrics: job.final_metrics }).into_response());
+    }
+    let mut body = csv::line(["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]);
+    for e in &epochs {
+        body.push_str(&csv::line([
+            e.phase.to_string(),
+            e.epoch.to_string(),
+            csv::number(Some(e.train_loss)),
+            csv::number(Some(e.train_acc)),
+            csv::number(e.val_loss),
+            csv::number(e.val_acc),
+            csv::number(Some(e.seconds)),
+        ]));
+    }
+    Ok(csv::response(&csv::download_name(&job.name, "-metrics.csv"), body))
 }
 
 /// Query of `GET /api/jobs/{id}/log`.
@@ -103,27 +126,31 @@ pub struct ArtifactView {
     url: String,
 }
 
-/// `GET /api/jobs/{id}/artifacts`: checkpoints and other outputs, by name (`cam/tp-0.png` for the
-/// files of a sub-folder).
+/// How deep artifact folders may nest (`cam/tp-0.png` is depth 2).
+const MAX_ARTIFACT_DEPTH: usize = 3;
+
+/// `GET /api/jobs/{id}/artifacts`: checkpoints and other outputs, by name; files in subfolders
+/// are named by their path (`cam/index.json`).
 pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ArtifactView>>, ApiError> {
     let job = find(&state, &id).await?;
     let dir = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let mut views = Vec::new();
-    let mut folders = vec![(dir, String::new())];
-    while let Some((folder, prefix)) = folders.pop() {
+    // Real folders only: a symlink is neither listed nor followed.
+    let mut folders = vec![(dir, String::new(), 1)];
+    while let Some((folder, prefix, depth)) = folders.pop() {
         let Ok(mut entries) = tokio::fs::read_dir(&folder).await else { continue };
         while let Ok(Some(entry)) = entries.next_entry().await {
-            // `symlink_metadata`: a link is never followed out of the job's folder.
-            let Ok(metadata) = tokio::fs::symlink_metadata(entry.path()).await else { continue };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if check_plain_name(&name).is_err() {
+            let Ok(file_type) = entry.file_type().await else { continue };
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if check_plain_name(&file_name).is_err() {
                 continue;
             }
-            if metadata.is_dir() && prefix.is_empty() {
-                folders.push((entry.path(), format!("{name}/")));
-            } else if metadata.is_file() && !name.contains(".tmp") {
-                // Half-written files (`*.tmp*`) are not artifacts yet.
-                let name = format!("{prefix}{name}");
+            let name = format!("{prefix}{file_name}");
+            if file_type.is_dir() && depth < MAX_ARTIFACT_DEPTH {
+                folders.push((entry.path(), format!("{name}/"), depth + 1));
+            } else if file_type.is_file() && !name.ends_with(".tmp") {
+                // Half-written files (`*.tmp`) are not artifacts yet.
+                let Ok(metadata) = entry.metadata().await else { continue };
                 let url = format!("/api/jobs/{}/artifacts/{name}", job.id);
                 views.push(ArtifactView { name, bytes: metadata.len(), url });
             }
@@ -133,7 +160,8 @@ pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) ->
     Ok(Json(views))
 }
 
-/// `GET /api/jobs/{id}/artifacts/{name}`: the file's bytes (`name` may be `folder/file`).
+/// `GET /api/jobs/{id}/artifacts/{*name}`: the file's bytes; `name` may name a file in a
+/// subfolder (`cam/tp-0.png`).
 pub async fn artifact(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
     serve_artifact(&state, &id, &name).await
 }
@@ -143,37 +171,47 @@ pub async fn predictions(State(state): State<AppState>, Path(id): Path<String>) 
     serve_artifact(&state, &id, "predictions.csv").await
 }
 
+/// The artifact `name` of a job, if it is a regular file reached through real folders only: each
+/// part of the name is a plain name (no `..`, no leading `.`, no separators) and no part is a
+/// symlink, so nothing outside the job's `artifacts/` can be served.
+async fn artifact_file(artifacts: &std::path::Path, name: &str) -> Option<(std::path::PathBuf, u64)> {
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > MAX_ARTIFACT_DEPTH || parts.iter().any(|part| check_plain_name(part).is_err()) {
+        return None;
+    }
+    let mut path = artifacts.to_path_buf();
+    for (index, part) in parts.iter().enumerate() {
+        path.push(part);
+        let metadata = tokio::fs::symlink_metadata(&path).await.ok()?;
+        let last = index + 1 == parts.len();
+        if (last && !metadata.is_file()) || (!last && !metadata.is_dir()) {
+            return None;
+        }
+        if last {
+            return Some((path, metadata.len()));
+        }
+    }
+    None
+}
+
 async fn serve_artifact(state: &AppState, id: &str, name: &str) -> Result<Response, ApiError> {
     let job = find(state, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
-    // At most one folder level, every segment a plain name: no `..`, no absolute path, no hidden file.
-    let segments: Vec<&str> = name.split('/').collect();
-    if segments.len() > 2 || segments.iter().any(|segment| check_plain_name(segment).is_err()) {
-        return Err(missing());
-    }
-    let mut path = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
-    let mut length = 0;
-    for (index, segment) in segments.iter().enumerate() {
-        path.push(segment);
-        // No symlink anywhere on the way, so nothing outside the job's folder is ever served.
-        let metadata = tokio::fs::symlink_metadata(&path).await.map_err(|_| missing())?;
-        let last = index + 1 == segments.len();
-        if (last && !metadata.is_file()) || (!last && !metadata.is_dir()) {
-            return Err(missing());
-        }
-        length = metadata.len();
-    }
+    let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
+    let (path, bytes) = artifact_file(&artifacts, name).await.ok_or_else(missing)?;
     let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
-    let content_type = match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => "application/json",
-        Some("png") => "image/png",
-        Some("csv") => "text/csv; charset=utf-8",
-        _ => "application/octet-stream",
+    let (content_type, disposition) = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => ("application/json", "inline"),
+        Some("png") => ("image/png", "inline"),
+        Some("jpg" | "jpeg") => ("image/jpeg", "inline"),
+        Some("csv") => ("text/csv; charset=utf-8", "attachment"),
+        _ => ("application/octet-stream", "attachment"),
     };
+    let file_name = name.rsplit('/').next().unwrap_or(name);
     let headers = [
         (header::CONTENT_TYPE, content_type.to_string()),
-        (header::CONTENT_LENGTH, length.to_string()),
-        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        (header::CONTENT_LENGTH, bytes.to_string()),
+        (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{file_name}\"")),
     ];
     Ok((headers, Body::from_stream(tokio_util::io::ReaderStream::new(file))).into_response())
 }

@@ -1,6 +1,7 @@
 //! The only place that spawns processes: one worker per job, in its own process group, with a
 //! cleared environment, `CUDA_VISIBLE_DEVICES` set, stderr to the job's log and progress events on
-//! stdout. A watcher task per worker turns progress into database rows and the exit into a state.
+//! stdout. A watcher task per worker turns progress into database rows and the exit into a state,
+//! writes the worker's stderr to the job's log, and publishes each change as a live event.
 
 pub mod inference;
 mod progress;
@@ -8,6 +9,7 @@ mod progress;
 use crate::devices::{DeviceKind, DeviceSlot};
 use crate::domain::progress::WorkerJob;
 use crate::domain::{JobId, JobState};
+use crate::events::{EventBus, EventKind};
 use crate::store::Store;
 use progress::ProgressTracker;
 use std::collections::HashMap;
@@ -73,13 +75,21 @@ pub struct Supervisor {
     running: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
     worker_exited: Arc<Notify>,
     inference: inference::InferencePool,
+    events: EventBus,
 }
 
 impl Supervisor {
-    /// A supervisor that wakes `worker_exited` whenever a worker ends (the scheduler listens).
-    pub fn new(store: Store, config: SupervisorConfig, worker_exited: Arc<Notify>) -> Supervisor {
-        let supervisor =
-            Supervisor { store, config: Arc::new(config), running: Arc::default(), worker_exited, inference: Default::default() };
+    /// A supervisor that wakes `worker_exited` whenever a worker ends (the scheduler listens) and
+    /// publishes what its workers do on `events`.
+    pub fn new(store: Store, config: SupervisorConfig, worker_exited: Arc<Notify>, events: EventBus) -> Supervisor {
+        let supervisor = Supervisor {
+            store,
+            config: Arc::new(config),
+            running: Arc::default(),
+            worker_exited,
+            inference: Default::default(),
+            events,
+        };
         let pool = supervisor.inference.clone();
         tokio::spawn(async move {
             loop {
@@ -100,6 +110,10 @@ impl Supervisor {
         self.inference.request(&self.config.worker_program, id, &artifacts, request).await
     }
 
+    fn job_log(&self, paths: &JobPaths, id: JobId) -> JobLog {
+        JobLog { path: paths.log(), job_id: id, events: self.events.clone() }
+    }
+
     /// Spawns the worker for a job the scheduler has just claimed on `slot`, and watches it. A
     /// worker that cannot start fails the job at once, so the slot is never left held.
     #[tracing::instrument(skip_all, fields(job_id = %work.job_id, device = %slot.id))]
@@ -108,8 +122,10 @@ impl Supervisor {
         let paths = JobPaths::new(&self.config.data_dir, id);
         let token = CancellationToken::new();
         self.running.lock().expect("running map poisoned").insert(id, token.clone());
-        match self.spawn(&paths, &work, slot).await {
+        let log = self.job_log(&paths, id);
+        match self.spawn(&paths, &log, &work, slot).await {
             Ok(child) => {
+                self.events.publish(id, EventKind::Started { device: slot.id.clone() });
                 // A cancel that arrived between the claim and the token's registration finds no
                 // token; the flag in the database still says so.
                 if matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested) {
@@ -117,12 +133,12 @@ impl Supervisor {
                 }
                 let watcher = self.clone();
                 let span = tracing::info_span!("watch", job_id = %id);
-                tokio::spawn(async move { watcher.watch(id, paths, child, token, phases).await }.instrument(span));
+                tokio::spawn(async move { watcher.watch(id, log, child, token, phases).await }.instrument(span));
             }
             Err(err) => {
                 tracing::error!(error = %err, "could not start worker");
                 let reason = format!("could not start the worker: {err:#}");
-                append_log(&paths.log(), &format!("trainq: {reason}\n")).await;
+                log.append(&format!("trainq: {reason}\n")).await;
                 self.finish(id, JobState::Failed, Some(&reason)).await;
             }
         }
@@ -140,12 +156,11 @@ impl Supervisor {
         }
     }
 
-    async fn spawn(&self, paths: &JobPaths, work: &WorkerJob, slot: &DeviceSlot) -> anyhow::Result<Child> {
+    async fn spawn(&self, paths: &JobPaths, log: &JobLog, work: &WorkerJob, slot: &DeviceSlot) -> anyhow::Result<Child> {
         use anyhow::Context;
         tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
         let job_json = serde_json::to_vec_pretty(work).expect("worker jobs serialize");
         tokio::fs::write(paths.worker_job(), job_json).await.context("writing job.json")?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(paths.log()).context("opening the log")?;
         let mut command = Command::new(&self.config.worker_program);
         command.arg("run").arg("--job").arg(paths.worker_job());
         command.env_clear();
@@ -164,7 +179,8 @@ impl Supervisor {
             .current_dir(&paths.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
+            // Piped, not a file: each line goes to the log through `JobLog` and out as a live event.
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
         // SAFETY: prctl is async-signal-safe and touches only the child. A worker must never
@@ -179,20 +195,24 @@ impl Supervisor {
         }
         let child = command.spawn().with_context(|| format!("spawning {}", self.config.worker_program.display()))?;
         let pid = child.id().unwrap_or(0);
-        append_log(&paths.log(), &format!("trainq: worker pid {pid} started on {} ({})\n", slot.id, slot.name)).await;
+        log.append(&format!("trainq: worker pid {pid} started on {} ({})\n", slot.id, slot.name)).await;
         tracing::info!(pid, "worker started");
         Ok(child)
     }
 
-    async fn watch(&self, id: JobId, paths: JobPaths, mut child: Child, token: CancellationToken, phases: u32) {
+    async fn watch(&self, id: JobId, log: JobLog, mut child: Child, token: CancellationToken, phases: u32) {
         let pid = child.id().map(|pid| pid as i32);
         let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
         let mut reader = BufReader::new(stdout);
+        let mut errors = BufReader::new(stderr);
         // Bytes, not `lines()`: one line of invalid UTF-8 must not stop us reading, or the
         // worker would block on a full pipe.
         let mut line = Vec::new();
-        let mut tracker = ProgressTracker::new(self.store.clone(), id, paths.log(), phases);
+        let mut error_line = Vec::new();
+        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
         let mut stdout_open = true;
+        let mut stderr_open = true;
         let mut cancelled = false;
         let mut kill_at: Option<tokio::time::Instant> = None;
         let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
@@ -203,6 +223,13 @@ impl Supervisor {
                     Ok(_) => {
                         tracker.handle_line(String::from_utf8_lossy(&line).trim_end()).await;
                         line.clear();
+                    }
+                },
+                read = errors.read_until(b'\n', &mut error_line), if stderr_open => match read {
+                    Ok(0) | Err(_) => stderr_open = false,
+                    Ok(_) => {
+                        log.append_line(&String::from_utf8_lossy(&error_line)).await;
+                        error_line.clear();
                     }
                 },
                 status = child.wait() => break status,
@@ -224,7 +251,7 @@ impl Supervisor {
             }
         };
         // Drain what the worker printed before it exited, without waiting on stray descendants.
-        let drain = async {
+        let drain_stdout = async {
             while let Ok(read) = reader.read_until(b'\n', &mut line).await {
                 if read == 0 {
                     break;
@@ -233,7 +260,16 @@ impl Supervisor {
                 line.clear();
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        let drain_stderr = async {
+            while let Ok(read) = errors.read_until(b'\n', &mut error_line).await {
+                if read == 0 {
+                    break;
+                }
+                log.append_line(&String::from_utf8_lossy(&error_line)).await;
+                error_line.clear();
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join(drain_stdout, drain_stderr)).await;
         // Nothing of the job may keep running (or hold the GPU) once its worker is gone.
         if let Some(pid) = pid {
             signal_group(pid, libc::SIGKILL);
@@ -251,7 +287,7 @@ impl Supervisor {
         };
         let reason = match reason {
             Some(reason) => {
-                let tail = log_tail(&paths.log(), REASON_LOG_LINES).await;
+                let tail = log_tail(&log.path, REASON_LOG_LINES).await;
                 Some(format!("{reason}\n--- last lines of the log ---\n{tail}"))
             }
             None => None,
@@ -260,14 +296,16 @@ impl Supervisor {
             Ok(status) => describe_exit(*status),
             Err(err) => err.to_string(),
         };
-        append_log(&paths.log(), &format!("trainq: {summary}; job {state}\n")).await;
+        log.append(&format!("trainq: {summary}; job {state}\n")).await;
         tracing::info!(%state, %summary, "worker ended");
         self.finish(id, state, reason.as_deref()).await;
     }
 
     async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {
-        if let Err(err) = self.store.finish_job(id, state, reason).await {
-            tracing::error!(error = ?err, %id, "recording the end of a job failed");
+        match self.store.finish_job(id, state, reason).await {
+            Ok(true) => self.events.publish(id, EventKind::Finished { state, error: reason.map(str::to_string) }),
+            Ok(false) => {}
+            Err(err) => tracing::error!(error = ?err, %id, "recording the end of a job failed"),
         }
         self.running.lock().expect("running map poisoned").remove(&id);
         self.worker_exited.notify_one();
@@ -306,11 +344,41 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// Appends to a job's log; a log that cannot be written never stops the job.
-pub(super) async fn append_log(path: &Path, text: &str) {
-    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
-    if let Ok(mut file) = file {
-        let _ = file.write_all(text.as_bytes()).await;
+/// A job's log file (`log.txt`, every attempt appended) and the one way anything is written to
+/// it: each line also goes out as a live `log` event with its byte offset in the file.
+#[derive(Clone)]
+pub(super) struct JobLog {
+    path: PathBuf,
+    job_id: JobId,
+    events: EventBus,
+}
+
+impl JobLog {
+    /// Appends `text` (whole lines); a log that cannot be written never stops the job.
+    pub(super) async fn append(&self, text: &str) {
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.path).await;
+        let Ok(mut file) = file else { return };
+        // Only this job's watcher writes its log, so the length before the write is where the
+        // text lands (the file is opened for appending).
+        let start = file.metadata().await.map(|metadata| metadata.len()).unwrap_or(0);
+        if file.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut offset = start;
+        for line in text.split_inclusive('\n') {
+            let kind = EventKind::Log { line: line.trim_end_matches(['\n', '\r']).to_string(), offset };
+            self.events.publish(self.job_id, kind);
+            offset += line.len() as u64;
+        }
+    }
+
+    /// Appends one line, adding the newline unless it has one.
+    pub(super) async fn append_line(&self, line: &str) {
+        if line.ends_with('\n') {
+            self.append(line).await;
+        } else {
+            self.append(&format!("{line}\n")).await;
+        }
     }
 }
 

@@ -1,11 +1,13 @@
 //! Turns a worker's stdout into database rows: epochs and final metrics at once, step progress at
-//! most twice a second. Plain output lines go to the job's log.
+//! most twice a second; each stored change is then published as a live event. Plain output lines
+//! go to the job's log.
 
+use super::JobLog;
 use crate::domain::progress::ProgressEvent;
 use crate::domain::job::{FeatureUse, SplitLoad};
 use crate::domain::{JobId, JobProgress};
+use crate::events::{EventBus, EventKind};
 use crate::store::Store;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const STEP_WRITE_INTERVAL: Duration = Duration::from_millis(500);
@@ -13,16 +15,17 @@ const STEP_WRITE_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) struct ProgressTracker {
     store: Store,
     id: JobId,
-    log: PathBuf,
+    log: JobLog,
     progress: JobProgress,
     last_write: Option<Instant>,
     saw_final: bool,
+    events: EventBus,
 }
 
 impl ProgressTracker {
-    pub(super) fn new(store: Store, id: JobId, log: PathBuf, phases: u32) -> ProgressTracker {
+    pub(super) fn new(store: Store, id: JobId, log: JobLog, phases: u32, events: EventBus) -> ProgressTracker {
         let progress = JobProgress { phases, activity: String::from("starting"), ..JobProgress::default() };
-        ProgressTracker { store, id, log, progress, last_write: None, saw_final: false }
+        ProgressTracker { store, id, log, progress, last_write: None, saw_final: false, events }
     }
 
     pub(super) fn saw_final(&self) -> bool {
@@ -42,7 +45,7 @@ impl ProgressTracker {
     }
 
     async fn log_line(&self, line: &str) {
-        super::append_log(&self.log, &format!("{line}\n")).await;
+        self.log.append_line(line).await;
     }
 
     async fn apply(&mut self, event: ProgressEvent) -> Result<(), crate::store::StoreError> {
@@ -62,7 +65,9 @@ impl ProgressTracker {
             }
             ProgressEvent::Artifact { .. } => false,
             ProgressEvent::Phase { phase, epochs, .. } => {
-                *progress = JobProgress { phase, epochs, epoch: 1, activity: String::from("training"), ..progress.clone() };
+                // Steps restart too: the last phase's `step == steps` would count an epoch as done.
+                *progress =
+                    JobProgress { phase, epochs, epoch: 1, step: 0, activity: String::from("training"), ..progress.clone() };
                 true
             }
             ProgressEvent::Step { phase, epoch, step, steps, images_per_sec } => {
@@ -75,6 +80,7 @@ impl ProgressTracker {
             }
             ProgressEvent::Epoch(metrics) => {
                 self.store.record_epoch(self.id, &metrics).await?;
+                self.events.publish(self.id, EventKind::Epoch { metrics });
                 progress.step = progress.steps;
                 true
             }
@@ -88,6 +94,7 @@ impl ProgressTracker {
         let due = self.last_write.is_none_or(|at| at.elapsed() >= STEP_WRITE_INTERVAL);
         if urgent || due {
             self.store.set_progress(self.id, &self.progress).await?;
+            self.events.publish(self.id, EventKind::Progress { progress: self.progress.clone() });
             self.last_write = Some(Instant::now());
         }
         Ok(())

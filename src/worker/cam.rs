@@ -125,8 +125,9 @@ pub fn write_gallery(
         let n = counts.entry(kind).or_insert(0usize);
         let file = format!("cam/{kind}-{n}.png");
         *n += 1;
-        let temporary = output_dir.join(format!("{file}.tmp.png"));
-        overlay(&pixels, &map, DISPLAY_SIDE).save(&temporary)?;
+        // `*.tmp` is not listed as an artifact until renamed.
+        let temporary = output_dir.join(format!("{file}.tmp"));
+        overlay(&pixels, &map, DISPLAY_SIDE).save_with_format(&temporary, image::ImageFormat::Png)?;
         std::fs::rename(&temporary, output_dir.join(&file))?;
         emit(&ProgressEvent::Artifact { name: file.clone() });
         let path = test.paths[index].strip_prefix(dataset_dir).unwrap_or(&test.paths[index]);

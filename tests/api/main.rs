@@ -1,12 +1,15 @@
 //! API integration tests: each starts a real `trainq serve` on port 0 with its own temp data dir.
 
+mod browser;
 mod cache;
+mod events;
 mod features;
 mod helpers;
 mod inception;
 mod inference;
 mod jobs;
 mod pytorch;
+mod results;
 mod training;
 mod validation;
 mod variable;

@@ -1,0 +1,174 @@
+//! `/api/compare?ids=a,b,c`: one table of test metrics for several jobs, JSON or CSV. An id may
+//! name a job or a repeat group; a group is one row with each metric as mean ± std over its
+//! succeeded runs.
+
+use super::csv::{self, TableFormat};
+use super::groups::{metric_values, METRICS};
+use super::{ApiError, AppState};
+use crate::domain::{Job, JobState};
+use crate::metrics::mean_std;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Most ids one comparison takes; more would not fit a report's table or a plot's legend.
+pub const MAX_COMPARED: usize = 20;
+
+/// Query of the compare endpoints.
+#[derive(Debug, Deserialize)]
+pub struct CompareQuery {
+    /// Comma-separated job or group ids.
+    pub(super) ids: Option<String>,
+    /// `json` (default) or `csv`; the table only.
+    format: Option<String>,
+}
+
+/// What one id of a comparison names: a job, or a repeat group and its jobs.
+#[derive(Debug)]
+pub struct Compared {
+    /// The group id when the id named a repeat group.
+    pub group: Option<String>,
+    /// The job, or the group's jobs in submission order.
+    pub jobs: Vec<Job>,
+}
+
+fn bad_ids(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest { field: "ids", message: message.into() }
+}
+
+/// Reads `ids` (comma-separated job or group ids, 1 to [`MAX_COMPARED`], no repeats) and loads
+/// each: a malformed list is a 400 saying how to write it, an unknown id a 404 naming it.
+pub async fn resolve(state: &AppState, ids: Option<&str>) -> Result<Vec<Compared>, ApiError> {
+    const HOW: &str = "give job or repeat-group ids separated by commas, e.g. ?ids=<id>,<id>; GET /api/jobs lists them";
+    let raw = ids.map(str::trim).filter(|raw| !raw.is_empty()).ok_or_else(|| bad_ids(format!("no ids: {HOW}")))?;
+    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if parts.iter().any(|part| part.is_empty()) {
+        return Err(bad_ids(format!("an empty id in `{raw}`: {HOW}")));
+    }
+    if parts.len() > MAX_COMPARED {
+        return Err(bad_ids(format!("{} ids; compare at most {MAX_COMPARED} at once", parts.len())));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut compared = Vec::with_capacity(parts.len());
+    for part in parts {
+        let id: uuid::Uuid = part.parse().map_err(|_| bad_ids(format!("`{part}` is not a job or group id (ids are UUIDs): {HOW}")))?;
+        if !seen.insert(id) {
+            return Err(bad_ids(format!("`{part}` is listed twice; list each job or group once")));
+        }
+        if let Some(job) = state.store.job(crate::domain::JobId(id)).await? {
+            compared.push(Compared { group: None, jobs: vec![job] });
+            continue;
+        }
+        let jobs = state.store.jobs_in_group(&id.to_string()).await?;
+        if jobs.is_empty() {
+            return Err(ApiError::NotFound(format!("no job or group with id `{part}`")));
+        }
+        compared.push(Compared { group: Some(id.to_string()), jobs });
+    }
+    Ok(compared)
+}
+
+/// One metric of a row: a job's value (`std` null, `n` 1), or a group's mean, sample std and
+/// count over its succeeded runs.
+#[derive(Debug, Serialize)]
+pub struct Cell {
+    mean: f64,
+    std: Option<f64>,
+    n: usize,
+}
+
+/// One row of the comparison.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// The job or group id, as given.
+    id: String,
+    /// `job` or `group`.
+    kind: &'static str,
+    /// The spec's name.
+    name: String,
+    /// A job's state; for a group, `finished` once no run is queued or running, else `running`.
+    state: String,
+    /// The jobs the row covers.
+    jobs: Vec<String>,
+    /// How many of them succeeded (only those have test metrics).
+    succeeded: usize,
+    /// Test metrics by name; a metric no succeeded job has is absent.
+    metrics: BTreeMap<&'static str, Cell>,
+}
+
+/// `GET /api/compare`.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    /// The metric names, in column order.
+    metrics: [&'static str; 9],
+    /// One row per id, in the order given.
+    rows: Vec<Row>,
+}
+
+fn row(compared: &Compared) -> Row {
+    let jobs = &compared.jobs;
+    let succeeded: Vec<&Job> = jobs.iter().filter(|job| job.state == JobState::Succeeded).collect();
+    let mut values: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for job in &succeeded {
+        for (name, value) in metric_values(job) {
+            // An undefined metric (AUC of a one-class test set) is left out, never averaged as 0.
+            if let Some(value) = value {
+                values.entry(name).or_default().push(value);
+            }
+        }
+    }
+    let group = compared.group.is_some();
+    let metrics = values
+        .into_iter()
+        .filter_map(|(name, values)| {
+            let summary = mean_std(&values)?;
+            Some((name, Cell { mean: summary.mean, std: group.then_some(summary.std), n: summary.n }))
+        })
+        .collect();
+    let (id, kind, state) = match (&compared.group, jobs.as_slice()) {
+        (None, [job]) => (job.id.to_string(), "job", job.state.to_string()),
+        (group, _) => {
+            let finished = jobs.iter().all(|job| job.state.is_terminal());
+            let id = group.clone().unwrap_or_default();
+            (id, "group", String::from(if finished { "finished" } else { "running" }))
+        }
+    };
+    Row {
+        id,
+        kind,
+        name: jobs.first().map(|job| job.name.clone()).unwrap_or_default(),
+        state,
+        jobs: jobs.iter().map(|job| job.id.to_string()).collect(),
+        succeeded: succeeded.len(),
+        metrics,
+    }
+}
+
+/// `GET /api/compare?ids=a,b,c[&format=csv]`: one row per id. CSV has, per metric, a column with
+/// the value (a group's mean) and a `_std` column (a group's sample std; empty for a job).
+pub async fn table(State(state): State<AppState>, Query(query): Query<CompareQuery>) -> Result<Response, ApiError> {
+    let format = csv::table_format(query.format.as_deref())?;
+    let compared = resolve(&state, query.ids.as_deref()).await?;
+    let rows: Vec<Row> = compared.iter().map(row).collect();
+    if format == TableFormat::Json {
+        return Ok(Json(Comparison { metrics: METRICS, rows }).into_response());
+    }
+    let mut header = vec![String::from("id"), String::from("kind"), String::from("name"), String::from("state")];
+    header.extend([String::from("jobs"), String::from("succeeded")]);
+    for metric in METRICS {
+        header.extend([metric.to_string(), format!("{metric}_std")]);
+    }
+    let mut body = csv::line(header);
+    for row in &rows {
+        let mut fields = vec![row.id.clone(), row.kind.to_string(), row.name.clone(), row.state.clone()];
+        fields.extend([row.jobs.len().to_string(), row.succeeded.to_string()]);
+        for metric in METRICS {
+            let cell = row.metrics.get(metric);
+            fields.extend([csv::number(cell.map(|c| c.mean)), csv::number(cell.and_then(|c| c.std))]);
+        }
+        body.push_str(&csv::line(fields));
+    }
+    Ok(csv::response("compare.csv", body))
+}

@@ -1,0 +1,173 @@
+//! `GET /api/events` and `GET /api/jobs/{id}/events`: live server-sent events (`queued`,
+//! `started`, `progress`, `epoch`, `cancel_requested`, `finished`, `log`) for every job or one.
+//!
+//! A late subscriber catches up either way: with `Last-Event-ID` (sent by a reconnecting
+//! `EventSource`) it gets exactly the events it missed; without one (or with one too old) it
+//! first gets a `snapshot` event with the current state from the database, then live events. A
+//! snapshot may overlap the live events after it (at least once, never a gap): clients apply
+//! events idempotently (epochs by phase and epoch, log lines by byte offset).
+
+use super::jobs::{find, view, JobView};
+use super::{ApiError, AppState};
+use crate::domain::progress::EpochMetrics;
+use crate::domain::JobId;
+use crate::events::{CatchUp, JobEvent};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::stream::{self, Stream, StreamExt};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+/// How much of a job's log its snapshot carries.
+const LOG_TAIL_BYTES: u64 = 32 * 1024;
+
+/// The `snapshot` of `GET /api/events`: every job, as `GET /api/jobs` lists them.
+#[derive(Serialize)]
+struct QueueSnapshot {
+    jobs: Vec<JobView>,
+}
+
+/// The `snapshot` of `GET /api/jobs/{id}/events`.
+#[derive(Serialize)]
+struct JobSnapshot {
+    /// As `GET /api/jobs/{id}`.
+    job: JobView,
+    /// As `epochs` of `GET /api/jobs/{id}/metrics`.
+    epochs: Vec<EpochMetrics>,
+    /// The end of the log.
+    log: LogTail,
+}
+
+/// The last lines of a job's log: `text` is bytes `from`..`offset` of `log.txt`; a later `log`
+/// event with an `offset` below this `offset` is already in `text`.
+#[derive(Serialize)]
+struct LogTail {
+    text: String,
+    from: u64,
+    offset: u64,
+}
+
+async fn log_tail(path: &std::path::Path) -> LogTail {
+    let empty = LogTail { text: String::new(), from: 0, offset: 0 };
+    let Ok(mut file) = tokio::fs::File::open(path).await else { return empty };
+    let Ok(length) = file.metadata().await.map(|metadata| metadata.len()) else { return empty };
+    let mut from = length.saturating_sub(LOG_TAIL_BYTES);
+    let mut bytes = Vec::new();
+    if file.seek(std::io::SeekFrom::Start(from)).await.is_err() || file.take(length - from).read_to_end(&mut bytes).await.is_err() {
+        return empty;
+    }
+    // Start at a line boundary when the tail cut one.
+    if from > 0 {
+        if let Some(newline) = bytes.iter().position(|&b| b == b'\n') {
+            bytes.drain(..=newline);
+            from += newline as u64 + 1;
+        }
+    }
+    LogTail { text: String::from_utf8_lossy(&bytes).into_owned(), from, offset: length }
+}
+
+async fn snapshot(state: &AppState, job: Option<JobId>) -> Result<String, ApiError> {
+    let json = match job {
+        None => {
+            let mut jobs = Vec::new();
+            for job in state.store.jobs(None).await? {
+                jobs.push(view(state, job).await?);
+            }
+            serde_json::to_string(&QueueSnapshot { jobs })
+        }
+        Some(id) => {
+            let job = find(state, &id.to_string()).await?;
+            let epochs = state.store.epoch_metrics(id).await?;
+            let log = log_tail(&crate::supervisor::JobPaths::new(&state.paths.data_dir, id).log()).await;
+            serde_json::to_string(&JobSnapshot { job: view(state, job).await?, epochs, log })
+        }
+    };
+    Ok(json.map_err(anyhow::Error::from)?)
+}
+
+/// One subscriber's position: events to send first, then the live channel.
+struct Feed {
+    state: AppState,
+    job: Option<JobId>,
+    /// A snapshot is due (first thing, or after falling behind); with the id it carries.
+    snapshot: Option<Option<String>>,
+    pending: VecDeque<Arc<JobEvent>>,
+    live: broadcast::Receiver<Arc<JobEvent>>,
+}
+
+impl Feed {
+    fn wants(&self, event: &JobEvent) -> bool {
+        self.job.is_none_or(|job| job == event.job_id)
+    }
+
+    fn message(&self, event: &JobEvent) -> Event {
+        let data = serde_json::to_string(event).expect("events serialize");
+        Event::default().event(event.kind.name()).id(self.state.events.event_id(event)).data(data)
+    }
+
+    /// The next event to send; `None` ends the stream.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(id) = self.snapshot.take() {
+                return match snapshot(&self.state, self.job).await {
+                    Ok(data) => {
+                        let event = Event::default().event("snapshot").data(data);
+                        Some(match id {
+                            Some(id) => event.id(id),
+                            None => event,
+                        })
+                    }
+                    Err(err) => {
+                        // The client reconnects and tries again; the cause is in the server log.
+                        tracing::error!(error = ?err, "building an event snapshot failed");
+                        None
+                    }
+                };
+            }
+            if let Some(event) = self.pending.pop_front() {
+                return Some(self.message(&event));
+            }
+            match self.live.recv().await {
+                Ok(event) if self.wants(&event) => return Some(self.message(&event)),
+                Ok(_) => {}
+                // Fell behind the live channel: what was missed is in a fresh snapshot.
+                Err(RecvError::Lagged(_)) => self.snapshot = Some(None),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn feed(state: AppState, job: Option<JobId>, headers: &HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
+    let subscription = state.events.subscribe(last_event_id);
+    let (snapshot, pending) = match subscription.catch_up {
+        CatchUp::Replay(events) => (None, events.into_iter().filter(|event| job.is_none_or(|job| job == event.job_id)).collect()),
+        CatchUp::Snapshot => (Some(Some(subscription.resume_id)), VecDeque::new()),
+    };
+    let closed = state.events.closed();
+    let start = Feed { state, job, snapshot, pending, live: subscription.live };
+    let events = stream::unfold(start, |mut feed| async move { feed.next().await.map(|event| (Ok(event), feed)) });
+    Sse::new(events.take_until(closed)).keep_alive(KeepAlive::default())
+}
+
+/// `GET /api/events`: every job's events.
+pub async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    feed(state, None, &headers)
+}
+
+/// `GET /api/jobs/{id}/events`: one job's events; its snapshot has the job, its epochs and the
+/// end of its log.
+pub async fn job_stream(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = find(&state, &id).await?;
+    Ok(feed(state, Some(job.id), &headers))
+}

@@ -1,0 +1,293 @@
+//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): a job submitted
+//! from the page trains with the real worker while the page, never reloaded, moves its progress
+//! bar and grows its chart; the job page then shows the server's plots; two jobs are compared; and
+//! the page fits a phone's width.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
+//! test fails, unless `TRAINQ_SKIP_BROWSER=1` asks to skip it, which it says loudly.
+
+use crate::helpers::{write_dataset, Options, TestApp};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// WebDriver's key for an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// How long a condition on the page may take: real training on two shared cores.
+const PAGE_WAIT: Duration = Duration::from_secs(300);
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| PathBuf::from(dir).join(name)).find(|path| path.is_file())
+}
+
+/// chromedriver (in its own process group, so Chromium goes with it) and one browser session.
+struct Browser {
+    client: reqwest::Client,
+    session: String,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(chromium: &std::path::Path, chromedriver: &std::path::Path) -> Browser {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting chromedriver");
+        let profile = tempfile::tempdir().unwrap();
+        let client = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while client.get(format!("{base}/status")).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not answer on port {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                    "--window-size=1280,1000", format!("--user-data-dir={}", profile.path().display()),
+                ],
+            },
+        }}});
+        let answer: Value =
+            client.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let id = answer["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no browser session: {answer}"));
+        Browser { client, session: format!("{base}/session/{id}"), driver, _profile: profile }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.client.request(method, format!("{}{path}", self.session));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        if answer["value"].get("error").is_some() {
+            panic!("WebDriver {path}: {}", answer["value"]);
+        }
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        found[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        // Centred first: chromedriver's own scrolling can leave it under the sticky header.
+        self.eval("arguments[0].scrollIntoView({block: 'center'})", json!([{ELEMENT: element}])).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/clear"), Some(json!({}))).await;
+        self.command(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({"text": text}))).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+    async fn eval(&self, script: &str, args: Value) -> Value {
+        self.command(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": args}))).await
+    }
+
+    /// Polls `script` until it returns something other than null or false.
+    async fn wait_for(&self, what: &str, script: &str, args: Value) -> Value {
+        let started = Instant::now();
+        loop {
+            let value = self.eval(script, args.clone()).await;
+            if !value.is_null() && value != json!(false) {
+                return value;
+            }
+            assert!(started.elapsed() < PAGE_WAIT, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn set_window(&self, width: u32, height: u32) {
+        self.command(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
+    }
+
+    async fn quit(&self) {
+        let _ = self.client.delete(&self.session).send().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: killpg only sends a signal to the group chromedriver leads (Chromium included).
+        unsafe {
+            libc::killpg(self.driver.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.driver.wait();
+    }
+}
+
+/// True when every image matching `selector` has loaded with a real size (at least `count`).
+const IMAGES_LOADED: &str = "
+    const images = [...document.querySelectorAll(arguments[0])];
+    return images.length >= arguments[1] && images.every((img) => img.complete && img.naturalWidth > 0);";
+
+fn spec(name: &str, epochs: [u32; 2]) -> Value {
+    json!({
+        "name": name, "dataset": "demo", "backbone": "vgg16", "weights": "random",
+        "image_size": 32, "batch_size": 4,
+        "head": ["gap", {"dense": 16}, "relu", {"dense": 1}],
+        "phases": [{"epochs": epochs[0], "train": "head"}, {"epochs": epochs[1], "train": ["block5", "head"]}],
+        "optimizer": {"name": "adam", "lr": 0.001}, "seed": 1
+    })
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_browser() {
+    if std::env::var("TRAINQ_SKIP_BROWSER").is_ok_and(|value| value == "1") {
+        eprintln!("\n!!! SKIPPED: the browser test (TRAINQ_SKIP_BROWSER=1); the dashboard was NOT tested !!!\n");
+        return;
+    }
+    let (Some(chromium), Some(chromedriver)) = (find_program("chromium"), find_program("chromedriver")) else {
+        panic!(
+            "the browser test needs Chromium and chromedriver on PATH: `apt-get install -y chromium chromium-driver` \
+             (or set TRAINQ_SKIP_BROWSER=1 to skip this test explicitly)"
+        );
+    };
+    let app = TestApp::spawn(Options::default());
+    write_dataset(&app.root, 12, 2, 4);
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&app.url("/")).await;
+    // A marker a reload would wipe, and a record of any script error.
+    browser
+        .eval(
+            "window.__trainqNoReload = true; window.__trainqErrors = [];
+             addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));
+             addEventListener('unhandledrejection', (e) => window.__trainqErrors.push(String(e.reason)));",
+            json!([]),
+        )
+        .await;
+    browser.wait_for("the live connection", "return document.getElementById('connection').textContent.startsWith('live')", json!([])).await;
+
+    // Submit from the page.
+    let total_epochs = 3 + 2;
+    browser.type_into("#submit-spec", &spec("browser-live", [3, 2]).to_string()).await;
+    browser.click("#submit-button").await;
+    let id = browser
+        .wait_for("the submit answer", "const a = document.querySelector('#submit-result a'); return a && a.textContent;", json!([]))
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The queue shows it without a reload; open its page from there.
+    let row = format!("tr[data-job-id='{id}']");
+    browser.wait_for("the queued row", "return document.querySelector(arguments[0]) !== null", json!([row])).await;
+    browser.click(&format!("{row} td.name a")).await;
+
+    // Watch it train: the progress bar and the accuracy chart change while the page stays.
+    let watch = "
+        const row = document.querySelector(arguments[0]);
+        const bar = row && row.querySelector('[role=progressbar]');
+        return {
+            state: row ? row.dataset.state : null,
+            progress: bar ? Number(bar.getAttribute('aria-valuenow')) : null,
+            points: Number(document.getElementById('acc-chart').dataset.points || 0),
+            page: document.getElementById('detail-title').textContent,
+        };";
+    let (mut progress_seen, mut points_seen) = (Vec::<f64>::new(), Vec::<u64>::new());
+    let started = Instant::now();
+    let final_state = loop {
+        let seen = browser.eval(watch, json!([row])).await;
+        let state = seen["state"].as_str().unwrap_or_default().to_string();
+        if state == "running" {
+            if let Some(progress) = seen["progress"].as_f64() {
+                if progress_seen.last() != Some(&progress) {
+                    progress_seen.push(progress);
+                }
+            }
+            let points = seen["points"].as_u64().unwrap();
+            if points_seen.last() != Some(&points) {
+                points_seen.push(points);
+            }
+        }
+        if state == "succeeded" || state == "failed" || state == "cancelled" {
+            break state;
+        }
+        assert!(started.elapsed() < PAGE_WAIT, "the job did not finish: {seen}\n{}", app.server_log());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    assert_eq!(final_state, "succeeded", "{}", app.text(&format!("/api/jobs/{id}/log")).await.1);
+    eprintln!("while running, the page showed progress {progress_seen:?} and chart points {points_seen:?}");
+    assert!(progress_seen.len() >= 3, "the progress bar hardly moved while running: {progress_seen:?}");
+    assert!(progress_seen.windows(2).all(|pair| pair[0] < pair[1]), "progress went backwards: {progress_seen:?}");
+    assert!(points_seen.len() >= 2, "the chart did not grow while the job ran: {points_seen:?}");
+    assert!(points_seen.windows(2).all(|pair| pair[0] < pair[1]), "{points_seen:?}");
+    let chart_points =
+        browser.wait_for("all epochs on the chart", "const n = Number(document.getElementById('acc-chart').dataset.points); return n === arguments[0] && n;", json!([total_epochs])).await;
+    assert_eq!(chart_points, total_epochs);
+    assert_eq!(browser.eval("return window.__trainqNoReload === true", json!([])).await, true, "the page was reloaded");
+
+    // The job page: test metrics, the metrics table, the server's plots as real images.
+    let final_row = format!("{row} td:last-child");
+    let test_acc = browser.eval("return document.querySelector(arguments[0]).textContent", json!([final_row])).await;
+    assert!(test_acc.as_str().unwrap().ends_with('%'), "test accuracy in the queue: {test_acc}");
+    browser
+        .wait_for("the test metrics", "return document.getElementById('final-metrics').textContent.includes('AUC')", json!([]))
+        .await;
+    let epochs_shown = browser.eval("return document.querySelectorAll('#metrics-table tbody tr').length", json!([])).await;
+    assert_eq!(epochs_shown, total_epochs);
+    browser.wait_for("the report plots", IMAGES_LOADED, json!(["#report-plots img.plot-img", 4])).await;
+    let kinds = browser.eval("return [...document.querySelectorAll('#report-plots img')].map((i) => i.dataset.plot)", json!([])).await;
+    assert_eq!(kinds, json!(["accuracy", "loss", "roc", "confusion"]));
+    // The Grad-CAM gallery the worker wrote renders: real images, grouped by kind.
+    browser.wait_for("the CAM gallery", IMAGES_LOADED, json!(["#cam-gallery figure.cam img", 1])).await;
+    let kinds = browser.eval("return [...document.querySelectorAll('#cam-gallery .cam-group')].map((g) => g.dataset.kind)", json!([])).await;
+    assert!(!kinds.as_array().unwrap().is_empty(), "{kinds}");
+
+    // A second, shorter job, then compare the two from the queue's checkboxes.
+    let other = app.submit(&spec("browser-other", [1, 1])).await;
+    let other_row = format!("tr[data-job-id='{other}']");
+    browser
+        .wait_for("the second job to succeed", "const r = document.querySelector(arguments[0]); return r && r.dataset.state === 'succeeded';", json!([other_row]))
+        .await;
+    browser.click(&format!("{row} .compare-pick")).await;
+    browser.click(&format!("{other_row} .compare-pick")).await;
+    browser.click("#compare-button").await;
+    let compared = browser
+        .wait_for(
+            "both rows of the comparison",
+            "const ids = [...document.querySelectorAll('#compare-table tbody tr')].map((r) => r.dataset.compareId);
+             return ids.length === 2 && ids;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(compared, json!([id, other]));
+    browser.wait_for("the overlaid plots", IMAGES_LOADED, json!(["#compare-plots img.plot-img", 3])).await;
+    let csv = browser.eval("return document.getElementById('compare-csv').getAttribute('href')", json!([])).await;
+    assert!(csv.as_str().unwrap().contains("format=csv") && csv.as_str().unwrap().contains(&other), "{csv}");
+    // Still the same page, and the job's row never left the queue.
+    assert_eq!(browser.eval("return window.__trainqNoReload === true", json!([])).await, true);
+
+    // A phone: nothing wider than the screen (wide tables scroll inside their own box).
+    browser.set_window(390, 844).await;
+    browser
+        .wait_for(
+            "a phone-width layout",
+            "return window.innerWidth <= 420 && document.documentElement.scrollWidth <= window.innerWidth;",
+            json!([]),
+        )
+        .await;
+    let errors = browser.eval("return window.__trainqErrors", json!([])).await;
+    assert_eq!(errors, json!([]), "script errors on the page");
+    browser.quit().await;
+}
