@@ -165,7 +165,7 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
         );
     };
     let app = TestApp::spawn(Options::default());
-    write_dataset(&app.root, 12, 2, 4);
+    write_dataset(&app.root, 30, 2, 4);
     let browser = Browser::start(&chromium, &chromedriver).await;
     browser.goto(&app.url("/")).await;
     // A marker a reload would wipe, and a record of any script error.
@@ -180,8 +180,12 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     browser.wait_for("the live connection", "return document.getElementById('connection').textContent.startsWith('live')", json!([])).await;
 
     // Submit from the page.
-    let total_epochs = 3 + 2;
-    browser.type_into("#submit-spec", &spec("browser-live", [3, 2]).to_string()).await;
+    let total_epochs = 4 + 3;
+    // Recomputing the frozen layers every epoch keeps this job running long enough (seconds) for
+    // the watcher to see its progress move; with the activation cache it would be over at once.
+    let mut live = spec("browser-live", [4, 3]);
+    live["cache_features"] = json!(false);
+    browser.type_into("#submit-spec", &live.to_string()).await;
     browser.click("#submit-button").await;
     let id = browser
         .wait_for("the submit answer", "const a = document.querySelector('#submit-result a'); return a && a.textContent;", json!([]))
