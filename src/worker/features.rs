@@ -261,9 +261,15 @@ fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
     strides
 }
 
-/// Reads a split's activations from the cache, or computes them (and stores them when the split
-/// has a pixel cache key and there is a cache folder). A cache that cannot be read or written
-/// costs a warning and a recomputation, never the job.
+/// Where a split's activations may be stored: the features folder and the entry's key.
+pub type Entry<'a> = Option<(&'a Path, String)>;
+
+/// Reads a split's activations from the cache, or computes them (and stores them when there is an
+/// entry to store them as). With `lower`, a deeper cut a later phase will need, the computation
+/// goes through it: the lower cut's activations are obtained (and stored) first and this cut's
+/// are derived from them, so the frozen blocks below the lower cut run once for both phases. A
+/// cache that cannot be read or written costs a warning and a recomputation, never the job.
+/// Returns the activations, how they were obtained, and the cache files used.
 #[allow(clippy::too_many_arguments)]
 pub fn obtain(
     network: &Network,
@@ -272,27 +278,61 @@ pub fn obtain(
     normaliser: &Normaliser,
     numerics: &Numerics,
     batch: i64,
-    entry: Option<(&Path, String)>,
-) -> (Features, Source, Option<PathBuf>) {
+    entry: Entry,
+    lower: Option<(Cut, Entry)>,
+) -> (Features, Source, Vec<PathBuf>) {
     let kind = dtype(numerics);
     if let Some((dir, key)) = &entry {
         match read(dir, key) {
-            Ok(features) => return (features, Source::Hit, Some(entry_path(dir, key))),
+            Ok(features) => return (features, Source::Hit, vec![entry_path(dir, key)]),
             Err(Miss::Absent) => {}
             Err(Miss::Invalid(reason)) => eprintln!("warning: activation cache entry {key} is unusable ({reason}); rebuilding it"),
         }
     }
-    let features = compute(network, split, cut, normaliser, numerics, batch, kind);
+    let (features, mut files) = match lower {
+        Some((lower_cut, lower_entry)) => {
+            let (base, _, files) = obtain(network, split, lower_cut, normaliser, numerics, batch, lower_entry, None);
+            (derive(network, &base, lower_cut, cut, normaliser.device(), numerics, batch, kind), files)
+        }
+        None => (compute(network, split, cut, normaliser, numerics, batch, kind), Vec::new()),
+    };
     match entry {
         Some((dir, key)) => match write(dir, &key, &features) {
-            Ok(path) => (features, Source::Built, Some(path)),
+            Ok(path) => {
+                files.push(path);
+                (features, Source::Built, files)
+            }
             Err(err) => {
                 eprintln!("warning: could not store activation cache entry {key} in {}: {err}", dir.display());
-                (features, Source::Memory, None)
+                (features, Source::Memory, files)
             }
         },
-        None => (features, Source::Memory, None),
+        None => (features, Source::Memory, files),
     }
+}
+
+/// The activations at cut `to` from those at the lower cut `from`: the blocks between run on
+/// the stored activations, `batch` images at a time, in inference mode.
+#[allow(clippy::too_many_arguments)]
+pub fn derive(network: &Network, base: &Features, from: Cut, to: Cut, device: Device, numerics: &Numerics, batch: i64, kind: Kind) -> Features {
+    let groups = base
+        .groups
+        .iter()
+        .map(|stored| {
+            let parts: Vec<Tensor> = (0..stored.size()[0])
+                .step_by(batch.max(1) as usize)
+                .map(|start| {
+                    let len = batch.min(stored.size()[0] - start);
+                    let x = stored.narrow(0, start, len).to_device(device);
+                    let x = if numerics.bf16 { x } else { x.to_kind(Kind::Float) };
+                    let x = if x.dim() == 4 { numerics.input(x) } else { x };
+                    numerics.forward(|| network.features_between(&x, from, to)).to_kind(kind).contiguous()
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+        .collect();
+    Features { groups, map: None }
 }
 
 #[cfg(test)]

@@ -61,6 +61,11 @@ impl Normaliser {
         Normaliser { scale: on_device(scale), shift: on_device(shift), device }
     }
 
+    /// The device batches are normalised onto (the job's).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// `(pixels / 255 − mean) / std`, computed as `pixels · scale + shift` in place on the one
     /// float tensor the conversion allocates: this runs on every batch of every epoch, and each
     /// extra temporary is a batch-sized allocation. A one-channel (grayscale) batch is expanded to
@@ -392,7 +397,11 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         cached = match (spec.cache_features, network.cut_for(&trainable)) {
             (true, Some(cut)) => {
                 let splits = Splits { train: &train, val: val.as_ref(), test: &test };
-                Some((cut, phase_features(work, &network, cut, splits, &normaliser, &numerics, phase_number)))
+                // A phase that trains no backbone block leaves the backbone as it is, so the next
+                // phase's deeper cut can be computed now, in the same pass over the frozen blocks.
+                let next = spec.phases.get(index + 1).and_then(|next| network.cut_for(&network.plan(&next.train)));
+                let lower = next.filter(|next| cut.block == network.block_count() && next.block < cut.block);
+                Some((cut, phase_features(work, &network, cut, lower, splits, &normaliser, &numerics, phase_number)))
             }
             (enabled, _) => {
                 let reason = if enabled {
@@ -500,6 +509,7 @@ fn phase_features(
     work: &WorkerJob,
     network: &Network,
     cut: Cut,
+    lower: Option<Cut>,
     splits: Splits,
     normaliser: &Normaliser,
     numerics: &Numerics,
@@ -518,15 +528,18 @@ fn phase_features(
             CacheOutcome::Hit(key) | CacheOutcome::Built(key) => Some(key.as_str()),
             CacheOutcome::Off => None,
         };
-        let entry = match (&features_dir, &state, pixels_key) {
+        let entry_for = |cut_name: &str| match (&features_dir, &state, pixels_key) {
             (Some(dir), Some(state), Some(pixels_key)) => {
-                Some((dir.as_path(), features::key(name, pixels_key, work.spec.backbone.name(), &cut_name, kind, state)))
+                Some((dir.as_path(), features::key(name, pixels_key, work.spec.backbone.name(), cut_name, kind, state)))
             }
             _ => None,
         };
-        let (features, source, file) = features::obtain(network, split, cut, normaliser, numerics, batch, entry);
+        let entry = entry_for(&cut_name);
+        // Only worth going through the lower cut when its activations can be kept for later.
+        let lower = lower.map(|lower| (lower, entry_for(&network.cut_name(lower)))).filter(|(_, entry)| entry.is_some());
+        let (features, source, used) = features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower);
         sources.push((name.to_string(), source, features.bytes()));
-        files.extend(file);
+        files.extend(used);
         features
     };
     let mut phase_features = PhaseFeatures {
@@ -554,8 +567,12 @@ fn phase_features(
     };
     let seconds = started.elapsed().as_secs_f64();
     let detail: Vec<String> = sources.iter().map(|(name, source, bytes)| format!("{name} {source:?} ({:.1} MB)", *bytes as f64 / 1e6)).collect();
+    let ahead = match lower {
+        Some(lower) if state != "hit" => format!(" (through {}, which the next phase reuses)", network.cut_name(lower)),
+        _ => String::new(),
+    };
     eprintln!(
-        "phase {phase}: activation cache at {cut_name} ({}): {state} in {seconds:.1}s — {}",
+        "phase {phase}: activation cache at {cut_name} ({}): {state} in {seconds:.1}s{ahead} — {}",
         features::dtype_label(kind),
         detail.join(", ").to_lowercase()
     );

@@ -233,6 +233,20 @@ impl Network {
         })
     }
 
+    /// The activations at cut `to` from those at the lower cut `from` (inference, no graph):
+    /// `features(images, to) == features_between(features(images, from), from, to)`.
+    pub fn features_between(&self, x: &Tensor, from: Cut, to: Cut) -> Tensor {
+        tch::no_grad(|| {
+            let bn_train = vec![false; self.block_count()];
+            let x = self.backbone.forward_blocks(x, from.block, to.block, &bn_train);
+            if to.pooled {
+                x.mean_dim(&[2i64, 3][..], false, Kind::Float)
+            } else {
+                x
+            }
+        })
+    }
+
     /// The forward pass from cached activations at `cut`: the same result as [`Network::forward`]
     /// on the images they came from.
     pub fn forward_from(&self, features: &Tensor, cut: Cut, trainable: &Trainable, train: bool) -> Tensor {
@@ -296,12 +310,19 @@ impl Network {
         state
     }
 
+    /// What a phase training `train` would train, without changing anything.
+    pub fn plan(&self, train: &TrainSet) -> Trainable {
+        let blocks: Vec<bool> = self.blocks.iter().map(|name| train.trains_block(name)).collect();
+        let frozen_prefix = blocks.iter().position(|on| *on).unwrap_or(blocks.len());
+        Trainable { frozen_prefix, blocks, head: train.trains_head() }
+    }
+
     /// Marks exactly the phase's parameters as requiring gradients and returns them (the only
     /// tensors the phase's optimizer will hold).
     pub fn set_trainable(&self, train: &TrainSet) -> (Trainable, Vec<Tensor>) {
+        let plan = self.plan(train);
         let mut parameters = Vec::new();
-        let blocks: Vec<bool> = self.blocks.iter().map(|name| train.trains_block(name)).collect();
-        for (block, on) in blocks.iter().enumerate() {
+        for (block, on) in plan.blocks.iter().enumerate() {
             for parameter in self.backbone.block_parameters(block) {
                 let _ = parameter.set_requires_grad(*on);
                 if *on {
@@ -309,15 +330,13 @@ impl Network {
                 }
             }
         }
-        let head = train.trains_head();
         for parameter in self.head.parameters() {
-            let _ = parameter.set_requires_grad(head);
-            if head {
+            let _ = parameter.set_requires_grad(plan.head);
+            if plan.head {
                 parameters.push(parameter);
             }
         }
-        let frozen_prefix = blocks.iter().position(|on| *on).unwrap_or(blocks.len());
-        (Trainable { frozen_prefix, blocks, head }, parameters)
+        (plan, parameters)
     }
 
     /// Copies torchvision-named backbone tensors from a safetensors file. Strict: every backbone
