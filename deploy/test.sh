@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: install libtorch (once per machine), then cargo test.
+# The whole test suite on a fresh machine: install libtorch (once per machine) and Chromium for the
+# browser test (if missing), then cargo test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./deploy/setup-libtorch.sh
+# The browser test drives Debian's headless Chromium through chromedriver (tests/api/browser.rs).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+    elif command -v sudo >/dev/null; then
+        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+    else
+        echo "test.sh: install Debian's chromium and chromium-driver, or set TRAINQ_SKIP_BROWSER=1 to skip the browser test" >&2
+    fi
+fi
 cargo test "$@"
