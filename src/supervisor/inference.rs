@@ -3,7 +3,7 @@
 //! [`IDLE`] without requests or when [`MAX_WARM`] other jobs' models are warmer. They run on the
 //! CPU (`CUDA_VISIBLE_DEVICES` empty): a single image is fast there, and training keeps the GPUs.
 
-use super::INHERITED_ENV;
+use super::worker_command;
 use crate::domain::JobId;
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::Mutex;
 
 /// A warm model with no request for this long is stopped.
@@ -118,29 +118,11 @@ impl InferencePool {
         slots.retain(|_, slot| slot.last_used.lock().expect("clock poisoned").elapsed() < idle);
         before - slots.len()
     }
-
-    /// Job ids whose model is warm.
-    pub async fn warm(&self) -> Vec<JobId> {
-        let slots = self.slots.lock().await;
-        let mut warm = Vec::new();
-        for (id, slot) in slots.iter() {
-            if slot.process.try_lock().map_or(true, |process| process.is_some()) {
-                warm.push(*id);
-            }
-        }
-        warm
-    }
 }
 
 fn start(worker: &Path, artifacts: &Path) -> Result<Warm, InferenceError> {
-    let mut command = Command::new(worker);
+    let mut command = worker_command(worker);
     command.arg("serve").arg("--dir").arg(artifacts);
-    command.env_clear();
-    for name in INHERITED_ENV {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -152,17 +134,7 @@ fn start(worker: &Path, artifacts: &Path) -> Result<Warm, InferenceError> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
-        .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: as for training workers: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = command.spawn().map_err(|err| InferenceError::Start(format!("{}: {err}", worker.display())))?;
     let stdin = child.stdin.take().expect("stdin is piped");
     let stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();

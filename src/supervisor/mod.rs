@@ -27,6 +27,31 @@ use tracing::Instrument;
 /// Environment variables a worker inherits; everything else is cleared.
 const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "RUST_BACKTRACE"];
 
+/// A worker process as every spawn here starts one: a cleared environment but for
+/// [`INHERITED_ENV`], its own process group (so it can be signalled as a whole), and
+/// `PR_SET_PDEATHSIG = SIGKILL` — a worker must never outlive a dead server while holding a GPU
+/// or a model: the kernel kills it when the server dies.
+fn worker_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// How many log lines a failure reason quotes.
 const REASON_LOG_LINES: usize = 20;
 
@@ -161,14 +186,8 @@ impl Supervisor {
         tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
         let job_json = serde_json::to_vec_pretty(work).expect("worker jobs serialize");
         tokio::fs::write(paths.worker_job(), job_json).await.context("writing job.json")?;
-        let mut command = Command::new(&self.config.worker_program);
+        let mut command = worker_command(&self.config.worker_program);
         command.arg("run").arg("--job").arg(paths.worker_job());
-        command.env_clear();
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
         let visible = match slot.kind {
             DeviceKind::Gpu { index } => index.to_string(),
             DeviceKind::Cpu => String::new(),
@@ -181,18 +200,7 @@ impl Supervisor {
             .stdout(Stdio::piped())
             // Piped, not a file: each line goes to the log through `JobLog` and out as a live event.
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(false);
-        // SAFETY: prctl is async-signal-safe and touches only the child. A worker must never
-        // outlive a dead server while holding a GPU: the kernel kills it when the server dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let child = command.spawn().with_context(|| format!("spawning {}", self.config.worker_program.display()))?;
         let pid = child.id().unwrap_or(0);
         log.append(&format!("trainq: worker pid {pid} started on {} ({})\n", slot.id, slot.name)).await;
