@@ -148,23 +148,10 @@ pub enum Miss {
 /// group, read straight into the tensors' memory (no per-image work, no second copy).
 pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Vec<Tensor>), Miss> {
     let path = entry_path(cache_dir, key);
-    let mut file = match File::open(&path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(Miss::Absent),
-        Err(err) => return Err(Miss::Invalid(err.to_string())),
-    };
+    let (mut file, header_length) = open_entry(&path, MAGIC, FORMAT_VERSION)?;
+    let header_length = header_length as u64;
     let invalid = |reason: &str| Miss::Invalid(reason.to_string());
     let file_length = file.metadata().map_err(|err| Miss::Invalid(err.to_string()))?.len();
-    let mut prefix = [0u8; 16];
-    file.read_exact(&mut prefix).map_err(|_| invalid("shorter than its prefix"))?;
-    if &prefix[..8] != MAGIC {
-        return Err(invalid("bad magic"));
-    }
-    let version = u32::from_le_bytes(prefix[8..12].try_into().unwrap());
-    if version != FORMAT_VERSION {
-        return Err(Miss::Invalid(format!("format version {version}, expected {FORMAT_VERSION}")));
-    }
-    let header_length = u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as u64;
     if 16 + header_length > file_length {
         return Err(invalid("truncated header"));
     }
@@ -196,6 +183,26 @@ pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Vec<Tenso
     }
     touch(&path);
     Ok((header, groups))
+}
+
+/// Opens a cache file and checks its 16-byte prefix — `magic`, format `version` (u32 LE), header
+/// length (u32 LE) — leaving the file at the header. Returns the file and the header's length.
+pub fn open_entry(path: &Path, magic: &[u8; 8], version: u32) -> Result<(File, usize), Miss> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(Miss::Absent),
+        Err(err) => return Err(Miss::Invalid(err.to_string())),
+    };
+    let mut prefix = [0u8; 16];
+    file.read_exact(&mut prefix).map_err(|_| Miss::Invalid(String::from("shorter than its prefix")))?;
+    if &prefix[..8] != magic {
+        return Err(Miss::Invalid(String::from("bad magic")));
+    }
+    let found = u32::from_le_bytes(prefix[8..12].try_into().unwrap());
+    if found != version {
+        return Err(Miss::Invalid(format!("format version {found}, expected {version}")));
+    }
+    Ok((file, u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as usize))
 }
 
 /// Writes the entry for `header.key` atomically (temporary file, fsync, rename); `groups` are the

@@ -26,7 +26,7 @@ use crate::precision::Numerics;
 use crate::train::Normaliser;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -93,12 +93,8 @@ pub fn dtype(numerics: &Numerics) -> Kind {
     }
 }
 
-/// `float32` or `bfloat16`, for logs.
-pub fn dtype_label(kind: Kind) -> &'static str {
-    dtype_name(kind)
-}
-
-fn dtype_name(kind: Kind) -> &'static str {
+/// `float32` or `bfloat16`, as entries and logs name the dtype.
+pub fn dtype_name(kind: Kind) -> &'static str {
     match kind {
         Kind::BFloat16 => "bfloat16",
         _ => "float32",
@@ -151,18 +147,21 @@ pub fn compute(
         .groups
         .iter()
         .map(|group| {
-            let parts: Vec<Tensor> = (0..group.len())
-                .step_by(batch.max(1) as usize)
-                .map(|start| {
-                    let len = batch.min(group.len() - start);
-                    let images = numerics.input(normaliser.apply(&group.images.narrow(0, start, len)));
-                    numerics.forward(|| network.features(&images, cut)).to_kind(kind).contiguous()
-                })
-                .collect();
-            Tensor::cat(&parts, 0)
+            in_batches(&group.images, batch, |images| {
+                let images = numerics.input(normaliser.apply(images));
+                numerics.forward(|| network.features(&images, cut)).to_kind(kind).contiguous()
+            })
         })
         .collect();
     Features { groups, map: None }
+}
+
+/// `f` over `batch`-sized slices of `stored` along its first dimension, the results concatenated.
+fn in_batches(stored: &Tensor, batch: i64, mut f: impl FnMut(&Tensor) -> Tensor) -> Tensor {
+    let count = stored.size()[0];
+    let parts: Vec<Tensor> =
+        (0..count).step_by(batch.max(1) as usize).map(|start| f(&stored.narrow(0, start, batch.min(count - start)))).collect();
+    Tensor::cat(&parts, 0)
 }
 
 /// Stores activations as the entry `key`, atomically.
@@ -197,22 +196,8 @@ fn padding(offset: usize) -> usize {
 /// while the returned [`Features`] lives. Anything but a complete entry for `key` is a miss.
 pub fn read(features_dir: &Path, key: &str) -> Result<Features, Miss> {
     let path = entry_path(features_dir, key);
-    let mut file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(Miss::Absent),
-        Err(err) => return Err(Miss::Invalid(err.to_string())),
-    };
+    let (file, header_length) = cache::open_entry(&path, MAGIC, FORMAT_VERSION)?;
     let invalid = |reason: &str| Miss::Invalid(reason.to_string());
-    let mut prefix = [0u8; 16];
-    file.read_exact(&mut prefix).map_err(|_| invalid("shorter than its prefix"))?;
-    if &prefix[..8] != MAGIC {
-        return Err(invalid("bad magic"));
-    }
-    let version = u32::from_le_bytes(prefix[8..12].try_into().unwrap());
-    if version != FORMAT_VERSION {
-        return Err(Miss::Invalid(format!("format version {version}, expected {FORMAT_VERSION}")));
-    }
-    let header_length = u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as usize;
     // SAFETY: the file is only ever replaced by rename, never modified or truncated in place (see
     // the module notes), so the mapping stays valid and unchanged while it lives; eviction unlinks
     // the name, which keeps a mapped inode alive.
@@ -319,17 +304,12 @@ pub fn derive(network: &Network, base: &Features, from: Cut, to: Cut, device: De
         .groups
         .iter()
         .map(|stored| {
-            let parts: Vec<Tensor> = (0..stored.size()[0])
-                .step_by(batch.max(1) as usize)
-                .map(|start| {
-                    let len = batch.min(stored.size()[0] - start);
-                    let x = stored.narrow(0, start, len).to_device(device);
-                    let x = if numerics.bf16 { x } else { x.to_kind(Kind::Float) };
-                    let x = if x.dim() == 4 { numerics.input(x) } else { x };
-                    numerics.forward(|| network.features_between(&x, from, to)).to_kind(kind).contiguous()
-                })
-                .collect();
-            Tensor::cat(&parts, 0)
+            in_batches(stored, batch, |part| {
+                let x = part.to_device(device);
+                let x = if numerics.bf16 { x } else { x.to_kind(Kind::Float) };
+                let x = if x.dim() == 4 { numerics.input(x) } else { x };
+                numerics.forward(|| network.features_between(&x, from, to)).to_kind(kind).contiguous()
+            })
         })
         .collect();
     Features { groups, map: None }

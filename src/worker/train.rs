@@ -573,7 +573,7 @@ fn phase_features(
     };
     eprintln!(
         "phase {phase}: activation cache at {cut_name} ({}): {state} in {seconds:.1}s{ahead} — {}",
-        features::dtype_label(kind),
+        features::dtype_name(kind),
         detail.join(", ").to_lowercase()
     );
     emit(&ProgressEvent::Features { phase, cut: cut_name, state: state.to_string(), reason: None, seconds, bytes });
