@@ -8,6 +8,14 @@ use std::path::PathBuf;
 /// Marks a stdout line as a progress event; every other line is plain log output.
 pub const EVENT_PREFIX: &str = "@trainq ";
 
+/// Exit code of a worker that stopped on SIGTERM after saving a resumable checkpoint
+/// (`EX_TEMPFAIL`): the job is not finished, the next start resumes it.
+pub const EXIT_INTERRUPTED: i32 = 75;
+
+/// Exit code of a worker that ran out of memory; it printed a `failed` event with kind
+/// `out_of_memory` first.
+pub const EXIT_OUT_OF_MEMORY: i32 = 3;
+
 /// Everything a worker needs to run one job, written by the supervisor before the spawn.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerJob {
@@ -33,6 +41,11 @@ pub struct WorkerJob {
     /// `None`: never evict.
     #[serde(default)]
     pub cache_budget_bytes: Option<u64>,
+    /// The job's private state folder (`<job dir>/state`): the resumable checkpoint
+    /// (`resume.safetensors`) lives there, outside the downloadable artifacts. A worker that finds
+    /// a checkpoint of the same spec there resumes from it. `None`: no resumable checkpoints.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The kind of device a worker trains on.
@@ -161,6 +174,43 @@ pub enum ProgressEvent {
     },
     /// The final evaluation.
     Final(FinalMetrics),
+    /// A resumable checkpoint now covers training up to here: `epoch` epochs of `phase` are done,
+    /// and `step` batches of the next epoch (0 at an epoch's end; more when stopped mid-epoch).
+    Checkpoint {
+        /// 1-based phase.
+        phase: u32,
+        /// Completed epochs of that phase.
+        epoch: u32,
+        /// Completed batches of the epoch after it.
+        step: u32,
+    },
+    /// The worker found a resumable checkpoint and continues from it (same meaning as
+    /// `checkpoint`). Every `epoch` event of the curves so far is sent again right after it.
+    Resumed {
+        /// 1-based phase.
+        phase: u32,
+        /// Completed epochs of that phase.
+        epoch: u32,
+        /// Completed batches of the epoch after it.
+        step: u32,
+    },
+    /// The worker is about to exit unsuccessfully and knows why.
+    Failed {
+        /// What went wrong.
+        kind: FailureKind,
+        /// libtorch's or the allocator's own words, with its numbers (requested, free, total).
+        message: String,
+    },
+}
+
+/// Why a worker failed, when it knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// An allocation failed: CUDA out of memory on a GPU, the memory limit on the CPU.
+    OutOfMemory,
+    /// Any other error.
+    Error,
 }
 
 impl ProgressEvent {

@@ -125,6 +125,7 @@ fn worker_job(
         threads,
         cache_dir: Some(inputs.data_dir.join("cache")),
         cache_budget_bytes: Some(inputs.cache_budget_bytes),
+        state_dir: Some(JobPaths::new(&inputs.data_dir, job.id).state()),
     };
     Ok((work, phases))
 }

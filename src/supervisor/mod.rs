@@ -79,6 +79,10 @@ impl JobPaths {
     pub fn artifacts(&self) -> PathBuf {
         self.dir.join("artifacts")
     }
+    /// Private worker state (the resumable checkpoint); never served.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
 }
 
 /// Settings the supervisor needs.

@@ -84,6 +84,11 @@ impl ProgressTracker {
                 progress.step = progress.steps;
                 true
             }
+            // Handled fully by the server's resume support (issue 6); for now they only log.
+            ProgressEvent::Checkpoint { .. } | ProgressEvent::Resumed { .. } | ProgressEvent::Failed { .. } => {
+                self.log_line(&format!("trainq: {}", event.to_line())).await;
+                false
+            }
             ProgressEvent::Final(metrics) => {
                 self.store.set_final_metrics(self.id, &metrics).await?;
                 self.saw_final = true;
