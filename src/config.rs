@@ -24,6 +24,39 @@ pub enum Command {
     DemoData(DemoDataArgs),
     /// Manage the pretrained backbone weights jobs with `"weights": "imagenet"` start from.
     Weights(WeightsArgs),
+    /// Manage users and their API tokens.
+    User(UserArgs),
+}
+
+/// `trainq user`.
+#[derive(Debug, Clone, Args)]
+pub struct UserArgs {
+    /// The server's data folder (holds `trainq.db`).
+    #[arg(long, env = "TRAINQ_DATA_DIR", default_value = "trainq-data", global = true)]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
+
+/// The `trainq user` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum UserCommand {
+    /// Create a user and print their API token (shown this once; only its hash is stored).
+    Add {
+        /// Lowercase letters, digits, `.`, `_`, `-`.
+        name: String,
+        /// Admins act on every job and may set a job's priority.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Replace a user's token (the old one stops working) and print the new one.
+    Token {
+        /// The user.
+        name: String,
+    },
+    /// List users (names, roles, creation time; never tokens).
+    List,
 }
 
 /// `trainq serve`.
@@ -63,6 +96,18 @@ pub struct ServeConfig {
     /// Generate the demo dataset `chest_xray_demo` in the datasets folder if it is missing.
     #[arg(long, env = "TRAINQ_DEMO")]
     pub demo: bool,
+    /// Requests a minute one user may make (bursts of a quarter of it); over it: 429 + Retry-After.
+    #[arg(long, env = "TRAINQ_RATE_LIMIT_PER_MINUTE", default_value_t = 600)]
+    pub rate_limit_per_minute: u32,
+    /// Jobs one student may have queued or running at once (admins are exempt).
+    #[arg(long, env = "TRAINQ_MAX_JOBS_PER_USER", default_value_t = 50)]
+    pub max_jobs_per_user: u32,
+    /// Most epochs (all phases together) one job may ask for.
+    #[arg(long, env = "TRAINQ_MAX_EPOCHS", default_value_t = 1000)]
+    pub max_epochs: u32,
+    /// Largest image side a job may ask for (`image_size`, or `max_image_side` with variable size).
+    #[arg(long, env = "TRAINQ_MAX_IMAGE_SIDE", default_value_t = 1024)]
+    pub max_image_side: u32,
 }
 
 /// `trainq demo-data`.

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::User(args) => trainq::server::user_command(args).await,
         Command::Weights(args) => match args.command {
             WeightsCommand::Fetch(args) => Ok(trainq::fetch_weights::fetch(args).await?),
         },

@@ -4,7 +4,7 @@
 use crate::config::ServeConfig;
 use crate::devices::Inventory;
 use crate::events::EventBus;
-use crate::http::{self, AppState, Paths};
+use crate::http::{self, AppState, Limits, Paths, RateLimiter};
 use crate::scheduler::{self, Inputs, SchedulerHandle};
 use crate::store::Store;
 use crate::supervisor::{Supervisor, SupervisorConfig};
@@ -73,6 +73,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         inventory,
         events: events.clone(),
         paths: Arc::new(Paths { data_dir, datasets, weights, static_dir }),
+        limits: Arc::new(Limits {
+            rate: RateLimiter::new(config.rate_limit_per_minute.max(1)),
+            max_active_jobs_per_user: config.max_jobs_per_user,
+            max_epochs: config.max_epochs,
+            max_image_side: config.max_image_side,
+        }),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
@@ -85,6 +91,38 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         events.close();
     };
     http::serve(listener, state, shutdown).await?;
+    Ok(())
+}
+
+/// `trainq user …`.
+pub async fn user_command(args: crate::config::UserArgs) -> anyhow::Result<()> {
+    use crate::config::UserCommand;
+    use crate::domain::user::{check_name, new_token};
+    let data_dir = absolute_dir(&args.data_dir)?;
+    let store = Store::open(&data_dir).await.context("opening the database")?;
+    match args.command {
+        UserCommand::Add { name, admin } => {
+            check_name(&name).map_err(anyhow::Error::msg)?;
+            let token = new_token();
+            anyhow::ensure!(
+                store.add_user(&name, admin, &token).await?,
+                "user `{name}` exists; `trainq user token {name}` gives them a new token"
+            );
+            eprintln!("created {} `{name}`; their token (shown once, only its hash is kept):", if admin { "admin" } else { "user" });
+            println!("{token}");
+        }
+        UserCommand::Token { name } => {
+            let token = new_token();
+            anyhow::ensure!(store.set_token(&name, &token).await?, "no user `{name}`; `trainq user add {name}` creates one");
+            eprintln!("new token for `{name}` (the old one no longer works):");
+            println!("{token}");
+        }
+        UserCommand::List => {
+            for record in store.users().await? {
+                println!("{}\t{}\t{}", record.user.name, if record.user.admin { "admin" } else { "user" }, record.created_at);
+            }
+        }
+    }
     Ok(())
 }
 

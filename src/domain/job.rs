@@ -206,6 +206,33 @@ pub struct Job {
     /// The repeat group (`repeats: N`) it belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// The user who submitted it (absent for jobs from before users existed).
+    pub owner: Option<String>,
+    /// Admin-set priority; 0 unless an admin chose otherwise.
+    pub priority: i64,
+    /// GPU memory the scheduler reserves for it: the estimate from its spec, or once measured,
+    /// its peak plus a margin.
+    pub memory_bytes: u64,
+    /// Whether `memory_bytes` was measured (true) or estimated.
+    pub memory_measured: bool,
+    /// What happened to it that its spec does not say (e.g. a re-queue after running out of
+    /// memory, with the batch size it was retried with).
+    pub notes: Vec<String>,
+    /// How far its resumable checkpoint reaches; a restarted job continues from here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_point: Option<ResumePoint>,
+}
+
+/// A resumable checkpoint's position: `epoch` epochs of `phase` done, and `step` batches of the
+/// next epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// 1-based phase.
+    pub phase: u32,
+    /// Completed epochs of that phase.
+    pub epoch: u32,
+    /// Completed batches of the next epoch.
+    pub step: u32,
 }
 
 /// The current time as RFC 3339, the format every timestamp in trainq uses.

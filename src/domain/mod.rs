@@ -6,6 +6,7 @@ pub mod job;
 pub mod backbone;
 pub mod progress;
 pub mod spec;
+pub mod user;
 pub mod weights_layout;
 
 pub use job::{Job, JobId, JobProgress, JobState};

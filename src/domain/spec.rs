@@ -336,6 +336,22 @@ pub struct JobSpec {
     /// Run this many seeds (`seed`, `seed + 1`, …) as sibling jobs of one group.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub repeats: u32,
+    /// Scheduling priority, higher first; only admins may set it (students' submissions with it
+    /// are refused with a 403 naming the field).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
+    /// When the job runs out of GPU memory, queue it once more with half the batch size (noted
+    /// in the job) instead of failing it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retry_on_oom: bool,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Most repeats one submission may ask for.

@@ -40,7 +40,7 @@ fn bad_ids(message: impl Into<String>) -> ApiError {
 
 /// Reads `ids` (comma-separated job or group ids, 1 to [`MAX_COMPARED`], no repeats) and loads
 /// each: a malformed list is a 400 saying how to write it, an unknown id a 404 naming it.
-pub async fn resolve(state: &AppState, ids: Option<&str>) -> Result<Vec<Compared>, ApiError> {
+pub async fn resolve(state: &AppState, user: &crate::domain::user::User, ids: Option<&str>) -> Result<Vec<Compared>, ApiError> {
     const HOW: &str = "give job or repeat-group ids separated by commas, e.g. ?ids=<id>,<id>; GET /api/jobs lists them";
     let raw = ids.map(str::trim).filter(|raw| !raw.is_empty()).ok_or_else(|| bad_ids(format!("no ids: {HOW}")))?;
     let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
@@ -57,12 +57,13 @@ pub async fn resolve(state: &AppState, ids: Option<&str>) -> Result<Vec<Compared
         if !seen.insert(id) {
             return Err(bad_ids(format!("`{part}` is listed twice; list each job or group once")));
         }
-        if let Some(job) = state.store.job(crate::domain::JobId(id)).await? {
+        // Someone else's job or group is "not found", exactly like a missing one.
+        if let Some(job) = state.store.job(crate::domain::JobId(id)).await?.filter(|job| user.may_act_on(job.owner.as_deref())) {
             compared.push(Compared { group: None, jobs: vec![job] });
             continue;
         }
         let jobs = state.store.jobs_in_group(&id.to_string()).await?;
-        if jobs.is_empty() {
+        if jobs.is_empty() || !jobs.iter().all(|job| user.may_act_on(job.owner.as_deref())) {
             return Err(ApiError::NotFound(format!("no job or group with id `{part}`")));
         }
         compared.push(Compared { group: Some(id.to_string()), jobs });
@@ -148,9 +149,13 @@ fn row(compared: &Compared) -> Row {
 
 /// `GET /api/compare?ids=a,b,c[&format=csv]`: one row per id. CSV has, per metric, a column with
 /// the value (a group's mean) and a `_std` column (a group's sample std; empty for a job).
-pub async fn table(State(state): State<AppState>, Query(query): Query<CompareQuery>) -> Result<Response, ApiError> {
+pub async fn table(
+    State(state): State<AppState>,
+    super::auth::Authed(user): super::auth::Authed,
+    Query(query): Query<CompareQuery>,
+) -> Result<Response, ApiError> {
     let format = csv::table_format(query.format.as_deref())?;
-    let compared = resolve(&state, query.ids.as_deref()).await?;
+    let compared = resolve(&state, &user, query.ids.as_deref()).await?;
     let rows: Vec<Row> = compared.iter().map(row).collect();
     if format == TableFormat::Json {
         return Ok(Json(Comparison { metrics: METRICS, rows }).into_response());

@@ -46,6 +46,25 @@ pub enum ApiError {
         /// What is wrong and what to send instead.
         message: String,
     },
+    /// No token, or a malformed or unknown one (401).
+    #[error("unauthorized")]
+    Unauthorized(String),
+    /// The caller may not do this (403), naming the field at fault when there is one.
+    #[error("forbidden")]
+    Forbidden {
+        /// The spec field or parameter at fault.
+        field: &'static str,
+        /// Why, and what to do instead.
+        message: String,
+    },
+    /// Over a limit (429): the request rate (with `Retry-After`) or the queued jobs per user.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Which limit and what to do.
+        message: String,
+        /// Seconds until a retry can succeed (0: it depends on other jobs finishing).
+        retry_after_secs: u64,
+    },
     /// A helper process could not answer (503); nothing is lost, the request may be repeated.
     #[error("{0}")]
     Unavailable(String),
@@ -75,6 +94,20 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { detail, .. } => (StatusCode::CONFLICT, detail.clone()),
             ApiError::BadUpload { status, message } => (*status, json!({"field": "body", "message": message})),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::Value::Null),
+            ApiError::Unauthorized(message) => {
+                let body = json!({"error": self.to_string(), "detail": {"field": "Authorization", "message": message}});
+                let headers = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
+                return (StatusCode::UNAUTHORIZED, headers, Json(body)).into_response();
+            }
+            ApiError::Forbidden { field, message } => (StatusCode::FORBIDDEN, json!({"field": field, "message": message})),
+            ApiError::TooManyRequests { message, retry_after_secs } => {
+                let body = json!({"error": self.to_string(), "detail": {"message": message, "retry_after_secs": retry_after_secs}});
+                if *retry_after_secs == 0 {
+                    return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                }
+                let headers = [(axum::http::header::RETRY_AFTER, retry_after_secs.to_string())];
+                return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
+            }
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, serde_json::Value::Null)

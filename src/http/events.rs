@@ -7,7 +7,10 @@
 //! snapshot may overlap the live events after it (at least once, never a gap): clients apply
 //! events idempotently (epochs by phase and epoch, log lines by byte offset).
 
-use super::jobs::{find, view, JobView};
+use super::auth::{Authed, Caller};
+use super::jobs::{find, find_own, view_for, JobView};
+use crate::events::EventKind;
+use std::collections::HashMap;
 use super::{ApiError, AppState};
 use crate::domain::progress::EpochMetrics;
 use crate::domain::JobId;
@@ -71,12 +74,12 @@ async fn log_tail(path: &std::path::Path) -> LogTail {
     LogTail { text: String::from_utf8_lossy(&bytes).into_owned(), from, offset: length }
 }
 
-async fn snapshot(state: &AppState, job: Option<JobId>) -> Result<String, ApiError> {
+async fn snapshot(state: &AppState, caller: &Caller, job: Option<JobId>) -> Result<String, ApiError> {
     let json = match job {
         None => {
             let mut jobs = Vec::new();
             for job in state.store.jobs(None).await? {
-                jobs.push(view(state, job).await?);
+                jobs.push(view_for(state, caller, job).await?);
             }
             serde_json::to_string(&QueueSnapshot { jobs })
         }
@@ -84,7 +87,7 @@ async fn snapshot(state: &AppState, job: Option<JobId>) -> Result<String, ApiErr
             let job = find(state, &id.to_string()).await?;
             let epochs = state.store.epoch_metrics(id).await?;
             let log = log_tail(&crate::supervisor::JobPaths::new(&state.paths.data_dir, id).log()).await;
-            serde_json::to_string(&JobSnapshot { job: view(state, job).await?, epochs, log })
+            serde_json::to_string(&JobSnapshot { job: view_for(state, caller, job).await?, epochs, log })
         }
     };
     Ok(json.map_err(anyhow::Error::from)?)
@@ -93,6 +96,10 @@ async fn snapshot(state: &AppState, job: Option<JobId>) -> Result<String, ApiErr
 /// One subscriber's position: events to send first, then the live channel.
 struct Feed {
     state: AppState,
+    /// Who listens: log lines, epochs and failure reasons of other people's jobs are not theirs.
+    caller: Caller,
+    /// Jobs' owners, looked up once per job.
+    owners: HashMap<JobId, Option<String>>,
     job: Option<JobId>,
     /// A snapshot is due (first thing, or after falling behind); with the id it carries.
     snapshot: Option<Option<String>>,
@@ -105,6 +112,34 @@ impl Feed {
         self.job.is_none_or(|job| job == event.job_id)
     }
 
+    /// The event as this caller may see it: the queue's facts for all, a job's log lines,
+    /// epochs and failure reason for its owner and admins only.
+    async fn visible(&mut self, event: Arc<JobEvent>) -> Option<Arc<JobEvent>> {
+        let private = matches!(event.kind, EventKind::Log { .. } | EventKind::Epoch { .. } | EventKind::Finished { error: Some(_), .. });
+        if !private || self.caller.user().is_some_and(|user| user.admin) {
+            return Some(event);
+        }
+        let owner = match self.owners.get(&event.job_id) {
+            Some(owner) => owner.clone(),
+            None => {
+                let owner = self.state.store.job(event.job_id).await.ok().flatten().and_then(|job| job.owner);
+                self.owners.insert(event.job_id, owner.clone());
+                owner
+            }
+        };
+        if self.caller.may_see(owner.as_deref()) {
+            return Some(event);
+        }
+        match &event.kind {
+            EventKind::Finished { state, .. } => Some(Arc::new(JobEvent {
+                seq: event.seq,
+                job_id: event.job_id,
+                kind: EventKind::Finished { state: *state, error: Some(String::from("(visible to the job's owner)")) },
+            })),
+            _ => None,
+        }
+    }
+
     fn message(&self, event: &JobEvent) -> Event {
         let data = serde_json::to_string(event).expect("events serialize");
         Event::default().event(event.kind.name()).id(self.state.events.event_id(event)).data(data)
@@ -114,7 +149,7 @@ impl Feed {
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(id) = self.snapshot.take() {
-                return match snapshot(&self.state, self.job).await {
+                return match snapshot(&self.state, &self.caller, self.job).await {
                     Ok(data) => {
                         let event = Event::default().event("snapshot").data(data);
                         Some(match id {
@@ -130,10 +165,17 @@ impl Feed {
                 };
             }
             if let Some(event) = self.pending.pop_front() {
-                return Some(self.message(&event));
+                if let Some(event) = self.visible(event).await {
+                    return Some(self.message(&event));
+                }
+                continue;
             }
             match self.live.recv().await {
-                Ok(event) if self.wants(&event) => return Some(self.message(&event)),
+                Ok(event) if self.wants(&event) => {
+                    if let Some(event) = self.visible(event).await {
+                        return Some(self.message(&event));
+                    }
+                }
                 Ok(_) => {}
                 // Fell behind the live channel: what was missed is in a fresh snapshot.
                 Err(RecvError::Lagged(_)) => self.snapshot = Some(None),
@@ -143,7 +185,7 @@ impl Feed {
     }
 }
 
-fn feed(state: AppState, job: Option<JobId>, headers: &HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+fn feed(state: AppState, caller: Caller, job: Option<JobId>, headers: &HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
     let subscription = state.events.subscribe(last_event_id);
     let (snapshot, pending) = match subscription.catch_up {
@@ -151,23 +193,28 @@ fn feed(state: AppState, job: Option<JobId>, headers: &HeaderMap) -> Sse<impl St
         CatchUp::Snapshot => (Some(Some(subscription.resume_id)), VecDeque::new()),
     };
     let closed = state.events.closed();
-    let start = Feed { state, job, snapshot, pending, live: subscription.live };
+    let start = Feed { state, caller, owners: HashMap::new(), job, snapshot, pending, live: subscription.live };
     let events = stream::unfold(start, |mut feed| async move { feed.next().await.map(|event| (Ok(event), feed)) });
     Sse::new(events.take_until(closed)).keep_alive(KeepAlive::default())
 }
 
 /// `GET /api/events`: every job's events.
-pub async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    feed(state, None, &headers)
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    feed(state, caller, None, &headers)
 }
 
 /// `GET /api/jobs/{id}/events`: one job's events; its snapshot has the job, its epochs and the
 /// end of its log.
 pub async fn job_stream(
     State(state): State<AppState>,
+    Authed(user): Authed,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let job = find(&state, &id).await?;
-    Ok(feed(state, Some(job.id), &headers))
+    let job = find_own(&state, &user, &id).await?;
+    Ok(feed(state, Caller::User(user), Some(job.id), &headers))
 }

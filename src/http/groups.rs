@@ -54,9 +54,13 @@ pub(super) fn metric_values(job: &Job) -> Vec<(&'static str, Option<f64>)> {
 }
 
 /// `GET /api/groups/{id}`.
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<GroupView>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    super::auth::Authed(user): super::auth::Authed,
+    Path(id): Path<String>,
+) -> Result<Json<GroupView>, ApiError> {
     let jobs = state.store.jobs_in_group(&id).await?;
-    if jobs.is_empty() {
+    if jobs.is_empty() || !jobs.iter().all(|job| user.may_act_on(job.owner.as_deref())) {
         return Err(ApiError::NotFound(format!("no group with id `{id}`")));
     }
     let succeeded: Vec<&Job> = jobs.iter().filter(|job| job.state == JobState::Succeeded).collect();

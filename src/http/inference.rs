@@ -5,7 +5,8 @@
 //! data decodes completely — so a bad file costs a 4xx in milliseconds and never reaches a model.
 //! The prediction itself runs in the job's warm model process (the supervisor's, never here).
 
-use super::jobs::find;
+use super::auth::Authed;
+use super::jobs::find_own;
 use super::{ApiError, AppState};
 use crate::catalog;
 use crate::domain::{Job, JobState};
@@ -21,8 +22,13 @@ use serde_json::json;
 pub const MAX_PIXELS: u64 = 50_000_000;
 
 /// `POST /api/jobs/{id}/predict`: `{"job_id", "classes", "probabilities": {class: p}, "predicted", "width", "height"}`.
-pub async fn predict(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
-    let job = find(&state, &id).await?;
+pub async fn predict(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let job = find_own(&state, &user, &id).await?;
     let (answer, _) = run(&state, &job, body, false).await?;
     let classes = classes(&state, &job);
     let probabilities: Vec<f64> = serde_json::from_value(answer["probabilities"].clone()).map_err(|err| ApiError::Internal(err.into()))?;
@@ -39,8 +45,13 @@ pub async fn predict(State(state): State<AppState>, Path(id): Path<String>, body
 }
 
 /// `POST /api/jobs/{id}/cam`: the Grad-CAM heatmap of the predicted class over the image, PNG.
-pub async fn cam(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
-    let job = find(&state, &id).await?;
+pub async fn cam(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let job = find_own(&state, &user, &id).await?;
     let (_, png) = run(&state, &job, body, true).await?;
     let png = png.expect("a cam request writes a picture");
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], png).into_response())

@@ -1,6 +1,8 @@
 //! `/api/jobs`: submit, list, show, cancel.
 
+use super::auth::{Authed, Caller};
 use super::{ApiError, AppState};
+use crate::domain::user::User;
 use crate::catalog;
 use crate::domain::spec::Weights;
 use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
@@ -22,6 +24,16 @@ pub struct JobView {
     position: Option<i64>,
 }
 
+/// A job as `caller` may see it: the queue's facts for everyone; its error (which quotes its
+/// log) and results only for its owner and admins.
+pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobView, ApiError> {
+    if !caller.may_see(job.owner.as_deref()) {
+        job.error = job.error.map(|_| String::from("(visible to the job's owner)"));
+        job.final_metrics = None;
+    }
+    view(state, job).await
+}
+
 /// A job as the API shows it, with its queue position when queued.
 pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
     let position = match job.state {
@@ -40,6 +52,63 @@ pub(super) fn parse_id(raw: &str) -> Result<JobId, ApiError> {
 pub(super) async fn find(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     let id = parse_id(raw_id)?;
     state.store.job(id).await?.ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
+}
+
+/// Loads a job `user` may act on: their own, or any for an admin. Someone else's job answers
+/// 404 exactly like a missing one, so ids cannot be probed.
+pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Result<Job, ApiError> {
+    let job = find(state, raw_id).await?;
+    if user.may_act_on(job.owner.as_deref()) {
+        Ok(job)
+    } else {
+        Err(ApiError::NotFound(format!("no job with id `{}`", job.id)))
+    }
+}
+
+/// `GET /api/me`: who the token belongs to.
+pub async fn me(Authed(user): Authed) -> Json<User> {
+    Json(user)
+}
+
+/// The admin's caps and the admin-only fields, checked before anything is queued.
+async fn check_limits(state: &AppState, user: &User, spec: &JobSpec) -> Result<(), ApiError> {
+    if spec.priority != 0 && !user.admin {
+        return Err(ApiError::Forbidden {
+            field: "priority",
+            message: String::from("only admins may set a priority; remove the field (fair share orders students' jobs)"),
+        });
+    }
+    let limits = &state.limits;
+    if spec.total_epochs() > limits.max_epochs {
+        return Err(SpecError::new(
+            "phases",
+            format!("{} epochs in all; this box allows at most {} per job", spec.total_epochs(), limits.max_epochs),
+        )
+        .into());
+    }
+    let (field, side) = match spec.image_size {
+        Some(size) => ("image_size", size),
+        None => match spec.resize() {
+            crate::domain::spec::Resize::Bounded { max_side, .. } | crate::domain::spec::Resize::Square(max_side) => {
+                ("max_image_side", max_side)
+            }
+        },
+    };
+    if side > limits.max_image_side {
+        return Err(SpecError::new(field, format!("{side} px is over this box's limit of {} px", limits.max_image_side)).into());
+    }
+    let active = state.store.active_jobs_of(&user.name).await?;
+    let adding = i64::from(spec.repeats);
+    if !user.admin && active + adding > i64::from(limits.max_active_jobs_per_user) {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "you have {active} jobs queued or running and this would add {adding}; the limit is {} per user: wait for some to finish or cancel some",
+                limits.max_active_jobs_per_user
+            ),
+            retry_after_secs: 0,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a parsed spec against what is on disk now: the dataset, its classes, the weights file.
@@ -75,8 +144,13 @@ fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), SpecError> {
 
 /// `POST /api/jobs`: validates the spec completely, then queues it: 201 with the job, or with
 /// `repeats: N`, 201 with `{"group_id": …, "jobs": [N jobs]}`.
-pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let spec = JobSpec::parse(&body)?;
+    check_limits(&state, &user, &spec).await?;
     check_inputs(&state, &spec)?;
     let group_id = (spec.repeats > 1).then(|| uuid::Uuid::new_v4().to_string());
     let mut new = Vec::new();
@@ -86,13 +160,16 @@ pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<(Statu
             name: sibling.name.clone(),
             spec: serde_json::to_value(&sibling).map_err(anyhow::Error::from)?,
             group_id: group_id.clone(),
+            owner: Some(user.name.clone()),
+            priority: sibling.priority,
+            memory_bytes: 0, // MERGE: domain::memory::estimate_bytes(&sibling)
         });
     }
     let jobs = state.store.insert_jobs(&new).await?;
     state.scheduler.wake();
     let mut views = Vec::with_capacity(jobs.len());
     for job in jobs {
-        tracing::info!(job_id = %job.id, name = %job.name, "job queued");
+        tracing::info!(job_id = %job.id, name = %job.name, owner = %user.name, "job queued");
         state.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
         views.push(view(&state, job).await?);
     }
@@ -110,28 +187,36 @@ pub struct ListQuery {
 }
 
 /// `GET /api/jobs[?state=queued]`.
-pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Json<Vec<JobView>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
     let filter = query
         .state
         .map(|raw| raw.parse::<JobState>().map_err(|message| ApiError::BadRequest { field: "state", message }))
         .transpose()?;
     let mut views = Vec::new();
     for job in state.store.jobs(filter).await? {
-        views.push(view(&state, job).await?);
+        views.push(view_for(&state, &caller, job).await?);
     }
     Ok(Json(views))
 }
 
 /// `GET /api/jobs/{id}`.
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = find(&state, &id).await?;
-    Ok(Json(view(&state, job).await?))
+    Ok(Json(view_for(&state, &caller, job).await?))
 }
 
 /// `POST /api/jobs/{id}/cancel`: a queued job is cancelled at once (200); a running one is asked
 /// to stop and turns `cancelled` when its worker has exited (202).
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let id = parse_id(&id)?;
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let id = find_own(&state, &user, &id).await?.id;
     let status = match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledWhileQueued => {
             state.events.publish(id, EventKind::Finished { state: JobState::Cancelled, error: None });

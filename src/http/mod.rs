@@ -1,5 +1,6 @@
 //! The only place that knows axum: the router, shared state, and one file per resource.
 
+mod auth;
 mod catalog;
 mod compare;
 mod csv;
@@ -11,6 +12,7 @@ mod jobs;
 mod outputs;
 mod plots;
 
+pub use auth::RateLimiter;
 pub use error::ApiError;
 
 use crate::devices::Inventory;
@@ -43,6 +45,19 @@ pub struct Paths {
     pub static_dir: PathBuf,
 }
 
+/// What the admin allows each user (config flags).
+#[derive(Debug)]
+pub struct Limits {
+    /// Per-user request budget.
+    pub rate: RateLimiter,
+    /// Most jobs one user may have queued or running at once.
+    pub max_active_jobs_per_user: u32,
+    /// Most epochs (all phases together) one job may ask for.
+    pub max_epochs: u32,
+    /// Largest image side (fixed size, or a variable-size job's `max_image_side`).
+    pub max_image_side: u32,
+}
+
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
@@ -58,6 +73,8 @@ pub struct AppState {
     pub events: EventBus,
     /// Folders.
     pub paths: Arc<Paths>,
+    /// Per-user limits.
+    pub limits: Arc<Limits>,
 }
 
 /// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.
@@ -81,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/weights", get(catalog::weights))
         .route("/backbones", get(catalog::backbones))
         .route("/devices", get(catalog::devices))
+        .route("/me", get(jobs::me))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES));
     let uploads = Router::new()
@@ -89,7 +107,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES));
-    let api = api.merge(uploads).fallback(|| async { ApiError::NotFound(String::from("no such API route")) });
+    let api = api
+        .merge(uploads)
+        .fallback(|| async { ApiError::NotFound(String::from("no such API route")) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))

@@ -2,7 +2,9 @@
 //! (nested names such as `cam/tp-0.png` included, never leaving the job's folder).
 
 use super::csv::{self, FormatQuery, TableFormat};
-use super::jobs::find;
+use super::auth::Authed;
+use super::jobs::find_own;
+use crate::domain::user::User;
 use super::{ApiError, AppState};
 use crate::catalog::check_plain_name;
 use crate::domain::progress::{EpochMetrics, FinalMetrics};
@@ -32,11 +34,12 @@ pub struct MetricsView {
 /// (one line per epoch; an absent validation value is an empty field).
 pub async fn metrics(
     State(state): State<AppState>,
+    Authed(user): Authed,
     Path(id): Path<String>,
     Query(query): Query<FormatQuery>,
 ) -> Result<Response, ApiError> {
     let format = query.table_format()?;
-    let job = find(&state, &id).await?;
+    let job = find_own(&state, &user, &id).await?;
     let epochs = state.store.epoch_metrics(job.id).await?;
     if format == TableFormat::Json {
         return Ok(Json(MetricsView { job_id: job.id, epochs, final_metrics: job.final_metrics }).into_response());
@@ -67,10 +70,11 @@ pub struct LogQuery {
 /// and streams new lines until the job has finished.
 pub async fn log(
     State(state): State<AppState>,
+    Authed(user): Authed,
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = find(&state, &id).await?;
+    let job = find_own(&state, &user, &id).await?;
     let path = JobPaths::new(&state.paths.data_dir, job.id).log();
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !query.follow {
@@ -131,8 +135,12 @@ const MAX_ARTIFACT_DEPTH: usize = 3;
 
 /// `GET /api/jobs/{id}/artifacts`: checkpoints and other outputs, by name; files in subfolders
 /// are named by their path (`cam/index.json`).
-pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ArtifactView>>, ApiError> {
-    let job = find(&state, &id).await?;
+pub async fn artifacts(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ArtifactView>>, ApiError> {
+    let job = find_own(&state, &user, &id).await?;
     let dir = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let mut views = Vec::new();
     // Real folders only: a symlink is neither listed nor followed.
@@ -162,13 +170,17 @@ pub async fn artifacts(State(state): State<AppState>, Path(id): Path<String>) ->
 
 /// `GET /api/jobs/{id}/artifacts/{*name}`: the file's bytes; `name` may name a file in a
 /// subfolder (`cam/tp-0.png`).
-pub async fn artifact(State(state): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
-    serve_artifact(&state, &id, &name).await
+pub async fn artifact(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    serve_artifact(&state, &user, &id, &name).await
 }
 
 /// `GET /api/jobs/{id}/predictions.csv`: one row per test image (path, label, probability).
-pub async fn predictions(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    serve_artifact(&state, &id, "predictions.csv").await
+pub async fn predictions(State(state): State<AppState>, Authed(user): Authed, Path(id): Path<String>) -> Result<Response, ApiError> {
+    serve_artifact(&state, &user, &id, "predictions.csv").await
 }
 
 /// The artifact `name` of a job, if it is a regular file reached through real folders only: each
@@ -194,8 +206,8 @@ async fn artifact_file(artifacts: &std::path::Path, name: &str) -> Option<(std::
     None
 }
 
-async fn serve_artifact(state: &AppState, id: &str, name: &str) -> Result<Response, ApiError> {
-    let job = find(state, id).await?;
+async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str) -> Result<Response, ApiError> {
+    let job = find_own(state, user, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
     let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let (path, bytes) = artifact_file(&artifacts, name).await.ok_or_else(missing)?;

@@ -5,7 +5,8 @@
 
 use super::compare::{resolve, CompareQuery};
 use super::csv::download_name;
-use super::jobs::find;
+use super::auth::Authed;
+use super::jobs::find_own;
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use crate::plots::{self, Confusion, CurveMetric, CurveRun, Curves, Format, Plot, Roc, RocRun};
@@ -109,8 +110,12 @@ fn curve_metric(kind: Kind) -> Option<CurveMetric> {
 }
 
 /// `GET /api/jobs/{id}/plots/{kind}.{svg|png}`.
-pub async fn job_plot(State(state): State<AppState>, Path((id, file)): Path<(String, String)>) -> Result<Response, ApiError> {
-    let job = find(&state, &id).await?;
+pub async fn job_plot(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = find_own(&state, &user, &id).await?;
     let (kind, format) = parse_file(&file)?;
     let plot = match kind {
         Kind::Accuracy | Kind::Loss => {
@@ -169,6 +174,7 @@ fn labels(jobs: &[(&Job, bool)]) -> Vec<String> {
 /// and the title says how many are shown; none at all is a 409.
 pub async fn compare_plot(
     State(state): State<AppState>,
+    Authed(user): Authed,
     Path(file): Path<String>,
     Query(query): Query<CompareQuery>,
 ) -> Result<Response, ApiError> {
@@ -179,7 +185,7 @@ pub async fn compare_plot(
             message: String::from("confusion matrices do not overlay: ask each job for its own, GET /api/jobs/{id}/plots/confusion.png"),
         });
     }
-    let compared = resolve(&state, query.ids.as_deref()).await?;
+    let compared = resolve(&state, &user, query.ids.as_deref()).await?;
     let jobs: Vec<(&Job, bool)> = compared
         .iter()
         .flat_map(|entry| entry.jobs.iter().map(|job| (job, entry.group.is_some())))

@@ -3,6 +3,7 @@
 use super::{Store, StoreError};
 use crate::domain::job::now_rfc3339;
 use crate::domain::progress::{EpochMetrics, FinalMetrics};
+use crate::domain::job::ResumePoint;
 use crate::domain::{Job, JobId, JobProgress, JobState};
 
 /// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
@@ -19,6 +20,30 @@ pub struct NewJob {
     pub spec: serde_json::Value,
     /// The repeat group it belongs to, if any.
     pub group_id: Option<String>,
+    /// Who submitted it.
+    pub owner: Option<String>,
+    /// Admin-set priority (0 for students).
+    pub priority: i64,
+    /// Estimated GPU memory, bytes.
+    pub memory_bytes: u64,
+}
+
+/// One worker start of a job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobRun {
+    /// The device it ran on.
+    pub device: String,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Unix seconds; absent while running.
+    pub ended_at: Option<f64>,
+    /// `succeeded`, `failed`, `cancelled`, `interrupted` or `requeued`; absent while running.
+    pub outcome: Option<String>,
+}
+
+/// Seconds since the Unix epoch, as `job_runs` stores time.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 /// What a cancel request found.
@@ -51,6 +76,12 @@ struct JobRecord {
     final_metrics: Option<String>,
     attempts: i64,
     group_id: Option<String>,
+    owner: Option<String>,
+    priority: i64,
+    memory_bytes: i64,
+    memory_measured: bool,
+    notes: String,
+    resume_point: Option<String>,
 }
 
 fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
@@ -80,12 +111,19 @@ impl TryFrom<JobRecord> for Job {
             final_metrics: decode_json::<FinalMetrics>("final_metrics", record.final_metrics)?,
             attempts: record.attempts,
             group_id: record.group_id,
+            owner: record.owner,
+            priority: record.priority,
+            memory_bytes: record.memory_bytes.max(0) as u64,
+            memory_measured: record.memory_measured,
+            notes: serde_json::from_str(&record.notes).map_err(|err| corrupt("notes", err))?,
+            resume_point: decode_json("resume_point", record.resume_point)?,
         })
     }
 }
 
 const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
-                           progress, error, cancel_requested, final_metrics, attempts, group_id";
+                           progress, error, cancel_requested, final_metrics, attempts, group_id, owner, priority, \
+                           memory_bytes, memory_measured, notes, resume_point";
 
 impl Store {
     /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued).
@@ -93,12 +131,18 @@ impl Store {
         let mut transaction = self.pool.begin().await?;
         let submitted_at = now_rfc3339();
         for job in jobs {
-            sqlx::query("INSERT INTO jobs (id, name, state, spec, submitted_at, group_id) VALUES (?, ?, 'queued', ?, ?, ?)")
+            sqlx::query(
+                "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes) \
+                 VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+            )
                 .bind(job.id.to_string())
                 .bind(&job.name)
                 .bind(job.spec.to_string())
                 .bind(&submitted_at)
                 .bind(&job.group_id)
+                .bind(&job.owner)
+                .bind(job.priority)
+                .bind(job.memory_bytes as i64)
                 .execute(&mut *transaction)
                 .await?;
         }
@@ -157,6 +201,7 @@ impl Store {
     pub async fn claim_job(&self, id: JobId, device: &str) -> Result<bool, StoreError> {
         let progress = serde_json::to_string(&JobProgress { activity: String::from("starting"), ..JobProgress::default() })
             .expect("progress serializes");
+        let mut transaction = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE jobs SET state = 'running', device = ?, started_at = ?, attempts = attempts + 1, progress = ? \
              WHERE id = ? AND state = 'queued'",
@@ -165,14 +210,42 @@ impl Store {
         .bind(now_rfc3339())
         .bind(progress)
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO job_runs (job_id, owner, device, started_at) SELECT id, owner, ?, ? FROM jobs WHERE id = ?",
+        )
+        .bind(device)
+        .bind(unix_now())
+        .bind(id.to_string())
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// Closes a job's open run (if any) with `outcome`.
+    async fn close_run(
+        transaction: &mut sqlx::SqliteConnection,
+        id: &str,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE job_runs SET ended_at = ?, outcome = ? WHERE job_id = ? AND ended_at IS NULL")
+            .bind(unix_now())
+            .bind(outcome)
+            .bind(id)
+            .execute(transaction)
+            .await?;
+        Ok(())
     }
 
     /// Ends a running job. False if it was not running.
     pub async fn finish_job(&self, id: JobId, state: JobState, error: Option<&str>) -> Result<bool, StoreError> {
         debug_assert!(state.is_terminal());
+        let mut transaction = self.pool.begin().await?;
         // The last progress snapshot stays (where it stopped), but no longer claims an activity.
         let result = sqlx::query(
             "UPDATE jobs SET state = ?, error = ?, finished_at = ?, \
@@ -184,9 +257,106 @@ impl Store {
         .bind(now_rfc3339())
         .bind(state.as_str())
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::close_run(&mut transaction, &id.to_string(), state.as_str()).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// Puts a running job back in the queue (keeping its place), closing its run with `outcome`:
+    /// `interrupted` when the server stops, `requeued` after running out of memory. `spec`
+    /// replaces the stored spec (the halved batch), `note` is appended to its notes. False if it
+    /// was not running.
+    pub async fn requeue_job(
+        &self,
+        id: JobId,
+        outcome: &str,
+        spec: Option<&serde_json::Value>,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let result = sqlx::query(
+            "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL, \
+             spec = COALESCE(?, spec), \
+             notes = CASE WHEN ? IS NULL THEN notes ELSE json_insert(notes, '$[#]', ?) END, \
+             oom_retried = oom_retried OR ?, \
+             resume_point = CASE WHEN ? THEN NULL ELSE resume_point END \
+             WHERE id = ? AND state = 'running' AND cancel_requested = 0",
+        )
+        .bind(spec.map(|spec| spec.to_string()))
+        .bind(note)
+        .bind(note)
+        .bind(outcome == "requeued")
+        .bind(spec.is_some())
+        .bind(id.to_string())
+        .execute(&mut *transaction)
+        .await?;
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::close_run(&mut transaction, &id.to_string(), outcome).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// Whether a job was already re-queued once after running out of memory.
+    pub async fn oom_retried(&self, id: JobId) -> Result<bool, StoreError> {
+        let row: Option<(bool,)> =
+            sqlx::query_as("SELECT oom_retried FROM jobs WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await?;
+        Ok(row.is_some_and(|(retried,)| retried))
+    }
+
+    /// Records how far a running job's resumable checkpoint reaches.
+    pub async fn set_resume_point(&self, id: JobId, point: ResumePoint) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET resume_point = ? WHERE id = ?")
+            .bind(serde_json::to_string(&point).expect("resume points serialize"))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a job's memory estimate with a measurement.
+    pub async fn set_measured_memory(&self, id: JobId, bytes: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET memory_bytes = ?, memory_measured = 1 WHERE id = ?")
+            .bind(bytes as i64)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs of `owner` still waiting or running: what the per-user queue limit counts.
+    pub async fn active_jobs_of(&self, owner: &str) -> Result<i64, StoreError> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')")
+                .bind(owner)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+
+    /// Every run that ended after `since` (Unix seconds) or is still going: (owner, start, end).
+    /// Fair share turns them into decayed device-seconds per user.
+    pub async fn runs_since(&self, since: f64) -> Result<Vec<(Option<String>, f64, Option<f64>)>, StoreError> {
+        Ok(sqlx::query_as("SELECT owner, started_at, ended_at FROM job_runs WHERE ended_at IS NULL OR ended_at >= ?")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// A job's runs in order: (device, start, end, outcome), Unix seconds.
+    pub async fn runs_of(&self, id: JobId) -> Result<Vec<JobRun>, StoreError> {
+        let rows: Vec<(String, f64, Option<f64>, Option<String>)> =
+            sqlx::query_as("SELECT device, started_at, ended_at, outcome FROM job_runs WHERE job_id = ? ORDER BY id")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(device, started_at, ended_at, outcome)| JobRun { device, started_at, ended_at, outcome }).collect())
     }
 
     /// Cancels a queued job at once, or marks a running one for stopping.
@@ -216,12 +386,30 @@ impl Store {
 
     /// Puts every job left `running` by a dead server back in the queue, keeping its place.
     pub async fn requeue_running(&self) -> Result<Vec<JobId>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL, cancel_requested = 0 \
-             WHERE state = 'running' RETURNING id",
+        let mut transaction = self.pool.begin().await?;
+        // A cancel that was under way when the server died is honoured now.
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, \
+             progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', 'cancelled') END \
+             WHERE state = 'running' AND cancel_requested = 1",
         )
-        .fetch_all(&self.pool)
+        .bind(now_rfc3339())
+        .execute(&mut *transaction)
         .await?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL WHERE state = 'running' RETURNING id",
+        )
+        .fetch_all(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "UPDATE job_runs SET ended_at = ?, \
+             outcome = CASE WHEN (SELECT state FROM jobs WHERE jobs.id = job_runs.job_id) = 'cancelled' THEN 'cancelled' ELSE 'interrupted' END \
+             WHERE ended_at IS NULL",
+        )
+        .bind(unix_now())
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
         rows.into_iter().map(|(id,)| id.parse().map_err(|err| corrupt("id", err))).collect()
     }
 
@@ -299,7 +487,15 @@ mod tests {
     }
 
     async fn queued(store: &Store) -> Job {
-        let job = NewJob { id: JobId::new(), name: String::from("t"), spec: serde_json::json!({"dataset": "d"}), group_id: None };
+        let job = NewJob {
+            id: JobId::new(),
+            name: String::from("t"),
+            spec: serde_json::json!({"dataset": "d"}),
+            group_id: None,
+            owner: Some(String::from("alice")),
+            priority: 0,
+            memory_bytes: 1,
+        };
         store.insert_jobs(&[job]).await.unwrap().remove(0)
     }
 
@@ -351,7 +547,15 @@ mod tests {
     #[tokio::test]
     async fn a_group_is_inserted_whole_or_not_at_all() {
         let (_dir, store) = store().await;
-        let member = |id: JobId| NewJob { id, name: String::from("r"), spec: serde_json::json!({}), group_id: Some(String::from("g1")) };
+        let member = |id: JobId| NewJob {
+            id,
+            name: String::from("r"),
+            spec: serde_json::json!({}),
+            group_id: Some(String::from("g1")),
+            owner: None,
+            priority: 0,
+            memory_bytes: 0,
+        };
         let jobs = store.insert_jobs(&[member(JobId::new()), member(JobId::new())]).await.unwrap();
         assert_eq!(store.jobs_in_group("g1").await.unwrap().len(), 2);
         // A duplicate id fails the second insert; the first of that batch must not stay behind.

@@ -2,8 +2,10 @@
 //! migrations from `migrations/` applied at open.
 
 mod jobs;
+mod users;
 
-pub use jobs::{CancelOutcome, NewJob};
+pub use jobs::{unix_now, CancelOutcome, JobRun, NewJob};
+pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;

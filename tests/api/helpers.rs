@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 /// A running server and its folders. Killed on drop.
 pub struct TestApp {
     pub address: String,
+    /// Sends student `alice`'s token with every request.
     pub client: reqwest::Client,
+    /// Tokens of the users every test server has: `alice` and `bob` (students), `root` (admin).
+    pub tokens: std::collections::HashMap<&'static str, String>,
     pub root: PathBuf,
     pub process: Child,
     _temp: Option<tempfile::TempDir>,
@@ -23,6 +26,41 @@ pub struct Options {
     /// A fake worker script instead of the real `trainq-worker`.
     pub worker: Option<PathBuf>,
     pub cpu_slots: Option<usize>,
+    /// More `trainq serve` flags.
+    pub args: Vec<String>,
+}
+
+/// The users every test server has.
+pub const USERS: [(&str, bool); 3] = [("alice", false), ("bob", false), ("root", true)];
+
+/// Creates the test users in `root/data` once (`trainq user add`), keeping their tokens in
+/// `root/tokens/` so a restarted server's clients use the same ones.
+fn users(root: &Path) -> std::collections::HashMap<&'static str, String> {
+    let folder = root.join("tokens");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut tokens = std::collections::HashMap::new();
+    for (name, admin) in USERS {
+        let file = folder.join(name);
+        if !file.exists() {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_trainq"));
+            command.args(["user", "add", name, "--data-dir"]).arg(root.join("data"));
+            if admin {
+                command.arg("--admin");
+            }
+            let output = command.stderr(Stdio::inherit()).output().unwrap();
+            assert!(output.status.success(), "trainq user add {name} failed");
+            std::fs::write(&file, String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+        }
+        tokens.insert(name, std::fs::read_to_string(&file).unwrap());
+    }
+    tokens
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
 }
 
 /// Writes a generated dataset `demo` (tiny images) under `root/datasets`.
@@ -132,6 +170,7 @@ impl TestApp {
 
     /// Starts a server on an existing folder (to test restarts).
     pub fn spawn_in(root: &Path, options: Options) -> TestApp {
+        let tokens = users(root);
         let mut command = Command::new(env!("CARGO_BIN_EXE_trainq"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--no-gpu", "--kill-grace-secs", "2"])
@@ -142,11 +181,16 @@ impl TestApp {
             .arg("--weights")
             .arg(root.join("weights"))
             .args(["--cpu-slots", &options.cpu_slots.unwrap_or(1).to_string()])
+            .args(&options.args)
             .env("RUST_LOG", "info,trainq=debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(root.join("server.log")).unwrap());
         if let Some(worker) = &options.worker {
             command.arg("--worker").arg(worker);
+        }
+        if !options.args.iter().any(|arg| arg == "--rate-limit-per-minute") {
+            // Tests poll fast; the limit itself is tested with its own server.
+            command.args(["--rate-limit-per-minute", "1000000"]);
         }
         let mut process = command.spawn().expect("starting trainq serve");
         let stdout = process.stdout.take().unwrap();
@@ -162,7 +206,8 @@ impl TestApp {
         let address = receiver.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
             panic!("server did not start: {}", std::fs::read_to_string(root.join("server.log")).unwrap_or_default())
         });
-        TestApp { address, client: reqwest::Client::new(), root: root.to_path_buf(), process, _temp: None }
+        let client = client_with(&tokens["alice"]);
+        TestApp { address, client, tokens, root: root.to_path_buf(), process, _temp: None }
     }
 
     pub fn url(&self, path: &str) -> String {

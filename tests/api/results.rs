@@ -48,7 +48,7 @@ pub fn results_app(cpu_slots: usize) -> ResultsApp {
     let scripts = tempfile::tempdir().unwrap();
     image::RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 40])).save(scripts.path().join("tiny.png")).unwrap();
     let worker = fake_worker(scripts.path(), "worker.sh", RESULTS_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(cpu_slots) });
+    let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(cpu_slots), ..Options::default() });
     write_dataset(&app.root, 2, 1, 1);
     write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
     ResultsApp { app, _scripts: scripts }

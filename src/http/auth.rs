@@ -1,0 +1,157 @@
+//! Who is calling: `Authorization: Bearer <token>` checked against the users table on every
+//! request, and a per-user request budget (token bucket) answered with 429 + `Retry-After`.
+//!
+//! Reads of the queue (names, owners, states, progress) and of the catalog are open to everyone,
+//! like `squeue`; everything that changes something or reads a job's outputs needs a token, and a
+//! student's token reaches only the student's own jobs (a foreign job answers 404, as if absent).
+//! The token travels in a header only, never a cookie, so no other site can ride on it (no CSRF).
+
+use super::{ApiError, AppState};
+use crate::domain::user::User;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// The caller of this request, as the auth layer found it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No `Authorization` header.
+    Anonymous,
+    /// A valid token.
+    User(User),
+}
+
+impl Caller {
+    /// The user, if any.
+    pub fn user(&self) -> Option<&User> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::User(user) => Some(user),
+        }
+    }
+
+    /// Whether the caller may see a job's private parts (outputs, log, live log lines).
+    pub fn may_see(&self, owner: Option<&str>) -> bool {
+        self.user().is_some_and(|user| user.may_act_on(owner))
+    }
+}
+
+/// The auth middleware: a missing header makes an anonymous caller; a malformed or unknown token
+/// is a 401 at once (a typo should not silently turn into anonymous access); a known user over
+/// their request budget gets a 429.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let caller = match request.headers().get(axum::http::header::AUTHORIZATION) {
+        None => Caller::Anonymous,
+        Some(value) => {
+            let token = value.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).map(str::trim);
+            let Some(token) = token.filter(|token| !token.is_empty()) else {
+                return ApiError::Unauthorized(String::from(
+                    "the Authorization header must be `Bearer <token>`; `trainq user add NAME` prints a token",
+                ))
+                .into_response();
+            };
+            match state.store.user_by_token(token).await {
+                Ok(Some(user)) => {
+                    if let Err(retry_after) = state.limits.rate.check(&user.name, Instant::now()) {
+                        return ApiError::TooManyRequests {
+                            message: format!(
+                                "more than {} requests a minute from user `{}`; slow down",
+                                state.limits.rate.per_minute, user.name
+                            ),
+                            retry_after_secs: retry_after,
+                        }
+                        .into_response();
+                    }
+                    Caller::User(user)
+                }
+                Ok(None) => {
+                    return ApiError::Unauthorized(String::from(
+                        "unknown token; ask the admin for yours (`trainq user add NAME`, or `trainq user token NAME` for a new one)",
+                    ))
+                    .into_response()
+                }
+                Err(err) => return ApiError::from(err).into_response(),
+            }
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Caller, ApiError> {
+        Ok(parts.extensions.get::<Caller>().cloned().unwrap_or(Caller::Anonymous))
+    }
+}
+
+/// A handler argument that requires a valid token (401 otherwise).
+#[derive(Debug, Clone)]
+pub struct Authed(pub User);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authed {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Authed, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::User(user) => Ok(Authed(user)),
+            Caller::Anonymous => Err(ApiError::Unauthorized(String::from(
+                "this needs your token: send `Authorization: Bearer <token>` (the admin creates it with `trainq user add NAME`)",
+            ))),
+        }
+    }
+}
+
+/// Per-user token buckets: `per_minute` requests a minute on average, bursts up to `burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    /// Sustained rate.
+    pub per_minute: u32,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_minute` requests a minute per user, with bursts of a quarter minute's worth
+    /// (at least 10).
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter { per_minute, burst: (f64::from(per_minute) / 4.0).max(10.0), buckets: Mutex::default() }
+    }
+
+    /// Takes one request from `user`'s bucket, or says in how many whole seconds one is available.
+    pub fn check(&self, user: &str, now: Instant) -> Result<(), u64> {
+        let rate = f64::from(self.per_minute) / 60.0;
+        let mut buckets = self.buckets.lock().expect("rate limiter poisoned");
+        let (tokens, at) = buckets.entry(user.to_string()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_is_allowed_then_the_rate_holds_per_user() {
+        let limiter = RateLimiter::new(60); // one a second, bursts of 15
+        let start = Instant::now();
+        for _ in 0..15 {
+            assert!(limiter.check("alice", start).is_ok());
+        }
+        assert_eq!(limiter.check("alice", start), Err(1));
+        assert!(limiter.check("bob", start).is_ok(), "buckets are per user");
+        assert!(limiter.check("alice", start + Duration::from_millis(1100)).is_ok());
+        assert!(limiter.check("alice", start + Duration::from_millis(1200)).is_err());
+    }
+}
