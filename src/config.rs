@@ -59,9 +59,65 @@ pub enum UserCommand {
     List,
 }
 
+/// Reads `--config FILE` (or `TRAINQ_CONFIG`) for `trainq serve`: a TOML table whose keys are
+/// `serve`'s long flags (`cpu_slots = 2` or `cpu-slots = 2`). Each becomes the flag's `TRAINQ_*`
+/// variable unless that is already set, so the command line beats the environment, which beats
+/// the file. An unknown key is an error that lists the known ones. Must run before any thread is
+/// started (it sets environment variables).
+pub fn load_config_file(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let args: Vec<String> = args.into_iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+    let path = args
+        .iter()
+        .position(|arg| arg == "--config")
+        .and_then(|index| args.get(index + 1).cloned())
+        .or_else(|| args.iter().find_map(|arg| arg.strip_prefix("--config=").map(str::to_string)))
+        .or_else(|| std::env::var("TRAINQ_CONFIG").ok());
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
+    for (name, value) in config_variables(&text).with_context(|| format!("in the config file {path}"))? {
+        if std::env::var_os(&name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
+    Ok(())
+}
+
+/// The `TRAINQ_*` variables a config file's text stands for.
+pub fn config_variables(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use clap::CommandFactory;
+    let table: toml::Table = text.parse()?;
+    let command = Cli::command();
+    let serve = command.find_subcommand("serve").expect("serve is a subcommand");
+    let known: Vec<(String, String)> = serve
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_long()?.replace('-', "_"), arg.get_env()?.to_string_lossy().into_owned())))
+        .collect();
+    let mut variables = Vec::new();
+    for (key, value) in table {
+        let Some((_, env)) = known.iter().find(|(name, _)| *name == key.replace('-', "_")) else {
+            let names: Vec<&str> = known.iter().map(|(name, _)| name.as_str()).collect();
+            anyhow::bail!("unknown key `{key}`; the keys are {}", names.join(", "));
+        };
+        let value = match value {
+            toml::Value::String(text) => text,
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::Float(number) => number.to_string(),
+            toml::Value::Boolean(flag) => flag.to_string(),
+            other => anyhow::bail!("`{key}` must be a string, number or boolean, not {}", other.type_str()),
+        };
+        variables.push((env.clone(), value));
+    }
+    Ok(variables)
+}
+
 /// `trainq serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// A TOML file of these settings (keys are the flags' long names); flags and `TRAINQ_*`
+    /// variables override it. See deploy/trainq.toml.
+    #[arg(long, env = "TRAINQ_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "TRAINQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -90,6 +146,14 @@ pub struct ServeConfig {
     /// Seconds between SIGTERM and SIGKILL when stopping a worker.
     #[arg(long, env = "TRAINQ_KILL_GRACE_SECS", default_value_t = 10)]
     pub kill_grace_secs: u64,
+    /// On SIGTERM the server stops starting jobs and gives running workers this many seconds to
+    /// save a checkpoint and exit (they resume at the next start), then exits 0.
+    #[arg(long, env = "TRAINQ_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Most memory (GB of address space) one CPU worker may use; over it, its allocation fails
+    /// and the job fails with "out of memory" (or is retried with half the batch). Default: no limit.
+    #[arg(long, env = "TRAINQ_WORKER_MAX_MEMORY_GB")]
+    pub worker_max_memory_gb: Option<f64>,
     /// The dashboard's files. Default: the `static/` folder of the source tree.
     #[arg(long, env = "TRAINQ_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
@@ -178,4 +242,32 @@ fn backbone_parser() -> impl TypedValueParser<Value = Backbone> {
     PossibleValuesParser::new(Backbone::ALL.map(Backbone::name)).map(|name| {
         Backbone::ALL.into_iter().find(|backbone| backbone.name() == name).expect("a listed possible value")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_names_flags_and_rejects_unknown_keys() {
+        let variables = config_variables("listen = \"0.0.0.0:80\"\ncpu-slots = 2\ncache_max_gb = 7.5\nno_gpu = true\n").unwrap();
+        assert_eq!(
+            variables,
+            [
+                (String::from("TRAINQ_CACHE_MAX_GB"), String::from("7.5")),
+                (String::from("TRAINQ_CPU_SLOTS"), String::from("2")),
+                (String::from("TRAINQ_LISTEN"), String::from("0.0.0.0:80")),
+                (String::from("TRAINQ_NO_GPU"), String::from("true")),
+            ]
+        );
+        let err = config_variables("cpu_slot = 2").unwrap_err().to_string();
+        assert!(err.contains("unknown key `cpu_slot`") && err.contains("cpu_slots"), "{err}");
+        assert!(config_variables("listen = [1]").is_err());
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../deploy/trainq.toml");
+        assert!(!config_variables(text).unwrap().is_empty());
+    }
 }

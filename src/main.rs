@@ -3,8 +3,13 @@
 use clap::Parser;
 use trainq::config::{Cli, Command, WeightsCommand};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists: the config file becomes `TRAINQ_*` variables (see config.rs).
+    trainq::config::load_config_file(std::env::args_os())?;
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),

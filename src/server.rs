@@ -58,9 +58,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             data_dir: data_dir.clone(),
             worker_program,
             kill_grace: Duration::from_secs(config.kill_grace_secs),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            cpu_memory_limit: config.worker_max_memory_gb.map(|gb| (gb.max(0.1) * 1e9) as u64),
         },
         scheduler_handle.notifier(),
         events.clone(),
+        inventory.clone(),
     );
     let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
     let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone(), cache_budget_bytes };
@@ -85,9 +88,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
-    // Open event streams never end by themselves; closing the bus ends them so shutdown can finish.
+    // SIGTERM: stop starting jobs, let running workers checkpoint and exit (they resume at the
+    // next start), then stop serving. Open event streams never end by themselves; closing the
+    // bus ends them so shutdown can finish.
+    let stopping = state.supervisor.clone();
     let shutdown = async move {
         shutdown_signal().await;
+        stopping.shutdown().await;
+        tracing::info!("every worker has stopped; closing the API");
         events.close();
     };
     http::serve(listener, state, shutdown).await?;
@@ -132,5 +140,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down; running workers end with the server and are re-queued at the next start");
+    tracing::info!("shutting down: no new jobs start; running workers save a checkpoint and exit");
 }

@@ -28,6 +28,18 @@ pub struct DeviceSlot {
     pub kind: DeviceKind,
     /// Marketing name (GPU) or a description of the core share (CPU).
     pub name: String,
+    /// A GPU's total memory in bytes (what jobs are packed into); absent for CPU slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_total: Option<u64>,
+}
+
+/// A process NVML sees on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuProcess {
+    /// Its pid (in NVML's view: the host's pid namespace).
+    pub pid: u32,
+    /// GPU memory it uses, when NVML can tell.
+    pub used_bytes: Option<u64>,
 }
 
 /// Live numbers for a GPU, read from NVML at request time.
@@ -86,6 +98,7 @@ impl Inventory {
                 id: format!("cpu{n}"),
                 kind: DeviceKind::Cpu,
                 name: format!("CPU slot ({threads_per_slot} of {cores} cores)"),
+                memory_total: None,
             })
             .collect();
         Inventory { slots, nvml: None, threads_per_slot }
@@ -114,6 +127,25 @@ impl Inventory {
         let utilization = device.utilization_rates().ok()?;
         Some(GpuReading { memory_total: memory.total, memory_used: memory.used, utilization_percent: utilization.gpu })
     }
+
+    /// The compute processes on a GPU slot (anyone's); `None` for CPU slots or when NVML fails.
+    pub fn gpu_processes(&self, slot: &DeviceSlot) -> Option<Vec<GpuProcess>> {
+        let DeviceKind::Gpu { index } = slot.kind else { return None };
+        let device = self.nvml.as_ref()?.device_by_index(index).ok()?;
+        let processes = device.running_compute_processes().ok()?;
+        Some(
+            processes
+                .into_iter()
+                .map(|process| GpuProcess {
+                    pid: process.pid,
+                    used_bytes: match process.used_gpu_memory {
+                        nvml_wrapper::enums::device::UsedGpuMemory::Used(bytes) => Some(bytes),
+                        nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => None,
+                    },
+                })
+                .collect(),
+        )
+    }
 }
 
 fn gpu_slots(nvml: &Nvml) -> Vec<DeviceSlot> {
@@ -122,7 +154,8 @@ fn gpu_slots(nvml: &Nvml) -> Vec<DeviceSlot> {
         .filter_map(|index| {
             let device = nvml.device_by_index(index).ok()?;
             let name = device.name().unwrap_or_else(|_| String::from("NVIDIA GPU"));
-            Some(DeviceSlot { id: format!("gpu{index}"), kind: DeviceKind::Gpu { index }, name })
+            let memory_total = device.memory_info().ok().map(|memory| memory.total);
+            Some(DeviceSlot { id: format!("gpu{index}"), kind: DeviceKind::Gpu { index }, name, memory_total })
         })
         .collect()
 }

@@ -53,6 +53,9 @@ pub struct Inputs {
 /// Runs the scheduling loop forever.
 pub async fn run(handle: SchedulerHandle, store: Store, inventory: Inventory, supervisor: Supervisor, inputs: Inputs) {
     loop {
+        if supervisor.is_shutting_down() {
+            return;
+        }
         if let Err(err) = schedule_once(&store, &inventory, &supervisor, &inputs).await {
             tracing::error!(error = ?err, "scheduling pass failed");
         }

@@ -6,8 +6,8 @@
 pub mod inference;
 mod progress;
 
-use crate::devices::{DeviceKind, DeviceSlot};
-use crate::domain::progress::WorkerJob;
+use crate::devices::{DeviceKind, DeviceSlot, Inventory};
+use crate::domain::progress::{FailureKind, WorkerJob, EXIT_INTERRUPTED};
 use crate::domain::{JobId, JobState};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
@@ -94,7 +94,26 @@ pub struct SupervisorConfig {
     pub worker_program: PathBuf,
     /// Time between SIGTERM and SIGKILL when stopping a worker.
     pub kill_grace: Duration,
+    /// At server shutdown: how long running workers get to save a checkpoint and exit.
+    pub shutdown_grace: Duration,
+    /// Address-space limit of a CPU worker (`RLIMIT_AS`), so one job cannot take the box's
+    /// memory: its allocation fails and it reports "out of memory". `None`: no limit.
+    pub cpu_memory_limit: Option<u64>,
 }
+
+/// How a worker's end is recorded.
+enum Outcome {
+    /// A terminal state, with the reason for a failure.
+    Finish(JobState, Option<String>),
+    /// Back to the queue: `interrupted` (resumes from its checkpoint) or `requeued` (out of
+    /// memory, retried once with a changed spec).
+    Requeue { outcome: &'static str, spec: Option<serde_json::Value>, note: Option<String> },
+}
+
+/// Extra GPU memory kept above a job's measured peak when it is packed next to others.
+const MEASURED_MARGIN: f64 = 1.15;
+/// How often a GPU worker's memory is sampled.
+const MEMORY_SAMPLE: Duration = Duration::from_secs(2);
 
 /// Starts and stops workers. Cheap to clone.
 #[derive(Clone)]
@@ -105,12 +124,21 @@ pub struct Supervisor {
     worker_exited: Arc<Notify>,
     inference: inference::InferencePool,
     events: EventBus,
+    inventory: Inventory,
+    /// Cancelled when the server begins to shut down.
+    shutdown: CancellationToken,
 }
 
 impl Supervisor {
     /// A supervisor that wakes `worker_exited` whenever a worker ends (the scheduler listens) and
     /// publishes what its workers do on `events`.
-    pub fn new(store: Store, config: SupervisorConfig, worker_exited: Arc<Notify>, events: EventBus) -> Supervisor {
+    pub fn new(
+        store: Store,
+        config: SupervisorConfig,
+        worker_exited: Arc<Notify>,
+        events: EventBus,
+        inventory: Inventory,
+    ) -> Supervisor {
         let supervisor = Supervisor {
             store,
             config: Arc::new(config),
@@ -118,6 +146,8 @@ impl Supervisor {
             worker_exited,
             inference: Default::default(),
             events,
+            inventory,
+            shutdown: CancellationToken::new(),
         };
         let pool = supervisor.inference.clone();
         tokio::spawn(async move {
@@ -162,7 +192,9 @@ impl Supervisor {
                 }
                 let watcher = self.clone();
                 let span = tracing::info_span!("watch", job_id = %id);
-                tokio::spawn(async move { watcher.watch(id, log, child, token, phases).await }.instrument(span));
+                let slot = slot.clone();
+                let spec = serde_json::to_value(&work.spec).expect("specs serialize");
+                tokio::spawn(async move { watcher.watch(id, log, child, token, phases, slot, spec).await }.instrument(span));
             }
             Err(err) => {
                 tracing::error!(error = %err, "could not start worker");
@@ -170,6 +202,22 @@ impl Supervisor {
                 log.append(&format!("trainq: {reason}\n")).await;
                 self.finish(id, JobState::Failed, Some(&reason)).await;
             }
+        }
+    }
+
+    /// Whether the server is shutting down (the scheduler then starts nothing).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Graceful shutdown: every running worker gets SIGTERM (it saves a resumable checkpoint and
+    /// exits), SIGKILL after the shutdown grace; each job goes back to the queue and resumes at
+    /// the next start. Returns when no worker is left.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace + Duration::from_secs(5);
+        while !self.running.lock().expect("running map poisoned").is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -196,6 +244,18 @@ impl Supervisor {
             DeviceKind::Gpu { index } => index.to_string(),
             DeviceKind::Cpu => String::new(),
         };
+        if let (DeviceKind::Cpu, Some(limit)) = (slot.kind, self.config.cpu_memory_limit) {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
             .env("CUDA_VISIBLE_DEVICES", visible)
             .env("OMP_NUM_THREADS", work.threads.to_string())
@@ -212,7 +272,17 @@ impl Supervisor {
         Ok(child)
     }
 
-    async fn watch(&self, id: JobId, log: JobLog, mut child: Child, token: CancellationToken, phases: u32) {
+    #[allow(clippy::too_many_arguments)]
+    async fn watch(
+        &self,
+        id: JobId,
+        log: JobLog,
+        mut child: Child,
+        token: CancellationToken,
+        phases: u32,
+        slot: DeviceSlot,
+        spec: serde_json::Value,
+    ) {
         let pid = child.id().map(|pid| pid as i32);
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -226,7 +296,12 @@ impl Supervisor {
         let mut stdout_open = true;
         let mut stderr_open = true;
         let mut cancelled = false;
+        let mut stopping = false;
         let mut kill_at: Option<tokio::time::Instant> = None;
+        let mut peak_memory: u64 = 0;
+        let mut memory_recorded = false;
+        let gpu = matches!(slot.kind, DeviceKind::Gpu { .. });
+        let mut sample = tokio::time::interval(MEMORY_SAMPLE);
         let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let status = loop {
             tokio::select! {
@@ -251,6 +326,30 @@ impl Supervisor {
                         tracing::info!("stopping worker: SIGTERM to its process group");
                         signal_group(pid, libc::SIGTERM);
                         kill_at = Some(tokio::time::Instant::now() + self.config.kill_grace);
+                    }
+                }
+                () = self.shutdown.cancelled(), if !stopping && !cancelled => {
+                    stopping = true;
+                    if let Some(pid) = pid {
+                        tracing::info!("server shutting down: SIGTERM to the worker, which checkpoints and exits");
+                        signal_group(pid, libc::SIGTERM);
+                        kill_at = Some(tokio::time::Instant::now() + self.config.shutdown_grace);
+                    }
+                }
+                _ = sample.tick(), if gpu && !memory_recorded => {
+                    // The measured peak replaces the estimate once a whole epoch has run, so
+                    // packing decisions use what the job really needs.
+                    let used = self.inventory.gpu_processes(&slot).and_then(|processes| {
+                        processes.into_iter().find(|process| Some(process.pid as i32) == pid).and_then(|process| process.used_bytes)
+                    });
+                    peak_memory = peak_memory.max(used.unwrap_or(0));
+                    if tracker.epochs_seen() > 0 && peak_memory > 0 {
+                        memory_recorded = true;
+                        let bytes = (peak_memory as f64 * MEASURED_MARGIN) as u64;
+                        if let Err(err) = self.store.set_measured_memory(id, bytes).await {
+                            tracing::error!(error = ?err, "recording measured memory failed");
+                        }
+                        log.append(&format!("trainq: measured GPU memory peak {:.1} GB\n", peak_memory as f64 / 1e9)).await;
                     }
                 }
                 () = tokio::time::sleep_until(kill_at.unwrap_or(never)), if kill_at.is_some() => {
@@ -288,14 +387,53 @@ impl Supervisor {
         }
         let cancel_requested = cancelled
             || matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested);
-        let (state, reason) = match status {
-            _ if cancel_requested => (JobState::Cancelled, None),
-            Ok(status) if status.success() && tracker.saw_final() => (JobState::Succeeded, None),
-            Ok(status) if status.success() => {
-                (JobState::Failed, Some(String::from("the worker exited 0 without reporting final metrics")))
+        let interrupted = matches!(&status, Ok(status) if status.code() == Some(EXIT_INTERRUPTED));
+        let out_of_memory = match tracker.failure() {
+            Some((FailureKind::OutOfMemory, message)) => Some(message.clone()),
+            _ => None,
+        };
+        let outcome = match status {
+            _ if cancel_requested => Outcome::Finish(JobState::Cancelled, None),
+            Ok(status) if status.success() && tracker.saw_final() => Outcome::Finish(JobState::Succeeded, None),
+            // Stopped by the server's shutdown (or a SIGTERM from outside): it resumes later.
+            _ if stopping || interrupted => Outcome::Requeue { outcome: "interrupted", spec: None, note: None },
+            _ if out_of_memory.is_some() => {
+                self.out_of_memory(id, gpu, &spec, out_of_memory.as_deref().unwrap_or_default()).await
             }
-            Ok(status) => (JobState::Failed, Some(describe_exit(status))),
-            Err(ref err) => (JobState::Failed, Some(format!("waiting for the worker failed: {err}"))),
+            Ok(status) if status.success() => Outcome::Finish(
+                JobState::Failed,
+                Some(String::from("the worker exited 0 without reporting final metrics")),
+            ),
+            Ok(status) => Outcome::Finish(JobState::Failed, Some(describe_exit(status))),
+            Err(ref err) => Outcome::Finish(JobState::Failed, Some(format!("waiting for the worker failed: {err}"))),
+        };
+        let summary = match &status {
+            Ok(status) => describe_exit(*status),
+            Err(err) => err.to_string(),
+        };
+        let (state, reason) = match outcome {
+            Outcome::Finish(state, reason) => (state, reason),
+            Outcome::Requeue { outcome, spec, note } => {
+                let done = self.store.requeue_job(id, outcome, spec.as_ref(), note.as_deref()).await;
+                match done {
+                    Ok(true) => {
+                        let why = note.unwrap_or_else(|| String::from("interrupted; it resumes from its last checkpoint"));
+                        log.append(&format!("trainq: {summary}; job re-queued: {why}\n")).await;
+                        tracing::info!(%summary, %why, "job re-queued");
+                        if spec.is_some() {
+                            // The checkpoint belongs to the old spec.
+                            let _ = tokio::fs::remove_dir_all(JobPaths::new(&self.config.data_dir, id).state()).await;
+                        }
+                        let name = self.store.job(id).await.ok().flatten().map(|job| job.name).unwrap_or_default();
+                        self.events.publish(id, EventKind::Queued { name });
+                    }
+                    Ok(false) => {}
+                    Err(err) => tracing::error!(error = ?err, %id, "re-queueing a job failed"),
+                }
+                self.running.lock().expect("running map poisoned").remove(&id);
+                self.worker_exited.notify_one();
+                return;
+            }
         };
         let reason = match reason {
             Some(reason) => {
@@ -304,13 +442,28 @@ impl Supervisor {
             }
             None => None,
         };
-        let summary = match &status {
-            Ok(status) => describe_exit(*status),
-            Err(err) => err.to_string(),
-        };
         log.append(&format!("trainq: {summary}; job {state}\n")).await;
         tracing::info!(%state, %summary, "worker ended");
         self.finish(id, state, reason.as_deref()).await;
+    }
+
+    /// A worker ran out of memory: the job fails with the numbers, or with `retry_on_oom` (once)
+    /// goes back to the queue with half the batch size, which the job's notes record.
+    async fn out_of_memory(&self, id: JobId, gpu: bool, spec: &serde_json::Value, message: &str) -> Outcome {
+        let what = if gpu { "out of GPU memory" } else { "out of memory" };
+        let limit = match (gpu, self.config.cpu_memory_limit) {
+            (false, Some(limit)) => format!(" (CPU workers may use {:.1} GB: --worker-max-memory-gb)", limit as f64 / 1e9),
+            _ => String::new(),
+        };
+        let batch = spec["batch_size"].as_u64().unwrap_or(1);
+        let retry = spec["retry_on_oom"].as_bool().unwrap_or(false) && batch > 1;
+        if retry && !self.store.oom_retried(id).await.unwrap_or(true) {
+            let mut halved = spec.clone();
+            halved["batch_size"] = serde_json::json!(batch / 2);
+            let note = format!("{what} with batch_size {batch}{limit}; re-queued once with batch_size {}", batch / 2);
+            return Outcome::Requeue { outcome: "requeued", spec: Some(halved), note: Some(note) };
+        }
+        Outcome::Finish(JobState::Failed, Some(format!("{what}{limit}: {message}")))
     }
 
     async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {

@@ -3,7 +3,8 @@
 //! go to the job's log.
 
 use super::JobLog;
-use crate::domain::progress::ProgressEvent;
+use crate::domain::job::ResumePoint;
+use crate::domain::progress::{FailureKind, ProgressEvent};
 use crate::domain::job::{FeatureUse, SplitLoad};
 use crate::domain::{JobId, JobProgress};
 use crate::events::{EventBus, EventKind};
@@ -20,12 +21,24 @@ pub(super) struct ProgressTracker {
     last_write: Option<Instant>,
     saw_final: bool,
     events: EventBus,
+    failure: Option<(FailureKind, String)>,
+    epochs_seen: u32,
 }
 
 impl ProgressTracker {
     pub(super) fn new(store: Store, id: JobId, log: JobLog, phases: u32, events: EventBus) -> ProgressTracker {
         let progress = JobProgress { phases, activity: String::from("starting"), ..JobProgress::default() };
-        ProgressTracker { store, id, log, progress, last_write: None, saw_final: false, events }
+        ProgressTracker { store, id, log, progress, last_write: None, saw_final: false, events, failure: None, epochs_seen: 0 }
+    }
+
+    /// What the worker said went wrong before it exited, if it said.
+    pub(super) fn failure(&self) -> Option<&(FailureKind, String)> {
+        self.failure.as_ref()
+    }
+
+    /// Epoch events received from this worker.
+    pub(super) fn epochs_seen(&self) -> u32 {
+        self.epochs_seen
     }
 
     pub(super) fn saw_final(&self) -> bool {
@@ -79,14 +92,23 @@ impl ProgressTracker {
                 false
             }
             ProgressEvent::Epoch(metrics) => {
+                self.epochs_seen += 1;
                 self.store.record_epoch(self.id, &metrics).await?;
                 self.events.publish(self.id, EventKind::Epoch { metrics });
                 progress.step = progress.steps;
                 true
             }
-            // Handled fully by the server's resume support (issue 6); for now they only log.
-            ProgressEvent::Checkpoint { .. } | ProgressEvent::Resumed { .. } | ProgressEvent::Failed { .. } => {
-                self.log_line(&format!("trainq: {}", event.to_line())).await;
+            ProgressEvent::Checkpoint { phase, epoch, step } => {
+                self.store.set_resume_point(self.id, ResumePoint { phase, epoch, step }).await?;
+                false
+            }
+            ProgressEvent::Resumed { phase, epoch, step } => {
+                self.log.append(&format!("trainq: resumed from the checkpoint after phase {phase} epoch {epoch} (+{step} steps)\n")).await;
+                progress.activity = String::from("resuming");
+                true
+            }
+            ProgressEvent::Failed { kind, message } => {
+                self.failure = Some((kind, message));
                 false
             }
             ProgressEvent::Final(metrics) => {
