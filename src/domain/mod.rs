@@ -1,9 +1,11 @@
 //! The vocabulary shared by the server and the worker: job identity and states, the validated job
-//! spec, the progress events a worker reports, and the tensors a backbone's weights file must hold.
+//! spec, the progress events a worker reports, the tensors a backbone's weights file must hold, and
+//! the GPU memory a job needs.
 //! No I/O lives here, except `weights_layout::check_file` reading a weights file's header.
 
 pub mod job;
 pub mod backbone;
+pub mod memory;
 pub mod progress;
 pub mod spec;
 pub mod user;

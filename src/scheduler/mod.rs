@@ -1,5 +1,5 @@
 //! The one task that claims jobs. It wakes when a job is submitted or a worker exits (and on a
-//! 300 ms tick as a safety net), asks [`policy::next_assignments`] which queued job goes to which
+//! 300 ms tick as a safety net), asks [`policy::plan`] which queued job goes to which
 //! free device, claims each with a conditional UPDATE, and hands it to the supervisor.
 
 pub mod policy;
@@ -11,7 +11,7 @@ use crate::domain::spec::Weights;
 use crate::domain::{Job, JobSpec};
 use crate::store::Store;
 use crate::supervisor::{JobPaths, Supervisor};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,8 +79,19 @@ async fn schedule_once(
     let running = store.jobs(Some(crate::domain::JobState::Running)).await?;
     let busy: HashSet<&str> = running.iter().filter_map(|job| job.device.as_deref()).collect();
     let free: Vec<&str> = inventory.slots().iter().map(|s| s.id.as_str()).filter(|id| !busy.contains(id)).collect();
-    let queued_ids: Vec<_> = queued.iter().map(|job| job.id).collect();
-    for (id, device) in policy::next_assignments(&queued_ids, &free) {
+    // Until the store records users, priorities and memory estimates, every job is one user's, in
+    // queue order, on whole devices: the plan is then the old oldest-first pairing.
+    let candidates: Vec<_> = queued
+        .iter()
+        .zip(0..)
+        .map(|(job, seq)| policy::Candidate { job: job.id, user: (), priority: 0, seq, memory_bytes: 0 })
+        .collect();
+    let devices: Vec<_> = free
+        .iter()
+        .map(|&id| policy::DeviceState { id, capacity: policy::Capacity::Slot, running: Vec::new(), foreign_busy: false })
+        .collect();
+    let limits = policy::Limits { max_jobs_per_gpu: 1, headroom_bytes: 0, max_jobs_per_user: None };
+    for (id, device) in policy::plan(&candidates, &devices, &HashMap::new(), &limits).assignments {
         if !store.claim_job(id, device).await? {
             continue; // cancelled between the read and the claim
         }

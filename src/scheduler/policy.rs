@@ -1,28 +1,1023 @@
-//! The scheduling decision as a pure function, so it can be tested without a database.
+//! The scheduling decision as a pure function, so it can be tested without a database: which
+//! queued job goes to which device in this pass, and for every other job its place in line and a
+//! reason a student understands.
+//!
+//! The rules, in the order they apply:
+//!
+//! - **Fair share.** The next job comes from the user with the least recent usage (GPU-seconds
+//!   decayed by [`decayed_usage`]), then the one holding fewer devices (running jobs plus those
+//!   served earlier in this pass), then the higher priority, then the earlier submission. The
+//!   device count breaks ties only: it is what makes two users with equal usage alternate instead
+//!   of one taking every free device.
+//! - **In order within a user.** A user's jobs start in priority order, then submission order: a
+//!   job that waits for room holds back that user's later jobs (which start behind it) but not
+//!   other users' jobs. Only a job that cannot run at all now (larger than any GPU, or fitting only
+//!   devices used outside trainq) is set aside so that it blocks no one.
+//! - **A per-user cap** on running jobs ([`Limits::max_jobs_per_user`]).
+//! - **Packing.** A GPU hosts several jobs while their count and memory (plus a headroom) fit; a
+//!   CPU slot hosts one. Devices used by processes outside trainq get no job.
+//! - **No starvation of big jobs.** The first job in line that waits for room reserves the device
+//!   that would hold it once its running jobs end, and no later job is placed there in this pass;
+//!   as the device's jobs finish, the big job gets it.
 
-/// Pairs queued jobs with free devices: oldest job first, devices in inventory order. Each job and
-/// each device appears at most once in the answer.
-pub fn next_assignments<J: Copy, D: Copy>(queued_oldest_first: &[J], free_devices: &[D]) -> Vec<(J, D)> {
-    queued_oldest_first.iter().copied().zip(free_devices.iter().copied()).collect()
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::hash::Hash;
+
+/// A queued job as the policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<J, U> {
+    /// The job's id.
+    pub job: J,
+    /// Who submitted it; fair share is counted per user.
+    pub user: U,
+    /// Higher runs first among one user's jobs, and breaks ties between users of equal usage.
+    pub priority: i64,
+    /// Submission order (lower = earlier), the last tie-breaker.
+    pub seq: i64,
+    /// GPU memory the job needs ([`crate::domain::memory::estimate_bytes`]); ignored on CPU slots.
+    pub memory_bytes: u64,
+}
+
+/// What a device can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// A CPU slot (or a GPU handed out whole): exactly one job at a time, whatever its memory.
+    Slot,
+    /// A GPU shared by jobs whose memory fits in it.
+    Gpu {
+        /// The GPU's total memory.
+        memory_bytes: u64,
+    },
+}
+
+/// A device and what runs on it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceState<D, U> {
+    /// The device's id (what the assignment names).
+    pub id: D,
+    /// What it can hold.
+    pub capacity: Capacity,
+    /// trainq jobs running on it.
+    pub running: Vec<Running<U>>,
+    /// Processes outside trainq use it: it gets no job until they are gone.
+    pub foreign_busy: bool,
+}
+
+/// A trainq job running on a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running<U> {
+    /// Its owner (counted against the per-user cap).
+    pub user: U,
+    /// The memory it was granted.
+    pub memory_bytes: u64,
+}
+
+/// The box's sharing settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most jobs one GPU runs at once (0 is taken as 1).
+    pub max_jobs_per_gpu: usize,
+    /// GPU memory kept free beyond the jobs' estimates, against estimates that fall short.
+    pub headroom_bytes: u64,
+    /// Most jobs one user may have running at once (each holds a device or a share of a GPU);
+    /// `None` = no cap.
+    pub max_jobs_per_user: Option<usize>,
+}
+
+/// The outcome of one scheduling pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan<J, D> {
+    /// Jobs to start now and where, in the order they were chosen.
+    pub assignments: Vec<(J, D)>,
+    /// Every other queued job, in the order it would be served.
+    pub waiting: Vec<Waiting<J>>,
+    /// The device kept free in this pass for the first job in line that waits for room, if any.
+    pub reserved: Option<(J, D)>,
+}
+
+/// A job that does not start in this pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting<J> {
+    /// The job's id.
+    pub job: J,
+    /// Its 1-based place in line after this pass.
+    pub position: usize,
+    /// Why it waits.
+    pub reason: PendingReason,
+}
+
+/// Why a queued job did not start, worded for the student who submitted it ([`fmt::Display`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingReason {
+    /// It would fit now, but jobs ahead of it start first: the same user's earlier job, or a
+    /// larger job for which the device it fits on is kept free.
+    WaitingBehind {
+        /// Jobs ahead of it in line.
+        ahead: usize,
+    },
+    /// Every device it could use runs as many jobs as it may.
+    AllDevicesBusy,
+    /// A GPU could take another job, but none has enough free memory for this one.
+    NeedsMoreMemory {
+        /// The job's estimate.
+        needed_bytes: u64,
+        /// The most any GPU could give a job right now (after the headroom).
+        most_free_bytes: u64,
+    },
+    /// The user runs as many jobs as the cap allows.
+    UserLimit {
+        /// The user's running jobs, counting those started in this pass.
+        running: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// Larger than every GPU's whole memory: it can never run as specified.
+    LargerThanAnyGpu {
+        /// The job's estimate.
+        needed_bytes: u64,
+        /// The most the largest GPU can give one job (its memory less the headroom).
+        largest_bytes: u64,
+    },
+    /// Only devices that processes outside trainq are using could hold it.
+    OutsideProcesses,
+    /// trainq has no device at all.
+    NoDevices,
+}
+
+impl PendingReason {
+    /// Whether the job can never start as specified, on this box.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PendingReason::LargerThanAnyGpu { .. } | PendingReason::NoDevices)
+    }
+}
+
+/// Bytes as decimal gigabytes with one decimal, as GPU vendors label memory (`12.5 GB`).
+fn gigabytes(bytes: u64) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+fn jobs(count: usize) -> String {
+    if count == 1 {
+        String::from("1 job")
+    } else {
+        format!("{count} jobs")
+    }
+}
+
+impl fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PendingReason::WaitingBehind { ahead } => {
+                write!(f, "waiting behind {} ahead of it in line, which start first", jobs(ahead))
+            }
+            PendingReason::AllDevicesBusy => f.write_str("all devices are busy; it starts when a running job ends"),
+            PendingReason::NeedsMoreMemory { needed_bytes, most_free_bytes } => write!(
+                f,
+                "needs {} of GPU memory; the most free on a GPU is {}, so it waits for running jobs to end",
+                gigabytes(needed_bytes),
+                gigabytes(most_free_bytes)
+            ),
+            PendingReason::UserLimit { running, limit } => {
+                write!(f, "you already run {}; the limit is {limit}", jobs(running))
+            }
+            PendingReason::LargerThanAnyGpu { needed_bytes, largest_bytes } => write!(
+                f,
+                "needs {} of GPU memory but the largest GPU can give a job {}, so it can never run; \
+                 cancel it and resubmit with a smaller batch_size or image size, or with bf16 precision",
+                gigabytes(needed_bytes),
+                gigabytes(largest_bytes)
+            ),
+            PendingReason::OutsideProcesses => {
+                f.write_str("the devices it fits on are in use by programs outside trainq; it starts when they are free")
+            }
+            PendingReason::NoDevices => f.write_str("trainq has no device to run jobs on"),
+        }
+    }
+}
+
+/// Jobs and memory on one device: those running plus those assigned in this pass.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    jobs: usize,
+    bytes: u64,
+}
+
+/// The sharing rules of one pass, over every device's load as it grows.
+struct Room<'a, D, U> {
+    devices: &'a [DeviceState<D, U>],
+    loads: Vec<Load>,
+    max_jobs_per_gpu: usize,
+    headroom_bytes: u64,
+}
+
+impl<D, U> Room<'_, D, U> {
+    /// Whether `device` at `load` can take one more job of `bytes`.
+    fn hosts(&self, device: usize, load: Load, bytes: u64) -> bool {
+        match self.devices[device].capacity {
+            Capacity::Slot => load.jobs == 0,
+            Capacity::Gpu { memory_bytes } => {
+                load.jobs < self.max_jobs_per_gpu
+                    && (load.bytes as u128 + bytes as u128 + self.headroom_bytes as u128) <= memory_bytes as u128
+            }
+        }
+    }
+
+    /// Whether `device` can take the job now.
+    fn fits_now(&self, device: usize, bytes: u64) -> bool {
+        self.hosts(device, self.loads[device], bytes)
+    }
+
+    /// Whether `device` could take the job once its running jobs end.
+    fn fits_empty(&self, device: usize, bytes: u64) -> bool {
+        self.hosts(device, Load::default(), bytes)
+    }
+
+    /// Memory a new job could get on `device` now (0 for a slot).
+    fn free_bytes(&self, device: usize) -> u64 {
+        match self.devices[device].capacity {
+            Capacity::Slot => 0,
+            Capacity::Gpu { memory_bytes } => {
+                memory_bytes.saturating_sub(self.loads[device].bytes).saturating_sub(self.headroom_bytes)
+            }
+        }
+    }
+
+    fn usable(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.devices.len()).filter(|&device| !self.devices[device].foreign_busy)
+    }
+
+    /// Why a job of `bytes` can never start on trainq's devices as they are now, if so.
+    fn never(&self, bytes: u64) -> Option<PendingReason> {
+        if self.devices.is_empty() {
+            return Some(PendingReason::NoDevices);
+        }
+        if !(0..self.devices.len()).any(|device| self.fits_empty(device, bytes)) {
+            let largest_bytes = self
+                .devices
+                .iter()
+                .filter_map(|device| match device.capacity {
+                    Capacity::Gpu { memory_bytes } => Some(memory_bytes.saturating_sub(self.headroom_bytes)),
+                    Capacity::Slot => None,
+                })
+                .max()
+                .unwrap_or(0);
+            return Some(PendingReason::LargerThanAnyGpu { needed_bytes: bytes, largest_bytes });
+        }
+        if !self.usable().any(|device| self.fits_empty(device, bytes)) {
+            return Some(PendingReason::OutsideProcesses);
+        }
+        None
+    }
+
+    /// The device a job of `bytes` starts on now, if any.
+    ///
+    /// The least loaded device that fits (fewest jobs, then most free memory, then inventory
+    /// order), rather than the tightest fit: jobs sharing a GPU share its compute, so while a GPU
+    /// idles a second job on a busy one runs slower for nothing. Best fit would keep large holes
+    /// for large jobs, but the reservation already guarantees those a device, so spreading costs
+    /// them nothing in the end.
+    fn place(&self, bytes: u64, reserved: Option<usize>) -> Option<usize> {
+        self.usable()
+            .filter(|&device| Some(device) != reserved && self.fits_now(device, bytes))
+            .min_by_key(|&device| (self.loads[device].jobs, Reverse(self.free_bytes(device)), device))
+    }
+
+    /// The device to keep for a job of `bytes` that fits nowhere now: among those it would fit
+    /// once empty, the one with the most free memory (the least to wait for), then the fewest jobs.
+    fn reserve(&self, bytes: u64) -> Option<usize> {
+        self.usable()
+            .filter(|&device| self.fits_empty(device, bytes))
+            .min_by_key(|&device| (Reverse(self.free_bytes(device)), self.loads[device].jobs, device))
+    }
+
+    /// Why a job that waits for room (not capped, not set aside) is waiting after this pass.
+    fn wait_reason(&self, bytes: u64, ahead: usize) -> PendingReason {
+        if self.usable().any(|device| self.fits_now(device, bytes)) {
+            return PendingReason::WaitingBehind { ahead };
+        }
+        let gpus_with_a_free_turn = self.usable().filter(|&device| {
+            let load = self.loads[device];
+            matches!(self.devices[device].capacity, Capacity::Gpu { .. }) && load.jobs < self.max_jobs_per_gpu
+        });
+        match gpus_with_a_free_turn.map(|device| self.free_bytes(device)).max() {
+            Some(most_free_bytes) => PendingReason::NeedsMoreMemory { needed_bytes: bytes, most_free_bytes },
+            None => PendingReason::AllDevicesBusy,
+        }
+    }
+}
+
+/// One user's queued jobs in the order they start, and what the user holds.
+struct Line<'a, J, U> {
+    jobs: VecDeque<&'a Candidate<J, U>>,
+    usage: f64,
+    /// Running jobs plus those assigned in this pass: what the cap counts.
+    holding: usize,
+    /// Running jobs plus those served (assigned or put in line) in this pass: the tie-breaker
+    /// that makes users of equal usage alternate, in placement and in the line alike.
+    served: usize,
+    /// A job of this user waits for room: the user's later jobs start behind it.
+    blocked: bool,
+}
+
+/// Why a job waits, before the final state of the pass decides the wording.
+enum Wait {
+    Capped,
+    ForRoom,
+    SetAside(PendingReason),
+}
+
+/// Decides one scheduling pass: which queued jobs start on which devices, and the line the rest
+/// wait in. `usage` maps users to their [`decayed_usage`] (missing = 0). Each job appears exactly
+/// once in the result, in `assignments` or in `waiting`; no device gets more than it can hold.
+pub fn plan<J, U, D>(
+    queued: &[Candidate<J, U>],
+    devices: &[DeviceState<D, U>],
+    usage: &HashMap<U, f64>,
+    limits: &Limits,
+) -> Plan<J, D>
+where
+    J: Copy + Eq,
+    U: Clone + Eq + Hash + Ord,
+    D: Clone,
+{
+    let loads = devices
+        .iter()
+        .map(|device| Load {
+            jobs: device.running.len(),
+            bytes: device.running.iter().map(|running| running.memory_bytes).sum(),
+        })
+        .collect();
+    let mut room = Room { devices, loads, max_jobs_per_gpu: limits.max_jobs_per_gpu.max(1), headroom_bytes: limits.headroom_bytes };
+
+    // A BTreeMap, so users whose every key ties are still served in one fixed order.
+    let mut lines: BTreeMap<&U, Line<J, U>> = BTreeMap::new();
+    for candidate in queued {
+        let line = lines.entry(&candidate.user).or_insert_with(|| Line {
+            jobs: VecDeque::new(),
+            usage: usage.get(&candidate.user).copied().unwrap_or(0.0),
+            holding: 0,
+            served: 0,
+            blocked: false,
+        });
+        line.jobs.push_back(candidate);
+    }
+    for line in lines.values_mut() {
+        line.jobs.make_contiguous().sort_by_key(|candidate| (Reverse(candidate.priority), candidate.seq));
+    }
+    for running in devices.iter().flat_map(|device| &device.running) {
+        if let Some(line) = lines.get_mut(&running.user) {
+            line.holding += 1;
+            line.served += 1;
+        }
+    }
+
+    let mut assignments = Vec::new();
+    let mut in_line: Vec<(&Candidate<J, U>, Wait)> = Vec::new();
+    let mut set_aside: Vec<(&Candidate<J, U>, PendingReason)> = Vec::new();
+    let mut reserved: Option<(usize, J)> = None;
+    loop {
+        let next = lines
+            .iter()
+            .filter_map(|(user, line)| line.jobs.front().map(|head| (*user, line, head)))
+            .min_by(|(_, a, a_head), (_, b, b_head)| {
+                a.usage
+                    .total_cmp(&b.usage)
+                    .then(a.served.cmp(&b.served))
+                    .then(b_head.priority.cmp(&a_head.priority))
+                    .then(a_head.seq.cmp(&b_head.seq))
+            })
+            .map(|(user, _, _)| user);
+        let Some(user) = next else { break };
+        let line = lines.get_mut(user).expect("chosen from the lines");
+        let candidate = line.jobs.pop_front().expect("chosen for its head");
+        let bytes = candidate.memory_bytes;
+        if let Some(reason) = room.never(bytes) {
+            // Permanently impossible jobs go to the end of the line; the others keep their turn.
+            if reason.is_permanent() {
+                set_aside.push((candidate, reason));
+            } else {
+                line.served += 1;
+                in_line.push((candidate, Wait::SetAside(reason)));
+            }
+            continue;
+        }
+        line.served += 1;
+        if limits.max_jobs_per_user.is_some_and(|limit| line.holding >= limit) {
+            in_line.push((candidate, Wait::Capped));
+            continue;
+        }
+        let device = if line.blocked { None } else { room.place(bytes, reserved.map(|(device, _)| device)) };
+        match device {
+            Some(device) => {
+                room.loads[device].jobs += 1;
+                room.loads[device].bytes += bytes;
+                line.holding += 1;
+                assignments.push((candidate.job, devices[device].id.clone()));
+            }
+            None => {
+                if !line.blocked && reserved.is_none() {
+                    reserved = room.reserve(bytes).map(|device| (device, candidate.job));
+                }
+                line.blocked = true;
+                in_line.push((candidate, Wait::ForRoom));
+            }
+        }
+    }
+
+    let waiting = in_line
+        .into_iter()
+        .chain(set_aside.into_iter().map(|(candidate, reason)| (candidate, Wait::SetAside(reason))))
+        .enumerate()
+        .map(|(ahead, (candidate, wait))| Waiting {
+            job: candidate.job,
+            position: ahead + 1,
+            reason: match wait {
+                Wait::SetAside(reason) => reason,
+                Wait::Capped => PendingReason::UserLimit {
+                    running: lines[&candidate.user].holding,
+                    limit: limits.max_jobs_per_user.unwrap_or(usize::MAX),
+                },
+                // Worded from the state after every assignment of the pass.
+                Wait::ForRoom => room.wait_reason(candidate.memory_bytes, ahead),
+            },
+        })
+        .collect();
+    Plan { assignments, waiting, reserved: reserved.map(|(device, job)| (job, devices[device].id.clone())) }
+}
+
+/// A user's recent usage in decayed device-seconds: each run `(start, end)` (seconds; `end = now`
+/// for a running job) counts `∫ 2^(-(now - t) / half_life) dt` over its interval, so a second of
+/// use one half-life ago counts half as much as one now. Closed form per interval:
+/// `h/ln 2 · 2^(-(now - end)/h) · (1 - 2^(-(end - start)/h))`. Parts of a run after `now` are
+/// ignored; an infinite half-life counts plain seconds, a non-positive one forgets everything.
+pub fn decayed_usage(runs: &[(f64, f64)], now: f64, half_life_secs: f64) -> f64 {
+    if half_life_secs.is_nan() || half_life_secs <= 0.0 {
+        return 0.0;
+    }
+    runs.iter()
+        .map(|&(start, end)| {
+            let end = end.min(now);
+            if end <= start {
+                return 0.0;
+            }
+            if half_life_secs.is_infinite() {
+                return end - start;
+            }
+            let rate = std::f64::consts::LN_2 / half_life_secs;
+            // exp_m1 keeps short runs exact where 1 - 2^(-x) would cancel.
+            (-rate * (now - end)).exp() * -(-rate * (end - start)).exp_m1() / rate
+        })
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
-    #[test]
-    fn oldest_jobs_get_the_free_devices() {
-        assert_eq!(next_assignments(&[10, 11, 12], &["gpu1", "gpu3"]), [(10, "gpu1"), (11, "gpu3")]);
+    const GB: u64 = 1_000_000_000;
+
+    type Job = Candidate<u32, &'static str>;
+    type Device = DeviceState<&'static str, &'static str>;
+
+    fn job(job: u32, user: &'static str, seq: i64, gb: u64) -> Job {
+        Candidate { job, user, priority: 0, seq, memory_bytes: gb * GB }
+    }
+
+    fn gpu(id: &'static str, gb: u64, running: &[(&'static str, u64)]) -> Device {
+        let running = running.iter().map(|&(user, gb)| Running { user, memory_bytes: gb * GB }).collect();
+        DeviceState { id, capacity: Capacity::Gpu { memory_bytes: gb * GB }, running, foreign_busy: false }
+    }
+
+    fn slot(id: &'static str, running: &[&'static str]) -> Device {
+        let running = running.iter().map(|&user| Running { user, memory_bytes: 0 }).collect();
+        DeviceState { id, capacity: Capacity::Slot, running, foreign_busy: false }
+    }
+
+    const SHARED: Limits = Limits { max_jobs_per_gpu: 4, headroom_bytes: 0, max_jobs_per_user: None };
+
+    fn plan_with(queued: &[Job], devices: &[Device], limits: &Limits) -> Plan<u32, &'static str> {
+        plan(queued, devices, &HashMap::new(), limits)
+    }
+
+    fn waiting_jobs(plan: &Plan<u32, &'static str>) -> Vec<u32> {
+        plan.waiting.iter().map(|waiting| waiting.job).collect()
+    }
+
+    fn reason_of(plan: &Plan<u32, &'static str>, job: u32) -> PendingReason {
+        plan.waiting.iter().find(|waiting| waiting.job == job).expect("the job waits").reason
     }
 
     #[test]
-    fn nothing_happens_without_jobs_or_devices() {
-        assert!(next_assignments::<u32, &str>(&[], &["gpu0"]).is_empty());
-        assert!(next_assignments::<u32, &str>(&[1, 2], &[]).is_empty());
+    fn one_users_jobs_take_free_slots_oldest_first() {
+        let queued = [job(10, "a", 1, 0), job(11, "a", 2, 0), job(12, "a", 3, 0)];
+        let plan = plan_with(&queued, &[slot("gpu1", &[]), slot("gpu3", &[])], &SHARED);
+        assert_eq!(plan.assignments, [(10, "gpu1"), (11, "gpu3")]);
+        assert_eq!(plan.waiting, [Waiting { job: 12, position: 1, reason: PendingReason::AllDevicesBusy }]);
+        assert_eq!(plan.reserved, Some((12, "gpu1")), "the first job in line waits for the first slot to free");
     }
 
     #[test]
-    fn spare_devices_stay_free() {
-        assert_eq!(next_assignments(&[7], &["cpu0", "cpu1"]), [(7, "cpu0")]);
+    fn nothing_happens_without_jobs_and_nothing_runs_without_devices() {
+        let plan = plan_with(&[], &[slot("cpu0", &[])], &SHARED);
+        assert!(plan.assignments.is_empty() && plan.waiting.is_empty() && plan.reserved.is_none());
+        let plan = plan_with(&[job(1, "a", 1, 0)], &[], &SHARED);
+        assert_eq!(plan.waiting, [Waiting { job: 1, position: 1, reason: PendingReason::NoDevices }]);
+    }
+
+    #[test]
+    fn users_with_equal_usage_alternate() {
+        let queued = [job(1, "a", 1, 0), job(2, "a", 2, 0), job(3, "a", 3, 0), job(4, "b", 4, 0), job(5, "b", 5, 0)];
+        let slots = [slot("s0", &[]), slot("s1", &[]), slot("s2", &[])];
+        let plan = plan_with(&queued, &slots, &SHARED);
+        assert_eq!(plan.assignments, [(1, "s0"), (4, "s1"), (2, "s2")]);
+        // The line keeps alternating after the devices run out.
+        assert_eq!(waiting_jobs(&plan), [5, 3]);
+    }
+
+    #[test]
+    fn the_user_with_less_recent_usage_goes_first() {
+        let queued = [job(1, "heavy", 1, 0), job(2, "light", 2, 0)];
+        let usage = HashMap::from([("heavy", 3600.0), ("light", 60.0)]);
+        let plan = plan(&queued, &[slot("s0", &[])], &usage, &SHARED);
+        assert_eq!(plan.assignments, [(2, "s0")]);
+        // Running jobs break a tie in usage: `a` already holds a device, so `b` goes first.
+        let queued = [job(1, "a", 1, 0), job(2, "b", 2, 0)];
+        let plan = plan_with(&queued, &[slot("s0", &[]), slot("s1", &["a"])], &SHARED);
+        assert_eq!(plan.assignments, [(2, "s0")]);
+    }
+
+    #[test]
+    fn priority_orders_a_users_jobs_and_breaks_ties_between_users() {
+        let mut queued = [job(1, "a", 1, 0), job(2, "a", 2, 0), job(3, "a", 3, 0)];
+        queued[1].priority = 5;
+        let plan = plan_with(&queued, &[slot("s0", &[]), slot("s1", &[])], &SHARED);
+        assert_eq!(plan.assignments, [(2, "s0"), (1, "s1")], "priority first, then submission order");
+        let mut queued = [job(1, "a", 1, 0), job(2, "b", 2, 0)];
+        queued[1].priority = 1;
+        assert_eq!(plan_with(&queued, &[slot("s0", &[])], &SHARED).assignments, [(2, "s0")]);
+    }
+
+    #[test]
+    fn a_capped_user_waits_while_others_run() {
+        let limits = Limits { max_jobs_per_user: Some(2), ..SHARED };
+        let queued = [job(1, "a", 1, 0), job(2, "a", 2, 0), job(3, "a", 3, 0), job(4, "b", 4, 0)];
+        let slots = [slot("s0", &["a"]), slot("s1", &[]), slot("s2", &[]), slot("s3", &[])];
+        let plan = plan_with(&queued, &slots, &limits);
+        assert_eq!(plan.assignments, [(4, "s1"), (1, "s2")]);
+        assert_eq!(reason_of(&plan, 2), PendingReason::UserLimit { running: 2, limit: 2 });
+        assert_eq!(reason_of(&plan, 2).to_string(), "you already run 2 jobs; the limit is 2");
+        assert_eq!(plan.reserved, None, "a capped job waits for its owner, not for room");
+    }
+
+    #[test]
+    fn a_gpu_takes_jobs_while_count_memory_and_headroom_fit() {
+        let limits = Limits { max_jobs_per_gpu: 3, headroom_bytes: GB, max_jobs_per_user: None };
+        let devices = [gpu("gpu0", 24, &[("x", 10)])];
+        // 10 + 8 + 5 + 1 of headroom = 24: an exact fit; then the job count is reached.
+        let queued = [job(1, "a", 1, 8), job(2, "a", 2, 5), job(3, "a", 3, 1)];
+        let plan = plan_with(&queued, &devices, &limits);
+        assert_eq!(plan.assignments, [(1, "gpu0"), (2, "gpu0")]);
+        assert_eq!(reason_of(&plan, 3), PendingReason::AllDevicesBusy);
+        // One byte more does not fit.
+        let mut queued = [job(1, "a", 1, 8), job(2, "a", 2, 5)];
+        queued[1].memory_bytes += 1;
+        let plan = plan_with(&queued, &devices, &limits);
+        assert_eq!(plan.assignments, [(1, "gpu0")]);
+        assert_eq!(reason_of(&plan, 2), PendingReason::NeedsMoreMemory { needed_bytes: 5 * GB + 1, most_free_bytes: 5 * GB });
+    }
+
+    #[test]
+    fn jobs_go_to_the_least_loaded_gpu() {
+        let devices = [gpu("gpu0", 40, &[("x", 5)]), gpu("gpu1", 40, &[]), gpu("gpu2", 40, &[("x", 2)])];
+        let queued = [job(1, "a", 1, 4), job(2, "b", 2, 4)];
+        // gpu1 idles; then gpu2 has as many jobs as gpu0 and more memory free than it.
+        assert_eq!(plan_with(&queued, &devices, &SHARED).assignments, [(1, "gpu1"), (2, "gpu2")]);
+    }
+
+    #[test]
+    fn devices_used_outside_trainq_get_no_job() {
+        let mut devices = [gpu("gpu0", 80, &[]), gpu("gpu1", 24, &[])];
+        devices[0].foreign_busy = true;
+        let queued = [job(1, "a", 1, 40), job(2, "a", 2, 4), job(3, "b", 3, 30)];
+        let plan = plan_with(&queued, &devices, &SHARED);
+        assert_eq!(plan.assignments, [(2, "gpu1")], "the 40 GB job fits only gpu0, so it blocks no one");
+        assert_eq!(reason_of(&plan, 1), PendingReason::OutsideProcesses);
+        assert_eq!(reason_of(&plan, 3), PendingReason::OutsideProcesses);
+        assert_eq!(plan.reserved, None);
+    }
+
+    #[test]
+    fn the_first_job_waiting_for_room_keeps_a_device_from_later_jobs() {
+        let devices = [gpu("gpu0", 40, &[("x", 10)]), gpu("gpu1", 40, &[("x", 25)])];
+        let queued = [job(1, "big", 1, 35), job(2, "small", 2, 8), job(3, "small", 3, 8)];
+        let plan = plan_with(&queued, &devices, &SHARED);
+        assert_eq!(plan.reserved, Some((1, "gpu0")), "the device with the most free memory drains first");
+        // Without the reservation job 2 would take gpu0 (as many jobs, more memory free).
+        assert_eq!(plan.assignments, [(2, "gpu1")]);
+        assert_eq!(reason_of(&plan, 1), PendingReason::NeedsMoreMemory { needed_bytes: 35 * GB, most_free_bytes: 30 * GB });
+        assert_eq!(
+            reason_of(&plan, 1).to_string(),
+            "needs 35.0 GB of GPU memory; the most free on a GPU is 30.0 GB, so it waits for running jobs to end"
+        );
+        // Job 3 fits the kept device only.
+        assert_eq!(plan.waiting[1], Waiting { job: 3, position: 2, reason: PendingReason::WaitingBehind { ahead: 1 } });
+        // Once gpu0 drains, the big job gets it.
+        let devices = [gpu("gpu0", 40, &[]), gpu("gpu1", 40, &[("x", 25), ("small", 8)])];
+        assert_eq!(plan_with(&queued[..1], &devices, &SHARED).assignments, [(1, "gpu0")]);
+    }
+
+    #[test]
+    fn a_job_larger_than_every_gpu_blocks_no_one_and_says_so() {
+        let limits = Limits { headroom_bytes: GB, ..SHARED };
+        let devices = [gpu("gpu0", 24, &[("x", 20)]), gpu("gpu1", 16, &[])];
+        let queued = [job(1, "a", 1, 30), job(2, "a", 2, 2), job(3, "b", 3, 22), job(4, "b", 4, 2)];
+        let plan = plan_with(&queued, &devices, &limits);
+        assert_eq!(plan.assignments, [(2, "gpu1")]);
+        // Job 3 fits gpu0 once it is empty: it waits first in line, and keeps gpu0.
+        assert_eq!(waiting_jobs(&plan), [3, 4, 1], "the impossible job is last in line");
+        assert_eq!(plan.reserved, Some((3, "gpu0")));
+        assert_eq!(reason_of(&plan, 4), PendingReason::WaitingBehind { ahead: 1 }, "b's jobs start in order");
+        let reason = reason_of(&plan, 1);
+        assert_eq!(reason, PendingReason::LargerThanAnyGpu { needed_bytes: 30 * GB, largest_bytes: 23 * GB });
+        assert!(reason.to_string().starts_with("needs 30.0 GB of GPU memory but the largest GPU can give a job 23.0 GB"), "{reason}");
+    }
+
+    #[test]
+    fn a_user_waiting_for_room_holds_back_only_their_own_later_jobs() {
+        let devices = [gpu("gpu0", 24, &[("x", 20)])];
+        let queued = [job(1, "a", 1, 10), job(2, "a", 2, 2), job(3, "b", 3, 2)];
+        let plan = plan_with(&queued, &devices, &SHARED);
+        // Job 3 would fit too, but gpu0 is kept for job 1: nothing starts.
+        assert!(plan.assignments.is_empty());
+        // b comes between a's jobs in line: they alternate there too.
+        assert_eq!(waiting_jobs(&plan), [1, 3, 2]);
+        assert_eq!(reason_of(&plan, 2), PendingReason::WaitingBehind { ahead: 2 });
+        // With a second GPU, b's job starts there while a's small job still waits its turn.
+        let devices = [gpu("gpu0", 24, &[("x", 20)]), gpu("gpu1", 8, &[])];
+        let plan = plan_with(&queued, &devices, &SHARED);
+        assert_eq!(plan.assignments, [(3, "gpu1")]);
+        assert_eq!(waiting_jobs(&plan), [1, 2]);
+    }
+
+    #[test]
+    fn reasons_read_as_sentences() {
+        let cases = [
+            (PendingReason::WaitingBehind { ahead: 1 }, "waiting behind 1 job ahead of it in line, which start first"),
+            (PendingReason::WaitingBehind { ahead: 3 }, "waiting behind 3 jobs ahead of it in line, which start first"),
+            (PendingReason::AllDevicesBusy, "all devices are busy; it starts when a running job ends"),
+            (PendingReason::UserLimit { running: 1, limit: 1 }, "you already run 1 job; the limit is 1"),
+            (PendingReason::NoDevices, "trainq has no device to run jobs on"),
+            (
+                PendingReason::NeedsMoreMemory { needed_bytes: 12_345_678_901, most_free_bytes: 950_000_000 },
+                "needs 12.3 GB of GPU memory; the most free on a GPU is 0.9 GB, so it waits for running jobs to end",
+            ),
+        ];
+        for (reason, sentence) in cases {
+            assert_eq!(reason.to_string(), sentence);
+        }
+        assert!(PendingReason::OutsideProcesses.to_string().contains("outside trainq"));
+    }
+
+    /// Runs passes in which every assigned job runs for one tick and ends, usage accruing from the
+    /// runs. `jobs` are `(candidate, arrival pass)`. Returns each job's start pass.
+    fn simulate(
+        jobs: &[(Candidate<u32, u8>, usize)],
+        devices: &[DeviceState<u8, u8>],
+        limits: &Limits,
+        half_life: f64,
+        mut check: impl FnMut(&[Candidate<u32, u8>], &Plan<u32, u8>),
+    ) -> HashMap<u32, usize> {
+        let mut started: HashMap<u32, usize> = HashMap::new();
+        let mut runs: HashMap<u8, Vec<(f64, f64)>> = HashMap::new();
+        let last_arrival = jobs.iter().map(|(_, arrival)| *arrival).max().unwrap_or(0);
+        for pass in 0.. {
+            if started.len() == jobs.len() {
+                break;
+            }
+            assert!(pass <= last_arrival + jobs.len(), "every pass with work starts a job, so this is past due");
+            let now = pass as f64;
+            let queued: Vec<_> = jobs
+                .iter()
+                .filter(|(candidate, arrival)| *arrival <= pass && !started.contains_key(&candidate.job))
+                .map(|(candidate, _)| candidate.clone())
+                .collect();
+            let usage = runs.iter().map(|(user, runs)| (*user, decayed_usage(runs, now, half_life))).collect();
+            let plan = plan(&queued, devices, &usage, limits);
+            check(&queued, &plan);
+            for (job, _) in &plan.assignments {
+                started.insert(*job, pass);
+                let user = queued.iter().find(|candidate| candidate.job == *job).unwrap().user;
+                runs.entry(user).or_default().push((now, now + 1.0));
+            }
+        }
+        started
+    }
+
+    #[test]
+    fn a_late_user_is_not_stuck_behind_a_long_queue() {
+        // User 0 queues 20 jobs, then user 1 queues 2; one device.
+        let jobs: Vec<_> = (0..22u32).map(|i| (Candidate { job: i, user: u8::from(i >= 20), priority: 0, seq: i64::from(i), memory_bytes: 0 }, 0)).collect();
+        let devices = [DeviceState { id: 0u8, capacity: Capacity::Slot, running: vec![], foreign_busy: false }];
+        let mut first_line = None;
+        let started = simulate(&jobs, &devices, &SHARED, 600.0, |_, plan| {
+            first_line.get_or_insert_with(|| plan.waiting.iter().map(|waiting| waiting.job).collect::<Vec<_>>());
+        });
+        let mut order: Vec<u32> = (0..22).collect();
+        order.sort_by_key(|job| started[job]);
+        assert_eq!(order[..5], [0, 20, 1, 21, 2], "the users alternate");
+        assert!(started[&20] < started[&2], "user 1's first job runs before user 0's third");
+        // From the first pass on, the line already shows user 1 next.
+        assert_eq!(first_line.unwrap()[..3], [20, 1, 21]);
+    }
+
+    /// A random box and queue: GPUs or CPU slots, some used outside trainq, some running jobs,
+    /// users with usage, priorities, sizes from tiny to larger than any GPU.
+    struct Case {
+        queued: Vec<Candidate<u32, u8>>,
+        devices: Vec<DeviceState<u8, u8>>,
+        usage: HashMap<u8, f64>,
+        limits: Limits,
+    }
+
+    fn random_case(rng: &mut ChaCha8Rng) -> Case {
+        let limits = Limits {
+            max_jobs_per_gpu: rng.gen_range(1..=3),
+            headroom_bytes: rng.gen_range(0..=2) * GB,
+            max_jobs_per_user: rng.gen_bool(0.5).then(|| rng.gen_range(1..=3)),
+        };
+        let users = rng.gen_range(1..=4u8);
+        let gpus = rng.gen_bool(0.8);
+        let devices = (0..rng.gen_range(0..=4u8))
+            .map(|id| {
+                let capacity = if gpus { Capacity::Gpu { memory_bytes: rng.gen_range(8..=80) * GB } } else { Capacity::Slot };
+                let mut running = Vec::new();
+                let mut used = 0;
+                for _ in 0..rng.gen_range(0..=3) {
+                    let memory_bytes = rng.gen_range(1..=40) * GB / 2;
+                    let fits = match capacity {
+                        Capacity::Slot => running.is_empty(),
+                        Capacity::Gpu { memory_bytes: total } => {
+                            running.len() < limits.max_jobs_per_gpu && used + memory_bytes + limits.headroom_bytes <= total
+                        }
+                    };
+                    if fits {
+                        used += memory_bytes;
+                        running.push(Running { user: rng.gen_range(0..users + 1), memory_bytes });
+                    }
+                }
+                DeviceState { id, capacity, running, foreign_busy: rng.gen_bool(0.2) }
+            })
+            .collect();
+        let queued = (0..rng.gen_range(0..=20u32))
+            .map(|job| Candidate {
+                job,
+                user: rng.gen_range(0..users),
+                priority: if rng.gen_bool(0.7) { 0 } else { rng.gen_range(-1..=2) },
+                seq: i64::from(job),
+                memory_bytes: rng.gen_range(1..=90 * 4) * GB / 4 + rng.gen_range(0..GB / 4),
+            })
+            .collect();
+        let mut usage = HashMap::new();
+        for user in 0..users {
+            if rng.gen_bool(0.7) {
+                usage.insert(user, rng.gen_range(0.0..100.0f64).floor());
+            }
+        }
+        Case { queued, devices, usage, limits }
+    }
+
+    /// Every property a plan must have, whatever the input.
+    fn check_plan(
+        queued: &[Candidate<u32, u8>],
+        devices: &[DeviceState<u8, u8>],
+        limits: &Limits,
+        plan: &Plan<u32, u8>,
+    ) {
+        let max_jobs_per_gpu = limits.max_jobs_per_gpu.max(1);
+        let candidate = |job: u32| queued.iter().find(|candidate| candidate.job == job).expect("a queued job");
+        // Every job exactly once; the line numbered 1, 2, 3, ….
+        let mut seen: Vec<u32> = plan.assignments.iter().map(|(job, _)| *job).chain(waiting_ids(plan)).collect();
+        seen.sort_unstable();
+        let mut all: Vec<u32> = queued.iter().map(|candidate| candidate.job).collect();
+        all.sort_unstable();
+        assert_eq!(seen, all, "each job is assigned or waits, once");
+        assert!(plan.waiting.iter().enumerate().all(|(index, waiting)| waiting.position == index + 1));
+
+        // Final loads; no device beyond its capacity, none used outside trainq gets a job.
+        let mut loads: Vec<(usize, u64)> =
+            devices.iter().map(|device| (device.running.len(), device.running.iter().map(|r| r.memory_bytes).sum())).collect();
+        for (job, id) in &plan.assignments {
+            let index = devices.iter().position(|device| device.id == *id).expect("a known device");
+            assert!(!devices[index].foreign_busy, "job {job} on device {id}, used outside trainq");
+            loads[index].0 += 1;
+            loads[index].1 += candidate(*job).memory_bytes;
+        }
+        let fits = |index: usize, load: (usize, u64), bytes: u64| match devices[index].capacity {
+            Capacity::Slot => load.0 == 0,
+            Capacity::Gpu { memory_bytes } => load.0 < max_jobs_per_gpu && load.1 + bytes + limits.headroom_bytes <= memory_bytes,
+        };
+        for (index, device) in devices.iter().enumerate() {
+            // (The cases start within capacity, so the final loads must be too.)
+            let within = match device.capacity {
+                Capacity::Slot => loads[index].0 <= 1,
+                Capacity::Gpu { memory_bytes } => {
+                    loads[index].0 <= max_jobs_per_gpu && loads[index].1 + limits.headroom_bytes <= memory_bytes
+                }
+            };
+            assert!(within, "device {} over capacity: {:?}", device.id, loads[index]);
+        }
+
+        // The cap.
+        let holding = |user: u8| {
+            devices.iter().flat_map(|device| &device.running).filter(|running| running.user == user).count()
+                + plan.assignments.iter().filter(|(job, _)| candidate(*job).user == user).count()
+        };
+        if let Some(limit) = limits.max_jobs_per_user {
+            for user in queued.iter().map(|candidate| candidate.user) {
+                let started = plan.assignments.iter().filter(|(job, _)| candidate(*job).user == user).count();
+                assert!(started == 0 || holding(user) <= limit, "user {user} over the cap");
+            }
+        }
+
+        let reserved = plan.reserved.map(|(_, id)| devices.iter().position(|device| device.id == id).unwrap());
+        let usable = |index: &usize| !devices[*index].foreign_busy;
+        let set_aside = |reason: &PendingReason| {
+            matches!(reason, PendingReason::LargerThanAnyGpu { .. } | PendingReason::NoDevices | PendingReason::OutsideProcesses)
+        };
+        // Work conservation: the first waiting job of each uncapped user fits no usable device
+        // but the kept one.
+        let mut users_seen = Vec::new();
+        for waiting in &plan.waiting {
+            let job = candidate(waiting.job);
+            if set_aside(&waiting.reason) || users_seen.contains(&job.user) {
+                continue;
+            }
+            users_seen.push(job.user);
+            if limits.max_jobs_per_user.is_some_and(|limit| holding(job.user) >= limit) {
+                continue;
+            }
+            for index in (0..devices.len()).filter(usable).filter(|index| Some(*index) != reserved) {
+                assert!(!fits(index, loads[index], job.memory_bytes), "job {} waits though device {index} could host it", job.job);
+            }
+        }
+
+        // Each reason is true.
+        for waiting in &plan.waiting {
+            let bytes = candidate(waiting.job).memory_bytes;
+            let fits_now = (0..devices.len()).filter(usable).any(|index| fits(index, loads[index], bytes));
+            let fits_empty = |index: usize| fits(index, (0, 0), bytes);
+            match waiting.reason {
+                PendingReason::WaitingBehind { ahead } => assert!(fits_now && ahead + 1 == waiting.position),
+                PendingReason::AllDevicesBusy | PendingReason::NeedsMoreMemory { .. } => assert!(!fits_now),
+                PendingReason::UserLimit { running, limit } => {
+                    assert_eq!((running, Some(limit)), (holding(candidate(waiting.job).user), limits.max_jobs_per_user))
+                }
+                PendingReason::LargerThanAnyGpu { .. } => assert!(!(0..devices.len()).any(fits_empty)),
+                PendingReason::OutsideProcesses => {
+                    assert!((0..devices.len()).any(fits_empty) && !(0..devices.len()).filter(usable).any(fits_empty))
+                }
+                PendingReason::NoDevices => assert!(devices.is_empty()),
+            }
+        }
+
+        // In order within a user: the jobs of a user that started are the first of that user's
+        // jobs that can run here at all, by priority then submission.
+        for user in queued.iter().map(|candidate| candidate.user) {
+            let mut own: Vec<&Candidate<u32, u8>> = queued
+                .iter()
+                .filter(|candidate| candidate.user == user)
+                .filter(|candidate| plan.waiting.iter().all(|waiting| waiting.job != candidate.job || !set_aside(&waiting.reason)))
+                .collect();
+            own.sort_by_key(|candidate| (Reverse(candidate.priority), candidate.seq));
+            let started: Vec<bool> =
+                own.iter().map(|candidate| plan.assignments.iter().any(|(job, _)| *job == candidate.job)).collect();
+            assert!(started.windows(2).all(|pair| pair[0] || !pair[1]), "user {user} jobs started out of order: {started:?}");
+        }
+    }
+
+    fn waiting_ids<D>(plan: &Plan<u32, D>) -> impl Iterator<Item = u32> + '_ {
+        plan.waiting.iter().map(|waiting| waiting.job)
+    }
+
+    #[test]
+    fn random_plans_keep_every_rule() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let (mut reasons, mut reservations, mut assignments) = (std::collections::BTreeSet::new(), 0, 0);
+        for _ in 0..3000 {
+            let Case { queued, devices, usage, limits } = random_case(&mut rng);
+            let plan = plan(&queued, &devices, &usage, &limits);
+            check_plan(&queued, &devices, &limits, &plan);
+            reasons.extend(plan.waiting.iter().map(|waiting| std::mem::discriminant(&waiting.reason)).map(|d| format!("{d:?}")));
+            reservations += usize::from(plan.reserved.is_some());
+            assignments += plan.assignments.len();
+        }
+        // The cases reach every rule.
+        assert_eq!(reasons.len(), 7, "every kind of reason occurs");
+        assert!(reservations > 100 && assignments > 1000, "{reservations} reservations, {assignments} assignments");
+    }
+
+    #[test]
+    fn no_user_is_starved() {
+        let mut rng = ChaCha8Rng::seed_from_u64(66);
+        for case in 0..300 {
+            let limits = Limits {
+                max_jobs_per_gpu: rng.gen_range(1..=3),
+                headroom_bytes: rng.gen_range(0..=1) * GB,
+                max_jobs_per_user: rng.gen_bool(0.3).then(|| rng.gen_range(1..=2)),
+            };
+            let gpus = rng.gen_bool(0.8);
+            let mut devices: Vec<DeviceState<u8, u8>> = (0..rng.gen_range(1..=3u8))
+                .map(|id| DeviceState {
+                    id,
+                    capacity: if gpus { Capacity::Gpu { memory_bytes: rng.gen_range(8..=48) * GB } } else { Capacity::Slot },
+                    running: vec![],
+                    foreign_busy: rng.gen_bool(0.2),
+                })
+                .collect();
+            devices[0].foreign_busy = false;
+            let largest = devices
+                .iter()
+                .filter(|device| !device.foreign_busy)
+                .map(|device| match device.capacity {
+                    Capacity::Gpu { memory_bytes } => memory_bytes - limits.headroom_bytes,
+                    Capacity::Slot => 48 * GB,
+                })
+                .max()
+                .unwrap();
+            let users = rng.gen_range(1..=4u8);
+            let jobs: Vec<(Candidate<u32, u8>, usize)> = (0..rng.gen_range(1..=25u32))
+                .map(|job| {
+                    let candidate = Candidate {
+                        job,
+                        user: rng.gen_range(0..users),
+                        priority: rng.gen_range(0..=1),
+                        seq: i64::from(job),
+                        memory_bytes: rng.gen_range(GB / 2..=largest),
+                    };
+                    (candidate, rng.gen_range(0..8))
+                })
+                .collect();
+            let started = simulate(&jobs, &devices, &limits, 4.0, |queued, plan| check_plan(queued, &devices, &limits, plan));
+            // A user who has never run comes before everyone who has, so at most one pass per
+            // other such user goes by before one of theirs starts.
+            for user in 0..users {
+                let own = || jobs.iter().filter(|(candidate, _)| candidate.user == user);
+                if let (Some(arrival), Some(start)) =
+                    (own().map(|(_, arrival)| *arrival).min(), own().map(|(candidate, _)| started[&candidate.job]).min())
+                {
+                    assert!(start - arrival < usize::from(users), "case {case}: user {user} arrived at {arrival}, first ran at {start}");
+                }
+            }
+        }
+    }
+
+    /// The closed form against a midpoint-rule integral of `2^(-(now - t)/h)`.
+    #[test]
+    fn decayed_usage_is_the_integral_of_the_decay() {
+        let numeric = |runs: &[(f64, f64)], now: f64, half_life: f64| -> f64 {
+            runs.iter()
+                .map(|&(start, end)| {
+                    let end = end.min(now);
+                    let steps = 100_000;
+                    let width = (end - start).max(0.0) / steps as f64;
+                    (0..steps).map(|i| 2f64.powf(-(now - (start + (i as f64 + 0.5) * width)) / half_life) * width).sum::<f64>()
+                })
+                .sum()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..50 {
+            let now = rng.gen_range(0.0..100_000.0);
+            let half_life = rng.gen_range(60.0..20_000.0);
+            let runs: Vec<(f64, f64)> = (0..rng.gen_range(1..4))
+                .map(|_| {
+                    let start = now - rng.gen_range(0.0..50_000.0);
+                    (start, start + rng.gen_range(0.0..30_000.0))
+                })
+                .collect();
+            let (exact, approximate) = (decayed_usage(&runs, now, half_life), numeric(&runs, now, half_life));
+            assert!((exact - approximate).abs() <= 1e-6 * approximate.max(1.0), "{runs:?} now {now} h {half_life}: {exact} vs {approximate}");
+        }
+    }
+
+    #[test]
+    fn decayed_usage_halves_with_each_half_life() {
+        let hour = 3600.0;
+        let now = 10.0 * hour;
+        let recent = decayed_usage(&[(now - 60.0, now)], now, hour);
+        let older = decayed_usage(&[(now - hour - 60.0, now - hour)], now, hour);
+        assert!((recent / older - 2.0).abs() < 1e-12, "{recent} {older}");
+        assert!((recent - 60.0).abs() < 1.0, "a fresh minute counts about a minute: {recent}");
+        // A job still running counts up to now only; an infinite half-life counts plain seconds.
+        assert_eq!(decayed_usage(&[(now - 60.0, now + 600.0)], now, hour), recent);
+        assert_eq!(decayed_usage(&[(0.0, 60.0), (100.0, 130.0)], now, f64::INFINITY), 90.0);
+        assert_eq!(decayed_usage(&[(0.0, 60.0)], now, 0.0), 0.0);
+        assert_eq!(decayed_usage(&[], now, hour), 0.0);
+        // Tiny runs keep their precision.
+        let tick = decayed_usage(&[(now - 1e-6, now)], now, hour);
+        assert!((tick / 1e-6 - 1.0).abs() < 1e-6, "{tick}");
     }
 }

@@ -1,0 +1,382 @@
+//! How much GPU memory a training job needs, estimated from its spec alone, so the scheduler can
+//! share a GPU between jobs without running them first. Pure arithmetic over the backbone's
+//! layer shapes: no I/O, no libtorch.
+//!
+//! The estimate is the peak of one phase, the largest over the spec's phases (each phase frees the
+//! previous optimizer and builds its own, as Keras' recompile does):
+//!
+//! ```text
+//! CUDA allowance                                    (CUDA_ALLOWANCE_BYTES, once)
+//! + every weight, 4 bytes                           (backbone tensors and head, float32 always)
+//! + with bf16, 2 bytes per backbone parameter       (autocast's cached bf16 copies of the weights)
+//! + max over phases of
+//!     trainable parameters × 4 bytes × (1 gradient + optimizer slots)
+//!                                                   (adam 2; rmsprop 1, +1 with momentum; sgd 0, +1 with momentum)
+//!   + max(training activations, inference activations)
+//! ```
+//!
+//! **Training activations** = batch × bytes per value (4 for float32, 2 for bf16) × the sum of the
+//! layer outputs for one image over the part of the network that backpropagates (from the phase's
+//! first trained block to the end of the head: frozen blocks after a trained one still pass
+//! gradients back, frozen leading blocks run under `no_grad` and keep nothing) × a backward factor.
+//! A "layer output" counts once per convolution (with its batch norm and ReLU), pooling or
+//! concatenation, and once for the input image when the first block trains. The backward factor is
+//! 2 for VGG16, the usual rule of thumb (as in Stanford's CS231n notes: forward activations "×2 for
+//! backward"): besides each ReLU output autograd keeps max pooling's int64 indices, and the peak
+//! adds gradient buffers, cuDNN workspaces and the caching allocator's rounding. Counting VGG16's
+//! saved tensors one by one gives about 1.2× the outputs, so 2 errs on the safe side, which is the
+//! side a scheduler wants: an estimate that falls short can make a GPU's other jobs run out of
+//! memory. InceptionV3 gets 3: each of its convolutions is followed by a batch norm, which keeps
+//! the convolution's output as well as the ReLU's.
+//!
+//! **Inference activations** (evaluation, at twice the batch size, and the frozen prefix, at most
+//! that) keep nothing: their peak is the largest single layer's input plus output.
+//!
+//! **Image size.** A square `image_size` is used as is; variable size counts the worst case, a
+//! square image of `max_image_side`. VGG16's outputs are computed exactly (3×3 "same" convolutions,
+//! 2×2 pools that floor). InceptionV3's use constants per input pixel, one per block, from summing
+//! torchvision's layer output shapes at 299 px (its native size; 14.4 M values per image); other
+//! sizes scale them by the pixel count. Its valid convolutions and stride-2 reductions shrink small
+//! images more than in proportion (at 96 px the true sum is 106 values per pixel, not 161), so
+//! scaling overestimates below 299 px and is within 4 % up to 512 px.
+//!
+//! **Not included:** the dataset the worker may keep resident on the GPU (its pixels, up to 4 GiB,
+//! and a phase's cached activations, up to 8 GiB; see `src/worker/train.rs`). Those depend on the
+//! dataset, not the spec.
+
+use super::backbone::Backbone;
+use super::spec::{HeadLayer, JobSpec, OptimizerName, OptimizerSpec, Precision, Resize};
+use super::weights_layout::expected_tensors;
+
+/// What a job holds on its GPU before and besides its tensors: the CUDA context (a few hundred MB
+/// with libtorch's kernels), cuBLAS and cuDNN handles and workspaces, and allocator slack.
+pub const CUDA_ALLOWANCE_BYTES: u64 = 1 << 30;
+
+/// Weights, gradients and optimizer state are float32 in every precision.
+const FLOAT32_BYTES: f64 = 4.0;
+/// What autocast keeps per weight it casts, and per activation value in bf16.
+const BFLOAT16_BYTES: f64 = 2.0;
+
+/// InceptionV3's layer outputs per input pixel at 299 px, per block (`stem`, `Mixed_5b` …
+/// `Mixed_7c`): torchvision's output shapes summed, a convolution with its batch norm and ReLU
+/// counted once, each pool and each block's concatenation once, and the image in the stem.
+const INCEPTION_VALUES_PER_PIXEL: [f64; 12] = [56.19, 12.50, 14.25, 14.69, 7.16, 9.93, 10.55, 10.55, 11.17, 4.32, 4.72, 5.27];
+/// InceptionV3's largest layer input plus output per input pixel (`Conv2d_2b_3x3`: 23.2 at 299 px,
+/// 23.4 at 512 px).
+const INCEPTION_LARGEST_LAYER_PER_PIXEL: f64 = 23.5;
+
+/// The GPU memory, in bytes, that training `spec` needs at its peak (see the module comment for
+/// the formula and what it leaves out). The precision is the GPU's: `auto` counts as bf16.
+pub fn estimate_bytes(spec: &JobSpec) -> u64 {
+    let side = match spec.resize() {
+        Resize::Square(size) => size,
+        Resize::Bounded { max_side, .. } => max_side,
+    };
+    let network = NetworkShape::new(spec.backbone, side);
+    let head = HeadShape::new(&spec.head, spec.backbone.info().feature_channels as f64, network.feature_area);
+    let parameters = block_parameters(spec.backbone);
+    let backbone_parameters: f64 = parameters.trainable.iter().sum();
+    let bf16 = matches!(spec.precision, Precision::Auto | Precision::Bf16);
+    let value_bytes = if bf16 { BFLOAT16_BYTES } else { FLOAT32_BYTES };
+    let batch = spec.batch_size as f64;
+
+    let mut fixed = CUDA_ALLOWANCE_BYTES as f64
+        + FLOAT32_BYTES * (backbone_parameters + parameters.buffers + head.parameters + head.buffers);
+    if bf16 {
+        fixed += BFLOAT16_BYTES * backbone_parameters;
+    }
+    let inference = 2.0 * batch * value_bytes * network.largest_layer;
+    let blocks = spec.backbone.info().blocks;
+    let phase_peak = spec
+        .phases
+        .iter()
+        .map(|phase| {
+            let trained: Vec<bool> = blocks.iter().map(|block| phase.train.trains_block(block)).collect();
+            let trainable: f64 = parameters.trainable.iter().zip(&trained).filter(|(_, on)| **on).map(|(count, _)| count).sum::<f64>()
+                + if phase.train.trains_head() { head.parameters } else { 0.0 };
+            let state = FLOAT32_BYTES * trainable * (1.0 + optimizer_slots(phase.optimizer(spec)));
+            let first_live = trained.iter().position(|on| *on).unwrap_or(blocks.len());
+            let live_values: f64 = network.block_outputs[first_live..].iter().sum::<f64>() + head.outputs;
+            let training = batch * value_bytes * live_values * network.backward_factor;
+            state + training.max(inference)
+        })
+        .fold(0.0, f64::max);
+    (fixed + phase_peak).ceil() as u64
+}
+
+/// Float32 tensors an optimizer keeps per trainable parameter, besides its gradient.
+fn optimizer_slots(optimizer: &OptimizerSpec) -> f64 {
+    let momentum = if optimizer.momentum > 0.0 { 1.0 } else { 0.0 };
+    match optimizer.name {
+        // First and second moments.
+        OptimizerName::Adam => 2.0,
+        // The squared-gradient average, and a momentum buffer when momentum is on.
+        OptimizerName::Rmsprop => 1.0 + momentum,
+        OptimizerName::Sgd => momentum,
+    }
+}
+
+/// A backbone's parameter counts per block, from the torchvision layout the weights file is
+/// checked against (one source of truth for the shapes).
+struct BlockParameters {
+    /// Trainable parameters (weights and biases, batch norm's scale and shift) per block.
+    trainable: Vec<f64>,
+    /// Batch norm running statistics: held, never trained.
+    buffers: f64,
+}
+
+fn block_parameters(backbone: Backbone) -> BlockParameters {
+    let blocks = backbone.info().blocks;
+    let mut counts = BlockParameters { trainable: vec![0.0; blocks.len()], buffers: 0.0 };
+    for tensor in expected_tensors(backbone) {
+        let values = tensor.shape.iter().product::<usize>() as f64;
+        if tensor.name.ends_with("running_mean") || tensor.name.ends_with("running_var") || tensor.name.ends_with("num_batches_tracked") {
+            counts.buffers += values;
+            continue;
+        }
+        let block = match backbone {
+            // `features.N.*`: torchvision's Sequential has its max pools at 4, 9, 16, 23 and 30.
+            Backbone::Vgg16 => {
+                let index: usize = tensor.name.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                [4, 9, 16, 23, 30].iter().filter(|&&pool| pool < index).count()
+            }
+            // `Mixed_6b.*` is its block; the `Conv2d_*` layers are the stem (block 0).
+            Backbone::InceptionV3 => {
+                let module = tensor.name.split('.').next().unwrap_or_default();
+                blocks.iter().position(|block| *block == module).unwrap_or(0)
+            }
+        };
+        counts.trainable[block] += values;
+    }
+    counts
+}
+
+/// A backbone's activation sizes for one square image, in values.
+struct NetworkShape {
+    /// Layer outputs per block (the image counted in the first).
+    block_outputs: Vec<f64>,
+    /// The largest layer's input plus output.
+    largest_layer: f64,
+    /// Height × width of the feature map the head receives.
+    feature_area: f64,
+    /// Tensors autograd and the allocator hold per layer output at the peak (module comment).
+    backward_factor: f64,
+}
+
+impl NetworkShape {
+    fn new(backbone: Backbone, side: u32) -> NetworkShape {
+        match backbone {
+            Backbone::Vgg16 => NetworkShape::vgg16(side as f64),
+            Backbone::InceptionV3 => NetworkShape::inception_v3(side as f64),
+        }
+    }
+
+    fn vgg16(side: f64) -> NetworkShape {
+        let mut shape = NetworkShape { block_outputs: Vec::new(), largest_layer: 0.0, feature_area: 0.0, backward_factor: 2.0 };
+        let (mut channels, mut side) = (3.0, side);
+        let mut outputs = 3.0 * side * side; // the image, which the first convolution keeps
+        for (width, convolutions) in [(64.0, 2), (128.0, 2), (256.0, 3), (512.0, 3), (512.0, 3)] {
+            let area = side * side;
+            for _ in 0..convolutions {
+                shape.largest_layer = f64::max(shape.largest_layer, (channels + width) * area);
+                outputs += width * area;
+                channels = width;
+            }
+            side = (side / 2.0).floor();
+            outputs += width * side * side;
+            shape.block_outputs.push(outputs);
+            outputs = 0.0;
+        }
+        shape.feature_area = side * side;
+        shape
+    }
+
+    fn inception_v3(side: f64) -> NetworkShape {
+        let pixels = side * side;
+        // torchvision's stride-2 valid 3×3 steps: 299 → 149 → (147) → 73 → (71) → 35 → 17 → 8.
+        let halve = |x: f64| ((x - 3.0) / 2.0).floor() + 1.0;
+        let feature_side = halve(halve(halve(halve(halve(side) - 2.0) - 2.0)));
+        NetworkShape {
+            block_outputs: INCEPTION_VALUES_PER_PIXEL.iter().map(|per_pixel| per_pixel * pixels).collect(),
+            largest_layer: INCEPTION_LARGEST_LAYER_PER_PIXEL * pixels,
+            feature_area: feature_side.max(1.0).powi(2),
+            backward_factor: 3.0,
+        }
+    }
+}
+
+/// The head's parameters and activations.
+struct HeadShape {
+    /// Dense weights and biases, batch norm's scale and shift.
+    parameters: f64,
+    /// Batch norm running statistics.
+    buffers: f64,
+    /// Layer outputs for one image (dropout's mask counted with its output).
+    outputs: f64,
+}
+
+impl HeadShape {
+    fn new(layers: &[HeadLayer], feature_channels: f64, feature_area: f64) -> HeadShape {
+        let mut shape = HeadShape { parameters: 0.0, buffers: 0.0, outputs: 0.0 };
+        let mut width = feature_channels;
+        for layer in layers {
+            match *layer {
+                HeadLayer::Gap => width = feature_channels,
+                HeadLayer::Flatten => width = feature_channels * feature_area,
+                HeadLayer::Batchnorm(_) => {
+                    shape.parameters += 2.0 * width;
+                    shape.buffers += 2.0 * width;
+                }
+                HeadLayer::Relu => {}
+                HeadLayer::Dropout(_) => shape.outputs += width,
+                HeadLayer::Dense(units) => {
+                    shape.parameters += width * units as f64 + units as f64;
+                    width = units as f64;
+                }
+            }
+            shape.outputs += width;
+        }
+        shape
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: f64 = 1e9;
+
+    /// A spec patched from a VGG16 full fine-tune at 224 px, batch 32, float32, RMSprop.
+    fn spec(patch: impl FnOnce(&mut serde_json::Value)) -> JobSpec {
+        let mut value = serde_json::json!({
+            "dataset": "d", "backbone": "vgg16", "image_size": 224, "batch_size": 32, "precision": "fp32",
+            "head": ["gap", {"dense": 256}, "relu", {"dense": 1}],
+            "phases": [{"epochs": 1, "train": "all"}],
+            "optimizer": {"name": "rmsprop", "lr": 1e-4}
+        });
+        patch(&mut value);
+        JobSpec::parse(value.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn parameter_counts_match_the_published_ones() {
+        // VGG16's convolutional base: 14,714,688 (138 M with the classifier it does not use).
+        let vgg: f64 = block_parameters(Backbone::Vgg16).trainable.iter().sum();
+        assert_eq!(vgg, 14_714_688.0);
+        assert_eq!(block_parameters(Backbone::Vgg16).trainable[4], 3.0 * (512.0 * 512.0 * 9.0 + 512.0));
+        // InceptionV3 without its fc and auxiliary head: 27,161,264 − 2,049,000 − 3,326,696.
+        let inception = block_parameters(Backbone::InceptionV3);
+        assert_eq!(inception.trainable.iter().sum::<f64>(), 21_785_568.0);
+        assert!(inception.trainable.iter().all(|count| *count > 0.0), "every block has parameters");
+    }
+
+    #[test]
+    fn vgg16_at_224_px_batch_32_float32_needs_about_five_gb() {
+        // The layer outputs of one 224 px image: 13.5 M after the convolutions, 1.5 M after the
+        // pools, 0.15 M for the image: 15.2 M values, 61 MB in float32 (CS231n's count). Times 32
+        // images and the backward factor 2: 3.9 GB. Weights (59 MB), gradients and RMSprop's
+        // average (118 MB) and the 1.07 GB allowance bring it to about 5.2 GB: inside 5-20 GB,
+        // and at or above what PyTorch measures for this model (4-5 GB reserved).
+        let bytes = estimate_bytes(&spec(|_| {})) as f64;
+        assert!((5.0 * GB..20.0 * GB).contains(&bytes), "{:.2} GB", bytes / GB);
+        assert!((bytes / GB - 5.15).abs() < 0.05, "{:.3} GB", bytes / GB);
+    }
+
+    #[test]
+    fn more_images_or_larger_ones_need_more() {
+        for backbone in ["vgg16", "inception_v3"] {
+            let at = |batch: u32, size: u32| {
+                estimate_bytes(&spec(|v| {
+                    v["backbone"] = serde_json::json!(backbone);
+                    v["batch_size"] = serde_json::json!(batch);
+                    v["image_size"] = serde_json::json!(size);
+                }))
+            };
+            let by_batch: Vec<u64> = [1, 2, 8, 32, 128].map(|batch| at(batch, 256)).to_vec();
+            assert!(by_batch.windows(2).all(|pair| pair[0] < pair[1]), "{backbone}: {by_batch:?}");
+            let by_size: Vec<u64> = [96, 128, 224, 299, 512].map(|size| at(16, size)).to_vec();
+            assert!(by_size.windows(2).all(|pair| pair[0] < pair[1]), "{backbone}: {by_size:?}");
+        }
+    }
+
+    #[test]
+    fn bf16_needs_less_than_float32_and_auto_means_bf16() {
+        for backbone in ["vgg16", "inception_v3"] {
+            let with = |precision: &str| {
+                estimate_bytes(&spec(|v| {
+                    v["backbone"] = serde_json::json!(backbone);
+                    v["precision"] = serde_json::json!(precision);
+                }))
+            };
+            assert!(with("bf16") < with("fp32"), "{backbone}");
+            assert_eq!(with("auto"), with("bf16"));
+        }
+    }
+
+    #[test]
+    fn variable_size_counts_a_square_image_of_the_longest_side() {
+        let bounded = spec(|v| {
+            v["image_size"] = serde_json::json!(null);
+            v["max_image_side"] = serde_json::json!(320);
+        });
+        assert_eq!(estimate_bytes(&bounded), estimate_bytes(&spec(|v| v["image_size"] = serde_json::json!(320))));
+        let default_side = spec(|v| v["image_size"] = serde_json::json!(null));
+        assert_eq!(estimate_bytes(&default_side), estimate_bytes(&spec(|v| v["image_size"] = serde_json::json!(256))));
+    }
+
+    #[test]
+    fn the_largest_phase_decides() {
+        let head_only = estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": "head"}])));
+        let block5 = estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": ["block5", "head"]}])));
+        let full = estimate_bytes(&spec(|_| {}));
+        assert!(head_only < block5 && block5 < full, "{head_only} {block5} {full}");
+        let both = estimate_bytes(&spec(|v| {
+            v["phases"] = serde_json::json!([{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}])
+        }));
+        assert_eq!(both, block5);
+        // Training block 2 alone still backpropagates through blocks 3 to 5 and the head: it needs
+        // the activations of training them all, and only their gradients and RMSprop state less.
+        let train = |blocks: serde_json::Value| estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": blocks}])));
+        let block2 = train(serde_json::json!(["block2"]));
+        let block2_to_5 = train(serde_json::json!(["block2", "block3", "block4", "block5"]));
+        let blocks_3_to_5: f64 = block_parameters(Backbone::Vgg16).trainable[2..].iter().sum();
+        assert!(((block2_to_5 - block2) as f64 - 8.0 * blocks_3_to_5).abs() <= 1.0, "{block2} {block2_to_5}");
+    }
+
+    #[test]
+    fn optimizer_state_follows_the_optimizer() {
+        let with = |optimizer: serde_json::Value| estimate_bytes(&spec(|v| v["optimizer"] = optimizer)) as f64;
+        let sgd = with(serde_json::json!({"name": "sgd", "lr": 0.01}));
+        let momentum = with(serde_json::json!({"name": "sgd", "lr": 0.01, "momentum": 0.9}));
+        let rmsprop = with(serde_json::json!({"name": "rmsprop", "lr": 0.01}));
+        let adam = with(serde_json::json!({"name": "adam", "lr": 0.01}));
+        // One float32 slot per trainable parameter: the backbone plus the head (512·256 + 256 + 256 + 1).
+        let slot = 4.0 * (14_714_688.0 + 512.0 * 256.0 + 256.0 + 257.0);
+        assert!((momentum - sgd - slot).abs() <= 1.0 && (rmsprop - sgd - slot).abs() <= 1.0, "{sgd} {momentum} {rmsprop}");
+        assert!((adam - sgd - 2.0 * slot).abs() <= 1.0, "{sgd} {adam}");
+    }
+
+    #[test]
+    fn a_flatten_head_counts_its_wide_dense_layer() {
+        // VGG16 at 224 px ends in 512 × 7 × 7 = 25,088 values; a dense of 4096 on them holds 103 M
+        // parameters, as in VGG16's own classifier.
+        let gap = estimate_bytes(&spec(|v| v["head"] = serde_json::json!(["gap", {"dense": 4096}, {"dense": 1}])));
+        let flatten = estimate_bytes(&spec(|v| v["head"] = serde_json::json!(["flatten", {"dense": 4096}, {"dense": 1}])));
+        let extra_parameters = (25_088.0 - 512.0) * 4096.0;
+        // Weights, gradient and RMSprop's average: 12 bytes each.
+        assert!(((flatten - gap) as f64 / (12.0 * extra_parameters) - 1.0).abs() < 0.01, "{gap} {flatten}");
+        // InceptionV3 at 299 px ends in 8 × 8.
+        assert_eq!(NetworkShape::new(Backbone::InceptionV3, 299).feature_area, 64.0);
+        assert_eq!(NetworkShape::new(Backbone::InceptionV3, 75).feature_area, 1.0);
+        assert_eq!(NetworkShape::new(Backbone::Vgg16, 224).feature_area, 49.0);
+    }
+
+    #[test]
+    fn inception_at_299_px_counts_torchvision_layer_outputs() {
+        // 14.4 M values per image, as summed from torchvision's shapes.
+        let values: f64 = NetworkShape::new(Backbone::InceptionV3, 299).block_outputs.iter().sum();
+        assert!((values / 14.42e6 - 1.0).abs() < 0.005, "{values}");
+        let vgg: f64 = NetworkShape::new(Backbone::Vgg16, 224).block_outputs.iter().sum();
+        assert!((vgg / 15.24e6 - 1.0).abs() < 0.005, "{vgg}");
+    }
+}
