@@ -169,6 +169,18 @@ pub struct ServeConfig {
     /// Most epochs (all phases together) one job may ask for.
     #[arg(long, env = "TRAINQ_MAX_EPOCHS", default_value_t = 1000)]
     pub max_epochs: u32,
+    /// Most jobs packed onto one GPU at once (when their memory estimates fit).
+    #[arg(long, env = "TRAINQ_MAX_JOBS_PER_GPU", default_value_t = 2)]
+    pub max_jobs_per_gpu: usize,
+    /// GPU memory (GB) kept free beyond the estimates of the jobs packed on a GPU.
+    #[arg(long, env = "TRAINQ_GPU_HEADROOM_GB", default_value_t = 1.0)]
+    pub gpu_headroom_gb: f64,
+    /// Most jobs one user may have running at once (default: no cap beyond fair share).
+    #[arg(long, env = "TRAINQ_MAX_RUNNING_PER_USER")]
+    pub max_running_per_user: Option<usize>,
+    /// Fair share: past device time counts half as much after this many hours.
+    #[arg(long, env = "TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS", default_value_t = 24.0)]
+    pub fair_share_half_life_hours: f64,
     /// Largest image side a job may ask for (`image_size`, or `max_image_side` with variable size).
     #[arg(long, env = "TRAINQ_MAX_IMAGE_SIDE", default_value_t = 1024)]
     pub max_image_side: u32,

@@ -67,7 +67,22 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
     let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone(), cache_budget_bytes };
-    tokio::spawn(scheduler::run(scheduler_handle.clone(), store.clone(), inventory.clone(), supervisor.clone(), inputs));
+    let settings = scheduler::Settings {
+        limits: scheduler::policy::Limits {
+            max_jobs_per_gpu: config.max_jobs_per_gpu.max(1),
+            headroom_bytes: (config.gpu_headroom_gb.max(0.0) * 1e9) as u64,
+            max_jobs_per_user: config.max_running_per_user,
+        },
+        half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
+    };
+    tokio::spawn(scheduler::run(
+        scheduler_handle.clone(),
+        store.clone(),
+        inventory.clone(),
+        supervisor.clone(),
+        inputs,
+        settings,
+    ));
 
     let state = AppState {
         store,
@@ -81,6 +96,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             max_active_jobs_per_user: config.max_jobs_per_user,
             max_epochs: config.max_epochs,
             max_image_side: config.max_image_side,
+            half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
         }),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;

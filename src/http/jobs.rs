@@ -22,6 +22,15 @@ pub struct JobView {
     /// 1-based position among queued jobs (1 = next); absent unless queued.
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<i64>,
+    /// Why a queued job is not running yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_reason: Option<String>,
+    /// Expected seconds until a queued job starts (absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta_seconds: Option<f64>,
+    /// Every worker start with its device, times and outcome (`GET /api/jobs/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runs: Option<Vec<crate::store::JobRun>>,
 }
 
 /// A job as `caller` may see it: the queue's facts for everyone; its error (which quotes its
@@ -36,11 +45,24 @@ pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) ->
 
 /// A job as the API shows it, with its queue position when queued.
 pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
-    let position = match job.state {
-        JobState::Queued => Some(state.store.queue_position(job.seq).await?),
-        _ => None,
-    };
-    Ok(JobView { job, position })
+    if job.state != JobState::Queued {
+        return Ok(JobView { job, position: None, pending_reason: None, eta_seconds: None, runs: None });
+    }
+    // The scheduler's last pass says where it stands; a job submitted since then is last in line.
+    Ok(match state.scheduler.queue_info(job.id) {
+        Some(info) => JobView {
+            job,
+            position: Some(info.position as i64),
+            pending_reason: Some(info.pending_reason),
+            eta_seconds: info.eta_seconds,
+            runs: None,
+        },
+        None => {
+            let position = state.store.queue_position(job.seq).await?;
+            let reason = String::from("just submitted; the scheduler looks at it within a second");
+            JobView { job, position: Some(position), pending_reason: Some(reason), eta_seconds: None, runs: None }
+        }
+    })
 }
 
 /// Parses a job id from the path; anything that is not a UUID cannot name a job.
@@ -162,7 +184,7 @@ pub async fn submit(
             group_id: group_id.clone(),
             owner: Some(user.name.clone()),
             priority: sibling.priority,
-            memory_bytes: 0, // MERGE: domain::memory::estimate_bytes(&sibling)
+            memory_bytes: crate::domain::memory::estimate_bytes(&sibling)
         });
     }
     let jobs = state.store.insert_jobs(&new).await?;
@@ -206,7 +228,10 @@ pub async fn list(
 /// `GET /api/jobs/{id}`.
 pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = find(&state, &id).await?;
-    Ok(Json(view_for(&state, &caller, job).await?))
+    let runs = state.store.runs_of(job.id).await?;
+    let mut view = view_for(&state, &caller, job).await?;
+    view.runs = Some(runs);
+    Ok(Json(view))
 }
 
 /// `POST /api/jobs/{id}/cancel`: a queued job is cancelled at once (200); a running one is asked

@@ -9,6 +9,7 @@ mod events;
 mod groups;
 mod inference;
 mod jobs;
+mod metrics;
 mod outputs;
 mod plots;
 
@@ -56,6 +57,8 @@ pub struct Limits {
     pub max_epochs: u32,
     /// Largest image side (fixed size, or a variable-size job's `max_image_side`).
     pub max_image_side: u32,
+    /// Fair share's half-life, for the usage `/metrics` reports.
+    pub half_life_secs: f64,
 }
 
 /// What every handler gets.
@@ -114,6 +117,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::prometheus))
         .fallback_service(ServeDir::new(&state.paths.static_dir))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))

@@ -41,6 +41,21 @@ pub struct JobRun {
     pub outcome: Option<String>,
 }
 
+/// A job's measured epochs, for ETAs.
+#[derive(Debug, Clone)]
+pub struct EpochTiming {
+    /// The job.
+    pub id: JobId,
+    /// Running or succeeded.
+    pub state: JobState,
+    /// Its spec.
+    pub spec: serde_json::Value,
+    /// Epochs recorded so far.
+    pub epochs: u32,
+    /// Their mean wall time.
+    pub mean_seconds: f64,
+}
+
 /// Seconds since the Unix epoch, as `job_runs` stores time.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
@@ -345,6 +360,36 @@ impl Store {
     pub async fn runs_since(&self, since: f64) -> Result<Vec<(Option<String>, f64, Option<f64>)>, StoreError> {
         Ok(sqlx::query_as("SELECT owner, started_at, ended_at FROM job_runs WHERE ended_at IS NULL OR ended_at >= ?")
             .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Measured epochs of running jobs and of the 500 latest succeeded ones: (job id, state,
+    /// spec, epochs recorded, mean seconds per epoch). What queue ETAs are estimated from.
+    pub async fn epoch_timings(&self) -> Result<Vec<EpochTiming>, StoreError> {
+        let rows: Vec<(String, String, String, i64, f64)> = sqlx::query_as(
+            "SELECT j.id, j.state, j.spec, COUNT(*), AVG(m.seconds) FROM jobs j JOIN epoch_metrics m ON m.job_id = j.id \
+             WHERE j.state = 'running' OR j.seq IN (SELECT seq FROM jobs WHERE state = 'succeeded' ORDER BY seq DESC LIMIT 500) \
+             GROUP BY j.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, state, spec, epochs, seconds)| {
+                Ok(EpochTiming {
+                    id: id.parse().map_err(|err| corrupt("id", err))?,
+                    state: state.parse().map_err(|err| corrupt("state", err))?,
+                    spec: serde_json::from_str(&spec).map_err(|err| corrupt("spec", err))?,
+                    epochs: epochs.max(0) as u32,
+                    mean_seconds: seconds,
+                })
+            })
+            .collect()
+    }
+
+    /// Job counts by owner and state: (owner, state, count).
+    pub async fn job_counts(&self) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
+        Ok(sqlx::query_as("SELECT owner, state, COUNT(*) FROM jobs GROUP BY owner, state ORDER BY owner, state")
             .fetch_all(&self.pool)
             .await?)
     }

@@ -4,7 +4,7 @@
 mod jobs;
 mod users;
 
-pub use jobs::{unix_now, CancelOutcome, JobRun, NewJob};
+pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobRun, NewJob};
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -1,0 +1,77 @@
+//! When will a queued job start? Each device is a number of lanes (a CPU slot one, a GPU
+//! `max_jobs_per_gpu`); a lane frees when its running job's remaining epochs are done at that
+//! job's measured pace; queued jobs then take the earliest lane in the plan's order, each lasting
+//! its epochs times the mean epoch time of similar finished jobs (same backbone, image size and
+//! batch size). Where nothing similar was ever measured, the ETA is unknown rather than invented.
+
+use super::policy::{Capacity, DeviceState, Limits, Plan};
+use crate::domain::{Job, JobId, JobState};
+use crate::store::{Store, StoreError};
+use std::collections::HashMap;
+
+/// What makes two jobs' epochs comparable.
+fn similarity_key(spec: &serde_json::Value) -> String {
+    format!("{}|{}|{}|{}", spec["backbone"], spec["image_size"], spec["max_image_side"], spec["batch_size"])
+}
+
+fn total_epochs(spec: &serde_json::Value) -> u32 {
+    spec["phases"].as_array().map_or(0, |phases| phases.iter().filter_map(|phase| phase["epochs"].as_u64()).sum::<u64>() as u32)
+}
+
+/// Seconds from now until each waiting job of `plan` is expected to start.
+pub(super) async fn start_times<U>(
+    store: &Store,
+    running: &[Job],
+    queued: &[Job],
+    plan: &Plan<JobId, &str>,
+    devices: &[DeviceState<&str, U>],
+    limits: &Limits,
+) -> Result<HashMap<JobId, f64>, StoreError> {
+    let timings = store.epoch_timings().await?;
+    let mut similar: HashMap<String, (f64, u32)> = HashMap::new();
+    for timing in timings.iter().filter(|timing| timing.state == JobState::Succeeded) {
+        let entry = similar.entry(similarity_key(&timing.spec)).or_default();
+        entry.0 += timing.mean_seconds * f64::from(timing.epochs);
+        entry.1 += timing.epochs;
+    }
+    let pace = |spec: &serde_json::Value| similar.get(&similarity_key(spec)).map(|(seconds, epochs)| seconds / f64::from(*epochs.max(&1)));
+    let own: HashMap<JobId, (u32, f64)> = timings.iter().map(|timing| (timing.id, (timing.epochs, timing.mean_seconds))).collect();
+    // Free time (seconds from now) of every lane; `None` = unknown.
+    let mut lanes: Vec<Option<f64>> = Vec::new();
+    for device in devices {
+        let count = match device.capacity {
+            Capacity::Slot => 1,
+            Capacity::Gpu { .. } => limits.max_jobs_per_gpu.max(1),
+        };
+        let mut device_lanes = vec![Some(0.0); count];
+        let here = running.iter().filter(|job| job.device.as_deref() == Some(device.id));
+        for (lane, job) in device_lanes.iter_mut().zip(here) {
+            let remaining = match own.get(&job.id) {
+                Some((done, seconds)) => Some(f64::from(total_epochs(&job.spec).saturating_sub(*done)) * seconds),
+                None => pace(&job.spec).map(|seconds| f64::from(total_epochs(&job.spec)) * seconds),
+            };
+            *lane = remaining;
+        }
+        if !device.foreign_busy {
+            lanes.extend(device_lanes);
+        }
+    }
+    let mut starts = HashMap::new();
+    let mut waiting: Vec<_> = plan.waiting.iter().collect();
+    waiting.sort_by_key(|waiting| waiting.position);
+    for waiting in waiting {
+        if waiting.reason.is_permanent() {
+            continue;
+        }
+        // The earliest known lane; an unknown one could be earlier, so it makes the ETA unknown.
+        if lanes.is_empty() || lanes.iter().any(Option::is_none) {
+            break;
+        }
+        let (index, start) =
+            lanes.iter().enumerate().map(|(index, free)| (index, free.unwrap_or(f64::MAX))).min_by(|a, b| a.1.total_cmp(&b.1)).expect("lanes exist");
+        starts.insert(waiting.job, start);
+        let job = queued.iter().find(|job| job.id == waiting.job);
+        lanes[index] = job.and_then(|job| pace(&job.spec)).map(|seconds| start + f64::from(total_epochs(&job.expect("found").spec)) * seconds);
+    }
+    Ok(starts)
+}
