@@ -83,6 +83,13 @@ function bytesText(bytes) {
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
+// The server's estimate for a queued job: rough by nature, so rounded to minutes (or hours).
+function roughDuration(seconds) {
+  if (!Number.isFinite(seconds)) return null;
+  const minutes = Math.max(1, Math.round(seconds / 60));
+  return minutes < 120 ? `~${minutes} min` : `~${Math.round(minutes / 60)} h`;
+}
+
 function durationText(seconds) {
   if (!Number.isFinite(seconds)) return '—';
   const s = Math.max(0, Math.round(seconds));
@@ -441,6 +448,25 @@ function compareBox(job) {
   });
 }
 
+const ownerText = (job) => [job.owner ?? '—', auth.user && job.owner === auth.user.name && el('span', { class: 'muted' }, ' (you)')];
+
+// A running job's ETA is computed here from its progress; a queued one's (`eta_seconds`) is the
+// server's estimate of when it starts.
+function etaText(job) {
+  if (job.state === 'queued') {
+    const estimate = roughDuration(job.eta_seconds);
+    return estimate ? el('span', { title: 'estimated wait before it starts' }, estimate) : '—';
+  }
+  return durationText(etaSeconds(job));
+}
+
+// A queued job's place, and why it waits when the server says (`pending_reason`).
+function queuePlace(job) {
+  if (job.state !== 'queued') return '—';
+  return [job.position != null ? `#${job.position}` : '—',
+    job.pending_reason && el('div', { class: 'pending-reason' }, String(job.pending_reason))];
+}
+
 function renderJobs() {
   const newest = [...queue.jobs.values()].sort((a, b) => Date.parse(b.submitted_at) - Date.parse(a.submitted_at));
   const rows = newest.map((job) => {
@@ -455,15 +481,16 @@ function renderJobs() {
     el('td', {}, mayOpen(job) && compareBox(job)),
     el('td', { class: 'name' }, jobLink(job.id, job.name)),
     el('td', { class: 'mono', title: job.id }, shortId(job.id)),
+    el('td', { class: 'owner' }, ownerText(job)),
     el('td', {}, badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && el('span', { class: 'muted' }, ' cancelling')),
     el('td', {}, job.device ?? '—'),
     el('td', { class: 'col-progress' }, fraction != null && progressBar(fraction), progressText(job.progress)),
     el('td', { class: 'num' }, fixed(job.progress?.images_per_sec, 1)),
-    el('td', { class: 'num eta' }, durationText(etaSeconds(job))),
-    el('td', { class: 'num' }, job.state === 'queued' && job.position != null ? `#${job.position}` : '—'),
+    el('td', { class: 'num eta' }, etaText(job)),
+    el('td', { class: 'num queue-place' }, queuePlace(job)),
     el('td', { class: 'num' }, percent(job.final_metrics?.test_acc)));
   });
-  const empty = el('tr', {}, el('td', { colspan: '10', class: 'muted' }, 'No jobs yet — submit one below.'));
+  const empty = el('tr', {}, el('td', { colspan: '11', class: 'muted' }, 'No jobs yet — submit one below.'));
   $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [empty]));
   updateCompareButton();
 }
@@ -559,12 +586,14 @@ function renderDetailJob() {
   const fraction = jobFraction(job);
   $('detail-summary').replaceChildren(
     ...fact('ID', el('span', { class: 'mono' }, job.id)),
+    ...fact('Owner', ownerText(job)),
     ...fact('State', badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && ' (cancel requested)'),
     ...(job.state === 'queued' && job.position != null ? fact('Queue position', `#${job.position}`) : []),
+    ...(job.state === 'queued' && job.pending_reason ? fact('Waiting for', String(job.pending_reason)) : []),
     ...fact('Device', job.device ?? '—'),
     ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
     ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
-    ...fact('ETA', durationText(etaSeconds(job))),
+    ...fact('ETA', etaText(job)),
     ...(job.group_id ? fact('Repeat group', el('span', { class: 'mono' }, job.group_id)) : []),
     ...fact('Attempts', String(job.attempts ?? '—')),
     ...fact('Submitted', when(job.submitted_at)),
