@@ -2,6 +2,12 @@
 // through server-sent events (/api/events for the queue, /api/jobs/{id}/events for the open job),
 // which start with a snapshot and resume with Last-Event-ID after a dropped connection. Plain DOM,
 // no framework, nothing from a CDN; every piece of data goes in through textContent.
+//
+// Tokens: the user pastes their API token once; it lives in a variable and in sessionStorage (this
+// tab only, gone when the tab closes), never in a cookie, so no other site can make the browser
+// send it (no CSRF). Every /api request carries it in `Authorization: Bearer`; since EventSource,
+// <img src> and <a download> cannot send headers, streams are read with fetch and images and
+// downloads are fetched and handed over as object URLs.
 'use strict';
 
 const LOG_LINES = 60;
@@ -10,6 +16,13 @@ const DEVICE_POLL_MS = 5000;
 // A safety net only: events carry every change, this catches anything a proxy swallowed.
 const RESYNC_MS = 30000;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+// Reconnecting a dropped stream waits this long, doubling after each failure up to the maximum.
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30000;
+// A downloaded file's object URL is kept this long: the browser reads it after the click returns.
+const DOWNLOAD_KEEP_MS = 60000;
+// Where the token is kept: sessionStorage survives a reload, not the tab.
+const TOKEN_KEY = 'trainq.token';
 const CANCELLABLE = new Set(['queued', 'running']);
 // Same as deploy/examples/q1-demo.json: the assignment's Q1, shrunk for the demo dataset.
 const EXAMPLE_SPEC = {
@@ -70,6 +83,13 @@ function bytesText(bytes) {
   return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
 }
 
+// The server's estimate for a queued job: rough by nature, so rounded to minutes (or hours).
+function roughDuration(seconds) {
+  if (!Number.isFinite(seconds)) return null;
+  const minutes = Math.max(1, Math.round(seconds / 60));
+  return minutes < 120 ? `~${minutes} min` : `~${Math.round(minutes / 60)} h`;
+}
+
 function durationText(seconds) {
   if (!Number.isFinite(seconds)) return '—';
   const s = Math.max(0, Math.round(seconds));
@@ -92,11 +112,54 @@ const badge = (state) => el('span', { class: `badge state-${state}` }, state);
 
 // ---------- API ----------
 
-async function api(path, options = {}) {
-  const response = await fetch(path, { cache: 'no-store', ...options });
+// ---------- token ----------
+
+function storedToken() {
+  try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; }
+}
+
+function storeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  } catch { /* storage disabled: the token lives until a reload */ }
+}
+
+// `user` is GET /api/me's answer once the token has been checked ({name, admin}).
+const auth = { token: storedToken(), user: null };
+
+function authHeaders(token = auth.token) {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// Whether the signed-in user may read a job's private parts: their own, or any for an admin.
+// Unknown (token not yet checked) counts as yes; the server's 404 has the last word.
+function mayOpen(job) {
+  if (!auth.token) return false;
+  if (!auth.user) return true;
+  return auth.user.admin || job?.owner === auth.user.name;
+}
+
+// ---------- API ----------
+
+// fetch with the token. A 401 to a request that carried the current token means the server no
+// longer knows it: the page signs out and asks for it again.
+async function authFetch(path, options = {}) {
+  const token = auth.token;
+  const response = await fetch(path, {
+    cache: 'no-store', ...options, headers: { ...authHeaders(token), ...options.headers },
+  });
+  if (response.status === 401 && token && token === auth.token) tokenRefused(await readAnswer(response.clone()));
+  return response;
+}
+
+async function readAnswer(response) {
   const type = response.headers.get('content-type') || '';
   const body = type.includes('json') ? await response.json().catch(() => null) : await response.text();
   return { ok: response.ok, status: response.status, body };
+}
+
+async function api(path, options = {}) {
+  return readAnswer(await authFetch(path, options));
 }
 
 async function getJson(path) {
@@ -129,6 +192,163 @@ function setConnection(error) {
   const status = $('connection');
   status.classList.toggle('offline', Boolean(error));
   status.textContent = error ? `offline — ${error.message ?? error}` : `live · ${new Date().toLocaleTimeString()}`;
+}
+
+// ---------- images and downloads behind the token ----------
+
+// Object URLs of the images each part of the page shows ('report-plots', 'cam-gallery',
+// 'compare-plots'): drawing a part again revokes its old ones, so a page left open for a whole
+// course does not pile up blobs.
+const objectUrls = new Map();
+
+function releaseObjectUrls(part) {
+  for (const url of objectUrls.get(part) ?? []) URL.revokeObjectURL(url);
+  objectUrls.delete(part);
+}
+
+// An <img> whose bytes come from an /api URL fetched with the token; a link around it opens the
+// same bytes full size once loaded. A failure calls `onFailure(answer, img)` (answer null: the
+// server is unreachable) so the caller can show the server's reason instead of a broken image.
+function tokenImage(part, url, props, onFailure) {
+  const img = el('img', props);
+  (async () => {
+    const response = await authFetch(url);
+    if (!response.ok) {
+      onFailure(await readAnswer(response), img);
+      return;
+    }
+    const blob = await response.blob();
+    if (!img.isConnected) return; // drawn over while loading
+    const objectUrl = URL.createObjectURL(blob);
+    if (!objectUrls.has(part)) objectUrls.set(part, new Set());
+    objectUrls.get(part).add(objectUrl);
+    img.src = objectUrl;
+    const link = img.closest('a');
+    if (link) link.href = objectUrl;
+  })().catch(() => onFailure(null, img));
+  return img;
+}
+
+// The file name the server suggests in Content-Disposition.
+function dispositionName(response) {
+  const match = /filename="([^"]+)"/.exec(response.headers.get('content-disposition') || '');
+  return match ? match[1] : null;
+}
+
+// Makes a link to an /api file work with the token: a plain click could not send the header, so
+// the click fetches the file and saves it through a temporary object-URL link. The href stays the
+// real API URL (what curl would fetch); a failure is shown right after the link.
+function bindDownload(link, fileName = '') {
+  link.addEventListener('click', (event) => {
+    event.preventDefault();
+    download(link, fileName).catch((err) => downloadFailed(link, `download failed: ${err.message}`));
+  });
+  return link;
+}
+
+const downloadLink = (url, text, fileName = '') => bindDownload(el('a', { href: url }, text), fileName);
+
+async function download(link, fileName) {
+  if (link.nextElementSibling?.classList.contains('download-error')) link.nextElementSibling.remove();
+  const response = await authFetch(link.getAttribute('href'));
+  if (!response.ok) {
+    const answer = await readAnswer(response);
+    downloadFailed(link, `${answer.status} — ${answer.body?.detail?.message ?? answer.body?.error ?? 'download failed'}`);
+    return;
+  }
+  const objectUrl = URL.createObjectURL(await response.blob());
+  const save = el('a', { href: objectUrl, download: dispositionName(response) || fileName, hidden: true });
+  document.body.append(save);
+  save.click();
+  save.remove();
+  setTimeout(() => URL.revokeObjectURL(objectUrl), DOWNLOAD_KEEP_MS);
+}
+
+function downloadFailed(link, text) {
+  link.after(el('span', { class: 'download-error', role: 'alert' }, ` ${text}`));
+}
+
+// ---------- server-sent events over fetch ----------
+
+// Reads a text/event-stream as EventSource does (`event:`, `data:` and `id:` lines; a blank line
+// ends a message; `:` lines are keep-alives) but with the token in a header, which EventSource
+// cannot send. After a dropped connection it reconnects with Last-Event-ID, so the server replays
+// what was missed or starts again from a snapshot; it waits RETRY_MIN_MS first, doubling (with a
+// little jitter, so a restarted server is not hit by every tab at once) up to RETRY_MAX_MS while
+// failures go on. `handlers` maps event names to functions of the parsed data. A 401, 403 or 404
+// stops the stream (asking again would get the same answer) and goes to `onRefused(answer)`.
+function openStream(path, { handlers, onOpen = () => {}, onError = () => {}, onRefused = () => {} }) {
+  const controller = new AbortController();
+  let closed = false;
+  let lastEventId = null;
+  let delay = RETRY_MIN_MS;
+  let message = { event: '', data: [], id: null };
+
+  function dispatch() {
+    const { event, data, id } = message;
+    message = { event: '', data: [], id: null };
+    if (id !== null) lastEventId = id;
+    const handler = handlers[event || 'message'];
+    if (closed || !data.length || !handler) return;
+    // Like an EventSource listener, a failing handler is reported and the stream goes on.
+    try { handler(JSON.parse(data.join('\n'))); } catch (err) { setTimeout(() => { throw err; }); }
+  }
+
+  function onLine(line) {
+    if (line === '') { dispatch(); return; }
+    if (line.startsWith(':')) return;
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'event') message.event = value;
+    else if (field === 'data') message.data.push(value);
+    else if (field === 'id' && !value.includes('\0')) message.id = value;
+  }
+
+  async function readOnce() {
+    const headers = { Accept: 'text/event-stream' };
+    if (lastEventId !== null) headers['Last-Event-ID'] = lastEventId;
+    const response = await authFetch(path, { headers, signal: controller.signal });
+    if ([401, 403, 404].includes(response.status)) {
+      closed = true;
+      onRefused(await readAnswer(response));
+      return;
+    }
+    if (response.status === 429) delay = Math.max(delay, Number(response.headers.get('retry-after')) * 1000 || 0);
+    if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+    onOpen();
+    delay = RETRY_MIN_MS;
+    message = { event: '', data: [], id: null };
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error('the server closed the stream');
+      buffer += decoder.decode(value, { stream: true });
+      // A line ends at \n, \r\n or \r; a \r that ends the buffer may be the first half of \r\n.
+      for (let end = /\r\n|\n|\r(?!$)/.exec(buffer); end; end = /\r\n|\n|\r(?!$)/.exec(buffer)) {
+        const line = buffer.slice(0, end.index);
+        buffer = buffer.slice(end.index + end[0].length);
+        onLine(line);
+      }
+    }
+  }
+
+  (async () => {
+    while (!closed) {
+      try {
+        await readOnce();
+      } catch (err) {
+        if (!closed) onError(err);
+      }
+      if (closed) return;
+      await new Promise((resolve) => { setTimeout(resolve, delay * (0.8 + Math.random() * 0.4)); });
+      delay = Math.min(RETRY_MAX_MS, delay * 2);
+    }
+  })();
+  return { close() { closed = true; controller.abort(); } };
 }
 
 // ---------- progress ----------
@@ -190,7 +410,7 @@ const meter = (fraction) => el('div', { class: 'meter' },
 
 // `progressAt` remembers when a job's progress last came by event, so a list fetched before that
 // moment cannot put an older progress back.
-const queue = { jobs: new Map(), devices: [], selected: new Set(), progressAt: new Map() };
+const queue = { jobs: new Map(), devices: [], selected: new Set(), progressAt: new Map(), stream: null };
 
 function renderDevices() {
   const cards = queue.devices.map((device) => {
@@ -228,6 +448,25 @@ function compareBox(job) {
   });
 }
 
+const ownerText = (job) => [job.owner ?? '—', auth.user && job.owner === auth.user.name && el('span', { class: 'muted' }, ' (you)')];
+
+// A running job's ETA is computed here from its progress; a queued one's (`eta_seconds`) is the
+// server's estimate of when it starts.
+function etaText(job) {
+  if (job.state === 'queued') {
+    const estimate = roughDuration(job.eta_seconds);
+    return estimate ? el('span', { title: 'estimated wait before it starts' }, estimate) : '—';
+  }
+  return durationText(etaSeconds(job));
+}
+
+// A queued job's place, and why it waits when the server says (`pending_reason`).
+function queuePlace(job) {
+  if (job.state !== 'queued') return '—';
+  return [job.position != null ? `#${job.position}` : '—',
+    job.pending_reason && el('div', { class: 'pending-reason' }, String(job.pending_reason))];
+}
+
 function renderJobs() {
   const newest = [...queue.jobs.values()].sort((a, b) => Date.parse(b.submitted_at) - Date.parse(a.submitted_at));
   const rows = newest.map((job) => {
@@ -239,18 +478,19 @@ function renderJobs() {
       onclick: () => { location.hash = jobHref(job.id); },
       onkeydown: (event) => { if (event.key === 'Enter') location.hash = jobHref(job.id); },
     },
-    el('td', {}, compareBox(job)),
+    el('td', {}, mayOpen(job) && compareBox(job)),
     el('td', { class: 'name' }, jobLink(job.id, job.name)),
     el('td', { class: 'mono', title: job.id }, shortId(job.id)),
+    el('td', { class: 'owner' }, ownerText(job)),
     el('td', {}, badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && el('span', { class: 'muted' }, ' cancelling')),
     el('td', {}, job.device ?? '—'),
     el('td', { class: 'col-progress' }, fraction != null && progressBar(fraction), progressText(job.progress)),
     el('td', { class: 'num' }, fixed(job.progress?.images_per_sec, 1)),
-    el('td', { class: 'num eta' }, durationText(etaSeconds(job))),
-    el('td', { class: 'num' }, job.state === 'queued' && job.position != null ? `#${job.position}` : '—'),
+    el('td', { class: 'num eta' }, etaText(job)),
+    el('td', { class: 'num queue-place' }, queuePlace(job)),
     el('td', { class: 'num' }, percent(job.final_metrics?.test_acc)));
   });
-  const empty = el('tr', {}, el('td', { colspan: '10', class: 'muted' }, 'No jobs yet — submit one below.'));
+  const empty = el('tr', {}, el('td', { colspan: '11', class: 'muted' }, 'No jobs yet — submit one below.'));
   $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [empty]));
   updateCompareButton();
 }
@@ -265,6 +505,7 @@ function setJobs(jobs, fetchedAt = -Infinity) {
   for (const id of [...queue.selected]) if (!queue.jobs.has(id)) queue.selected.delete(id);
   renderJobs();
   renderDevices();
+  syncLockedDetail();
 }
 
 async function refreshDevices() {
@@ -287,31 +528,44 @@ function scheduleOverview() {
   overviewTimer = setTimeout(() => refreshOverview().catch(setConnection), 150);
 }
 
+// The queue's stream is public; with a token it also carries the caller's own jobs' private
+// events and results, so a change of token starts it again from a fresh snapshot.
 function connectQueue() {
-  const source = new EventSource('/api/events');
-  source.addEventListener('open', () => setConnection(null));
-  source.addEventListener('error', () => setConnection(new Error('reconnecting…')));
-  source.addEventListener('snapshot', (message) => {
-    setJobs(JSON.parse(message.data).jobs, performance.now());
-    setConnection(null);
-  });
-  for (const name of ['queued', 'started', 'cancel_requested', 'finished']) {
-    source.addEventListener(name, scheduleOverview);
-  }
-  source.addEventListener('progress', (message) => {
-    const event = JSON.parse(message.data);
-    const job = queue.jobs.get(event.job_id);
-    if (!job) { scheduleOverview(); return; }
-    job.progress = event.progress;
-    queue.progressAt.set(job.id, performance.now());
-    renderJobs();
+  queue.stream?.close();
+  queue.stream = openStream('/api/events', {
+    onOpen: () => {
+      setConnection(null);
+      if (auth.token && !auth.user) checkToken().catch(() => {});
+    },
+    onError: () => setConnection(new Error('reconnecting…')),
+    handlers: {
+      snapshot: (snapshot) => {
+        setJobs(snapshot.jobs, performance.now());
+        setConnection(null);
+      },
+      queued: scheduleOverview,
+      started: scheduleOverview,
+      cancel_requested: scheduleOverview,
+      finished: scheduleOverview,
+      progress: (event) => {
+        const job = queue.jobs.get(event.job_id);
+        if (!job) { scheduleOverview(); return; }
+        job.progress = event.progress;
+        queue.progressAt.set(job.id, performance.now());
+        renderJobs();
+        syncLockedDetail();
+      },
+    },
   });
 }
 
 // ---------- job detail ----------
 
+// `access`: 'open' (the job's own stream feeds it), 'signed-out' or 'foreign' (only the queue's
+// public facts); `generation` tells a stale answer from the current one after a reopen.
 const detail = {
-  id: null, job: null, epochs: [], logLines: [], logOffset: 0, source: null, outputsKey: null, classes: null,
+  id: null, job: null, epochs: [], logLines: [], logOffset: 0, stream: null, outputsKey: null, classes: null,
+  access: null, generation: 0,
 };
 
 function hashJobId() {
@@ -332,18 +586,20 @@ function renderDetailJob() {
   const fraction = jobFraction(job);
   $('detail-summary').replaceChildren(
     ...fact('ID', el('span', { class: 'mono' }, job.id)),
+    ...fact('Owner', ownerText(job)),
     ...fact('State', badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && ' (cancel requested)'),
     ...(job.state === 'queued' && job.position != null ? fact('Queue position', `#${job.position}`) : []),
+    ...(job.state === 'queued' && job.pending_reason ? fact('Waiting for', String(job.pending_reason)) : []),
     ...fact('Device', job.device ?? '—'),
     ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
     ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
-    ...fact('ETA', durationText(etaSeconds(job))),
+    ...fact('ETA', etaText(job)),
     ...(job.group_id ? fact('Repeat group', el('span', { class: 'mono' }, job.group_id)) : []),
     ...fact('Attempts', String(job.attempts ?? '—')),
     ...fact('Submitted', when(job.submitted_at)),
     ...fact('Started', when(job.started_at)),
     ...fact('Finished', when(job.finished_at)));
-  $('cancel-button').hidden = !CANCELLABLE.has(job.state);
+  $('cancel-button').hidden = !(CANCELLABLE.has(job.state) && detail.access === 'open');
   $('detail-error-box').hidden = !job.error;
   $('detail-error').textContent = job.error ?? '';
   $('job-spec').textContent = JSON.stringify(job.spec, null, 2);
@@ -406,30 +662,29 @@ function renderFinal(final, classes) {
 function renderArtifacts(artifacts) {
   // Only same-origin API paths become links, so a stray value can never be a script URL.
   const items = artifacts.map((a) => el('li', {},
-    String(a.url).startsWith('/api/') ? el('a', { href: a.url, download: a.name.split('/').pop() }, a.name) : a.name,
+    String(a.url).startsWith('/api/') ? downloadLink(a.url, a.name, a.name.split('/').pop()) : a.name,
     el('span', { class: 'muted' }, ` ${bytesText(a.bytes)}`)));
   $('artifacts').replaceChildren(...(items.length ? items : [el('li', { class: 'muted' }, 'None yet.')]));
 }
 
-// A figure of a server-rendered plot: the SVG shown, PNG and SVG offered for the report. A plot
-// the server cannot draw yet shows the server's reason instead of a broken image.
-function plotFigure(base, kind, title, query, version) {
+// A figure of a server-rendered plot in a part of the page: the SVG shown (a click opens it full
+// size), PNG and SVG offered for the report. A plot the server cannot draw yet shows the server's
+// reason instead of a broken image.
+function plotFigure(part, base, kind, title, query, version) {
   const url = (format) => `${base}/${kind}.${format}${query}${query ? '&' : '?'}v=${enc(version)}`;
-  const img = el('img', { class: 'plot-img', src: url('svg'), alt: title, dataset: { plot: kind } });
-  const figure = el('figure', { class: 'plot' },
-    el('a', { href: url('png'), target: '_blank', rel: 'noopener' }, img),
-    el('figcaption', {}, title, ' · ', el('a', { href: url('png'), download: '' }, 'PNG'),
-      ' · ', el('a', { href: url('svg'), download: '' }, 'SVG')));
-  img.addEventListener('error', async () => {
-    const answer = await api(url('svg')).catch(() => null);
+  const figure = el('figure', { class: 'plot' });
+  const img = tokenImage(part, url('svg'), { class: 'plot-img', alt: title, dataset: { plot: kind } }, (answer) => {
     figure.replaceChildren(el('figcaption', {}, title),
       el('div', { class: 'result error' }, answer ? errorNodes(answer) : 'Could not load the plot.'));
-  }, { once: true });
+  });
+  figure.append(el('a', { target: '_blank', rel: 'noopener', title: `${title}, full size` }, img),
+    el('figcaption', {}, title, ' · ', downloadLink(url('png'), 'PNG'), ' · ', downloadLink(url('svg'), 'SVG')));
   return figure;
 }
 
 function renderReportPlots(job, final) {
   const target = $('report-plots');
+  releaseObjectUrls('report-plots');
   if (!TERMINAL.has(job.state)) {
     target.replaceChildren(el('p', { class: 'muted' }, 'Drawn when the job has finished; the live charts above grow with every epoch.'));
     return;
@@ -440,9 +695,10 @@ function renderReportPlots(job, final) {
   }
   const base = `/api/jobs/${enc(job.id)}/plots`;
   const version = `${job.state}-${detail.epochs.length}`;
-  const figures = [plotFigure(base, 'accuracy', 'Accuracy', '', version), plotFigure(base, 'loss', 'Loss', '', version)];
-  if (final?.binary?.roc?.length) figures.push(plotFigure(base, 'roc', 'ROC', '', version));
-  if (final?.binary || final?.multiclass) figures.push(plotFigure(base, 'confusion', 'Confusion matrix', '', version));
+  const figure = (kind, title) => plotFigure('report-plots', base, kind, title, '', version);
+  const figures = [figure('accuracy', 'Accuracy'), figure('loss', 'Loss')];
+  if (final?.binary?.roc?.length) figures.push(figure('roc', 'ROC'));
+  if (final?.binary || final?.multiclass) figures.push(figure('confusion', 'Confusion matrix'));
   target.replaceChildren(...figures);
 }
 
@@ -450,6 +706,7 @@ async function renderCams(id) {
   const target = $('cam-gallery');
   const answer = await api(`/api/jobs/${enc(id)}/artifacts/cam/index.json`);
   if (id !== detail.id) return;
+  releaseObjectUrls('cam-gallery');
   if (answer.status === 404) {
     target.replaceChildren(el('p', { class: 'muted cam-empty' }, 'No heatmaps yet.'));
     return;
@@ -459,13 +716,15 @@ async function renderCams(id) {
     return;
   }
   const entries = answer.body.filter((entry) => entry && CAM_FILE.test(String(entry.file)));
+  const image = (entry, title) => tokenImage('cam-gallery', `/api/jobs/${enc(id)}/artifacts/${entry.file}`,
+    { alt: `${title}: ${entry.path ?? entry.file}` },
+    (failure, img) => img.replaceWith(el('span', { class: 'result error' }, `${entry.file} could not be loaded`)));
   const groups = CAM_KINDS.map(([kind, title]) => {
     const items = entries.filter((entry) => entry.kind === kind);
     if (!items.length) return null;
     return el('div', { class: 'cam-group', dataset: { kind } }, el('h4', {}, `${title} (${items.length})`),
       el('div', { class: 'cam-row' }, ...items.map((entry) => el('figure', { class: 'cam' },
-        el('a', { href: `/api/jobs/${enc(id)}/artifacts/${entry.file}`, target: '_blank', rel: 'noopener' },
-          el('img', { src: `/api/jobs/${enc(id)}/artifacts/${entry.file}`, alt: `${title}: ${entry.path ?? entry.file}` })),
+        el('a', { target: '_blank', rel: 'noopener' }, image(entry, title)),
         el('figcaption', {}, `${entry.label ?? ''} · p=${fixed(Number(entry.probability), 2)}`,
           el('div', { class: 'muted small' }, String(entry.path ?? '')))))));
   }).filter(Boolean);
@@ -508,7 +767,11 @@ async function refreshDetailJob() {
 }
 
 function clearDetail() {
-  Object.assign(detail, { job: null, epochs: [], logLines: [], logOffset: 0, outputsKey: null, classes: null });
+  Object.assign(detail, { job: null, epochs: [], logLines: [], logOffset: 0, outputsKey: null, classes: null, access: null });
+  releaseObjectUrls('report-plots');
+  releaseObjectUrls('cam-gallery');
+  $('detail-private').hidden = false;
+  $('detail-locked').hidden = true;
   $('detail-title').textContent = 'Job';
   for (const id of ['detail-summary', 'final-metrics', 'artifacts', 'detail-error', 'job-log', 'job-spec',
     'confusion-table', 'report-plots', 'cam-gallery']) {
@@ -520,48 +783,80 @@ function clearDetail() {
   drawCharts();
 }
 
-function followJob(id) {
-  const source = new EventSource(`/api/jobs/${enc(id)}/events`);
-  detail.source = source;
-  const mine = (handler) => (message) => { if (detail.source === source) handler(JSON.parse(message.data)); };
-  source.addEventListener('snapshot', mine((snapshot) => {
-    detail.job = snapshot.job;
-    detail.epochs = snapshot.epochs;
-    detail.logLines = snapshot.log.text.split('\n');
-    if (detail.logLines[detail.logLines.length - 1] === '') detail.logLines.pop();
-    detail.logOffset = snapshot.log.offset;
-    renderDetailJob();
-    renderEpochs();
-    renderLogLines();
-    loadOutputs().catch(setConnection);
-  }));
-  source.addEventListener('progress', mine((event) => {
-    if (!detail.job) return;
-    detail.job.progress = event.progress;
-    renderDetailJob();
-  }));
-  source.addEventListener('epoch', mine((epoch) => {
-    upsertEpoch(epoch);
-    renderEpochs();
-  }));
-  // A line whose offset is below what the snapshot read is already shown.
-  source.addEventListener('log', mine((event) => {
-    if (event.offset < detail.logOffset) return;
-    detail.logOffset = event.offset + 1;
-    detail.logLines.push(event.line);
-    if (detail.logLines.length > LOG_KEEP) detail.logLines.splice(0, detail.logLines.length - LOG_KEEP);
-    renderLogLines();
-  }));
-  for (const name of ['started', 'cancel_requested', 'finished']) {
-    source.addEventListener(name, mine(() => refreshDetailJob().catch(setConnection)));
-  }
+// A job's private parts (metrics, plots, log, artifacts) need its owner's or an admin's token;
+// its public facts (the summary, the spec) stay, and follow the queue's stream.
+function lockDetail(access) {
+  detail.access = access;
+  detail.stream?.close();
+  detail.stream = null;
+  $('detail-private').hidden = true;
+  $('cancel-button').hidden = true;
+  const owner = detail.job?.owner ?? 'someone else';
+  showResult($('detail-locked'), 'notice', access === 'signed-out'
+    ? ['Sign in to see this job’s metrics, plots, log and artifacts. ',
+      el('button', { type: 'button', class: 'secondary', onclick: focusSignIn }, 'Sign in')]
+    : `This job belongs to ${owner}: its metrics, plots, log and artifacts are visible to its owner and admins only.`);
+  $('detail-locked').hidden = false;
+  renderDetailJob();
 }
 
-async function onHashChange() {
+function syncLockedDetail() {
+  if (!detail.id || (detail.access !== 'signed-out' && detail.access !== 'foreign')) return;
+  const job = queue.jobs.get(detail.id);
+  if (!job) return;
+  detail.job = job;
+  renderDetailJob();
+}
+
+function followJob(id) {
+  detail.access = 'open';
+  detail.stream = openStream(`/api/jobs/${enc(id)}/events`, {
+    // A 404 is someone else's job (the server hides it as if absent); a 401 signs out on its own.
+    onRefused: (answer) => { if (answer.status === 404 && id === detail.id) lockDetail('foreign'); },
+    handlers: {
+      snapshot: (snapshot) => {
+        detail.job = snapshot.job;
+        detail.epochs = snapshot.epochs;
+        detail.logLines = snapshot.log.text.split('\n');
+        if (detail.logLines[detail.logLines.length - 1] === '') detail.logLines.pop();
+        detail.logOffset = snapshot.log.offset;
+        renderDetailJob();
+        renderEpochs();
+        renderLogLines();
+        loadOutputs().catch(setConnection);
+      },
+      progress: (event) => {
+        if (!detail.job) return;
+        detail.job.progress = event.progress;
+        renderDetailJob();
+      },
+      epoch: (epoch) => {
+        upsertEpoch(epoch);
+        renderEpochs();
+      },
+      // A line whose offset is below what the snapshot read is already shown.
+      log: (event) => {
+        if (event.offset < detail.logOffset) return;
+        detail.logOffset = event.offset + 1;
+        detail.logLines.push(event.line);
+        if (detail.logLines.length > LOG_KEEP) detail.logLines.splice(0, detail.logLines.length - LOG_KEEP);
+        renderLogLines();
+      },
+      started: () => refreshDetailJob().catch(setConnection),
+      cancel_requested: () => refreshDetailJob().catch(setConnection),
+      finished: () => refreshDetailJob().catch(setConnection),
+    },
+  });
+}
+
+// Opens the job the hash names; `reopen` opens it again even if it is already open (after the
+// token changed, what the page may show of it changed too).
+async function onHashChange(reopen = false) {
   const id = hashJobId();
-  if (id === detail.id) return;
-  detail.source?.close();
-  detail.source = null;
+  if (id === detail.id && !reopen) return;
+  const generation = ++detail.generation;
+  detail.stream?.close();
+  detail.stream = null;
   detail.id = id;
   $('job-detail').hidden = !id;
   for (const row of $('jobs').querySelectorAll('tr[data-job-id]')) {
@@ -569,16 +864,22 @@ async function onHashChange() {
   }
   clearDetail();
   if (!id) return;
-  $('job-detail').scrollIntoView({ behavior: 'smooth', block: 'start' });
+  if (!reopen) $('job-detail').scrollIntoView({ behavior: 'smooth', block: 'start' });
   const answer = await api(`/api/jobs/${enc(id)}`).catch(() => null);
-  if (id !== detail.id) return;
+  if (generation !== detail.generation) return;
   if (!answer?.ok) {
     $('detail-body').hidden = true;
     showResult($('detail-message'), 'error', answer?.status === 404 ? `No job with id ${id}.` : answer ? errorNodes(answer) : 'The server is unreachable.');
     $('detail-message').hidden = false;
     return;
   }
-  followJob(id);
+  detail.job = answer.body;
+  if (!auth.token) lockDetail('signed-out');
+  else if (!mayOpen(answer.body)) lockDetail('foreign');
+  else {
+    followJob(id);
+    renderDetailJob();
+  }
 }
 
 async function cancelJob() {
@@ -626,11 +927,12 @@ async function showCompare() {
   const query = `?ids=${enc(ids.join(','))}`;
   const section = $('compare');
   section.hidden = false;
-  const answer = await api(`/api/compare${query}`);
+  releaseObjectUrls('compare-plots');
+  const answer = auth.token ? await api(`/api/compare${query}`) : null;
   const message = $('compare-message');
-  message.hidden = answer.ok;
-  if (!answer.ok) {
-    showResult(message, 'error', errorNodes(answer));
+  message.hidden = Boolean(answer?.ok);
+  if (!answer?.ok) {
+    showResult(message, 'error', answer ? errorNodes(answer) : 'Sign in to compare your jobs.');
     $('compare-table').tHead.replaceChildren();
     $('compare-table').tBodies[0].replaceChildren();
     $('compare-plots').replaceChildren();
@@ -648,10 +950,8 @@ async function showCompare() {
     ...metrics.map((name) => el('td', { class: 'num' }, cellText(name, row.metrics[name]))))));
   $('compare-csv').href = `/api/compare${query}&format=csv`;
   const version = rows.map((row) => `${row.state}${row.succeeded}`).join('');
-  $('compare-plots').replaceChildren(
-    plotFigure('/api/compare/plots', 'accuracy', 'Accuracy', query, version),
-    plotFigure('/api/compare/plots', 'loss', 'Loss', query, version),
-    plotFigure('/api/compare/plots', 'roc', 'ROC', query, version));
+  const figure = (kind, title) => plotFigure('compare-plots', '/api/compare/plots', kind, title, query, version);
+  $('compare-plots').replaceChildren(figure('accuracy', 'Accuracy'), figure('loss', 'Loss'), figure('roc', 'ROC'));
   section.scrollIntoView({ behavior: 'smooth', block: 'start' });
 }
 
@@ -768,6 +1068,10 @@ function drawChart(canvas, title, series, boundaries, tickText) {
 async function submitSpec() {
   const out = $('submit-result');
   const button = $('submit-button');
+  if (!auth.token) {
+    showResult(out, 'error', 'Sign in first: jobs are submitted with your token.');
+    return;
+  }
   button.disabled = true;
   showResult(out, '', 'Submitting…');
   try {
@@ -787,8 +1091,96 @@ async function submitSpec() {
   } catch (err) {
     showResult(out, 'error', `Could not reach the server: ${err.message}`);
   } finally {
+    button.disabled = !auth.token;
+  }
+}
+
+// ---------- signing in ----------
+
+function renderAccount() {
+  const signedIn = Boolean(auth.token);
+  document.body.classList.toggle('signed-in', signedIn);
+  $('signin').hidden = signedIn;
+  $('account').hidden = !signedIn;
+  $('whoami').textContent = auth.user
+    ? `signed in as ${auth.user.name}${auth.user.admin ? ' (admin)' : ''}`
+    : 'signed in (checking the token…)';
+  $('submit-button').disabled = !signedIn;
+}
+
+function focusSignIn() {
+  $('signin').scrollIntoView({ behavior: 'smooth', block: 'start' });
+  $('token-input').focus();
+}
+
+// Everything the page shows depends on who asks: the queue starts again from a fresh snapshot,
+// the open job is opened again, and a comparison of the previous user's jobs goes away.
+function setToken(token, user) {
+  auth.token = token;
+  auth.user = user;
+  storeToken(token);
+  renderAccount();
+  queue.selected.clear();
+  $('compare').hidden = true;
+  releaseObjectUrls('compare-plots');
+  renderJobs();
+  connectQueue();
+  onHashChange(true).catch(setConnection);
+}
+
+// The token is checked with GET /api/me before it is kept, so a typo is told at once.
+async function signIn(event) {
+  event.preventDefault();
+  const input = $('token-input');
+  const out = $('signin-result');
+  const button = $('signin-button');
+  const token = input.value.trim();
+  if (!token) {
+    showResult(out, 'error', 'Paste your token first.');
+    return;
+  }
+  button.disabled = true;
+  showResult(out, '', 'Checking the token…');
+  try {
+    const answer = await readAnswer(await fetch('/api/me', { cache: 'no-store', headers: authHeaders(token) }));
+    if (!answer.ok) {
+      showResult(out, 'error', answer.status === 401
+        ? 'The server does not know this token. Copy it again from the output of `trainq user add`, or ask the admin for a new one.'
+        : errorNodes(answer));
+      return;
+    }
+    input.value = '';
+    showResult(out, '', []);
+    setToken(token, answer.body);
+  } catch (err) {
+    showResult(out, 'error', `Could not reach the server: ${err.message}`);
+  } finally {
     button.disabled = false;
   }
+}
+
+function signOut() {
+  showResult($('signin-result'), '', []);
+  setToken(null, null);
+}
+
+// The server answered 401 to the current token: revoked, or replaced by a new one.
+function tokenRefused(answer) {
+  setToken(null, null);
+  showResult($('signin-result'), 'error', ['The server refused your token; sign in again. ', ...errorNodes(answer)]);
+  focusSignIn();
+}
+
+// A token kept from earlier in this tab is used at once and checked when the server answers
+// (a 401 signs out through `authFetch`).
+async function checkToken() {
+  const token = auth.token;
+  const answer = await api('/api/me');
+  if (!answer.ok || token !== auth.token) return;
+  auth.user = answer.body;
+  renderAccount();
+  renderJobs();
+  if (detail.job && detail.access === 'open' && !mayOpen(detail.job)) lockDetail('foreign');
 }
 
 // ---------- start ----------
@@ -799,6 +1191,11 @@ function start() {
   spec.value = example;
   $('submit-reset').addEventListener('click', () => { spec.value = example; });
   $('submit-button').addEventListener('click', submitSpec);
+  $('signin-form').addEventListener('submit', signIn);
+  $('signout-button').addEventListener('click', signOut);
+  bindDownload($('metrics-csv'));
+  bindDownload($('compare-csv'), 'compare.csv');
+  renderAccount();
   $('cancel-button').addEventListener('click', cancelJob);
   $('compare-button').addEventListener('click', () => showCompare().catch(setConnection));
   $('compare-close').addEventListener('click', (event) => { event.preventDefault(); $('compare').hidden = true; });

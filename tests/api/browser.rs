@@ -1,12 +1,15 @@
-//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): a job submitted
-//! from the page trains with the real worker while the page, never reloaded, moves its progress
-//! bar and grows its chart; the job page then shows the server's plots; two jobs are compared; and
-//! the page fits a phone's width.
+//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): signed out it
+//! shows the public queue and a sign-in form; signed in with a token typed into that form, a job
+//! submitted from the page trains with the real worker while the page, never reloaded, moves its
+//! progress bar and grows its chart; the job page then shows the server's plots and heatmaps
+//! (fetched with the token) and downloads its files; two jobs are compared; someone else's job
+//! shows a notice instead of its outputs; the page fits a phone's width; and a reload in the same
+//! tab keeps the token.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
 //! test fails, unless `TRAINQ_SKIP_BROWSER=1` asks to skip it, which it says loudly.
 
-use crate::helpers::{write_dataset, Options, TestApp};
+use crate::helpers::{client_with, write_dataset, Options, TestApp};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -137,6 +140,27 @@ impl Drop for Browser {
     }
 }
 
+/// Records what the page saves through a temporary object-URL link (how it downloads files behind
+/// the token) instead of saving it: `window.__downloads` gets `{name, type, bytes, text}`.
+const CAPTURE_DOWNLOADS: &str = "
+    window.__downloads = [];
+    HTMLAnchorElement.prototype.click = function () {
+        if (!this.href.startsWith('blob:')) return HTMLElement.prototype.click.call(this);
+        const name = this.download;
+        fetch(this.href).then((r) => r.blob()).then(async (blob) => window.__downloads.push(
+            { name, type: blob.type, bytes: blob.size, text: blob.type.startsWith('text/') ? await blob.text() : '' }));
+    };";
+
+/// Clicks a download link and returns what the page saved.
+async fn download(browser: &Browser, css: &str) -> Value {
+    browser.eval("window.__downloads = []", json!([])).await;
+    browser.click(css).await;
+    browser.wait_for(&format!("the download behind {css}"), "return window.__downloads[0] || null", json!([])).await
+}
+
+/// Whether an element is displayed (not hidden, not inside something hidden).
+const VISIBLE: &str = "const e = document.querySelector(arguments[0]); return Boolean(e && e.getClientRects().length);";
+
 /// True when every image matching `selector` has loaded with a real size (at least `count`).
 const IMAGES_LOADED: &str = "
     const images = [...document.querySelectorAll(arguments[0])];
@@ -166,6 +190,14 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     };
     let app = TestApp::spawn(Options::default());
     write_dataset(&app.root, 30, 2, 4);
+    // Someone else's job in the queue: bob's, cancelled at once (it need not train).
+    let bob = client_with(&app.tokens["bob"]);
+    let answer: Value =
+        bob.post(app.url("/api/jobs")).json(&spec("bobs-job", [1, 1])).send().await.unwrap().json().await.unwrap();
+    let bobs = answer["id"].as_str().unwrap_or_else(|| panic!("bob's submit: {answer}")).to_string();
+    assert!(bob.post(app.url(&format!("/api/jobs/{bobs}/cancel"))).send().await.unwrap().status().is_success());
+    app.wait_for_state(&bobs, "cancelled", PAGE_WAIT).await;
+
     let browser = Browser::start(&chromium, &chromedriver).await;
     browser.goto(&app.url("/")).await;
     // A marker a reload would wipe, and a record of any script error.
@@ -178,6 +210,56 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
         )
         .await;
     browser.wait_for("the live connection", "return document.getElementById('connection').textContent.startsWith('live')", json!([])).await;
+
+    // Signed out: the sign-in form and the public queue, with owners; nothing to compare or
+    // submit; a job's page asks for a token instead of showing broken outputs.
+    let bob_row = format!("tr[data-job-id='{bobs}']");
+    browser.wait_for("bob's job in the public queue", "return document.querySelector(arguments[0]) !== null", json!([bob_row])).await;
+    let signed_out = browser
+        .eval(
+            "const row = document.querySelector(arguments[0]);
+             const visible = (css) => { const e = document.querySelector(css); return Boolean(e && e.getClientRects().length); };
+             return {
+                 form: visible('#token-input') && visible('#signin-button'),
+                 account: visible('#account'),
+                 owner: row.querySelector('td.owner').textContent,
+                 state: row.dataset.state,
+                 picks: row.querySelectorAll('.compare-pick').length,
+                 submit: document.getElementById('submit-button').disabled ? 'disabled' : 'enabled',
+             };",
+            json!([bob_row]),
+        )
+        .await;
+    assert_eq!(
+        signed_out,
+        json!({"form": true, "account": false, "owner": "bob", "state": "cancelled", "picks": 0, "submit": "disabled"})
+    );
+    browser.click(&format!("{bob_row} td.name a")).await;
+    let locked = "const notice = document.getElementById('detail-locked');
+        return !notice.hidden && document.getElementById('detail-private').hidden && notice.textContent;";
+    let notice = browser.wait_for("the sign-in notice on a job's page", locked, json!([])).await;
+    assert!(notice.as_str().unwrap().contains("Sign in"), "{notice}");
+
+    // Sign in through the form; the token is kept in this tab only (no cookie, no localStorage).
+    let token = &app.tokens["alice"];
+    browser.type_into("#token-input", token).await;
+    browser.click("#signin-button").await;
+    let whoami = browser
+        .wait_for("alice's name", "const t = document.getElementById('whoami').textContent; return t.includes('alice') && t;", json!([]))
+        .await;
+    assert_eq!(whoami, "signed in as alice");
+    let kept = browser
+        .eval(
+            "return { form: document.getElementById('signin').hidden, session: sessionStorage.getItem('trainq.token'),
+                      cookies: document.cookie, local: localStorage.length };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(kept, json!({"form": true, "session": token, "cookies": "", "local": 0}));
+    // Bob's job, still open, is now told apart as someone else's.
+    let notice = browser.wait_for("the not-yours notice", &locked.replace("notice.textContent", "notice.textContent.includes('bob') && notice.textContent"), json!([])).await;
+    assert!(notice.as_str().unwrap().contains("belongs to bob"), "{notice}");
+    browser.wait_for("the live connection, signed in", "return document.getElementById('connection').textContent.startsWith('live')", json!([])).await;
 
     // Submit from the page.
     let total_epochs = 4 + 3;
@@ -257,6 +339,31 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     browser.wait_for("the CAM gallery", IMAGES_LOADED, json!(["#cam-gallery figure.cam img", 1])).await;
     let kinds = browser.eval("return [...document.querySelectorAll('#cam-gallery .cam-group')].map((g) => g.dataset.kind)", json!([])).await;
     assert!(!kinds.as_array().unwrap().is_empty(), "{kinds}");
+    // Images come from object URLs (an <img src> to /api could not carry the token).
+    let sources = browser.eval("return [...document.querySelectorAll('#report-plots img, #cam-gallery img')].every((i) => i.src.startsWith('blob:'))", json!([])).await;
+    assert_eq!(sources, true);
+    // Downloads go through fetch with the token: the metrics CSV, a plot's PNG, an artifact.
+    browser.eval(CAPTURE_DOWNLOADS, json!([])).await;
+    let csv = download(&browser, "#metrics-csv").await;
+    assert_eq!(csv["name"], "browser-live-metrics.csv", "{csv}");
+    let lines: Vec<&str> = csv["text"].as_str().unwrap().lines().collect();
+    assert!(lines[0].starts_with("phase,epoch,train_loss") && lines.len() == 1 + total_epochs, "{csv}");
+    let png = download(&browser, "#report-plots figure:first-child figcaption a:first-of-type").await;
+    assert!(png["name"].as_str().unwrap().ends_with(".png") && png["type"] == "image/png" && png["bytes"].as_u64() > Some(1000), "{png}");
+    // A small one (checkpoints are tens of megabytes).
+    let small = browser
+        .eval(
+            "const link = [...document.querySelectorAll('#artifacts a')].find((a) => /\\.(json|csv)$/.test(a.textContent));
+             if (!link) return null;
+             link.id = 'small-artifact';
+             return link.textContent;",
+            json!([]),
+        )
+        .await;
+    let small = small.as_str().unwrap_or_else(|| panic!("no JSON or CSV artifact listed"));
+    let artifact = download(&browser, "#small-artifact").await;
+    assert_eq!(artifact["name"].as_str(), small.rsplit('/').next(), "{artifact}");
+    assert!(artifact["bytes"].as_u64() > Some(0), "{artifact}");
 
     // A second, shorter job, then compare the two from the queue's checkboxes.
     let other = app.submit(&spec("browser-other", [1, 1])).await;
@@ -279,6 +386,12 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     browser.wait_for("the overlaid plots", IMAGES_LOADED, json!(["#compare-plots img.plot-img", 3])).await;
     let csv = browser.eval("return document.getElementById('compare-csv').getAttribute('href')", json!([])).await;
     assert!(csv.as_str().unwrap().contains("format=csv") && csv.as_str().unwrap().contains(&other), "{csv}");
+    let csv = download(&browser, "#compare-csv").await;
+    assert_eq!(csv["name"], "compare.csv", "{csv}");
+    assert!(csv["text"].as_str().unwrap().contains(&id) && csv["text"].as_str().unwrap().contains(&other), "{csv}");
+    // Only one's own jobs can be picked for a comparison.
+    let picks = browser.eval("return document.querySelectorAll(arguments[0]).length", json!([format!("{bob_row} .compare-pick")])).await;
+    assert_eq!(picks, 0);
     // Still the same page, and the job's row never left the queue.
     assert_eq!(browser.eval("return window.__trainqNoReload === true", json!([])).await, true);
 
@@ -293,5 +406,13 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
         .await;
     let errors = browser.eval("return window.__trainqErrors", json!([])).await;
     assert_eq!(errors, json!([]), "script errors on the page");
+
+    // A reload in the same tab keeps the token; signing out forgets it.
+    browser.goto(&app.url("/")).await;
+    browser.wait_for("alice's name after a reload", "return document.getElementById('whoami').textContent === 'signed in as alice'", json!([])).await;
+    assert_eq!(browser.eval(VISIBLE, json!(["#token-input"])).await, false);
+    browser.click("#signout-button").await;
+    browser.wait_for("the sign-in form after signing out", VISIBLE, json!(["#token-input"])).await;
+    assert_eq!(browser.eval("return sessionStorage.getItem('trainq.token')", json!([])).await, Value::Null);
     browser.quit().await;
 }
