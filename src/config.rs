@@ -17,6 +17,7 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start
 pub enum Command {
     /// Run the server: REST API, dashboard, scheduler and worker supervisor.
     Serve(ServeConfig),

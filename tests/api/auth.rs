@@ -58,6 +58,9 @@ impl TestApp {
     }
 }
 
+/// One endpoint: method, path, body, and the status for owner, other student, nobody, admin.
+type Row = (Method, String, Option<Vec<u8>>, [StatusCode; 4]);
+
 /// 200-class for owner and admin, 404 for another student (as if the job did not exist), 401
 /// without a token.
 const PRIVATE: [StatusCode; 4] = [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::UNAUTHORIZED, StatusCode::OK];
@@ -82,7 +85,7 @@ async fn every_endpoint_answers_owner_other_anonymous_and_admin_as_it_should() {
     let conflict = StatusCode::CONFLICT;
     let created = StatusCode::CREATED;
     let (not_found, unauthorized) = (StatusCode::NOT_FOUND, StatusCode::UNAUTHORIZED);
-    let matrix: Vec<(Method, String, Option<Vec<u8>>, [StatusCode; 4])> = vec![
+    let matrix: Vec<Row> = vec![
         (Method::GET, String::from("/api/jobs"), None, PUBLIC),
         (Method::GET, format!("/api/jobs/{job}"), None, PUBLIC),
         (Method::GET, String::from("/api/events"), None, PUBLIC),

@@ -11,6 +11,7 @@ mod inference;
 mod jobs;
 mod pytorch;
 mod results;
+mod recovery;
 mod sharing;
 mod training;
 mod validation;
