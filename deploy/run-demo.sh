@@ -5,4 +5,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./deploy/setup-libtorch.sh
 cargo build --release --bins
-exec ./target/release/trainq serve --data-dir "${TRAINQ_DATA_DIR:-.data}" --demo "$@"
+data="${TRAINQ_DATA_DIR:-.data}"
+mkdir -p "$data"
+# One demo user (an admin), created once; only its hash is in the database, the token is kept in
+# $data/demo-token (mode 0600) so this script can show it again.
+if [ ! -s "$data/demo-token" ]; then
+  (umask 077 && ./target/release/trainq user add demo --admin --data-dir "$data" > "$data/demo-token")
+fi
+echo "demo user's token (paste it into the dashboard, or: export TOKEN=\$(cat $data/demo-token)): $(cat "$data/demo-token")" >&2
+exec ./target/release/trainq serve --data-dir "$data" --demo "$@"
