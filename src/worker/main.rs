@@ -4,18 +4,23 @@
 mod cache;
 mod cam;
 mod data;
+mod failure;
 mod features;
+mod interrupt;
 mod jpeg;
 mod model;
+mod optim;
 mod precision;
 mod report;
+mod resume;
 mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use trainq::domain::progress::{WorkerDevice, WorkerJob};
+use trainq::domain::progress::{FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY};
+use trainq::domain::ProgressEvent;
 
 /// trainq's training worker.
 #[derive(Debug, Parser)]
@@ -102,10 +107,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Run { job } => std::fs::read(&job)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice::<WorkerJob>(&bytes)?))
-            .and_then(|work| train::run(&work)),
+        Command::Run { job } => return run(&job),
         Command::Serve { dir } => serve::serve(&dir),
         Command::Bench { image_size, batch_size, steps, warmup, train, backbone, threads, cuda, precision } => {
             let device = if cuda { WorkerDevice::Cuda } else { WorkerDevice::Cpu };
@@ -130,6 +132,36 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs one job. Exit codes: 0 done, `EXIT_INTERRUPTED` stopped by SIGTERM (resumable),
+/// `EXIT_OUT_OF_MEMORY` an allocation failed, 1 any other failure. The last two print a `failed`
+/// event first: tch panics on libtorch errors (its non-`f_` methods), so panics are caught here
+/// and reported like errors (the panic hook has already printed them to the log).
+fn run(job: &std::path::Path) -> ExitCode {
+    if let Err(err) = interrupt::install() {
+        eprintln!("warning: no SIGTERM handler ({err}); a stop will lose the epoch under way");
+    }
+    failure::install_panic_hook();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> anyhow::Result<()> {
+        let work: WorkerJob = serde_json::from_slice(&std::fs::read(job)?)?;
+        train::run(&work)
+    }));
+    let text = match outcome {
+        Ok(Ok(())) => return ExitCode::SUCCESS,
+        Ok(Err(err)) if err.is::<interrupt::Interrupted>() => return ExitCode::from(EXIT_INTERRUPTED as u8),
+        Ok(Err(err)) => {
+            eprintln!("error: {err:#}");
+            format!("{err:#}")
+        }
+        Err(payload) => failure::panic_text(payload.as_ref()),
+    };
+    let kind = failure::kind(&text);
+    report::emit(&ProgressEvent::Failed { kind, message: failure::message(&text) });
+    match kind {
+        FailureKind::OutOfMemory => ExitCode::from(EXIT_OUT_OF_MEMORY as u8),
+        FailureKind::Error => ExitCode::FAILURE,
     }
 }
 
@@ -168,7 +200,7 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
         precision::set_channels_last(&mut network.vs.variables().into_values().collect::<Vec<_>>());
     }
     let (trainable, parameters) = network.set_trainable(&spec.phases[0].train);
-    let optimizer = train::optimizer(&spec.optimizer, &parameters)?;
+    let mut optimizer = optim::Optimizer::new(&spec.optimizer, &parameters);
     let size = image_size as i64;
     let batch = batch_size as i64;
     // The batch lives where a job's cached split lives: on the GPU for a GPU job.
@@ -176,21 +208,21 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     let labels = Tensor::randint(2, [batch], (Kind::Int64, device));
     // No host sync inside the loop (as in a job): the one `double_value` after it waits for the
     // queued work, so the wall time covers every step.
-    let step = || -> anyhow::Result<Tensor> {
+    let mut step = || -> Tensor {
         let x = numerics.input(normaliser.apply(&images));
         let (loss, _) = numerics.forward(|| train::loss_and_correct(&network.forward(&x, &trainable, true), &labels));
-        optimizer.zero_grad()?;
+        optimizer.zero_grad();
         loss.backward();
-        optimizer.step()?;
-        Ok(loss)
+        optimizer.step();
+        loss
     };
     for _ in 0..warmup {
-        step()?.double_value(&[]);
+        step().double_value(&[]);
     }
     let started = std::time::Instant::now();
     let mut last = None;
     for _ in 0..steps {
-        last = Some(step()?);
+        last = Some(step());
     }
     let loss = last.map_or(0.0, |loss| loss.double_value(&[]));
     let seconds = started.elapsed().as_secs_f64();

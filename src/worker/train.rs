@@ -1,24 +1,35 @@
 //! One job from start to end: load the splits, build the network, run each phase with a fresh
 //! optimizer over exactly the phase's trainable parameters, checkpoint after each phase, evaluate.
+//!
+//! Crash safety: at the end of every epoch (and when SIGTERM stops a step) the whole training
+//! state goes into the job's resumable checkpoint (`resume.rs`); a restarted worker continues from
+//! it. Randomness needs no saved RNG state for that: each epoch's shuffle comes from a generator
+//! seeded with (spec seed, phase, epoch), and libtorch's generator (dropout) is reseeded from
+//! (spec seed, phase, epoch, step) before every training step, so a resumed run computes exactly
+//! what the uninterrupted run would have (on the CPU bit for bit; on a GPU up to cuDNN's own
+//! non-determinism).
 
 use crate::data::{load_split, Split};
 use crate::cache;
 use crate::data::CacheOutcome;
 use crate::features::{self, Features, Source};
+use crate::interrupt::{self, Interrupted};
 use crate::model::{Cut, Network, Trainable};
+use crate::optim::Optimizer;
 use crate::precision::{self, Numerics};
 use crate::report::emit;
+use crate::resume::{self, PartialEpoch, Progress};
 use anyhow::Context;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tch::{COptimizer, Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 use trainq::catalog::datasets;
 use trainq::domain::backbone::Backbone;
 use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
-use trainq::domain::spec::{JobSpec, OptimizerName, OptimizerSpec};
+use trainq::domain::spec::JobSpec;
 use trainq::domain::ProgressEvent;
 use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
 
@@ -79,20 +90,6 @@ impl Normaliser {
         let _ = x.g_add_(&self.shift);
         x
     }
-}
-
-/// The spec's optimizer over `parameters`.
-pub fn optimizer(spec: &OptimizerSpec, parameters: &[Tensor]) -> anyhow::Result<COptimizer> {
-    let mut optimizer = match spec.name {
-        // Keras' RMSprop: rho 0.9, epsilon 1e-7.
-        OptimizerName::Rmsprop => COptimizer::rms_prop(spec.lr, 0.9, 1e-7, spec.weight_decay, spec.momentum, false)?,
-        OptimizerName::Adam => COptimizer::adam(spec.lr, 0.9, 0.999, spec.weight_decay, 1e-7, false)?,
-        OptimizerName::Sgd => COptimizer::sgd(spec.lr, spec.momentum, 0.0, spec.weight_decay, false)?,
-    };
-    for parameter in parameters {
-        optimizer.add_parameters(parameter, 0)?;
-    }
-    Ok(optimizer)
 }
 
 /// Loss (mean over the batch) and the number of correct predictions, both as 0-d tensors.
@@ -342,6 +339,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         None => None,
     };
     let test = load(work, "test", &dataset.classes)?;
+    interrupt::check("training")?;
     let (mut train, mut val, mut test) = (train, val, test);
     if device != Device::Cpu {
         // Pixels are uint8 (grayscale: one channel), so even the Kaggle set at 512 px (~1.4 GB)
@@ -362,7 +360,6 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     }
 
     tch::manual_seed(spec.seed as i64);
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let network = Network::new(spec, device);
     let normaliser = Normaliser::new(spec.backbone, device);
     let numerics = Numerics::new(spec.precision, device);
@@ -383,14 +380,25 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     write_json(&work.output_dir, "spec.json", spec)?;
 
     let batch_size = spec.batch_size as i64;
-    let mut curves = Vec::new();
+    let (mut progress, mut resumed_optimizer) = resume_point(work, &network);
     trim_cache(work, cache_files(work, [Some(&train), val.as_ref(), Some(&test)].into_iter().flatten()));
     // The activations of the phase that ran last: the final evaluation feeds from them too.
     let mut cached: Option<(Cut, PhaseFeatures)> = None;
     for (index, phase) in spec.phases.iter().enumerate() {
         let phase_number = index as u32 + 1;
+        if progress.finished(phase_number, phase.epochs) {
+            continue;
+        }
+        interrupt::check(&format!("phase {phase_number}"))?;
         let (trainable, parameters) = network.set_trainable(&phase.train);
-        let optimizer = optimizer(phase.optimizer(spec), &parameters)?;
+        // The phase a checkpoint stopped in continues with its optimizer's state; later phases
+        // start afresh.
+        let mut optimizer = match resumed_optimizer.take() {
+            Some(optimizer) if progress.phase == phase_number => optimizer,
+            _ => Optimizer::new(phase.optimizer(spec), &parameters),
+        };
+        let (first_epoch, mut partial) =
+            if progress.phase == phase_number { (progress.epochs + 1, progress.partial) } else { (1, PartialEpoch::default()) };
         let count = Network::count(&parameters);
         eprintln!("phase {phase_number}: {} epochs, {count} trainable parameters", phase.epochs);
         emit(&ProgressEvent::Phase { phase: phase_number, epochs: phase.epochs, trainable_params: count });
@@ -426,8 +434,23 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             let features = cached.as_ref().and_then(|(cut, f)| f.val.as_ref().map(|features| (features, *cut)));
             Feed::of(val, features, &normaliser, &numerics)
         });
-        for epoch in 1..=phase.epochs {
-            let metrics = train_epoch(&network, &trainable, &optimizer, &train_feed, batch_size, &mut rng, (phase_number, epoch))?;
+        for epoch in first_epoch..=phase.epochs {
+            // After an epoch's checkpoint: that checkpoint is where the next start continues.
+            interrupt::check(&format!("phase {phase_number} epoch {epoch}"))?;
+            let position = (phase_number, epoch);
+            let from = std::mem::take(&mut partial);
+            let metrics = match train_epoch(&network, &trainable, &mut optimizer, &train_feed, batch_size, spec.seed, position, from) {
+                EpochOutcome::Done(metrics) => metrics,
+                EpochOutcome::Interrupted(partial) => {
+                    let progress = Progress { phase: phase_number, epochs: epoch - 1, partial, ..progress };
+                    checkpoint(work, &progress, &network, &optimizer);
+                    eprintln!(
+                        "SIGTERM: stopped after step {} of phase {phase_number} epoch {epoch}; the next start continues from there",
+                        partial.steps
+                    );
+                    return Err(Interrupted.into());
+                }
+            };
             let started = Instant::now();
             let (val_loss, val_acc) = match &val_feed {
                 Some(val) if val.len() > 0 => {
@@ -446,17 +469,27 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
                 val_acc.map_or(String::from("-"), |v| format!("{v:.4}")),
                 metrics.seconds
             );
-            emit(&ProgressEvent::Epoch(metrics.clone()));
-            curves.push(metrics);
+            // The phase's weights file first, then the checkpoint that counts the phase as done,
+            // then the epoch's report: whatever a crash interrupts, the next start redoes.
+            if epoch == phase.epochs {
+                let name =
+                    if index + 1 == spec.phases.len() { String::from("final.safetensors") } else { format!("phase{phase_number}.safetensors") };
+                save_checkpoint(&network, &work.output_dir, &name)?;
+            }
+            progress.curves.push(metrics.clone());
+            progress = Progress { phase: phase_number, epochs: epoch, partial: PartialEpoch::default(), ..progress };
+            checkpoint(work, &progress, &network, &optimizer);
+            emit(&ProgressEvent::Epoch(metrics));
         }
-        let name = if index + 1 == spec.phases.len() { String::from("final.safetensors") } else { format!("phase{phase_number}.safetensors") };
-        save_checkpoint(&network, &work.output_dir, &name)?;
     }
+    let curves = progress.curves;
 
     // Everything is frozen now, so the last phase's activations are still exact.
+    interrupt::check("the final evaluation")?;
     let started = Instant::now();
     let on_train = Feed::of(&train, cached.as_ref().map(|(cut, f)| (&f.train, *cut)), &normaliser, &numerics);
     let on_train = evaluate(&network, &on_train, batch_size * 2);
+    interrupt::check("the test set's evaluation")?;
     let on_test = Feed::of(&test, cached.as_ref().map(|(cut, f)| (&f.test, *cut)), &normaliser, &numerics);
     let on_test = evaluate(&network, &on_test, batch_size * 2);
     eprintln!("evaluated the train and test sets in {:.1}s", started.elapsed().as_secs_f64());
@@ -469,6 +502,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         );
     }
     write_predictions(&work.output_dir, &work.dataset_dir, &test, &on_test, &dataset.classes)?;
+    interrupt::check("the Grad-CAM gallery")?;
     if test.len() > 0 {
         let started = Instant::now();
         match crate::cam::write_gallery(&network, &test, &on_test, &dataset.classes, &work.dataset_dir, &normaliser, &work.output_dir) {
@@ -481,6 +515,65 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     write_json(&work.output_dir, "metrics.json", &serde_json::json!({"epochs": curves, "final": final_metrics}))?;
     emit(&ProgressEvent::Final(final_metrics));
     Ok(())
+}
+
+/// Where this start begins: the job's resumable checkpoint when there is one of this spec (loaded
+/// into `network`, announced with `resumed` and every epoch of the curves so far sent again), else
+/// the beginning. A checkpoint that cannot be used is logged and ignored.
+fn resume_point(work: &WorkerJob, network: &Network) -> (Progress, Option<Optimizer>) {
+    let fresh = || (Progress::start(&work.spec), None);
+    let Some(dir) = &work.state_dir else { return fresh() };
+    match resume::restore(dir, &work.spec, network) {
+        Ok(Some(restored)) => {
+            let progress = restored.progress;
+            eprintln!(
+                "resuming from {}: phase {} after epoch {}, step {} of the next",
+                dir.join(resume::FILE_NAME).display(),
+                progress.phase,
+                progress.epochs,
+                progress.partial.steps
+            );
+            emit(&ProgressEvent::Resumed { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
+            for metrics in &progress.curves {
+                emit(&ProgressEvent::Epoch(metrics.clone()));
+            }
+            (progress, restored.optimizer)
+        }
+        Ok(None) => fresh(),
+        Err(err) => {
+            eprintln!("not resuming: the checkpoint in {} is unusable ({err:#}); starting from scratch", dir.display());
+            fresh()
+        }
+    }
+}
+
+/// Writes the resumable checkpoint (when the job has a state folder) and announces it. A failed
+/// write is logged, not fatal: training goes on, and the previous checkpoint stands.
+fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimizer: &Optimizer) {
+    let Some(dir) = &work.state_dir else { return };
+    let started = Instant::now();
+    match resume::save(dir, progress, network, optimizer) {
+        Ok(()) => {
+            let seconds = started.elapsed().as_secs_f64();
+            if seconds >= 1.0 {
+                eprintln!("checkpoint written in {seconds:.1}s");
+            }
+            emit(&ProgressEvent::Checkpoint { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
+        }
+        Err(err) => eprintln!("warning: no resumable checkpoint this time: {err:#}"),
+    }
+}
+
+/// A seed derived from the job's seed and a position (phase, epoch[, step]) by SplitMix64's mixing,
+/// so neighbouring positions get unrelated streams and no generator state has to be saved.
+pub fn derived_seed(seed: u64, position: &[u64]) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    position.iter().fold(mix(seed), |state, &part| mix(state ^ mix(part)))
 }
 
 /// A job's splits.
@@ -652,39 +745,55 @@ fn show(value: Option<f64>) -> String {
     value.map_or(String::from("undefined"), |v| format!("{v:.4}"))
 }
 
+/// How an epoch's training ended.
+enum EpochOutcome {
+    /// Every batch trained: the epoch's training metrics (no validation yet).
+    Done(EpochMetrics),
+    /// SIGTERM arrived: the batches done so far and their sums, for the checkpoint.
+    Interrupted(PartialEpoch),
+}
+
+/// Trains one epoch, or the rest of one stopped after `from.steps` batches. The batch plan comes
+/// from (seed, phase, epoch) and libtorch is reseeded from (seed, phase, epoch, step) before each
+/// step, so the batches skipped on a resume are exactly the ones trained before the stop.
 #[allow(clippy::too_many_arguments)]
 fn train_epoch(
     network: &Network,
     trainable: &Trainable,
-    optimizer: &COptimizer,
+    optimizer: &mut Optimizer,
     train: &Feed,
     batch_size: i64,
-    rng: &mut ChaCha8Rng,
+    seed: u64,
     (phase, epoch): (u32, u32),
-) -> anyhow::Result<EpochMetrics> {
+    from: PartialEpoch,
+) -> EpochOutcome {
     let started = Instant::now();
     let device = train.device();
     let n = train.len();
     let sizes: Vec<i64> = train.groups.iter().map(|(stored, _)| stored.size()[0]).collect();
-    let (orders, batches) = epoch_plan(&sizes, batch_size, rng);
+    let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(seed, &[phase as u64, epoch as u64]));
+    let (orders, batches) = epoch_plan(&sizes, batch_size, &mut rng);
     let orders: Vec<Tensor> =
         orders.iter().zip(&train.groups).map(|(order, (stored, _))| Tensor::from_slice(order).to_device(stored.device())).collect();
     let steps = batches.len() as u32;
-    let mut done = 0;
-    // Sums stay on the device: no host sync per step.
-    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-    let mut correct = Tensor::zeros([], (Kind::Int64, device));
+    let mut done = from.images;
+    let seconds = |started: Instant| from.seconds + started.elapsed().as_secs_f64();
+    // Sums stay on the device: no host sync per step. A resumed epoch starts from the saved sums
+    // (float32 values, carried exactly through f64).
+    let mut loss_sum = Tensor::full([], from.loss_sum, (Kind::Float, device));
+    let mut correct = Tensor::full([], from.correct, (Kind::Int64, device));
     let mut last_event = Instant::now();
-    for (step, &PlannedBatch { group, start, len }) in (0u32..).zip(&batches) {
+    for (step, &PlannedBatch { group, start, len }) in (0u32..).zip(&batches).skip(from.steps as usize) {
+        tch::manual_seed(derived_seed(seed, &[phase as u64, epoch as u64, step as u64]) as i64);
         let index = orders[group].narrow(0, start, len);
         let (stored, labels) = train.groups[group];
         let images = train.input(&stored.index_select(0, &index));
         let labels = labels.index_select(0, &index).to_device(device);
         done += len;
         let (loss, hits) = train.numerics.forward(|| loss_and_correct(&train.forward(network, &images, trainable, true), &labels));
-        optimizer.zero_grad()?;
+        optimizer.zero_grad();
         loss.backward();
-        optimizer.step()?;
+        optimizer.step();
         tch::no_grad(|| {
             loss_sum += loss.detach() * len as f64;
             correct += hits;
@@ -696,18 +805,27 @@ fn train_epoch(
                 epoch,
                 step: step + 1,
                 steps,
-                images_per_sec: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                images_per_sec: (done - from.images) as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            });
+        }
+        if interrupt::requested() {
+            return EpochOutcome::Interrupted(PartialEpoch {
+                steps: step + 1,
+                loss_sum: loss_sum.double_value(&[]),
+                correct: correct.int64_value(&[]),
+                images: done,
+                seconds: seconds(started),
             });
         }
     }
-    Ok(EpochMetrics {
+    EpochOutcome::Done(EpochMetrics {
         phase,
         epoch,
         train_loss: loss_sum.double_value(&[]) / n as f64,
         train_acc: correct.double_value(&[]) / n as f64,
         val_loss: None,
         val_acc: None,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: seconds(started),
     })
 }
 
