@@ -96,7 +96,7 @@ pub struct SupervisorConfig {
     pub kill_grace: Duration,
     /// At server shutdown: how long running workers get to save a checkpoint and exit.
     pub shutdown_grace: Duration,
-    /// Address-space limit of a CPU worker (`RLIMIT_AS`), so one job cannot take the box's
+    /// Private-memory limit of a CPU worker (`RLIMIT_DATA`), so one job cannot take the box's
     /// memory: its allocation fails and it reports "out of memory". `None`: no limit.
     pub cpu_memory_limit: Option<u64>,
 }
@@ -249,7 +249,7 @@ impl Supervisor {
             unsafe {
                 command.pre_exec(move || {
                     let limit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-                    if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod cache;
+mod crash;
 mod events;
 mod features;
 mod helpers;

@@ -87,3 +87,31 @@ async fn a_worker_killed_with_sigkill_fails_its_job_and_frees_the_device() {
     assert!(job["error"].as_str().unwrap().contains("SIGKILL"), "{job:#}");
     app.wait_for_state(&next, "succeeded", WAIT).await;
 }
+
+#[tokio::test]
+async fn a_worker_out_of_memory_is_retried_once_with_half_the_batch_then_fails_with_the_numbers() {
+    let options = Options { args: vec![String::from("--worker-max-memory-gb"), String::from("1.5")], ..Options::default() };
+    let app = TestApp::spawn(options);
+    write_dataset(&app.root, 2, 1, 1);
+    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let huge = serde_json::json!({
+        "name": "huge", "dataset": "demo", "backbone": "vgg16", "weights": "random",
+        "image_size": 512, "batch_size": 64, "head": ["gap", {"dense": 1}],
+        "phases": [{"epochs": 1, "train": "all"}], "optimizer": {"name": "sgd", "lr": 0.01},
+        "retry_on_oom": true
+    });
+    let id = app.submit(&huge).await;
+    let next = app.submit(&small_spec("next")).await;
+    let job = app.wait_for_state(&id, "failed", WAIT).await;
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("out of memory (CPU workers may use 1.5 GB"), "{error}");
+    assert!(error.contains("allocate"), "libtorch's numbers are quoted: {error}");
+    assert_eq!(job["spec"]["batch_size"], 32, "{job:#}");
+    let notes = job["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{job:#}");
+    assert!(notes[0].as_str().unwrap().contains("re-queued once with batch_size 32"), "{job:#}");
+    let outcomes: Vec<&str> = job["runs"].as_array().unwrap().iter().map(|run| run["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["requeued", "failed"]);
+    // The device was freed for the next job.
+    app.wait_for_state(&next, "succeeded", Duration::from_secs(300)).await;
+}
