@@ -56,6 +56,7 @@ fn worker_run(root: &Path, name: &str, dataset: &Path, spec: Value, threads: usi
         cache_dir: Some(root.join("cache")),
         cache_budget_bytes: None,
         state_dir: None,
+        gpu_data_budget_bytes: None,
     };
     let job_file = root.join(format!("{name}.json"));
     std::fs::write(&job_file, serde_json::to_vec(&job).unwrap()).unwrap();

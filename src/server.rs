@@ -44,6 +44,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!(%summary, "generated the demo dataset");
     }
 
+    if let Some(gb) = config.worker_max_memory_gb {
+        // Measured: libtorch alone needs about 0.7 GB of private memory to load.
+        anyhow::ensure!(gb >= 1.0, "--worker-max-memory-gb {gb} is too small: a worker needs about 1 GB just to load libtorch");
+    }
     let store = Store::open(&data_dir).await.context("opening the database")?;
     let requeued = store.requeue_running().await?;
     if !requeued.is_empty() {

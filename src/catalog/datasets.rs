@@ -127,7 +127,22 @@ pub fn open(root: &Path, name: &str) -> Result<DatasetInfo, CatalogError> {
         let available = if available.is_empty() { String::from("none") } else { available };
         return Err(CatalogError::UnknownDataset { name: name.to_string(), available });
     }
+    check_inside(root, name, &path)?;
     describe(name, &path)
+}
+
+/// A dataset folder must really be inside the datasets root: a symlink (of the folder, or of a
+/// folder above it) that leads elsewhere could expose any file the server can read.
+fn check_inside(root: &Path, name: &str, path: &Path) -> Result<(), CatalogError> {
+    let io = |source| CatalogError::Io { path: path.to_path_buf(), source };
+    let (root, real) = (root.canonicalize().map_err(io)?, path.canonicalize().map_err(io)?);
+    if real.parent() == Some(root.as_path()) {
+        return Ok(());
+    }
+    Err(CatalogError::BadLayout {
+        name: name.to_string(),
+        reason: String::from("it leads outside the datasets folder (a symlink); the admin can move or bind-mount it there instead"),
+    })
 }
 
 /// Every usable dataset under `root`; unusable folders are skipped with a warning.
@@ -137,7 +152,7 @@ pub fn list(root: &Path) -> Vec<DatasetInfo> {
     };
     names
         .into_iter()
-        .filter_map(|name| match describe(&name, &root.join(&name)) {
+        .filter_map(|name| match check_inside(root, &name, &root.join(&name)).and_then(|()| describe(&name, &root.join(&name))) {
             Ok(info) => Some(info),
             Err(err) => {
                 tracing::warn!(%err, "skipping dataset folder");
@@ -185,5 +200,24 @@ mod tests {
         assert!(err.contains("one folder per class"), "{err}");
         assert!(open(root.path(), "../etc").is_err());
         assert!(list(root.path()).is_empty());
+    }
+
+    #[test]
+    fn a_dataset_that_links_outside_the_root_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        touch(&outside.path().join("train/NORMAL/a.jpeg"));
+        touch(&outside.path().join("train/PNEUMONIA/b.jpeg"));
+        touch(&outside.path().join("test/NORMAL/c.jpeg"));
+        let root = tempfile::tempdir().unwrap();
+        for file in ["train/NORMAL/a.jpeg", "train/PNEUMONIA/b.jpeg", "test/NORMAL/c.jpeg"] {
+            touch(&root.path().join("real").join(file));
+        }
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        let err = open(root.path(), "escape").unwrap_err().to_string();
+        assert!(err.contains("outside the datasets folder"), "{err}");
+        // A link to a dataset inside the root is just another name for it.
+        std::os::unix::fs::symlink(root.path().join("real"), root.path().join("alias")).unwrap();
+        open(root.path(), "alias").unwrap();
+        assert_eq!(list(root.path()).iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["alias", "real"]);
     }
 }

@@ -46,6 +46,11 @@ pub struct WorkerJob {
     /// a checkpoint of the same spec there resumes from it. `None`: no resumable checkpoints.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Most bytes of dataset pixels and cached activations the job keeps on its GPU (together);
+    /// set when the GPU may be shared, so what the memory estimate allows for is what is used.
+    /// `None`: the worker's own limits (the GPU is the job's alone).
+    #[serde(default)]
+    pub gpu_data_budget_bytes: Option<u64>,
 }
 
 /// The kind of device a worker trains on.

@@ -187,7 +187,9 @@ async fn schedule_once(
         let sharing = devices.iter().find(|d| d.id == device).map_or(0, |d| d.running.len());
         // Jobs sharing a GPU share the host cores given to it.
         let threads = (inventory.threads_per_slot() / (sharing + 1)).max(1);
-        match worker_job(job, slot.kind, threads, inputs) {
+        // A GPU that may take several jobs holds each one's data to the allowance its estimate counts.
+        let data_budget = (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
+        match worker_job(job, slot.kind, threads, data_budget, inputs) {
             Ok((work, phases)) => supervisor.start(work, slot, phases).await,
             Err(reason) => {
                 tracing::warn!(%id, %reason, "claimed job cannot run");
@@ -203,6 +205,7 @@ fn worker_job(
     job: &Job,
     device: crate::devices::DeviceKind,
     threads: usize,
+    gpu_data_budget_bytes: Option<u64>,
     inputs: &Inputs,
 ) -> Result<(WorkerJob, u32), String> {
     let spec: JobSpec = serde_json::from_value(job.spec.clone()).map_err(|err| format!("stored spec unreadable: {err}"))?;
@@ -230,6 +233,7 @@ fn worker_job(
         cache_dir: Some(inputs.data_dir.join("cache")),
         cache_budget_bytes: Some(inputs.cache_budget_bytes),
         state_dir: Some(JobPaths::new(&inputs.data_dir, job.id).state()),
+        gpu_data_budget_bytes,
     };
     Ok((work, phases))
 }

@@ -404,6 +404,12 @@ impl Supervisor {
                 JobState::Failed,
                 Some(String::from("the worker exited 0 without reporting final metrics")),
             ),
+            // A Rust-side allocation that fails under the memory limit aborts without a word.
+            Ok(status) if status.signal() == Some(libc::SIGABRT) && !gpu && self.config.cpu_memory_limit.is_some() => {
+                let limit = self.config.cpu_memory_limit.unwrap_or_default() as f64 / 1e9;
+                let reason = format!("{}: probably out of memory under the {limit:.1} GB limit of CPU workers", describe_exit(status));
+                Outcome::Finish(JobState::Failed, Some(reason))
+            }
             Ok(status) => Outcome::Finish(JobState::Failed, Some(describe_exit(status))),
             Err(ref err) => Outcome::Finish(JobState::Failed, Some(format!("waiting for the worker failed: {err}"))),
         };

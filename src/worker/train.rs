@@ -345,7 +345,8 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         // Pixels are uint8 (grayscale: one channel), so even the Kaggle set at 512 px (~1.4 GB)
         // fits; then every batch is gathered and normalised on the GPU, with no copy per step.
         let bytes = train.pixel_bytes() + val.as_ref().map_or(0, Split::pixel_bytes) + test.pixel_bytes();
-        if bytes <= GPU_DATA_BUDGET_BYTES {
+        let budget = work.gpu_data_budget_bytes.map_or(GPU_DATA_BUDGET_BYTES, |budget| (budget as i64).min(GPU_DATA_BUDGET_BYTES));
+        if bytes <= budget {
             for split in [Some(&mut train), val.as_mut(), Some(&mut test)].into_iter().flatten() {
                 split.move_to(device);
             }
@@ -354,7 +355,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             eprintln!(
                 "data: {:.0} MB of pixels stay in host memory (over the {:.0} MB kept on the GPU); batches are copied per step",
                 bytes as f64 / 1e6,
-                GPU_DATA_BUDGET_BYTES as f64 / 1e6
+                budget as f64 / 1e6
             );
         }
     }
@@ -642,7 +643,18 @@ fn phase_features(
     };
     let bytes: u64 = sources.iter().map(|(_, _, bytes)| bytes).sum();
     if normaliser.device != Device::Cpu {
-        let device = if bytes <= GPU_FEATURE_BUDGET_BYTES { normaliser.device } else { Device::Cpu };
+        let pixels_on_gpu: u64 = [Some(splits.train), splits.val, Some(splits.test)]
+            .into_iter()
+            .flatten()
+            .filter(|split| split.groups.first().is_some_and(|group| group.images.device() != Device::Cpu))
+            .map(|split| split.pixel_bytes().max(0) as u64)
+            .sum();
+        // On a shared GPU, pixels and activations share the job's data budget.
+        let budget = match work.gpu_data_budget_bytes {
+            Some(budget) => budget.saturating_sub(pixels_on_gpu).min(GPU_FEATURE_BUDGET_BYTES),
+            None => GPU_FEATURE_BUDGET_BYTES,
+        };
+        let device = if bytes <= budget { normaliser.device } else { Device::Cpu };
         for features in [Some(&mut phase_features.train), phase_features.val.as_mut(), Some(&mut phase_features.test)].into_iter().flatten() {
             if device == Device::Cpu {
                 features.groups = features.groups.iter().map(|group| group.to_device(Device::Cpu)).collect();
