@@ -7,6 +7,7 @@ pub mod job;
 pub mod backbone;
 pub mod memory;
 pub mod progress;
+pub mod relay;
 pub mod spec;
 pub mod user;
 pub mod weights_layout;
