@@ -475,8 +475,9 @@ pub fn decayed_usage(runs: &[(f64, f64)], now: f64, half_life_secs: f64) -> f64 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
 
     const GB: u64 = 1_000_000_000;
 
@@ -734,8 +735,9 @@ mod tests {
         assert_eq!(first_line.unwrap()[..3], [20, 1, 21]);
     }
 
-    /// A random box and queue: GPUs or CPU slots, some used outside trainq, some running jobs,
-    /// users with usage, priorities, sizes from tiny to larger than any GPU.
+    /// A random box and queue: GPUs, CPU slots or both, some used outside trainq, some running
+    /// jobs, users with usage, priorities, sizes from tiny to larger than any GPU.
+    #[derive(Debug, Clone)]
     struct Case {
         queued: Vec<Candidate<u32, u8>>,
         devices: Vec<DeviceState<u8, u8>>,
@@ -743,51 +745,132 @@ mod tests {
         limits: Limits,
     }
 
-    fn random_case(rng: &mut ChaCha8Rng) -> Case {
-        let limits = Limits {
-            max_jobs_per_gpu: rng.gen_range(1..=3),
-            headroom_bytes: rng.gen_range(0..=2) * GB,
-            max_jobs_per_user: rng.gen_bool(0.5).then(|| rng.gen_range(1..=3)),
-        };
-        let users = rng.gen_range(1..=4u8);
-        let gpus = rng.gen_bool(0.8);
-        let devices = (0..rng.gen_range(0..=4u8))
-            .map(|id| {
-                let capacity = if gpus { Capacity::Gpu { memory_bytes: rng.gen_range(8..=80) * GB } } else { Capacity::Slot };
-                let mut running = Vec::new();
-                let mut used = 0;
-                for _ in 0..rng.gen_range(0..=3) {
-                    let memory_bytes = rng.gen_range(1..=40) * GB / 2;
-                    let fits = match capacity {
-                        Capacity::Slot => running.is_empty(),
-                        Capacity::Gpu { memory_bytes: total } => {
-                            running.len() < limits.max_jobs_per_gpu && used + memory_bytes + limits.headroom_bytes <= total
-                        }
-                    };
-                    if fits {
-                        used += memory_bytes;
-                        running.push(Running { user: rng.gen_range(0..users + 1), memory_bytes });
-                    }
-                }
-                DeviceState { id, capacity, running, foreign_busy: rng.gen_bool(0.2) }
-            })
-            .collect();
-        let queued = (0..rng.gen_range(0..=20u32))
-            .map(|job| Candidate {
-                job,
-                user: rng.gen_range(0..users),
-                priority: if rng.gen_bool(0.7) { 0 } else { rng.gen_range(-1..=2) },
-                seq: i64::from(job),
-                memory_bytes: rng.gen_range(1..=90 * 4) * GB / 4 + rng.gen_range(0..GB / 4),
-            })
-            .collect();
-        let mut usage = HashMap::new();
-        for user in 0..users {
-            if rng.gen_bool(0.7) {
-                usage.insert(user, rng.gen_range(0.0..100.0f64).floor());
-            }
+    /// What a box is made of: GPUs whose memory is known, slots (CPUs, or GPUs handed out
+    /// whole), or a mix.
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Gpus,
+        Slots,
+        Mixed,
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![3 => Just(Kind::Gpus), 1 => Just(Kind::Slots), 1 => Just(Kind::Mixed)]
+    }
+
+    /// A device's capacity in a box of `kind`, GPUs of 8 to `max_gb` GB.
+    fn capacity(kind: Kind, max_gb: u64) -> BoxedStrategy<Capacity> {
+        let gpu = (8..=max_gb).prop_map(|gb| Capacity::Gpu { memory_bytes: gb * GB });
+        match kind {
+            Kind::Gpus => gpu.boxed(),
+            Kind::Slots => Just(Capacity::Slot).boxed(),
+            Kind::Mixed => prop_oneof![gpu, Just(Capacity::Slot)].boxed(),
         }
-        Case { queued, devices, usage, limits }
+    }
+
+    fn limits(headroom_gb: u64, cap: f64, max_cap: usize) -> impl Strategy<Value = Limits> {
+        (1..=3usize, 0..=headroom_gb, proptest::option::weighted(cap, 1..=max_cap)).prop_map(
+            |(max_jobs_per_gpu, headroom_gb, max_jobs_per_user)| Limits {
+                max_jobs_per_gpu,
+                headroom_bytes: headroom_gb * GB,
+                max_jobs_per_user,
+            },
+        )
+    }
+
+    /// Devices numbered 0, 1, …; `running` are `(user, half-GB)` tries, kept while they fit (the
+    /// box starts within capacity).
+    fn devices(
+        kind: Kind,
+        limits: Limits,
+        users: u8,
+        count: std::ops::RangeInclusive<usize>,
+    ) -> impl Strategy<Value = Vec<DeviceState<u8, u8>>> {
+        let device = (capacity(kind, 80), vec((0..=users, 1..=40u64), 0..=3), proptest::bool::weighted(0.2));
+        vec(device, count).prop_map(move |devices| {
+            devices
+                .into_iter()
+                .zip(0..)
+                .map(|((capacity, tries, foreign_busy), id)| {
+                    let mut running: Vec<Running<u8>> = Vec::new();
+                    for (user, halves) in tries {
+                        let memory_bytes = halves * GB / 2;
+                        let used: u64 = running.iter().map(|running| running.memory_bytes).sum();
+                        let fits = match capacity {
+                            Capacity::Slot => running.is_empty(),
+                            Capacity::Gpu { memory_bytes: total } => {
+                                running.len() < limits.max_jobs_per_gpu && used + memory_bytes + limits.headroom_bytes <= total
+                            }
+                        };
+                        if fits {
+                            running.push(Running { user, memory_bytes });
+                        }
+                    }
+                    DeviceState { id, capacity, running, foreign_busy }
+                })
+                .collect()
+        })
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (limits(2, 0.5, 3), 1..=4u8, kind()).prop_flat_map(|(limits, users, kind)| {
+            let priority = prop_oneof![7 => Just(0i64), 3 => -1..=2i64];
+            // Quarter gigabytes up to 90 GB, plus a few odd bytes.
+            let memory = (1..=90 * 4u64, 0..GB / 4).prop_map(|(quarters, odd)| quarters * GB / 4 + odd);
+            let queued = vec((0..users, priority, memory), 0..=20).prop_map(|jobs| {
+                (0..)
+                    .zip(jobs)
+                    .map(|(job, (user, priority, memory_bytes))| Candidate { job, user, priority, seq: i64::from(job), memory_bytes })
+                    .collect()
+            });
+            let usage = vec(proptest::option::weighted(0.7, 0..100u8), usize::from(users)).prop_map(|usage| {
+                (0..).zip(usage).filter_map(|(user, usage)| Some((user, f64::from(usage?)))).collect()
+            });
+            (devices(kind, limits, users, 0..=4), queued, usage)
+                .prop_map(move |(devices, queued, usage)| Case { queued, devices, usage, limits })
+        })
+    }
+
+    /// A box where every job can run on some device, with jobs arriving over passes.
+    #[derive(Debug, Clone)]
+    struct Simulation {
+        /// `(candidate, arrival pass)`, in submission order.
+        jobs: Vec<(Candidate<u32, u8>, usize)>,
+        devices: Vec<DeviceState<u8, u8>>,
+        limits: Limits,
+        users: u8,
+    }
+
+    fn simulation() -> impl Strategy<Value = Simulation> {
+        let boxes = kind().prop_flat_map(|kind| (limits(1, 0.3, 2), vec((capacity(kind, 48), proptest::bool::weighted(0.2)), 1..=3)));
+        (boxes, 1..=4u8).prop_flat_map(|((limits, idle), users)| {
+            let devices: Vec<DeviceState<u8, u8>> = idle
+                .into_iter()
+                .zip(0..)
+                // Device 0 is trainq's alone, so every job can run somewhere.
+                .map(|((capacity, foreign_busy), id)| DeviceState { id, capacity, running: vec![], foreign_busy: foreign_busy && id > 0 })
+                .collect();
+            let largest = devices
+                .iter()
+                .filter(|device| !device.foreign_busy)
+                .map(|device| match device.capacity {
+                    Capacity::Gpu { memory_bytes } => memory_bytes - limits.headroom_bytes,
+                    Capacity::Slot => 48 * GB,
+                })
+                .max()
+                .expect("device 0 is usable");
+            let jobs = vec((0..users, 0..=1i64, GB / 2..=largest, 0..8usize), 1..=25).prop_map(|mut jobs| {
+                // Submission order follows arrival.
+                jobs.sort_by_key(|&(_, _, _, arrival)| arrival);
+                (0..)
+                    .zip(jobs)
+                    .map(|(job, (user, priority, memory_bytes, arrival))| {
+                        (Candidate { job, user, priority, seq: i64::from(job), memory_bytes }, arrival)
+                    })
+                    .collect()
+            });
+            (jobs, Just(devices)).prop_map(move |(jobs, devices)| Simulation { jobs, devices, limits, users })
+        })
     }
 
     /// Every property a plan must have, whatever the input.
@@ -903,106 +986,97 @@ mod tests {
         plan.waiting.iter().map(|waiting| waiting.job)
     }
 
-    #[test]
-    fn random_plans_keep_every_rule() {
-        let mut rng = ChaCha8Rng::seed_from_u64(6);
-        let (mut reasons, mut reservations, mut assignments) = (std::collections::BTreeSet::new(), 0, 0);
-        for _ in 0..3000 {
-            let Case { queued, devices, usage, limits } = random_case(&mut rng);
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever the box and the queue, the plan keeps every rule ([`check_plan`]).
+        #[test]
+        fn every_plan_keeps_every_rule(case in case()) {
+            let Case { queued, devices, usage, limits } = case;
             let plan = plan(&queued, &devices, &usage, &limits);
             check_plan(&queued, &devices, &limits, &plan);
-            reasons.extend(plan.waiting.iter().map(|waiting| std::mem::discriminant(&waiting.reason)).map(|d| format!("{d:?}")));
-            reservations += usize::from(plan.reserved.is_some());
-            assignments += plan.assignments.len();
         }
-        // The cases reach every rule.
-        assert_eq!(reasons.len(), 7, "every kind of reason occurs");
-        assert!(reservations > 100 && assignments > 1000, "{reservations} reservations, {assignments} assignments");
     }
 
-    #[test]
-    fn no_user_is_starved() {
-        let mut rng = ChaCha8Rng::seed_from_u64(66);
-        for case in 0..300 {
-            let limits = Limits {
-                max_jobs_per_gpu: rng.gen_range(1..=3),
-                headroom_bytes: rng.gen_range(0..=1) * GB,
-                max_jobs_per_user: rng.gen_bool(0.3).then(|| rng.gen_range(1..=2)),
-            };
-            let gpus = rng.gen_bool(0.8);
-            let mut devices: Vec<DeviceState<u8, u8>> = (0..rng.gen_range(1..=3u8))
-                .map(|id| DeviceState {
-                    id,
-                    capacity: if gpus { Capacity::Gpu { memory_bytes: rng.gen_range(8..=48) * GB } } else { Capacity::Slot },
-                    running: vec![],
-                    foreign_busy: rng.gen_bool(0.2),
-                })
-                .collect();
-            devices[0].foreign_busy = false;
-            let largest = devices
-                .iter()
-                .filter(|device| !device.foreign_busy)
-                .map(|device| match device.capacity {
-                    Capacity::Gpu { memory_bytes } => memory_bytes - limits.headroom_bytes,
-                    Capacity::Slot => 48 * GB,
-                })
-                .max()
-                .unwrap();
-            let users = rng.gen_range(1..=4u8);
-            let jobs: Vec<(Candidate<u32, u8>, usize)> = (0..rng.gen_range(1..=25u32))
-                .map(|job| {
-                    let candidate = Candidate {
-                        job,
-                        user: rng.gen_range(0..users),
-                        priority: rng.gen_range(0..=1),
-                        seq: i64::from(job),
-                        memory_bytes: rng.gen_range(GB / 2..=largest),
-                    };
-                    (candidate, rng.gen_range(0..8))
-                })
-                .collect();
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Passes run until the queue is empty, each assigned job running one tick. Every plan
+        /// keeps every rule; every job starts within a bound (see [`simulate`]); a user who has
+        /// never run comes before everyone who has, so at most one pass per other such user goes
+        /// by before one of theirs starts; and one user's jobs of equal priority start in
+        /// submission order.
+        #[test]
+        fn no_user_is_starved(simulation in simulation()) {
+            let Simulation { jobs, devices, limits, users } = simulation;
             let started = simulate(&jobs, &devices, &limits, 4.0, |queued, plan| check_plan(queued, &devices, &limits, plan));
-            // A user who has never run comes before everyone who has, so at most one pass per
-            // other such user goes by before one of theirs starts.
             for user in 0..users {
                 let own = || jobs.iter().filter(|(candidate, _)| candidate.user == user);
                 if let (Some(arrival), Some(start)) =
                     (own().map(|(_, arrival)| *arrival).min(), own().map(|(candidate, _)| started[&candidate.job]).min())
                 {
-                    assert!(start - arrival < usize::from(users), "case {case}: user {user} arrived at {arrival}, first ran at {start}");
+                    prop_assert!(start - arrival < usize::from(users), "user {} arrived at {}, first ran at {}", user, arrival, start);
+                }
+                for (earlier, later) in own().flat_map(|earlier| own().map(move |later| (&earlier.0, &later.0))) {
+                    if earlier.priority == later.priority && earlier.seq < later.seq {
+                        prop_assert!(
+                            started[&earlier.job] <= started[&later.job],
+                            "user {}: job {} started at {}, after job {} (submitted later) at {}",
+                            user, earlier.job, started[&earlier.job], later.job, started[&later.job]
+                        );
+                    }
                 }
             }
         }
     }
 
-    /// The closed form against a midpoint-rule integral of `2^(-(now - t)/h)`.
+    /// The strategy is worth its cases: over a fixed sample they reach every reason, reservations
+    /// and many assignments.
     #[test]
-    fn decayed_usage_is_the_integral_of_the_decay() {
-        let numeric = |runs: &[(f64, f64)], now: f64, half_life: f64| -> f64 {
-            runs.iter()
-                .map(|&(start, end)| {
-                    let end = end.min(now);
-                    let steps = 100_000;
-                    let width = (end - start).max(0.0) / steps as f64;
-                    (0..steps).map(|i| 2f64.powf(-(now - (start + (i as f64 + 0.5) * width)) / half_life) * width).sum::<f64>()
-                })
-                .sum()
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for _ in 0..50 {
-            let now = rng.gen_range(0.0..100_000.0);
-            let half_life = rng.gen_range(60.0..20_000.0);
-            let runs: Vec<(f64, f64)> = (0..rng.gen_range(1..4))
-                .map(|_| {
-                    let start = now - rng.gen_range(0.0..50_000.0);
-                    (start, start + rng.gen_range(0.0..30_000.0))
-                })
-                .collect();
-            let (exact, approximate) = (decayed_usage(&runs, now, half_life), numeric(&runs, now, half_life));
-            assert!((exact - approximate).abs() <= 1e-6 * approximate.max(1.0), "{runs:?} now {now} h {half_life}: {exact} vs {approximate}");
+    fn the_cases_reach_every_rule() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = case();
+        let (mut reasons, mut reservations, mut assignments) = (std::collections::BTreeSet::new(), 0, 0);
+        for _ in 0..1000 {
+            let Case { queued, devices, usage, limits } = strategy.new_tree(&mut runner).expect("a case").current();
+            let plan = plan(&queued, &devices, &usage, &limits);
+            reasons.extend(plan.waiting.iter().map(|waiting| std::mem::discriminant(&waiting.reason)).map(|d| format!("{d:?}")));
+            reservations += usize::from(plan.reserved.is_some());
+            assignments += plan.assignments.len();
         }
+        assert_eq!(reasons.len(), 7, "every kind of reason occurs");
+        assert!(reservations > 100 && assignments > 300, "{reservations} reservations, {assignments} assignments");
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(50))]
+
+        /// The closed form against a midpoint-rule integral of `2^(-(now - t)/h)`.
+        #[test]
+        fn decayed_usage_is_the_integral_of_the_decay(
+            now in 0.0..100_000.0f64,
+            half_life in 60.0..20_000.0f64,
+            runs in vec((0.0..50_000.0f64, 0.0..30_000.0f64), 1..4),
+        ) {
+            let numeric = |runs: &[(f64, f64)], now: f64, half_life: f64| -> f64 {
+                runs.iter()
+                    .map(|&(start, end)| {
+                        let end = end.min(now);
+                        let steps = 100_000;
+                        let width = (end - start).max(0.0) / steps as f64;
+                        (0..steps).map(|i| 2f64.powf(-(now - (start + (i as f64 + 0.5) * width)) / half_life) * width).sum::<f64>()
+                    })
+                    .sum()
+            };
+            // Runs that started up to 50 000 s ago and lasted up to 30 000 s (some still running).
+            let runs: Vec<(f64, f64)> = runs.into_iter().map(|(ago, length)| (now - ago, now - ago + length)).collect();
+            let (exact, approximate) = (decayed_usage(&runs, now, half_life), numeric(&runs, now, half_life));
+            prop_assert!(
+                (exact - approximate).abs() <= 1e-6 * approximate.max(1.0),
+                "{:?} now {} h {}: {} vs {}", runs, now, half_life, exact, approximate
+            );
+        }
+    }
     #[test]
     fn decayed_usage_halves_with_each_half_life() {
         let hour = 3600.0;
