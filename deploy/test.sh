@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: install libtorch (once per machine) and Chromium for the
-# browser test (if missing), then cargo test.
+# The whole test suite on a fresh machine: install libtorch (once per machine), Chromium for the
+# browser test (if missing), a one-node Slurm cluster for the Slurm tests, then cargo test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./deploy/setup-libtorch.sh
@@ -13,6 +13,13 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
     else
         echo "test.sh: install Debian's chromium and chromium-driver, or set TRAINQ_SKIP_BROWSER=1 to skip the browser test" >&2
+    fi
+fi
+# The Slurm tests hand real jobs to a one-node Slurm cluster on this machine (tests/api/slurm.rs).
+if [ "${TRAINQ_SKIP_SLURM:-}" != 1 ]; then
+    if ! ./deploy/slurm/local-cluster.sh; then
+        echo "test.sh: no Slurm cluster (the setup above says why); set TRAINQ_SKIP_SLURM=1 to skip the Slurm tests" >&2
+        exit 1
     fi
 fi
 cargo test "$@"

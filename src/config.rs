@@ -170,6 +170,39 @@ pub struct ServeConfig {
     /// Most epochs (all phases together) one job may ask for.
     #[arg(long, env = "TRAINQ_MAX_EPOCHS", default_value_t = 1000)]
     pub max_epochs: u32,
+    /// Where jobs run: `local` (worker processes on this box's GPUs or CPU slots) or `slurm`
+    /// (handed to a Slurm cluster with sbatch; see deploy/slurm/).
+    #[arg(long, env = "TRAINQ_EXECUTOR", default_value = "local", value_parser = ["local", "slurm"])]
+    pub executor: String,
+    /// Slurm: jobs trainq keeps handed to Slurm at once (its fair share picks which).
+    #[arg(long, env = "TRAINQ_SLURM_JOBS", default_value_t = 8)]
+    pub slurm_jobs: usize,
+    /// Slurm: `--partition`.
+    #[arg(long, env = "TRAINQ_SLURM_PARTITION")]
+    pub slurm_partition: Option<String>,
+    /// Slurm: `--account`.
+    #[arg(long, env = "TRAINQ_SLURM_ACCOUNT")]
+    pub slurm_account: Option<String>,
+    /// Slurm: `--time`, e.g. `1-00:00:00`.
+    #[arg(long, env = "TRAINQ_SLURM_TIME")]
+    pub slurm_time: Option<String>,
+    /// Slurm: GPUs per job (`--gres=gpu:N`); 0 runs CPU jobs.
+    #[arg(long, env = "TRAINQ_SLURM_GPUS", default_value_t = 1)]
+    pub slurm_gpus: u32,
+    /// Slurm: `--cpus-per-task` (also the worker's threads).
+    #[arg(long, env = "TRAINQ_SLURM_CPUS", default_value_t = 4)]
+    pub slurm_cpus: u32,
+    /// Slurm: seconds between reads of a job's Slurm state.
+    #[arg(long, env = "TRAINQ_SLURM_POLL_SECS", default_value_t = 5.0)]
+    pub slurm_poll_secs: f64,
+    /// The URL compute nodes reach this server at (workers report there). Default: http:// and
+    /// the address it listens on.
+    #[arg(long, env = "TRAINQ_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Folder for job folders and the shared cache, visible at the same path on compute nodes
+    /// (Slurm). Default: DATA_DIR. The database stays in DATA_DIR.
+    #[arg(long, env = "TRAINQ_SHARED_DIR")]
+    pub shared_dir: Option<PathBuf>,
     /// Most jobs packed onto one GPU at once (when their memory estimates fit).
     #[arg(long, env = "TRAINQ_MAX_JOBS_PER_GPU", default_value_t = 2)]
     pub max_jobs_per_gpu: usize,
@@ -279,8 +312,9 @@ mod tests {
     }
 
     #[test]
-    fn the_example_config_is_valid() {
-        let text = include_str!("../deploy/trainq.toml");
-        assert!(!config_variables(text).unwrap().is_empty());
+    fn the_example_configs_are_valid() {
+        for text in [include_str!("../deploy/trainq.toml"), include_str!("../deploy/slurm/trainq.toml")] {
+            assert!(!config_variables(text).unwrap().is_empty());
+        }
     }
 }

@@ -48,19 +48,42 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // Measured: libtorch alone needs about 0.7 GB of private memory to load.
         anyhow::ensure!(gb >= 1.0, "--worker-max-memory-gb {gb} is too small: a worker needs about 1 GB just to load libtorch");
     }
+    // Job folders and the cache: on a filesystem compute nodes share, with Slurm.
+    let work_dir = match &config.shared_dir {
+        Some(dir) => absolute_dir(dir)?,
+        None => data_dir.clone(),
+    };
     let store = Store::open(&data_dir).await.context("opening the database")?;
     let requeued = store.requeue_running().await?;
     if !requeued.is_empty() {
         tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
     }
-    let inventory = Inventory::discover(config.cpu_slots, !config.no_gpu);
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let slurm = (config.executor == "slurm").then(|| {
+        Arc::new(crate::supervisor::slurm::SlurmConfig {
+            partition: config.slurm_partition.clone(),
+            account: config.slurm_account.clone(),
+            time: config.slurm_time.clone(),
+            gpus: config.slurm_gpus,
+            cpus_per_job: config.slurm_cpus,
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
+            relay_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trainq")),
+            poll: Duration::from_secs_f64(config.slurm_poll_secs.max(0.1)),
+        })
+    });
+    let inventory = match &slurm {
+        Some(slurm) => Inventory::slurm(config.slurm_jobs, slurm.gpus, slurm.cpus_per_job as usize),
+        None => Inventory::discover(config.cpu_slots, !config.no_gpu),
+    };
     let scheduler_handle = SchedulerHandle::default();
     let events = EventBus::new();
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {
-            data_dir: data_dir.clone(),
+            data_dir: work_dir.clone(),
             worker_program,
+            slurm: slurm.clone(),
             kill_grace: Duration::from_secs(config.kill_grace_secs),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             cpu_memory_limit: config.worker_max_memory_gb.map(|gb| (gb.max(0.1) * 1e9) as u64),
@@ -70,7 +93,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         inventory.clone(),
     );
     let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
-    let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: data_dir.clone(), cache_budget_bytes };
+    let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: work_dir.clone(), cache_budget_bytes };
+    // Jobs Slurm kept running while no server was here: follow them again.
+    for (job, slurm_id) in store.running_elsewhere().await? {
+        if slurm.is_some() {
+            supervisor.reattach(&job, slurm_id).await;
+        } else {
+            let reason = format!("the server restarted without the Slurm executor; Slurm job {slurm_id} is no longer followed");
+            tracing::warn!(job_id = %job.id, %reason);
+            store.finish_job(job.id, crate::domain::JobState::Failed, Some(&reason)).await?;
+        }
+    }
     let settings = scheduler::Settings {
         limits: scheduler::policy::Limits {
             max_jobs_per_gpu: config.max_jobs_per_gpu.max(1),
@@ -94,7 +127,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         supervisor,
         inventory,
         events: events.clone(),
-        paths: Arc::new(Paths { data_dir, datasets, weights, static_dir }),
+        paths: Arc::new(Paths { data_dir: work_dir, datasets, weights, static_dir }),
         limits: Arc::new(Limits {
             rate: RateLimiter::new(config.rate_limit_per_minute.max(1)),
             max_active_jobs_per_user: config.max_jobs_per_user,
@@ -103,8 +136,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
         }),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let address = listener.local_addr()?;
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");

@@ -16,6 +16,12 @@ pub enum DeviceKind {
     },
     /// A share of the CPU cores.
     Cpu,
+    /// A place in the Slurm cluster: one job trainq has handed to Slurm (the cluster picks the
+    /// node and, with `gpus` > 0, the GPUs).
+    Slurm {
+        /// GPUs each job asks Slurm for.
+        gpus: u32,
+    },
 }
 
 /// One slot a job can run on.
@@ -102,6 +108,20 @@ impl Inventory {
             })
             .collect();
         Inventory { slots, nvml: None, threads_per_slot }
+    }
+
+    /// `jobs` places in a Slurm cluster: how many jobs trainq hands to Slurm at once (its own
+    /// fair share decides which), each asking for `gpus` GPUs and `cpus` cores.
+    pub fn slurm(jobs: usize, gpus: u32, cpus: usize) -> Inventory {
+        let slots = (0..jobs.max(1))
+            .map(|n| DeviceSlot {
+                id: format!("slurm{n}"),
+                kind: DeviceKind::Slurm { gpus },
+                name: format!("Slurm job ({gpus} GPU, {cpus} CPU)"),
+                memory_total: None,
+            })
+            .collect();
+        Inventory { slots, nvml: None, threads_per_slot: cpus.max(1) }
     }
 
     /// Every slot.

@@ -46,7 +46,13 @@ pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) ->
 /// A job as the API shows it, with its queue position when queued.
 pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
     if job.state != JobState::Queued {
-        return Ok(JobView { job, position: None, pending_reason: None, eta_seconds: None, runs: None });
+        // A job handed to Slurm that waits there for resources: Slurm's reason.
+        let pending_reason = job
+            .progress
+            .as_ref()
+            .filter(|progress| job.state == JobState::Running && progress.activity.starts_with("pending in Slurm"))
+            .map(|progress| progress.activity.clone());
+        return Ok(JobView { job, position: None, pending_reason, eta_seconds: None, runs: None });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
     Ok(match state.scheduler.queue_info(job.id) {

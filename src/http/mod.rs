@@ -12,6 +12,7 @@ mod jobs;
 mod metrics;
 mod outputs;
 mod plots;
+mod worker;
 
 pub use auth::RateLimiter;
 pub use error::ApiError;
@@ -30,6 +31,8 @@ use tower_http::trace::TraceLayer;
 
 /// Largest accepted request body; a job spec is a few hundred bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest relay batch (a few hundred log lines).
+const MAX_RELAY_BYTES: usize = 8 * 1024 * 1024;
 /// Largest accepted image upload (a chest film is 0.5–3 MB).
 const MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
 
@@ -114,7 +117,12 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads)
         .fallback(|| async { ApiError::NotFound(String::from("no such API route")) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    // Relays of Slurm jobs authenticate with their job's secret, not a user token.
+    let relays = Router::new()
+        .route("/api/worker/jobs/{id}/lines", post(worker::lines))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_RELAY_BYTES));
     Router::new()
+        .merge(relays)
         .nest("/api", api)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::prometheus))

@@ -219,7 +219,8 @@ fn worker_job(
     };
     let device = match device {
         crate::devices::DeviceKind::Gpu { .. } => WorkerDevice::Cuda,
-        crate::devices::DeviceKind::Cpu => WorkerDevice::Cpu,
+        crate::devices::DeviceKind::Slurm { gpus } if gpus > 0 => WorkerDevice::Cuda,
+        crate::devices::DeviceKind::Cpu | crate::devices::DeviceKind::Slurm { .. } => WorkerDevice::Cpu,
     };
     let phases = spec.phases.len() as u32;
     let work = WorkerJob {

@@ -282,6 +282,22 @@ impl Store {
         Ok(true)
     }
 
+    /// Running jobs handed to Slurm: (job, Slurm job id), for re-attaching after a restart.
+    pub async fn running_elsewhere(&self) -> Result<Vec<(Job, String)>, StoreError> {
+        let records: Vec<JobRecord> =
+            sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND executor_ref IS NOT NULL ORDER BY seq"))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut jobs = Vec::new();
+        for record in records {
+            let job = Job::try_from(record)?;
+            if let Some(reference) = self.executor_ref(job.id).await? {
+                jobs.push((job, reference));
+            }
+        }
+        Ok(jobs)
+    }
+
     /// Puts a running job back in the queue (keeping its place), closing its run with `outcome`:
     /// `interrupted` when the server stops, `requeued` after running out of memory. `spec`
     /// replaces the stored spec (the halved batch), `note` is appended to its notes. False if it
@@ -299,7 +315,7 @@ impl Store {
              spec = COALESCE(?, spec), \
              notes = CASE WHEN ? IS NULL THEN notes ELSE json_insert(notes, '$[#]', ?) END, \
              oom_retried = oom_retried OR ?, \
-             resume_point = CASE WHEN ? THEN NULL ELSE resume_point END \
+             resume_point = CASE WHEN ? THEN NULL ELSE resume_point END, executor_ref = NULL, worker_secret_sha256 = NULL \
              WHERE id = ? AND state = 'running' AND cancel_requested = 0",
         )
         .bind(spec.map(|spec| spec.to_string()))
@@ -387,6 +403,34 @@ impl Store {
             .collect()
     }
 
+    /// Records where a claimed job was handed (its Slurm job id) and the hash of the secret its
+    /// relay reports with.
+    pub async fn set_executor_ref(&self, id: JobId, executor_ref: &str, secret: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET executor_ref = ?, worker_secret_sha256 = ? WHERE id = ?")
+            .bind(executor_ref)
+            .bind(crate::domain::user::token_hash(secret))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The Slurm job id of a job handed to Slurm.
+    pub async fn executor_ref(&self, id: JobId) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT executor_ref FROM jobs WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await?;
+        Ok(row.and_then(|(reference,)| reference))
+    }
+
+    /// Whether `secret` is the reporting secret of job `id`.
+    pub async fn worker_secret_matches(&self, id: JobId, secret: &str) -> Result<bool, StoreError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT worker_secret_sha256 FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|(hash,)| hash).is_some_and(|hash| hash == crate::domain::user::token_hash(secret)))
+    }
+
     /// Job counts by owner and state: (owner, state, count).
     pub async fn job_counts(&self) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
         Ok(sqlx::query_as("SELECT owner, state, COUNT(*) FROM jobs GROUP BY owner, state ORDER BY owner, state")
@@ -441,15 +485,17 @@ impl Store {
         .bind(now_rfc3339())
         .execute(&mut *transaction)
         .await?;
+        // Jobs handed to Slurm keep running there without us: they are re-attached, not re-queued.
         let rows: Vec<(String,)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL WHERE state = 'running' RETURNING id",
+            "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL \
+             WHERE state = 'running' AND executor_ref IS NULL RETURNING id",
         )
         .fetch_all(&mut *transaction)
         .await?;
         sqlx::query(
             "UPDATE job_runs SET ended_at = ?, \
              outcome = CASE WHEN (SELECT state FROM jobs WHERE jobs.id = job_runs.job_id) = 'cancelled' THEN 'cancelled' ELSE 'interrupted' END \
-             WHERE ended_at IS NULL",
+             WHERE ended_at IS NULL AND (SELECT state FROM jobs WHERE jobs.id = job_runs.job_id) != 'running'",
         )
         .bind(unix_now())
         .execute(&mut *transaction)

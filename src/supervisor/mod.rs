@@ -5,6 +5,10 @@
 
 pub mod inference;
 mod progress;
+mod remote;
+pub mod slurm;
+
+pub use remote::RemoteError;
 
 use crate::devices::{DeviceKind, DeviceSlot, Inventory};
 use crate::domain::progress::{FailureKind, WorkerJob, EXIT_INTERRUPTED};
@@ -96,6 +100,8 @@ pub struct SupervisorConfig {
     pub kill_grace: Duration,
     /// At server shutdown: how long running workers get to save a checkpoint and exit.
     pub shutdown_grace: Duration,
+    /// Hand jobs to Slurm instead of running local processes (`None`: local).
+    pub slurm: Option<Arc<slurm::SlurmConfig>>,
     /// Private-memory limit of a CPU worker (`RLIMIT_DATA`), so one job cannot take the box's
     /// memory: its allocation fails and it reports "out of memory". `None`: no limit.
     pub cpu_memory_limit: Option<u64>,
@@ -127,6 +133,8 @@ pub struct Supervisor {
     inventory: Inventory,
     /// Cancelled when the server begins to shut down.
     shutdown: CancellationToken,
+    /// Jobs running in Slurm, fed by their relays.
+    remote: Arc<Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<remote::RemoteJob>>>>>,
 }
 
 impl Supervisor {
@@ -148,6 +156,7 @@ impl Supervisor {
             events,
             inventory,
             shutdown: CancellationToken::new(),
+            remote: Arc::default(),
         };
         let pool = supervisor.inference.clone();
         tokio::spawn(async move {
@@ -177,6 +186,9 @@ impl Supervisor {
     /// worker that cannot start fails the job at once, so the slot is never left held.
     #[tracing::instrument(skip_all, fields(job_id = %work.job_id, device = %slot.id))]
     pub async fn start(&self, work: WorkerJob, slot: &DeviceSlot, phases: u32) {
+        if self.config.slurm.is_some() {
+            return self.start_slurm(work, slot, phases).await;
+        }
         let id = work.job_id;
         let paths = JobPaths::new(&self.config.data_dir, id);
         let token = CancellationToken::new();
@@ -215,6 +227,7 @@ impl Supervisor {
     /// the next start. Returns when no worker is left.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        // Slurm jobs keep running without us; their followers stop at once (see remote.rs).
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace + Duration::from_secs(5);
         while !self.running.lock().expect("running map poisoned").is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -242,7 +255,7 @@ impl Supervisor {
         command.arg("run").arg("--job").arg(paths.worker_job());
         let visible = match slot.kind {
             DeviceKind::Gpu { index } => index.to_string(),
-            DeviceKind::Cpu => String::new(),
+            DeviceKind::Cpu | DeviceKind::Slurm { .. } => String::new(),
         };
         if let (DeviceKind::Cpu, Some(limit)) = (slot.kind, self.config.cpu_memory_limit) {
             // SAFETY: setrlimit is async-signal-safe and touches only the child.
@@ -417,6 +430,12 @@ impl Supervisor {
             Ok(status) => describe_exit(*status),
             Err(err) => err.to_string(),
         };
+        self.conclude(id, &log, outcome, &summary).await;
+    }
+
+    /// Records how a job's worker ended: a final state (a failure's reason quoting the log's
+    /// tail), or back to the queue.
+    async fn conclude(&self, id: JobId, log: &JobLog, outcome: Outcome, summary: &str) {
         let (state, reason) = match outcome {
             Outcome::Finish(state, reason) => (state, reason),
             Outcome::Requeue { outcome, spec, note } => {

@@ -36,6 +36,17 @@ impl ProgressTracker {
         self.failure.as_ref()
     }
 
+    /// Replaces the activity the job shows (e.g. "pending in Slurm: Resources") and stores it.
+    pub(super) async fn set_activity(&mut self, activity: &str) {
+        if self.progress.activity == activity {
+            return;
+        }
+        self.progress.activity = activity.to_string();
+        if self.store.set_progress(self.id, &self.progress).await.is_ok() {
+            self.events.publish(self.id, EventKind::Progress { progress: self.progress.clone() });
+        }
+    }
+
     /// Epoch events received from this worker.
     pub(super) fn epochs_seen(&self) -> u32 {
         self.epochs_seen

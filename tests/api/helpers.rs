@@ -173,7 +173,7 @@ impl TestApp {
         let tokens = users(root);
         let mut command = Command::new(env!("CARGO_BIN_EXE_trainq"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-gpu", "--kill-grace-secs", "2"])
+            .args(["serve", "--no-gpu", "--kill-grace-secs", "2"])
             .arg("--data-dir")
             .arg(root.join("data"))
             .arg("--datasets")
@@ -187,6 +187,9 @@ impl TestApp {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(root.join("server.log")).unwrap());
         if let Some(worker) = &options.worker {
             command.arg("--worker").arg(worker);
+        }
+        if !options.args.iter().any(|arg| arg == "--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
         }
         if !options.args.iter().any(|arg| arg == "--rate-limit-per-minute") {
             // Tests poll fast; the limit itself is tested with its own server.

@@ -14,6 +14,7 @@ mod pytorch;
 mod results;
 mod recovery;
 mod sharing;
+mod slurm;
 mod training;
 mod validation;
 mod variable;

@@ -1,0 +1,226 @@
+//! The Slurm executor: a claimed job is written out as a batch script and handed to `sbatch`;
+//! `trainq relay` runs its worker on a compute node and POSTs the worker's lines back
+//! (`remote_lines`), which go through the same [`ProgressTracker`] and [`JobLog`] as a local
+//! worker's. A task per job follows its Slurm state: pending reasons become the job's activity,
+//! and the end becomes the job's state. The Slurm job outlives this server: a restart re-attaches
+//! to it (`reattach`) instead of re-queueing.
+
+use super::slurm::{self, SlurmConfig, SlurmJob};
+use super::{JobLog, JobPaths, Outcome, ProgressTracker, Supervisor};
+use crate::devices::DeviceSlot;
+use crate::domain::progress::{FailureKind, WorkerJob, EXIT_INTERRUPTED};
+use crate::domain::relay::{RelayBatch, Stream, WorkerExit};
+use crate::domain::{Job, JobId, JobState};
+use crate::events::EventKind;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// A job running in Slurm, as the server follows it.
+pub(super) struct RemoteJob {
+    tracker: ProgressTracker,
+    log: JobLog,
+    /// The relay run and the last batch stored from it.
+    last: Option<(String, u64)>,
+    exit: Option<WorkerExit>,
+}
+
+/// Why relayed lines were not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The job is not running in Slurm (finished, cancelled, or never was).
+    #[error("job is not running here; stop reporting")]
+    NotRunning,
+}
+
+impl Supervisor {
+    fn slurm(&self) -> &SlurmConfig {
+        self.config.slurm.as_deref().expect("Slurm jobs exist only with a Slurm config")
+    }
+
+    /// Hands a claimed job to Slurm. A job `sbatch` refuses fails at once with Slurm's words.
+    pub(super) async fn start_slurm(&self, work: WorkerJob, slot: &DeviceSlot, phases: u32) {
+        let id = work.job_id;
+        let paths = JobPaths::new(&self.config.data_dir, id);
+        let log = self.job_log(&paths, id);
+        let token = CancellationToken::new();
+        self.running.lock().expect("running map poisoned").insert(id, token.clone());
+        let submitted = async {
+            use anyhow::Context;
+            tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
+            tokio::fs::write(paths.worker_job(), serde_json::to_vec_pretty(&work).expect("worker jobs serialize"))
+                .await
+                .context("writing job.json")?;
+            let script = paths.dir.join("job.sbatch");
+            let text = slurm::batch_script(self.slurm(), &id.to_string(), &self.config.worker_program, &paths.worker_job());
+            tokio::fs::write(&script, text).await.context("writing the batch script")?;
+            let secret = crate::domain::user::new_token();
+            let slurm_id = slurm::submit(self.slurm(), &id.to_string(), &paths.dir, &script, &secret).await?;
+            self.store.set_executor_ref(id, &slurm_id, &secret).await?;
+            anyhow::Ok(slurm_id)
+        }
+        .await;
+        match submitted {
+            Ok(slurm_id) => {
+                log.append(&format!("trainq: handed to Slurm as job {slurm_id} ({})\n", slot.name)).await;
+                tracing::info!(%id, %slurm_id, "job handed to Slurm");
+                self.events.publish(id, EventKind::Started { device: slot.id.clone() });
+                self.follow(id, slurm_id, log, phases, token);
+            }
+            Err(err) => {
+                let reason = format!("Slurm did not take the job: {err:#}");
+                log.append(&format!("trainq: {reason}\n")).await;
+                self.finish(id, JobState::Failed, Some(&reason)).await;
+            }
+        }
+    }
+
+    /// After a restart: follow a job that Slurm kept running while this server was away.
+    pub async fn reattach(&self, job: &Job, slurm_id: String) {
+        let paths = JobPaths::new(&self.config.data_dir, job.id);
+        let log = self.job_log(&paths, job.id);
+        let token = CancellationToken::new();
+        self.running.lock().expect("running map poisoned").insert(job.id, token.clone());
+        if job.cancel_requested {
+            token.cancel();
+        }
+        log.append(&format!("trainq: server restarted; following Slurm job {slurm_id} again\n")).await;
+        tracing::info!(job_id = %job.id, %slurm_id, "re-attached to a Slurm job");
+        let phases = job.spec["phases"].as_array().map_or(1, Vec::len) as u32;
+        self.follow(job.id, slurm_id, log, phases, token);
+    }
+
+    fn follow(&self, id: JobId, slurm_id: String, log: JobLog, phases: u32, token: CancellationToken) {
+        let tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
+        let remote = Arc::new(tokio::sync::Mutex::new(RemoteJob { tracker, log, last: None, exit: None }));
+        self.remote.lock().expect("remote map poisoned").insert(id, remote.clone());
+        let supervisor = self.clone();
+        let span = tracing::info_span!("slurm", job_id = %id, %slurm_id);
+        tokio::spawn(async move { supervisor.track(id, slurm_id, remote, token).await }.instrument(span));
+    }
+
+    /// Lines a relay sent for job `id`, in order; a batch already stored is ignored.
+    pub async fn remote_lines(&self, id: JobId, batch: RelayBatch) -> Result<(), RemoteError> {
+        let remote = self.remote.lock().expect("remote map poisoned").get(&id).cloned().ok_or(RemoteError::NotRunning)?;
+        let mut remote = remote.lock().await;
+        if let Some((run, seq)) = &remote.last {
+            if *run == batch.run && batch.seq <= *seq {
+                return Ok(());
+            }
+        }
+        for line in &batch.lines {
+            match line.stream {
+                Stream::Stdout => remote.tracker.handle_line(&line.text).await,
+                Stream::Stderr => remote.log.append_line(&line.text).await,
+            }
+        }
+        if let Some(exit) = batch.exit {
+            remote.exit = Some(exit);
+        }
+        remote.last = Some((batch.run, batch.seq));
+        Ok(())
+    }
+
+    async fn track(&self, id: JobId, slurm_id: String, remote: Arc<tokio::sync::Mutex<RemoteJob>>, token: CancellationToken) {
+        let poll = self.slurm().poll;
+        let mut cancel_sent = false;
+        let mut failures = 0u32;
+        let last = loop {
+            if token.is_cancelled() && !cancel_sent {
+                cancel_sent = true;
+                if let Err(err) = slurm::cancel(&slurm_id).await {
+                    tracing::warn!(%err, "scancel failed");
+                }
+            }
+            match slurm::job(&slurm_id).await {
+                Ok(Some(job)) if job.is_finished() => break Some(job),
+                Ok(Some(job)) => {
+                    failures = 0;
+                    let activity = match job.state.as_str() {
+                        "PENDING" => format!("pending in Slurm: {}", job.reason),
+                        _ => String::new(),
+                    };
+                    if !activity.is_empty() {
+                        remote.lock().await.tracker.set_activity(&activity).await;
+                    }
+                }
+                Ok(None) => break None,
+                Err(err) => {
+                    // slurmctld restarting, say: keep following; the job is not lost.
+                    failures += 1;
+                    if failures % 10 == 1 {
+                        tracing::warn!(%err, "reading the Slurm job failed; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = token.cancelled(), if !cancel_sent => {}
+                // The job keeps running in Slurm; the next server start re-attaches to it.
+                () = self.shutdown.cancelled() => {
+                    self.remote.lock().expect("remote map poisoned").remove(&id);
+                    self.running.lock().expect("running map poisoned").remove(&id);
+                    return;
+                }
+            }
+        };
+        // The relay sends its last batch before it exits, so it is normally here already.
+        for _ in 0..20 {
+            if remote.lock().await.exit.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.remote.lock().expect("remote map poisoned").remove(&id);
+        let remote = remote.lock().await;
+        let stored = self.store.job(id).await.ok().flatten();
+        let cancelled = cancel_sent || stored.as_ref().is_some_and(|job| job.cancel_requested);
+        let saw_final = remote.tracker.saw_final() || stored.as_ref().is_some_and(|job| job.final_metrics.is_some());
+        let outcome = self.slurm_outcome(id, &slurm_id, last.as_ref(), &remote, cancelled, saw_final, stored.as_ref()).await;
+        drop(remote);
+        let log = self.job_log(&JobPaths::new(&self.config.data_dir, id), id);
+        self.conclude(id, &log, outcome, &format!("Slurm job {slurm_id} ended")).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn slurm_outcome(
+        &self,
+        id: JobId,
+        slurm_id: &str,
+        last: Option<&SlurmJob>,
+        remote: &RemoteJob,
+        cancelled: bool,
+        saw_final: bool,
+        stored: Option<&Job>,
+    ) -> Outcome {
+        let state = last.map_or("gone", |job| job.state.as_str());
+        if cancelled {
+            return Outcome::Finish(JobState::Cancelled, None);
+        }
+        if saw_final && (state == "COMPLETED" || state == "gone") && !matches!(remote.exit, Some(WorkerExit::Code(code)) if code != 0) {
+            return Outcome::Finish(JobState::Succeeded, None);
+        }
+        if remote.exit == Some(WorkerExit::Code(EXIT_INTERRUPTED)) {
+            return Outcome::Requeue { outcome: "interrupted", spec: None, note: None };
+        }
+        if let Some((FailureKind::OutOfMemory, message)) = remote.tracker.failure() {
+            let spec = stored.map_or(serde_json::Value::Null, |job| job.spec.clone());
+            return self.out_of_memory(id, self.slurm().gpus > 0, &spec, message).await;
+        }
+        let reason = match last {
+            Some(job) if job.state == "CANCELLED" && job.comment.as_deref() != Some(slurm::CANCEL_MARK) => {
+                format!("cancelled in Slurm from outside trainq (scancel of job {slurm_id})")
+            }
+            Some(job) if job.state == "TIMEOUT" => {
+                format!("Slurm job {slurm_id} hit its time limit (--slurm-time); it resumes only if resubmitted")
+            }
+            Some(job) => {
+                let exit = job.exit.map_or(String::new(), |(code, signal)| format!(", exit code {code}, signal {signal}"));
+                format!("Slurm job {slurm_id} ended {} ({}{exit})", job.state, job.reason)
+            }
+            None => format!("Slurm no longer knows job {slurm_id} and its worker never reported the end"),
+        };
+        Outcome::Finish(JobState::Failed, Some(reason))
+    }
+}

@@ -1,0 +1,171 @@
+//! Jobs handed to a real Slurm cluster (`deploy/slurm/local-cluster.sh` sets up a one-node one;
+//! `.ci/run` does it before the tests): submit through the API → Slurm runs `trainq relay` and the
+//! worker → progress and metrics arrive over HTTP → artifacts download; cancel through the API
+//! ends the Slurm job; a restarted server re-attaches; a job `scancel`led from outside fails
+//! with that reason; Slurm's pending reason shows.
+//!
+//! Without a cluster these tests fail, unless `TRAINQ_SKIP_SLURM=1` asks to skip them (for
+//! developer machines without root), which they say loudly.
+
+use crate::helpers::{small_spec, write_dataset, write_vgg16_weights, Options, TestApp};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Whether to run: the cluster answers, or the skip is asked for (loudly), or the test fails.
+fn cluster() -> bool {
+    if std::env::var("TRAINQ_SKIP_SLURM").is_ok_and(|value| value == "1") {
+        eprintln!("\n!!! SKIPPING the Slurm tests: TRAINQ_SKIP_SLURM=1 !!!\n");
+        return false;
+    }
+    let ok = Command::new("sinfo").args(["-h", "-o", "%T"]).output().is_ok_and(|out| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).lines().any(|state| ["idle", "mixed", "allocated"].contains(&state.trim()))
+    });
+    assert!(ok, "no Slurm cluster answers `sinfo`: run deploy/slurm/local-cluster.sh (as root), or set TRAINQ_SKIP_SLURM=1 to skip loudly");
+    true
+}
+
+/// CPUs of the cluster's node.
+fn node_cpus() -> u32 {
+    let out = Command::new("sinfo").args(["-h", "-o", "%c"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().next().and_then(|line| line.trim().trim_end_matches('+').parse().ok()).unwrap_or(1)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn slurm_options(port: u16, cpus: u32) -> Options {
+    let args = [
+        "--executor", "slurm", "--slurm-gpus", "0", "--slurm-poll-secs", "0.5", "--slurm-jobs", "3",
+        "--slurm-cpus", &cpus.to_string(), "--listen", &format!("127.0.0.1:{port}"),
+    ];
+    Options { args: args.iter().map(|arg| arg.to_string()).collect(), ..Options::default() }
+}
+
+fn slurm_app(cpus: u32) -> (TestApp, u16) {
+    let port = free_port();
+    let app = TestApp::spawn(slurm_options(port, cpus));
+    write_dataset(&app.root, 4, 1, 2);
+    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    (app, port)
+}
+
+/// A job long enough to act on while it runs.
+fn long_spec(name: &str, epochs: u32) -> Value {
+    let mut spec = small_spec(name);
+    spec["batch_size"] = json!(2);
+    spec["phases"] = json!([{"epochs": epochs, "train": "head"}]);
+    spec
+}
+
+/// The Slurm job id trainq logged for a job.
+async fn slurm_id(app: &TestApp, id: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+        if let Some(rest) = log.lines().find_map(|line| line.strip_prefix("trainq: handed to Slurm as job ")) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(started.elapsed() < WAIT, "never handed to Slurm: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn in_squeue(slurm_id: &str) -> bool {
+    let out = Command::new("squeue").args(["-h", "-j", slurm_id, "-o", "%i"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|line| line.trim() == slurm_id)
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_runs_through_slurm_end_to_end_and_its_artifacts_download() {
+    if !cluster() {
+        return;
+    }
+    let (app, _) = slurm_app(1);
+    let id = app.submit(&small_spec("through-slurm")).await;
+    let job = app.wait_for(&id, WAIT, |job| job["state"] != "queued" && job["state"] != "running").await;
+    let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
+    assert!(log.contains("handed to Slurm as job") && log.contains("final: train loss"), "{log}");
+    let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
+    assert_eq!(metrics["epochs"].as_array().unwrap().len(), 2, "{metrics:#}");
+    assert!(metrics["final"]["test_acc"].is_f64());
+    assert!(job["progress"]["data"]["train"]["images"].as_u64().unwrap() > 0, "progress arrived: {job:#}");
+    let (_, artifacts) = app.get(&format!("/api/jobs/{id}/artifacts")).await;
+    let names: Vec<&str> = artifacts.as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"final.safetensors"), "{names:?}");
+    let bytes = app.download(&id, "final.safetensors").await;
+    assert!(safetensors::SafeTensors::deserialize(&bytes).is_ok());
+    let slurm = slurm_id(&app, &id).await;
+    assert!(!in_squeue(&slurm), "Slurm is done with it");
+}
+
+#[tokio::test]
+async fn cancel_through_the_api_ends_the_slurm_job_and_a_foreign_scancel_fails_the_job() {
+    if !cluster() {
+        return;
+    }
+    let (app, _) = slurm_app(1);
+    let cancelled = app.submit(&long_spec("to-cancel", 500)).await;
+    let killed = app.submit(&long_spec("to-scancel", 500)).await;
+    for id in [&cancelled, &killed] {
+        app.wait_for(id, WAIT, |job| job["progress"]["activity"] == "training").await;
+    }
+    let slurm_cancelled = slurm_id(&app, &cancelled).await;
+    let (status, _) = app.post(&format!("/api/jobs/{cancelled}/cancel"), &json!({})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    app.wait_for_state(&cancelled, "cancelled", WAIT).await;
+    wait_until("squeue no longer lists the cancelled job", || !in_squeue(&slurm_cancelled)).await;
+
+    let slurm_killed = slurm_id(&app, &killed).await;
+    assert!(Command::new("scancel").arg(&slurm_killed).status().unwrap().success());
+    let job = app.wait_for_state(&killed, "failed", WAIT).await;
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("cancelled in Slurm from outside trainq"), "{error}");
+}
+
+#[tokio::test]
+async fn a_restarted_server_reattaches_to_a_running_slurm_job_and_slurm_pending_reasons_show() {
+    if !cluster() {
+        return;
+    }
+    // Each job takes every CPU of the node: the second waits in Slurm.
+    let cpus = node_cpus();
+    let (mut app, port) = slurm_app(cpus);
+    let id = app.submit(&long_spec("survivor", 40)).await;
+    let waiting = app.submit(&long_spec("waiting", 1)).await;
+    app.wait_for(&id, WAIT, |job| job["progress"]["activity"] == "training").await;
+    let job = app.wait_for(&waiting, WAIT, |job| job["pending_reason"].as_str().is_some_and(|r| r.starts_with("pending in Slurm"))).await;
+    assert_eq!(job["state"], "running", "handed to Slurm, waiting there: {job:#}");
+    let slurm = slurm_id(&app, &id).await;
+    // The server dies; Slurm keeps the job; its relay keeps trying.
+    unsafe { libc::kill(app.pid(), libc::SIGKILL) };
+    app.process.wait().unwrap();
+    let temp = app.take_temp();
+    let root = app.root.clone();
+    drop(app);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(in_squeue(&slurm), "the Slurm job outlives the server");
+    let app = TestApp::spawn_in(&root, slurm_options(port, cpus));
+    let job = app.wait_for(&id, WAIT, |job| job["state"] != "queued" && job["state"] != "running").await;
+    let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
+    assert!(log.contains("following Slurm job"), "{log}");
+    assert_eq!(job["runs"].as_array().unwrap().len(), 1, "re-attached, never re-queued: {job:#}");
+    let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
+    let epochs: Vec<u64> = metrics["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (1..=40).collect::<Vec<u64>>(), "every epoch once, across the restart");
+    app.wait_for_state(&waiting, "succeeded", WAIT).await;
+    drop(temp);
+}
