@@ -1,8 +1,10 @@
 //! Command-line and environment configuration (clap derive; every flag also reads `TRAINQ_*`).
 
 use crate::domain::backbone::Backbone;
+use crate::domain::JobId;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,6 +29,28 @@ pub enum Command {
     Weights(WeightsArgs),
     /// Manage users and their API tokens.
     User(UserArgs),
+    /// Run a worker where the server cannot watch it (a Slurm compute node) and forward its output
+    /// to the server; exits with the worker's exit code (128 + signal if a signal killed it).
+    /// The job's secret is read from `TRAINQ_JOB_SECRET`.
+    Relay(RelayArgs),
+}
+
+/// `trainq relay --url URL --job ID -- WORKER ARGS…`.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// The trainq server's base URL, as the compute node reaches it (e.g. `http://gpubox:8080`).
+    #[arg(long, env = "TRAINQ_URL")]
+    pub url: String,
+    /// The job this worker runs.
+    #[arg(long)]
+    pub job: JobId,
+    /// After the worker exits: how long to keep retrying the lines the server has not taken yet
+    /// (while the worker runs, sending is retried without limit).
+    #[arg(long, env = "TRAINQ_RELAY_FLUSH_TIMEOUT_SECS", default_value_t = 600)]
+    pub flush_timeout_secs: u64,
+    /// The worker's command line, after `--`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<OsString>,
 }
 
 /// `trainq user`.

@@ -21,6 +21,8 @@ pub mod http;
 pub mod metrics;
 /// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
 pub mod plots;
+/// `trainq relay`: runs a worker the server cannot watch (a Slurm node) and forwards its output.
+pub mod relay;
 /// The scheduling loop (the only code that claims jobs).
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.

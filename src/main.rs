@@ -1,22 +1,41 @@
 //! The `trainq` binary: parse the command line, set up tracing, run a subcommand.
 
 use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
 use trainq::config::{Cli, Command, WeightsCommand};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     // Before any thread exists: the config file becomes `TRAINQ_*` variables (see config.rs).
     trainq::config::load_config_file(std::env::args_os())?;
-    tokio::runtime::Runtime::new()?.block_on(run())
+    let command = Cli::parse().command;
+    if let Command::Relay(args) = command {
+        // Also before any thread exists: the job's secret leaves the environment, so the worker
+        // and anything else started later cannot read it.
+        let secret = trainq::relay::take_secret()?;
+        init_tracing();
+        let runtime = tokio::runtime::Runtime::new()?;
+        let code = runtime.block_on(trainq::relay::relay(&args, secret))?;
+        // A process the worker left behind may still hold its output open: do not wait for it.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    tokio::runtime::Runtime::new()?.block_on(run(command))?;
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn run() -> anyhow::Result<()> {
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    init_tracing();
+    match command {
         Command::Serve(config) => trainq::server::serve(config).await,
         Command::DemoData(args) => {
             let dir = args.dir.clone();
@@ -28,5 +47,6 @@ async fn run() -> anyhow::Result<()> {
         Command::Weights(args) => match args.command {
             WeightsCommand::Fetch(args) => Ok(trainq::fetch_weights::fetch(args).await?),
         },
+        Command::Relay(_) => unreachable!("main runs the relay"),
     }
 }

@@ -56,6 +56,23 @@ fn worker_command(program: &Path) -> Command {
     command
 }
 
+/// Starts the worker as `trainq relay` runs it on a node the server cannot watch (a Slurm job).
+/// Unlike [`worker_command`] it stays in the relay's process group, because Slurm signals and
+/// cleans up a job's processes as a whole, and it keeps the job's environment (Slurm's
+/// `CUDA_VISIBLE_DEVICES`, the cluster's library paths) except the job's secret, which only the
+/// relay may hold. stdin is null; stdout and stderr are piped to the relay.
+pub fn spawn_relayed_worker(argv: &[std::ffi::OsString]) -> std::io::Result<Child> {
+    let (program, args) =
+        argv.split_first().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command to run"))?;
+    Command::new(program)
+        .args(args)
+        .env_remove(crate::domain::relay::SECRET_VARIABLE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
 /// How many log lines a failure reason quotes.
 const REASON_LOG_LINES: usize = 20;
 
