@@ -201,17 +201,21 @@ impl Supervisor {
         if saw_final && (state == "COMPLETED" || state == "gone") && !matches!(remote.exit, Some(WorkerExit::Code(code)) if code != 0) {
             return Outcome::Finish(JobState::Succeeded, None);
         }
-        if remote.exit == Some(WorkerExit::Code(EXIT_INTERRUPTED)) {
-            return Outcome::Requeue { outcome: "interrupted", spec: None, note: None };
+        let foreign_cancel = last.is_some_and(|job| job.state == "CANCELLED" && job.comment.as_deref() != Some(slurm::CANCEL_MARK));
+        // Stopped by a signal and checkpointed (a Slurm time limit, a preemption): it resumes.
+        // A cancel from outside trainq also sends SIGTERM, but means "stop": it fails below.
+        if remote.exit == Some(WorkerExit::Code(EXIT_INTERRUPTED)) && !foreign_cancel {
+            let note = last.filter(|job| job.state == "TIMEOUT").map(|_| {
+                format!("Slurm job {slurm_id} hit its time limit (--slurm-time); re-queued to resume from its checkpoint")
+            });
+            return Outcome::Requeue { outcome: "interrupted", spec: None, note };
         }
         if let Some((FailureKind::OutOfMemory, message)) = remote.tracker.failure() {
             let spec = stored.map_or(serde_json::Value::Null, |job| job.spec.clone());
             return self.out_of_memory(id, self.slurm().gpus > 0, &spec, message).await;
         }
         let reason = match last {
-            Some(job) if job.state == "CANCELLED" && job.comment.as_deref() != Some(slurm::CANCEL_MARK) => {
-                format!("cancelled in Slurm from outside trainq (scancel of job {slurm_id})")
-            }
+            Some(_) if foreign_cancel => format!("cancelled in Slurm from outside trainq (scancel of job {slurm_id})"),
             Some(job) if job.state == "TIMEOUT" => {
                 format!("Slurm job {slurm_id} hit its time limit (--slurm-time); it resumes only if resubmitted")
             }
