@@ -7,7 +7,7 @@ use crate::events::EventBus;
 use crate::http::{self, AppState, Limits, Paths, RateLimiter};
 use crate::scheduler::{self, Inputs, SchedulerHandle};
 use crate::store::Store;
-use crate::supervisor::{Supervisor, SupervisorConfig};
+use crate::supervisor::{Executor, Supervisor, SupervisorConfig};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +83,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         SupervisorConfig {
             data_dir: work_dir.clone(),
             worker_program,
-            slurm: slurm.clone(),
+            executor: match &slurm {
+                Some(slurm) => Executor::Slurm(slurm.clone()),
+                None => Executor::Local,
+            },
             kill_grace: Duration::from_secs(config.kill_grace_secs),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
             cpu_memory_limit: config.worker_max_memory_gb.map(|gb| (gb.max(0.1) * 1e9) as u64),

@@ -117,11 +117,22 @@ pub struct SupervisorConfig {
     pub kill_grace: Duration,
     /// At server shutdown: how long running workers get to save a checkpoint and exit.
     pub shutdown_grace: Duration,
-    /// Hand jobs to Slurm instead of running local processes (`None`: local).
-    pub slurm: Option<Arc<slurm::SlurmConfig>>,
+    /// Where workers run.
+    pub executor: Executor,
     /// Private-memory limit of a CPU worker (`RLIMIT_DATA`), so one job cannot take the box's
     /// memory: its allocation fails and it reports "out of memory". `None`: no limit.
     pub cpu_memory_limit: Option<u64>,
+}
+
+/// Where jobs run, picked in the config (`--executor`). Both run the same worker and turn its
+/// lines into the same rows through one `ProgressTracker`; they differ in how the worker is
+/// started, followed and stopped.
+#[derive(Debug, Clone)]
+pub enum Executor {
+    /// A worker process per job on this box (a GPU or a CPU slot), its stdout piped here.
+    Local,
+    /// `sbatch` per job; `trainq relay` on the node reports over HTTP (`remote.rs`, `slurm.rs`).
+    Slurm(Arc<slurm::SlurmConfig>),
 }
 
 /// How a worker's end is recorded.
@@ -203,7 +214,7 @@ impl Supervisor {
     /// worker that cannot start fails the job at once, so the slot is never left held.
     #[tracing::instrument(skip_all, fields(job_id = %work.job_id, device = %slot.id))]
     pub async fn start(&self, work: WorkerJob, slot: &DeviceSlot, phases: u32) {
-        if self.config.slurm.is_some() {
+        if let Executor::Slurm(_) = self.config.executor {
             return self.start_slurm(work, slot, phases).await;
         }
         let id = work.job_id;

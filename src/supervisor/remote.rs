@@ -36,7 +36,10 @@ pub enum RemoteError {
 
 impl Supervisor {
     fn slurm(&self) -> &SlurmConfig {
-        self.config.slurm.as_deref().expect("Slurm jobs exist only with a Slurm config")
+        match &self.config.executor {
+            super::Executor::Slurm(config) => config,
+            super::Executor::Local => unreachable!("Slurm jobs exist only with the Slurm executor"),
+        }
     }
 
     /// Hands a claimed job to Slurm. A job `sbatch` refuses fails at once with Slurm's words.

@@ -102,7 +102,8 @@ pub fn batch_script(config: &SlurmConfig, job_id: &str, worker: &Path, job_json:
 pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path) -> Vec<String> {
     let mut args = vec![
         String::from("--parsable"),
-        format!("--job-name=trainq-{job_id}"),
+        // The trainq id itself: `squeue -n <id>` finds the job even without its Slurm id.
+        format!("--job-name={job_id}"),
         format!("--chdir={}", dir.display()),
         format!("--output={}", dir.join("slurm-%j.out").display()),
         // Only the secret (by name: its value never shows in `ps` or `scontrol show job`).
@@ -192,7 +193,7 @@ mod tests {
     fn sbatch_gets_the_request_and_only_the_secret_by_name() {
         let args = sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"));
         assert!(args.contains(&String::from("--parsable")));
-        assert!(args.contains(&String::from("--job-name=trainq-abc")));
+        assert!(args.contains(&String::from("--job-name=abc")));
         assert!(args.contains(&String::from("--export=NONE,TRAINQ_JOB_SECRET")));
         assert!(args.contains(&String::from("--gres=gpu:1")));
         assert!(args.contains(&String::from("--partition=gpu")) && args.contains(&String::from("--time=12:00:00")));
