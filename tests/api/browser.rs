@@ -70,15 +70,20 @@ impl Browser {
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_command(method, path, body).await.unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
+    }
+
+    /// A WebDriver command; `Err` holds WebDriver's error value.
+    async fn try_command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let mut request = self.client.request(method, format!("{}{path}", self.session));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
         if answer["value"].get("error").is_some() {
-            panic!("WebDriver {path}: {}", answer["value"]);
+            return Err(answer["value"].clone());
         }
-        answer["value"].clone()
+        Ok(answer["value"].clone())
     }
 
     async fn goto(&self, url: &str) {
@@ -91,10 +96,28 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        // Centred first: chromedriver's own scrolling can leave it under the sticky header.
-        self.eval("arguments[0].scrollIntoView({block: 'center'})", json!([{ELEMENT: element}])).await;
-        self.command(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
+        // The live page redraws rows as events arrive: an element found a moment ago may have
+        // been replaced (a stale reference). Then the same selector is looked up again.
+        for attempt in 0.. {
+            let element = self.find(css).await;
+            // Centred first: chromedriver's own scrolling can leave it under the sticky header.
+            let scrolled = self
+                .try_command(reqwest::Method::POST, "/execute/sync", Some(json!({
+                    "script": "arguments[0].scrollIntoView({block: 'center'})", "args": [{ELEMENT: element}]
+                })))
+                .await;
+            let clicked = match scrolled {
+                Ok(_) => self.try_command(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await,
+                Err(error) => Err(error),
+            };
+            match clicked {
+                Ok(_) => return,
+                Err(error) if error["error"] == "stale element reference" && attempt < 20 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("WebDriver click on {css}: {error}"),
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {
