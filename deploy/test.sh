@@ -22,4 +22,4 @@ if [ "${TRAINQ_SKIP_SLURM:-}" != 1 ]; then
         exit 1
     fi
 fi
-cargo test "$@"
+cargo test --no-fail-fast "$@"
