@@ -284,18 +284,15 @@ impl Store {
 
     /// Running jobs handed to Slurm: (job, Slurm job id), for re-attaching after a restart.
     pub async fn running_elsewhere(&self) -> Result<Vec<(Job, String)>, StoreError> {
-        let records: Vec<JobRecord> =
-            sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND executor_ref IS NOT NULL ORDER BY seq"))
-                .fetch_all(&self.pool)
-                .await?;
-        let mut jobs = Vec::new();
-        for record in records {
-            let job = Job::try_from(record)?;
-            if let Some(reference) = self.executor_ref(job.id).await? {
-                jobs.push((job, reference));
-            }
-        }
-        Ok(jobs)
+        use sqlx::{FromRow, Row};
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS}, executor_ref FROM jobs WHERE state = 'running' AND executor_ref IS NOT NULL ORDER BY seq"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((Job::try_from(JobRecord::from_row(row)?)?, row.try_get("executor_ref")?)))
+            .collect()
     }
 
     /// Puts a running job back in the queue (keeping its place), closing its run with `outcome`:
