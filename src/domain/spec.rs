@@ -506,6 +506,17 @@ impl JobSpec {
             return Err(SpecError::new("batch_size", format!("must be between 1 and {MAX_BATCH_SIZE}")));
         }
         self.validate_head()?;
+        if self.batch_size == 1 {
+            if let Some(index) = self.head.iter().position(|layer| matches!(layer, HeadLayer::Batchnorm(_))) {
+                return Err(SpecError::new(
+                    "batch_size",
+                    format!(
+                        "must be at least 2 with a \"batchnorm\" head layer (head[{index}]): batch norm can't take the \
+                         statistics of one sample; raise batch_size or drop the layer"
+                    ),
+                ));
+            }
+        }
         self.validate_phases(info.blocks)?;
         validate_optimizer("optimizer", &self.optimizer)?;
         for (index, phase) in self.phases.iter().enumerate() {
@@ -716,6 +727,7 @@ mod tests {
             })),
             ("image_size", Box::new(|v| v["image_size"] = json!("big"))),
             ("batch_size", Box::new(|v| v["batch_size"] = json!(0))),
+            ("batch_size", Box::new(|v| v["batch_size"] = json!(1))),
             ("head[0]", Box::new(|v| v["head"] = json!([{"dense": 1}]))),
             ("head", Box::new(|v| v["head"] = json!([]))),
             ("head[2]", Box::new(|v| v["head"] = json!(["gap", {"dense": 4}, "relu"]))),

@@ -281,7 +281,10 @@ pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Res
     let variables = network.vs.variables();
     let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
-    let named: Vec<(&str, Tensor)> = named.into_iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu))).collect();
+    // `contiguous`: a GPU job's convolution weights are channels-last, which safetensors can't
+    // hold (and PyTorch expects the standard layout).
+    let named: Vec<(&str, Tensor)> =
+        named.into_iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu).contiguous())).collect();
     let temporary = dir.join(format!("{name}.tmp"));
     Tensor::write_safetensors(&named, &temporary)?;
     std::fs::rename(&temporary, dir.join(name))?;
@@ -339,6 +342,15 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         None => None,
     };
     let test = load(work, "test", &dataset.classes)?;
+    let sizes: Vec<i64> = train.groups.iter().map(|group| group.len()).collect();
+    let lone = lone_images(&sizes, spec.batch_size as i64);
+    anyhow::ensure!((lone as usize) < train.len(), "the train split's {} images all differ in shape; at least two must share one", train.len());
+    if lone > 0 {
+        eprintln!(
+            "train: {lone} image(s) alone in their shape are not trained on (batch norm can't take the statistics of one sample); \
+             they still count in the final train-set evaluation"
+        );
+    }
     interrupt::check("training")?;
     let (mut train, mut val, mut test) = (train, val, test);
     if device != Device::Cpu {
@@ -743,14 +755,24 @@ pub fn epoch_plan(sizes: &[i64], batch_size: i64, rng: &mut ChaCha8Rng) -> (Vec<
 }
 
 /// `(start, len)` of each training batch. A trailing batch of one image is merged into the one
-/// before: batch norm cannot take batch statistics of a single sample.
+/// before: batch norm cannot take batch statistics of a single sample (its running variance
+/// would become NaN). For the same reason a group of one image (a shape only one film of a
+/// variable-size split has) gets no batch at all: [`lone_images`] counts them for the log.
 pub fn batch_bounds(n: i64, batch_size: i64) -> Vec<(i64, i64)> {
+    if n == 1 && batch_size > 1 {
+        return Vec::new();
+    }
     let mut bounds: Vec<(i64, i64)> = (0..n).step_by(batch_size as usize).map(|s| (s, batch_size.min(n - s))).collect();
     if bounds.len() > 1 && bounds.last().is_some_and(|&(_, len)| len == 1) {
         bounds.pop();
         bounds.last_mut().expect("more than one batch").1 += 1;
     }
     bounds
+}
+
+/// Images of `sizes` (shape groups) that no training batch holds: groups of one image.
+pub fn lone_images(sizes: &[i64], batch_size: i64) -> i64 {
+    sizes.iter().filter(|&&n| batch_bounds(n, batch_size).is_empty()).sum()
 }
 
 fn show(value: Option<f64>) -> String {
@@ -781,8 +803,8 @@ fn train_epoch(
 ) -> EpochOutcome {
     let started = Instant::now();
     let device = train.device();
-    let n = train.len();
     let sizes: Vec<i64> = train.groups.iter().map(|(stored, _)| stored.size()[0]).collect();
+    let n = train.len() - lone_images(&sizes, batch_size);
     let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(seed, &[phase as u64, epoch as u64]));
     let (orders, batches) = epoch_plan(&sizes, batch_size, &mut rng);
     let orders: Vec<Tensor> =
@@ -800,7 +822,10 @@ fn train_epoch(
         let index = orders[group].narrow(0, start, len);
         let (stored, labels) = train.groups[group];
         let images = train.input(&stored.index_select(0, &index));
-        let labels = labels.index_select(0, &index).to_device(device);
+        // The labels may live elsewhere than the stored inputs: a GPU job keeps its pixels (and
+        // their labels) on the GPU but may stream activations too large for its share from host
+        // memory. (Found by the packed GPU run of the matrix: "index is on cpu".)
+        let labels = labels.index_select(0, &index.to_device(labels.device())).to_device(device);
         done += len;
         let (loss, hits) = train.numerics.forward(|| loss_and_correct(&train.forward(network, &images, trainable, true), &labels));
         optimizer.zero_grad();
@@ -845,13 +870,45 @@ fn train_epoch(
 mod tests {
     use super::*;
 
+    /// A GPU job lays its convolution weights out channels-last; its checkpoints must still be
+    /// written, in the standard layout, with the same values (the GPU run of the whole matrix
+    /// failed here once: "Cannot save non contiguous tensors").
+    #[test]
+    fn a_channels_last_network_saves_the_same_checkpoint_as_a_plain_one() {
+        let spec = trainq::domain::JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "weights": "random", "image_size": 32, "batch_size": 2,
+                "head": ["gap", {"dense": 4}, "batchnorm", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
+                "optimizer": {"name": "sgd", "lr": 0.1}}"#,
+        )
+        .unwrap();
+        tch::manual_seed(5);
+        let network = Network::new(&spec, Device::Cpu);
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(&network, dir.path(), "plain.safetensors").unwrap();
+        let mut variables: Vec<Tensor> = network.vs.variables().into_values().collect();
+        crate::precision::set_channels_last(&mut variables);
+        let weight = &network.vs.variables()["features.0.weight"];
+        assert!(crate::precision::is_channels_last(weight) && !weight.is_contiguous(), "the test needs a channels-last weight");
+        save_checkpoint(&network, dir.path(), "channels-last.safetensors").unwrap();
+        let plain = Tensor::read_safetensors(dir.path().join("plain.safetensors")).unwrap();
+        let other: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.path().join("channels-last.safetensors")).unwrap().into_iter().collect();
+        assert_eq!(plain.len(), other.len());
+        for (name, tensor) in &plain {
+            assert!(tensor.equal(&other[name]), "{name} differs");
+        }
+    }
+
     #[test]
     fn batches_cover_every_image_once_and_never_hold_one_alone() {
         assert_eq!(batch_bounds(9, 4), [(0, 4), (4, 5)]);
         assert_eq!(batch_bounds(8, 4), [(0, 4), (4, 4)]);
         assert_eq!(batch_bounds(10, 4), [(0, 4), (4, 4), (8, 2)]);
-        assert_eq!(batch_bounds(1, 4), [(0, 1)]);
+        assert_eq!(batch_bounds(1, 4), [], "one image alone is no batch");
+        assert_eq!(batch_bounds(3, 1), [(0, 1), (1, 2)], "batch_size 1 is what the spec asked for");
         assert_eq!(batch_bounds(5216, 20).len(), 261);
+        assert_eq!(lone_images(&[7, 1, 3, 1], 4), 2);
+        assert_eq!(lone_images(&[7, 3], 4), 0);
     }
 
     #[test]
@@ -860,7 +917,7 @@ mod tests {
         let (orders, batches) = epoch_plan(&[7, 3, 10], 4, &mut rng);
         let mut seen: Vec<Vec<bool>> = [7, 3, 10].iter().map(|&n| vec![false; n]).collect();
         for batch in &batches {
-            assert!(batch.len >= 2 || [7, 3, 10][batch.group] == 1, "{batch:?}");
+            assert!(batch.len >= 2, "{batch:?}");
             for &image in &orders[batch.group][batch.start as usize..(batch.start + batch.len) as usize] {
                 assert!(!seen[batch.group][image as usize], "image seen twice");
                 seen[batch.group][image as usize] = true;

@@ -31,6 +31,14 @@ async fn a_variable_size_job_trains_on_batches_of_one_shape() {
     let app = TestApp::spawn(Options::default());
     write_dataset(&app.root, 12, 3, 6);
     vary_aspects(&app.root.join("datasets/demo"));
+    // One train film twice as large both ways: the only 64×64 image, alone in its shape. A batch
+    // of one would give batch norm a NaN running variance (and the job NaN outputs).
+    let lone = app.root.join("datasets/demo/train/NORMAL");
+    let mut files: Vec<_> = std::fs::read_dir(&lone).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let image = image::open(&files[2]).unwrap().to_luma8();
+    let (width, height) = image.dimensions();
+    image::imageops::resize(&image, width * 2, height * 2, image::imageops::FilterType::Triangle).save(&files[2]).unwrap();
     let spec = json!({
         "name": "qe1-tiny", "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": null, "max_image_side": 64, "batch_size": 4,
@@ -43,11 +51,16 @@ async fn a_variable_size_job_trains_on_batches_of_one_shape() {
     assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
     // Three shapes: 36–45 px squares round to 32×32, the stretched ones to 64×32 and 32×64.
     assert!(log.contains("train: decoded 24 images (0 skipped)"), "{log}");
-    for shape in ["32x32 (8)", "64x32 (8)", "32x64 (8)"] {
+    for shape in ["32x32 (7)", "64x32 (8)", "32x64 (8)", "64x64 (1)"] {
         assert!(log.contains(shape), "{shape} missing from the log:\n{log}");
     }
+    assert!(log.contains("train: 1 image(s) alone in their shape are not trained on"), "{log}");
     let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
-    assert_eq!(metrics["epochs"].as_array().unwrap().len(), 3, "{metrics:#}");
+    let epochs = metrics["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3, "{metrics:#}");
+    for epoch in epochs {
+        assert!(epoch["val_loss"].as_f64().is_some_and(f64::is_finite), "finite validation loss: {metrics:#}");
+    }
     let binary = &metrics["final"]["binary"];
     let confusion: i64 = binary["confusion"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_i64().unwrap()).sum();
     assert_eq!(confusion, 12, "every test image evaluated once: {binary:#}");
