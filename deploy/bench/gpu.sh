@@ -4,7 +4,8 @@
 # images/s and achieved TFLOP/s as a fraction of the card's dense bf16 peak (from the table below,
 # by the name nvidia-smi reports).
 #
-#   deploy/bench/gpu.sh [path/to/trainq-worker]     (STEPS=20 WARMUP=5 to change the counts)
+#   deploy/bench/gpu.sh [path/to/trainq-worker]     (STEPS=20 WARMUP=5 to change the counts;
+#   SIZES="128 256 512" PRECISIONS="bf16 fp32" PYTHON=python3)
 set -euo pipefail
 worker=${1:-target/release/trainq-worker}
 steps=${STEPS:-20}
@@ -22,18 +23,26 @@ case "$name" in
   *) peak=0 ;;
 esac
 echo "GPU: $name (dense bf16 peak ${peak} TFLOP/s; 0 = unknown card)"
-for size in 128 256 512; do
+# The named baseline, measured in the same run: PyTorch eager doing the same step with the same
+# settings (deploy/bench/train_step_torch.py; bf16 = autocast + channels-last + cuDNN benchmark).
+python=${PYTHON:-python3}
+here=$(dirname "$0")
+for size in ${SIZES:-128 256 512}; do
   batch=$(( size == 512 ? 32 : 64 ))
-  for precision in bf16 fp32; do
+  for precision in ${PRECISIONS:-bf16 fp32}; do
     line=$("$worker" bench --cuda --precision "$precision" --image-size "$size" --batch-size "$batch" \
       --steps "$steps" --warmup "$warmup" --train all)
-    python3 - "$line" "$peak" <<'PY'
+    theirs=$("$python" "$here/train_step_torch.py" --cuda --precision "$precision" --image-size "$size" \
+      --batch-size "$batch" --steps "$steps" --warmup "$warmup" --train all 2>/dev/null | tail -n1 || echo '{}')
+    "$python" - "$line" "$theirs" "$peak" <<'PY'
 import json, sys
-r = json.loads(sys.argv[1]); peak = float(sys.argv[2])
+r = json.loads(sys.argv[1]); t = json.loads(sys.argv[2] or "{}"); peak = float(sys.argv[3])
 tf = r.get("achieved_tflops") or 0.0
 frac = f"{100 * tf / peak:.1f}% of bf16 peak" if peak else "peak unknown"
+base = (f" | PyTorch eager {t['torch']} {t['images_per_sec']:.0f} img/s | ratio {r['images_per_sec'] / t['images_per_sec']:.2f}x"
+        if t.get("images_per_sec") else " | PyTorch baseline did not run")
 print(f"VGG16 full fine-tune {r['image_size']} px, batch {r['batch_size']}, {r['precision']}: "
-      f"{r['images_per_sec']:.0f} img/s, {tf:.1f} TFLOP/s ({frac})")
+      f"trainq {r['images_per_sec']:.0f} img/s, {tf:.1f} TFLOP/s ({frac}){base}", flush=True)
 PY
   done
 done

@@ -5,6 +5,9 @@ Times the same training step the Rust worker times: torchvision-style VGG16
 Linear 1), BCEWithLogits loss, RMSprop(lr=1e-5, alpha=0.9, eps=1e-7), on a
 fixed random uint8 batch that is converted/normalised inside every step.
 Frozen prefixes (--train head|block5) run under torch.no_grad(), as in Rust.
+`--precision bf16` on CUDA is what trainq's `precision: auto` does there: bf16
+autocast, channels-last model and input, cuDNN benchmark. Like the Rust bench,
+the timed loop never syncs with the host: one sync after it.
 Prints one JSON line to stdout.
 """
 import argparse
@@ -69,13 +72,18 @@ def main():
     ap.add_argument("--train", choices=["all", "head", "block5"], default="all")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cuda", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
+    bf16 = a.precision == "bf16"
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device("cuda" if a.cuda else "cpu")
 
     model = Net(a.train).to(dev).train()
+    if bf16 and a.cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.RMSprop([p for p in model.parameters() if p.requires_grad],
                               lr=1e-5, alpha=0.9, eps=1e-7)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -83,31 +91,32 @@ def main():
     std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
     images = torch.randint(0, 256, (a.batch_size, 3, a.image_size, a.image_size),
                            dtype=torch.uint8, device=dev)
+    if bf16 and a.cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (a.batch_size, 1), device=dev).float()
 
     def step():
         x = (images.float() / 255.0 - mean) / std
-        loss = loss_fn(model(x), labels)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x).float(), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss
 
     for _ in range(a.warmup):
-        step()
-    if a.cuda:
-        torch.cuda.synchronize()
+        step().item()
     t0 = time.perf_counter()
     for _ in range(a.steps):
-        step()
-    if a.cuda:
-        torch.cuda.synchronize()
+        loss = step()
+    loss.item()
     secs = time.perf_counter() - t0
 
     print(json.dumps({
         "impl": "pytorch eager", "torch": torch.__version__, "image_size": a.image_size,
         "batch_size": a.batch_size, "train": a.train, "threads": a.threads, "steps": a.steps,
-        "seconds": round(secs, 6), "images_per_sec": round(a.batch_size * a.steps / secs, 3),
+        "precision": a.precision, "seconds": round(secs, 6),
+        "images_per_sec": round(a.batch_size * a.steps / secs, 3),
     }))
 
 
