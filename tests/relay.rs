@@ -2,8 +2,8 @@
 //! HTTP server started here. What needs a process of its own: the secret read from (and kept out
 //! of) the environment, signals, and the process's exit code.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,31 +11,11 @@ use trainq::domain::relay::{RelayBatch, WorkerExit, SECRET_VARIABLE};
 
 /// Stores every POSTed batch and its `Authorization` header; answers 200. Returns the base URL.
 fn serve(received: Arc<Mutex<Vec<(String, RelayBatch)>>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let (mut line, mut length, mut authorization) = (String::new(), 0, String::new());
-            reader.read_line(&mut line).unwrap();
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                let Some((name, value)) = line.trim_end().split_once(": ") else { break };
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.parse().unwrap(),
-                    "authorization" => authorization = value.to_string(),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            received.lock().unwrap().push((authorization, serde_json::from_slice(&body).unwrap()));
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    base
+    common::serve(move |request| {
+        let authorization = request.header("authorization").unwrap_or_default().to_string();
+        received.lock().unwrap().push((authorization, serde_json::from_slice(&request.body).unwrap()));
+        common::Reply::text("200 OK", "")
+    })
 }
 
 fn relay_command(url: &str, script: &str) -> Command {

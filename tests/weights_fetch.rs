@@ -1,60 +1,23 @@
 //! `trainq weights fetch` end to end: the real binary downloads from a tiny HTTP server started
 //! here, checks the file, and installs it only when every tensor matches torchvision's layout.
 
+mod common;
+
+use common::Reply;
 use safetensors::tensor::{Dtype, TensorView};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use trainq::domain::backbone::Backbone;
 use trainq::domain::weights_layout::{check_file, expected_tensors};
 
-/// One HTTP answer of the test server.
-struct Reply {
-    status: &'static str,
-    location: Option<String>,
-    body: Arc<Vec<u8>>,
-}
-
-impl Reply {
-    fn ok(body: &Arc<Vec<u8>>) -> Reply {
-        Reply { status: "200 OK", location: None, body: Arc::clone(body) }
-    }
-}
-
-/// Serves every connection on 127.0.0.1:<free port> with `route(path)`; returns the base URL.
-/// The thread ends with the test process.
+/// Serves every request with `route(path)`; returns the base URL.
 fn serve(route: impl Fn(&str) -> Reply + Send + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            // Skip the headers; the request has no body.
-            let mut header = String::new();
-            while reader.read_line(&mut header).is_ok_and(|read| read > 2) {
-                header.clear();
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let reply = route(&path);
-            let mut head = format!(
-                "HTTP/1.1 {}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n",
-                reply.status,
-                reply.body.len()
-            );
-            if let Some(location) = &reply.location {
-                head += &format!("location: {location}\r\n");
-            }
-            head += "\r\n";
-            // The client may hang up early on a failure; that is its business.
-            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&reply.body));
-        }
-    });
-    base
+    common::serve(move |request| {
+        let mut reply = route(&request.path);
+        reply.headers.push(("content-type", String::from("application/octet-stream")));
+        reply
+    })
 }
 
 /// A VGG16 file as timm publishes it: every feature tensor (F16 zeros) plus a classifier that
@@ -106,10 +69,10 @@ fn a_good_file_is_downloaded_through_a_redirect_checked_and_installed() {
     let base = serve(move |path| match path {
         // Hugging Face answers `resolve/main/…` with a redirect to its CDN.
         "/timm/vgg16/model.safetensors" => {
-            Reply { status: "302 Found", location: Some("/cdn/abc123".into()), body: Arc::new(Vec::new()) }
+            Reply { status: "302 Found", headers: vec![("location", "/cdn/abc123".into())], body: Arc::new(Vec::new()) }
         }
         "/cdn/abc123" => Reply::ok(&served),
-        _ => Reply { status: "404 Not Found", location: None, body: Arc::new(b"not found".to_vec()) },
+        _ => Reply::text("404 Not Found", "not found"),
     });
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("weights");
@@ -151,7 +114,7 @@ fn a_file_with_a_wrong_shape_is_refused_and_the_installed_one_kept() {
 #[test]
 fn a_404_is_a_clear_failure() {
     let base =
-        serve(|_| Reply { status: "404 Not Found", location: None, body: Arc::new(b"Entry not found".to_vec()) });
+        serve(|_| Reply::text("404 Not Found", "Entry not found"));
     let weights = tempfile::tempdir().unwrap();
 
     let url = format!("{base}/timm/nothing/model.safetensors");

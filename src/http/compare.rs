@@ -3,10 +3,9 @@
 //! succeeded runs.
 
 use super::csv::{self, TableFormat};
-use super::groups::{metric_values, METRICS};
+use super::groups::{summarize, METRICS};
 use super::{ApiError, AppState};
-use crate::domain::{Job, JobState};
-use crate::metrics::mean_std;
+use crate::domain::Job;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -110,23 +109,11 @@ pub struct Comparison {
 
 fn row(compared: &Compared) -> Row {
     let jobs = &compared.jobs;
-    let succeeded: Vec<&Job> = jobs.iter().filter(|job| job.state == JobState::Succeeded).collect();
-    let mut values: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    for job in &succeeded {
-        for (name, value) in metric_values(job) {
-            // An undefined metric (AUC of a one-class test set) is left out, never averaged as 0.
-            if let Some(value) = value {
-                values.entry(name).or_default().push(value);
-            }
-        }
-    }
+    let (summaries, succeeded) = summarize(jobs);
     let group = compared.group.is_some();
-    let metrics = values
+    let metrics = summaries
         .into_iter()
-        .filter_map(|(name, values)| {
-            let summary = mean_std(&values)?;
-            Some((name, Cell { mean: summary.mean, std: group.then_some(summary.std), n: summary.n }))
-        })
+        .map(|(name, summary)| (name, Cell { mean: summary.mean, std: group.then_some(summary.std), n: summary.n }))
         .collect();
     let (id, kind, state) = match (&compared.group, jobs.as_slice()) {
         (None, [job]) => (job.id.to_string(), "job", job.state.to_string()),
@@ -142,7 +129,7 @@ fn row(compared: &Compared) -> Row {
         name: jobs.first().map(|job| job.name.clone()).unwrap_or_default(),
         state,
         jobs: jobs.iter().map(|job| job.id.to_string()).collect(),
-        succeeded: succeeded.len(),
+        succeeded,
         metrics,
     }
 }

@@ -53,6 +53,22 @@ pub(super) fn metric_values(job: &Job) -> Vec<(&'static str, Option<f64>)> {
     METRICS.into_iter().zip(values).collect()
 }
 
+/// Each metric's mean ± std over the succeeded `jobs`, and how many succeeded. An undefined metric
+/// (e.g. AUC of a one-class test set) is left out, never averaged as 0.
+pub(super) fn summarize(jobs: &[Job]) -> (BTreeMap<&'static str, MeanStd>, usize) {
+    let succeeded: Vec<&Job> = jobs.iter().filter(|job| job.state == JobState::Succeeded).collect();
+    let mut values: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for job in &succeeded {
+        for (name, value) in metric_values(job) {
+            if let Some(value) = value {
+                values.entry(name).or_default().push(value);
+            }
+        }
+    }
+    let metrics = values.into_iter().filter_map(|(name, values)| Some((name, mean_std(&values)?))).collect();
+    (metrics, succeeded.len())
+}
+
 /// `GET /api/groups/{id}`.
 pub async fn show(
     State(state): State<AppState>,
@@ -63,24 +79,14 @@ pub async fn show(
     if jobs.is_empty() || !jobs.iter().all(|job| user.may_act_on(job.owner.as_deref())) {
         return Err(ApiError::NotFound(format!("no group with id `{id}`")));
     }
-    let succeeded: Vec<&Job> = jobs.iter().filter(|job| job.state == JobState::Succeeded).collect();
-    let mut values: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    for job in &succeeded {
-        for (name, value) in metric_values(job) {
-            // An undefined metric (e.g. AUC of a one-class test set) is left out, never averaged as 0.
-            if let Some(value) = value {
-                values.entry(name).or_default().push(value);
-            }
-        }
-    }
-    let metrics = values.into_iter().filter_map(|(name, values)| Some((name, mean_std(&values)?))).collect();
+    let (metrics, succeeded) = summarize(&jobs);
     let members = jobs
         .iter()
         .map(|job| GroupMember { id: job.id.to_string(), state: job.state, seed: job.spec["seed"].as_u64() })
         .collect();
     Ok(Json(GroupView {
         id,
-        succeeded: succeeded.len(),
+        succeeded,
         finished: jobs.iter().all(|job| job.state.is_terminal()),
         jobs: members,
         metrics,

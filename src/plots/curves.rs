@@ -2,7 +2,7 @@
 //! line where each later phase starts (the assignment's "fine-tuning starts here").
 
 use super::{
-    dashed_swatch, drawing_error, padded_range, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, LEGEND_SIZE, TICK_SIZE,
+    dashed_swatch, draw_legend, drawing_error, padded_range, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, LEGEND_SIZE, TICK_SIZE,
     TITLE_SIZE,
 };
 use crate::domain::progress::EpochMetrics;
@@ -207,16 +207,7 @@ impl Curves {
             CurveMetric::Accuracy => SeriesLabelPosition::LowerRight,
             CurveMetric::Loss => SeriesLabelPosition::UpperRight,
         };
-        chart
-            .configure_series_labels()
-            .position(position)
-            .label_font(text(LEGEND_SIZE))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(190, 190, 190))
-            .margin(14)
-            .draw()
-            .map_err(drawing_error)?;
-        Ok(())
+        draw_legend(&mut chart, position)
     }
 }
 

@@ -192,6 +192,22 @@ macro_rules! dashed_swatch {
 pub(crate) use dashed_swatch;
 
 /// A legend swatch for a solid series: a 20 px line.
+/// The legend of a line plot: series labels in a white, bordered box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(text(LEGEND_SIZE))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(190, 190, 190))
+        .margin(14)
+        .draw()
+        .map_err(drawing_error)
+}
+
 fn solid_swatch(color: RGBColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
 }

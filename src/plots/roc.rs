@@ -1,6 +1,6 @@
 //! ROC curves on the test set, one per run, each with its AUC in the legend, over the chance line.
 
-use super::{dashed_swatch, drawing_error, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, LEGEND_SIZE, TICK_SIZE, TITLE_SIZE};
+use super::{dashed_swatch, draw_legend, drawing_error, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, TICK_SIZE, TITLE_SIZE};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -71,15 +71,6 @@ impl Roc {
                 .label(self.legend(run))
                 .legend(solid_swatch(color, 3));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(text(LEGEND_SIZE))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(190, 190, 190))
-            .margin(14)
-            .draw()
-            .map_err(drawing_error)?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)
     }
 }
