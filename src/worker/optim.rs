@@ -51,6 +51,59 @@ pub struct Optimizer {
     steps: Vec<i64>,
 }
 
+extern "C" {
+    fn trainq_clear_grad(tensor: *mut torch_sys::C_tensor) -> std::os::raw::c_int;
+}
+
+/// Below this many elements a parameter is updated on one thread.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+/// RMSprop without momentum on contiguous float32 CPU tensors, in one pass over memory: the
+/// tensor ops of [`Optimizer::step`] make about a dozen passes and four temporaries, which on a
+/// CPU cost a fifth of a VGG16 block5 step. The arithmetic is theirs, element by element, in
+/// float32: `g = g + p·wd`, `s = s·α + (g·(1−α))·g`, `p = p − (g / (√s + ε))·lr`. Returns false
+/// (nothing done) for tensors it does not take: other devices, kinds or layouts.
+fn rmsprop_in_one_pass(parameter: &Tensor, gradient: &Tensor, square_avg: &Tensor, [lr, alpha, eps, weight_decay]: [f64; 4]) -> bool {
+    let tensors = [parameter, gradient, square_avg];
+    if !tensors.iter().all(|t| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()) {
+        return false;
+    }
+    let n = parameter.numel();
+    if gradient.numel() != n || square_avg.numel() != n {
+        return false;
+    }
+    // SAFETY: three distinct contiguous float32 CPU tensors of `n` elements (checked above), not
+    // otherwise touched while the slices live (under no_grad, inside `step`). A gradient never
+    // shares storage with its parameter or with the optimizer's buffer.
+    let (p, g, s) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(parameter.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(gradient.data_ptr() as *const f32, n),
+            std::slice::from_raw_parts_mut(square_avg.data_ptr() as *mut f32, n),
+        )
+    };
+    let (lr, alpha, rest, eps, wd) = (lr as f32, alpha as f32, (1.0 - alpha) as f32, eps as f32, weight_decay as f32);
+    let update = |p: &mut [f32], g: &[f32], s: &mut [f32]| {
+        for ((p, &g), s) in p.iter_mut().zip(g).zip(s.iter_mut()) {
+            let g = if wd != 0.0 { g + *p * wd } else { g };
+            *s = *s * alpha + (g * rest) * g;
+            *p -= (g / (s.sqrt() + eps)) * lr;
+        }
+    };
+    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(PARALLEL_ELEMENTS));
+    if threads <= 1 {
+        update(p, g, s);
+    } else {
+        let chunk = n.div_ceil(threads);
+        std::thread::scope(|scope| {
+            for ((p, g), s) in p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(s.chunks_mut(chunk)) {
+                scope.spawn(move || update(p, g, s));
+            }
+        });
+    }
+    true
+}
+
 /// The tensor that holds every parameter's step count in an exported state.
 const STEPS: &str = "steps";
 
@@ -77,10 +130,13 @@ impl Optimizer {
         }
     }
 
-    /// Clears every parameter's gradient.
+    /// Drops every parameter's gradient (PyTorch's `set_to_none`): the next backward writes fresh
+    /// ones rather than adding into zeros, a pass over every gradient saved.
     pub fn zero_grad(&mut self) {
         for parameter in &mut self.parameters {
-            parameter.zero_grad();
+            // SAFETY: a live handle; the shim only resets the tensor's gradient.
+            let status = unsafe { trainq_clear_grad(parameter.as_mut_ptr()) };
+            assert_eq!(status, 0, "libtorch could not drop a gradient");
         }
     }
 
@@ -94,6 +150,11 @@ impl Optimizer {
                     continue;
                 }
                 *steps += 1;
+                if let Rule::Rmsprop { alpha, eps, momentum: 0.0 } = rule {
+                    if rmsprop_in_one_pass(parameter, &gradient, &state[0], [lr, alpha, eps, weight_decay]) {
+                        continue;
+                    }
+                }
                 let gradient = if weight_decay != 0.0 { gradient + parameter * weight_decay } else { gradient };
                 let mut parameter = parameter.shallow_clone();
                 match rule {
@@ -217,8 +278,9 @@ mod tests {
 
     /// Small parameters of a few shapes, the same for the same seed (without libtorch's global
     /// generator, which tests running in parallel share).
+    /// Small tensors, and one large enough for the one-pass RMSprop to split across threads.
     fn parameters(seed: i64) -> Vec<Tensor> {
-        [vec![5, 3], vec![3], vec![2, 3, 3, 3]]
+        [vec![300, 700], vec![5, 3], vec![3], vec![2, 3, 3, 3]]
             .iter()
             .map(|shape| {
                 let count: i64 = shape.iter().product();

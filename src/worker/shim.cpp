@@ -1,6 +1,7 @@
 // What tch 0.24 cannot ask libtorch for, in a few C functions the worker calls (precision.rs):
 // autocast to bfloat16 (tch's `autocast` only switches CUDA autocast on, with its default dtype
-// float16, which would need loss scaling) and channels-last memory format (no tch binding).
+// float16, which would need loss scaling), channels-last memory format (no tch binding), and
+// dropping a gradient (tch can only zero it).
 // Every function catches C++ exceptions: none may unwind into Rust.
 
 #include <ATen/autocast_mode.h>
@@ -65,6 +66,18 @@ int trainq_set_channels_last(at::Tensor* tensor) {
 // 1 if `tensor` is laid out channels-last, 0 if not.
 int trainq_is_channels_last(const at::Tensor* tensor) {
   return tensor->is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0;
+}
+
+// Drops `tensor`'s gradient (PyTorch's `zero_grad(set_to_none=True)`): the next backward writes
+// a fresh one instead of adding into zeros, which saves a pass over every parameter's gradient
+// (and, on a GPU, two kernel launches per parameter). 0 on success.
+int trainq_clear_grad(at::Tensor* tensor) {
+  try {
+    tensor->mutable_grad().reset();
+    return 0;
+  } catch (...) {
+    return -1;
+  }
 }
 
 }  // extern "C"
