@@ -276,9 +276,9 @@ mod tests {
         optimizer
     }
 
-    /// Small parameters of a few shapes, the same for the same seed (without libtorch's global
-    /// generator, which tests running in parallel share).
-    /// Small tensors, and one large enough for the one-pass RMSprop to split across threads.
+    /// Parameters of a few shapes, the same for the same seed (without libtorch's global
+    /// generator, which tests running in parallel share): small ones, and one large enough for the
+    /// one-pass RMSprop to split across threads.
     fn parameters(seed: i64) -> Vec<Tensor> {
         [vec![300, 700], vec![5, 3], vec![3], vec![2, 3, 3, 3]]
             .iter()
