@@ -13,6 +13,16 @@ enum Layer {
     Pool,
 }
 
+impl Layer {
+    /// A 3×3 convolution with ReLU, or the 2×2 max pool.
+    fn apply(&self, x: &Tensor) -> Tensor {
+        match self {
+            Layer::Conv { weight, bias } => x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1).relu(),
+            Layer::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
+        }
+    }
+}
+
 /// VGG16's convolutional base.
 pub struct Vgg16 {
     /// (block index, layer)
@@ -55,22 +65,12 @@ impl BackboneNet for Vgg16 {
     }
 
     fn forward_blocks(&self, x: &Tensor, from: usize, to: usize, _bn_train: &[bool]) -> Tensor {
-        let mut x = x.shallow_clone();
-        for (_, layer) in self.layers.iter().filter(|(block, _)| (from..to).contains(block)) {
-            x = match layer {
-                Layer::Conv { weight, bias } => x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1).relu(),
-                Layer::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
-            };
-        }
-        x
+        self.layers.iter().filter(|(block, _)| (from..to).contains(block)).fold(x.shallow_clone(), |x, (_, layer)| layer.apply(&x))
     }
 
     fn forward_to_cam_layer(&self, x: &Tensor) -> Tensor {
         let last = self.layers.len() - 1;
-        self.layers[..last].iter().fold(x.shallow_clone(), |x, (_, layer)| match layer {
-            Layer::Conv { weight, bias } => x.conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1).relu(),
-            Layer::Pool => x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
-        })
+        self.layers[..last].iter().fold(x.shallow_clone(), |x, (_, layer)| layer.apply(&x))
     }
 
     fn cam_layer_to_output(&self, a: &Tensor) -> Tensor {
