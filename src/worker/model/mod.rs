@@ -428,6 +428,34 @@ mod tests {
     }
 
     #[test]
+    fn vgg16_frozen_blocks_compute_what_trained_ones_do_and_hand_on_the_callers_layout() {
+        // Frozen float32 blocks on the CPU run channels-last (vgg.rs); trained ones run as given.
+        let network = Network::new(&spec(Backbone::Vgg16, 32, "gap"), Device::Cpu);
+        let images = Tensor::rand([3, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (block4, block5) = (Cut { block: 4, pooled: false }, Cut { block: 5, pooled: false });
+        let named = |name: &str| TrainSet::Named(String::from(name));
+        let close = |ours: &Tensor, theirs: &Tensor, what: &str| {
+            assert!(ours.is_contiguous(), "{what}: NCHW out, as the caller gave");
+            let scale = theirs.abs().max().double_value(&[]).max(1e-6);
+            let difference = (ours - theirs).abs().max().double_value(&[]);
+            assert!(difference <= 1e-4 * scale, "{what}: {difference} of {scale}");
+        };
+
+        let (all, _) = network.set_trainable(&named("all"));
+        let logits = tch::no_grad(|| network.forward(&images, &all, false));
+        let (at4, at5) = (network.features(&images, block4), network.features(&images, block5));
+
+        let (phase2, _) = network.set_trainable(&TrainSet::Blocks(vec![String::from("block5"), String::from("head")]));
+        close(&tch::no_grad(|| network.forward(&images, &phase2, false)), &logits, "phase 2 logits");
+        let cached4 = network.features(&images, block4);
+        close(&cached4, &at4, "block4 activations");
+
+        network.set_trainable(&named("head"));
+        close(&network.features(&images, block5), &at5, "block5 from the pixels");
+        close(&network.features_between(&cached4, block4, block5), &at5, "block5 from block4's cache");
+    }
+
+    #[test]
     fn frozen_blocks_are_not_trainable_and_their_batch_norm_stays_in_inference_mode() {
         let network = Network::new(&spec(Backbone::InceptionV3, 80, "gap"), Device::Cpu);
         let train = TrainSet::Blocks(vec![String::from("Mixed_7c"), String::from("head")]);
