@@ -6,6 +6,8 @@
 pub mod job;
 pub mod backbone;
 pub mod memory;
+/// How a run ended: the one decision both executors share.
+pub mod outcome;
 pub mod progress;
 pub mod relay;
 pub mod spec;

@@ -16,6 +16,10 @@ pub const EXIT_INTERRUPTED: i32 = 75;
 /// `out_of_memory` first.
 pub const EXIT_OUT_OF_MEMORY: i32 = 3;
 
+/// Exit code of a worker whose write failed for lack of space or an I/O error (`EX_IOERR`); it
+/// printed a `failed` event with kind `storage` first. Its last checkpoint is intact.
+pub const EXIT_STORAGE: i32 = 74;
+
 /// Everything a worker needs to run one job, written by the supervisor before the spawn.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerJob {
@@ -214,6 +218,9 @@ pub enum ProgressEvent {
 pub enum FailureKind {
     /// An allocation failed: CUDA out of memory on a GPU, the memory limit on the CPU.
     OutOfMemory,
+    /// A write failed: no space left, a quota, an I/O error or a read-only filesystem; the job can
+    /// resume from its last checkpoint once the disk is fixed.
+    Storage,
     /// Any other error.
     Error,
 }

@@ -4,6 +4,7 @@
 //! cancelled by trainq can be told from one cancelled outside it. Measured behaviour of Slurm
 //! 22.05 is in deploy/slurm/README.md.
 
+use crate::domain::outcome::{SlurmEnd, SlurmState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -47,7 +48,7 @@ pub struct SlurmError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlurmJob {
     /// `PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, `CANCELLED`, `TIMEOUT`, …
-    pub state: String,
+    pub state: SlurmState,
     /// Why it is pending, or why it ended (`Resources`, `Priority`, `NonZeroExitCode`, …).
     pub reason: String,
     /// `ExitCode=code:signal`.
@@ -59,10 +60,18 @@ pub struct SlurmJob {
 impl SlurmJob {
     /// Whether Slurm is done with the job.
     pub fn is_finished(&self) -> bool {
-        !matches!(
-            self.state.as_str(),
-            "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "RESIZING" | "SIGNALING" | "STAGE_OUT"
-        )
+        self.state.is_finished()
+    }
+
+    /// The job's end as [`crate::domain::outcome::decide`] reads it.
+    pub fn end(&self, slurm_id: &str) -> SlurmEnd {
+        SlurmEnd {
+            id: slurm_id.to_string(),
+            state: Some(self.state.clone()),
+            reason: self.reason.clone(),
+            exit: self.exit,
+            marked_by_trainq: self.comment.as_deref() == Some(CANCEL_MARK),
+        }
     }
 }
 
@@ -153,7 +162,7 @@ pub async fn job(slurm_id: &str) -> Result<Option<SlurmJob>, SlurmError> {
 /// Reads `scontrol show job -o`'s one line of `Key=Value` fields.
 pub fn parse_scontrol(out: &str) -> Option<SlurmJob> {
     let fields: HashMap<&str, &str> = out.split_whitespace().filter_map(|field| field.split_once('=')).collect();
-    let state = fields.get("JobState")?.to_string();
+    let state = SlurmState::parse(fields.get("JobState")?);
     let exit = fields.get("ExitCode").and_then(|code| {
         let (code, signal) = code.split_once(':')?;
         Some((code.parse().ok()?, signal.parse().ok()?))
@@ -211,7 +220,7 @@ mod tests {
         assert_eq!(parse_sbatch("Submitted batch job 45"), None);
         let line = "JobId=23 JobName=trainq-x UserId=root(0) JobState=CANCELLED Reason=None Dependency=(null) ExitCode=0:15 Comment=cancelled-by-trainq NodeList=vm";
         let job = parse_scontrol(line).unwrap();
-        assert_eq!(job, SlurmJob { state: String::from("CANCELLED"), reason: String::from("None"), exit: Some((0, 15)), comment: Some(String::from(CANCEL_MARK)) });
+        assert_eq!(job, SlurmJob { state: SlurmState::Cancelled, reason: String::from("None"), exit: Some((0, 15)), comment: Some(String::from(CANCEL_MARK)) });
         assert!(job.is_finished());
         let pending = parse_scontrol("JobId=24 JobState=PENDING Reason=Resources ExitCode=0:0 Comment=(null)").unwrap();
         assert_eq!((pending.reason.as_str(), pending.comment.as_deref(), pending.is_finished()), ("Resources", None, false));
