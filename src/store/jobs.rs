@@ -1,6 +1,7 @@
 //! The `jobs` and `epoch_metrics` tables.
 
-use super::{Store, StoreError};
+use super::{legal, Store, StoreError};
+use crate::domain::outcome::RunOutcome;
 use crate::domain::job::now_rfc3339;
 use crate::domain::progress::{EpochMetrics, FinalMetrics};
 use crate::domain::job::ResumePoint;
@@ -37,8 +38,8 @@ pub struct JobRun {
     pub started_at: f64,
     /// Unix seconds; absent while running.
     pub ended_at: Option<f64>,
-    /// `succeeded`, `failed`, `cancelled`, `interrupted` or `requeued`; absent while running.
-    pub outcome: Option<String>,
+    /// How it ended; absent while running.
+    pub outcome: Option<RunOutcome>,
 }
 
 /// A job's measured epochs, for ETAs.
@@ -214,6 +215,7 @@ impl Store {
     /// Moves a queued job to running on `device`. False when someone else got there first (it was
     /// cancelled meanwhile). Only the scheduler calls this.
     pub async fn claim_job(&self, id: JobId, device: &str) -> Result<bool, StoreError> {
+        legal(JobState::Queued, JobState::Running)?;
         let progress = serde_json::to_string(&JobProgress { activity: String::from("starting"), ..JobProgress::default() })
             .expect("progress serializes");
         let mut transaction = self.pool.begin().await?;
@@ -246,11 +248,11 @@ impl Store {
     async fn close_run(
         transaction: &mut sqlx::SqliteConnection,
         id: &str,
-        outcome: &str,
+        outcome: RunOutcome,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE job_runs SET ended_at = ?, outcome = ? WHERE job_id = ? AND ended_at IS NULL")
             .bind(unix_now())
-            .bind(outcome)
+            .bind(outcome.as_str())
             .bind(id)
             .execute(transaction)
             .await?;
@@ -259,7 +261,14 @@ impl Store {
 
     /// Ends a running job. False if it was not running.
     pub async fn finish_job(&self, id: JobId, state: JobState, error: Option<&str>) -> Result<bool, StoreError> {
-        debug_assert!(state.is_terminal());
+        let outcome = match state {
+            JobState::Succeeded => RunOutcome::Succeeded,
+            JobState::Failed => RunOutcome::Failed,
+            JobState::Cancelled => RunOutcome::Cancelled,
+            // Not an end: `requeue_job` and `claim_job` make those changes.
+            JobState::Queued | JobState::Running => return Err(StoreError::IllegalTransition { from: JobState::Running, to: state }),
+        };
+        legal(JobState::Running, state)?;
         let mut transaction = self.pool.begin().await?;
         // The last progress snapshot stays (where it stopped), but no longer claims an activity.
         let result = sqlx::query(
@@ -277,7 +286,7 @@ impl Store {
         if result.rows_affected() != 1 {
             return Ok(false);
         }
-        Self::close_run(&mut transaction, &id.to_string(), state.as_str()).await?;
+        Self::close_run(&mut transaction, &id.to_string(), outcome).await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -296,16 +305,20 @@ impl Store {
     }
 
     /// Puts a running job back in the queue (keeping its place), closing its run with `outcome`:
-    /// `interrupted` when the server stops, `requeued` after running out of memory. `spec`
-    /// replaces the stored spec (the halved batch), `note` is appended to its notes. False if it
-    /// was not running.
+    /// `interrupted` when the server stops, `requeued` after running out of memory, `storage`
+    /// after a full disk. `spec` replaces the stored spec (the halved batch), `note` is appended
+    /// to its notes. False if it was not running.
     pub async fn requeue_job(
         &self,
         id: JobId,
-        outcome: &str,
+        outcome: RunOutcome,
         spec: Option<&serde_json::Value>,
         note: Option<&str>,
     ) -> Result<bool, StoreError> {
+        legal(JobState::Running, outcome.job_state())?;
+        if outcome.job_state() != JobState::Queued {
+            return Err(StoreError::IllegalTransition { from: JobState::Running, to: outcome.job_state() });
+        }
         let mut transaction = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL, \
@@ -318,7 +331,7 @@ impl Store {
         .bind(spec.map(|spec| spec.to_string()))
         .bind(note)
         .bind(note)
-        .bind(outcome == "requeued")
+        .bind(outcome == RunOutcome::Requeued)
         .bind(spec.is_some())
         .bind(id.to_string())
         .execute(&mut *transaction)
@@ -329,6 +342,16 @@ impl Store {
         Self::close_run(&mut transaction, &id.to_string(), outcome).await?;
         transaction.commit().await?;
         Ok(true)
+    }
+
+    /// How many of a job's runs ended because the disk refused a write.
+    pub async fn storage_faults(&self, id: JobId) -> Result<u32, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM job_runs WHERE job_id = ? AND outcome = ?")
+            .bind(id.to_string())
+            .bind(RunOutcome::Storage.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count.max(0) as u32)
     }
 
     /// Whether a job was already re-queued once after running out of memory.
@@ -442,11 +465,17 @@ impl Store {
                 .bind(id.to_string())
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(|(device, started_at, ended_at, outcome)| JobRun { device, started_at, ended_at, outcome }).collect())
+        rows.into_iter()
+            .map(|(device, started_at, ended_at, outcome)| {
+                let outcome = outcome.map(|text| text.parse().map_err(|err: String| corrupt("outcome", err))).transpose()?;
+                Ok(JobRun { device, started_at, ended_at, outcome })
+            })
+            .collect()
     }
 
     /// Cancels a queued job at once, or marks a running one for stopping.
     pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        legal(JobState::Queued, JobState::Cancelled)?;
         let cancelled = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ? AND state = 'queued'",
         )
@@ -472,6 +501,8 @@ impl Store {
 
     /// Puts every job left `running` by a dead server back in the queue, keeping its place.
     pub async fn requeue_running(&self) -> Result<Vec<JobId>, StoreError> {
+        legal(JobState::Running, JobState::Cancelled)?;
+        legal(JobState::Running, JobState::Queued)?;
         let mut transaction = self.pool.begin().await?;
         // A cancel that was under way when the server died is honoured now.
         sqlx::query(
@@ -599,6 +630,71 @@ mod tests {
         assert!(!store.finish_job(job.id, JobState::Failed, None).await.unwrap(), "finished once");
         let job = store.job(job.id).await.unwrap().unwrap();
         assert_eq!(job.progress.unwrap().activity, "succeeded");
+    }
+
+    /// A job brought to `state` through the store's own legal changes.
+    async fn in_state(store: &Store, state: JobState) -> Job {
+        let job = queued(store).await;
+        match state {
+            JobState::Queued => {}
+            JobState::Running => assert!(store.claim_job(job.id, "cpu0").await.unwrap()),
+            JobState::Cancelled => assert_eq!(store.request_cancel(job.id).await.unwrap(), CancelOutcome::CancelledWhileQueued),
+            terminal => {
+                assert!(store.claim_job(job.id, "cpu0").await.unwrap());
+                assert!(store.finish_job(job.id, terminal, None).await.unwrap());
+            }
+        }
+        store.job(job.id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_state_change_the_store_makes_is_one_the_state_machine_allows() {
+        let (_dir, store) = store().await;
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                let job = in_state(&store, from).await;
+                assert_eq!(job.state, from);
+                // The store's one way to each state.
+                let changed = match to {
+                    JobState::Queued => store.requeue_job(job.id, RunOutcome::Interrupted, None, None).await.unwrap(),
+                    JobState::Running => store.claim_job(job.id, "cpu1").await.unwrap(),
+                    JobState::Cancelled if from == JobState::Queued => {
+                        store.request_cancel(job.id).await.unwrap() == CancelOutcome::CancelledWhileQueued
+                    }
+                    terminal => store.finish_job(job.id, terminal, None).await.unwrap(),
+                };
+                let now = store.job(job.id).await.unwrap().unwrap().state;
+                assert_eq!(changed, from.can_become(to), "{from} -> {to}");
+                assert_eq!(now, if changed { to } else { from }, "{from} -> {to}");
+            }
+        }
+        // What no state change may be: an end that is not final, a re-queue that is an end.
+        let running = in_state(&store, JobState::Running).await;
+        for state in [JobState::Queued, JobState::Running] {
+            assert!(matches!(store.finish_job(running.id, state, None).await, Err(StoreError::IllegalTransition { .. })));
+        }
+        assert!(matches!(
+            store.requeue_job(running.id, RunOutcome::Failed, None, None).await,
+            Err(StoreError::IllegalTransition { .. })
+        ));
+        assert_eq!(store.job(running.id).await.unwrap().unwrap().state, JobState::Running);
+        // Every run closed by those changes has an outcome the CHECK constraint knows.
+        assert_eq!(store.integrity_check().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_run_outcome_outside_the_set_is_refused_by_the_database() {
+        let (_dir, store) = store().await;
+        let job = in_state(&store, JobState::Running).await;
+        let refused = sqlx::query("UPDATE job_runs SET ended_at = 1, outcome = 'done' WHERE job_id = ?")
+            .bind(job.id.to_string())
+            .execute(&store.pool)
+            .await;
+        assert!(refused.is_err(), "the CHECK constraint refuses unknown outcomes");
+        assert!(store.requeue_job(job.id, RunOutcome::Storage, None, Some("disk full")).await.unwrap());
+        assert_eq!(store.storage_faults(job.id).await.unwrap(), 1);
+        let runs = store.runs_of(job.id).await.unwrap();
+        assert_eq!(runs.iter().map(|run| run.outcome).collect::<Vec<_>>(), [Some(RunOutcome::Storage)]);
     }
 
     #[tokio::test]

@@ -21,6 +21,14 @@ pub enum StoreError {
     /// A migration failed at open.
     #[error("database migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A state change the job's state machine forbids (`JobState::can_become`); a bug.
+    #[error("illegal job state change {from} -> {to}")]
+    IllegalTransition {
+        /// The state it is in.
+        from: crate::domain::JobState,
+        /// The state asked for.
+        to: crate::domain::JobState,
+    },
     /// A stored value did not decode (a bug or a hand-edited database).
     #[error("corrupt stored value in {column}: {detail}")]
     Corrupt {
@@ -29,6 +37,49 @@ pub enum StoreError {
         /// What failed to decode.
         detail: String,
     },
+}
+
+/// SQLite's primary result codes that pass: the disk is full (`SQLITE_FULL`), an I/O error
+/// (`SQLITE_IOERR`), another connection holds the lock past the busy timeout (`SQLITE_BUSY`,
+/// `SQLITE_LOCKED`), the file cannot be opened right now (`SQLITE_CANTOPEN`).
+const TRANSIENT_CODES: [i64; 5] = [13, 10, 5, 6, 14];
+const SQLITE_FULL: i64 = 13;
+
+impl StoreError {
+    /// SQLite's primary result code (extended codes carry it in their low byte).
+    fn sqlite_code(&self) -> Option<i64> {
+        match self {
+            StoreError::Database(sqlx::Error::Database(err)) => err.code()?.parse::<i64>().ok().map(|code| code & 0xff),
+            _ => None,
+        }
+    }
+
+    /// Whether the same statement may succeed later: a full disk, an I/O error, a busy database,
+    /// a pool that timed out. Such writes are retried until they land.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            StoreError::Database(_) => self.sqlite_code().is_some_and(|code| TRANSIENT_CODES.contains(&code)),
+            _ => false,
+        }
+    }
+
+    /// Whether the disk under the database is full (`SQLITE_FULL`, or `ENOSPC` from the OS).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Io(err)) => err.raw_os_error() == Some(libc::ENOSPC),
+            _ => self.sqlite_code() == Some(SQLITE_FULL),
+        }
+    }
+}
+
+/// Checks a state change against the job state machine before the store writes it.
+fn legal(from: crate::domain::JobState, to: crate::domain::JobState) -> Result<(), StoreError> {
+    if from.can_become(to) {
+        Ok(())
+    } else {
+        Err(StoreError::IllegalTransition { from, to })
+    }
 }
 
 /// The database handle; cheap to clone.
@@ -51,6 +102,15 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// Rewrites the one `server_health` row: whether the database takes a write right now.
+    pub async fn write_probe(&self) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO server_health (id, checked_at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at")
+            .bind(crate::domain::job::now_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Runs SQLite's own consistency check; `ok` when healthy.
