@@ -162,6 +162,19 @@ pub struct ServeConfig {
     /// DATA_DIR/cache) may hold; the least recently used entries are evicted beyond it.
     #[arg(long, env = "TRAINQ_CACHE_MAX_GB", default_value_t = 50.0)]
     pub cache_max_gb: f64,
+    /// No job starts unless this many gigabytes would stay free, after what it will write, on
+    /// each folder's filesystem (data dir, job folders, cache); below it the cache is evicted first.
+    #[arg(long, env = "TRAINQ_DISK_LOW_WATER_GB", default_value_t = 2.0)]
+    pub disk_low_water_gb: f64,
+    /// Megabytes kept in `DATA_DIR/trainq.reserve` and given up when the disk fills, so the
+    /// queue's own state (a job's end, a re-queue) can still be written; while it is given up,
+    /// requests that would write answer 507. 0 disables it.
+    #[arg(long, env = "TRAINQ_DISK_RESERVE_MB", default_value_t = 64)]
+    pub disk_reserve_mb: u64,
+    /// How often one job may go back to the queue because the disk refused a write (it then
+    /// resumes from its last checkpoint once there is room) before it fails, naming the disk.
+    #[arg(long, env = "TRAINQ_MAX_STORAGE_RETRIES", default_value_t = 5)]
+    pub max_storage_retries: u32,
     /// Ignore GPUs even if NVML finds some (run on CPU slots).
     #[arg(long, env = "TRAINQ_NO_GPU")]
     pub no_gpu: bool,

@@ -11,6 +11,8 @@ pub mod events;
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.
 pub mod devices;
+/// Disk space as a scheduled resource: free bytes per folder, the low-water mark, the reserve.
+pub mod disk;
 /// Job ids, states, specs and the worker protocol.
 pub mod domain;
 /// `trainq weights fetch`: download, check and install a backbone's pretrained weights.
@@ -27,6 +29,8 @@ pub mod relay;
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.
 pub mod server;
+/// Files on a disk that can fill up: one atomic write for every artifact, cache eviction, storage-error tests.
+pub mod storage;
 /// SQLite storage (the only SQL).
 pub mod store;
 /// Worker processes (the only code that spawns).

@@ -53,7 +53,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(dir) => absolute_dir(dir)?,
         None => data_dir.clone(),
     };
+    let disk = crate::disk::Disk::new(
+        &data_dir,
+        &work_dir.join("jobs"),
+        &work_dir.join("cache"),
+        crate::disk::DiskSettings {
+            low_water_bytes: (config.disk_low_water_gb.max(0.0) * 1e9) as u64,
+            reserve_bytes: config.disk_reserve_mb << 20,
+            max_storage_attempts: config.max_storage_retries,
+        },
+    );
     let store = Store::open(&data_dir).await.context("opening the database")?;
+    let worker_program_path = worker_program.clone();
     let requeued = store.requeue_running().await?;
     if !requeued.is_empty() {
         tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
@@ -94,9 +105,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         scheduler_handle.notifier(),
         events.clone(),
         inventory.clone(),
+        disk.clone(),
     );
     let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
-    let inputs = Inputs { datasets: datasets.clone(), weights: weights.clone(), data_dir: work_dir.clone(), cache_budget_bytes };
+    let inputs = Inputs {
+        datasets: datasets.clone(),
+        weights: weights.clone(),
+        data_dir: work_dir.clone(),
+        cache_budget_bytes,
+        disk: disk.clone(),
+    };
     // Jobs Slurm kept running while no server was here: follow them again.
     for (job, slurm_id) in store.running_elsewhere().await? {
         if slurm.is_some() {
@@ -130,7 +148,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         supervisor,
         inventory,
         events: events.clone(),
-        paths: Arc::new(Paths { data_dir: work_dir, datasets, weights, static_dir }),
+        disk,
+        paths: Arc::new(Paths { data_dir: work_dir, datasets, weights, static_dir, worker_program: worker_program_path }),
         limits: Arc::new(Limits {
             rate: RateLimiter::new(config.rate_limit_per_minute.max(1)),
             max_active_jobs_per_user: config.max_jobs_per_user,

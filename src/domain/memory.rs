@@ -108,6 +108,34 @@ pub fn estimate_bytes(spec: &JobSpec) -> u64 {
     (fixed + phase_peak).ceil() as u64
 }
 
+/// The disk, in bytes, that a job's own files take at their peak, from its spec alone, for the
+/// scheduler's disk check: a weights file per phase (`phase1.safetensors` … `final.safetensors`,
+/// float32), and the resumable checkpoint (every weight and the largest phase's optimizer state)
+/// twice, as the old one stands until the new one is renamed over it. Cache entries depend on the
+/// dataset; the scheduler adds them.
+pub fn disk_bytes(spec: &JobSpec) -> u64 {
+    let parameters = block_parameters(spec.backbone);
+    let backbone_parameters: f64 = parameters.trainable.iter().sum();
+    let side = match spec.resize() {
+        Resize::Square(size) => size,
+        Resize::Bounded { max_side, .. } => max_side,
+    };
+    let feature_area = NetworkShape::new(spec.backbone, side).feature_area;
+    let head = HeadShape::new(&spec.head, spec.backbone.info().feature_channels as f64, feature_area);
+    let weights = FLOAT32_BYTES * (backbone_parameters + parameters.buffers + head.parameters + head.buffers);
+    let blocks = spec.backbone.info().blocks;
+    let optimizer_state = spec
+        .phases
+        .iter()
+        .map(|phase| {
+            let trainable: f64 = parameters.trainable.iter().zip(blocks).filter(|(_, block)| phase.train.trains_block(block)).map(|(count, _)| count).sum::<f64>()
+                + if phase.train.trains_head() { head.parameters } else { 0.0 };
+            FLOAT32_BYTES * trainable * optimizer_slots(phase.optimizer(spec))
+        })
+        .fold(0.0, f64::max);
+    (spec.phases.len() as f64 * weights + 2.0 * (weights + optimizer_state)).ceil() as u64
+}
+
 /// Float32 tensors an optimizer keeps per trainable parameter, besides its gradient.
 fn optimizer_slots(optimizer: &OptimizerSpec) -> f64 {
     let momentum = if optimizer.momentum > 0.0 { 1.0 } else { 0.0 };
@@ -286,6 +314,29 @@ mod tests {
         assert!((5.0 * GB..20.0 * GB).contains(&bytes), "{:.2} GB", bytes / GB);
         let data = GPU_DATA_ALLOWANCE_BYTES as f64 / GB;
         assert!((bytes / GB - data - 5.15).abs() < 0.05, "{:.3} GB", bytes / GB);
+    }
+
+    #[test]
+    fn a_vgg16_job_writes_a_weights_file_per_phase_and_the_resume_checkpoint_twice() {
+        // Weights: 14,714,688 backbone + 512·256 + 256 + 256 + 1 head parameters, float32: 59.4 MB.
+        let weights = 4.0 * (14_714_688.0 + 512.0 * 256.0 + 256.0 + 256.0 + 1.0);
+        // One phase training everything with RMSprop (one slot): phase file + 2 × (weights + slot).
+        let one = disk_bytes(&spec(|_| {})) as f64;
+        assert!((one - (weights + 2.0 * (2.0 * weights))).abs() < 16.0, "{one}");
+        // Q1's two phases (head, then block5 + head): two files; the larger optimizer state is block5's.
+        let q1 = disk_bytes(&spec(|value| {
+            value["phases"] = serde_json::json!([{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}]);
+        })) as f64;
+        let block5_and_head = 3.0 * (512.0 * 512.0 * 9.0 + 512.0) + (512.0 * 256.0 + 256.0 + 256.0 + 1.0);
+        assert!((q1 - (2.0 * weights + 2.0 * (weights + 4.0 * block5_and_head))).abs() < 16.0, "{q1}");
+        // Flatten makes a larger head at larger images, so larger files.
+        let flatten = |side: u32| {
+            disk_bytes(&spec(|value| {
+                value["image_size"] = serde_json::json!(side);
+                value["head"] = serde_json::json!(["flatten", {"dense": 256}, "relu", {"dense": 1}]);
+            }))
+        };
+        assert!(flatten(256) > flatten(128));
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum ApiError {
         /// Seconds until a retry can succeed (0: it depends on other jobs finishing).
         retry_after_secs: u64,
     },
+    /// The request must write, but the disk is full (507); reads keep working.
+    #[error("insufficient storage")]
+    InsufficientStorage(crate::disk::Full),
     /// A helper process could not answer (503); nothing is lost, the request may be repeated.
     #[error("{0}")]
     Unavailable(String),
@@ -75,7 +78,17 @@ pub enum ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> ApiError {
+        if err.is_disk_full() {
+            tracing::warn!(error = ?err, "a request's database write found the disk full");
+            return ApiError::InsufficientStorage(crate::disk::Full::of_data_dir());
+        }
         ApiError::Internal(err.into())
+    }
+}
+
+impl From<crate::disk::Full> for ApiError {
+    fn from(full: crate::disk::Full) -> ApiError {
+        ApiError::InsufficientStorage(full)
     }
 }
 
@@ -94,6 +107,14 @@ impl IntoResponse for ApiError {
             ApiError::Conflict { detail, .. } => (StatusCode::CONFLICT, detail.clone()),
             ApiError::BadUpload { status, message } => (*status, json!({"field": "body", "message": message})),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, serde_json::Value::Null),
+            ApiError::InsufficientStorage(full) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                json!({
+                    "path": full.path,
+                    "free_bytes": full.free_bytes,
+                    "message": format!("the disk under {} is full ({} free); queued jobs are kept and start once the admin frees space", full.path.display(), crate::disk::gigabytes(full.free_bytes)),
+                }),
+            ),
             ApiError::Unauthorized(message) => {
                 let body = json!({"error": self.to_string(), "detail": {"field": "Authorization", "message": message}});
                 let headers = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];

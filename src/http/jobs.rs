@@ -193,6 +193,8 @@ pub async fn submit(
             memory_bytes: crate::domain::memory::estimate_bytes(&sibling)
         });
     }
+    // Accepted jobs must never be lost, so none is accepted onto a full disk.
+    state.disk.writable()?;
     let jobs = state.store.insert_jobs(&new).await?;
     state.scheduler.wake();
     let mut views = Vec::with_capacity(jobs.len());

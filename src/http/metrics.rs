@@ -71,6 +71,22 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<impl IntoRespon
     for (user, seconds) in usage {
         let _ = writeln!(out, "trainq_user_usage_device_seconds{{user=\"{}\"}} {seconds:.3}", label(&user));
     }
+    let disk = state.disk.clone();
+    let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
+    family(&mut out, "trainq_disk_free_bytes", "gauge", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache).");
+    for space in &spaces {
+        let (role, path) = (space.role.as_str(), label(&space.path.to_string_lossy()));
+        let _ = writeln!(out, "trainq_disk_free_bytes{{folder=\"{role}\",path=\"{path}\"}} {}", space.free_bytes);
+    }
+    family(&mut out, "trainq_disk_size_bytes", "gauge", "Size of the filesystem of each folder trainq writes.");
+    for space in &spaces {
+        let (role, path) = (space.role.as_str(), label(&space.path.to_string_lossy()));
+        let _ = writeln!(out, "trainq_disk_size_bytes{{folder=\"{role}\",path=\"{path}\"}} {}", space.total_bytes);
+    }
+    family(&mut out, "trainq_disk_low_water_bytes", "gauge", "No job starts unless this much would stay free after its writes.");
+    let _ = writeln!(out, "trainq_disk_low_water_bytes {}", state.disk.settings().low_water_bytes);
+    family(&mut out, "trainq_disk_reserve_held", "gauge", "1 while the disk reserve is in place; 0 while the server lives on it (writes answer 507).");
+    let _ = writeln!(out, "trainq_disk_reserve_held {}", u8::from(state.disk.reserve_held()));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }
 

@@ -7,6 +7,7 @@ mod csv;
 mod error;
 mod events;
 mod groups;
+mod health;
 mod inference;
 mod jobs;
 mod metrics;
@@ -47,6 +48,8 @@ pub struct Paths {
     pub weights: PathBuf,
     /// The dashboard's files.
     pub static_dir: PathBuf,
+    /// The worker executable (`/readyz` checks that it is there).
+    pub worker_program: PathBuf,
 }
 
 /// What the admin allows each user (config flags).
@@ -81,6 +84,8 @@ pub struct AppState {
     pub paths: Arc<Paths>,
     /// Per-user limits.
     pub limits: Arc<Limits>,
+    /// Free space and the reserve: requests that write answer 507 while the disk is full.
+    pub disk: crate::disk::Disk,
 }
 
 /// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.
@@ -125,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .merge(relays)
         .nest("/api", api)
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::prometheus))
         .fallback_service(ServeDir::new(&state.paths.static_dir))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))

@@ -68,6 +68,8 @@ pub struct Inputs {
     pub data_dir: PathBuf,
     /// Budget of the shared cache folder, in bytes.
     pub cache_budget_bytes: u64,
+    /// The disks the jobs write: no job starts unless what it will write fits above the low-water mark.
+    pub disk: crate::disk::Disk,
 }
 
 /// The admin's scheduling settings.
@@ -126,6 +128,14 @@ async fn schedule_once(
     inputs: &Inputs,
     settings: &Settings,
 ) -> Result<(), StoreError> {
+    // The disks first: the reserve back once there is room, the cache evicted below the low-water mark.
+    let disk = inputs.disk.clone();
+    let mut spaces = tokio::task::spawn_blocking(move || {
+        let spaces = disk.measure_all();
+        if disk.maintain(&spaces) { disk.measure_all() } else { spaces }
+    })
+    .await
+    .unwrap_or_default();
     let queued = store.jobs(Some(JobState::Queued)).await?;
     if queued.is_empty() {
         handle.queue.write().expect("queue info poisoned").clear();
@@ -166,7 +176,7 @@ async fn schedule_once(
         .collect();
     let plan = policy::plan(&candidates, &devices, &usage, &settings.limits);
     let etas = eta::start_times(store, &running, &queued, &plan, &devices, &settings.limits).await?;
-    *handle.queue.write().expect("queue info poisoned") = plan
+    let mut queue: HashMap<JobId, QueueInfo> = plan
         .waiting
         .iter()
         .map(|waiting| {
@@ -178,10 +188,10 @@ async fn schedule_once(
             (waiting.job, info)
         })
         .collect();
+    // What the jobs started in this pass will write, on top of what is already written.
+    let mut committed: Vec<(crate::disk::Role, u64)> = Vec::new();
+    let mut waiting_for_disk = Vec::new();
     for (id, device) in plan.assignments {
-        if !store.claim_job(id, device).await? {
-            continue; // cancelled between the read and the claim
-        }
         let job = queued.iter().find(|job| job.id == id).expect("assigned jobs come from the queue");
         let slot = inventory.slot(device).expect("devices come from the inventory");
         let sharing = devices.iter().find(|d| d.id == device).map_or(0, |d| d.running.len());
@@ -189,25 +199,68 @@ async fn schedule_once(
         let threads = (inventory.threads_per_slot() / (sharing + 1)).max(1);
         // A GPU that may take several jobs holds each one's data to the allowance its estimate counts.
         let data_budget = (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
-        match worker_job(job, slot.kind, threads, data_budget, inputs) {
-            Ok((work, phases)) => supervisor.start(work, slot, phases).await,
+        let inputs_now = inputs.clone();
+        let (job_now, kind) = (job.clone(), slot.kind);
+        let resolved = tokio::task::spawn_blocking(move || worker_job(&job_now, kind, threads, data_budget, &inputs_now))
+            .await
+            .unwrap_or_else(|err| Err(format!("resolving the job's inputs failed: {err}")));
+        let (work, phases, needs) = match resolved {
+            Ok(resolved) => resolved,
             Err(reason) => {
+                if !store.claim_job(id, device).await? {
+                    continue; // cancelled between the read and the claim
+                }
                 tracing::warn!(%id, %reason, "claimed job cannot run");
-                store.finish_job(id, JobState::Failed, Some(&reason)).await?;
+                supervisor.fail_unstarted(id, &reason).await;
+                continue;
+            }
+        };
+        let wanted: Vec<_> = committed.iter().chain(&needs).copied().collect();
+        if let Some(short) = inputs.disk.shortage(&spaces, &wanted) {
+            // The cache gives way first; measure again after it did.
+            let disk = inputs.disk.clone();
+            let missing = short.needed_bytes.saturating_sub(short.free_bytes);
+            spaces = tokio::task::spawn_blocking(move || {
+                disk.evict(missing);
+                disk.measure_all()
+            })
+            .await
+            .unwrap_or_default();
+            if let Some(short) = inputs.disk.shortage(&spaces, &wanted) {
+                tracing::info!(%id, reason = %short, "job waits for disk space");
+                waiting_for_disk.push((id, short.to_string()));
+                continue;
             }
         }
+        if !store.claim_job(id, device).await? {
+            continue; // cancelled between the read and the claim
+        }
+        committed.extend(needs);
+        supervisor.start(work, slot, phases).await;
     }
+    // Jobs held back by the disk are next in line; the rest move down behind them.
+    if !waiting_for_disk.is_empty() {
+        for info in queue.values_mut() {
+            info.position += waiting_for_disk.len();
+        }
+        for (place, (id, reason)) in waiting_for_disk.into_iter().enumerate() {
+            queue.insert(id, QueueInfo { position: place + 1, pending_reason: reason, eta_seconds: None });
+        }
+    }
+    *handle.queue.write().expect("queue info poisoned") = queue;
     Ok(())
 }
 
 /// Resolves a job's inputs again at start: a dataset or weights file may have gone since submit.
+/// Also returns what the job will write, per folder: its checkpoints in the job folder, and (at
+/// most) its decoded images in the shared cache.
 fn worker_job(
     job: &Job,
     device: crate::devices::DeviceKind,
     threads: usize,
     gpu_data_budget_bytes: Option<u64>,
     inputs: &Inputs,
-) -> Result<(WorkerJob, u32), String> {
+) -> Result<(WorkerJob, u32, Vec<(crate::disk::Role, u64)>), String> {
     let spec: JobSpec = serde_json::from_value(job.spec.clone()).map_err(|err| format!("stored spec unreadable: {err}"))?;
     let dataset = catalog::datasets::open(&inputs.datasets, &spec.dataset).map_err(|err| err.to_string())?;
     let weights_file = match spec.weights {
@@ -223,6 +276,17 @@ fn worker_job(
         crate::devices::DeviceKind::Cpu | crate::devices::DeviceKind::Slurm { .. } => WorkerDevice::Cpu,
     };
     let phases = spec.phases.len() as u32;
+    // The pixel cache holds a byte per pixel and channel (three at most) of every image; a
+    // variable-size spec counts its largest side.
+    let side = match spec.resize() {
+        crate::domain::spec::Resize::Square(size) => size,
+        crate::domain::spec::Resize::Bounded { max_side, .. } => max_side,
+    } as u64;
+    let images: u64 = dataset.splits.iter().map(|split| split.images as u64).sum();
+    let needs = vec![
+        (crate::disk::Role::Jobs, crate::domain::memory::disk_bytes(&spec)),
+        (crate::disk::Role::Cache, images * side * side * 3),
+    ];
     let work = WorkerJob {
         job_id: job.id,
         spec,
@@ -236,5 +300,5 @@ fn worker_job(
         state_dir: Some(JobPaths::new(&inputs.data_dir, job.id).state()),
         gpu_data_budget_bytes,
     };
-    Ok((work, phases))
+    Ok((work, phases, needs))
 }

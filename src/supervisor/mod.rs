@@ -11,7 +11,9 @@ pub mod slurm;
 pub use remote::RemoteError;
 
 use crate::devices::{DeviceKind, DeviceSlot, Inventory};
-use crate::domain::progress::{FailureKind, WorkerJob, EXIT_INTERRUPTED};
+use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts};
+use crate::domain::progress::{FailureKind, WorkerJob};
+use crate::domain::relay::WorkerExit;
 use crate::domain::{JobId, JobState};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
@@ -19,7 +21,7 @@ use progress::ProgressTracker;
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -135,13 +137,11 @@ pub enum Executor {
     Slurm(Arc<slurm::SlurmConfig>),
 }
 
-/// How a worker's end is recorded.
-enum Outcome {
-    /// A terminal state, with the reason for a failure.
-    Finish(JobState, Option<String>),
-    /// Back to the queue: `interrupted` (resumes from its checkpoint) or `requeued` (out of
-    /// memory, retried once with a changed spec).
-    Requeue { outcome: &'static str, spec: Option<serde_json::Value>, note: Option<String> },
+/// What a run's decision needs besides the run: see [`Supervisor::retries`].
+struct Retries {
+    oom_retry_batch: Option<u32>,
+    storage_attempts_left: bool,
+    disk: Option<String>,
 }
 
 /// Extra GPU memory kept above a job's measured peak when it is packed next to others.
@@ -163,6 +163,8 @@ pub struct Supervisor {
     shutdown: CancellationToken,
     /// Jobs running in Slurm, fed by their relays.
     remote: Arc<Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<remote::RemoteJob>>>>>,
+    /// The disks: the reserve a full disk releases, the free space failure messages name.
+    disk: crate::disk::Disk,
 }
 
 impl Supervisor {
@@ -174,8 +176,10 @@ impl Supervisor {
         worker_exited: Arc<Notify>,
         events: EventBus,
         inventory: Inventory,
+        disk: crate::disk::Disk,
     ) -> Supervisor {
         let supervisor = Supervisor {
+            disk,
             store,
             config: Arc::new(config),
             running: Arc::default(),
@@ -240,9 +244,28 @@ impl Supervisor {
                 tracing::error!(error = %err, "could not start worker");
                 let reason = format!("could not start the worker: {err:#}");
                 log.append(&format!("trainq: {reason}\n")).await;
-                self.finish(id, JobState::Failed, Some(&reason)).await;
+                self.start_failed(id, &log, &err, &work, phases, &reason).await;
             }
         }
+    }
+
+    /// A worker (or a Slurm job) that could not be started: the job fails with the reason, unless
+    /// the disk refused a write, which sends it back to the queue like a worker's full disk.
+    async fn start_failed(&self, id: JobId, log: &JobLog, err: &anyhow::Error, work: &WorkerJob, phases: u32, reason: &str) {
+        let Some(storage) = crate::storage::storage_error_in(err) else {
+            return self.finish(id, JobState::Failed, Some(reason)).await;
+        };
+        let spec = serde_json::to_value(&work.spec).expect("specs serialize");
+        let retries = self.retries(id, &spec).await;
+        let message = format!("{reason} ({storage})");
+        let facts = RunFacts {
+            failure: Some((FailureKind::Storage, &message)),
+            storage_attempts_left: retries.storage_attempts_left,
+            disk: retries.disk.as_deref(),
+            ..RunFacts::default()
+        };
+        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
+        self.conclude(id, log, &mut tracker, decide(&facts), &spec, "the worker did not start").await;
     }
 
     /// Whether the server is shutting down (the scheduler then starts nothing).
@@ -428,105 +451,132 @@ impl Supervisor {
         }
         let cancel_requested = cancelled
             || matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested);
-        let interrupted = matches!(&status, Ok(status) if status.code() == Some(EXIT_INTERRUPTED));
-        let out_of_memory = match tracker.failure() {
-            Some((FailureKind::OutOfMemory, message)) => Some(message.clone()),
-            _ => None,
+        let exit = status.as_ref().ok().and_then(|status| match (status.code(), status.signal()) {
+            (Some(code), _) => Some(WorkerExit::Code(code)),
+            (None, Some(signal)) => Some(WorkerExit::Signal(signal)),
+            (None, None) => None,
+        });
+        let failure = tracker.failure().cloned();
+        let retries = self.retries(id, &spec).await;
+        let facts = RunFacts {
+            exit,
+            cancel_requested,
+            server_stopping: stopping,
+            saw_final: tracker.saw_final(),
+            failure: failure.as_ref().map(|(kind, message)| (*kind, message.as_str())),
+            slurm: None,
+            gpu,
+            cpu_memory_limit: self.config.cpu_memory_limit,
+            oom_retry_batch: retries.oom_retry_batch,
+            storage_attempts_left: retries.storage_attempts_left,
+            disk: retries.disk.as_deref(),
         };
-        let outcome = match status {
-            _ if cancel_requested => Outcome::Finish(JobState::Cancelled, None),
-            Ok(status) if status.success() && tracker.saw_final() => Outcome::Finish(JobState::Succeeded, None),
-            // Stopped by the server's shutdown (or a SIGTERM from outside): it resumes later.
-            _ if stopping || interrupted => Outcome::Requeue { outcome: "interrupted", spec: None, note: None },
-            _ if out_of_memory.is_some() => {
-                self.out_of_memory(id, gpu, &spec, out_of_memory.as_deref().unwrap_or_default()).await
-            }
-            Ok(status) if status.success() => Outcome::Finish(
-                JobState::Failed,
-                Some(String::from("the worker exited 0 without reporting final metrics")),
-            ),
-            // A Rust-side allocation that fails under the memory limit aborts without a word.
-            Ok(status) if status.signal() == Some(libc::SIGABRT) && !gpu && self.config.cpu_memory_limit.is_some() => {
-                let limit = self.config.cpu_memory_limit.unwrap_or_default() as f64 / 1e9;
-                let reason = format!("{}: probably out of memory under the {limit:.1} GB limit of CPU workers", describe_exit(status));
-                Outcome::Finish(JobState::Failed, Some(reason))
-            }
-            Ok(status) => Outcome::Finish(JobState::Failed, Some(describe_exit(status))),
-            Err(ref err) => Outcome::Finish(JobState::Failed, Some(format!("waiting for the worker failed: {err}"))),
-        };
+        let decision = decide(&facts);
         let summary = match &status {
-            Ok(status) => describe_exit(*status),
-            Err(err) => err.to_string(),
+            Ok(status) => exit.map_or_else(|| status.to_string(), describe_exit),
+            Err(err) => format!("waiting for the worker failed: {err}"),
         };
-        self.conclude(id, &log, outcome, &summary).await;
+        self.conclude(id, &log, &mut tracker, decision, &spec, &summary).await;
     }
 
-    /// Records how a job's worker ended: a final state (a failure's reason quoting the log's
-    /// tail), or back to the queue.
-    async fn conclude(&self, id: JobId, log: &JobLog, outcome: Outcome, summary: &str) {
-        let (state, reason) = match outcome {
-            Outcome::Finish(state, reason) => (state, reason),
-            Outcome::Requeue { outcome, spec, note } => {
-                let done = self.store.requeue_job(id, outcome, spec.as_ref(), note.as_deref()).await;
-                match done {
-                    Ok(true) => {
-                        let why = note.unwrap_or_else(|| String::from("interrupted; it resumes from its last checkpoint"));
-                        log.append(&format!("trainq: {summary}; job re-queued: {why}\n")).await;
-                        tracing::info!(%summary, %why, "job re-queued");
-                        if spec.is_some() {
-                            // The checkpoint belongs to the old spec.
-                            let _ = tokio::fs::remove_dir_all(JobPaths::new(&self.config.data_dir, id).state()).await;
-                        }
-                        let name = self.store.job(id).await.ok().flatten().map(|job| job.name).unwrap_or_default();
-                        self.events.publish(id, EventKind::Queued { name });
-                    }
-                    Ok(false) => {}
-                    Err(err) => tracing::error!(error = ?err, %id, "re-queueing a job failed"),
-                }
-                self.running.lock().expect("running map poisoned").remove(&id);
-                self.worker_exited.notify_one();
-                return;
-            }
-        };
-        let reason = match reason {
-            Some(reason) => {
-                let tail = log_tail(&log.path, REASON_LOG_LINES).await;
-                Some(format!("{reason}\n--- last lines of the log ---\n{tail}"))
-            }
-            None => None,
-        };
-        log.append(&format!("trainq: {summary}; job {state}\n")).await;
-        tracing::info!(%state, %summary, "worker ended");
-        self.finish(id, state, reason.as_deref()).await;
-    }
-
-    /// A worker ran out of memory: the job fails with the numbers, or with `retry_on_oom` (once)
-    /// goes back to the queue with half the batch size, which the job's notes record.
-    async fn out_of_memory(&self, id: JobId, gpu: bool, spec: &serde_json::Value, message: &str) -> Outcome {
-        let what = if gpu { "out of GPU memory" } else { "out of memory" };
-        let limit = match (gpu, self.config.cpu_memory_limit) {
-            (false, Some(limit)) => format!(" (CPU workers may use {:.1} GB: --worker-max-memory-gb)", limit as f64 / 1e9),
-            _ => String::new(),
-        };
-        let batch = spec["batch_size"].as_u64().unwrap_or(1);
-        let retry = spec["retry_on_oom"].as_bool().unwrap_or(false) && batch > 1;
-        if retry && !self.store.oom_retried(id).await.unwrap_or(true) {
-            let mut halved = spec.clone();
-            halved["batch_size"] = serde_json::json!(batch / 2);
-            let note = format!("{what} with batch_size {batch}{limit}; re-queued once with batch_size {}", batch / 2);
-            return Outcome::Requeue { outcome: "requeued", spec: Some(halved), note: Some(note) };
+    /// What the decision needs beyond the run itself: whether an out-of-memory run may be retried
+    /// with half the batch, whether a storage fault may re-queue the job once more, and the disk.
+    async fn retries(&self, id: JobId, spec: &serde_json::Value) -> Retries {
+        let batch = spec["batch_size"].as_u64().unwrap_or(1) as u32;
+        let may_retry = spec["retry_on_oom"].as_bool().unwrap_or(false) && batch > 1;
+        let oom_retry_batch = (may_retry && !self.store.oom_retried(id).await.unwrap_or(true)).then_some(batch / 2);
+        let faults = self.store.storage_faults(id).await.unwrap_or(0);
+        let disk = self.disk.clone();
+        let described = tokio::task::spawn_blocking(move || disk.describe()).await.ok().flatten();
+        Retries {
+            oom_retry_batch,
+            storage_attempts_left: faults < self.disk.settings().max_storage_attempts,
+            disk: described,
         }
-        Outcome::Finish(JobState::Failed, Some(format!("{what}{limit}: {message}")))
     }
 
-    async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {
-        match self.store.finish_job(id, state, reason).await {
-            Ok(true) => self.events.publish(id, EventKind::Finished { state, error: reason.map(str::to_string) }),
-            Ok(false) => {}
-            Err(err) => tracing::error!(error = ?err, %id, "recording the end of a job failed"),
+    /// Records how a job's run ended: the results the tracker could not store yet, then the
+    /// job's next state — a final one (a failure's reason quoting the log's tail) or back to the
+    /// queue. Every write is retried until it lands (see [`StateWrite`]): the job stays `running`
+    /// meanwhile, so its device is not handed out twice, and other devices go on.
+    async fn conclude(
+        &self,
+        id: JobId,
+        log: &JobLog,
+        tracker: &mut ProgressTracker,
+        decision: Decision,
+        spec: &serde_json::Value,
+        summary: &str,
+    ) {
+        let mut retry = StateWrite::new("storing the run's last results", &self.disk);
+        while let Err(err) = tracker.save_pending().await {
+            if !retry.again(&err).await {
+                break;
+            }
+        }
+        let next = decision.outcome.job_state();
+        if next != JobState::Queued {
+            let reason = match decision.reason {
+                Some(reason) => {
+                    let tail = log_tail(&log.path, REASON_LOG_LINES).await;
+                    Some(format!("{reason}\n--- last lines of the log ---\n{tail}"))
+                }
+                None => None,
+            };
+            log.append(&format!("trainq: {summary}; job {next}\n")).await;
+            tracing::info!(state = %next, %summary, "worker ended");
+            self.finish(id, next, reason.as_deref()).await;
+            return;
+        }
+        let new_spec = decision.batch_size.map(|batch| {
+            let mut halved = spec.clone();
+            halved["batch_size"] = serde_json::json!(batch);
+            halved
+        });
+        let mut retry = StateWrite::new("re-queueing a job", &self.disk);
+        let done = loop {
+            match self.store.requeue_job(id, decision.outcome, new_spec.as_ref(), decision.note.as_deref()).await {
+                Ok(done) => break done,
+                Err(err) if retry.again(&err).await => {}
+                Err(_) => break false,
+            }
+        };
+        if done {
+            let why = decision.note.unwrap_or_else(|| String::from("interrupted; it resumes from its last checkpoint"));
+            log.append(&format!("trainq: {summary}; job re-queued: {why}\n")).await;
+            tracing::info!(%summary, %why, "job re-queued");
+            if new_spec.is_some() {
+                // The checkpoint belongs to the old spec.
+                let _ = tokio::fs::remove_dir_all(JobPaths::new(&self.config.data_dir, id).state()).await;
+            }
+            let name = self.store.job(id).await.ok().flatten().map(|job| job.name).unwrap_or_default();
+            self.events.publish(id, EventKind::Queued { name });
         }
         self.running.lock().expect("running map poisoned").remove(&id);
         self.worker_exited.notify_one();
+    }
+
+    /// Ends a running job in a final state, retrying the write until it lands.
+    async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {
+        let mut retry = StateWrite::new("recording the end of a job", &self.disk);
+        loop {
+            match self.store.finish_job(id, state, reason).await {
+                Ok(true) => {
+                    self.events.publish(id, EventKind::Finished { state, error: reason.map(str::to_string) });
+                    break;
+                }
+                Ok(false) => break,
+                Err(err) if retry.again(&err).await => {}
+                Err(_) => break,
+            }
+        }
+        self.running.lock().expect("running map poisoned").remove(&id);
+        self.worker_exited.notify_one();
+    }
+
+    /// Fails a job the scheduler claimed but could not hand to a worker (its inputs vanished).
+    pub async fn fail_unstarted(&self, id: JobId, reason: &str) {
+        self.finish(id, JobState::Failed, Some(reason)).await;
     }
 }
 
@@ -537,28 +587,41 @@ fn signal_group(pid: i32, signal: i32) {
     }
 }
 
-/// "exited with code 3" or "killed by signal 11 (SIGSEGV)".
-pub fn describe_exit(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        return format!("worker exited with code {code}");
-    }
-    match status.signal() {
-        Some(signal) => format!("worker killed by signal {signal} ({})", signal_name(signal)),
-        None => String::from("worker ended for an unknown reason"),
-    }
+/// Retries a write of a job's state until it lands. Transient store errors (a full disk, an I/O
+/// error, a lock held past the busy timeout) are waited out with backoff — releasing the disk
+/// reserve when the disk is full, so the write can land — and logged now and then; anything else
+/// (a corrupt row) is logged and given up.
+struct StateWrite<'a> {
+    what: &'static str,
+    disk: &'a crate::disk::Disk,
+    delay: Duration,
+    attempts: u32,
 }
 
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGINT => "SIGINT",
-        _ => "other signal",
+impl<'a> StateWrite<'a> {
+    const FIRST_DELAY: Duration = Duration::from_millis(100);
+    const MAX_DELAY: Duration = Duration::from_secs(5);
+
+    fn new(what: &'static str, disk: &'a crate::disk::Disk) -> StateWrite<'a> {
+        StateWrite { what, disk, delay: Self::FIRST_DELAY, attempts: 0 }
+    }
+
+    /// After a failed attempt: waits and returns true to try again, or false to give up.
+    async fn again(&mut self, err: &crate::store::StoreError) -> bool {
+        if !err.is_transient() {
+            tracing::error!(error = ?err, what = self.what, "a state write failed and cannot be retried");
+            return false;
+        }
+        self.attempts += 1;
+        if err.is_disk_full() {
+            self.disk.release_reserve();
+        }
+        if self.attempts == 1 || self.attempts % 20 == 0 {
+            tracing::warn!(error = ?err, what = self.what, attempts = self.attempts, "a state write failed; retrying until it lands");
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX_DELAY);
+        true
     }
 }
 
@@ -613,7 +676,7 @@ mod tests {
 
     #[test]
     fn exits_are_described_for_people() {
-        assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "worker exited with code 3");
-        assert_eq!(describe_exit(ExitStatus::from_raw(libc::SIGSEGV)), "worker killed by signal 11 (SIGSEGV)");
+        assert_eq!(describe_exit(WorkerExit::Code(3)), "worker exited with code 3");
+        assert_eq!(describe_exit(WorkerExit::Signal(libc::SIGSEGV)), "worker killed by signal 11 (SIGSEGV)");
     }
 }

@@ -4,7 +4,7 @@
 
 use super::JobLog;
 use crate::domain::job::ResumePoint;
-use crate::domain::progress::{FailureKind, ProgressEvent};
+use crate::domain::progress::{EpochMetrics, FailureKind, FinalMetrics, ProgressEvent};
 use crate::domain::job::{FeatureUse, SplitLoad};
 use crate::domain::{JobId, JobProgress};
 use crate::events::{EventBus, EventKind};
@@ -23,12 +23,43 @@ pub(super) struct ProgressTracker {
     events: EventBus,
     failure: Option<(FailureKind, String)>,
     epochs_seen: u32,
+    /// Results the store refused (a full disk, say), in order, kept until a write lands: the
+    /// supervisor retries them before it records the job's end.
+    unsaved_epochs: Vec<EpochMetrics>,
+    unsaved_final: Option<FinalMetrics>,
 }
 
 impl ProgressTracker {
     pub(super) fn new(store: Store, id: JobId, log: JobLog, phases: u32, events: EventBus) -> ProgressTracker {
         let progress = JobProgress { phases, activity: String::from("starting"), ..JobProgress::default() };
-        ProgressTracker { store, id, log, progress, last_write: None, saw_final: false, events, failure: None, epochs_seen: 0 }
+        ProgressTracker {
+            store,
+            id,
+            log,
+            progress,
+            last_write: None,
+            saw_final: false,
+            events,
+            failure: None,
+            epochs_seen: 0,
+            unsaved_epochs: Vec::new(),
+            unsaved_final: None,
+        }
+    }
+
+    /// Stores the epochs and final metrics the store refused so far, oldest first; each epoch
+    /// goes out as a live event once stored.
+    pub(super) async fn save_pending(&mut self) -> Result<(), crate::store::StoreError> {
+        while let Some(metrics) = self.unsaved_epochs.first() {
+            self.store.record_epoch(self.id, metrics).await?;
+            let metrics = self.unsaved_epochs.remove(0);
+            self.events.publish(self.id, EventKind::Epoch { metrics });
+        }
+        if let Some(metrics) = &self.unsaved_final {
+            self.store.set_final_metrics(self.id, metrics).await?;
+            self.unsaved_final = None;
+        }
+        Ok(())
     }
 
     /// What the worker said went wrong before it exited, if it said.
@@ -104,9 +135,9 @@ impl ProgressTracker {
             }
             ProgressEvent::Epoch(metrics) => {
                 self.epochs_seen += 1;
-                self.store.record_epoch(self.id, &metrics).await?;
-                self.events.publish(self.id, EventKind::Epoch { metrics });
                 progress.step = progress.steps;
+                self.unsaved_epochs.push(metrics);
+                self.save_pending().await?;
                 true
             }
             ProgressEvent::Checkpoint { phase, epoch, step } => {
@@ -123,9 +154,10 @@ impl ProgressTracker {
                 false
             }
             ProgressEvent::Final(metrics) => {
-                self.store.set_final_metrics(self.id, &metrics).await?;
                 self.saw_final = true;
                 progress.activity = String::from("finishing");
+                self.unsaved_final = Some(metrics);
+                self.save_pending().await?;
                 true
             }
         };

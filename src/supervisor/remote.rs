@@ -5,12 +5,13 @@
 //! and the end becomes the job's state. The Slurm job outlives this server: a restart re-attaches
 //! to it (`reattach`) instead of re-queueing.
 
-use super::slurm::{self, SlurmConfig, SlurmJob};
-use super::{JobLog, JobPaths, Outcome, ProgressTracker, Supervisor};
+use super::slurm::{self, SlurmConfig};
+use super::{JobLog, JobPaths, ProgressTracker, Supervisor};
 use crate::devices::DeviceSlot;
-use crate::domain::progress::{FailureKind, WorkerJob, EXIT_INTERRUPTED};
+use crate::domain::outcome::{decide, RunFacts, SlurmEnd, SlurmState};
+use crate::domain::progress::WorkerJob;
 use crate::domain::relay::{RelayBatch, Stream, WorkerExit};
-use crate::domain::{Job, JobId, JobState};
+use crate::domain::{Job, JobId};
 use crate::events::EventKind;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +75,7 @@ impl Supervisor {
             Err(err) => {
                 let reason = format!("Slurm did not take the job: {err:#}");
                 log.append(&format!("trainq: {reason}\n")).await;
-                self.finish(id, JobState::Failed, Some(&reason)).await;
+                self.start_failed(id, &log, &err, &work, phases, &reason).await;
             }
         }
     }
@@ -140,8 +141,8 @@ impl Supervisor {
                 Ok(Some(job)) if job.is_finished() => break Some(job),
                 Ok(Some(job)) => {
                     failures = 0;
-                    let activity = match job.state.as_str() {
-                        "PENDING" => format!("pending in Slurm: {}", job.reason),
+                    let activity = match job.state {
+                        SlurmState::Pending => format!("pending in Slurm: {}", job.reason),
                         _ => String::new(),
                     };
                     if !activity.is_empty() {
@@ -176,58 +177,30 @@ impl Supervisor {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         self.remote.lock().expect("remote map poisoned").remove(&id);
-        let remote = remote.lock().await;
+        let mut remote = remote.lock().await;
         let stored = self.store.job(id).await.ok().flatten();
-        let cancelled = cancel_sent || stored.as_ref().is_some_and(|job| job.cancel_requested);
-        let saw_final = remote.tracker.saw_final() || stored.as_ref().is_some_and(|job| job.final_metrics.is_some());
-        let outcome = self.slurm_outcome(id, &slurm_id, last.as_ref(), &remote, cancelled, saw_final, stored.as_ref()).await;
-        drop(remote);
-        let log = self.job_log(&JobPaths::new(&self.config.data_dir, id), id);
-        self.conclude(id, &log, outcome, &format!("Slurm job {slurm_id} ended")).await;
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn slurm_outcome(
-        &self,
-        id: JobId,
-        slurm_id: &str,
-        last: Option<&SlurmJob>,
-        remote: &RemoteJob,
-        cancelled: bool,
-        saw_final: bool,
-        stored: Option<&Job>,
-    ) -> Outcome {
-        let state = last.map_or("gone", |job| job.state.as_str());
-        if cancelled {
-            return Outcome::Finish(JobState::Cancelled, None);
-        }
-        if saw_final && (state == "COMPLETED" || state == "gone") && !matches!(remote.exit, Some(WorkerExit::Code(code)) if code != 0) {
-            return Outcome::Finish(JobState::Succeeded, None);
-        }
-        let foreign_cancel = last.is_some_and(|job| job.state == "CANCELLED" && job.comment.as_deref() != Some(slurm::CANCEL_MARK));
-        // Stopped by a signal and checkpointed (a Slurm time limit, a preemption): it resumes.
-        // A cancel from outside trainq also sends SIGTERM, but means "stop": it fails below.
-        if remote.exit == Some(WorkerExit::Code(EXIT_INTERRUPTED)) && !foreign_cancel {
-            let note = last.filter(|job| job.state == "TIMEOUT").map(|_| {
-                format!("Slurm job {slurm_id} hit its time limit (--slurm-time); re-queued to resume from its checkpoint")
-            });
-            return Outcome::Requeue { outcome: "interrupted", spec: None, note };
-        }
-        if let Some((FailureKind::OutOfMemory, message)) = remote.tracker.failure() {
-            let spec = stored.map_or(serde_json::Value::Null, |job| job.spec.clone());
-            return self.out_of_memory(id, self.slurm().gpus > 0, &spec, message).await;
-        }
-        let reason = match last {
-            Some(_) if foreign_cancel => format!("cancelled in Slurm from outside trainq (scancel of job {slurm_id})"),
-            Some(job) if job.state == "TIMEOUT" => {
-                format!("Slurm job {slurm_id} hit its time limit (--slurm-time); it resumes only if resubmitted")
-            }
-            Some(job) => {
-                let exit = job.exit.map_or(String::new(), |(code, signal)| format!(", exit code {code}, signal {signal}"));
-                format!("Slurm job {slurm_id} ended {} ({}{exit})", job.state, job.reason)
-            }
-            None => format!("Slurm no longer knows job {slurm_id} and its worker never reported the end"),
+        let spec = stored.as_ref().map_or(serde_json::Value::Null, |job| job.spec.clone());
+        let end = match &last {
+            Some(job) => job.end(&slurm_id),
+            None => SlurmEnd { id: slurm_id.clone(), state: None, reason: String::new(), exit: None, marked_by_trainq: false },
         };
-        Outcome::Finish(JobState::Failed, Some(reason))
+        let failure = remote.tracker.failure().cloned();
+        let retries = self.retries(id, &spec).await;
+        let facts = RunFacts {
+            exit: remote.exit,
+            cancel_requested: cancel_sent || stored.as_ref().is_some_and(|job| job.cancel_requested),
+            server_stopping: false,
+            saw_final: remote.tracker.saw_final() || stored.as_ref().is_some_and(|job| job.final_metrics.is_some()),
+            failure: failure.as_ref().map(|(kind, message)| (*kind, message.as_str())),
+            slurm: Some(&end),
+            gpu: self.slurm().gpus > 0,
+            cpu_memory_limit: None,
+            oom_retry_batch: retries.oom_retry_batch,
+            storage_attempts_left: retries.storage_attempts_left,
+            disk: retries.disk.as_deref(),
+        };
+        let decision = decide(&facts);
+        let log = remote.log.clone();
+        self.conclude(id, &log, &mut remote.tracker, decision, &spec, &format!("Slurm job {slurm_id} ended")).await;
     }
 }

@@ -1,0 +1,55 @@
+//! `GET /readyz`: whether this server can do its work now, check by check, for a load balancer or
+//! the admin's monitoring (`/healthz` only says the process answers). 200 when every check passes,
+//! 503 with the failing ones otherwise.
+
+use super::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+/// `GET /readyz`.
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let database = match state.store.write_probe().await {
+        Ok(()) => json!({"ok": true}),
+        Err(err) => {
+            tracing::warn!(error = ?err, "readiness: the database refused a write");
+            json!({"ok": false, "message": "the database refused a write (see the server log)"})
+        }
+    };
+    let disk = state.disk.clone();
+    let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
+    let low_water = state.disk.settings().low_water_bytes;
+    let folders: Vec<Value> = spaces
+        .iter()
+        .map(|space| {
+            json!({
+                "role": space.role,
+                "path": space.path,
+                "free_bytes": space.free_bytes,
+                "total_bytes": space.total_bytes,
+                "ok": space.free_bytes >= low_water,
+            })
+        })
+        .collect();
+    let reserve = state.disk.reserve_held() || state.disk.settings().reserve_bytes == 0;
+    let disk_ok = reserve && spaces.len() == 3 && spaces.iter().all(|space| space.free_bytes >= low_water);
+    let worker = &state.paths.worker_program;
+    let worker_ok = is_executable(worker);
+    let slots = state.inventory.slots();
+    let gpus = slots.iter().filter(|slot| slot.memory_total.is_some()).count();
+    let checks = json!({
+        "database": database,
+        "disk": {"ok": disk_ok, "low_water_bytes": low_water, "reserve_held": state.disk.reserve_held(), "folders": folders},
+        "worker": {"ok": worker_ok, "path": worker},
+        "devices": {"ok": !slots.is_empty(), "slots": slots.len(), "gpus": gpus},
+    });
+    let ready = ["database", "disk", "worker", "devices"].iter().all(|name| checks[name]["ok"] == true);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": ready, "checks": checks})))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0)
+}
