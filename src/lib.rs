@@ -27,6 +27,8 @@ pub mod relay;
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.
 pub mod server;
+/// Files on a disk that can fill up: one atomic write for every artifact, cache eviction, storage-error tests.
+pub mod storage;
 /// SQLite storage (the only SQL).
 pub mod store;
 /// Worker processes (the only code that spawns).

@@ -32,6 +32,7 @@ use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJ
 use trainq::domain::spec::JobSpec;
 use trainq::domain::ProgressEvent;
 use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
+use trainq::storage;
 
 /// Most pixel bytes a job keeps on its GPU for the whole job.
 const GPU_DATA_BUDGET_BYTES: i64 = 4 << 30;
@@ -276,32 +277,25 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-/// Writes the VarStore's tensors as safetensors, atomically (temp file, then rename).
+/// Writes the VarStore's tensors as safetensors (`storage::write_atomic`, through the resumable
+/// checkpoint's writer) and announces the artifact.
 pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Result<()> {
-    let variables = network.vs.variables();
-    let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(b.0));
-    // `contiguous`: a GPU job's convolution weights are channels-last, which safetensors can't
-    // hold (and PyTorch expects the standard layout).
-    let named: Vec<(&str, Tensor)> =
-        named.into_iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu).contiguous())).collect();
-    let temporary = dir.join(format!("{name}.tmp"));
-    Tensor::write_safetensors(&named, &temporary)?;
-    std::fs::rename(&temporary, dir.join(name))?;
+    resume::write_safetensors(&dir.join(name), network.vs.variables(), None)?;
     emit(&ProgressEvent::Artifact { name: name.to_string() });
     Ok(())
 }
 
-/// Writes an artifact atomically (temp file, then rename) and announces it.
-fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, dir.join(name))?;
+/// Writes an artifact (`storage::write_atomic`) and announces it. `name` is relative to `dir` and
+/// may name a sub-folder (`cam/index.json`).
+pub fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    storage::write_atomic_bytes(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     emit(&ProgressEvent::Artifact { name: name.to_string() });
     Ok(())
 }
 
-fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+/// [`write_artifact`] of a value as pretty JSON.
+pub fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
     write_artifact(dir, name, &serde_json::to_vec_pretty(value)?)
 }
 
@@ -389,7 +383,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             "convolution weights did not take the channels-last layout"
         );
     }
-    std::fs::create_dir_all(&work.output_dir)?;
+    std::fs::create_dir_all(&work.output_dir).with_context(|| format!("creating {}", work.output_dir.display()))?;
     write_json(&work.output_dir, "spec.json", spec)?;
 
     let batch_size = spec.batch_size as i64;
@@ -629,6 +623,8 @@ fn phase_features(
     let state = features_dir.as_ref().map(|_| features::state_hash(network));
     let batch = (work.spec.batch_size as i64 * 2).clamp(1, 64);
     let (mut sources, mut files) = (Vec::new(), Vec::new());
+    // A full disk makes room in the cache, but not by evicting this job's own files.
+    let pixel_entries = cache_files(work, [Some(splits.train), splits.val, Some(splits.test)].into_iter().flatten());
     let mut obtain = |name: &str, split: &Split| {
         let pixels_key = match &split.cache {
             CacheOutcome::Hit(key) | CacheOutcome::Built(key) => Some(key.as_str()),
@@ -643,7 +639,8 @@ fn phase_features(
         let entry = entry_for(&cut_name);
         // Only worth going through the lower cut when its activations can be kept for later.
         let lower = lower.map(|lower| (lower, entry_for(&network.cut_name(lower)))).filter(|(_, entry)| entry.is_some());
-        let (features, source, used) = features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower);
+        let keep: Vec<std::path::PathBuf> = pixel_entries.iter().chain(&files).cloned().collect();
+        let (features, source, used) = features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower, &keep);
         sources.push((name.to_string(), source, features.bytes()));
         files.extend(used);
         features
@@ -712,7 +709,8 @@ fn cache_files<'a>(work: &WorkerJob, splits: impl Iterator<Item = &'a Split>) ->
 /// Evicts least recently used cache entries beyond the job's budget, keeping `keep`.
 fn trim_cache(work: &WorkerJob, keep: Vec<std::path::PathBuf>) {
     if let (Some(dir), Some(budget)) = (&work.cache_dir, work.cache_budget_bytes) {
-        let eviction = cache::evict(dir, budget, &keep);
+        let eviction = storage::evict(dir, budget, &keep);
+        cache::log_eviction(&eviction, "over the budget");
         if eviction.removed > 0 {
             eprintln!(
                 "cache: evicted {} entries ({:.0} MB) to stay under {:.0} MB",
