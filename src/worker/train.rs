@@ -450,7 +450,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
                 EpochOutcome::Done(metrics) => metrics,
                 EpochOutcome::Interrupted(partial) => {
                     let progress = Progress { phase: phase_number, epochs: epoch - 1, partial, ..progress };
-                    checkpoint(work, &progress, &network, &optimizer);
+                    checkpoint(work, &progress, &network, &optimizer)?;
                     eprintln!(
                         "SIGTERM: stopped after step {} of phase {phase_number} epoch {epoch}; the next start continues from there",
                         partial.steps
@@ -485,7 +485,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             }
             progress.curves.push(metrics.clone());
             progress = Progress { phase: phase_number, epochs: epoch, partial: PartialEpoch::default(), ..progress };
-            checkpoint(work, &progress, &network, &optimizer);
+            checkpoint(work, &progress, &network, &optimizer)?;
             emit(&ProgressEvent::Epoch(metrics));
         }
     }
@@ -514,6 +514,8 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         let started = Instant::now();
         match crate::cam::write_gallery(&network, &test, &on_test, &dataset.classes, &work.dataset_dir, &normaliser, &work.output_dir) {
             Ok(count) => eprintln!("Grad-CAM: {count} heatmaps in cam/ ({:.1}s)", started.elapsed().as_secs_f64()),
+            // A full disk fails the job like any other artifact's write; the gallery's own errors do not.
+            Err(err) if storage::storage_error_in(&err).is_some() => return Err(err.context("writing the Grad-CAM gallery")),
             Err(err) => eprintln!("warning: no Grad-CAM gallery: {err:#}"),
         }
     }
@@ -554,10 +556,13 @@ fn resume_point(work: &WorkerJob, network: &Network) -> (Progress, Option<Optimi
     }
 }
 
-/// Writes the resumable checkpoint (when the job has a state folder) and announces it. A failed
-/// write is logged, not fatal: training goes on, and the previous checkpoint stands.
-fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimizer: &Optimizer) {
-    let Some(dir) = &work.state_dir else { return };
+/// Writes the resumable checkpoint (when the job has a state folder) and announces it. A storage
+/// error (a full disk, a quota, EIO, a read-only filesystem) is returned, and stops the job: every
+/// later write would fail too, and the previous checkpoint is intact (`storage::write_atomic`), so
+/// the job resumes from it once the disk is fixed. Any other failed write is logged, not fatal:
+/// training goes on, and the previous checkpoint stands.
+fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimizer: &Optimizer) -> anyhow::Result<()> {
+    let Some(dir) = &work.state_dir else { return Ok(()) };
     let started = Instant::now();
     match resume::save(dir, progress, network, optimizer) {
         Ok(()) => {
@@ -567,8 +572,10 @@ fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimize
             }
             emit(&ProgressEvent::Checkpoint { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
         }
+        Err(err) if storage::storage_error_in(&err).is_some() => return Err(err),
         Err(err) => eprintln!("warning: no resumable checkpoint this time: {err:#}"),
     }
+    Ok(())
 }
 
 /// A seed derived from the job's seed and a position (phase, epoch[, step]) by SplitMix64's mixing,
