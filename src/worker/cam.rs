@@ -100,6 +100,14 @@ pub fn pick(labels: &[i64], probabilities: &[Vec<f64>]) -> Vec<(usize, &'static 
         .collect()
 }
 
+/// The overlay as PNG bytes, [`DISPLAY_SIDE`] pixels wide. Encoded in memory (a few tens of kB), so
+/// the file is written like every other (`storage::write_atomic`).
+pub fn overlay_png(pixels: &Tensor, cam: &Tensor) -> anyhow::Result<Vec<u8>> {
+    let mut png = Vec::new();
+    overlay(pixels, cam, DISPLAY_SIDE).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
+}
+
 /// Writes `cam/<kind>-<n>.png` for the picked test images and `cam/index.json` listing them.
 /// Heatmaps are computed in float32 without autocast, one image at a time.
 pub fn write_gallery(
@@ -121,10 +129,7 @@ pub fn write_gallery(
         let n = counts.entry(kind).or_insert(0usize);
         let file = format!("cam/{kind}-{n}.png");
         *n += 1;
-        // Encoded in memory (a few tens of kB), so the file itself is written like every artifact.
-        let mut png = Vec::new();
-        overlay(&pixels, &map, DISPLAY_SIDE).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        write_artifact(output_dir, &file, &png)?;
+        write_artifact(output_dir, &file, &overlay_png(&pixels, &map)?)?;
         let path = test.paths[index].strip_prefix(dataset_dir).unwrap_or(&test.paths[index]);
         items.push(GalleryItem {
             file,
