@@ -16,8 +16,9 @@ pub const EXIT_INTERRUPTED: i32 = 75;
 /// `out_of_memory` first.
 pub const EXIT_OUT_OF_MEMORY: i32 = 3;
 
-/// Exit code of a worker whose write failed for lack of space or an I/O error (`EX_IOERR`); it
-/// printed a `failed` event with kind `storage` first. Its last checkpoint is intact.
+/// Exit code of a worker whose write failed for the storage's sake (`EX_IOERR`): no space left, a
+/// quota, an I/O error or a read-only filesystem. It printed a `failed` event with kind `storage`
+/// first; its last resumable checkpoint is intact, so the job can resume once the disk is fixed.
 pub const EXIT_STORAGE: i32 = 74;
 
 /// Everything a worker needs to run one job, written by the supervisor before the spawn.
@@ -207,7 +208,8 @@ pub enum ProgressEvent {
     Failed {
         /// What went wrong.
         kind: FailureKind,
-        /// libtorch's or the allocator's own words, with its numbers (requested, free, total).
+        /// libtorch's or the allocator's own words, with its numbers (requested, free, total); for
+        /// `storage`, the path written and the operating system's error.
         message: String,
     },
 }
@@ -256,6 +258,16 @@ mod tests {
         let line = event.to_line();
         assert!(line.starts_with(EVENT_PREFIX));
         assert_eq!(ProgressEvent::from_line(&line).unwrap().unwrap(), event);
+    }
+
+    #[test]
+    fn a_storage_failure_is_named_storage_on_the_wire() {
+        let event = ProgressEvent::Failed { kind: FailureKind::Storage, message: String::from("writing /x: No space left on device") };
+        assert_eq!(
+            event.to_line(),
+            r#"@trainq {"event":"failed","kind":"storage","message":"writing /x: No space left on device"}"#
+        );
+        assert_eq!(ProgressEvent::from_line(&event.to_line()).unwrap().unwrap(), event);
     }
 
     #[test]

@@ -156,8 +156,8 @@ pub async fn artifacts(
             let name = format!("{prefix}{file_name}");
             if file_type.is_dir() && depth < MAX_ARTIFACT_DEPTH {
                 folders.push((entry.path(), format!("{name}/"), depth + 1));
-            } else if file_type.is_file() && !name.ends_with(".tmp") {
-                // Half-written files (`*.tmp`) are not artifacts yet.
+            } else if file_type.is_file() && !name.ends_with(".tmp") && !name.contains(".tmp.") {
+                // Half-written files (`*.tmp`, and storage::write_atomic's `*.tmp.<pid>.<n>.<nonce>`) are not artifacts yet.
                 let Ok(metadata) = entry.metadata().await else { continue };
                 let url = format!("/api/jobs/{}/artifacts/{name}", job.id);
                 views.push(ArtifactView { name, bytes: metadata.len(), url });

@@ -15,16 +15,17 @@
 //! | `h` | [`EntryHeader`] as JSON: key, count, channels (1 or 3), shape groups, labels, relative paths, skipped files |
 //! | `Σ count·channels·height·width` | the pixels: each shape group's `[n, C, H, W]` uint8 in C order, group after group |
 //!
-//! Writers write a private temporary file (`<key>.bin.tmp.<pid>.<n>.<nonce>`), fsync it and
-//! `rename` it over the entry, so readers see either no entry or a complete one; two jobs that
-//! build the same entry at once both succeed and the last rename wins (both files are identical; a
-//! reader that opened the first keeps reading it). Readers check the magic, version, header and
+//! Writers go through `storage::write_atomic` (a private temporary file
+//! `<key>.bin.tmp.<pid>.<n>.<nonce>`, fsynced and renamed over the entry), so readers see either no
+//! entry or a complete one; two jobs that build the same entry at once both succeed and the last
+//! rename wins (both files are identical; a reader that opened the first keeps reading it). Readers check the magic, version, header and
 //! exact length and treat anything else as a miss, which rebuilds the entry. The pixels carry no
 //! checksum: the rename protects against torn writes, not against a disk that flips bits. An entry
 //! is `N·C·H·W` bytes (the Kaggle train split, grayscale, at 128 px: 85 MB). Reading an entry
 //! refreshes its modification time, and whoever writes an entry then trims the whole cache folder
 //! (these entries and the activation caches of `features.rs`) to its budget, least recently used
-//! first ([`evict`]).
+//! first (`storage::evict`). A write that finds the disk full evicts to make room and tries once
+//! more ([`write_making_room`]); if it still fails, the job carries on uncached.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,19 +33,16 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use trainq::domain::spec::{Interpolation, Resize};
+use trainq::storage;
 
 const MAGIC: &[u8; 8] = b"TRQCACHE";
 
 /// Bump whenever the bytes an entry would hold change for the same inputs: the layout, the
 /// decoder (e.g. its DCT-domain downscaling) or the resize. Old entries then miss.
 pub const FORMAT_VERSION: u32 = 2;
-
-/// Temporary files older than this are left over from a killed builder and are removed.
-const STALE_TEMPORARY: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything in an entry besides the pixels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +179,7 @@ pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Vec<Tenso
         file.read_exact(uint8_bytes_mut(&mut images)).map_err(|err| Miss::Invalid(err.to_string()))?;
         groups.push(images);
     }
-    touch(&path);
+    storage::evict::touch(&path);
     Ok((header, groups))
 }
 
@@ -205,120 +203,68 @@ pub fn open_entry(path: &Path, magic: &[u8; 8], version: u32) -> Result<(File, u
     Ok((file, u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as usize))
 }
 
-/// Writes the entry for `header.key` atomically (temporary file, fsync, rename); `groups` are the
-/// contiguous CPU uint8 tensors the header's groups describe.
+/// Writes the entry for `header.key` atomically (`storage::write_atomic`), making room when the
+/// disk is full ([`write_making_room`]); `groups` are the contiguous CPU uint8 tensors the header's
+/// groups describe.
 pub fn write_entry(cache_dir: &Path, header: &EntryHeader, groups: &[&Tensor]) -> std::io::Result<()> {
     assert_eq!(groups.len(), header.groups.len(), "one tensor per group");
     for (tensor, group) in groups.iter().zip(&header.groups) {
         assert_eq!(tensor.numel(), header.group_bytes(group), "pixels match the header");
     }
     let header_bytes = serde_json::to_vec(header).map_err(std::io::Error::other)?;
-    write_atomic(&entry_path(cache_dir, &header.key), |file| {
-        file.write_all(MAGIC)?;
-        file.write_all(&FORMAT_VERSION.to_le_bytes())?;
-        file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
-        file.write_all(&header_bytes)?;
-        for tensor in groups {
-            file.write_all(tensor_bytes(tensor))?;
-        }
-        Ok(())
+    let bytes = (16 + header_bytes.len() + header.pixel_bytes()) as u64;
+    let path = entry_path(cache_dir, &header.key);
+    storage::evict::remove_stale_temporaries(cache_dir);
+    // Nothing to keep: a job reads pixel entries whole into memory (it holds none open), and the
+    // entries it just wrote are the most recently used, the last that eviction takes.
+    write_making_room(cache_dir, bytes, &[], || {
+        storage::write_atomic(&path, |file| {
+            file.write_all(MAGIC)?;
+            file.write_all(&FORMAT_VERSION.to_le_bytes())?;
+            file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
+            file.write_all(&header_bytes)?;
+            for tensor in groups {
+                file.write_all(tensor_bytes(tensor))?;
+            }
+            Ok(())
+        })
     })
 }
 
-/// Creates `path` atomically: `write` fills a private temporary file beside it
-/// (`<name>.tmp.<pid>.<n>.<nonce>`), which is fsynced and renamed over `path`, so readers see no
-/// file or a complete one, and concurrent writers of the same file all succeed (the last rename
-/// wins; a reader that opened an earlier one keeps reading it).
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> std::io::Result<()> {
-    let dir = path.parent().expect("cache files live in a folder");
-    std::fs::create_dir_all(dir)?;
-    remove_stale_temporaries(dir);
-    // Unique per writer: other processes differ in pid, threads of this one in the counter.
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let nonce = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let write_number = WRITES.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().expect("a file name").to_string_lossy();
-    let temporary = dir.join(format!("{name}.tmp.{}.{write_number}.{nonce:08x}", std::process::id()));
-    let written = (|| {
-        let mut file = File::create(&temporary)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
-}
+/// Entries and temporary files written within this are spared when a full disk makes a writer
+/// evict: another job may have just built them, or be writing them now.
+const RECENTLY_WRITTEN: Duration = Duration::from_secs(60);
 
-/// Marks a cache file as just used (its modification time is the LRU clock of [`evict`]).
-pub fn touch(path: &Path) {
-    if let Ok(file) = File::options().append(true).open(path) {
-        let _ = file.set_modified(SystemTime::now());
-    }
-}
-
-/// What [`evict`] did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Eviction {
-    /// Files removed.
-    pub removed: usize,
-    /// Bytes they held.
-    pub freed: u64,
-    /// Bytes the cache holds afterwards.
-    pub remaining: u64,
-}
-
-/// Keeps the cache under `budget` bytes: removes the least recently used entries (`*.bin` in
-/// `cache_root` and its sub-folders, by modification time, which hits refresh) until the rest fit,
-/// never those in `keep` (the entries its caller just wrote or read). Removing an entry another job is
-/// reading is safe: an open or mapped file lives until it is closed; later jobs rebuild it.
-pub fn evict(cache_root: &Path, budget: u64, keep: &[PathBuf]) -> Eviction {
-    let mut entries = Vec::new();
-    let folders = std::iter::once(cache_root.to_path_buf()).chain(
-        std::fs::read_dir(cache_root).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
-    );
-    for folder in folders {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|extension| extension == "bin") {
-                if let Ok(metadata) = entry.metadata() {
-                    let used = metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    entries.push((used, metadata.len(), path));
-                }
+/// Writes a cache file (`write` goes through `storage::write_atomic`). The cache is an
+/// optimisation, so a full disk (any storage error) must not cost the job: the least recently used
+/// entries of the whole cache folder `cache_root` are evicted until `bytes` are free, sparing
+/// `keep` (the caller's own entries) and anything written in the last minute, and the write is
+/// tried once more. What is evicted is logged; the second error, if any, is the caller's to
+/// report (it then carries on uncached).
+pub fn write_making_room<T>(
+    cache_root: &Path,
+    bytes: u64,
+    keep: &[PathBuf],
+    mut write: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    match write() {
+        Err(err) if storage::is_storage_error(&err) => {
+            eprintln!("cache: {err} while writing; evicting least recently used entries to free {:.1} MB", bytes as f64 / 1e6);
+            let eviction = storage::evict::evict_to_free_keeping(cache_root, bytes, RECENTLY_WRITTEN, keep);
+            log_eviction(&eviction, "to make room");
+            if eviction.freed == 0 {
+                return Err(err);
             }
+            write()
         }
+        written => written,
     }
-    entries.sort();
-    let mut eviction = Eviction { remaining: entries.iter().map(|(_, length, _)| length).sum(), ..Eviction::default() };
-    for (_, length, path) in entries {
-        if eviction.remaining <= budget {
-            break;
-        }
-        if keep.contains(&path) {
-            continue;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            eprintln!("cache: evicted {} ({:.1} MB, least recently used)", path.display(), length as f64 / 1e6);
-            eviction.removed += 1;
-            eviction.freed += length;
-            eviction.remaining -= length;
-        }
-    }
-    eviction
 }
 
-/// Best effort: deletes temporary files that a builder killed mid-write left behind.
-fn remove_stale_temporaries(cache_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache_dir) else { return };
-    for entry in entries.flatten() {
-        let is_temporary = entry.file_name().to_string_lossy().contains(".bin.tmp.");
-        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|modified| {
-            SystemTime::now().duration_since(modified).is_ok_and(|age| age > STALE_TEMPORARY)
-        });
-        if is_temporary && old {
-            let _ = std::fs::remove_file(entry.path());
-        }
+/// Logs each file an eviction removed, and why.
+pub fn log_eviction(eviction: &storage::Eviction, why: &str) {
+    for (path, length) in &eviction.evicted {
+        eprintln!("cache: evicted {} ({:.1} MB, least recently used, {why})", path.display(), *length as f64 / 1e6);
     }
 }
 
@@ -356,38 +302,47 @@ pub fn uint8_bytes_mut(tensor: &mut Tensor) -> &mut [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     /// Writes `name` with `length` bytes, last used `age` seconds ago.
     fn entry(dir: &Path, name: &str, length: usize, age: u64) -> PathBuf {
         let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        write_atomic(&path, |file| file.write_all(&vec![7u8; length])).unwrap();
-        let used = SystemTime::now() - Duration::from_secs(age);
-        File::options().append(true).open(&path).unwrap().set_modified(used).unwrap();
+        storage::write_atomic_bytes(&path, &vec![7u8; length]).unwrap();
+        File::options().append(true).open(&path).unwrap().set_modified(SystemTime::now() - Duration::from_secs(age)).unwrap();
         path
     }
 
     #[test]
-    fn eviction_removes_the_least_recently_used_entries_until_the_rest_fit() {
+    fn a_full_disk_evicts_least_recently_used_entries_and_tries_once_more() {
         let dir = tempfile::tempdir().unwrap();
-        let oldest = entry(dir.path(), "train-128-a.bin", 400, 300);
-        let old_features = entry(dir.path(), "features/train-block4-b.bin", 300, 200);
-        let recent = entry(dir.path(), "test-128-c.bin", 200, 100);
-        let newest = entry(dir.path(), "features/test-block4-d.bin", 100, 0);
-        let unrelated = dir.path().join("notes.txt");
-        std::fs::write(&unrelated, vec![0u8; 5000]).unwrap();
+        let old = entry(dir.path(), "train-128-a.bin", 100, 3600);
+        let own = entry(dir.path(), "features/train-block4-b.bin", 100, 7200);
+        let just_built = entry(dir.path(), "test-128-c.bin", 100, 0);
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
 
-        // A read refreshes the clock: the oldest entry becomes the most recently used.
-        touch(&oldest);
-        let eviction = evict(dir.path(), 750, std::slice::from_ref(&newest));
-        assert_eq!(eviction, Eviction { removed: 1, freed: 300, remaining: 700 });
-        assert!(!old_features.exists() && oldest.exists() && recent.exists() && newest.exists());
-        assert!(unrelated.exists(), "only cache entries are ever removed");
+        let mut attempts = 0;
+        let written = write_making_room(dir.path(), 50, std::slice::from_ref(&own), || {
+            attempts += 1;
+            if attempts == 1 { Err(full()) } else { Ok(attempts) }
+        });
+        assert_eq!(written.unwrap(), 2, "written at the second try");
+        assert!(!old.exists() && own.exists() && just_built.exists(), "the job's own and the just built entries stay");
 
-        // `keep` survives even when it alone is over the budget.
-        let eviction = evict(dir.path(), 50, std::slice::from_ref(&newest));
-        assert_eq!((eviction.removed, eviction.remaining), (2, 100));
-        assert!(newest.exists() && !oldest.exists() && !recent.exists());
-        assert_eq!(evict(dir.path(), 1000, &[]), Eviction { removed: 0, freed: 0, remaining: 100 });
+        // Nothing left that may go: the disk's error, without a pointless second try.
+        let mut attempts = 0;
+        let failed = write_making_room(dir.path(), 50, std::slice::from_ref(&own), || -> std::io::Result<()> {
+            attempts += 1;
+            Err(full())
+        });
+        assert_eq!((failed.unwrap_err().raw_os_error(), attempts), (Some(libc::ENOSPC), 1));
+
+        // Any other error is not the disk's: nothing is evicted, nothing retried.
+        let mut attempts = 0;
+        let failed = write_making_room(dir.path(), 50, &[], || -> std::io::Result<()> {
+            attempts += 1;
+            Err(std::io::Error::from_raw_os_error(libc::EACCES))
+        });
+        assert_eq!((failed.unwrap_err().raw_os_error(), attempts), (Some(libc::EACCES), 1));
+        assert!(own.exists() && just_built.exists());
     }
 }

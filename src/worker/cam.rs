@@ -4,13 +4,11 @@
 
 use crate::data::Split;
 use crate::model::Network;
-use crate::report::emit;
-use crate::train::{Evaluation, Normaliser};
+use crate::train::{write_artifact, write_json, Evaluation, Normaliser};
 use image::RgbImage;
 use serde::Serialize;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use trainq::domain::ProgressEvent;
 
 /// Heatmaps per gallery kind (true/false positives/negatives).
 const PER_KIND: usize = 3;
@@ -102,6 +100,14 @@ pub fn pick(labels: &[i64], probabilities: &[Vec<f64>]) -> Vec<(usize, &'static 
         .collect()
 }
 
+/// The overlay as PNG bytes, [`DISPLAY_SIDE`] pixels wide. Encoded in memory (a few tens of kB), so
+/// the file is written like every other (`storage::write_atomic`).
+pub fn overlay_png(pixels: &Tensor, cam: &Tensor) -> anyhow::Result<Vec<u8>> {
+    let mut png = Vec::new();
+    overlay(pixels, cam, DISPLAY_SIDE).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
+}
+
 /// Writes `cam/<kind>-<n>.png` for the picked test images and `cam/index.json` listing them.
 /// Heatmaps are computed in float32 without autocast, one image at a time.
 pub fn write_gallery(
@@ -115,8 +121,6 @@ pub fn write_gallery(
 ) -> anyhow::Result<usize> {
     let labels = Vec::<i64>::try_from(&test.labels)?;
     let picks = pick(&labels, &evaluation.probabilities);
-    let dir = output_dir.join("cam");
-    std::fs::create_dir_all(&dir)?;
     let mut items = Vec::new();
     let mut counts = std::collections::HashMap::new();
     for (index, kind, predicted, probability) in picks {
@@ -125,11 +129,7 @@ pub fn write_gallery(
         let n = counts.entry(kind).or_insert(0usize);
         let file = format!("cam/{kind}-{n}.png");
         *n += 1;
-        // `*.tmp` is not listed as an artifact until renamed.
-        let temporary = output_dir.join(format!("{file}.tmp"));
-        overlay(&pixels, &map, DISPLAY_SIDE).save_with_format(&temporary, image::ImageFormat::Png)?;
-        std::fs::rename(&temporary, output_dir.join(&file))?;
-        emit(&ProgressEvent::Artifact { name: file.clone() });
+        write_artifact(output_dir, &file, &overlay_png(&pixels, &map)?)?;
         let path = test.paths[index].strip_prefix(dataset_dir).unwrap_or(&test.paths[index]);
         items.push(GalleryItem {
             file,
@@ -140,10 +140,7 @@ pub fn write_gallery(
             probability,
         });
     }
-    let temporary = dir.join("index.json.tmp");
-    std::fs::write(&temporary, serde_json::to_vec_pretty(&items)?)?;
-    std::fs::rename(&temporary, dir.join("index.json"))?;
-    emit(&ProgressEvent::Artifact { name: String::from("cam/index.json") });
+    write_json(output_dir, "cam/index.json", &items)?;
     Ok(items.len())
 }
 

@@ -12,8 +12,9 @@
 //! dataset's files, split, size, interpolation), the backbone, the cut, the dtype, and a hash of
 //! every backbone tensor's bytes (pretrained or seeded-random weights, batch-norm statistics), so
 //! a hit can never serve activations of other weights. Files are written like the pixel cache's
-//! (temporary file, fsync, rename) and read through a memory map, so a cache larger than memory
-//! streams from the page cache; on a GPU a job copies its activations to the device when they fit.
+//! (`storage::write_atomic`; a full disk evicts to make room and tries once more) and read
+//! through a memory map, so a cache larger than memory streams from the page cache; on a GPU a
+//! job copies its activations to the device when they fit.
 //!
 //! File layout: magic `TRQFEATS`, u32 format version, u32 header length, the JSON [`Header`],
 //! zero padding to a multiple of 64 bytes, then each group's tensor (C order, the header's dtype),
@@ -29,6 +30,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+use trainq::storage;
 
 const MAGIC: &[u8; 8] = b"TRQFEATS";
 
@@ -174,7 +176,8 @@ pub fn write(features_dir: &Path, key: &str, features: &Features) -> std::io::Re
     };
     let header_bytes = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     let path = entry_path(features_dir, key);
-    cache::write_atomic(&path, |file| {
+    storage::evict::remove_stale_temporaries(features_dir);
+    storage::write_atomic(&path, |file| {
         file.write_all(MAGIC)?;
         file.write_all(&FORMAT_VERSION.to_le_bytes())?;
         file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
@@ -186,6 +189,14 @@ pub fn write(features_dir: &Path, key: &str, features: &Features) -> std::io::Re
         Ok(())
     })?;
     Ok(path)
+}
+
+/// [`write`] through `cache::write_making_room`: the cache root is the features folder's parent,
+/// and `keep` and `used` (the caller's own files) are spared.
+fn write_making_room(features_dir: &Path, key: &str, features: &Features, keep: &[PathBuf], used: &[PathBuf]) -> std::io::Result<PathBuf> {
+    let cache_root = features_dir.parent().unwrap_or(features_dir);
+    let spared: Vec<PathBuf> = keep.iter().chain(used).cloned().collect();
+    cache::write_making_room(cache_root, features.bytes(), &spared, || write(features_dir, key, features))
 }
 
 fn padding(offset: usize) -> usize {
@@ -234,7 +245,7 @@ pub fn read(features_dir: &Path, key: &str) -> Result<Features, Miss> {
         groups.push(tensor);
         offset += length;
     }
-    cache::touch(&path);
+    storage::evict::touch(&path);
     Ok(Features { groups, map: Some(map) })
 }
 
@@ -253,7 +264,9 @@ pub type Entry<'a> = Option<(&'a Path, String)>;
 /// entry to store them as). With `lower`, a deeper cut a later phase will need, the computation
 /// goes through it: the lower cut's activations are obtained (and stored) first and this cut's
 /// are derived from them, so the frozen blocks below the lower cut run once for both phases. A
-/// cache that cannot be read or written costs a warning and a recomputation, never the job.
+/// cache that cannot be read or written costs a warning and a recomputation, never the job; when
+/// the disk is full, least recently used entries make room, but never those in `keep` (the job's
+/// own cache files: one it holds mapped would free nothing) nor those this call uses.
 /// Returns the activations, how they were obtained, and the cache files used.
 #[allow(clippy::too_many_arguments)]
 pub fn obtain(
@@ -265,6 +278,7 @@ pub fn obtain(
     batch: i64,
     entry: Entry,
     lower: Option<(Cut, Entry)>,
+    keep: &[PathBuf],
 ) -> (Features, Source, Vec<PathBuf>) {
     let kind = dtype(numerics);
     if let Some((dir, key)) = &entry {
@@ -276,13 +290,13 @@ pub fn obtain(
     }
     let (features, mut files) = match lower {
         Some((lower_cut, lower_entry)) => {
-            let (base, _, files) = obtain(network, split, lower_cut, normaliser, numerics, batch, lower_entry, None);
+            let (base, _, files) = obtain(network, split, lower_cut, normaliser, numerics, batch, lower_entry, None, keep);
             (derive(network, &base, lower_cut, cut, normaliser.device(), numerics, batch, kind), files)
         }
         None => (compute(network, split, cut, normaliser, numerics, batch, kind), Vec::new()),
     };
     match entry {
-        Some((dir, key)) => match write(dir, &key, &features) {
+        Some((dir, key)) => match write_making_room(dir, &key, &features, keep, &files) {
             Ok(path) => {
                 files.push(path);
                 (features, Source::Built, files)

@@ -19,8 +19,9 @@ mod train;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use trainq::domain::progress::{FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY};
+use trainq::domain::progress::{FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_STORAGE};
 use trainq::domain::ProgressEvent;
+use trainq::storage;
 
 /// trainq's training worker.
 #[derive(Debug, Parser)]
@@ -136,9 +137,11 @@ fn main() -> ExitCode {
 }
 
 /// Runs one job. Exit codes: 0 done, `EXIT_INTERRUPTED` stopped by SIGTERM (resumable),
-/// `EXIT_OUT_OF_MEMORY` an allocation failed, 1 any other failure. The last two print a `failed`
-/// event first: tch panics on libtorch errors (its non-`f_` methods), so panics are caught here
-/// and reported like errors (the panic hook has already printed them to the log).
+/// `EXIT_OUT_OF_MEMORY` an allocation failed, `EXIT_STORAGE` a write failed for the storage's sake
+/// (a full disk: the error's chain holds an ENOSPC, EDQUOT, EIO or EROFS `std::io::Error`), 1 any
+/// other failure. The last three print a `failed` event first: tch panics on libtorch errors (its
+/// non-`f_` methods), so panics are caught here and reported like errors (the panic hook has
+/// already printed them to the log).
 fn run(job: &std::path::Path) -> ExitCode {
     if let Err(err) = interrupt::install() {
         eprintln!("warning: no SIGTERM handler ({err}); a stop will lose the epoch under way");
@@ -148,19 +151,26 @@ fn run(job: &std::path::Path) -> ExitCode {
         let work: WorkerJob = serde_json::from_slice(&std::fs::read(job)?)?;
         train::run(&work)
     }));
-    let text = match outcome {
+    let (kind, text) = match outcome {
         Ok(Ok(())) => return ExitCode::SUCCESS,
         Ok(Err(err)) if err.is::<interrupt::Interrupted>() => return ExitCode::from(EXIT_INTERRUPTED as u8),
         Ok(Err(err)) => {
             eprintln!("error: {err:#}");
-            format!("{err:#}")
+            // The whole chain, which names the path written: "writing <path>: No space left on
+            // device (os error 28)".
+            let text = format!("{err:#}");
+            let kind = if storage::storage_error_in(&err).is_some() { FailureKind::Storage } else { failure::kind(&text) };
+            (kind, text)
         }
-        Err(payload) => failure::panic_text(payload.as_ref()),
+        Err(payload) => {
+            let text = failure::panic_text(payload.as_ref());
+            (failure::kind(&text), text)
+        }
     };
-    let kind = failure::kind(&text);
     report::emit(&ProgressEvent::Failed { kind, message: failure::message(&text) });
     match kind {
         FailureKind::OutOfMemory => ExitCode::from(EXIT_OUT_OF_MEMORY as u8),
+        FailureKind::Storage => ExitCode::from(EXIT_STORAGE as u8),
         FailureKind::Error => ExitCode::FAILURE,
     }
 }

@@ -20,6 +20,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use trainq::domain::progress::EpochMetrics;
 use trainq::domain::spec::JobSpec;
+use trainq::storage;
 
 /// The checkpoint's file name inside the job's state folder.
 pub const FILE_NAME: &str = "resume.safetensors";
@@ -142,27 +143,34 @@ fn kind_of(dtype: Dtype) -> anyhow::Result<Kind> {
     })
 }
 
-/// Writes the checkpoint atomically and durably: a temp file in the same folder, fsynced, renamed
-/// over the old one, then the folder fsynced, so after a crash the file is the old or the new
-/// checkpoint, whole.
+/// Writes the checkpoint (`storage::write_atomic`: a temp file in the same folder, fsynced, renamed
+/// over the old one, the folder fsynced), so after a crash or a full disk the file is the old or
+/// the new checkpoint, whole.
 pub fn save(dir: &Path, progress: &Progress, network: &Network, optimizer: &Optimizer) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tensors: Vec<(String, Stored)> = Vec::new();
-    for (name, tensor) in network.vs.variables() {
-        tensors.push((name, Stored::new(&tensor)?));
-    }
-    for (name, tensor) in optimizer.export() {
-        tensors.push((format!("{OPTIMIZER_PREFIX}{name}"), Stored::new(&tensor)?));
-    }
+    let optimizer_state = optimizer.export().into_iter().map(|(name, tensor)| (format!("{OPTIMIZER_PREFIX}{name}"), tensor));
     let metadata = HashMap::from([(String::from(METADATA_KEY), serde_json::to_string(progress)?)]);
-    let temporary = dir.join(format!("{FILE_NAME}.tmp"));
-    let views = tensors.iter().map(|(name, stored)| (name.as_str(), stored));
-    safetensors::tensor::serialize_to_file(views, &Some(metadata), &temporary)
-        .map_err(|err| anyhow::anyhow!("writing {}: {err}", temporary.display()))?;
-    std::fs::File::open(&temporary)?.sync_all()?;
-    std::fs::rename(&temporary, dir.join(FILE_NAME))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    write_safetensors(&dir.join(FILE_NAME), network.vs.variables().into_iter().chain(optimizer_state), Some(metadata))
+}
+
+/// Writes `tensors` (in the standard layout, on the CPU) and `metadata` as a safetensors file at
+/// `path` through `storage::write_atomic`, streamed from the tensors without a copy of the file in
+/// memory. Both the resumable checkpoint and the phases' weights files are written here. I/O
+/// errors keep their errno under the context "writing <path>" (tch's own writer turns them into text).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+    metadata: Option<HashMap<String, String>>,
+) -> anyhow::Result<()> {
+    let stored: Vec<(String, Stored)> =
+        tensors.into_iter().map(|(name, tensor)| Ok((name, Stored::new(&tensor)?))).collect::<anyhow::Result<_>>()?;
+    storage::write_atomic_through_path(path, |temporary| {
+        let views = stored.iter().map(|(name, stored)| (name.as_str(), stored));
+        safetensors::tensor::serialize_to_file(views, &metadata, temporary).map_err(|err| match err {
+            safetensors::SafeTensorError::IoError(err) => err,
+            other => std::io::Error::other(other.to_string()),
+        })
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A checkpoint found and applied.

@@ -9,6 +9,7 @@
 //! A request that fails (an image the decoder refuses) is answered and the process goes on.
 
 use crate::data::load_image;
+use anyhow::Context;
 use crate::model::Network;
 use crate::train::Normaliser;
 use serde::Deserialize;
@@ -54,7 +55,8 @@ fn answer(network: &Network, spec: &JobSpec, normaliser: &Normaliser, request: &
         probabilities.iter().enumerate().fold((0, f64::MIN), |best, (c, &p)| if p > best.1 { (c, p) } else { best }).0
     };
     if let Some(path) = &request.cam {
-        crate::cam::overlay(&pixels, &map, crate::cam::DISPLAY_SIDE).save_with_format(path, image::ImageFormat::Png)?;
+        let png = crate::cam::overlay_png(&pixels, &map)?;
+        trainq::storage::write_atomic_bytes(path, &png).with_context(|| format!("writing {}", path.display()))?;
     }
     let size = pixels.size();
     Ok(serde_json::json!({

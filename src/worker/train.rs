@@ -32,6 +32,7 @@ use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJ
 use trainq::domain::spec::JobSpec;
 use trainq::domain::ProgressEvent;
 use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
+use trainq::storage;
 
 /// Most pixel bytes a job keeps on its GPU for the whole job.
 const GPU_DATA_BUDGET_BYTES: i64 = 4 << 30;
@@ -276,32 +277,25 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-/// Writes the VarStore's tensors as safetensors, atomically (temp file, then rename).
+/// Writes the VarStore's tensors as safetensors (`storage::write_atomic`, through the resumable
+/// checkpoint's writer) and announces the artifact.
 pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Result<()> {
-    let variables = network.vs.variables();
-    let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
-    named.sort_by(|a, b| a.0.cmp(b.0));
-    // `contiguous`: a GPU job's convolution weights are channels-last, which safetensors can't
-    // hold (and PyTorch expects the standard layout).
-    let named: Vec<(&str, Tensor)> =
-        named.into_iter().map(|(k, v)| (k.as_str(), v.to_device(Device::Cpu).contiguous())).collect();
-    let temporary = dir.join(format!("{name}.tmp"));
-    Tensor::write_safetensors(&named, &temporary)?;
-    std::fs::rename(&temporary, dir.join(name))?;
+    resume::write_safetensors(&dir.join(name), network.vs.variables(), None)?;
     emit(&ProgressEvent::Artifact { name: name.to_string() });
     Ok(())
 }
 
-/// Writes an artifact atomically (temp file, then rename) and announces it.
-fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, dir.join(name))?;
+/// Writes an artifact (`storage::write_atomic`) and announces it. `name` is relative to `dir` and
+/// may name a sub-folder (`cam/index.json`).
+pub fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    storage::write_atomic_bytes(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     emit(&ProgressEvent::Artifact { name: name.to_string() });
     Ok(())
 }
 
-fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
+/// [`write_artifact`] of a value as pretty JSON.
+pub fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
     write_artifact(dir, name, &serde_json::to_vec_pretty(value)?)
 }
 
@@ -389,7 +383,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             "convolution weights did not take the channels-last layout"
         );
     }
-    std::fs::create_dir_all(&work.output_dir)?;
+    std::fs::create_dir_all(&work.output_dir).with_context(|| format!("creating {}", work.output_dir.display()))?;
     write_json(&work.output_dir, "spec.json", spec)?;
 
     let batch_size = spec.batch_size as i64;
@@ -456,7 +450,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
                 EpochOutcome::Done(metrics) => metrics,
                 EpochOutcome::Interrupted(partial) => {
                     let progress = Progress { phase: phase_number, epochs: epoch - 1, partial, ..progress };
-                    checkpoint(work, &progress, &network, &optimizer);
+                    checkpoint(work, &progress, &network, &optimizer)?;
                     eprintln!(
                         "SIGTERM: stopped after step {} of phase {phase_number} epoch {epoch}; the next start continues from there",
                         partial.steps
@@ -491,7 +485,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             }
             progress.curves.push(metrics.clone());
             progress = Progress { phase: phase_number, epochs: epoch, partial: PartialEpoch::default(), ..progress };
-            checkpoint(work, &progress, &network, &optimizer);
+            checkpoint(work, &progress, &network, &optimizer)?;
             emit(&ProgressEvent::Epoch(metrics));
         }
     }
@@ -520,6 +514,8 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         let started = Instant::now();
         match crate::cam::write_gallery(&network, &test, &on_test, &dataset.classes, &work.dataset_dir, &normaliser, &work.output_dir) {
             Ok(count) => eprintln!("Grad-CAM: {count} heatmaps in cam/ ({:.1}s)", started.elapsed().as_secs_f64()),
+            // A full disk fails the job like any other artifact's write; the gallery's own errors do not.
+            Err(err) if storage::storage_error_in(&err).is_some() => return Err(err.context("writing the Grad-CAM gallery")),
             Err(err) => eprintln!("warning: no Grad-CAM gallery: {err:#}"),
         }
     }
@@ -560,10 +556,13 @@ fn resume_point(work: &WorkerJob, network: &Network) -> (Progress, Option<Optimi
     }
 }
 
-/// Writes the resumable checkpoint (when the job has a state folder) and announces it. A failed
-/// write is logged, not fatal: training goes on, and the previous checkpoint stands.
-fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimizer: &Optimizer) {
-    let Some(dir) = &work.state_dir else { return };
+/// Writes the resumable checkpoint (when the job has a state folder) and announces it. A storage
+/// error (a full disk, a quota, EIO, a read-only filesystem) is returned, and stops the job: every
+/// later write would fail too, and the previous checkpoint is intact (`storage::write_atomic`), so
+/// the job resumes from it once the disk is fixed. Any other failed write is logged, not fatal:
+/// training goes on, and the previous checkpoint stands.
+fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimizer: &Optimizer) -> anyhow::Result<()> {
+    let Some(dir) = &work.state_dir else { return Ok(()) };
     let started = Instant::now();
     match resume::save(dir, progress, network, optimizer) {
         Ok(()) => {
@@ -573,8 +572,10 @@ fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimize
             }
             emit(&ProgressEvent::Checkpoint { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
         }
+        Err(err) if storage::storage_error_in(&err).is_some() => return Err(err),
         Err(err) => eprintln!("warning: no resumable checkpoint this time: {err:#}"),
     }
+    Ok(())
 }
 
 /// A seed derived from the job's seed and a position (phase, epoch[, step]) by SplitMix64's mixing,
@@ -629,6 +630,8 @@ fn phase_features(
     let state = features_dir.as_ref().map(|_| features::state_hash(network));
     let batch = (work.spec.batch_size as i64 * 2).clamp(1, 64);
     let (mut sources, mut files) = (Vec::new(), Vec::new());
+    // A full disk makes room in the cache, but not by evicting this job's own files.
+    let pixel_entries = cache_files(work, [Some(splits.train), splits.val, Some(splits.test)].into_iter().flatten());
     let mut obtain = |name: &str, split: &Split| {
         let pixels_key = match &split.cache {
             CacheOutcome::Hit(key) | CacheOutcome::Built(key) => Some(key.as_str()),
@@ -643,7 +646,8 @@ fn phase_features(
         let entry = entry_for(&cut_name);
         // Only worth going through the lower cut when its activations can be kept for later.
         let lower = lower.map(|lower| (lower, entry_for(&network.cut_name(lower)))).filter(|(_, entry)| entry.is_some());
-        let (features, source, used) = features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower);
+        let keep: Vec<std::path::PathBuf> = pixel_entries.iter().chain(&files).cloned().collect();
+        let (features, source, used) = features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower, &keep);
         sources.push((name.to_string(), source, features.bytes()));
         files.extend(used);
         features
@@ -712,7 +716,8 @@ fn cache_files<'a>(work: &WorkerJob, splits: impl Iterator<Item = &'a Split>) ->
 /// Evicts least recently used cache entries beyond the job's budget, keeping `keep`.
 fn trim_cache(work: &WorkerJob, keep: Vec<std::path::PathBuf>) {
     if let (Some(dir), Some(budget)) = (&work.cache_dir, work.cache_budget_bytes) {
-        let eviction = cache::evict(dir, budget, &keep);
+        let eviction = storage::evict(dir, budget, &keep);
+        cache::log_eviction(&eviction, "over the budget");
         if eviction.removed > 0 {
             eprintln!(
                 "cache: evicted {} entries ({:.0} MB) to stay under {:.0} MB",

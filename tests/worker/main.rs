@@ -1,9 +1,11 @@
 //! The worker binary on its own, without a server: `trainq-worker run --job job.json` on a
 //! generated dataset, as the supervisor runs it. Crash safety: stopping with SIGTERM and resuming
-//! gives the uninterrupted run's results; running out of memory is reported as such.
+//! gives the uninterrupted run's results; running out of memory is reported as such, and so is a
+//! full disk.
 
 mod memory;
 mod resume;
+mod storage;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -34,6 +36,12 @@ impl Workspace {
     /// Writes `<name>/job.json` for `spec`, with `<name>/artifacts` and `<name>/state` (`state` may
     /// be shared between runs by giving the same `state` name).
     pub fn job(&self, name: &str, state: &str, spec: &Value) -> PathBuf {
+        self.job_writing_to(name, &self.root.join(name).join("artifacts"), &self.root.join(state), spec)
+    }
+
+    /// Writes `<name>/job.json` for `spec`, its artifacts going to `output_dir` and its resumable
+    /// checkpoint to `state_dir` (wherever they are: another filesystem, say).
+    pub fn job_writing_to(&self, name: &str, output_dir: &Path, state_dir: &Path, spec: &Value) -> PathBuf {
         let dir = self.root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let job = json!({
@@ -41,12 +49,12 @@ impl Workspace {
             "spec": spec,
             "dataset_dir": self.root.join("demo"),
             "weights_file": null,
-            "output_dir": dir.join("artifacts"),
+            "output_dir": output_dir,
             "device": "cpu",
             // One thread: the same speed on any machine's cores, so epochs stay long enough to be
             // stopped in the middle.
             "threads": 1,
-            "state_dir": self.root.join(state),
+            "state_dir": state_dir,
         });
         let path = dir.join("job.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&job).unwrap()).unwrap();
