@@ -4,6 +4,7 @@ mod auth;
 mod browser;
 mod cache;
 mod crash;
+mod disk;
 mod events;
 mod features;
 mod helpers;
@@ -14,6 +15,8 @@ mod pytorch;
 mod results;
 mod recovery;
 mod sharing;
+#[path = "../common/small_disk.rs"]
+mod small_disk;
 mod slurm;
 mod training;
 mod validation;

@@ -5,6 +5,8 @@
 
 mod memory;
 mod resume;
+#[path = "../common/small_disk.rs"]
+mod small_disk;
 mod storage;
 
 use serde_json::{json, Value};
