@@ -105,12 +105,16 @@ pub struct Full {
 }
 
 impl Full {
+    /// The filesystem under `path` as it stands.
+    pub fn at(path: &Path) -> Full {
+        let free_bytes = measure(Role::Jobs, path).map_or(0, |space| space.free_bytes);
+        Full { path: path.to_path_buf(), free_bytes }
+    }
+
     /// The data dir as it stands, for a database write that failed because its disk is full
     /// (the last [`Disk`] made in this process names the folder).
     pub fn of_data_dir() -> Full {
-        let path = DATA_DIR.get().cloned().unwrap_or_default();
-        let free_bytes = measure(Role::Data, &path).map_or(0, |space| space.free_bytes);
-        Full { path, free_bytes }
+        Full::at(&DATA_DIR.get().cloned().unwrap_or_default())
     }
 }
 

@@ -65,7 +65,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     let store = Store::open(&data_dir).await.context("opening the database")?;
     let worker_program_path = worker_program.clone();
-    let requeued = store.requeue_running().await?;
+    // A server restarted onto a full disk still records what the last one left running: the
+    // reserve makes room for it.
+    let requeued = loop {
+        match store.requeue_running().await {
+            Err(err) if err.is_disk_full() && disk.release_reserve() => continue,
+            result => break result?,
+        }
+    };
     if !requeued.is_empty() {
         tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
     }

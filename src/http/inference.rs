@@ -76,12 +76,20 @@ async fn run(state: &AppState, job: &Job, body: Bytes, cam: bool) -> Result<(ser
     let extension = tokio::task::spawn_blocking(move || check_upload(&body_for_check))
         .await
         .map_err(|err| ApiError::Internal(err.into()))??;
+    // The upload is written for the worker to read: not onto a full disk.
+    state.disk.writable()?;
     let uploads = paths.dir.join("uploads");
     tokio::fs::create_dir_all(&uploads).await.map_err(|err| ApiError::Internal(err.into()))?;
     let name = uuid::Uuid::new_v4();
     let image = uploads.join(format!("{name}.{extension}"));
     let picture = uploads.join(format!("{name}-cam.png"));
-    tokio::fs::write(&image, &body).await.map_err(|err| ApiError::Internal(err.into()))?;
+    if let Err(err) = tokio::fs::write(&image, &body).await {
+        let _ = tokio::fs::remove_file(&image).await;
+        if crate::storage::is_storage_error(&err) {
+            return Err(ApiError::InsufficientStorage(crate::disk::Full::at(&uploads)));
+        }
+        return Err(ApiError::Internal(err.into()));
+    }
     let request = json!({"image": image, "cam": if cam { Some(&picture) } else { None }});
     let answer = state.supervisor.infer(job.id, &request).await;
     let png = if cam { tokio::fs::read(&picture).await.ok() } else { None };

@@ -227,7 +227,10 @@ async fn schedule_once(
             .await
             .unwrap_or_default();
             if let Some(short) = inputs.disk.shortage(&spaces, &wanted) {
-                tracing::info!(%id, reason = %short, "job waits for disk space");
+                // Said once when it starts waiting, not on every pass.
+                if handle.queue_info(id).is_none_or(|info| !info.pending_reason.starts_with("waiting for disk space")) {
+                    tracing::warn!(%id, reason = %short, "job waits for disk space");
+                }
                 waiting_for_disk.push((id, short.to_string()));
                 continue;
             }

@@ -41,8 +41,9 @@ pub enum StoreError {
 
 /// SQLite's primary result codes that pass: the disk is full (`SQLITE_FULL`), an I/O error
 /// (`SQLITE_IOERR`), another connection holds the lock past the busy timeout (`SQLITE_BUSY`,
-/// `SQLITE_LOCKED`), the file cannot be opened right now (`SQLITE_CANTOPEN`).
-const TRANSIENT_CODES: [i64; 5] = [13, 10, 5, 6, 14];
+/// `SQLITE_LOCKED`), the file cannot be opened right now (`SQLITE_CANTOPEN`), the filesystem was
+/// remounted read-only (`SQLITE_READONLY`, until the admin mounts it writable again).
+const TRANSIENT_CODES: [i64; 6] = [13, 10, 5, 6, 14, 8];
 const SQLITE_FULL: i64 = 13;
 
 impl StoreError {

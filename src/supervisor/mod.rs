@@ -301,7 +301,7 @@ impl Supervisor {
         use anyhow::Context;
         tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
         let job_json = serde_json::to_vec_pretty(work).expect("worker jobs serialize");
-        tokio::fs::write(paths.worker_job(), job_json).await.context("writing job.json")?;
+        write_file(paths.worker_job(), job_json).await.context("writing job.json")?;
         let mut command = worker_command(&self.config.worker_program);
         command.arg("run").arg("--job").arg(paths.worker_job());
         let visible = match slot.kind {
@@ -578,6 +578,12 @@ impl Supervisor {
     pub async fn fail_unstarted(&self, id: JobId, reason: &str) {
         self.finish(id, JobState::Failed, Some(reason)).await;
     }
+}
+
+/// Writes a file the worker or Slurm reads, atomically (`storage::write_atomic`), off the runtime.
+async fn write_file(path: PathBuf, bytes: impl AsRef<[u8]> + Send + 'static) -> std::io::Result<()> {
+    let written = tokio::task::spawn_blocking(move || crate::storage::write_atomic_bytes(&path, bytes.as_ref())).await;
+    written.unwrap_or_else(|err| Err(std::io::Error::other(err)))
 }
 
 fn signal_group(pid: i32, signal: i32) {

@@ -6,7 +6,7 @@
 //! to it (`reattach`) instead of re-queueing.
 
 use super::slurm::{self, SlurmConfig};
-use super::{JobLog, JobPaths, ProgressTracker, Supervisor};
+use super::{write_file, JobLog, JobPaths, ProgressTracker, Supervisor};
 use crate::devices::DeviceSlot;
 use crate::domain::outcome::{decide, RunFacts, SlurmEnd, SlurmState};
 use crate::domain::progress::WorkerJob;
@@ -53,12 +53,12 @@ impl Supervisor {
         let submitted = async {
             use anyhow::Context;
             tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
-            tokio::fs::write(paths.worker_job(), serde_json::to_vec_pretty(&work).expect("worker jobs serialize"))
+            write_file(paths.worker_job(), serde_json::to_vec_pretty(&work).expect("worker jobs serialize"))
                 .await
                 .context("writing job.json")?;
             let script = paths.dir.join("job.sbatch");
             let text = slurm::batch_script(self.slurm(), &id.to_string(), &self.config.worker_program, &paths.worker_job());
-            tokio::fs::write(&script, text).await.context("writing the batch script")?;
+            write_file(script.clone(), text).await.context("writing the batch script")?;
             let secret = crate::domain::user::new_token();
             let slurm_id = slurm::submit(self.slurm(), &id.to_string(), &paths.dir, &script, &secret).await?;
             self.store.set_executor_ref(id, &slurm_id, &secret).await?;
