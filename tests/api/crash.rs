@@ -56,12 +56,7 @@ async fn kill_9_the_server_again_and_again_and_every_job_finishes_exactly_once()
         interrupted += outcomes.len() - 1;
         // Every epoch once, in order.
         let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
-        let epochs: Vec<(u64, u64)> = metrics["epochs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["phase"].as_u64().unwrap(), e["epoch"].as_u64().unwrap()))
-            .collect();
+        let epochs = TestApp::epochs_of(&metrics);
         assert_eq!(epochs, [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3)], "{id}");
         assert!(metrics["final"]["test_acc"].is_f64(), "{metrics:#}");
     }

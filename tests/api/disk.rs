@@ -59,12 +59,7 @@ async fn all_finish_with_every_epoch_once(app: &TestApp, ids: &[String], data: &
         let (job, log) = app.finished(id, WAIT).await;
         assert_eq!(job["state"], "succeeded", "{job:#}\n{log}\n--- server log ---\n{}", app.server_log());
         let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
-        let epochs: Vec<(u64, u64)> = metrics["epochs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| (row["phase"].as_u64().unwrap(), row["epoch"].as_u64().unwrap()))
-            .collect();
+        let epochs = TestApp::epochs_of(&metrics);
         let expected: Vec<(u64, u64)> = (1..=PHASE1_EPOCHS).map(|epoch| (1, epoch)).chain([(2, 1)]).collect();
         assert_eq!(epochs, expected, "{id}");
     }
@@ -138,9 +133,8 @@ async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everyth
     std::fs::remove_file(data.join("filler")).unwrap();
     std::fs::remove_file(data.join("filler-2")).unwrap();
     all_finish_with_every_epoch_once(&app, &ids, &data).await;
-    let (_, first) = app.get(&format!("/api/jobs/{}", ids[0])).await;
-    let outcomes: Vec<&str> = first["runs"].as_array().unwrap().iter().map(|run| run["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["storage", "succeeded"], "{first:#}");
+    let outcomes = app.run_outcomes(&ids[0]).await;
+    assert_eq!(outcomes, ["storage", "succeeded"]);
     let (_, log) = app.text(&format!("/api/jobs/{}/log", ids[0])).await;
     assert!(log.contains("resumed from the checkpoint after phase 1"), "{log}");
     let (status, ready) = app.get("/readyz").await;
@@ -175,9 +169,8 @@ async fn a_cache_that_fills_the_disk_is_evicted_first_and_every_job_finishes_wit
     all_finish_with_every_epoch_once(&app, &ids, &data).await;
     let evicted = stale.iter().filter(|path| !path.exists()).count();
     assert!(evicted > 0, "the cache gave way first");
-    let (_, first) = app.get(&format!("/api/jobs/{}", ids[0])).await;
-    let outcomes: Vec<&str> = first["runs"].as_array().unwrap().iter().map(|run| run["outcome"].as_str().unwrap()).collect();
-    assert!(matches!(outcomes.as_slice(), ["succeeded"] | ["storage", "succeeded"]), "{first:#}");
+    let outcomes = app.run_outcomes(&ids[0]).await;
+    assert!(outcomes == ["succeeded"] || outcomes == ["storage", "succeeded"], "{outcomes:?}");
     drop(app);
     database_is_intact(&data).await;
     drop(disk);

@@ -273,6 +273,22 @@ impl TestApp {
         (response.status(), response.text().await.unwrap())
     }
 
+    /// The (phase, epoch) of every stored epoch row of a job, in the order the API lists them.
+    pub fn epochs_of(metrics: &Value) -> Vec<(u64, u64)> {
+        metrics["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| (row["phase"].as_u64().unwrap(), row["epoch"].as_u64().unwrap()))
+            .collect()
+    }
+
+    /// The outcomes of a job's runs, oldest first (finished runs only).
+    pub async fn run_outcomes(&self, id: &str) -> Vec<String> {
+        let (_, job) = self.get(&format!("/api/jobs/{id}")).await;
+        job["runs"].as_array().unwrap().iter().filter_map(|run| run["outcome"].as_str().map(str::to_string)).collect()
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
     }

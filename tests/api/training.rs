@@ -29,12 +29,7 @@ async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
 
     // Curves: one row per epoch and phase, in order.
     let (_, metrics) = app.get(&format!("/api/jobs/{id}/metrics")).await;
-    let rows: Vec<(u64, u64)> = metrics["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| (row["phase"].as_u64().unwrap(), row["epoch"].as_u64().unwrap()))
-        .collect();
+    let rows = TestApp::epochs_of(&metrics);
     let expected: Vec<(u64, u64)> = (1..=8).map(|e| (1, e)).chain((1..=2).map(|e| (2, e))).collect();
     assert_eq!(rows, expected);
     for row in metrics["epochs"].as_array().unwrap() {
