@@ -199,6 +199,15 @@ async fn schedule_once(
         let threads = (inventory.threads_per_slot() / (sharing + 1)).max(1);
         // A GPU that may take several jobs holds each one's data to the allowance its estimate counts.
         let data_budget = (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
+        // Its checkpoints (known from the spec) must fit before the dataset is even looked at, so
+        // a job waiting for disk costs no scan per pass.
+        let checkpoints = serde_json::from_value::<JobSpec>(job.spec.clone())
+            .map(|spec| vec![(crate::disk::Role::Jobs, crate::domain::memory::disk_bytes(&spec))])
+            .unwrap_or_default();
+        if let Some(short) = make_room(&inputs.disk, &mut spaces, &committed, &checkpoints).await {
+            waiting_for_disk.push(waits_for_disk(handle, id, short));
+            continue;
+        }
         let inputs_now = inputs.clone();
         let (job_now, kind) = (job.clone(), slot.kind);
         let resolved = tokio::task::spawn_blocking(move || worker_job(&job_now, kind, threads, data_budget, &inputs_now))
@@ -215,25 +224,9 @@ async fn schedule_once(
                 continue;
             }
         };
-        let wanted: Vec<_> = committed.iter().chain(&needs).copied().collect();
-        if let Some(short) = inputs.disk.shortage(&spaces, &wanted) {
-            // The cache gives way first; measure again after it did.
-            let disk = inputs.disk.clone();
-            let missing = short.needed_bytes.saturating_sub(short.free_bytes);
-            spaces = tokio::task::spawn_blocking(move || {
-                disk.evict(missing);
-                disk.measure_all()
-            })
-            .await
-            .unwrap_or_default();
-            if let Some(short) = inputs.disk.shortage(&spaces, &wanted) {
-                // Said once when it starts waiting, not on every pass.
-                if handle.queue_info(id).is_none_or(|info| !info.pending_reason.starts_with("waiting for disk space")) {
-                    tracing::warn!(%id, reason = %short, "job waits for disk space");
-                }
-                waiting_for_disk.push((id, short.to_string()));
-                continue;
-            }
+        if let Some(short) = make_room(&inputs.disk, &mut spaces, &committed, &needs).await {
+            waiting_for_disk.push(waits_for_disk(handle, id, short));
+            continue;
         }
         if !store.claim_job(id, device).await? {
             continue; // cancelled between the read and the claim
@@ -252,6 +245,37 @@ async fn schedule_once(
     }
     *handle.queue.write().expect("queue info poisoned") = queue;
     Ok(())
+}
+
+/// Whether `needs`, on top of what this pass already started (`committed`), fit above the disk's
+/// low-water mark; if not, the cache gives way first and the disks are measured again. The
+/// shortage that remains, if any.
+async fn make_room(
+    disk: &crate::disk::Disk,
+    spaces: &mut Vec<crate::disk::Space>,
+    committed: &[(crate::disk::Role, u64)],
+    needs: &[(crate::disk::Role, u64)],
+) -> Option<crate::disk::Shortage> {
+    let wanted: Vec<_> = committed.iter().chain(needs).copied().collect();
+    let short = disk.shortage(spaces, &wanted)?;
+    let missing = short.needed_bytes.saturating_sub(short.free_bytes);
+    let evicting = disk.clone();
+    *spaces = tokio::task::spawn_blocking(move || {
+        evicting.evict(missing);
+        evicting.measure_all()
+    })
+    .await
+    .unwrap_or_default();
+    disk.shortage(spaces, &wanted)
+}
+
+/// A planned job that waits for disk space: its queue entry, said in the log once when it
+/// starts waiting, not on every pass.
+fn waits_for_disk(handle: &SchedulerHandle, id: JobId, short: crate::disk::Shortage) -> (JobId, String) {
+    if handle.queue_info(id).is_none_or(|info| !info.pending_reason.starts_with("waiting for disk space")) {
+        tracing::warn!(%id, reason = %short, "job waits for disk space");
+    }
+    (id, short.to_string())
 }
 
 /// Resolves a job's inputs again at start: a dataset or weights file may have gone since submit.
