@@ -183,8 +183,8 @@ pub struct Job {
     pub name: String,
     /// Current state.
     pub state: JobState,
-    /// The validated spec.
-    pub spec: serde_json::Value,
+    /// The validated spec, decoded once when the row is read.
+    pub spec: crate::domain::JobSpec,
     /// The device it runs (or ran) on.
     pub device: Option<String>,
     /// RFC 3339 timestamps.

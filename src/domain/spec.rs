@@ -427,6 +427,12 @@ impl JobSpec {
         self.phases.iter().map(|phase| phase.epochs).sum()
     }
 
+    /// The spec an out-of-memory retry runs: the same with half the batch, when `retry_on_oom`
+    /// asks for one and the batch can be halved.
+    pub fn halved_batch(&self) -> Option<JobSpec> {
+        (self.retry_on_oom && self.batch_size > 1).then(|| JobSpec { batch_size: self.batch_size / 2, ..self.clone() })
+    }
+
     /// Checks that the output layer fits a dataset with `classes` classes.
     pub fn check_classes(&self, classes: usize) -> Result<(), SpecError> {
         let units = self.output_units() as usize;
@@ -671,6 +677,20 @@ mod tests {
         assert!(spec.phases[0].train.trains_head());
         assert_eq!(spec.interpolation, Interpolation::Nearest);
         spec.check_classes(2).unwrap();
+    }
+
+    #[test]
+    fn an_out_of_memory_retry_halves_the_batch_only_when_asked_and_possible() {
+        let asked = with(|value| value["retry_on_oom"] = true.into()).unwrap();
+        let halved = asked.halved_batch().unwrap();
+        assert_eq!(halved.batch_size, 10);
+        assert_eq!(JobSpec { batch_size: 20, ..halved }, asked, "only the batch changes");
+        assert_eq!(with(|_| {}).unwrap().halved_batch(), None, "not asked");
+        let one = with(|value| {
+            value["retry_on_oom"] = true.into();
+            value["batch_size"] = 1.into();
+        });
+        assert_eq!(one.unwrap().halved_batch(), None, "a batch of one cannot be halved");
     }
 
     #[test]

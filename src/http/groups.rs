@@ -82,7 +82,7 @@ pub async fn show(
     let (metrics, succeeded) = summarize(&jobs);
     let members = jobs
         .iter()
-        .map(|job| GroupMember { id: job.id.to_string(), state: job.state, seed: job.spec["seed"].as_u64() })
+        .map(|job| GroupMember { id: job.id.to_string(), state: job.state, seed: Some(job.spec.seed) })
         .collect();
     Ok(Json(GroupView {
         id,

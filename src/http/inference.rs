@@ -58,7 +58,7 @@ pub async fn cam(
 }
 
 fn classes(state: &AppState, job: &Job) -> Vec<String> {
-    let dataset = job.spec["dataset"].as_str().unwrap_or_default();
+    let dataset = job.spec.dataset.as_str();
     catalog::datasets::open(&state.paths.datasets, dataset).map(|dataset| dataset.classes).unwrap_or_default()
 }
 

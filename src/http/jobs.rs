@@ -186,7 +186,7 @@ pub async fn submit(
         new.push(NewJob {
             id: JobId::new(),
             name: sibling.name.clone(),
-            spec: serde_json::to_value(&sibling).map_err(anyhow::Error::from)?,
+            spec: sibling.clone(),
             group_id: group_id.clone(),
             owner: Some(user.name.clone()),
             priority: sibling.priority,

@@ -74,7 +74,7 @@ async fn send(plot: Plot, format: Format, stem: &str, kind: Kind) -> Result<Resp
 /// match the matrix, else `class 0`, `class 1`, … (a dataset changed since the job ran).
 async fn class_names(state: &AppState, job: &Job, count: usize) -> Vec<String> {
     let root = state.paths.datasets.clone();
-    let dataset = job.spec["dataset"].as_str().unwrap_or_default().to_string();
+    let dataset = job.spec.dataset.clone();
     let classes = tokio::task::spawn_blocking(move || crate::catalog::datasets::open(&root, &dataset).map(|d| d.classes))
         .await
         .ok()
@@ -152,7 +152,7 @@ pub async fn job_plot(
 fn labels(jobs: &[(&Job, bool)]) -> Vec<String> {
     let base: Vec<String> = jobs
         .iter()
-        .map(|(job, grouped)| match (grouped, job.spec["seed"].as_u64()) {
+        .map(|(job, grouped)| match (grouped, Some(job.spec.seed)) {
             (true, Some(seed)) => format!("{} seed {seed}", job.name),
             _ => job.name.clone(),
         })

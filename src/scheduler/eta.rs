@@ -5,17 +5,17 @@
 //! batch size). Where nothing similar was ever measured, the ETA is unknown rather than invented.
 
 use super::policy::{Capacity, DeviceState, Limits, Plan};
-use crate::domain::{Job, JobId, JobState};
+use crate::domain::{Job, JobId, JobSpec, JobState};
 use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 
 /// What makes two jobs' epochs comparable.
-fn similarity_key(spec: &serde_json::Value) -> String {
-    format!("{}|{}|{}|{}", spec["backbone"], spec["image_size"], spec["max_image_side"], spec["batch_size"])
+fn similarity_key(spec: &JobSpec) -> String {
+    format!("{}|{:?}|{:?}|{}", spec.backbone.name(), spec.image_size, spec.max_image_side, spec.batch_size)
 }
 
-fn total_epochs(spec: &serde_json::Value) -> u32 {
-    spec["phases"].as_array().map_or(0, |phases| phases.iter().filter_map(|phase| phase["epochs"].as_u64()).sum::<u64>() as u32)
+fn total_epochs(spec: &JobSpec) -> u32 {
+    spec.total_epochs()
 }
 
 /// Seconds from now until each waiting job of `plan` is expected to start.
@@ -34,7 +34,7 @@ pub(super) async fn start_times<U>(
         entry.0 += timing.mean_seconds * f64::from(timing.epochs);
         entry.1 += timing.epochs;
     }
-    let pace = |spec: &serde_json::Value| similar.get(&similarity_key(spec)).map(|(seconds, epochs)| seconds / f64::from(*epochs.max(&1)));
+    let pace = |spec: &JobSpec| similar.get(&similarity_key(spec)).map(|(seconds, epochs)| seconds / f64::from(*epochs.max(&1)));
     let own: HashMap<JobId, (u32, f64)> = timings.iter().map(|timing| (timing.id, (timing.epochs, timing.mean_seconds))).collect();
     // Free time (seconds from now) of every lane; `None` = unknown.
     let mut lanes: Vec<Option<f64>> = Vec::new();

@@ -9,7 +9,7 @@ use crate::catalog;
 use crate::devices::Inventory;
 use crate::domain::progress::{WorkerDevice, WorkerJob};
 use crate::domain::spec::Weights;
-use crate::domain::{Job, JobId, JobSpec, JobState};
+use crate::domain::{Job, JobId, JobState};
 use crate::store::{unix_now, Store, StoreError};
 use crate::supervisor::{JobPaths, Supervisor};
 use std::collections::HashMap;
@@ -201,9 +201,7 @@ async fn schedule_once(
         let data_budget = (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
         // Its checkpoints (known from the spec) must fit before the dataset is even looked at, so
         // a job waiting for disk costs no scan per pass.
-        let checkpoints = serde_json::from_value::<JobSpec>(job.spec.clone())
-            .map(|spec| vec![(crate::disk::Role::Jobs, crate::domain::memory::disk_bytes(&spec))])
-            .unwrap_or_default();
+        let checkpoints = vec![(crate::disk::Role::Jobs, crate::domain::memory::disk_bytes(&job.spec))];
         if let Some(short) = make_room(&inputs.disk, &mut spaces, &committed, &checkpoints).await {
             waiting_for_disk.push(waits_for_disk(handle, id, short));
             continue;
@@ -288,7 +286,7 @@ fn worker_job(
     gpu_data_budget_bytes: Option<u64>,
     inputs: &Inputs,
 ) -> Result<(WorkerJob, u32, Vec<(crate::disk::Role, u64)>), String> {
-    let spec: JobSpec = serde_json::from_value(job.spec.clone()).map_err(|err| format!("stored spec unreadable: {err}"))?;
+    let spec = job.spec.clone();
     let dataset = catalog::datasets::open(&inputs.datasets, &spec.dataset).map_err(|err| err.to_string())?;
     let weights_file = match spec.weights {
         Weights::Imagenet => Some(

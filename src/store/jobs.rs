@@ -5,7 +5,7 @@ use crate::domain::outcome::RunOutcome;
 use crate::domain::job::now_rfc3339;
 use crate::domain::progress::{EpochMetrics, FinalMetrics};
 use crate::domain::job::ResumePoint;
-use crate::domain::{Job, JobId, JobProgress, JobState};
+use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState};
 
 /// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
 type EpochRow = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64);
@@ -17,8 +17,8 @@ pub struct NewJob {
     pub id: JobId,
     /// The spec's name.
     pub name: String,
-    /// The validated spec as JSON.
-    pub spec: serde_json::Value,
+    /// The validated spec.
+    pub spec: JobSpec,
     /// The repeat group it belongs to, if any.
     pub group_id: Option<String>,
     /// Who submitted it.
@@ -50,7 +50,7 @@ pub struct EpochTiming {
     /// Running or succeeded.
     pub state: JobState,
     /// Its spec.
-    pub spec: serde_json::Value,
+    pub spec: JobSpec,
     /// Epochs recorded so far.
     pub epochs: u32,
     /// Their mean wall time.
@@ -108,6 +108,16 @@ fn decode_json<T: serde::de::DeserializeOwned>(column: &'static str, text: Optio
     text.map(|text| serde_json::from_str(&text).map_err(|err| corrupt(column, err))).transpose()
 }
 
+/// A stored spec is the validated spec's own JSON; decoded once per row read, so no caller reads
+/// it by key.
+fn decode_spec(text: &str) -> Result<JobSpec, StoreError> {
+    serde_json::from_str(text).map_err(|err| corrupt("spec", err))
+}
+
+fn encode_spec(spec: &JobSpec) -> String {
+    serde_json::to_string(spec).expect("specs serialize")
+}
+
 impl TryFrom<JobRecord> for Job {
     type Error = StoreError;
     fn try_from(record: JobRecord) -> Result<Job, StoreError> {
@@ -116,7 +126,7 @@ impl TryFrom<JobRecord> for Job {
             seq: record.seq,
             name: record.name,
             state: record.state.parse().map_err(|err| corrupt("state", err))?,
-            spec: serde_json::from_str(&record.spec).map_err(|err| corrupt("spec", err))?,
+            spec: decode_spec(&record.spec)?,
             device: record.device,
             submitted_at: record.submitted_at,
             started_at: record.started_at,
@@ -153,7 +163,7 @@ impl Store {
             )
                 .bind(job.id.to_string())
                 .bind(&job.name)
-                .bind(job.spec.to_string())
+                .bind(encode_spec(&job.spec))
                 .bind(&submitted_at)
                 .bind(&job.group_id)
                 .bind(&job.owner)
@@ -312,7 +322,7 @@ impl Store {
         &self,
         id: JobId,
         outcome: RunOutcome,
-        spec: Option<&serde_json::Value>,
+        spec: Option<&JobSpec>,
         note: Option<&str>,
     ) -> Result<bool, StoreError> {
         legal(JobState::Running, outcome.job_state())?;
@@ -328,7 +338,7 @@ impl Store {
              resume_point = CASE WHEN ? THEN NULL ELSE resume_point END, executor_ref = NULL, worker_secret_sha256 = NULL \
              WHERE id = ? AND state = 'running' AND cancel_requested = 0",
         )
-        .bind(spec.map(|spec| spec.to_string()))
+        .bind(spec.map(encode_spec))
         .bind(note)
         .bind(note)
         .bind(outcome == RunOutcome::Requeued)
@@ -415,7 +425,7 @@ impl Store {
                 Ok(EpochTiming {
                     id: id.parse().map_err(|err| corrupt("id", err))?,
                     state: state.parse().map_err(|err| corrupt("state", err))?,
-                    spec: serde_json::from_str(&spec).map_err(|err| corrupt("spec", err))?,
+                    spec: decode_spec(&spec)?,
                     epochs: epochs.max(0) as u32,
                     mean_seconds: seconds,
                 })
@@ -605,11 +615,17 @@ mod tests {
         (dir, store)
     }
 
+    fn test_spec() -> JobSpec {
+        JobSpec::parse(br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                            "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "sgd", "lr": 0.1}}"#)
+        .unwrap()
+    }
+
     async fn queued(store: &Store) -> Job {
         let job = NewJob {
             id: JobId::new(),
             name: String::from("t"),
-            spec: serde_json::json!({"dataset": "d"}),
+            spec: test_spec(),
             group_id: None,
             owner: Some(String::from("alice")),
             priority: 0,
@@ -734,7 +750,7 @@ mod tests {
         let member = |id: JobId| NewJob {
             id,
             name: String::from("r"),
-            spec: serde_json::json!({}),
+            spec: test_spec(),
             group_id: Some(String::from("g1")),
             owner: None,
             priority: 0,

@@ -14,7 +14,7 @@ use crate::devices::{DeviceKind, DeviceSlot, Inventory};
 use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts};
 use crate::domain::progress::{FailureKind, WorkerJob};
 use crate::domain::relay::WorkerExit;
-use crate::domain::{JobId, JobState};
+use crate::domain::{JobId, JobSpec, JobState};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
 use progress::ProgressTracker;
@@ -237,7 +237,7 @@ impl Supervisor {
                 let watcher = self.clone();
                 let span = tracing::info_span!("watch", job_id = %id);
                 let slot = slot.clone();
-                let spec = serde_json::to_value(&work.spec).expect("specs serialize");
+                let spec = work.spec.clone();
                 tokio::spawn(async move { watcher.watch(id, log, child, token, phases, slot, spec).await }.instrument(span));
             }
             Err(err) => {
@@ -255,8 +255,8 @@ impl Supervisor {
         let Some(storage) = crate::storage::storage_error_in(err) else {
             return self.finish(id, JobState::Failed, Some(reason)).await;
         };
-        let spec = serde_json::to_value(&work.spec).expect("specs serialize");
-        let retries = self.retries(id, &spec).await;
+        let spec = &work.spec;
+        let retries = self.retries(id, spec).await;
         let message = format!("{reason} ({storage})");
         let facts = RunFacts {
             failure: Some((FailureKind::Storage, &message)),
@@ -265,7 +265,7 @@ impl Supervisor {
             ..RunFacts::default()
         };
         let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
-        self.conclude(id, log, &mut tracker, decide(&facts), &spec, "the worker did not start").await;
+        self.conclude(id, log, &mut tracker, decide(&facts), spec, "the worker did not start").await;
     }
 
     /// Whether the server is shutting down (the scheduler then starts nothing).
@@ -345,7 +345,7 @@ impl Supervisor {
         token: CancellationToken,
         phases: u32,
         slot: DeviceSlot,
-        spec: serde_json::Value,
+        spec: JobSpec,
     ) {
         let pid = child.id().map(|pid| pid as i32);
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -481,10 +481,11 @@ impl Supervisor {
 
     /// What the decision needs beyond the run itself: whether an out-of-memory run may be retried
     /// with half the batch, whether a storage fault may re-queue the job once more, and the disk.
-    async fn retries(&self, id: JobId, spec: &serde_json::Value) -> Retries {
-        let batch = spec["batch_size"].as_u64().unwrap_or(1) as u32;
-        let may_retry = spec["retry_on_oom"].as_bool().unwrap_or(false) && batch > 1;
-        let oom_retry_batch = (may_retry && !self.store.oom_retried(id).await.unwrap_or(true)).then_some(batch / 2);
+    async fn retries(&self, id: JobId, spec: &JobSpec) -> Retries {
+        let oom_retry_batch = match spec.halved_batch() {
+            Some(halved) if !self.store.oom_retried(id).await.unwrap_or(true) => Some(halved.batch_size),
+            _ => None,
+        };
         let faults = self.store.storage_faults(id).await.unwrap_or(0);
         let disk = self.disk.clone();
         let described = tokio::task::spawn_blocking(move || disk.describe()).await.ok().flatten();
@@ -505,7 +506,7 @@ impl Supervisor {
         log: &JobLog,
         tracker: &mut ProgressTracker,
         decision: Decision,
-        spec: &serde_json::Value,
+        spec: &JobSpec,
         summary: &str,
     ) {
         let mut retry = StateWrite::new("storing the run's last results", &self.disk);
@@ -528,11 +529,7 @@ impl Supervisor {
             self.finish(id, next, reason.as_deref()).await;
             return;
         }
-        let new_spec = decision.batch_size.map(|batch| {
-            let mut halved = spec.clone();
-            halved["batch_size"] = serde_json::json!(batch);
-            halved
-        });
+        let new_spec = decision.batch_size.and_then(|_| spec.halved_batch());
         let mut retry = StateWrite::new("re-queueing a job", &self.disk);
         let done = loop {
             match self.store.requeue_job(id, decision.outcome, new_spec.as_ref(), decision.note.as_deref()).await {

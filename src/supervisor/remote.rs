@@ -11,7 +11,7 @@ use crate::devices::DeviceSlot;
 use crate::domain::outcome::{decide, RunFacts, SlurmEnd, SlurmState};
 use crate::domain::progress::WorkerJob;
 use crate::domain::relay::{RelayBatch, Stream, WorkerExit};
-use crate::domain::{Job, JobId};
+use crate::domain::{Job, JobId, JobSpec};
 use crate::events::EventKind;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub(super) struct RemoteJob {
     /// The relay run and the last batch stored from it.
     last: Option<(String, u64)>,
     exit: Option<WorkerExit>,
+    /// The job's spec (for an out-of-memory retry).
+    spec: JobSpec,
 }
 
 /// Why relayed lines were not taken.
@@ -70,7 +72,7 @@ impl Supervisor {
                 log.append(&format!("trainq: handed to Slurm as job {slurm_id} ({})\n", slot.name)).await;
                 tracing::info!(%id, %slurm_id, "job handed to Slurm");
                 self.events.publish(id, EventKind::Started { device: slot.id.clone() });
-                self.follow(id, slurm_id, log, phases, token);
+                self.follow(id, slurm_id, log, phases, work.spec.clone(), token);
             }
             Err(err) => {
                 let reason = format!("Slurm did not take the job: {err:#}");
@@ -91,13 +93,13 @@ impl Supervisor {
         }
         log.append(&format!("trainq: server restarted; following Slurm job {slurm_id} again\n")).await;
         tracing::info!(job_id = %job.id, %slurm_id, "re-attached to a Slurm job");
-        let phases = job.spec["phases"].as_array().map_or(1, Vec::len) as u32;
-        self.follow(job.id, slurm_id, log, phases, token);
+        let phases = job.spec.phases.len() as u32;
+        self.follow(job.id, slurm_id, log, phases, job.spec.clone(), token);
     }
 
-    fn follow(&self, id: JobId, slurm_id: String, log: JobLog, phases: u32, token: CancellationToken) {
+    fn follow(&self, id: JobId, slurm_id: String, log: JobLog, phases: u32, spec: JobSpec, token: CancellationToken) {
         let tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
-        let remote = Arc::new(tokio::sync::Mutex::new(RemoteJob { tracker, log, last: None, exit: None }));
+        let remote = Arc::new(tokio::sync::Mutex::new(RemoteJob { tracker, log, last: None, exit: None, spec }));
         self.remote.lock().expect("remote map poisoned").insert(id, remote.clone());
         let supervisor = self.clone();
         let span = tracing::info_span!("slurm", job_id = %id, %slurm_id);
@@ -179,7 +181,7 @@ impl Supervisor {
         self.remote.lock().expect("remote map poisoned").remove(&id);
         let mut remote = remote.lock().await;
         let stored = self.store.job(id).await.ok().flatten();
-        let spec = stored.as_ref().map_or(serde_json::Value::Null, |job| job.spec.clone());
+        let spec = remote.spec.clone();
         let end = match &last {
             Some(job) => job.end(&slurm_id),
             None => SlurmEnd { id: slurm_id.clone(), state: None, reason: String::new(), exit: None, marked_by_trainq: false },

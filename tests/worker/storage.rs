@@ -7,8 +7,7 @@
 use crate::small_disk::{temporary_files, SmallDisk};
 use crate::{follow, log, of_kind, worker, Workspace};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use trainq::storage;
 
 #[test]
