@@ -428,9 +428,13 @@ impl JobSpec {
     }
 
     /// The spec an out-of-memory retry runs: the same with half the batch, when `retry_on_oom`
-    /// asks for one and the batch can be halved.
+    /// asks for one and the halved spec is still valid (a batch of one cannot train batch norm).
     pub fn halved_batch(&self) -> Option<JobSpec> {
-        (self.retry_on_oom && self.batch_size > 1).then(|| JobSpec { batch_size: self.batch_size / 2, ..self.clone() })
+        if !self.retry_on_oom || self.batch_size < 2 {
+            return None;
+        }
+        let halved = JobSpec { batch_size: self.batch_size / 2, ..self.clone() };
+        halved.validate().ok().map(|()| halved)
     }
 
     /// Checks that the output layer fits a dataset with `classes` classes.
@@ -686,11 +690,17 @@ mod tests {
         assert_eq!(halved.batch_size, 10);
         assert_eq!(JobSpec { batch_size: 20, ..halved }, asked, "only the batch changes");
         assert_eq!(with(|_| {}).unwrap().halved_batch(), None, "not asked");
-        let one = with(|value| {
+        let two = with(|value| {
             value["retry_on_oom"] = true.into();
-            value["batch_size"] = 1.into();
+            value["batch_size"] = 2.into();
         });
-        assert_eq!(one.unwrap().halved_batch(), None, "a batch of one cannot be halved");
+        assert_eq!(two.unwrap().halved_batch(), None, "batch norm cannot train on a batch of one");
+        let two_without_batchnorm = with(|value| {
+            value["retry_on_oom"] = true.into();
+            value["batch_size"] = 2.into();
+            value["head"] = serde_json::json!(["gap", {"dense": 1}]);
+        });
+        assert_eq!(two_without_batchnorm.unwrap().halved_batch().map(|spec| spec.batch_size), Some(1));
     }
 
     #[test]
