@@ -3,8 +3,10 @@
 
 use super::{check_plain_name, CatalogError};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// The split names trainq knows, in order. `train` and `test` are required; `val` is optional.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
@@ -83,8 +85,69 @@ pub fn split_files(dataset_dir: &Path, split: &str, classes: &[String]) -> Resul
     Ok(files)
 }
 
-/// Reads one dataset folder.
+/// The modification times that say whether a dataset's listing changed: adding, removing or
+/// renaming an image changes its class folder's time, a class or a split its parent's. A few stats
+/// and three small listings, whatever the number of images. `None` when a folder vanished.
+type Stamp = Vec<(PathBuf, SystemTime)>;
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|metadata| metadata.modified()).ok();
+    let mut stamp = vec![(path.to_path_buf(), modified(path)?)];
+    for split in SPLITS {
+        let split_dir = path.join(split);
+        let Some(time) = modified(&split_dir) else { continue };
+        for class in subfolder_names(&split_dir).ok()? {
+            let class_dir = split_dir.join(class);
+            let time = modified(&class_dir)?;
+            stamp.push((class_dir, time));
+        }
+        stamp.push((split_dir, time));
+    }
+    Some(stamp)
+}
+
+/// Every dataset described so far, with the stamp it was read under: a submit, the scheduler and
+/// the catalog route reuse it until a folder's time changes, so their cost does not grow with the
+/// dataset (the Kaggle set is 5,856 files).
+static INDEX: std::sync::LazyLock<Mutex<HashMap<PathBuf, (Stamp, DatasetInfo)>>> = std::sync::LazyLock::new(Mutex::default);
+
+/// How many times each dataset folder was read in full (for the index's tests).
+#[cfg(test)]
+static SCANS: std::sync::LazyLock<Mutex<HashMap<PathBuf, usize>>> = std::sync::LazyLock::new(Mutex::default);
+
+/// Describes one dataset folder: from the index while its folders are unchanged, else read again.
 pub fn describe(name: &str, path: &Path) -> Result<DatasetInfo, CatalogError> {
+    let stamp = stamp(path);
+    if let Some(stamp) = &stamp {
+        let index = INDEX.lock().expect("dataset index poisoned");
+        if let Some((known, info)) = index.get(path) {
+            if known == stamp && info.name == name {
+                return Ok(info.clone());
+            }
+        }
+    }
+    let info = scan(name, path)?;
+    // A folder changed a moment ago may change again within the clock's granularity without its
+    // time moving: only a settled stamp is trusted (git's "racy" rule).
+    let settled = |stamp: &Stamp| {
+        let now = SystemTime::now();
+        stamp.iter().all(|(_, time)| now.duration_since(*time).is_ok_and(|age| age >= SETTLED))
+    };
+    if let Some(stamp) = stamp.filter(settled) {
+        INDEX.lock().expect("dataset index poisoned").insert(path.to_path_buf(), (stamp, info.clone()));
+    }
+    Ok(info)
+}
+
+/// How long a folder must have been unchanged before its stamp is trusted.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads one dataset folder in full: every split's files, counted per class.
+fn scan(name: &str, path: &Path) -> Result<DatasetInfo, CatalogError> {
+    #[cfg(test)]
+    {
+        *SCANS.lock().expect("scan counts poisoned").entry(path.to_path_buf()).or_default() += 1;
+    }
     let bad = |reason: String| CatalogError::BadLayout { name: name.to_string(), reason };
     let train_dir = path.join("train");
     if !train_dir.is_dir() {
@@ -187,6 +250,46 @@ mod tests {
         assert!(info.split("val").is_none());
         let files = split_files(&dir, "train", &info.classes).unwrap();
         assert_eq!(files.iter().map(|(_, label)| *label).collect::<Vec<_>>(), [0, 1, 1]);
+    }
+
+    /// Dates every folder under `dir` a minute back, as folders unchanged for a while are.
+    fn settle(dir: &Path) {
+        let past = SystemTime::now() - std::time::Duration::from_secs(60);
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                settle(&entry.path());
+            }
+        }
+        std::fs::File::open(dir).unwrap().set_modified(past).unwrap();
+    }
+
+    #[test]
+    fn a_dataset_is_read_once_until_one_of_its_folders_changes() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("indexed");
+        touch(&dir.join("train/NORMAL/a.jpeg"));
+        touch(&dir.join("train/PNEUMONIA/b.jpeg"));
+        touch(&dir.join("test/NORMAL/c.jpeg"));
+        let scans = || SCANS.lock().unwrap().get(&root.path().join("indexed")).copied().unwrap_or(0);
+        // Just written: not trusted yet, read each time.
+        open(root.path(), "indexed").unwrap();
+        let before = scans();
+        open(root.path(), "indexed").unwrap();
+        assert!(scans() > before, "a folder changed a moment ago is read again");
+        settle(&dir);
+        let first = open(root.path(), "indexed").unwrap();
+        let after_first = scans();
+        let second = open(root.path(), "indexed").unwrap();
+        assert_eq!(scans(), after_first, "the index answered");
+        assert_eq!(second.split("train").unwrap().images, first.split("train").unwrap().images);
+        // An image added (its class folder's time changes), a split added: read again, right.
+        touch(&dir.join("train/NORMAL/d.jpeg"));
+        assert_eq!(open(root.path(), "indexed").unwrap().split("train").unwrap().per_class["NORMAL"], 2);
+        assert!(scans() > after_first);
+        touch(&dir.join("val/PNEUMONIA/e.jpeg"));
+        assert_eq!(open(root.path(), "indexed").unwrap().split("val").unwrap().images, 1);
+        std::fs::remove_file(dir.join("train/NORMAL/a.jpeg")).unwrap();
+        assert_eq!(open(root.path(), "indexed").unwrap().split("train").unwrap().per_class["NORMAL"], 1);
     }
 
     #[test]

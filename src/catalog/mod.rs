@@ -1,5 +1,7 @@
 //! What is on disk for jobs to use: datasets in ImageFolder layout and pretrained weights files.
-//! Scanned on every request, so files an admin adds while the server runs are seen at once.
+//! Looked up on every request, so files an admin adds while the server runs are seen at once; a
+//! dataset's image counts come from an index that is read again only when one of its folders'
+//! modification times changed (`datasets::describe`).
 
 pub mod datasets;
 pub mod weights;

@@ -30,7 +30,7 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let job = find_own(&state, &user, &id).await?;
     let (answer, _) = run(&state, &job, body, false).await?;
-    let classes = classes(&state, &job);
+    let classes = classes(&state, &job).await;
     let probabilities: Vec<f64> = serde_json::from_value(answer["probabilities"].clone()).map_err(|err| ApiError::Internal(err.into()))?;
     // A sigmoid model gives the positive (second) class's probability.
     let per_class: Vec<f64> = if probabilities.len() == 1 { vec![1.0 - probabilities[0], probabilities[0]] } else { probabilities };
@@ -57,9 +57,11 @@ pub async fn cam(
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], png).into_response())
 }
 
-fn classes(state: &AppState, job: &Job) -> Vec<String> {
-    let dataset = job.spec.dataset.as_str();
-    catalog::datasets::open(&state.paths.datasets, dataset).map(|dataset| dataset.classes).unwrap_or_default()
+/// The job's class names, from the catalog (off the async runtime: it looks at folders).
+async fn classes(state: &AppState, job: &Job) -> Vec<String> {
+    let (root, dataset) = (state.paths.datasets.clone(), job.spec.dataset.clone());
+    let classes = tokio::task::spawn_blocking(move || catalog::datasets::open(&root, &dataset).map(|dataset| dataset.classes));
+    classes.await.ok().and_then(Result::ok).unwrap_or_default()
 }
 
 /// Checks the upload, hands it to the job's warm model and returns the answer (and the PNG for a

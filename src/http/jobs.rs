@@ -139,9 +139,18 @@ async fn check_limits(state: &AppState, user: &User, spec: &JobSpec) -> Result<(
     Ok(())
 }
 
-/// Checks a parsed spec against what is on disk now: the dataset, its classes, the weights file.
-fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), SpecError> {
-    let dataset = catalog::datasets::open(&state.paths.datasets, &spec.dataset)
+/// Checks a parsed spec against what is on disk now: the dataset (from the catalog's index), its
+/// classes, the weights file's header. Filesystem work, so off the async runtime.
+async fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+    let (paths, spec) = (state.paths.clone(), spec.clone());
+    tokio::task::spawn_blocking(move || check_inputs_on_disk(&paths, &spec))
+        .await
+        .map_err(|err| ApiError::Internal(err.into()))?
+        .map_err(ApiError::from)
+}
+
+fn check_inputs_on_disk(paths: &super::Paths, spec: &JobSpec) -> Result<(), SpecError> {
+    let dataset = catalog::datasets::open(&paths.datasets, &spec.dataset)
         .map_err(|err| SpecError::new("dataset", format!("{err}; GET /api/datasets lists the datasets")))?;
     if dataset.split("train").is_none_or(|split| split.images == 0) {
         return Err(SpecError::new("dataset", format!("dataset `{}` has no training images", dataset.name)));
@@ -150,7 +159,7 @@ fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), SpecError> {
     if spec.weights != Weights::Imagenet {
         return Ok(());
     }
-    if let Some(file) = catalog::weights::find(&state.paths.weights, spec.backbone) {
+    if let Some(file) = catalog::weights::find(&paths.weights, spec.backbone) {
         // The header alone (kilobytes) tells a wrong file now, not hours later in the worker.
         return crate::domain::weights_layout::check_file(spec.backbone, &file).map(drop).map_err(|err| {
             SpecError::new(
@@ -164,8 +173,8 @@ fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), SpecError> {
         format!(
             "no ImageNet weights installed for {backbone}: the admin can run `trainq weights fetch {backbone} --weights {dir}`, or place a safetensors file with torchvision names at {path}; or submit with \"weights\": \"random\"",
             backbone = spec.backbone.name(),
-            dir = state.paths.weights.display(),
-            path = state.paths.weights.join(spec.backbone.weights_file_name()).display(),
+            dir = paths.weights.display(),
+            path = paths.weights.join(spec.backbone.weights_file_name()).display(),
         ),
     ))
 }
@@ -179,7 +188,7 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let spec = JobSpec::parse(&body)?;
     check_limits(&state, &user, &spec).await?;
-    check_inputs(&state, &spec)?;
+    check_inputs(&state, &spec).await?;
     let group_id = (spec.repeats > 1).then(|| uuid::Uuid::new_v4().to_string());
     let mut new = Vec::new();
     for sibling in spec.repetitions() {
