@@ -42,10 +42,27 @@ impl Caller {
 
 /// The auth middleware: a missing header makes an anonymous caller; a malformed or unknown token
 /// is a 401 at once (a typo should not silently turn into anonymous access); a known user over
-/// their request budget gets a 429.
+/// their request budget gets a 429, and so does an anonymous client address over its own (one
+/// bucket per IP address, the same rate: the public queue cannot be polled without limit).
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let caller = match request.headers().get(axum::http::header::AUTHORIZATION) {
-        None => Caller::Anonymous,
+        None => {
+            let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+            if let Some(address) = address {
+                // User names cannot hold ':', so these buckets never meet a user's.
+                if let Err(retry_after) = state.limits.rate.check(&format!("ip:{address}"), Instant::now()) {
+                    return ApiError::TooManyRequests {
+                        message: format!(
+                            "more than {} requests a minute from {address} without a token; slow down, or send your token",
+                            state.limits.rate.per_minute
+                        ),
+                        retry_after_secs: retry_after,
+                    }
+                    .into_response();
+                }
+            }
+            Caller::Anonymous
+        }
         Some(value) => {
             let token = value.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).map(str::trim);
             let Some(token) = token.filter(|token| !token.is_empty()) else {

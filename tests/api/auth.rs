@@ -242,6 +242,21 @@ async fn limits_answer_with_the_field_and_the_fix() {
     let response = limited.expect("bob was never limited");
     let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    // Anonymous reads of the queue are not bob's budget.
+    // Anonymous reads of the queue are not bob's budget, but their address has one of its own.
     assert_eq!(reqwest::get(app.url("/api/jobs")).await.unwrap().status(), StatusCode::OK);
+    let anonymous = reqwest::Client::new();
+    let mut limited = None;
+    for _ in 0..40 {
+        let response = anonymous.get(app.url("/api/jobs")).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("an anonymous address was never limited");
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert!(body["detail"]["message"].as_str().unwrap().contains("127.0.0.1"), "{body}");
+    // The signed-in admin, from the same address, is not held back by it.
+    assert_eq!(admin.get(app.url("/api/jobs")).send().await.unwrap().status(), StatusCode::OK);
 }
