@@ -231,32 +231,27 @@ async fn limits_answer_with_the_field_and_the_fix() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.json::<Value>().await.unwrap()["priority"], 5);
     // The request rate: 60 a minute with bursts of 15, per user.
-    let mut limited = None;
-    for _ in 0..40 {
-        let response = bob.get(app.url("/api/jobs")).send().await.unwrap();
-        if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(response);
-            break;
-        }
-    }
-    let response = limited.expect("bob was never limited");
+    let response = first_limited(&bob, &app.url("/api/jobs")).await.expect("bob was never limited");
     let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     // Anonymous reads of the queue are not bob's budget, but their address has one of its own.
     assert_eq!(reqwest::get(app.url("/api/jobs")).await.unwrap().status(), StatusCode::OK);
     let anonymous = reqwest::Client::new();
-    let mut limited = None;
-    for _ in 0..40 {
-        let response = anonymous.get(app.url("/api/jobs")).send().await.unwrap();
-        if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(response);
-            break;
-        }
-    }
-    let response = limited.expect("an anonymous address was never limited");
+    let response = first_limited(&anonymous, &app.url("/api/jobs")).await.expect("an anonymous address was never limited");
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
     assert!(body["detail"]["message"].as_str().unwrap().contains("127.0.0.1"), "{body}");
     // The signed-in admin, from the same address, is not held back by it.
     assert_eq!(admin.get(app.url("/api/jobs")).send().await.unwrap().status(), StatusCode::OK);
+}
+
+/// The first 429 among 40 quick requests of `client` to `url`.
+async fn first_limited(client: &reqwest::Client, url: &str) -> Option<reqwest::Response> {
+    for _ in 0..40 {
+        let response = client.get(url).send().await.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            return Some(response);
+        }
+    }
+    None
 }

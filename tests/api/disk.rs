@@ -23,15 +23,18 @@ fn spec(name: &str) -> Value {
 }
 
 /// A server whose data dir is a fresh tmpfs of 1.2 GB (three Q1-sized VGG16 jobs keep about
-/// 0.6 GB); `None` when the test is skipped.
-fn app_on_a_small_disk(test: &str) -> Option<(TestApp, SmallDisk, tempfile::TempDir)> {
+/// 0.6 GB), with three jobs submitted and the first one in its second epoch of phase 1; `None`
+/// when the test is skipped.
+async fn three_jobs_on_a_small_disk(test: &str) -> Option<(TestApp, SmallDisk, tempfile::TempDir, Vec<String>)> {
     let temp = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&temp.path().join("data"), "1200m", test)?;
     write_dataset(temp.path(), 6, 2, 3);
     write_vgg16_weights(&temp.path().join("weights/vgg16.safetensors"));
     let args = ["--disk-low-water-gb", "0.02", "--disk-reserve-mb", "8"].map(String::from).to_vec();
     let app = TestApp::spawn_in(temp.path(), Options { args, ..Options::default() });
-    Some((app, disk, temp))
+    let ids = vec![app.submit(&spec("first")).await, app.submit(&spec("second")).await, app.submit(&spec("third")).await];
+    wait_for_phase1_epoch(&app, &ids[0], 2).await;
+    Some((app, disk, temp, ids))
 }
 
 /// Waits until job `id` is training epoch `epoch` of phase 1 or later.
@@ -73,10 +76,8 @@ async fn database_is_intact(data: &Path) {
 
 #[tokio::test]
 async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everything_resumes_once_it_is_freed() {
-    let Some((app, disk, temp)) = app_on_a_small_disk("the data dir filling during training") else { return };
+    let Some((app, disk, temp, ids)) = three_jobs_on_a_small_disk("the data dir filling during training").await else { return };
     let data = temp.path().join("data");
-    let ids = vec![app.submit(&spec("first")).await, app.submit(&spec("second")).await, app.submit(&spec("third")).await];
-    wait_for_phase1_epoch(&app, &ids[0], 2).await;
     disk.fill("filler");
 
     // Within 10 s the job is off its device and back in line, its reason naming the disk.
@@ -146,10 +147,8 @@ async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everyth
 
 #[tokio::test]
 async fn a_cache_that_fills_the_disk_is_evicted_first_and_every_job_finishes_without_help() {
-    let Some((app, disk, temp)) = app_on_a_small_disk("the cache filling the disk") else { return };
+    let Some((app, disk, temp, ids)) = three_jobs_on_a_small_disk("the cache filling the disk").await else { return };
     let data = temp.path().join("data");
-    let ids = vec![app.submit(&spec("first")).await, app.submit(&spec("second")).await, app.submit(&spec("third")).await];
-    wait_for_phase1_epoch(&app, &ids[0], 2).await;
     // Old cache entries (from other datasets, long unused) take every free byte.
     let cache = data.join("cache");
     let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
