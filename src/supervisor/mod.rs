@@ -548,6 +548,10 @@ impl Supervisor {
             }
             let name = self.store.job(id).await.ok().flatten().map(|job| job.name).unwrap_or_default();
             self.events.publish(id, EventKind::Queued { name });
+        } else if matches!(self.store.job(id).await, Ok(Some(job)) if job.state == JobState::Running && job.cancel_requested) {
+            // A cancel that arrived after the decision: the re-queue refuses it, the cancel wins.
+            log.append(&format!("trainq: {summary}; job cancelled\n")).await;
+            return self.finish(id, JobState::Cancelled, None).await;
         }
         self.running.lock().expect("running map poisoned").remove(&id);
         self.worker_exited.notify_one();
