@@ -46,6 +46,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every folder role, in the order they are measured.
+    pub const ALL: [Role; 3] = [Role::Data, Role::Jobs, Role::Cache];
+
     /// The name in metrics and messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -253,6 +256,9 @@ impl Disk {
             return true;
         }
         let settings = &self.inner.settings;
+        if settings.reserve_bytes == 0 {
+            return false;
+        }
         let existing = std::fs::metadata(&self.inner.reserve).map_or(0, |metadata| metadata.len());
         let Some(space) = self.data_space() else { return false };
         if existing < settings.reserve_bytes && space.free_bytes < settings.reserve_bytes + settings.low_water_bytes {
@@ -292,7 +298,7 @@ impl Disk {
         if let Some(data) = spaces.iter().find(|space| space.role == Role::Data) {
             if self.reserve_held() && data.free_bytes < (settings.reserve_bytes / 2).max(1 << 20) {
                 changed |= self.release_reserve();
-            } else if !self.reserve_held() && settings.reserve_bytes > 0 {
+            } else if !self.reserve_held() {
                 changed |= self.restore_reserve();
             }
         }

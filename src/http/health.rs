@@ -20,6 +20,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
     let low_water = state.disk.settings().low_water_bytes;
+    let above_low_water = |space: &crate::disk::Space| space.free_bytes >= low_water;
     let folders: Vec<Value> = spaces
         .iter()
         .map(|space| {
@@ -28,12 +29,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
                 "path": space.path,
                 "free_bytes": space.free_bytes,
                 "total_bytes": space.total_bytes,
-                "ok": space.free_bytes >= low_water,
+                "ok": above_low_water(space),
             })
         })
         .collect();
     let reserve = state.disk.reserve_held() || state.disk.settings().reserve_bytes == 0;
-    let disk_ok = reserve && spaces.len() == 3 && spaces.iter().all(|space| space.free_bytes >= low_water);
+    // A folder that could not be measured is left out of `spaces`: that fails the check too.
+    let every_folder_measured = spaces.len() == crate::disk::Role::ALL.len();
+    let disk_ok = reserve && every_folder_measured && spaces.iter().all(above_low_water);
     let worker = &state.paths.worker_program;
     let worker_ok = is_executable(worker);
     let slots = state.inventory.slots();

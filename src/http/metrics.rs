@@ -73,15 +73,16 @@ pub async fn prometheus(State(state): State<AppState>) -> Result<impl IntoRespon
     }
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
-    family(&mut out, "trainq_disk_free_bytes", "gauge", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache).");
-    for space in &spaces {
-        let (role, path) = (space.role.as_str(), label(&space.path.to_string_lossy()));
-        let _ = writeln!(out, "trainq_disk_free_bytes{{folder=\"{role}\",path=\"{path}\"}} {}", space.free_bytes);
-    }
-    family(&mut out, "trainq_disk_size_bytes", "gauge", "Size of the filesystem of each folder trainq writes.");
-    for space in &spaces {
-        let (role, path) = (space.role.as_str(), label(&space.path.to_string_lossy()));
-        let _ = writeln!(out, "trainq_disk_size_bytes{{folder=\"{role}\",path=\"{path}\"}} {}", space.total_bytes);
+    let per_folder: [(&str, &str, fn(&crate::disk::Space) -> u64); 2] = [
+        ("trainq_disk_free_bytes", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache).", |space| space.free_bytes),
+        ("trainq_disk_size_bytes", "Size of the filesystem of each folder trainq writes.", |space| space.total_bytes),
+    ];
+    for (name, help, value) in per_folder {
+        family(&mut out, name, "gauge", help);
+        for space in &spaces {
+            let (role, path) = (space.role.as_str(), label(&space.path.to_string_lossy()));
+            let _ = writeln!(out, "{name}{{folder=\"{role}\",path=\"{path}\"}} {}", value(space));
+        }
     }
     family(&mut out, "trainq_disk_low_water_bytes", "gauge", "No job starts unless this much would stay free after its writes.");
     let _ = writeln!(out, "trainq_disk_low_water_bytes {}", state.disk.settings().low_water_bytes);

@@ -529,7 +529,7 @@ impl Supervisor {
             self.finish(id, next, reason.as_deref()).await;
             return;
         }
-        let new_spec = decision.batch_size.and_then(|_| spec.halved_batch());
+        let new_spec = decision.batch_size.map(|batch_size| JobSpec { batch_size, ..spec.clone() });
         let mut retry = StateWrite::new("re-queueing a job", &self.disk);
         let done = loop {
             match self.store.requeue_job(id, decision.outcome, new_spec.as_ref(), decision.note.as_deref()).await {
