@@ -28,6 +28,9 @@ pub struct JobView {
     /// Expected seconds until a queued job starts (absent when unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_seconds: Option<f64>,
+    /// When a queued job is expected to start, Unix seconds (absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta_at: Option<f64>,
     /// Every worker start with its device, times and outcome (`GET /api/jobs/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     runs: Option<Vec<crate::store::JobRun>>,
@@ -52,21 +55,22 @@ pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError
             .as_ref()
             .filter(|progress| job.state == JobState::Running && progress.activity.starts_with("pending in Slurm"))
             .map(|progress| progress.activity.clone());
-        return Ok(JobView { job, position: None, pending_reason, eta_seconds: None, runs: None });
+        return Ok(JobView { job, position: None, pending_reason, eta_seconds: None, eta_at: None, runs: None });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
     Ok(match state.scheduler.queue_info(job.id) {
         Some(info) => JobView {
             job,
             position: Some(info.position as i64),
+            eta_seconds: info.eta_seconds(crate::store::unix_now()),
+            eta_at: info.eta_at,
             pending_reason: Some(info.pending_reason),
-            eta_seconds: info.eta_seconds,
             runs: None,
         },
         None => {
             let position = state.store.queue_position(job.seq).await?;
             let reason = String::from("just submitted; the scheduler looks at it within a second");
-            JobView { job, position: Some(position), pending_reason: Some(reason), eta_seconds: None, runs: None }
+            JobView { job, position: Some(position), pending_reason: Some(reason), eta_seconds: None, eta_at: None, runs: None }
         }
     })
 }

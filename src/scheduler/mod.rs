@@ -27,9 +27,17 @@ pub struct QueueInfo {
     pub position: usize,
     /// Why it is not running yet, in a sentence.
     pub pending_reason: String,
-    /// Expected seconds until it starts, from measured epoch times of the running jobs and of
-    /// similar finished jobs; absent when nothing similar was ever measured.
-    pub eta_seconds: Option<f64>,
+    /// When it is expected to start (Unix seconds), from measured epoch times of the running jobs
+    /// and of similar finished jobs; absent when nothing similar was ever measured. Absolute, so
+    /// it stays right between scheduling passes (which happen only when something changes).
+    pub eta_at: Option<f64>,
+}
+
+impl QueueInfo {
+    /// Expected seconds from `now` until the job starts (0 when overdue).
+    pub fn eta_seconds(&self, now: f64) -> Option<f64> {
+        self.eta_at.map(|at| (at - now).max(0.0))
+    }
 }
 
 /// How the rest of the server reaches the scheduler: it wakes it, and reads where queued jobs
@@ -183,7 +191,7 @@ async fn schedule_once(
             let info = QueueInfo {
                 position: waiting.position,
                 pending_reason: waiting.reason.to_string(),
-                eta_seconds: etas.get(&waiting.job).copied(),
+                eta_at: etas.get(&waiting.job).map(|seconds| now + seconds),
             };
             (waiting.job, info)
         })
@@ -238,7 +246,7 @@ async fn schedule_once(
             info.position += waiting_for_disk.len();
         }
         for (place, (id, reason)) in waiting_for_disk.into_iter().enumerate() {
-            queue.insert(id, QueueInfo { position: place + 1, pending_reason: reason, eta_seconds: None });
+            queue.insert(id, QueueInfo { position: place + 1, pending_reason: reason, eta_at: None });
         }
     }
     *handle.queue.write().expect("queue info poisoned") = queue;
