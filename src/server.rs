@@ -147,6 +147,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         supervisor.clone(),
         inputs,
         settings,
+        events.clone(),
     ));
 
     let state = AppState {

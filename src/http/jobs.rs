@@ -69,7 +69,7 @@ pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError
         },
         None => {
             let position = state.store.queue_position(job.seq).await?;
-            let reason = String::from("just submitted; the scheduler looks at it within a second");
+            let reason = String::from("just submitted; the scheduler looks at it in a moment");
             JobView { job, position: Some(position), pending_reason: Some(reason), eta_seconds: None, eta_at: None, runs: None }
         }
     })

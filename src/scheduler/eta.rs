@@ -22,7 +22,7 @@ fn total_epochs(spec: &JobSpec) -> u32 {
 pub(super) async fn start_times<U>(
     store: &Store,
     running: &[Job],
-    queued: &[Job],
+    queued: &super::queue::Queue,
     plan: &Plan<JobId, &str>,
     devices: &[DeviceState<&str, U>],
     limits: &Limits,
@@ -70,7 +70,7 @@ pub(super) async fn start_times<U>(
         let (index, start) =
             lanes.iter().enumerate().map(|(index, free)| (index, free.unwrap_or(f64::MAX))).min_by(|a, b| a.1.total_cmp(&b.1)).expect("lanes exist");
         starts.insert(waiting.job, start);
-        let job = queued.iter().find(|job| job.id == waiting.job);
+        let job = queued.get(waiting.job);
         lanes[index] = job.and_then(|job| pace(&job.spec)).map(|seconds| start + f64::from(total_epochs(&job.expect("found").spec)) * seconds);
     }
     Ok(starts)

@@ -1,9 +1,19 @@
-//! The one task that claims jobs. It wakes when a job is submitted or a worker exits (and on a
-//! 300 ms tick as a safety net), asks [`policy::plan`] which queued job goes to which
-//! free device, claims each with a conditional UPDATE, and hands it to the supervisor.
+//! The one task that claims jobs. A pass asks [`policy::plan`] which queued job goes to which
+//! free device, claims each with a conditional UPDATE, hands it to the supervisor, and publishes
+//! every other job's place, reason and ETA.
+//!
+//! Passes run only when something changed ([`queue`]): a submission or re-queue (coalesced, at
+//! most one pass per [`queue::COALESCE`]), an end or a cancel (at once), a finished epoch (ETAs,
+//! at most every [`queue::ETA_REFRESH`]). Time alone changes little: while jobs wait for disk
+//! space or for a GPU used outside trainq they are looked at again every [`RECHECK`]; while jobs
+//! run, fair share's decay is checked every [`DECAY_CHECK`] and a pass follows only if it changed
+//! the users' order ([`policy::usage_order`]); the disks' reserve and cache are kept every
+//! [`DISK_CHECK`]; the queue in memory is audited against the database every [`AUDIT`]. An idle
+//! server with any number of queued jobs does a few cheap queries a minute.
 
 mod eta;
 pub mod policy;
+mod queue;
 
 use crate::catalog;
 use crate::devices::Inventory;
@@ -12,13 +22,33 @@ use crate::domain::spec::Weights;
 use crate::domain::{Job, JobId, JobState};
 use crate::store::{unix_now, Store, StoreError};
 use crate::supervisor::{JobPaths, Supervisor};
+use crate::events::EventBus;
+use queue::{Pending, Queue};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
-const TICK: Duration = Duration::from_millis(300);
+/// How often jobs held back by what no event announces (disk space, a GPU used outside trainq)
+/// are looked at again.
+const RECHECK: Duration = Duration::from_secs(5);
+
+/// How often, while jobs run, fair share's decay is checked for a changed order of users.
+const DECAY_CHECK: Duration = Duration::from_secs(30);
+
+/// How often the disks are looked at when nothing else happens (the reserve given up when the
+/// disk fills and restored when it has room, the cache trimmed below the low-water mark): a few
+/// `statvfs` calls, microseconds.
+const DISK_CHECK: Duration = Duration::from_secs(2);
+
+/// How often the queue in memory is compared with the database's (a count and a checksum).
+const AUDIT: Duration = Duration::from_secs(60);
+
+/// After a failed pass (the database busy or full), the next try.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Where a queued job stands, as the last scheduling pass saw it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -89,6 +119,17 @@ pub struct Settings {
     pub half_life_secs: f64,
 }
 
+/// What a pass saw that decides when the next one is due without an event.
+#[derive(Debug, Default)]
+struct Facts {
+    /// Jobs wait for disk space, or devices are used outside trainq: look again every [`RECHECK`].
+    held_back: bool,
+    /// Jobs run while others wait: fair share's order may change with time.
+    running_with_queue: bool,
+    /// The users' order the pass planned with.
+    order: Vec<(String, bool)>,
+}
+
 /// Runs the scheduling loop until the server shuts down.
 pub async fn run(
     handle: SchedulerHandle,
@@ -97,19 +138,128 @@ pub async fn run(
     supervisor: Supervisor,
     inputs: Inputs,
     settings: Settings,
+    events: EventBus,
 ) {
+    // Subscribed before the queue is first read, so no change falls between the two.
+    let mut live = events.subscribe(None).live;
+    let mut queue = Queue::default();
+    let mut pending = Pending::everything();
+    let mut facts = Facts::default();
+    let mut last_pass = Instant::now();
+    let mut retry_at: Option<Instant> = None;
+    let mut disk_at = Instant::now() + DISK_CHECK;
+    let mut audit_at = Instant::now() + AUDIT;
+    let mut decay_at: Option<Instant> = None;
     loop {
         if supervisor.is_shutting_down() {
             return;
         }
-        if let Err(err) = schedule_once(&handle, &store, &inventory, &supervisor, &inputs, &settings).await {
-            tracing::error!(error = ?err, "scheduling pass failed");
+        let now = Instant::now();
+        if pending.due(last_pass).is_some_and(|due| due <= now) && retry_at.is_none_or(|at| at <= now) {
+            let passed = match pending.catch_up(&store, &mut queue).await {
+                Ok(()) => schedule_once(&handle, &store, &inventory, &supervisor, &inputs, &settings, &mut queue).await,
+                Err(err) => Err(err),
+            };
+            last_pass = Instant::now();
+            match passed {
+                Ok(seen) => {
+                    facts = seen;
+                    pending.passed();
+                    retry_at = None;
+                    decay_at = facts.running_with_queue.then(|| last_pass + DECAY_CHECK);
+                }
+                Err(err) => {
+                    tracing::error!(error = ?err, "scheduling pass failed; trying again");
+                    retry_at = Some(last_pass + RETRY);
+                }
+            }
+        }
+        let recheck_at = facts.held_back.then(|| last_pass + RECHECK);
+        let next = [pending.due(last_pass).map(|due| due.max(retry_at.unwrap_or(due))), recheck_at, decay_at, Some(disk_at)];
+        let mut wake_at = disk_at;
+        for at in next.into_iter().flatten() {
+            wake_at = wake_at.min(at);
+        }
+        if !queue.is_empty() {
+            wake_at = wake_at.min(audit_at);
         }
         tokio::select! {
-            () = handle.wake.notified() => {}
-            () = tokio::time::sleep(TICK) => {}
+            () = handle.wake.notified() => pending.urgent = true,
+            received = live.recv() => match received {
+                Ok(event) => {
+                    pending.note(&mut queue, &event);
+                    // Take in whatever else is waiting before deciding anything.
+                    while let Ok(event) = live.try_recv() {
+                        pending.note(&mut queue, &event);
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "the scheduler fell behind the events; reading the queue again");
+                    pending = Pending::everything();
+                }
+                Err(RecvError::Closed) => return,
+            },
+            () = tokio::time::sleep_until(wake_at) => {}
+        }
+        let now = Instant::now();
+        if recheck_at.is_some_and(|at| at <= now) {
+            pending.urgent = true;
+        }
+        if disk_at <= now {
+            disk_at = now + DISK_CHECK;
+            let disk = inputs.disk.clone();
+            let changed = tokio::task::spawn_blocking(move || disk.maintain(&disk.measure_all())).await.unwrap_or(false);
+            // Room made by the cache giving way is worth a look at jobs waiting for it.
+            pending.urgent |= changed && facts.held_back;
+        }
+        if decay_at.is_some_and(|at| at <= now) {
+            decay_at = Some(now + DECAY_CHECK);
+            match usage_by_user(&store, unix_now(), settings.half_life_secs).await {
+                Ok(usage) if policy::usage_order(queued_users(&queue).iter(), &usage) != facts.order => pending.urgent = true,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = ?err, "reading fair-share usage failed"),
+            }
+        }
+        if !queue.is_empty() && audit_at <= now {
+            audit_at = now + AUDIT;
+            if let Err(err) = audit(&store, &mut queue, &mut pending, &mut live).await {
+                tracing::warn!(error = ?err, "auditing the queue failed");
+            }
         }
     }
+}
+
+/// Compares the queue in memory with the database's; if they differ once every event already
+/// published is taken in, the queue is read again whole (and the miss is logged: it is a bug).
+async fn audit(
+    store: &Store,
+    queue: &mut Queue,
+    pending: &mut Pending,
+    live: &mut tokio::sync::broadcast::Receiver<Arc<crate::events::JobEvent>>,
+) -> Result<(), StoreError> {
+    if store.queued_fingerprint().await? == queue.fingerprint() {
+        return Ok(());
+    }
+    // A change committed but not yet announced, or announced but not yet read back.
+    while let Ok(event) = live.try_recv() {
+        pending.note(queue, &event);
+    }
+    pending.catch_up(store, queue).await?;
+    let fingerprint = store.queued_fingerprint().await?;
+    if fingerprint != queue.fingerprint() {
+        tracing::warn!(?fingerprint, kept = ?queue.fingerprint(), "the scheduler's queue differs from the database; reading it again");
+        pending.reload = true;
+        pending.urgent = true;
+    }
+    Ok(())
+}
+
+/// Every user with a queued job, once each.
+fn queued_users(queue: &Queue) -> Vec<String> {
+    let mut users: Vec<String> = queue.jobs().map(user_of).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
 }
 
 /// The fair-share key of a job: its owner ("" for jobs from before users existed).
@@ -135,7 +285,8 @@ async fn schedule_once(
     supervisor: &Supervisor,
     inputs: &Inputs,
     settings: &Settings,
-) -> Result<(), StoreError> {
+    queue: &mut Queue,
+) -> Result<Facts, StoreError> {
     // The disks first: the reserve back once there is room, the cache evicted below the low-water mark.
     let disk = inputs.disk.clone();
     let mut spaces = tokio::task::spawn_blocking(move || {
@@ -144,10 +295,9 @@ async fn schedule_once(
     })
     .await
     .unwrap_or_default();
-    let queued = store.jobs(Some(JobState::Queued)).await?;
-    if queued.is_empty() {
+    if queue.is_empty() {
         handle.queue.write().expect("queue info poisoned").clear();
-        return Ok(());
+        return Ok(Facts::default());
     }
     let running = store.jobs(Some(JobState::Running)).await?;
     let now = unix_now();
@@ -172,8 +322,8 @@ async fn schedule_once(
             }
         })
         .collect();
-    let candidates: Vec<_> = queued
-        .iter()
+    let mut candidates: Vec<_> = queue
+        .jobs()
         .map(|job| policy::Candidate {
             job: job.id,
             user: user_of(job),
@@ -182,9 +332,12 @@ async fn schedule_once(
             memory_bytes: job.memory_bytes,
         })
         .collect();
+    // In submission order, as the database gave them: `plan` breaks its last ties by input order.
+    candidates.sort_unstable_by_key(|candidate| candidate.seq);
+    let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
     let plan = policy::plan(&candidates, &devices, &usage, &settings.limits);
-    let etas = eta::start_times(store, &running, &queued, &plan, &devices, &settings.limits).await?;
-    let mut queue: HashMap<JobId, QueueInfo> = plan
+    let etas = eta::start_times(store, &running, queue, &plan, &devices, &settings.limits).await?;
+    let mut places: HashMap<JobId, QueueInfo> = plan
         .waiting
         .iter()
         .map(|waiting| {
@@ -200,7 +353,7 @@ async fn schedule_once(
     let mut committed: Vec<(crate::disk::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
     for (id, device) in plan.assignments {
-        let job = queued.iter().find(|job| job.id == id).expect("assigned jobs come from the queue");
+        let job = queue.get(id).expect("assigned jobs come from the queue");
         let slot = inventory.slot(device).expect("devices come from the inventory");
         let sharing = devices.iter().find(|d| d.id == device).map_or(0, |d| d.running.len());
         // Jobs sharing a GPU share the host cores given to it.
@@ -222,6 +375,7 @@ async fn schedule_once(
         let (work, phases, needs) = match resolved {
             Ok(resolved) => resolved,
             Err(reason) => {
+                queue.remove(id);
                 if !store.claim_job(id, device).await? {
                     continue; // cancelled between the read and the claim
                 }
@@ -234,23 +388,30 @@ async fn schedule_once(
             waiting_for_disk.push(waits_for_disk(handle, id, short));
             continue;
         }
+        // Claimed or cancelled meanwhile, it has left the queue either way.
+        queue.remove(id);
         if !store.claim_job(id, device).await? {
             continue; // cancelled between the read and the claim
         }
         committed.extend(needs);
         supervisor.start(work, slot, phases).await;
     }
+    let facts = Facts {
+        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy),
+        running_with_queue: !queue.is_empty() && (!running.is_empty() || !committed.is_empty()),
+        order,
+    };
     // Jobs held back by the disk are next in line; the rest move down behind them.
     if !waiting_for_disk.is_empty() {
-        for info in queue.values_mut() {
+        for info in places.values_mut() {
             info.position += waiting_for_disk.len();
         }
         for (place, (id, reason)) in waiting_for_disk.into_iter().enumerate() {
-            queue.insert(id, QueueInfo { position: place + 1, pending_reason: reason, eta_at: None });
+            places.insert(id, QueueInfo { position: place + 1, pending_reason: reason, eta_at: None });
         }
     }
-    *handle.queue.write().expect("queue info poisoned") = queue;
-    Ok(())
+    *handle.queue.write().expect("queue info poisoned") = places;
+    Ok(facts)
 }
 
 /// Whether `needs`, on top of what this pass already started (`committed`), fit above the disk's

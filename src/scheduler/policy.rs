@@ -447,6 +447,25 @@ where
     Plan { assignments, waiting, reserved: reserved.map(|(device, job)| (job, devices[device].id.clone())) }
 }
 
+/// Fair share's order of `users` as [`plan`] can tell it: sorted by usage (missing = 0), each
+/// with whether its usage ties the one before. `plan` only ever compares two users' usages, so two
+/// usage maps that give the same order give the same plan: a scheduler whose queue and devices
+/// did not change may skip a pass while time (the decay) changes usage but not this order.
+pub fn usage_order<'u, U>(users: impl IntoIterator<Item = &'u U>, usage: &HashMap<U, f64>) -> Vec<(U, bool)>
+where
+    U: Clone + Eq + Hash + Ord + 'u,
+{
+    let mut ranked: Vec<(f64, &U)> = users.into_iter().map(|user| (usage.get(user).copied().unwrap_or(0.0), user)).collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    let mut order = Vec::with_capacity(ranked.len());
+    for (index, (usage, user)) in ranked.iter().enumerate() {
+        let ties = index > 0 && ranked[index - 1].0.total_cmp(usage).is_eq();
+        order.push(((*user).clone(), ties));
+    }
+    order
+}
+
 /// A user's recent usage in decayed device-seconds: each run `(start, end)` (seconds; `end = now`
 /// for a running job) counts `∫ 2^(-(now - t) / half_life) dt` over its interval, so a second of
 /// use one half-life ago counts half as much as one now. Closed form per interval:
@@ -988,6 +1007,29 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Usage that moved (decay, running jobs) without changing [`usage_order`] leaves the
+        /// plan exactly as it was: what lets the scheduler sleep through decay steps.
+        #[test]
+        fn the_same_usage_order_gives_the_same_plan(case in case(), scale in 0.01..100.0f64, shift in 0.0..1000.0f64) {
+            let Case { queued, devices, usage, limits } = case;
+            // A strictly increasing map of usages keeps their order and their ties.
+            let moved: HashMap<u8, f64> = usage.iter().map(|(user, usage)| (*user, usage * scale + shift)).collect();
+            let users: Vec<u8> = queued.iter().map(|candidate| candidate.user).collect();
+            // Users absent from the map count 0, which the shift moves: give them the shift too.
+            let moved: HashMap<u8, f64> = users.iter().map(|user| (*user, moved.get(user).copied().unwrap_or(shift))).collect();
+            prop_assert_eq!(usage_order(&users, &usage), usage_order(&users, &moved));
+            prop_assert_eq!(plan(&queued, &devices, &usage, &limits), plan(&queued, &devices, &moved, &limits));
+        }
+
+        /// And an order that changed is noticed.
+        #[test]
+        fn a_changed_usage_order_is_noticed(a in 0.0..100.0f64, b in 0.0..100.0f64) {
+            let usage = HashMap::from([(1u8, a), (2u8, b)]);
+            let swapped = HashMap::from([(1u8, b), (2u8, a)]);
+            let same = usage_order(&[1u8, 2], &usage) == usage_order(&[1u8, 2], &swapped);
+            prop_assert_eq!(same, a == b);
+        }
 
         /// Whatever the box and the queue, the plan keeps every rule ([`check_plan`]).
         #[test]

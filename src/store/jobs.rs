@@ -213,6 +213,15 @@ impl Store {
         records.into_iter().map(Job::try_from).collect()
     }
 
+    /// How many jobs are queued and the sum of their `seq`: what the scheduler compares its
+    /// queue in memory with, to notice a change it was never told about.
+    pub async fn queued_fingerprint(&self) -> Result<(usize, i64), StoreError> {
+        let (count, sum): (i64, i64) = sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(seq), 0) FROM jobs WHERE state = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((count.max(0) as usize, sum))
+    }
+
     /// 1-based place of a queued job among queued jobs (1 = next to run).
     pub async fn queue_position(&self, seq: i64) -> Result<i64, StoreError> {
         let (ahead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq < ?")

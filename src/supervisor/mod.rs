@@ -155,7 +155,7 @@ pub struct Supervisor {
     store: Store,
     config: Arc<SupervisorConfig>,
     running: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
-    worker_exited: Arc<Notify>,
+    wake_scheduler: Arc<Notify>,
     inference: inference::InferencePool,
     events: EventBus,
     inventory: Inventory,
@@ -168,12 +168,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor that wakes `worker_exited` whenever a worker ends (the scheduler listens) and
-    /// publishes what its workers do on `events`.
+    /// A supervisor that wakes `wake_scheduler` whenever a worker ends or a GPU job's memory is
+    /// measured (the scheduler listens), and publishes what its workers do on `events`.
     pub fn new(
         store: Store,
         config: SupervisorConfig,
-        worker_exited: Arc<Notify>,
+        wake_scheduler: Arc<Notify>,
         events: EventBus,
         inventory: Inventory,
         disk: crate::disk::Disk,
@@ -183,7 +183,7 @@ impl Supervisor {
             store,
             config: Arc::new(config),
             running: Arc::default(),
-            worker_exited,
+            wake_scheduler,
             inference: Default::default(),
             events,
             inventory,
@@ -410,8 +410,10 @@ impl Supervisor {
                     if tracker.epochs_seen() > 0 && peak_memory > 0 {
                         memory_recorded = true;
                         let bytes = (peak_memory as f64 * MEASURED_MARGIN) as u64;
-                        if let Err(err) = self.store.set_measured_memory(id, bytes).await {
-                            tracing::error!(error = ?err, "recording measured memory failed");
+                        match self.store.set_measured_memory(id, bytes).await {
+                            // The GPU may now have room for a waiting job: the scheduler looks.
+                            Ok(()) => self.wake_scheduler.notify_one(),
+                            Err(err) => tracing::error!(error = ?err, "recording measured memory failed"),
                         }
                         log.append(&format!("trainq: measured GPU memory peak {:.1} GB\n", peak_memory as f64 / 1e9)).await;
                     }
@@ -554,7 +556,7 @@ impl Supervisor {
             return self.finish(id, JobState::Cancelled, None).await;
         }
         self.running.lock().expect("running map poisoned").remove(&id);
-        self.worker_exited.notify_one();
+        self.wake_scheduler.notify_one();
     }
 
     /// Ends a running job in a final state, retrying the write until it lands.
@@ -572,7 +574,7 @@ impl Supervisor {
             }
         }
         self.running.lock().expect("running map poisoned").remove(&id);
-        self.worker_exited.notify_one();
+        self.wake_scheduler.notify_one();
     }
 
     /// Fails a job the scheduler claimed but could not hand to a worker (its inputs vanished).

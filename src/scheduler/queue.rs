@@ -1,0 +1,311 @@
+//! The queued jobs as the scheduler holds them between passes, and what it has been told since
+//! the last one.
+//!
+//! The queue is read from the store once, then kept in step by the events that change it: a
+//! submission or re-queue (`queued`) adds a job, read back from the store; a start or an end
+//! (`started`, `finished`: a cancel of a queued job is an end) removes one. A pass therefore reads
+//! no queue from the database, and a scheduler with nothing to do reads nothing at all. Whatever
+//! the events miss is caught: a subscriber that lagged behind the bus reloads the queue whole, and
+//! a periodic audit compares its count and `seq` checksum with the database's.
+
+use crate::domain::{Job, JobId, JobState};
+use crate::events::{EventKind, JobEvent};
+use crate::store::{Store, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Shortest gap between two passes that only submissions ask for: a burst of submissions is
+/// planned in a few passes rather than one each. Ends and cancels are planned at once.
+pub(super) const COALESCE: Duration = Duration::from_millis(100);
+
+/// Shortest gap between two passes that only refresh ETAs (a running job finished an epoch).
+pub(super) const ETA_REFRESH: Duration = Duration::from_secs(10);
+
+/// The queued jobs, by id.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    jobs: HashMap<JobId, Job>,
+    seq_sum: i64,
+}
+
+impl Queue {
+    /// Replaces the whole queue (at start, after a lag, after a failed audit).
+    pub(super) fn replace(&mut self, jobs: Vec<Job>) {
+        self.jobs.clear();
+        self.seq_sum = 0;
+        for job in jobs {
+            self.insert(job);
+        }
+    }
+
+    /// Takes a job as just read from the store: kept if it is queued, dropped otherwise.
+    pub(super) fn refresh(&mut self, id: JobId, job: Option<Job>) {
+        match job {
+            Some(job) if job.state == JobState::Queued => self.insert(job),
+            _ => {
+                self.remove(id);
+            }
+        }
+    }
+
+    fn insert(&mut self, job: Job) {
+        let seq = job.seq;
+        if let Some(old) = self.jobs.insert(job.id, job) {
+            self.seq_sum -= old.seq;
+        }
+        self.seq_sum += seq;
+    }
+
+    /// Drops a job that left the queue; whether it was in it.
+    pub(super) fn remove(&mut self, id: JobId) -> bool {
+        match self.jobs.remove(&id) {
+            Some(job) => {
+                self.seq_sum -= job.seq;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The queued jobs, in no particular order.
+    pub(super) fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// One queued job.
+    pub(super) fn get(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// The count and `seq` sum, as [`Store::queued_fingerprint`] gives them for the database.
+    pub(super) fn fingerprint(&self) -> (usize, i64) {
+        (self.jobs.len(), self.seq_sum)
+    }
+}
+
+/// What the scheduler was told since its last pass.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// The queue must be read whole (first pass, lagged events, failed audit).
+    pub(super) reload: bool,
+    /// Jobs submitted or re-queued: read back from the store before the pass.
+    pub(super) changed: HashSet<JobId>,
+    /// A device may have freed, a job left the queue, or a timer asked for a fresh look: plan now.
+    pub(super) urgent: bool,
+    /// A running job's pace changed: ETAs are worth refreshing (not often).
+    pub(super) etas: bool,
+}
+
+impl Pending {
+    /// Everything to do at start.
+    pub(super) fn everything() -> Pending {
+        Pending { reload: true, urgent: true, ..Pending::default() }
+    }
+
+    /// Takes in one event from the bus. Jobs that leave the queue are dropped from it at once.
+    pub(super) fn note(&mut self, queue: &mut Queue, event: &JobEvent) {
+        match &event.kind {
+            EventKind::Queued { .. } => {
+                self.changed.insert(event.job_id);
+            }
+            // Claimed by this scheduler (already gone from the queue) or by no one else.
+            EventKind::Started { .. } => {
+                self.changed.remove(&event.job_id);
+                queue.remove(event.job_id);
+            }
+            // A cancelled queued job leaves the line; a running job's end frees its device.
+            EventKind::Finished { .. } => {
+                self.changed.remove(&event.job_id);
+                queue.remove(event.job_id);
+                self.urgent = true;
+            }
+            EventKind::Epoch { .. } => self.etas = true,
+            EventKind::Progress { .. } | EventKind::Log { .. } | EventKind::CancelRequested => {}
+        }
+    }
+
+    /// When the next pass is due, if anything asks for one.
+    pub(super) fn due(&self, last_pass: Instant) -> Option<Instant> {
+        if self.reload || self.urgent {
+            Some(last_pass.min(Instant::now()))
+        } else if !self.changed.is_empty() {
+            Some(last_pass + COALESCE)
+        } else if self.etas {
+            Some(last_pass + ETA_REFRESH)
+        } else {
+            None
+        }
+    }
+
+    /// Brings `queue` up to date with the store: whole after a reload, else the changed jobs.
+    /// What fails to be read stays pending for the next try.
+    pub(super) async fn catch_up(&mut self, store: &Store, queue: &mut Queue) -> Result<(), StoreError> {
+        if self.reload {
+            queue.replace(store.jobs(Some(JobState::Queued)).await?);
+            self.reload = false;
+            self.changed.clear();
+            return Ok(());
+        }
+        while let Some(&id) = self.changed.iter().next() {
+            queue.refresh(id, store.job(id).await?);
+            self.changed.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// A pass ran: what it covered is done.
+    pub(super) fn passed(&mut self) {
+        self.urgent = false;
+        self.etas = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::JobSpec;
+    use crate::events::EventBus;
+    use crate::scheduler::policy;
+    use crate::store::NewJob;
+    use rand::{Rng, SeedableRng};
+
+    fn spec() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "dataset": "demo", "backbone": "vgg16", "weights": "random", "image_size": 32, "batch_size": 4,
+            "head": ["gap", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
+            "optimizer": {"name": "rmsprop", "lr": 1e-3}
+        }))
+        .expect("a valid spec")
+    }
+
+    /// The plan for `queued` on two CPU slots, one of which runs a job of user 0.
+    fn plan_of<'a>(queued: impl Iterator<Item = &'a Job>) -> policy::Plan<JobId, &'static str> {
+        let mut candidates: Vec<_> = queued
+            .map(|job| policy::Candidate {
+                job: job.id,
+                user: job.owner.clone().unwrap_or_default(),
+                priority: job.priority,
+                seq: job.seq,
+                memory_bytes: job.memory_bytes,
+            })
+            .collect();
+        candidates.sort_by_key(|candidate| candidate.seq);
+        let devices = [
+            policy::DeviceState {
+                id: "cpu0",
+                capacity: policy::Capacity::Slot,
+                running: vec![policy::Running { user: String::from("user0"), memory_bytes: 0 }],
+                foreign_busy: false,
+            },
+            policy::DeviceState { id: "cpu1", capacity: policy::Capacity::Slot, running: vec![], foreign_busy: true },
+        ];
+        let usage = HashMap::from([(String::from("user1"), 50.0), (String::from("user2"), 10.0)]);
+        let limits = policy::Limits { max_jobs_per_gpu: 1, headroom_bytes: 0, max_jobs_per_user: None };
+        policy::plan(&candidates, &devices, &usage, &limits)
+    }
+
+    /// Random submissions, cancels, claims, re-queues and ends, published on the bus the way the
+    /// server publishes them, some while the scheduler is between catch-ups: after each catch-up,
+    /// the plan from the queue kept by events equals the plan from the whole queue read again.
+    #[tokio::test]
+    async fn the_queue_kept_by_events_plans_like_the_database() {
+        for seed in 0..4u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).await.unwrap();
+            let bus = EventBus::new();
+            let mut live = bus.subscribe(None).live;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let (mut queue, mut pending) = (Queue::default(), Pending::everything());
+            pending.catch_up(&store, &mut queue).await.unwrap();
+            let mut running: Vec<JobId> = Vec::new();
+            for step in 0..150 {
+                let queued: Vec<Job> = store.jobs(Some(JobState::Queued)).await.unwrap();
+                match rng.gen_range(0..10) {
+                    // Submissions, sometimes several at once.
+                    0..=3 => {
+                        let new: Vec<NewJob> = (0..rng.gen_range(1..4))
+                            .map(|_| NewJob {
+                                id: JobId::new(),
+                                name: format!("job{step}"),
+                                spec: spec(),
+                                group_id: None,
+                                owner: Some(format!("user{}", rng.gen_range(0..3))),
+                                priority: rng.gen_range(0..2),
+                                memory_bytes: 0,
+                            })
+                            .collect();
+                        for job in store.insert_jobs(&new).await.unwrap() {
+                            bus.publish(job.id, EventKind::Queued { name: job.name });
+                        }
+                    }
+                    // A queued job cancelled.
+                    4 if !queued.is_empty() => {
+                        let job = &queued[rng.gen_range(0..queued.len())];
+                        store.request_cancel(job.id).await.unwrap();
+                        bus.publish(job.id, EventKind::Finished { state: JobState::Cancelled, error: None });
+                    }
+                    // The scheduler claims one (it drops it from its queue itself).
+                    5 | 6 if !queued.is_empty() => {
+                        let job = &queued[rng.gen_range(0..queued.len())];
+                        assert!(store.claim_job(job.id, "cpu0").await.unwrap());
+                        queue.remove(job.id);
+                        running.push(job.id);
+                        bus.publish(job.id, EventKind::Started { device: String::from("cpu0") });
+                    }
+                    // A running job re-queued (interrupted), or ended.
+                    7 | 8 if !running.is_empty() => {
+                        let id = running.swap_remove(rng.gen_range(0..running.len()));
+                        if rng.gen_bool(0.5) {
+                            assert!(store.requeue_job(id, crate::domain::outcome::RunOutcome::Interrupted, None, None).await.unwrap());
+                            bus.publish(id, EventKind::Queued { name: String::new() });
+                        } else {
+                            assert!(store.finish_job(id, JobState::Succeeded, None).await.unwrap());
+                            bus.publish(id, EventKind::Finished { state: JobState::Succeeded, error: None });
+                        }
+                    }
+                    _ => {}
+                }
+                // Noise the scheduler must ignore.
+                bus.publish(JobId::new(), EventKind::Log { line: String::from("x"), offset: 0 });
+                // The scheduler catches up only now and then, as passes are coalesced.
+                if rng.gen_bool(0.4) {
+                    while let Ok(event) = live.try_recv() {
+                        pending.note(&mut queue, &event);
+                    }
+                    pending.catch_up(&store, &mut queue).await.unwrap();
+                    let truth = store.jobs(Some(JobState::Queued)).await.unwrap();
+                    assert_eq!(plan_of(queue.jobs()), plan_of(truth.iter()), "seed {seed}, step {step}");
+                    assert_eq!(queue.fingerprint(), store.queued_fingerprint().await.unwrap(), "seed {seed}, step {step}");
+                }
+            }
+        }
+    }
+
+    /// A change the events never told of is caught by the audit and repaired by a reload.
+    #[tokio::test]
+    async fn the_audit_notices_an_unannounced_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let (mut queue, mut pending) = (Queue::default(), Pending::everything());
+        pending.catch_up(&store, &mut queue).await.unwrap();
+        let new = NewJob {
+            id: JobId::new(),
+            name: String::from("silent"),
+            spec: spec(),
+            group_id: None,
+            owner: None,
+            priority: 0,
+            memory_bytes: 0,
+        };
+        store.insert_jobs(&[new]).await.unwrap();
+        assert_ne!(queue.fingerprint(), store.queued_fingerprint().await.unwrap());
+        pending.reload = true;
+        pending.catch_up(&store, &mut queue).await.unwrap();
+        assert_eq!(queue.fingerprint(), store.queued_fingerprint().await.unwrap());
+    }
+}
