@@ -1,17 +1,21 @@
-//! Benchmark (not a test): job submissions at a fixed rate from a second process against a real
-//! `trainq serve` (release build, fake worker, 2 CPU slots, 20 students), against `GET /healthz`
-//! (no database, no auth) at the same rate in the same run. It answers the issue's question "does
-//! a class submitting at once lose or stall anything?": every job answered 201 must be in
-//! `GET /api/jobs` afterwards (`lost`), refusals are counted by status, and latency is measured
-//! from each request's scheduled send time, so a stalled server cannot hide its backlog
-//! (open loop: requests go out on schedule whatever earlier ones are doing).
+//! Benchmark (not a test): a semester's load on a real `trainq serve` (release build, 2 CPU slots,
+//! 20 students, a generated Kaggle-sized dataset of 5,856 images), every figure next to a baseline
+//! measured in the same run:
 //!
-//! Later rounds at 2×, 4× and 8× the rate show where the box saturates (on a 2-core box shared
-//! with builds: 750–950 submissions/s, where latency jumps from milliseconds to a second). The
-//! rounds share one server and database, so each also pays for the jobs earlier rounds queued.
+//! - **submissions** at a fixed rate from a second process (open loop: latency is measured from
+//!   each request's scheduled send time, so a stalled server cannot hide its backlog), against
+//!   `GET /healthz` (no database, no auth) at the same rate; every job answered 201 must be listed
+//!   afterwards (`lost`);
+//! - **idle CPU** of the server process (`/proc/PID/stat`) over a quiet window with 10,000 and
+//!   100,000 jobs queued behind two workers that hold their slots, against the same window with
+//!   an empty queue;
+//! - **the job list's first page** (`GET /api/jobs?limit=50`) at 10,000 jobs, against `GET /healthz`;
+//! - **dispatch**: a worker exits → the next worker is running (timestamps the fake workers write),
+//!   with 10,000 queued, against the same with a handful queued.
 //!
-//! `cargo bench --no-default-features --bench load` (env `TRAINQ_LOAD_N=2000`,
-//! `TRAINQ_LOAD_RATE=200` per second, `TRAINQ_LOAD_ROUNDS=1,2,4,8`: the rate multipliers, one round each).
+//! `cargo bench --no-default-features --bench load` (env `TRAINQ_LOAD_RATE=2000` per second,
+//! `TRAINQ_LOAD_N=10000` submissions per round, `TRAINQ_LOAD_BIG=100000`: the queue for the second
+//! idle measure, 0 to skip it). The CPU flags are printed with the results.
 //!
 //! The bench binary is also the load generator: the parent re-executes itself with
 //! `--generator MODE URL RATE N TOKENS_FILE`, so the client never shares a process (or a tokio
@@ -27,10 +31,17 @@ use std::time::Duration;
 /// How many students share the load: each user's token is used for every 20th request.
 const STUDENTS: usize = 20;
 
-/// A fake worker: reports final metrics and exits 0 at once, so jobs also run and finish (the
-/// supervisor writes rows) while submissions arrive, as on a real box.
+/// A fake worker that holds its slot until told to go: it notes when it started, waits on its own
+/// FIFO (no CPU while it waits), reports final metrics, notes when it ended and exits. `DIR` is
+/// replaced by the folder of notes.
 const FAKE_WORKER: &str = r#"#!/bin/sh
+d=DIR
+date +%s.%N > "$d/started-$$.tmp" && mv "$d/started-$$.tmp" "$d/started-$$"
+mkfifo "$d/go-$$"
+read _ < "$d/go-$$"
 echo '@trainq {"event":"final","train_loss":0.1,"train_acc":1.0,"test_loss":0.2,"test_acc":0.9}'
+date +%s.%N > "$d/ended-$$"
+exit 0
 "#;
 
 /// What the generator process reports on its last stdout line.
@@ -184,19 +195,204 @@ fn serve(root: &Path, worker: &Path) -> (Child, String) {
     (child, address)
 }
 
-/// The ids `GET /api/jobs` lists (as the admin, who sees every job).
+/// Every id `GET /api/jobs` lists, page by page (as the admin, who sees every job).
 fn listed_ids(url: &str, admin_token: &str) -> HashSet<String> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let response = reqwest::Client::new().get(format!("{url}/api/jobs")).bearer_auth(admin_token).send().await.unwrap();
-        assert!(response.status().is_success(), "GET /api/jobs: {}", response.status());
-        let jobs: Vec<serde_json::Value> = response.json().await.unwrap();
-        jobs.iter().filter_map(|job| job["id"].as_str().map(str::to_string)).collect()
+        let client = reqwest::Client::new();
+        let mut ids = HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = client.get(format!("{url}/api/jobs")).query(&[("limit", "500")]).bearer_auth(admin_token);
+            if let Some(cursor) = &cursor {
+                request = request.query(&[("cursor", cursor)]);
+            }
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "GET /api/jobs: {}", response.status());
+            let page: serde_json::Value = response.json().await.unwrap();
+            let rows = if page.is_array() { &page } else { &page["jobs"] }; // TEMP until the paged list lands
+            ids.extend(rows.as_array().unwrap().iter().filter_map(|job| job["id"].as_str().map(str::to_string)));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return ids,
+            }
+        }
     })
+}
+
+/// Seconds of CPU (user + system) the process has used: `/proc/PID/stat` fields 14 and 15.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The process's resident memory, MB.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// The server's CPU use over a quiet `window`, as a share of one core.
+fn idle_cpu(pid: u32, window: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(window);
+    (cpu_seconds(pid) - before) / window.as_secs_f64()
+}
+
+/// Sequential `GET path` requests: their latencies in ms, sorted.
+fn sequential_gets(url: &str, path: &str, token: Option<&str>, n: usize) -> Vec<f64> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut latencies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut request = client.get(format!("{url}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let started = std::time::Instant::now();
+            let response = request.send().await.unwrap();
+            assert!(response.status().is_success(), "GET {path}: {}", response.status());
+            let body = response.bytes().await.unwrap();
+            latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            assert!(!body.is_empty());
+        }
+        latencies.sort_by(f64::total_cmp);
+        latencies
+    })
+}
+
+/// How many jobs are queued, from `/metrics`.
+fn queued(url: &str) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let text = runtime.block_on(async { reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap() });
+    text.lines().find_map(|line| line.strip_prefix("trainq_jobs{state=\"queued\"} ")).and_then(|count| count.parse().ok()).unwrap_or(0)
+}
+
+/// The fake workers' notes: which have started, which have ended, and when.
+struct Workers {
+    dir: std::path::PathBuf,
+}
+
+impl Workers {
+    fn note(&self, kind: &str, pid: &str) -> Option<f64> {
+        std::fs::read_to_string(self.dir.join(format!("{kind}-{pid}"))).ok()?.trim().parse().ok()
+    }
+
+    /// Pids of workers that started and hold their slot (their FIFO exists, no end noted).
+    fn holding(&self) -> Vec<String> {
+        let mut pids: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_prefix("go-").map(str::to_string))
+            .filter(|pid| self.note("ended", pid).is_none())
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    fn started(&self) -> HashSet<String> {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().to_str()?.to_string();
+                name.strip_prefix("started-").filter(|pid| !pid.ends_with(".tmp")).map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Waits until `count` workers hold their slots.
+    fn wait_holding(&self, count: usize) -> Vec<String> {
+        let started = std::time::Instant::now();
+        loop {
+            let holding = self.holding();
+            if holding.len() >= count {
+                return holding;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "{count} workers never held their slots");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets one holding worker finish; returns ms from its end to the next worker's start.
+    fn dispatch_once(&self) -> f64 {
+        let holding = self.wait_holding(2);
+        let before = self.started();
+        let pid = &holding[0];
+        std::fs::write(self.dir.join(format!("go-{pid}")), "go\n").unwrap();
+        let started = std::time::Instant::now();
+        let next = loop {
+            if let Some(next) = self.started().difference(&before).next().cloned() {
+                break next;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "no worker started after {pid} ended");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // The end is noted just before the worker exits; wait for the note if it is late.
+        let ended = loop {
+            if let Some(ended) = self.note("ended", pid) {
+                break ended;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        (self.note("started", &next).unwrap() - ended) * 1e3
+    }
+
+    /// `count` dispatches; latencies in ms, sorted.
+    fn dispatches(&self, count: usize) -> Vec<f64> {
+        let mut latencies: Vec<f64> = (0..count).map(|_| self.dispatch_once()).collect();
+        latencies.sort_by(f64::total_cmp);
+        latencies
+    }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+/// The CPU's model and the flags that matter for speed, printed next to the results.
+fn cpu_line() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|line| line.strip_prefix("model name")).map(|rest| rest.trim_start_matches([' ', '\t', ':'])).unwrap_or("?");
+    let flags: Vec<&str> = info
+        .lines()
+        .find_map(|line| line.strip_prefix("flags"))
+        .map(|rest| rest.split_whitespace().filter(|flag| ["avx2", "avx512f", "amx_bf16", "avx512_bf16"].contains(flag)).collect())
+        .unwrap_or_default();
+    format!("{model}, {} cores, flags {}", std::thread::available_parallelism().map_or(0, |n| n.get()), flags.join(" "))
+}
+
+/// Submits `n` jobs at `rate` from the generator and checks none was lost; prints the round.
+fn submission_round(url: &str, rate: f64, n: usize, tokens_file: &Path, admin: &str, accepted: &mut Vec<String>) {
+    let baseline = generate("healthz", url, rate, n, tokens_file);
+    let load = generate("submit", url, rate, n, tokens_file);
+    accepted.extend(load.accepted_ids.iter().cloned());
+    let listed = listed_ids(url, admin);
+    let lost = accepted.iter().filter(|id| !listed.contains(*id)).count();
+    let duplicates = load.accepted_ids.len() - load.accepted_ids.iter().collect::<HashSet<_>>().len();
+    let refused: BTreeMap<&String, &usize> = load.statuses.iter().filter(|(status, _)| *status != "201").collect();
+    let refused_count: usize = refused.values().copied().sum();
+    let (p50, p99, max) = latency(&load);
+    let (h50, h99, hmax) = latency(&baseline);
+    println!(
+        "load: {n} submissions at {rate:.0}/s from a second process over {:.1} s: throughput {:.1}/s, latency p50 {p50:.1} ms p99 {p99:.1} ms max {max:.0} ms, accepted {}, refused {refused_count}, lost {lost} (of {} accepted so far)",
+        load.seconds,
+        load.accepted_ids.len() as f64 / load.seconds,
+        load.accepted_ids.len(),
+        accepted.len(),
+    );
+    if refused_count > 0 || duplicates > 0 {
+        println!("  refused by status: {refused:?}; duplicate ids: {duplicates}");
+    }
+    println!(
+        "  baseline GET /healthz, {n} at {rate:.0}/s: latency p50 {h50:.1} ms p99 {h99:.1} ms max {hmax:.0} ms (answered {} of {n}); p99 submit/healthz {:.1}x",
+        baseline.statuses.get("200").copied().unwrap_or(0),
+        p99 / h99,
+    );
 }
 
 fn main() {
@@ -206,20 +402,18 @@ fn main() {
         generator(&rest[0], &rest[1], rest[2].parse().unwrap(), rest[3].parse().unwrap(), Path::new(&rest[4]));
         return;
     }
-    let n: usize = env_or("TRAINQ_LOAD_N", 2000);
-    let rate: f64 = env_or("TRAINQ_LOAD_RATE", 200.0);
-    let rounds: Vec<f64> = std::env::var("TRAINQ_LOAD_ROUNDS")
-        .unwrap_or_else(|_| String::from("1,2,4,8"))
-        .split(',')
-        .map(|factor| factor.trim().parse().expect("TRAINQ_LOAD_ROUNDS=1,2,4,8"))
-        .collect();
+    let n: usize = env_or("TRAINQ_LOAD_N", 10_000);
+    let rate: f64 = env_or("TRAINQ_LOAD_RATE", 2000.0);
+    let big: usize = env_or("TRAINQ_LOAD_BIG", 100_000);
+    println!("load: CPU {}", cpu_line());
 
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path();
     let data = root.join("data");
+    // Kaggle's chest-xray-pneumonia counts: 5,216 train, 16 val, 624 test films (tiny images).
     let status = Command::new(env!("CARGO_BIN_EXE_trainq"))
-        .args(["demo-data", root.join("datasets/demo").to_str().unwrap(), "--size", "36"])
-        .args(["--train-per-class", "2", "--val-per-class", "1", "--test-per-class", "1"])
+        .args(["demo-data", root.join("datasets/demo").to_str().unwrap(), "--size", "16"])
+        .args(["--train-per-class", "2608", "--val-per-class", "8", "--test-per-class", "312"])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -229,43 +423,76 @@ fn main() {
     let admin = trainq(&["user", "add", "root", "--admin"], &data);
     let tokens_file = root.join("tokens");
     std::fs::write(&tokens_file, students.join("\n")).unwrap();
+    let notes = root.join("workers");
+    std::fs::create_dir_all(&notes).unwrap();
     let worker = root.join("fake-worker.sh");
-    std::fs::write(&worker, FAKE_WORKER).unwrap();
+    std::fs::write(&worker, FAKE_WORKER.replace("DIR", notes.to_str().unwrap())).unwrap();
     std::fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (mut server, url) = serve(root, &worker);
+    let pid = server.id();
+    let workers = Workers { dir: notes };
+    let window = Duration::from_secs(10);
 
-    let mut accepted_so_far: Vec<String> = Vec::new();
-    for factor in rounds {
-        let rate = rate * factor;
-        let baseline = generate("healthz", &url, rate, n, &tokens_file);
-        let load = generate("submit", &url, rate, n, &tokens_file);
-        accepted_so_far.extend(load.accepted_ids.iter().cloned());
-        let listed = listed_ids(&url, &admin);
-        let lost = load.accepted_ids.iter().filter(|id| !listed.contains(*id)).count();
-        let duplicates = load.accepted_ids.len() - load.accepted_ids.iter().collect::<HashSet<_>>().len();
-        let refused: BTreeMap<&String, &usize> = load.statuses.iter().filter(|(status, _)| *status != "201").collect();
-        let refused_count: usize = refused.values().copied().sum();
-        let (p50, p99, max) = latency(&load);
-        let (h50, h99, hmax) = latency(&baseline);
+    // Baselines on an empty queue: idle CPU, and dispatch with a handful queued.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_empty = idle_cpu(pid, window);
+    let rss_empty = rss_mb(pid);
+    let mut accepted = Vec::new();
+    submission_round(&url, 200.0, 30, &tokens_file, &admin, &mut accepted);
+    let few_queued = queued(&url);
+    let few = workers.dispatches(10);
+
+    // A class submitting at once: the queue grows to `n`.
+    submission_round(&url, rate, n, &tokens_file, &admin, &mut accepted);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_n = idle_cpu(pid, window);
+    println!(
+        "idle: server CPU over {}s with {} queued: {:.2} % of a core (RSS {:.0} MB); baseline with 0 queued: {:.2} % (RSS {rss_empty:.0} MB)",
+        window.as_secs(),
+        queued(&url),
+        idle_n * 100.0,
+        rss_mb(pid),
+        idle_empty * 100.0
+    );
+    let health = sequential_gets(&url, "/healthz", None, 300);
+    for path in ["/api/jobs?limit=50", "/api/jobs?limit=50&state=queued,running", "/api/jobs?limit=50&owner=me"] {
+        let list = sequential_gets(&url, path, Some(&students[0]), 300);
         println!(
-            "load: {n} submissions at {rate:.0}/s from a second process over {:.1} s: throughput {:.1}/s, latency p50 {p50:.1} ms p99 {p99:.1} ms max {max:.0} ms, accepted {}, refused {refused_count}, lost {lost}",
-            load.seconds,
-            load.accepted_ids.len() as f64 / load.seconds,
-            load.accepted_ids.len(),
-        );
-        if refused_count > 0 || duplicates > 0 {
-            println!("  refused by status: {refused:?}; duplicate ids: {duplicates}");
-        }
-        println!(
-            "  baseline GET /healthz, {n} at {rate:.0}/s: latency p50 {h50:.1} ms p99 {h99:.1} ms max {hmax:.0} ms (answered {} of {n}); p50 submit/healthz {:.1}x",
-            baseline.statuses.get("200").copied().unwrap_or(0),
-            p50 / h50,
+            "list: GET {path} with {} jobs, 300 in a row: p50 {:.1} ms p99 {:.1} ms; baseline GET /healthz p50 {:.2} ms p99 {:.2} ms",
+            accepted.len(),
+            quantile(&list, 0.5),
+            quantile(&list, 0.99),
+            quantile(&health, 0.5),
+            quantile(&health, 0.99)
         );
     }
-    // Every job accepted in any round is still there at the end (none dropped by a later round).
-    let listed = listed_ids(&url, &admin);
-    let lost = accepted_so_far.iter().filter(|id| !listed.contains(*id)).count();
-    println!("load: all rounds: accepted {}, listed {}, lost {lost}", accepted_so_far.len(), listed.len());
+    let many_queued = queued(&url);
+    let many = workers.dispatches(20);
+    println!(
+        "dispatch: worker exit -> next worker running with {many_queued} queued: p50 {:.1} ms p99 {:.1} ms max {:.1} ms (20); baseline with {few_queued} queued: p50 {:.1} ms max {:.1} ms (10)",
+        quantile(&many, 0.5),
+        quantile(&many, 0.99),
+        many.last().unwrap(),
+        quantile(&few, 0.5),
+        few.last().unwrap()
+    );
+
+    if big > accepted.len() {
+        let more = big - accepted.len();
+        submission_round(&url, rate, more, &tokens_file, &admin, &mut accepted);
+        std::thread::sleep(Duration::from_secs(3));
+        let idle_big = idle_cpu(pid, window);
+        println!(
+            "idle: server CPU over {}s with {} queued: {:.2} % of a core (RSS {:.0} MB); baseline with 0 queued: {:.2} % (RSS {rss_empty:.0} MB)",
+            window.as_secs(),
+            queued(&url),
+            idle_big * 100.0,
+            rss_mb(pid),
+            idle_empty * 100.0
+        );
+        let list = sequential_gets(&url, "/api/jobs?limit=50", Some(&students[0]), 300);
+        println!("list: GET /api/jobs?limit=50 with {} jobs: p50 {:.1} ms p99 {:.1} ms", accepted.len(), quantile(&list, 0.5), quantile(&list, 0.99));
+    }
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -165,6 +165,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             max_image_side: config.max_image_side,
             half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
         }),
+        tokens: Arc::default(),
     };
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The caller of this request, as the auth layer found it.
 #[derive(Debug, Clone)]
@@ -37,6 +37,45 @@ impl Caller {
     /// Whether the caller may see a job's private parts (outputs, log, live log lines).
     pub fn may_see(&self, owner: Option<&str>) -> bool {
         self.user().is_some_and(|user| user.may_act_on(owner))
+    }
+}
+
+/// How long a token's user is remembered: a rotated or removed token stops working within this.
+const TOKEN_TTL: Duration = Duration::from_secs(5);
+
+/// Most tokens remembered at once; past it the memory starts over (a class has a few hundred).
+const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+/// Known tokens' users, for [`TOKEN_TTL`]: a student polling or submitting in a burst costs one
+/// database read per few seconds, not one per request. Unknown tokens are never remembered.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    known: Mutex<HashMap<String, (User, Instant)>>,
+}
+
+impl TokenCache {
+    /// The user `token` belongs to, from memory if looked up in the last [`TOKEN_TTL`].
+    pub async fn user(&self, store: &crate::store::Store, token: &str) -> Result<Option<User>, crate::store::StoreError> {
+        let now = Instant::now();
+        if let Some((user, at)) = self.known.lock().expect("token cache poisoned").get(token) {
+            if now.duration_since(*at) < TOKEN_TTL {
+                return Ok(Some(user.clone()));
+            }
+        }
+        let user = store.user_by_token(token).await?;
+        let mut known = self.known.lock().expect("token cache poisoned");
+        match &user {
+            Some(user) => {
+                if known.len() >= TOKEN_CACHE_CAPACITY {
+                    known.clear();
+                }
+                known.insert(token.to_string(), (user.clone(), now));
+            }
+            None => {
+                known.remove(token);
+            }
+        }
+        Ok(user)
     }
 }
 
@@ -71,7 +110,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                 ))
                 .into_response();
             };
-            match state.store.user_by_token(token).await {
+            match state.tokens.user(&state.store, token).await {
                 Ok(Some(user)) => {
                     if let Err(retry_after) = state.limits.rate.check(&user.name, Instant::now()) {
                         return ApiError::TooManyRequests {

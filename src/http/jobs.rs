@@ -58,20 +58,14 @@ pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError
         return Ok(JobView { job, position: None, pending_reason, eta_seconds: None, eta_at: None, runs: None });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
-    Ok(match state.scheduler.queue_info(job.id) {
-        Some(info) => JobView {
-            job,
-            position: Some(info.position as i64),
-            eta_seconds: info.eta_seconds(crate::store::unix_now()),
-            eta_at: info.eta_at,
-            pending_reason: Some(info.pending_reason),
-            runs: None,
-        },
-        None => {
-            let position = state.store.queue_position(job.seq).await?;
-            let reason = String::from("just submitted; the scheduler looks at it in a moment");
-            JobView { job, position: Some(position), pending_reason: Some(reason), eta_seconds: None, eta_at: None, runs: None }
-        }
+    let info = state.scheduler.queue_info(job.id).unwrap_or_else(|| state.scheduler.provisional_info());
+    Ok(JobView {
+        job,
+        position: Some(info.position as i64),
+        eta_seconds: info.eta_seconds(crate::store::unix_now()),
+        eta_at: info.eta_at,
+        pending_reason: Some(info.pending_reason),
+        runs: None,
     })
 }
 

@@ -86,6 +86,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Free space and the reserve: requests that write answer 507 while the disk is full.
     pub disk: crate::disk::Disk,
+    /// Tokens' users, remembered for a few seconds.
+    pub tokens: Arc<auth::TokenCache>,
 }
 
 /// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.

@@ -93,6 +93,17 @@ impl SchedulerHandle {
     pub fn queue_info(&self, id: JobId) -> Option<QueueInfo> {
         self.queue.read().expect("queue info poisoned").get(&id).cloned()
     }
+
+    /// Where a job the scheduler has not planned yet stands for now: behind every job it has
+    /// (its next pass, within moments, may move it up by fair share). Constant time, whatever the
+    /// queue's length.
+    pub fn provisional_info(&self) -> QueueInfo {
+        QueueInfo {
+            position: self.queue.read().expect("queue info poisoned").len() + 1,
+            pending_reason: String::from("just submitted; the scheduler places it in line in a moment"),
+            eta_at: None,
+        }
+    }
 }
 
 /// Where jobs' inputs live.

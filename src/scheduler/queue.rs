@@ -151,10 +151,15 @@ impl Pending {
             self.changed.clear();
             return Ok(());
         }
-        while let Some(&id) = self.changed.iter().next() {
-            queue.refresh(id, store.job(id).await?);
-            self.changed.remove(&id);
+        if self.changed.is_empty() {
+            return Ok(());
         }
+        let ids: Vec<JobId> = self.changed.iter().copied().collect();
+        let mut found: HashMap<JobId, Job> = store.jobs_with_ids(&ids).await?.into_iter().map(|job| (job.id, job)).collect();
+        for id in ids {
+            queue.refresh(id, found.remove(&id));
+        }
+        self.changed.clear();
         Ok(())
     }
 

@@ -151,32 +151,40 @@ const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, sta
                            progress, error, cancel_requested, final_metrics, attempts, group_id, owner, priority, \
                            memory_bytes, memory_measured, notes, resume_point";
 
+/// The insert of one accepted job, returning its row as every read does.
+static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes) \
+         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+    )
+});
+
 impl Store {
     /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued).
+    /// One statement per job, each returning its row: a single submission is one round trip.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
-        let mut transaction = self.pool.begin().await?;
         let submitted_at = now_rfc3339();
-        for job in jobs {
-            sqlx::query(
-                "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes) \
-                 VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-            )
+        let insert = |job: &NewJob| {
+            sqlx::query_as::<_, JobRecord>(&*INSERT_JOB)
                 .bind(job.id.to_string())
-                .bind(&job.name)
+                .bind(job.name.clone())
                 .bind(encode_spec(&job.spec))
-                .bind(&submitted_at)
-                .bind(&job.group_id)
-                .bind(&job.owner)
+                .bind(submitted_at.clone())
+                .bind(job.group_id.clone())
+                .bind(job.owner.clone())
                 .bind(job.priority)
                 .bind(job.memory_bytes as i64)
-                .execute(&mut *transaction)
-                .await?;
+        };
+        let mut inserted = Vec::with_capacity(jobs.len());
+        if let [job] = jobs {
+            inserted.push(Job::try_from(insert(job).fetch_one(&self.pool).await?)?);
+            return Ok(inserted);
+        }
+        let mut transaction = self.pool.begin().await?;
+        for job in jobs {
+            inserted.push(Job::try_from(insert(job).fetch_one(&mut *transaction).await?)?);
         }
         transaction.commit().await?;
-        let mut inserted = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            inserted.push(self.job(job.id).await?.ok_or_else(|| corrupt("id", "inserted job vanished"))?);
-        }
         Ok(inserted)
     }
 
@@ -197,6 +205,23 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         record.map(Job::try_from).transpose()
+    }
+
+    /// The jobs with these ids that exist, in no particular order; one query per 500 ids.
+    pub async fn jobs_with_ids(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})");
+            let mut query = sqlx::query_as::<_, JobRecord>(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for record in query.fetch_all(&self.pool).await? {
+                jobs.push(Job::try_from(record)?);
+            }
+        }
+        Ok(jobs)
     }
 
     /// Jobs in submission order, optionally only those in `state`.
@@ -220,15 +245,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok((count.max(0) as usize, sum))
-    }
-
-    /// 1-based place of a queued job among queued jobs (1 = next to run).
-    pub async fn queue_position(&self, seq: i64) -> Result<i64, StoreError> {
-        let (ahead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq < ?")
-            .bind(seq)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(ahead + 1)
     }
 
     /// Moves a queued job to running on `device`. False when someone else got there first (it was
@@ -727,7 +743,8 @@ mod tests {
         let (_dir, store) = store().await;
         let waiting = queued(&store).await;
         let running = queued(&store).await;
-        assert_eq!(store.queue_position(running.seq).await.unwrap(), 2);
+        let found = store.jobs_with_ids(&[running.id, waiting.id, JobId::new()]).await.unwrap();
+        assert_eq!(found.len(), 2, "unknown ids are left out");
         store.claim_job(running.id, "cpu0").await.unwrap();
         assert_eq!(store.request_cancel(waiting.id).await.unwrap(), CancelOutcome::CancelledWhileQueued);
         assert!(!store.claim_job(waiting.id, "cpu0").await.unwrap(), "a cancelled job is never claimed");
