@@ -10,7 +10,7 @@ use crate::store::{Store, StoreError};
 use std::collections::HashMap;
 
 /// What makes two jobs' epochs comparable.
-fn similarity_key(spec: &JobSpec) -> String {
+pub(super) fn similarity_key(spec: &JobSpec) -> String {
     format!("{}|{:?}|{:?}|{}", spec.backbone.name(), spec.image_size, spec.max_image_side, spec.batch_size)
 }
 
@@ -34,7 +34,8 @@ pub(super) async fn start_times<U>(
         entry.0 += timing.mean_seconds * f64::from(timing.epochs);
         entry.1 += timing.epochs;
     }
-    let pace = |spec: &JobSpec| similar.get(&similarity_key(spec)).map(|(seconds, epochs)| seconds / f64::from(*epochs.max(&1)));
+    let pace_of = |key: &str| similar.get(key).map(|(seconds, epochs)| seconds / f64::from(*epochs.max(&1)));
+    let pace = |spec: &JobSpec| pace_of(&similarity_key(spec));
     let own: HashMap<JobId, (u32, f64)> = timings.iter().map(|timing| (timing.id, (timing.epochs, timing.mean_seconds))).collect();
     // Free time (seconds from now) of every lane; `None` = unknown.
     let mut lanes: Vec<Option<f64>> = Vec::new();
@@ -70,8 +71,7 @@ pub(super) async fn start_times<U>(
         let (index, start) =
             lanes.iter().enumerate().map(|(index, free)| (index, free.unwrap_or(f64::MAX))).min_by(|a, b| a.1.total_cmp(&b.1)).expect("lanes exist");
         starts.insert(waiting.job, start);
-        let job = queued.get(waiting.job);
-        lanes[index] = job.and_then(|job| pace(&job.spec)).map(|seconds| start + f64::from(total_epochs(&job.expect("found").spec)) * seconds);
+        lanes[index] = queued.get(waiting.job).and_then(|job| Some(start + f64::from(job.epochs) * pace_of(&job.pace_key)?));
     }
     Ok(starts)
 }

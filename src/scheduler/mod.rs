@@ -267,7 +267,7 @@ async fn audit(
 
 /// Every user with a queued job, once each.
 fn queued_users(queue: &Queue) -> Vec<String> {
-    let mut users: Vec<String> = queue.jobs().map(user_of).collect();
+    let mut users: Vec<String> = queue.jobs().map(|job| job.user.clone()).collect();
     users.sort_unstable();
     users.dedup();
     users
@@ -337,7 +337,7 @@ async fn schedule_once(
         .jobs()
         .map(|job| policy::Candidate {
             job: job.id,
-            user: user_of(job),
+            user: job.user.clone(),
             priority: job.priority,
             seq: job.seq,
             memory_bytes: job.memory_bytes,
@@ -364,7 +364,11 @@ async fn schedule_once(
     let mut committed: Vec<(crate::disk::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
     for (id, device) in plan.assignments {
-        let job = queue.get(id).expect("assigned jobs come from the queue");
+        // The spec, for the first time since the job was queued.
+        let Some(job) = store.job(id).await?.filter(|job| job.state == JobState::Queued) else {
+            queue.remove(id); // cancelled since
+            continue;
+        };
         let slot = inventory.slot(device).expect("devices come from the inventory");
         let sharing = devices.iter().find(|d| d.id == device).map_or(0, |d| d.running.len());
         // Jobs sharing a GPU share the host cores given to it.

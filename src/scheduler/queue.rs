@@ -22,10 +22,40 @@ pub(super) const COALESCE: Duration = Duration::from_millis(100);
 /// Shortest gap between two passes that only refresh ETAs (a running job finished an epoch).
 pub(super) const ETA_REFRESH: Duration = Duration::from_secs(10);
 
+/// What the scheduler keeps of a queued job: what [`super::policy::plan`] and the ETAs need, a
+/// hundred bytes or so. The spec itself is read from the store when the job starts.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Queued {
+    pub(super) id: JobId,
+    /// Its owner ("" for jobs from before users existed): fair share's key.
+    pub(super) user: String,
+    pub(super) priority: i64,
+    pub(super) seq: i64,
+    pub(super) memory_bytes: u64,
+    /// Which finished jobs' epoch times predict its own ([`super::eta::similarity_key`]).
+    pub(super) pace_key: String,
+    /// Its epochs in all phases.
+    pub(super) epochs: u32,
+}
+
+impl From<&Job> for Queued {
+    fn from(job: &Job) -> Queued {
+        Queued {
+            id: job.id,
+            user: job.owner.clone().unwrap_or_default(),
+            priority: job.priority,
+            seq: job.seq,
+            memory_bytes: job.memory_bytes,
+            pace_key: super::eta::similarity_key(&job.spec),
+            epochs: job.spec.total_epochs(),
+        }
+    }
+}
+
 /// The queued jobs, by id.
 #[derive(Debug, Default)]
 pub(super) struct Queue {
-    jobs: HashMap<JobId, Job>,
+    jobs: HashMap<JobId, Queued>,
     seq_sum: i64,
 }
 
@@ -51,7 +81,7 @@ impl Queue {
 
     fn insert(&mut self, job: Job) {
         let seq = job.seq;
-        if let Some(old) = self.jobs.insert(job.id, job) {
+        if let Some(old) = self.jobs.insert(job.id, Queued::from(&job)) {
             self.seq_sum -= old.seq;
         }
         self.seq_sum += seq;
@@ -69,12 +99,12 @@ impl Queue {
     }
 
     /// The queued jobs, in no particular order.
-    pub(super) fn jobs(&self) -> impl Iterator<Item = &Job> {
+    pub(super) fn jobs(&self) -> impl Iterator<Item = &Queued> {
         self.jobs.values()
     }
 
     /// One queued job.
-    pub(super) fn get(&self, id: JobId) -> Option<&Job> {
+    pub(super) fn get(&self, id: JobId) -> Option<&Queued> {
         self.jobs.get(&id)
     }
 
@@ -189,11 +219,11 @@ mod tests {
     }
 
     /// The plan for `queued` on two CPU slots, one of which runs a job of user 0.
-    fn plan_of<'a>(queued: impl Iterator<Item = &'a Job>) -> policy::Plan<JobId, &'static str> {
+    fn plan_of<'a>(queued: impl Iterator<Item = &'a Queued>) -> policy::Plan<JobId, &'static str> {
         let mut candidates: Vec<_> = queued
             .map(|job| policy::Candidate {
                 job: job.id,
-                user: job.owner.clone().unwrap_or_default(),
+                user: job.user.clone(),
                 priority: job.priority,
                 seq: job.seq,
                 memory_bytes: job.memory_bytes,
@@ -283,7 +313,7 @@ mod tests {
                         pending.note(&mut queue, &event);
                     }
                     pending.catch_up(&store, &mut queue).await.unwrap();
-                    let truth = store.jobs(Some(JobState::Queued)).await.unwrap();
+                    let truth: Vec<Queued> = store.jobs(Some(JobState::Queued)).await.unwrap().iter().map(Queued::from).collect();
                     assert_eq!(plan_of(queue.jobs()), plan_of(truth.iter()), "seed {seed}, step {step}");
                     assert_eq!(queue.fingerprint(), store.queued_fingerprint().await.unwrap(), "seed {seed}, step {step}");
                 }
