@@ -184,14 +184,26 @@ fn serve(root: &Path, worker: &Path) -> (Child, String) {
     (child, address)
 }
 
-/// The ids `GET /api/jobs` lists (as the admin, who sees every job).
+/// The ids `GET /api/jobs` lists (as the admin, who sees every job), page after page.
 fn listed_ids(url: &str, admin_token: &str) -> HashSet<String> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let response = reqwest::Client::new().get(format!("{url}/api/jobs")).bearer_auth(admin_token).send().await.unwrap();
-        assert!(response.status().is_success(), "GET /api/jobs: {}", response.status());
-        let jobs: Vec<serde_json::Value> = response.json().await.unwrap();
-        jobs.iter().filter_map(|job| job["id"].as_str().map(str::to_string)).collect()
+        let client = reqwest::Client::new();
+        let (mut ids, mut cursor) = (HashSet::new(), None::<String>);
+        loop {
+            let mut page_url = format!("{url}/api/jobs?limit=500");
+            if let Some(cursor) = &cursor {
+                page_url.push_str(&format!("&cursor={cursor}"));
+            }
+            let response = client.get(&page_url).bearer_auth(admin_token).send().await.unwrap();
+            assert!(response.status().is_success(), "GET {page_url}: {}", response.status());
+            let page: serde_json::Value = response.json().await.unwrap();
+            ids.extend(page["jobs"].as_array().unwrap().iter().filter_map(|job| job["id"].as_str().map(str::to_string)));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return ids,
+            }
+        }
     })
 }
 
