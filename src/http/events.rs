@@ -223,9 +223,9 @@ pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let lists = job_list::snapshot_lists(&query, &caller)?;
+    let lists = job_list::snapshot_lists(&ListQuery::from_pairs(pairs)?, &caller)?;
     Ok(feed(state, caller, Scope::Queue(lists), &headers))
 }
 

@@ -18,15 +18,17 @@ use crate::store::{JobFilter, PageOrder};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Rows per page when the client does not say.
 pub const DEFAULT_LIMIT: u32 = 50;
 /// The most rows one page may hold.
 pub const MAX_LIMIT: u32 = 500;
 
-/// The query of `GET /api/jobs` (and of `GET /api/events`, for its snapshot), as sent.
-#[derive(Debug, Default, Deserialize)]
+/// The query of `GET /api/jobs` (and of `GET /api/events`, for its snapshot), as sent. Read from
+/// the raw pairs (`ListQuery::from_pairs`) so that even a repeated parameter is answered with the
+/// API's JSON error naming it; other parameters are ignored.
+#[derive(Debug, Default)]
 pub struct ListQuery {
     limit: Option<String>,
     cursor: Option<String>,
@@ -109,6 +111,25 @@ fn parse_order(raw: Option<&str>) -> Result<PageOrder, ApiError> {
 }
 
 impl ListQuery {
+    /// The list's parameters out of a query string's pairs; one given twice is a 400 naming it.
+    pub(super) fn from_pairs(pairs: Vec<(String, String)>) -> Result<ListQuery, ApiError> {
+        let mut query = ListQuery::default();
+        for (key, value) in pairs {
+            let (field, slot) = match key.as_str() {
+                "limit" => ("limit", &mut query.limit),
+                "cursor" => ("cursor", &mut query.cursor),
+                "state" => ("state", &mut query.state),
+                "owner" => ("owner", &mut query.owner),
+                "order" => ("order", &mut query.order),
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(bad(field, format!("`{field}` is given twice; send it once (several states go in one, comma-separated)")));
+            }
+        }
+        Ok(query)
+    }
+
     /// Checks every parameter; a bad one is a 400 naming it and saying what to send.
     pub(super) fn parse(&self, caller: &Caller) -> Result<ListRequest, ApiError> {
         let states = self.state.as_deref().map(parse_states).transpose()?.unwrap_or_default();
@@ -302,9 +323,9 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let request = query.parse(&caller)?;
+    let request = ListQuery::from_pairs(pairs)?.parse(&caller)?;
     let page = page(&state, &caller, &request).await?;
     let mut response = etag::json(&headers, &page)?;
     if let Some(cursor) = &page.next_cursor {
@@ -323,7 +344,7 @@ mod tests {
     fn query(pairs: &[(&str, &str)]) -> ListQuery {
         let text = pairs.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join("&");
         let uri: axum::http::Uri = format!("/api/jobs?{text}").parse().unwrap();
-        Query::<ListQuery>::try_from_uri(&uri).unwrap().0
+        ListQuery::from_pairs(Query::<Vec<(String, String)>>::try_from_uri(&uri).unwrap().0).unwrap()
     }
 
     fn field_of(err: ApiError) -> &'static str {
@@ -359,6 +380,8 @@ mod tests {
         }
         let err = query(&[("owner", "me")]).parse(&Caller::Anonymous).unwrap_err();
         assert_eq!(field_of(err), "Authorization");
+        let repeated = vec![(String::from("state"), String::from("queued")), (String::from("state"), String::from("running"))];
+        assert_eq!(field_of(ListQuery::from_pairs(repeated).unwrap_err()), "state");
     }
 
     #[test]

@@ -92,6 +92,9 @@ async fn the_event_stream_follows_a_job_and_a_late_subscriber_catches_up() {
     // What the dashboard opens with: the active queue and alice's own newest jobs, both empty.
     let empty = serde_json::json!({"jobs": [], "next_cursor": null});
     assert_eq!(snapshot.data, serde_json::json!({"pages": {"active": empty, "mine": empty}}));
+    // A query naming a list gets that list's first page instead.
+    let mut listed = EventStream::open(&app, "/api/events?state=failed,cancelled&limit=5", None).await;
+    assert_eq!(listed.next().await.data, serde_json::json!({"pages": {"list": empty}}));
 
     let id = app.submit(&small_spec("live")).await;
     let events = stream.until_finished(&id).await;

@@ -70,6 +70,7 @@ async fn bad_list_queries_are_400_naming_the_field() {
         ("owner=No%20One", "owner"),
         ("owner=", "owner"),
         ("order=random", "order"),
+        ("state=queued&state=running", "state"),
     ];
     for (query, field) in cases {
         let (status, body) = app.get(&format!("/api/jobs?{query}")).await;
