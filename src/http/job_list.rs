@@ -60,7 +60,8 @@ fn cursor_of(seq: i64) -> String {
 
 fn parse_cursor(raw: &str) -> Result<i64, ApiError> {
     raw.strip_prefix('s').and_then(|digits| digits.parse::<i64>().ok()).filter(|seq| *seq > 0).ok_or_else(|| {
-        bad("cursor", format!("`{raw}` is not a cursor of this list: send `next_cursor` of the previous page as it was, or no cursor for the first page"))
+        let fix = "send `next_cursor` of the previous page as it was, or no cursor for the first page";
+        bad("cursor", format!("`{raw}` is not a cursor of this list: {fix}"))
     })
 }
 
@@ -80,7 +81,8 @@ fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
 fn parse_states(raw: &str) -> Result<Vec<JobState>, ApiError> {
     let mut states = Vec::new();
     for name in raw.split(',').map(str::trim) {
-        let state = name.parse::<JobState>().map_err(|message| bad("state", format!("{message} (a comma-separated list, e.g. `queued,running`)")))?;
+        let state =
+            name.parse::<JobState>().map_err(|message| bad("state", format!("{message} (a comma-separated list, e.g. `queued,running`)")))?;
         if !states.contains(&state) {
             states.push(state);
         }

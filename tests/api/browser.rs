@@ -485,7 +485,8 @@ async fn the_dashboard_opens_on_10000_jobs_with_a_page_of_each_list() {
     browser.wait_for("a page of all jobs", "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50", json!([])).await;
     let rows = browser.eval(ROWS, json!([])).await;
     assert!(rows["everywhere"].as_u64().unwrap() <= 150, "at most a page of each list in the DOM, not 10,000 rows: {rows}");
-    let owners = browser.eval("return [...new Set([...document.querySelectorAll('#my-jobs td.owner')].map((td) => td.textContent))]", json!([])).await;
+    let owners = "return [...new Set([...document.querySelectorAll('#my-jobs td.owner')].map((td) => td.textContent))]";
+    let owners = browser.eval(owners, json!([])).await;
     assert_eq!(owners, json!(["alice (you)"]));
 
     // Paging: older shows the next 50 (by cursor), newer the first again; `more` appends alice's next page.
