@@ -246,6 +246,20 @@ async fn a_queue_of_10000_jobs_is_listed_a_small_page_at_a_time() {
         );
         assert!(size < 100_000, "a page is about 50 rows, not the queue: {size} bytes");
     }
+    // The event stream starts with what the dashboard shows, not the 10,000 jobs.
+    let mut stream = app.client.get(app.url("/api/events")).send().await.unwrap();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        text.push_str(&String::from_utf8(stream.chunk().await.unwrap().unwrap().to_vec()).unwrap());
+    }
+    let data: String = text.lines().filter_map(|line| line.strip_prefix("data:")).map(str::trim_start).collect();
+    assert!(text.lines().any(|line| line == "event: snapshot"), "{text}");
+    let snapshot: Value = serde_json::from_str(&data).unwrap();
+    let rows = |page: &str| snapshot["pages"][page]["jobs"].as_array().unwrap().len();
+    assert_eq!((rows("active"), rows("mine")), (10, 50), "the ten active jobs and a page of alice's 250");
+    println!("the /api/events snapshot with 10000 jobs: {} bytes", data.len());
+    assert!(data.len() < 100_000);
+
     let started = Instant::now();
     let every = app.all_jobs("limit=500").await;
     println!("all 10000 jobs in 20 pages of 500: {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
