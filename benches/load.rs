@@ -210,8 +210,7 @@ fn listed_ids(url: &str, admin_token: &str) -> HashSet<String> {
             let response = request.send().await.unwrap();
             assert!(response.status().is_success(), "GET /api/jobs: {}", response.status());
             let page: serde_json::Value = response.json().await.unwrap();
-            let rows = if page.is_array() { &page } else { &page["jobs"] }; // TEMP until the paged list lands
-            ids.extend(rows.as_array().unwrap().iter().filter_map(|job| job["id"].as_str().map(str::to_string)));
+            ids.extend(page["jobs"].as_array().unwrap().iter().filter_map(|job| job["id"].as_str().map(str::to_string)));
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_string()),
                 None => return ids,

@@ -162,8 +162,8 @@ async function api(path, options = {}) {
   return readAnswer(await authFetch(path, options));
 }
 
-async function getJson(path) {
-  const answer = await api(path);
+async function getJson(path, options = {}) {
+  const answer = await api(path, options);
   if (!answer.ok) throw new Error(`GET ${path}: HTTP ${answer.status}`);
   return answer.body;
 }
@@ -353,13 +353,16 @@ function openStream(path, { handlers, onOpen = () => {}, onError = () => {}, onR
 
 // ---------- progress ----------
 
-// The spec's epochs per phase; the progress snapshot only knows the current phase's.
+// Epochs per phase: a list row carries them (`epochs_per_phase`), a full job has its spec; the
+// progress snapshot only knows the current phase's.
 function phaseEpochs(job) {
+  if (Array.isArray(job.epochs_per_phase)) return job.epochs_per_phase.map((epochs) => Number(epochs) || 0);
   const phases = Array.isArray(job.spec?.phases) ? job.spec.phases : [];
   return phases.map((phase) => Number(phase?.epochs) || 0);
 }
 
-// Overall fraction across phases.
+// Overall fraction across phases, as the server's `Job::fraction_done`; computed here because
+// live progress events carry the worker's position only.
 function jobFraction(job) {
   if (job.state === 'succeeded') return 1;
   const p = job.progress;
@@ -379,7 +382,7 @@ function jobFraction(job) {
 // the batch size over images/s (evaluation time not included).
 function etaSeconds(job) {
   const p = job.progress;
-  const batch = Number(job.spec?.batch_size) || 0;
+  const batch = Number(job.batch_size ?? job.spec?.batch_size) || 0;
   if (job.state !== 'running' || !p || !p.steps || !(p.images_per_sec > 0) || !batch || !p.phase) return null;
   const epochs = phaseEpochs(job);
   let laterEpochs = Math.max(0, (epochs[p.phase - 1] || p.epochs) - p.epoch);
@@ -406,15 +409,40 @@ function progressText(p) {
 const meter = (fraction) => el('div', { class: 'meter' },
   el('div', { class: 'meter-fill', style: { width: `${Math.min(100, Math.max(0, fraction * 100)).toFixed(1)}%` } }));
 
-// ---------- devices and queue ----------
+// ---------- devices and the job lists ----------
 
-// `progressAt` remembers when a job's progress last came by event, so a list fetched before that
-// moment cannot put an older progress back.
-const queue = { jobs: new Map(), devices: [], selected: new Set(), progressAt: new Map(), stream: null };
+// Rows a list asks for at a time (the server's default page; it allows up to MAX_PAGE).
+const PAGE = 50;
+const MAX_PAGE = 500;
+// The lists the page shows, each a GET /api/jobs query: the active queue in queue order (`more`
+// appends its next page), the signed-in student's newest jobs (likewise), and every job, newest
+// first, a page at a time (older/newer). The page never holds more than what these show.
+const LISTS = {
+  active: { table: 'active-jobs', query: 'state=queued,running&order=asc', more: 'active-more', empty: 'Nothing is queued or running.' },
+  mine: { table: 'my-jobs', query: 'owner=me', more: 'my-more', empty: 'You have no jobs yet — submit one below.', signedIn: true },
+  all: { table: 'all-jobs', query: '', empty: 'No jobs yet — submit one below.' },
+};
+// The lists' columns, a title and a class each; the first (the compare boxes) is titled for
+// screen readers only.
+const COLUMNS = [
+  [null, null], ['Name', null], ['ID', null], ['Owner', null], ['State', null], ['Device', null], ['Progress', 'col-progress'],
+  ['Images/s', 'num'], ['ETA', 'num'], ['Queue', 'num'], ['Test acc', 'num'],
+];
+
+// `rows` keeps each shown job once by id, so a progress event updates it in every list that shows
+// it. `progressAt` remembers when a job's progress last came by event, so a page fetched before
+// that moment cannot put an older progress back. Per list: the ids shown, the cursor of the page
+// after them, and for `all` the cursor its page starts at and those of the pages before it.
+const queue = {
+  rows: new Map(), devices: [], selected: new Set(), progressAt: new Map(), stream: null, painted: false,
+  lists: Object.fromEntries(Object.keys(LISTS).map((name) => [name, { ids: [], next: null, at: null, before: [], generation: 0 }])),
+};
+
+const listShown = (name) => !LISTS[name].signedIn || Boolean(auth.token);
 
 function renderDevices() {
   const cards = queue.devices.map((device) => {
-    const job = device.job ? queue.jobs.get(device.job) : null;
+    const job = device.job ? queue.rows.get(device.job) : null;
     const memory = device.memory_total != null && [
       el('div', { class: 'meter-label' }, `Memory ${gib(device.memory_used ?? 0)} / ${gib(device.memory_total)} GiB`),
       meter((device.memory_used ?? 0) / device.memory_total),
@@ -443,6 +471,8 @@ function compareBox(job) {
     onclick: (event) => event.stopPropagation(),
     onchange: (event) => {
       if (event.target.checked) queue.selected.add(job.id); else queue.selected.delete(job.id);
+      // The same job may be shown in another list too: its box there follows.
+      for (const box of document.querySelectorAll(`tr[data-job-id="${CSS.escape(job.id)}"] .compare-pick`)) box.checked = event.target.checked;
       updateCompareButton();
     },
   });
@@ -450,11 +480,11 @@ function compareBox(job) {
 
 const ownerText = (job) => [job.owner ?? '—', auth.user && job.owner === auth.user.name && el('span', { class: 'muted' }, ' (you)')];
 
-// A running job's ETA is computed here from its progress; a queued one's (`eta_seconds`) is the
-// server's estimate of when it starts.
+// A running job's ETA is computed here from its progress; a queued one's is the server's estimate
+// of when it starts (`eta_at`, Unix seconds).
 function etaText(job) {
   if (job.state === 'queued') {
-    const estimate = roughDuration(job.eta_seconds);
+    const estimate = job.eta_at != null ? roughDuration(Math.max(0, job.eta_at - Date.now() / 1000)) : null;
     return estimate ? el('span', { title: 'estimated wait before it starts' }, estimate) : '—';
   }
   return durationText(etaSeconds(job));
@@ -467,45 +497,141 @@ function queuePlace(job) {
     job.pending_reason && el('div', { class: 'pending-reason' }, String(job.pending_reason))];
 }
 
-function renderJobs() {
-  const newest = [...queue.jobs.values()].sort((a, b) => Date.parse(b.submitted_at) - Date.parse(a.submitted_at));
-  const rows = newest.map((job) => {
-    const fraction = jobFraction(job);
-    return el('tr', {
-      dataset: { jobId: job.id, state: job.state },
-      class: job.id === detail.id ? 'selected' : null,
-      tabindex: '0',
-      onclick: () => { location.hash = jobHref(job.id); },
-      onkeydown: (event) => { if (event.key === 'Enter') location.hash = jobHref(job.id); },
-    },
-    el('td', {}, mayOpen(job) && compareBox(job)),
-    el('td', { class: 'name' }, jobLink(job.id, job.name)),
-    el('td', { class: 'mono', title: job.id }, shortId(job.id)),
-    el('td', { class: 'owner' }, ownerText(job)),
-    el('td', {}, badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && el('span', { class: 'muted' }, ' cancelling')),
-    el('td', {}, job.device ?? '—'),
-    el('td', { class: 'col-progress' }, fraction != null && progressBar(fraction), progressText(job.progress)),
-    el('td', { class: 'num' }, fixed(job.progress?.images_per_sec, 1)),
-    el('td', { class: 'num eta' }, etaText(job)),
-    el('td', { class: 'num queue-place' }, queuePlace(job)),
-    el('td', { class: 'num' }, percent(job.final_metrics?.test_acc)));
-  });
-  const empty = el('tr', {}, el('td', { colspan: '11', class: 'muted' }, 'No jobs yet — submit one below.'));
-  $('jobs').tBodies[0].replaceChildren(...(rows.length ? rows : [empty]));
-  updateCompareButton();
+function jobRow(job) {
+  const fraction = jobFraction(job);
+  return el('tr', {
+    dataset: { jobId: job.id, state: job.state },
+    class: job.id === detail.id ? 'selected' : null,
+    tabindex: '0',
+    onclick: () => { location.hash = jobHref(job.id); },
+    onkeydown: (event) => { if (event.key === 'Enter') location.hash = jobHref(job.id); },
+  },
+  el('td', {}, mayOpen(job) && compareBox(job)),
+  el('td', { class: 'name' }, jobLink(job.id, job.name)),
+  el('td', { class: 'mono', title: job.id }, shortId(job.id)),
+  el('td', { class: 'owner' }, ownerText(job)),
+  el('td', {}, badge(job.state), job.cancel_requested && !TERMINAL.has(job.state) && el('span', { class: 'muted' }, ' cancelling')),
+  el('td', {}, job.device ?? '—'),
+  el('td', { class: 'col-progress' }, fraction != null && progressBar(fraction), progressText(job.progress)),
+  el('td', { class: 'num' }, fixed(job.progress?.images_per_sec, 1)),
+  el('td', { class: 'num eta' }, etaText(job)),
+  el('td', { class: 'num queue-place' }, queuePlace(job)),
+  el('td', { class: 'num' }, percent(job.test_metrics?.test_acc ?? job.final_metrics?.test_acc)));
 }
 
-function setJobs(jobs, fetchedAt = -Infinity) {
-  const previous = queue.jobs;
-  queue.jobs = new Map(jobs.map((job) => {
-    const known = previous.get(job.id);
+function renderLists() {
+  for (const [name, spec] of Object.entries(LISTS)) {
+    const list = queue.lists[name];
+    const section = $(spec.table).closest('section');
+    section.hidden = !listShown(name);
+    if (section.hidden) continue;
+    const rows = list.ids.map((id) => queue.rows.get(id)).filter(Boolean).map(jobRow);
+    const empty = el('tr', {}, el('td', { colspan: String(COLUMNS.length), class: 'muted' }, spec.empty));
+    $(spec.table).tBodies[0].replaceChildren(...(rows.length ? rows : [empty]));
+    if (spec.more) $(spec.more).hidden = !list.next;
+  }
+  const all = queue.lists.all;
+  $('all-newer').disabled = all.at == null;
+  $('all-older').disabled = !all.next;
+  $('all-page').textContent = `page ${all.before.length + 1}`;
+  updateCompareButton();
+  // When the first rows reached the screen, for anyone (or any test) timing the first paint.
+  if (!queue.painted && document.querySelector('tr[data-job-id]')) {
+    queue.painted = true;
+    performance.mark('trainq:first-rows');
+  }
+}
+
+// Takes in rows fetched at `fetchedAt`, keeping a running job's progress that came by event later.
+function takeRows(jobs, fetchedAt) {
+  for (const job of jobs) {
+    const known = queue.rows.get(job.id);
     const newer = known && job.state === 'running' && (queue.progressAt.get(job.id) ?? -Infinity) > fetchedAt;
-    return [job.id, newer ? { ...job, progress: known.progress } : job];
-  }));
-  for (const id of [...queue.selected]) if (!queue.jobs.has(id)) queue.selected.delete(id);
-  renderJobs();
+    queue.rows.set(job.id, newer ? { ...job, progress: known.progress } : job);
+  }
+}
+
+// Drops rows no list shows any more, and picks of jobs that left the page.
+function forgetHidden() {
+  const shown = new Set(Object.keys(LISTS).filter(listShown).flatMap((name) => queue.lists[name].ids));
+  for (const id of [...queue.rows.keys()]) if (!shown.has(id)) queue.rows.delete(id);
+  for (const id of [...queue.selected]) if (!shown.has(id)) queue.selected.delete(id);
+}
+
+function afterListChange() {
+  forgetHidden();
+  renderLists();
   renderDevices();
   syncLockedDetail();
+}
+
+function listPath(name, cursor, limit) {
+  const query = [LISTS[name].query, `limit=${limit}`, cursor && `cursor=${enc(cursor)}`].filter(Boolean).join('&');
+  return `/api/jobs?${query}`;
+}
+
+// The browser keeps the last answer and asks with its ETag (`no-cache`): an unchanged list costs
+// a 304, not the rows again.
+const getPage = (path) => getJson(path, { cache: 'no-cache' });
+
+// Loads a list again where the reader is: from the start as many rows as it shows (at least a
+// page), or for `all` the page it is on.
+async function loadList(name) {
+  const list = queue.lists[name];
+  const generation = ++list.generation;
+  const fetchedAt = performance.now();
+  let jobs = [];
+  let next = null;
+  if (name === 'all') {
+    const page = await getPage(listPath(name, list.at, PAGE));
+    ({ jobs, next_cursor: next } = page);
+  } else {
+    const wanted = Math.max(PAGE, list.ids.length);
+    let cursor = null;
+    do {
+      const page = await getPage(listPath(name, cursor, Math.min(MAX_PAGE, wanted - jobs.length)));
+      jobs.push(...page.jobs);
+      next = page.next_cursor;
+      cursor = next;
+    } while (next && jobs.length < wanted);
+  }
+  if (generation !== list.generation) return;
+  takeRows(jobs, fetchedAt);
+  Object.assign(list, { ids: jobs.map((job) => job.id), next });
+}
+
+async function refreshLists() {
+  const names = Object.keys(LISTS).filter(listShown);
+  await Promise.all(names.map(loadList));
+  afterListChange();
+}
+
+// `more` below the active queue and the student's jobs: the next page, appended.
+async function loadMore(name) {
+  const list = queue.lists[name];
+  if (!list.next) return;
+  const generation = ++list.generation;
+  const fetchedAt = performance.now();
+  const page = await getPage(listPath(name, list.next, PAGE));
+  if (generation !== list.generation) return;
+  takeRows(page.jobs, fetchedAt);
+  Object.assign(list, { ids: [...list.ids, ...page.jobs.map((job) => job.id)], next: page.next_cursor });
+  afterListChange();
+}
+
+// Older/newer through every job: the cursors of the pages before are kept to come back.
+async function turnPage(older) {
+  const all = queue.lists.all;
+  if (older) {
+    if (!all.next) return;
+    all.before.push(all.at);
+    all.at = all.next;
+  } else {
+    if (all.at == null) return;
+    all.at = all.before.pop() ?? null;
+  }
+  await loadList('all');
+  afterListChange();
 }
 
 async function refreshDevices() {
@@ -513,26 +639,23 @@ async function refreshDevices() {
   renderDevices();
 }
 
-async function refreshOverview() {
-  const fetchedAt = performance.now();
-  const [devices, jobs] = await Promise.all([getJson('/api/devices'), getJson('/api/jobs')]);
-  queue.devices = devices;
-  setJobs(jobs, fetchedAt);
-}
-
 // State changes (queued, started, finished) move other jobs too (queue positions, devices), so
-// they reload the list, coalesced; progress events patch one row in place.
-let overviewTimer = 0;
-function scheduleOverview() {
-  clearTimeout(overviewTimer);
-  overviewTimer = setTimeout(() => refreshOverview().catch(setConnection), 150);
+// they reload the lists, coalesced; progress events patch one row in place.
+let refreshTimer = 0;
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    Promise.all([refreshLists(), refreshDevices()]).catch(setConnection);
+  }, 150);
 }
 
 // The queue's stream is public; with a token it also carries the caller's own jobs' private
-// events and results, so a change of token starts it again from a fresh snapshot.
+// events and results, so a change of token starts it again from a fresh snapshot. Its snapshot
+// holds the first pages of the active queue and of the caller's jobs (`pages.active`,
+// `pages.mine`), what the page opens with.
 function connectQueue() {
   queue.stream?.close();
-  queue.stream = openStream('/api/events', {
+  queue.stream = openStream(`/api/events?limit=${PAGE}`, {
     onOpen: () => {
       setConnection(null);
       if (auth.token && !auth.user) checkToken().catch(() => {});
@@ -540,19 +663,28 @@ function connectQueue() {
     onError: () => setConnection(new Error('reconnecting…')),
     handlers: {
       snapshot: (snapshot) => {
-        setJobs(snapshot.jobs, performance.now());
+        const fetchedAt = performance.now();
+        for (const [name, page] of Object.entries(snapshot.pages ?? {})) {
+          const list = queue.lists[name];
+          if (!list) continue;
+          list.generation += 1;
+          takeRows(page.jobs, fetchedAt);
+          Object.assign(list, { ids: page.jobs.map((job) => job.id), next: page.next_cursor });
+        }
+        afterListChange();
         setConnection(null);
       },
-      queued: scheduleOverview,
-      started: scheduleOverview,
-      cancel_requested: scheduleOverview,
-      finished: scheduleOverview,
+      queued: scheduleRefresh,
+      started: scheduleRefresh,
+      cancel_requested: scheduleRefresh,
+      finished: scheduleRefresh,
+      // Only rows on the page matter; a job off the page shows up when its state changes.
       progress: (event) => {
-        const job = queue.jobs.get(event.job_id);
-        if (!job) { scheduleOverview(); return; }
+        const job = queue.rows.get(event.job_id);
+        if (!job) return;
         job.progress = event.progress;
         queue.progressAt.set(job.id, performance.now());
-        renderJobs();
+        renderLists();
         syncLockedDetail();
       },
     },
@@ -802,9 +934,10 @@ function lockDetail(access) {
 
 function syncLockedDetail() {
   if (!detail.id || (detail.access !== 'signed-out' && detail.access !== 'foreign')) return;
-  const job = queue.jobs.get(detail.id);
-  if (!job) return;
-  detail.job = job;
+  const row = queue.rows.get(detail.id);
+  if (!row) return;
+  // A row has no spec: what the page already has of the job stays, the row's newer facts win.
+  detail.job = { ...detail.job, ...row };
   renderDetailJob();
 }
 
@@ -859,7 +992,7 @@ async function onHashChange(reopen = false) {
   detail.stream = null;
   detail.id = id;
   $('job-detail').hidden = !id;
-  for (const row of $('jobs').querySelectorAll('tr[data-job-id]')) {
+  for (const row of document.querySelectorAll('tr[data-job-id]')) {
     row.classList.toggle('selected', row.dataset.jobId === id);
   }
   clearDetail();
@@ -906,7 +1039,7 @@ function compareIds() {
   const ids = [...queue.selected];
   if (!$('compare-groups').checked) return ids;
   // A job of a repeat group stands for its whole group, once.
-  return [...new Set(ids.map((id) => queue.jobs.get(id)?.group_id ?? id))];
+  return [...new Set(ids.map((id) => queue.rows.get(id)?.group_id ?? id))];
 }
 
 function updateCompareButton() {
@@ -1123,8 +1256,12 @@ function setToken(token, user) {
   queue.selected.clear();
   $('compare').hidden = true;
   releaseObjectUrls('compare-plots');
-  renderJobs();
+  // The lists show what this caller may see: the stream's new snapshot brings the active queue
+  // and the caller's own jobs, and every job's page is asked for again.
+  Object.assign(queue.lists.mine, { ids: [], next: null, generation: queue.lists.mine.generation + 1 });
+  renderLists();
   connectQueue();
+  loadList('all').then(afterListChange).catch(setConnection);
   onHashChange(true).catch(setConnection);
 }
 
@@ -1179,7 +1316,7 @@ async function checkToken() {
   if (!answer.ok || token !== auth.token) return;
   auth.user = answer.body;
   renderAccount();
-  renderJobs();
+  renderLists();
   if (detail.job && detail.access === 'open' && !mayOpen(detail.job)) lockDetail('foreign');
 }
 
@@ -1199,6 +1336,14 @@ function start() {
   $('cancel-button').addEventListener('click', cancelJob);
   $('compare-button').addEventListener('click', () => showCompare().catch(setConnection));
   $('compare-close').addEventListener('click', (event) => { event.preventDefault(); $('compare').hidden = true; });
+  for (const spec of Object.values(LISTS)) {
+    $(spec.table).tHead.replaceChildren(el('tr', {}, ...COLUMNS.map(([title, css]) => el('th', { class: css },
+      title ?? el('span', { class: 'sr-only' }, 'Compare')))));
+  }
+  $('active-more').addEventListener('click', () => loadMore('active').catch(setConnection));
+  $('my-more').addEventListener('click', () => loadMore('mine').catch(setConnection));
+  $('all-older').addEventListener('click', () => turnPage(true).catch(setConnection));
+  $('all-newer').addEventListener('click', () => turnPage(false).catch(setConnection));
   window.addEventListener('hashchange', () => onHashChange().catch(setConnection));
   let pending = 0;
   window.addEventListener('resize', () => {
@@ -1206,9 +1351,10 @@ function start() {
     pending = requestAnimationFrame(drawCharts);
   });
   connectQueue();
+  loadList('all').then(afterListChange).catch(setConnection);
   refreshDevices().catch(setConnection);
   setInterval(() => { if (!document.hidden) refreshDevices().catch(setConnection); }, DEVICE_POLL_MS);
-  setInterval(() => { if (!document.hidden) refreshOverview().catch(setConnection); }, RESYNC_MS);
+  setInterval(() => { if (!document.hidden) refreshLists().catch(setConnection); }, RESYNC_MS);
   onHashChange().catch(setConnection);
 }
 

@@ -223,6 +223,30 @@ pub struct Job {
     pub resume_point: Option<ResumePoint>,
 }
 
+impl Job {
+    /// How much of its training the job has done, from 0 to 1: the epochs of the phases before
+    /// the current one, the current phase's finished epochs, and the current epoch's steps, over
+    /// the spec's epochs in all. 1 once it succeeded; `None` before its first progress report.
+    /// The dashboard computes the same from live progress events (`jobFraction` in `app.js`).
+    pub fn fraction_done(&self) -> Option<f64> {
+        if self.state == JobState::Succeeded {
+            return Some(1.0);
+        }
+        let progress = self.progress.as_ref()?;
+        let planned: Vec<u32> = self.spec.phases.iter().map(|phase| phase.epochs).collect();
+        // A phase the spec does not know (an older spec) counts the epochs the worker reports.
+        let epochs_of = |phase: usize| planned.get(phase).copied().filter(|&epochs| epochs > 0).unwrap_or(progress.epochs);
+        let total: u32 = (0..planned.len().max(progress.phases as usize)).map(epochs_of).sum();
+        if total == 0 {
+            return None;
+        }
+        let earlier: u32 = (0..(progress.phase.max(1) - 1) as usize).map(epochs_of).sum();
+        let step = if progress.steps > 0 { f64::from(progress.step) / f64::from(progress.steps) } else { 0.0 };
+        let done = f64::from(earlier) + f64::from(progress.epoch.max(1) - 1) + step;
+        Some((done / f64::from(total)).clamp(0.0, 1.0))
+    }
+}
+
 /// A resumable checkpoint's position: `epoch` epochs of `phase` done, and `step` batches of the
 /// next epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +269,49 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fraction_done_counts_earlier_phases_epochs_and_steps() {
+        let spec = crate::domain::JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                 "phases": [{"epochs": 8, "train": "head"}, {"epochs": 2, "train": ["block5", "head"]}],
+                 "optimizer": {"name": "sgd", "lr": 0.1}}"#,
+        )
+        .unwrap();
+        let mut job = Job {
+            id: JobId::new(),
+            seq: 1,
+            name: String::from("t"),
+            state: JobState::Running,
+            spec,
+            device: None,
+            submitted_at: now_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            progress: None,
+            error: None,
+            cancel_requested: false,
+            final_metrics: None,
+            attempts: 1,
+            group_id: None,
+            owner: None,
+            priority: 0,
+            memory_bytes: 0,
+            memory_measured: false,
+            notes: Vec::new(),
+            resume_point: None,
+        };
+        assert_eq!(job.fraction_done(), None, "no report yet");
+        let at = |phase, epoch, step| JobProgress { phase, phases: 2, epoch, epochs: 2, step, steps: 10, ..JobProgress::default() };
+        job.progress = Some(at(1, 1, 0));
+        assert_eq!(job.fraction_done(), Some(0.0));
+        job.progress = Some(at(1, 5, 5));
+        assert_eq!(job.fraction_done(), Some(0.45), "4.5 of 10 epochs");
+        job.progress = Some(at(2, 2, 5));
+        assert_eq!(job.fraction_done(), Some(0.95), "8 + 1.5 of 10 epochs");
+        job.state = JobState::Succeeded;
+        assert_eq!(job.fraction_done(), Some(1.0));
+    }
 
     #[test]
     fn terminal_states_have_no_way_out() {

@@ -3,11 +3,14 @@
 //!
 //! A late subscriber catches up either way: with `Last-Event-ID` (sent by a reconnecting
 //! `EventSource`) it gets exactly the events it missed; without one (or with one too old) it
-//! first gets a `snapshot` event with the current state from the database, then live events. A
+//! first gets a `snapshot` event with the current state from the database, then live events.
+//! The queue's snapshot holds what a page shows, never every job: first pages of the list
+//! (`job_list::snapshot_lists`: the active queue and the caller's newest jobs by default). A
 //! snapshot may overlap the live events after it (at least once, never a gap): clients apply
 //! events idempotently (epochs by phase and epoch, log lines by byte offset).
 
 use super::auth::{Authed, Caller};
+use super::job_list::{self, ListQuery, ListRequest, Page};
 use super::jobs::{find, find_own, view_for, JobView};
 use crate::events::EventKind;
 use std::collections::HashMap;
@@ -15,7 +18,7 @@ use super::{ApiError, AppState};
 use crate::domain::progress::EpochMetrics;
 use crate::domain::JobId;
 use crate::events::{CatchUp, JobEvent};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
@@ -29,10 +32,11 @@ use tokio::sync::broadcast::{self, error::RecvError};
 /// How much of a job's log its snapshot carries.
 const LOG_TAIL_BYTES: u64 = 32 * 1024;
 
-/// The `snapshot` of `GET /api/events`: every job, as `GET /api/jobs` lists them.
+/// The `snapshot` of `GET /api/events`: first pages of the list by name (`active`, `mine`, or
+/// `list`), each as `GET /api/jobs` answers it.
 #[derive(Serialize)]
 struct QueueSnapshot {
-    jobs: Vec<JobView>,
+    pages: std::collections::BTreeMap<&'static str, Page>,
 }
 
 /// The `snapshot` of `GET /api/jobs/{id}/events`.
@@ -74,23 +78,38 @@ async fn log_tail(path: &std::path::Path) -> LogTail {
     LogTail { text: String::from_utf8_lossy(&bytes).into_owned(), from, offset: length }
 }
 
-async fn snapshot(state: &AppState, caller: &Caller, job: Option<JobId>) -> Result<String, ApiError> {
-    let json = match job {
-        None => {
-            let mut jobs = Vec::new();
-            for job in state.store.jobs(None).await? {
-                jobs.push(view_for(state, caller, job).await?);
+async fn snapshot(state: &AppState, caller: &Caller, scope: &Scope) -> Result<String, ApiError> {
+    let json = match scope {
+        Scope::Queue(lists) => {
+            let mut pages = std::collections::BTreeMap::new();
+            for (name, request) in lists {
+                pages.insert(*name, job_list::page(state, caller, request).await?);
             }
-            serde_json::to_string(&QueueSnapshot { jobs })
+            serde_json::to_string(&QueueSnapshot { pages })
         }
-        Some(id) => {
+        Scope::Job(id) => {
             let job = find(state, &id.to_string()).await?;
-            let epochs = state.store.epoch_metrics(id).await?;
-            let log = log_tail(&crate::supervisor::JobPaths::new(&state.paths.data_dir, id).log()).await;
+            let epochs = state.store.epoch_metrics(*id).await?;
+            let log = log_tail(&crate::supervisor::JobPaths::new(&state.paths.data_dir, *id).log()).await;
             serde_json::to_string(&JobSnapshot { job: view_for(state, caller, job).await?, epochs, log })
         }
     };
     Ok(json.map_err(anyhow::Error::from)?)
+}
+
+/// What a stream follows: the queue (every job's events; a snapshot of these first pages), or one job.
+enum Scope {
+    Queue(Vec<(&'static str, ListRequest)>),
+    Job(JobId),
+}
+
+impl Scope {
+    fn wants(&self, id: JobId) -> bool {
+        match self {
+            Scope::Queue(_) => true,
+            Scope::Job(job) => *job == id,
+        }
+    }
 }
 
 /// One subscriber's position: events to send first, then the live channel.
@@ -100,7 +119,7 @@ struct Feed {
     caller: Caller,
     /// Jobs' owners, looked up once per job.
     owners: HashMap<JobId, Option<String>>,
-    job: Option<JobId>,
+    scope: Scope,
     /// A snapshot is due (first thing, or after falling behind); with the id it carries.
     snapshot: Option<Option<String>>,
     pending: VecDeque<Arc<JobEvent>>,
@@ -109,7 +128,7 @@ struct Feed {
 
 impl Feed {
     fn wants(&self, event: &JobEvent) -> bool {
-        self.job.is_none_or(|job| job == event.job_id)
+        self.scope.wants(event.job_id)
     }
 
     /// The event as this caller may see it: the queue's facts for all, a job's log lines,
@@ -149,7 +168,7 @@ impl Feed {
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(id) = self.snapshot.take() {
-                return match snapshot(&self.state, &self.caller, self.job).await {
+                return match snapshot(&self.state, &self.caller, &self.scope).await {
                     Ok(data) => {
                         let event = Event::default().event("snapshot").data(data);
                         Some(match id {
@@ -185,26 +204,29 @@ impl Feed {
     }
 }
 
-fn feed(state: AppState, caller: Caller, job: Option<JobId>, headers: &HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+fn feed(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
     let subscription = state.events.subscribe(last_event_id);
     let (snapshot, pending) = match subscription.catch_up {
-        CatchUp::Replay(events) => (None, events.into_iter().filter(|event| job.is_none_or(|job| job == event.job_id)).collect()),
+        CatchUp::Replay(events) => (None, events.into_iter().filter(|event| scope.wants(event.job_id)).collect()),
         CatchUp::Snapshot => (Some(Some(subscription.resume_id)), VecDeque::new()),
     };
     let closed = state.events.closed();
-    let start = Feed { state, caller, owners: HashMap::new(), job, snapshot, pending, live: subscription.live };
+    let start = Feed { state, caller, owners: HashMap::new(), scope, snapshot, pending, live: subscription.live };
     let events = stream::unfold(start, |mut feed| async move { feed.next().await.map(|event| (Ok(event), feed)) });
     Sse::new(events.take_until(closed)).keep_alive(KeepAlive::default())
 }
 
-/// `GET /api/events`: every job's events.
+/// `GET /api/events[?limit=…|state=…&owner=…&order=…]`: every job's events; the snapshot holds
+/// first pages of the list (`job_list::snapshot_lists`), a bad query is a 400 naming the field.
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    feed(state, caller, None, &headers)
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let lists = job_list::snapshot_lists(&ListQuery::from_pairs(pairs)?, &caller)?;
+    Ok(feed(state, caller, Scope::Queue(lists), &headers))
 }
 
 /// `GET /api/jobs/{id}/events`: one job's events; its snapshot has the job, its epochs and the
@@ -216,5 +238,5 @@ pub async fn job_stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = find_own(&state, &user, &id).await?;
-    Ok(feed(state, Caller::User(user), Some(job.id), &headers))
+    Ok(feed(state, Caller::User(user), Scope::Job(job.id), &headers))
 }

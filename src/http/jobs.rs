@@ -1,4 +1,4 @@
-//! `/api/jobs`: submit, list, show, cancel.
+//! `/api/jobs`: submit, show, cancel (the list of jobs is `job_list.rs`).
 
 use super::auth::{Authed, Caller};
 use super::{ApiError, AppState};
@@ -9,64 +9,81 @@ use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
 use crate::events::EventKind;
 use crate::store::{CancelOutcome, NewJob};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// A job plus its place in the queue.
 #[derive(Debug, Serialize)]
 pub struct JobView {
     #[serde(flatten)]
     job: Job,
-    /// 1-based position among queued jobs (1 = next); absent unless queued.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    position: Option<i64>,
-    /// Why a queued job is not running yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pending_reason: Option<String>,
+    #[serde(flatten)]
+    standing: Standing,
     /// Expected seconds until a queued job starts (absent when unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_seconds: Option<f64>,
-    /// When a queued job is expected to start, Unix seconds (absent when unknown).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eta_at: Option<f64>,
     /// Every worker start with its device, times and outcome (`GET /api/jobs/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     runs: Option<Vec<crate::store::JobRun>>,
 }
 
-/// A job as `caller` may see it: the queue's facts for everyone; its error (which quotes its
-/// log) and results only for its owner and admins.
-pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobView, ApiError> {
+/// Where a job stands in line, as its page and the list show it.
+#[derive(Debug, Default, Serialize)]
+pub(super) struct Standing {
+    /// 1-based position among queued jobs (1 = next); absent unless queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    /// Why a queued job is not running yet (or why Slurm still holds a running one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// When a queued job is expected to start, Unix seconds (absent when unknown). Absolute, so
+    /// the answer (and its ETag) stays the same from one second to the next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_at: Option<f64>,
+}
+
+/// Hides from `caller` what only a job's owner and admins may see: its error (which quotes its
+/// log) and its results. The queue's facts stay.
+pub(super) fn redact_for(caller: &Caller, job: &mut Job) {
     if !caller.may_see(job.owner.as_deref()) {
-        job.error = job.error.map(|_| String::from("(visible to the job's owner)"));
+        job.error = job.error.as_ref().map(|_| String::from("(visible to the job's owner)"));
         job.final_metrics = None;
     }
+}
+
+/// A job as `caller` may see it: the queue's facts for everyone; its error and results only for
+/// its owner and admins.
+pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobView, ApiError> {
+    redact_for(caller, &mut job);
     view(state, job).await
 }
 
-/// A job as the API shows it, with its queue position when queued.
-pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
+/// Where `job` stands: a queued job's place, reason and ETA from the scheduler's last pass (a job
+/// submitted since then is behind every job the scheduler knows), a running job's Slurm reason
+/// while Slurm holds it pending.
+pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, ApiError> {
     if job.state != JobState::Queued {
-        // A job handed to Slurm that waits there for resources: Slurm's reason.
         let pending_reason = job
             .progress
             .as_ref()
             .filter(|progress| job.state == JobState::Running && progress.activity.starts_with("pending in Slurm"))
             .map(|progress| progress.activity.clone());
-        return Ok(JobView { job, position: None, pending_reason, eta_seconds: None, eta_at: None, runs: None });
+        return Ok(Standing { pending_reason, ..Standing::default() });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
     let info = state.scheduler.queue_info(job.id).unwrap_or_else(|| state.scheduler.provisional_info());
-    Ok(JobView {
-        job,
-        position: Some(info.position as i64),
-        eta_seconds: info.eta_seconds(crate::store::unix_now()),
-        eta_at: info.eta_at,
-        pending_reason: Some(info.pending_reason),
-        runs: None,
-    })
+    Ok(Standing { position: Some(info.position as i64), pending_reason: Some(info.pending_reason), eta_at: info.eta_at })
+}
+
+/// A job as the API shows it, with its queue position when queued.
+pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
+    let standing = standing(state, &job).await?;
+    // As `QueueInfo::eta_seconds`: counted down from the absolute time, 0 when overdue.
+    let eta_seconds = standing.eta_at.map(|at| (at - crate::store::unix_now()).max(0.0));
+    Ok(JobView { job, standing, eta_seconds, runs: None })
 }
 
 /// Parses a job id from the path; anything that is not a UUID cannot name a job.
@@ -217,36 +234,14 @@ pub async fn submit(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// Query of `GET /api/jobs`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    state: Option<String>,
-}
-
-/// `GET /api/jobs[?state=queued]`.
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(query): Query<ListQuery>,
-) -> Result<Json<Vec<JobView>>, ApiError> {
-    let filter = query
-        .state
-        .map(|raw| raw.parse::<JobState>().map_err(|message| ApiError::BadRequest { field: "state", message }))
-        .transpose()?;
-    let mut views = Vec::new();
-    for job in state.store.jobs(filter).await? {
-        views.push(view_for(&state, &caller, job).await?);
-    }
-    Ok(Json(views))
-}
-
-/// `GET /api/jobs/{id}`.
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+/// `GET /api/jobs/{id}`: the job with its spec, standing and runs; an `ETag`, and `304` when the
+/// client has this answer already.
+pub async fn show(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = find(&state, &id).await?;
     let runs = state.store.runs_of(job.id).await?;
     let mut view = view_for(&state, &caller, job).await?;
     view.runs = Some(runs);
-    Ok(Json(view))
+    super::etag::json(&headers, &view)
 }
 
 /// `POST /api/jobs/{id}/cancel`: a queued job is cancelled at once (200); a running one is asked

@@ -5,10 +5,12 @@ mod catalog;
 mod compare;
 mod csv;
 mod error;
+mod etag;
 mod events;
 mod groups;
 mod health;
 mod inference;
+mod job_list;
 mod jobs;
 mod metrics;
 mod outputs;
@@ -93,7 +95,7 @@ pub struct AppState {
 /// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/jobs", post(jobs::submit).get(jobs::list))
+        .route("/jobs", post(jobs::submit).get(job_list::list))
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/events", get(events::job_stream))

@@ -57,6 +57,86 @@ pub struct EpochTiming {
     pub mean_seconds: f64,
 }
 
+/// Which jobs a page of the list holds: those in any of `states` (every state when empty), of
+/// `owner` when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// The states to list; empty lists every state.
+    pub states: Vec<JobState>,
+    /// Only this user's jobs.
+    pub owner: Option<String>,
+}
+
+/// The way a page runs through submission order (`seq`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PageOrder {
+    /// Highest `seq` first: what a student looks for is usually what they just submitted.
+    #[default]
+    NewestFirst,
+    /// Lowest `seq` first: the queue in the order it was submitted.
+    OldestFirst,
+}
+
+/// One page of the job list.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    /// At most the asked-for number of jobs, in the page's order.
+    pub jobs: Vec<Job>,
+    /// The `seq` the next page continues after (the last job's), `None` on the last page. Pages
+    /// are keyed by `seq`, not counted by offset, so jobs added between two pages never shift
+    /// or repeat a row of the next one.
+    pub next_after: Option<i64>,
+}
+
+/// A value bound to a page query's placeholder.
+enum PageBind {
+    Int(i64),
+    Text(String),
+}
+
+/// The SQL of a page and its bound values. One `SELECT` per state (or one for all states), each
+/// walking an index in `seq` order and stopping after `limit` rows; several are merged with
+/// `UNION ALL`, which sorts at most `limit` rows per state. `IN (…)` instead would read and sort
+/// every job in those states.
+fn page_query(filter: &JobFilter, order: PageOrder, after: Option<i64>, limit: u32) -> (String, Vec<PageBind>) {
+    let (compare, direction, start) = match order {
+        PageOrder::NewestFirst => ("<", "DESC", i64::MAX),
+        PageOrder::OldestFirst => (">", "ASC", 0),
+    };
+    let mut states: Vec<Option<JobState>> = Vec::new();
+    for state in &filter.states {
+        if !states.contains(&Some(*state)) {
+            states.push(Some(*state));
+        }
+    }
+    if states.is_empty() {
+        states.push(None);
+    }
+    let mut binds = Vec::new();
+    let mut arms = Vec::new();
+    for state in &states {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq {compare} ?");
+        binds.push(PageBind::Int(after.unwrap_or(start)));
+        if let Some(state) = state {
+            sql.push_str(" AND state = ?");
+            binds.push(PageBind::Text(state.as_str().to_string()));
+        }
+        if let Some(owner) = &filter.owner {
+            sql.push_str(" AND owner = ?");
+            binds.push(PageBind::Text(owner.clone()));
+        }
+        sql.push_str(&format!(" ORDER BY seq {direction} LIMIT ?"));
+        binds.push(PageBind::Int(i64::from(limit)));
+        arms.push(sql);
+    }
+    if arms.len() == 1 {
+        return (arms.remove(0), binds);
+    }
+    let merged = arms.iter().map(|arm| format!("SELECT * FROM ({arm})")).collect::<Vec<_>>().join(" UNION ALL ");
+    binds.push(PageBind::Int(i64::from(limit)));
+    (format!("{merged} ORDER BY seq {direction} LIMIT ?"), binds)
+}
+
 /// Seconds since the Unix epoch, as `job_runs` stores time.
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
@@ -236,6 +316,26 @@ impl Store {
             None => sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq")).fetch_all(&self.pool).await?,
         };
         records.into_iter().map(Job::try_from).collect()
+    }
+
+    /// One page of the job list: up to `limit` jobs matching `filter`, in `order`, after the job
+    /// with `seq` = `after` (from the start when `None`). Reads about one page of rows through an
+    /// index whatever the number of jobs (`migrations/0006_job_pages.sql`).
+    pub async fn job_page(&self, filter: &JobFilter, order: PageOrder, after: Option<i64>, limit: u32) -> Result<JobPage, StoreError> {
+        // One row more than asked says whether there is a next page.
+        let (sql, binds) = page_query(filter, order, after, limit.saturating_add(1));
+        let mut query = sqlx::query_as::<_, JobRecord>(&sql);
+        for bind in binds {
+            query = match bind {
+                PageBind::Int(value) => query.bind(value),
+                PageBind::Text(value) => query.bind(value),
+            };
+        }
+        let mut jobs = query.fetch_all(&self.pool).await?.into_iter().map(Job::try_from).collect::<Result<Vec<Job>, StoreError>>()?;
+        let more = jobs.len() > limit as usize;
+        jobs.truncate(limit as usize);
+        let next_after = if more { jobs.last().map(|job| job.seq) } else { None };
+        Ok(JobPage { jobs, next_after })
     }
 
     /// How many jobs are queued and the sum of their `seq`: what the scheduler compares its
@@ -647,12 +747,16 @@ mod tests {
     }
 
     async fn queued(store: &Store) -> Job {
+        queued_by(store, "alice").await
+    }
+
+    async fn queued_by(store: &Store, owner: &str) -> Job {
         let job = NewJob {
             id: JobId::new(),
             name: String::from("t"),
             spec: test_spec(),
             group_id: None,
-            owner: Some(String::from("alice")),
+            owner: Some(owner.to_string()),
             priority: 0,
             memory_bytes: 1,
         };
@@ -675,7 +779,12 @@ mod tests {
 
     /// A job brought to `state` through the store's own legal changes.
     async fn in_state(store: &Store, state: JobState) -> Job {
-        let job = queued(store).await;
+        in_state_of(store, state, "alice").await
+    }
+
+    /// A job of `owner` brought to `state` likewise.
+    async fn in_state_of(store: &Store, state: JobState, owner: &str) -> Job {
+        let job = queued_by(store, owner).await;
         match state {
             JobState::Queued => {}
             JobState::Running => assert!(store.claim_job(job.id, "cpu0").await.unwrap()),
@@ -788,6 +897,101 @@ mod tests {
         let failing = [member(JobId::new()), member(jobs[0].id)];
         assert!(store.insert_jobs(&failing).await.is_err());
         assert_eq!(store.jobs(None).await.unwrap().len(), 2);
+    }
+
+    /// Twelve jobs of alice and bob in every state but `failed`.
+    async fn mixed_jobs(store: &Store) {
+        let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Cancelled];
+        for n in 0..12 {
+            in_state_of(store, states[n % states.len()], if n % 3 == 0 { "bob" } else { "alice" }).await;
+        }
+    }
+
+    /// Every page of a listing, followed from the first to the last.
+    async fn walk(store: &Store, filter: &JobFilter, order: PageOrder, limit: u32) -> Vec<i64> {
+        let (mut seen, mut after) = (Vec::new(), None);
+        loop {
+            let page = store.job_page(filter, order, after, limit).await.unwrap();
+            assert!(page.jobs.len() <= limit as usize);
+            seen.extend(page.jobs.iter().map(|job| job.seq));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return seen,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_list_every_matching_job_once_in_order() {
+        let (_dir, store) = store().await;
+        mixed_jobs(&store).await;
+        let all = store.jobs(None).await.unwrap();
+        let filters = [
+            JobFilter::default(),
+            JobFilter { states: vec![JobState::Queued], owner: None },
+            JobFilter { states: vec![JobState::Queued, JobState::Running, JobState::Queued], owner: None },
+            JobFilter { states: vec![], owner: Some(String::from("bob")) },
+            JobFilter { states: vec![JobState::Succeeded, JobState::Cancelled], owner: Some(String::from("alice")) },
+            JobFilter { states: vec![JobState::Failed], owner: None },
+        ];
+        for filter in &filters {
+            let mut expected: Vec<i64> = all
+                .iter()
+                .filter(|job| filter.states.is_empty() || filter.states.contains(&job.state))
+                .filter(|job| filter.owner.is_none() || job.owner == filter.owner)
+                .map(|job| job.seq)
+                .collect();
+            for limit in [1, 2, 5, 500] {
+                assert_eq!(walk(&store, filter, PageOrder::OldestFirst, limit).await, expected, "{filter:?} by {limit}");
+            }
+            expected.reverse();
+            for limit in [1, 3, 500] {
+                assert_eq!(walk(&store, filter, PageOrder::NewestFirst, limit).await, expected, "{filter:?} by {limit}");
+            }
+        }
+        // A page that ends exactly at the last job says there is no next one.
+        let page = store.job_page(&JobFilter::default(), PageOrder::NewestFirst, None, all.len() as u32).await.unwrap();
+        assert_eq!((page.jobs.len(), page.next_after), (all.len(), None));
+    }
+
+    #[tokio::test]
+    async fn every_shape_of_page_query_walks_an_index_in_seq_order() {
+        let (_dir, store) = store().await;
+        mixed_jobs(&store).await;
+        let owner = Some(String::from("alice"));
+        let shapes = [
+            JobFilter::default(),
+            JobFilter { states: vec![JobState::Queued], owner: None },
+            JobFilter { states: vec![JobState::Queued, JobState::Running], owner: None },
+            JobFilter { states: vec![], owner: owner.clone() },
+            JobFilter { states: vec![JobState::Succeeded], owner: owner.clone() },
+            JobFilter { states: vec![JobState::Queued, JobState::Running], owner },
+        ];
+        for filter in &shapes {
+            for order in [PageOrder::NewestFirst, PageOrder::OldestFirst] {
+                for after in [None, Some(5)] {
+                    let (sql, binds) = page_query(filter, order, after, 51);
+                    let explain = format!("EXPLAIN QUERY PLAN {sql}");
+                    let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+                    for bind in binds {
+                        query = match bind {
+                            PageBind::Int(value) => query.bind(value),
+                            PageBind::Text(value) => query.bind(value),
+                        };
+                    }
+                    let plan: Vec<String> = query.fetch_all(&store.pool).await.unwrap().into_iter().map(|row| row.3).collect();
+                    let shape = format!("{filter:?} {order:?} after {after:?}: {plan:#?}");
+                    // Every read of `jobs` is a search by an index or the primary key, never a scan.
+                    assert!(plan.iter().any(|step| step.starts_with("SEARCH jobs USING")), "{shape}");
+                    assert!(!plan.iter().any(|step| step.starts_with("SCAN jobs")), "{shape}");
+                    // Rows come in `seq` order from the index: only a merge of states sorts, and
+                    // then one page per state.
+                    if filter.states.len() < 2 {
+                        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "{shape}");
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]

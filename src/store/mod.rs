@@ -4,7 +4,7 @@
 mod jobs;
 mod users;
 
-pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobRun, NewJob};
+pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -9,7 +9,7 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
 //! test fails, unless `TRAINQ_SKIP_BROWSER=1` asks to skip it, which it says loudly.
 
-use crate::helpers::{client_with, write_dataset, Options, TestApp};
+use crate::helpers::{client_with, fake_worker, write_dataset, Options, TestApp, FAKE_WORKER};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -199,11 +199,11 @@ fn spec(name: &str, epochs: [u32; 2]) -> Value {
     })
 }
 
-#[tokio::test]
-async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_browser() {
+/// Chromium and chromedriver, or `None` when `TRAINQ_SKIP_BROWSER=1` asks to skip (said loudly).
+fn browser_programs() -> Option<(PathBuf, PathBuf)> {
     if std::env::var("TRAINQ_SKIP_BROWSER").is_ok_and(|value| value == "1") {
         eprintln!("\n!!! SKIPPED: the browser test (TRAINQ_SKIP_BROWSER=1); the dashboard was NOT tested !!!\n");
-        return;
+        return None;
     }
     let (Some(chromium), Some(chromedriver)) = (find_program("chromium"), find_program("chromedriver")) else {
         panic!(
@@ -211,6 +211,12 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
              (or set TRAINQ_SKIP_BROWSER=1 to skip this test explicitly)"
         );
     };
+    Some((chromium, chromedriver))
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
     let app = TestApp::spawn(Options::default());
     write_dataset(&app.root, 30, 2, 4);
     // Someone else's job in the queue: bob's, cancelled at once (it need not train).
@@ -437,5 +443,62 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     browser.click("#signout-button").await;
     browser.wait_for("the sign-in form after signing out", VISIBLE, json!(["#token-input"])).await;
     assert_eq!(browser.eval("return sessionStorage.getItem('trainq.token')", json!([])).await, Value::Null);
+    browser.quit().await;
+}
+
+/// Milliseconds from the navigation's start to the dashboard's first rendered job row (the page
+/// marks that moment `trainq:first-rows`), once it has happened.
+const FIRST_ROWS_MS: &str = "const mark = performance.getEntriesByName('trainq:first-rows')[0]; return mark ? mark.startTime : null;";
+
+/// How many job rows each list holds, and the ids in the list of every job.
+const ROWS: &str = "
+    const ids = (table) => [...document.querySelectorAll(`#${table} tr[data-job-id]`)].map((row) => row.dataset.jobId);
+    return { active: ids('active-jobs').length, mine: ids('my-jobs').length, all: ids('all-jobs'),
+             everywhere: document.querySelectorAll('tr[data-job-id]').length };";
+
+#[tokio::test]
+async fn the_dashboard_opens_on_10000_jobs_with_a_page_of_each_list() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let scripts = tempfile::tempdir().unwrap();
+    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
+    // A term's history, ten jobs waiting or running (one `sleep`s on the slot), alice's every 40th.
+    let (app, seeded) = TestApp::spawn_seeded(Options { worker: Some(worker), ..Options::default() }, 10_000, 10).await;
+    let newest_first: Vec<String> = seeded.iter().rev().cloned().collect();
+    let browser = Browser::start(&chromium, &chromedriver).await;
+
+    // Signed out, nothing cached: the active queue and the first page of all jobs.
+    browser.goto(&app.url("/")).await;
+    let first_paint = browser.wait_for("the first job rows", FIRST_ROWS_MS, json!([])).await;
+    println!("dashboard first paint with 10000 jobs: {:.0} ms", first_paint.as_f64().unwrap());
+    browser.wait_for("a page of all jobs", "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50", json!([])).await;
+    browser.wait_for("the active queue", "return document.querySelectorAll('#active-jobs tr[data-job-id]').length === 10", json!([])).await;
+    let rows = browser.eval(ROWS, json!([])).await;
+    assert_eq!(rows["all"], json!(newest_first[..50]), "the newest 50 jobs, newest first");
+    assert_eq!((rows["mine"].clone(), rows["everywhere"].clone()), (json!(0), json!(60)), "{rows}");
+
+    // Signed in (the token as the sign-in form keeps it), after a reload: the student's own jobs too.
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
+    browser.goto(&app.url("/")).await;
+    let first_paint = browser.wait_for("the first job rows, signed in", FIRST_ROWS_MS, json!([])).await;
+    println!("dashboard first paint with 10000 jobs, signed in, reloaded: {:.0} ms", first_paint.as_f64().unwrap());
+    browser.wait_for("alice's jobs", "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 50", json!([])).await;
+    browser.wait_for("a page of all jobs", "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50", json!([])).await;
+    let rows = browser.eval(ROWS, json!([])).await;
+    assert!(rows["everywhere"].as_u64().unwrap() <= 150, "at most a page of each list in the DOM, not 10,000 rows: {rows}");
+    let owners = "return [...new Set([...document.querySelectorAll('#my-jobs td.owner')].map((td) => td.textContent))]";
+    let owners = browser.eval(owners, json!([])).await;
+    assert_eq!(owners, json!(["alice (you)"]));
+
+    // Paging: older shows the next 50 (by cursor), newer the first again; `more` appends alice's next page.
+    browser.click("#all-older").await;
+    let page_two = "const ids = [...document.querySelectorAll('#all-jobs tr[data-job-id]')].map((row) => row.dataset.jobId);
+        return ids[0] === arguments[0] && ids;";
+    let shown = browser.wait_for("the second page of all jobs", page_two, json!([newest_first[50]])).await;
+    assert_eq!(shown, json!(newest_first[50..100]));
+    assert_eq!(browser.eval("return document.getElementById('all-page').textContent", json!([])).await, "page 2");
+    browser.click("#all-newer").await;
+    browser.wait_for("the first page again", page_two, json!([newest_first[0]])).await;
+    browser.click("#my-more").await;
+    browser.wait_for("alice's next page", "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 100", json!([])).await;
     browser.quit().await;
 }

@@ -109,10 +109,8 @@ async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everyth
     assert_eq!(body["error"], "insufficient storage");
     assert_eq!(body["detail"]["path"], data.display().to_string());
     assert!(body["detail"]["free_bytes"].as_u64().is_some(), "{body}");
-    let (status, listing) = app.get("/api/jobs").await;
-    assert_eq!(status, StatusCode::OK);
-    let queued = listing.as_array().unwrap().iter().filter(|job| job["state"] == "queued").count();
-    assert_eq!(queued, 3, "no refused job was queued: {listing:#}");
+    let queued = app.all_jobs("state=queued").await;
+    assert_eq!(queued.len(), 3, "no refused job was queued: {queued:#?}");
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready:#}");
     assert_eq!(ready["checks"]["disk"]["ok"], false, "{ready:#}");

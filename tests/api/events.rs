@@ -89,7 +89,12 @@ async fn the_event_stream_follows_a_job_and_a_late_subscriber_catches_up() {
     let mut stream = EventStream::open(&app, "/api/events", None).await;
     let snapshot = stream.next().await;
     assert_eq!(snapshot.name, "snapshot");
-    assert_eq!(snapshot.data["jobs"], serde_json::json!([]));
+    // What the dashboard opens with: the active queue and alice's own newest jobs, both empty.
+    let empty = serde_json::json!({"jobs": [], "next_cursor": null});
+    assert_eq!(snapshot.data, serde_json::json!({"pages": {"active": empty, "mine": empty}}));
+    // A query naming a list gets that list's first page instead.
+    let mut listed = EventStream::open(&app, "/api/events?state=failed,cancelled&limit=5", None).await;
+    assert_eq!(listed.next().await.data, serde_json::json!({"pages": {"list": empty}}));
 
     let id = app.submit(&small_spec("live")).await;
     let events = stream.until_finished(&id).await;
@@ -124,7 +129,9 @@ async fn the_event_stream_follows_a_job_and_a_late_subscriber_catches_up() {
     let mut lost = EventStream::open(&app, "/api/events", Some("0badb00t-17")).await;
     let snapshot = lost.next().await;
     assert_eq!(snapshot.name, "snapshot");
-    let jobs = snapshot.data["jobs"].as_array().unwrap();
+    // The finished job has left the active queue; it leads alice's own jobs.
+    assert_eq!(snapshot.data["pages"]["active"]["jobs"], serde_json::json!([]));
+    let jobs = snapshot.data["pages"]["mine"]["jobs"].as_array().unwrap();
     assert_eq!((jobs.len(), jobs[0]["state"].as_str()), (1, Some("succeeded")));
     // Its id resumes after everything the snapshot covers: nothing more to replay.
     let mut resumed = EventStream::open(&app, "/api/events", snapshot.id.as_deref()).await;

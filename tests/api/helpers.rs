@@ -168,6 +168,20 @@ impl TestApp {
         app
     }
 
+    /// Starts a server on a data dir that already holds `count` jobs (`seed_jobs`), with the demo
+    /// dataset and weights in place for the queued ones. Returns it and the jobs' ids, oldest
+    /// first.
+    pub async fn spawn_seeded(options: Options, count: usize, queued: usize) -> (TestApp, Vec<String>) {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().to_path_buf();
+        write_dataset(&root, 2, 1, 1);
+        write_vgg16_weights(&root.join("weights/vgg16.safetensors"));
+        let ids = seed_jobs(&root.join("data"), count, queued).await;
+        let mut app = TestApp::spawn_in(&root, options);
+        app._temp = Some(temp);
+        (app, ids)
+    }
+
     /// Starts a server on an existing folder (to test restarts).
     pub fn spawn_in(root: &Path, options: Options) -> TestApp {
         let tokens = users(root);
@@ -273,6 +287,25 @@ impl TestApp {
         (response.status(), response.text().await.unwrap())
     }
 
+    /// Every job `GET /api/jobs?{query}` lists, page after page (`next_cursor`), in list order.
+    pub async fn all_jobs(&self, query: &str) -> Vec<Value> {
+        let mut jobs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/jobs?{query}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let (status, page) = self.get(&path).await;
+            assert_eq!(status, StatusCode::OK, "GET {path}: {page}");
+            jobs.extend(page["jobs"].as_array().unwrap_or_else(|| panic!("GET {path}: {page}")).iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return jobs,
+            }
+        }
+    }
+
     /// The (phase, epoch) of every stored epoch row of a job, in the order the API lists them.
     pub fn epochs_of(metrics: &Value) -> Vec<(u64, u64)> {
         metrics["epochs"]
@@ -308,6 +341,47 @@ impl Drop for TestApp {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
+}
+
+/// Owners of seeded jobs, in turn: the test users, and students who only have history.
+fn seeded_owner(n: usize) -> String {
+    match n % 40 {
+        0 => String::from("alice"),
+        1 => String::from("bob"),
+        other => format!("student{other}"),
+    }
+}
+
+/// Writes `count` jobs into the database in `data` (before its server starts, so no scheduler
+/// races the writes), as fast as the store takes them: owners in turn (`seeded_owner`), all but
+/// the last `queued` cancelled, the queued ones named `sleep` (the fake worker keeps one running,
+/// the others wait). Returns their ids, oldest first. What a term of a class leaves behind.
+pub async fn seed_jobs(data: &Path, count: usize, queued: usize) -> Vec<String> {
+    use trainq::domain::{JobId, JobSpec};
+    use trainq::store::{NewJob, Store};
+    std::fs::create_dir_all(data).unwrap();
+    let store = Store::open(data).await.unwrap();
+    let spec_named = |name: &str| JobSpec::parse(&serde_json::to_vec(&small_spec(name)).unwrap()).unwrap();
+    let (done, waiting) = (spec_named("seeded"), spec_named("sleep"));
+    let mut ids = Vec::with_capacity(count);
+    let numbered: Vec<usize> = (0..count).collect();
+    for batch in numbered.chunks(1000) {
+        let jobs: Vec<NewJob> = batch
+            .iter()
+            .map(|&n| {
+                let spec = if n + queued >= count { waiting.clone() } else { done.clone() };
+                let owner = Some(seeded_owner(n));
+                NewJob { id: JobId::new(), name: spec.name.clone(), spec, group_id: None, owner, priority: 0, memory_bytes: 1 }
+            })
+            .collect();
+        for job in store.insert_jobs(&jobs).await.unwrap() {
+            ids.push(job.id);
+        }
+    }
+    for id in &ids[..count - queued] {
+        store.request_cancel(*id).await.unwrap();
+    }
+    ids.iter().map(ToString::to_string).collect()
 }
 
 /// The assignment's Q1 spec, shrunk: tiny images, few epochs.

@@ -51,8 +51,8 @@ async fn worker_exits_and_output_map_to_states() {
     app.wait_for_state(&binary, "succeeded", WAIT).await;
     let (_, log) = app.text(&format!("/api/jobs/{binary}/log")).await;
     assert!(log.contains("not utf8"), "{log}");
-    let (_, failed) = app.get("/api/jobs?state=failed").await;
-    assert_eq!(failed.as_array().unwrap().len(), 2);
+    let failed = app.all_jobs("state=failed").await;
+    assert_eq!(failed.len(), 2);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod helpers;
 mod inception;
 mod inference;
 mod jobs;
+mod list;
 mod pytorch;
 mod results;
 mod recovery;

@@ -1,0 +1,11 @@
+-- The job list comes in pages (`Store::job_page`): newest first by `seq`, continued with
+-- `seq < cursor`, optionally of one owner and/or some states. Each shape of that query must walk
+-- an index in `seq` order and stop after one page, so its cost does not grow with the jobs ever
+-- submitted:
+--   no filter        → the primary key (`seq` is the rowid)
+--   state            → jobs_by_state (state, seq), from 0001
+--   owner and state  → jobs_by_owner (owner, state), from 0003; SQLite appends the rowid (`seq`)
+--                      to every index, so it is ordered by `seq` within one (owner, state)
+--   owner            → this index: before it, one student's jobs were all read and sorted
+-- A list of states is one such query per state, merged (each arm stops after a page).
+CREATE INDEX jobs_by_owner_seq ON jobs (owner, seq);
