@@ -443,7 +443,8 @@ fn main() {
 
     // A class submitting at once: the queue grows to `n`.
     submission_round(&url, rate, n, &tokens_file, &admin, &mut accepted);
-    std::thread::sleep(Duration::from_secs(3));
+    // Idle means after the last passes over the new jobs.
+    std::thread::sleep(Duration::from_secs(10));
     let idle_n = idle_cpu(pid, window);
     println!(
         "idle: server CPU over {}s with {} queued: {:.2} % of a core (RSS {:.0} MB); baseline with 0 queued: {:.2} % (RSS {rss_empty:.0} MB)",
@@ -479,7 +480,7 @@ fn main() {
     if big > accepted.len() {
         let more = big - accepted.len();
         submission_round(&url, rate, more, &tokens_file, &admin, &mut accepted);
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(10));
         let idle_big = idle_cpu(pid, window);
         println!(
             "idle: server CPU over {}s with {} queued: {:.2} % of a core (RSS {:.0} MB); baseline with 0 queued: {:.2} % (RSS {rss_empty:.0} MB)",

@@ -219,8 +219,8 @@ pub async fn submit(
     }
     // Accepted jobs must never be lost, so none is accepted onto a full disk.
     state.disk.writable()?;
+    // The `queued` events below tell the scheduler (which plans a burst of them in one pass).
     let jobs = state.store.insert_jobs(&new).await?;
-    state.scheduler.wake();
     let mut views = Vec::with_capacity(jobs.len());
     for job in jobs {
         tracing::info!(job_id = %job.id, name = %job.name, owner = %user.name, "job queued");

@@ -6,7 +6,7 @@
 
 use super::policy::{Capacity, DeviceState, Limits, Plan};
 use crate::domain::{Job, JobId, JobSpec, JobState};
-use crate::store::{Store, StoreError};
+use crate::store::EpochTiming;
 use std::collections::HashMap;
 
 /// What makes two jobs' epochs comparable.
@@ -19,15 +19,14 @@ fn total_epochs(spec: &JobSpec) -> u32 {
 }
 
 /// Seconds from now until each waiting job of `plan` is expected to start.
-pub(super) async fn start_times<U>(
-    store: &Store,
+pub(super) fn start_times<U>(
+    timings: &[EpochTiming],
     running: &[Job],
     queued: &super::queue::Queue,
     plan: &Plan<JobId, &str>,
     devices: &[DeviceState<&str, U>],
     limits: &Limits,
-) -> Result<HashMap<JobId, f64>, StoreError> {
-    let timings = store.epoch_timings().await?;
+) -> HashMap<JobId, f64> {
     let mut similar: HashMap<String, (f64, u32)> = HashMap::new();
     for timing in timings.iter().filter(|timing| timing.state == JobState::Succeeded) {
         let entry = similar.entry(similarity_key(&timing.spec)).or_default();
@@ -73,5 +72,5 @@ pub(super) async fn start_times<U>(
         starts.insert(waiting.job, start);
         lanes[index] = queued.get(waiting.job).and_then(|job| Some(start + f64::from(job.epochs) * pace_of(&job.pace_key)?));
     }
-    Ok(starts)
+    starts
 }

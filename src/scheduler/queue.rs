@@ -57,12 +57,17 @@ impl From<&Job> for Queued {
 pub(super) struct Queue {
     jobs: HashMap<JobId, Queued>,
     seq_sum: i64,
+    /// The highest `seq` ever held: jobs submitted later are read by `seq`, in one query.
+    max_seq: i64,
+    /// Queued jobs per user: fair share's users without a walk over the queue.
+    users: HashMap<String, usize>,
 }
 
 impl Queue {
     /// Replaces the whole queue (at start, after a lag, after a failed audit).
     pub(super) fn replace(&mut self, jobs: Vec<Job>) {
         self.jobs.clear();
+        self.users.clear();
         self.seq_sum = 0;
         for job in jobs {
             self.insert(job);
@@ -80,18 +85,30 @@ impl Queue {
     }
 
     fn insert(&mut self, job: Job) {
-        let seq = job.seq;
-        if let Some(old) = self.jobs.insert(job.id, Queued::from(&job)) {
-            self.seq_sum -= old.seq;
+        let queued = Queued::from(&job);
+        self.seq_sum += queued.seq;
+        self.max_seq = self.max_seq.max(queued.seq);
+        *self.users.entry(queued.user.clone()).or_default() += 1;
+        if let Some(old) = self.jobs.insert(job.id, queued) {
+            self.forget(&old);
         }
-        self.seq_sum += seq;
+    }
+
+    fn forget(&mut self, old: &Queued) {
+        self.seq_sum -= old.seq;
+        if let Some(count) = self.users.get_mut(&old.user) {
+            *count -= 1;
+            if *count == 0 {
+                self.users.remove(&old.user);
+            }
+        }
     }
 
     /// Drops a job that left the queue; whether it was in it.
     pub(super) fn remove(&mut self, id: JobId) -> bool {
         match self.jobs.remove(&id) {
             Some(job) => {
-                self.seq_sum -= job.seq;
+                self.forget(&job);
                 true
             }
             None => false,
@@ -106,6 +123,11 @@ impl Queue {
     /// One queued job.
     pub(super) fn get(&self, id: JobId) -> Option<&Queued> {
         self.jobs.get(&id)
+    }
+
+    /// Every user with a queued job, once each.
+    pub(super) fn users(&self) -> impl Iterator<Item = &String> {
+        self.users.keys()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -159,12 +181,13 @@ impl Pending {
         }
     }
 
-    /// When the next pass is due, if anything asks for one.
-    pub(super) fn due(&self, last_pass: Instant) -> Option<Instant> {
+    /// When the next pass is due, if anything asks for one; submissions wait `gap` after the
+    /// last pass (at least [`COALESCE`]).
+    pub(super) fn due(&self, last_pass: Instant, gap: Duration) -> Option<Instant> {
         if self.reload || self.urgent {
             Some(last_pass.min(Instant::now()))
         } else if !self.changed.is_empty() {
-            Some(last_pass + COALESCE)
+            Some(last_pass + gap.max(COALESCE))
         } else if self.etas {
             Some(last_pass + ETA_REFRESH)
         } else {
@@ -184,12 +207,20 @@ impl Pending {
         if self.changed.is_empty() {
             return Ok(());
         }
-        let ids: Vec<JobId> = self.changed.iter().copied().collect();
-        let mut found: HashMap<JobId, Job> = store.jobs_with_ids(&ids).await?.into_iter().map(|job| (job.id, job)).collect();
-        for id in ids {
-            queue.refresh(id, found.remove(&id));
+        // New submissions, however many, in one query by `seq`.
+        for job in store.queued_after(queue.max_seq).await? {
+            self.changed.remove(&job.id);
+            queue.refresh(job.id, Some(job));
         }
-        self.changed.clear();
+        // The rest (re-queued jobs, and new ones claimed or cancelled since) by id.
+        if !self.changed.is_empty() {
+            let ids: Vec<JobId> = self.changed.iter().copied().collect();
+            let mut found: HashMap<JobId, Job> = store.jobs_with_ids(&ids).await?.into_iter().map(|job| (job.id, job)).collect();
+            for id in ids {
+                queue.refresh(id, found.remove(&id));
+            }
+            self.changed.clear();
+        }
         Ok(())
     }
 
@@ -316,6 +347,12 @@ mod tests {
                     let truth: Vec<Queued> = store.jobs(Some(JobState::Queued)).await.unwrap().iter().map(Queued::from).collect();
                     assert_eq!(plan_of(queue.jobs()), plan_of(truth.iter()), "seed {seed}, step {step}");
                     assert_eq!(queue.fingerprint(), store.queued_fingerprint().await.unwrap(), "seed {seed}, step {step}");
+                    let mut users: Vec<&String> = queue.users().collect();
+                    users.sort();
+                    let mut expected: Vec<String> = truth.iter().map(|job| job.user.clone()).collect();
+                    expected.sort();
+                    expected.dedup();
+                    assert_eq!(users, expected.iter().collect::<Vec<_>>(), "seed {seed}, step {step}");
                 }
             }
         }

@@ -287,13 +287,24 @@ impl Store {
         record.map(Job::try_from).transpose()
     }
 
+    /// Queued jobs submitted after the job with `seq`, in submission order: what the scheduler
+    /// reads after a burst of submissions, in one indexed query.
+    pub async fn queued_after(&self, seq: i64) -> Result<Vec<Job>, StoreError> {
+        let records: Vec<JobRecord> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND seq > ? ORDER BY seq"))
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?;
+        records.into_iter().map(Job::try_from).collect()
+    }
+
     /// The jobs with these ids that exist, in no particular order; one query per 500 ids.
     pub async fn jobs_with_ids(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})");
-            let mut query = sqlx::query_as::<_, JobRecord>(&sql);
+            // Not kept prepared: every count of ids would be another cached statement.
+            let mut query = sqlx::query_as::<_, JobRecord>(&sql).persistent(false);
             for id in chunk {
                 query = query.bind(id.to_string());
             }

@@ -36,7 +36,9 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR
 /// A worker process as every spawn here starts one: a cleared environment but for
 /// [`INHERITED_ENV`], its own process group (so it can be signalled as a whole), and
 /// `PR_SET_PDEATHSIG = SIGKILL` — a worker must never outlive a dead server while holding a GPU
-/// or a model: the kernel kills it when the server dies.
+/// or a model: the kernel kills it when the server dies. The signal follows the spawning *thread*,
+/// so spawn only from the async runtime's worker threads, never inside `spawn_blocking` or
+/// `block_in_place` (blocking-pool threads exit after 10 s idle, killing the worker with them).
 fn worker_command(program: &Path) -> Command {
     let mut command = Command::new(program);
     command.env_clear();
