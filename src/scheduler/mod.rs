@@ -354,17 +354,8 @@ async fn schedule_once(
     // Linear in the queue, about a millisecond per thousand jobs. Not under `block_in_place`: the
     // thread it leaves behind can end up in the blocking pool and exit when idle, and a worker the
     // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
-    let (order, plan, mut places) = (|| {
-        let mut candidates: Vec<_> = queue
-            .jobs()
-            .map(|job| policy::Candidate {
-                job: job.id,
-                user: job.user.clone(),
-                priority: job.priority,
-                seq: job.seq,
-                memory_bytes: job.memory_bytes,
-            })
-            .collect();
+    let (order, plan, mut places) = {
+        let mut candidates: Vec<_> = queue.jobs().map(queue::Queued::candidate).collect();
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
@@ -383,7 +374,7 @@ async fn schedule_once(
             })
             .collect();
         (order, plan, places)
-    })();
+    };
     // What the jobs started in this pass will write, on top of what is already written.
     let mut committed: Vec<(crate::disk::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();

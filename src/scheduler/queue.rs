@@ -38,6 +38,19 @@ pub(super) struct Queued {
     pub(super) epochs: u32,
 }
 
+impl Queued {
+    /// The job as [`super::policy::plan`] sees it.
+    pub(super) fn candidate(&self) -> super::policy::Candidate<JobId, String> {
+        super::policy::Candidate {
+            job: self.id,
+            user: self.user.clone(),
+            priority: self.priority,
+            seq: self.seq,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+}
+
 impl From<&Job> for Queued {
     fn from(job: &Job) -> Queued {
         Queued {
@@ -251,15 +264,7 @@ mod tests {
 
     /// The plan for `queued` on two CPU slots, one of which runs a job of user 0.
     fn plan_of<'a>(queued: impl Iterator<Item = &'a Queued>) -> policy::Plan<JobId, &'static str> {
-        let mut candidates: Vec<_> = queued
-            .map(|job| policy::Candidate {
-                job: job.id,
-                user: job.user.clone(),
-                priority: job.priority,
-                seq: job.seq,
-                memory_bytes: job.memory_bytes,
-            })
-            .collect();
+        let mut candidates: Vec<_> = queued.map(Queued::candidate).collect();
         candidates.sort_by_key(|candidate| candidate.seq);
         let devices = [
             policy::DeviceState {
