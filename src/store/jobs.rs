@@ -245,7 +245,7 @@ impl Store {
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
         let submitted_at = now_rfc3339();
         let insert = |job: &NewJob| {
-            sqlx::query_as::<_, JobRecord>(&*INSERT_JOB)
+            sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
                 .bind(job.id.to_string())
                 .bind(job.name.clone())
                 .bind(encode_spec(&job.spec))
