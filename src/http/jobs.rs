@@ -74,7 +74,7 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
         return Ok(Standing { pending_reason, ..Standing::default() });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
-    let info = state.scheduler.queue_info(job.id).unwrap_or_else(|| state.scheduler.provisional_info());
+    let info = state.scheduler.queue_info(job.id).unwrap_or_else(|| state.scheduler.provisional_info(job.seq));
     Ok(Standing { position: Some(info.position as i64), pending_reason: Some(info.pending_reason), eta_at: info.eta_at })
 }
 

@@ -76,6 +76,8 @@ impl QueueInfo {
 pub struct SchedulerHandle {
     wake: Arc<Notify>,
     queue: Arc<RwLock<HashMap<JobId, Place>>>,
+    /// The highest `seq` the last pass planned: jobs after it are not placed yet.
+    planned_up_to: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A queued job's place as a pass leaves it: worded only when asked ([`SchedulerHandle::queue_info`]),
@@ -114,12 +116,14 @@ impl SchedulerHandle {
         self.queue.read().expect("queue info poisoned").get(&id).map(Place::info)
     }
 
-    /// Where a job the scheduler has not planned yet stands for now: behind every job it has
-    /// (its next pass, within moments, may move it up by fair share). Constant time, whatever the
-    /// queue's length.
-    pub fn provisional_info(&self) -> QueueInfo {
+    /// Where a job the scheduler has not planned yet (submitted as `seq`) stands for now: behind
+    /// every job it placed, and behind those submitted since before it (its next pass, within
+    /// moments, may move it up by fair share). Constant time, whatever the queue's length.
+    pub fn provisional_info(&self, seq: i64) -> QueueInfo {
+        let placed = self.queue.read().expect("queue info poisoned").len();
+        let since = seq - self.planned_up_to.load(std::sync::atomic::Ordering::Relaxed);
         QueueInfo {
-            position: self.queue.read().expect("queue info poisoned").len() + 1,
+            position: placed + usize::try_from(since).unwrap_or(0).max(1),
             pending_reason: String::from("just submitted; the scheduler places it in line in a moment"),
             eta_at: None,
         }
@@ -325,6 +329,7 @@ async fn schedule_once(
     .unwrap_or_default();
     if queue.is_empty() {
         handle.queue.write().expect("queue info poisoned").clear();
+        handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
         return Ok(Facts::default());
     }
     let running = store.jobs(Some(JobState::Running)).await?;
@@ -442,6 +447,7 @@ async fn schedule_once(
     }
     // The old places are freed after the lock is let go.
     let old = std::mem::replace(&mut *handle.queue.write().expect("queue info poisoned"), places);
+    handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
     drop(old);
     Ok(facts)
 }

@@ -138,6 +138,11 @@ impl Queue {
         self.jobs.get(&id)
     }
 
+    /// The highest `seq` the queue has held.
+    pub(super) fn max_seq(&self) -> i64 {
+        self.max_seq
+    }
+
     /// Every user with a queued job, once each.
     pub(super) fn users(&self) -> impl Iterator<Item = &String> {
         self.users.keys()
