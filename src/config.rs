@@ -33,6 +33,56 @@ pub enum Command {
     /// to the server; exits with the worker's exit code (128 + signal if a signal killed it).
     /// The job's secret is read from `TRAINQ_JOB_SECRET`.
     Relay(RelayArgs),
+    /// Save the server's URL and your token (asked for, or read from stdin) for the commands
+    /// below, in ~/.config/trainq/config.toml (mode 0600).
+    Login(LoginArgs),
+    /// Your jobs, newest first (`--all`: everyone's).
+    Ls(LsArgs),
+    /// One job, as JSON.
+    Show(JobArg),
+    /// Cancel jobs (queued at once; running ones stop after a checkpoint).
+    Cancel(JobsArg),
+    /// Wait until jobs end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
+    Wait(JobsArg),
+}
+
+/// `trainq login URL`.
+#[derive(Debug, Clone, Args)]
+pub struct LoginArgs {
+    /// The server's base URL, e.g. `http://gpubox:8080`.
+    pub url: String,
+    /// Read the token from stdin without asking (for scripts).
+    #[arg(long)]
+    pub token_stdin: bool,
+}
+
+/// `trainq ls`.
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    /// Everyone's jobs, not only yours.
+    #[arg(long)]
+    pub all: bool,
+    /// Only jobs in these states (comma-separated: queued,running,succeeded,failed,cancelled).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// The rows as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One job: its id or a unique prefix of it.
+#[derive(Debug, Clone, Args)]
+pub struct JobArg {
+    /// The job's id, or a unique prefix (at least 4 hex digits).
+    pub id: String,
+}
+
+/// Jobs: their ids or unique prefixes.
+#[derive(Debug, Clone, Args)]
+pub struct JobsArg {
+    /// Job ids, or unique prefixes (at least 4 hex digits).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
 }
 
 /// `trainq relay --url URL --job ID -- WORKER ARGS…`.

@@ -3,6 +3,8 @@
 
 /// Datasets and weights on disk.
 pub mod catalog;
+/// The students' terminal client: login, ls, show, cancel, wait.
+pub mod client;
 /// Command-line and environment configuration.
 pub mod config;
 /// Live events (job queued/started/progress/epoch/finished, log lines) with catch-up for late subscribers.

@@ -48,5 +48,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             WeightsCommand::Fetch(args) => Ok(trainq::fetch_weights::fetch(args).await?),
         },
         Command::Relay(_) => unreachable!("main runs the relay"),
+        Command::Login(args) => trainq::client::login(&args.url, args.token_stdin).await,
+        Command::Ls(args) => trainq::client::ls(args.all, args.state.as_deref(), args.json).await,
+        Command::Show(args) => trainq::client::show(&args.id).await,
+        Command::Cancel(args) => trainq::client::cancel(&args.ids).await,
+        Command::Wait(args) => {
+            let code = trainq::client::wait(&args.ids, std::time::Duration::from_secs(1)).await?;
+            std::process::exit(code);
+        }
     }
 }

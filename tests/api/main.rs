@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod cache;
+mod client;
 mod crash;
 mod disk;
 mod events;

@@ -1,0 +1,275 @@
+//! The students' terminal: `trainq login`, `ls`, `show`, `cancel`, `wait`. A client of the REST
+//! API like curl, with the token kept in `~/.config/trainq/config.toml` (mode 0600) instead of
+//! typed into every command. `TRAINQ_URL` and `TRAINQ_TOKEN` override the file.
+
+mod table;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What every command needs to reach the server.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Profile {
+    /// The server's base URL, e.g. `http://gpubox:8080`.
+    pub url: String,
+    /// The user's API token.
+    pub token: Option<String>,
+}
+
+/// `$XDG_CONFIG_HOME/trainq/config.toml`, else `~/.config/trainq/config.toml`.
+pub fn config_path() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; set TRAINQ_URL and TRAINQ_TOKEN"))?)
+            .join(".config"),
+    };
+    Ok(base.join("trainq").join("config.toml"))
+}
+
+/// How to get a token, said by every command that has none.
+const NO_TOKEN: &str = "no token: ask the admin for yours (`trainq user add NAME` on the server prints it), then \
+                        run `trainq login URL` (or set TRAINQ_URL and TRAINQ_TOKEN)";
+
+impl Profile {
+    /// The saved profile with the environment's overrides; an error saying how to log in when
+    /// there is no server URL at all.
+    pub fn load() -> anyhow::Result<Profile> {
+        let saved: Option<Profile> = match std::fs::read_to_string(config_path()?) {
+            Ok(text) => Some(toml::from_str(&text).context("reading the saved login (run `trainq login URL` again)")?),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(err).context("reading the saved login"),
+        };
+        let url = std::env::var("TRAINQ_URL").ok().filter(|url| !url.is_empty()).or_else(|| saved.as_ref().map(|saved| saved.url.clone()));
+        let token = std::env::var("TRAINQ_TOKEN").ok().filter(|token| !token.is_empty()).or_else(|| saved.and_then(|saved| saved.token));
+        match url {
+            Some(url) => Ok(Profile { url: url.trim_end_matches('/').to_string(), token }),
+            None => bail!("no server: run `trainq login URL` (or set TRAINQ_URL and TRAINQ_TOKEN)"),
+        }
+    }
+
+    /// Writes the profile where [`Profile::load`] finds it, readable by the user alone.
+    pub fn save(&self) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = config_path()?;
+        std::fs::create_dir_all(path.parent().expect("the path has a folder"))?;
+        let text = toml::to_string(self)?;
+        let temporary = path.with_extension("toml.tmp");
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        Ok(path)
+    }
+}
+
+/// A failed request, worded from the server's JSON error: status, field and message.
+fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
+    let detail = &body["detail"];
+    let message = detail["message"].as_str().or(body["error"].as_str()).unwrap_or("no detail");
+    match detail["field"].as_str() {
+        Some(field) => anyhow!("{status}: `{field}`: {message}"),
+        None => anyhow!("{status}: {message}"),
+    }
+}
+
+/// The API, as one user.
+pub struct Api {
+    profile: Profile,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// A client for `profile`; commands that need a token fail with how to get one.
+    pub fn new(profile: Profile) -> anyhow::Result<Api> {
+        if profile.token.is_none() {
+            bail!("{NO_TOKEN}");
+        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        Ok(Api { profile, http })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let request = request.bearer_auth(self.profile.token.as_deref().unwrap_or_default());
+        let response = request.send().await.with_context(|| format!("reaching {}", self.profile.url))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(api_error(status, &body).context(NO_TOKEN));
+        }
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(body)
+    }
+
+    /// `GET path` (with its query) as JSON.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.profile.url))).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.profile.url)).json(body)).await
+    }
+
+    /// Every row of `GET /api/jobs?{query}`, page after page.
+    pub async fn all_jobs(&self, query: &str) -> anyhow::Result<Vec<Value>> {
+        let mut rows = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/jobs?limit=500&{query}");
+            if let Some(cursor) = &cursor {
+                path.push_str(&format!("&cursor={cursor}"));
+            }
+            let page = self.get(&path).await?;
+            rows.extend(page["jobs"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return Ok(rows),
+            }
+        }
+    }
+
+    /// The full id of the job `given` names: a whole id, or a prefix of exactly one job's id
+    /// (the caller's jobs are searched first, like git's short hashes).
+    pub async fn resolve(&self, given: &str) -> anyhow::Result<String> {
+        if given.parse::<uuid::Uuid>().is_ok() {
+            return Ok(given.to_string());
+        }
+        if given.len() < 4 || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            bail!("`{given}` is not a job id or a prefix of one (at least 4 hex digits)");
+        }
+        for query in ["owner=me", ""] {
+            let matches: Vec<String> = self
+                .all_jobs(query)
+                .await?
+                .iter()
+                .filter_map(|job| job["id"].as_str())
+                .filter(|id| id.starts_with(given))
+                .map(str::to_string)
+                .collect();
+            match matches.as_slice() {
+                [] => continue,
+                [id] => return Ok(id.clone()),
+                several => bail!("`{given}` matches {} jobs ({}…); give more of the id", several.len(), several[..2].join(", ")),
+            }
+        }
+        bail!("no job id starts with `{given}`")
+    }
+}
+
+/// `trainq login URL`: checks the token against the server (`GET /api/me`), then saves both.
+pub async fn login(url: &str, token_stdin: bool) -> anyhow::Result<()> {
+    let url = url.trim_end_matches('/').to_string();
+    let stdin = std::io::stdin();
+    if !token_stdin && stdin.is_terminal() {
+        eprint!("token for {url}: ");
+        std::io::stderr().flush()?;
+    }
+    let mut token = String::new();
+    stdin.lock().read_line(&mut token)?;
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("{NO_TOKEN}");
+    }
+    let profile = Profile { url: url.clone(), token: Some(token) };
+    let me = Api::new(profile.clone())?.get("/api/me").await.with_context(|| format!("checking the token with {url}"))?;
+    let path = profile.save()?;
+    println!("logged in to {url} as {}; saved in {}", me["name"].as_str().unwrap_or("?"), path.display());
+    Ok(())
+}
+
+/// `trainq ls`: the caller's jobs (`--all`: everyone's), newest first.
+pub async fn ls(all: bool, state: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let api = Api::new(Profile::load()?)?;
+    let mut query = if all { String::new() } else { String::from("owner=me") };
+    if let Some(state) = state {
+        query.push_str(&format!("&state={state}"));
+    }
+    let rows = api.all_jobs(&query).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    print!("{}", table::jobs(&rows));
+    Ok(())
+}
+
+/// `trainq show ID`: one job as the server has it.
+pub async fn show(id: &str) -> anyhow::Result<()> {
+    let api = Api::new(Profile::load()?)?;
+    let id = api.resolve(id).await?;
+    let job = api.get(&format!("/api/jobs/{id}")).await?;
+    println!("{}", serde_json::to_string_pretty(&job)?);
+    Ok(())
+}
+
+/// `trainq cancel ID…`.
+pub async fn cancel(ids: &[String]) -> anyhow::Result<()> {
+    let api = Api::new(Profile::load()?)?;
+    for given in ids {
+        let id = api.resolve(given).await?;
+        let job = api.post(&format!("/api/jobs/{id}/cancel"), &Value::Null).await?;
+        println!("{id} {}", job["state"].as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+/// What `trainq wait` exits with when every job has ended: 0 when all succeeded, 1 when any
+/// failed, else 2 when any was cancelled.
+pub fn wait_code(states: &[&str]) -> i32 {
+    if states.contains(&"failed") {
+        1
+    } else if states.contains(&"cancelled") {
+        2
+    } else {
+        0
+    }
+}
+
+/// `trainq wait ID…`: polls until every job has ended; returns the exit code ([`wait_code`]).
+pub async fn wait(ids: &[String], poll: Duration) -> anyhow::Result<i32> {
+    let api = Api::new(Profile::load()?)?;
+    let mut resolved = Vec::with_capacity(ids.len());
+    for given in ids {
+        resolved.push(api.resolve(given).await?);
+    }
+    let mut ended: Vec<Option<String>> = vec![None; resolved.len()];
+    loop {
+        for (id, end) in resolved.iter().zip(ended.iter_mut()).filter(|(_, end)| end.is_none()) {
+            let job = api.get(&format!("/api/jobs/{id}")).await?;
+            let state = job["state"].as_str().unwrap_or_default();
+            if matches!(state, "succeeded" | "failed" | "cancelled") {
+                println!("{id} {state}");
+                *end = Some(state.to_string());
+            }
+        }
+        if ended.iter().all(Option::is_some) {
+            let states: Vec<&str> = ended.iter().flatten().map(String::as_str).collect();
+            return Ok(wait_code(&states));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_codes_put_a_failure_before_a_cancel() {
+        assert_eq!(wait_code(&["succeeded", "succeeded"]), 0);
+        assert_eq!(wait_code(&["succeeded", "cancelled"]), 2);
+        assert_eq!(wait_code(&["cancelled", "failed"]), 1);
+    }
+
+    #[test]
+    fn server_errors_name_the_field() {
+        let body = serde_json::json!({"error": "invalid spec", "detail": {"field": "image_size", "message": "must be 32..1024"}});
+        let message = api_error(reqwest::StatusCode::UNPROCESSABLE_ENTITY, &body).to_string();
+        assert_eq!(message, "422 Unprocessable Entity: `image_size`: must be 32..1024");
+    }
+}
