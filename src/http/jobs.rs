@@ -74,7 +74,11 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
         return Ok(Standing { pending_reason, ..Standing::default() });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
-    let info = state.scheduler.queue_info(job.id).unwrap_or_else(|| state.scheduler.provisional_info(job.seq));
+    let info = match state.scheduler.queue_info(job.id) {
+        Some(info) => info,
+        // Counted over the jobs submitted since the last pass only, not the whole queue.
+        None => state.scheduler.provisional_info(state.store.queued_between(state.scheduler.planned_up_to(), job.seq).await?),
+    };
     Ok(Standing { position: Some(info.position as i64), pending_reason: Some(info.pending_reason), eta_at: info.eta_at })
 }
 

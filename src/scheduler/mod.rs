@@ -116,17 +116,20 @@ impl SchedulerHandle {
         self.queue.read().expect("queue info poisoned").get(&id).map(Place::info)
     }
 
-    /// Where a job the scheduler has not planned yet (submitted as `seq`) stands for now: behind
-    /// every job it placed, and behind those submitted since before it (its next pass, within
-    /// moments, may move it up by fair share). Constant time, whatever the queue's length.
-    pub fn provisional_info(&self, seq: i64) -> QueueInfo {
-        let placed = self.queue.read().expect("queue info poisoned").len();
-        let since = seq - self.planned_up_to.load(std::sync::atomic::Ordering::Relaxed);
+    /// Where a job the scheduler has not planned yet stands for now: behind every job it placed,
+    /// and behind the `unplanned_ahead` queued jobs submitted since its last pass and before it
+    /// (its next pass, within moments, may move it up by fair share).
+    pub fn provisional_info(&self, unplanned_ahead: usize) -> QueueInfo {
         QueueInfo {
-            position: placed + usize::try_from(since).unwrap_or(0).max(1),
+            position: self.queue.read().expect("queue info poisoned").len() + unplanned_ahead + 1,
             pending_reason: String::from("just submitted; the scheduler places it in line in a moment"),
             eta_at: None,
         }
+    }
+
+    /// The highest `seq` the last pass planned: later jobs have no place yet.
+    pub fn planned_up_to(&self) -> i64 {
+        self.planned_up_to.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -287,6 +287,17 @@ impl Store {
         record.map(Job::try_from).transpose()
     }
 
+    /// How many queued jobs have a `seq` after `after` and before `before`: a new job's provisional
+    /// place, counted over the jobs submitted since the scheduler's last pass (an index range).
+    pub async fn queued_between(&self, after: i64, before: i64) -> Result<usize, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq > ? AND seq < ?")
+            .bind(after)
+            .bind(before)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count.max(0) as usize)
+    }
+
     /// Queued jobs submitted after the job with `seq`, in submission order: what the scheduler
     /// reads after a burst of submissions, in one indexed query.
     pub async fn queued_after(&self, seq: i64) -> Result<Vec<Job>, StoreError> {
