@@ -85,7 +85,7 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
 /// A job as the API shows it, with its queue position when queued.
 pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
     let standing = standing(state, &job).await?;
-    // As `QueueInfo::eta_seconds`: counted down from the absolute time, 0 when overdue.
+    // Counted down from the absolute time the scheduler gave, 0 when overdue.
     let eta_seconds = standing.eta_at.map(|at| (at - crate::store::unix_now()).max(0.0));
     Ok(JobView { job, standing, eta_seconds, runs: None })
 }

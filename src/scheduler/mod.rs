@@ -63,13 +63,6 @@ pub struct QueueInfo {
     pub eta_at: Option<f64>,
 }
 
-impl QueueInfo {
-    /// Expected seconds from `now` until the job starts (0 when overdue).
-    pub fn eta_seconds(&self, now: f64) -> Option<f64> {
-        self.eta_at.map(|at| (at - now).max(0.0))
-    }
-}
-
 /// How the rest of the server reaches the scheduler: it wakes it, and reads where queued jobs
 /// stand.
 #[derive(Debug, Clone, Default)]
