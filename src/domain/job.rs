@@ -203,9 +203,17 @@ pub struct Job {
     pub final_metrics: Option<crate::domain::progress::FinalMetrics>,
     /// Workers started for it.
     pub attempts: i64,
-    /// The repeat group (`repeats: N`) it belongs to.
+    /// The group of its submission (`repeats: N`, a `sweep`, or both) it belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// The job it was resubmitted from (`POST /api/jobs/{id}/resubmit`), so a redo links back to
+    /// what it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<JobId>,
+    /// A sweep job's combination: each swept JSON pointer and the value this job got, so its
+    /// group's rows need no diff of specs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
     /// The user who submitted it (absent for jobs from before users existed).
     pub owner: Option<String>,
     /// Admin-set priority; 0 unless an admin chose otherwise.
@@ -294,6 +302,8 @@ mod tests {
             final_metrics: None,
             attempts: 1,
             group_id: None,
+            parent_id: None,
+            params: None,
             owner: None,
             priority: 0,
             memory_bytes: 0,

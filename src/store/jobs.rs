@@ -19,8 +19,14 @@ pub struct NewJob {
     pub name: String,
     /// The validated spec.
     pub spec: JobSpec,
-    /// The repeat group it belongs to, if any.
+    /// The repeat or sweep group it belongs to, if any.
     pub group_id: Option<String>,
+    /// The job it was resubmitted from, if any.
+    pub parent_id: Option<JobId>,
+    /// A sweep job's combination: each swept JSON pointer and the value this job got.
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Notes it starts with (e.g. what a resubmit changed), before any the queue adds.
+    pub notes: Vec<String>,
     /// Who submitted it.
     pub owner: Option<String>,
     /// Admin-set priority (0 for students).
@@ -178,6 +184,8 @@ struct JobRecord {
     memory_measured: bool,
     notes: String,
     resume_point: Option<String>,
+    parent_id: Option<String>,
+    params: Option<String>,
 }
 
 fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
@@ -223,19 +231,21 @@ impl TryFrom<JobRecord> for Job {
             memory_measured: record.memory_measured,
             notes: serde_json::from_str(&record.notes).map_err(|err| corrupt("notes", err))?,
             resume_point: decode_json("resume_point", record.resume_point)?,
+            parent_id: record.parent_id.map(|id| id.parse().map_err(|err| corrupt("parent_id", err))).transpose()?,
+            params: decode_json("params", record.params)?,
         })
     }
 }
 
 const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
                            progress, error, cancel_requested, final_metrics, attempts, group_id, owner, priority, \
-                           memory_bytes, memory_measured, notes, resume_point";
+                           memory_bytes, memory_measured, notes, resume_point, parent_id, params";
 
 /// The insert of one accepted job, returning its row as every read does.
 static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes) \
-         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+        "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes, parent_id, params, notes) \
+         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
     )
 });
 
@@ -254,6 +264,9 @@ impl Store {
                 .bind(job.owner.clone())
                 .bind(job.priority)
                 .bind(job.memory_bytes as i64)
+                .bind(job.parent_id.map(|id| id.to_string()))
+                .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
+                .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
         };
         let mut inserted = Vec::with_capacity(jobs.len());
         if let [job] = jobs {
@@ -778,6 +791,9 @@ mod tests {
             name: String::from("t"),
             spec: test_spec(),
             group_id: None,
+            parent_id: None,
+            params: None,
+            notes: Vec::new(),
             owner: Some(owner.to_string()),
             priority: 0,
             memory_bytes: 1,
@@ -909,6 +925,9 @@ mod tests {
             name: String::from("r"),
             spec: test_spec(),
             group_id: Some(String::from("g1")),
+            parent_id: None,
+            params: None,
+            notes: Vec::new(),
             owner: None,
             priority: 0,
             memory_bytes: 0,

@@ -371,7 +371,8 @@ pub async fn seed_jobs(data: &Path, count: usize, queued: usize) -> Vec<String> 
             .map(|&n| {
                 let spec = if n + queued >= count { waiting.clone() } else { done.clone() };
                 let owner = Some(seeded_owner(n));
-                NewJob { id: JobId::new(), name: spec.name.clone(), spec, group_id: None, owner, priority: 0, memory_bytes: 1 }
+                let (parent_id, params, notes) = (None, None, Vec::new());
+                NewJob { id: JobId::new(), name: spec.name.clone(), spec, group_id: None, parent_id, params, notes, owner, priority: 0, memory_bytes: 1 }
             })
             .collect();
         for job in store.insert_jobs(&jobs).await.unwrap() {
