@@ -4,6 +4,8 @@
 //! No I/O lives here, except `weights_layout::check_file` reading a weights file's header.
 
 pub mod job;
+/// The assignment's experiments, shipped as specs.
+pub mod examples;
 pub mod backbone;
 pub mod memory;
 /// How a run ended: the one decision both executors share.
@@ -11,6 +13,8 @@ pub mod outcome;
 pub mod progress;
 pub mod relay;
 pub mod spec;
+/// Sweeps (one spec, a grid of combinations), JSON pointers and merge patches of spec documents.
+pub mod sweep;
 pub mod user;
 pub mod weights_layout;
 
