@@ -704,28 +704,6 @@ mod tests {
     }
 
     #[test]
-    fn every_shipped_example_is_a_valid_spec() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
-        let mut count = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "json") {
-                let spec = JobSpec::parse(&std::fs::read(&path).unwrap());
-                // QE1's question "replace gap by flatten: does it work?" has the answer no.
-                if path.ends_with("qe1-flatten.json") {
-                    let err = spec.expect_err("flatten with variable size is refused");
-                    assert_eq!(err.field, "head[0]");
-                    assert!(err.message.contains("flattened length"), "{err:?}");
-                } else {
-                    assert!(spec.is_ok(), "{}: {:?}", path.display(), spec.err());
-                }
-                count += 1;
-            }
-        }
-        assert!(count >= 9, "examples missing: found {count}");
-    }
-
-    #[test]
     fn a_spec_round_trips_through_json() {
         let spec = JobSpec::parse(Q1.as_bytes()).unwrap();
         let again = JobSpec::parse(serde_json::to_string(&spec).unwrap().as_bytes()).unwrap();
