@@ -1,4 +1,4 @@
-//! `/api/datasets`, `/api/weights`, `/api/backbones`, `/api/devices`: what jobs can use.
+//! `/api/datasets`, `/api/weights`, `/api/backbones`, `/api/examples`, `/api/devices`: what jobs can use.
 
 use super::{ApiError, AppState};
 use crate::catalog;
@@ -23,6 +23,31 @@ pub async fn weights(State(state): State<AppState>) -> Json<Vec<catalog::Weights
 /// `GET /api/backbones`: the backbones, their blocks and input limits.
 pub async fn backbones() -> Json<Vec<BackboneInfo>> {
     Json(Backbone::ALL.into_iter().map(Backbone::info).collect())
+}
+
+/// One shipped example spec, as `GET /api/examples` lists it.
+#[derive(Debug, Serialize)]
+pub struct ExampleView {
+    /// What `trainq submit` takes (the file's stem).
+    name: &'static str,
+    /// The assignment question it answers.
+    description: &'static str,
+    /// The spec, ready to POST or to edit.
+    spec: serde_json::Value,
+}
+
+/// `GET /api/examples`: the assignment's experiments as specs, so a student starts from one
+/// instead of a blank page (the dashboard's form and `trainq submit q1`).
+pub async fn examples() -> Json<Vec<ExampleView>> {
+    let views = crate::domain::examples::EXAMPLES
+        .iter()
+        .map(|example| ExampleView {
+            name: example.name,
+            description: example.description,
+            spec: serde_json::from_str(example.spec).expect("the shipped examples are JSON (tested)"),
+        })
+        .collect();
+    Json(views)
 }
 
 /// A device and who holds it.

@@ -1,9 +1,9 @@
 //! `/api/compare?ids=a,b,c`: one table of test metrics for several jobs, JSON or CSV. An id may
-//! name a job or a repeat group; a group is one row with each metric as mean ± std over its
-//! succeeded runs.
+//! name a job or a group; a repeat group is one row with each metric as mean ± std over its
+//! succeeded runs, a sweep group one such row per combination, with the swept values as columns.
 
 use super::csv::{self, TableFormat};
-use super::groups::{summarize, METRICS};
+use super::groups::{combinations, summarize, METRICS};
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use axum::extract::{Query, State};
@@ -96,6 +96,9 @@ pub struct Row {
     succeeded: usize,
     /// Test metrics by name; a metric no succeeded job has is absent.
     metrics: BTreeMap<&'static str, Cell>,
+    /// A sweep combination's row: each swept JSON pointer and its value (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `GET /api/compare`.
@@ -107,20 +110,28 @@ pub struct Comparison {
     rows: Vec<Row>,
 }
 
-fn row(compared: &Compared) -> Row {
-    let jobs = &compared.jobs;
+/// The rows of one id: a job's or a repeat group's one row, or a sweep group's one per combination.
+fn rows(compared: &Compared) -> Vec<Row> {
+    let Some(group) = &compared.group else { return vec![row(compared.group.clone(), &compared.jobs, None)] };
+    let combinations = combinations(&compared.jobs);
+    if combinations.iter().all(|(params, _)| params.is_empty()) {
+        return vec![row(Some(group.clone()), &compared.jobs, None)];
+    }
+    combinations.into_iter().map(|(params, jobs)| row(Some(group.clone()), &jobs, Some(params))).collect()
+}
+
+fn row(group: Option<String>, jobs: &[Job], params: Option<serde_json::Map<String, serde_json::Value>>) -> Row {
     let (summaries, succeeded) = summarize(jobs);
-    let group = compared.group.is_some();
+    let is_group = group.is_some();
     let metrics = summaries
         .into_iter()
-        .map(|(name, summary)| (name, Cell { mean: summary.mean, std: group.then_some(summary.std), n: summary.n }))
+        .map(|(name, summary)| (name, Cell { mean: summary.mean, std: is_group.then_some(summary.std), n: summary.n }))
         .collect();
-    let (id, kind, state) = match (&compared.group, jobs.as_slice()) {
+    let (id, kind, state) = match (group, jobs) {
         (None, [job]) => (job.id.to_string(), "job", job.state.to_string()),
         (group, _) => {
             let finished = jobs.iter().all(|job| job.state.is_terminal());
-            let id = group.clone().unwrap_or_default();
-            (id, "group", String::from(if finished { "finished" } else { "running" }))
+            (group.unwrap_or_default(), "group", String::from(if finished { "finished" } else { "running" }))
         }
     };
     Row {
@@ -131,10 +142,12 @@ fn row(compared: &Compared) -> Row {
         jobs: jobs.iter().map(|job| job.id.to_string()).collect(),
         succeeded,
         metrics,
+        params,
     }
 }
 
-/// `GET /api/compare?ids=a,b,c[&format=csv]`: one row per id. CSV has, per metric, a column with
+/// `GET /api/compare?ids=a,b,c[&format=csv]`: one row per id (a sweep group: per combination).
+/// CSV has one column per swept pointer (when a sweep is compared) and, per metric, a column with
 /// the value (a group's mean) and a `_std` column (a group's sample std; empty for a job).
 pub async fn table(
     State(state): State<AppState>,
@@ -143,19 +156,24 @@ pub async fn table(
 ) -> Result<Response, ApiError> {
     let format = csv::table_format(query.format.as_deref())?;
     let compared = resolve(&state, &user, query.ids.as_deref()).await?;
-    let rows: Vec<Row> = compared.iter().map(row).collect();
+    let rows: Vec<Row> = compared.iter().flat_map(rows).collect();
     if format == TableFormat::Json {
         return Ok(Json(Comparison { metrics: METRICS, rows }).into_response());
     }
-    let mut header = vec![String::from("id"), String::from("kind"), String::from("name"), String::from("state")];
-    header.extend([String::from("jobs"), String::from("succeeded")]);
+    // The swept pointers of every sweep compared, each a column after the name.
+    let pointers: std::collections::BTreeSet<String> = rows.iter().flat_map(|row| row.params.iter().flat_map(|params| params.keys().cloned())).collect();
+    let mut header = vec![String::from("id"), String::from("kind"), String::from("name")];
+    header.extend(pointers.iter().cloned());
+    header.extend([String::from("state"), String::from("jobs"), String::from("succeeded")]);
     for metric in METRICS {
         header.extend([metric.to_string(), format!("{metric}_std")]);
     }
     let mut body = csv::line(header);
     for row in &rows {
-        let mut fields = vec![row.id.clone(), row.kind.to_string(), row.name.clone(), row.state.clone()];
-        fields.extend([row.jobs.len().to_string(), row.succeeded.to_string()]);
+        let mut fields = vec![row.id.clone(), row.kind.to_string(), row.name.clone()];
+        let value = |pointer: &String| row.params.as_ref().and_then(|params| params.get(pointer)).map(param_text).unwrap_or_default();
+        fields.extend(pointers.iter().map(value));
+        fields.extend([row.state.clone(), row.jobs.len().to_string(), row.succeeded.to_string()]);
         for metric in METRICS {
             let cell = row.metrics.get(metric);
             fields.extend([csv::number(cell.map(|c| c.mean)), csv::number(cell.and_then(|c| c.std))]);
@@ -163,4 +181,13 @@ pub async fn table(
         body.push_str(&csv::line(fields));
     }
     Ok(csv::response("compare.csv", body))
+}
+
+/// A swept value in a CSV cell: a string as itself, anything else as JSON (`0.0001`, `true`,
+/// `{"name":"adam","lr":0.01}`).
+fn param_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }

@@ -1,4 +1,5 @@
-//! `/api/groups/{id}`: the sibling jobs of a `repeats: N` submission, every metric as mean ± std.
+//! `/api/groups/{id}`: the jobs of one submission that made several (`repeats: N`, a `sweep`),
+//! every metric as mean ± std, over the whole group and per sweep combination.
 
 use super::{ApiError, AppState};
 use crate::domain::{Job, JobState};
@@ -6,6 +7,7 @@ use crate::metrics::{mean_std, MeanStd};
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// A repeat group.
@@ -20,6 +22,43 @@ pub struct GroupView {
     finished: bool,
     /// Each final metric over the succeeded siblings: mean, sample std (ddof 1) and n.
     metrics: BTreeMap<&'static str, MeanStd>,
+    /// The swept JSON pointers, sorted (empty for a plain repeat group).
+    varying: Vec<String>,
+    /// One row per sweep combination (a plain repeat group has one, with empty `params`).
+    combinations: Vec<CombinationView>,
+}
+
+/// One combination of a sweep and its repeats.
+#[derive(Debug, Serialize)]
+pub struct CombinationView {
+    /// Each swept pointer and its value here.
+    params: Map<String, Value>,
+    /// Its jobs (one per repeat).
+    jobs: Vec<String>,
+    /// How many of them succeeded.
+    succeeded: usize,
+    /// Each final metric over those: mean, sample std and n.
+    metrics: BTreeMap<&'static str, MeanStd>,
+}
+
+/// A group's jobs by sweep combination (their `params`), in submission order; a job without
+/// params (a plain repeat) is in the combination `{}`.
+pub(super) fn combinations(jobs: &[Job]) -> Vec<(Map<String, Value>, Vec<Job>)> {
+    let mut combinations: Vec<(Map<String, Value>, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        let params = job.params.clone().unwrap_or_default();
+        match combinations.iter_mut().find(|(known, _)| *known == params) {
+            Some((_, members)) => members.push(job.clone()),
+            None => combinations.push((params, vec![job.clone()])),
+        }
+    }
+    combinations
+}
+
+/// The pointers a group's sweep varies, sorted.
+pub(super) fn varying(jobs: &[Job]) -> Vec<String> {
+    let pointers: std::collections::BTreeSet<&String> = jobs.iter().flat_map(|job| job.params.iter().flat_map(Map::keys)).collect();
+    pointers.into_iter().cloned().collect()
 }
 
 /// One sibling of a group.
@@ -84,11 +123,20 @@ pub async fn show(
         .iter()
         .map(|job| GroupMember { id: job.id.to_string(), state: job.state, seed: Some(job.spec.seed) })
         .collect();
+    let combinations = combinations(&jobs)
+        .into_iter()
+        .map(|(params, members)| {
+            let (metrics, succeeded) = summarize(&members);
+            CombinationView { params, jobs: members.iter().map(|job| job.id.to_string()).collect(), succeeded, metrics }
+        })
+        .collect();
     Ok(Json(GroupView {
         id,
         succeeded,
         finished: jobs.iter().all(|job| job.state.is_terminal()),
+        varying: varying(&jobs),
         jobs: members,
         metrics,
+        combinations,
     }))
 }

@@ -5,6 +5,7 @@ use super::{ApiError, AppState};
 use crate::domain::user::User;
 use crate::catalog;
 use crate::domain::spec::Weights;
+use crate::domain::sweep::{self, Variant};
 use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
 use crate::events::EventKind;
 use crate::store::{CancelOutcome, NewJob};
@@ -117,15 +118,39 @@ pub async fn me(Authed(user): Authed) -> Json<User> {
     Json(user)
 }
 
-/// The admin's caps and the admin-only fields, checked before anything is queued.
-async fn check_limits(state: &AppState, user: &User, spec: &JobSpec) -> Result<(), ApiError> {
+/// The admin's caps and the admin-only fields, checked for each spec of a submission before
+/// anything is queued; the per-user cap counts every job the submission would add.
+async fn check_limits(state: &AppState, user: &User, variants: &[Variant]) -> Result<(), ApiError> {
+    for variant in variants {
+        check_spec_limits(&state.limits, user, &variant.spec).map_err(|err| match err {
+            ApiError::InvalidSpec(err) => ApiError::InvalidSpec(variant.in_combination(err)),
+            other => other,
+        })?;
+    }
+    let limits = &state.limits;
+    let active = state.store.active_jobs_of(&user.name).await?;
+    let adding: i64 = variants.iter().map(|variant| i64::from(variant.spec.repeats)).sum();
+    if !user.admin && active + adding > i64::from(limits.max_active_jobs_per_user) {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "you have {active} jobs queued or running and this would add {adding}; the limit is {} per user: wait for some to finish or cancel some",
+                limits.max_active_jobs_per_user
+            ),
+            retry_after_secs: 0,
+        });
+    }
+    Ok(())
+}
+
+/// The caps one spec must keep: priority for admins only, epochs and image side under the box's
+/// limits.
+fn check_spec_limits(limits: &super::Limits, user: &User, spec: &JobSpec) -> Result<(), ApiError> {
     if spec.priority != 0 && !user.admin {
         return Err(ApiError::Forbidden {
             field: "priority",
             message: String::from("only admins may set a priority; remove the field (fair share orders students' jobs)"),
         });
     }
-    let limits = &state.limits;
     if spec.total_epochs() > limits.max_epochs {
         return Err(SpecError::new(
             "phases",
@@ -143,17 +168,6 @@ async fn check_limits(state: &AppState, user: &User, spec: &JobSpec) -> Result<(
     };
     if side > limits.max_image_side {
         return Err(SpecError::new(field, format!("{side} px is over this box's limit of {} px", limits.max_image_side)).into());
-    }
-    let active = state.store.active_jobs_of(&user.name).await?;
-    let adding = i64::from(spec.repeats);
-    if !user.admin && active + adding > i64::from(limits.max_active_jobs_per_user) {
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "you have {active} jobs queued or running and this would add {adding}; the limit is {} per user: wait for some to finish or cancel some",
-                limits.max_active_jobs_per_user
-            ),
-            retry_after_secs: 0,
-        });
     }
     Ok(())
 }
@@ -198,28 +212,92 @@ fn check_inputs_on_disk(paths: &super::Paths, spec: &JobSpec) -> Result<(), Spec
     ))
 }
 
-/// `POST /api/jobs`: validates the spec completely, then queues it: 201 with the job, or with
-/// `repeats: N`, 201 with `{"group_id": …, "jobs": [N jobs]}`.
+/// Where a submission comes from when it is not a fresh spec: a resubmit of `parent`, with the
+/// note each new job starts with.
+struct Lineage {
+    parent: JobId,
+    note: String,
+}
+
+/// `POST /api/jobs`: validates the spec completely, then queues it: 201 with the job, or when it
+/// makes several jobs (`repeats: N`, a `sweep`), 201 with `{"group_id": …, "jobs": [all of them]}`.
 pub async fn submit(
     State(state): State<AppState>,
     Authed(user): Authed,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let spec = JobSpec::parse(&body)?;
-    check_limits(&state, &user, &spec).await?;
-    check_inputs(&state, &spec).await?;
-    let group_id = (spec.repeats > 1).then(|| uuid::Uuid::new_v4().to_string());
+    enqueue(&state, &user, &body, None).await
+}
+
+/// `POST /api/jobs/{id}/resubmit`: the job's spec changed by a JSON merge patch (RFC 7396; an
+/// empty body or `{}` runs it again as it was), submitted exactly like `POST /api/jobs` (so the
+/// patch may add a `sweep` or `repeats`). Each new job links back with `parent_id` and notes what
+/// changed.
+pub async fn resubmit(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    const HOW: &str = r#"send a JSON merge patch (RFC 7396) of the changes, e.g. {"optimizer": {"lr": 1e-4}} ("null" removes a field), or {} to run the same spec again"#;
+    let parent = find_own(&state, &user, &id).await?;
+    let patch: serde_json::Value = if body.trim_ascii().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|err| SpecError::new("(body)", format!("not valid JSON: {err}; {HOW}")))?
+    };
+    if !patch.is_object() {
+        return Err(SpecError::new("(body)", format!("a patch is a JSON object, not {patch}; {HOW}")).into());
+    }
+    let mut spec = serde_json::to_value(&parent.spec).map_err(anyhow::Error::from)?;
+    crate::domain::sweep::merge_patch(&mut spec, &patch);
+    let note = format!("resubmitted from {} with {patch}", parent.id);
+    let body = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
+    enqueue(&state, &user, &body, Some(Lineage { parent: parent.id, note })).await
+}
+
+/// The one way into the queue: expands a sweep, validates every combination and the limits for
+/// all the jobs together, checks each distinct input on disk once, then inserts every job (all or
+/// none, one group when there are several) and announces them.
+async fn enqueue(
+    state: &AppState,
+    user: &User,
+    body: &[u8],
+    lineage: Option<Lineage>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let variants = sweep::expand(body)?;
+    check_limits(state, user, &variants).await?;
+    let mut checked = Vec::new();
+    for variant in &variants {
+        let spec = &variant.spec;
+        // What the disk check reads: a sweep of rates or sizes checks its dataset and weights once.
+        let inputs = (spec.dataset.clone(), spec.backbone, spec.weights, spec.output_units());
+        if !checked.contains(&inputs) {
+            check_inputs(state, spec).await.map_err(|err| match err {
+                ApiError::InvalidSpec(err) => ApiError::InvalidSpec(variant.in_combination(err)),
+                other => other,
+            })?;
+            checked.push(inputs);
+        }
+    }
+    let total: u32 = variants.iter().map(|variant| variant.spec.repeats).sum();
+    let group_id = (total > 1).then(|| uuid::Uuid::new_v4().to_string());
     let mut new = Vec::new();
-    for sibling in spec.repetitions() {
-        new.push(NewJob {
-            id: JobId::new(),
-            name: sibling.name.clone(),
-            spec: sibling.clone(),
-            group_id: group_id.clone(),
-            owner: Some(user.name.clone()),
-            priority: sibling.priority,
-            memory_bytes: crate::domain::memory::estimate_bytes(&sibling)
-        });
+    for variant in &variants {
+        for sibling in variant.spec.repetitions() {
+            new.push(NewJob {
+                id: JobId::new(),
+                name: sibling.name.clone(),
+                group_id: group_id.clone(),
+                parent_id: lineage.as_ref().map(|lineage| lineage.parent),
+                params: variant.params.clone(),
+                notes: lineage.iter().map(|lineage| lineage.note.clone()).collect(),
+                owner: Some(user.name.clone()),
+                priority: sibling.priority,
+                memory_bytes: crate::domain::memory::estimate_bytes(&sibling),
+                spec: sibling,
+            });
+        }
     }
     // Accepted jobs must never be lost, so none is accepted onto a full disk.
     state.disk.writable()?;
@@ -229,7 +307,7 @@ pub async fn submit(
     for job in jobs {
         tracing::info!(job_id = %job.id, name = %job.name, owner = %user.name, "job queued");
         state.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
-        views.push(view(&state, job).await?);
+        views.push(view(state, job).await?);
     }
     let body = match group_id {
         Some(group_id) => serde_json::json!({"group_id": group_id, "jobs": views}),
