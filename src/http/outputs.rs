@@ -170,17 +170,20 @@ pub async fn artifacts(
 
 /// `GET /api/jobs/{id}/artifacts/{*name}`: the file's bytes; `name` may name a file in a
 /// subfolder (`cam/tp-0.png`).
+/// A `Range: bytes=START-[END]` continues a broken download (`trainq pull`): 206 with that part.
 pub async fn artifact(
     State(state): State<AppState>,
     Authed(user): Authed,
+    headers: axum::http::HeaderMap,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    serve_artifact(&state, &user, &id, &name).await
+    let range = headers.get(header::RANGE).and_then(|value| value.to_str().ok());
+    serve_artifact(&state, &user, &id, &name, range).await
 }
 
 /// `GET /api/jobs/{id}/predictions.csv`: one row per test image (path, label, probability).
 pub async fn predictions(State(state): State<AppState>, Authed(user): Authed, Path(id): Path<String>) -> Result<Response, ApiError> {
-    serve_artifact(&state, &user, &id, "predictions.csv").await
+    serve_artifact(&state, &user, &id, "predictions.csv", None).await
 }
 
 /// The artifact `name` of a job, if it is a regular file reached through real folders only: each
@@ -206,12 +209,28 @@ async fn artifact_file(artifacts: &std::path::Path, name: &str) -> Option<(std::
     None
 }
 
-async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str) -> Result<Response, ApiError> {
+/// The bytes `START-END` (inclusive) that a single-range `Range` header asks of a file of `length`
+/// bytes: `Some(Ok)` to serve them, `Some(Err)` when the range is past the end (416), `None` when
+/// there is no usable range (serve the whole file, as RFC 9110 allows).
+fn byte_range(range: Option<&str>, length: u64) -> Option<Result<(u64, u64), ()>> {
+    let (start, end) = range?.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => length.saturating_sub(1),
+        end => end.parse::<u64>().ok()?.min(length.saturating_sub(1)),
+    };
+    if start >= length {
+        return Some(Err(()));
+    }
+    (start <= end).then_some(Ok((start, end)))
+}
+
+async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, range: Option<&str>) -> Result<Response, ApiError> {
     let job = find_own(state, user, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
     let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let (path, bytes) = artifact_file(&artifacts, name).await.ok_or_else(missing)?;
-    let file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
+    let mut file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
     let (content_type, disposition) = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => ("application/json", "inline"),
         Some("png") => ("image/png", "inline"),
@@ -220,10 +239,46 @@ async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str) -> 
         _ => ("application/octet-stream", "attachment"),
     };
     let file_name = name.rsplit('/').next().unwrap_or(name);
-    let headers = [
-        (header::CONTENT_TYPE, content_type.to_string()),
-        (header::CONTENT_LENGTH, bytes.to_string()),
-        (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{file_name}\"")),
-    ];
-    Ok((headers, Body::from_stream(tokio_util::io::ReaderStream::new(file))).into_response())
+    let (status, start, end) = match byte_range(range, bytes) {
+        None => (axum::http::StatusCode::OK, 0, bytes.saturating_sub(1)),
+        Some(Ok((start, end))) => (axum::http::StatusCode::PARTIAL_CONTENT, start, end),
+        Some(Err(())) => {
+            let headers = [(header::CONTENT_RANGE, format!("bytes */{bytes}"))];
+            return Ok((axum::http::StatusCode::RANGE_NOT_SATISFIABLE, headers).into_response());
+        }
+    };
+    let length = if bytes == 0 { 0 } else { end - start + 1 };
+    file.seek(std::io::SeekFrom::Start(start)).await.map_err(|_| missing())?;
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+            (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{file_name}\"")),
+            (header::ACCEPT_RANGES, String::from("bytes")),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file.take(length))),
+    )
+        .into_response();
+    if status == axum::http::StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{end}/{bytes}").parse().expect("a valid header value");
+        response.headers_mut().insert(header::CONTENT_RANGE, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn a_range_continues_a_download_and_a_bad_one_serves_the_whole_file() {
+        assert_eq!(byte_range(Some("bytes=100-"), 1000), Some(Ok((100, 999))));
+        assert_eq!(byte_range(Some("bytes=0-9"), 1000), Some(Ok((0, 9))));
+        assert_eq!(byte_range(Some("bytes=990-5000"), 1000), Some(Ok((990, 999))));
+        assert_eq!(byte_range(Some("bytes=1000-"), 1000), Some(Err(())));
+        for unusable in [None, Some("bytes=-500"), Some("items=1-2"), Some("bytes=9-3"), Some("bytes=1-2,5-6")] {
+            assert_eq!(byte_range(unusable, 1000), None, "{unusable:?}");
+        }
+    }
 }
