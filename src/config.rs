@@ -36,14 +36,126 @@ pub enum Command {
     /// Save the server's URL and your token (asked for, or read from stdin) for the commands
     /// below, in ~/.config/trainq/config.toml (mode 0600).
     Login(LoginArgs),
+    /// Queue an experiment: a spec file or an example's name (`q1`, `q3-512`, …), edited with
+    /// `--set` and swept with `--sweep`; prints the new job ids.
+    Submit(SubmitArgs),
     /// Your jobs, newest first (`--all`: everyone's).
     Ls(LsArgs),
     /// One job, as JSON.
     Show(JobArg),
-    /// Cancel jobs (queued at once; running ones stop after a checkpoint).
-    Cancel(JobsArg),
+    /// A job's log (`-f`: follow it until the job ends).
+    Logs(LogsArgs),
+    /// Live progress bars of jobs (without ids: your queued and running ones) until they end;
+    /// plain lines when not on a terminal. Exits like `wait`.
+    Watch(WatchArgs),
     /// Wait until jobs end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
     Wait(JobsArg),
+    /// Cancel jobs (queued at once; running ones stop after a checkpoint).
+    Cancel(JobsArg),
+    /// Test metrics of jobs or groups side by side (a group: one row per sweep combination,
+    /// mean ± std over its repeats).
+    Compare(CompareArgs),
+    /// Run a job again, with changes (`--set`), as its child.
+    Redo(RedoArgs),
+    /// Download jobs' results: checkpoints, plots (PNG and SVG), metrics.csv, predictions.csv,
+    /// the Grad-CAM gallery and the spec. Resumable; files already there are skipped.
+    Pull(PullArgs),
+    /// The homework report of jobs or groups: one self-contained HTML page on stdout
+    /// (`trainq report ID… > hw3.html`).
+    Report(JobsArg),
+    /// Shell completions: `trainq completions bash > /etc/bash_completion.d/trainq`.
+    Completions(CompletionsArgs),
+}
+
+/// The spec edits `submit` and `redo` share.
+#[derive(Debug, Clone, Args)]
+pub struct EditArgs {
+    /// Set a field before sending: `PATH=VALUE`, e.g. `optimizer.lr=1e-4`, `phases[1].epochs=5`,
+    /// `image_size=null`. VALUE is JSON when it reads as JSON, else a string. Repeatable.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+    /// Watch the new jobs until they end (exit code as `trainq wait`).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `trainq submit`.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// A spec file (JSON), or the name of one of the server's examples (`GET /api/examples`).
+    pub spec: String,
+    #[command(flatten)]
+    pub edits: EditArgs,
+    /// Run every value: `PATH=V1,V2,…` (with every value of the other sweeps): one group.
+    #[arg(long = "sweep", value_name = "PATH=V1,V2")]
+    pub sweeps: Vec<String>,
+    /// Run each combination this many times, with seeds seed, seed+1, … (mean ± std in `compare`).
+    #[arg(long)]
+    pub repeats: Option<u32>,
+    /// The jobs' name.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `trainq redo`.
+#[derive(Debug, Clone, Args)]
+pub struct RedoArgs {
+    /// The job's id, or a unique prefix.
+    pub id: String,
+    #[command(flatten)]
+    pub edits: EditArgs,
+}
+
+/// `trainq logs`.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The job's id, or a unique prefix.
+    pub id: String,
+    /// Keep printing new lines until the job ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+/// `trainq watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Job ids or unique prefixes; none: your queued and running jobs.
+    pub ids: Vec<String>,
+}
+
+/// `trainq compare`.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Job ids (or unique prefixes) and group ids.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// The table as CSV (a group's std in `<metric>_std` columns).
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
+    /// The comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `trainq pull`.
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// Job ids or unique prefixes.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Where to put them (each job in a folder named by its id).
+    #[arg(long, default_value = ".")]
+    pub to: PathBuf,
+}
+
+/// `trainq completions`.
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
 }
 
 /// `trainq login URL`.

@@ -51,10 +51,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Login(args) => trainq::client::login(&args.url, args.token_stdin).await,
         Command::Ls(args) => trainq::client::ls(args.all, args.state.as_deref(), args.json).await,
         Command::Show(args) => trainq::client::show(&args.id).await,
+        Command::Logs(args) => trainq::client::logs(&args.id, args.follow).await,
         Command::Cancel(args) => trainq::client::cancel(&args.ids).await,
-        Command::Wait(args) => {
-            let code = trainq::client::wait(&args.ids, std::time::Duration::from_secs(1)).await?;
-            std::process::exit(code);
+        Command::Compare(args) => trainq::client::compare(&args.ids, args.csv, args.json).await,
+        Command::Pull(args) => trainq::client::pull(&args.ids, &args.to).await,
+        Command::Report(args) => trainq::client::report(&args.ids).await,
+        Command::Completions(args) => {
+            let mut command = <trainq::config::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "trainq", &mut std::io::stdout());
+            Ok(())
         }
+        // These exit with a code that says how the jobs ended.
+        Command::Wait(args) => exit(trainq::client::wait(&args.ids, std::time::Duration::from_secs(1)).await?),
+        Command::Watch(args) => exit(trainq::client::watch(&args.ids).await?),
+        Command::Submit(args) => {
+            let options = submit_options(args.edits, args.sweeps, args.repeats, args.name);
+            exit(trainq::client::submit(&args.spec, &options).await?)
+        }
+        Command::Redo(args) => exit(trainq::client::redo(&args.id, &submit_options(args.edits, Vec::new(), None, None)).await?),
     }
+}
+
+fn submit_options(edits: trainq::config::EditArgs, sweeps: Vec<String>, repeats: Option<u32>, name: Option<String>) -> trainq::client::SubmitOptions {
+    trainq::client::SubmitOptions { sets: edits.sets, sweeps, repeats, name, follow: edits.follow, json: edits.json }
+}
+
+/// Ends the process with `code` (0 = all went well), as `wait` and `watch` promise.
+fn exit(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }

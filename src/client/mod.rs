@@ -1,8 +1,17 @@
-//! The students' terminal: `trainq login`, `ls`, `show`, `cancel`, `wait`. A client of the REST
-//! API like curl, with the token kept in `~/.config/trainq/config.toml` (mode 0600) instead of
-//! typed into every command. `TRAINQ_URL` and `TRAINQ_TOKEN` override the file.
+//! The students' terminal: `trainq login`, `submit`, `ls`, `watch`, `pull`, `report`, … A client
+//! of the REST API like curl, with the token kept in `~/.config/trainq/config.toml` (mode 0600)
+//! instead of typed into every command. `TRAINQ_URL` and `TRAINQ_TOKEN` override the file.
+//! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
+//! `--set` is refused before any request.
 
+mod pull;
+mod submit;
 mod table;
+mod watch;
+
+pub use pull::pull;
+pub use submit::{redo, submit, SubmitOptions};
+pub use watch::watch;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
@@ -79,6 +88,10 @@ fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
 pub struct Api {
     profile: Profile,
     http: reqwest::Client,
+    /// For answers that stream for as long as a job runs (events, a followed log, downloads):
+    /// no limit on the whole answer, only on silence (the event stream sends a keep-alive
+    /// every 15 s).
+    streaming: reqwest::Client,
 }
 
 impl Api {
@@ -88,21 +101,37 @@ impl Api {
             bail!("{NO_TOKEN}");
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        Ok(Api { profile, http })
+        let streaming = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).read_timeout(Duration::from_secs(60)).build()?;
+        Ok(Api { profile, http, streaming })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends `request` with the token; any answer but a success becomes the server's worded error.
+    async fn respond(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let request = request.bearer_auth(self.profile.token.as_deref().unwrap_or_default());
         let response = request.send().await.with_context(|| format!("reaching {}", self.profile.url))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(api_error(status, &body).context(NO_TOKEN));
         }
-        if !status.is_success() {
-            return Err(api_error(status, &body));
+        Err(api_error(status, &body))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        Ok(self.respond(request).await?.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET path` as a response to read as it arrives (a followed log, a download, events),
+    /// with `headers` such as `Range` or `Last-Event-ID`.
+    pub async fn open(&self, path: &str, headers: &[(&str, String)]) -> anyhow::Result<reqwest::Response> {
+        let mut request = self.streaming.get(format!("{}{path}", self.profile.url));
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
-        Ok(body)
+        self.respond(request).await
     }
 
     /// `GET path` (with its query) as JSON.
@@ -133,8 +162,8 @@ impl Api {
         }
     }
 
-    /// The full id of the job `given` names: a whole id, or a prefix of exactly one job's id
-    /// (the caller's jobs are searched first, like git's short hashes).
+    /// The full id of the job `given` names: a whole id (a group's too), or a prefix of exactly
+    /// one job's id (the caller's jobs are searched first, like git's short hashes).
     pub async fn resolve(&self, given: &str) -> anyhow::Result<String> {
         if given.parse::<uuid::Uuid>().is_ok() {
             return Ok(given.to_string());
@@ -215,6 +244,61 @@ pub async fn cancel(ids: &[String]) -> anyhow::Result<()> {
         let job = api.post(&format!("/api/jobs/{id}/cancel"), &Value::Null).await?;
         println!("{id} {}", job["state"].as_str().unwrap_or("?"));
     }
+    Ok(())
+}
+
+/// `trainq logs [-f] ID`: the job's log; `-f` follows it until the job ends.
+pub async fn logs(id: &str, follow: bool) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let api = Api::new(Profile::load()?)?;
+    let id = api.resolve(id).await?;
+    let query = if follow { "?follow=true" } else { "" };
+    let mut body = api.open(&format!("/api/jobs/{id}/log{query}"), &[]).await?.bytes_stream();
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = body.next().await {
+        stdout.write_all(&chunk?)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// Job ids (or prefixes) and group ids, as the server's `ids=` wants them.
+async fn id_list(api: &Api, given: &[String]) -> anyhow::Result<String> {
+    let mut ids = Vec::with_capacity(given.len());
+    for given in given {
+        ids.push(api.resolve(given).await?);
+    }
+    Ok(ids.join(","))
+}
+
+/// `trainq compare ID… [--csv|--json]`: test metrics side by side; a group is one row per
+/// combination, mean ± std over its repeats.
+pub async fn compare(ids: &[String], csv: bool, json: bool) -> anyhow::Result<()> {
+    let api = Api::new(Profile::load()?)?;
+    let ids = id_list(&api, ids).await?;
+    if csv {
+        let text = api.open(&format!("/api/compare?ids={ids}&format=csv"), &[]).await?.text().await?;
+        print!("{text}");
+        return Ok(());
+    }
+    let comparison = api.get(&format!("/api/compare?ids={ids}")).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", table::compare(comparison["rows"].as_array().map(Vec::as_slice).unwrap_or_default()));
+    }
+    Ok(())
+}
+
+/// `trainq report ID…|GROUP > hw3.html`: the self-contained HTML report of these experiments.
+pub async fn report(ids: &[String]) -> anyhow::Result<()> {
+    let api = Api::new(Profile::load()?)?;
+    let ids = id_list(&api, ids).await?;
+    let html = api.open(&format!("/api/report?ids={ids}"), &[]).await?.bytes().await?;
+    if std::io::stdout().is_terminal() {
+        eprintln!("(the report is HTML: `trainq report … > hw3.html`, then open it in a browser or print it to PDF)");
+    }
+    std::io::stdout().write_all(&html)?;
     Ok(())
 }
 

@@ -54,6 +54,52 @@ pub fn jobs(rows: &[Value]) -> String {
     render(&["ID", "NAME", "OWNER", "STATE", "DEVICE", "TEST ACC", "STATUS"], &cells)
 }
 
+/// The metrics `trainq compare` shows, with their column titles.
+const COMPARED: [(&str, &str); 7] =
+    [("test_acc", "TEST ACC"), ("test_loss", "TEST LOSS"), ("precision", "PREC"), ("recall", "RECALL"), ("specificity", "SPEC"), ("f1", "F1"), ("auc", "AUC")];
+
+/// A metric cell: a job's value, or a group's `mean ± std`.
+fn cell(cell: &Value) -> String {
+    match (cell["mean"].as_f64(), cell["std"].as_f64()) {
+        (Some(mean), Some(std)) => format!("{mean:.3} ± {std:.3}"),
+        (Some(mean), None) => format!("{mean:.3}"),
+        _ => String::from("-"),
+    }
+}
+
+/// `trainq compare`'s table of `GET /api/compare` rows; a sweep's varying parameters (each row's
+/// `params`) become columns of their own.
+pub fn compare(rows: &[Value]) -> String {
+    let mut params: Vec<String> = Vec::new();
+    for row in rows {
+        for key in row["params"].as_object().into_iter().flat_map(|params| params.keys()) {
+            if !params.contains(key) {
+                params.push(key.clone());
+            }
+        }
+    }
+    let mut header: Vec<&str> = vec!["ID", "NAME"];
+    header.extend(params.iter().map(String::as_str));
+    header.extend(["STATE", "RUNS"]);
+    header.extend(COMPARED.iter().map(|(_, title)| *title));
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let mut cells = vec![row["id"].as_str().unwrap_or("?").chars().take(8).collect(), row["name"].as_str().unwrap_or_default().to_string()];
+            cells.extend(params.iter().map(|key| match &row["params"][key] {
+                Value::Null => String::new(),
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            }));
+            let runs = row["jobs"].as_array().map_or(0, Vec::len);
+            cells.extend([row["state"].as_str().unwrap_or_default().to_string(), format!("{}/{runs}", row["succeeded"])]);
+            cells.extend(COMPARED.iter().map(|(metric, _)| cell(&row["metrics"][*metric])));
+            cells
+        })
+        .collect();
+    render(&header, &cells)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +120,18 @@ mod tests {
         assert!(table.contains("01234567  q1    alice  queued"), "{table}");
         assert!(table.contains("#3 waiting behind 2 jobs"), "{table}");
         assert!(table.contains("0.875"), "{table}");
+    }
+
+    #[test]
+    fn a_sweep_row_shows_its_parameters_and_mean_plus_minus_std() {
+        let rows = [
+            serde_json::json!({"id": "aaaaaaaa-1", "name": "lr", "params": {"/optimizer/lr": 0.001}, "state": "finished", "jobs": ["x", "y"], "succeeded": 2,
+                               "metrics": {"test_acc": {"mean": 0.9, "std": 0.01, "n": 2}}}),
+            serde_json::json!({"id": "bbbbbbbb-2", "name": "one", "state": "succeeded", "jobs": ["z"], "succeeded": 1, "metrics": {"test_acc": {"mean": 0.85, "std": null, "n": 1}}}),
+        ];
+        let table = compare(&rows);
+        assert!(table.starts_with("ID        NAME  /optimizer/lr  STATE"), "{table}");
+        assert!(table.contains("0.001") && table.contains("2/2") && table.contains("0.900 ± 0.010"), "{table}");
+        assert!(table.contains("0.850  "), "{table}");
     }
 }

@@ -240,17 +240,24 @@ impl Job {
         if self.state == JobState::Succeeded {
             return Some(1.0);
         }
-        let progress = self.progress.as_ref()?;
         let planned: Vec<u32> = self.spec.phases.iter().map(|phase| phase.epochs).collect();
+        self.progress.as_ref()?.fraction(&planned)
+    }
+}
+
+impl JobProgress {
+    /// How much of a job with `planned` epochs per phase this progress has done, from 0 to 1
+    /// (see [`Job::fraction_done`]; the terminal client's `watch` draws its bars with it).
+    pub fn fraction(&self, planned: &[u32]) -> Option<f64> {
         // A phase the spec does not know (an older spec) counts the epochs the worker reports.
-        let epochs_of = |phase: usize| planned.get(phase).copied().filter(|&epochs| epochs > 0).unwrap_or(progress.epochs);
-        let total: u32 = (0..planned.len().max(progress.phases as usize)).map(epochs_of).sum();
+        let epochs_of = |phase: usize| planned.get(phase).copied().filter(|&epochs| epochs > 0).unwrap_or(self.epochs);
+        let total: u32 = (0..planned.len().max(self.phases as usize)).map(epochs_of).sum();
         if total == 0 {
             return None;
         }
-        let earlier: u32 = (0..(progress.phase.max(1) - 1) as usize).map(epochs_of).sum();
-        let step = if progress.steps > 0 { f64::from(progress.step) / f64::from(progress.steps) } else { 0.0 };
-        let done = f64::from(earlier) + f64::from(progress.epoch.max(1) - 1) + step;
+        let earlier: u32 = (0..(self.phase.max(1) - 1) as usize).map(epochs_of).sum();
+        let step = if self.steps > 0 { f64::from(self.step) / f64::from(self.steps) } else { 0.0 };
+        let done = f64::from(earlier) + f64::from(self.epoch.max(1) - 1) + step;
         Some((done / f64::from(total)).clamp(0.0, 1.0))
     }
 }
