@@ -98,7 +98,8 @@ impl Watched {
                     if let Some(rate) = progress.images_per_sec {
                         words.push_str(&format!(" · {rate:.1} img/s"));
                     }
-                    if !progress.activity.is_empty() {
+                    // "training" is what the numbers already say.
+                    if !progress.activity.is_empty() && progress.activity != "training" {
                         words.push_str(&format!(" · {}", progress.activity));
                     }
                     words
