@@ -728,6 +728,7 @@ function renderDetailJob() {
     ...fact('ETA', etaText(job)),
     ...(job.parent_id ? fact('Parent', el('span', { class: 'parent' }, jobLink(job.parent_id, shortId(job.parent_id)))) : []),
     ...(job.params ? fact('Sweep values', paramsText(job.params)) : []),
+    ...(job.notes?.length ? fact('Notes', ...job.notes.map((note) => el('div', { class: 'note' }, note))) : []),
     ...(job.group_id ? fact('Group', el('span', { class: 'mono' }, job.group_id)) : []),
     ...fact('Attempts', String(job.attempts ?? '—')),
     ...fact('Submitted', when(job.submitted_at)),

@@ -569,6 +569,8 @@ async fn clone_and_edit_resubmits_the_changes_and_the_child_links_to_its_parent(
         )
         .await;
     assert!(link["href"].as_str().unwrap().ends_with(&parent), "{link}");
+    let notes = browser.eval("return [...document.querySelectorAll('#detail-summary .note')].map((n) => n.textContent)", json!([])).await;
+    assert_eq!(notes, json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]));
     let child = link["hash"].as_str().unwrap().trim_start_matches("#job=").to_string();
     let (_, child) = app.get(&format!("/api/jobs/{child}")).await;
     assert_eq!(child["parent_id"], parent.as_str());
