@@ -726,7 +726,10 @@ function renderDetailJob() {
     ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
     ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
     ...fact('ETA', etaText(job)),
-    ...(job.group_id ? fact('Repeat group', el('span', { class: 'mono' }, job.group_id)) : []),
+    ...(job.parent_id ? fact('Parent', el('span', { class: 'parent' }, jobLink(job.parent_id, shortId(job.parent_id)))) : []),
+    ...(job.params ? fact('Sweep values', paramsText(job.params)) : []),
+    ...(job.notes?.length ? fact('Notes', ...job.notes.map((note) => el('div', { class: 'note' }, note))) : []),
+    ...(job.group_id ? fact('Group', el('span', { class: 'mono' }, job.group_id)) : []),
     ...fact('Attempts', String(job.attempts ?? '—')),
     ...fact('Submitted', when(job.submitted_at)),
     ...fact('Started', when(job.started_at)),
@@ -877,6 +880,7 @@ async function loadOutputs() {
   const key = `${job.id}:${job.state}:${detail.epochs.length}`;
   if (detail.outputsKey === key) return;
   detail.outputsKey = key;
+  const group = renderGroup(job);
   const base = `/api/jobs/${enc(job.id)}`;
   const [metrics, artifacts] = await Promise.all([api(`${base}/metrics`), api(`${base}/artifacts`)]);
   if (job.id !== detail.id) return;
@@ -886,6 +890,38 @@ async function loadOutputs() {
   if (artifacts.ok) renderArtifacts(artifacts.body);
   renderReportPlots(job, final);
   await renderCams(job.id);
+  await group;
+}
+
+// A sweep's values as a student reads them: `/image_size = 256, /optimizer/lr = 0.0001`.
+function paramsText(params) {
+  return Object.entries(params).map(([pointer, value]) => `${pointer} = ${JSON.stringify(value)}`).join(', ');
+}
+
+// The metrics any row of a table has, in the order a report lists them.
+function presentMetrics(rows) {
+  return Object.keys(METRIC_NAMES).filter((name) => rows.some((row) => row.metrics[name]));
+}
+
+// The job's group, one row per sweep combination (a repeat group: one row), mean ± std over its
+// runs, the swept values as columns; the open job's combination is marked.
+async function renderGroup(job) {
+  const box = $('group-box');
+  box.hidden = !job.group_id;
+  if (!job.group_id) return;
+  const answer = await api(`/api/groups/${enc(job.group_id)}`);
+  if (job.id !== detail.id || !answer.ok) return;
+  const group = answer.body;
+  const metrics = presentMetrics(group.combinations);
+  $('group-summary').textContent = `(${group.succeeded}/${group.jobs.length} runs succeeded${group.finished ? '' : ', running'})`;
+  $('group-table').tHead.replaceChildren(el('tr', {},
+    ...group.varying.map((pointer) => el('th', {}, pointer)), el('th', { class: 'num' }, 'Runs'),
+    ...metrics.map((name) => el('th', { class: 'num' }, METRIC_NAMES[name]))));
+  $('group-table').tBodies[0].replaceChildren(...group.combinations.map((row) => el('tr',
+    { class: row.jobs.includes(job.id) ? 'selected' : null },
+    ...group.varying.map((pointer) => el('td', { class: 'mono' }, JSON.stringify(row.params[pointer]))),
+    el('td', { class: 'num' }, `${row.succeeded}/${row.jobs.length}`),
+    ...metrics.map((name) => el('td', { class: 'num' }, cellText(name, row.metrics[name]))))));
 }
 
 async function refreshDetailJob() {
@@ -911,7 +947,7 @@ function clearDetail() {
   }
   $('metrics-table').tBodies[0].replaceChildren();
   showResult($('cancel-result'), '', []);
-  for (const id of ['detail-error-box', 'cancel-button', 'detail-message']) $(id).hidden = true;
+  for (const id of ['detail-error-box', 'cancel-button', 'detail-message', 'group-box']) $(id).hidden = true;
   drawCharts();
 }
 
@@ -1072,11 +1108,14 @@ async function showCompare() {
     return;
   }
   const { metrics, rows } = answer.body;
+  // A sweep group is one row per combination: its swept values are columns.
+  const pointers = [...new Set(rows.flatMap((row) => Object.keys(row.params ?? {})))].sort();
   $('compare-table').tHead.replaceChildren(el('tr', {},
-    el('th', {}, 'Name'), el('th', {}, 'ID'), el('th', {}, 'State'), el('th', { class: 'num' }, 'Runs'),
+    el('th', {}, 'Name'), ...pointers.map((pointer) => el('th', {}, pointer)), el('th', {}, 'ID'), el('th', {}, 'State'), el('th', { class: 'num' }, 'Runs'),
     ...metrics.map((name) => el('th', { class: 'num' }, METRIC_NAMES[name] ?? name))));
   $('compare-table').tBodies[0].replaceChildren(...rows.map((row) => el('tr', { dataset: { compareId: row.id } },
     el('td', {}, row.kind === 'job' ? jobLink(row.id, row.name) : `${row.name} (group)`),
+    ...pointers.map((pointer) => el('td', { class: 'mono' }, row.params && pointer in row.params ? JSON.stringify(row.params[pointer]) : '—')),
     el('td', { class: 'mono', title: row.id }, shortId(row.id)),
     el('td', {}, row.kind === 'job' ? badge(row.state) : row.state),
     el('td', { class: 'num' }, `${row.succeeded}/${row.jobs.length}`),
@@ -1198,6 +1237,55 @@ function drawChart(canvas, title, series, boundaries, tickText) {
 
 // ---------- submit ----------
 
+// The job the spec editor was cloned from ({ id, name, spec }), or null for a fresh spec.
+const submitForm = { parent: null };
+
+// RFC 7396: the merge patch that turns `from` into `to`. A removed key becomes null, objects are
+// compared key by key, anything else (lists too) is replaced whole; unchanged keys are left out.
+function mergePatch(from, to) {
+  const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+  if (!isObject(from) || !isObject(to)) return to;
+  const patch = {};
+  for (const key of Object.keys(from)) if (!Object.hasOwn(to, key)) patch[key] = null;
+  for (const [key, value] of Object.entries(to)) {
+    if (!Object.hasOwn(from, key)) patch[key] = value;
+    else if (isObject(from[key]) && isObject(value)) {
+      const inner = mergePatch(from[key], value);
+      if (Object.keys(inner).length) patch[key] = inner;
+    } else if (JSON.stringify(from[key]) !== JSON.stringify(value)) patch[key] = value;
+  }
+  return patch;
+}
+
+// "Clone & edit": the open job's spec in the editor, submitted as a resubmit of that job.
+function cloneJob() {
+  const job = detail.job;
+  if (!job) return;
+  submitForm.parent = { id: job.id, name: job.name, spec: job.spec };
+  $('submit-spec').value = JSON.stringify(job.spec, null, 2);
+  renderClone();
+  $('submit').scrollIntoView({ behavior: 'smooth', block: 'start' });
+}
+
+function renderClone() {
+  const parent = submitForm.parent;
+  $('submit-clone').hidden = !parent;
+  $('submit-button').textContent = parent ? 'Submit clone' : 'Submit job';
+  if (!parent) return;
+  const fresh = () => { submitForm.parent = null; renderClone(); };
+  showResult($('submit-clone'), 'notice', ['Cloning ', jobLink(parent.id, parent.name),
+    ': only your changes are sent, and the new job links back to it.',
+    el('button', { type: 'button', class: 'secondary', onclick: fresh }, 'Submit as a new job instead')]);
+}
+
+// Where the editor's text goes: POST /api/jobs, or for a clone the changes as a merge patch.
+function submitRequest(text) {
+  const parent = submitForm.parent;
+  if (!parent) return { path: '/api/jobs', body: text };
+  const edited = JSON.parse(text);
+  return { path: `/api/jobs/${enc(parent.id)}/resubmit`, body: JSON.stringify(mergePatch(parent.spec, edited)) };
+}
+
 async function submitSpec() {
   const out = $('submit-result');
   const button = $('submit-button');
@@ -1205,13 +1293,20 @@ async function submitSpec() {
     showResult(out, 'error', 'Sign in first: jobs are submitted with your token.');
     return;
   }
+  let request;
+  try {
+    request = submitRequest($('submit-spec').value);
+  } catch (err) {
+    showResult(out, 'error', `The spec is not valid JSON: ${err.message}`);
+    return;
+  }
   button.disabled = true;
   showResult(out, '', 'Submitting…');
   try {
-    const answer = await api('/api/jobs', {
+    const answer = await api(request.path, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: $('submit-spec').value,
+      body: request.body,
     });
     if (answer.status === 201 && answer.body?.id) {
       showResult(out, 'ok', ['Queued job ', jobLink(answer.body.id, answer.body.id)]);
@@ -1326,7 +1421,12 @@ function start() {
   const spec = $('submit-spec');
   const example = JSON.stringify(EXAMPLE_SPEC, null, 2);
   spec.value = example;
-  $('submit-reset').addEventListener('click', () => { spec.value = example; });
+  $('submit-reset').addEventListener('click', () => {
+    spec.value = example;
+    submitForm.parent = null;
+    renderClone();
+  });
+  $('clone-button').addEventListener('click', cloneJob);
   $('submit-button').addEventListener('click', submitSpec);
   $('signin-form').addEventListener('submit', signIn);
   $('signout-button').addEventListener('click', signOut);

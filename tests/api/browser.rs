@@ -502,3 +502,80 @@ async fn the_dashboard_opens_on_10000_jobs_with_a_page_of_each_list() {
     browser.wait_for("alice's next page", "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 100", json!([])).await;
     browser.quit().await;
 }
+
+#[tokio::test]
+async fn clone_and_edit_resubmits_the_changes_and_the_child_links_to_its_parent() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let scripts = tempfile::tempdir().unwrap();
+    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
+    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
+    write_dataset(&app.root, 2, 1, 1);
+    // A sweep of two rates: the job page shows its group as one row per combination.
+    let mut sweep = spec("repeat", [1, 1]);
+    sweep["sweep"] = json!({"/optimizer/lr": [0.001, 0.0001]});
+    let (status, body) = app.post("/api/jobs", &sweep).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let parent = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    for job in body["jobs"].as_array().unwrap() {
+        app.wait_for_state(job["id"].as_str().unwrap(), "succeeded", PAGE_WAIT).await;
+    }
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&app.url("/")).await;
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
+    // A new document (the query), so the page starts signed in with that token.
+    browser.goto(&app.url(&format!("/?signed-in#job={parent}"))).await;
+    browser.eval("window.__trainqErrors = []; addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));", json!([])).await;
+    let group = browser
+        .wait_for(
+            "the group's combinations",
+            "const rows = [...document.querySelectorAll('#group-table tbody tr')];
+             const head = [...document.querySelectorAll('#group-table thead th')].map((th) => th.textContent);
+             return rows.length === 2 && { head, values: rows.map((r) => r.cells[0].textContent), selected: rows.map((r) => r.classList.contains('selected')) };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(group["head"][0], "/optimizer/lr", "{group}");
+    assert_eq!((&group["values"], &group["selected"]), (&json!(["0.001", "0.0001"]), &json!([true, false])), "{group}");
+    let values = browser.eval("return document.getElementById('detail-summary').textContent", json!([])).await;
+    assert!(values.as_str().unwrap().contains("/optimizer/lr = 0.001"), "{values}");
+
+    // Clone & edit: the spec in the editor, one value changed, submitted as a resubmit.
+    browser.click("#clone-button").await;
+    let cloned = browser.eval("return JSON.parse(document.getElementById('submit-spec').value)", json!([])).await;
+    let (_, original) = app.get(&format!("/api/jobs/{parent}")).await;
+    // The same spec (JavaScript writes 0.0 as 0, so compared as specs, not as JSON text).
+    let as_spec = |value: &Value| trainq::domain::JobSpec::parse(value.to_string().as_bytes()).unwrap();
+    assert_eq!(as_spec(&cloned), as_spec(&original["spec"]));
+    assert_eq!(browser.eval(VISIBLE, json!(["#submit-clone"])).await, true);
+    browser
+        .eval(
+            "const editor = document.getElementById('submit-spec');
+             const spec = JSON.parse(editor.value);
+             spec.optimizer.lr = 0.01;
+             editor.value = JSON.stringify(spec, null, 2);",
+            json!([]),
+        )
+        .await;
+    browser.click("#submit-button").await;
+    browser.wait_for("the queued clone", "return document.querySelector('#submit-result.ok a') !== null", json!([])).await;
+    browser.click("#submit-result a").await;
+    let link = browser
+        .wait_for(
+            "the clone's page with its parent",
+            "const a = document.querySelector('#detail-summary .parent a');
+             return a && location.hash !== '#job=' + arguments[0] && { href: a.getAttribute('href'), hash: location.hash };",
+            json!([parent]),
+        )
+        .await;
+    assert!(link["href"].as_str().unwrap().ends_with(&parent), "{link}");
+    let notes = browser.eval("return [...document.querySelectorAll('#detail-summary .note')].map((n) => n.textContent)", json!([])).await;
+    assert_eq!(notes, json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]));
+    let child = link["hash"].as_str().unwrap().trim_start_matches("#job=").to_string();
+    let (_, child) = app.get(&format!("/api/jobs/{child}")).await;
+    assert_eq!(child["parent_id"], parent.as_str());
+    assert_eq!(child["notes"], json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]), "only the change was sent");
+    assert_eq!(child["spec"]["optimizer"]["lr"], 0.01);
+    assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
+    browser.quit().await;
+}

@@ -20,6 +20,7 @@ mod sharing;
 #[path = "../common/small_disk.rs"]
 mod small_disk;
 mod slurm;
+mod sweeps;
 mod training;
 mod validation;
 mod variable;
