@@ -354,7 +354,8 @@ pub struct ServeConfig {
     /// and the job fails with "out of memory" (or is retried with half the batch). Default: no limit.
     #[arg(long, env = "TRAINQ_WORKER_MAX_MEMORY_GB")]
     pub worker_max_memory_gb: Option<f64>,
-    /// The dashboard's files. Default: the `static/` folder of the source tree.
+    /// Serve the dashboard's files from this folder (for editing them without a rebuild).
+    /// Default: the files compiled into the binary.
     #[arg(long, env = "TRAINQ_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
     /// Generate the demo dataset `chest_xray_demo` in the datasets folder if it is missing.

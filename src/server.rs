@@ -32,7 +32,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let data_dir = absolute_dir(&config.data_dir)?;
     let datasets = absolute_dir(&config.datasets.clone().unwrap_or_else(|| data_dir.join("datasets")))?;
     let weights = absolute_dir(&config.weights.clone().unwrap_or_else(|| data_dir.join("weights")))?;
-    let static_dir = config.static_dir.clone().unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static")));
+    let static_dir = config.static_dir.clone();
     let worker_program = match config.worker.clone() {
         Some(path) => path,
         None => default_worker()?,

@@ -1,5 +1,6 @@
 //! The only place that knows axum: the router, shared state, and one file per resource.
 
+mod assets;
 mod auth;
 mod catalog;
 mod compare;
@@ -48,8 +49,8 @@ pub struct Paths {
     pub datasets: PathBuf,
     /// Weights folder.
     pub weights: PathBuf,
-    /// The dashboard's files.
-    pub static_dir: PathBuf,
+    /// A folder to serve the dashboard's files from instead of the ones compiled in.
+    pub static_dir: Option<PathBuf>,
     /// The worker executable (`/readyz` checks that it is there).
     pub worker_program: PathBuf,
 }
@@ -138,7 +139,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::prometheus))
-        .fallback_service(ServeDir::new(&state.paths.static_dir))
+        .fallback_service(match &state.paths.static_dir {
+            Some(folder) => axum::routing::any_service(ServeDir::new(folder)),
+            None => axum::routing::any(assets::serve),
+        })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(TraceLayer::new_for_http())
