@@ -177,13 +177,17 @@ pub async fn artifact(
     headers: axum::http::HeaderMap,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let range = headers.get(header::RANGE).and_then(|value| value.to_str().ok());
-    serve_artifact(&state, &user, &id, &name, range).await
+    serve_artifact(&state, &user, &id, &name, &headers).await
 }
 
 /// `GET /api/jobs/{id}/predictions.csv`: one row per test image (path, label, probability).
-pub async fn predictions(State(state): State<AppState>, Authed(user): Authed, Path(id): Path<String>) -> Result<Response, ApiError> {
-    serve_artifact(&state, &user, &id, "predictions.csv", None).await
+pub async fn predictions(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    serve_artifact(&state, &user, &id, "predictions.csv", &headers).await
 }
 
 /// The artifact `name` of a job, if it is a regular file reached through real folders only: each
@@ -225,12 +229,40 @@ fn byte_range(range: Option<&str>, length: u64) -> Option<Result<(u64, u64), ()>
     (start <= end).then_some(Ok((start, end)))
 }
 
-async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, range: Option<&str>) -> Result<Response, ApiError> {
+/// Whether a conditional header (`If-None-Match`, `If-Range`) names this version of the file.
+/// `If-Range` may also name it by its `Last-Modified` date (`modified`).
+fn names_version(value: Option<&axum::http::HeaderValue>, etag: &str, modified: Option<&str>) -> bool {
+    value
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag) || Some(value.trim()) == modified)
+}
+
+/// An artifact with the validators HTTP tools expect: `ETag` and `Last-Modified` (so a browser
+/// revalidates with a 304 and `curl -C -` resumes only the same file: `If-Range`), `Range`, and
+/// `Cache-Control: immutable` once the job has ended (its files no longer change).
+async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
     let job = find_own(state, user, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
     let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
-    let (path, bytes) = artifact_file(&artifacts, name).await.ok_or_else(missing)?;
+    let (path, _) = artifact_file(&artifacts, name).await.ok_or_else(missing)?;
     let mut file = tokio::fs::File::open(&path).await.map_err(|_| missing())?;
+    // The open file's size and time, so the validators describe exactly the bytes sent.
+    let metadata = file.metadata().await.map_err(|_| missing())?;
+    let bytes = metadata.len();
+    let modified_at = metadata.modified().unwrap_or(std::time::UNIX_EPOCH);
+    let nanos = modified_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let etag = format!("\"{bytes:x}-{nanos:x}\"");
+    let modified = httpdate::fmt_http_date(modified_at);
+    let cache = if job.state.is_terminal() { "private, max-age=31536000, immutable" } else { "private, no-cache" };
+    if names_version(headers.get(header::IF_NONE_MATCH), &etag, None) {
+        let validators = [(header::ETAG, etag), (header::LAST_MODIFIED, modified), (header::CACHE_CONTROL, cache.to_string())];
+        return Ok((axum::http::StatusCode::NOT_MODIFIED, validators).into_response());
+    }
+    // A range of another version of the file would splice two files: send the whole new one.
+    let range = match headers.get(header::IF_RANGE) {
+        Some(value) if !names_version(Some(value), &etag, Some(&modified)) => None,
+        _ => headers.get(header::RANGE).and_then(|value| value.to_str().ok()),
+    };
     let (content_type, disposition) = match path.extension().and_then(|e| e.to_str()) {
         Some("json") => ("application/json", "inline"),
         Some("png") => ("image/png", "inline"),
@@ -256,6 +288,9 @@ async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, ran
             (header::CONTENT_LENGTH, length.to_string()),
             (header::CONTENT_DISPOSITION, format!("{disposition}; filename=\"{file_name}\"")),
             (header::ACCEPT_RANGES, String::from("bytes")),
+            (header::ETAG, etag),
+            (header::LAST_MODIFIED, modified),
+            (header::CACHE_CONTROL, cache.to_string()),
         ],
         Body::from_stream(tokio_util::io::ReaderStream::new(file.take(length))),
     )

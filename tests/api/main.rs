@@ -4,6 +4,7 @@ mod auth;
 mod browser;
 mod cache;
 mod client;
+mod conventions;
 mod crash;
 mod disk;
 mod events;
