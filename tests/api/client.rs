@@ -144,12 +144,7 @@ struct Session {
 
 impl Session {
     fn start(worker: &str, cpu_slots: usize) -> Session {
-        let scripts = tempfile::tempdir().unwrap();
-        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 40])).save(scripts.path().join("tiny.png")).unwrap();
-        let worker = fake_worker(scripts.path(), "worker.sh", worker);
-        let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(cpu_slots), ..Options::default() });
-        write_dataset(&app.root, 2, 1, 1);
-        write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+        let (scripts, app) = crate::helpers::app_with_worker(worker, cpu_slots);
         let home = tempfile::tempdir().unwrap();
         let out = trainq(home.path(), &["login", &app.url(""), "--token-stdin"], &[], &format!("{}\n", app.tokens["alice"]));
         assert!(out.status.success(), "{}", text(&out.stderr));

@@ -140,6 +140,19 @@ pub fn fake_worker(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// A server whose worker is the shell script `body`, with `cpu_slots` slots, the `demo` dataset
+/// (NORMAL, PNEUMONIA) and VGG16 weights. The scripts' folder, which also holds `tiny.png` (an
+/// 8×8 image a worker may copy as a Grad-CAM), lives as long as the returned guard.
+pub fn app_with_worker(body: &str, cpu_slots: usize) -> (tempfile::TempDir, TestApp) {
+    let scripts = tempfile::tempdir().unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 40])).save(scripts.path().join("tiny.png")).unwrap();
+    let worker = fake_worker(scripts.path(), "worker.sh", body);
+    let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(cpu_slots), ..Options::default() });
+    write_dataset(&app.root, 2, 1, 1);
+    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    (scripts, app)
+}
+
 /// A fake worker that reports success at once, unless the job is named `crash` (SIGSEGV) or `sleep`.
 pub const FAKE_WORKER: &str = r#"
 if grep -q '"name": "crash"' "$3"; then echo "about to crash" >&2; kill -SEGV $$; fi

@@ -1,6 +1,6 @@
 //! The queue's life cycle with fake workers: crash, failure, cancel, restart.
 
-use crate::helpers::{fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER};
+use crate::helpers::{small_spec, Options, TestApp, FAKE_WORKER};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -8,12 +8,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn app_with_fake_worker() -> (tempfile::TempDir, TestApp) {
-    let scripts = tempfile::tempdir().unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
-    write_dataset(&app.root, 2, 1, 1);
-    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
-    (scripts, app)
+    crate::helpers::app_with_worker(FAKE_WORKER, 1)
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! of jobs and repeat groups, and artifacts in subfolders (the CAM gallery's `cam/`), with a fake
 //! worker that reports a fixed, known run over the real protocol.
 
-use crate::helpers::{fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp};
+use crate::helpers::{small_spec, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -45,12 +45,7 @@ pub struct ResultsApp {
 
 /// A server with the results worker, the `demo` dataset (NORMAL, PNEUMONIA) and weights.
 pub fn results_app(cpu_slots: usize) -> ResultsApp {
-    let scripts = tempfile::tempdir().unwrap();
-    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 40])).save(scripts.path().join("tiny.png")).unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", RESULTS_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(cpu_slots), ..Options::default() });
-    write_dataset(&app.root, 2, 1, 1);
-    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let (scripts, app) = crate::helpers::app_with_worker(RESULTS_WORKER, cpu_slots);
     ResultsApp { app, _scripts: scripts }
 }
 

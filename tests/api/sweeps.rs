@@ -1,7 +1,7 @@
 //! Sweeps (one spec, a grid of combinations × repeats), resubmits with a merge patch, and the
 //! shipped examples, against a real server with a fake worker.
 
-use crate::helpers::{client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER};
+use crate::helpers::{client_with, small_spec, TestApp, FAKE_WORKER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -9,12 +9,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn app_with_fake_worker() -> (tempfile::TempDir, TestApp) {
-    let scripts = tempfile::tempdir().unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(2), ..Options::default() });
-    write_dataset(&app.root, 2, 1, 1);
-    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
-    (scripts, app)
+    crate::helpers::app_with_worker(FAKE_WORKER, 2)
 }
 
 #[tokio::test]
