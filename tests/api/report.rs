@@ -29,7 +29,7 @@ pub fn write_cams(app: &TestApp, id: &str, count: usize) {
     std::fs::create_dir_all(&folder).unwrap();
     let mut index = Vec::new();
     for n in 0..count {
-        std::fs::write(folder.join(format!("tp-{n}.png")), png([200, 40 + 20 * n as u8, 40])).unwrap();
+        std::fs::write(folder.join(format!("tp-{n}.png")), png([200, ((40 + 15 * n) % 256) as u8, 40])).unwrap();
         index.push(json!({"file": format!("cam/tp-{n}.png"), "kind": "tp", "path": format!("test/PNEUMONIA/p{n}.jpeg"),
                           "label": "PNEUMONIA", "predicted": "PNEUMONIA", "probability": 0.9}));
     }
@@ -145,6 +145,15 @@ async fn a_group_shows_mean_and_std_and_an_unfinished_job_shows_no_numbers() {
     for job in body["jobs"].as_array().unwrap() {
         app.wait_for_state(job["id"].as_str().unwrap(), "succeeded", WAIT).await;
     }
+    // The group shows its first run's gallery: more pictures than a report embeds, and an entry
+    // that is a symlink out of the job's folder, which is never read.
+    let first_run = body["jobs"][0]["id"].as_str().unwrap();
+    write_cams(&app, first_run, 14);
+    let cam = app.root.join("data/jobs").join(first_run).join("artifacts/cam");
+    std::os::unix::fs::symlink("../../../../trainq.db", cam.join("escape.png")).unwrap();
+    let mut index: Vec<Value> = serde_json::from_slice(&std::fs::read(cam.join("index.json")).unwrap()).unwrap();
+    index.insert(0, json!({"file": "cam/escape.png", "kind": "fp"}));
+    std::fs::write(cam.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     let waiting = app.submit(&small_spec("wait")).await;
     let (status, _, html) = get_report(&app, &format!("{group},{waiting}")).await;
     assert_eq!(status, StatusCode::OK, "{html}");
@@ -155,6 +164,10 @@ async fn a_group_shows_mean_and_std_and_an_unfinished_job_shows_no_numbers() {
     assert!(part.contains("<td class=\"num\">0.7500 ± 0.0707 (n=2)</td>"), "{part:.3000}");
     assert!(part.contains("summed over 2 runs"));
     assert!(part.contains("seeds 1–2 (2 repeats)"));
+    assert_eq!(part.matches("src=\"data:image/png;base64,").count(), 12, "at most 12 heatmaps per experiment");
+    assert!(part.contains(&format!("From run <span class=\"mono\">{first_run}</span>")));
+    assert!(part.contains("2 more heatmaps left out: the report shows at most 12 per experiment"), "{part:.5000}");
+    assert!(part.contains("`cam/escape.png` is listed in cam/index.json but is missing, too large or not a PNG."));
     let part = section(&html, &waiting);
     assert!(part.contains("No final metrics yet: the job is"), "{part:.3000}");
     assert!(part.contains("No Grad-CAM heatmaps."));
