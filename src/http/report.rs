@@ -155,7 +155,8 @@ async fn gallery(state: &AppState, job: &Job, budget: &mut u64) -> Gallery {
     let mut gallery = Gallery { job: Some(job.id.to_string()), ..Gallery::default() };
     let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let Some((index, size)) = artifact_file(&artifacts, "cam/index.json").await else { return gallery };
-    let entries: Vec<CamEntry> = match tokio::fs::read(&index).await.ok().filter(|_| size <= MAX_CAM_BYTES).map(|bytes| serde_json::from_slice(&bytes)) {
+    let read = if size <= MAX_CAM_BYTES { tokio::fs::read(&index).await.ok() } else { None };
+    let entries: Vec<CamEntry> = match read.map(|bytes| serde_json::from_slice(&bytes)) {
         Some(Ok(entries)) => entries,
         _ => {
             gallery.notes.push(String::from("The gallery's index (cam/index.json) could not be read."));

@@ -369,7 +369,12 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
         let _ = writeln!(html, "<p class=\"note\">From run <span class=\"mono\">{}</span>.</p>", escape(job));
     }
     if gallery.images.is_empty() {
-        html.push_str("<p class=\"note no-cam\">No Grad-CAM heatmaps.</p>\n");
+        let why = if experiment.jobs.iter().any(|job| job.state == JobState::Succeeded) {
+            ""
+        } else {
+            " yet: the worker draws them on test images once a run has trained"
+        };
+        let _ = writeln!(html, "<p class=\"note no-cam\">No Grad-CAM heatmaps{why}.</p>");
     } else {
         html.push_str("<div class=\"gallery\">\n");
         for image in &gallery.images {

@@ -170,7 +170,7 @@ async fn a_group_shows_mean_and_std_and_an_unfinished_job_shows_no_numbers() {
     assert!(part.contains("`cam/escape.png` is listed in cam/index.json but is missing, too large or not a PNG."));
     let part = section(&html, &waiting);
     assert!(part.contains("No final metrics yet: the job is"), "{part:.3000}");
-    assert!(part.contains("No Grad-CAM heatmaps."));
+    assert!(part.contains("No Grad-CAM heatmaps yet"), "{part:.5000}");
     assert!(!part.contains("0.0000"), "no made-up numbers");
     app.post(&format!("/api/jobs/{waiting}/cancel"), &json!({})).await;
 }
