@@ -5,7 +5,7 @@
 
 use super::auth::Authed;
 use super::compare::{resolve, CompareQuery, Compared};
-use super::groups::summarize;
+use super::groups::{combinations, summarize};
 use super::outputs::artifact_file;
 use super::plots::class_names;
 use super::{ApiError, AppState};
@@ -72,8 +72,15 @@ pub async fn page(State(state): State<AppState>, Authed(user): Authed, Query(que
     let compared = resolve(&state, &user, query.ids.as_deref()).await?;
     let mut budget = MAX_REPORT_CAM_BYTES;
     let mut experiments = Vec::with_capacity(compared.len());
-    for entry in compared {
-        experiments.push(experiment(&state, entry, &mut budget).await?);
+    for Compared { group, jobs } in compared {
+        // A sweep group is one experiment per combination, as /api/compare has one row each.
+        let parts = match group {
+            Some(_) => combinations(&jobs),
+            None => vec![(serde_json::Map::new(), jobs)],
+        };
+        for (params, jobs) in parts {
+            experiments.push(experiment(&state, group.clone(), jobs, params, &mut budget).await?);
+        }
     }
     let generated_at = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -94,10 +101,16 @@ pub async fn page(State(state): State<AppState>, Authed(user): Authed, Query(que
     Ok((headers, html).into_response())
 }
 
-/// Everything the report shows of one job or group.
-async fn experiment(state: &AppState, compared: Compared, budget: &mut u64) -> Result<Experiment, ApiError> {
-    let Compared { group, jobs } = compared;
+/// Everything the report shows of one job, repeat group or sweep combination (`params`).
+async fn experiment(
+    state: &AppState,
+    group: Option<String>,
+    jobs: Vec<Job>,
+    params: serde_json::Map<String, serde_json::Value>,
+    budget: &mut u64,
+) -> Result<Experiment, ApiError> {
     let (metrics, _) = summarize(&jobs);
+    let params = (!params.is_empty()).then(|| crate::domain::sweep::describe(&params));
     let mut curves = Vec::new();
     for job in &jobs {
         let epochs = state.store.epoch_metrics(job.id).await?;
@@ -113,7 +126,7 @@ async fn experiment(state: &AppState, compared: Compared, budget: &mut u64) -> R
         Some(job) => gallery(state, job, budget).await,
         None => Gallery::default(),
     };
-    Ok(Experiment { group, jobs, metrics, curves, confusion, gallery })
+    Ok(Experiment { group, params, jobs, metrics, curves, confusion, gallery })
 }
 
 /// The test confusion matrix of the succeeded jobs, summed (a group's runs share a test set);

@@ -50,7 +50,10 @@ pub struct Report {
 pub struct Experiment {
     /// The group id for a repeat group, `None` for a single job.
     pub group: Option<String>,
-    /// The job, or the group's jobs in submission order.
+    /// A sweep combination's values (`{"/image_size": 256}`); a sweep group is one experiment
+    /// per combination.
+    pub params: Option<String>,
+    /// The job, or the group's (or combination's) jobs in submission order.
     pub jobs: Vec<Job>,
     /// Each metric over the succeeded jobs: a job's value (n = 1) or a group's mean ± std.
     pub metrics: BTreeMap<&'static str, MeanStd>,
@@ -199,9 +202,10 @@ pub fn render(report: &Report) -> Result<String, plots::PlotError> {
 /// An experiment's name as its heading says it.
 fn heading(experiment: &Experiment) -> String {
     let name = experiment.jobs.first().map(|job| job.name.clone()).unwrap_or_default();
-    match &experiment.group {
-        Some(_) => format!("{name} (group of {} runs)", experiment.jobs.len()),
-        None => name,
+    match (&experiment.group, &experiment.params) {
+        (Some(_), Some(params)) => format!("{name} {params} (sweep, {} runs)", experiment.jobs.len()),
+        (Some(_), None) => format!("{name} (group of {} runs)", experiment.jobs.len()),
+        (None, _) => name,
     }
 }
 

@@ -176,6 +176,33 @@ async fn a_group_shows_mean_and_std_and_an_unfinished_job_shows_no_numbers() {
 }
 
 #[tokio::test]
+async fn a_sweep_group_is_one_experiment_per_combination() {
+    let ResultsApp { app, _scripts } = results_app(2);
+    let mut spec = small_spec("sweep");
+    spec["sweep"] = json!({"/image_size": [32, 64]});
+    spec["repeats"] = json!(2);
+    let (status, body) = app.post("/api/jobs", &spec).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let group = body["group_id"].as_str().unwrap().to_string();
+    for job in body["jobs"].as_array().unwrap() {
+        app.wait_for_state(job["id"].as_str().unwrap(), "succeeded", WAIT).await;
+    }
+    let (status, _, html) = get_report(&app, &group).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    check_nesting(&html);
+    assert_eq!(html.matches("<section class=\"experiment\"").count(), 2, "one per combination");
+    for size in [32, 64] {
+        let heading = format!("sweep {{&quot;/image_size&quot;: {size}}} (sweep, 2 runs)");
+        let at = html.find(&format!("<h2>{}. {heading}</h2>", size / 32)).unwrap_or_else(|| panic!("no section {heading}"));
+        let part = &html[at..at + html[at..].find("</section>").unwrap()];
+        assert!(part.contains(&format!("images resized to {size}×{size}")) && part.contains("seeds 1–2 (2 repeats)"), "{part:.3000}");
+        assert!(part.contains("<td class=\"num\">0.7500 ± 0.0707 (n=2)</td>"), "{part:.3000}");
+    }
+    let ranking = &html[html.find("<section class=\"ranking\"").unwrap()..];
+    assert_eq!(ranking.matches("<tr><td>sweep {").count(), 2, "{ranking:.3000}");
+}
+
+#[tokio::test]
 async fn report_ids_follow_the_compare_rules_and_a_foreign_job_is_not_found() {
     let ResultsApp { app, _scripts } = results_app(1);
     let mine = app.submit(&small_spec("mine")).await;
