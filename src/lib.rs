@@ -25,6 +25,8 @@ pub mod http;
 pub mod metrics;
 /// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
 pub mod plots;
+/// The HW report: one self-contained HTML page of experiments' specs, tables, curves and heatmaps.
+pub mod report;
 /// `trainq relay`: runs a worker the server cannot watch (a Slurm node) and forwards its output.
 pub mod relay;
 /// The scheduling loop (the only code that claims jobs).

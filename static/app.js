@@ -264,6 +264,31 @@ async function download(link, fileName) {
   setTimeout(() => URL.revokeObjectURL(objectUrl), DOWNLOAD_KEEP_MS);
 }
 
+// Opens the HW report (GET /api/report, behind the token) as a page in a new tab: the tab is
+// opened during the click, so no popup blocker stops it, and shows the HTML through an object URL.
+// Without a tab (blocked anyway) the page is saved as a file instead.
+async function openReport(link) {
+  if (link.nextElementSibling?.classList.contains('download-error')) link.nextElementSibling.remove();
+  const tab = window.open('', '_blank');
+  const response = await authFetch(link.getAttribute('href'));
+  if (!response.ok) {
+    tab?.close();
+    const answer = await readAnswer(response);
+    downloadFailed(link, `${answer.status} — ${answer.body?.detail?.message ?? answer.body?.error ?? 'report failed'}`);
+    return;
+  }
+  const objectUrl = URL.createObjectURL(new Blob([await response.blob()], { type: 'text/html' }));
+  if (tab) {
+    tab.location.href = objectUrl;
+  } else {
+    const save = el('a', { href: objectUrl, download: dispositionName(response) || 'trainq-report.html', hidden: true });
+    document.body.append(save);
+    save.click();
+    save.remove();
+  }
+  setTimeout(() => URL.revokeObjectURL(objectUrl), DOWNLOAD_KEEP_MS);
+}
+
 function downloadFailed(link, text) {
   link.after(el('span', { class: 'download-error', role: 'alert' }, ` ${text}`));
 }
@@ -1121,6 +1146,7 @@ async function showCompare() {
     el('td', { class: 'num' }, `${row.succeeded}/${row.jobs.length}`),
     ...metrics.map((name) => el('td', { class: 'num' }, cellText(name, row.metrics[name]))))));
   $('compare-csv').href = `/api/compare${query}&format=csv`;
+  $('compare-report').href = `/api/report${query}`;
   const version = rows.map((row) => `${row.state}${row.succeeded}`).join('');
   const figure = (kind, title) => plotFigure('compare-plots', '/api/compare/plots', kind, title, query, version);
   $('compare-plots').replaceChildren(figure('accuracy', 'Accuracy'), figure('loss', 'Loss'), figure('roc', 'ROC'));
@@ -1432,6 +1458,10 @@ function start() {
   $('signout-button').addEventListener('click', signOut);
   bindDownload($('metrics-csv'));
   bindDownload($('compare-csv'), 'compare.csv');
+  $('compare-report').addEventListener('click', (event) => {
+    event.preventDefault();
+    openReport($('compare-report')).catch((err) => downloadFailed($('compare-report'), `report failed: ${err.message}`));
+  });
   renderAccount();
   $('cancel-button').addEventListener('click', cancelJob);
   $('compare-button').addEventListener('click', () => showCompare().catch(setConnection));

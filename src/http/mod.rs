@@ -16,6 +16,7 @@ mod jobs;
 mod metrics;
 mod outputs;
 mod plots;
+mod report;
 mod worker;
 
 pub use auth::RateLimiter;
@@ -110,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/groups/{id}", get(groups::show))
         .route("/compare", get(compare::table))
         .route("/compare/plots/{file}", get(plots::compare_plot))
+        .route("/report", get(report::page))
         .route("/events", get(events::stream))
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))

@@ -193,7 +193,7 @@ pub async fn predictions(
 /// The artifact `name` of a job, if it is a regular file reached through real folders only: each
 /// part of the name is a plain name (no `..`, no leading `.`, no separators) and no part is a
 /// symlink, so nothing outside the job's `artifacts/` can be served.
-async fn artifact_file(artifacts: &std::path::Path, name: &str) -> Option<(std::path::PathBuf, u64)> {
+pub(super) async fn artifact_file(artifacts: &std::path::Path, name: &str) -> Option<(std::path::PathBuf, u64)> {
     let parts: Vec<&str> = name.split('/').collect();
     if parts.len() > MAX_ARTIFACT_DEPTH || parts.iter().any(|part| check_plain_name(part).is_err()) {
         return None;

@@ -72,7 +72,7 @@ async fn send(plot: Plot, format: Format, stem: &str, kind: Kind) -> Result<Resp
 
 /// Class names for a job's confusion matrix: the dataset's sorted class folders when they still
 /// match the matrix, else `class 0`, `class 1`, … (a dataset changed since the job ran).
-async fn class_names(state: &AppState, job: &Job, count: usize) -> Vec<String> {
+pub(super) async fn class_names(state: &AppState, job: &Job, count: usize) -> Vec<String> {
     let root = state.paths.datasets.clone();
     let dataset = job.spec.dataset.clone();
     let classes = tokio::task::spawn_blocking(move || crate::catalog::datasets::open(&root, &dataset).map(|d| d.classes))

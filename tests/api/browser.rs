@@ -10,6 +10,8 @@
 //! test fails, unless `TRAINQ_SKIP_BROWSER=1` asks to skip it, which it says loudly.
 
 use crate::helpers::{client_with, fake_worker, write_dataset, Options, TestApp, FAKE_WORKER};
+use crate::report::{get_report, two_jobs_with_cams};
+use crate::results::{results_app, ResultsApp};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -54,6 +56,8 @@ impl Browser {
         }
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // The console's messages, read back with `console_errors`.
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -142,6 +146,12 @@ impl Browser {
             assert!(started.elapsed() < PAGE_WAIT, "timed out waiting for {what}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The console's errors since the last call (a failed load, a blocked request, a script error).
+    async fn console_errors(&self) -> Vec<Value> {
+        let entries = self.command(reqwest::Method::POST, "/se/log", Some(json!({"type": "browser"}))).await;
+        entries.as_array().cloned().unwrap_or_default().into_iter().filter(|entry| entry["level"] == "SEVERE").collect()
     }
 
     async fn set_window(&self, width: u32, height: u32) {
@@ -577,5 +587,72 @@ async fn clone_and_edit_resubmits_the_changes_and_the_child_links_to_its_parent(
     assert_eq!(child["notes"], json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]), "only the change was sent");
     assert_eq!(child["spec"]["optimizer"]["lr"], 0.01);
     assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
+    browser.quit().await;
+}
+
+/// What a report page has once open: `(images, inline SVGs, experiment sections, fetched resources)`.
+const REPORT_PAGE: &str = "
+    return { images: document.images.length, svgs: document.querySelectorAll('svg').length,
+             sections: document.querySelectorAll('section.experiment').length,
+             fetched: performance.getEntriesByType('resource').map((entry) => entry.name).filter((name) => !name.startsWith('data:')) };";
+
+/// The open report shows both jobs, every heatmap decoded, and fetched nothing (its own CSP would
+/// refuse it, and the console would say so).
+async fn check_report_page(browser: &Browser, heatmaps: usize) {
+    browser.wait_for("every heatmap decoded", IMAGES_LOADED, json!(["img", heatmaps])).await;
+    let page = browser.eval(REPORT_PAGE, json!([])).await;
+    assert_eq!(page, json!({"images": heatmaps, "svgs": 4, "sections": 2, "fetched": []}), "{page}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "the report's console: {errors:?}");
+}
+
+/// The HW report (issue 16) in the real browser: saved as a file and opened from disk, and opened
+/// by the dashboard's compare view in a new tab (fetched with the token): both times every
+/// heatmap loads and no resource is missing.
+#[tokio::test]
+async fn the_hw_report_opens_in_a_real_browser_without_a_missing_resource() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let ResultsApp { app, _scripts } = results_app(2);
+    let (first, second) = two_jobs_with_cams(&app).await;
+    let (status, _, html) = get_report(&app, &format!("{first},{second}")).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{html}");
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("trainq-report.html");
+    std::fs::write(&file, &html).unwrap();
+    let browser = Browser::start(&chromium, &chromedriver).await;
+
+    browser.goto(&format!("file://{}", file.display())).await;
+    check_report_page(&browser, 5).await;
+    let title = browser.eval("return document.title", json!([])).await;
+    assert_eq!(title, "trainq report: 2 experiments");
+
+    // The dashboard, signed in: pick both jobs, compare, then "HW report".
+    browser.goto(&app.url("/")).await;
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
+    browser.goto(&app.url("/")).await;
+    for id in [&first, &second] {
+        let pick = format!("#my-jobs tr[data-job-id=\"{id}\"] .compare-pick");
+        browser.wait_for("the job in my list", "return Boolean(document.querySelector(arguments[0]))", json!([pick])).await;
+        browser.click(&pick).await;
+    }
+    browser.click("#compare-button").await;
+    let report_link = "const link = document.getElementById('compare-report'); return link.getAttribute('href').startsWith('/api/report?ids=') && link.getAttribute('href');";
+    let href = browser.wait_for("the report link", report_link, json!([])).await;
+    assert!(href.as_str().unwrap().contains(&first) && href.as_str().unwrap().contains(&second), "{href}");
+    let dashboard = browser.command(reqwest::Method::GET, "/window", None).await;
+    browser.console_errors().await;
+    browser.click("#compare-report").await;
+    let started = Instant::now();
+    let tab = loop {
+        let handles = browser.command(reqwest::Method::GET, "/window/handles", None).await;
+        if let Some(tab) = handles.as_array().unwrap().iter().find(|handle| **handle != dashboard) {
+            break tab.clone();
+        }
+        assert!(started.elapsed() < PAGE_WAIT, "no tab opened for the report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    browser.command(reqwest::Method::POST, "/window", Some(json!({"handle": tab}))).await;
+    browser.wait_for("the report in the new tab", "return document.title === 'trainq report: 2 experiments' && location.protocol", json!([])).await;
+    check_report_page(&browser, 5).await;
     browser.quit().await;
 }
