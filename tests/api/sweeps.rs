@@ -1,7 +1,7 @@
 //! Sweeps (one spec, a grid of combinations × repeats), resubmits with a merge patch, and the
 //! shipped examples, against a real server with a fake worker.
 
-use crate::helpers::{client_with, small_spec, TestApp, FAKE_WORKER};
+use crate::helpers::{client_with, small_spec, Options, TestApp, FAKE_WORKER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
