@@ -177,6 +177,9 @@ pub struct LsArgs {
     /// Only jobs in these states (comma-separated: queued,running,succeeded,failed,cancelled).
     #[arg(long)]
     pub state: Option<String>,
+    /// How many of the newest to show (0: all).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
     /// The rows as JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -49,7 +49,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         },
         Command::Relay(_) => unreachable!("main runs the relay"),
         Command::Login(args) => trainq::client::login(&args.url, args.token_stdin).await,
-        Command::Ls(args) => trainq::client::ls(args.all, args.state.as_deref(), args.json).await,
+        Command::Ls(args) => trainq::client::ls(args.all, args.state.as_deref(), args.limit, args.json).await,
         Command::Show(args) => trainq::client::show(&args.id).await,
         Command::Logs(args) => trainq::client::logs(&args.id, args.follow).await,
         Command::Cancel(args) => trainq::client::cancel(&args.ids).await,

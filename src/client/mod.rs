@@ -146,18 +146,23 @@ impl Api {
 
     /// Every row of `GET /api/jobs?{query}`, page after page.
     pub async fn all_jobs(&self, query: &str) -> anyhow::Result<Vec<Value>> {
+        self.jobs(query, usize::MAX).await
+    }
+
+    /// The first `most` rows of `GET /api/jobs?{query}` (newest first), page after page.
+    pub async fn jobs(&self, query: &str, most: usize) -> anyhow::Result<Vec<Value>> {
         let mut rows = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut path = format!("/api/jobs?limit=500&{query}");
+            let mut path = format!("/api/jobs?limit={}&{query}", most.saturating_sub(rows.len()).clamp(1, 500));
             if let Some(cursor) = &cursor {
                 path.push_str(&format!("&cursor={cursor}"));
             }
             let page = self.get(&path).await?;
             rows.extend(page["jobs"].as_array().cloned().unwrap_or_default());
             match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_string()),
-                None => return Ok(rows),
+                Some(next) if rows.len() < most => cursor = Some(next.to_string()),
+                _ => return Ok(rows),
             }
         }
     }
@@ -211,19 +216,22 @@ pub async fn login(url: &str, token_stdin: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `trainq ls`: the caller's jobs (`--all`: everyone's), newest first.
-pub async fn ls(all: bool, state: Option<&str>, json: bool) -> anyhow::Result<()> {
+/// `trainq ls`: the caller's newest `limit` jobs (`--all`: everyone's; a limit of 0: all of them).
+pub async fn ls(all: bool, state: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
     let api = Api::new(Profile::load()?)?;
     let mut query = if all { String::new() } else { String::from("owner=me") };
     if let Some(state) = state {
         query.push_str(&format!("&state={state}"));
     }
-    let rows = api.all_jobs(&query).await?;
+    let rows = api.jobs(&query, if limit == 0 { usize::MAX } else { limit }).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     print!("{}", table::jobs(&rows));
+    if rows.len() == limit {
+        eprintln!("(the newest {limit}; `--limit N` for more, `--limit 0` for all)");
+    }
     Ok(())
 }
 

@@ -88,6 +88,10 @@ async fn a_student_logs_in_lists_waits_and_cancels_from_the_terminal() {
     let out = trainq(home.path(), &["ls", "--all", "--json"], &[], "");
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.len(), 3, "{rows:?}");
+    // The newest first, as many as asked for.
+    let out = trainq(home.path(), &["ls", "--all", "--limit", "1", "--json"], &[], "");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.iter().map(|row| row["name"].as_str().unwrap()).collect::<Vec<_>>(), ["bobs"]);
     let out = trainq(home.path(), &["ls", "--state", "failed", "--json"], &[], "");
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.iter().map(|row| row["id"].as_str().unwrap()).collect::<Vec<_>>(), [failing.as_str()]);
