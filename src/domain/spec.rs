@@ -72,6 +72,37 @@ pub enum Precision {
     Bf16,
 }
 
+/// How an image's pixels are sampled to its size: the interpolation, and whether a JPEG may be
+/// decoded at a reduced scale first (`fast_decode`). Part of the pixel cache's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampling {
+    /// The resize filter.
+    pub interpolation: Interpolation,
+    /// Whether large JPEGs may be decoded at 1/2, 1/4 or 1/8 scale before resizing.
+    pub fast_decode: bool,
+}
+
+impl From<Interpolation> for Sampling {
+    /// The interpolation on fully decoded images, as Keras would compute it.
+    fn from(interpolation: Interpolation) -> Sampling {
+        Sampling { interpolation, fast_decode: false }
+    }
+}
+
+impl Sampling {
+    /// A short name for cache keys and logs: `nearest`, or `nearest-fast` with `fast_decode`.
+    pub fn label(self) -> &'static str {
+        match (self.interpolation, self.fast_decode) {
+            (Interpolation::Nearest, false) => "nearest",
+            (Interpolation::Bilinear, false) => "bilinear",
+            (Interpolation::Area, false) => "area",
+            (Interpolation::Nearest, true) => "nearest-fast",
+            (Interpolation::Bilinear, true) => "bilinear-fast",
+            (Interpolation::Area, true) => "area-fast",
+        }
+    }
+}
+
 /// How images are sized for the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resize {
@@ -315,6 +346,12 @@ pub struct JobSpec {
     /// How images are resized.
     #[serde(default)]
     pub interpolation: Interpolation,
+    /// Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain before resizing: a first
+    /// pass several times faster, but a reduced pixel is a block's mean, so `nearest` and
+    /// `bilinear` no longer equal Pillow's (Keras') resize of the full image. Off by default;
+    /// `area` uses the reduced decode anyway where it changes nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fast_decode: bool,
     /// `auto` (bf16 on a GPU, fp32 on the CPU), `fp32` or `bf16`.
     #[serde(default)]
     pub precision: Precision,
@@ -409,6 +446,11 @@ impl JobSpec {
         (0..self.repeats as u64)
             .map(|offset| JobSpec { seed: self.seed.wrapping_add(offset), repeats: 1, ..self.clone() })
             .collect()
+    }
+
+    /// How this job's pixels are sampled to that size.
+    pub fn sampling(&self) -> Sampling {
+        Sampling { interpolation: self.interpolation, fast_decode: self.fast_decode }
     }
 
     /// How this job's images are sized.

@@ -35,14 +35,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-use trainq::domain::spec::{Interpolation, Resize};
+use trainq::domain::spec::{Resize, Sampling};
 use trainq::storage;
 
 const MAGIC: &[u8; 8] = b"TRQCACHE";
 
 /// Bump whenever the bytes an entry would hold change for the same inputs: the layout, the
-/// decoder (e.g. its DCT-domain downscaling) or the resize. Old entries then miss.
-pub const FORMAT_VERSION: u32 = 2;
+/// decoder (e.g. its DCT-domain downscaling) or the resize (3: full decodes and Pillow's resampling). Old entries then miss.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Everything in an entry besides the pixels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,9 +95,9 @@ pub fn entry_key(
     files: &[(PathBuf, i64)],
     classes: &[String],
     resize: Resize,
-    interpolation: Interpolation,
+    sampling: Sampling,
 ) -> std::io::Result<String> {
-    let interpolation = interpolation_name(interpolation);
+    let interpolation = sampling.label();
     let size = resize.label();
     let mut hasher = Sha256::new();
     hasher.update(format!("trainq cache v{FORMAT_VERSION}\0{split}\0{size}\0{interpolation}\0").as_bytes());
@@ -118,14 +118,6 @@ pub fn entry_key(
     let digest = hasher.finalize();
     let hash: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
     Ok(format!("{split}-{size}-{interpolation}-{hash}"))
-}
-
-fn interpolation_name(interpolation: Interpolation) -> &'static str {
-    match interpolation {
-        Interpolation::Nearest => "nearest",
-        Interpolation::Bilinear => "bilinear",
-        Interpolation::Area => "area",
-    }
 }
 
 /// The file of the entry `key`.

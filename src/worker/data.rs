@@ -9,6 +9,7 @@
 
 use crate::cache::{self, EntryHeader, GroupHeader, Miss};
 use crate::jpeg;
+use crate::resample;
 use image::{DynamicImage, GrayImage, ImageBuffer, Pixel, RgbImage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets::split_files;
-use trainq::domain::spec::{Interpolation, Resize};
+use trainq::domain::spec::{Interpolation, Resize, Sampling};
 
 /// Images of one shape.
 pub struct ShapeGroup {
@@ -150,13 +151,13 @@ pub fn load_split(
     split: &str,
     classes: &[String],
     resize: Resize,
-    interpolation: Interpolation,
+    sampling: Sampling,
     threads: usize,
     cache_dir: Option<&Path>,
 ) -> anyhow::Result<Split> {
     let started = Instant::now();
     let files = split_files(dataset_dir, split, classes)?;
-    let key = cache_dir.and_then(|_| match cache::entry_key(dataset_dir, split, &files, classes, resize, interpolation) {
+    let key = cache_dir.and_then(|_| match cache::entry_key(dataset_dir, split, &files, classes, resize, sampling) {
         Ok(key) => Some(key),
         Err(err) => {
             eprintln!("warning: not caching the {split} split: {err}");
@@ -192,7 +193,7 @@ pub fn load_split(
         }
     }
 
-    let decoded = decode_files(&files, resize, interpolation, threads);
+    let decoded = decode_files(&files, resize, sampling, threads);
     let channels = if decoded.iter().flatten().all(|image| image.gray) { 1 } else { 3 };
     // Group by shape (height, width); within a group, file order.
     let mut by_shape: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
@@ -271,7 +272,7 @@ struct Decoded {
 
 /// Decodes `files` on `threads` threads, which take the next file as they finish one (image sizes
 /// vary, so fixed chunks would leave a thread idle). Unreadable files come back as `None`.
-fn decode_files(files: &[(PathBuf, i64)], resize: Resize, interpolation: Interpolation, threads: usize) -> Vec<Option<Decoded>> {
+fn decode_files(files: &[(PathBuf, i64)], resize: Resize, sampling: Sampling, threads: usize) -> Vec<Option<Decoded>> {
     let work = Mutex::new(files.iter().enumerate());
     let results: Vec<Vec<(usize, Decoded)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.clamp(1, files.len().max(1)))
@@ -281,7 +282,7 @@ fn decode_files(files: &[(PathBuf, i64)], resize: Resize, interpolation: Interpo
                     loop {
                         let next = work.lock().expect("a decoder thread panicked").next();
                         let Some((index, (path, _))) = next else { break done };
-                        if let Some(image) = decode_file(path, resize, interpolation, &mut file_bytes) {
+                        if let Some(image) = decode_file(path, resize, sampling, &mut file_bytes) {
                             done.push((index, image));
                         }
                     }
@@ -300,7 +301,7 @@ fn decode_files(files: &[(PathBuf, i64)], resize: Resize, interpolation: Interpo
 /// Decodes and resizes one file; `None` (with a warning) if unreadable. `file_bytes` is the
 /// thread's reusable read buffer (a fresh one per file costs page faults that show on a fast first
 /// pass).
-fn decode_file(path: &Path, resize: Resize, interpolation: Interpolation, file_bytes: &mut Vec<u8>) -> Option<Decoded> {
+fn decode_file(path: &Path, resize: Resize, sampling: Sampling, file_bytes: &mut Vec<u8>) -> Option<Decoded> {
     file_bytes.clear();
     let decoded = std::fs::File::open(path)
         .and_then(|mut file| std::io::Read::read_to_end(&mut file, file_bytes))
@@ -308,8 +309,8 @@ fn decode_file(path: &Path, resize: Resize, interpolation: Interpolation, file_b
         .and_then(|_| {
             let (width, height) = source_dimensions(file_bytes)?;
             let (width, height) = resize.target(width, height);
-            let image = decode_for_size(file_bytes, width, height)?;
-            Ok(resize_planes(&image, width, height, interpolation))
+            let image = decode_for_size(file_bytes, width, height, sampling)?;
+            Ok(resize_planes(&image, width, height, sampling.interpolation))
         });
     match decoded {
         Ok(image) => Some(image),
@@ -322,12 +323,12 @@ fn decode_file(path: &Path, resize: Resize, interpolation: Interpolation, file_b
 
 /// One image file decoded and sized the way a job's splits are: `[1, C, H, W]` uint8 (C = 1 for
 /// grayscale). For predictions and heatmaps on uploaded images.
-pub fn load_image(path: &Path, resize: Resize, interpolation: Interpolation) -> anyhow::Result<Tensor> {
+pub fn load_image(path: &Path, resize: Resize, sampling: Sampling) -> anyhow::Result<Tensor> {
     let bytes = std::fs::read(path)?;
     let (width, height) = source_dimensions(&bytes)?;
     let (width, height) = resize.target(width, height);
-    let image = decode_for_size(&bytes, width, height)?;
-    let decoded = resize_planes(&image, width, height, interpolation);
+    let image = decode_for_size(&bytes, width, height, sampling)?;
+    let decoded = resize_planes(&image, width, height, sampling.interpolation);
     let channels = if decoded.gray { 1 } else { 3 };
     Ok(Tensor::from_slice(&decoded.pixels).view([1, channels, height as i64, width as i64]))
 }
@@ -353,30 +354,43 @@ pub fn dct_reduction(width: u32, height: u32, target_width: u32, target_height: 
 
 /// Decodes an image file's bytes for a `target_width`×`target_height` target.
 ///
-/// JPEGs much larger than the target are downscaled while decoding, in the DCT domain (see
-/// [`dct_reduction`]): baseline grayscale ones (chest X-rays) by `jpeg.rs` at 1/8 or 1/4, others
-/// by `jpeg-decoder`'s scaled IDCT; everything else is decoded in full. This is a deliberate
-/// trade-off: a 1/8-scale pixel is its 8×8 block's mean, so the resize that follows samples block
-/// means instead of single source pixels. For `bilinear` and `area` that is what the filter wanted
-/// anyway; for `nearest` the result is smoother than, and not bit-identical to, Pillow's (Keras')
-/// nearest resize of the full image — a few grey levels apart on noisy films — in exchange for a
-/// first pass several times faster.
-pub fn decode_for_size(bytes: &[u8], target_width: u32, target_height: u32) -> image::ImageResult<DynamicImage> {
+/// In full by default, as Pillow (and so Keras) decodes, so that the resize that follows sees the
+/// same pixels. A JPEG much larger than the target is decoded at a reduced scale in the DCT
+/// domain (see [`dct_reduction`]; grayscale baseline ones by `jpeg.rs`, others by `jpeg-decoder`'s
+/// scaled IDCT) only where that changes nothing or the job asked for it ([`reduces`]).
+pub fn decode_for_size(bytes: &[u8], target_width: u32, target_height: u32, sampling: Sampling) -> image::ImageResult<DynamicImage> {
     if let Some(header) = jpeg::header(bytes) {
         let reduction = dct_reduction(header.width, header.height, target_width, target_height);
-        if reduction >= 4 && header.components == 1 && header.sequential_huffman {
-            if let Ok((width, height, pixels)) = jpeg::decode_gray_reduced(bytes, reduction) {
-                let image = GrayImage::from_raw(width, height, pixels).expect("the decoder sizes its output");
-                return Ok(DynamicImage::ImageLuma8(image));
+        let gray_baseline = header.components == 1 && header.sequential_huffman;
+        if reduces(sampling, reduction, gray_baseline, (header.width, header.height), (target_width, target_height)) {
+            if reduction >= 4 && gray_baseline {
+                if let Ok((width, height, pixels)) = jpeg::decode_gray_reduced(bytes, reduction) {
+                    let image = GrayImage::from_raw(width, height, pixels).expect("the decoder sizes its output");
+                    return Ok(DynamicImage::ImageLuma8(image));
+                }
             }
-        }
-        if reduction > 1 {
             if let Some(image) = decode_jpeg_scaled(bytes, reduction) {
                 return Ok(image);
             }
         }
     }
     image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()
+}
+
+/// Whether a JPEG of `source` size goes through the reduced decode for a `target` at this
+/// `reduction`: always with `fast_decode` (a reduced pixel is a block's mean, smoother than the
+/// full image's pixel that `nearest` and `bilinear` would sample); otherwise only for `area` at
+/// 1/8 of a grayscale baseline file whose every output box is whole 8×8 blocks, where a 1/8
+/// pixel (the block's DC) is exactly the mean the box filter takes anyway.
+fn reduces(sampling: Sampling, reduction: u32, gray_baseline: bool, source: (u32, u32), target: (u32, u32)) -> bool {
+    if reduction == 1 {
+        return false;
+    }
+    if sampling.fast_decode {
+        return true;
+    }
+    let whole_blocks = |extent: u32, out: u32| extent % (out * 8) == 0;
+    sampling.interpolation == Interpolation::Area && reduction == 8 && gray_baseline && whole_blocks(source.0, target.0) && whole_blocks(source.1, target.1)
 }
 
 /// Any JPEG `jpeg-decoder` reads (colour, progressive), at 1/`reduction` scale; `None` sends the
@@ -427,28 +441,15 @@ fn resize<P>(image: &ImageBuffer<P, Vec<u8>>, width: u32, height: u32, interpola
 where
     P: Pixel<Subpixel = u8> + 'static,
 {
-    match interpolation {
-        Interpolation::Nearest => resize_nearest(image, width, height),
-        Interpolation::Bilinear => image::imageops::resize(image, width, height, image::imageops::FilterType::Triangle),
-        Interpolation::Area => resize_area(image, width, height),
-    }
-}
-
-/// Nearest neighbour with PIL's sampling (what Keras' `load_img` calls): source pixel
-/// `floor((x + 0.5) * in / out)`.
-fn resize_nearest<P: Pixel<Subpixel = u8> + 'static>(
-    image: &ImageBuffer<P, Vec<u8>>,
-    out_width: u32,
-    out_height: u32,
-) -> ImageBuffer<P, Vec<u8>> {
-    let (width, height) = image.dimensions();
-    let sx = width as f64 / out_width as f64;
-    let sy = height as f64 / out_height as f64;
-    ImageBuffer::from_fn(out_width, out_height, |x, y| {
-        let src_x = (((x as f64 + 0.5) * sx) as u32).min(width - 1);
-        let src_y = (((y as f64 + 0.5) * sy) as u32).min(height - 1);
-        *image.get_pixel(src_x, src_y)
-    })
+    let pillow = match interpolation {
+        Interpolation::Nearest => resample::nearest,
+        Interpolation::Bilinear => resample::bilinear,
+        Interpolation::Area => return resize_area(image, width, height),
+    };
+    let (in_width, in_height) = image.dimensions();
+    let channels = P::CHANNEL_COUNT as usize;
+    let pixels = pillow(image.as_raw(), in_width as usize, in_height as usize, channels, width as usize, height as usize);
+    ImageBuffer::from_raw(width, height, pixels).expect("the resampler sizes its output")
 }
 
 /// Box filter: each output pixel is the mean of the source pixels its area covers (whole pixels).
@@ -492,8 +493,8 @@ pub struct DecodeBench {
     pub split: String,
     /// Square side, or variable size.
     pub resize: Resize,
-    /// Resize filter.
-    pub interpolation: Interpolation,
+    /// Resize filter and decode scale.
+    pub sampling: Sampling,
     /// Decoder and libtorch threads.
     pub threads: usize,
     /// Cache folder; none measures the bare first pass.
@@ -534,7 +535,7 @@ pub fn bench(config: &DecodeBench) -> anyhow::Result<()> {
             &config.split,
             &classes,
             config.resize,
-            config.interpolation,
+            config.sampling,
             config.threads,
             config.cache_dir.as_deref(),
         )?;
@@ -647,7 +648,7 @@ mod tests {
     }
 
     fn load(data: &Path, cache: Option<&Path>) -> Split {
-        load_split(data, "train", &classes(), Resize::Square(32), Interpolation::Nearest, 2, cache).unwrap()
+        load_split(data, "train", &classes(), Resize::Square(32), Interpolation::Nearest.into(), 2, cache).unwrap()
     }
 
     fn entry_files(cache: &Path) -> Vec<PathBuf> {
@@ -688,13 +689,17 @@ mod tests {
     #[test]
     fn touching_or_adding_a_file_changes_the_key_and_rebuilds() {
         let (data, cache) = (dataset(), tempfile::tempdir().unwrap());
-        let key = |interpolation| {
+        let key = |interpolation: Interpolation| {
             let files = split_files(data.path(), "train", &classes()).unwrap();
-            cache::entry_key(data.path(), "train", &files, &classes(), Resize::Square(32), interpolation).unwrap()
+            cache::entry_key(data.path(), "train", &files, &classes(), Resize::Square(32), interpolation.into()).unwrap()
         };
         let original = key(Interpolation::Nearest);
         assert_eq!(key(Interpolation::Nearest), original, "stable");
         assert_ne!(key(Interpolation::Area), original, "the interpolation is part of the key");
+        let files = split_files(data.path(), "train", &classes()).unwrap();
+        let fast = Sampling { interpolation: Interpolation::Nearest, fast_decode: true };
+        let fast_key = cache::entry_key(data.path(), "train", &files, &classes(), Resize::Square(32), fast).unwrap();
+        assert_ne!(fast_key, original, "so is the decode scale");
         load(data.path(), Some(cache.path()));
 
         let file = data.path().join("train/PNEUMONIA/train-pneumonia-0000.jpeg");
@@ -777,7 +782,7 @@ mod tests {
         let films = [(200, 140, false), (210, 150, false), (140, 200, false), (100, 100, false), (205, 145, false), (64, 64, false)];
         let (data, cache) = (shaped_dataset(&films), tempfile::tempdir().unwrap());
         let resize = Resize::Bounded { max_side: 128, min_side: 32 };
-        let load = |cache: Option<&Path>| load_split(data.path(), "train", &classes(), resize, Interpolation::Area, 2, cache).unwrap();
+        let load = |cache: Option<&Path>| load_split(data.path(), "train", &classes(), resize, Interpolation::Area.into(), 2, cache).unwrap();
         let built = load(Some(cache.path()));
         assert!(matches!(built.cache, CacheOutcome::Built(_)));
         let shapes: Vec<Vec<i64>> = built.groups.iter().map(|group| group.images.size()).collect();
@@ -799,7 +804,7 @@ mod tests {
     #[test]
     fn one_colour_image_makes_a_three_channel_split_with_gray_images_replicated() {
         let data = shaped_dataset(&[(40, 40, false), (40, 40, true), (40, 40, false)]);
-        let split = load_split(data.path(), "train", &classes(), Resize::Square(32), Interpolation::Area, 1, None).unwrap();
+        let split = load_split(data.path(), "train", &classes(), Resize::Square(32), Interpolation::Area.into(), 1, None).unwrap();
         assert_eq!(split.channels, 3);
         let images = &split.groups[0].images;
         assert_eq!(images.size(), [3, 3, 32, 32]);
@@ -827,9 +832,30 @@ mod tests {
     /// Mean abs differences of the 128-px (or `size`) CHW bytes from a reduced and a full decode.
     fn reduced_vs_full(bytes: &[u8], size: u32, reduction: u32, interpolation: Interpolation) -> f64 {
         let full = image::load_from_memory(bytes).unwrap();
-        let reduced = decode_for_size(bytes, size, size).unwrap();
+        let reduced = decode_for_size(bytes, size, size, Sampling { interpolation, fast_decode: true }).unwrap();
         assert_eq!(reduced.width(), full.width().div_ceil(reduction), "decoded at 1/{reduction}");
         mean_abs_diff(&to_chw(&reduced, size, interpolation), &to_chw(&full, size, interpolation))
+    }
+
+    #[test]
+    fn only_fast_decode_or_an_exact_area_box_decodes_at_a_reduced_scale() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let film = image::imageops::resize(&demo_data::chest_xray(&mut rng, 512, true), 1024, 1024, image::imageops::FilterType::Triangle);
+        let mut bytes = Vec::new();
+        JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&film).unwrap();
+        let width = |target: u32, sampling: Sampling| decode_for_size(&bytes, target, target, sampling).unwrap().width();
+        // Keras' pixels: the full decode, whatever the target.
+        assert_eq!(width(128, Interpolation::Nearest.into()), 1024);
+        assert_eq!(width(128, Interpolation::Bilinear.into()), 1024);
+        assert_eq!(width(100, Interpolation::Area.into()), 1024, "100 px boxes are not whole 8×8 blocks");
+        assert_eq!(width(128, Sampling { interpolation: Interpolation::Nearest, fast_decode: true }), 128, "asked for");
+        // Area over whole blocks: the 1/8 decode (each pixel its block's DC) gives the same means.
+        assert_eq!(width(128, Interpolation::Area.into()), 128);
+        let reduced = decode_for_size(&bytes, 128, 128, Interpolation::Area.into()).unwrap();
+        let full = image::load_from_memory(&bytes).unwrap();
+        let (reduced, full) = (to_chw(&reduced, 128, Interpolation::Area), to_chw(&full, 128, Interpolation::Area));
+        let worst = reduced.iter().zip(&full).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+        assert!(worst <= 1, "the DC is the block mean up to rounding: {worst}");
     }
 
     #[test]

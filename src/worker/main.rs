@@ -12,6 +12,7 @@ mod model;
 mod optim;
 mod precision;
 mod report;
+mod resample;
 mod resume;
 mod serve;
 mod train;
@@ -91,6 +92,9 @@ enum Command {
         /// `nearest`, `bilinear` or `area`.
         #[arg(long, default_value = "nearest")]
         interpolation: String,
+        /// Decode large JPEGs at a reduced scale first (the spec's `fast_decode`).
+        #[arg(long)]
+        fast_decode: bool,
         /// Decoder threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -116,12 +120,12 @@ fn main() -> ExitCode {
                 bench(BenchConfig { image_size, batch_size, steps, warmup, train, backbone, threads, precision }, device)
             })
         }
-        Command::BenchDecode { dataset, split, size, interpolation, threads, cache_dir, batch_size, rounds } => {
+        Command::BenchDecode { dataset, split, size, interpolation, fast_decode, threads, cache_dir, batch_size, rounds } => {
             serde_json::from_value(serde_json::Value::String(interpolation)).map_err(anyhow::Error::from).and_then(
                 |interpolation| {
                     let resize = trainq::domain::spec::Resize::Square(size);
-                    let config =
-                        data::DecodeBench { dataset, split, resize, interpolation, threads, cache_dir, batch_size, rounds };
+                    let sampling = trainq::domain::spec::Sampling { interpolation, fast_decode };
+                    let config = data::DecodeBench { dataset, split, resize, sampling, threads, cache_dir, batch_size, rounds };
                     data::bench(&config)
                 },
             )

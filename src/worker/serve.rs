@@ -47,7 +47,7 @@ pub fn serve(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn answer(network: &Network, spec: &JobSpec, normaliser: &Normaliser, request: &Request) -> anyhow::Result<serde_json::Value> {
-    let pixels = load_image(&request.image, spec.resize(), spec.interpolation)?;
+    let pixels = load_image(&request.image, spec.resize(), spec.sampling())?;
     let (map, probabilities) = network.grad_cam(&normaliser.apply(&pixels), None);
     let predicted = if probabilities.len() == 1 {
         usize::from(probabilities[0] >= 0.5)

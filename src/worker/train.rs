@@ -302,7 +302,7 @@ pub fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyh
 fn load(work: &WorkerJob, split: &str, classes: &[String]) -> anyhow::Result<Split> {
     let spec = &work.spec;
     let loaded =
-        load_split(&work.dataset_dir, split, classes, spec.resize(), spec.interpolation, work.threads, work.cache_dir.as_deref())
+        load_split(&work.dataset_dir, split, classes, spec.resize(), spec.sampling(), work.threads, work.cache_dir.as_deref())
             .with_context(|| format!("loading the {split} split"))?;
     eprintln!("{split}: {}", loaded.summary());
     emit(&ProgressEvent::Data {
