@@ -10,6 +10,9 @@
 //! scanned films; a second, smaller line uses the generator's per-pixel white grain, which roughly
 //! doubles the compressed size and is the worst case for any JPEG decoder.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
 use rand::{Rng, SeedableRng};
@@ -57,9 +60,12 @@ fn generate(dir: &Path, count: usize, correlated_grain: bool) -> Films {
     Films { min_megapixels: min, max_megapixels: max, bits_per_pixel: 8.0 * bytes / pixels }
 }
 
-fn worker(dataset: &Path, threads: usize, rounds: &str, cache_dir: Option<&Path>) -> serde_json::Value {
+fn worker(dataset: &Path, threads: usize, rounds: &str, cache_dir: Option<&Path>, fast_decode: bool) -> serde_json::Value {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trainq-worker"));
     command.args(["bench-decode", "--size", "128", "--interpolation", "nearest", "--batch-size", "20", "--rounds", rounds]);
+    if fast_decode {
+        command.arg("--fast-decode");
+    }
     command.arg("--dataset").arg(dataset).arg("--threads").arg(threads.to_string());
     if let Some(cache_dir) = cache_dir {
         command.arg("--cache-dir").arg(cache_dir);
@@ -71,11 +77,12 @@ fn rate(result: &serde_json::Value, field: &str) -> f64 {
     result[field].as_f64().unwrap_or_else(|| panic!("no {field} in {result}"))
 }
 
-/// Per-core rates of Pillow and trainq on `dataset`, in images per second of process CPU time
-/// (both single-threaded): each side runs twice, alternating, and keeps its better run, so a busy
-/// neighbour on a shared machine penalises neither side alone.
-fn per_core(python: &Path, root: &Path, dataset: &Path, rounds: &str) -> (f64, f64, String) {
-    let (mut pillow_best, mut trainq_best, mut version) = (0f64, 0f64, String::from("?"));
+/// Per-core rates of Pillow, trainq (Keras' pixels: full decode) and trainq with `fast_decode`
+/// on `dataset`, in images per second of process CPU time (all single-threaded): each side runs
+/// twice, alternating, and keeps its better run, so a busy neighbour on a shared machine
+/// penalises no side alone.
+fn per_core(python: &Path, root: &Path, dataset: &Path, rounds: &str) -> (f64, f64, f64, String) {
+    let (mut pillow_best, mut trainq_best, mut fast_best, mut version) = (0f64, 0f64, 0f64, String::from("?"));
     for _ in 0..2 {
         let pillow = run_json(
             Command::new(python)
@@ -86,11 +93,13 @@ fn per_core(python: &Path, root: &Path, dataset: &Path, rounds: &str) -> (f64, f
         );
         pillow_best = pillow_best.max(rate(&pillow, "images_per_cpu_sec"));
         version = pillow["pillow"].as_str().unwrap_or("?").to_string();
-        let trainq = worker(dataset, 1, rounds, None);
+        let trainq = worker(dataset, 1, rounds, None, false);
         assert_eq!(trainq["skipped"], 0, "{trainq}");
         trainq_best = trainq_best.max(rate(&trainq, "load_images_per_cpu_sec"));
+        let fast = worker(dataset, 1, rounds, None, true);
+        fast_best = fast_best.max(rate(&fast, "load_images_per_cpu_sec"));
     }
-    (trainq_best, pillow_best, version)
+    (trainq_best, fast_best, pillow_best, version)
 }
 
 /// A bigger split for the epoch comparison: `copies` hard links of each film (no extra disk),
@@ -121,11 +130,12 @@ fn main() {
     let rounds = std::env::var("TRAINQ_BENCH_ROUNDS").unwrap_or_else(|_| String::from("3"));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let scratch = tempfile::tempdir().unwrap();
+    println!("decode: CPU {}", support::cpu_line());
 
     for correlated_grain in [true, false] {
         let dataset = scratch.path().join(if correlated_grain { "films" } else { "white-grain" });
         let films = generate(&dataset, count, correlated_grain);
-        let (trainq_rate, pillow_rate, pillow_version) = per_core(&python, root, &dataset, &rounds);
+        let (trainq_rate, fast_rate, pillow_rate, pillow_version) = per_core(&python, root, &dataset, &rounds);
         let grain = if correlated_grain { "" } else { ", white grain" };
         println!(
             "decode+resize {:.1}–{:.1} MP grayscale JPEG ({:.2} bits/px{grain}) → 128 px, per core (CPU time): \
@@ -135,6 +145,11 @@ fn main() {
             films.bits_per_pixel,
             trainq_rate / pillow_rate
         );
+        println!(
+            "  the same with fast_decode (DCT-domain 1/8 decode; not Keras' pixels): trainq {fast_rate:.1} img/s | ratio {:.2}x Pillow, {:.2}x full decode",
+            fast_rate / pillow_rate,
+            fast_rate / trainq_rate
+        );
         if !correlated_grain {
             continue;
         }
@@ -143,12 +158,12 @@ fn main() {
         let images = replicate(&dataset, &epoch, copies);
         // Epoch measures keep each side's best round: the rounds are short, and a busy neighbour
         // on a shared machine only ever slows a round down.
-        let first_pass = worker(&epoch, cores, &rounds, None);
+        let first_pass = worker(&epoch, cores, &rounds, None, false);
         let first_pass_rate = rate(&first_pass, "best_load_images_per_sec");
         let cache_dir = scratch.path().join("cache");
-        let built = worker(&epoch, cores, "1", Some(&cache_dir));
+        let built = worker(&epoch, cores, "1", Some(&cache_dir), false);
         assert_eq!(built["cache"], "built", "{built}");
-        let cached = worker(&epoch, cores, "10", Some(&cache_dir));
+        let cached = worker(&epoch, cores, "10", Some(&cache_dir), false);
         assert_eq!((&cached["cache"], &cached["decoded"]), (&"hit".into(), &0.into()), "{cached}");
         let cached_rate = rate(&cached, "best_epoch_images_per_sec");
         let gathered_rate = rate(&cached, "best_gather_epoch_images_per_sec");

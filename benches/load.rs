@@ -21,6 +21,9 @@
 //! `--generator MODE URL RATE N TOKENS_FILE`, so the client never shares a process (or a tokio
 //! runtime) with the measurement's other half.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -353,18 +356,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }
 
-/// The CPU's model and the flags that matter for speed, printed next to the results.
-fn cpu_line() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|line| line.strip_prefix("model name")).map(|rest| rest.trim_start_matches([' ', '\t', ':'])).unwrap_or("?");
-    let flags: Vec<&str> = info
-        .lines()
-        .find_map(|line| line.strip_prefix("flags"))
-        .map(|rest| rest.split_whitespace().filter(|flag| ["avx2", "avx512f", "amx_bf16", "avx512_bf16"].contains(flag)).collect())
-        .unwrap_or_default();
-    format!("{model}, {} cores, flags {}", std::thread::available_parallelism().map_or(0, |n| n.get()), flags.join(" "))
-}
-
 /// Submits `n` jobs at `rate` from the generator and checks none was lost; prints the round.
 fn submission_round(url: &str, rate: f64, n: usize, tokens_file: &Path, admin: &str, accepted: &mut Vec<String>) {
     let baseline = generate("healthz", url, rate, n, tokens_file);
@@ -404,7 +395,7 @@ fn main() {
     let n: usize = env_or("TRAINQ_LOAD_N", 10_000);
     let rate: f64 = env_or("TRAINQ_LOAD_RATE", 2000.0);
     let big: usize = env_or("TRAINQ_LOAD_BIG", 100_000);
-    println!("load: CPU {}", cpu_line());
+    println!("load: CPU {}", support::cpu_line());
 
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path();

@@ -7,6 +7,9 @@
 //! `cargo bench --bench q1` (env `TRAINQ_BENCH_Q1_EPOCHS=100,50`, `TRAINQ_BENCH_Q1_SCALE=1.0`
 //! for a fraction of the images, `TRAINQ_BENCH_THREADS` = all cores by default).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -100,6 +103,7 @@ fn q1(epochs: (u32, u32), cache: bool) -> Value {
 }
 
 fn main() {
+    println!("q1: CPU {}", support::cpu_line());
     let epochs: Vec<u32> = std::env::var("TRAINQ_BENCH_Q1_EPOCHS")
         .unwrap_or_else(|_| String::from("100,50"))
         .split(',')

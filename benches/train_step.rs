@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench train_step` (env `TRAINQ_BENCH_CONFIGS="128:20:all,128:20:head"` to choose).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -14,6 +17,7 @@ fn run_json(command: &mut Command) -> serde_json::Value {
 }
 
 fn main() {
+    println!("train_step: CPU {}", support::cpu_line());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".torch-venv/bin/python");
     assert!(python.exists(), "run deploy/setup-libtorch.sh first (it provides the PyTorch baseline)");
