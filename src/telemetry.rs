@@ -100,53 +100,53 @@ impl Telemetry {
         let jobs_finished = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "trainq_jobs_finished",
-            "Jobs that reached a final state since the server started, by outcome (succeeded, failed, cancelled); a re-queue is not an end.",
+            "Jobs that reached a final state since the server started, by outcome (succeeded, failed, cancelled); a re-queue is not an end",
             jobs_finished.clone(),
         );
         let oom_retries = Counter::default();
         registry.register(
             "trainq_oom_retries",
-            "Runs that ran out of memory and were re-queued with half the batch (retry_on_oom).",
+            "Runs that ran out of memory and were re-queued with half the batch (retry_on_oom)",
             oom_retries.clone(),
         );
         let http_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "trainq_http_requests",
-            "HTTP requests answered, by route template (\"unmatched\" when no route matched), method and status.",
+            "HTTP requests answered, by route template (\"unmatched\" when no route matched), method and status",
             http_requests.clone(),
         );
         let http_duration: Family<RouteLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(|| Histogram::new(HTTP_BUCKETS));
         registry.register_with_unit(
             "trainq_http_request_duration",
-            "Time to answer an HTTP request (to the response's head; a stream's body is not counted), by route template and method. Submit latency: route=\"/api/jobs\", method=\"POST\".",
+            "Time to answer an HTTP request (to the response's head; a stream's body is not counted), by route template and method. Submit latency: route=\"/api/jobs\", method=\"POST\"",
             Unit::Seconds,
             http_duration.clone(),
         );
         let queue_wait = Histogram::new(QUEUE_WAIT_BUCKETS);
         registry.register_with_unit(
             "trainq_queue_wait",
-            "Time from a job's submission to its first start on a device.",
+            "Time from a job's submission to its first start on a device",
             Unit::Seconds,
             queue_wait.clone(),
         );
         let job_run = Histogram::new(RUN_BUCKETS);
         registry.register_with_unit(
             "trainq_job_run",
-            "Device time of a job that ended: its runs from start to end, summed over retries and resumes.",
+            "Device time of a job that ended: its runs from start to end, summed over retries and resumes",
             Unit::Seconds,
             job_run.clone(),
         );
         let epoch = Histogram::new(EPOCH_BUCKETS);
         registry.register_with_unit(
             "trainq_epoch",
-            "Wall time of one training epoch (validation included), as the worker measured it; epochs a resumed worker sends again are not counted twice.",
+            "Wall time of one training epoch (validation included), as the worker measured it; epochs a resumed worker sends again are not counted twice",
             Unit::Seconds,
             epoch.clone(),
         );
         registry.register(
             "trainq_build",
-            "The running trainq's version; the value is always 1.",
+            "The running trainq's version; the value is always 1",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION") }),
         );
         Telemetry { registry: Arc::new(registry), jobs_finished, oom_retries, http_requests, http_duration, queue_wait, job_run, epoch }
@@ -240,10 +240,11 @@ mod tests {
         assert!(!text.contains("outcome=\"queued\""), "{text}");
         assert!(text.contains("trainq_oom_retries_total 1\n"), "{text}");
         assert!(text.contains("trainq_http_requests_total{route=\"/api/jobs/{id}\",method=\"other\",status=\"404\"} 1\n"), "{text}");
-        assert!(text.contains("trainq_queue_wait_seconds_bucket{le=\"60.0\"} 0\n"), "{text}");
-        assert!(text.contains("trainq_queue_wait_seconds_bucket{le=\"120.0\"} 1\n"), "{text}");
+        assert!(text.contains("trainq_queue_wait_seconds_bucket{le=\"60\"} 0\n"), "{text}");
+        assert!(text.contains("trainq_queue_wait_seconds_bucket{le=\"120\"} 1\n"), "{text}");
         assert!(text.contains("trainq_queue_wait_seconds_count 1\n"), "{text}");
         assert!(text.contains(&format!("trainq_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(!text.contains("..\n"), "the crate ends each HELP with a period: {text}");
         for line in text.lines().filter(|line| line.starts_with("# TYPE")) {
             let help = line.replacen("# TYPE", "# HELP", 1);
             let name = help.rsplit_once(' ').unwrap().0;

@@ -72,7 +72,7 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
     gauges::<i64, AtomicI64>(
         &mut registry,
         "trainq_jobs",
-        "Jobs by owner and state; queue length: sum(trainq_jobs{state=\"queued\"}).",
+        "Jobs by owner and state; queue length: sum(trainq_jobs{state=\"queued\"})",
         None,
         rows,
     );
@@ -81,20 +81,20 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         let here = running.iter().filter(|job| job.device.as_deref() == Some(slot.id.as_str())).count();
         (vec![("device", slot.id.clone())], here as i64)
     });
-    gauges::<i64, AtomicI64>(&mut registry, "trainq_running_jobs", "Jobs running on each device.", None, rows.collect::<Vec<_>>());
+    gauges::<i64, AtomicI64>(&mut registry, "trainq_running_jobs", "Jobs running on each device", None, rows.collect::<Vec<_>>());
     let readings: Vec<_> =
         state.inventory.slots().iter().filter_map(|slot| Some((slot, state.inventory.reading(slot)?))).collect();
     if !readings.is_empty() {
         let device = |slot: &crate::devices::DeviceSlot| vec![("device", slot.id.clone())];
         let used = readings.iter().map(|(slot, reading)| (device(slot), reading.memory_used as i64));
-        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_used", "GPU memory in use (by anyone).", Some(Unit::Bytes), used);
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_used", "GPU memory in use (by anyone)", Some(Unit::Bytes), used);
         let size = readings.iter().map(|(slot, reading)| (device(slot), reading.memory_total as i64));
-        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_size", "GPU memory in all.", Some(Unit::Bytes), size);
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_size", "GPU memory in all", Some(Unit::Bytes), size);
         let busy = readings.iter().map(|(slot, reading)| (device(slot), f64::from(reading.utilization_percent) / 100.0));
         gauges::<f64, AtomicU64>(
             &mut registry,
             "trainq_gpu_utilization",
-            "GPU utilisation over NVML's last sample period, 0 to 1.",
+            "GPU utilisation over NVML's last sample period, 0 to 1",
             Some(Unit::Other(String::from("ratio"))),
             busy,
         );
@@ -104,15 +104,15 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
     gauges::<f64, AtomicU64>(
         &mut registry,
         "trainq_fair_share_usage",
-        "Fair-share usage: device-seconds of each user's runs, each second weighted by 2^(-age/half-life).",
+        "Fair-share usage: device-seconds of each user's runs, each second weighted by 2^(-age/half-life)",
         Some(Unit::Seconds),
         usage.into_iter().map(|(user, seconds)| (vec![("user", user)], seconds)),
     );
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
     let per_folder: [(&str, &str, fn(&crate::disk::Space) -> u64); 2] = [
-        ("trainq_disk_free", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache).", |space| space.free_bytes),
-        ("trainq_disk_size", "Size of the filesystem of each folder trainq writes.", |space| space.total_bytes),
+        ("trainq_disk_free", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache)", |space| space.free_bytes),
+        ("trainq_disk_size", "Size of the filesystem of each folder trainq writes", |space| space.total_bytes),
     ];
     for (name, help, value) in per_folder {
         let rows = spaces.iter().map(|space| {
@@ -125,14 +125,14 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
     gauges::<i64, AtomicI64>(
         &mut registry,
         "trainq_disk_low_water",
-        "No job starts unless this much would stay free after its writes.",
+        "No job starts unless this much would stay free after its writes",
         Some(Unit::Bytes),
         [(Labels::new(), settings.low_water_bytes as i64)],
     );
     gauges::<i64, AtomicI64>(
         &mut registry,
         "trainq_disk_reserve_held",
-        "1 while the disk reserve is in place; 0 while the server lives on it (writes answer 507).",
+        "1 while the disk reserve is in place; 0 while the server lives on it (writes answer 507)",
         None,
         [(Labels::new(), i64::from(state.disk.reserve_held()))],
     );
@@ -174,8 +174,8 @@ mod tests {
     #[test]
     fn label_values_are_escaped_and_unlabelled_gauges_have_no_braces() {
         let mut registry = Registry::default();
-        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_free", "Free.", Some(Unit::Bytes), [(vec![("path", String::from("a\"b\\c\nd"))], 7)]);
-        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_reserve_held", "Held.", None, [(Labels::new(), 1)]);
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_free", "Free", Some(Unit::Bytes), [(vec![("path", String::from("a\"b\\c\nd"))], 7)]);
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_reserve_held", "Held", None, [(Labels::new(), 1)]);
         let text = Telemetry::new().encode(&registry, Format::PrometheusText);
         assert!(text.contains("trainq_disk_free_bytes{path=\"a\\\"b\\\\c\\nd\"} 7\n"), "{text}");
         assert!(text.contains("\ntrainq_disk_reserve_held 1\n"), "{text}");

@@ -132,7 +132,7 @@ async fn metrics_count_job_ends_retries_and_requests_and_pass_promtool() {
         assert_eq!(sample(&metrics, series), Some(value), "{series}\n{metrics}");
     }
     assert!(sample(&metrics, "trainq_fair_share_usage_seconds{user=\"alice\"}").is_some_and(|seconds| seconds >= 1.0), "{metrics}");
-    assert!(metrics.contains("trainq_http_request_duration_seconds_bucket{route=\"/api/jobs\",method=\"POST\",le=\"10.0\"} 3"), "{metrics}");
+    assert!(metrics.contains("trainq_http_request_duration_seconds_bucket{route=\"/api/jobs\",method=\"POST\",le=\"10\"} 3"), "{metrics}");
     assert!(metrics.contains("route=\"/api/jobs/{id}\""), "routes are templates: {metrics}");
     assert!(!metrics.contains(&ok), "no job id in a label: {metrics}");
     assert!(metrics.contains(&format!("trainq_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{metrics}");
