@@ -119,7 +119,7 @@ impl Telemetry {
             Family::new_with_constructor(|| Histogram::new(HTTP_BUCKETS));
         registry.register_with_unit(
             "trainq_http_request_duration",
-            "Time to answer an HTTP request (to the response's head; a stream's body is not counted), by route template and method. Submit latency: route=\"/api/jobs\", method=\"POST\"",
+            "Time to an HTTP response's head (a stream's body not counted) by route template and method; submit: POST /api/jobs",
             Unit::Seconds,
             http_duration.clone(),
         );
@@ -140,7 +140,7 @@ impl Telemetry {
         let epoch = Histogram::new(EPOCH_BUCKETS);
         registry.register_with_unit(
             "trainq_epoch",
-            "Wall time of one training epoch (validation included), as the worker measured it; epochs a resumed worker sends again are not counted twice",
+            "Wall time of one training epoch with its validation, as the worker timed it (a resumed worker's replayed curves skipped)",
             Unit::Seconds,
             epoch.clone(),
         );

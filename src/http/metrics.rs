@@ -164,7 +164,8 @@ mod tests {
     fn openmetrics_is_chosen_only_when_asked_for() {
         let mut headers = HeaderMap::new();
         assert_eq!(negotiate(&headers), Format::PrometheusText);
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                          text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         headers.insert(header::ACCEPT, prometheus.parse().unwrap());
         assert_eq!(negotiate(&headers), Format::OpenMetrics);
         headers.insert(header::ACCEPT, "text/plain".parse().unwrap());
@@ -174,7 +175,8 @@ mod tests {
     #[test]
     fn label_values_are_escaped_and_unlabelled_gauges_have_no_braces() {
         let mut registry = Registry::default();
-        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_free", "Free", Some(Unit::Bytes), [(vec![("path", String::from("a\"b\\c\nd"))], 7)]);
+        let awkward = vec![("path", String::from("a\"b\\c\nd"))];
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_free", "Free", Some(Unit::Bytes), [(awkward, 7)]);
         gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_reserve_held", "Held", None, [(Labels::new(), 1)]);
         let text = Telemetry::new().encode(&registry, Format::PrometheusText);
         assert!(text.contains("trainq_disk_free_bytes{path=\"a\\\"b\\\\c\\nd\"} 7\n"), "{text}");

@@ -579,20 +579,23 @@ impl Supervisor {
     /// Ends a running job in a final state, retrying the write until it lands.
     async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {
         let mut retry = StateWrite::new("recording the end of a job", &self.disk);
-        loop {
+        let ended = loop {
             match self.store.finish_job(id, state, reason).await {
                 Ok(true) => {
                     self.events.publish(id, EventKind::Finished { state, error: reason.map(str::to_string) });
-                    self.count_end(id, state).await;
-                    break;
+                    break true;
                 }
-                Ok(false) => break,
+                Ok(false) => break false,
                 Err(err) if retry.again(&err).await => {}
-                Err(_) => break,
+                Err(_) => break false,
             }
-        }
+        };
         self.running.lock().expect("running map poisoned").remove(&id);
         self.wake_scheduler.notify_one();
+        // After the wake-up, so counting (one read of the job's runs) never delays the next job.
+        if ended {
+            self.count_end(id, state).await;
+        }
     }
 
     /// Counts a job's end once, where its final state was written: its outcome, and its device

@@ -61,7 +61,9 @@ async fn a_user_with_two_jobs_is_not_stuck_behind_one_with_twenty() {
     let metrics = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("# TYPE trainq_jobs gauge"), "{metrics}");
     assert!(metrics.contains("trainq_running_jobs{device=\"cpu0\"}"), "{metrics}");
-    let usage = |user: &str| sample(&metrics, &format!("trainq_fair_share_usage_seconds{{user=\"{user}\"}}")).unwrap_or_else(|| panic!("{metrics}"));
+    let usage = |user: &str| {
+        sample(&metrics, &format!("trainq_fair_share_usage_seconds{{user=\"{user}\"}}")).unwrap_or_else(|| panic!("{metrics}"))
+    };
     assert!(usage("alice") >= 0.5 && usage("bob") >= 0.5, "{metrics}");
     let queued = sample(&metrics, "trainq_jobs{user=\"alice\",state=\"queued\"}").unwrap_or_else(|| panic!("{metrics}"));
     assert!(queued > 0.0 && queued < 20.0, "{metrics}");
