@@ -15,6 +15,22 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
         echo "test.sh: install Debian's chromium and chromium-driver, or set TRAINQ_SKIP_BROWSER=1 to skip the browser test" >&2
     fi
 fi
+# The metrics test lints /metrics with promtool, from Debian's prometheus package (tests/api/sharing.rs).
+# Only the tool is wanted: --no-install-recommends, and the server the package sets up is not started.
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    elif command -v sudo >/dev/null; then
+        sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    else
+        echo "test.sh: install Debian's prometheus package (for promtool); without it the metrics test fails under CI and is skipped elsewhere" >&2
+    fi
+    # Its package starts a Prometheus server where an init system lets it; the tests want none.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+fi
 # The Slurm tests hand real jobs to a one-node Slurm cluster on this machine (tests/api/slurm.rs).
 if [ "${TRAINQ_SKIP_SLURM:-}" != 1 ]; then
     if ! ./deploy/slurm/local-cluster.sh; then

@@ -39,3 +39,5 @@ pub mod storage;
 pub mod store;
 /// Worker processes (the only code that spawns).
 pub mod supervisor;
+/// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
+pub mod telemetry;

@@ -96,6 +96,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let scheduler_handle = SchedulerHandle::default();
     let events = EventBus::new();
+    // One set of counters for the process: the supervisor and scheduler count into it, the HTTP
+    // layer counts requests, and `/metrics` reads it.
+    let telemetry = crate::telemetry::Telemetry::new();
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {
@@ -113,6 +116,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         events.clone(),
         inventory.clone(),
         disk.clone(),
+        telemetry.clone(),
     );
     let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
     let inputs = Inputs {
@@ -129,7 +133,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         } else {
             let reason = format!("the server restarted without the Slurm executor; Slurm job {slurm_id} is no longer followed");
             tracing::warn!(job_id = %job.id, %reason);
-            store.finish_job(job.id, crate::domain::JobState::Failed, Some(&reason)).await?;
+            if store.finish_job(job.id, crate::domain::JobState::Failed, Some(&reason)).await? {
+                telemetry.job_finished(crate::domain::JobState::Failed);
+            }
         }
     }
     let settings = scheduler::Settings {
@@ -166,6 +172,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
         }),
         tokens: Arc::default(),
+        telemetry,
     };
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");

@@ -281,9 +281,25 @@ pub fn now_rfc3339() -> String {
         .expect("the current time always formats")
 }
 
+/// Unix seconds of a timestamp [`now_rfc3339`] wrote; `None` if the text is no RFC 3339 time.
+/// Durations between stored times (a job's wait in the queue) are computed from it.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    let time = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(time.unix_timestamp_nanos() as f64 / 1e9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_timestamps_read_back_as_unix_seconds() {
+        assert_eq!(unix_seconds("2026-12-01T14:00:00.5Z"), Some(1_796_133_600.5));
+        let now = unix_seconds(&now_rfc3339()).unwrap();
+        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!((now - clock).abs() < 5.0, "{now}");
+        assert_eq!(unix_seconds("yesterday"), None);
+    }
 
     #[test]
     fn the_fraction_done_counts_earlier_phases_epochs_and_steps() {

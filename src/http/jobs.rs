@@ -337,6 +337,7 @@ pub async fn cancel(
     let status = match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledWhileQueued => {
             state.events.publish(id, EventKind::Finished { state: JobState::Cancelled, error: None });
+            state.telemetry.job_finished(JobState::Cancelled);
             StatusCode::OK
         }
         CancelOutcome::StopRunning => {

@@ -1,94 +1,159 @@
-//! `GET /metrics`: Prometheus text format (version 0.0.4) for the box's admin: jobs by state and
-//! by user, running jobs per device, GPU memory and utilisation from NVML, and each user's
-//! fair-share usage. Public like the queue itself; it carries no job content.
+//! `GET /metrics` for the box's admin, and the layer that counts HTTP requests for it.
+//!
+//! A scrape measures what is true now (jobs by user and state, running jobs per device, GPU
+//! memory and utilisation from NVML, each user's fair-share usage, free bytes per folder) and
+//! appends the counters and histograms of what happened since the server started
+//! ([`crate::telemetry`]). `prometheus-client` writes the text: Prometheus 0.0.4 by default (what
+//! `promtool check metrics` reads), OpenMetrics when the scraper's `Accept` asks for it. Names
+//! follow Prometheus's naming guide (base units, `_total` on counters, no label names inside
+//! metric names). Public like the queue itself; it carries no job content.
+//!
+//! A scrape's cost does not grow with the jobs ever submitted: one `GROUP BY` count, the running
+//! jobs (at most a few per device), fair share's recent runs, and one `statvfs` per folder.
 
 use super::{ApiError, AppState};
 use crate::domain::JobState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use crate::telemetry::{Format, Telemetry, UNMATCHED_ROUTE};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{Atomic, Gauge};
+use prometheus_client::registry::{Metric, Registry, Unit};
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
-/// Quotes a label value as the exposition format wants (backslash, quote and newline escaped).
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// A sample's labels, in the order they are written.
+type Labels = Vec<(&'static str, String)>;
+
+/// Registers one gauge family measured by this scrape: `rows` are its label sets and values.
+fn gauges<N, A>(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, rows: impl IntoIterator<Item = (Labels, N)>)
+where
+    A: Atomic<N> + Default,
+    Family<Labels, Gauge<N, A>>: Metric,
+{
+    let family = Family::<Labels, Gauge<N, A>>::default();
+    for (labels, value) in rows {
+        family.get_or_create(&labels).set(value);
+    }
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, family),
+        None => registry.register(name, help, family),
+    }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// OpenMetrics when the scraper lists it in `Accept` (Prometheus does), else the classic text.
+fn negotiate(headers: &HeaderMap) -> Format {
+    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|value| value.to_str().ok());
+    let open_metrics = accept.flat_map(|value| value.split(',')).any(|item| item.trim().starts_with("application/openmetrics-text"));
+    if open_metrics {
+        Format::OpenMetrics
+    } else {
+        Format::PrometheusText
+    }
 }
 
 /// `GET /metrics`.
-pub async fn prometheus(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut out = String::new();
+pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    let mut registry = Registry::default();
+    // Every user with jobs has a row for every state, so a series drops to 0 instead of vanishing.
     let counts = state.store.job_counts().await?;
-    let mut by_state: BTreeMap<&str, i64> = JobState::ALL.iter().map(|state| (state.as_str(), 0)).collect();
-    for (_, job_state, count) in &counts {
-        *by_state.entry(job_state.as_str()).or_default() += count;
-    }
-    family(&mut out, "trainq_jobs", "gauge", "Jobs by state (queue length = state=\"queued\").");
-    for (job_state, count) in &by_state {
-        let _ = writeln!(out, "trainq_jobs{{state=\"{job_state}\"}} {count}");
-    }
-    family(&mut out, "trainq_user_jobs", "gauge", "Jobs by owner and state.");
+    let mut by_user: BTreeMap<String, BTreeMap<&str, i64>> = BTreeMap::new();
     for (owner, job_state, count) in &counts {
-        let owner = label(owner.as_deref().unwrap_or(""));
-        let _ = writeln!(out, "trainq_user_jobs{{user=\"{owner}\",state=\"{job_state}\"}} {count}");
+        let states = by_user
+            .entry(owner.clone().unwrap_or_default())
+            .or_insert_with(|| JobState::ALL.iter().map(|state| (state.as_str(), 0)).collect());
+        *states.entry(job_state.as_str()).or_default() += count;
     }
+    let rows = by_user.iter().flat_map(|(user, states)| {
+        states.iter().map(move |(job_state, count)| (vec![("user", user.clone()), ("state", job_state.to_string())], *count))
+    });
+    gauges::<i64, AtomicI64>(
+        &mut registry,
+        "trainq_jobs",
+        "Jobs by owner and state; queue length: sum(trainq_jobs{state=\"queued\"})",
+        None,
+        rows,
+    );
     let running = state.store.jobs(Some(JobState::Running)).await?;
-    family(&mut out, "trainq_device_running_jobs", "gauge", "Running jobs per device.");
-    for slot in state.inventory.slots() {
+    let rows = state.inventory.slots().iter().map(|slot| {
         let here = running.iter().filter(|job| job.device.as_deref() == Some(slot.id.as_str())).count();
-        let _ = writeln!(out, "trainq_device_running_jobs{{device=\"{}\"}} {here}", label(&slot.id));
-    }
+        (vec![("device", slot.id.clone())], here as i64)
+    });
+    gauges::<i64, AtomicI64>(&mut registry, "trainq_running_jobs", "Jobs running on each device", None, rows.collect::<Vec<_>>());
     let readings: Vec<_> =
         state.inventory.slots().iter().filter_map(|slot| Some((slot, state.inventory.reading(slot)?))).collect();
     if !readings.is_empty() {
-        family(&mut out, "trainq_gpu_memory_used_bytes", "gauge", "GPU memory in use (by anyone).");
-        for (slot, reading) in &readings {
-            let _ = writeln!(out, "trainq_gpu_memory_used_bytes{{device=\"{}\"}} {}", label(&slot.id), reading.memory_used);
-        }
-        family(&mut out, "trainq_gpu_memory_total_bytes", "gauge", "GPU memory in total.");
-        for (slot, reading) in &readings {
-            let _ = writeln!(out, "trainq_gpu_memory_total_bytes{{device=\"{}\"}} {}", label(&slot.id), reading.memory_total);
-        }
-        family(&mut out, "trainq_gpu_utilization_ratio", "gauge", "GPU utilisation over NVML's last sample period, 0 to 1.");
-        for (slot, reading) in &readings {
-            let ratio = f64::from(reading.utilization_percent) / 100.0;
-            let _ = writeln!(out, "trainq_gpu_utilization_ratio{{device=\"{}\"}} {ratio}", label(&slot.id));
-        }
+        let device = |slot: &crate::devices::DeviceSlot| vec![("device", slot.id.clone())];
+        let used = readings.iter().map(|(slot, reading)| (device(slot), reading.memory_used as i64));
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_used", "GPU memory in use (by anyone)", Some(Unit::Bytes), used);
+        let size = readings.iter().map(|(slot, reading)| (device(slot), reading.memory_total as i64));
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_size", "GPU memory in all", Some(Unit::Bytes), size);
+        let busy = readings.iter().map(|(slot, reading)| (device(slot), f64::from(reading.utilization_percent) / 100.0));
+        gauges::<f64, AtomicU64>(
+            &mut registry,
+            "trainq_gpu_utilization",
+            "GPU utilisation over NVML's last sample period, 0 to 1",
+            Some(Unit::Other(String::from("ratio"))),
+            busy,
+        );
     }
     let now = crate::store::unix_now();
     let usage = crate::scheduler::usage_by_user(&state.store, now, state.limits.half_life_secs).await?;
-    family(
-        &mut out,
-        "trainq_user_usage_device_seconds",
-        "gauge",
-        "Fair-share usage: device-seconds of each user's runs, each second weighted by 2^(-age/half-life).",
+    gauges::<f64, AtomicU64>(
+        &mut registry,
+        "trainq_fair_share_usage",
+        "Fair-share usage: device-seconds of each user's runs, each second weighted by 2^(-age/half-life)",
+        Some(Unit::Seconds),
+        usage.into_iter().map(|(user, seconds)| (vec![("user", user)], seconds)),
     );
-    let usage: BTreeMap<_, _> = usage.into_iter().collect();
-    for (user, seconds) in usage {
-        let _ = writeln!(out, "trainq_user_usage_device_seconds{{user=\"{}\"}} {seconds:.3}", label(&user));
-    }
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
     let per_folder: [(&str, &str, fn(&crate::disk::Space) -> u64); 2] = [
-        ("trainq_disk_free_bytes", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache).", |space| space.free_bytes),
-        ("trainq_disk_size_bytes", "Size of the filesystem of each folder trainq writes.", |space| space.total_bytes),
+        ("trainq_disk_free", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache)", |space| space.free_bytes),
+        ("trainq_disk_size", "Size of the filesystem of each folder trainq writes", |space| space.total_bytes),
     ];
     for (name, help, value) in per_folder {
-        family(&mut out, name, "gauge", help);
-        for space in &spaces {
-            let (role, path) = (space.role.as_str(), label(&space.path.to_string_lossy()));
-            let _ = writeln!(out, "{name}{{folder=\"{role}\",path=\"{path}\"}} {}", value(space));
-        }
+        let rows = spaces.iter().map(|space| {
+            let labels = vec![("folder", space.role.as_str().to_string()), ("path", space.path.to_string_lossy().into_owned())];
+            (labels, value(space) as i64)
+        });
+        gauges::<i64, AtomicI64>(&mut registry, name, help, Some(Unit::Bytes), rows);
     }
-    family(&mut out, "trainq_disk_low_water_bytes", "gauge", "No job starts unless this much would stay free after its writes.");
-    let _ = writeln!(out, "trainq_disk_low_water_bytes {}", state.disk.settings().low_water_bytes);
-    family(&mut out, "trainq_disk_reserve_held", "gauge", "1 while the disk reserve is in place; 0 while the server lives on it (writes answer 507).");
-    let _ = writeln!(out, "trainq_disk_reserve_held {}", u8::from(state.disk.reserve_held()));
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
+    let settings = state.disk.settings();
+    gauges::<i64, AtomicI64>(
+        &mut registry,
+        "trainq_disk_low_water",
+        "No job starts unless this much would stay free after its writes",
+        Some(Unit::Bytes),
+        [(Labels::new(), settings.low_water_bytes as i64)],
+    );
+    gauges::<i64, AtomicI64>(
+        &mut registry,
+        "trainq_disk_reserve_held",
+        "1 while the disk reserve is in place; 0 while the server lives on it (writes answer 507)",
+        None,
+        [(Labels::new(), i64::from(state.disk.reserve_held()))],
+    );
+    let format = negotiate(&headers);
+    Ok(([(header::CONTENT_TYPE, format.content_type())], state.telemetry.encode(&registry, format)))
+}
+
+/// Counts every answered request by route template (`/api/jobs/{id}`, never the raw path, so job
+/// ids do not become series), method and status, with its latency. Runs after routing (a
+/// `Router::layer`), where axum has put the matched route in the request's extensions.
+pub async fn count_requests(State(telemetry): State<Telemetry>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = match request.extensions().get::<MatchedPath>() {
+        // A nested router's fallback matches a catch-all axum names itself: no route of ours.
+        Some(path) if !path.as_str().contains("__private__") => path.as_str().to_string(),
+        _ => String::from(UNMATCHED_ROUTE),
+    };
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    telemetry.http_request(&route, method.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 #[cfg(test)]
@@ -96,7 +161,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn openmetrics_is_chosen_only_when_asked_for() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(negotiate(&headers), Format::PrometheusText);
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                          text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        headers.insert(header::ACCEPT, prometheus.parse().unwrap());
+        assert_eq!(negotiate(&headers), Format::OpenMetrics);
+        headers.insert(header::ACCEPT, "text/plain".parse().unwrap());
+        assert_eq!(negotiate(&headers), Format::PrometheusText);
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_unlabelled_gauges_have_no_braces() {
+        let mut registry = Registry::default();
+        let awkward = vec![("path", String::from("a\"b\\c\nd"))];
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_free", "Free", Some(Unit::Bytes), [(awkward, 7)]);
+        gauges::<i64, AtomicI64>(&mut registry, "trainq_disk_reserve_held", "Held", None, [(Labels::new(), 1)]);
+        let text = Telemetry::new().encode(&registry, Format::PrometheusText);
+        assert!(text.contains("trainq_disk_free_bytes{path=\"a\\\"b\\\\c\\nd\"} 7\n"), "{text}");
+        assert!(text.contains("\ntrainq_disk_reserve_held 1\n"), "{text}");
     }
 }

@@ -92,6 +92,8 @@ pub struct AppState {
     pub disk: crate::disk::Disk,
     /// Tokens' users, remembered for a few seconds.
     pub tokens: Arc<auth::TokenCache>,
+    /// Counters and histograms `/metrics` serves; requests are counted by a layer here.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.
@@ -148,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(state.telemetry.clone(), metrics::count_requests))
         .with_state(state)
 }
 

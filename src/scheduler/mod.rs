@@ -425,6 +425,13 @@ async fn schedule_once(
             continue; // cancelled between the read and the claim
         }
         committed.extend(needs);
+        // Waiting is counted once per job, from its submission to its first start: a re-queued
+        // job's later waits are retries, not the wait students see at submit.
+        if job.attempts == 0 {
+            if let Some(submitted) = crate::domain::job::unix_seconds(&job.submitted_at) {
+                supervisor.telemetry().job_waited(crate::store::unix_now() - submitted);
+            }
+        }
         supervisor.start(work, slot, phases).await;
     }
     let facts = Facts {

@@ -11,12 +11,13 @@ pub mod slurm;
 pub use remote::RemoteError;
 
 use crate::devices::{DeviceKind, DeviceSlot, Inventory};
-use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts};
+use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts, RunOutcome};
 use crate::domain::progress::{FailureKind, WorkerJob};
 use crate::domain::relay::WorkerExit;
 use crate::domain::{JobId, JobSpec, JobState};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 use progress::ProgressTracker;
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
@@ -167,11 +168,14 @@ pub struct Supervisor {
     remote: Arc<Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<remote::RemoteJob>>>>>,
     /// The disks: the reserve a full disk releases, the free space failure messages name.
     disk: crate::disk::Disk,
+    /// Jobs finished, out-of-memory retries, run and epoch times, for `/metrics`.
+    telemetry: Telemetry,
 }
 
 impl Supervisor {
     /// A supervisor that wakes `wake_scheduler` whenever a worker ends or a GPU job's memory is
-    /// measured (the scheduler listens), and publishes what its workers do on `events`.
+    /// measured (the scheduler listens), publishes what its workers do on `events`, and counts
+    /// how jobs end into `telemetry`.
     pub fn new(
         store: Store,
         config: SupervisorConfig,
@@ -179,9 +183,11 @@ impl Supervisor {
         events: EventBus,
         inventory: Inventory,
         disk: crate::disk::Disk,
+        telemetry: Telemetry,
     ) -> Supervisor {
         let supervisor = Supervisor {
             disk,
+            telemetry,
             store,
             config: Arc::new(config),
             running: Arc::default(),
@@ -266,8 +272,14 @@ impl Supervisor {
             disk: retries.disk.as_deref(),
             ..RunFacts::default()
         };
-        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
+        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone(), self.telemetry.clone());
         self.conclude(id, log, &mut tracker, decide(&facts), spec, "the worker did not start").await;
+    }
+
+    /// The server's counters and histograms: the scheduler observes queue waits when it starts
+    /// a job through this supervisor.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     /// Whether the server is shutting down (the scheduler then starts nothing).
@@ -358,7 +370,7 @@ impl Supervisor {
         // worker would block on a full pipe.
         let mut line = Vec::new();
         let mut error_line = Vec::new();
-        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
+        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone(), self.telemetry.clone());
         let mut stdout_open = true;
         let mut stderr_open = true;
         let mut cancelled = false;
@@ -543,6 +555,9 @@ impl Supervisor {
             }
         };
         if done {
+            if decision.outcome == RunOutcome::Requeued {
+                self.telemetry.oom_retried();
+            }
             let why = decision.note.unwrap_or_else(|| String::from("interrupted; it resumes from its last checkpoint"));
             log.append(&format!("trainq: {summary}; job re-queued: {why}\n")).await;
             tracing::info!(%summary, %why, "job re-queued");
@@ -564,19 +579,37 @@ impl Supervisor {
     /// Ends a running job in a final state, retrying the write until it lands.
     async fn finish(&self, id: JobId, state: JobState, reason: Option<&str>) {
         let mut retry = StateWrite::new("recording the end of a job", &self.disk);
-        loop {
+        let ended = loop {
             match self.store.finish_job(id, state, reason).await {
                 Ok(true) => {
                     self.events.publish(id, EventKind::Finished { state, error: reason.map(str::to_string) });
-                    break;
+                    break true;
                 }
-                Ok(false) => break,
+                Ok(false) => break false,
                 Err(err) if retry.again(&err).await => {}
-                Err(_) => break,
+                Err(_) => break false,
             }
-        }
+        };
         self.running.lock().expect("running map poisoned").remove(&id);
         self.wake_scheduler.notify_one();
+        // After the wake-up, so counting (one read of the job's runs) never delays the next job.
+        if ended {
+            self.count_end(id, state).await;
+        }
+    }
+
+    /// Counts a job's end once, where its final state was written: its outcome, and its device
+    /// time over every run (retries and resumes included) from the runs the store keeps.
+    async fn count_end(&self, id: JobId, state: JobState) {
+        self.telemetry.job_finished(state);
+        match self.store.runs_of(id).await {
+            Ok(runs) if !runs.is_empty() => {
+                let seconds = runs.iter().map(|run| run.ended_at.unwrap_or(run.started_at) - run.started_at).sum();
+                self.telemetry.job_ran(seconds);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = ?err, "reading the job's runs for its run time failed"),
+        }
     }
 
     /// Fails a job the scheduler claimed but could not hand to a worker (its inputs vanished).

@@ -27,10 +27,22 @@ pub(super) struct ProgressTracker {
     /// supervisor retries them before it records the job's end.
     unsaved_epochs: Vec<EpochMetrics>,
     unsaved_final: Option<FinalMetrics>,
+    /// Epoch times go to `/metrics` as they arrive.
+    telemetry: crate::telemetry::Telemetry,
+    /// The last epoch (phase, epoch) a resumed worker had done before: the curves it sends again
+    /// up to there were timed by an earlier run, and are not timed twice.
+    replayed_until: Option<(u32, u32)>,
 }
 
 impl ProgressTracker {
-    pub(super) fn new(store: Store, id: JobId, log: JobLog, phases: u32, events: EventBus) -> ProgressTracker {
+    pub(super) fn new(
+        store: Store,
+        id: JobId,
+        log: JobLog,
+        phases: u32,
+        events: EventBus,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> ProgressTracker {
         let progress = JobProgress { phases, activity: String::from("starting"), ..JobProgress::default() };
         ProgressTracker {
             store,
@@ -44,6 +56,8 @@ impl ProgressTracker {
             epochs_seen: 0,
             unsaved_epochs: Vec::new(),
             unsaved_final: None,
+            telemetry,
+            replayed_until: None,
         }
     }
 
@@ -135,6 +149,9 @@ impl ProgressTracker {
             }
             ProgressEvent::Epoch(metrics) => {
                 self.epochs_seen += 1;
+                if self.replayed_until.is_none_or(|done| (metrics.phase, metrics.epoch) > done) {
+                    self.telemetry.epoch_took(metrics.seconds);
+                }
                 progress.step = progress.steps;
                 self.unsaved_epochs.push(metrics);
                 self.save_pending().await?;
@@ -145,6 +162,7 @@ impl ProgressTracker {
                 false
             }
             ProgressEvent::Resumed { phase, epoch, step } => {
+                self.replayed_until = Some((phase, epoch));
                 self.log.append(&format!("trainq: resumed from the checkpoint after phase {phase} epoch {epoch} (+{step} steps)\n")).await;
                 progress.activity = String::from("resuming");
                 true

@@ -98,7 +98,7 @@ impl Supervisor {
     }
 
     fn follow(&self, id: JobId, slurm_id: String, log: JobLog, phases: u32, spec: JobSpec, token: CancellationToken) {
-        let tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone());
+        let tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone(), self.telemetry.clone());
         let remote = Arc::new(tokio::sync::Mutex::new(RemoteJob { tracker, log, last: None, exit: None, spec }));
         self.remote.lock().expect("remote map poisoned").insert(id, remote.clone());
         let supervisor = self.clone();
