@@ -21,6 +21,18 @@ pub enum ApiError {
         /// What to send instead.
         message: String,
     },
+    /// A query parameter, path segment, header or body field that axum's extractors or the auth
+    /// layer could not read (400; 415 for a missing JSON content type; 422 for JSON of the wrong
+    /// shape), naming it: `(body)`/`(query)` for the whole, a dotted path for a nested field.
+    #[error("{}", status.canonical_reason().unwrap_or("bad request").to_lowercase())]
+    Malformed {
+        /// 400, 413, 415 or 422.
+        status: StatusCode,
+        /// The parameter, header or body field at fault.
+        field: String,
+        /// What is wrong and what to send instead.
+        message: String,
+    },
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -99,6 +111,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, json!({"field": err.field, "message": err.message}))
             }
             ApiError::BadRequest { field, message } => (StatusCode::BAD_REQUEST, json!({"field": field, "message": message})),
+            ApiError::Malformed { status, field, message } => (*status, json!({"field": field, "message": message})),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
             ApiError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,

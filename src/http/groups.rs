@@ -4,7 +4,8 @@
 use super::{ApiError, AppState};
 use crate::domain::{Job, JobState};
 use crate::metrics::{mean_std, MeanStd};
-use axum::extract::{Path, State};
+use super::extract::Path;
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{Map, Value};

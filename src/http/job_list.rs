@@ -15,7 +15,8 @@ use super::{etag, ApiError, AppState};
 use crate::domain::progress::FinalMetrics;
 use crate::domain::{Job, JobId, JobProgress, JobState};
 use crate::store::{JobFilter, PageOrder};
-use axum::extract::{Query, State};
+use super::extract::Query;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use serde::Serialize;
@@ -346,7 +347,7 @@ mod tests {
     fn query(pairs: &[(&str, &str)]) -> ListQuery {
         let text = pairs.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join("&");
         let uri: axum::http::Uri = format!("/api/jobs?{text}").parse().unwrap();
-        ListQuery::from_pairs(Query::<Vec<(String, String)>>::try_from_uri(&uri).unwrap().0).unwrap()
+        ListQuery::from_pairs(axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).unwrap().0).unwrap()
     }
 
     fn field_of(err: ApiError) -> &'static str {

@@ -7,6 +7,7 @@ mod compare;
 mod csv;
 mod error;
 mod etag;
+mod extract;
 mod events;
 mod groups;
 mod health;
@@ -16,6 +17,8 @@ mod jobs;
 mod metrics;
 mod outputs;
 mod plots;
+#[cfg(test)]
+mod router_tests;
 mod worker;
 
 pub use auth::RateLimiter;
