@@ -36,7 +36,7 @@ impl SpecError {
 }
 
 /// Where the backbone's initial weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// `<weights dir>/<backbone>.safetensors`, torchvision parameter names.
@@ -46,7 +46,7 @@ pub enum Weights {
 }
 
 /// How images are resized to `image_size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     /// Keras' `flow_from_directory` default.
@@ -59,7 +59,7 @@ pub enum Interpolation {
 }
 
 /// The arithmetic a job trains in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// bf16 autocast + channels-last + cuDNN autotuning on a GPU, fp32 on the CPU (where bf16
@@ -135,7 +135,7 @@ pub enum HeadLayer {
 }
 
 /// Batch normalisation settings, in Keras' convention.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchnormOptions {
     /// Fraction of the moving statistics kept at each step (Keras default 0.99; PyTorch's
@@ -217,7 +217,7 @@ impl From<HeadLayer> for HeadLayerRepr {
 }
 
 /// What a phase trains.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TrainSet {
     /// `"head"` or `"all"`.
@@ -245,7 +245,7 @@ impl TrainSet {
 }
 
 /// One fine-tuning phase: a fresh optimizer, these epochs, these trainable parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Phase {
     /// Epochs to run.
@@ -265,7 +265,7 @@ impl Phase {
 }
 
 /// The optimizer kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerName {
     /// Keras RMSprop (rho 0.9, epsilon 1e-7).
@@ -277,7 +277,7 @@ pub enum OptimizerName {
 }
 
 /// The optimizer each phase creates afresh.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSpec {
     /// Which optimizer.
@@ -293,7 +293,7 @@ pub struct OptimizerSpec {
 }
 
 /// A validated experiment. Serializes back to the shape students POST.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// A label for people; not unique.
@@ -324,7 +324,9 @@ pub struct JobSpec {
     pub cache_features: bool,
     /// Images per training step.
     pub batch_size: u32,
-    /// The classifier on top of the backbone.
+    /// The classifier on top of the backbone: `"gap"`, `"flatten"`, `"relu"`, `"batchnorm"`,
+    /// `{"dense": units}`, `{"dropout": rate}` or `{"batchnorm": {"momentum", "epsilon"}}`.
+    #[schema(value_type = Vec<Object>)]
     pub head: Vec<HeadLayer>,
     /// Fine-tuning phases, run in order.
     pub phases: Vec<Phase>,

@@ -88,6 +88,30 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// The body of every error answer, for the OpenAPI document (the answers themselves are built in
+/// `into_response` below, one place for every variant).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// A short summary: `bad request`, `invalid job spec`, `unauthorized`, `not found`, …
+    error: String,
+    /// What exactly is wrong: mostly `field` and `message`; the limit of a 413, the state of a
+    /// 409, the disk of a 507; `null` for a 404, 500 or 503.
+    detail: Option<ErrorDetail>,
+}
+
+/// The usual `detail` of an error; some carry more facts beside these (a 409's `state`, a 413's
+/// `limit_bytes`, a 429's `retry_after_secs`, a 507's `path` and `free_bytes`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// The parameter, header or body field at fault: `format`, `Authorization`, `(body)`,
+    /// `phases[0].epochs`, …
+    field: Option<String>,
+    /// What is wrong and what to send instead.
+    message: Option<String>,
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> ApiError {
         if err.is_disk_full() {

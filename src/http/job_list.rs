@@ -167,7 +167,7 @@ impl ListRequest {
 }
 
 /// A job's progress in a row: where it is, not how its data loaded.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ProgressSummary {
     phase: u32,
     phases: u32,
@@ -182,7 +182,7 @@ struct ProgressSummary {
 }
 
 /// The test-set numbers a row shows; the rest is in `GET /api/jobs/{id}/metrics`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TestMetrics {
     test_acc: f64,
     test_loss: f64,
@@ -211,7 +211,7 @@ impl From<&FinalMetrics> for TestMetrics {
 }
 
 /// A job as a row of the list: what the queue table shows, without the spec.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct JobRow {
     id: JobId,
     /// Submission order; what the list is sorted and paged by.
@@ -276,7 +276,7 @@ async fn row(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobRow, 
 }
 
 /// One page of the list, as its body says it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct Page {
     jobs: Vec<JobRow>,
     /// What to send as `cursor` for the next page; `null` on the last.
@@ -322,6 +322,23 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
 }
 
 /// `GET /api/jobs`: a page of compact rows, its `next_cursor` and `Link`, with an `ETag`.
+#[utoipa::path(
+    get, path = "/api/jobs", tag = "jobs",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "rows per page (default 50)"),
+        ("cursor" = Option<String>, Query, description = "the previous page's `next_cursor`"),
+        ("state" = Option<String>, Query, description = "comma-separated states: queued, running, succeeded, failed, cancelled"),
+        ("owner" = Option<String>, Query, description = "`me` (needs a token) or a user name"),
+        ("order" = Option<String>, Query, description = "`asc` for oldest first (default newest first)"),
+        ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag"),
+    ),
+    responses(
+        (status = 200, description = "one page of compact rows", body = Page,
+            headers(("ETag" = String, description = "hash of the answer"), ("Link" = String, description = "`rel=\"next\"` while there is more"))),
+        (status = 304, description = "unchanged since the ETag sent"),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -142,3 +142,80 @@ async fn every_rejection_is_the_json_error_naming_the_field() {
     let (status, _, body) = send(router, get("/api/me", token)).await;
     assert_eq!((status, body["name"].as_str()), (StatusCode::OK, Some("alice")));
 }
+
+/// Every route `router` serves, as OpenAPI spells them (axum cannot list a router's routes). The
+/// test below checks that each is described and answered, and that nothing else is described: a
+/// new route belongs here and in `openapi::ApiDoc`. The relays' internal route is left out.
+const ROUTES: &[(&str, &str)] = &[
+    ("post", "/api/jobs"),
+    ("get", "/api/jobs"),
+    ("get", "/api/jobs/{id}"),
+    ("post", "/api/jobs/{id}/cancel"),
+    ("post", "/api/jobs/{id}/resubmit"),
+    ("get", "/api/jobs/{id}/events"),
+    ("get", "/api/jobs/{id}/metrics"),
+    ("get", "/api/jobs/{id}/plots/{file}"),
+    ("get", "/api/jobs/{id}/log"),
+    ("get", "/api/jobs/{id}/artifacts"),
+    ("get", "/api/jobs/{id}/artifacts/{name}"),
+    ("get", "/api/jobs/{id}/predictions.csv"),
+    ("post", "/api/jobs/{id}/predict"),
+    ("post", "/api/jobs/{id}/cam"),
+    ("get", "/api/groups/{id}"),
+    ("get", "/api/compare"),
+    ("get", "/api/compare/plots/{file}"),
+    ("get", "/api/events"),
+    ("get", "/api/datasets"),
+    ("get", "/api/weights"),
+    ("get", "/api/backbones"),
+    ("get", "/api/examples"),
+    ("get", "/api/devices"),
+    ("get", "/api/me"),
+    ("get", "/api/openapi.json"),
+    ("get", "/api/docs"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+];
+
+#[tokio::test]
+async fn the_openapi_document_is_3_1_and_describes_every_route() {
+    let app = test_router().await;
+    let (status, content_type, document) = send(&app.router, Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(document["openapi"].as_str().is_some_and(|version| version.starts_with("3.1.")), "{}", document["openapi"]);
+    let paths = document["paths"].as_object().expect("paths");
+    for (method, path) in ROUTES {
+        let operation = &paths.get(*path).unwrap_or_else(|| panic!("{path} is not described"))[*method];
+        assert!(operation.is_object(), "{method} {path} is not described");
+        assert!(operation["responses"].as_object().is_some_and(|answers| answers.contains_key("400")), "{method} {path}: no error answers");
+        // Every route the router has is reachable: not the API's 404 for an unknown route.
+        let uri = path.replace("{id}", &crate::domain::JobId::new().to_string()).replace("{file}", "loss.svg").replace("{name}", "x");
+        let request = Request::builder().method(method.to_uppercase().as_str()).uri(&uri).body(Body::empty()).unwrap();
+        if !uri.ends_with("/events") && *path != "/api/events" {
+            let (status, _, body) = send(&app.router, request).await;
+            assert!(body.get("detail").is_none_or(|_| body["error"] != "no such API route"), "{method} {uri}: {status} {body}");
+        }
+    }
+    let described: usize = paths.values().map(|item| item.as_object().map_or(0, |item| item.len())).sum();
+    assert_eq!(described, ROUTES.len(), "every described operation is in ROUTES (the list of the router's routes)");
+    // The bearer scheme, and the answers of one shape.
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let created = &paths["/api/jobs"]["post"]["responses"]["201"];
+    assert_eq!(created["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Submitted", "{created}");
+    assert!(created["headers"]["Location"].is_object(), "{created}");
+    for schema in ["JobSpec", "JobView", "Job", "ErrorBody", "Page"] {
+        assert!(document["components"]["schemas"][schema].is_object(), "no schema {schema}");
+    }
+
+    // The page people read: every operation, no script or stylesheet from elsewhere.
+    let (status, content_type, page) = send(&app.router, Request::get("/api/docs").body(Body::empty()).unwrap()).await;
+    let page = page.as_str().expect("HTML");
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    for (_, path) in ROUTES {
+        assert!(page.contains(&format!("<code>{path}</code>")), "{path} is not on the page");
+    }
+    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"), "nothing from elsewhere");
+}
