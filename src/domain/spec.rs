@@ -161,15 +161,17 @@ fn default_bn_epsilon() -> f64 {
     1e-3
 }
 
-/// The two spellings of a head layer: a bare name, or a one-key object with settings.
-#[derive(Serialize, Deserialize)]
+/// The two spellings of a head layer: a bare name, or a one-key object with settings. Also the
+/// layer's schema in the OpenAPI document, so the document says exactly what serde reads.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+#[schema(as = HeadLayer)]
 enum HeadLayerRepr {
     Named(NamedLayer),
     Configured(ConfiguredLayer),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum NamedLayer {
     Gap,
@@ -178,7 +180,7 @@ enum NamedLayer {
     Relu,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum ConfiguredLayer {
     Dense(u32),
@@ -249,6 +251,7 @@ impl TrainSet {
 #[serde(deny_unknown_fields)]
 pub struct Phase {
     /// Epochs to run.
+    #[schema(minimum = 1)]
     pub epochs: u32,
     /// What is trainable; everything else is frozen (not updated, not in the optimizer).
     pub train: TrainSet,
@@ -283,6 +286,7 @@ pub struct OptimizerSpec {
     /// Which optimizer.
     pub name: OptimizerName,
     /// Learning rate.
+    #[schema(exclusive_minimum = 0.0)]
     pub lr: f64,
     /// Momentum (SGD and RMSprop); 0 by default.
     #[serde(default)]
@@ -300,6 +304,7 @@ pub struct JobSpec {
     #[serde(default)]
     pub name: String,
     /// A dataset folder name under `--datasets`.
+    #[schema(min_length = 1)]
     pub dataset: String,
     /// The convolutional base.
     pub backbone: Backbone,
@@ -323,12 +328,14 @@ pub struct JobSpec {
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub cache_features: bool,
     /// Images per training step.
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
     /// The classifier on top of the backbone: `"gap"`, `"flatten"`, `"relu"`, `"batchnorm"`,
     /// `{"dense": units}`, `{"dropout": rate}` or `{"batchnorm": {"momentum", "epsilon"}}`.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<HeadLayerRepr>, min_items = 1)]
     pub head: Vec<HeadLayer>,
     /// Fine-tuning phases, run in order.
+    #[schema(min_items = 1)]
     pub phases: Vec<Phase>,
     /// Optimizer settings, used afresh in each phase.
     pub optimizer: OptimizerSpec,
@@ -337,6 +344,7 @@ pub struct JobSpec {
     pub seed: u64,
     /// Run this many seeds (`seed`, `seed + 1`, …) as sibling jobs of one group.
     #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[schema(minimum = 1, maximum = 20)]
     pub repeats: u32,
     /// Scheduling priority, higher first; only admins may set it (students' submissions with it
     /// are refused with a 403 naming the field).

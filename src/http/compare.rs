@@ -156,8 +156,8 @@ fn row(group: Option<String>, jobs: &[Job], params: Option<serde_json::Map<Strin
 /// the value (a group's mean) and a `_std` column (a group's sample std; empty for a job).
 #[utoipa::path(
     get, path = "/api/compare", tag = "results",
-    params(("ids" = String, Query, description = "comma-separated job or group ids (at most 20)"),
-        ("format" = Option<String>, Query, description = "`json` (default) or `csv`")),
+    params(("ids" = String, Query, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,19}$", description = "comma-separated job or group ids (at most 20)"),
+        ("format" = Option<String>, Query, pattern = r"^(json|csv)$", description = "`json` (default) or `csv`")),
     responses((status = 200, description = "one row per job, group or sweep combination", content(
         (Comparison = "application/json"), (String = "text/csv")))),
     security(("bearer" = []))

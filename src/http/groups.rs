@@ -114,7 +114,7 @@ pub(super) fn summarize(jobs: &[Job]) -> (BTreeMap<&'static str, MeanStd>, usize
 
 /// `GET /api/groups/{id}`.
 #[utoipa::path(
-    get, path = "/api/groups/{id}", tag = "results", params(("id" = String, Path, description = "the group's id")),
+    get, path = "/api/groups/{id}", operation_id = "show_group", tag = "results", params(("id" = String, Path, description = "the group's id")),
     responses((status = 200, description = "the group's jobs and metrics", body = GroupView)),
     security(("bearer" = []))
 )]

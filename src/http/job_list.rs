@@ -326,10 +326,10 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
     get, path = "/api/jobs", tag = "jobs",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "rows per page (default 50)"),
-        ("cursor" = Option<String>, Query, description = "the previous page's `next_cursor`"),
-        ("state" = Option<String>, Query, description = "comma-separated states: queued, running, succeeded, failed, cancelled"),
-        ("owner" = Option<String>, Query, description = "`me` (needs a token) or a user name"),
-        ("order" = Option<String>, Query, description = "`asc` for oldest first (default newest first)"),
+        ("cursor" = Option<String>, Query, pattern = r"^s[1-9][0-9]{0,17}$", description = "the previous page's `next_cursor`"),
+        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*$", description = "comma-separated states"),
+        ("owner" = Option<String>, Query, pattern = r"^(me|[a-z0-9][a-z0-9._-]{0,31})$", description = "`me` (needs a token) or a user name"),
+        ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "`asc` for oldest first (default `desc`, newest first)"),
         ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag"),
     ),
     responses(

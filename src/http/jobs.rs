@@ -263,7 +263,7 @@ pub async fn submit(
 /// changed.
 #[utoipa::path(
     post, path = "/api/jobs/{id}/resubmit", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)")),
-    request_body(content = Object, description = "a JSON merge patch (RFC 7396) of the job's spec; empty or `{}` runs it again"),
+    request_body(content = Option<Object>, description = "a JSON merge patch (RFC 7396) of the job's spec; no body or `{}` runs it again"),
     responses(
         (status = 201, description = "queued, as `POST /api/jobs`", body = Submitted,
             headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
@@ -357,7 +357,7 @@ async fn enqueue(
 /// `GET /api/jobs/{id}`: the job with its spec, standing and runs; an `ETag`, and `304` when the
 /// client has this answer already.
 #[utoipa::path(
-    get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)"), ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag")),
+    get, path = "/api/jobs/{id}", operation_id = "show_job", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)"), ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag")),
     responses(
         (status = 200, description = "the job (results and error only for its owner and admins)", body = JobView,
             headers(("ETag" = String, description = "hash of the answer"))),

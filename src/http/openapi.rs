@@ -83,7 +83,8 @@ impl utoipa::Modify for Conventions {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let with_id = path.contains('{');
+            // `ids` of a comparison name jobs and groups too.
+            let with_id = path.contains('{') || path.starts_with("/api/compare");
             let operations = [(&mut item.get, false), (&mut item.post, true)];
             for (operation, is_post) in operations {
                 let Some(operation) = operation else { continue };
@@ -99,6 +100,7 @@ impl utoipa::Modify for Conventions {
                 if is_post {
                     common.push(("413", "the body is over the limit"));
                     common.push(("415", "the body's content type is not the one this route takes"));
+                    common.push(("507", "the disk is full: nothing was changed (reads keep working)"));
                 }
                 for (status, description) in common {
                     operation.responses.responses.entry(status.to_string()).or_insert_with(|| error(description).into());

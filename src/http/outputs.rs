@@ -35,7 +35,7 @@ pub struct MetricsView {
 /// (one line per epoch; an absent validation value is an empty field).
 #[utoipa::path(
     get, path = "/api/jobs/{id}/metrics", tag = "results",
-    params(("id" = String, Path, description = "the job's id (a UUID)"), ("format" = Option<String>, Query, description = "`json` (default) or `csv`")),
+    params(("id" = String, Path, description = "the job's id (a UUID)"), ("format" = Option<String>, Query, pattern = r"^(json|csv)$", description = "`json` (default) or `csv`")),
     responses((status = 200, description = "the curves and final metrics", content(
         (MetricsView = "application/json"), (String = "text/csv")))),
     security(("bearer" = []))

@@ -198,8 +198,10 @@ async fn the_openapi_document_is_3_1_and_describes_every_route() {
             assert!(body.get("detail").is_none_or(|_| body["error"] != "no such API route"), "{method} {uri}: {status} {body}");
         }
     }
-    let described: usize = paths.values().map(|item| item.as_object().map_or(0, |item| item.len())).sum();
-    assert_eq!(described, ROUTES.len(), "every described operation is in ROUTES (the list of the router's routes)");
+    let operations: Vec<&serde_json::Value> = paths.values().filter_map(|item| item.as_object()).flat_map(|item| item.values()).collect();
+    assert_eq!(operations.len(), ROUTES.len(), "every described operation is in ROUTES (the list of the router's routes)");
+    let ids: std::collections::BTreeSet<&str> = operations.iter().filter_map(|operation| operation["operationId"].as_str()).collect();
+    assert_eq!(ids.len(), ROUTES.len(), "operation ids are unique: {ids:?}");
     // The bearer scheme, and the answers of one shape.
     assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     let created = &paths["/api/jobs"]["post"]["responses"]["201"];

@@ -17,6 +17,7 @@ mod list;
 mod pytorch;
 mod results;
 mod recovery;
+mod schemathesis;
 mod sharing;
 #[path = "../common/small_disk.rs"]
 mod small_disk;
