@@ -38,6 +38,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let output = tokio::process::Command::new(&st)
         // Its example cache goes in the working folder: the test's, not the source tree.
         .current_dir(&app.root)
+        .env("TRAINQ_FINISHED_JOB", &finished)
         .arg("--config-file")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/schemathesis.toml"))
         .args(["run", &app.url("/api/openapi.json"), "--checks", "all", "--workers", "1", "--max-examples", "20", "--seed", "17"])
@@ -50,5 +51,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         .await
         .expect("running schemathesis");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    // Shown with `--nocapture`: what was run and what it found.
+    eprintln!("{text}");
     assert!(output.status.success(), "schemathesis failed (job {finished}):\n{text}\n--- server log ---\n{}", app.server_log());
 }
