@@ -142,6 +142,11 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Escaped text with the doc comments' `code` spans set as code.
+fn prose(text: &str) -> String {
+    escape(text).split('`').enumerate().map(|(i, part)| if i % 2 == 1 { format!("<code>{part}</code>") } else { part.to_string() }).collect()
+}
+
 /// A schema's name (`JobView`, `array of JobSpec`, `string`) for the page.
 fn schema_name(schema: &Value) -> String {
     if let Some(reference) = schema["$ref"].as_str() {
@@ -172,7 +177,7 @@ fn render(document: &Value) -> String {
     );
     let info = &document["info"];
     let _ = writeln!(page, "<h1>{} API {}</h1>", escape(info["title"].as_str().unwrap_or("trainq")), escape(info["version"].as_str().unwrap_or("")));
-    let _ = writeln!(page, "<p>{}</p>", escape(info["description"].as_str().unwrap_or("")));
+    let _ = writeln!(page, "<p>{}</p>", prose(info["description"].as_str().unwrap_or("")));
     let _ = writeln!(page, "<p>The machine-readable document: <a href=\"/api/openapi.json\">/api/openapi.json</a> (OpenAPI {}). <a href=\"/\">Back to the dashboard</a>.</p>", escape(document["openapi"].as_str().unwrap_or("")));
     let empty = serde_json::Map::new();
     let paths = document["paths"].as_object().unwrap_or(&empty);
@@ -182,13 +187,13 @@ fn render(document: &Value) -> String {
         for (method, operation) in item.as_object().unwrap_or(&empty) {
             let anchor = format!("{method}-{}", path.replace(['/', '{', '}', '.'], "-"));
             let summary = operation["summary"].as_str().unwrap_or("");
-            let _ = writeln!(page, "<li><a href=\"#{anchor}\"><span class=\"method\">{method}</span><code>{}</code></a> {}</li>", escape(path), escape(summary));
+            let _ = writeln!(page, "<li><a href=\"#{anchor}\"><span class=\"method\">{method}</span><code>{}</code></a> {}</li>", escape(path), prose(summary));
             let _ = writeln!(sections, "<section id=\"{anchor}\"><h2><span class=\"method\">{method}</span><code>{}</code></h2>", escape(path));
             if let Some(description) = operation["description"].as_str() {
-                let _ = writeln!(sections, "<p>{}</p>", escape(summary));
-                let _ = writeln!(sections, "<p>{}</p>", escape(description));
+                let _ = writeln!(sections, "<p>{}</p>", prose(summary));
+                let _ = writeln!(sections, "<p>{}</p>", prose(description));
             } else {
-                let _ = writeln!(sections, "<p>{}</p>", escape(summary));
+                let _ = writeln!(sections, "<p>{}</p>", prose(summary));
             }
             let needs_token = operation["security"].as_array().is_some_and(|ways| !ways.iter().any(|way| way.as_object().is_some_and(|way| way.is_empty())));
             let _ = writeln!(sections, "<p>{}</p>", if needs_token { "Needs your token." } else { "Open to everyone (a token shows more)." });
@@ -202,13 +207,13 @@ fn render(document: &Value) -> String {
                         escape(parameter["name"].as_str().unwrap_or("")),
                         escape(parameter["in"].as_str().unwrap_or("")),
                         escape(&schema_name(&parameter["schema"])),
-                        escape(parameter["description"].as_str().unwrap_or(""))
+                        prose(parameter["description"].as_str().unwrap_or(""))
                     );
                 }
                 sections.push_str("</table>\n");
             }
             if let Some(body) = operation.get("requestBody") {
-                let _ = writeln!(sections, "<p>Body: {}. {}</p>", contents(&body["content"]), escape(body["description"].as_str().unwrap_or("")));
+                let _ = writeln!(sections, "<p>Body: {}. {}</p>", contents(&body["content"]), prose(body["description"].as_str().unwrap_or("")));
             }
             sections.push_str("<table><tr><th>answer</th><th></th><th>body</th></tr>\n");
             for (status, response) in operation["responses"].as_object().unwrap_or(&empty) {
@@ -216,7 +221,7 @@ fn render(document: &Value) -> String {
                     sections,
                     "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                     escape(status),
-                    escape(response["description"].as_str().unwrap_or("")),
+                    prose(response["description"].as_str().unwrap_or("")),
                     contents(&response["content"])
                 );
             }
