@@ -113,7 +113,7 @@ fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
                     Ok((status, body)) => Outcome {
                         latency_ms: Some(latency_ms),
                         status: status.as_u16().to_string(),
-                        job_id: body["id"].as_str().filter(|_| status == reqwest::StatusCode::CREATED).map(str::to_string),
+                        job_id: body["jobs"][0]["id"].as_str().filter(|_| status == reqwest::StatusCode::CREATED).map(str::to_string),
                     },
                     Err(err) => {
                         eprintln!("request {index}: {err}");

@@ -38,4 +38,10 @@ if [ "${TRAINQ_SKIP_SLURM:-}" != 1 ]; then
         exit 1
     fi
 fi
+# Schemathesis (PyPI) checks every answer against /api/openapi.json (tests/api/schemathesis.rs).
+SCHEMATHESIS_VENV="$HOME/.cache/trainq/schemathesis"
+if [ ! -x "$SCHEMATHESIS_VENV/bin/st" ]; then
+    python3 -m venv "$SCHEMATHESIS_VENV"
+    "$SCHEMATHESIS_VENV/bin/pip" install -q 'schemathesis>=4.32,<5'
+fi
 cargo test --no-fail-fast "$@"

@@ -1334,9 +1334,11 @@ async function submitSpec() {
       headers: { 'Content-Type': 'application/json' },
       body: request.body,
     });
-    if (answer.status === 201 && answer.body?.id) {
-      showResult(out, 'ok', ['Queued job ', jobLink(answer.body.id, answer.body.id)]);
-    } else if (answer.status === 201 && answer.body?.group_id) {
+    // A submission always answers {group_id, jobs}: one job, or a group of them.
+    const jobs = answer.status === 201 ? answer.body?.jobs ?? [] : [];
+    if (jobs.length === 1) {
+      showResult(out, 'ok', ['Queued job ', jobLink(jobs[0].id, jobs[0].id)]);
+    } else if (jobs.length > 1) {
       showResult(out, 'ok', [`Queued a group of ${answer.body.jobs.length} runs: `,
         ...answer.body.jobs.flatMap((job, i) => [i ? ', ' : '', jobLink(job.id, shortId(job.id))])]);
     } else {

@@ -94,10 +94,9 @@ async fn load(api: &Api, source: &str) -> anyhow::Result<Value> {
 
 /// Prints what was queued: ids on stdout (one per line, for scripts), words on stderr.
 fn report_queued(answer: &Value, json: bool) -> anyhow::Result<Vec<String>> {
-    let jobs: Vec<Value> = match answer["jobs"].as_array() {
-        Some(jobs) => jobs.clone(),
-        None => vec![answer.clone()],
-    };
+    // The server always answers `{"group_id", "jobs": [...]}`, one job or several.
+    let jobs: Vec<Value> = answer["jobs"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(!jobs.is_empty(), "the server's answer lists no jobs: {answer}");
     let ids: Vec<String> = jobs.iter().filter_map(|job| job["id"].as_str().map(str::to_string)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(answer)?);

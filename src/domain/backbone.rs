@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A pretrained convolutional base a job can fine-tune.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backbone {
     /// VGG16 (torchvision `features.*` names).
@@ -14,19 +14,22 @@ pub enum Backbone {
 }
 
 /// Static facts about a backbone.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BackboneInfo {
     /// The spec's name for it.
     pub name: &'static str,
     /// Block names usable in a phase's `train` list, input side first.
+    #[schema(value_type = Vec<String>)]
     pub blocks: &'static [&'static str],
     /// The smallest input side the network accepts.
     pub min_image_size: u32,
     /// Channels of the feature map the head consumes.
     pub feature_channels: u32,
     /// Per-channel mean subtracted from pixels scaled to 0..1 (what the pretrained weights expect).
+    #[schema(value_type = Vec<f64>)]
     pub input_mean: [f64; 3],
     /// Per-channel standard deviation pixels are divided by after the mean.
+    #[schema(value_type = Vec<f64>)]
     pub input_std: [f64; 3],
 }
 

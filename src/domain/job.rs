@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A job's public identifier: a random UUID, so ids leak nothing about other users' jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct JobId(pub uuid::Uuid);
 
@@ -36,7 +36,7 @@ impl FromStr for JobId {
 }
 
 /// Where a job is in its life. Stored as the lowercase name in SQLite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Accepted and waiting for a device.
@@ -113,7 +113,7 @@ impl FromStr for JobState {
 
 
 /// Where a running job is, as the queue listing and the dashboard show it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobProgress {
     /// 1-based phase number (0 before training starts).
     pub phase: u32,
@@ -141,7 +141,7 @@ pub struct JobProgress {
 }
 
 /// How a phase used the activation cache.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeatureUse {
     /// The last frozen block whose output was cached (`backbone+gap` for the pooled features).
     pub cut: String,
@@ -157,7 +157,7 @@ pub struct FeatureUse {
 }
 
 /// How a worker loaded one split.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SplitLoad {
     /// Images ready for training.
     pub images: usize,
@@ -172,7 +172,7 @@ pub struct SplitLoad {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Job {
     /// Public id.
     pub id: JobId,
@@ -213,6 +213,7 @@ pub struct Job {
     /// A sweep job's combination: each swept JSON pointer and the value this job got, so its
     /// group's rows need no diff of specs.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
     /// The user who submitted it (absent for jobs from before users existed).
     pub owner: Option<String>,
@@ -264,7 +265,7 @@ impl JobProgress {
 
 /// A resumable checkpoint's position: `epoch` epochs of `phase` done, and `step` batches of the
 /// next epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResumePoint {
     /// 1-based phase.
     pub phase: u32,

@@ -11,7 +11,7 @@ use std::fmt;
 
 /// How one run (one worker start) of a job ended. Stored in `job_runs.outcome`, whose CHECK
 /// constraint lists exactly these names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunOutcome {
     /// The worker exited 0 after reporting final metrics.

@@ -69,7 +69,7 @@ pub enum WorkerDevice {
 }
 
 /// One epoch's curves, as the assignment's accuracy and loss graphs need them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EpochMetrics {
     /// 1-based phase number.
     pub phase: u32,
@@ -88,7 +88,7 @@ pub struct EpochMetrics {
 }
 
 /// The end-of-job evaluation, in inference mode.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FinalMetrics {
     /// Loss over the whole train split.
     pub train_loss: f64,
@@ -101,9 +101,11 @@ pub struct FinalMetrics {
     /// Test-set metrics of a binary (sigmoid) model at threshold 0.5, positive class = the second
     /// class: confusion matrix, precision, recall, specificity, F1, ROC curve and AUC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub binary: Option<crate::metrics::BinaryMetrics>,
     /// Test-set metrics of a softmax model: confusion matrix and per-class metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub multiclass: Option<crate::metrics::MulticlassMetrics>,
 }
 

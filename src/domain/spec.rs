@@ -36,7 +36,7 @@ impl SpecError {
 }
 
 /// Where the backbone's initial weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// `<weights dir>/<backbone>.safetensors`, torchvision parameter names.
@@ -46,7 +46,7 @@ pub enum Weights {
 }
 
 /// How images are resized to `image_size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     /// Keras' `flow_from_directory` default.
@@ -59,7 +59,7 @@ pub enum Interpolation {
 }
 
 /// The arithmetic a job trains in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// bf16 autocast + channels-last + cuDNN autotuning on a GPU, fp32 on the CPU (where bf16
@@ -166,7 +166,7 @@ pub enum HeadLayer {
 }
 
 /// Batch normalisation settings, in Keras' convention.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchnormOptions {
     /// Fraction of the moving statistics kept at each step (Keras default 0.99; PyTorch's
@@ -192,15 +192,17 @@ fn default_bn_epsilon() -> f64 {
     1e-3
 }
 
-/// The two spellings of a head layer: a bare name, or a one-key object with settings.
-#[derive(Serialize, Deserialize)]
+/// The two spellings of a head layer: a bare name, or a one-key object with settings. Also the
+/// layer's schema in the OpenAPI document, so the document says exactly what serde reads.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+#[schema(as = HeadLayer)]
 enum HeadLayerRepr {
     Named(NamedLayer),
     Configured(ConfiguredLayer),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum NamedLayer {
     Gap,
@@ -209,7 +211,7 @@ enum NamedLayer {
     Relu,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum ConfiguredLayer {
     Dense(u32),
@@ -248,7 +250,7 @@ impl From<HeadLayer> for HeadLayerRepr {
 }
 
 /// What a phase trains.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum TrainSet {
     /// `"head"` or `"all"`.
@@ -276,10 +278,11 @@ impl TrainSet {
 }
 
 /// One fine-tuning phase: a fresh optimizer, these epochs, these trainable parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Phase {
     /// Epochs to run.
+    #[schema(minimum = 1)]
     pub epochs: u32,
     /// What is trainable; everything else is frozen (not updated, not in the optimizer).
     pub train: TrainSet,
@@ -296,7 +299,7 @@ impl Phase {
 }
 
 /// The optimizer kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerName {
     /// Keras RMSprop (rho 0.9, epsilon 1e-7).
@@ -308,12 +311,13 @@ pub enum OptimizerName {
 }
 
 /// The optimizer each phase creates afresh.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSpec {
     /// Which optimizer.
     pub name: OptimizerName,
     /// Learning rate.
+    #[schema(exclusive_minimum = 0.0)]
     pub lr: f64,
     /// Momentum (SGD and RMSprop); 0 by default.
     #[serde(default)]
@@ -324,13 +328,14 @@ pub struct OptimizerSpec {
 }
 
 /// A validated experiment. Serializes back to the shape students POST.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// A label for people; not unique.
     #[serde(default)]
     pub name: String,
     /// A dataset folder name under `--datasets`.
+    #[schema(min_length = 1)]
     pub dataset: String,
     /// The convolutional base.
     pub backbone: Backbone,
@@ -360,10 +365,14 @@ pub struct JobSpec {
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub cache_features: bool,
     /// Images per training step.
+    #[schema(minimum = 1, maximum = 4096)]
     pub batch_size: u32,
-    /// The classifier on top of the backbone.
+    /// The classifier on top of the backbone: `"gap"`, `"flatten"`, `"relu"`, `"batchnorm"`,
+    /// `{"dense": units}`, `{"dropout": rate}` or `{"batchnorm": {"momentum", "epsilon"}}`.
+    #[schema(value_type = Vec<HeadLayerRepr>, min_items = 1)]
     pub head: Vec<HeadLayer>,
     /// Fine-tuning phases, run in order.
+    #[schema(min_items = 1)]
     pub phases: Vec<Phase>,
     /// Optimizer settings, used afresh in each phase.
     pub optimizer: OptimizerSpec,
@@ -372,6 +381,7 @@ pub struct JobSpec {
     pub seed: u64,
     /// Run this many seeds (`seed`, `seed + 1`, …) as sibling jobs of one group.
     #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[schema(minimum = 1, maximum = 20)]
     pub repeats: u32,
     /// Scheduling priority, higher first; only admins may set it (students' submissions with it
     /// are refused with a 403 naming the field).

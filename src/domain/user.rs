@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 pub const TOKEN_PREFIX: &str = "tq_";
 
 /// Who is calling, once the token has been checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// The unique name (`trainq user add NAME`).
     pub name: String,

@@ -82,8 +82,18 @@ impl TokenCache {
 /// The auth middleware: a missing header makes an anonymous caller; a malformed or unknown token
 /// is a 401 at once (a typo should not silently turn into anonymous access); a known user over
 /// their request budget gets a 429, and so does an anonymous client address over its own (one
-/// bucket per IP address, the same rate: the public queue cannot be polled without limit).
+/// bucket per IP address, the same rate: the public queue cannot be polled without limit). Two
+/// `Authorization` headers are a 400.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    // Two tokens are ambiguous: answering as either one could act as the wrong user.
+    if request.headers().get_all(axum::http::header::AUTHORIZATION).iter().nth(1).is_some() {
+        return ApiError::Malformed {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            field: String::from("Authorization"),
+            message: String::from("send one `Authorization: Bearer <token>` header, not several"),
+        }
+        .into_response();
+    }
     let caller = match request.headers().get(axum::http::header::AUTHORIZATION) {
         None => {
             let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());

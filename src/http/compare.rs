@@ -6,7 +6,8 @@ use super::csv::{self, TableFormat};
 use super::groups::{combinations, summarize, METRICS};
 use super::{ApiError, AppState};
 use crate::domain::Job;
-use axum::extract::{Query, State};
+use super::extract::Query;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -72,7 +73,7 @@ pub async fn resolve(state: &AppState, user: &crate::domain::user::User, ids: Op
 
 /// One metric of a row: a job's value (`std` null, `n` 1), or a group's mean, sample std and
 /// count over its succeeded runs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Cell {
     mean: f64,
     std: Option<f64>,
@@ -80,11 +81,12 @@ pub struct Cell {
 }
 
 /// One row of the comparison.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Row {
     /// The job or group id, as given.
     id: String,
     /// `job` or `group`.
+    #[schema(value_type = String)]
     kind: &'static str,
     /// The spec's name.
     name: String,
@@ -95,16 +97,19 @@ pub struct Row {
     /// How many of them succeeded (only those have test metrics).
     succeeded: usize,
     /// Test metrics by name; a metric no succeeded job has is absent.
+    #[schema(value_type = BTreeMap<String, Cell>)]
     metrics: BTreeMap<&'static str, Cell>,
     /// A sweep combination's row: each swept JSON pointer and its value (absent otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `GET /api/compare`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Comparison {
     /// The metric names, in column order.
+    #[schema(value_type = Vec<String>)]
     metrics: [&'static str; 9],
     /// One row per id, in the order given.
     rows: Vec<Row>,
@@ -149,6 +154,14 @@ fn row(group: Option<String>, jobs: &[Job], params: Option<serde_json::Map<Strin
 /// `GET /api/compare?ids=a,b,c[&format=csv]`: one row per id (a sweep group: per combination).
 /// CSV has one column per swept pointer (when a sweep is compared) and, per metric, a column with
 /// the value (a group's mean) and a `_std` column (a group's sample std; empty for a job).
+#[utoipa::path(
+    get, path = "/api/compare", tag = "results",
+    params(("ids" = String, Query, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,19}$", description = "comma-separated job or group ids (at most 20)"),
+        ("format" = Option<String>, Query, pattern = r"^(json|csv)$", description = "`json` (default) or `csv`")),
+    responses((status = 200, description = "one row per job, group or sweep combination", content(
+        (Comparison = "application/json"), (String = "text/csv")))),
+    security(("bearer" = []))
+)]
 pub async fn table(
     State(state): State<AppState>,
     super::auth::Authed(user): super::auth::Authed,

@@ -21,6 +21,18 @@ pub enum ApiError {
         /// What to send instead.
         message: String,
     },
+    /// A query parameter, path segment, header or body field that axum's extractors or the auth
+    /// layer could not read (400; 415 for a missing JSON content type; 422 for JSON of the wrong
+    /// shape), naming it: `(body)`/`(query)` for the whole, a dotted path for a nested field.
+    #[error("{}", status.canonical_reason().unwrap_or("bad request").to_lowercase())]
+    Malformed {
+        /// 400, 413, 415 or 422.
+        status: StatusCode,
+        /// The parameter, header or body field at fault.
+        field: String,
+        /// What is wrong and what to send instead.
+        message: String,
+    },
     /// The resource does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -76,6 +88,30 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// The body of every error answer, for the OpenAPI document (the answers themselves are built in
+/// `into_response` below, one place for every variant).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// A short summary: `bad request`, `invalid job spec`, `unauthorized`, `not found`, …
+    error: String,
+    /// What exactly is wrong: mostly `field` and `message`; the limit of a 413, the state of a
+    /// 409, the disk of a 507; `null` for a 404, 500 or 503.
+    detail: Option<ErrorDetail>,
+}
+
+/// The usual `detail` of an error; some carry more facts beside these (a 409's `state`, a 413's
+/// `limit_bytes`, a 429's `retry_after_secs`, a 507's `path` and `free_bytes`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// The parameter, header or body field at fault: `format`, `Authorization`, `(body)`,
+    /// `phases[0].epochs`, …
+    field: Option<String>,
+    /// What is wrong and what to send instead.
+    message: Option<String>,
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> ApiError {
         if err.is_disk_full() {
@@ -99,6 +135,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, json!({"field": err.field, "message": err.message}))
             }
             ApiError::BadRequest { field, message } => (StatusCode::BAD_REQUEST, json!({"field": field, "message": message})),
+            ApiError::Malformed { status, field, message } => (*status, json!({"field": field, "message": message})),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
             ApiError::TooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -18,7 +18,8 @@ use super::{ApiError, AppState};
 use crate::domain::progress::EpochMetrics;
 use crate::domain::JobId;
 use crate::events::{CatchUp, JobEvent};
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
@@ -219,6 +220,18 @@ fn feed(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap) -> S
 
 /// `GET /api/events[?limit=…|state=…&owner=…&order=…]`: every job's events; the snapshot holds
 /// first pages of the list (`job_list::snapshot_lists`), a bad query is a 400 naming the field.
+#[utoipa::path(
+    get, path = "/api/events", tag = "events",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "size of the snapshot's pages"),
+        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*$", description = "the snapshot's list: comma-separated states"),
+        ("owner" = Option<String>, Query, pattern = r"^(me|[a-z0-9][a-z0-9._-]{0,31})$", description = "the snapshot's list: `me` or a user name"),
+        ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "the snapshot's list: `asc` for oldest first"),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event"),
+    ),
+    responses((status = 200, description = "server-sent events: snapshot, queued, started, progress, epoch, cancel_requested, finished, log", content_type = "text/event-stream", body = String)),
+    security((), ("bearer" = []))
+)]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,6 +244,12 @@ pub async fn stream(
 
 /// `GET /api/jobs/{id}/events`: one job's events; its snapshot has the job, its epochs and the
 /// end of its log.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "the job's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
+    responses((status = 200, description = "server-sent events of one job, starting with a snapshot", content_type = "text/event-stream", body = String)),
+    security(("bearer" = []))
+)]
 pub async fn job_stream(
     State(state): State<AppState>,
     Authed(user): Authed,

@@ -4,14 +4,15 @@
 use super::{ApiError, AppState};
 use crate::domain::{Job, JobState};
 use crate::metrics::{mean_std, MeanStd};
-use axum::extract::{Path, State};
+use super::extract::Path;
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// A repeat group.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GroupView {
     id: String,
     /// Every sibling with its state and seed.
@@ -21,6 +22,7 @@ pub struct GroupView {
     /// True once no sibling is queued or running.
     finished: bool,
     /// Each final metric over the succeeded siblings: mean, sample std (ddof 1) and n.
+    #[schema(value_type = BTreeMap<String, Object>)]
     metrics: BTreeMap<&'static str, MeanStd>,
     /// The swept JSON pointers, sorted (empty for a plain repeat group).
     varying: Vec<String>,
@@ -29,15 +31,17 @@ pub struct GroupView {
 }
 
 /// One combination of a sweep and its repeats.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CombinationView {
     /// Each swept pointer and its value here.
+    #[schema(value_type = Object)]
     params: Map<String, Value>,
     /// Its jobs (one per repeat).
     jobs: Vec<String>,
     /// How many of them succeeded.
     succeeded: usize,
     /// Each final metric over those: mean, sample std and n.
+    #[schema(value_type = BTreeMap<String, Object>)]
     metrics: BTreeMap<&'static str, MeanStd>,
 }
 
@@ -62,7 +66,7 @@ pub(super) fn varying(jobs: &[Job]) -> Vec<String> {
 }
 
 /// One sibling of a group.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GroupMember {
     id: String,
     state: JobState,
@@ -109,6 +113,11 @@ pub(super) fn summarize(jobs: &[Job]) -> (BTreeMap<&'static str, MeanStd>, usize
 }
 
 /// `GET /api/groups/{id}`.
+#[utoipa::path(
+    get, path = "/api/groups/{id}", operation_id = "show_group", tag = "results", params(("id" = String, Path, description = "the group's id")),
+    responses((status = 200, description = "the group's jobs and metrics", body = GroupView)),
+    security(("bearer" = []))
+)]
 pub async fn show(
     State(state): State<AppState>,
     super::auth::Authed(user): super::auth::Authed,

@@ -8,7 +8,19 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+/// `GET /healthz`: the process answers (`/readyz` says whether it can do its work).
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
 /// `GET /readyz`.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "every check passes", body = Object),
+        (status = 503, description = "a check fails: `checks` names it", body = Object))
+)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = match state.store.write_probe().await {
         Ok(()) => json!({"ok": true}),

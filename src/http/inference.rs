@@ -12,7 +12,8 @@ use crate::catalog;
 use crate::domain::{Job, JobState};
 use crate::supervisor::JobPaths;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use super::extract::Path;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,6 +23,17 @@ use serde_json::json;
 pub const MAX_PIXELS: u64 = 50_000_000;
 
 /// `POST /api/jobs/{id}/predict`: `{"job_id", "classes", "probabilities": {class: p}, "predicted", "width", "height"}`.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/predict", tag = "results", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    request_body(content = String, description = "a JPEG or PNG image", content_type = "image/*"),
+    responses((status = 200, description = "class probabilities", body = Object),
+        (status = 409, description = "the job has no model yet", body = super::error::ErrorBody),
+        (status = 413, description = "over 50 MP or 25 MB", body = super::error::ErrorBody),
+        (status = 415, description = "not an image", body = super::error::ErrorBody),
+        (status = 422, description = "a truncated or corrupt image", body = super::error::ErrorBody),
+        (status = 503, description = "the model could not answer; try again", body = super::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn predict(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -45,6 +57,17 @@ pub async fn predict(
 }
 
 /// `POST /api/jobs/{id}/cam`: the Grad-CAM heatmap of the predicted class over the image, PNG.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/cam", tag = "results", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    request_body(content = String, description = "a JPEG or PNG image", content_type = "image/*"),
+    responses((status = 200, description = "the Grad-CAM heatmap over the image", content_type = "image/png", body = String),
+        (status = 409, description = "the job has no model yet", body = super::error::ErrorBody),
+        (status = 413, description = "over 50 MP or 25 MB", body = super::error::ErrorBody),
+        (status = 415, description = "not an image", body = super::error::ErrorBody),
+        (status = 422, description = "a truncated or corrupt image", body = super::error::ErrorBody),
+        (status = 503, description = "the model could not answer; try again", body = super::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn cam(
     State(state): State<AppState>,
     Authed(user): Authed,

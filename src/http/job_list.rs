@@ -15,7 +15,8 @@ use super::{etag, ApiError, AppState};
 use crate::domain::progress::FinalMetrics;
 use crate::domain::{Job, JobId, JobProgress, JobState};
 use crate::store::{JobFilter, PageOrder};
-use axum::extract::{Query, State};
+use super::extract::Query;
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use serde::Serialize;
@@ -166,7 +167,7 @@ impl ListRequest {
 }
 
 /// A job's progress in a row: where it is, not how its data loaded.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ProgressSummary {
     phase: u32,
     phases: u32,
@@ -181,7 +182,7 @@ struct ProgressSummary {
 }
 
 /// The test-set numbers a row shows; the rest is in `GET /api/jobs/{id}/metrics`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TestMetrics {
     test_acc: f64,
     test_loss: f64,
@@ -210,7 +211,7 @@ impl From<&FinalMetrics> for TestMetrics {
 }
 
 /// A job as a row of the list: what the queue table shows, without the spec.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct JobRow {
     id: JobId,
     /// Submission order; what the list is sorted and paged by.
@@ -275,7 +276,7 @@ async fn row(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobRow, 
 }
 
 /// One page of the list, as its body says it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct Page {
     jobs: Vec<JobRow>,
     /// What to send as `cursor` for the next page; `null` on the last.
@@ -321,6 +322,23 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
 }
 
 /// `GET /api/jobs`: a page of compact rows, its `next_cursor` and `Link`, with an `ETag`.
+#[utoipa::path(
+    get, path = "/api/jobs", tag = "jobs",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "rows per page (default 50)"),
+        ("cursor" = Option<String>, Query, pattern = r"^s[1-9][0-9]{0,17}$", description = "the previous page's `next_cursor`"),
+        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*$", description = "comma-separated states"),
+        ("owner" = Option<String>, Query, pattern = r"^(me|[a-z0-9][a-z0-9._-]{0,31})$", description = "`me` (needs a token) or a user name"),
+        ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "`asc` for oldest first (default `desc`, newest first)"),
+        ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag"),
+    ),
+    responses(
+        (status = 200, description = "one page of compact rows", body = Page,
+            headers(("ETag" = String, description = "hash of the answer"), ("Link" = String, description = "`rel=\"next\"` while there is more"))),
+        (status = 304, description = "unchanged since the ETag sent"),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -346,7 +364,7 @@ mod tests {
     fn query(pairs: &[(&str, &str)]) -> ListQuery {
         let text = pairs.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join("&");
         let uri: axum::http::Uri = format!("/api/jobs?{text}").parse().unwrap();
-        ListQuery::from_pairs(Query::<Vec<(String, String)>>::try_from_uri(&uri).unwrap().0).unwrap()
+        ListQuery::from_pairs(axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri).unwrap().0).unwrap()
     }
 
     fn field_of(err: ApiError) -> &'static str {

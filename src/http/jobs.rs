@@ -10,14 +10,15 @@ use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
 use crate::events::EventKind;
 use crate::store::{CancelOutcome, NewJob};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use super::extract::Path;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
 /// A job plus its place in the queue.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     #[serde(flatten)]
     job: Job,
@@ -31,8 +32,18 @@ pub struct JobView {
     runs: Option<Vec<crate::store::JobRun>>,
 }
 
+/// What a submission answers (`POST /api/jobs`, `POST /api/jobs/{id}/resubmit`): always the
+/// group and every job it made, so a client reads one shape whatever `repeats` or `sweep` said.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Submitted {
+    /// The jobs' group when the submission made several; `null` for one job.
+    group_id: Option<String>,
+    /// Every new job, in submission order (the first is the one `Location` names).
+    jobs: Vec<JobView>,
+}
+
 /// Where a job stands in line, as its page and the list show it.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub(super) struct Standing {
     /// 1-based position among queued jobs (1 = next); absent unless queued.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +125,11 @@ pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Res
 }
 
 /// `GET /api/me`: who the token belongs to.
+#[utoipa::path(
+    get, path = "/api/me", tag = "users",
+    responses((status = 200, description = "the token's user", body = User)),
+    security(("bearer" = []))
+)]
 pub async fn me(Authed(user): Authed) -> Json<User> {
     Json(user)
 }
@@ -219,13 +235,25 @@ struct Lineage {
     note: String,
 }
 
-/// `POST /api/jobs`: validates the spec completely, then queues it: 201 with the job, or when it
-/// makes several jobs (`repeats: N`, a `sweep`), 201 with `{"group_id": …, "jobs": [all of them]}`.
+/// `POST /api/jobs`: validates the spec completely, then queues it: 201 with
+/// `{"group_id", "jobs": [every job it made]}` and `Location` naming the first job.
+#[utoipa::path(
+    post, path = "/api/jobs", tag = "jobs",
+    request_body(content = JobSpec, description = "a job spec; `repeats` and a `sweep` (`{\"/json/pointer\": [values]}`) make several jobs of one group"),
+    responses(
+        (status = 201, description = "queued: the group (null for one job) and every new job", body = Submitted,
+            headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
+        (status = 403, description = "a field only admins may set (`priority`)", body = super::error::ErrorBody),
+        (status = 422, description = "the spec is invalid: `detail.field` names the field", body = super::error::ErrorBody),
+        (status = 507, description = "the disk is full; nothing was queued", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Authed(user): Authed,
     body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     enqueue(&state, &user, &body, None).await
 }
 
@@ -233,12 +261,23 @@ pub async fn submit(
 /// empty body or `{}` runs it again as it was), submitted exactly like `POST /api/jobs` (so the
 /// patch may add a `sweep` or `repeats`). Each new job links back with `parent_id` and notes what
 /// changed.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/resubmit", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    request_body(content = Option<Object>, description = "a JSON merge patch (RFC 7396) of the job's spec; no body or `{}` runs it again"),
+    responses(
+        (status = 201, description = "queued, as `POST /api/jobs`", body = Submitted,
+            headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
+        (status = 422, description = "the patch is not an object, or makes the spec invalid", body = super::error::ErrorBody),
+        (status = 507, description = "the disk is full; nothing was queued", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn resubmit(
     State(state): State<AppState>,
     Authed(user): Authed,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     const HOW: &str = r#"send a JSON merge patch (RFC 7396) of the changes, e.g. {"optimizer": {"lr": 1e-4}} ("null" removes a field), or {} to run the same spec again"#;
     let parent = find_own(&state, &user, &id).await?;
     let patch: serde_json::Value = if body.trim_ascii().is_empty() {
@@ -264,7 +303,7 @@ async fn enqueue(
     user: &User,
     body: &[u8],
     lineage: Option<Lineage>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let variants = sweep::expand(body)?;
     check_limits(state, user, &variants).await?;
     let mut checked = Vec::new();
@@ -309,15 +348,23 @@ async fn enqueue(
         state.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
         views.push(view(state, job).await?);
     }
-    let body = match group_id {
-        Some(group_id) => serde_json::json!({"group_id": group_id, "jobs": views}),
-        None => serde_json::to_value(views.remove(0)).map_err(anyhow::Error::from)?,
-    };
-    Ok((StatusCode::CREATED, Json(body)))
+    // `insert_jobs` inserts at least one job: a spec makes one or more.
+    let location = format!("/api/jobs/{}", views[0].job.id);
+    let answer = Submitted { group_id, jobs: views };
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(answer)).into_response())
 }
 
 /// `GET /api/jobs/{id}`: the job with its spec, standing and runs; an `ETag`, and `304` when the
 /// client has this answer already.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}", operation_id = "show_job", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)"), ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag")),
+    responses(
+        (status = 200, description = "the job (results and error only for its owner and admins)", body = JobView,
+            headers(("ETag" = String, description = "hash of the answer"))),
+        (status = 304, description = "unchanged since the ETag sent"),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn show(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = find(&state, &id).await?;
     let runs = state.store.runs_of(job.id).await?;
@@ -328,6 +375,15 @@ pub async fn show(State(state): State<AppState>, caller: Caller, headers: Header
 
 /// `POST /api/jobs/{id}/cancel`: a queued job is cancelled at once (200); a running one is asked
 /// to stop and turns `cancelled` when its worker has exited (202).
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    responses(
+        (status = 200, description = "cancelled (it was queued)", body = JobView),
+        (status = 202, description = "stopping (it was running)", body = JobView),
+        (status = 409, description = "already finished", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Authed(user): Authed,

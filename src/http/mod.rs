@@ -7,6 +7,7 @@ mod compare;
 mod csv;
 mod error;
 mod etag;
+mod extract;
 mod events;
 mod groups;
 mod health;
@@ -14,9 +15,12 @@ mod inference;
 mod job_list;
 mod jobs;
 mod metrics;
+mod openapi;
 mod outputs;
 mod plots;
 mod report;
+#[cfg(test)]
+mod router_tests;
 mod worker;
 
 pub use auth::RateLimiter;
@@ -121,6 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route("/examples", get(catalog::examples))
         .route("/devices", get(catalog::devices))
         .route("/me", get(jobs::me))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES));
     let uploads = Router::new()
@@ -140,7 +146,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(relays)
         .nest("/api", api)
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::prometheus))
         .fallback_service(match &state.paths.static_dir {

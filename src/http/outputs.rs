@@ -11,7 +11,8 @@ use crate::domain::progress::{EpochMetrics, FinalMetrics};
 use crate::domain::JobId;
 use crate::supervisor::JobPaths;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// `GET /api/jobs/{id}/metrics`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MetricsView {
     job_id: JobId,
     /// One entry per finished epoch, in phase and epoch order.
@@ -32,6 +33,13 @@ pub struct MetricsView {
 
 /// `GET /api/jobs/{id}/metrics[?format=csv]`: JSON with the final metrics, or the curves as CSV
 /// (one line per epoch; an absent validation value is an empty field).
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/metrics", tag = "results",
+    params(("id" = String, Path, description = "the job's id (a UUID)"), ("format" = Option<String>, Query, pattern = r"^(json|csv)$", description = "`json` (default) or `csv`")),
+    responses((status = 200, description = "the curves and final metrics", content(
+        (MetricsView = "application/json"), (String = "text/csv")))),
+    security(("bearer" = []))
+)]
 pub async fn metrics(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -68,6 +76,12 @@ pub struct LogQuery {
 
 /// `GET /api/jobs/{id}/log[?follow=true]`: the log so far; with `follow`, the response stays open
 /// and streams new lines until the job has finished.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/log", tag = "results",
+    params(("id" = String, Path, description = "the job's id (a UUID)"), ("follow" = Option<bool>, Query, description = "keep the answer open and stream new lines until the job ends")),
+    responses((status = 200, description = "the job's log", content_type = "text/plain", body = String)),
+    security(("bearer" = []))
+)]
 pub async fn log(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -123,7 +137,7 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
 }
 
 /// One downloadable file.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ArtifactView {
     name: String,
     bytes: u64,
@@ -135,6 +149,11 @@ const MAX_ARTIFACT_DEPTH: usize = 3;
 
 /// `GET /api/jobs/{id}/artifacts`: checkpoints and other outputs, by name; files in subfolders
 /// are named by their path (`cam/index.json`).
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/artifacts", tag = "results", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    responses((status = 200, description = "the job's files", body = Vec<ArtifactView>)),
+    security(("bearer" = []))
+)]
 pub async fn artifacts(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -171,6 +190,20 @@ pub async fn artifacts(
 /// `GET /api/jobs/{id}/artifacts/{*name}`: the file's bytes; `name` may name a file in a
 /// subfolder (`cam/tp-0.png`).
 /// A `Range: bytes=START-[END]` continues a broken download (`trainq pull`): 206 with that part.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/artifacts/{name}", tag = "results",
+    params(("id" = String, Path, description = "the job's id (a UUID)"), ("name" = String, Path, description = "the file's name; may hold folders (`cam/tp-0.png`)"),
+        ("Range" = Option<String>, Header, description = "`bytes=START-[END]` to continue a download"),
+        ("If-Range" = Option<String>, Header, description = "an ETag or date: the range only if the file is unchanged")),
+    responses(
+        (status = 200, description = "the file", content_type = "application/octet-stream", body = String,
+            headers(("ETag" = String), ("Last-Modified" = String), ("Accept-Ranges" = String))),
+        (status = 206, description = "the part asked for", content_type = "application/octet-stream", body = String),
+        (status = 304, description = "unchanged"),
+        (status = 416, description = "the range is outside the file", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn artifact(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -181,6 +214,13 @@ pub async fn artifact(
 }
 
 /// `GET /api/jobs/{id}/predictions.csv`: one row per test image (path, label, probability).
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/predictions.csv", tag = "results", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    responses((status = 200, description = "one row per test image", content_type = "text/csv", body = String),
+        (status = 206, description = "the part asked for", content_type = "text/csv", body = String),
+        (status = 304, description = "unchanged")),
+    security(("bearer" = []))
+)]
 pub async fn predictions(
     State(state): State<AppState>,
     Authed(user): Authed,

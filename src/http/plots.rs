@@ -10,7 +10,8 @@ use super::jobs::find_own;
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use crate::plots::{self, Confusion, CurveMetric, CurveRun, Curves, Format, Plot, Roc, RocRun};
-use axum::extract::{Path, Query, State};
+use super::extract::{Path, Query};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
@@ -110,6 +111,13 @@ fn curve_metric(kind: Kind) -> Option<CurveMetric> {
 }
 
 /// `GET /api/jobs/{id}/plots/{kind}.{svg|png}`.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/plots/{file}", tag = "results",
+    params(("id" = String, Path, description = "the job's id (a UUID)"), ("file" = String, Path, pattern = r"^(accuracy|loss|roc|confusion)\.(svg|png)$", description = "`accuracy`, `loss`, `roc` or `confusion`, then `.svg` or `.png`")),
+    responses((status = 200, description = "the plot", content((String = "image/svg+xml"), (String = "image/png"))),
+        (status = 409, description = "the job lacks the data yet", body = super::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn job_plot(
     State(state): State<AppState>,
     Authed(user): Authed,
@@ -172,6 +180,14 @@ fn labels(jobs: &[(&Job, bool)]) -> Vec<String> {
 /// `GET /api/compare/plots/{kind}.{svg|png}?ids=a,b,c`: the runs overlaid, one colour each (a
 /// group contributes each of its runs). Runs without the data (no epoch yet, no ROC) are left out
 /// and the title says how many are shown; none at all is a 409.
+#[utoipa::path(
+    get, path = "/api/compare/plots/{file}", tag = "results",
+    params(("file" = String, Path, pattern = r"^(accuracy|loss|roc)\.(svg|png)$", description = "`accuracy`, `loss` or `roc`, then `.svg` or `.png`"),
+        ("ids" = String, Query, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,19}$", description = "comma-separated job or group ids (at most 20)")),
+    responses((status = 200, description = "the runs overlaid", content((String = "image/svg+xml"), (String = "image/png"))),
+        (status = 409, description = "none of the runs has the data", body = super::error::ErrorBody)),
+    security(("bearer" = []))
+)]
 pub async fn compare_plot(
     State(state): State<AppState>,
     Authed(user): Authed,

@@ -5,9 +5,9 @@
 use super::{ApiError, AppState};
 use crate::domain::relay::RelayBatch;
 use crate::supervisor::RemoteError;
-use axum::extract::{Path, State};
+use super::extract::{Json, Path};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
 
 /// Stores a relay's batch: 204, also for a batch already stored; 401 for a wrong secret; 404 for
 /// an unknown job; 409 once the job no longer runs (the relay stops sending).

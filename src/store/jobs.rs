@@ -36,7 +36,7 @@ pub struct NewJob {
 }
 
 /// One worker start of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct JobRun {
     /// The device it ran on.
     pub device: String,

@@ -229,7 +229,7 @@ async fn limits_answer_with_the_field_and_the_fix() {
     let admin = app.client_for(Who::Admin);
     let response = admin.post(app.url("/api/jobs")).json(&urgent).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(response.json::<Value>().await.unwrap()["priority"], 5);
+    assert_eq!(response.json::<Value>().await.unwrap()["jobs"][0]["priority"], 5);
     // The request rate: 60 a minute with bursts of 15, per user.
     let response = first_limited(&bob, &app.url("/api/jobs")).await.expect("bob was never limited");
     let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();

@@ -233,7 +233,7 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     let bob = client_with(&app.tokens["bob"]);
     let answer: Value =
         bob.post(app.url("/api/jobs")).json(&spec("bobs-job", [1, 1])).send().await.unwrap().json().await.unwrap();
-    let bobs = answer["id"].as_str().unwrap_or_else(|| panic!("bob's submit: {answer}")).to_string();
+    let bobs = answer["jobs"][0]["id"].as_str().unwrap_or_else(|| panic!("bob's submit: {answer}")).to_string();
     assert!(bob.post(app.url(&format!("/api/jobs/{bobs}/cancel"))).send().await.unwrap().status().is_success());
     app.wait_for_state(&bobs, "cancelled", PAGE_WAIT).await;
 

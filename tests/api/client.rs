@@ -258,8 +258,8 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
 
     // An example by name, from the server.
     let out = session.ok(&["submit", "q1-demo", "--set", "dataset=demo", "--json"]);
-    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(job["spec"]["name"], "q1-demo");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["jobs"][0]["spec"]["name"], "q1-demo", "{answer}");
     let out = session.run(&["submit", "no-such-example"]);
     assert!(text(&out.stderr).contains("q1-demo"), "the error lists the examples: {}", text(&out.stderr));
 

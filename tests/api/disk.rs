@@ -102,7 +102,7 @@ async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everyth
         if status != StatusCode::CREATED || started.elapsed() > Duration::from_secs(5) {
             break (status, body);
         }
-        app.client.post(app.url(&format!("/api/jobs/{}/cancel", body["id"].as_str().unwrap()))).send().await.unwrap();
+        app.client.post(app.url(&format!("/api/jobs/{}/cancel", body["jobs"][0]["id"].as_str().unwrap()))).send().await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");

@@ -259,7 +259,7 @@ impl TestApp {
     pub async fn submit(&self, spec: &Value) -> String {
         let (status, body) = self.post("/api/jobs", spec).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["id"].as_str().unwrap().to_string()
+        body["jobs"][0]["id"].as_str().unwrap().to_string()
     }
 
     /// Polls a job until `done(job)` holds, or panics with the server log after `timeout`.

@@ -31,7 +31,7 @@ async fn a_finished_job_has_a_cam_gallery_and_answers_predict_and_cam_uploads() 
     });
     let (status, queued) = app.post("/api/jobs", &spec).await;
     assert_eq!(status, StatusCode::CREATED);
-    let id = queued["id"].as_str().unwrap().to_string();
+    let id = queued["jobs"][0]["id"].as_str().unwrap().to_string();
     // Nothing to predict with before the job has a model.
     let (status, body, _) = upload(&app, &id, "predict", jpeg(40, 40)).await;
     assert!(status == StatusCode::CONFLICT || status == StatusCode::OK, "{status}: {body:?}");

@@ -110,7 +110,7 @@ async fn lists_filter_by_owner_and_states_and_rows_hide_what_only_owners_see() {
     assert_eq!(app.post(&format!("/api/jobs/{cancelled}/cancel"), &json!({})).await.0, StatusCode::OK);
     let bob = client_with(&app.tokens["bob"]);
     let answer: Value = bob.post(app.url("/api/jobs")).json(&small_spec("sleep")).send().await.unwrap().json().await.unwrap();
-    let bobs = answer["id"].as_str().unwrap().to_string();
+    let bobs = answer["jobs"][0]["id"].as_str().unwrap().to_string();
 
     assert_eq!(ids(&app.all_jobs("state=queued,running&limit=2").await), [bobs.as_str(), queued.as_str(), running.as_str()]);
     assert_eq!(ids(&app.all_jobs("state=running,queued&order=asc").await), [running.as_str(), queued.as_str(), bobs.as_str()]);

@@ -18,6 +18,7 @@ mod pytorch;
 mod results;
 mod recovery;
 mod report;
+mod schemathesis;
 mod sharing;
 #[path = "../common/small_disk.rs"]
 mod small_disk;

@@ -107,8 +107,9 @@ async fn a_resubmit_applies_a_merge_patch_and_links_the_child_to_its_parent() {
     let (_, original) = app.get(&format!("/api/jobs/{parent}")).await;
 
     let patch = json!({"optimizer": {"lr": 1e-4}, "seed": 7});
-    let (status, child) = app.post(&format!("/api/jobs/{parent}/resubmit"), &patch).await;
-    assert_eq!(status, StatusCode::CREATED, "{child}");
+    let (status, answer) = app.post(&format!("/api/jobs/{parent}/resubmit"), &patch).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let child = &answer["jobs"][0];
     assert_eq!(child["parent_id"], parent.as_str());
     assert_eq!(child["notes"], json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.0001}},"seed":7}}"#)]));
     let mut expected = original["spec"].clone();
@@ -121,7 +122,10 @@ async fn a_resubmit_applies_a_merge_patch_and_links_the_child_to_its_parent() {
     // An empty body runs the same spec again.
     let response = app.client.post(app.url(&format!("/api/jobs/{parent}/resubmit"))).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers().get("location").and_then(|value| value.to_str().ok()).map(str::to_string);
     let again: Value = response.json().await.unwrap();
+    let again = &again["jobs"][0];
+    assert_eq!(location, Some(format!("/api/jobs/{}", again["id"].as_str().unwrap())), "a 201 names the new job");
     assert_eq!((&again["spec"], &again["parent_id"]), (&original["spec"], &json!(parent)));
 
     // A patch may add a sweep: every job of the group links to the parent.

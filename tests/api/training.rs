@@ -162,7 +162,7 @@ async fn precision_bf16_trains_under_autocast_and_keeps_float32_checkpoints() {
     let (_, plain) = app.post("/api/jobs", &json!({"name": "auto", "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
         "optimizer": {"name": "sgd", "lr": 0.01}})).await;
-    let id = plain["id"].as_str().unwrap();
+    let id = plain["jobs"][0]["id"].as_str().unwrap();
     let (job, log) = app.finished(id, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{log}");
     assert!(log.contains("precision: fp32"), "{log}");

@@ -1,0 +1,238 @@
+//! The API described as OpenAPI 3.1, generated from the handlers' `#[utoipa::path]` annotations
+//! and the types they send (`ToSchema`), so the description cannot drift from the code:
+//! `GET /api/openapi.json` for client generators and schemathesis, `GET /api/docs` for people
+//! (plain HTML rendered here from the same document: nothing from a CDN, no script).
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use std::fmt::Write;
+use std::sync::OnceLock;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::OpenApi;
+
+/// Every documented route. The relays' `POST /api/worker/jobs/{id}/lines` is left out: it is
+/// internal (a Slurm job's relay reports there with the job's own secret, not a user token).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "trainq",
+        description = "A shared GPU box's training queue: submit experiments, follow them, fetch their results. \
+            Send `Authorization: Bearer <token>` (the admin runs `trainq user add NAME`); the queue and the catalog are open to everyone. \
+            Every error is `{\"error\", \"detail\": {\"field\", \"message\"}}`."
+    ),
+    paths(
+        super::jobs::submit,
+        super::job_list::list,
+        super::jobs::show,
+        super::jobs::cancel,
+        super::jobs::resubmit,
+        super::events::job_stream,
+        super::outputs::metrics,
+        super::plots::job_plot,
+        super::outputs::log,
+        super::outputs::artifacts,
+        super::outputs::artifact,
+        super::outputs::predictions,
+        super::inference::predict,
+        super::inference::cam,
+        super::groups::show,
+        super::compare::table,
+        super::plots::compare_plot,
+        super::events::stream,
+        super::catalog::datasets,
+        super::catalog::weights,
+        super::catalog::backbones,
+        super::catalog::examples,
+        super::catalog::devices,
+        super::jobs::me,
+        openapi_json,
+        docs,
+        super::health::live,
+        super::health::ready,
+        prometheus,
+    ),
+    components(schemas(super::error::ErrorBody)),
+    modifiers(&Conventions),
+    tags(
+        (name = "jobs", description = "submit, list, show, cancel, resubmit"),
+        (name = "results", description = "a job's metrics, plots, log, files and model"),
+        (name = "events", description = "live server-sent events"),
+        (name = "catalog", description = "what jobs can use"),
+        (name = "users", description = "who the token is"),
+        (name = "health", description = "for load balancers and monitoring"),
+        (name = "docs", description = "this description"),
+    )
+)]
+pub struct ApiDoc;
+
+/// What every operation shares and the annotations would only repeat: the bearer scheme, and the
+/// errors any route can answer (a bad parameter or token, the request rate, a bug; a missing job
+/// for routes with an id; a body over the limit for POSTs), each with the error body.
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            // `ids` of a comparison name jobs and groups too.
+            let with_id = path.contains('{') || path.starts_with("/api/compare");
+            let operations = [(&mut item.get, false), (&mut item.post, true)];
+            for (operation, is_post) in operations {
+                let Some(operation) = operation else { continue };
+                let mut common = vec![
+                    ("400", "a malformed parameter, header or body: `detail.field` names it"),
+                    ("401", "a malformed or unknown token (or none where one is needed)"),
+                    ("429", "over the request rate (`Retry-After`) or the jobs per user"),
+                    ("500", "a bug; the cause is in the server's log"),
+                ];
+                if with_id {
+                    common.push(("404", "no such job, group or file (someone else's job answers the same)"));
+                }
+                if is_post {
+                    common.push(("413", "the body is over the limit"));
+                    common.push(("415", "the body's content type is not the one this route takes"));
+                    common.push(("507", "the disk is full: nothing was changed (reads keep working)"));
+                }
+                for (status, description) in common {
+                    operation.responses.responses.entry(status.to_string()).or_insert_with(|| error(description).into());
+                }
+            }
+        }
+    }
+}
+
+/// The document as JSON, built once: it is the same for the life of the process.
+fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes"))
+}
+
+/// `GET /api/openapi.json`: this API as OpenAPI 3.1.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "docs",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+}
+
+/// `GET /api/docs`: the OpenAPI document as a page to read, linked from the dashboard's header.
+#[utoipa::path(get, path = "/api/docs", tag = "docs",
+    responses((status = 200, description = "every operation with its parameters, body and answers", content_type = "text/html", body = String)))]
+pub async fn docs() -> Response {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    let page = PAGE.get_or_init(|| render(&serde_json::from_str(document()).expect("the document is JSON")));
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page.as_str()).into_response()
+}
+
+/// `GET /metrics`, described here because its handler (`metrics.rs`) is Prometheus's business.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text: jobs, devices, fair-share usage, disks", content_type = "text/plain", body = String)))]
+#[allow(dead_code)]
+fn prometheus() {}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Escaped text with the doc comments' `code` spans set as code.
+fn prose(text: &str) -> String {
+    escape(text).split('`').enumerate().map(|(i, part)| if i % 2 == 1 { format!("<code>{part}</code>") } else { part.to_string() }).collect()
+}
+
+/// A schema's name (`JobView`, `array of JobSpec`, `string`) for the page.
+fn schema_name(schema: &Value) -> String {
+    if let Some(reference) = schema["$ref"].as_str() {
+        return reference.rsplit('/').next().unwrap_or(reference).to_string();
+    }
+    match schema["type"].as_str() {
+        Some("array") => format!("array of {}", schema_name(&schema["items"])),
+        Some(kind) => kind.to_string(),
+        None => String::from("any JSON"),
+    }
+}
+
+/// Each content type of a body or answer and its schema's name.
+fn contents(content: &Value) -> String {
+    let Some(content) = content.as_object() else { return String::new() };
+    content.iter().map(|(kind, media)| format!("{} <code>{}</code>", escape(&schema_name(&media["schema"])), escape(kind))).collect::<Vec<_>>().join(", ")
+}
+
+/// The page: one section per operation, in path order, with a table of contents.
+fn render(document: &Value) -> String {
+    let mut page = String::from(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>trainq API</title>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}\
+         code{font-family:ui-monospace,monospace;background:#f3f3f3;padding:0 .2em}section{border-top:1px solid #ddd;margin-top:1.5rem}\
+         .method{font-weight:bold;text-transform:uppercase;margin-right:.5em}table{border-collapse:collapse}td,th{text-align:left;padding:.2em .6em;vertical-align:top}</style>\
+         </head><body>\n",
+    );
+    let info = &document["info"];
+    let _ = writeln!(page, "<h1>{} API {}</h1>", escape(info["title"].as_str().unwrap_or("trainq")), escape(info["version"].as_str().unwrap_or("")));
+    let _ = writeln!(page, "<p>{}</p>", prose(info["description"].as_str().unwrap_or("")));
+    let _ = writeln!(page, "<p>The machine-readable document: <a href=\"/api/openapi.json\">/api/openapi.json</a> (OpenAPI {}). <a href=\"/\">Back to the dashboard</a>.</p>", escape(document["openapi"].as_str().unwrap_or("")));
+    let empty = serde_json::Map::new();
+    let paths = document["paths"].as_object().unwrap_or(&empty);
+    let mut sections = String::new();
+    page.push_str("<ul>\n");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap_or(&empty) {
+            let anchor = format!("{method}-{}", path.replace(['/', '{', '}', '.'], "-"));
+            let summary = operation["summary"].as_str().unwrap_or("");
+            let _ = writeln!(page, "<li><a href=\"#{anchor}\"><span class=\"method\">{method}</span><code>{}</code></a> {}</li>", escape(path), prose(summary));
+            let _ = writeln!(sections, "<section id=\"{anchor}\"><h2><span class=\"method\">{method}</span><code>{}</code></h2>", escape(path));
+            if let Some(description) = operation["description"].as_str() {
+                let _ = writeln!(sections, "<p>{}</p>", prose(summary));
+                let _ = writeln!(sections, "<p>{}</p>", prose(description));
+            } else {
+                let _ = writeln!(sections, "<p>{}</p>", prose(summary));
+            }
+            let needs_token = operation["security"].as_array().is_some_and(|ways| !ways.iter().any(|way| way.as_object().is_some_and(|way| way.is_empty())));
+            let _ = writeln!(sections, "<p>{}</p>", if needs_token { "Needs your token." } else { "Open to everyone (a token shows more)." });
+            if let Some(parameters) = operation["parameters"].as_array().filter(|parameters| !parameters.is_empty()) {
+                sections.push_str("<table><tr><th>parameter</th><th>in</th><th>type</th><th></th></tr>\n");
+                for parameter in parameters {
+                    let required = if parameter["required"].as_bool() == Some(true) { " (required)" } else { "" };
+                    let _ = writeln!(
+                        sections,
+                        "<tr><td><code>{}</code>{required}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        escape(parameter["name"].as_str().unwrap_or("")),
+                        escape(parameter["in"].as_str().unwrap_or("")),
+                        escape(&schema_name(&parameter["schema"])),
+                        prose(parameter["description"].as_str().unwrap_or(""))
+                    );
+                }
+                sections.push_str("</table>\n");
+            }
+            if let Some(body) = operation.get("requestBody") {
+                let _ = writeln!(sections, "<p>Body: {}. {}</p>", contents(&body["content"]), prose(body["description"].as_str().unwrap_or("")));
+            }
+            sections.push_str("<table><tr><th>answer</th><th></th><th>body</th></tr>\n");
+            for (status, response) in operation["responses"].as_object().unwrap_or(&empty) {
+                let _ = writeln!(
+                    sections,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(status),
+                    prose(response["description"].as_str().unwrap_or("")),
+                    contents(&response["content"])
+                );
+            }
+            sections.push_str("</table></section>\n");
+        }
+    }
+    page.push_str("</ul>\n");
+    page.push_str(&sections);
+    let mut schemas: Vec<&String> = document["components"]["schemas"].as_object().map(|schemas| schemas.keys().collect()).unwrap_or_default();
+    schemas.sort();
+    let _ = writeln!(page, "<section><h2>Schemas</h2><p>{}; their fields are in the JSON document.</p></section>", schemas.iter().map(|name| format!("<code>{}</code>", escape(name))).collect::<Vec<_>>().join(", "));
+    page.push_str("</body></html>\n");
+    page
+}

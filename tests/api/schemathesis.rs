@@ -1,0 +1,57 @@
+//! Schemathesis (from PyPI; `deploy/test.sh` installs it into `~/.cache/trainq/schemathesis`)
+//! against a real server holding a finished job, with a token: every operation of
+//! `/api/openapi.json`, every check. No server error, every answer as the document says.
+
+use crate::helpers::{fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `st` from `TRAINQ_SCHEMATHESIS`, else the test script's venv, else `PATH`.
+fn schemathesis() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TRAINQ_SCHEMATHESIS") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainq/schemathesis/bin/st"));
+    if let Some(venv) = venv.filter(|path| path.exists()) {
+        return Some(venv);
+    }
+    std::process::Command::new("st").arg("--version").output().ok().filter(|out| out.status.success()).map(|_| PathBuf::from("st"))
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
+    let Some(st) = schemathesis() else {
+        eprintln!("SKIPPED: schemathesis is not installed (deploy/test.sh installs it; or set TRAINQ_SCHEMATHESIS to `st`)");
+        return;
+    };
+    let scripts = tempfile::tempdir().unwrap();
+    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
+    // `/readyz` answers 503 below the disk's low-water mark, which a test machine may be under.
+    let args = vec![String::from("--disk-low-water-gb"), String::from("0")];
+    let app = TestApp::spawn(Options { worker: Some(worker), args, ..Options::default() });
+    write_dataset(&app.root, 2, 1, 1);
+    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let finished = app.submit(&small_spec("finished")).await;
+    app.wait_for_state(&finished, "succeeded", Duration::from_secs(60)).await;
+    let token = &app.tokens["alice"];
+    let reports = app.root.join("schemathesis");
+    let output = tokio::process::Command::new(&st)
+        // Its example cache goes in the working folder: the test's, not the source tree.
+        .current_dir(&app.root)
+        .env("TRAINQ_FINISHED_JOB", &finished)
+        .arg("--config-file")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/schemathesis.toml"))
+        .args(["run", &app.url("/api/openapi.json"), "--checks", "all", "--workers", "1", "--max-examples", "20", "--seed", "17"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        // Event streams (and a followed log) stay open while anything runs: their own tests cover them.
+        .args(["--exclude-path-regex", "/events$", "--exclude-path", "/api/jobs/{id}/log"])
+        .args(["--request-timeout", "10", "--no-color", "--report", "junit", "--report-dir"])
+        .arg(&reports)
+        .output()
+        .await
+        .expect("running schemathesis");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    // Shown with `--nocapture`: what was run and what it found.
+    eprintln!("{text}");
+    assert!(output.status.success(), "schemathesis failed (job {finished}):\n{text}\n--- server log ---\n{}", app.server_log());
+}
