@@ -39,6 +39,7 @@ use utoipa::OpenApi;
         super::inference::cam,
         super::groups::show,
         super::compare::table,
+        super::report::page,
         super::plots::compare_plot,
         super::events::stream,
         super::catalog::datasets,

@@ -12,7 +12,8 @@ use super::{ApiError, AppState};
 use crate::domain::{Job, JobState};
 use crate::report::{self, CamImage, ConfusionTable, Experiment, Gallery, Report};
 use crate::supervisor::JobPaths;
-use axum::extract::{Query, State};
+use super::extract::Query;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -68,6 +69,12 @@ impl CamEntry {
 /// `GET /api/report?ids=a,b,c`: `text/html`, shown inline and saved as `trainq-report.html`.
 /// Bad or missing ids are a 400 naming `ids`, someone else's or an unknown id a 404, as for
 /// `/api/compare`. Jobs that have not succeeded appear with their state and what they have so far.
+#[utoipa::path(
+    get, path = "/api/report", tag = "results",
+    params(("ids" = String, Query, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(,[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}){0,19}$", description = "comma-separated job or group ids (at most 20)")),
+    responses((status = 200, description = "one self-contained HTML page: per experiment the spec, the template's table, curves, test metrics and Grad-CAM heatmaps; a closing ranking", content_type = "text/html", body = String)),
+    security(("bearer" = []))
+)]
 pub async fn page(State(state): State<AppState>, Authed(user): Authed, Query(query): Query<CompareQuery>) -> Result<Response, ApiError> {
     let compared = resolve(&state, &user, query.ids.as_deref()).await?;
     let mut budget = MAX_REPORT_CAM_BYTES;

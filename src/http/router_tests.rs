@@ -31,6 +31,7 @@ pub(super) async fn test_router() -> TestRouter {
     let inventory = crate::devices::Inventory::cpu_only(1, 1);
     let scheduler = crate::scheduler::SchedulerHandle::default();
     let events = crate::events::EventBus::new();
+    let telemetry = crate::telemetry::Telemetry::new();
     let supervisor = crate::supervisor::Supervisor::new(
         store.clone(),
         crate::supervisor::SupervisorConfig {
@@ -45,8 +46,10 @@ pub(super) async fn test_router() -> TestRouter {
         events.clone(),
         inventory.clone(),
         disk.clone(),
+        telemetry.clone(),
     );
     let state = AppState {
+        telemetry,
         store,
         scheduler,
         supervisor,
@@ -163,6 +166,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/jobs/{id}/cam"),
     ("get", "/api/groups/{id}"),
     ("get", "/api/compare"),
+    ("get", "/api/report"),
     ("get", "/api/compare/plots/{file}"),
     ("get", "/api/events"),
     ("get", "/api/datasets"),
