@@ -134,17 +134,24 @@ async fn the_report_of_two_jobs_is_one_valid_page_with_their_tables_curves_and_h
     assert!(ranking.contains("<td class=\"num\">0.7000 (2)</td>"), "{ranking:.3000}");
 }
 
-#[tokio::test]
-async fn a_group_shows_mean_and_std_and_an_unfinished_job_shows_no_numbers() {
-    let ResultsApp { app, _scripts } = results_app(2);
-    let mut spec = small_spec("repeat");
-    spec["repeats"] = json!(2);
-    let (status, body) = app.post("/api/jobs", &spec).await;
+/// Submits a spec that makes a group and waits until every job of it succeeded: the group's id
+/// and the submit answer.
+async fn finished_group(app: &TestApp, spec: &Value) -> (String, Value) {
+    let (status, body) = app.post("/api/jobs", spec).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let group = body["group_id"].as_str().unwrap().to_string();
     for job in body["jobs"].as_array().unwrap() {
         app.wait_for_state(job["id"].as_str().unwrap(), "succeeded", WAIT).await;
     }
+    (group, body)
+}
+
+#[tokio::test]
+async fn a_group_shows_mean_and_std_and_an_unfinished_job_shows_no_numbers() {
+    let ResultsApp { app, _scripts } = results_app(2);
+    let mut spec = small_spec("repeat");
+    spec["repeats"] = json!(2);
+    let (group, body) = finished_group(&app, &spec).await;
     // The group shows its first run's gallery: more pictures than a report embeds, and an entry
     // that is a symlink out of the job's folder, which is never read.
     let first_run = body["jobs"][0]["id"].as_str().unwrap();
@@ -181,12 +188,7 @@ async fn a_sweep_group_is_one_experiment_per_combination() {
     let mut spec = small_spec("sweep");
     spec["sweep"] = json!({"/image_size": [32, 64]});
     spec["repeats"] = json!(2);
-    let (status, body) = app.post("/api/jobs", &spec).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let group = body["group_id"].as_str().unwrap().to_string();
-    for job in body["jobs"].as_array().unwrap() {
-        app.wait_for_state(job["id"].as_str().unwrap(), "succeeded", WAIT).await;
-    }
+    let (group, _) = finished_group(&app, &spec).await;
     let (status, _, html) = get_report(&app, &group).await;
     assert_eq!(status, StatusCode::OK, "{html}");
     check_nesting(&html);
