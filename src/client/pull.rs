@@ -118,18 +118,28 @@ fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Downloads `url_path` (`bytes` long) to `path`, continuing a `.part` file left by an earlier
-/// pull; returns the bytes it transferred.
+/// pull; returns the bytes it transferred. The version being downloaded (its `ETag`) is kept in
+/// `NAME.part.etag` and sent back as `If-Range`, so a file that changed on the server since is
+/// fetched whole instead of spliced onto the old one's start.
 async fn download(api: &Api, url_path: &str, path: &Path, bytes: u64, bar: &ProgressBar) -> anyhow::Result<u64> {
     std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
     let part = part_path(path);
+    let version = part.with_extension("part.etag");
     let mut have = std::fs::metadata(&part).map(|metadata| metadata.len()).unwrap_or(0);
-    if have > bytes {
+    let etag = std::fs::read_to_string(&version).ok();
+    if have > bytes || etag.is_none() {
         have = 0;
     }
-    let headers: Vec<(&str, String)> = if have > 0 { vec![("Range", format!("bytes={have}-"))] } else { Vec::new() };
+    let headers: Vec<(&str, String)> = match (have, etag) {
+        (1.., Some(etag)) => vec![("Range", format!("bytes={have}-")), ("If-Range", etag)],
+        _ => Vec::new(),
+    };
     let response = api.open(url_path, &headers).await?;
-    // A server that ignores the range sends the whole file: start over.
+    // A server that ignores the range, or has another version now, sends the whole file.
     let resumed = have > 0 && response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+    if let Some(etag) = response.headers().get(reqwest::header::ETAG).and_then(|value| value.to_str().ok()) {
+        std::fs::write(&version, etag)?;
+    }
     let mut file = std::fs::OpenOptions::new().create(true).write(true).append(resumed).truncate(!resumed).open(&part)?;
     let from = if resumed { have } else { 0 };
     let mut written = from;
@@ -146,5 +156,6 @@ async fn download(api: &Api, url_path: &str, path: &Path, bytes: u64, bar: &Prog
         bail!("got {written} of {bytes} bytes; run `trainq pull` again to continue");
     }
     std::fs::rename(&part, path)?;
+    let _ = std::fs::remove_file(&version);
     Ok(written - from)
 }

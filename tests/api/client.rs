@@ -332,15 +332,26 @@ async fn watch_draws_bars_on_a_terminal_and_pull_fetches_resumably() {
     // Again: nothing to fetch.
     let again = session.ok(&["pull", &first, "--to", &to_arg]);
     assert!(again.contains(": 0 files fetched (0.0 MB)"), "{again}");
-    // A download cut at 100 kB continues from there.
+    // A download cut at 100 kB continues from there (the version it was of is kept beside it).
     let checkpoint = dir.join("model.safetensors");
     let whole = std::fs::read(&checkpoint).unwrap();
-    std::fs::remove_file(&checkpoint).unwrap();
-    std::fs::write(dir.join("model.safetensors.part"), &whole[..100_000]).unwrap();
+    let url = app.url(&format!("/api/jobs/{first}/artifacts/model.safetensors"));
+    let etag = app.client.head(&url).send().await.unwrap().headers()["etag"].to_str().unwrap().to_string();
+    let cut = |version: &str| {
+        std::fs::remove_file(&checkpoint).unwrap();
+        std::fs::write(dir.join("model.safetensors.part"), &whole[..100_000]).unwrap();
+        std::fs::write(dir.join("model.safetensors.part.etag"), version).unwrap();
+    };
+    cut(&etag);
     let resumed = session.ok(&["pull", &first, "--to", &to_arg]);
     assert!(resumed.contains(": 1 files fetched (0.2 MB)"), "only the missing 200 kB: {resumed}");
     assert_eq!(sha256(&std::fs::read(&checkpoint).unwrap()), sha256(&whole));
-    assert!(!dir.join("model.safetensors.part").exists());
+    assert!(!dir.join("model.safetensors.part").exists() && !dir.join("model.safetensors.part.etag").exists());
+    // A part of another version of the file is not continued: the whole file comes again.
+    cut("\"another-version\"");
+    let again = session.ok(&["pull", &first, "--to", &to_arg]);
+    assert!(again.contains(": 1 files fetched (0.3 MB)"), "{again}");
+    assert_eq!(sha256(&std::fs::read(&checkpoint).unwrap()), sha256(&whole));
 
     // The report of two jobs: one HTML page with both.
     let html = session.ok(&["report", &first[..8], &second[..8]]);
