@@ -2,8 +2,12 @@
 
 Builds the torchvision backbone and the spec's head from a job's `spec.json`, loads
 `final.safetensors` (or `phase1.safetensors`) with `strict=True`, and optionally predicts images
-with the same preprocessing trainq used (resize to `image_size` with the spec's interpolation,
-the backbone's mean/std).
+with the same preprocessing trainq used: the full decode (Pillow), the size trainq chose
+(`image_size`, or for variable size the aspect-keeping multiple of 32 it computes), the spec's
+interpolation (`nearest` and `bilinear` are Pillow's own resize, which trainq reproduces;
+`area` is trainq's box mean over whole source pixels, done here with the same arithmetic), and
+the backbone's mean/std. A job with `fast_decode` decoded large JPEGs at a reduced scale, which
+Pillow cannot; its predictions here differ a little.
 
     python deploy/load_checkpoint.py spec.json final.safetensors [image.jpeg ...]
 
@@ -28,7 +32,60 @@ NORMALISATION = {
     "vgg16": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "inception_v3": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
 }
-RESAMPLING = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "area": Image.BOX}
+RESAMPLING = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
+# trainq's smallest input side per backbone, its variable-size default and its size quantum
+# (`domain::backbone`, `domain::spec`).
+MIN_SIDE = {"vgg16": 32, "inception_v3": 75}
+DEFAULT_MAX_SIDE = 256
+QUANTUM = 32
+
+
+def target_size(spec, width, height):
+    """The (width, height) trainq resizes a `width`×`height` image to (`Resize::target`)."""
+    if spec.get("image_size") is not None:
+        return spec["image_size"], spec["image_size"]
+    max_side = spec.get("max_image_side") or DEFAULT_MAX_SIDE
+    min_side = -(-MIN_SIDE[spec["backbone"]] // QUANTUM) * QUANTUM
+    lowest, highest = min_side, max(max_side, min_side)
+    scale = min(max_side / max(width, height, 1), 1.0)
+
+    def side(extent):
+        # Rust's f64::round: halves away from zero (Python's round() would go to even).
+        return min(max(int(extent * scale / QUANTUM + 0.5) * QUANTUM, lowest), highest)
+
+    return side(width), side(height)
+
+
+def area_resize(image, width, height):
+    """trainq's `area`: each output pixel the rounded mean of the whole source pixels its box
+    covers (`data.rs` `resize_area`), not Pillow's BOX, which weighs partly covered pixels."""
+    source = torch.tensor(list(image.getdata()), dtype=torch.int64).view(image.height, image.width, 3)
+
+    def spans(extent, out):
+        for o in range(out):
+            start = o * extent // out
+            end = min(max(-(-(o + 1) * extent // out), start + 1), extent)
+            yield start, end
+
+    out = torch.empty(height, width, 3, dtype=torch.int64)
+    for y, (y0, y1) in enumerate(spans(image.height, height)):
+        for x, (x0, x1) in enumerate(spans(image.width, width)):
+            count = (y1 - y0) * (x1 - x0)
+            out[y, x] = (source[y0:y1, x0:x1].sum(dim=(0, 1)) + count // 2) // count
+    return out
+
+
+def pixels(spec, path):
+    """The image as trainq feeds it: `[3, H, W]` floats in 0..255."""
+    image = Image.open(path).convert("RGB")
+    width, height = target_size(spec, image.width, image.height)
+    interpolation = spec.get("interpolation", "nearest")
+    if interpolation == "area":
+        chw = area_resize(image, width, height)
+    else:
+        resized = image.resize((width, height), RESAMPLING[interpolation])
+        chw = torch.tensor(list(resized.getdata()), dtype=torch.int64).view(height, width, 3)
+    return chw.permute(2, 0, 1).to(torch.float32)
 
 
 class GlobalAveragePool(nn.Module):
@@ -52,7 +109,8 @@ class TrainqModel(nn.Module):
             channels = 2048
         else:
             raise SystemExit(f"unknown backbone {self.backbone}")
-        size = spec["image_size"]
+        # Variable size needs a size-free head ("gap"); any size serves the probe then.
+        size = spec["image_size"] or 128
         self.eval()  # the probe below must not need batch statistics
         with torch.no_grad():
             area = self.backbone_forward(torch.zeros(1, 3, size, size)).shape[2:].numel()
@@ -99,12 +157,10 @@ def main():
     model.eval()
     print(f"loaded {len(state)} tensors strictly into {spec['backbone']} + head", file=sys.stderr)
     mean, std = NORMALISATION[spec["backbone"]]
-    size = spec["image_size"]
-    resample = RESAMPLING[spec.get("interpolation", "nearest")]
+    if spec.get("fast_decode"):
+        print("note: the job used fast_decode (reduced-scale JPEG decoding); Pillow decodes in full, so these differ a little", file=sys.stderr)
     for path in images:
-        image = Image.open(path).convert("RGB").resize((size, size), resample)
-        x = torch.tensor(list(image.getdata()), dtype=torch.float32).view(size, size, 3).permute(2, 0, 1)
-        x = (x / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        x = (pixels(spec, path) / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
         with torch.no_grad():
             logits = model(x.unsqueeze(0))[0]
         probabilities = torch.sigmoid(logits) if logits.numel() == 1 else torch.softmax(logits, 0)
