@@ -35,7 +35,7 @@ async fn a_user_with_two_jobs_is_not_stuck_behind_one_with_twenty() {
     for n in 0..2 {
         let response = bob_client.post(app.url("/api/jobs")).json(&small_spec(&format!("b{n}"))).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::CREATED);
-        bob.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+        bob.push(response.json::<Value>().await.unwrap()["jobs"][0]["id"].as_str().unwrap().to_string());
     }
     // While they wait, queued jobs say where they stand.
     let (_, waiting) = app.get(&format!("/api/jobs/{}", alice[19])).await;
