@@ -1,7 +1,7 @@
 //! The students' terminal client (`trainq login`, `ls`, `show`, `cancel`, `wait`), driven as a
 //! student would: the real binary, a real server, a home folder of its own.
 
-use crate::helpers::{fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER};
+use crate::helpers::{small_spec, TestApp, FAKE_WORKER};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -47,11 +47,7 @@ async fn without_a_login_every_command_says_how_to_get_one() {
 
 #[tokio::test]
 async fn a_student_logs_in_lists_waits_and_cancels_from_the_terminal() {
-    let scripts = tempfile::tempdir().unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
-    write_dataset(&app.root, 2, 1, 1);
-    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let (_scripts, app) = crate::helpers::app_with_worker(FAKE_WORKER, 1);
     let home = tempfile::tempdir().unwrap();
     let url = app.url("");
 

@@ -1,7 +1,7 @@
 //! What the ecosystem expects of a server: a binary that carries its dashboard, downloads that
 //! resume, HEAD beside GET.
 
-use crate::helpers::{small_spec, Options, TestApp};
+use crate::helpers::small_spec;
 use reqwest::StatusCode;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -58,11 +58,7 @@ echo '@trainq {"event":"final","train_loss":0.1,"train_acc":1.0,"test_loss":0.2,
 
 #[tokio::test]
 async fn curl_resumes_a_broken_download_and_a_finished_jobs_files_are_immutable() {
-    let scripts = tempfile::tempdir().unwrap();
-    let worker = crate::helpers::fake_worker(scripts.path(), "worker.sh", CHECKPOINT_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
-    crate::helpers::write_dataset(&app.root, 2, 1, 1);
-    crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let (_scripts, app) = crate::helpers::app_with_worker(CHECKPOINT_WORKER, 1);
     let id = app.submit(&small_spec("fine")).await;
     app.wait_for_state(&id, "succeeded", Duration::from_secs(30)).await;
     let expected: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();

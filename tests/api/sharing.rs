@@ -1,7 +1,7 @@
 //! Sharing the box: fair share between users, where queued jobs stand (position, reason, ETA),
 //! and the admin's Prometheus metrics.
 
-use crate::helpers::{client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp};
+use crate::helpers::{client_with, small_spec};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -21,11 +21,7 @@ fn first_start(job: &Value) -> f64 {
 
 #[tokio::test]
 async fn a_user_with_two_jobs_is_not_stuck_behind_one_with_twenty() {
-    let scripts = tempfile::tempdir().unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
-    write_dataset(&app.root, 2, 1, 1);
-    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let (_scripts, app) = crate::helpers::app_with_worker(WORKER, 1);
     let mut alice = Vec::new();
     for n in 0..20 {
         alice.push(app.submit(&small_spec(&format!("a{n}"))).await);
@@ -89,11 +85,7 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_count_job_ends_retries_and_requests_and_pass_promtool() {
-    let scripts = tempfile::tempdir().unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", TELEMETRY_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
-    write_dataset(&app.root, 2, 1, 1);
-    write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let (_scripts, app) = crate::helpers::app_with_worker(TELEMETRY_WORKER, 1);
     let ok = app.submit(&small_spec("ok")).await;
     let fails = app.submit(&small_spec("fails")).await;
     let mut oom = small_spec("oom");
