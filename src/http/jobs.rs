@@ -134,14 +134,19 @@ pub async fn me(Authed(user): Authed) -> Json<User> {
     Json(user)
 }
 
+/// A spec error of one sweep combination, worded to name the combination (other errors as they are).
+fn in_combination(variant: &Variant, err: ApiError) -> ApiError {
+    match err {
+        ApiError::InvalidSpec(err) => ApiError::InvalidSpec(variant.in_combination(err)),
+        other => other,
+    }
+}
+
 /// The admin's caps and the admin-only fields, checked for each spec of a submission before
 /// anything is queued; the per-user cap counts every job the submission would add.
 async fn check_limits(state: &AppState, user: &User, variants: &[Variant]) -> Result<(), ApiError> {
     for variant in variants {
-        check_spec_limits(&state.limits, user, &variant.spec).map_err(|err| match err {
-            ApiError::InvalidSpec(err) => ApiError::InvalidSpec(variant.in_combination(err)),
-            other => other,
-        })?;
+        check_spec_limits(&state.limits, user, &variant.spec).map_err(|err| in_combination(variant, err))?;
     }
     let limits = &state.limits;
     let active = state.store.active_jobs_of(&user.name).await?;
@@ -312,10 +317,7 @@ async fn enqueue(
         // What the disk check reads: a sweep of rates or sizes checks its dataset and weights once.
         let inputs = (spec.dataset.clone(), spec.backbone, spec.weights, spec.output_units());
         if !checked.contains(&inputs) {
-            check_inputs(state, spec).await.map_err(|err| match err {
-                ApiError::InvalidSpec(err) => ApiError::InvalidSpec(variant.in_combination(err)),
-                other => other,
-            })?;
+            check_inputs(state, spec).await.map_err(|err| in_combination(variant, err))?;
             checked.push(inputs);
         }
     }
