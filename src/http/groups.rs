@@ -73,9 +73,17 @@ pub struct GroupMember {
     seed: Option<u64>,
 }
 
-/// Every metric a group aggregates and a comparison tabulates, in the order a report lists them.
-pub(super) const METRICS: [&str; 9] =
-    ["test_acc", "test_loss", "precision", "recall", "specificity", "f1", "auc", "train_acc", "train_loss"];
+/// Every metric a group aggregates and a comparison tabulates: the report's metrics
+/// ([`crate::report::METRICS`]), their names in its order, so the two never drift apart.
+pub(super) const METRICS: [&str; 9] = {
+    let mut names = [""; 9];
+    let mut index = 0;
+    while index < names.len() {
+        names[index] = crate::report::METRICS[index].0;
+        index += 1;
+    }
+    names
+};
 
 /// The metrics of [`METRICS`], in that order, read from a job's final metrics (nothing before it
 /// has them; `None` for a metric the job's head does not give, or that is undefined).
