@@ -131,6 +131,11 @@ pub struct JobProgress {
     pub images_per_sec: Option<f64>,
     /// What the worker is doing when not training (`starting`, `loading data`, `evaluating`).
     pub activity: String,
+    /// What the worker computes in and why: `fp32 (auto: the CPU has no bf16 instructions)`,
+    /// `bf16 autocast (auto: the CPU has AMX-BF16)`, `bf16 autocast, channels-last (auto: a GPU)`,
+    /// `… (asked for)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// How each split was loaded, by split name: images, skipped files, and whether the shared
     /// preprocessing cache was hit (0 images decoded) or built.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

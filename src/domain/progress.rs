@@ -119,6 +119,10 @@ pub enum ProgressEvent {
     Started {
         /// `cpu` or the CUDA device's name.
         device: String,
+        /// What the job computes in and why, e.g. `bf16 autocast (auto: the CPU has AMX-BF16)`;
+        /// absent from older workers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        precision: Option<String>,
     },
     /// A split was loaded.
     Data {

@@ -120,8 +120,9 @@ impl ProgressTracker {
     async fn apply(&mut self, event: ProgressEvent) -> Result<(), crate::store::StoreError> {
         let progress = &mut self.progress;
         let urgent = match event {
-            ProgressEvent::Started { .. } => {
+            ProgressEvent::Started { precision, .. } => {
                 progress.activity = String::from("loading data");
+                progress.precision = precision;
                 true
             }
             ProgressEvent::Data { split, images, skipped, seconds, cache, decoded } => {

@@ -209,7 +209,7 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     tch::manual_seed(0);
     let network = model::Network::new(&spec, device);
     let normaliser = train::Normaliser::new(spec.backbone, device);
-    let numerics = precision::Numerics::new(precision, device);
+    let numerics = precision::Numerics::new(precision, device, precision::CpuBf16::detect());
     if numerics.channels_last {
         precision::set_channels_last(&mut network.vs.variables().into_values().collect::<Vec<_>>());
     }

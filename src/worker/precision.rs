@@ -20,35 +20,97 @@ extern "C" {
     fn trainq_is_channels_last(tensor: *const C_tensor) -> c_int;
 }
 
+/// The bf16 arithmetic a CPU offers, from its feature flags. oneDNN runs bf16 convolutions and
+/// matmuls on AMX tiles or AVX512-BF16 dot products; without either it converts to float32 and
+/// back, which measured 0.6× as fast as float32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// AMX-BF16 tile matrix units (Intel Sapphire Rapids and later): bf16 VGG16 training measured
+    /// 2.9–3.3× float32.
+    Amx,
+    /// AVX512-BF16 dot products (AMD Zen 4, Intel Cooper Lake): measured 1.8× float32 training
+    /// VGG16's block5 and 1.9× for its frozen blocks.
+    Avx512,
+    /// Neither.
+    None,
+}
+
+impl CpuBf16 {
+    /// From a `/proc/cpuinfo` text (its `flags` line; the first processor's is enough).
+    pub fn from_cpuinfo(cpuinfo: &str) -> CpuBf16 {
+        let flags = cpuinfo.lines().find(|line| line.starts_with("flags")).and_then(|line| line.split_once(':')).map_or("", |(_, flags)| flags);
+        let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+        if has("amx_bf16") && has("amx_tile") {
+            CpuBf16::Amx
+        } else if has("avx512_bf16") {
+            CpuBf16::Avx512
+        } else {
+            CpuBf16::None
+        }
+    }
+
+    /// This machine's (`None` where `/proc/cpuinfo` can't be read).
+    pub fn detect() -> CpuBf16 {
+        std::fs::read_to_string("/proc/cpuinfo").map_or(CpuBf16::None, |cpuinfo| CpuBf16::from_cpuinfo(&cpuinfo))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CpuBf16::Amx => "AMX-BF16",
+            CpuBf16::Avx512 => "AVX512-BF16",
+            CpuBf16::None => "no bf16 instructions",
+        }
+    }
+}
+
 /// What a job's `precision` means on its device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Numerics {
     /// Forward passes under bf16 autocast.
     pub bf16: bool,
-    /// Convolution weights and inputs laid out channels-last (what tensor cores want).
+    /// The whole network — weights and inputs — laid out channels-last (what tensor cores want).
+    /// On the CPU the layout is chosen per block instead (see `model::per_block_layout`).
     pub channels_last: bool,
     device: Device,
+    /// Why: what was asked and what the device offers.
+    why: Why,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Asked,
+    AutoGpu,
+    AutoCpu(CpuBf16),
 }
 
 impl Numerics {
-    /// `auto` is bf16 + channels-last on a GPU and fp32 on the CPU (where bf16 was measured
-    /// slower); `bf16` is bf16 + channels-last anywhere, so a CPU job (and the tests) run every
-    /// code path a GPU job runs; `fp32` is plain float32.
-    pub fn new(precision: Precision, device: Device) -> Numerics {
-        let bf16 = match precision {
-            Precision::Auto => device != Device::Cpu,
-            Precision::Bf16 => true,
-            Precision::Fp32 => false,
+    /// `auto` is bf16 autocast wherever the hardware computes in bf16: on a GPU (with channels-last
+    /// throughout) and on a CPU with AMX-BF16 or AVX512-BF16 (frozen blocks channels-last, trained
+    /// ones as they are: both measured fastest there); float32 on other CPUs. `bf16` is bf16
+    /// anywhere, so a CPU job (and the tests) run every code path a GPU job runs; `fp32` is plain
+    /// float32.
+    pub fn new(precision: Precision, device: Device, cpu: CpuBf16) -> Numerics {
+        let gpu = device != Device::Cpu;
+        let (bf16, why) = match precision {
+            Precision::Auto if gpu => (true, Why::AutoGpu),
+            Precision::Auto => (cpu != CpuBf16::None, Why::AutoCpu(cpu)),
+            Precision::Bf16 => (true, Why::Asked),
+            Precision::Fp32 => (false, Why::Asked),
         };
-        Numerics { bf16, channels_last: bf16, device }
+        Numerics { bf16, channels_last: bf16 && gpu, device, why }
     }
 
-    /// For the job log.
-    pub fn describe(&self) -> &'static str {
-        match (self.bf16, self.channels_last) {
+    /// For the job log and the job's progress, e.g. `bf16 autocast (auto: the CPU has AMX-BF16)`.
+    pub fn describe(&self) -> String {
+        let what = match (self.bf16, self.channels_last) {
             (true, true) => "bf16 autocast, channels-last",
             (true, false) => "bf16 autocast",
             _ => "fp32",
+        };
+        match self.why {
+            Why::Asked => format!("{what} (asked for)"),
+            Why::AutoGpu => format!("{what} (auto: a GPU)"),
+            Why::AutoCpu(cpu) => format!("{what} (auto: the CPU has {})", cpu.name()),
         }
     }
 
@@ -121,14 +183,37 @@ mod tests {
     use super::*;
     use tch::Kind;
 
+    const AMX: &str = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\nprocessor\t: 1\n";
+    const AVX512_BF16: &str = "flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n";
+    const PLAIN: &str = "flags\t\t: fpu sse avx2 avx512f avx512_vnni\nbugs\t\t: amx_bf16\n";
+
     #[test]
-    fn auto_is_fp32_on_the_cpu_and_bf16_with_channels_last_on_a_gpu() {
-        let cpu = Numerics::new(Precision::Auto, Device::Cpu);
-        assert_eq!((cpu.bf16, cpu.channels_last, cpu.describe()), (false, false, "fp32"));
-        let gpu = Numerics::new(Precision::Auto, Device::Cuda(0));
-        assert_eq!((gpu.bf16, gpu.channels_last, gpu.describe()), (true, true, "bf16 autocast, channels-last"));
-        assert!(!Numerics::new(Precision::Fp32, Device::Cuda(0)).bf16);
-        assert_eq!(Numerics::new(Precision::Bf16, Device::Cpu).describe(), "bf16 autocast, channels-last");
+    fn the_cpu_flags_say_which_bf16_units_there_are() {
+        assert_eq!(CpuBf16::from_cpuinfo(AMX), CpuBf16::Amx);
+        assert_eq!(CpuBf16::from_cpuinfo(AVX512_BF16), CpuBf16::Avx512);
+        assert_eq!(CpuBf16::from_cpuinfo(PLAIN), CpuBf16::None, "only the flags line counts");
+        assert_eq!(CpuBf16::from_cpuinfo(""), CpuBf16::None);
+        assert_eq!(CpuBf16::from_cpuinfo("flags\t: amx_tile avx512_bf16x\n"), CpuBf16::None, "whole flags only");
+    }
+
+    #[test]
+    fn auto_is_bf16_where_the_cpu_computes_in_bf16_and_fp32_elsewhere() {
+        let on = |cpuinfo: &str| Numerics::new(Precision::Auto, Device::Cpu, CpuBf16::from_cpuinfo(cpuinfo));
+        let amx = on(AMX);
+        assert_eq!((amx.bf16, amx.channels_last), (true, false), "the CPU picks the layout per block");
+        assert_eq!(amx.describe(), "bf16 autocast (auto: the CPU has AMX-BF16)");
+        assert!(on(AVX512_BF16).bf16);
+        assert_eq!(on(AVX512_BF16).describe(), "bf16 autocast (auto: the CPU has AVX512-BF16)");
+        let plain = on(PLAIN);
+        assert_eq!((plain.bf16, plain.channels_last), (false, false));
+        assert_eq!(plain.describe(), "fp32 (auto: the CPU has no bf16 instructions)");
+
+        let gpu = Numerics::new(Precision::Auto, Device::Cuda(0), CpuBf16::None);
+        assert_eq!((gpu.bf16, gpu.channels_last), (true, true));
+        assert_eq!(gpu.describe(), "bf16 autocast, channels-last (auto: a GPU)");
+        assert!(!Numerics::new(Precision::Fp32, Device::Cuda(0), CpuBf16::Amx).bf16);
+        assert!(!Numerics::new(Precision::Fp32, Device::Cpu, CpuBf16::Amx).bf16, "fp32 when asked, whatever the CPU");
+        assert_eq!(Numerics::new(Precision::Bf16, Device::Cpu, CpuBf16::None).describe(), "bf16 autocast (asked for)");
     }
 
     #[test]
@@ -136,13 +221,13 @@ mod tests {
         let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
         let conv = || x.conv2d::<Tensor>(&w, None, [1], [1], [1], 1);
-        let numerics = Numerics::new(Precision::Bf16, Device::Cpu);
+        let numerics = Numerics::new(Precision::Bf16, Device::Cpu, CpuBf16::None);
         let inside = numerics.forward(conv);
         assert_eq!(inside.kind(), Kind::BFloat16, "autocast picked bf16");
         assert_eq!(conv().kind(), Kind::Float, "autocast ended with the region");
         let difference = (inside.to_kind(Kind::Float) - conv()).abs().max().double_value(&[]);
         assert!(difference < 0.2, "bf16 result close to fp32: {difference}");
-        assert_eq!(Numerics::new(Precision::Fp32, Device::Cpu).forward(conv).kind(), Kind::Float);
+        assert_eq!(Numerics::new(Precision::Fp32, Device::Cpu, CpuBf16::Amx).forward(conv).kind(), Kind::Float);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::features::{self, Features, Source};
 use crate::interrupt::{self, Interrupted};
 use crate::model::{Cut, Network, Trainable};
 use crate::optim::Optimizer;
-use crate::precision::{self, Numerics};
+use crate::precision::{self, CpuBf16, Numerics};
 use crate::report::emit;
 use crate::resume::{self, PartialEpoch, Progress};
 use anyhow::Context;
@@ -325,8 +325,10 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         Device::Cpu => format!("cpu ({} threads)", work.threads),
         _ => String::from("cuda:0"),
     };
+    let numerics = Numerics::new(spec.precision, device, CpuBf16::detect());
     eprintln!("job {} on {device_name}", work.job_id);
-    emit(&ProgressEvent::Started { device: device_name.clone() });
+    eprintln!("precision: {}", numerics.describe());
+    emit(&ProgressEvent::Started { device: device_name.clone(), precision: Some(numerics.describe()) });
 
     let dataset = datasets::describe(&spec.dataset, &work.dataset_dir)?;
     let train = load(work, "train", &dataset.classes)?;
@@ -369,8 +371,6 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     tch::manual_seed(spec.seed as i64);
     let network = Network::new(spec, device);
     let normaliser = Normaliser::new(spec.backbone, device);
-    let numerics = Numerics::new(spec.precision, device);
-    eprintln!("precision: {}", numerics.describe());
     if let Some(weights) = &work.weights_file {
         let ignored = network.load_backbone(weights).context("loading pretrained weights")?;
         eprintln!("loaded backbone weights from {} ({ignored} non-backbone tensors ignored)", weights.display());

@@ -3,7 +3,7 @@
 //! `train` lists: `stem` (everything before Mixed_5b), then each `Mixed_*` module.
 
 use super::layers::BatchNorm;
-use super::BackboneNet;
+use super::{is_frozen, per_block_layout, BackboneNet};
 use tch::nn::{self, Init};
 use tch::Tensor;
 
@@ -239,12 +239,12 @@ impl BackboneNet for InceptionV3 {
         self.blocks.len()
     }
 
+    /// Frozen blocks run channels-last on the CPU (`per_block_layout`).
     fn forward_blocks(&self, x: &Tensor, from: usize, to: usize, bn_train: &[bool]) -> Tensor {
-        let mut x = x.shallow_clone();
-        for (index, block) in self.blocks.iter().enumerate().take(to).skip(from) {
-            x = block.forward(&x, bn_train.get(index).copied().unwrap_or(false));
-        }
-        x
+        let frozen = |block| is_frozen(&self.block_parameters(block));
+        per_block_layout(x, from..to.min(self.blocks.len()), frozen, |index, x| {
+            self.blocks[index].forward(&x, bn_train.get(index).copied().unwrap_or(false))
+        })
     }
 
     fn forward_to_cam_layer(&self, x: &Tensor) -> Tensor {

@@ -1,10 +1,9 @@
 //! VGG16's `features` with torchvision names: 13 convolutions with ReLU and 5 max pools, in five
 //! blocks split at the pools (Keras' block1…block5).
 
-use super::BackboneNet;
-use crate::precision;
+use super::{is_frozen, per_block_layout, BackboneNet};
 use tch::nn::{self, Init};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// Channel counts; `0` = 2×2 max pool, which closes a block.
 const CONFIG: [i64; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
@@ -65,29 +64,12 @@ impl BackboneNet for Vgg16 {
         5
     }
 
-    /// A frozen block of a float32 network on the CPU runs channels-last, whatever its caller:
-    /// oneDNN's channels-last kernels ran blocks 1–4 at 128 px, batch 20, on this project's 2-core
-    /// CPU 1.6–1.9× faster than NCHW in inference (12.4 → 19.6–24 img/s, torch 2.11). Trained
-    /// blocks keep the caller's layout (block5 on 8×8 activations trains faster in NCHW: 198 vs
-    /// 252 ms per step), and so does the output. The layout depends only on the block, so the
-    /// cached and uncached paths run the same kernels and learn the same to float tolerance.
+    /// Frozen blocks run channels-last on the CPU (`per_block_layout`).
     fn forward_blocks(&self, x: &Tensor, from: usize, to: usize, _bn_train: &[bool]) -> Tensor {
-        let relayout = x.device() == Device::Cpu && x.kind() == Kind::Float && x.dim() == 4 && !precision::is_channels_last(x);
-        let mut x = x.shallow_clone();
-        let mut switched = false;
-        for block in from..to {
-            let frozen = self.block_parameters(block).iter().all(|parameter| !parameter.requires_grad());
-            if relayout && frozen != switched {
-                x = if frozen { precision::channels_last(&x) } else { x.contiguous() };
-                switched = frozen;
-            }
-            x = self.layers.iter().filter(|(b, _)| *b == block).fold(x, |x, (_, layer)| layer.apply(&x));
-        }
-        if switched {
-            x.contiguous()
-        } else {
-            x
-        }
+        let frozen = |block| is_frozen(&self.block_parameters(block));
+        per_block_layout(x, from..to, frozen, |block, x| {
+            self.layers.iter().filter(|(b, _)| *b == block).fold(x, |x, (_, layer)| layer.apply(&x))
+        })
     }
 
     fn forward_to_cam_layer(&self, x: &Tensor) -> Tensor {
