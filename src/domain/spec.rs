@@ -62,13 +62,15 @@ pub enum Interpolation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 autocast + channels-last + cuDNN autotuning on a GPU, fp32 on the CPU (where bf16
-    /// is slower without matrix units).
+    /// bf16 autocast + channels-last + cuDNN autotuning on a GPU; bf16 autocast on a CPU with
+    /// AMX-BF16 or AVX512-BF16 (1.8–3.3× float32 there); float32 on other CPUs (where bf16 is
+    /// slower). The job's `progress.precision` says which and why.
     #[default]
     Auto,
     /// float32 everywhere.
     Fp32,
-    /// bf16 autocast on any device (weights, optimizer state and the loss stay float32).
+    /// bf16 autocast + channels-last on any device, as a GPU job runs (weights, optimizer state
+    /// and the loss stay float32).
     Bf16,
 }
 

@@ -86,9 +86,9 @@ enum Why {
 impl Numerics {
     /// `auto` is bf16 autocast wherever the hardware computes in bf16: on a GPU (with channels-last
     /// throughout) and on a CPU with AMX-BF16 or AVX512-BF16 (frozen blocks channels-last, trained
-    /// ones as they are: both measured fastest there); float32 on other CPUs. `bf16` is bf16
-    /// anywhere, so a CPU job (and the tests) run every code path a GPU job runs; `fp32` is plain
-    /// float32.
+    /// ones as they are: both measured fastest there); float32 on other CPUs. `bf16` is what a GPU
+    /// job does, channels-last throughout included, on any device, so a CPU job (and the tests) run
+    /// every code path a GPU job runs; `fp32` is plain float32.
     pub fn new(precision: Precision, device: Device, cpu: CpuBf16) -> Numerics {
         let gpu = device != Device::Cpu;
         let (bf16, why) = match precision {
@@ -97,7 +97,8 @@ impl Numerics {
             Precision::Bf16 => (true, Why::Asked),
             Precision::Fp32 => (false, Why::Asked),
         };
-        Numerics { bf16, channels_last: bf16 && gpu, device, why }
+        let channels_last = bf16 && (gpu || precision == Precision::Bf16);
+        Numerics { bf16, channels_last, device, why }
     }
 
     /// For the job log and the job's progress, e.g. `bf16 autocast (auto: the CPU has AMX-BF16)`.
@@ -213,7 +214,8 @@ mod tests {
         assert_eq!(gpu.describe(), "bf16 autocast, channels-last (auto: a GPU)");
         assert!(!Numerics::new(Precision::Fp32, Device::Cuda(0), CpuBf16::Amx).bf16);
         assert!(!Numerics::new(Precision::Fp32, Device::Cpu, CpuBf16::Amx).bf16, "fp32 when asked, whatever the CPU");
-        assert_eq!(Numerics::new(Precision::Bf16, Device::Cpu, CpuBf16::None).describe(), "bf16 autocast (asked for)");
+        let asked = Numerics::new(Precision::Bf16, Device::Cpu, CpuBf16::None);
+        assert_eq!(asked.describe(), "bf16 autocast, channels-last (asked for)", "what a GPU job runs");
     }
 
     #[test]
