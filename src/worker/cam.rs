@@ -4,7 +4,9 @@
 
 use crate::data::Split;
 use crate::model::Network;
-use crate::train::{write_artifact, write_json, Evaluation, Normaliser};
+use crate::artifacts::{write_artifact, write_json};
+use crate::evaluate::Evaluation;
+use crate::normalise::Normaliser;
 use image::RgbImage;
 use serde::Serialize;
 use std::path::Path;

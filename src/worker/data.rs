@@ -521,7 +521,7 @@ pub fn bench(config: &DecodeBench) -> anyhow::Result<()> {
         }
     }
     classes.sort();
-    let normaliser = crate::train::Normaliser::new(trainq::domain::backbone::Backbone::Vgg16, Device::Cpu);
+    let normaliser = crate::normalise::Normaliser::new(trainq::domain::backbone::Backbone::Vgg16, Device::Cpu);
     let rounds = config.rounds.max(1);
     let (mut load_seconds, mut load_cpu_seconds, mut gather_seconds, mut feed_seconds) = (0.0, 0.0, 0.0, 0.0);
     // The best round of each measure: a shared machine's neighbours only ever make rounds slower.
@@ -543,7 +543,7 @@ pub fn bench(config: &DecodeBench) -> anyhow::Result<()> {
         load_seconds += load;
         load_cpu_seconds += process_cpu_seconds() - cpu_started;
         let sizes: Vec<i64> = split.groups.iter().map(|group| group.len()).collect();
-        let (orders, batches) = crate::train::epoch_plan(&sizes, config.batch_size, &mut rng);
+        let (orders, batches) = crate::epochs::epoch_plan(&sizes, config.batch_size, &mut rng);
         let orders: Vec<Tensor> = orders.iter().map(|order| Tensor::from_slice(order)).collect();
         let started = Instant::now();
         for batch in &batches {

@@ -24,7 +24,7 @@ use crate::cache::{self, Miss};
 use crate::data::Split;
 use crate::model::{Cut, Network};
 use crate::precision::Numerics;
-use crate::train::Normaliser;
+use crate::normalise::Normaliser;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;

@@ -1,14 +1,18 @@
 //! `trainq-worker`: the only code that touches tch. The supervisor runs one per job
 //! (`trainq-worker run --job job.json`); `bench` measures a training step for the benchmarks.
 
+mod artifacts;
 mod cache;
 mod cam;
 mod data;
+mod epochs;
+mod evaluate;
 mod failure;
 mod features;
 mod interrupt;
 mod jpeg;
 mod model;
+mod normalise;
 mod optim;
 mod precision;
 mod report;
@@ -208,7 +212,7 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     let spec = trainq::domain::JobSpec::parse(spec.as_bytes()).map_err(|err| anyhow::anyhow!("{err}"))?;
     tch::manual_seed(0);
     let network = model::Network::new(&spec, device);
-    let normaliser = train::Normaliser::new(spec.backbone, device);
+    let normaliser = normalise::Normaliser::new(spec.backbone, device);
     let numerics = precision::Numerics::new(precision, device, precision::CpuBf16::detect());
     if numerics.channels_last {
         precision::set_channels_last(&mut network.vs.variables().into_values().collect::<Vec<_>>());
@@ -224,7 +228,7 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     // queued work, so the wall time covers every step.
     let mut step = || -> Tensor {
         let x = numerics.input(normaliser.apply(&images));
-        let (loss, _) = numerics.forward(|| train::loss_and_correct(&network.forward(&x, &trainable, true), &labels));
+        let (loss, _) = numerics.forward(|| evaluate::loss_and_correct(&network.forward(&x, &trainable, true), &labels));
         optimizer.zero_grad();
         loss.backward();
         optimizer.step();

@@ -11,7 +11,7 @@
 use crate::data::load_image;
 use anyhow::Context;
 use crate::model::Network;
-use crate::train::Normaliser;
+use crate::normalise::Normaliser;
 use serde::Deserialize;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};

@@ -9,29 +9,28 @@
 //! what the uninterrupted run would have (on the CPU bit for bit; on a GPU up to cuDNN's own
 //! non-determinism).
 
-use crate::data::{load_split, Split};
+use crate::artifacts::{save_checkpoint, write_json, write_predictions};
 use crate::cache;
-use crate::data::CacheOutcome;
+use crate::data::{load_split, CacheOutcome, Split};
+use crate::epochs::{derived_seed, epoch_plan, lone_images, PlannedBatch};
+use crate::evaluate::{evaluate, loss_and_correct, test_metrics, Feed};
 use crate::features::{self, Features, Source};
 use crate::interrupt::{self, Interrupted};
 use crate::model::{Cut, Network, Trainable};
+use crate::normalise::Normaliser;
 use crate::optim::Optimizer;
 use crate::precision::{self, CpuBf16, Numerics};
 use crate::report::emit;
 use crate::resume::{self, PartialEpoch, Progress};
 use anyhow::Context;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::path::Path;
 use std::time::{Duration, Instant};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets;
-use trainq::domain::backbone::Backbone;
 use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
 use trainq::domain::spec::JobSpec;
 use trainq::domain::ProgressEvent;
-use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
 use trainq::storage;
 
 /// Most pixel bytes a job keeps on its GPU for the whole job.
@@ -52,251 +51,6 @@ pub fn device_for(kind: WorkerDevice) -> anyhow::Result<Device> {
             "the scheduler gave this job a GPU but libtorch sees no CUDA device (is libtorch_cuda.so linked? `ldd trainq-worker`)"
         ),
     }
-}
-
-/// Turns uint8 batches into the float input a backbone's pretrained weights expect.
-pub struct Normaliser {
-    /// `1 / (255 · std)` per channel.
-    scale: Tensor,
-    /// `−mean / std` per channel.
-    shift: Tensor,
-    device: Device,
-}
-
-impl Normaliser {
-    /// The backbone's input statistics, folded into one scale and shift per channel, on `device`.
-    pub fn new(backbone: Backbone, device: Device) -> Normaliser {
-        let info = backbone.info();
-        let on_device = |values: Vec<f64>| Tensor::from_slice(&values).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
-        let scale = (0..3).map(|c| 1.0 / (255.0 * info.input_std[c])).collect();
-        let shift = (0..3).map(|c| -info.input_mean[c] / info.input_std[c]).collect();
-        Normaliser { scale: on_device(scale), shift: on_device(shift), device }
-    }
-
-    /// The device batches are normalised onto (the job's).
-    pub fn device(&self) -> Device {
-        self.device
-    }
-
-    /// `(pixels / 255 − mean) / std`, computed as `pixels · scale + shift` in place on the one
-    /// float tensor the conversion allocates: this runs on every batch of every epoch, and each
-    /// extra temporary is a batch-sized allocation. A one-channel (grayscale) batch is expanded to
-    /// three channels by that same conversion (an expanded view costs nothing until converted).
-    pub fn apply(&self, batch: &Tensor) -> Tensor {
-        let batch = batch.to_device(self.device);
-        let size = batch.size();
-        let batch = if size[1] == 1 { batch.expand([size[0], 3, size[2], size[3]], false) } else { batch };
-        let mut x = batch.to_kind(Kind::Float);
-        let _ = x.g_mul_(&self.scale);
-        let _ = x.g_add_(&self.shift);
-        x
-    }
-}
-
-/// Loss (mean over the batch) and the number of correct predictions, both as 0-d tensors.
-pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
-    if logits.size()[1] == 1 {
-        let logits = logits.squeeze_dim(1);
-        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&labels.to_kind(Kind::Float), None, None, Reduction::Mean);
-        let correct = logits.gt(0.0).to_kind(Kind::Int64).eq_tensor(labels).sum(Kind::Int64);
-        (loss, correct)
-    } else {
-        let loss = logits.cross_entropy_for_logits(labels);
-        let correct = logits.argmax(1, false).eq_tensor(labels).sum(Kind::Int64);
-        (loss, correct)
-    }
-}
-
-/// A split evaluated in inference mode.
-pub struct Evaluation {
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy (threshold 0.5 on the sigmoid, or argmax).
-    pub accuracy: f64,
-    /// Per image: the positive-class probability (binary models) or one probability per class.
-    pub probabilities: Vec<Vec<f64>>,
-}
-
-/// What a phase feeds the network: a split's pixels through the whole network, or the cached
-/// activations of its frozen prefix through the rest of it (`Network::forward_from`).
-pub struct Feed<'a> {
-    /// Per shape group: the stored inputs (uint8 pixels or activations) and the labels.
-    groups: Vec<(&'a Tensor, &'a Tensor)>,
-    /// Where the stored inputs enter the network; `None` for pixels.
-    cut: Option<Cut>,
-    normaliser: &'a Normaliser,
-    numerics: &'a Numerics,
-}
-
-impl<'a> Feed<'a> {
-    /// A split's pixels.
-    pub fn pixels(split: &'a Split, normaliser: &'a Normaliser, numerics: &'a Numerics) -> Feed<'a> {
-        let groups = split.groups.iter().map(|group| (&group.images, &group.labels)).collect();
-        Feed { groups, cut: None, normaliser, numerics }
-    }
-
-    /// A split's activations at `cut` (grouped like its pixels, so the labels are the split's).
-    pub fn features(
-        split: &'a Split,
-        features: &'a Features,
-        cut: Cut,
-        normaliser: &'a Normaliser,
-        numerics: &'a Numerics,
-    ) -> Feed<'a> {
-        let groups = features.groups.iter().zip(&split.groups).map(|(stored, group)| (stored, &group.labels)).collect();
-        Feed { groups, cut: Some(cut), normaliser, numerics }
-    }
-
-    /// The split's activations when there are some, else its pixels.
-    pub fn of(
-        split: &'a Split,
-        features: Option<(&'a Features, Cut)>,
-        normaliser: &'a Normaliser,
-        numerics: &'a Numerics,
-    ) -> Feed<'a> {
-        match features {
-            Some((features, cut)) => Feed::features(split, features, cut, normaliser, numerics),
-            None => Feed::pixels(split, normaliser, numerics),
-        }
-    }
-
-    fn len(&self) -> i64 {
-        self.groups.iter().map(|(stored, _)| stored.size()[0]).sum()
-    }
-
-    fn device(&self) -> Device {
-        self.normaliser.device
-    }
-
-    /// A stored batch as the network takes it at the feed's entry point.
-    fn input(&self, stored: &Tensor) -> Tensor {
-        match self.cut {
-            None => self.numerics.input(self.normaliser.apply(stored)),
-            Some(_) => {
-                let x = stored.to_device(self.device());
-                // Under autocast the next layer casts anyway; otherwise compute in float32.
-                let x = if self.numerics.bf16 { x } else { x.to_kind(Kind::Float) };
-                if x.dim() == 4 {
-                    self.numerics.input(x)
-                } else {
-                    x
-                }
-            }
-        }
-    }
-
-    fn forward(&self, network: &Network, x: &Tensor, trainable: &Trainable, train: bool) -> Tensor {
-        match self.cut {
-            None => network.forward(x, trainable, train),
-            Some(cut) => network.forward_from(x, cut, trainable, train),
-        }
-    }
-}
-
-/// Loss, accuracy and probabilities over a whole split in inference mode, in the split's tensor order.
-pub fn evaluate(network: &Network, feed: &Feed, batch_size: i64) -> Evaluation {
-    let n = feed.len();
-    if n == 0 {
-        return Evaluation { loss: f64::NAN, accuracy: f64::NAN, probabilities: Vec::new() };
-    }
-    let device = feed.device();
-    let inference = Trainable::none(network.block_count());
-    tch::no_grad(|| {
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        let mut probabilities = Vec::new();
-        let batches = feed.groups.iter().flat_map(|&(stored, labels)| {
-            let size = stored.size()[0];
-            (0..size).step_by(batch_size as usize).map(move |start| (stored, labels, start, batch_size.min(size - start)))
-        });
-        for (stored, labels, start, len) in batches {
-            let images = feed.input(&stored.narrow(0, start, len));
-            let labels = labels.narrow(0, start, len).to_device(device);
-            let (logits, (loss, hits)) = feed.numerics.forward(|| {
-                let logits = feed.forward(network, &images, &inference, false);
-                let outcome = loss_and_correct(&logits, &labels);
-                (logits, outcome)
-            });
-            loss_sum += loss * len as f64;
-            correct += hits;
-            let logits = logits.to_kind(Kind::Float);
-            let batch = if logits.size()[1] == 1 { logits.sigmoid() } else { logits.softmax(1, Kind::Float) };
-            probabilities.push(batch);
-        }
-        let probabilities = Tensor::cat(&probabilities, 0).to_kind(Kind::Double).to_device(Device::Cpu);
-        let probabilities: Vec<Vec<f64>> = Vec::<Vec<f64>>::try_from(&probabilities).unwrap_or_default();
-        Evaluation {
-            loss: loss_sum.double_value(&[]) / n as f64,
-            accuracy: correct.double_value(&[]) / n as f64,
-            probabilities,
-        }
-    })
-}
-
-/// Test-set metrics: binary ones for a sigmoid model, per-class ones for a softmax model.
-fn test_metrics(
-    test: &Split,
-    evaluation: &Evaluation,
-    classes: usize,
-) -> anyhow::Result<(Option<BinaryMetrics>, Option<MulticlassMetrics>)> {
-    let labels: Vec<usize> = Vec::<i64>::try_from(&test.labels)?.into_iter().map(|l| l as usize).collect();
-    if evaluation.probabilities.first().is_some_and(|row| row.len() == 1) {
-        let positives: Vec<bool> = labels.iter().map(|&label| label == 1).collect();
-        let scores: Vec<f64> = evaluation.probabilities.iter().map(|row| row[0]).collect();
-        Ok((Some(metrics::evaluate_binary(&positives, &scores, 0.5)?), None))
-    } else {
-        Ok((None, Some(metrics::evaluate_multiclass(&labels, &evaluation.probabilities, classes)?)))
-    }
-}
-
-/// `predictions.csv`: one row per test image with its path (relative to the dataset), true label
-/// and probability (of the positive class, or of each class for a softmax model).
-fn write_predictions(dir: &Path, dataset_dir: &Path, test: &Split, evaluation: &Evaluation, classes: &[String]) -> anyhow::Result<()> {
-    let labels = Vec::<i64>::try_from(&test.labels)?;
-    let binary = evaluation.probabilities.first().is_some_and(|row| row.len() == 1);
-    let mut csv = if binary {
-        String::from("path,label,probability\n")
-    } else {
-        let columns: Vec<String> = classes.iter().map(|class| csv_field(&format!("p_{class}"))).collect();
-        format!("path,label,{}\n", columns.join(","))
-    };
-    for ((path, label), row) in test.paths.iter().zip(labels).zip(&evaluation.probabilities) {
-        let relative = path.strip_prefix(dataset_dir).unwrap_or(path).to_string_lossy();
-        let values: Vec<String> = row.iter().map(|p| format!("{p:.6}")).collect();
-        csv.push_str(&format!("{},{},{}\n", csv_field(&relative), csv_field(&classes[label as usize]), values.join(",")));
-    }
-    write_artifact(dir, "predictions.csv", csv.as_bytes())
-}
-
-/// Quotes a CSV field when it holds a comma, quote or newline.
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
-/// Writes the VarStore's tensors as safetensors (`storage::write_atomic`, through the resumable
-/// checkpoint's writer) and announces the artifact.
-pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Result<()> {
-    resume::write_safetensors(&dir.join(name), network.vs.variables(), None)?;
-    emit(&ProgressEvent::Artifact { name: name.to_string() });
-    Ok(())
-}
-
-/// Writes an artifact (`storage::write_atomic`) and announces it. `name` is relative to `dir` and
-/// may name a sub-folder (`cam/index.json`).
-pub fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    let path = dir.join(name);
-    storage::write_atomic_bytes(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    emit(&ProgressEvent::Artifact { name: name.to_string() });
-    Ok(())
-}
-
-/// [`write_artifact`] of a value as pretty JSON.
-pub fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    write_artifact(dir, name, &serde_json::to_vec_pretty(value)?)
 }
 
 fn load(work: &WorkerJob, split: &str, classes: &[String]) -> anyhow::Result<Split> {
@@ -578,18 +332,6 @@ fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimize
     Ok(())
 }
 
-/// A seed derived from the job's seed and a position (phase, epoch[, step]) by SplitMix64's mixing,
-/// so neighbouring positions get unrelated streams and no generator state has to be saved.
-pub fn derived_seed(seed: u64, position: &[u64]) -> u64 {
-    fn mix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    position.iter().fold(mix(seed), |state, &part| mix(state ^ mix(part)))
-}
-
 /// A job's splits.
 #[derive(Clone, Copy)]
 struct Splits<'a> {
@@ -658,7 +400,7 @@ fn phase_features(
         test: obtain("test", splits.test),
     };
     let bytes: u64 = sources.iter().map(|(_, _, bytes)| bytes).sum();
-    if normaliser.device != Device::Cpu {
+    if normaliser.device() != Device::Cpu {
         let pixels_on_gpu: u64 = [Some(splits.train), splits.val, Some(splits.test)]
             .into_iter()
             .flatten()
@@ -670,7 +412,7 @@ fn phase_features(
             Some(budget) => budget.saturating_sub(pixels_on_gpu).min(GPU_FEATURE_BUDGET_BYTES),
             None => GPU_FEATURE_BUDGET_BYTES,
         };
-        let device = if bytes <= budget { normaliser.device } else { Device::Cpu };
+        let device = if bytes <= budget { normaliser.device() } else { Device::Cpu };
         for features in [Some(&mut phase_features.train), phase_features.val.as_mut(), Some(&mut phase_features.test)].into_iter().flatten() {
             if device == Device::Cpu {
                 features.groups = features.groups.iter().map(|group| group.to_device(Device::Cpu)).collect();
@@ -727,57 +469,6 @@ fn trim_cache(work: &WorkerJob, keep: Vec<std::path::PathBuf>) {
             );
         }
     }
-}
-
-/// One training batch: `len` images of shape group `group`, from `start` in that group's shuffled
-/// order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PlannedBatch {
-    /// Index of the shape group.
-    pub group: usize,
-    /// Offset into the group's shuffled order.
-    pub start: i64,
-    /// Images in the batch.
-    pub len: i64,
-}
-
-/// One epoch's batches over shape groups of `sizes` images: each group's images are shuffled and
-/// cut into batches ([`batch_bounds`]); with several groups the batches' order is shuffled too, so
-/// shapes interleave through the epoch. Returns each group's shuffled order and the batches.
-pub fn epoch_plan(sizes: &[i64], batch_size: i64, rng: &mut ChaCha8Rng) -> (Vec<Vec<i64>>, Vec<PlannedBatch>) {
-    let mut orders = Vec::with_capacity(sizes.len());
-    let mut batches = Vec::new();
-    for (group, &n) in sizes.iter().enumerate() {
-        let mut order: Vec<i64> = (0..n).collect();
-        order.shuffle(rng);
-        orders.push(order);
-        batches.extend(batch_bounds(n, batch_size).into_iter().map(|(start, len)| PlannedBatch { group, start, len }));
-    }
-    if sizes.len() > 1 {
-        batches.shuffle(rng);
-    }
-    (orders, batches)
-}
-
-/// `(start, len)` of each training batch. A trailing batch of one image is merged into the one
-/// before: batch norm cannot take batch statistics of a single sample (its running variance
-/// would become NaN). For the same reason a group of one image (a shape only one film of a
-/// variable-size split has) gets no batch at all: [`lone_images`] counts them for the log.
-pub fn batch_bounds(n: i64, batch_size: i64) -> Vec<(i64, i64)> {
-    if n == 1 && batch_size > 1 {
-        return Vec::new();
-    }
-    let mut bounds: Vec<(i64, i64)> = (0..n).step_by(batch_size as usize).map(|s| (s, batch_size.min(n - s))).collect();
-    if bounds.len() > 1 && bounds.last().is_some_and(|&(_, len)| len == 1) {
-        bounds.pop();
-        bounds.last_mut().expect("more than one batch").1 += 1;
-    }
-    bounds
-}
-
-/// Images of `sizes` (shape groups) that no training batch holds: groups of one image.
-pub fn lone_images(sizes: &[i64], batch_size: i64) -> i64 {
-    sizes.iter().filter(|&&n| batch_bounds(n, batch_size).is_empty()).sum()
 }
 
 fn show(value: Option<f64>) -> String {
@@ -869,106 +560,4 @@ fn train_epoch(
         val_acc: None,
         seconds: seconds(started),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A GPU job lays its convolution weights out channels-last; its checkpoints must still be
-    /// written, in the standard layout, with the same values (the GPU run of the whole matrix
-    /// failed here once: "Cannot save non contiguous tensors").
-    #[test]
-    fn a_channels_last_network_saves_the_same_checkpoint_as_a_plain_one() {
-        let spec = trainq::domain::JobSpec::parse(
-            br#"{"dataset": "d", "backbone": "vgg16", "weights": "random", "image_size": 32, "batch_size": 2,
-                "head": ["gap", {"dense": 4}, "batchnorm", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
-                "optimizer": {"name": "sgd", "lr": 0.1}}"#,
-        )
-        .unwrap();
-        tch::manual_seed(5);
-        let network = Network::new(&spec, Device::Cpu);
-        let dir = tempfile::tempdir().unwrap();
-        save_checkpoint(&network, dir.path(), "plain.safetensors").unwrap();
-        let mut variables: Vec<Tensor> = network.vs.variables().into_values().collect();
-        crate::precision::set_channels_last(&mut variables);
-        let weight = &network.vs.variables()["features.0.weight"];
-        assert!(crate::precision::is_channels_last(weight) && !weight.is_contiguous(), "the test needs a channels-last weight");
-        save_checkpoint(&network, dir.path(), "channels-last.safetensors").unwrap();
-        let plain = Tensor::read_safetensors(dir.path().join("plain.safetensors")).unwrap();
-        let other: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(dir.path().join("channels-last.safetensors")).unwrap().into_iter().collect();
-        assert_eq!(plain.len(), other.len());
-        for (name, tensor) in &plain {
-            assert!(tensor.equal(&other[name]), "{name} differs");
-        }
-    }
-
-    #[test]
-    fn batches_cover_every_image_once_and_never_hold_one_alone() {
-        assert_eq!(batch_bounds(9, 4), [(0, 4), (4, 5)]);
-        assert_eq!(batch_bounds(8, 4), [(0, 4), (4, 4)]);
-        assert_eq!(batch_bounds(10, 4), [(0, 4), (4, 4), (8, 2)]);
-        assert_eq!(batch_bounds(1, 4), [], "one image alone is no batch");
-        assert_eq!(batch_bounds(3, 1), [(0, 1), (1, 2)], "batch_size 1 is what the spec asked for");
-        assert_eq!(batch_bounds(5216, 20).len(), 261);
-        assert_eq!(lone_images(&[7, 1, 3, 1], 4), 2);
-        assert_eq!(lone_images(&[7, 3], 4), 0);
-    }
-
-    #[test]
-    fn an_epoch_plan_covers_every_image_of_every_group_once() {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let (orders, batches) = epoch_plan(&[7, 3, 10], 4, &mut rng);
-        let mut seen: Vec<Vec<bool>> = [7, 3, 10].iter().map(|&n| vec![false; n]).collect();
-        for batch in &batches {
-            assert!(batch.len >= 2, "{batch:?}");
-            for &image in &orders[batch.group][batch.start as usize..(batch.start + batch.len) as usize] {
-                assert!(!seen[batch.group][image as usize], "image seen twice");
-                seen[batch.group][image as usize] = true;
-            }
-        }
-        assert!(seen.iter().flatten().all(|&s| s), "every image seen");
-        assert_eq!(batches.len(), 2 + 1 + 3);
-        // Shapes interleave: the batch order is not simply group after group.
-        let groups: Vec<usize> = batches.iter().map(|batch| batch.group).collect();
-        let mut sorted = groups.clone();
-        sorted.sort();
-        let (_, again) = epoch_plan(&[7, 3, 10], 4, &mut ChaCha8Rng::seed_from_u64(3));
-        assert_eq!(batches, again, "seeded");
-        assert_ne!(groups, sorted, "{groups:?}");
-    }
-
-    #[test]
-    fn a_gray_batch_normalises_like_its_three_channel_copy() {
-        let gray = Tensor::from_slice(&[0u8, 60, 128, 255]).view([1, 1, 2, 2]);
-        let rgb = gray.expand([1, 3, 2, 2], false).contiguous();
-        let normaliser = Normaliser::new(Backbone::Vgg16, Device::Cpu);
-        let ours = normaliser.apply(&gray);
-        assert_eq!(ours.size(), [1, 3, 2, 2]);
-        assert!(ours.equal(&normaliser.apply(&rgb)));
-    }
-
-    #[test]
-    fn normalising_matches_the_textbook_formula() {
-        let pixels = Tensor::from_slice(&[0u8, 128, 255, 10, 20, 30]).view([1, 3, 1, 2]);
-        for backbone in Backbone::ALL {
-            let info = backbone.info();
-            let ours = Normaliser::new(backbone, Device::Cpu).apply(&pixels);
-            let mean = Tensor::from_slice(&info.input_mean).to_kind(Kind::Float).view([1, 3, 1, 1]);
-            let std = Tensor::from_slice(&info.input_std).to_kind(Kind::Float).view([1, 3, 1, 1]);
-            let expected = (pixels.to_kind(Kind::Float) / 255.0 - mean) / std;
-            assert!(ours.allclose(&expected, 1e-5, 1e-5, false), "{}", backbone.name());
-        }
-    }
-
-    #[test]
-    fn binary_loss_and_accuracy_use_logits() {
-        let logits = Tensor::from_slice(&[2.0f32, -1.0, 0.5]).view([3, 1]);
-        let labels = Tensor::from_slice(&[1i64, 0, 0]);
-        let (loss, correct) = loss_and_correct(&logits, &labels);
-        assert_eq!(correct.int64_value(&[]), 2);
-        let expected = ((1.0 + (-2.0f64).exp()).ln() + (1.0 + (-1.0f64).exp()).ln() + (1.0 + 0.5f64.exp()).ln()) / 3.0;
-        assert!((loss.double_value(&[]) - expected).abs() < 1e-6);
-    }
 }
