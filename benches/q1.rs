@@ -2,7 +2,10 @@
 //! 5,216 train + 16 val + 624 test generated films at 128 px, VGG16, 100 frozen + 50 block5
 //! epochs — with the activation cache, against the uncached path (Keras' way: every epoch runs
 //! the whole network) measured on one epoch of each phase in the same run; then a second,
-//! identical job (another student) that finds every cache entry built.
+//! identical job (another student) that finds every cache entry built. The job runs in the
+//! default `precision: "auto"` (bf16 on a CPU with AMX-BF16 or AVX512-BF16); the float32 cached
+//! path is measured in the same run (its own activation build and one epoch of each phase) as the
+//! baseline for that choice.
 //!
 //! `cargo bench --bench q1` (env `TRAINQ_BENCH_Q1_EPOCHS=100,50`, `TRAINQ_BENCH_Q1_SCALE=1.0`
 //! for a fraction of the images, `TRAINQ_BENCH_THREADS` = all cores by default).
@@ -11,12 +14,9 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
-use trainq::domain::progress::{WorkerDevice, WorkerJob};
-use trainq::domain::{JobId, JobSpec, ProgressEvent};
+use trainq::domain::ProgressEvent;
 
 /// What one worker run reported.
 #[derive(Default)]
@@ -28,6 +28,8 @@ struct Run {
     /// Per phase: seconds of each epoch.
     epochs: Vec<Vec<f64>>,
     test_acc: f64,
+    /// What the worker computed in, and why.
+    precision: String,
 }
 
 impl Run {
@@ -47,55 +49,29 @@ impl Run {
 }
 
 fn worker_run(root: &Path, name: &str, dataset: &Path, spec: Value, threads: usize) -> Run {
-    let spec = JobSpec::parse(spec.to_string().as_bytes()).expect("a valid spec");
-    let job = WorkerJob {
-        job_id: JobId::new(),
-        spec,
-        dataset_dir: dataset.to_path_buf(),
-        weights_file: None,
-        output_dir: root.join(name),
-        device: WorkerDevice::Cpu,
-        threads,
-        cache_dir: Some(root.join("cache")),
-        cache_budget_bytes: None,
-        state_dir: None,
-        gpu_data_budget_bytes: None,
-    };
-    let job_file = root.join(format!("{name}.json"));
-    std::fs::write(&job_file, serde_json::to_vec(&job).unwrap()).unwrap();
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainq-worker"))
-        .args(["run", "--job", job_file.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(root.join(format!("{name}.log"))).unwrap()))
-        .spawn()
-        .expect("worker");
     let mut run = Run::default();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let Some(Ok(event)) = ProgressEvent::from_line(&line.unwrap()) else { continue };
-        match event {
-            ProgressEvent::Data { seconds, .. } => run.data += seconds,
-            ProgressEvent::Features { seconds, state, .. } => run.features.push((seconds, state)),
-            ProgressEvent::Phase { .. } => run.epochs.push(Vec::new()),
-            ProgressEvent::Epoch(metrics) => {
-                run.epochs.last_mut().unwrap().push(metrics.seconds);
-                if metrics.epoch % 10 == 0 {
-                    eprintln!("  {name}: phase {} epoch {} ({:.1}s, loss {:.4})", metrics.phase, metrics.epoch, metrics.seconds, metrics.train_loss);
-                }
+    let wall = support::run_worker(root, name, dataset, &spec, threads, |event| match event {
+        ProgressEvent::Started { precision, .. } => run.precision = precision.unwrap_or_default(),
+        ProgressEvent::Data { seconds, .. } => run.data += seconds,
+        ProgressEvent::Features { seconds, state, .. } => run.features.push((seconds, state)),
+        ProgressEvent::Phase { .. } => run.epochs.push(Vec::new()),
+        ProgressEvent::Epoch(metrics) => {
+            run.epochs.last_mut().unwrap().push(metrics.seconds);
+            if metrics.epoch % 10 == 0 {
+                eprintln!("  {name}: phase {} epoch {} ({:.1}s, loss {:.4})", metrics.phase, metrics.epoch, metrics.seconds, metrics.train_loss);
             }
-            ProgressEvent::Final(metrics) => run.test_acc = metrics.test_acc,
-            _ => {}
         }
-    }
-    assert!(child.wait().unwrap().success(), "worker failed: see {}", root.join(format!("{name}.log")).display());
-    run.wall = started.elapsed().as_secs_f64();
+        ProgressEvent::Final(metrics) => run.test_acc = metrics.test_acc,
+        _ => {}
+    });
+    run.wall = wall;
     run
 }
 
-fn q1(epochs: (u32, u32), cache: bool) -> Value {
+fn q1(epochs: (u32, u32), cache: bool, precision: &str) -> Value {
     json!({
         "name": "q1", "dataset": "bench", "backbone": "vgg16", "weights": "random", "image_size": 128, "batch_size": 20,
-        "cache_features": cache,
+        "cache_features": cache, "precision": precision,
         "head": ["gap", {"dense": 512}, "batchnorm", "relu", {"dense": 128}, {"dense": 1}],
         "phases": [{"epochs": epochs.0, "train": "head"}, {"epochs": epochs.1, "train": ["block5", "head"]}],
         "optimizer": {"name": "rmsprop", "lr": 1e-5}, "seed": 1
@@ -111,32 +87,25 @@ fn main() {
         .collect();
     let epochs = (epochs[0], epochs[1]);
     let scale: f64 = std::env::var("TRAINQ_BENCH_Q1_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-    let threads = std::env::var("TRAINQ_BENCH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = support::threads();
     let per_class = |n: usize| ((n as f64 * scale).round() as usize).max(2);
     let (train, val, test) = (per_class(2608), per_class(8), per_class(312));
 
     let root = tempfile::tempdir().unwrap();
     let dataset = root.path().join("bench");
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_trainq"))
-        .args(["demo-data", dataset.to_str().unwrap(), "--size", "160", "--seed", "3"])
-        .args(["--train-per-class", &train.to_string(), "--val-per-class", &val.to_string(), "--test-per-class", &test.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    support::demo_data(&dataset, 160, 3, (train, val, test));
     eprintln!("generated {} + {} + {} films in {:.0}s", 2 * train, 2 * val, 2 * test, started.elapsed().as_secs_f64());
 
     // The uncached baseline first (it also builds the pixel cache, which both paths share).
     eprintln!("uncached: 1 + 1 epochs ...");
-    let uncached = worker_run(root.path(), "uncached", &dataset, q1((1, 1), false), threads);
+    let uncached = worker_run(root.path(), "uncached", &dataset, q1((1, 1), false, "auto"), threads);
+    eprintln!("float32 cached: 1 + 1 epochs ...");
+    let fp32 = worker_run(root.path(), "fp32", &dataset, q1((1, 1), true, "fp32"), threads);
     eprintln!("cached: {} + {} epochs ...", epochs.0, epochs.1);
-    let cached = worker_run(root.path(), "cached", &dataset, q1(epochs, true), threads);
+    let cached = worker_run(root.path(), "cached", &dataset, q1(epochs, true, "auto"), threads);
     eprintln!("second job (another student, 1 + 1 epochs) ...");
-    let second = worker_run(root.path(), "second", &dataset, q1((1, 1), true), threads);
+    let second = worker_run(root.path(), "second", &dataset, q1((1, 1), true, "auto"), threads);
 
     let (u1, u2) = (uncached.epoch_seconds(0), uncached.epoch_seconds(1));
     let (c1, c2) = (cached.epoch_seconds(0), cached.epoch_seconds(1));
@@ -164,10 +133,23 @@ fn main() {
         cached.eval()
     );
     println!(
-        "  end to end with the activation cache: {:.1} min (test accuracy {:.3}; activation builds {:.0}s)",
+        "  end to end with the activation cache, precision {}: {:.1} min (test accuracy {:.3}; activation builds {:.0}s)",
+        cached.precision,
         cached.wall / 60.0,
         cached.test_acc,
         build
+    );
+    let fp32_build: f64 = fp32.features.iter().map(|(seconds, _)| seconds).sum();
+    let (f1, f2) = (fp32.epoch_seconds(0), fp32.epoch_seconds(1));
+    let fp32_total = fp32.data + fp32_build + epochs.0 as f64 * f1 + epochs.1 as f64 * f2 + fp32.eval();
+    println!(
+        "  float32 cached path, same run: activations {fp32_build:.0}s, phase 1 {f1:.2}s/epoch, phase 2 {f2:.1}s/epoch, final eval {:.0}s → the whole job ≈ {:.1} min (from those epochs); {} is {:.2}x faster (activations {:.2}x, phase 2 {:.2}x)",
+        fp32.eval(),
+        fp32_total / 60.0,
+        cached.precision,
+        fp32_total / cached.wall,
+        fp32_build / build,
+        f2 / c2
     );
     println!(
         "  uncached path, same run: phase 1 {u1:.1}s/epoch (cached {c1:.2}s: {:.0}x), phase 2 {u2:.1}s/epoch (cached {c2:.1}s: {:.1}x); the whole job uncached ≈ {:.1} min (from those epochs) → {:.1}x faster cached",
