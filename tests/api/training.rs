@@ -149,7 +149,8 @@ async fn precision_bf16_trains_under_autocast_and_keeps_float32_checkpoints() {
     assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
     // The layout a GPU job uses, here on the CPU: every path (activation cache, checkpoints after
     // each phase, Grad-CAM) runs with channels-last weights.
-    assert!(log.contains("precision: bf16 autocast, channels-last"), "{log}");
+    assert!(log.contains("precision: bf16 autocast, channels-last (asked for)"), "{log}");
+    assert_eq!(job["progress"]["precision"], "bf16 autocast, channels-last (asked for)", "the job's JSON says it too");
     assert!(app.download(&id, "phase1.safetensors").await.len() > 1000);
     assert!(job["final_metrics"]["train_loss"].as_f64().unwrap().is_finite(), "{job:#}");
     // Weights and their checkpoint stay float32 (autocast only lowers the arithmetic).
