@@ -748,6 +748,7 @@ function renderDetailJob() {
     ...(job.state === 'queued' && job.position != null ? fact('Queue position', `#${job.position}`) : []),
     ...(job.state === 'queued' && job.pending_reason ? fact('Waiting for', String(job.pending_reason)) : []),
     ...fact('Device', job.device ?? '—'),
+    ...(job.progress?.precision ? fact('Precision', job.progress.precision) : []),
     ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
     ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
     ...fact('ETA', etaText(job)),
