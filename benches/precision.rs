@@ -1,8 +1,11 @@
-//! Benchmark (not a test): does bf16 change a conclusion? A Q1-shaped job (VGG16 at 128 px, the
-//! assignment's head with a batch norm that settles within these few epochs — as Q1's does over
-//! its 150 — a frozen phase then block5 + head, RMSprop) trains on generated films in
-//! float32 and in `precision: "auto"` over several seeds, and the mean ± std of test accuracy, AUC
-//! and the final training loss are printed side by side. `auto` is bf16 only where the means agree
+//! Benchmark (not a test): does bf16 change a conclusion? A Q1-shaped job (VGG16, the assignment's
+//! dense head, a frozen phase then block5 + head, RMSprop at Q1's rates) trains on generated films
+//! in float32 and in `precision: "auto"` over several seeds, and the mean ± std of test accuracy,
+//! AUC and the final training loss are printed side by side. Two departures from Q1 keep it
+//! short and the comparison sharp: 64 px and 10 + 10 epochs, and no batch norm in the head — over
+//! so few epochs its running statistics lag the batch ones, and the 0.5-threshold accuracy then
+//! swung from 0.61 to 0.90 between seeds in float32 alone (measured, with AUC 0.9998 throughout),
+//! which would hide any effect of the precision. (Batch norm runs in float32 under autocast.) `auto` is bf16 only where the means agree
 //! within 0.01. Where `auto` resolves to float32 (a CPU without bf16 units) bf16 is asked for
 //! explicitly instead, so the comparison still says what bf16 would change.
 //!
@@ -27,8 +30,8 @@ struct Outcome {
 fn spec(seed: u64, epochs: (u32, u32), precision: &str) -> Value {
     json!({
         "name": format!("parity-{precision}-{seed}"), "dataset": "parity", "backbone": "vgg16", "weights": "random",
-        "image_size": 128, "batch_size": 20, "precision": precision,
-        "head": ["gap", {"dense": 512}, {"batchnorm": {"momentum": 0.9}}, "relu", {"dense": 128}, {"dense": 1}],
+        "image_size": 64, "batch_size": 20, "precision": precision,
+        "head": ["gap", {"dense": 512}, "relu", {"dense": 128}, {"dense": 1}],
         "phases": [{"epochs": epochs.0, "train": "head"},
                    {"epochs": epochs.1, "train": ["block5", "head"], "optimizer": {"name": "rmsprop", "lr": 1e-5}}],
         "optimizer": {"name": "rmsprop", "lr": 1e-4}, "seed": seed
@@ -98,7 +101,7 @@ fn main() {
     }
 
     println!(
-        "Q1-shaped job, VGG16 at 128 px, {} train / {} test generated films, {} head + {} block5 epochs, seeds 1..={seeds}, {threads} threads (mean ± std):",
+        "Q1-shaped job, VGG16 at 64 px, {} train / {} test generated films, {} head + {} block5 epochs, seeds 1..={seeds}, {threads} threads (mean ± std):",
         2 * per_class.0,
         2 * per_class.2,
         epochs.0,
@@ -117,11 +120,10 @@ fn main() {
     let gaps = [(a[0].0 - b[0].0).abs(), (a[1].0 - b[1].0).abs(), (a[2].0 - b[2].0).abs()];
     let agree = gaps.iter().all(|gap| *gap <= 0.01);
     println!(
-        "  |Δ mean|: test accuracy {:.4}, AUC {:.4}, final loss {:.4} → {} (limit 0.01); {compared} took {:.2}x the time of fp32",
+        "  |Δ mean|: test accuracy {:.4}, AUC {:.4}, final loss {:.4} → {} (limit 0.01). Speed: `cargo bench --bench q1` and `train_step`",
         gaps[0],
         gaps[1],
         gaps[2],
         if agree { "the means agree" } else { "THE MEANS DISAGREE: bf16 must not be auto's choice" },
-        b[3].0 / a[3].0
     );
 }
