@@ -306,6 +306,12 @@ fn idct_islow(coefficients: &[i32; 64], out: &mut [u8], stride: usize) {
     }
     for row in 0..8 {
         let s: [i64; 8] = workspace[row * 8..row * 8 + 8].try_into().unwrap();
+        if s[1..].iter().all(|&c| c == 0) {
+            // Likewise for a row: the full transform's descale of `s0 << CONST_BITS`.
+            let wrapped = ((descale(s[0], PASS1_BITS + 3) as i32) << 22) >> 22;
+            out[row * stride..row * stride + 8].fill((wrapped + 128).clamp(0, 255) as u8);
+            continue;
+        }
         let result = idct_1d(s);
         for (column, &value) in result.iter().enumerate() {
             let wrapped = ((descale(value, CONST_BITS + PASS1_BITS + 3) as i32) << 22) >> 22;
