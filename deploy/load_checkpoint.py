@@ -1,91 +1,40 @@
-"""Loads a trainq checkpoint in plain PyTorch, strictly.
+"""Loads a trainq checkpoint in plain PyTorch, strictly, and optionally exports it to ONNX.
 
 Builds the torchvision backbone and the spec's head from a job's `spec.json`, loads
 `final.safetensors` (or `phase1.safetensors`) with `strict=True`, and optionally predicts images
-with the same preprocessing trainq used: the full decode (Pillow), the size trainq chose
-(`image_size`, or for variable size the aspect-keeping multiple of 32 it computes), the spec's
-interpolation (`nearest` and `bilinear` are Pillow's own resize, which trainq reproduces;
-`area` is trainq's box mean over whole source pixels, done here with the same arithmetic), and
-the backbone's mean/std. A job with `fast_decode` decoded large JPEGs at a reduced scale, which
-Pillow cannot; its predictions here differ a little.
+with the same preprocessing trainq used (`preprocess.py`: the full decode, trainq's size, the
+spec's interpolation, the backbone's mean/std). A job with `fast_decode` decoded large JPEGs at a
+reduced scale, which Pillow cannot; its predictions here differ a little.
 
-    python deploy/load_checkpoint.py spec.json final.safetensors [image.jpeg ...]
+    python deploy/load_checkpoint.py spec.json final.safetensors [--onnx model.onnx] [image.jpeg ...]
 
-Prints one line per image: `<path>\t<probability of each class>`; a binary model prints the
-probability of the second class (e.g. PNEUMONIA).
+Prints one line per image: `<path>\t<probability of each class>` (8 decimals); a binary model
+prints the probability of the second class (e.g. PNEUMONIA).
+
+`--onnx model.onnx` also writes the network as one self-contained ONNX file (torch.onnx; needs
+the `onnx` and `onnxscript` packages). It takes `pixels`, the preprocessed `[N, 3, H, W]` float32
+tensor (`preprocess.network_input`, batched), with a dynamic batch and, for a variable-size job
+(`image_size` null), a dynamic height and width; it returns `probabilities` ([N, 1] sigmoid for a
+binary model, [N, classes] softmax otherwise), and carries the spec in its metadata
+(`trainq_spec`), which is all `onnx_predict.py` needs to preprocess for it.
 """
+import argparse
+import contextlib
 import json
 import sys
 
 import torch
 import torchvision
-from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
+
+from preprocess import MIN_SIDE, QUANTUM, network_input
 
 INCEPTION_BLOCKS = [
     "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
     "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
     "Mixed_7a", "Mixed_7b", "Mixed_7c",
 ]
-NORMALISATION = {
-    "vgg16": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    "inception_v3": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-}
-RESAMPLING = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
-# trainq's smallest input side per backbone, its variable-size default and its size quantum
-# (`domain::backbone`, `domain::spec`).
-MIN_SIDE = {"vgg16": 32, "inception_v3": 75}
-DEFAULT_MAX_SIDE = 256
-QUANTUM = 32
-
-
-def target_size(spec, width, height):
-    """The (width, height) trainq resizes a `width`×`height` image to (`Resize::target`)."""
-    if spec.get("image_size") is not None:
-        return spec["image_size"], spec["image_size"]
-    max_side = spec.get("max_image_side") or DEFAULT_MAX_SIDE
-    min_side = -(-MIN_SIDE[spec["backbone"]] // QUANTUM) * QUANTUM
-    lowest, highest = min_side, max(max_side, min_side)
-    scale = min(max_side / max(width, height, 1), 1.0)
-
-    def side(extent):
-        # Rust's f64::round: halves away from zero (Python's round() would go to even).
-        return min(max(int(extent * scale / QUANTUM + 0.5) * QUANTUM, lowest), highest)
-
-    return side(width), side(height)
-
-
-def area_resize(image, width, height):
-    """trainq's `area`: each output pixel the rounded mean of the whole source pixels its box
-    covers (`data.rs` `resize_area`), not Pillow's BOX, which weighs partly covered pixels."""
-    source = torch.tensor(list(image.getdata()), dtype=torch.int64).view(image.height, image.width, 3)
-
-    def spans(extent, out):
-        for o in range(out):
-            start = o * extent // out
-            end = min(max(-(-(o + 1) * extent // out), start + 1), extent)
-            yield start, end
-
-    out = torch.empty(height, width, 3, dtype=torch.int64)
-    for y, (y0, y1) in enumerate(spans(image.height, height)):
-        for x, (x0, x1) in enumerate(spans(image.width, width)):
-            count = (y1 - y0) * (x1 - x0)
-            out[y, x] = (source[y0:y1, x0:x1].sum(dim=(0, 1)) + count // 2) // count
-    return out
-
-
-def pixels(spec, path):
-    """The image as trainq feeds it: `[3, H, W]` floats in 0..255."""
-    image = Image.open(path).convert("RGB")
-    width, height = target_size(spec, image.width, image.height)
-    interpolation = spec.get("interpolation", "nearest")
-    if interpolation == "area":
-        chw = area_resize(image, width, height)
-    else:
-        resized = image.resize((width, height), RESAMPLING[interpolation])
-        chw = torch.tensor(list(resized.getdata()), dtype=torch.int64).view(height, width, 3)
-    return chw.permute(2, 0, 1).to(torch.float32)
 
 
 class GlobalAveragePool(nn.Module):
@@ -148,23 +97,67 @@ class TrainqModel(nn.Module):
         return self.head(self.backbone_forward(x))
 
 
+class Probabilities(nn.Module):
+    """The network and its output activation, as exported: sigmoid for one logit, else softmax."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels):
+        logits = self.model(pixels)
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)
+
+
+def export_onnx(model, spec, path):
+    """Writes `model` (with its activation) to `path` as a single ONNX file, spec in its metadata."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx's exporter needs both)
+        import onnxscript  # noqa: F401
+    except ImportError as missing:
+        raise SystemExit(f"--onnx needs the onnx and onnxscript packages ({missing}); run deploy/setup-libtorch.sh")
+    shapes = {0: torch.export.Dim("batch")}
+    if spec["image_size"]:
+        height = width = spec["image_size"]
+    else:
+        # Any size the backbone takes (trainq's own are multiples of 32 from 32 for VGG16, from 96
+        # for Inception); the example is rectangular so that height and width stay two dimensions.
+        least = MIN_SIDE[spec["backbone"]]
+        height, width = 2 * QUANTUM * -(-least // QUANTUM), 3 * QUANTUM * -(-least // QUANTUM)
+        shapes.update({2: torch.export.Dim("height", min=least), 3: torch.export.Dim("width", min=least)})
+    # A batch of two: the exporter would fix a dimension of 1.
+    example = torch.zeros(2, 3, height, width)
+    # The exporter reports its progress on stdout, which carries the predictions.
+    with contextlib.redirect_stdout(sys.stderr):
+        program = torch.onnx.export(Probabilities(model).eval(), (example,), input_names=["pixels"],
+                                    output_names=["probabilities"], dynamic_shapes=(shapes,), dynamo=True)
+    program.model.metadata_props["trainq_spec"] = json.dumps(spec)
+    program.save(path, external_data=False)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main():
-    spec_path, weights_path, *images = sys.argv[1:]
-    spec = json.load(open(spec_path))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="the job's spec.json")
+    parser.add_argument("weights", help="final.safetensors or phase1.safetensors")
+    parser.add_argument("images", nargs="*", help="images to predict")
+    parser.add_argument("--onnx", metavar="PATH", help="also export the network to this ONNX file")
+    args = parser.parse_intermixed_args()
+    spec = json.load(open(args.spec))
     model = TrainqModel(spec)
-    state = load_file(weights_path)
+    state = load_file(args.weights)
     model.load_state_dict(state, strict=True)
     model.eval()
     print(f"loaded {len(state)} tensors strictly into {spec['backbone']} + head", file=sys.stderr)
-    mean, std = NORMALISATION[spec["backbone"]]
+    if args.onnx:
+        export_onnx(model, spec, args.onnx)
     if spec.get("fast_decode"):
         print("note: the job used fast_decode (reduced-scale JPEG decoding); Pillow decodes in full, so these differ a little", file=sys.stderr)
-    for path in images:
-        x = (pixels(spec, path) / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    probabilities = Probabilities(model).eval()
+    for path in args.images:
         with torch.no_grad():
-            logits = model(x.unsqueeze(0))[0]
-        probabilities = torch.sigmoid(logits) if logits.numel() == 1 else torch.softmax(logits, 0)
-        print(path + "\t" + "\t".join(f"{p:.6f}" for p in probabilities.tolist()))
+            row = probabilities(torch.from_numpy(network_input(spec, path)).unsqueeze(0))[0]
+        print(path + "\t" + "\t".join(f"{p:.8f}" for p in row.tolist()))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,21 @@ if ! "$venv/bin/python" -c "import torchvision" 2>/dev/null; then
     "$venv/bin/python" -m pip install --quiet "torchvision==0.26.0"
 fi
 
+# ONNX export and inference (load_checkpoint.py --onnx, onnx_predict.py and their test): torch.onnx's
+# exporter needs onnx and onnxscript; onnxruntime runs the exported model. Pinned: the versions the
+# test proved against torch 2.11.
+onnx_packages="onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0"
+if ! "$venv/bin/python" -c "
+import sys
+from importlib.metadata import version, PackageNotFoundError
+try:
+    sys.exit(any(version(name) != wanted for name, wanted in (p.split('==') for p in sys.argv[1:])))
+except PackageNotFoundError:
+    sys.exit(1)" $onnx_packages 2>/dev/null; then
+    # shellcheck disable=SC2086 # one word per package
+    "$venv/bin/python" -m pip install --quiet $onnx_packages
+fi
+
 torch_dir=$("$venv/bin/python" -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$torch_dir" "$repo/.libtorch"
 ln -sfn "$venv" "$repo/.torch-venv"

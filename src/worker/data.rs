@@ -374,7 +374,7 @@ pub fn decode_for_size(bytes: &[u8], target_width: u32, target_height: u32, samp
             }
         }
     }
-    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()
+    jpeg::decode(bytes)
 }
 
 /// Whether a JPEG of `source` size goes through the reduced decode for a `target` at this

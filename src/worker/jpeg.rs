@@ -11,6 +11,11 @@
 //! Anything else — colour, progressive, arithmetic coding, 12-bit samples, a malformed or truncated
 //! stream — is refused with [`Refused`] so the caller falls back to a general decoder, which has the
 //! final word on whether the file is readable.
+//!
+//! The full decode ([`decode`]) of baseline JPEGs, grayscale and colour, lives in [`full`]: it
+//! shares this parser and reproduces libjpeg-turbo's (Pillow's) pixels exactly.
+
+mod full;
 
 /// Bits resolved by one table look-up; longer codes (rare) take the slow path.
 const LOOKUP_BITS: u32 = 10;
@@ -47,6 +52,17 @@ pub fn header(bytes: &[u8]) -> Option<Header> {
         }
     }
     None
+}
+
+/// Decodes an image file in full: a baseline JPEG with libjpeg-turbo's arithmetic, pixel for pixel
+/// as Pillow decodes it ([`full`]), anything else (progressive JPEGs, PNGs) with `image`.
+pub fn decode(bytes: &[u8]) -> image::ImageResult<image::DynamicImage> {
+    if header(bytes).is_some() {
+        if let Ok(image) = full::decode(bytes) {
+            return Ok(image);
+        }
+    }
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()
 }
 
 /// Decodes a baseline grayscale JPEG at 1/`denominator` scale (4 or 8): `ceil(w/d) × ceil(h/d)`

@@ -98,6 +98,33 @@ pub fn write_vgg16_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     tensors
 }
 
+/// Writes plausible InceptionV3 weights (He-scaled convolutions, running variance near 1) with
+/// every required torchvision tensor, leaving out the optional `num_batches_tracked`.
+pub fn write_inception_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    use rand::{Rng, SeedableRng};
+    use trainq::domain::{backbone::Backbone, weights_layout::expected_tensors};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = expected_tensors(Backbone::InceptionV3)
+        .into_iter()
+        .filter(|t| t.required)
+        .map(|t| {
+            let count: usize = t.shape.iter().product();
+            let values: Vec<f32> = if t.name.ends_with("conv.weight") {
+                let fan_in: usize = t.shape[1..].iter().product();
+                let bound = (6.0 / fan_in as f32).sqrt();
+                (0..count).map(|_| rng.gen_range(-bound..bound)).collect()
+            } else if t.name.ends_with("running_var") || t.name.ends_with("bn.weight") {
+                (0..count).map(|_| rng.gen_range(0.8..1.2)).collect()
+            } else {
+                (0..count).map(|_| rng.gen_range(-0.05..0.05)).collect()
+            };
+            (t.name, t.shape, values)
+        })
+        .collect();
+    write_safetensors(path, &tensors);
+    tensors
+}
+
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors

@@ -1,37 +1,9 @@
 //! InceptionV3 end to end: torchvision-named weights load strictly, and batch norm in frozen
 //! blocks runs in inference mode (running statistics untouched), as Keras TF2 does.
 
-use crate::helpers::{read_safetensors, write_dataset, write_safetensors, Options, TestApp};
+use crate::helpers::{read_safetensors, write_dataset, write_inception_weights, Options, TestApp};
 use serde_json::json;
 use std::time::Duration;
-use trainq::domain::backbone::Backbone;
-use trainq::domain::weights_layout::expected_tensors;
-
-/// Writes plausible InceptionV3 weights (He-scaled convolutions, running variance near 1) with
-/// every required torchvision tensor, leaving out the optional `num_batches_tracked`.
-fn write_inception_weights(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = expected_tensors(Backbone::InceptionV3)
-        .into_iter()
-        .filter(|t| t.required)
-        .map(|t| {
-            let count: usize = t.shape.iter().product();
-            let values: Vec<f32> = if t.name.ends_with("conv.weight") {
-                let fan_in: usize = t.shape[1..].iter().product();
-                let bound = (6.0 / fan_in as f32).sqrt();
-                (0..count).map(|_| rng.gen_range(-bound..bound)).collect()
-            } else if t.name.ends_with("running_var") || t.name.ends_with("bn.weight") {
-                (0..count).map(|_| rng.gen_range(0.8..1.2)).collect()
-            } else {
-                (0..count).map(|_| rng.gen_range(-0.05..0.05)).collect()
-            };
-            (t.name, t.shape, values)
-        })
-        .collect();
-    write_safetensors(path, &tensors);
-    tensors
-}
 
 #[tokio::test]
 async fn inception_v3_fine_tunes_one_block_and_leaves_frozen_batch_norm_alone() {
