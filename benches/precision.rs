@@ -73,12 +73,7 @@ fn summary(outcomes: &[Outcome]) -> [(f64, f64); 4] {
 fn main() {
     println!("precision: CPU {}", support::cpu_line());
     let seeds: u64 = std::env::var("TRAINQ_BENCH_PRECISION_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let epochs: Vec<u32> = std::env::var("TRAINQ_BENCH_PRECISION_EPOCHS")
-        .unwrap_or_else(|_| String::from("10,10"))
-        .split(',')
-        .map(|n| n.trim().parse().expect("TRAINQ_BENCH_PRECISION_EPOCHS=phase1,phase2"))
-        .collect();
-    let epochs = (epochs[0], epochs[1]);
+    let epochs = support::epochs("TRAINQ_BENCH_PRECISION_EPOCHS", "10,10");
     let threads = support::threads();
     let root = tempfile::tempdir().unwrap();
     let dataset = root.path().join("parity");

@@ -80,12 +80,7 @@ fn q1(epochs: (u32, u32), cache: bool, precision: &str) -> Value {
 
 fn main() {
     println!("q1: CPU {}", support::cpu_line());
-    let epochs: Vec<u32> = std::env::var("TRAINQ_BENCH_Q1_EPOCHS")
-        .unwrap_or_else(|_| String::from("100,50"))
-        .split(',')
-        .map(|n| n.trim().parse().expect("TRAINQ_BENCH_Q1_EPOCHS=phase1,phase2"))
-        .collect();
-    let epochs = (epochs[0], epochs[1]);
+    let epochs = support::epochs("TRAINQ_BENCH_Q1_EPOCHS", "100,50");
     let scale: f64 = std::env::var("TRAINQ_BENCH_Q1_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
     let threads = support::threads();
     let per_class = |n: usize| ((n as f64 * scale).round() as usize).max(2);

@@ -83,3 +83,12 @@ pub fn threads() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
+
+/// Epochs of the two phases from `variable` (`"phase1,phase2"`), else `default`.
+#[allow(dead_code)]
+pub fn epochs(variable: &str, default: &str) -> (u32, u32) {
+    let value = std::env::var(variable).unwrap_or_else(|_| default.to_string());
+    let epochs: Vec<u32> = value.split(',').map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{variable}=phase1,phase2"))).collect();
+    assert_eq!(epochs.len(), 2, "{variable}=phase1,phase2");
+    (epochs[0], epochs[1])
+}
