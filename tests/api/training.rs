@@ -159,12 +159,22 @@ async fn precision_bf16_trains_under_autocast_and_keeps_float32_checkpoints() {
     for (name, view) in tensors.tensors() {
         assert!(matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::I64), "{name}: {:?}", view.dtype());
     }
-    // The default (`auto`) is float32 on the CPU.
+    // The default (`auto`) follows this CPU's flags: bf16 with AMX-BF16 or AVX512-BF16, else fp32.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo.lines().find(|line| line.starts_with("flags")).map_or(vec![], |line| line.split_whitespace().collect());
+    let expected = if flags.contains(&"amx_bf16") && flags.contains(&"amx_tile") {
+        "bf16 autocast (auto: the CPU has AMX-BF16)"
+    } else if flags.contains(&"avx512_bf16") {
+        "bf16 autocast (auto: the CPU has AVX512-BF16)"
+    } else {
+        "fp32 (auto: the CPU has no bf16 instructions)"
+    };
     let (_, plain) = app.post("/api/jobs", &json!({"name": "auto", "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
         "optimizer": {"name": "sgd", "lr": 0.01}})).await;
     let id = plain["jobs"][0]["id"].as_str().unwrap();
     let (job, log) = app.finished(id, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{log}");
-    assert!(log.contains("precision: fp32"), "{log}");
+    assert!(log.contains(&format!("precision: {expected}")), "{log}");
+    assert_eq!(job["progress"]["precision"], expected);
 }
