@@ -579,8 +579,9 @@ mod tests {
     use image::codecs::jpeg::JpegEncoder;
     use image::{GrayImage, Luma, Rgb, RgbImage};
 
-    /// A film-like test image: smooth gradients, a disc and a little deterministic grain.
-    fn film(width: u32, height: u32) -> GrayImage {
+    /// A film-like test image: smooth gradients, a disc and a little deterministic grain (also the
+    /// base of `full.rs`'s colour test scene).
+    pub(super) fn film(width: u32, height: u32) -> GrayImage {
         GrayImage::from_fn(width, height, |x, y| {
             let (u, v) = (x as f32 / width as f32, y as f32 / height as f32);
             let disc = if (u - 0.4).powi(2) + (v - 0.5).powi(2) < 0.05 { 60.0 } else { 0.0 };

@@ -409,14 +409,13 @@ mod tests {
     use image::Rgb;
     use std::path::Path;
 
-    /// Gradients, a sharp disc, fine stripes and grain: what makes decoders round differently.
+    /// `jpeg.rs`'s test film (gradients, a sharp disc, grain) with fine stripes and colour: what
+    /// makes decoders round differently.
     fn scene(width: u32, height: u32) -> RgbImage {
+        let film = super::super::tests::film(width, height);
         RgbImage::from_fn(width, height, |x, y| {
             let (u, v) = (x as f32 / width as f32, y as f32 / height as f32);
-            let disc = if (u - 0.4).powi(2) + (v - 0.5).powi(2) < 0.05 { 60.0 } else { 0.0 };
-            let grain = ((x.wrapping_mul(7919) ^ y.wrapping_mul(104_729)) % 17) as f32 - 8.0;
-            let base =
-                40.0 + 120.0 * u + 50.0 * v + disc + 25.0 * (x as f32 / 7.0).sin() * (y as f32 / 11.0).cos() + grain;
+            let base = film.get_pixel(x, y).0[0] as f32 + 25.0 * (x as f32 / 7.0).sin() * (y as f32 / 11.0).cos();
             Rgb([base + 50.0 * (9.0 * u).sin(), if v > 0.6 { 0.8 * base + 40.0 } else { 0.8 * base }, 255.0 - base]
                 .map(|c| c.clamp(0.0, 255.0) as u8))
         })
