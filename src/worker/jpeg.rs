@@ -646,16 +646,23 @@ mod tests {
         for cut in (0..bytes.len()).step_by(97) {
             let _ = decode_gray_reduced(&bytes[..cut], 4);
         }
+        for damaged in damaged_copies(&bytes, 200) {
+            let _ = decode_gray_reduced(&damaged, 8);
+            let _ = decode_gray_reduced(&damaged, 4);
+        }
+    }
+
+    /// `count` copies of `bytes`, each with four bytes overwritten at seeded places.
+    pub(super) fn damaged_copies(bytes: &[u8], count: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
         let mut state = 12345u32;
-        for _ in 0..200 {
-            let mut damaged = bytes.clone();
+        (0..count).map(move |_| {
+            let mut damaged = bytes.to_vec();
             for _ in 0..4 {
                 state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
                 let index = (state >> 8) as usize % damaged.len();
                 damaged[index] = (state >> 3) as u8;
             }
-            let _ = decode_gray_reduced(&damaged, 8);
-            let _ = decode_gray_reduced(&damaged, 4);
-        }
+            damaged
+        })
     }
 }

@@ -464,14 +464,7 @@ mod tests {
         JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&scene(96, 80)).unwrap();
         assert!(decode(&bytes).is_ok());
         assert!(decode(&bytes[..bytes.len() / 2]).is_err(), "half a file is refused");
-        let mut state = 12345u32;
-        for _ in 0..200 {
-            let mut damaged = bytes.clone();
-            for _ in 0..4 {
-                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                let index = (state >> 8) as usize % damaged.len();
-                damaged[index] = (state >> 3) as u8;
-            }
+        for damaged in super::super::tests::damaged_copies(&bytes, 200) {
             let _ = decode(&damaged);
         }
     }
