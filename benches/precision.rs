@@ -61,12 +61,11 @@ fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     (mean, variance.sqrt())
 }
 
-fn summary(outcomes: &[Outcome]) -> [(f64, f64); 4] {
+fn summary(outcomes: &[Outcome]) -> [(f64, f64); 3] {
     [
         mean_std(outcomes.iter().map(|o| o.test_acc)),
         mean_std(outcomes.iter().map(|o| o.auc)),
         mean_std(outcomes.iter().map(|o| o.final_loss)),
-        mean_std(outcomes.iter().map(|o| o.seconds)),
     ]
 }
 
@@ -102,11 +101,11 @@ fn main() {
         epochs.0,
         epochs.1
     );
-    let line = |label: &str, summary: [(f64, f64); 4]| {
-        let [acc, auc, loss, seconds] = summary;
+    let line = |label: &str, summary: [(f64, f64); 3]| {
+        let [acc, auc, loss] = summary;
         println!(
-            "  {label:<60} test accuracy {:.4} ± {:.4} | AUC {:.4} ± {:.4} | final loss {:.4} ± {:.4} | {:.0}s per job",
-            acc.0, acc.1, auc.0, auc.1, loss.0, loss.1, seconds.0
+            "  {label:<60} test accuracy {:.4} ± {:.4} | AUC {:.4} ± {:.4} | final loss {:.4} ± {:.4}",
+            acc.0, acc.1, auc.0, auc.1, loss.0, loss.1
         );
     };
     let (a, b) = (summary(&fp32), summary(&other));

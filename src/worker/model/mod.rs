@@ -34,8 +34,9 @@ pub trait BackboneNet {
 /// one thread, `deploy/bench/cpu_layout.py`): frozen blocks in inference ran channels-last 1.5–1.9×
 /// faster than NCHW in float32 and bf16 alike (VGG16 blocks 1–4: fp32 15.4 → 23.0, bf16 29.2 →
 /// 43.3 img/s; InceptionV3 up to Mixed_7a: fp32 84.8 → 138, bf16 119 → 280 img/s), while trained
-/// blocks on cached activations ran as fast or faster in NCHW (VGG16 block5 on 8×8: fp32 87.6 vs
-/// 93.1, bf16 157 vs 151; InceptionV3 Mixed_7b–7c on 2×2: 220 vs 215, 238 vs 243). The layout
+/// blocks on cached activations ran within 6 % either way (NCHW vs channels-last, VGG16 block5 on
+/// 8×8: fp32 87.6 vs 93.1, bf16 157 vs 151; InceptionV3 Mixed_7b–7c on 2×2: 220 vs 215, 238 vs
+/// 243; on an earlier box NCHW was clearly ahead for block5: 198 vs 252 ms per step). The layout
 /// depends only on the block, so the cached and uncached paths run the same kernels. A GPU network
 /// is channels-last throughout (`Numerics::channels_last`) and passes through untouched.
 fn per_block_layout(
