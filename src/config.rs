@@ -65,6 +65,27 @@ pub enum Command {
     Report(JobsArg),
     /// Shell completions: `trainq completions bash > /etc/bash_completion.d/trainq`.
     Completions(CompletionsArgs),
+    /// Where your job notifications go: an email address and/or a signed webhook (without
+    /// flags: show them). A job's spec picks the ends (`"notify": ["succeeded", "failed"]`).
+    Notify(NotifyArgs),
+}
+
+/// `trainq notify`.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Email notifications to this address.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// POST notifications (JSON, signed) to this http(s) URL; needs --webhook-secret.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// The webhook's signing secret, 16+ characters (e.g. `openssl rand -hex 32`); each POST
+    /// carries `X-Trainq-Signature: sha256=<HMAC-SHA256 of the body>`.
+    #[arg(long, env = "TRAINQ_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Stop all notifications (removes the email and the webhook).
+    #[arg(long)]
+    pub off: bool,
 }
 
 /// The spec edits `submit` and `redo` share.
@@ -239,6 +260,9 @@ pub enum UserCommand {
         /// Admins act on every job and may set a job's priority.
         #[arg(long)]
         admin: bool,
+        /// Where the user's job notifications go (they can change it with `trainq notify`).
+        #[arg(long)]
+        email: Option<String>,
     },
     /// Replace a user's token (the old one stops working) and print the new one.
     Token {
@@ -421,6 +445,23 @@ pub struct ServeConfig {
     /// Largest image side a job may ask for (`image_size`, or `max_image_side` with variable size).
     #[arg(long, env = "TRAINQ_MAX_IMAGE_SIDE", default_value_t = 1024)]
     pub max_image_side: u32,
+    /// Notifications: the SMTP server emails go through, credentials in the URL:
+    /// `smtps://user:password@mail.example.org` (TLS), `smtp://mail.example.org:587?tls=required`
+    /// (STARTTLS), `smtp://localhost:25` (a local relay, unencrypted). Default: no email (webhooks
+    /// still go out; emails wait and fail, visible to the admin).
+    #[arg(long, env = "TRAINQ_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// Notifications: the emails' sender, e.g. `trainq <trainq@gpubox.example.org>`.
+    #[arg(long, env = "TRAINQ_SMTP_FROM", default_value = "trainq <trainq@localhost>")]
+    pub smtp_from: String,
+    /// Notifications: seconds before a failed delivery's first retry; each later retry waits
+    /// twice as long (at most an hour).
+    #[arg(long, env = "TRAINQ_NOTIFY_RETRY_SECS", default_value_t = 30.0)]
+    pub notify_retry_secs: f64,
+    /// Notifications: attempts before a delivery is given up (`failed`, listed for the admin at
+    /// `GET /api/admin/notifications?state=failed`).
+    #[arg(long, env = "TRAINQ_NOTIFY_MAX_ATTEMPTS", default_value_t = 12)]
+    pub notify_max_attempts: u32,
 }
 
 /// `trainq demo-data`.
