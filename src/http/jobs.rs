@@ -124,16 +124,6 @@ pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Res
     }
 }
 
-/// `GET /api/me`: who the token belongs to.
-#[utoipa::path(
-    get, path = "/api/me", tag = "users",
-    responses((status = 200, description = "the token's user", body = User)),
-    security(("bearer" = []))
-)]
-pub async fn me(Authed(user): Authed) -> Json<User> {
-    Json(user)
-}
-
 /// A spec error of one sweep combination, worded to name the combination (other errors as they are).
 fn in_combination(variant: &Variant, err: ApiError) -> ApiError {
     match err {

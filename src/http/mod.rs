@@ -14,6 +14,7 @@ mod health;
 mod inference;
 mod job_list;
 mod jobs;
+mod me;
 mod metrics;
 mod openapi;
 mod outputs;
@@ -124,7 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route("/backbones", get(catalog::backbones))
         .route("/examples", get(catalog::examples))
         .route("/devices", get(catalog::devices))
-        .route("/me", get(jobs::me))
+        .route("/me", get(me::me).put(me::update_me))
+        .route("/admin/notifications", get(me::admin_notifications))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

@@ -47,7 +47,9 @@ use utoipa::OpenApi;
         super::catalog::backbones,
         super::catalog::examples,
         super::catalog::devices,
-        super::jobs::me,
+        super::me::me,
+        super::me::update_me,
+        super::me::admin_notifications,
         openapi_json,
         docs,
         super::health::live,
@@ -61,7 +63,7 @@ use utoipa::OpenApi;
         (name = "results", description = "a job's metrics, plots, log, files and model"),
         (name = "events", description = "live server-sent events"),
         (name = "catalog", description = "what jobs can use"),
-        (name = "users", description = "who the token is"),
+        (name = "users", description = "who the token is, where their notifications go; the admin's outbox"),
         (name = "health", description = "for load balancers and monitoring"),
         (name = "docs", description = "this description"),
     )
@@ -86,7 +88,7 @@ impl utoipa::Modify for Conventions {
         for (path, item) in openapi.paths.paths.iter_mut() {
             // `ids` of a comparison name jobs and groups too.
             let with_id = path.contains('{') || path.starts_with("/api/compare");
-            let operations = [(&mut item.get, false), (&mut item.post, true)];
+            let operations = [(&mut item.get, false), (&mut item.post, true), (&mut item.put, true)];
             for (operation, is_post) in operations {
                 let Some(operation) = operation else { continue };
                 let mut common = vec![
