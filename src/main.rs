@@ -56,6 +56,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Compare(args) => trainq::client::compare(&args.ids, args.csv, args.json).await,
         Command::Pull(args) => trainq::client::pull(&args.ids, &args.to).await,
         Command::Report(args) => trainq::client::report(&args.ids).await,
+        Command::Notify(args) => {
+            let change = trainq::client::NotifyChange { email: args.email, webhook: args.webhook, secret: args.webhook_secret, off: args.off };
+            trainq::client::notify(&change).await
+        }
         Command::Completions(args) => {
             let mut command = <trainq::config::Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut command, "trainq", &mut std::io::stdout());

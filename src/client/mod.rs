@@ -4,11 +4,13 @@
 //! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
 //! `--set` is refused before any request.
 
+mod notify;
 mod pull;
 mod submit;
 mod table;
 mod watch;
 
+pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use submit::{redo, submit, SubmitOptions};
 pub use watch::watch;
