@@ -30,6 +30,9 @@ const PARALLEL: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How long to wait before reading the outbox again after the database refused a read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// The shortest sleep before a retry: a row whose attempt could not be recorded stays due, and
+/// must not be sent again in a tight loop.
+const MIN_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 /// How the notifier delivers.
 #[derive(Debug, Clone)]
@@ -81,7 +84,7 @@ pub async fn run(store: Store, events: EventBus, settings: NotifierSettings) {
             Err(err) => Err(err),
         };
         let sleep = match next_due {
-            Ok(Some(due)) => Some(Duration::from_secs_f64((due - unix_now()).max(0.0))),
+            Ok(Some(due)) => Some(Duration::from_secs_f64((due - unix_now()).max(MIN_RETRY_WAIT.as_secs_f64()))),
             Ok(None) => None,
             Err(err) => {
                 tracing::warn!(error = ?err, "the notifier could not read the outbox; trying again shortly");
@@ -115,8 +118,12 @@ pub async fn run(store: Store, events: EventBus, settings: NotifierSettings) {
 async fn deliver_due(store: &Store, settings: &NotifierSettings, client: &reqwest::Client) -> Result<(), crate::store::StoreError> {
     // One SMTP transport per round: its pooled connections go with it.
     let mut transport = None;
+    // Each row once per round, even if its attempt could not be recorded (it stays due).
+    let mut attempted = std::collections::HashSet::new();
     loop {
-        let due = store.due_notifications(unix_now(), BATCH).await?;
+        let mut due = store.due_notifications(unix_now(), BATCH).await?;
+        let full = due.len() as u32 == BATCH;
+        due.retain(|row| attempted.insert(row.id));
         if due.is_empty() {
             return Ok(());
         }
@@ -124,7 +131,6 @@ async fn deliver_due(store: &Store, settings: &NotifierSettings, client: &reqwes
             transport = settings.mailer.as_ref().map(|mailer| mailer.transport());
         }
         let transport = transport.as_ref();
-        let full = due.len() as u32 == BATCH;
         futures::stream::iter(due)
             .for_each_concurrent(PARALLEL, |row| async move {
                 let result = deliver(store, settings, client, transport, &row).await;

@@ -13,6 +13,8 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(WEBHOOK_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        // Webhooks are rare: no idle connection (and no timer reaping it) is kept between them.
+        .pool_max_idle_per_host(0)
         .user_agent(concat!("trainq/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the webhook client builds")

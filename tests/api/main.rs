@@ -4,6 +4,8 @@ mod auth;
 mod browser;
 mod cache;
 mod client;
+#[path = "../common/mod.rs"]
+mod common;
 mod conventions;
 mod crash;
 mod disk;
@@ -14,6 +16,7 @@ mod inception;
 mod inference;
 mod jobs;
 mod list;
+mod notify;
 mod pytorch;
 mod results;
 mod recovery;
