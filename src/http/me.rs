@@ -70,6 +70,16 @@ fn invalid(field: &str, message: String) -> ApiError {
 }
 
 impl MeChange {
+    /// The body as a change. Read from a JSON object only: serde would also take a struct from an
+    /// array of its fields in order, which no client means.
+    fn parse(body: serde_json::Map<String, serde_json::Value>) -> Result<MeChange, ApiError> {
+        serde_path_to_error::deserialize(serde_json::Value::Object(body)).map_err(|err| {
+            let field = err.path().to_string();
+            let field = if field == "." || field.is_empty() { String::from("(body)") } else { field };
+            invalid(&field, err.into_inner().to_string())
+        })
+    }
+
     /// Checks every present field; the first bad one is a 422 naming it.
     fn check(self) -> Result<NotifyTargetsChange, ApiError> {
         if let Some(Some(email)) = &self.email {
@@ -116,10 +126,10 @@ pub async fn me(State(state): State<AppState>, Authed(user): Authed) -> Result<a
 pub async fn update_me(
     State(state): State<AppState>,
     Authed(user): Authed,
-    Json(change): Json<MeChange>,
+    Json(body): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<axum::Json<MeView>, ApiError> {
     state.disk.writable()?;
-    let change = change.check()?;
+    let change = MeChange::parse(body)?.check()?;
     if !state.store.set_notify_targets(&user.name, &change).await? {
         return Err(ApiError::NotFound(format!("no user `{}`", user.name)));
     }

@@ -292,6 +292,7 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
         (json!({"webhook": {"url": "https://hooks.example.org"}}), "webhook"),
         (json!({"email": 5}), "email"),
         (json!({"mail": "alice@example.org"}), "mail"),
+        (json!([null, null]), "(body)"),
     ] {
         let (status, answer) = put(body.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
