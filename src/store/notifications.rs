@@ -311,4 +311,20 @@ mod tests {
         assert_eq!((targets.email, targets.webhook_url.as_deref()), (None, Some("http://hooks.example.org/x")));
         assert!(!store.set_notify_targets("nobody", &remove).await.unwrap());
     }
+
+    #[tokio::test]
+    async fn a_cancel_a_dead_server_left_under_way_owes_its_message_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.add_user("alice", false, "tq_a").await.unwrap();
+        let change = NotifyTargetsChange { email: Some(Some(String::from("alice@example.org"))), webhook: None };
+        store.set_notify_targets("alice", &change).await.unwrap();
+        let id = job(&store, "alice", Some(serde_json::json!(["cancelled"]))).await;
+        assert!(store.claim_job(id, "cpu0").await.unwrap());
+        assert_eq!(store.request_cancel(id).await.unwrap(), crate::store::CancelOutcome::StopRunning);
+        assert!(store.due_notifications(unix_now() + 1.0, 10).await.unwrap().is_empty(), "not ended yet");
+        store.requeue_running().await.unwrap();
+        let due = store.due_notifications(unix_now() + 1.0, 10).await.unwrap();
+        assert_eq!(due.iter().map(|row| (row.job_id.clone(), row.event.as_str())).collect::<Vec<_>>(), [(id.to_string(), "cancelled")]);
+    }
 }
