@@ -422,8 +422,8 @@ pub struct ServeConfig {
     /// Slurm: seconds between reads of a job's Slurm state.
     #[arg(long, env = "TRAINQ_SLURM_POLL_SECS", default_value_t = 5.0)]
     pub slurm_poll_secs: f64,
-    /// The URL compute nodes reach this server at (workers report there). Default: http:// and
-    /// the address it listens on.
+    /// The URL compute nodes reach this server at (workers report there), and the base of the
+    /// dashboard links in notifications. Default: http:// and the address it listens on.
     #[arg(long, env = "TRAINQ_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Folder for job folders and the shared cache, visible at the same path on compute nodes
