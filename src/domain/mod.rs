@@ -7,6 +7,8 @@ pub mod job;
 /// The assignment's experiments, shipped as specs.
 pub mod examples;
 pub mod backbone;
+/// Chained jobs: dependency cycles, checkpoint compatibility, a waiting job's reason.
+pub mod chain;
 pub mod memory;
 /// How a run ended: the one decision both executors share.
 pub mod outcome;

@@ -48,6 +48,7 @@ use utoipa::OpenApi;
         super::catalog::examples,
         super::catalog::devices,
         super::jobs::me,
+        super::chains::patch,
         openapi_json,
         docs,
         super::health::live,
@@ -57,7 +58,7 @@ use utoipa::OpenApi;
     components(schemas(super::error::ErrorBody)),
     modifiers(&Conventions),
     tags(
-        (name = "jobs", description = "submit, list, show, cancel, resubmit"),
+        (name = "jobs", description = "submit, list, show, cancel, resubmit, change what a queued job waits for"),
         (name = "results", description = "a job's metrics, plots, log, files and model"),
         (name = "events", description = "live server-sent events"),
         (name = "catalog", description = "what jobs can use"),
@@ -86,7 +87,7 @@ impl utoipa::Modify for Conventions {
         for (path, item) in openapi.paths.paths.iter_mut() {
             // `ids` of a comparison name jobs and groups too.
             let with_id = path.contains('{') || path.starts_with("/api/compare");
-            let operations = [(&mut item.get, false), (&mut item.post, true)];
+            let operations = [(&mut item.get, false), (&mut item.post, true), (&mut item.patch, true)];
             for (operation, is_post) in operations {
                 let Some(operation) = operation else { continue };
                 let mut common = vec![

@@ -180,6 +180,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+    ("patch", "/api/jobs/{id}"),
 ];
 
 #[tokio::test]

@@ -338,11 +338,6 @@ impl Network {
         (map.to_device(Device::Cpu), probabilities)
     }
 
-    /// Loads every tensor (backbone and head) from a checkpoint this worker wrote.
-    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
-        self.vs.load(path).map_err(|err| anyhow::anyhow!("loading {}: {err}", path.display()))
-    }
-
     /// Every backbone tensor (parameters and batch-norm statistics) by name, sorted: what decides
     /// a frozen prefix's activations besides the input.
     pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
@@ -411,6 +406,43 @@ impl Network {
             anyhow::bail!("{} lacks {} backbone tensors, e.g. {}", path.display(), missing.len(), missing[0]);
         }
         Ok(file.keys().filter(|name| !variables.contains_key(*name)).count())
+    }
+
+    /// Loads every tensor (backbone and head) from a checkpoint this worker wrote
+    /// (`final.safetensors`, `phaseN.safetensors`: the names `save_checkpoint` writes), for a
+    /// model served for predictions or a job started from another's weights (`init_from`). Strict:
+    /// each tensor must be there with its exact shape, and the file may hold nothing else, so a
+    /// network of another shape is refused with the first difference named. Returns the count.
+    pub fn load_checkpoint(&self, path: &std::path::Path) -> anyhow::Result<usize> {
+        let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|err| anyhow::anyhow!("reading {}: {err}", path.display()))?
+            .into_iter()
+            .collect();
+        let variables = self.vs.variables();
+        let mut missing: Vec<&String> = variables.keys().filter(|name| !file.contains_key(*name)).collect();
+        missing.sort();
+        if let Some(first) = missing.first() {
+            anyhow::bail!("{} lacks {} of this network's tensors, e.g. {first}: it was saved by a network of another shape", path.display(), missing.len());
+        }
+        let mut extra: Vec<&String> = file.keys().filter(|name| !variables.contains_key(*name)).collect();
+        extra.sort();
+        if let Some(first) = extra.first() {
+            anyhow::bail!("{} holds {} tensors this network does not have, e.g. {first}: it was saved by a network of another shape", path.display(), extra.len());
+        }
+        for (name, target) in &variables {
+            let source = &file[name];
+            anyhow::ensure!(
+                source.size() == target.size(),
+                "{}: {name} has shape {:?}, this network's is {:?}",
+                path.display(),
+                source.size(),
+                target.size()
+            );
+            let mut target = target.shallow_clone();
+            let source = source.to_kind(target.kind());
+            tch::no_grad(|| target.copy_(&source));
+        }
+        Ok(variables.len())
     }
 
     /// Number of scalars in these tensors.
