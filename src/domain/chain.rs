@@ -244,7 +244,8 @@ mod tests {
         let source = spec(serde_json::json!({}));
         check_compatible(&source, &spec(serde_json::json!({"image_size": 128, "optimizer": {"name": "adam", "lr": 1e-4}}))).unwrap();
         check_compatible(&source, &spec(serde_json::json!({"head": ["gap", {"dense": 8}, {"dropout": 0.2}, {"dense": 1}]}))).unwrap();
-        assert_eq!(check_compatible(&source, &spec(serde_json::json!({"backbone": "vgg19"}))).unwrap_err().field, "backbone");
+        let inception = spec(serde_json::json!({"backbone": "inception_v3", "image_size": 96, "phases": [{"epochs": 1, "train": "head"}]}));
+        assert_eq!(check_compatible(&source, &inception).unwrap_err().field, "backbone");
         let wider = spec(serde_json::json!({"head": ["gap", {"dense": 16}, {"dropout": 0.5}, {"dense": 1}]}));
         let err = check_compatible(&source, &wider).unwrap_err();
         assert_eq!(err.field, "head");

@@ -484,6 +484,46 @@ mod tests {
         }
     }
 
+    /// Jobs waiting for others are kept out of the plan until those succeed, and doomed when one
+    /// fails, whether the queue learns it from the store (a reload) or from an event.
+    #[tokio::test]
+    async fn waiting_jobs_go_when_what_they_wait_for_succeeds_and_are_doomed_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let new = |after: Vec<JobId>| {
+            let spec = JobSpec { after, ..spec() };
+            NewJob { id: JobId::new(), name: String::from("j"), spec, group_id: None, parent_id: None, params: None, notes: Vec::new(), owner: None, priority: 0, memory_bytes: 0 }
+        };
+        let (a, b) = (new(Vec::new()), new(Vec::new()));
+        let (waits_a, waits_both) = (new(vec![a.id]), new(vec![a.id, b.id]));
+        store.insert_jobs(&[a.clone(), b.clone(), waits_a.clone(), waits_both.clone()]).await.unwrap();
+        assert!(store.claim_job(a.id, "cpu0").await.unwrap());
+        let (mut queue, mut pending) = (Queue::default(), Pending::everything());
+        pending.catch_up(&store, &mut queue).await.unwrap();
+        assert_eq!(queue.get(waits_a.id).unwrap().unmet, [a.id]);
+        assert_eq!(queue.get(waits_both.id).unwrap().unmet, [a.id, b.id]);
+        // a succeeds: the job waiting for it alone may go; the other still waits for b.
+        assert!(store.finish_job(a.id, JobState::Succeeded, None).await.unwrap());
+        let event = |id, kind| crate::events::JobEvent { seq: 0, job_id: id, kind };
+        pending.note(&mut queue, &event(a.id, EventKind::Finished { state: JobState::Succeeded, error: None }));
+        assert!(queue.get(waits_a.id).unwrap().unmet.is_empty());
+        assert_eq!(queue.get(waits_both.id).unwrap().unmet, [b.id]);
+        assert!(!queue.has_doomed());
+        // b is cancelled: the job waiting for it is doomed with b named.
+        pending.note(&mut queue, &event(b.id, EventKind::Finished { state: JobState::Cancelled, error: None }));
+        let doomed = queue.take_doomed();
+        assert_eq!(doomed.len(), 1);
+        assert_eq!(doomed[0].0, waits_both.id);
+        assert!(doomed[0].1.contains(&b.id.to_string()[..8]) && doomed[0].1.contains("cancelled"), "{doomed:?}");
+        assert!(queue.get(waits_both.id).is_none(), "taken out of the queue");
+        // A queue read afresh learns the same from the store.
+        store.request_cancel(b.id).await.unwrap();
+        let (mut fresh, mut pending) = (Queue::default(), Pending::everything());
+        pending.catch_up(&store, &mut fresh).await.unwrap();
+        assert!(fresh.get(waits_a.id).unwrap().unmet.is_empty(), "a's success read from the store");
+        assert_eq!(fresh.take_doomed().into_iter().map(|(id, _)| id).collect::<Vec<_>>(), [waits_both.id]);
+    }
+
     /// A change the events never told of is caught by the audit and repaired by a reload.
     #[tokio::test]
     async fn the_audit_notices_an_unannounced_change() {
