@@ -236,3 +236,31 @@ async fn the_client_chains_jobs_by_id_prefixes() {
     let checkpoint = work["init_checkpoint"].as_str().unwrap();
     assert!(checkpoint.ends_with(&format!("{first}/artifacts/final.safetensors")), "{checkpoint}");
 }
+
+/// The real worker: a job started from another's `final` weights starts with them. It trains
+/// only its head, so its saved backbone is the source's exactly, which the source's own training
+/// (block5 in its second phase) had moved away from the ImageNet file; and its frozen backbone's
+/// activations are computed afresh, not served from the cache entry of the ImageNet weights.
+#[tokio::test]
+async fn init_from_starts_from_the_source_jobs_weights() {
+    let app = TestApp::spawn(crate::helpers::Options::default());
+    crate::helpers::write_dataset(&app.root, 6, 2, 2);
+    let initial = crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let source = app.submit(&small_spec("source")).await;
+    let mut spec = small_spec("started");
+    spec["init_from"] = json!({"job": source, "checkpoint": "final"});
+    spec["phases"] = json!([{"epochs": 1, "train": "head"}]);
+    let started = app.submit(&spec).await;
+    let (job, log) = app.finished(&started, Duration::from_secs(600)).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
+    assert!(log.contains("started from ") && log.contains(&format!("{source}/artifacts/final.safetensors")), "{log}");
+    assert_ne!(job["progress"]["features"]["1"]["state"], "hit", "{job:#}");
+
+    let theirs = crate::helpers::read_safetensors(&app.download(&source, "final.safetensors").await);
+    let ours = crate::helpers::read_safetensors(&app.download(&started, "final.safetensors").await);
+    let imagenet: std::collections::HashMap<&str, &Vec<f32>> = initial.iter().map(|(name, _, values)| (name.as_str(), values)).collect();
+    assert_ne!(&theirs["features.28.weight"].1, imagenet["features.28.weight"], "the source trained block5");
+    for (name, (shape, values)) in theirs.iter().filter(|(name, _)| name.starts_with("features.")) {
+        assert_eq!((&ours[name].0, &ours[name].1), (shape, values), "{name} is the source's");
+    }
+}
