@@ -380,7 +380,8 @@ async fn schedule_once(
     // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
     let (order, plan, mut places) = {
         // Jobs waiting for others to succeed are not candidates; they wait behind the rest.
-        let mut candidates: Vec<_> = queue.jobs().filter(|job| job.unmet.is_empty()).map(queue::Queued::candidate).collect();
+        let slurm = inventory.slots().iter().any(|slot| matches!(slot.kind, crate::devices::DeviceKind::Slurm { .. }));
+        let mut candidates: Vec<_> = queue.jobs().filter(|job| job.ready(queue, slurm)).map(queue::Queued::candidate).collect();
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
@@ -398,7 +399,7 @@ async fn schedule_once(
                 (waiting.job, place)
             })
             .collect();
-        let mut chained: Vec<&queue::Queued> = queue.jobs().filter(|job| !job.unmet.is_empty()).collect();
+        let mut chained: Vec<&queue::Queued> = queue.jobs().filter(|job| !job.ready(queue, slurm)).collect();
         chained.sort_unstable_by_key(|job| job.seq);
         for (index, job) in chained.into_iter().enumerate() {
             let place = Place { position: plan.waiting.len() + index + 1, reason: Reason::Dependency(job.unmet[0]), eta_at: None };

@@ -39,6 +39,20 @@ pub(super) struct Queued {
     /// The jobs it waits for (`after`, `init_from`) not known to have succeeded, in its spec's
     /// order: it may start once this is empty.
     pub(super) unmet: Vec<JobId>,
+    /// The job whose weights it starts from (`init_from`): that one must have succeeded before
+    /// it starts, with any executor (its weights file must be there).
+    pub(super) starts_from: Option<JobId>,
+}
+
+impl Queued {
+    /// Whether it may be planned: it waits for nothing; or, `slurm` being the executor, each job
+    /// it waits for runs in Slurm (which holds it with `--dependency=afterok`) except the one it
+    /// starts from, which must have succeeded.
+    pub(super) fn ready(&self, queue: &Queue, slurm: bool) -> bool {
+        self.unmet.is_empty()
+            || (slurm
+                && self.unmet.iter().all(|dep| Some(*dep) != self.starts_from && queue.dep_state(*dep) == Some(JobState::Running)))
+    }
 }
 
 impl Queued {
@@ -65,6 +79,7 @@ impl From<&Job> for Queued {
             pace_key: super::eta::similarity_key(&job.spec),
             epochs: job.spec.total_epochs(),
             unmet: job.spec.waits_for(),
+            starts_from: job.spec.init_from.as_ref().map(|init| init.job),
         }
     }
 }
@@ -202,6 +217,12 @@ impl Queue {
                 }
             }
         }
+    }
+
+    /// The state a job queued jobs wait for was last seen in (`None`: not known yet, or nobody
+    /// waits for it).
+    pub(super) fn dep_state(&self, dep: JobId) -> Option<JobState> {
+        self.deps.get(&dep).and_then(|dependency| dependency.state)
     }
 
     /// The jobs queued jobs wait for whose state is not known yet: read from the store once.
