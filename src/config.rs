@@ -119,6 +119,14 @@ pub struct SubmitArgs {
     /// The jobs' name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Start only after these jobs succeeded (ids or unique prefixes, comma-separated); if one
+    /// fails or is cancelled, the new jobs fail at once.
+    #[arg(long, value_name = "ID[,ID…]", value_delimiter = ',')]
+    pub after: Vec<String>,
+    /// Start from another job's weights (backbone and head): `ID` (its `final` weights) or
+    /// `ID:phase1`; waits for that job to succeed.
+    #[arg(long, value_name = "ID[:final|phaseN]")]
+    pub init_from: Option<String>,
 }
 
 /// `trainq redo`.

@@ -69,7 +69,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Wait(args) => exit(trainq::client::wait(&args.ids, std::time::Duration::from_secs(1)).await?),
         Command::Watch(args) => exit(trainq::client::watch(&args.ids).await?),
         Command::Submit(args) => {
-            let options = submit_options(args.edits, args.sweeps, args.repeats, args.name);
+            let mut options = submit_options(args.edits, args.sweeps, args.repeats, args.name);
+            (options.after, options.init_from) = (args.after, args.init_from);
             exit(trainq::client::submit(&args.spec, &options).await?)
         }
         Command::Redo(args) => exit(trainq::client::redo(&args.id, &submit_options(args.edits, Vec::new(), None, None)).await?),
@@ -77,7 +78,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 fn submit_options(edits: trainq::config::EditArgs, sweeps: Vec<String>, repeats: Option<u32>, name: Option<String>) -> trainq::client::SubmitOptions {
-    trainq::client::SubmitOptions { sets: edits.sets, sweeps, repeats, name, follow: edits.follow, json: edits.json }
+    trainq::client::SubmitOptions { sets: edits.sets, sweeps, repeats, name, follow: edits.follow, json: edits.json, ..Default::default() }
 }
 
 /// Ends the process with `code` (0 = all went well), as `wait` and `watch` promise.

@@ -55,6 +55,7 @@ pub fn run_worker(
         cache_budget_bytes: None,
         state_dir: None,
         gpu_data_budget_bytes: None,
+        init_checkpoint: None,
     };
     let job_file = root.join(format!("{name}.json"));
     std::fs::write(&job_file, serde_json::to_vec(&job).unwrap()).unwrap();

@@ -23,6 +23,27 @@ pub struct SubmitOptions {
     pub follow: bool,
     /// Print the server's answer as JSON.
     pub json: bool,
+    /// `--after`: jobs (ids or unique prefixes) that must succeed first.
+    pub after: Vec<String>,
+    /// `--init-from ID[:CHECKPOINT]`: the job whose weights the new jobs start from.
+    pub init_from: Option<String>,
+}
+
+/// Writes `--after` and `--init-from` into the spec, each id resolved from its prefix.
+async fn chain(api: &Api, spec: &mut Value, options: &SubmitOptions) -> anyhow::Result<()> {
+    if !options.after.is_empty() {
+        let mut ids = Vec::with_capacity(options.after.len());
+        for given in options.after.iter().map(|given| given.trim()).filter(|given| !given.is_empty()) {
+            ids.push(Value::String(api.resolve(given).await.with_context(|| format!("--after {given}"))?));
+        }
+        spec["after"] = Value::Array(ids);
+    }
+    if let Some(raw) = &options.init_from {
+        let (given, checkpoint) = raw.split_once(':').unwrap_or((raw, "final"));
+        let id = api.resolve(given.trim()).await.with_context(|| format!("--init-from {raw}"))?;
+        spec["init_from"] = serde_json::json!({"job": id, "checkpoint": checkpoint.trim()});
+    }
+    Ok(())
 }
 
 /// A value as typed: JSON when it reads as JSON (`1e-4`, `true`, `null`, `[1,2]`, `"x"`), else
@@ -123,6 +144,7 @@ pub async fn submit(source: &str, options: &SubmitOptions) -> anyhow::Result<i32
         assignment("--sweep", raw)?;
     }
     let mut spec = load(&api, source).await?;
+    chain(&api, &mut spec, options).await?;
     options.apply(&mut spec)?;
     let answer = api.post("/api/jobs", &spec).await?;
     let ids = report_queued(&answer, options.json)?;

@@ -77,13 +77,15 @@ impl JobState {
         matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
     }
 
-    /// The legal transitions. `Running → Queued` is the re-queue of a job whose server died.
+    /// The legal transitions. `Running → Queued` is the re-queue of a job whose server died;
+    /// `Queued → Failed` is a job whose dependency (`after`, `init_from`) failed or was cancelled.
     pub fn can_become(self, next: JobState) -> bool {
         use JobState::*;
         matches!(
             (self, next),
             (Queued, Running)
                 | (Queued, Cancelled)
+                | (Queued, Failed)
                 | (Running, Succeeded)
                 | (Running, Failed)
                 | (Running, Cancelled)
@@ -370,8 +372,9 @@ mod tests {
     }
 
     #[test]
-    fn a_queued_job_cannot_finish_without_running() {
+    fn a_queued_job_cannot_succeed_without_running() {
         assert!(!JobState::Queued.can_become(JobState::Succeeded));
-        assert!(!JobState::Queued.can_become(JobState::Failed));
+        // It fails without running when a job it waits for fails.
+        assert!(JobState::Queued.can_become(JobState::Failed));
     }
 }

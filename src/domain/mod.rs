@@ -7,6 +7,8 @@ pub mod job;
 /// The assignment's experiments, shipped as specs.
 pub mod examples;
 pub mod backbone;
+/// Chained jobs: dependency cycles, checkpoint compatibility, a waiting job's reason.
+pub mod chain;
 pub mod memory;
 /// Where a user's notifications go: the email address and webhook checks.
 pub mod notify_target;

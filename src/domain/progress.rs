@@ -56,6 +56,11 @@ pub struct WorkerJob {
     /// `None`: the worker's own limits (the GPU is the job's alone).
     #[serde(default)]
     pub gpu_data_budget_bytes: Option<u64>,
+    /// The weights file of the job the spec's `init_from` names (`<its job dir>/artifacts/
+    /// final.safetensors` or `phaseN.safetensors`), loaded into the whole network (backbone and
+    /// head, strict names and shapes) before training. `None`: start from `weights`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_checkpoint: Option<PathBuf>,
 }
 
 /// The kind of device a worker trains on.

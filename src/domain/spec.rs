@@ -397,6 +397,79 @@ pub struct JobSpec {
     /// set with `PUT /api/me`): `["succeeded", "failed"]` when absent, `[]` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Vec<NotifyEvent>>,
+    // Chained jobs (`domain::chain`): where the weights start, and what must succeed first.
+    /// Start from another job's saved weights (backbone and head) instead of `weights`: its
+    /// `final` checkpoint or a phase's (`phase1`, …). The new job waits for that job to succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+    /// Jobs (full ids) that must succeed before this one starts; if one fails or is cancelled,
+    /// this one fails at once. At most [`MAX_AFTER`], each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub after: Vec<crate::domain::JobId>,
+}
+
+/// Most jobs one spec's `after` may name.
+pub const MAX_AFTER: usize = 16;
+
+/// `"init_from": {"job": ID, "checkpoint": "final"}`: the job whose weights a new job starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitFrom {
+    /// The job (full id) whose checkpoint is loaded.
+    pub job: crate::domain::JobId,
+    /// `final` (the default: the weights after the last phase) or `phaseN`, the weights after
+    /// phase N of a job with more than N phases.
+    #[serde(default)]
+    #[schema(value_type = String, pattern = "^(final|phase[1-9][0-9]*)$", example = "final")]
+    pub checkpoint: Checkpoint,
+}
+
+/// One of a job's saved weights files: `final.safetensors`, or `phaseN.safetensors` after phase N
+/// (the last phase's weights are `final`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Checkpoint {
+    /// The weights after the last phase.
+    #[default]
+    Final,
+    /// The weights after this (1-based) phase.
+    Phase(u32),
+}
+
+impl Checkpoint {
+    /// The file's name in the job's artifacts folder.
+    pub fn file_name(self) -> String {
+        format!("{self}.safetensors")
+    }
+}
+
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checkpoint::Final => f.write_str("final"),
+            Checkpoint::Phase(number) => write!(f, "phase{number}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Checkpoint {
+    type Error = String;
+    fn try_from(text: String) -> Result<Checkpoint, String> {
+        if text == "final" {
+            return Ok(Checkpoint::Final);
+        }
+        match text.strip_prefix("phase").and_then(|number| number.parse::<u32>().ok()) {
+            Some(number) if number >= 1 && text == format!("phase{number}") => Ok(Checkpoint::Phase(number)),
+            _ => Err(format!("unknown checkpoint `{text}`; use \"final\" or \"phaseN\" (e.g. \"phase1\")")),
+        }
+    }
+}
+
+impl From<Checkpoint> for String {
+    fn from(checkpoint: Checkpoint) -> String {
+        checkpoint.to_string()
+    }
 }
 
 /// A job end its owner may be told about (the spec's `notify` list).
@@ -490,6 +563,18 @@ impl JobSpec {
                 min_side: self.backbone.info().min_image_size,
             },
         }
+    }
+
+    /// The jobs that must succeed before this one starts: `after`, and the job `init_from` names
+    /// (once each, in that order).
+    pub fn waits_for(&self) -> Vec<crate::domain::JobId> {
+        let mut ids = self.after.clone();
+        if let Some(init) = &self.init_from {
+            if !ids.contains(&init.job) {
+                ids.push(init.job);
+            }
+        }
+        ids
     }
 
     /// Total epochs over all phases.
@@ -599,6 +684,14 @@ impl JobSpec {
         }
         self.validate_phases(info.blocks)?;
         validate_optimizer("optimizer", &self.optimizer)?;
+        if self.after.len() > MAX_AFTER {
+            return Err(SpecError::new("after", format!("{} jobs; at most {MAX_AFTER} may be named", self.after.len())));
+        }
+        for (index, id) in self.after.iter().enumerate() {
+            if self.after[..index].contains(id) {
+                return Err(SpecError::new(format!("after[{index}]"), format!("job {id} is named twice; name each job once")));
+            }
+        }
         for (index, phase) in self.phases.iter().enumerate() {
             if let Some(optimizer) = &phase.optimizer {
                 validate_optimizer(&format!("phases[{index}].optimizer"), optimizer)?;

@@ -86,11 +86,14 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
         return Ok(Standing { pending_reason, ..Standing::default() });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
-    let info = match state.scheduler.queue_info(job.id) {
+    let mut info = match state.scheduler.queue_info(job.id) {
         Some(info) => info,
         // Counted over the jobs submitted since the last pass only, not the whole queue.
         None => state.scheduler.provisional_info(state.store.queued_between(state.scheduler.planned_up_to(), job.seq).await?),
     };
+    if let Some(dep) = info.waiting_for {
+        info.pending_reason = super::chains::waiting_reason(state, dep).await?;
+    }
     Ok(Standing { position: Some(info.position as i64), pending_reason: Some(info.pending_reason), eta_at: info.eta_at })
 }
 
@@ -310,6 +313,8 @@ async fn enqueue(
             check_inputs(state, spec).await.map_err(|err| in_combination(variant, err))?;
             checked.push(inputs);
         }
+        // What it waits for (`after`, `init_from`): one query, and none for a spec without.
+        super::chains::check_waits(state, user, spec, None).await.map_err(|err| in_combination(variant, err))?;
     }
     let total: u32 = variants.iter().map(|variant| variant.spec.repeats).sum();
     let group_id = (total > 1).then(|| uuid::Uuid::new_v4().to_string());

@@ -3,6 +3,7 @@
 mod assets;
 mod auth;
 mod catalog;
+mod chains;
 mod compare;
 mod csv;
 mod error;
@@ -32,7 +33,7 @@ use crate::events::EventBus;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -127,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(catalog::devices))
         .route("/me", get(me::me).put(me::update_me))
         .route("/admin/notifications", get(me::admin_notifications))
+        .route("/jobs/{id}", patch(chains::patch))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

@@ -50,6 +50,7 @@ use utoipa::OpenApi;
         super::me::me,
         super::me::update_me,
         super::me::admin_notifications,
+        super::chains::patch,
         openapi_json,
         docs,
         super::health::live,
@@ -59,7 +60,7 @@ use utoipa::OpenApi;
     components(schemas(super::error::ErrorBody)),
     modifiers(&Conventions),
     tags(
-        (name = "jobs", description = "submit, list, show, cancel, resubmit"),
+        (name = "jobs", description = "submit, list, show, cancel, resubmit, change what a queued job waits for"),
         (name = "results", description = "a job's metrics, plots, log, files and model"),
         (name = "events", description = "live server-sent events"),
         (name = "catalog", description = "what jobs can use"),
@@ -88,7 +89,7 @@ impl utoipa::Modify for Conventions {
         for (path, item) in openapi.paths.paths.iter_mut() {
             // `ids` of a comparison name jobs and groups too.
             let with_id = path.contains('{') || path.starts_with("/api/compare");
-            let operations = [(&mut item.get, false), (&mut item.post, true), (&mut item.put, true)];
+            let operations = [(&mut item.get, false), (&mut item.post, true), (&mut item.put, true), (&mut item.patch, true)];
             for (operation, is_post) in operations {
                 let Some(operation) = operation else { continue };
                 let mut common = vec![

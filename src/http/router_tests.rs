@@ -182,6 +182,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+    ("patch", "/api/jobs/{id}"),
 ];
 
 #[tokio::test]

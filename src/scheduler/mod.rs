@@ -61,6 +61,9 @@ pub struct QueueInfo {
     /// and of similar finished jobs; absent when nothing similar was ever measured. Absolute, so
     /// it stays right between scheduling passes (which happen only when something changes).
     pub eta_at: Option<f64>,
+    /// The job it waits for (`after`, `init_from`) when that is why it waits: the API words the
+    /// reason with that job's state and progress (`domain::chain::waiting_reason`).
+    pub waiting_for: Option<JobId>,
 }
 
 /// How the rest of the server reaches the scheduler: it wakes it, and reads where queued jobs
@@ -86,15 +89,18 @@ struct Place {
 enum Reason {
     Plan(policy::PendingReason),
     Disk(Arc<str>),
+    /// It waits for this job to succeed.
+    Dependency(JobId),
 }
 
 impl Place {
     fn info(&self) -> QueueInfo {
-        let pending_reason = match &self.reason {
-            Reason::Plan(reason) => reason.to_string(),
-            Reason::Disk(reason) => reason.to_string(),
+        let (pending_reason, waiting_for) = match &self.reason {
+            Reason::Plan(reason) => (reason.to_string(), None),
+            Reason::Disk(reason) => (reason.to_string(), None),
+            Reason::Dependency(dep) => (format!("waiting for job {}", crate::domain::chain::short_id(*dep)), Some(*dep)),
         };
-        QueueInfo { position: self.position, pending_reason, eta_at: self.eta_at }
+        QueueInfo { position: self.position, pending_reason, eta_at: self.eta_at, waiting_for }
     }
 }
 
@@ -117,6 +123,7 @@ impl SchedulerHandle {
             position: self.queue.read().expect("queue info poisoned").len() + unplanned_ahead + 1,
             pending_reason: String::from("just submitted; the scheduler places it in line in a moment"),
             eta_at: None,
+            waiting_for: None,
         }
     }
 
@@ -190,7 +197,10 @@ pub async fn run(
         if pending.due(last_pass, gap).is_some_and(|due| due <= now) && retry_at.is_none_or(|at| at <= now) {
             let started = Instant::now();
             let passed = match pending.catch_up(&store, &mut queue).await {
-                Ok(()) => schedule_once(&handle, &store, &inventory, &supervisor, &inputs, &settings, &mut queue).await,
+                Ok(()) => {
+                    fail_doomed(&supervisor, &mut queue).await;
+                    schedule_once(&handle, &store, &inventory, &supervisor, &inputs, &settings, &mut queue).await
+                }
                 Err(err) => Err(err),
             };
             last_pass = Instant::now();
@@ -262,6 +272,19 @@ pub async fn run(
                 tracing::warn!(error = ?err, "auditing the queue failed");
             }
         }
+    }
+}
+
+/// Fails at once every queued job a job it waits for failed or was cancelled (its reason names
+/// that job). Their own `finished` events fail the jobs waiting for them in turn, so a chain
+/// fails through to its end, each link with the reason of the one before.
+async fn fail_doomed(supervisor: &Supervisor, queue: &mut Queue) {
+    if !queue.has_doomed() {
+        return;
+    }
+    for (id, reason) in queue.take_doomed() {
+        tracing::info!(%id, %reason, "a job it waits for did not succeed; failing the waiting job");
+        supervisor.fail_waiting(id, &reason).await;
     }
 }
 
@@ -356,13 +379,15 @@ async fn schedule_once(
     // thread it leaves behind can end up in the blocking pool and exit when idle, and a worker the
     // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
     let (order, plan, mut places) = {
-        let mut candidates: Vec<_> = queue.jobs().map(queue::Queued::candidate).collect();
+        // Jobs waiting for others to succeed are not candidates; they wait behind the rest.
+        let slurm = inventory.slots().iter().any(|slot| matches!(slot.kind, crate::devices::DeviceKind::Slurm { .. }));
+        let mut candidates: Vec<_> = queue.jobs().filter(|job| job.ready(queue, slurm)).map(queue::Queued::candidate).collect();
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
         let plan = policy::plan(&candidates, &devices, &usage, &settings.limits);
         let etas = eta::start_times(&timings, &running, queue, &plan, &devices, &settings.limits);
-        let places: HashMap<JobId, Place> = plan
+        let mut places: HashMap<JobId, Place> = plan
             .waiting
             .iter()
             .map(|waiting| {
@@ -374,6 +399,12 @@ async fn schedule_once(
                 (waiting.job, place)
             })
             .collect();
+        let mut chained: Vec<&queue::Queued> = queue.jobs().filter(|job| !job.ready(queue, slurm)).collect();
+        chained.sort_unstable_by_key(|job| job.seq);
+        for (index, job) in chained.into_iter().enumerate() {
+            let place = Place { position: plan.waiting.len() + index + 1, reason: Reason::Dependency(job.unmet[0]), eta_at: None };
+            places.insert(job.id, place);
+        }
         (order, plan, places)
     };
     // What the jobs started in this pass will write, on top of what is already written.
@@ -498,7 +529,25 @@ fn worker_job(
 ) -> Result<(WorkerJob, u32, Vec<(crate::disk::Role, u64)>), String> {
     let spec = job.spec.clone();
     let dataset = catalog::datasets::open(&inputs.datasets, &spec.dataset).map_err(|err| err.to_string())?;
+    // `init_from`'s weights replace the backbone's, so the ImageNet file is not needed then. The
+    // file may have been deleted since submit: the job fails now, saying so.
+    let init_checkpoint = match &spec.init_from {
+        Some(init) => {
+            let path = JobPaths::new(&inputs.data_dir, init.job).artifacts().join(init.checkpoint.file_name());
+            if !path.is_file() {
+                return Err(format!(
+                    "the `{}` weights of job {} it starts from (init_from) are gone: {} was deleted or not kept",
+                    init.checkpoint,
+                    init.job,
+                    path.display()
+                ));
+            }
+            Some(path)
+        }
+        None => None,
+    };
     let weights_file = match spec.weights {
+        Weights::Imagenet if init_checkpoint.is_some() => None,
         Weights::Imagenet => Some(
             catalog::weights::find(&inputs.weights, spec.backbone)
                 .ok_or_else(|| format!("weights file {} is missing", spec.backbone.weights_file_name()))?,
@@ -534,6 +583,7 @@ fn worker_job(
         cache_budget_bytes: Some(inputs.cache_budget_bytes),
         state_dir: Some(JobPaths::new(&inputs.data_dir, job.id).state()),
         gpu_data_budget_bytes,
+        init_checkpoint,
     };
     Ok((work, phases, needs))
 }

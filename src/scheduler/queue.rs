@@ -36,6 +36,23 @@ pub(super) struct Queued {
     pub(super) pace_key: String,
     /// Its epochs in all phases.
     pub(super) epochs: u32,
+    /// The jobs it waits for (`after`, `init_from`) not known to have succeeded, in its spec's
+    /// order: it may start once this is empty.
+    pub(super) unmet: Vec<JobId>,
+    /// The job whose weights it starts from (`init_from`): that one must have succeeded before
+    /// it starts, with any executor (its weights file must be there).
+    pub(super) starts_from: Option<JobId>,
+}
+
+impl Queued {
+    /// Whether it may be planned: it waits for nothing; or, `slurm` being the executor, each job
+    /// it waits for runs in Slurm (which holds it with `--dependency=afterok`) except the one it
+    /// starts from, which must have succeeded.
+    pub(super) fn ready(&self, queue: &Queue, slurm: bool) -> bool {
+        self.unmet.is_empty()
+            || (slurm
+                && self.unmet.iter().all(|dep| Some(*dep) != self.starts_from && queue.dep_state(*dep) == Some(JobState::Running)))
+    }
 }
 
 impl Queued {
@@ -61,6 +78,8 @@ impl From<&Job> for Queued {
             memory_bytes: job.memory_bytes,
             pace_key: super::eta::similarity_key(&job.spec),
             epochs: job.spec.total_epochs(),
+            unmet: job.spec.waits_for(),
+            starts_from: job.spec.init_from.as_ref().map(|init| init.job),
         }
     }
 }
@@ -74,6 +93,21 @@ pub(super) struct Queue {
     max_seq: i64,
     /// Queued jobs per user: fair share's users without a walk over the queue.
     users: HashMap<String, usize>,
+    /// The jobs queued jobs wait for: each one's state once known, and who waits for it. Only
+    /// unmet waits are kept, so this is as large as the waiting, not every job ever chained.
+    deps: HashMap<JobId, Dependency>,
+    /// Queued jobs to fail because a job they wait for failed, was cancelled or is gone, with
+    /// the reason: the scheduler fails them before its next plan.
+    doomed: HashMap<JobId, String>,
+}
+
+/// A job that queued jobs wait for.
+#[derive(Debug, Default)]
+struct Dependency {
+    /// Its state, once read from the store or told by an event.
+    state: Option<JobState>,
+    /// The queued jobs waiting for it.
+    waiting: HashSet<JobId>,
 }
 
 impl Queue {
@@ -81,6 +115,8 @@ impl Queue {
     pub(super) fn replace(&mut self, jobs: Vec<Job>) {
         self.jobs.clear();
         self.users.clear();
+        self.deps.clear();
+        self.doomed.clear();
         self.seq_sum = 0;
         for job in jobs {
             self.insert(job);
@@ -98,16 +134,40 @@ impl Queue {
     }
 
     fn insert(&mut self, job: Job) {
-        let queued = Queued::from(&job);
+        let mut queued = Queued::from(&job);
+        if let Some(old) = self.jobs.remove(&job.id) {
+            self.forget(&old);
+        }
         self.seq_sum += queued.seq;
         self.max_seq = self.max_seq.max(queued.seq);
         *self.users.entry(queued.user.clone()).or_default() += 1;
-        if let Some(old) = self.jobs.insert(job.id, queued) {
-            self.forget(&old);
+        // Waits already met are dropped; the rest are known by the job they wait for.
+        let mut unmet = Vec::with_capacity(queued.unmet.len());
+        for dep in std::mem::take(&mut queued.unmet) {
+            let dependency = self.deps.entry(dep).or_default();
+            if dependency.state == Some(JobState::Succeeded) {
+                continue;
+            }
+            dependency.waiting.insert(job.id);
+            if let Some(state @ (JobState::Failed | JobState::Cancelled)) = dependency.state {
+                self.doomed.entry(job.id).or_insert_with(|| crate::domain::chain::dependency_failed(dep, state, None));
+            }
+            unmet.push(dep);
         }
+        queued.unmet = unmet;
+        self.jobs.insert(job.id, queued);
     }
 
     fn forget(&mut self, old: &Queued) {
+        for dep in &old.unmet {
+            if let Some(dependency) = self.deps.get_mut(dep) {
+                dependency.waiting.remove(&old.id);
+                if dependency.waiting.is_empty() {
+                    self.deps.remove(dep);
+                }
+            }
+        }
+        self.doomed.remove(&old.id);
         self.seq_sum -= old.seq;
         if let Some(count) = self.users.get_mut(&old.user) {
             *count -= 1;
@@ -126,6 +186,62 @@ impl Queue {
             }
             None => false,
         }
+    }
+
+    /// What became of a job queued jobs wait for: `None` when it does not exist. Its waiters may
+    /// start once it succeeded, and are doomed (see [`Queue::take_doomed`]) when it failed or was
+    /// cancelled. Jobs nobody waits for are ignored.
+    pub(super) fn settle(&mut self, dep: JobId, state: Option<JobState>, error: Option<&str>) {
+        let Some(dependency) = self.deps.get_mut(&dep) else { return };
+        match state {
+            Some(JobState::Succeeded) => {
+                let waiting = self.deps.remove(&dep).map(|dependency| dependency.waiting).unwrap_or_default();
+                for id in waiting {
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.unmet.retain(|unmet| *unmet != dep);
+                    }
+                }
+            }
+            Some(state @ (JobState::Failed | JobState::Cancelled)) => {
+                dependency.state = Some(state);
+                let reason = crate::domain::chain::dependency_failed(dep, state, error);
+                for id in &dependency.waiting {
+                    self.doomed.entry(*id).or_insert_with(|| reason.clone());
+                }
+            }
+            Some(state) => dependency.state = Some(state),
+            None => {
+                let reason = format!("job {dep} it waits for does not exist", dep = crate::domain::chain::short_id(dep));
+                for id in &dependency.waiting {
+                    self.doomed.entry(*id).or_insert_with(|| reason.clone());
+                }
+            }
+        }
+    }
+
+    /// The state a job queued jobs wait for was last seen in (`None`: not known yet, or nobody
+    /// waits for it).
+    pub(super) fn dep_state(&self, dep: JobId) -> Option<JobState> {
+        self.deps.get(&dep).and_then(|dependency| dependency.state)
+    }
+
+    /// The jobs queued jobs wait for whose state is not known yet: read from the store once.
+    pub(super) fn unknown_deps(&self) -> Vec<JobId> {
+        self.deps.iter().filter(|(_, dependency)| dependency.state.is_none()).map(|(id, _)| *id).collect()
+    }
+
+    /// Whether some queued job must fail because of a job it waits for.
+    pub(super) fn has_doomed(&self) -> bool {
+        !self.doomed.is_empty()
+    }
+
+    /// The queued jobs to fail and why, taken out of the queue.
+    pub(super) fn take_doomed(&mut self) -> Vec<(JobId, String)> {
+        let doomed: Vec<(JobId, String)> = self.doomed.drain().collect();
+        for (id, _) in &doomed {
+            self.remove(*id);
+        }
+        doomed
     }
 
     /// The queued jobs, in no particular order.
@@ -182,16 +298,20 @@ impl Pending {
         match &event.kind {
             EventKind::Queued { .. } => {
                 self.changed.insert(event.job_id);
+                queue.settle(event.job_id, Some(JobState::Queued), None);
             }
             // Claimed by this scheduler (already gone from the queue) or by no one else.
             EventKind::Started { .. } => {
                 self.changed.remove(&event.job_id);
                 queue.remove(event.job_id);
+                queue.settle(event.job_id, Some(JobState::Running), None);
             }
-            // A cancelled queued job leaves the line; a running job's end frees its device.
-            EventKind::Finished { .. } => {
+            // A cancelled queued job leaves the line; a running job's end frees its device, and
+            // lets the jobs waiting for it go (or fail).
+            EventKind::Finished { state, error } => {
                 self.changed.remove(&event.job_id);
                 queue.remove(event.job_id);
+                queue.settle(event.job_id, Some(*state), error.as_deref());
                 self.urgent = true;
             }
             EventKind::Epoch { .. } => self.etas = true,
@@ -216,6 +336,20 @@ impl Pending {
     /// Brings `queue` up to date with the store: whole after a reload, else the changed jobs.
     /// What fails to be read stays pending for the next try.
     pub(super) async fn catch_up(&mut self, store: &Store, queue: &mut Queue) -> Result<(), StoreError> {
+        self.catch_up_jobs(store, queue).await?;
+        // The jobs new waiters wait for, in one query; later changes come as events.
+        let unknown = queue.unknown_deps();
+        if !unknown.is_empty() {
+            let found: HashMap<JobId, Job> = store.jobs_with_ids(&unknown).await?.into_iter().map(|job| (job.id, job)).collect();
+            for id in unknown {
+                let job = found.get(&id);
+                queue.settle(id, job.map(|job| job.state), job.and_then(|job| job.error.as_deref()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn catch_up_jobs(&mut self, store: &Store, queue: &mut Queue) -> Result<(), StoreError> {
         if self.reload {
             queue.replace(store.jobs(Some(JobState::Queued)).await?);
             self.reload = false;
@@ -369,6 +503,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Jobs waiting for others are kept out of the plan until those succeed, and doomed when one
+    /// fails, whether the queue learns it from the store (a reload) or from an event.
+    #[tokio::test]
+    async fn waiting_jobs_go_when_what_they_wait_for_succeeds_and_are_doomed_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let new = |after: Vec<JobId>| {
+            let spec = JobSpec { after, ..spec() };
+            NewJob { id: JobId::new(), name: String::from("j"), spec, group_id: None, parent_id: None, params: None, notes: Vec::new(), owner: None, priority: 0, memory_bytes: 0 }
+        };
+        let (a, b) = (new(Vec::new()), new(Vec::new()));
+        let (waits_a, waits_both) = (new(vec![a.id]), new(vec![a.id, b.id]));
+        store.insert_jobs(&[a.clone(), b.clone(), waits_a.clone(), waits_both.clone()]).await.unwrap();
+        assert!(store.claim_job(a.id, "cpu0").await.unwrap());
+        let (mut queue, mut pending) = (Queue::default(), Pending::everything());
+        pending.catch_up(&store, &mut queue).await.unwrap();
+        assert_eq!(queue.get(waits_a.id).unwrap().unmet, [a.id]);
+        assert_eq!(queue.get(waits_both.id).unwrap().unmet, [a.id, b.id]);
+        // a succeeds: the job waiting for it alone may go; the other still waits for b.
+        assert!(store.finish_job(a.id, JobState::Succeeded, None).await.unwrap());
+        let event = |id, kind| crate::events::JobEvent { seq: 0, job_id: id, kind };
+        pending.note(&mut queue, &event(a.id, EventKind::Finished { state: JobState::Succeeded, error: None }));
+        assert!(queue.get(waits_a.id).unwrap().unmet.is_empty());
+        assert_eq!(queue.get(waits_both.id).unwrap().unmet, [b.id]);
+        assert!(!queue.has_doomed());
+        // b is cancelled: the job waiting for it is doomed with b named.
+        pending.note(&mut queue, &event(b.id, EventKind::Finished { state: JobState::Cancelled, error: None }));
+        let doomed = queue.take_doomed();
+        assert_eq!(doomed.len(), 1);
+        assert_eq!(doomed[0].0, waits_both.id);
+        assert!(doomed[0].1.contains(&b.id.to_string()[..8]) && doomed[0].1.contains("cancelled"), "{doomed:?}");
+        assert!(queue.get(waits_both.id).is_none(), "taken out of the queue");
+        // A queue read afresh learns the same from the store.
+        store.request_cancel(b.id).await.unwrap();
+        let (mut fresh, mut pending) = (Queue::default(), Pending::everything());
+        pending.catch_up(&store, &mut fresh).await.unwrap();
+        assert!(fresh.get(waits_a.id).unwrap().unmet.is_empty(), "a's success read from the store");
+        assert_eq!(fresh.take_doomed().into_iter().map(|(id, _)| id).collect::<Vec<_>>(), [waits_both.id]);
     }
 
     /// A change the events never told of is caught by the audit and repaired by a reload.

@@ -270,15 +270,69 @@ impl Store {
         };
         let mut inserted = Vec::with_capacity(jobs.len());
         if let [job] = jobs {
-            inserted.push(Job::try_from(insert(job).fetch_one(&self.pool).await?)?);
-            return Ok(inserted);
+            if job.spec.waits_for().is_empty() {
+                inserted.push(Job::try_from(insert(job).fetch_one(&self.pool).await?)?);
+                return Ok(inserted);
+            }
         }
         let mut transaction = self.pool.begin().await?;
         for job in jobs {
             inserted.push(Job::try_from(insert(job).fetch_one(&mut *transaction).await?)?);
+            Self::write_deps(&mut transaction, job.id, &job.spec.waits_for()).await?;
         }
         transaction.commit().await?;
         Ok(inserted)
+    }
+
+    /// Replaces the jobs `id` waits for in `job_deps` with `deps`.
+    async fn write_deps(transaction: &mut sqlx::SqliteConnection, id: JobId, deps: &[JobId]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM job_deps WHERE job_id = ?").bind(id.to_string()).execute(&mut *transaction).await?;
+        for dep in deps {
+            sqlx::query("INSERT OR IGNORE INTO job_deps (job_id, after_id) VALUES (?, ?)")
+                .bind(id.to_string())
+                .bind(dep.to_string())
+                .execute(&mut *transaction)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a queued job's spec by `spec` (the same with other `after`), and what it waits for
+    /// with it. False if it is no longer queued.
+    pub async fn set_waits(&self, id: JobId, spec: &JobSpec) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let result = sqlx::query("UPDATE jobs SET spec = ? WHERE id = ? AND state = 'queued'")
+            .bind(encode_spec(spec))
+            .bind(id.to_string())
+            .execute(&mut *transaction)
+            .await?;
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Self::write_deps(&mut transaction, id, &spec.waits_for()).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// What the queued jobs among `ids` wait for, by job: one step of a cycle check's walk (one
+    /// query per 500 ids, through `job_deps`' primary key).
+    pub async fn waits_of_queued(&self, ids: &[JobId]) -> Result<Vec<(JobId, JobId)>, StoreError> {
+        let mut edges = Vec::new();
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT d.job_id, d.after_id FROM job_deps d JOIN jobs j ON j.id = d.job_id \
+                 WHERE d.job_id IN ({marks}) AND j.state = 'queued'"
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for (job, dep) in query.fetch_all(&self.pool).await? {
+                edges.push((job.parse().map_err(|err| corrupt("job_id", err))?, dep.parse().map_err(|err| corrupt("after_id", err))?));
+            }
+        }
+        Ok(edges)
     }
 
     /// The jobs of a repeat group, in submission order.
@@ -429,7 +483,8 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a running job. False if it was not running.
+    /// Ends a running job; or fails a queued one (`Failed` only: a job it waits for failed). False
+    /// if it was in neither state.
     pub async fn finish_job(&self, id: JobId, state: JobState, error: Option<&str>) -> Result<bool, StoreError> {
         let outcome = match state {
             JobState::Succeeded => RunOutcome::Succeeded,
@@ -439,18 +494,21 @@ impl Store {
             JobState::Queued | JobState::Running => return Err(StoreError::IllegalTransition { from: JobState::Running, to: state }),
         };
         legal(JobState::Running, state)?;
+        // The states it may end from: a queued job only fails (it never ran, so it has no run).
+        let from_queued = JobState::Queued.can_become(state);
         let mut transaction = self.pool.begin().await?;
         // The last progress snapshot stays (where it stopped), but no longer claims an activity.
         let result = sqlx::query(
             "UPDATE jobs SET state = ?, error = ?, finished_at = ?, \
              progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', ?) END \
-             WHERE id = ? AND state = 'running'",
+             WHERE id = ? AND (state = 'running' OR (state = 'queued' AND ?))",
         )
         .bind(state.as_str())
         .bind(error)
         .bind(now_rfc3339())
         .bind(state.as_str())
         .bind(id.to_string())
+        .bind(from_queued)
         .execute(&mut *transaction)
         .await?;
         if result.rows_affected() != 1 {

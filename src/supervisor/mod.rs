@@ -616,6 +616,12 @@ impl Supervisor {
     pub async fn fail_unstarted(&self, id: JobId, reason: &str) {
         self.finish(id, JobState::Failed, Some(reason)).await;
     }
+
+    /// Fails a queued job that a job it waits for (`after`, `init_from`) failed or was
+    /// cancelled: the same durable end as any other, so everything that follows job ends sees it.
+    pub async fn fail_waiting(&self, id: JobId, reason: &str) {
+        self.finish(id, JobState::Failed, Some(reason)).await;
+    }
 }
 
 /// Writes a file the worker or Slurm reads, atomically (`storage::write_atomic`), off the runtime.

@@ -8,7 +8,7 @@
 use super::slurm::{self, SlurmConfig};
 use super::{write_file, JobLog, JobPaths, ProgressTracker, Supervisor};
 use crate::devices::DeviceSlot;
-use crate::domain::outcome::{decide, RunFacts, SlurmEnd, SlurmState};
+use crate::domain::outcome::{decide, Decision, RunFacts, RunOutcome, SlurmEnd, SlurmState};
 use crate::domain::progress::WorkerJob;
 use crate::domain::relay::{RelayBatch, Stream, WorkerExit};
 use crate::domain::{Job, JobId, JobSpec};
@@ -62,7 +62,8 @@ impl Supervisor {
             let text = slurm::batch_script(self.slurm(), &id.to_string(), &self.config.worker_program, &paths.worker_job());
             write_file(script.clone(), text).await.context("writing the batch script")?;
             let secret = crate::domain::user::new_token();
-            let slurm_id = slurm::submit(self.slurm(), &id.to_string(), &paths.dir, &script, &secret).await?;
+            let after = self.slurm_dependencies(&work.spec).await?;
+            let slurm_id = slurm::submit(self.slurm(), &id.to_string(), &paths.dir, &script, &secret, &after).await?;
             self.store.set_executor_ref(id, &slurm_id, &secret).await?;
             anyhow::Ok(slurm_id)
         }
@@ -80,6 +81,55 @@ impl Supervisor {
                 self.start_failed(id, &log, &err, &work, phases, &reason).await;
             }
         }
+    }
+
+    /// The Slurm ids of the jobs `spec` waits for that run in Slurm now (the scheduler claims a
+    /// waiting job in Slurm mode once each of them either succeeded or was handed to Slurm): what
+    /// `sbatch --dependency=afterok:` holds it behind.
+    async fn slurm_dependencies(&self, spec: &JobSpec) -> anyhow::Result<Vec<String>> {
+        let mut after = Vec::new();
+        for dep in spec.waits_for() {
+            let Some(job) = self.store.job(dep).await? else { continue };
+            match job.state {
+                crate::domain::JobState::Succeeded => {}
+                crate::domain::JobState::Running => match self.store.executor_ref(dep).await? {
+                    Some(slurm_id) => after.push(slurm_id),
+                    None => anyhow::bail!("job {dep} it waits for runs but has no Slurm job to wait for"),
+                },
+                other => anyhow::bail!("job {dep} it waits for is {other}, not in Slurm"),
+            }
+        }
+        Ok(after)
+    }
+
+    /// What becomes of a job Slurm holds with `DependencyNeverSatisfied`: it fails naming the
+    /// job it waits for that failed or was cancelled; it goes back to the queue when none did but
+    /// one went back there (trainq re-queued it, so its old Slurm job ended without succeeding);
+    /// `None` while one still runs in trainq (its end is being recorded): ask again later.
+    async fn dependency_ended(&self, spec: &JobSpec) -> Option<Decision> {
+        use crate::domain::JobState;
+        let mut still_running = false;
+        for dep in spec.waits_for() {
+            match self.store.job(dep).await {
+                Ok(Some(job)) if matches!(job.state, JobState::Failed | JobState::Cancelled) => {
+                    let error = job.error.as_deref().map(|error| error.lines().next().unwrap_or_default());
+                    let reason = crate::domain::chain::dependency_failed(dep, job.state, error);
+                    return Some(Decision { outcome: RunOutcome::Failed, reason: Some(reason), note: None, batch_size: None });
+                }
+                Ok(Some(job)) if job.state == JobState::Running => still_running = true,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = ?err, "reading a job it waits for failed");
+                    still_running = true;
+                }
+            }
+        }
+        (!still_running).then(|| Decision {
+            outcome: RunOutcome::Interrupted,
+            reason: None,
+            note: Some(String::from("a job it waits for went back to the queue; it waits for it again")),
+            batch_size: None,
+        })
     }
 
     /// After a restart: follow a job that Slurm kept running while this server was away.
@@ -131,6 +181,8 @@ impl Supervisor {
     async fn track(&self, id: JobId, slurm_id: String, remote: Arc<tokio::sync::Mutex<RemoteJob>>, token: CancellationToken) {
         let poll = self.slurm().poll;
         let mut cancel_sent = false;
+        // Slurm holds it behind a job that ended without succeeding: what becomes of it instead.
+        let mut dependency_ended: Option<Decision> = None;
         let mut failures = 0u32;
         let last = loop {
             if token.is_cancelled() && !cancel_sent {
@@ -141,6 +193,17 @@ impl Supervisor {
             }
             match slurm::job(&slurm_id).await {
                 Ok(Some(job)) if job.is_finished() => break Some(job),
+                Ok(Some(job)) if job.state == SlurmState::Pending && job.reason == slurm::DEPENDENCY_NEVER_SATISFIED => {
+                    if dependency_ended.is_none() {
+                        let spec = remote.lock().await.spec.clone();
+                        dependency_ended = self.dependency_ended(&spec).await;
+                        if dependency_ended.is_some() {
+                            if let Err(err) = slurm::cancel(&slurm_id).await {
+                                tracing::warn!(%err, "scancel failed");
+                            }
+                        }
+                    }
+                }
                 Ok(Some(job)) => {
                     failures = 0;
                     let activity = match job.state {
@@ -201,7 +264,7 @@ impl Supervisor {
             storage_attempts_left: retries.storage_attempts_left,
             disk: retries.disk.as_deref(),
         };
-        let decision = decide(&facts);
+        let decision = dependency_ended.unwrap_or_else(|| decide(&facts));
         let log = remote.log.clone();
         self.conclude(id, &log, &mut remote.tracker, decision, &spec, &format!("Slurm job {slurm_id} ended")).await;
     }

@@ -107,8 +107,14 @@ pub fn batch_script(config: &SlurmConfig, job_id: &str, worker: &Path, job_json:
     )
 }
 
-/// `sbatch`'s arguments for a job whose folder is `dir`.
-pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path) -> Vec<String> {
+/// The pending reason Slurm gives a job whose `afterok` dependency ended without succeeding (with
+/// `--kill-on-invalid-dep=no` it stays pending with it until cancelled).
+pub const DEPENDENCY_NEVER_SATISFIED: &str = "DependencyNeverSatisfied";
+
+/// `sbatch`'s arguments for a job whose folder is `dir`, to start only after the Slurm jobs
+/// `after` completed successfully (`--dependency=afterok:…`: the Slurm ids of the jobs it waits
+/// for that run in Slurm now).
+pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path, after: &[String]) -> Vec<String> {
     let mut args = vec![
         String::from("--parsable"),
         // The trainq id itself: `squeue -n <id>` finds the job even without its Slurm id.
@@ -133,13 +139,19 @@ pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path
     if config.gpus > 0 {
         args.push(format!("--gres=gpu:{}", config.gpus));
     }
+    if !after.is_empty() {
+        args.push(format!("--dependency=afterok:{}", after.join(":")));
+        // Left pending when a dependency fails, so trainq fails it with that job's reason and
+        // cancels it (Slurm's own kill would read as a cancel from outside trainq).
+        args.push(String::from("--kill-on-invalid-dep=no"));
+    }
     args.push(script.display().to_string());
     args
 }
 
 /// Submits; returns the Slurm job id.
-pub async fn submit(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path, secret: &str) -> Result<String, SlurmError> {
-    let args = sbatch_args(config, job_id, dir, script);
+pub async fn submit(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path, secret: &str, after: &[String]) -> Result<String, SlurmError> {
+    let args = sbatch_args(config, job_id, dir, script, after);
     let out = run("sbatch", &args, &[(crate::domain::relay::SECRET_VARIABLE, secret)]).await?;
     parse_sbatch(&out).ok_or_else(|| SlurmError { command: String::from("sbatch"), message: format!("unexpected answer `{}`", out.trim()) })
 }
@@ -200,7 +212,8 @@ mod tests {
 
     #[test]
     fn sbatch_gets_the_request_and_only_the_secret_by_name() {
-        let args = sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"));
+        let args = sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"), &[]);
+        assert!(!args.iter().any(|arg| arg.starts_with("--dependency")), "{args:?}");
         assert!(args.contains(&String::from("--parsable")));
         assert!(args.contains(&String::from("--job-name=abc")));
         assert!(args.contains(&String::from("--export=NONE,TRAINQ_JOB_SECRET")));
@@ -211,6 +224,15 @@ mod tests {
         let script = batch_script(&config(), "abc", Path::new("/opt/it's/trainq-worker"), Path::new("/shared/jobs/abc/job.json"));
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("exec '/opt/trainq/bin/trainq' relay --url 'http://head:8080' --job abc -- '/opt/it'\\''s/trainq-worker' run --job '/shared/jobs/abc/job.json'"), "{script}");
+    }
+
+    #[test]
+    fn jobs_it_waits_for_become_an_afterok_dependency_that_slurm_never_kills_on_its_own() {
+        let after = [String::from("41"), String::from("45")];
+        let args = sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"), &after);
+        assert!(args.contains(&String::from("--dependency=afterok:41:45")), "{args:?}");
+        assert!(args.contains(&String::from("--kill-on-invalid-dep=no")), "{args:?}");
+        assert_eq!(args.last().unwrap(), "/shared/jobs/abc/job.sbatch", "the script stays last");
     }
 
     #[test]

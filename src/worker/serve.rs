@@ -29,7 +29,7 @@ struct Request {
 pub fn serve(dir: &Path) -> anyhow::Result<()> {
     tch::set_num_threads(1);
     let spec: JobSpec = serde_json::from_slice(&std::fs::read(dir.join("spec.json"))?)?;
-    let mut network = Network::new(&spec, Device::Cpu);
+    let network = Network::new(&spec, Device::Cpu);
     network.load_checkpoint(&dir.join("final.safetensors"))?;
     let normaliser = Normaliser::new(spec.backbone, Device::Cpu);
     let stdout = std::io::stdout();

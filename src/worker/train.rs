@@ -129,6 +129,11 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         let ignored = network.load_backbone(weights).context("loading pretrained weights")?;
         eprintln!("loaded backbone weights from {} ({ignored} non-backbone tensors ignored)", weights.display());
     }
+    // `init_from`: another job's weights, backbone and head, over whatever `weights` gave.
+    if let Some(checkpoint) = &work.init_checkpoint {
+        let count = network.load_checkpoint(checkpoint).context("loading the weights of the job in init_from")?;
+        eprintln!("started from {} ({count} tensors)", checkpoint.display());
+    }
     if numerics.channels_last {
         let mut variables: Vec<Tensor> = network.vs.variables().into_values().collect();
         precision::set_channels_last(&mut variables);

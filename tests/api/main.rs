@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod cache;
+mod chains;
 mod client;
 #[path = "../common/mod.rs"]
 mod common;

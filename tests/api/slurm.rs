@@ -169,3 +169,43 @@ async fn a_restarted_server_reattaches_to_a_running_slurm_job_and_slurm_pending_
     app.wait_for_state(&waiting, "succeeded", WAIT).await;
     drop(temp);
 }
+
+/// `after` becomes `sbatch --dependency=afterok:` on the Slurm ids of the jobs waited for: Slurm
+/// holds the job (`Dependency`) until they complete; when one is cancelled instead, trainq fails
+/// the waiting job with that reason and cancels it in Slurm, never leaving it pending forever.
+#[tokio::test]
+async fn after_maps_to_a_slurm_dependency_that_holds_the_job_and_fails_it_with_the_first() {
+    if !cluster() {
+        return;
+    }
+    let (app, _) = slurm_app(1);
+    let after = |name: &str, epochs: u32, first: &str| {
+        let mut spec = long_spec(name, epochs);
+        spec["after"] = json!([first]);
+        spec
+    };
+    let held = |job: &Value| job["pending_reason"].as_str().is_some_and(|reason| reason == "pending in Slurm: Dependency");
+    let first = app.submit(&long_spec("first", 3)).await;
+    let second = app.submit(&after("second", 1, &first)).await;
+    let job = app.wait_for(&second, WAIT, held).await;
+    assert_eq!(job["state"], "running", "handed to Slurm, held there: {job:#}");
+    let (first_slurm, second_slurm) = (slurm_id(&app, &first).await, slurm_id(&app, &second).await);
+    let shown = Command::new("scontrol").args(["show", "job", "-o", &second_slurm]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&format!("Dependency=afterok:{first_slurm}")), "{shown}");
+    let job = app.wait_for(&second, WAIT, |job| job["state"] != "running").await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(app.get(&format!("/api/jobs/{first}")).await.1["state"], "succeeded");
+
+    let third = app.submit(&long_spec("third", 500)).await;
+    let fourth = app.submit(&after("fourth", 1, &third)).await;
+    app.wait_for(&fourth, WAIT, held).await;
+    let fourth_slurm = slurm_id(&app, &fourth).await;
+    let (status, _) = app.post(&format!("/api/jobs/{third}/cancel"), &json!({})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    let job = app.wait_for(&fourth, WAIT, |job| job["state"] != "running").await;
+    assert_eq!(job["state"], "failed", "{job:#}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with(&format!("job {}… it waits for was cancelled", &third[..8])), "{error}");
+    wait_until("squeue no longer lists the waiting job", || !in_squeue(&fourth_slurm)).await;
+}

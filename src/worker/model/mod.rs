@@ -338,11 +338,6 @@ impl Network {
         (map.to_device(Device::Cpu), probabilities)
     }
 
-    /// Loads every tensor (backbone and head) from a checkpoint this worker wrote.
-    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
-        self.vs.load(path).map_err(|err| anyhow::anyhow!("loading {}: {err}", path.display()))
-    }
-
     /// Every backbone tensor (parameters and batch-norm statistics) by name, sorted: what decides
     /// a frozen prefix's activations besides the input.
     pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
@@ -413,6 +408,46 @@ impl Network {
         Ok(file.keys().filter(|name| !variables.contains_key(*name)).count())
     }
 
+    /// Loads every tensor (backbone and head) from a checkpoint this worker wrote
+    /// (`final.safetensors`, `phaseN.safetensors`: the names `save_checkpoint` writes), for a
+    /// model served for predictions or a job started from another's weights (`init_from`). Strict:
+    /// each tensor must be there with its exact shape, and the file may hold nothing else, so a
+    /// network of another shape is refused with the first difference named. Returns the count.
+    pub fn load_checkpoint(&self, path: &std::path::Path) -> anyhow::Result<usize> {
+        let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|err| anyhow::anyhow!("reading {}: {err}", path.display()))?
+            .into_iter()
+            .collect();
+        let variables = self.vs.variables();
+        let mut missing: Vec<&String> = variables.keys().filter(|name| !file.contains_key(*name)).collect();
+        missing.sort();
+        if let Some(first) = missing.first() {
+            anyhow::bail!("{} lacks {} of this network's tensors, e.g. {first}: it was saved by a network of another shape", path.display(), missing.len());
+        }
+        let mut extra: Vec<&String> = file.keys().filter(|name| !variables.contains_key(*name)).collect();
+        extra.sort();
+        if let Some(first) = extra.first() {
+            anyhow::bail!("{} holds {} tensors this network does not have, e.g. {first}: it was saved by a network of another shape", path.display(), extra.len());
+        }
+        // In name order, so the difference named is always the same one.
+        let mut names: Vec<&String> = variables.keys().collect();
+        names.sort();
+        for name in names {
+            let (source, target) = (&file[name], &variables[name]);
+            anyhow::ensure!(
+                source.size() == target.size(),
+                "{}: {name} has shape {:?}, this network's is {:?}",
+                path.display(),
+                source.size(),
+                target.size()
+            );
+            let mut target = target.shallow_clone();
+            let source = source.to_kind(target.kind());
+            tch::no_grad(|| target.copy_(&source));
+        }
+        Ok(variables.len())
+    }
+
     /// Number of scalars in these tensors.
     pub fn count(tensors: &[Tensor]) -> i64 {
         tensors.iter().map(|t| t.numel() as i64).sum()
@@ -441,6 +476,34 @@ mod tests {
             backbone.name()
         );
         JobSpec::parse(json.as_bytes()).unwrap()
+    }
+
+    /// A job started from another's weights (`init_from`) gets every tensor, backbone and head,
+    /// and a network of another shape is refused naming the tensor.
+    #[test]
+    fn a_checkpoint_loads_whole_into_a_network_of_its_shape_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("final.safetensors");
+        tch::manual_seed(1);
+        let source = Network::new(&spec(Backbone::Vgg16, 32, "gap"), Device::Cpu);
+        crate::resume::write_safetensors(&file, source.vs.variables(), None).unwrap();
+        tch::manual_seed(2);
+        let started = Network::new(&spec(Backbone::Vgg16, 32, "gap"), Device::Cpu);
+        assert_ne!(started.vs.variables()["head.1.weight"], source.vs.variables()["head.1.weight"], "another seed");
+        assert_eq!(started.load_checkpoint(&file).unwrap(), source.vs.variables().len());
+        for (name, tensor) in source.vs.variables() {
+            assert_eq!(started.vs.variables()[&name], tensor, "{name}");
+        }
+        let wider = JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "weights": "random", "image_size": 32, "batch_size": 2,
+                "head": ["gap", {"dense": 8}, "batchnorm", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
+                "optimizer": {"name": "sgd", "lr": 0.1}}"#,
+        )
+        .unwrap();
+        let err = Network::new(&wider, Device::Cpu).load_checkpoint(&file).unwrap_err().to_string();
+        assert!(err.contains("head.1.bias has shape [4], this network's is [8]"), "{err}");
+        let err = started.load_checkpoint(&dir.path().join("gone.safetensors")).unwrap_err().to_string();
+        assert!(err.contains("gone.safetensors"), "{err}");
     }
 
     /// The worker's backbone tensors are exactly torchvision's, as the server's table lists them.
