@@ -56,6 +56,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Compare(args) => trainq::client::compare(&args.ids, args.csv, args.json).await,
         Command::Pull(args) => trainq::client::pull(&args.ids, &args.to).await,
         Command::Report(args) => trainq::client::report(&args.ids).await,
+        Command::Rm(args) => trainq::client::rm(&args.ids).await,
+        Command::Admin(args) => trainq::client::admin(args.command).await,
         Command::Completions(args) => {
             let mut command = <trainq::config::Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut command, "trainq", &mut std::io::stdout());

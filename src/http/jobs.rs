@@ -124,14 +124,24 @@ pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Res
     }
 }
 
-/// `GET /api/me`: who the token belongs to.
+/// `GET /api/me`: who the token belongs to, and their disk usage.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    #[serde(flatten)]
+    user: User,
+    #[serde(flatten)]
+    disk: super::lifecycle::DiskUsage,
+}
+
+/// `GET /api/me`: who the token belongs to, and the bytes their jobs hold.
 #[utoipa::path(
     get, path = "/api/me", tag = "users",
-    responses((status = 200, description = "the token's user", body = User)),
+    responses((status = 200, description = "the token's user, with `disk_bytes` (and `disk_quota_bytes` under a quota)", body = Me)),
     security(("bearer" = []))
 )]
-pub async fn me(Authed(user): Authed) -> Json<User> {
-    Json(user)
+pub async fn me(State(state): State<AppState>, Authed(user): Authed) -> Result<Json<Me>, ApiError> {
+    let disk = super::lifecycle::usage_of(&state, &user).await?;
+    Ok(Json(Me { user, disk }))
 }
 
 /// A spec error of one sweep combination, worded to name the combination (other errors as they are).
@@ -250,7 +260,7 @@ struct Lineage {
             headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
         (status = 403, description = "a field only admins may set (`priority`)", body = super::error::ErrorBody),
         (status = 422, description = "the spec is invalid: `detail.field` names the field", body = super::error::ErrorBody),
-        (status = 507, description = "the disk is full; nothing was queued", body = super::error::ErrorBody),
+        (status = 507, description = "the disk is full, or the caller's jobs hold their disk quota (`detail.quota_bytes`, `usage_bytes`, `largest_jobs`); nothing was queued", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -273,7 +283,7 @@ pub async fn submit(
         (status = 201, description = "queued, as `POST /api/jobs`", body = Submitted,
             headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
         (status = 422, description = "the patch is not an object, or makes the spec invalid", body = super::error::ErrorBody),
-        (status = 507, description = "the disk is full; nothing was queued", body = super::error::ErrorBody),
+        (status = 507, description = "the disk is full, or the caller's jobs hold their disk quota (`detail.quota_bytes`, `usage_bytes`, `largest_jobs`); nothing was queued", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -311,6 +321,7 @@ async fn enqueue(
 ) -> Result<Response, ApiError> {
     let variants = sweep::expand(body)?;
     check_limits(state, user, &variants).await?;
+    super::lifecycle::check_quota(state, user).await?;
     let mut checked = Vec::new();
     for variant in &variants {
         let spec = &variant.spec;

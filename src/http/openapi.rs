@@ -48,6 +48,9 @@ use utoipa::OpenApi;
         super::catalog::examples,
         super::catalog::devices,
         super::jobs::me,
+        super::lifecycle::delete,
+        super::lifecycle::usage,
+        super::lifecycle::gc,
         openapi_json,
         docs,
         super::health::live,
@@ -62,6 +65,7 @@ use utoipa::OpenApi;
         (name = "events", description = "live server-sent events"),
         (name = "catalog", description = "what jobs can use"),
         (name = "users", description = "who the token is"),
+        (name = "admin", description = "disk usage and gc, for admins"),
         (name = "health", description = "for load balancers and monitoring"),
         (name = "docs", description = "this description"),
     )
@@ -86,8 +90,12 @@ impl utoipa::Modify for Conventions {
         for (path, item) in openapi.paths.paths.iter_mut() {
             // `ids` of a comparison name jobs and groups too.
             let with_id = path.contains('{') || path.starts_with("/api/compare");
-            let operations = [(&mut item.get, false), (&mut item.post, true)];
-            for (operation, is_post) in operations {
+            // A deleted job's files answer 410; its page, curves, cancel and resubmit do not.
+            let files = path.starts_with("/api/jobs/{id}/")
+                && !["/cancel", "/resubmit", "/events", "/metrics"].iter().any(|end| path.ends_with(end));
+            let operations = [(&mut item.get, "get"), (&mut item.post, "post"), (&mut item.delete, "delete")];
+            for (operation, method) in operations {
+                let is_post = method == "post";
                 let Some(operation) = operation else { continue };
                 let mut common = vec![
                     ("400", "a malformed parameter, header or body: `detail.field` names it"),
@@ -97,6 +105,12 @@ impl utoipa::Modify for Conventions {
                 ];
                 if with_id {
                     common.push(("404", "no such job, group or file (someone else's job answers the same)"));
+                }
+                if files {
+                    common.push(("410", "the job's files were deleted (`detail.deleted_by`, `deleted_at`)"));
+                }
+                if method == "delete" {
+                    common.push(("507", "the disk is full: nothing was changed (reads keep working)"));
                 }
                 if is_post {
                     common.push(("413", "the body is over the limit"));

@@ -2,9 +2,11 @@
 //! migrations from `migrations/` applied at open.
 
 mod jobs;
+mod lifecycle;
 mod users;
 
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
+pub use lifecycle::{JobSize, Tombstone};
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
