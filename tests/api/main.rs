@@ -13,6 +13,7 @@ mod helpers;
 mod inception;
 mod inference;
 mod jobs;
+mod lifecycle;
 mod list;
 mod pytorch;
 mod results;
