@@ -9,6 +9,10 @@ ALTER TABLE jobs ADD COLUMN deleted_by TEXT;
 -- Bytes of the job's folder as last measured: when it ended, and again after a prune. 0 before
 -- the first measurement and after a delete.
 ALTER TABLE jobs ADD COLUMN disk_bytes INTEGER NOT NULL DEFAULT 0;
+-- Whether `disk_bytes` was measured since the job ended. Jobs that ended before this migration,
+-- and any whose end was recorded but not measured (the server died in between), are measured
+-- once at the next start, found through `jobs_unmeasured`.
+ALTER TABLE jobs ADD COLUMN disk_measured INTEGER NOT NULL DEFAULT 0;
 -- Set (Unix seconds) when gc or retention removed some of a live job's files and kept others
 -- (`--keep`), so retention never selects the job again.
 ALTER TABLE jobs ADD COLUMN pruned_at REAL;
@@ -30,3 +34,5 @@ CREATE INDEX jobs_live_by_end ON jobs (finished_at) WHERE deleted_at IS NULL;
 CREATE INDEX jobs_unpruned_by_end ON jobs (finished_at) WHERE deleted_at IS NULL AND pruned_at IS NULL;
 -- A quota's 507 names the user's largest jobs: read through this index, not by sorting them all.
 CREATE INDEX jobs_by_owner_size ON jobs (owner, disk_bytes) WHERE deleted_at IS NULL;
+-- The jobs a start measures: ended, not yet measured (the others never enter this index).
+CREATE INDEX jobs_unmeasured ON jobs (seq) WHERE disk_measured = 0 AND finished_at IS NOT NULL;

@@ -205,6 +205,36 @@ impl Lifecycle {
         Ok(entry)
     }
 
+    /// Measures, once, the folders of ended jobs whose size is not known (they ended before
+    /// sizes were kept, or the server died between a job's end and its measurement), 500 at a
+    /// time, so every user's usage counts them. Run in the background at start: each such job's
+    /// folder is walked once, and the next start finds none of them again.
+    pub async fn measure_unmeasured(self) {
+        let mut measured = 0u64;
+        loop {
+            let ids = match self.store.unmeasured_jobs(500).await {
+                Ok(ids) if ids.is_empty() => break,
+                Ok(ids) => ids,
+                Err(err) => {
+                    tracing::warn!(error = ?err, "reading the jobs to measure failed; the next start tries again");
+                    return;
+                }
+            };
+            for id in ids {
+                let dir = self.supervisor.job_paths(id).dir;
+                let bytes = tokio::task::spawn_blocking(move || crate::storage::prune::folder_bytes(&dir)).await.unwrap_or(0);
+                if let Err(err) = self.store.set_disk_bytes(id, bytes, None).await {
+                    tracing::warn!(job_id = %id, error = ?err, "recording a job's size failed; the next start tries again");
+                    return;
+                }
+                measured += 1;
+            }
+        }
+        if measured > 0 {
+            tracing::info!(jobs = measured, "measured the folders of jobs that ended before their sizes were kept");
+        }
+    }
+
     /// Retention: once a day (the first pass a minute after start), the jobs that ended more
     /// than `days` ago are pruned to `keep` (deleted when `None`). Each pass reads only jobs not
     /// deleted or pruned before (a partial index), so it does not walk the semester's jobs again

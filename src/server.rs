@@ -156,13 +156,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         events.clone(),
     ));
 
+    // Users' disk usage counts every ended job: those never measured are, once, in the background.
+    let lifecycle = crate::lifecycle::Lifecycle::new(store.clone(), supervisor.clone(), events.clone());
+    tokio::spawn(lifecycle.clone().measure_unmeasured());
     if config.retention_days > 0 {
         // An empty keep list deletes old jobs outright (tombstones); otherwise they are pruned.
         let keep = match config.retention_keep.trim() {
             "" => None,
             list => Some(crate::domain::lifecycle::KeepList::parse(&[list]).map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?),
         };
-        let lifecycle = crate::lifecycle::Lifecycle::new(store.clone(), supervisor.clone(), events.clone());
         tokio::spawn(lifecycle.retain(config.retention_days, keep));
     }
     let state = AppState {

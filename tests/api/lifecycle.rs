@@ -332,3 +332,20 @@ async fn checkpoints_choose_which_weights_files_a_real_job_keeps() {
         assert_eq!(weights(&artifacts), expected, "{artifacts}");
     }
 }
+
+/// Jobs that ended before their sizes were kept (or whose size a dead server never recorded) are
+/// measured once at the next start, so the usage counts them.
+#[tokio::test]
+async fn a_start_measures_the_jobs_that_ended_unmeasured() {
+    let temp = tempfile::tempdir().unwrap();
+    // Cancelled jobs of alice and bob, written straight into the database: never measured.
+    let ids = crate::helpers::seed_jobs(&temp.path().join("data"), 2, 0).await;
+    let artifacts = temp.path().join("data/jobs").join(&ids[0]).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("final.safetensors"), vec![0u8; 12_345]).unwrap();
+    let app = TestApp::spawn_in(temp.path(), Options::default());
+    let job = app.wait_for(&ids[0], WAIT, |job| job["disk_bytes"] == 12_345).await;
+    assert_eq!(job["owner"], "alice", "{job}");
+    assert_eq!(me(&app, "alice").await["disk_bytes"], 12_345);
+    assert_eq!(me(&app, "bob").await["disk_bytes"], 0, "a job without a folder holds nothing");
+}
