@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A fake worker that writes what a real job leaves behind (sizes in bytes): the final weights
 /// (200,000), a phase checkpoint (300,000), a plot (1,000) and the resumable state (500,000),
 /// then reports success. A job named `sleep` runs until stopped.
-const FILE_WRITING_WORKER: &str = r#"
+pub(crate) const FILE_WRITING_WORKER: &str = r#"
 if grep -q '"name": "sleep"' "$3"; then exec sleep 60; fi
 dir=$(dirname "$3")
 mkdir -p "$dir/artifacts/plots" "$dir/state"
