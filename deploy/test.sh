@@ -44,4 +44,10 @@ if [ ! -x "$SCHEMATHESIS_VENV/bin/st" ]; then
     python3 -m venv "$SCHEMATHESIS_VENV"
     "$SCHEMATHESIS_VENV/bin/pip" install -q 'schemathesis>=4.32,<5'
 fi
+# aiosmtpd (PyPI) is the real SMTP server the notification tests send email to (tests/api/notify.rs).
+AIOSMTPD_VENV="$HOME/.cache/trainq/aiosmtpd"
+if [ ! -x "$AIOSMTPD_VENV/bin/python" ] || ! "$AIOSMTPD_VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    python3 -m venv "$AIOSMTPD_VENV"
+    "$AIOSMTPD_VENV/bin/pip" install -q 'aiosmtpd>=1.4,<2'
+fi
 cargo test --no-fail-fast "$@"

@@ -65,6 +65,9 @@ pub enum Command {
     Report(JobsArg),
     /// Shell completions: `trainq completions bash > /etc/bash_completion.d/trainq`.
     Completions(CompletionsArgs),
+    /// Where your job notifications go: an email address and/or a signed webhook (without
+    /// flags: show them). A job's spec picks the ends (`"notify": ["succeeded", "failed"]`).
+    Notify(NotifyArgs),
     /// Delete finished jobs' files (queued or running ones: cancel first); their rows stay,
     /// marked deleted.
     Rm(JobsArg),
@@ -106,6 +109,24 @@ pub struct GcArgs {
     /// The server's answer as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `trainq notify`.
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Email notifications to this address.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// POST notifications (JSON, signed) to this http(s) URL; needs --webhook-secret.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// The webhook's signing secret, 16+ characters (e.g. `openssl rand -hex 32`); each POST
+    /// carries `X-Trainq-Signature: sha256=<HMAC-SHA256 of the body>`.
+    #[arg(long, env = "TRAINQ_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Stop all notifications (removes the email and the webhook).
+    #[arg(long)]
+    pub off: bool,
 }
 
 /// The spec edits `submit` and `redo` share.
@@ -280,6 +301,9 @@ pub enum UserCommand {
         /// Admins act on every job and may set a job's priority.
         #[arg(long)]
         admin: bool,
+        /// Where the user's job notifications go (they can change it with `trainq notify`).
+        #[arg(long)]
+        email: Option<String>,
     },
     /// Replace a user's token (the old one stops working) and print the new one.
     Token {
@@ -439,8 +463,8 @@ pub struct ServeConfig {
     /// Slurm: seconds between reads of a job's Slurm state.
     #[arg(long, env = "TRAINQ_SLURM_POLL_SECS", default_value_t = 5.0)]
     pub slurm_poll_secs: f64,
-    /// The URL compute nodes reach this server at (workers report there). Default: http:// and
-    /// the address it listens on.
+    /// The URL compute nodes reach this server at (workers report there), and the base of the
+    /// dashboard links in notifications. Default: http:// and the address it listens on.
     #[arg(long, env = "TRAINQ_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Folder for job folders and the shared cache, visible at the same path on compute nodes
@@ -475,6 +499,23 @@ pub struct ServeConfig {
     /// (as `trainq admin gc --keep`); empty: delete the whole job (a tombstone stays).
     #[arg(long, env = "TRAINQ_RETENTION_KEEP", default_value = crate::domain::lifecycle::DEFAULT_RETENTION_KEEP)]
     pub retention_keep: String,
+    /// Notifications: the SMTP server emails go through, credentials in the URL:
+    /// `smtps://user:password@mail.example.org` (TLS), `smtp://mail.example.org:587?tls=required`
+    /// (STARTTLS), `smtp://localhost:25` (a local relay, unencrypted). Default: no email (webhooks
+    /// still go out; emails wait and fail, visible to the admin).
+    #[arg(long, env = "TRAINQ_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// Notifications: the emails' sender, e.g. `trainq <trainq@gpubox.example.org>`.
+    #[arg(long, env = "TRAINQ_SMTP_FROM", default_value = "trainq <trainq@localhost>")]
+    pub smtp_from: String,
+    /// Notifications: seconds before a failed delivery's first retry; each later retry waits
+    /// twice as long (at most an hour).
+    #[arg(long, env = "TRAINQ_NOTIFY_RETRY_SECS", default_value_t = 30.0)]
+    pub notify_retry_secs: f64,
+    /// Notifications: attempts before a delivery is given up (`failed`, listed for the admin at
+    /// `GET /api/admin/notifications?state=failed`).
+    #[arg(long, env = "TRAINQ_NOTIFY_MAX_ATTEMPTS", default_value_t = 12)]
+    pub notify_max_attempts: u32,
 }
 
 /// `trainq demo-data`.

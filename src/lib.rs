@@ -23,6 +23,8 @@ pub mod fetch_weights;
 pub mod http;
 /// Test-set metrics: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
 pub mod metrics;
+/// Notifications of jobs' ends: the outbox's delivery by email (SMTP) and signed webhooks.
+pub mod notify;
 /// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
 pub mod plots;
 /// The HW report: one self-contained HTML page of experiments' specs, tables, curves and heatmaps.

@@ -58,6 +58,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(args) => trainq::client::report(&args.ids).await,
         Command::Rm(args) => trainq::client::rm(&args.ids).await,
         Command::Admin(args) => trainq::client::admin(args.command).await,
+        Command::Notify(args) => {
+            let change = trainq::client::NotifyChange { email: args.email, webhook: args.webhook, secret: args.webhook_secret, off: args.off };
+            trainq::client::notify(&change).await
+        }
         Command::Completions(args) => {
             let mut command = <trainq::config::Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut command, "trainq", &mut std::io::stdout());

@@ -155,6 +155,21 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         settings,
         events.clone(),
     ));
+    // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
+    let mailer = match &config.smtp_url {
+        Some(url) => Some(crate::notify::email::Mailer::new(url, &config.smtp_from)?),
+        None => None,
+    };
+    tokio::spawn(crate::notify::run(
+        store.clone(),
+        events.clone(),
+        crate::notify::NotifierSettings {
+            mailer,
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
+            retry_base: Duration::from_secs_f64(config.notify_retry_secs.max(0.05)),
+            max_attempts: config.notify_max_attempts.max(1),
+        },
+    ));
 
     // Users' disk usage counts every ended job: those never measured are, once, in the background.
     let lifecycle = crate::lifecycle::Lifecycle::new(store.clone(), supervisor.clone(), events.clone());
@@ -210,13 +225,20 @@ pub async fn user_command(args: crate::config::UserArgs) -> anyhow::Result<()> {
     let data_dir = absolute_dir(&args.data_dir)?;
     let store = Store::open(&data_dir).await.context("opening the database")?;
     match args.command {
-        UserCommand::Add { name, admin } => {
+        UserCommand::Add { name, admin, email } => {
             check_name(&name).map_err(anyhow::Error::msg)?;
+            if let Some(email) = &email {
+                crate::domain::notify_target::check_email(email).map_err(|message| anyhow::anyhow!("--email: {message}"))?;
+            }
             let token = new_token();
             anyhow::ensure!(
                 store.add_user(&name, admin, &token).await?,
                 "user `{name}` exists; `trainq user token {name}` gives them a new token"
             );
+            if let Some(email) = email {
+                let change = crate::store::NotifyTargetsChange { email: Some(Some(email)), webhook: None };
+                store.set_notify_targets(&name, &change).await?;
+            }
             eprintln!("created {} `{name}`; their token (shown once, only its hash is kept):", if admin { "admin" } else { "user" });
             println!("{token}");
         }

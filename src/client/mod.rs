@@ -5,12 +5,14 @@
 //! `--set` is refused before any request.
 
 mod lifecycle;
+mod notify;
 mod pull;
 mod submit;
 mod table;
 mod watch;
 
 pub use lifecycle::{admin, rm};
+pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use submit::{redo, submit, SubmitOptions};
 pub use watch::watch;

@@ -8,6 +8,8 @@ pub mod job;
 pub mod examples;
 pub mod backbone;
 pub mod memory;
+/// Where a user's notifications go: the email address and webhook checks.
+pub mod notify_target;
 /// How a run ended: the one decision both executors share.
 pub mod outcome;
 pub mod progress;

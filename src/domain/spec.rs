@@ -393,6 +393,10 @@ pub struct JobSpec {
     /// in the job) instead of failing it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub retry_on_oom: bool,
+    /// Which of the job's ends send its owner a message (email and/or webhook, whichever they
+    /// set with `PUT /api/me`): `["succeeded", "failed"]` when absent, `[]` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<NotifyEvent>>,
     /// Which weights files the job keeps: `final` (only `final.safetensors`), `phases` (also
     /// `phaseN.safetensors` after each phase but the last; the default) or `all` (also
     /// `phaseN-epochEE.safetensors` after every epoch).
@@ -440,6 +444,18 @@ impl Checkpoints {
             Checkpoints::All => epochs.iter().map(|&count| u64::from(count.max(1))).sum(),
         }
     }
+}
+
+/// A job end its owner may be told about (the spec's `notify` list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyEvent {
+    /// The job succeeded.
+    Succeeded,
+    /// The job failed.
+    Failed,
+    /// The job was cancelled.
+    Cancelled,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -944,5 +960,19 @@ mod tests {
         let three = with(|v| v["head"][5] = serde_json::json!({"dense": 3})).unwrap();
         three.check_classes(3).unwrap();
         assert!(three.check_classes(2).is_err());
+    }
+
+    #[test]
+    fn notify_lists_ends_and_names_the_choices_otherwise() {
+        assert_eq!(with(|_| {}).unwrap().notify, None, "absent: the default (succeeded and failed)");
+        let spec = with(|value| value["notify"] = serde_json::json!(["failed", "cancelled"])).unwrap();
+        assert_eq!(spec.notify, Some(vec![NotifyEvent::Failed, NotifyEvent::Cancelled]));
+        assert_eq!(with(|value| value["notify"] = serde_json::json!([])).unwrap().notify, Some(Vec::new()));
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["notify"], serde_json::json!(["failed", "cancelled"]), "the store reads the list back as sent");
+        let err = with(|value| value["notify"] = serde_json::json!(["done"])).unwrap_err();
+        assert_eq!(err.field, "notify[0]");
+        assert!(err.message.contains("succeeded") && err.message.contains("cancelled"), "{}", err.message);
+        assert_eq!(with(|value| value["notify"] = serde_json::json!("failed")).unwrap_err().field, "notify");
     }
 }

@@ -124,26 +124,6 @@ pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Res
     }
 }
 
-/// `GET /api/me`: who the token belongs to, and their disk usage.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Me {
-    #[serde(flatten)]
-    user: User,
-    #[serde(flatten)]
-    disk: super::lifecycle::DiskUsage,
-}
-
-/// `GET /api/me`: who the token belongs to, and the bytes their jobs hold.
-#[utoipa::path(
-    get, path = "/api/me", tag = "users",
-    responses((status = 200, description = "the token's user, with `disk_bytes` (and `disk_quota_bytes` under a quota)", body = Me)),
-    security(("bearer" = []))
-)]
-pub async fn me(State(state): State<AppState>, Authed(user): Authed) -> Result<Json<Me>, ApiError> {
-    let disk = super::lifecycle::usage_of(&state, &user).await?;
-    Ok(Json(Me { user, disk }))
-}
-
 /// A spec error of one sweep combination, worded to name the combination (other errors as they are).
 fn in_combination(variant: &Variant, err: ApiError) -> ApiError {
     match err {

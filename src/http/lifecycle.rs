@@ -88,7 +88,7 @@ pub async fn delete(State(state): State<AppState>, Authed(user): Authed, Path(id
 }
 
 /// A user's disk: the bytes of their live jobs' folders and the quota, if any.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DiskUsage {
     /// Bytes of their live jobs' folders, each measured when the job ended.
     pub disk_bytes: u64,

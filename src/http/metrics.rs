@@ -145,6 +145,15 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         None,
         [(Labels::new(), i64::from(state.disk.reserve_held()))],
     );
+    // Notifications owed and given up: two counts over the outbox index's small ranges.
+    let (pending, failed) = state.store.notification_backlog().await?;
+    gauges::<i64, AtomicI64>(
+        &mut registry,
+        "trainq_notifications",
+        "Job notifications (email, webhook) still to deliver (pending) and given up after every retry (failed; GET /api/admin/notifications?state=failed)",
+        None,
+        [(vec![("state", String::from("pending"))], pending), (vec![("state", String::from("failed"))], failed)],
+    );
     let format = negotiate(&headers);
     Ok(([(header::CONTENT_TYPE, format.content_type())], state.telemetry.encode(&registry, format)))
 }

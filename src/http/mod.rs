@@ -15,6 +15,7 @@ mod inference;
 mod job_list;
 mod jobs;
 mod lifecycle;
+mod me;
 mod metrics;
 mod openapi;
 mod outputs;
@@ -127,7 +128,8 @@ pub fn router(state: AppState) -> Router {
         .route("/backbones", get(catalog::backbones))
         .route("/examples", get(catalog::examples))
         .route("/devices", get(catalog::devices))
-        .route("/me", get(jobs::me))
+        .route("/me", get(me::me).put(me::update_me))
+        .route("/admin/notifications", get(me::admin_notifications))
         .route("/admin/usage", get(lifecycle::usage))
         .route("/admin/gc", post(lifecycle::gc))
         .route("/openapi.json", get(openapi::openapi_json))

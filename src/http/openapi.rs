@@ -47,7 +47,9 @@ use utoipa::OpenApi;
         super::catalog::backbones,
         super::catalog::examples,
         super::catalog::devices,
-        super::jobs::me,
+        super::me::me,
+        super::me::update_me,
+        super::me::admin_notifications,
         super::lifecycle::delete,
         super::lifecycle::usage,
         super::lifecycle::gc,
@@ -64,7 +66,7 @@ use utoipa::OpenApi;
         (name = "results", description = "a job's metrics, plots, log, files and model"),
         (name = "events", description = "live server-sent events"),
         (name = "catalog", description = "what jobs can use"),
-        (name = "users", description = "who the token is"),
+        (name = "users", description = "who the token is, where their notifications go; the admin's outbox"),
         (name = "admin", description = "disk usage and gc, for admins"),
         (name = "health", description = "for load balancers and monitoring"),
         (name = "docs", description = "this description"),
@@ -93,9 +95,10 @@ impl utoipa::Modify for Conventions {
             // A deleted job's files answer 410; its page, curves, cancel and resubmit do not.
             let files = path.starts_with("/api/jobs/{id}/")
                 && !["/cancel", "/resubmit", "/events", "/metrics"].iter().any(|end| path.ends_with(end));
-            let operations = [(&mut item.get, "get"), (&mut item.post, "post"), (&mut item.delete, "delete")];
+            let operations = [(&mut item.get, "get"), (&mut item.post, "post"), (&mut item.put, "put"), (&mut item.delete, "delete")];
             for (operation, method) in operations {
-                let is_post = method == "post";
+                // A body's answers (413, 415, 507) for the methods that take one.
+                let is_post = method == "post" || method == "put";
                 let Some(operation) = operation else { continue };
                 let mut common = vec![
                     ("400", "a malformed parameter, header or body: `detail.field` names it"),

@@ -176,6 +176,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/examples"),
     ("get", "/api/devices"),
     ("get", "/api/me"),
+    ("put", "/api/me"),
+    ("get", "/api/admin/notifications"),
     ("get", "/api/openapi.json"),
     ("get", "/api/docs"),
     ("get", "/healthz"),

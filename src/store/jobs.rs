@@ -471,6 +471,7 @@ impl Store {
             return Ok(false);
         }
         Self::close_run(&mut transaction, &id.to_string(), outcome).await?;
+        super::notifications::enqueue_for_end(&mut transaction, &id.to_string()).await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -660,16 +661,20 @@ impl Store {
     /// Cancels a queued job at once, or marks a running one for stopping.
     pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
         legal(JobState::Queued, JobState::Cancelled)?;
+        let mut transaction = self.pool.begin().await?;
         let cancelled = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ? AND state = 'queued'",
         )
         .bind(now_rfc3339())
         .bind(id.to_string())
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
         if cancelled.rows_affected() == 1 {
+            super::notifications::enqueue_for_end(&mut transaction, &id.to_string()).await?;
+            transaction.commit().await?;
             return Ok(CancelOutcome::CancelledWhileQueued);
         }
+        drop(transaction);
         let marked = sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
             .bind(id.to_string())
             .execute(&self.pool)
@@ -689,14 +694,17 @@ impl Store {
         legal(JobState::Running, JobState::Queued)?;
         let mut transaction = self.pool.begin().await?;
         // A cancel that was under way when the server died is honoured now.
-        sqlx::query(
+        let cancelled: Vec<(String,)> = sqlx::query_as(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, \
              progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', 'cancelled') END \
-             WHERE state = 'running' AND cancel_requested = 1",
+             WHERE state = 'running' AND cancel_requested = 1 RETURNING id",
         )
         .bind(now_rfc3339())
-        .execute(&mut *transaction)
+        .fetch_all(&mut *transaction)
         .await?;
+        for (cancelled_id,) in &cancelled {
+            super::notifications::enqueue_for_end(&mut transaction, cancelled_id).await?;
+        }
         // Jobs handed to Slurm keep running there without us: they are re-attached, not re-queued.
         let rows: Vec<(String,)> = sqlx::query_as(
             "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL \

@@ -3,10 +3,12 @@
 
 mod jobs;
 mod lifecycle;
+mod notifications;
 mod users;
 
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use lifecycle::{JobSize, Tombstone};
+pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -4,6 +4,8 @@ mod auth;
 mod browser;
 mod cache;
 mod client;
+#[path = "../common/mod.rs"]
+mod common;
 mod conventions;
 mod crash;
 mod disk;
@@ -15,6 +17,7 @@ mod inference;
 mod jobs;
 mod lifecycle;
 mod list;
+mod notify;
 mod pytorch;
 mod results;
 mod recovery;

@@ -46,7 +46,12 @@ impl Reply {
 /// Serves every connection on 127.0.0.1:<free port> with `handle`; returns the base URL. The
 /// thread ends with the test process.
 pub fn serve(handle: impl Fn(Request) -> Reply + Send + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").unwrap(), handle)
+}
+
+/// Serves every connection on `listener` with `handle` (a test that needs its port known before
+/// the server is up binds it itself); returns the base URL.
+pub fn serve_on(listener: TcpListener, handle: impl Fn(Request) -> Reply + Send + 'static) -> String {
     let base = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
