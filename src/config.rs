@@ -68,6 +68,47 @@ pub enum Command {
     /// Where your job notifications go: an email address and/or a signed webhook (without
     /// flags: show them). A job's spec picks the ends (`"notify": ["succeeded", "failed"]`).
     Notify(NotifyArgs),
+    /// Delete finished jobs' files (queued or running ones: cancel first); their rows stay,
+    /// marked deleted.
+    Rm(JobsArg),
+    /// Admin commands against the server (need an admin's token).
+    Admin(AdminArgs),
+}
+
+/// `trainq admin`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// The `trainq admin` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Free the disk of finished jobs that ended long ago: delete them (their rows stay, marked
+    /// deleted), or with `--keep` remove only the files not listed.
+    Gc(GcArgs),
+    /// Every user's disk usage (bytes of their job folders) and the quota.
+    Usage,
+}
+
+/// `trainq admin gc`.
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    /// Jobs that ended longer ago than this: `30d`, `12h`, `90m`.
+    #[arg(long)]
+    pub older_than: String,
+    /// Keep these files of each job and remove the rest (comma-separated names, folders or `*`
+    /// patterns, e.g. `final.safetensors,metrics.json,plots`); without it the jobs are deleted.
+    #[arg(long, value_delimiter = ',')]
+    pub keep: Vec<String>,
+    /// Only list what would go and how many bytes it would free.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `trainq notify`.
@@ -453,6 +494,19 @@ pub struct ServeConfig {
     /// Largest image side a job may ask for (`image_size`, or `max_image_side` with variable size).
     #[arg(long, env = "TRAINQ_MAX_IMAGE_SIDE", default_value_t = 1024)]
     pub max_image_side: u32,
+    /// Most disk (GB, fractions allowed) one user's job folders may hold: at or over it, their
+    /// submits answer 507 naming the quota, their usage and their largest jobs. Admins are
+    /// exempt. Default: no quota.
+    #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB")]
+    pub max_disk_per_user_gb: Option<f64>,
+    /// Once a day, prune (or with an empty `--retention-keep`, delete) finished jobs that ended
+    /// more than this many days ago. 0: off.
+    #[arg(long, env = "TRAINQ_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u32,
+    /// What retention keeps of an old job: comma-separated file names, folders or `*` patterns
+    /// (as `trainq admin gc --keep`); empty: delete the whole job (a tombstone stays).
+    #[arg(long, env = "TRAINQ_RETENTION_KEEP", default_value = crate::domain::lifecycle::DEFAULT_RETENTION_KEEP)]
+    pub retention_keep: String,
     /// Notifications: the SMTP server emails go through, credentials in the URL:
     /// `smtps://user:password@mail.example.org` (TLS), `smtp://mail.example.org:587?tls=required`
     /// (STARTTLS), `smtp://localhost:25` (a local relay, unencrypted). Default: no email (webhooks

@@ -65,6 +65,12 @@ pub enum EventKind {
         /// can skip the lines it already has.
         offset: u64,
     },
+    /// A finished job's files were deleted (`DELETE /api/jobs/{id}`, gc, retention); its row
+    /// stays with `deleted_at` and `deleted_by`.
+    Deleted {
+        /// A user name, or `gc` / `retention`.
+        by: String,
+    },
 }
 
 impl EventKind {
@@ -78,6 +84,7 @@ impl EventKind {
             EventKind::CancelRequested => "cancel_requested",
             EventKind::Finished { .. } => "finished",
             EventKind::Log { .. } => "log",
+            EventKind::Deleted { .. } => "deleted",
         }
     }
 }

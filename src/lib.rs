@@ -43,3 +43,5 @@ pub mod store;
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
 pub mod telemetry;
+/// Finished jobs' lifecycle: delete (tombstones), gc and daily retention, per-user disk usage.
+pub mod lifecycle;

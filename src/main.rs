@@ -56,6 +56,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Compare(args) => trainq::client::compare(&args.ids, args.csv, args.json).await,
         Command::Pull(args) => trainq::client::pull(&args.ids, &args.to).await,
         Command::Report(args) => trainq::client::report(&args.ids).await,
+        Command::Rm(args) => trainq::client::rm(&args.ids).await,
+        Command::Admin(args) => trainq::client::admin(args.command).await,
         Command::Notify(args) => {
             let change = trainq::client::NotifyChange { email: args.email, webhook: args.webhook, secret: args.webhook_secret, off: args.off };
             trainq::client::notify(&change).await

@@ -171,6 +171,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         },
     ));
 
+    // Users' disk usage counts every ended job: those never measured are, once, in the background.
+    let lifecycle = crate::lifecycle::Lifecycle::new(store.clone(), supervisor.clone(), events.clone());
+    tokio::spawn(lifecycle.clone().measure_unmeasured());
+    if config.retention_days > 0 {
+        // An empty keep list deletes old jobs outright (tombstones); otherwise they are pruned.
+        let keep = match config.retention_keep.trim() {
+            "" => None,
+            list => Some(crate::domain::lifecycle::KeepList::parse(&[list]).map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?),
+        };
+        tokio::spawn(lifecycle.retain(config.retention_days, keep));
+    }
     let state = AppState {
         store,
         scheduler: scheduler_handle,
@@ -185,6 +196,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             max_epochs: config.max_epochs,
             max_image_side: config.max_image_side,
             half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
+            max_disk_bytes_per_user: config.max_disk_per_user_gb.map(|gb| (gb.max(0.0) * 1e9) as u64),
         }),
         tokens: Arc::default(),
         telemetry,

@@ -703,6 +703,7 @@ function connectQueue() {
       started: scheduleRefresh,
       cancel_requested: scheduleRefresh,
       finished: scheduleRefresh,
+      deleted: scheduleRefresh,
       // Only rows on the page matter; a job off the page shows up when its state changes.
       progress: (event) => {
         const job = queue.rows.get(event.job_id);
@@ -759,8 +760,11 @@ function renderDetailJob() {
     ...fact('Attempts', String(job.attempts ?? '—')),
     ...fact('Submitted', when(job.submitted_at)),
     ...fact('Started', when(job.started_at)),
-    ...fact('Finished', when(job.finished_at)));
+    ...fact('Finished', when(job.finished_at)),
+    ...(job.disk_bytes ? fact('Disk', bytesText(job.disk_bytes)) : []),
+    ...(job.deleted_at ? fact('Deleted', `${when(job.deleted_at * 1000)} by ${job.deleted_by ?? '?'}: its files are gone`) : []));
   $('cancel-button').hidden = !(CANCELLABLE.has(job.state) && detail.access === 'open');
+  $('delete-button').hidden = !(TERMINAL.has(job.state) && !job.deleted_at && detail.access === 'open');
   $('detail-error-box').hidden = !job.error;
   $('detail-error').textContent = job.error ?? '';
   $('job-spec').textContent = JSON.stringify(job.spec, null, 2);
@@ -973,7 +977,7 @@ function clearDetail() {
   }
   $('metrics-table').tBodies[0].replaceChildren();
   showResult($('cancel-result'), '', []);
-  for (const id of ['detail-error-box', 'cancel-button', 'detail-message', 'group-box']) $(id).hidden = true;
+  for (const id of ['detail-error-box', 'cancel-button', 'delete-button', 'detail-message', 'group-box']) $(id).hidden = true;
   drawCharts();
 }
 
@@ -985,6 +989,7 @@ function lockDetail(access) {
   detail.stream = null;
   $('detail-private').hidden = true;
   $('cancel-button').hidden = true;
+  $('delete-button').hidden = true;
   const owner = detail.job?.owner ?? 'someone else';
   showResult($('detail-locked'), 'notice', access === 'signed-out'
     ? ['Sign in to see this job’s metrics, plots, log and artifacts. ',
@@ -1040,6 +1045,7 @@ function followJob(id) {
       started: () => refreshDetailJob().catch(setConnection),
       cancel_requested: () => refreshDetailJob().catch(setConnection),
       finished: () => refreshDetailJob().catch(setConnection),
+      deleted: () => refreshDetailJob().catch(setConnection),
     },
   });
 }
@@ -1090,6 +1096,36 @@ async function cancelJob() {
     else showResult(out, 'error', ['Cancel failed: ', ...errorNodes(answer)]);
   } catch (err) {
     showResult(out, 'error', `Cancel failed: ${err.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// Deleting removes a finished job's files (checkpoints, plots, log); its row stays, marked deleted.
+async function deleteJob() {
+  const id = detail.id;
+  const job = detail.job;
+  if (!job) return;
+  const size = job.disk_bytes ? ` (${bytesText(job.disk_bytes)})` : '';
+  if (!window.confirm(`Delete job “${job.name}”? Its checkpoints, plots and log${size} are removed for good; its row and metrics stay.`)) return;
+  const button = $('delete-button');
+  const out = $('cancel-result');
+  button.disabled = true;
+  showResult(out, '', 'Deleting…');
+  try {
+    const answer = await api(`/api/jobs/${enc(id)}`, { method: 'DELETE' });
+    if (id !== detail.id) return;
+    if (!answer.ok) {
+      showResult(out, 'error', ['Delete failed: ', ...errorNodes(answer)]);
+      return;
+    }
+    showResult(out, 'ok', `Deleted: ${bytesText(answer.body.freed_bytes ?? 0)} freed.`);
+    detail.job = answer.body;
+    renderDetailJob();
+    checkToken().catch(setConnection);
+    scheduleRefresh();
+  } catch (err) {
+    showResult(out, 'error', `Delete failed: ${err.message}`);
   } finally {
     button.disabled = false;
   }
@@ -1360,9 +1396,16 @@ function renderAccount() {
   $('signin').hidden = signedIn;
   $('account').hidden = !signedIn;
   $('whoami').textContent = auth.user
-    ? `signed in as ${auth.user.name}${auth.user.admin ? ' (admin)' : ''}`
+    ? `signed in as ${auth.user.name}${auth.user.admin ? ' (admin)' : ''}${diskText(auth.user)}`
     : 'signed in (checking the token…)';
   $('submit-button').disabled = !signedIn;
+}
+
+// The disk the user's job folders hold, and the quota when there is one (GET /api/me).
+function diskText(user) {
+  if (!Number.isFinite(user.disk_bytes)) return '';
+  const quota = Number.isFinite(user.disk_quota_bytes) ? ` of ${bytesText(user.disk_quota_bytes)}` : '';
+  return ` · disk ${bytesText(user.disk_bytes)}${quota}`;
 }
 
 function focusSignIn() {
@@ -1467,6 +1510,7 @@ function start() {
   });
   renderAccount();
   $('cancel-button').addEventListener('click', cancelJob);
+  $('delete-button').addEventListener('click', deleteJob);
   $('compare-button').addEventListener('click', () => showCompare().catch(setConnection));
   $('compare-close').addEventListener('click', (event) => { event.preventDefault(); $('compare').hidden = true; });
   for (const spec of Object.values(LISTS)) {

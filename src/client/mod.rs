@@ -4,12 +4,14 @@
 //! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
 //! `--set` is refused before any request.
 
+mod lifecycle;
 mod notify;
 mod pull;
 mod submit;
 mod table;
 mod watch;
 
+pub use lifecycle::{admin, rm};
 pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use submit::{redo, submit, SubmitOptions};
@@ -144,6 +146,11 @@ impl Api {
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.http.post(format!("{}{path}", self.profile.url)).json(body)).await
+    }
+
+    /// `DELETE path`, its answer as JSON.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.profile.url))).await
     }
 
     /// Every row of `GET /api/jobs?{query}`, page after page.

@@ -87,7 +87,11 @@ pub fn check_checkpoint(source: &JobSpec, checkpoint: Checkpoint) -> Result<(), 
 
 /// The checkpoints a job of this spec saves: `phase1` … for every phase but the last, then `final`.
 pub fn written_checkpoints(spec: &JobSpec) -> Vec<Checkpoint> {
-    let phases = spec.phases.len() as u32;
+    let phases = match spec.checkpoints {
+        // Only `final.safetensors`: no phase's weights to start from.
+        crate::domain::spec::Checkpoints::Final => 1,
+        crate::domain::spec::Checkpoints::Phases | crate::domain::spec::Checkpoints::All => spec.phases.len() as u32,
+    };
     (1..phases).map(Checkpoint::Phase).chain([Checkpoint::Final]).collect()
 }
 
@@ -261,6 +265,9 @@ mod tests {
     fn a_job_saves_each_phase_but_the_last_and_final() {
         let two = spec(serde_json::json!({}));
         assert_eq!(written_checkpoints(&two), [Checkpoint::Phase(1), Checkpoint::Final]);
+        let mut only_final = two.clone();
+        only_final.checkpoints = crate::domain::spec::Checkpoints::Final;
+        assert_eq!(written_checkpoints(&only_final), [Checkpoint::Final], "\"checkpoints\": \"final\" saves no phase's weights");
         check_checkpoint(&two, Checkpoint::Phase(1)).unwrap();
         let err = check_checkpoint(&two, Checkpoint::Phase(2)).unwrap_err();
         assert_eq!(err.field, "init_from.checkpoint");

@@ -237,6 +237,26 @@ pub struct Job {
     /// How far its resumable checkpoint reaches; a restarted job continues from here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_point: Option<ResumePoint>,
+    /// When its files were deleted (Unix seconds); the row stays as a tombstone. Absent while
+    /// the job is live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<f64>,
+    /// Who deleted it: a user name, or `gc` / `retention` for the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
+    /// Bytes of its folder as last measured (when it ended, and after a prune); 0 before that
+    /// and once deleted.
+    pub disk_bytes: u64,
+    /// When gc or retention removed some of its files and kept the rest (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<f64>,
+}
+
+impl Job {
+    /// Whether its files were deleted (the row is a tombstone).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
 }
 
 impl Job {
@@ -341,6 +361,10 @@ mod tests {
             memory_measured: false,
             notes: Vec::new(),
             resume_point: None,
+            deleted_at: None,
+            deleted_by: None,
+            disk_bytes: 0,
+            pruned_at: None,
         };
         assert_eq!(job.fraction_done(), None, "no report yet");
         let at = |phase, epoch, step| JobProgress { phase, phases: 2, epoch, epochs: 2, step, steps: 10, ..JobProgress::default() };

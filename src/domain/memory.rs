@@ -109,8 +109,8 @@ pub fn estimate_bytes(spec: &JobSpec) -> u64 {
 }
 
 /// The disk, in bytes, that a job's own files take at their peak, from its spec alone, for the
-/// scheduler's disk check: a weights file per phase (`phase1.safetensors` … `final.safetensors`,
-/// float32), and the resumable checkpoint (every weight and the largest phase's optimizer state)
+/// scheduler's disk check: the weights files its `checkpoints` choice keeps (one per phase by
+/// default, `phase1.safetensors` … `final.safetensors`, float32), and the resumable checkpoint (every weight and the largest phase's optimizer state)
 /// twice, as the old one stands until the new one is renamed over it. Cache entries depend on the
 /// dataset; the scheduler adds them.
 pub fn disk_bytes(spec: &JobSpec) -> u64 {
@@ -133,7 +133,9 @@ pub fn disk_bytes(spec: &JobSpec) -> u64 {
             FLOAT32_BYTES * trainable * optimizer_slots(phase.optimizer(spec))
         })
         .fold(0.0, f64::max);
-    (spec.phases.len() as f64 * weights + 2.0 * (weights + optimizer_state)).ceil() as u64
+    let epochs: Vec<u32> = spec.phases.iter().map(|phase| phase.epochs).collect();
+    let files = spec.checkpoints.files(&epochs) as f64;
+    (files * weights + 2.0 * (weights + optimizer_state)).ceil() as u64
 }
 
 /// Float32 tensors an optimizer keeps per trainable parameter, besides its gradient.
@@ -337,6 +339,17 @@ mod tests {
             }))
         };
         assert!(flatten(256) > flatten(128));
+        // `checkpoints`: Q1 keeping only the final file needs one weights file less; keeping
+        // every epoch's (3 + 2 epochs), three more.
+        let q1_with = |checkpoints: &str, epochs: [u32; 2]| {
+            disk_bytes(&spec(|value| {
+                value["phases"] = serde_json::json!([{"epochs": epochs[0], "train": "head"}, {"epochs": epochs[1], "train": ["block5", "head"]}]);
+                value["checkpoints"] = serde_json::json!(checkpoints);
+            })) as f64
+        };
+        assert!((q1_with("phases", [1, 1]) - q1).abs() < 1.0);
+        assert!((q1 - q1_with("final", [1, 1]) - weights).abs() < 16.0);
+        assert!((q1_with("all", [3, 2]) - q1_with("phases", [3, 2]) - 3.0 * weights).abs() < 64.0);
     }
 
     #[test]

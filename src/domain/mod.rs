@@ -21,6 +21,8 @@ pub mod spec;
 pub mod sweep;
 pub mod user;
 pub mod weights_layout;
+/// Delete and retention: gc's ages and keep lists.
+pub mod lifecycle;
 
 pub use job::{Job, JobId, JobProgress, JobState};
 pub use progress::ProgressEvent;

@@ -407,6 +407,11 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 16)]
     pub after: Vec<crate::domain::JobId>,
+    /// Which weights files the job keeps: `final` (only `final.safetensors`), `phases` (also
+    /// `phaseN.safetensors` after each phase but the last; the default) or `all` (also
+    /// `phaseN-epochEE.safetensors` after every epoch).
+    #[serde(default, skip_serializing_if = "Checkpoints::is_default")]
+    pub checkpoints: Checkpoints,
 }
 
 /// Most jobs one spec's `after` may name.
@@ -469,6 +474,48 @@ impl TryFrom<String> for Checkpoint {
 impl From<Checkpoint> for String {
     fn from(checkpoint: Checkpoint) -> String {
         checkpoint.to_string()
+    }
+}
+
+/// Which weights files a job writes into its artifacts (the resumable state in `state/` is
+/// written after every epoch whatever this says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpoints {
+    /// Only `final.safetensors`.
+    Final,
+    /// `phaseN.safetensors` after each phase but the last, and `final.safetensors`.
+    #[default]
+    Phases,
+    /// As `phases`, and `phaseN-epochEE.safetensors` after every other epoch too.
+    All,
+}
+
+impl Checkpoints {
+    fn is_default(&self) -> bool {
+        *self == Checkpoints::Phases
+    }
+
+    /// The weights file written after `epoch` (1-based) of phase `phase` (0-based) of a job
+    /// with `epochs` per phase, if any.
+    pub fn file_after(self, phase: usize, epoch: u32, epochs: &[u32]) -> Option<String> {
+        let last_phase = phase + 1 == epochs.len();
+        let last_epoch = epochs.get(phase).is_some_and(|&count| epoch >= count);
+        match (self, last_phase, last_epoch) {
+            (_, true, true) => Some(String::from("final.safetensors")),
+            (Checkpoints::Phases | Checkpoints::All, false, true) => Some(format!("phase{}.safetensors", phase + 1)),
+            (Checkpoints::All, _, false) => Some(format!("phase{}-epoch{epoch:02}.safetensors", phase + 1)),
+            _ => None,
+        }
+    }
+
+    /// How many weights files a job with `epochs` per phase ends with.
+    pub fn files(self, epochs: &[u32]) -> u64 {
+        match self {
+            Checkpoints::Final => 1,
+            Checkpoints::Phases => epochs.len() as u64,
+            Checkpoints::All => epochs.iter().map(|&count| u64::from(count.max(1))).sum(),
+        }
     }
 }
 
@@ -831,6 +878,32 @@ mod tests {
         let mut value: serde_json::Value = serde_json::from_str(Q1).unwrap();
         patch(&mut value);
         JobSpec::parse(value.to_string().as_bytes())
+    }
+
+    #[test]
+    fn checkpoints_choose_the_weights_files_kept() {
+        assert_eq!(with(|_| {}).unwrap().checkpoints, Checkpoints::Phases, "today's behaviour by default");
+        assert_eq!(with(|value| value["checkpoints"] = "all".into()).unwrap().checkpoints, Checkpoints::All);
+        let err = with(|value| value["checkpoints"] = "some".into()).unwrap_err();
+        assert_eq!(err.field, "checkpoints");
+        for choice in ["final", "phases", "all"] {
+            assert!(err.message.contains(choice), "{}", err.message);
+        }
+        let files = |choice: Checkpoints| {
+            let epochs = [2, 3];
+            let mut names = Vec::new();
+            for (phase, &count) in epochs.iter().enumerate() {
+                names.extend((1..=count).filter_map(|epoch| choice.file_after(phase, epoch, &epochs)));
+            }
+            assert_eq!(names.len() as u64, choice.files(&epochs), "{names:?}");
+            names
+        };
+        assert_eq!(files(Checkpoints::Final), ["final.safetensors"]);
+        assert_eq!(files(Checkpoints::Phases), ["phase1.safetensors", "final.safetensors"]);
+        assert_eq!(
+            files(Checkpoints::All),
+            ["phase1-epoch01.safetensors", "phase1.safetensors", "phase2-epoch01.safetensors", "phase2-epoch02.safetensors", "final.safetensors"]
+        );
     }
 
     #[test]

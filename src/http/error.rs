@@ -86,6 +86,24 @@ pub enum ApiError {
     /// A bug or an I/O failure (500); the cause is logged.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+    /// The job's files were deleted (410); its row stays, so the job itself still answers.
+    #[error("gone")]
+    Gone {
+        /// Who deleted what, and when.
+        message: String,
+        /// The job's `deleted_at` and `deleted_by`.
+        detail: serde_json::Value,
+    },
+    /// The caller's job folders hold their disk quota or more (507); nothing was queued.
+    #[error("insufficient storage")]
+    DiskQuota {
+        /// The quota (`--max-disk-per-user-gb`), bytes.
+        quota_bytes: u64,
+        /// What their live jobs' folders hold, bytes.
+        usage_bytes: u64,
+        /// Their largest live jobs: what to delete.
+        largest: Vec<crate::store::JobSize>,
+    },
 }
 
 /// The body of every error answer, for the OpenAPI document (the answers themselves are built in
@@ -169,6 +187,37 @@ impl IntoResponse for ApiError {
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, serde_json::Value::Null)
+            }
+            ApiError::Gone { message, detail } => {
+                let mut detail = detail.clone();
+                detail["message"] = json!(message);
+                (StatusCode::GONE, detail)
+            }
+            ApiError::DiskQuota { quota_bytes, usage_bytes, largest } => {
+                use crate::domain::lifecycle::human_bytes;
+                let names: Vec<String> =
+                    largest.iter().map(|job| format!("{} `{}` ({})", job.id, job.name, human_bytes(job.disk_bytes))).collect();
+                let hint = match names.as_slice() {
+                    [] => String::from("ask the admin to raise the quota"),
+                    _ => format!(
+                        "delete finished jobs you no longer need (`trainq rm ID`, or DELETE /api/jobs/ID); your largest: {}",
+                        names.join(", ")
+                    ),
+                };
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    json!({
+                        "field": "max_disk_per_user_gb",
+                        "quota_bytes": quota_bytes,
+                        "usage_bytes": usage_bytes,
+                        "largest_jobs": largest,
+                        "message": format!(
+                            "your jobs hold {} of disk, at or over your quota of {}: {hint}",
+                            human_bytes(*usage_bytes),
+                            human_bytes(*quota_bytes)
+                        ),
+                    }),
+                )
             }
         };
         (status, Json(json!({"error": self.to_string(), "detail": detail}))).into_response()

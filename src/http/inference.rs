@@ -6,7 +6,7 @@
 //! The prediction itself runs in the job's warm model process (the supervisor's, never here).
 
 use super::auth::Authed;
-use super::jobs::find_own;
+use super::lifecycle::find_own_files;
 use super::{ApiError, AppState};
 use crate::catalog;
 use crate::domain::{Job, JobState};
@@ -40,7 +40,7 @@ pub async fn predict(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let job = find_own(&state, &user, &id).await?;
+    let job = find_own_files(&state, &user, &id).await?;
     let (answer, _) = run(&state, &job, body, false).await?;
     let classes = classes(&state, &job).await;
     let probabilities: Vec<f64> = serde_json::from_value(answer["probabilities"].clone()).map_err(|err| ApiError::Internal(err.into()))?;
@@ -74,7 +74,7 @@ pub async fn cam(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let job = find_own(&state, &user, &id).await?;
+    let job = find_own_files(&state, &user, &id).await?;
     let (_, png) = run(&state, &job, body, true).await?;
     let png = png.expect("a cam request writes a picture");
     Ok(([(header::CONTENT_TYPE, "image/png"), (header::CACHE_CONTROL, "no-store")], png).into_response())

@@ -2,7 +2,8 @@
 //! for the `snapshot` of `/api/events`.
 //!
 //! `?limit=` (1–500, default 50), `cursor=` (a page's `next_cursor`), `state=queued,running`,
-//! `owner=me` or `owner=<name>`, `order=desc` (newest first, the default) or `asc`. The answer is
+//! `owner=me` or `owner=<name>`, `order=desc` (newest first, the default) or `asc`, `deleted=true`
+//! (also the tombstones of deleted jobs, hidden by default). The answer is
 //! `{"jobs": [rows], "next_cursor": "…" | null}` with an RFC 8288 `Link: <…>; rel="next"` while
 //! there is more, and an `ETag` (`304` when unchanged). Pages are keyed by `seq` (the cursor is
 //! the last row's), so jobs submitted while a client pages through never shift or repeat a row of
@@ -36,6 +37,7 @@ pub struct ListQuery {
     state: Option<String>,
     owner: Option<String>,
     order: Option<String>,
+    deleted: Option<String>,
 }
 
 /// A checked list query: which jobs, in which order, from where, how many.
@@ -105,6 +107,15 @@ fn parse_owner(raw: &str, caller: &Caller) -> Result<String, ApiError> {
     Ok(raw.to_string())
 }
 
+/// `deleted=true` lists deleted jobs too.
+fn parse_deleted(raw: Option<&str>) -> Result<bool, ApiError> {
+    match raw {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(bad("deleted", format!("`{other}` is not a choice; send `true` to list deleted jobs too, or leave it out"))),
+    }
+}
+
 fn parse_order(raw: Option<&str>) -> Result<PageOrder, ApiError> {
     match raw {
         None | Some("desc") => Ok(PageOrder::NewestFirst),
@@ -124,6 +135,7 @@ impl ListQuery {
                 "state" => ("state", &mut query.state),
                 "owner" => ("owner", &mut query.owner),
                 "order" => ("order", &mut query.order),
+                "deleted" => ("deleted", &mut query.deleted),
                 _ => continue,
             };
             if slot.replace(value).is_some() {
@@ -138,7 +150,7 @@ impl ListQuery {
         let states = self.state.as_deref().map(parse_states).transpose()?.unwrap_or_default();
         let owner = self.owner.as_deref().map(|raw| parse_owner(raw, caller)).transpose()?;
         Ok(ListRequest {
-            filter: JobFilter { states, owner },
+            filter: JobFilter { states, owner, include_deleted: parse_deleted(self.deleted.as_deref())? },
             order: parse_order(self.order.as_deref())?,
             after: self.cursor.as_deref().map(parse_cursor).transpose()?,
             limit: parse_limit(self.limit.as_deref())?,
@@ -160,6 +172,9 @@ impl ListRequest {
         }
         if self.order == PageOrder::OldestFirst {
             parts.push(String::from("order=asc"));
+        }
+        if self.filter.include_deleted {
+            parts.push(String::from("deleted=true"));
         }
         parts.push(format!("cursor={cursor}"));
         parts.join("&")
@@ -237,6 +252,11 @@ pub(super) struct JobRow {
     error: Option<String>,
     /// Its owner's and admins' only, like the final metrics of `GET /api/jobs/{id}`.
     test_metrics: Option<TestMetrics>,
+    /// Bytes of its folder as last measured (when it ended).
+    disk_bytes: u64,
+    /// When its files were deleted (Unix seconds); only with `deleted=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_at: Option<f64>,
 }
 
 async fn row(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobRow, ApiError> {
@@ -272,6 +292,8 @@ async fn row(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobRow, 
         standing,
         error: job.error,
         test_metrics: job.final_metrics.as_ref().map(TestMetrics::from),
+        disk_bytes: job.disk_bytes,
+        deleted_at: job.deleted_at,
     })
 }
 
@@ -301,12 +323,12 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
     if query.cursor.is_some() {
         return Err(bad("cursor", "a snapshot holds first pages; page on with `GET /api/jobs?cursor=…`"));
     }
-    if query.state.is_some() || query.owner.is_some() || query.order.is_some() {
+    if query.state.is_some() || query.owner.is_some() || query.order.is_some() || query.deleted.is_some() {
         return Ok(vec![("list", query.parse(caller)?)]);
     }
     let limit = parse_limit(query.limit.as_deref())?;
     let active = ListRequest {
-        filter: JobFilter { states: vec![JobState::Queued, JobState::Running], owner: None },
+        filter: JobFilter { states: vec![JobState::Queued, JobState::Running], owner: None, include_deleted: false },
         order: PageOrder::OldestFirst,
         after: None,
         limit,
@@ -314,7 +336,7 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
     };
     let mut lists = vec![("active", active)];
     if let Some(user) = caller.user() {
-        let filter = JobFilter { states: Vec::new(), owner: Some(user.name.clone()) };
+        let filter = JobFilter { states: Vec::new(), owner: Some(user.name.clone()), include_deleted: false };
         let mine = ListRequest { filter, order: PageOrder::NewestFirst, after: None, limit, owner_param: Some(String::from("me")) };
         lists.push(("mine", mine));
     }
@@ -330,6 +352,7 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
         ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*$", description = "comma-separated states"),
         ("owner" = Option<String>, Query, pattern = r"^(me|[a-z0-9][a-z0-9._-]{0,31})$", description = "`me` (needs a token) or a user name"),
         ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "`asc` for oldest first (default `desc`, newest first)"),
+        ("deleted" = Option<String>, Query, pattern = r"^(true|false)$", description = "`true` lists deleted jobs (tombstones) too"),
         ("If-None-Match" = Option<String>, Header, description = "an earlier answer's ETag"),
     ),
     responses(
@@ -410,7 +433,7 @@ mod tests {
         let request = query(&[("limit", "500"), ("state", "running,queued,running"), ("owner", "me"), ("order", "asc"), ("cursor", "s42")])
             .parse(&alice)
             .unwrap();
-        assert_eq!(request.filter, JobFilter { states: vec![JobState::Running, JobState::Queued], owner: Some(String::from("alice")) });
+        assert_eq!(request.filter, JobFilter { states: vec![JobState::Running, JobState::Queued], owner: Some(String::from("alice")), include_deleted: false });
         assert_eq!((request.order, request.after, request.limit), (PageOrder::OldestFirst, Some(42), 500));
         assert_eq!(request.next_query("s7"), "limit=500&state=running,queued&owner=me&order=asc&cursor=s7");
         let plain = query(&[]).parse(&Caller::Anonymous).unwrap();

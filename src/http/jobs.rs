@@ -243,7 +243,7 @@ struct Lineage {
             headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
         (status = 403, description = "a field only admins may set (`priority`)", body = super::error::ErrorBody),
         (status = 422, description = "the spec is invalid: `detail.field` names the field", body = super::error::ErrorBody),
-        (status = 507, description = "the disk is full; nothing was queued", body = super::error::ErrorBody),
+        (status = 507, description = "the disk is full, or the caller's jobs hold their disk quota (`detail.quota_bytes`, `usage_bytes`, `largest_jobs`); nothing was queued", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -266,7 +266,7 @@ pub async fn submit(
         (status = 201, description = "queued, as `POST /api/jobs`", body = Submitted,
             headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
         (status = 422, description = "the patch is not an object, or makes the spec invalid", body = super::error::ErrorBody),
-        (status = 507, description = "the disk is full; nothing was queued", body = super::error::ErrorBody),
+        (status = 507, description = "the disk is full, or the caller's jobs hold their disk quota (`detail.quota_bytes`, `usage_bytes`, `largest_jobs`); nothing was queued", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -304,6 +304,7 @@ async fn enqueue(
 ) -> Result<Response, ApiError> {
     let variants = sweep::expand(body)?;
     check_limits(state, user, &variants).await?;
+    super::lifecycle::check_quota(state, user).await?;
     let mut checked = Vec::new();
     for variant in &variants {
         let spec = &variant.spec;

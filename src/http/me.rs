@@ -22,6 +22,9 @@ pub struct MeView {
     pub email: Option<String>,
     /// Where job notifications are POSTed; `null`: no webhook.
     pub webhook: Option<WebhookView>,
+    /// The bytes the caller's jobs hold, and the quota if any.
+    #[serde(flatten)]
+    pub disk: super::lifecycle::DiskUsage,
 }
 
 /// A webhook as `GET /api/me` shows it: its URL (the secret is write-only).
@@ -99,13 +102,15 @@ impl MeChange {
 /// The caller as `GET /api/me` shows them.
 async fn view(state: &AppState, user: User) -> Result<MeView, ApiError> {
     let targets = state.store.notify_targets(&user.name).await?.unwrap_or_default();
-    Ok(MeView { name: user.name, admin: user.admin, email: targets.email, webhook: targets.webhook_url.map(|url| WebhookView { url }) })
+    let disk = super::lifecycle::usage_of(state, &user).await?;
+    let webhook = targets.webhook_url.map(|url| WebhookView { url });
+    Ok(MeView { name: user.name, admin: user.admin, email: targets.email, webhook, disk })
 }
 
-/// `GET /api/me`: who the token belongs to, and where their notifications go.
+/// `GET /api/me`: who the token belongs to, where their notifications go, and their disk usage.
 #[utoipa::path(
     get, path = "/api/me", tag = "users",
-    responses((status = 200, description = "the token's user", body = MeView)),
+    responses((status = 200, description = "the token's user, with `disk_bytes` (and `disk_quota_bytes` under a quota)", body = MeView)),
     security(("bearer" = []))
 )]
 pub async fn me(State(state): State<AppState>, Authed(user): Authed) -> Result<axum::Json<MeView>, ApiError> {

@@ -1,8 +1,8 @@
 //! `GET /metrics` for the box's admin, and the layer that counts HTTP requests for it.
 //!
 //! A scrape measures what is true now (jobs by user and state, running jobs per device, GPU
-//! memory and utilisation from NVML, each user's fair-share usage, free bytes per folder) and
-//! appends the counters and histograms of what happened since the server started
+//! memory and utilisation from NVML, each user's fair-share usage and disk bytes, free bytes per
+//! folder) and appends the counters and histograms of what happened since the server started
 //! ([`crate::telemetry`]). `prometheus-client` writes the text: Prometheus 0.0.4 by default (what
 //! `promtool check metrics` reads), OpenMetrics when the scraper's `Accept` asks for it. Names
 //! follow Prometheus's naming guide (base units, `_total` on counters, no label names inside
@@ -107,6 +107,15 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         "Fair-share usage: device-seconds of each user's runs, each second weighted by 2^(-age/half-life)",
         Some(Unit::Seconds),
         usage.into_iter().map(|(user, seconds)| (vec![("user", user)], seconds)),
+    );
+    // One row per user from the running totals, never a walk of job folders.
+    let disk_usage = state.store.disk_usage().await?;
+    gauges::<i64, AtomicI64>(
+        &mut registry,
+        "trainq_user_disk",
+        "Bytes of each user's live job folders, each measured when the job ended (deleted jobs hold none)",
+        Some(Unit::Bytes),
+        disk_usage.into_iter().map(|(user, bytes)| (vec![("user", user)], i64::try_from(bytes).unwrap_or(i64::MAX))),
     );
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();

@@ -15,6 +15,7 @@ mod health;
 mod inference;
 mod job_list;
 mod jobs;
+mod lifecycle;
 mod me;
 mod metrics;
 mod openapi;
@@ -75,6 +76,8 @@ pub struct Limits {
     pub max_image_side: u32,
     /// Fair share's half-life, for the usage `/metrics` reports.
     pub half_life_secs: f64,
+    /// Most bytes one student's job folders may hold before their submits answer 507.
+    pub max_disk_bytes_per_user: Option<u64>,
 }
 
 /// What every handler gets.
@@ -106,7 +109,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/jobs", post(jobs::submit).get(job_list::list))
-        .route("/jobs/{id}", get(jobs::show))
+        .route("/jobs/{id}", get(jobs::show).delete(lifecycle::delete))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/resubmit", post(jobs::resubmit))
         .route("/jobs/{id}/events", get(events::job_stream))
@@ -129,6 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/me", get(me::me).put(me::update_me))
         .route("/admin/notifications", get(me::admin_notifications))
         .route("/jobs/{id}", patch(chains::patch))
+        .route("/admin/usage", get(lifecycle::usage))
+        .route("/admin/gc", post(lifecycle::gc))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

@@ -51,6 +51,9 @@ use utoipa::OpenApi;
         super::me::update_me,
         super::me::admin_notifications,
         super::chains::patch,
+        super::lifecycle::delete,
+        super::lifecycle::usage,
+        super::lifecycle::gc,
         openapi_json,
         docs,
         super::health::live,
@@ -65,6 +68,7 @@ use utoipa::OpenApi;
         (name = "events", description = "live server-sent events"),
         (name = "catalog", description = "what jobs can use"),
         (name = "users", description = "who the token is, where their notifications go; the admin's outbox"),
+        (name = "admin", description = "disk usage and gc, for admins"),
         (name = "health", description = "for load balancers and monitoring"),
         (name = "docs", description = "this description"),
     )
@@ -89,8 +93,13 @@ impl utoipa::Modify for Conventions {
         for (path, item) in openapi.paths.paths.iter_mut() {
             // `ids` of a comparison name jobs and groups too.
             let with_id = path.contains('{') || path.starts_with("/api/compare");
-            let operations = [(&mut item.get, false), (&mut item.post, true), (&mut item.put, true), (&mut item.patch, true)];
-            for (operation, is_post) in operations {
+            // A deleted job's files answer 410; its page, curves, cancel and resubmit do not.
+            let files = path.starts_with("/api/jobs/{id}/")
+                && !["/cancel", "/resubmit", "/events", "/metrics"].iter().any(|end| path.ends_with(end));
+            let operations = [(&mut item.get, "get"), (&mut item.post, "post"), (&mut item.put, "put"), (&mut item.delete, "delete"), (&mut item.patch, "patch")];
+            for (operation, method) in operations {
+                // A body's answers (413, 415, 507) for the methods that take one.
+                let is_post = matches!(method, "post" | "put" | "patch");
                 let Some(operation) = operation else { continue };
                 let mut common = vec![
                     ("400", "a malformed parameter, header or body: `detail.field` names it"),
@@ -100,6 +109,12 @@ impl utoipa::Modify for Conventions {
                 ];
                 if with_id {
                     common.push(("404", "no such job, group or file (someone else's job answers the same)"));
+                }
+                if files {
+                    common.push(("410", "the job's files were deleted (`detail.deleted_by`, `deleted_at`)"));
+                }
+                if method == "delete" {
+                    common.push(("507", "the disk is full: nothing was changed (reads keep working)"));
                 }
                 if is_post {
                     common.push(("413", "the body is over the limit"));

@@ -3,7 +3,7 @@
 
 use super::csv::{self, FormatQuery, TableFormat};
 use super::auth::Authed;
-use super::jobs::find_own;
+use super::lifecycle::find_own_files;
 use crate::domain::user::User;
 use super::{ApiError, AppState};
 use crate::catalog::check_plain_name;
@@ -47,7 +47,8 @@ pub async fn metrics(
     Query(query): Query<FormatQuery>,
 ) -> Result<Response, ApiError> {
     let format = query.table_format()?;
-    let job = find_own(&state, &user, &id).await?;
+    // The curves are rows, not files: a deleted job keeps them, as compare and groups do.
+    let job = super::jobs::find_own(&state, &user, &id).await?;
     let epochs = state.store.epoch_metrics(job.id).await?;
     if format == TableFormat::Json {
         return Ok(Json(MetricsView { job_id: job.id, epochs, final_metrics: job.final_metrics }).into_response());
@@ -88,7 +89,7 @@ pub async fn log(
     Path(id): Path<String>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = find_own(&state, &user, &id).await?;
+    let job = find_own_files(&state, &user, &id).await?;
     let path = JobPaths::new(&state.paths.data_dir, job.id).log();
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !query.follow {
@@ -159,7 +160,7 @@ pub async fn artifacts(
     Authed(user): Authed,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ArtifactView>>, ApiError> {
-    let job = find_own(&state, &user, &id).await?;
+    let job = find_own_files(&state, &user, &id).await?;
     let dir = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let mut views = Vec::new();
     // Real folders only: a symlink is neither listed nor followed.
@@ -281,7 +282,7 @@ fn names_version(value: Option<&axum::http::HeaderValue>, etag: &str, modified: 
 /// revalidates with a 304 and `curl -C -` resumes only the same file: `If-Range`), `Range`, and
 /// `Cache-Control: immutable` once the job has ended (its files no longer change).
 async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
-    let job = find_own(state, user, id).await?;
+    let job = find_own_files(state, user, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
     let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
     let (path, _) = artifact_file(&artifacts, name).await.ok_or_else(missing)?;

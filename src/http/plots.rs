@@ -6,7 +6,7 @@
 use super::compare::{resolve, CompareQuery};
 use super::csv::download_name;
 use super::auth::Authed;
-use super::jobs::find_own;
+use super::lifecycle::find_own_files;
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use crate::plots::{self, Confusion, CurveMetric, CurveRun, Curves, Format, Plot, Roc, RocRun};
@@ -123,7 +123,7 @@ pub async fn job_plot(
     Authed(user): Authed,
     Path((id, file)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let job = find_own(&state, &user, &id).await?;
+    let job = find_own_files(&state, &user, &id).await?;
     let (kind, format) = parse_file(&file)?;
     let plot = match kind {
         Kind::Accuracy | Kind::Loss => {

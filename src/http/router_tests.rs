@@ -69,6 +69,7 @@ pub(super) async fn test_router() -> TestRouter {
             max_epochs: 100,
             max_image_side: 1024,
             half_life_secs: 3600.0,
+            max_disk_bytes_per_user: None,
         }),
         tokens: Arc::default(),
     };
@@ -183,6 +184,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("patch", "/api/jobs/{id}"),
+    ("delete", "/api/jobs/{id}"),
+    ("get", "/api/admin/usage"),
+    ("post", "/api/admin/gc"),
 ];
 
 #[tokio::test]

@@ -315,7 +315,7 @@ impl Pending {
                 self.urgent = true;
             }
             EventKind::Epoch { .. } => self.etas = true,
-            EventKind::Progress { .. } | EventKind::Log { .. } | EventKind::CancelRequested => {}
+            EventKind::Progress { .. } | EventKind::Log { .. } | EventKind::CancelRequested | EventKind::Deleted { .. } => {}
         }
     }
 

@@ -6,6 +6,8 @@
 
 pub mod atomic;
 pub mod evict;
+/// A job folder's size, and removing all or part of it (delete, gc, retention).
+pub mod prune;
 
 pub use atomic::{write_atomic, write_atomic_bytes, write_atomic_through_path};
 pub use evict::{evict, evict_to_free, Eviction};

@@ -71,6 +71,8 @@ pub struct JobFilter {
     pub states: Vec<JobState>,
     /// Only this user's jobs.
     pub owner: Option<String>,
+    /// Also deleted jobs (tombstones); the list hides them unless asked.
+    pub include_deleted: bool,
 }
 
 /// The way a page runs through submission order (`seq`).
@@ -131,6 +133,9 @@ fn page_query(filter: &JobFilter, order: PageOrder, after: Option<i64>, limit: u
             sql.push_str(" AND owner = ?");
             binds.push(PageBind::Text(owner.clone()));
         }
+        if !filter.include_deleted {
+            sql.push_str(" AND deleted_at IS NULL");
+        }
         sql.push_str(&format!(" ORDER BY seq {direction} LIMIT ?"));
         binds.push(PageBind::Int(i64::from(limit)));
         arms.push(sql);
@@ -162,7 +167,7 @@ pub enum CancelOutcome {
 }
 
 #[derive(sqlx::FromRow)]
-struct JobRecord {
+pub(super) struct JobRecord {
     seq: i64,
     id: String,
     name: String,
@@ -186,9 +191,13 @@ struct JobRecord {
     resume_point: Option<String>,
     parent_id: Option<String>,
     params: Option<String>,
+    deleted_at: Option<f64>,
+    deleted_by: Option<String>,
+    disk_bytes: i64,
+    pruned_at: Option<f64>,
 }
 
-fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
+pub(super) fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt { column, detail: detail.to_string() }
 }
 
@@ -233,13 +242,18 @@ impl TryFrom<JobRecord> for Job {
             resume_point: decode_json("resume_point", record.resume_point)?,
             parent_id: record.parent_id.map(|id| id.parse().map_err(|err| corrupt("parent_id", err))).transpose()?,
             params: decode_json("params", record.params)?,
+            deleted_at: record.deleted_at,
+            deleted_by: record.deleted_by,
+            disk_bytes: record.disk_bytes.max(0) as u64,
+            pruned_at: record.pruned_at,
         })
     }
 }
 
-const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
+pub(super) const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
                            progress, error, cancel_requested, final_metrics, attempts, group_id, owner, priority, \
-                           memory_bytes, memory_measured, notes, resume_point, parent_id, params";
+                           memory_bytes, memory_measured, notes, resume_point, parent_id, params, \
+                           deleted_at, deleted_by, disk_bytes, pruned_at";
 
 /// The insert of one accepted job, returning its row as every read does.
 static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -832,10 +846,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
+    pub(in crate::store) async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         (dir, store)
@@ -851,7 +865,7 @@ mod tests {
         queued_by(store, "alice").await
     }
 
-    async fn queued_by(store: &Store, owner: &str) -> Job {
+    pub(in crate::store) async fn queued_by(store: &Store, owner: &str) -> Job {
         let job = NewJob {
             id: JobId::new(),
             name: String::from("t"),
@@ -1035,11 +1049,11 @@ mod tests {
         let all = store.jobs(None).await.unwrap();
         let filters = [
             JobFilter::default(),
-            JobFilter { states: vec![JobState::Queued], owner: None },
-            JobFilter { states: vec![JobState::Queued, JobState::Running, JobState::Queued], owner: None },
-            JobFilter { states: vec![], owner: Some(String::from("bob")) },
-            JobFilter { states: vec![JobState::Succeeded, JobState::Cancelled], owner: Some(String::from("alice")) },
-            JobFilter { states: vec![JobState::Failed], owner: None },
+            JobFilter { states: vec![JobState::Queued], owner: None, include_deleted: false },
+            JobFilter { states: vec![JobState::Queued, JobState::Running, JobState::Queued], owner: None, include_deleted: false },
+            JobFilter { states: vec![], owner: Some(String::from("bob")), include_deleted: false },
+            JobFilter { states: vec![JobState::Succeeded, JobState::Cancelled], owner: Some(String::from("alice")), include_deleted: false },
+            JobFilter { states: vec![JobState::Failed], owner: None, include_deleted: false },
         ];
         for filter in &filters {
             let mut expected: Vec<i64> = all
@@ -1068,11 +1082,11 @@ mod tests {
         let owner = Some(String::from("alice"));
         let shapes = [
             JobFilter::default(),
-            JobFilter { states: vec![JobState::Queued], owner: None },
-            JobFilter { states: vec![JobState::Queued, JobState::Running], owner: None },
-            JobFilter { states: vec![], owner: owner.clone() },
-            JobFilter { states: vec![JobState::Succeeded], owner: owner.clone() },
-            JobFilter { states: vec![JobState::Queued, JobState::Running], owner },
+            JobFilter { states: vec![JobState::Queued], owner: None, include_deleted: false },
+            JobFilter { states: vec![JobState::Queued, JobState::Running], owner: None, include_deleted: false },
+            JobFilter { states: vec![], owner: owner.clone(), include_deleted: false },
+            JobFilter { states: vec![JobState::Succeeded], owner: owner.clone(), include_deleted: false },
+            JobFilter { states: vec![JobState::Queued, JobState::Running], owner, include_deleted: false },
         ];
         for filter in &shapes {
             for order in [PageOrder::NewestFirst, PageOrder::OldestFirst] {

@@ -111,6 +111,12 @@ impl InferencePool {
         slot
     }
 
+    /// Stops job `id`'s model, if it is warm (its files are being deleted). A request in flight
+    /// keeps its process until it answers; the next one finds no model.
+    pub async fn forget(&self, id: JobId) {
+        self.slots.lock().await.remove(&id);
+    }
+
     /// Stops models idle for longer than `idle`; returns how many.
     pub async fn reap(&self, idle: Duration) -> usize {
         let mut slots = self.slots.lock().await;

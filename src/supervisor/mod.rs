@@ -218,6 +218,16 @@ impl Supervisor {
         self.inference.request(&self.config.worker_program, id, &artifacts, request).await
     }
 
+    /// Stops finished job `id`'s warm model before its files go (delete, gc, retention).
+    pub async fn forget_model(&self, id: JobId) {
+        self.inference.forget(id).await;
+    }
+
+    /// The folder of job `id`.
+    pub fn job_paths(&self, id: JobId) -> JobPaths {
+        JobPaths::new(&self.config.data_dir, id)
+    }
+
     fn job_log(&self, paths: &JobPaths, id: JobId) -> JobLog {
         JobLog { path: paths.log(), job_id: id, events: self.events.clone() }
     }
@@ -595,6 +605,17 @@ impl Supervisor {
         // After the wake-up, so counting (one read of the job's runs) never delays the next job.
         if ended {
             self.count_end(id, state).await;
+            self.measure_folder(id).await;
+        }
+    }
+
+    /// Measures a finished job's folder once (one walk of that folder) for its owner's disk
+    /// usage. A failed write is logged, not retried: the usage is a report, not the job's state.
+    async fn measure_folder(&self, id: JobId) {
+        let dir = self.job_paths(id).dir;
+        let bytes = tokio::task::spawn_blocking(move || crate::storage::prune::folder_bytes(&dir)).await.unwrap_or(0);
+        if let Err(err) = self.store.set_disk_bytes(id, bytes, None).await {
+            tracing::warn!(job_id = %id, error = ?err, "recording the size of the job's folder failed");
         }
     }
 

@@ -237,9 +237,9 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             );
             // The phase's weights file first, then the checkpoint that counts the phase as done,
             // then the epoch's report: whatever a crash interrupts, the next start redoes.
-            if epoch == phase.epochs {
-                let name =
-                    if index + 1 == spec.phases.len() { String::from("final.safetensors") } else { format!("phase{phase_number}.safetensors") };
+            // Which ones the spec's `checkpoints` says: the final weights always.
+            let planned: Vec<u32> = spec.phases.iter().map(|phase| phase.epochs).collect();
+            if let Some(name) = spec.checkpoints.file_after(index, epoch, &planned) {
                 save_checkpoint(&network, &work.output_dir, &name)?;
             }
             progress.curves.push(metrics.clone());

@@ -656,3 +656,49 @@ async fn the_hw_report_opens_in_a_real_browser_without_a_missing_resource() {
     check_report_page(&browser, 5).await;
     browser.quit().await;
 }
+
+/// A finished job's page deletes it after a confirmation (a refusal deletes nothing), then shows
+/// it deleted; the header shows the student's disk usage.
+#[tokio::test]
+async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let scripts = tempfile::tempdir().unwrap();
+    let worker = fake_worker(scripts.path(), "worker.sh", crate::lifecycle::FILE_WRITING_WORKER);
+    let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
+    write_dataset(&app.root, 2, 1, 1);
+    let (status, body) = app.post("/api/jobs", &spec("to-delete", [1, 1])).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    app.wait_for(&id, PAGE_WAIT, |job| job["state"] == "succeeded" && job["disk_bytes"].as_u64().unwrap_or(0) > 0).await;
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&app.url("/")).await;
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
+    browser.goto(&app.url(&format!("/?signed-in#job={id}"))).await;
+    browser.eval("window.__trainqErrors = []; addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));", json!([])).await;
+    let whoami = browser.wait_for("the disk usage", "const t = document.getElementById('whoami').textContent; return t.includes('disk') && t;", json!([])).await;
+    // About 1 MB (the fake worker writes 1,001,000 bytes, plus the job file and the log); the
+    // exact count is `tests/api/lifecycle.rs`'s.
+    assert!(whoami.as_str().unwrap().starts_with("signed in as alice · disk 9") && whoami.as_str().unwrap().ends_with(" KiB"), "{whoami}");
+    browser.wait_for("the delete button", VISIBLE, json!(["#delete-button"])).await;
+
+    // Refused: nothing happens.
+    browser.eval("window.__asked = []; window.confirm = (message) => { window.__asked.push(message); return false; };", json!([])).await;
+    browser.click("#delete-button").await;
+    let asked = browser.eval("return window.__asked", json!([])).await;
+    assert!(asked[0].as_str().unwrap().contains("to-delete"), "{asked}");
+    assert!(app.get(&format!("/api/jobs/{id}")).await.1["deleted_at"].is_null());
+
+    // Confirmed: deleted, and the page says so.
+    browser.eval("window.confirm = () => true;", json!([])).await;
+    browser.click("#delete-button").await;
+    browser
+        .wait_for("the job shown deleted", "return document.getElementById('detail-summary').textContent.includes('by alice: its files are gone');", json!([]))
+        .await;
+    assert_eq!(browser.eval(VISIBLE, json!(["#delete-button"])).await, false);
+    let result = browser.eval("return document.getElementById('cancel-result').textContent", json!([])).await;
+    assert!(result.as_str().unwrap().starts_with("Deleted"), "{result}");
+    assert_eq!(app.get(&format!("/api/jobs/{id}")).await.1["deleted_by"], "alice");
+    assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
+    browser.quit().await;
+}

@@ -16,6 +16,7 @@ mod helpers;
 mod inception;
 mod inference;
 mod jobs;
+mod lifecycle;
 mod list;
 mod notify;
 mod pytorch;

@@ -300,7 +300,8 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
         assert!(!answer["detail"]["message"].as_str().unwrap().is_empty());
     }
     let (_, me) = app.get("/api/me").await;
-    assert_eq!(me, json!({"name": "alice", "admin": false, "email": null, "webhook": null}));
+    // (`disk_bytes`: the usage GET /api/me also carries; no job of alice's has ended yet.)
+    assert_eq!(me, json!({"name": "alice", "admin": false, "email": null, "webhook": null, "disk_bytes": 0}));
 
     // The client sets both; the answer and GET show the URL, never the secret.
     let home = tempfile::tempdir().unwrap();
@@ -318,7 +319,7 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout, format!("email:   alice@example.org\nwebhook: {hook} (signed with your secret)\n"));
     let (_, me) = app.get("/api/me").await;
-    assert_eq!(me, json!({"name": "alice", "admin": false, "email": "alice@example.org", "webhook": {"url": hook}}));
+    assert_eq!(me, json!({"name": "alice", "admin": false, "email": "alice@example.org", "webhook": {"url": hook}, "disk_bytes": 0}));
     assert!(!me.to_string().contains(SECRET));
     // Fields left out stay; the client's errors are the server's, worded.
     let (status, me) = put(json!({})).await;
