@@ -31,6 +31,14 @@ pub enum LifecycleError {
     /// The database refused.
     #[error("database error")]
     Store(#[from] StoreError),
+    /// A queued or running job starts from this job's weights (`init_from`).
+    #[error("job {id} is left alone: queued job {waiting} starts from its weights")]
+    NeededBy {
+        /// The job gc would clean.
+        id: JobId,
+        /// The job that starts from it.
+        waiting: JobId,
+    },
     /// Removing a job's files failed; the job is marked deleted (or not pruned) and its folder
     /// is left for the admin.
     #[error("removing the files of job {id}: {source}")]
@@ -160,6 +168,10 @@ impl Lifecycle {
     }
 
     async fn gc_one(&self, job: &Job, plan: &GcPlan) -> Result<GcJob, LifecycleError> {
+        // A queued job that starts from its weights keeps them until it has started.
+        if let Some(waiting) = self.store.starting_from(job.id).await? {
+            return Err(LifecycleError::NeededBy { id: job.id, waiting });
+        }
         let dir = self.supervisor.job_paths(job.id).dir;
         let keep = plan.keep.clone();
         let dry_run = plan.dry_run;

@@ -68,7 +68,7 @@ pub struct Deleted {
     responses(
         (status = 200, description = "deleted: the job with `deleted_at` and `deleted_by`, and the bytes freed", body = Deleted),
         (status = 404, description = "no such job, or someone else's", body = super::error::ErrorBody),
-        (status = 409, description = "queued or running: cancel it first", body = super::error::ErrorBody),
+        (status = 409, description = "queued or running: cancel it first; or a queued job starts from its weights (`detail.needed_by`)", body = super::error::ErrorBody),
         (status = 410, description = "deleted before", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -84,6 +84,10 @@ pub async fn delete(State(state): State<AppState>, Authed(user): Authed, Path(id
             detail: serde_json::json!({"state": job_state, "message": format!("the job is {job_state}: cancel it first (`trainq cancel {}` or POST /api/jobs/{}/cancel), then delete it", job.id, job.id)}),
         }),
         Tombstone::NotFound => Err(ApiError::NotFound(format!("no job with id `{}`", job.id))),
+        Tombstone::NeededBy(waiting) => Err(ApiError::Conflict {
+            message: format!("job {waiting} starts from this job's weights (init_from); cancel it first, or delete this one once it has started"),
+            detail: serde_json::json!({"needed_by": waiting, "message": format!("queued job {waiting} starts from this job's checkpoint (`init_from`): cancel it (`trainq cancel {waiting}`) or wait until it has started, then delete this one")}),
+        }),
     }
 }
 

@@ -5,6 +5,11 @@ use super::jobs::{JobRecord, JOB_COLUMNS};
 use super::{Store, StoreError};
 use crate::domain::{Job, JobId, JobState};
 
+/// The queued or running jobs that start from job `?3`'s weights (`init_from`); `job_deps` finds
+/// who waits for it, the spec says which of them start from it.
+const STARTING_FROM_ROWS: &str = "SELECT waiting.id FROM job_deps JOIN jobs AS waiting ON waiting.id = job_deps.job_id \
+     WHERE job_deps.after_id = ?3 AND waiting.state IN ('queued', 'running') AND json_extract(waiting.spec, '$.init_from.job') = ?3";
+
 /// What a delete found.
 #[derive(Debug, Clone)]
 pub enum Tombstone {
@@ -17,6 +22,9 @@ pub enum Tombstone {
     AlreadyDeleted(Job),
     /// No such job.
     NotFound,
+    /// A queued or running job starts from its weights (`init_from`): deleting them would fail
+    /// that job, so its owner must cancel it (or wait until it ended) first.
+    NeededBy(JobId),
 }
 
 /// One of a user's largest live jobs, named by a quota's 507.
@@ -60,8 +68,8 @@ impl Store {
         .execute(&mut *transaction)
         .await?;
         let record: Option<JobRecord> = sqlx::query_as(&format!(
-            "UPDATE jobs SET deleted_at = ?, deleted_by = ?, disk_bytes = 0, disk_measured = 1 \
-             WHERE id = ? AND state IN {FINISHED} AND deleted_at IS NULL RETURNING {JOB_COLUMNS}"
+            "UPDATE jobs SET deleted_at = ?1, deleted_by = ?2, disk_bytes = 0, disk_measured = 1 \
+             WHERE id = ?3 AND state IN {FINISHED} AND deleted_at IS NULL AND NOT EXISTS ({STARTING_FROM_ROWS}) RETURNING {JOB_COLUMNS}"
         ))
         .bind(super::unix_now())
         .bind(by)
@@ -76,8 +84,23 @@ impl Store {
         Ok(match self.job(id).await? {
             None => Tombstone::NotFound,
             Some(job) if job.is_deleted() => Tombstone::AlreadyDeleted(job),
+            Some(job) if job.state.is_terminal() => match self.starting_from(id).await? {
+                Some(waiting) => Tombstone::NeededBy(waiting),
+                // Deleted or re-queued meanwhile: say what it is now.
+                None => return Box::pin(self.tombstone(id, by)).await,
+            },
             Some(job) => Tombstone::NotFinished(job.state),
         })
+    }
+
+    /// A queued or running job that starts from `id`'s weights (`init_from`), through the
+    /// `job_deps` index of who waits for `id`.
+    pub async fn starting_from(&self, id: JobId) -> Result<Option<JobId>, StoreError> {
+        let waiting: Option<String> = sqlx::query_scalar(&format!("{} LIMIT 1", STARTING_FROM_ROWS.replace("?3", "?1")))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        waiting.map(|text| text.parse().map_err(|_| StoreError::Corrupt { column: "job_deps.job_id", detail: text.clone() })).transpose()
     }
 
     /// Records the measured bytes of a live job's folder, moving its owner's total by the

@@ -264,3 +264,39 @@ async fn init_from_starts_from_the_source_jobs_weights() {
         assert_eq!((&ours[name].0, &ours[name].1), (shape, values), "{name} is the source's");
     }
 }
+
+#[tokio::test]
+async fn a_job_another_starts_from_is_kept_until_that_one_started() {
+    // A succeeded; B starts from A's weights but also waits for S, which runs until stopped: while
+    // B waits, A's checkpoint may not go (delete answers 409 naming B; gc leaves A alone).
+    let (_scripts, app) = crate::helpers::app_with_worker(CHAIN_WORKER, 2);
+    let a = app.submit(&small_spec("a")).await;
+    let (a_job, _) = app.finished(&a, WAIT).await;
+    assert_eq!(a_job["state"], "succeeded", "{a_job}");
+    let s = app.submit(&small_spec("sleep")).await;
+    let mut spec = spec_after("b", &[&s]);
+    spec["init_from"] = json!({"job": a, "checkpoint": "final"});
+    let b = app.submit(&spec).await;
+
+    let response = app.client.delete(app.url(&format!("/api/jobs/{a}"))).send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["detail"]["needed_by"], b.as_str(), "{body}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let root = crate::helpers::client_with(&app.tokens["root"]);
+    let response = root.post(app.url("/api/admin/gc")).json(&json!({"older_than": "1s"})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: Value = response.json().await.unwrap();
+    assert!(report["failed"].as_array().unwrap().iter().any(|id| id == a.as_str()), "gc leaves A alone: {report}");
+    let (_, a_job) = app.get(&format!("/api/jobs/{a}")).await;
+    assert!(a_job["deleted_at"].is_null(), "{a_job}");
+
+    // Once B no longer waits (cancelled), A's files may go.
+    let (status, _) = app.post(&format!("/api/jobs/{b}/cancel"), &json!({})).await;
+    assert!(status.is_success(), "{status}");
+    let response = app.client.delete(app.url(&format!("/api/jobs/{a}"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (status, _) = app.post(&format!("/api/jobs/{s}/cancel"), &json!({})).await;
+    assert!(status.is_success(), "{status}");
+}
