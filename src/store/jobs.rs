@@ -866,10 +866,15 @@ pub(super) mod tests {
     }
 
     pub(in crate::store) async fn queued_by(store: &Store, owner: &str) -> Job {
+        queued_with(store, owner, test_spec()).await
+    }
+
+    /// A queued job of `owner` with `spec`.
+    pub(in crate::store) async fn queued_with(store: &Store, owner: &str, spec: JobSpec) -> Job {
         let job = NewJob {
             id: JobId::new(),
-            name: String::from("t"),
-            spec: test_spec(),
+            name: spec.name.clone(),
+            spec,
             group_id: None,
             parent_id: None,
             params: None,

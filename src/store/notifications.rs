@@ -224,20 +224,7 @@ mod tests {
     }
 
     async fn job(store: &Store, owner: &str, notify: Option<serde_json::Value>) -> JobId {
-        let spec = spec(notify);
-        let new = NewJob {
-            id: JobId::new(),
-            name: spec.name.clone(),
-            spec,
-            group_id: None,
-            parent_id: None,
-            params: None,
-            notes: Vec::new(),
-            owner: Some(owner.to_string()),
-            priority: 0,
-            memory_bytes: 1,
-        };
-        store.insert_jobs(&[new]).await.unwrap()[0].id
+        crate::store::jobs::tests::queued_with(store, owner, spec(notify)).await.id
     }
 
     async fn run_and_end(store: &Store, id: JobId, state: JobState) {
