@@ -44,6 +44,10 @@ if [ ! -x "$SCHEMATHESIS_VENV/bin/st" ]; then
     python3 -m venv "$SCHEMATHESIS_VENV"
     "$SCHEMATHESIS_VENV/bin/pip" install -q 'schemathesis>=4.32,<5'
 fi
+# openssl makes the campus CA the STARTTLS/SMTPS notification test trusts (tests/api/notify.rs).
+if ! command -v openssl >/dev/null && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+fi
 # aiosmtpd (PyPI) is the real SMTP server the notification tests send email to (tests/api/notify.rs).
 AIOSMTPD_VENV="$HOME/.cache/trainq/aiosmtpd"
 if [ ! -x "$AIOSMTPD_VENV/bin/python" ] || ! "$AIOSMTPD_VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then

@@ -513,6 +513,11 @@ pub struct ServeConfig {
     /// still go out; emails wait and fail, visible to the admin).
     #[arg(long, env = "TRAINQ_SMTP_URL")]
     pub smtp_url: Option<String>,
+    /// Notifications: a PEM file of the certificate authority the SMTP server's TLS certificate
+    /// comes from, trusted besides the public ones (a campus CA); for `smtps://` and
+    /// `?tls=required`.
+    #[arg(long, env = "TRAINQ_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<std::path::PathBuf>,
     /// Notifications: the emails' sender, e.g. `trainq <trainq@gpubox.example.org>`.
     #[arg(long, env = "TRAINQ_SMTP_FROM", default_value = "trainq <trainq@localhost>")]
     pub smtp_from: String,

@@ -157,7 +157,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     ));
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
     let mailer = match &config.smtp_url {
-        Some(url) => Some(crate::notify::email::Mailer::new(url, &config.smtp_from)?),
+        Some(url) => Some(crate::notify::email::Mailer::new(url, &config.smtp_from, config.smtp_ca_file.as_deref())?),
         None => None,
     };
     tokio::spawn(crate::notify::run(

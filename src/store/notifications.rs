@@ -209,7 +209,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::{JobId, JobSpec, JobState};
-    use crate::store::NewJob;
 
     fn spec(notify: Option<serde_json::Value>) -> JobSpec {
         let mut value = serde_json::json!({

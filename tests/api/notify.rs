@@ -49,11 +49,17 @@ struct SmtpSink {
 
 impl SmtpSink {
     fn start(python: &Path, port: u16, folder: &Path) -> SmtpSink {
+        SmtpSink::start_with(python, port, folder, &[])
+    }
+
+    /// With `tls`: `["starttls" | "smtps", CERT, KEY]`.
+    fn start_with(python: &Path, port: u16, folder: &Path, tls: &[&std::ffi::OsStr]) -> SmtpSink {
         use std::io::BufRead;
         let mut process = Command::new(python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/smtp_sink.py"))
             .arg(port.to_string())
             .arg(folder)
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting aiosmtpd");
@@ -384,3 +390,77 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--email"));
 }
 
+
+/// A certificate authority and a certificate it signed for 127.0.0.1 (`ca.pem`, `server.pem`,
+/// `server.key` in `dir`), made with openssl as a campus would make its own.
+fn campus_ca(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status().expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=trainq test campus CA"]);
+    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1, DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+    ]);
+}
+
+#[tokio::test]
+async fn email_goes_over_starttls_and_smtps_to_a_server_the_admins_ca_vouches_for() {
+    let Some(python) = aiosmtpd_python() else { return };
+    let certs = tempfile::tempdir().unwrap();
+    campus_ca(certs.path());
+    let (cert, key) = (certs.path().join("server.pem"), certs.path().join("server.key"));
+    let ca = certs.path().join("ca.pem").display().to_string();
+    for (mode, url) in [("starttls", "smtp://127.0.0.1:{port}?tls=required"), ("smtps", "smtps://127.0.0.1:{port}")] {
+        let mail = tempfile::tempdir().unwrap();
+        let port = closed_port();
+        let sink = SmtpSink::start_with(&python, port, mail.path(), &[mode.as_ref(), cert.as_os_str(), key.as_os_str()]);
+        let scripts = tempfile::tempdir().unwrap();
+        let worker = crate::helpers::fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
+        let mut args = notify_args(port, "1", "12");
+        args[1] = url.replace("{port}", &port.to_string());
+        args.extend([String::from("--smtp-ca-file"), ca.clone()]);
+        let app = TestApp::spawn(Options { worker: Some(worker), args, ..Options::default() });
+        crate::helpers::write_dataset(&app.root, 2, 1, 1);
+        crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+        let response = app.client.put(app.url("/api/me")).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = app.submit(&small_spec(&format!("over-{mode}"))).await;
+        app.wait_for_state(&id, "succeeded", WAIT).await;
+        eventually(&format!("the email over {mode}"), WAIT, || !sink.messages().is_empty()).await;
+        let emails = sink.messages();
+        assert_eq!(emails.len(), 1, "{emails:#?}");
+        assert_eq!(emails[0]["subject"], format!("[trainq] over-{mode} succeeded — test acc 0.900"));
+        assert_eq!(emails[0]["tls"], true, "{mode}: {emails:#?}");
+        assert!(outbox(&app, "failed").await.is_empty());
+    }
+    // Without the CA the same server is not trusted: the attempt fails naming the certificate.
+    let mail = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let sink = SmtpSink::start_with(&python, port, mail.path(), &["smtps".as_ref(), cert.as_os_str(), key.as_os_str()]);
+    let scripts = tempfile::tempdir().unwrap();
+    let worker = crate::helpers::fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
+    let mut args = notify_args(port, "1", "1");
+    args[1] = format!("smtps://127.0.0.1:{port}");
+    let app = TestApp::spawn(Options { worker: Some(worker), args, ..Options::default() });
+    crate::helpers::write_dataset(&app.root, 2, 1, 1);
+    crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
+    let response = app.client.put(app.url("/api/me")).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = app.submit(&small_spec("untrusted")).await;
+    app.wait_for_state(&id, "succeeded", WAIT).await;
+    let started = Instant::now();
+    let failed = loop {
+        let failed = outbox(&app, "failed").await;
+        if !failed.is_empty() || started.elapsed() > WAIT {
+            break failed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(failed.len(), 1, "{}", app.server_log());
+    let error = failed[0]["last_error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(error.contains("certificate") || error.contains("unknownissuer"), "{error}");
+    assert!(sink.messages().is_empty());
+}

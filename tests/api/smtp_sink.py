@@ -3,7 +3,10 @@
 JSON file (envelope recipients, decoded subject, Message-ID, plain-text body), renamed into place
 so a reader never sees half a file.
 
-    python smtp_sink.py PORT FOLDER
+    python smtp_sink.py PORT FOLDER [starttls|smtps CERT KEY]
+
+With `starttls` the server offers STARTTLS and refuses mail without it; with `smtps` it speaks TLS
+from the first byte. Each record says whether its message came over TLS.
 """
 
 import email
@@ -12,6 +15,7 @@ import email.policy
 import itertools
 import json
 import os
+import ssl
 import sys
 import threading
 
@@ -34,6 +38,7 @@ class Sink:
             "subject": str(message["Subject"]),
             "message_id": str(message["Message-ID"]),
             "body": body.get_content() if body is not None else "",
+            "tls": server.transport.get_extra_info("ssl_object") is not None,
         }
         name = f"{os.getpid()}-{next(self.numbers)}"
         partial = os.path.join(self.folder, f".{name}.partial")
@@ -46,7 +51,13 @@ class Sink:
 def main():
     port, folder = int(sys.argv[1]), sys.argv[2]
     os.makedirs(folder, exist_ok=True)
-    controller = Controller(Sink(folder), hostname="127.0.0.1", port=port)
+    tls = {}
+    if len(sys.argv) > 3:
+        mode, cert, key = sys.argv[3:6]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        tls = {"starttls": {"tls_context": context, "require_starttls": True}, "smtps": {"ssl_context": context}}[mode]
+    controller = Controller(Sink(folder), hostname="127.0.0.1", port=port, **tls)
     controller.start()
     print("smtp sink ready", flush=True)
     # Until the test kills the process.
