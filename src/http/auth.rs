@@ -221,3 +221,13 @@ mod tests {
         assert!(limiter.check("alice", start + Duration::from_millis(1200)).is_err());
     }
 }
+
+/// The 403 of an admin-only route (`GET /api/admin/…`, `POST /api/admin/gc`) for a student:
+/// `what` names what they asked for.
+pub(super) fn admin_only(user: &User, what: &str) -> Result<(), ApiError> {
+    if user.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden { field: "Authorization", message: format!("{what} is for admins; send an admin's token") })
+    }
+}

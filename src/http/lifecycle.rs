@@ -123,13 +123,6 @@ pub(super) async fn check_quota(state: &AppState, user: &User) -> Result<(), Api
     Err(ApiError::DiskQuota { quota_bytes, usage_bytes, largest })
 }
 
-fn admin_only(user: &User, what: &str) -> Result<(), ApiError> {
-    if user.admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden { field: "Authorization", message: format!("{what} is for admins; send an admin's token") })
-    }
-}
 
 /// One user's line of `GET /api/admin/usage`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -160,7 +153,7 @@ pub struct Usage {
     security(("bearer" = []))
 )]
 pub async fn usage(State(state): State<AppState>, Authed(user): Authed) -> Result<axum::Json<Usage>, ApiError> {
-    admin_only(&user, "everyone's disk usage")?;
+    super::auth::admin_only(&user, "everyone's disk usage")?;
     let users = state.store.disk_usage().await?.into_iter().map(|(user, disk_bytes)| UserUsage { user, disk_bytes }).collect();
     Ok(axum::Json(Usage { users, quota_bytes: state.limits.max_disk_bytes_per_user }))
 }
@@ -194,7 +187,7 @@ pub struct GcRequest {
     security(("bearer" = []))
 )]
 pub async fn gc(State(state): State<AppState>, Authed(user): Authed, Json(request): Json<GcRequest>) -> Result<axum::Json<GcReport>, ApiError> {
-    admin_only(&user, "gc")?;
+    super::auth::admin_only(&user, "gc")?;
     let invalid = |field: &str, message: String| ApiError::Malformed {
         status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
         field: field.to_string(),

@@ -223,12 +223,7 @@ pub async fn admin_notifications(
     Authed(user): Authed,
     Query(query): Query<NotificationQuery>,
 ) -> Result<axum::Json<NotificationList>, ApiError> {
-    if !user.admin {
-        return Err(ApiError::Forbidden {
-            field: "Authorization",
-            message: String::from("only admins see the notifications outbox; your own settings are at GET /api/me"),
-        });
-    }
+    super::auth::admin_only(&user, "the notifications outbox (your own settings are at GET /api/me)")?;
     let wanted = query.state.as_deref().unwrap_or("failed");
     if !matches!(wanted, "pending" | "delivered" | "failed") {
         return Err(ApiError::BadRequest { field: "state", message: format!("`{wanted}` is not a state; send `failed`, `pending` or `delivered`") });
