@@ -505,7 +505,7 @@ pub struct ServeConfig {
     pub retention_days: u32,
     /// What retention keeps of an old job: comma-separated file names, folders or `*` patterns
     /// (as `trainq admin gc --keep`); empty: delete the whole job (a tombstone stays).
-    #[arg(long, env = "TRAINQ_RETENTION_KEEP", default_value = crate::domain::lifecycle::DEFAULT_RETENTION_KEEP)]
+    #[arg(long, env = "TRAINQ_RETENTION_KEEP", default_value = crate::domain::retention::DEFAULT_RETENTION_KEEP)]
     pub retention_keep: String,
     /// Notifications: the SMTP server emails go through, credentials in the URL:
     /// `smtps://user:password@mail.example.org` (TLS), `smtp://mail.example.org:587?tls=required`

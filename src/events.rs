@@ -8,7 +8,7 @@
 //! id is from another server run, or too old for the ring, is told to start from a snapshot. The
 //! database stays the truth: events are a convenience that a snapshot can always replace.
 
-use crate::domain::progress::EpochMetrics;
+use crate::domain::worker_protocol::EpochMetrics;
 use crate::domain::{JobId, JobProgress, JobState};
 use serde::Serialize;
 use std::collections::VecDeque;

@@ -14,15 +14,13 @@ pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.
 pub mod devices;
 /// Disk space as a scheduled resource: free bytes per folder, the low-water mark, the reserve.
-pub mod disk;
+pub mod disk_space;
 /// Job ids, states, specs and the worker protocol.
 pub mod domain;
 /// `trainq weights fetch`: download, check and install a backbone's pretrained weights.
 pub mod fetch_weights;
 /// The REST API and dashboard (the only axum code).
 pub mod http;
-/// Test-set metrics: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
-pub mod metrics;
 /// Notifications of jobs' ends: the outbox's delivery by email (SMTP) and signed webhooks.
 pub mod notify;
 /// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
@@ -36,12 +34,12 @@ pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.
 pub mod server;
 /// Files on a disk that can fill up: one atomic write for every artifact, cache eviction, storage-error tests.
-pub mod storage;
+pub mod files;
 /// SQLite storage (the only SQL).
 pub mod store;
 /// Worker processes (the only code that spawns).
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
 pub mod telemetry;
-/// Finished jobs' lifecycle: delete (tombstones), gc and daily retention, per-user disk usage.
-pub mod lifecycle;
+/// Retention of finished jobs: delete (tombstones), gc and daily retention, per-user disk usage.
+pub mod retention;

@@ -7,7 +7,7 @@
 //! of the job agrees with the worker's.
 
 use crate::config::RelayArgs;
-use crate::domain::progress::ProgressEvent;
+use crate::domain::worker_protocol::ProgressEvent;
 use crate::domain::relay::{RelayBatch, RelayLine, Stream, WorkerExit, SECRET_VARIABLE};
 use crate::supervisor::spawn_relayed_worker;
 use anyhow::Context;

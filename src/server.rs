@@ -53,11 +53,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Some(dir) => absolute_dir(dir)?,
         None => data_dir.clone(),
     };
-    let disk = crate::disk::Disk::new(
+    let disk = crate::disk_space::Disk::new(
         &data_dir,
         &work_dir.join("jobs"),
         &work_dir.join("cache"),
-        crate::disk::DiskSettings {
+        crate::disk_space::DiskSettings {
             low_water_bytes: (config.disk_low_water_gb.max(0.0) * 1e9) as u64,
             reserve_bytes: config.disk_reserve_mb << 20,
             max_storage_attempts: config.max_storage_retries,
@@ -172,15 +172,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     ));
 
     // Users' disk usage counts every ended job: those never measured are, once, in the background.
-    let lifecycle = crate::lifecycle::Lifecycle::new(store.clone(), supervisor.clone(), events.clone());
-    tokio::spawn(lifecycle.clone().measure_unmeasured());
+    let retention = crate::retention::Retention::new(store.clone(), supervisor.clone(), events.clone());
+    tokio::spawn(retention.clone().measure_unmeasured());
     if config.retention_days > 0 {
         // An empty keep list deletes old jobs outright (tombstones); otherwise they are pruned.
         let keep = match config.retention_keep.trim() {
             "" => None,
-            list => Some(crate::domain::lifecycle::KeepList::parse(&[list]).map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?),
+            list => Some(crate::domain::retention::KeepList::parse(&[list]).map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?),
         };
-        tokio::spawn(lifecycle.retain(config.retention_days, keep));
+        tokio::spawn(retention.retain(config.retention_days, keep));
     }
     let state = AppState {
         store,

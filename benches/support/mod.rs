@@ -41,7 +41,7 @@ pub fn run_worker(
     mut on_event: impl FnMut(trainq::domain::ProgressEvent),
 ) -> f64 {
     use std::io::BufRead;
-    use trainq::domain::progress::{WorkerDevice, WorkerJob};
+    use trainq::domain::worker_protocol::{WorkerDevice, WorkerJob};
     let spec = trainq::domain::JobSpec::parse(spec.to_string().as_bytes()).expect("a valid spec");
     let job = WorkerJob {
         job_id: trainq::domain::JobId::new(),

@@ -4,14 +4,14 @@
 //! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
 //! `--set` is refused before any request.
 
-mod lifecycle;
+mod retention;
 mod notify;
 mod pull;
 mod submit;
 mod table;
 mod watch;
 
-pub use lifecycle::{admin, rm};
+pub use retention::{admin, rm};
 pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use submit::{redo, submit, SubmitOptions};

@@ -207,7 +207,7 @@ pub struct Job {
     /// Whether a cancel is under way.
     pub cancel_requested: bool,
     /// Final evaluation, once it succeeded.
-    pub final_metrics: Option<crate::domain::progress::FinalMetrics>,
+    pub final_metrics: Option<crate::domain::worker_protocol::FinalMetrics>,
     /// Workers started for it.
     pub attempts: i64,
     /// The group of its submission (`repeats: N`, a `sweep`, or both) it belongs to.

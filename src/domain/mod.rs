@@ -14,16 +14,18 @@ pub mod memory;
 pub mod notify_target;
 /// How a run ended: the one decision both executors share.
 pub mod outcome;
-pub mod progress;
+pub mod worker_protocol;
 pub mod relay;
+/// Test-set scores computed as scikit-learn does: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
+pub mod scores;
 pub mod spec;
 /// Sweeps (one spec, a grid of combinations), JSON pointers and merge patches of spec documents.
 pub mod sweep;
 pub mod user;
 pub mod weights_layout;
 /// Delete and retention: gc's ages and keep lists.
-pub mod lifecycle;
+pub mod retention;
 
 pub use job::{Job, JobId, JobProgress, JobState};
-pub use progress::ProgressEvent;
+pub use worker_protocol::ProgressEvent;
 pub use spec::{JobSpec, SpecError};

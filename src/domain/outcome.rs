@@ -5,7 +5,7 @@
 //! no I/O, so every combination is a line of a table test.
 
 use super::job::JobState;
-use super::progress::{FailureKind, EXIT_INTERRUPTED, EXIT_STORAGE};
+use super::worker_protocol::{FailureKind, EXIT_INTERRUPTED, EXIT_STORAGE};
 use super::relay::WorkerExit;
 use std::fmt;
 

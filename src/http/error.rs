@@ -79,7 +79,7 @@ pub enum ApiError {
     },
     /// The request must write, but the disk is full (507); reads keep working.
     #[error("insufficient storage")]
-    InsufficientStorage(crate::disk::Full),
+    InsufficientStorage(crate::disk_space::Full),
     /// A helper process could not answer (503); nothing is lost, the request may be repeated.
     #[error("{0}")]
     Unavailable(String),
@@ -134,14 +134,14 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(err: crate::store::StoreError) -> ApiError {
         if err.is_disk_full() {
             tracing::warn!(error = ?err, "a request's database write found the disk full");
-            return ApiError::InsufficientStorage(crate::disk::Full::of_data_dir());
+            return ApiError::InsufficientStorage(crate::disk_space::Full::of_data_dir());
         }
         ApiError::Internal(err.into())
     }
 }
 
-impl From<crate::disk::Full> for ApiError {
-    fn from(full: crate::disk::Full) -> ApiError {
+impl From<crate::disk_space::Full> for ApiError {
+    fn from(full: crate::disk_space::Full) -> ApiError {
         ApiError::InsufficientStorage(full)
     }
 }
@@ -167,7 +167,7 @@ impl IntoResponse for ApiError {
                 json!({
                     "path": full.path,
                     "free_bytes": full.free_bytes,
-                    "message": format!("the disk under {} is full ({} free); queued jobs are kept and start once the admin frees space", full.path.display(), crate::disk::gigabytes(full.free_bytes)),
+                    "message": format!("the disk under {} is full ({} free); queued jobs are kept and start once the admin frees space", full.path.display(), crate::disk_space::gigabytes(full.free_bytes)),
                 }),
             ),
             ApiError::Unauthorized(message) => {
@@ -194,7 +194,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::GONE, detail)
             }
             ApiError::DiskQuota { quota_bytes, usage_bytes, largest } => {
-                use crate::domain::lifecycle::human_bytes;
+                use crate::domain::retention::human_bytes;
                 let names: Vec<String> =
                     largest.iter().map(|job| format!("{} `{}` ({})", job.id, job.name, human_bytes(job.disk_bytes))).collect();
                 let hint = match names.as_slice() {

@@ -15,7 +15,7 @@ use super::jobs::{find, find_own, view_for, JobView};
 use crate::events::EventKind;
 use std::collections::HashMap;
 use super::{ApiError, AppState};
-use crate::domain::progress::EpochMetrics;
+use crate::domain::worker_protocol::EpochMetrics;
 use crate::domain::JobId;
 use crate::events::{CatchUp, JobEvent};
 use super::extract::{Path, Query};

@@ -3,7 +3,7 @@
 
 use super::{ApiError, AppState};
 use crate::domain::{Job, JobState};
-use crate::metrics::{mean_std, MeanStd};
+use crate::domain::scores::{mean_std, MeanStd};
 use super::extract::Path;
 use axum::extract::State;
 use axum::Json;

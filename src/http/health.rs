@@ -32,7 +32,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
     let low_water = state.disk.settings().low_water_bytes;
-    let above_low_water = |space: &crate::disk::Space| space.free_bytes >= low_water;
+    let above_low_water = |space: &crate::disk_space::Space| space.free_bytes >= low_water;
     let folders: Vec<Value> = spaces
         .iter()
         .map(|space| {
@@ -47,7 +47,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         .collect();
     let reserve = state.disk.reserve_held() || state.disk.settings().reserve_bytes == 0;
     // A folder that could not be measured is left out of `spaces`: that fails the check too.
-    let every_folder_measured = spaces.len() == crate::disk::Role::ALL.len();
+    let every_folder_measured = spaces.len() == crate::disk_space::Role::ALL.len();
     let disk_ok = reserve && every_folder_measured && spaces.iter().all(above_low_water);
     let worker = &state.paths.worker_program;
     let worker_ok = is_executable(worker);

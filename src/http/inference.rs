@@ -6,7 +6,7 @@
 //! The prediction itself runs in the job's warm model process (the supervisor's, never here).
 
 use super::auth::Authed;
-use super::lifecycle::find_own_files;
+use super::retention::find_own_files;
 use super::{ApiError, AppState};
 use crate::catalog;
 use crate::domain::{Job, JobState};
@@ -110,8 +110,8 @@ async fn run(state: &AppState, job: &Job, body: Bytes, cam: bool) -> Result<(ser
     let picture = uploads.join(format!("{name}-cam.png"));
     if let Err(err) = tokio::fs::write(&image, &body).await {
         let _ = tokio::fs::remove_file(&image).await;
-        if crate::storage::is_storage_error(&err) {
-            return Err(ApiError::InsufficientStorage(crate::disk::Full::at(&uploads)));
+        if crate::files::is_storage_error(&err) {
+            return Err(ApiError::InsufficientStorage(crate::disk_space::Full::at(&uploads)));
         }
         return Err(ApiError::Internal(err.into()));
     }

@@ -13,7 +13,7 @@
 use super::auth::Caller;
 use super::jobs::{redact_for, standing, Standing};
 use super::{etag, ApiError, AppState};
-use crate::domain::progress::FinalMetrics;
+use crate::domain::worker_protocol::FinalMetrics;
 use crate::domain::{Job, JobId, JobProgress, JobState};
 use crate::store::{JobFilter, PageOrder};
 use super::extract::Query;

@@ -304,7 +304,7 @@ async fn enqueue(
 ) -> Result<Response, ApiError> {
     let variants = sweep::expand(body)?;
     check_limits(state, user, &variants).await?;
-    super::lifecycle::check_quota(state, user).await?;
+    super::retention::check_quota(state, user).await?;
     let mut checked = Vec::new();
     for variant in &variants {
         let spec = &variant.spec;

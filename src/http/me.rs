@@ -24,7 +24,7 @@ pub struct MeView {
     pub webhook: Option<WebhookView>,
     /// The bytes the caller's jobs hold, and the quota if any.
     #[serde(flatten)]
-    pub disk: super::lifecycle::DiskUsage,
+    pub disk: super::retention::DiskUsage,
 }
 
 /// A webhook as `GET /api/me` shows it: its URL (the secret is write-only).
@@ -102,7 +102,7 @@ impl MeChange {
 /// The caller as `GET /api/me` shows them.
 async fn view(state: &AppState, user: User) -> Result<MeView, ApiError> {
     let targets = state.store.notify_targets(&user.name).await?.unwrap_or_default();
-    let disk = super::lifecycle::usage_of(state, &user).await?;
+    let disk = super::retention::usage_of(state, &user).await?;
     let webhook = targets.webhook_url.map(|url| WebhookView { url });
     Ok(MeView { name: user.name, admin: user.admin, email: targets.email, webhook, disk })
 }

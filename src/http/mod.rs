@@ -15,9 +15,9 @@ mod health;
 mod inference;
 mod job_list;
 mod jobs;
-mod lifecycle;
+mod retention;
 mod me;
-mod metrics;
+mod prometheus;
 mod openapi;
 mod outputs;
 mod plots;
@@ -98,7 +98,7 @@ pub struct AppState {
     /// Per-user limits.
     pub limits: Arc<Limits>,
     /// Free space and the reserve: requests that write answer 507 while the disk is full.
-    pub disk: crate::disk::Disk,
+    pub disk: crate::disk_space::Disk,
     /// Tokens' users, remembered for a few seconds.
     pub tokens: Arc<auth::TokenCache>,
     /// Counters and histograms `/metrics` serves; requests are counted by a layer here.
@@ -109,7 +109,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/jobs", post(jobs::submit).get(job_list::list))
-        .route("/jobs/{id}", get(jobs::show).delete(lifecycle::delete))
+        .route("/jobs/{id}", get(jobs::show).delete(retention::delete))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/resubmit", post(jobs::resubmit))
         .route("/jobs/{id}/events", get(events::job_stream))
@@ -132,8 +132,8 @@ pub fn router(state: AppState) -> Router {
         .route("/me", get(me::me).put(me::update_me))
         .route("/admin/notifications", get(me::admin_notifications))
         .route("/jobs/{id}", patch(chains::patch))
-        .route("/admin/usage", get(lifecycle::usage))
-        .route("/admin/gc", post(lifecycle::gc))
+        .route("/admin/usage", get(retention::usage))
+        .route("/admin/gc", post(retention::gc))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))
@@ -157,7 +157,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api", api)
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
-        .route("/metrics", get(metrics::prometheus))
+        .route("/metrics", get(prometheus::prometheus))
         .fallback_service(match &state.paths.static_dir {
             Some(folder) => axum::routing::any_service(ServeDir::new(folder)),
             None => axum::routing::any(assets::serve),
@@ -165,7 +165,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(TraceLayer::new_for_http())
-        .layer(axum::middleware::from_fn_with_state(state.telemetry.clone(), metrics::count_requests))
+        .layer(axum::middleware::from_fn_with_state(state.telemetry.clone(), prometheus::count_requests))
         .with_state(state)
 }
 

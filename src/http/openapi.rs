@@ -51,9 +51,9 @@ use utoipa::OpenApi;
         super::me::update_me,
         super::me::admin_notifications,
         super::chains::patch,
-        super::lifecycle::delete,
-        super::lifecycle::usage,
-        super::lifecycle::gc,
+        super::retention::delete,
+        super::retention::usage,
+        super::retention::gc,
         openapi_json,
         docs,
         super::health::live,
@@ -151,7 +151,7 @@ pub async fn docs() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page.as_str()).into_response()
 }
 
-/// `GET /metrics`, described here because its handler (`metrics.rs`) is Prometheus's business.
+/// `GET /metrics`, described here because its handler (`prometheus.rs`) is Prometheus's business.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text: jobs, devices, fair-share usage, disks", content_type = "text/plain", body = String)))]
 #[allow(dead_code)]

@@ -3,11 +3,11 @@
 
 use super::csv::{self, FormatQuery, TableFormat};
 use super::auth::Authed;
-use super::lifecycle::find_own_files;
+use super::retention::find_own_files;
 use crate::domain::user::User;
 use super::{ApiError, AppState};
 use crate::catalog::check_plain_name;
-use crate::domain::progress::{EpochMetrics, FinalMetrics};
+use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
 use crate::domain::JobId;
 use crate::supervisor::JobPaths;
 use axum::body::Body;
@@ -177,7 +177,7 @@ pub async fn artifacts(
             if file_type.is_dir() && depth < MAX_ARTIFACT_DEPTH {
                 folders.push((entry.path(), format!("{name}/"), depth + 1));
             } else if file_type.is_file() && !name.ends_with(".tmp") && !name.contains(".tmp.") {
-                // Half-written files (`*.tmp`, and storage::write_atomic's `*.tmp.<pid>.<n>.<nonce>`) are not artifacts yet.
+                // Half-written files (`*.tmp`, and files::write_atomic's `*.tmp.<pid>.<n>.<nonce>`) are not artifacts yet.
                 let Ok(metadata) = entry.metadata().await else { continue };
                 let url = format!("/api/jobs/{}/artifacts/{name}", job.id);
                 views.push(ArtifactView { name, bytes: metadata.len(), url });

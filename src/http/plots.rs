@@ -6,7 +6,7 @@
 use super::compare::{resolve, CompareQuery};
 use super::csv::download_name;
 use super::auth::Authed;
-use super::lifecycle::find_own_files;
+use super::retention::find_own_files;
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use crate::plots::{self, Confusion, CurveMetric, CurveRun, Curves, Format, Plot, Roc, RocRun};

@@ -22,11 +22,11 @@ pub(super) async fn test_router() -> TestRouter {
     let store = crate::store::Store::open(&data_dir).await.unwrap();
     let token = crate::domain::user::new_token();
     assert!(store.add_user("alice", false, &token).await.unwrap());
-    let disk = crate::disk::Disk::new(
+    let disk = crate::disk_space::Disk::new(
         &data_dir,
         &jobs_dir,
         &data_dir.join("cache"),
-        crate::disk::DiskSettings { low_water_bytes: 0, reserve_bytes: 0, max_storage_attempts: 1 },
+        crate::disk_space::DiskSettings { low_water_bytes: 0, reserve_bytes: 0, max_storage_attempts: 1 },
     );
     let inventory = crate::devices::Inventory::cpu_only(1, 1);
     let scheduler = crate::scheduler::SchedulerHandle::default();

@@ -5,7 +5,7 @@ use super::{
     dashed_swatch, draw_legend, drawing_error, padded_range, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, LEGEND_SIZE, TICK_SIZE,
     TITLE_SIZE,
 };
-use crate::domain::progress::EpochMetrics;
+use crate::domain::worker_protocol::EpochMetrics;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 

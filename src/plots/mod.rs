@@ -231,7 +231,7 @@ fn padded_range(low: f64, high: f64) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::progress::EpochMetrics;
+    use crate::domain::worker_protocol::EpochMetrics;
 
     fn epoch(phase: u32, epoch: u32, train_acc: f64, val_acc: Option<f64>) -> EpochMetrics {
         EpochMetrics {

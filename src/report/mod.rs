@@ -13,9 +13,9 @@ mod describe;
 
 pub use describe::describe;
 
-use crate::domain::progress::EpochMetrics;
+use crate::domain::worker_protocol::EpochMetrics;
 use crate::domain::{Job, JobState};
-use crate::metrics::MeanStd;
+use crate::domain::scores::MeanStd;
 use crate::plots::{self, CurveMetric, CurveRun, Curves, Format, Plot};
 use std::collections::BTreeMap;
 use std::fmt::Write;

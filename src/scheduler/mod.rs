@@ -17,7 +17,7 @@ mod queue;
 
 use crate::catalog;
 use crate::devices::Inventory;
-use crate::domain::progress::{WorkerDevice, WorkerJob};
+use crate::domain::worker_protocol::{WorkerDevice, WorkerJob};
 use crate::domain::spec::Weights;
 use crate::domain::{Job, JobId, JobState};
 use crate::store::{unix_now, Store, StoreError};
@@ -145,7 +145,7 @@ pub struct Inputs {
     /// Budget of the shared cache folder, in bytes.
     pub cache_budget_bytes: u64,
     /// The disks the jobs write: no job starts unless what it will write fits above the low-water mark.
-    pub disk: crate::disk::Disk,
+    pub disk: crate::disk_space::Disk,
 }
 
 /// The admin's scheduling settings.
@@ -408,7 +408,7 @@ async fn schedule_once(
         (order, plan, places)
     };
     // What the jobs started in this pass will write, on top of what is already written.
-    let mut committed: Vec<(crate::disk::Role, u64)> = Vec::new();
+    let mut committed: Vec<(crate::disk_space::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
     for (id, device) in plan.assignments {
         // The spec, for the first time since the job was queued.
@@ -424,7 +424,7 @@ async fn schedule_once(
         let data_budget = (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
         // Its checkpoints (known from the spec) must fit before the dataset is even looked at, so
         // a job waiting for disk costs no scan per pass.
-        let checkpoints = vec![(crate::disk::Role::Jobs, crate::domain::memory::disk_bytes(&job.spec))];
+        let checkpoints = vec![(crate::disk_space::Role::Jobs, crate::domain::memory::disk_bytes(&job.spec))];
         if let Some(short) = make_room(&inputs.disk, &mut spaces, &committed, &checkpoints).await {
             waiting_for_disk.push(waits_for_disk(handle, id, short));
             continue;
@@ -490,11 +490,11 @@ async fn schedule_once(
 /// low-water mark; if not, the cache gives way first and the disks are measured again. The
 /// shortage that remains, if any.
 async fn make_room(
-    disk: &crate::disk::Disk,
-    spaces: &mut Vec<crate::disk::Space>,
-    committed: &[(crate::disk::Role, u64)],
-    needs: &[(crate::disk::Role, u64)],
-) -> Option<crate::disk::Shortage> {
+    disk: &crate::disk_space::Disk,
+    spaces: &mut Vec<crate::disk_space::Space>,
+    committed: &[(crate::disk_space::Role, u64)],
+    needs: &[(crate::disk_space::Role, u64)],
+) -> Option<crate::disk_space::Shortage> {
     let wanted: Vec<_> = committed.iter().chain(needs).copied().collect();
     let short = disk.shortage(spaces, &wanted)?;
     let missing = short.needed_bytes.saturating_sub(short.free_bytes);
@@ -510,7 +510,7 @@ async fn make_room(
 
 /// A planned job that waits for disk space: its queue entry, said in the log once when it
 /// starts waiting, not on every pass.
-fn waits_for_disk(handle: &SchedulerHandle, id: JobId, short: crate::disk::Shortage) -> (JobId, String) {
+fn waits_for_disk(handle: &SchedulerHandle, id: JobId, short: crate::disk_space::Shortage) -> (JobId, String) {
     if handle.queue_info(id).is_none_or(|info| !info.pending_reason.starts_with("waiting for disk space")) {
         tracing::warn!(%id, reason = %short, "job waits for disk space");
     }
@@ -526,7 +526,7 @@ fn worker_job(
     threads: usize,
     gpu_data_budget_bytes: Option<u64>,
     inputs: &Inputs,
-) -> Result<(WorkerJob, u32, Vec<(crate::disk::Role, u64)>), String> {
+) -> Result<(WorkerJob, u32, Vec<(crate::disk_space::Role, u64)>), String> {
     let spec = job.spec.clone();
     let dataset = catalog::datasets::open(&inputs.datasets, &spec.dataset).map_err(|err| err.to_string())?;
     // `init_from`'s weights replace the backbone's, so the ImageNet file is not needed then. The
@@ -568,8 +568,8 @@ fn worker_job(
     } as u64;
     let images: u64 = dataset.splits.iter().map(|split| split.images as u64).sum();
     let needs = vec![
-        (crate::disk::Role::Jobs, crate::domain::memory::disk_bytes(&spec)),
-        (crate::disk::Role::Cache, images * side * side * 3),
+        (crate::disk_space::Role::Jobs, crate::domain::memory::disk_bytes(&spec)),
+        (crate::disk_space::Role::Cache, images * side * side * 3),
     ];
     let work = WorkerJob {
         job_id: job.id,

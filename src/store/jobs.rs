@@ -3,7 +3,7 @@
 use super::{legal, Store, StoreError};
 use crate::domain::outcome::RunOutcome;
 use crate::domain::job::now_rfc3339;
-use crate::domain::progress::{EpochMetrics, FinalMetrics};
+use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
 use crate::domain::job::ResumePoint;
 use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState};
 

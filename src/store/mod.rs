@@ -2,12 +2,12 @@
 //! migrations from `migrations/` applied at open.
 
 mod jobs;
-mod lifecycle;
+mod retention;
 mod notifications;
 mod users;
 
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
-pub use lifecycle::{JobSize, Tombstone};
+pub use retention::{JobSize, Tombstone};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use users::UserRecord;
 

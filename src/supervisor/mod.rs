@@ -12,7 +12,7 @@ pub use remote::RemoteError;
 
 use crate::devices::{DeviceKind, DeviceSlot, Inventory};
 use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts, RunOutcome};
-use crate::domain::progress::{FailureKind, WorkerJob};
+use crate::domain::worker_protocol::{FailureKind, WorkerJob};
 use crate::domain::relay::WorkerExit;
 use crate::domain::{JobId, JobSpec, JobState};
 use crate::events::{EventBus, EventKind};
@@ -167,7 +167,7 @@ pub struct Supervisor {
     /// Jobs running in Slurm, fed by their relays.
     remote: Arc<Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<remote::RemoteJob>>>>>,
     /// The disks: the reserve a full disk releases, the free space failure messages name.
-    disk: crate::disk::Disk,
+    disk: crate::disk_space::Disk,
     /// Jobs finished, out-of-memory retries, run and epoch times, for `/metrics`.
     telemetry: Telemetry,
 }
@@ -182,7 +182,7 @@ impl Supervisor {
         wake_scheduler: Arc<Notify>,
         events: EventBus,
         inventory: Inventory,
-        disk: crate::disk::Disk,
+        disk: crate::disk_space::Disk,
         telemetry: Telemetry,
     ) -> Supervisor {
         let supervisor = Supervisor {
@@ -270,7 +270,7 @@ impl Supervisor {
     /// A worker (or a Slurm job) that could not be started: the job fails with the reason, unless
     /// the disk refused a write, which sends it back to the queue like a worker's full disk.
     async fn start_failed(&self, id: JobId, log: &JobLog, err: &anyhow::Error, work: &WorkerJob, phases: u32, reason: &str) {
-        let Some(storage) = crate::storage::storage_error_in(err) else {
+        let Some(storage) = crate::files::storage_error_in(err) else {
             return self.finish(id, JobState::Failed, Some(reason)).await;
         };
         let spec = &work.spec;
@@ -613,7 +613,7 @@ impl Supervisor {
     /// usage. A failed write is logged, not retried: the usage is a report, not the job's state.
     async fn measure_folder(&self, id: JobId) {
         let dir = self.job_paths(id).dir;
-        let bytes = tokio::task::spawn_blocking(move || crate::storage::prune::folder_bytes(&dir)).await.unwrap_or(0);
+        let bytes = tokio::task::spawn_blocking(move || crate::files::prune::folder_bytes(&dir)).await.unwrap_or(0);
         if let Err(err) = self.store.set_disk_bytes(id, bytes, None).await {
             tracing::warn!(job_id = %id, error = ?err, "recording the size of the job's folder failed");
         }
@@ -645,9 +645,9 @@ impl Supervisor {
     }
 }
 
-/// Writes a file the worker or Slurm reads, atomically (`storage::write_atomic`), off the runtime.
+/// Writes a file the worker or Slurm reads, atomically (`files::write_atomic`), off the runtime.
 async fn write_file(path: PathBuf, bytes: impl AsRef<[u8]> + Send + 'static) -> std::io::Result<()> {
-    let written = tokio::task::spawn_blocking(move || crate::storage::write_atomic_bytes(&path, bytes.as_ref())).await;
+    let written = tokio::task::spawn_blocking(move || crate::files::write_atomic_bytes(&path, bytes.as_ref())).await;
     written.unwrap_or_else(|err| Err(std::io::Error::other(err)))
 }
 
@@ -664,7 +664,7 @@ fn signal_group(pid: i32, signal: i32) {
 /// (a corrupt row) is logged and given up.
 struct StateWrite<'a> {
     what: &'static str,
-    disk: &'a crate::disk::Disk,
+    disk: &'a crate::disk_space::Disk,
     delay: Duration,
     attempts: u32,
 }
@@ -673,7 +673,7 @@ impl<'a> StateWrite<'a> {
     const FIRST_DELAY: Duration = Duration::from_millis(100);
     const MAX_DELAY: Duration = Duration::from_secs(5);
 
-    fn new(what: &'static str, disk: &'a crate::disk::Disk) -> StateWrite<'a> {
+    fn new(what: &'static str, disk: &'a crate::disk_space::Disk) -> StateWrite<'a> {
         StateWrite { what, disk, delay: Self::FIRST_DELAY, attempts: 0 }
     }
 

@@ -4,7 +4,7 @@
 
 use super::JobLog;
 use crate::domain::job::ResumePoint;
-use crate::domain::progress::{EpochMetrics, FailureKind, FinalMetrics, ProgressEvent};
+use crate::domain::worker_protocol::{EpochMetrics, FailureKind, FinalMetrics, ProgressEvent};
 use crate::domain::job::{FeatureUse, SplitLoad};
 use crate::domain::{JobId, JobProgress};
 use crate::events::{EventBus, EventKind};

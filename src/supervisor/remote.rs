@@ -9,7 +9,7 @@ use super::slurm::{self, SlurmConfig};
 use super::{write_file, JobLog, JobPaths, ProgressTracker, Supervisor};
 use crate::devices::DeviceSlot;
 use crate::domain::outcome::{decide, Decision, RunFacts, RunOutcome, SlurmEnd, SlurmState};
-use crate::domain::progress::WorkerJob;
+use crate::domain::worker_protocol::WorkerJob;
 use crate::domain::relay::{RelayBatch, Stream, WorkerExit};
 use crate::domain::{Job, JobId, JobSpec};
 use crate::events::EventKind;

@@ -4,12 +4,12 @@
 use crate::data::Split;
 use crate::evaluate::Evaluation;
 use crate::model::Network;
-use crate::report::emit;
+use crate::emit::emit;
 use crate::resume;
 use anyhow::Context;
 use std::path::Path;
 use trainq::domain::ProgressEvent;
-use trainq::storage;
+use trainq::files;
 
 /// `predictions.csv`: one row per test image with its path (relative to the dataset), true label
 /// and probability (of the positive class, or of each class for a softmax model).
@@ -39,7 +39,7 @@ fn csv_field(text: &str) -> String {
     }
 }
 
-/// Writes the VarStore's tensors as safetensors (`storage::write_atomic`, through the resumable
+/// Writes the VarStore's tensors as safetensors (`files::write_atomic`, through the resumable
 /// checkpoint's writer) and announces the artifact.
 pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Result<()> {
     resume::write_safetensors(&dir.join(name), network.vs.variables(), None)?;
@@ -47,11 +47,11 @@ pub fn save_checkpoint(network: &Network, dir: &Path, name: &str) -> anyhow::Res
     Ok(())
 }
 
-/// Writes an artifact (`storage::write_atomic`) and announces it. `name` is relative to `dir` and
+/// Writes an artifact (`files::write_atomic`) and announces it. `name` is relative to `dir` and
 /// may name a sub-folder (`cam/index.json`).
 pub fn write_artifact(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     let path = dir.join(name);
-    storage::write_atomic_bytes(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    files::write_atomic_bytes(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
     emit(&ProgressEvent::Artifact { name: name.to_string() });
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! | `h` | [`EntryHeader`] as JSON: key, count, channels (1 or 3), shape groups, labels, relative paths, skipped files |
 //! | `Σ count·channels·height·width` | the pixels: each shape group's `[n, C, H, W]` uint8 in C order, group after group |
 //!
-//! Writers go through `storage::write_atomic` (a private temporary file
+//! Writers go through `files::write_atomic` (a private temporary file
 //! `<key>.bin.tmp.<pid>.<n>.<nonce>`, fsynced and renamed over the entry), so readers see either no
 //! entry or a complete one; two jobs that build the same entry at once both succeed and the last
 //! rename wins (both files are identical; a reader that opened the first keeps reading it). Readers check the magic, version, header and
@@ -24,7 +24,7 @@
 //! is `N·C·H·W` bytes (the Kaggle train split, grayscale, at 128 px: 85 MB). Reading an entry
 //! refreshes its modification time, and whoever writes an entry then trims the whole cache folder
 //! (these entries and the activation caches of `features.rs`) to its budget, least recently used
-//! first (`storage::evict`). A write that finds the disk full evicts to make room and tries once
+//! first (`files::evict`). A write that finds the disk full evicts to make room and tries once
 //! more ([`write_making_room`]); if it still fails, the job carries on uncached.
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use trainq::domain::spec::{Resize, Sampling};
-use trainq::storage;
+use trainq::files;
 
 const MAGIC: &[u8; 8] = b"TRQCACHE";
 
@@ -171,7 +171,7 @@ pub fn read_entry(cache_dir: &Path, key: &str) -> Result<(EntryHeader, Vec<Tenso
         file.read_exact(uint8_bytes_mut(&mut images)).map_err(|err| Miss::Invalid(err.to_string()))?;
         groups.push(images);
     }
-    storage::evict::touch(&path);
+    files::evict::touch(&path);
     Ok((header, groups))
 }
 
@@ -195,7 +195,7 @@ pub fn open_entry(path: &Path, magic: &[u8; 8], version: u32) -> Result<(File, u
     Ok((file, u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as usize))
 }
 
-/// Writes the entry for `header.key` atomically (`storage::write_atomic`), making room when the
+/// Writes the entry for `header.key` atomically (`files::write_atomic`), making room when the
 /// disk is full ([`write_making_room`]); `groups` are the contiguous CPU uint8 tensors the header's
 /// groups describe.
 pub fn write_entry(cache_dir: &Path, header: &EntryHeader, groups: &[&Tensor]) -> std::io::Result<()> {
@@ -206,11 +206,11 @@ pub fn write_entry(cache_dir: &Path, header: &EntryHeader, groups: &[&Tensor]) -
     let header_bytes = serde_json::to_vec(header).map_err(std::io::Error::other)?;
     let bytes = (16 + header_bytes.len() + header.pixel_bytes()) as u64;
     let path = entry_path(cache_dir, &header.key);
-    storage::evict::remove_stale_temporaries(cache_dir);
+    files::evict::remove_stale_temporaries(cache_dir);
     // Nothing to keep: a job reads pixel entries whole into memory (it holds none open), and the
     // entries it just wrote are the most recently used, the last that eviction takes.
     write_making_room(cache_dir, bytes, &[], || {
-        storage::write_atomic(&path, |file| {
+        files::write_atomic(&path, |file| {
             file.write_all(MAGIC)?;
             file.write_all(&FORMAT_VERSION.to_le_bytes())?;
             file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
@@ -227,7 +227,7 @@ pub fn write_entry(cache_dir: &Path, header: &EntryHeader, groups: &[&Tensor]) -
 /// evict: another job may have just built them, or be writing them now.
 const RECENTLY_WRITTEN: Duration = Duration::from_secs(60);
 
-/// Writes a cache file (`write` goes through `storage::write_atomic`). The cache is an
+/// Writes a cache file (`write` goes through `files::write_atomic`). The cache is an
 /// optimisation, so a full disk (any storage error) must not cost the job: the least recently used
 /// entries of the whole cache folder `cache_root` are evicted until `bytes` are free, sparing
 /// `keep` (the caller's own entries) and anything written in the last minute, and the write is
@@ -240,9 +240,9 @@ pub fn write_making_room<T>(
     mut write: impl FnMut() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
     match write() {
-        Err(err) if storage::is_storage_error(&err) => {
+        Err(err) if files::is_storage_error(&err) => {
             eprintln!("cache: {err} while writing; evicting least recently used entries to free {:.1} MB", bytes as f64 / 1e6);
-            let eviction = storage::evict::evict_to_free_keeping(cache_root, bytes, RECENTLY_WRITTEN, keep);
+            let eviction = files::evict::evict_to_free_keeping(cache_root, bytes, RECENTLY_WRITTEN, keep);
             log_eviction(&eviction, "to make room");
             if eviction.freed == 0 {
                 return Err(err);
@@ -254,7 +254,7 @@ pub fn write_making_room<T>(
 }
 
 /// Logs each file an eviction removed, and why.
-pub fn log_eviction(eviction: &storage::Eviction, why: &str) {
+pub fn log_eviction(eviction: &files::Eviction, why: &str) {
     for (path, length) in &eviction.evicted {
         eprintln!("cache: evicted {} ({:.1} MB, least recently used, {why})", path.display(), *length as f64 / 1e6);
     }
@@ -299,7 +299,7 @@ mod tests {
     /// Writes `name` with `length` bytes, last used `age` seconds ago.
     fn entry(dir: &Path, name: &str, length: usize, age: u64) -> PathBuf {
         let path = dir.join(name);
-        storage::write_atomic_bytes(&path, &vec![7u8; length]).unwrap();
+        files::write_atomic_bytes(&path, &vec![7u8; length]).unwrap();
         File::options().append(true).open(&path).unwrap().set_modified(SystemTime::now() - Duration::from_secs(age)).unwrap();
         path
     }

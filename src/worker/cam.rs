@@ -103,7 +103,7 @@ pub fn pick(labels: &[i64], probabilities: &[Vec<f64>]) -> Vec<(usize, &'static 
 }
 
 /// The overlay as PNG bytes, [`DISPLAY_SIDE`] pixels wide. Encoded in memory (a few tens of kB), so
-/// the file is written like every other (`storage::write_atomic`).
+/// the file is written like every other (`files::write_atomic`).
 pub fn overlay_png(pixels: &Tensor, cam: &Tensor) -> anyhow::Result<Vec<u8>> {
     let mut png = Vec::new();
     overlay(pixels, cam, DISPLAY_SIDE).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;

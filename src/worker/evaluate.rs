@@ -7,7 +7,7 @@ use crate::model::{Cut, Network, Trainable};
 use crate::normalise::Normaliser;
 use crate::precision::Numerics;
 use tch::{Device, Kind, Reduction, Tensor};
-use trainq::metrics::{self, BinaryMetrics, MulticlassMetrics};
+use trainq::domain::scores::{self, BinaryMetrics, MulticlassMetrics};
 
 /// Loss (mean over the batch) and the number of correct predictions, both as 0-d tensors.
 pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
@@ -159,9 +159,9 @@ pub fn test_metrics(
     if evaluation.probabilities.first().is_some_and(|row| row.len() == 1) {
         let positives: Vec<bool> = labels.iter().map(|&label| label == 1).collect();
         let scores: Vec<f64> = evaluation.probabilities.iter().map(|row| row[0]).collect();
-        Ok((Some(metrics::evaluate_binary(&positives, &scores, 0.5)?), None))
+        Ok((Some(scores::evaluate_binary(&positives, &scores, 0.5)?), None))
     } else {
-        Ok((None, Some(metrics::evaluate_multiclass(&labels, &evaluation.probabilities, classes)?)))
+        Ok((None, Some(scores::evaluate_multiclass(&labels, &evaluation.probabilities, classes)?)))
     }
 }
 

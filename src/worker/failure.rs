@@ -1,7 +1,7 @@
 //! What a failed job reports: out of memory (so the student can shrink the batch or the image
 //! size, and the server can say so) or any other error, in libtorch's own words.
 
-use trainq::domain::progress::FailureKind;
+use trainq::domain::worker_protocol::FailureKind;
 
 /// Words libtorch and the allocators use when an allocation fails: CUDA's caching allocator
 /// ("CUDA out of memory", `OutOfMemoryError`), the CPU allocator under a memory limit

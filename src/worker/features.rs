@@ -12,7 +12,7 @@
 //! dataset's files, split, size, interpolation), the backbone, the cut, the dtype, and a hash of
 //! every backbone tensor's bytes (pretrained or seeded-random weights, batch-norm statistics), so
 //! a hit can never serve activations of other weights. Files are written like the pixel cache's
-//! (`storage::write_atomic`; a full disk evicts to make room and tries once more) and read
+//! (`files::write_atomic`; a full disk evicts to make room and tries once more) and read
 //! through a memory map, so a cache larger than memory streams from the page cache; on a GPU a
 //! job copies its activations to the device when they fit.
 //!
@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-use trainq::storage;
+use trainq::files;
 
 const MAGIC: &[u8; 8] = b"TRQFEATS";
 
@@ -176,8 +176,8 @@ pub fn write(features_dir: &Path, key: &str, features: &Features) -> std::io::Re
     };
     let header_bytes = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     let path = entry_path(features_dir, key);
-    storage::evict::remove_stale_temporaries(features_dir);
-    storage::write_atomic(&path, |file| {
+    files::evict::remove_stale_temporaries(features_dir);
+    files::write_atomic(&path, |file| {
         file.write_all(MAGIC)?;
         file.write_all(&FORMAT_VERSION.to_le_bytes())?;
         file.write_all(&(header_bytes.len() as u32).to_le_bytes())?;
@@ -245,7 +245,7 @@ pub fn read(features_dir: &Path, key: &str) -> Result<Features, Miss> {
         groups.push(tensor);
         offset += length;
     }
-    storage::evict::touch(&path);
+    files::evict::touch(&path);
     Ok(Features { groups, map: Some(map) })
 }
 

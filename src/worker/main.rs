@@ -15,7 +15,7 @@ mod model;
 mod normalise;
 mod optim;
 mod precision;
-mod report;
+mod emit;
 mod resample;
 mod resume;
 mod serve;
@@ -24,9 +24,9 @@ mod train;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use trainq::domain::progress::{FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_STORAGE};
+use trainq::domain::worker_protocol::{FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_STORAGE};
 use trainq::domain::ProgressEvent;
-use trainq::storage;
+use trainq::files;
 
 /// trainq's training worker.
 #[derive(Debug, Parser)]
@@ -167,7 +167,7 @@ fn run(job: &std::path::Path) -> ExitCode {
             // The whole chain, which names the path written: "writing <path>: No space left on
             // device (os error 28)".
             let text = format!("{err:#}");
-            let kind = if storage::storage_error_in(&err).is_some() { FailureKind::Storage } else { failure::kind(&text) };
+            let kind = if files::storage_error_in(&err).is_some() { FailureKind::Storage } else { failure::kind(&text) };
             (kind, text)
         }
         Err(payload) => {
@@ -175,7 +175,7 @@ fn run(job: &std::path::Path) -> ExitCode {
             (failure::kind(&text), text)
         }
     };
-    report::emit(&ProgressEvent::Failed { kind, message: failure::message(&text) });
+    emit::emit(&ProgressEvent::Failed { kind, message: failure::message(&text) });
     match kind {
         FailureKind::OutOfMemory => ExitCode::from(EXIT_OUT_OF_MEMORY as u8),
         FailureKind::Storage => ExitCode::from(EXIT_STORAGE as u8),

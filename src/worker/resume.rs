@@ -18,9 +18,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use trainq::domain::progress::EpochMetrics;
+use trainq::domain::worker_protocol::EpochMetrics;
 use trainq::domain::spec::JobSpec;
-use trainq::storage;
+use trainq::files;
 
 /// The checkpoint's file name inside the job's state folder.
 pub const FILE_NAME: &str = "resume.safetensors";
@@ -143,7 +143,7 @@ fn kind_of(dtype: Dtype) -> anyhow::Result<Kind> {
     })
 }
 
-/// Writes the checkpoint (`storage::write_atomic`: a temp file in the same folder, fsynced, renamed
+/// Writes the checkpoint (`files::write_atomic`: a temp file in the same folder, fsynced, renamed
 /// over the old one, the folder fsynced), so after a crash or a full disk the file is the old or
 /// the new checkpoint, whole.
 pub fn save(dir: &Path, progress: &Progress, network: &Network, optimizer: &Optimizer) -> anyhow::Result<()> {
@@ -153,7 +153,7 @@ pub fn save(dir: &Path, progress: &Progress, network: &Network, optimizer: &Opti
 }
 
 /// Writes `tensors` (in the standard layout, on the CPU) and `metadata` as a safetensors file at
-/// `path` through `storage::write_atomic`, streamed from the tensors without a copy of the file in
+/// `path` through `files::write_atomic`, streamed from the tensors without a copy of the file in
 /// memory. Both the resumable checkpoint and the phases' weights files are written here. I/O
 /// errors keep their errno under the context "writing <path>" (tch's own writer turns them into text).
 pub fn write_safetensors(
@@ -163,7 +163,7 @@ pub fn write_safetensors(
 ) -> anyhow::Result<()> {
     let stored: Vec<(String, Stored)> =
         tensors.into_iter().map(|(name, tensor)| Ok((name, Stored::new(&tensor)?))).collect::<anyhow::Result<_>>()?;
-    storage::write_atomic_through_path(path, |temporary| {
+    files::write_atomic_through_path(path, |temporary| {
         let views = stored.iter().map(|(name, stored)| (name.as_str(), stored));
         safetensors::tensor::serialize_to_file(views, &metadata, temporary).map_err(|err| match err {
             safetensors::SafeTensorError::IoError(err) => err,

@@ -56,7 +56,7 @@ fn answer(network: &Network, spec: &JobSpec, normaliser: &Normaliser, request: &
     };
     if let Some(path) = &request.cam {
         let png = crate::cam::overlay_png(&pixels, &map)?;
-        trainq::storage::write_atomic_bytes(path, &png).with_context(|| format!("writing {}", path.display()))?;
+        trainq::files::write_atomic_bytes(path, &png).with_context(|| format!("writing {}", path.display()))?;
     }
     let size = pixels.size();
     Ok(serde_json::json!({

@@ -20,7 +20,7 @@ use crate::model::{Cut, Network, Trainable};
 use crate::normalise::Normaliser;
 use crate::optim::Optimizer;
 use crate::precision::{self, CpuBf16, Numerics};
-use crate::report::emit;
+use crate::emit::emit;
 use crate::resume::{self, PartialEpoch, Progress};
 use anyhow::Context;
 use rand::SeedableRng;
@@ -28,10 +28,10 @@ use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets;
-use trainq::domain::progress::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
+use trainq::domain::worker_protocol::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
 use trainq::domain::spec::JobSpec;
 use trainq::domain::ProgressEvent;
-use trainq::storage;
+use trainq::files;
 
 /// Most pixel bytes a job keeps on its GPU for the whole job.
 const GPU_DATA_BUDGET_BYTES: i64 = 4 << 30;
@@ -274,7 +274,7 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         match crate::cam::write_gallery(&network, &test, &on_test, &dataset.classes, &work.dataset_dir, &normaliser, &work.output_dir) {
             Ok(count) => eprintln!("Grad-CAM: {count} heatmaps in cam/ ({:.1}s)", started.elapsed().as_secs_f64()),
             // A full disk fails the job like any other artifact's write; the gallery's own errors do not.
-            Err(err) if storage::storage_error_in(&err).is_some() => return Err(err.context("writing the Grad-CAM gallery")),
+            Err(err) if files::storage_error_in(&err).is_some() => return Err(err.context("writing the Grad-CAM gallery")),
             Err(err) => eprintln!("warning: no Grad-CAM gallery: {err:#}"),
         }
     }
@@ -317,7 +317,7 @@ fn resume_point(work: &WorkerJob, network: &Network) -> (Progress, Option<Optimi
 
 /// Writes the resumable checkpoint (when the job has a state folder) and announces it. A storage
 /// error (a full disk, a quota, EIO, a read-only filesystem) is returned, and stops the job: every
-/// later write would fail too, and the previous checkpoint is intact (`storage::write_atomic`), so
+/// later write would fail too, and the previous checkpoint is intact (`files::write_atomic`), so
 /// the job resumes from it once the disk is fixed. Any other failed write is logged, not fatal:
 /// training goes on, and the previous checkpoint stands.
 fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimizer: &Optimizer) -> anyhow::Result<()> {
@@ -331,7 +331,7 @@ fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimize
             }
             emit(&ProgressEvent::Checkpoint { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
         }
-        Err(err) if storage::storage_error_in(&err).is_some() => return Err(err),
+        Err(err) if files::storage_error_in(&err).is_some() => return Err(err),
         Err(err) => eprintln!("warning: no resumable checkpoint this time: {err:#}"),
     }
     Ok(())
@@ -463,7 +463,7 @@ fn cache_files<'a>(work: &WorkerJob, splits: impl Iterator<Item = &'a Split>) ->
 /// Evicts least recently used cache entries beyond the job's budget, keeping `keep`.
 fn trim_cache(work: &WorkerJob, keep: Vec<std::path::PathBuf>) {
     if let (Some(dir), Some(budget)) = (&work.cache_dir, work.cache_budget_bytes) {
-        let eviction = storage::evict(dir, budget, &keep);
+        let eviction = files::evict(dir, budget, &keep);
         cache::log_eviction(&eviction, "over the budget");
         if eviction.removed > 0 {
             eprintln!(

@@ -663,7 +663,7 @@ async fn the_hw_report_opens_in_a_real_browser_without_a_missing_resource() {
 async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
     let Some((chromium, chromedriver)) = browser_programs() else { return };
     let scripts = tempfile::tempdir().unwrap();
-    let worker = fake_worker(scripts.path(), "worker.sh", crate::lifecycle::FILE_WRITING_WORKER);
+    let worker = fake_worker(scripts.path(), "worker.sh", crate::retention::FILE_WRITING_WORKER);
     let app = TestApp::spawn(Options { worker: Some(worker), ..Options::default() });
     write_dataset(&app.root, 2, 1, 1);
     let (status, body) = app.post("/api/jobs", &spec("to-delete", [1, 1])).await;
@@ -678,7 +678,7 @@ async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
     browser.eval("window.__trainqErrors = []; addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));", json!([])).await;
     let whoami = browser.wait_for("the disk usage", "const t = document.getElementById('whoami').textContent; return t.includes('disk') && t;", json!([])).await;
     // About 1 MB (the fake worker writes 1,001,000 bytes, plus the job file and the log); the
-    // exact count is `tests/api/lifecycle.rs`'s.
+    // exact count is `tests/api/retention.rs`'s.
     assert!(whoami.as_str().unwrap().starts_with("signed in as alice · disk 9") && whoami.as_str().unwrap().ends_with(" KiB"), "{whoami}");
     browser.wait_for("the delete button", VISIBLE, json!(["#delete-button"])).await;
 

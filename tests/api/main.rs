@@ -16,7 +16,7 @@ mod helpers;
 mod inception;
 mod inference;
 mod jobs;
-mod lifecycle;
+mod retention;
 mod list;
 mod notify;
 mod pytorch;

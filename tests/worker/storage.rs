@@ -1,5 +1,5 @@
 //! A full disk, for real: a small tmpfs mounted for the test (which needs root; without it, or
-//! where mounting is not allowed, the tests say SKIPPED loudly and pass). `storage::write_atomic`
+//! where mounting is not allowed, the tests say SKIPPED loudly and pass). `files::write_atomic`
 //! fails with ENOSPC and leaves no temporary file; a worker whose checkpoint or artifact cannot be
 //! written reports a `storage` failure naming the path, exits 74 (`EXIT_STORAGE`) and leaves its
 //! last good checkpoint and no `*.tmp*` file behind.
@@ -8,7 +8,7 @@ use crate::small_disk::{temporary_files, SmallDisk};
 use crate::{follow, log, of_kind, worker, Workspace};
 use serde_json::{json, Value};
 use std::path::Path;
-use trainq::storage;
+use trainq::files;
 
 #[test]
 fn write_atomic_on_a_full_disk_fails_with_enospc_and_leaves_no_temporary_file() {
@@ -16,13 +16,13 @@ fn write_atomic_on_a_full_disk_fails_with_enospc_and_leaves_no_temporary_file() 
     let Some(disk) = SmallDisk::mount(&temp.path().join("disk"), "1m", "write_atomic on a full disk") else { return };
     std::fs::write(disk.dir.join("filler"), vec![1u8; 768 << 10]).unwrap();
 
-    let failed = storage::write_atomic_bytes(&disk.dir.join("big.bin"), &vec![2u8; 512 << 10]).unwrap_err();
+    let failed = files::write_atomic_bytes(&disk.dir.join("big.bin"), &vec![2u8; 512 << 10]).unwrap_err();
     assert_eq!(failed.raw_os_error(), Some(libc::ENOSPC), "{failed}");
-    assert!(storage::is_storage_error(&failed));
+    assert!(files::is_storage_error(&failed));
     let names: Vec<String> = std::fs::read_dir(&disk.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["filler"], "the temporary file is gone");
     // What still fits is written: the failure was the space, nothing else.
-    storage::write_atomic_bytes(&disk.dir.join("small.json"), &[3u8; 4 << 10]).unwrap();
+    files::write_atomic_bytes(&disk.dir.join("small.json"), &[3u8; 4 << 10]).unwrap();
 }
 
 /// Head-only training of a small random VGG16 on 32-pixel images: each resumable checkpoint holds

@@ -10,11 +10,11 @@
 //!   says why, in words a student can act on. scikit-learn would print 0.0 or `nan` with a warning
 //!   that scrolls away; a `None` with a reason cannot be mistaken for a score.
 //! - **Bad inputs are errors, not panics or garbage.** A NaN model output (a diverged run), or
-//!   labels and scores of different lengths, give a [`MetricsError`](crate::metrics::MetricsError).
+//!   labels and scores of different lengths, give a [`MetricsError`](crate::domain::scores::MetricsError).
 //!
 //! Two threshold conventions meet here, both copied from the tools students already use:
 //!
-//! - the fixed operating point of [`evaluate_binary`](crate::metrics::evaluate_binary) predicts
+//! - the fixed operating point of [`evaluate_binary`](crate::domain::scores::evaluate_binary) predicts
 //!   positive iff `score > threshold` (strictly greater, as in the course's `y_pred > 0.5`), so a
 //!   score of exactly 0.5 is negative;
 //! - each point of the ROC curve is sklearn's `roc_curve`: positive iff `score >= threshold`.

@@ -3,7 +3,7 @@
 
 use super::{Api, Profile};
 use crate::config::{AdminCommand, GcArgs};
-use crate::domain::lifecycle::{human_bytes, parse_age, KeepList};
+use crate::domain::retention::{human_bytes, parse_age, KeepList};
 use serde_json::{json, Value};
 
 /// `trainq rm ID…`: deletes each job, one line per job; the first failure stops with the

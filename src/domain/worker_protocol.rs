@@ -107,11 +107,11 @@ pub struct FinalMetrics {
     /// class: confusion matrix, precision, recall, specificity, F1, ROC curve and AUC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub binary: Option<crate::metrics::BinaryMetrics>,
+    pub binary: Option<crate::domain::scores::BinaryMetrics>,
     /// Test-set metrics of a softmax model: confusion matrix and per-class metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub multiclass: Option<crate::metrics::MulticlassMetrics>,
+    pub multiclass: Option<crate::domain::scores::MulticlassMetrics>,
 }
 
 /// A worker's report, one per line.

@@ -119,7 +119,7 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
     );
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
-    let per_folder: [(&str, &str, fn(&crate::disk::Space) -> u64); 2] = [
+    let per_folder: [(&str, &str, fn(&crate::disk_space::Space) -> u64); 2] = [
         ("trainq_disk_free", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache)", |space| space.free_bytes),
         ("trainq_disk_size", "Size of the filesystem of each folder trainq writes", |space| space.total_bytes),
     ];

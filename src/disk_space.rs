@@ -313,7 +313,7 @@ impl Disk {
     /// Frees up to `bytes` from the cache (least recently used entries first, none used in the
     /// last [`EVICTION_MIN_AGE`]); returns the bytes freed.
     pub fn evict(&self, bytes: u64) -> u64 {
-        let eviction = crate::storage::evict::evict_to_free(self.cache_dir(), bytes, EVICTION_MIN_AGE);
+        let eviction = crate::files::evict::evict_to_free(self.cache_dir(), bytes, EVICTION_MIN_AGE);
         if eviction.freed > 0 {
             tracing::warn!(removed = eviction.removed, freed = eviction.freed, "disk short: evicted cache entries");
         }

@@ -4,7 +4,7 @@
 //! keeps the files its keep list names. Every change of a job's bytes goes through the store's
 //! running totals, so each user's usage stays one row to read. No axum, no SQL.
 
-use crate::domain::lifecycle::KeepList;
+use crate::domain::retention::KeepList;
 use crate::domain::{Job, JobId};
 use crate::events::{EventBus, EventKind};
 use crate::store::{Store, StoreError, Tombstone};
@@ -19,7 +19,7 @@ pub const BY_RETENTION: &str = "retention";
 /// What delete, gc and retention need: the store, the supervisor (warm models and job folders),
 /// the event bus (so dashboards update). Cheap to clone.
 #[derive(Clone)]
-pub struct Lifecycle {
+pub struct Retention {
     store: Store,
     supervisor: Supervisor,
     events: EventBus,
@@ -27,7 +27,7 @@ pub struct Lifecycle {
 
 /// Why a delete, gc or prune failed: the database, or a file that would not go.
 #[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
+pub enum RetentionError {
     /// The database refused.
     #[error("database error")]
     Store(#[from] StoreError),
@@ -107,10 +107,10 @@ fn cutoff(age: Duration) -> String {
     then.format(&time::format_description::well_known::Rfc3339).expect("a time formats")
 }
 
-impl Lifecycle {
+impl Retention {
     /// The lifecycle of the jobs in `store`, whose folders `supervisor` knows.
-    pub fn new(store: Store, supervisor: Supervisor, events: EventBus) -> Lifecycle {
-        Lifecycle { store, supervisor, events }
+    pub fn new(store: Store, supervisor: Supervisor, events: EventBus) -> Retention {
+        Retention { store, supervisor, events }
     }
 
     /// Deletes a finished job: marks it deleted by `by` (the row stays), stops its warm model,
@@ -118,7 +118,7 @@ impl Lifecycle {
     /// by a crash never leaves a live job with missing files (only a deleted one whose folder
     /// the next delete or gc of it finishes removing).
     /// Returns what the store found and the bytes the folder's files held.
-    pub async fn delete(&self, id: JobId, by: &str) -> Result<(Tombstone, u64), LifecycleError> {
+    pub async fn delete(&self, id: JobId, by: &str) -> Result<(Tombstone, u64), RetentionError> {
         let outcome = self.store.tombstone(id, by).await?;
         let mut freed = 0;
         if let Tombstone::Deleted(_) = &outcome {
@@ -131,11 +131,11 @@ impl Lifecycle {
         Ok((outcome, freed))
     }
 
-    async fn remove_files(&self, id: JobId) -> Result<u64, LifecycleError> {
+    async fn remove_files(&self, id: JobId) -> Result<u64, RetentionError> {
         self.supervisor.forget_model(id).await;
         let dir = self.supervisor.job_paths(id).dir;
-        let removed = tokio::task::spawn_blocking(move || crate::storage::prune::remove_folder(&dir)).await;
-        removed.unwrap_or_else(|err| Err(std::io::Error::other(err))).map_err(|source| LifecycleError::Files { id, source })
+        let removed = tokio::task::spawn_blocking(move || crate::files::prune::remove_folder(&dir)).await;
+        removed.unwrap_or_else(|err| Err(std::io::Error::other(err))).map_err(|source| RetentionError::Files { id, source })
     }
 
     /// Runs `plan` over the live jobs that ended before its age: each is deleted, or pruned to
@@ -167,23 +167,23 @@ impl Lifecycle {
         Ok(report)
     }
 
-    async fn gc_one(&self, job: &Job, plan: &GcPlan) -> Result<GcJob, LifecycleError> {
+    async fn gc_one(&self, job: &Job, plan: &GcPlan) -> Result<GcJob, RetentionError> {
         // A queued job that starts from its weights keeps them until it has started.
         if let Some(waiting) = self.store.starting_from(job.id).await? {
-            return Err(LifecycleError::NeededBy { id: job.id, waiting });
+            return Err(RetentionError::NeededBy { id: job.id, waiting });
         }
         let dir = self.supervisor.job_paths(job.id).dir;
         let keep = plan.keep.clone();
         let dry_run = plan.dry_run;
         let measured = tokio::task::spawn_blocking(move || match &keep {
-            None => Ok(crate::storage::prune::Pruned { removed_bytes: crate::storage::prune::folder_bytes(&dir), ..Default::default() }),
+            None => Ok(crate::files::prune::Pruned { removed_bytes: crate::files::prune::folder_bytes(&dir), ..Default::default() }),
             // The model reads only what stays if it is kept; a prune that takes its weights
             // stops it below, before the next request.
-            Some(keep) => crate::storage::prune::prune(&dir, |path| keep.keeps(path), dry_run),
+            Some(keep) => crate::files::prune::prune(&dir, |path| keep.keeps(path), dry_run),
         })
         .await
         .unwrap_or_else(|err| Err(std::io::Error::other(err)))
-        .map_err(|source| LifecycleError::Files { id: job.id, source })?;
+        .map_err(|source| RetentionError::Files { id: job.id, source })?;
         let action = if plan.keep.is_some() { "prune" } else { "delete" };
         let entry = GcJob {
             id: job.id,
@@ -209,7 +209,7 @@ impl Lifecycle {
                     job.finished_at.as_deref().unwrap_or("?"),
                     keep.patterns().join(","),
                     measured.removed_files,
-                    crate::disk::gigabytes(measured.removed_bytes),
+                    crate::disk_space::gigabytes(measured.removed_bytes),
                 );
                 self.store.set_disk_bytes(job.id, measured.kept_bytes, Some(&note)).await?;
             }
@@ -234,7 +234,7 @@ impl Lifecycle {
             };
             for id in ids {
                 let dir = self.supervisor.job_paths(id).dir;
-                let bytes = tokio::task::spawn_blocking(move || crate::storage::prune::folder_bytes(&dir)).await.unwrap_or(0);
+                let bytes = tokio::task::spawn_blocking(move || crate::files::prune::folder_bytes(&dir)).await.unwrap_or(0);
                 if let Err(err) = self.store.set_disk_bytes(id, bytes, None).await {
                     tracing::warn!(job_id = %id, error = ?err, "recording a job's size failed; the next start tries again");
                     return;
@@ -265,7 +265,7 @@ impl Lifecycle {
             match self.gc(&plan).await {
                 Ok(report) if !report.jobs.is_empty() || !report.failed.is_empty() => tracing::info!(
                     jobs = report.jobs.len(),
-                    freed = %crate::disk::gigabytes(report.freed_bytes),
+                    freed = %crate::disk_space::gigabytes(report.freed_bytes),
                     failed = report.failed.len(),
                     "retention pruned old jobs"
                 ),

@@ -157,7 +157,7 @@ mod tests {
     /// Writes `name` with `length` bytes, last used `age` seconds ago.
     fn entry(dir: &Path, name: &str, length: usize, age: u64) -> PathBuf {
         let path = dir.join(name);
-        crate::storage::write_atomic_bytes(&path, &vec![7u8; length]).unwrap();
+        crate::files::write_atomic_bytes(&path, &vec![7u8; length]).unwrap();
         let used = SystemTime::now() - Duration::from_secs(age);
         File::options().append(true).open(&path).unwrap().set_modified(used).unwrap();
         path

@@ -1,29 +1,29 @@
 //! Finished jobs' lifecycle over HTTP: `DELETE /api/jobs/{id}` (a tombstone stays), the 410 a
 //! deleted job's outputs answer, each user's disk usage (`GET /api/me`, admins'
 //! `GET /api/admin/usage`), the quota a submit checks (507), and an admin's
-//! `POST /api/admin/gc`. The work itself is `crate::lifecycle`'s.
+//! `POST /api/admin/gc`. The work itself is `crate::retention`'s.
 
 use super::auth::Authed;
 use super::extract::{Json, Path};
 use super::jobs::find_own;
 use super::{ApiError, AppState};
-use crate::domain::lifecycle::{parse_age, KeepList};
+use crate::domain::retention::{parse_age, KeepList};
 use crate::domain::user::User;
 use crate::domain::Job;
-use crate::lifecycle::{GcPlan, GcReport, Lifecycle, LifecycleError, BY_GC};
+use crate::retention::{GcPlan, GcReport, Retention, RetentionError, BY_GC};
 use crate::store::Tombstone;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-/// The lifecycle of `state`'s jobs.
-fn lifecycle(state: &AppState) -> Lifecycle {
-    Lifecycle::new(state.store.clone(), state.supervisor.clone(), state.events.clone())
+/// Delete, gc and retention of `state`'s jobs.
+fn retention(state: &AppState) -> Retention {
+    Retention::new(state.store.clone(), state.supervisor.clone(), state.events.clone())
 }
 
-impl From<LifecycleError> for ApiError {
-    fn from(err: LifecycleError) -> ApiError {
+impl From<RetentionError> for ApiError {
+    fn from(err: RetentionError) -> ApiError {
         match err {
-            LifecycleError::Store(err) => err.into(),
+            RetentionError::Store(err) => err.into(),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -75,7 +75,7 @@ pub struct Deleted {
 )]
 pub async fn delete(State(state): State<AppState>, Authed(user): Authed, Path(id): Path<String>) -> Result<axum::Json<Deleted>, ApiError> {
     let job = find_own(&state, &user, &id).await?;
-    let (outcome, freed_bytes) = lifecycle(&state).delete(job.id, &user.name).await?;
+    let (outcome, freed_bytes) = retention(&state).delete(job.id, &user.name).await?;
     match outcome {
         Tombstone::Deleted(job) => Ok(axum::Json(Deleted { job, freed_bytes })),
         Tombstone::AlreadyDeleted(job) => Err(gone(&job)),
@@ -200,7 +200,7 @@ pub async fn gc(State(state): State<AppState>, Authed(user): Authed, Json(reques
     }
     let keep = request.keep.as_deref().map(KeepList::parse).transpose().map_err(|message| invalid("keep", message))?;
     let plan = GcPlan { older_than, keep, dry_run: request.dry_run, by: BY_GC };
-    let report = lifecycle(&state).gc(&plan).await?;
+    let report = retention(&state).gc(&plan).await?;
     tracing::info!(by = %user.name, jobs = report.jobs.len(), freed = report.freed_bytes, dry_run = report.dry_run, "gc");
     Ok(axum::Json(report))
 }
