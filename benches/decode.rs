@@ -60,9 +60,25 @@ fn generate(dir: &Path, count: usize, correlated_grain: bool) -> Films {
     Films { min_megapixels: min, max_megapixels: max, bits_per_pixel: 8.0 * bytes / pixels }
 }
 
-fn worker(dataset: &Path, threads: usize, rounds: &str, cache_dir: Option<&Path>, fast_decode: bool) -> serde_json::Value {
+fn worker(
+    dataset: &Path,
+    threads: usize,
+    rounds: &str,
+    cache_dir: Option<&Path>,
+    fast_decode: bool,
+) -> serde_json::Value {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trainq-worker"));
-    command.args(["bench-decode", "--size", "128", "--interpolation", "nearest", "--batch-size", "20", "--rounds", rounds]);
+    command.args([
+        "bench-decode",
+        "--size",
+        "128",
+        "--interpolation",
+        "nearest",
+        "--batch-size",
+        "20",
+        "--rounds",
+        rounds,
+    ]);
     if fast_decode {
         command.arg("--fast-decode");
     }

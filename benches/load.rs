@@ -92,10 +92,9 @@ fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
             let scheduled = started + Duration::from_secs_f64(index as f64 / rate);
             tokio::time::sleep_until(scheduled).await;
             let request = match mode {
-                "submit" => client
-                    .post(format!("{url}/api/jobs"))
-                    .bearer_auth(&tokens[index % tokens.len()])
-                    .json(&spec(index)),
+                "submit" => {
+                    client.post(format!("{url}/api/jobs")).bearer_auth(&tokens[index % tokens.len()]).json(&spec(index))
+                }
                 "healthz" => client.get(format!("{url}/healthz")),
                 other => panic!("unknown generator mode {other}"),
             };
@@ -113,7 +112,10 @@ fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
                     Ok((status, body)) => Outcome {
                         latency_ms: Some(latency_ms),
                         status: status.as_u16().to_string(),
-                        job_id: body["jobs"][0]["id"].as_str().filter(|_| status == reqwest::StatusCode::CREATED).map(str::to_string),
+                        job_id: body["jobs"][0]["id"]
+                            .as_str()
+                            .filter(|_| status == reqwest::StatusCode::CREATED)
+                            .map(str::to_string),
                     },
                     Err(err) => {
                         eprintln!("request {index}: {err}");
@@ -122,7 +124,8 @@ fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
                 }
             }));
         }
-        let mut summary = Summary { latencies_ms: Vec::new(), seconds: 0.0, statuses: BTreeMap::new(), accepted_ids: Vec::new() };
+        let mut summary =
+            Summary { latencies_ms: Vec::new(), seconds: 0.0, statuses: BTreeMap::new(), accepted_ids: Vec::new() };
         for task in tasks {
             let outcome = task.await.unwrap();
             summary.latencies_ms.extend(outcome.latency_ms);
@@ -213,7 +216,9 @@ fn listed_ids(url: &str, admin_token: &str) -> HashSet<String> {
             let response = request.send().await.unwrap();
             assert!(response.status().is_success(), "GET /api/jobs: {}", response.status());
             let page: serde_json::Value = response.json().await.unwrap();
-            ids.extend(page["jobs"].as_array().unwrap().iter().filter_map(|job| job["id"].as_str().map(str::to_string)));
+            ids.extend(
+                page["jobs"].as_array().unwrap().iter().filter_map(|job| job["id"].as_str().map(str::to_string)),
+            );
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_string()),
                 None => return ids,
@@ -235,7 +240,11 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// The process's resident memory, MB.
 fn rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0);
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
     kb / 1024.0
 }
 
@@ -273,7 +282,10 @@ fn sequential_gets(url: &str, path: &str, token: Option<&str>, n: usize) -> Vec<
 fn queued(url: &str) -> u64 {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let text = runtime.block_on(async { reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap() });
-    text.lines().find_map(|line| line.strip_prefix("trainq_jobs{state=\"queued\"} ")).and_then(|count| count.parse().ok()).unwrap_or(0)
+    text.lines()
+        .find_map(|line| line.strip_prefix("trainq_jobs{state=\"queued\"} "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The fake workers' notes: which have started, which have ended, and when.
@@ -482,7 +494,12 @@ fn main() {
             idle_empty * 100.0
         );
         let list = sequential_gets(&url, "/api/jobs?limit=50", Some(&students[0]), 300);
-        println!("list: GET /api/jobs?limit=50 with {} jobs: p50 {:.1} ms p99 {:.1} ms", accepted.len(), quantile(&list, 0.5), quantile(&list, 0.99));
+        println!(
+            "list: GET /api/jobs?limit=50 with {} jobs: p50 {:.1} ms p99 {:.1} ms",
+            accepted.len(),
+            quantile(&list, 0.5),
+            quantile(&list, 0.99)
+        );
     }
     let _ = server.kill();
     let _ = server.wait();

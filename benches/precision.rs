@@ -40,7 +40,8 @@ fn spec(seed: u64, epochs: (u32, u32), precision: &str) -> Value {
 
 fn train(root: &std::path::Path, dataset: &std::path::Path, spec: &Value, threads: usize) -> Outcome {
     let name = spec["name"].as_str().unwrap().to_string();
-    let mut outcome = Outcome { precision: String::new(), test_acc: f64::NAN, auc: f64::NAN, final_loss: f64::NAN, seconds: 0.0 };
+    let mut outcome =
+        Outcome { precision: String::new(), test_acc: f64::NAN, auc: f64::NAN, final_loss: f64::NAN, seconds: 0.0 };
     outcome.seconds = support::run_worker(root, &name, dataset, spec, threads, |event| match event {
         ProgressEvent::Started { precision, .. } => outcome.precision = precision.unwrap_or_default(),
         ProgressEvent::Epoch(metrics) => outcome.final_loss = metrics.train_loss,
@@ -50,7 +51,10 @@ fn train(root: &std::path::Path, dataset: &std::path::Path, spec: &Value, thread
         }
         _ => {}
     });
-    eprintln!("  {name}: {} — test accuracy {:.4}, AUC {:.4}, final loss {:.4} ({:.0}s)", outcome.precision, outcome.test_acc, outcome.auc, outcome.final_loss, outcome.seconds);
+    eprintln!(
+        "  {name}: {} — test accuracy {:.4}, AUC {:.4}, final loss {:.4} ({:.0}s)",
+        outcome.precision, outcome.test_acc, outcome.auc, outcome.final_loss, outcome.seconds
+    );
     outcome
 }
 

@@ -58,7 +58,10 @@ fn worker_run(root: &Path, name: &str, dataset: &Path, spec: Value, threads: usi
         ProgressEvent::Epoch(metrics) => {
             run.epochs.last_mut().unwrap().push(metrics.seconds);
             if metrics.epoch % 10 == 0 {
-                eprintln!("  {name}: phase {} epoch {} ({:.1}s, loss {:.4})", metrics.phase, metrics.epoch, metrics.seconds, metrics.train_loss);
+                eprintln!(
+                    "  {name}: phase {} epoch {} ({:.1}s, loss {:.4})",
+                    metrics.phase, metrics.epoch, metrics.seconds, metrics.train_loss
+                );
             }
         }
         ProgressEvent::Final(metrics) => run.test_acc = metrics.test_acc,

@@ -28,8 +28,18 @@ fn main() {
         let parts: Vec<&str> = config.split(':').collect();
         let [size, batch, train] = parts[..] else { panic!("config `{config}` is not SIZE:BATCH:TRAIN") };
         let args = [
-            "--image-size", size, "--batch-size", batch, "--train", train, "--threads", &threads, "--steps", &steps,
-            "--warmup", "2",
+            "--image-size",
+            size,
+            "--batch-size",
+            batch,
+            "--train",
+            train,
+            "--threads",
+            &threads,
+            "--steps",
+            &steps,
+            "--warmup",
+            "2",
         ];
         let ours = run_json(Command::new(env!("CARGO_BIN_EXE_trainq-worker")).arg("bench").args(args));
         let theirs = run_json(Command::new(&python).arg(root.join("deploy/bench/train_step_torch.py")).args(args));

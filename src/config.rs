@@ -607,7 +607,8 @@ mod tests {
 
     #[test]
     fn a_config_file_names_flags_and_rejects_unknown_keys() {
-        let variables = config_variables("listen = \"0.0.0.0:80\"\ncpu-slots = 2\ncache_max_gb = 7.5\nno_gpu = true\n").unwrap();
+        let variables =
+            config_variables("listen = \"0.0.0.0:80\"\ncpu-slots = 2\ncache_max_gb = 7.5\nno_gpu = true\n").unwrap();
         assert_eq!(
             variables,
             [

@@ -182,7 +182,11 @@ impl Disk {
         }
         let disk = Disk {
             inner: Arc::new(Inner {
-                folders: vec![(Role::Data, data_dir.to_path_buf()), (Role::Jobs, jobs_dir.to_path_buf()), (Role::Cache, cache_dir.to_path_buf())],
+                folders: vec![
+                    (Role::Data, data_dir.to_path_buf()),
+                    (Role::Jobs, jobs_dir.to_path_buf()),
+                    (Role::Cache, cache_dir.to_path_buf()),
+                ],
                 reserve: data_dir.join(RESERVE_FILE),
                 reserve_held: AtomicBool::new(false),
                 settings,

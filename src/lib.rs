@@ -7,8 +7,6 @@ pub mod catalog;
 pub mod client;
 /// Command-line and environment configuration.
 pub mod config;
-/// Live events (job queued/started/progress/epoch/finished, log lines) with catch-up for late subscribers.
-pub mod events;
 /// The synthetic demo dataset.
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.
@@ -17,29 +15,31 @@ pub mod devices;
 pub mod disk_space;
 /// Job ids, states, specs and the worker protocol.
 pub mod domain;
+/// Live events (job queued/started/progress/epoch/finished, log lines) with catch-up for late subscribers.
+pub mod events;
 /// `trainq weights fetch`: download, check and install a backbone's pretrained weights.
 pub mod fetch_weights;
+/// Files on a disk that can fill up: one atomic write for every artifact, cache eviction, storage-error tests.
+pub mod files;
 /// The REST API and dashboard (the only axum code).
 pub mod http;
 /// Notifications of jobs' ends: the outbox's delivery by email (SMTP) and signed webhooks.
 pub mod notify;
 /// Report-ready plots (SVG and PNG): accuracy and loss curves, ROC, confusion matrix.
 pub mod plots;
-/// The HW report: one self-contained HTML page of experiments' specs, tables, curves and heatmaps.
-pub mod report;
 /// `trainq relay`: runs a worker the server cannot watch (a Slurm node) and forwards its output.
 pub mod relay;
+/// The HW report: one self-contained HTML page of experiments' specs, tables, curves and heatmaps.
+pub mod report;
+/// Retention of finished jobs: delete (tombstones), gc and daily retention, per-user disk usage.
+pub mod retention;
 /// The scheduling loop (the only code that claims jobs).
 pub mod scheduler;
 /// Wiring: starts every part of `trainq serve`.
 pub mod server;
-/// Files on a disk that can fill up: one atomic write for every artifact, cache eviction, storage-error tests.
-pub mod files;
 /// SQLite storage (the only SQL).
 pub mod store;
 /// Worker processes (the only code that spawns).
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
 pub mod telemetry;
-/// Retention of finished jobs: delete (tombstones), gc and daily retention, per-user disk usage.
-pub mod retention;

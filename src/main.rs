@@ -27,7 +27,8 @@ fn main() -> anyhow::Result<ExitCode> {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,7 +60,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Rm(args) => trainq::client::rm(&args.ids).await,
         Command::Admin(args) => trainq::client::admin(args.command).await,
         Command::Notify(args) => {
-            let change = trainq::client::NotifyChange { email: args.email, webhook: args.webhook, secret: args.webhook_secret, off: args.off };
+            let change = trainq::client::NotifyChange {
+                email: args.email,
+                webhook: args.webhook,
+                secret: args.webhook_secret,
+                off: args.off,
+            };
             trainq::client::notify(&change).await
         }
         Command::Completions(args) => {
@@ -75,12 +81,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             (options.after, options.init_from) = (args.after, args.init_from);
             exit(trainq::client::submit(&args.spec, &options).await?)
         }
-        Command::Redo(args) => exit(trainq::client::redo(&args.id, &submit_options(args.edits, Vec::new(), None, None)).await?),
+        Command::Redo(args) => {
+            exit(trainq::client::redo(&args.id, &submit_options(args.edits, Vec::new(), None, None)).await?)
+        }
     }
 }
 
-fn submit_options(edits: trainq::config::EditArgs, sweeps: Vec<String>, repeats: Option<u32>, name: Option<String>) -> trainq::client::SubmitOptions {
-    trainq::client::SubmitOptions { sets: edits.sets, sweeps, repeats, name, follow: edits.follow, json: edits.json, ..Default::default() }
+fn submit_options(
+    edits: trainq::config::EditArgs,
+    sweeps: Vec<String>,
+    repeats: Option<u32>,
+    name: Option<String>,
+) -> trainq::client::SubmitOptions {
+    trainq::client::SubmitOptions {
+        sets: edits.sets,
+        sweeps,
+        repeats,
+        name,
+        follow: edits.follow,
+        json: edits.json,
+        ..Default::default()
+    }
 }
 
 /// Ends the process with `code` (0 = all went well), as `wait` and `watch` promise.

@@ -7,8 +7,8 @@
 //! of the job agrees with the worker's.
 
 use crate::config::RelayArgs;
-use crate::domain::worker_protocol::ProgressEvent;
 use crate::domain::relay::{RelayBatch, RelayLine, Stream, WorkerExit, SECRET_VARIABLE};
+use crate::domain::worker_protocol::ProgressEvent;
 use crate::supervisor::spawn_relayed_worker;
 use anyhow::Context;
 use std::collections::VecDeque;
@@ -126,7 +126,11 @@ impl ForwardedSignals {
 
 /// Relays the worker's lines into `queue` and forwards signals to it until it exits and its
 /// output is read; returns how it ended.
-async fn watch_worker(mut child: Child, queue: &Arc<LineQueue>, signals: &mut ForwardedSignals) -> anyhow::Result<WorkerExit> {
+async fn watch_worker(
+    mut child: Child,
+    queue: &Arc<LineQueue>,
+    signals: &mut ForwardedSignals,
+) -> anyhow::Result<WorkerExit> {
     let mut readers = tokio::task::JoinSet::new();
     let stdout = child.stdout.take().context("the worker's stdout is not piped")?;
     let stderr = child.stderr.take().context("the worker's stderr is not piped")?;
@@ -148,7 +152,9 @@ async fn watch_worker(mut child: Child, queue: &Arc<LineQueue>, signals: &mut Fo
     // forever if a process it started keeps them open.
     let all_read = async { while readers.join_next().await.is_some() {} };
     if tokio::time::timeout(OUTPUT_CLOSE_WAIT, all_read).await.is_err() {
-        tracing::warn!("the worker exited but its output is still open (a process it started?); relaying what was read");
+        tracing::warn!(
+            "the worker exited but its output is still open (a process it started?); relaying what was read"
+        );
     }
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => WorkerExit::Code(code),
@@ -159,7 +165,12 @@ async fn watch_worker(mut child: Child, queue: &Arc<LineQueue>, signals: &mut Fo
 
 /// Moves the lines of one of the worker's streams into `queue` (bytes up to each newline, invalid
 /// UTF-8 replaced) and echoes each to `echo`.
-async fn read_lines(output: impl AsyncRead + Unpin, stream: Stream, mut echo: impl AsyncWrite + Unpin, queue: Arc<LineQueue>) {
+async fn read_lines(
+    output: impl AsyncRead + Unpin,
+    stream: Stream,
+    mut echo: impl AsyncWrite + Unpin,
+    queue: Arc<LineQueue>,
+) {
     let mut output = BufReader::new(output);
     let mut bytes = Vec::new();
     loop {
@@ -187,7 +198,8 @@ async fn read_lines(output: impl AsyncRead + Unpin, stream: Stream, mut echo: im
 /// Whether `line` is a `step` progress event: the one kind the relay may drop under memory
 /// pressure (the next one says the same, newer).
 fn is_step_event(line: &RelayLine) -> bool {
-    line.stream == Stream::Stdout && matches!(ProgressEvent::from_line(&line.text), Some(Ok(ProgressEvent::Step { .. })))
+    line.stream == Stream::Stdout
+        && matches!(ProgressEvent::from_line(&line.text), Some(Ok(ProgressEvent::Step { .. })))
 }
 
 /// The lines read from the worker and not yet taken by the server, in the order read.
@@ -273,7 +285,10 @@ impl LineQueue {
                     let lines: Vec<RelayLine> = state.lines.drain(..count).collect();
                     if state.shedding_steps && state.lines.len() < MAX_WAITING_LINES / 2 {
                         state.shedding_steps = false;
-                        tracing::warn!(dropped = state.dropped_steps, "the server caught up; relaying step progress events again");
+                        tracing::warn!(
+                            dropped = state.dropped_steps,
+                            "the server caught up; relaying step progress events again"
+                        );
                     }
                     let exit = if state.lines.is_empty() { state.exit } else { None };
                     return (lines, exit);
@@ -319,7 +334,9 @@ impl Sender {
             let (lines, exit) = queue.next_batch().await;
             let batch = RelayBatch { seq, run: self.run.clone(), lines, exit };
             if let Err(why) = self.deliver(&batch).await {
-                tracing::warn!("{why}; sending nothing more (the worker keeps running, its output is still echoed here)");
+                tracing::warn!(
+                    "{why}; sending nothing more (the worker keeps running, its output is still echoed here)"
+                );
                 queue.refuse();
                 return;
             }
@@ -447,7 +464,10 @@ mod tests {
                         stored.push(batch);
                     }
                 }
-                connection.get_mut().write_all(format!("HTTP/1.1 {status} Mock\r\ncontent-length: 0\r\n\r\n").as_bytes()).await?;
+                connection
+                    .get_mut()
+                    .write_all(format!("HTTP/1.1 {status} Mock\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await?;
             }
         }
 
@@ -460,14 +480,22 @@ mod tests {
             assert_eq!(seqs, (1..=batches.len() as u64).collect::<Vec<_>>());
             assert!(batches.iter().all(|batch| batch.run == batches[0].run));
             assert!(batches.iter().rev().skip(1).all(|batch| batch.exit.is_none()));
-            let lines = batches.iter().flat_map(|batch| batch.lines.iter().map(|line| (line.stream, line.text.clone()))).collect();
+            let lines = batches
+                .iter()
+                .flat_map(|batch| batch.lines.iter().map(|line| (line.stream, line.text.clone())))
+                .collect();
             (lines, batches.last().and_then(|batch| batch.exit))
         }
     }
 
     /// Relay arguments that run `script` under `sh -c`.
     fn shell(url: &str, script: &str) -> RelayArgs {
-        RelayArgs { url: url.to_string(), job: JobId::new(), flush_timeout_secs: 5, command: vec!["sh".into(), "-c".into(), script.into()] }
+        RelayArgs {
+            url: url.to_string(),
+            job: JobId::new(),
+            flush_timeout_secs: 5,
+            command: vec!["sh".into(), "-c".into(), script.into()],
+        }
     }
 
     async fn listening(server: &Arc<MockServer>) -> String {
@@ -485,7 +513,8 @@ mod tests {
     async fn lines_arrive_in_order_with_their_streams_and_the_exit_code() {
         let server = MockServer::new(|_| 200);
         let url = listening(&server).await;
-        let args = shell(&url, r#"echo a; sleep 0.05; echo b >&2; sleep 0.05; echo '@trainq {"event":"final"}'; exit 3"#);
+        let args =
+            shell(&url, r#"echo a; sleep 0.05; echo b >&2; sleep 0.05; echo '@trainq {"event":"final"}'; exit 3"#);
         assert_eq!(relay(&args, String::from("s3cret")).await.unwrap(), 3);
         let (lines, exit) = server.stored_lines();
         let stdout = vec![String::from("a"), String::from(r#"@trainq {"event":"final"}"#)];
@@ -493,7 +522,10 @@ mod tests {
         assert_eq!(exit, Some(WorkerExit::Code(3)));
         let requests = server.requests.lock().unwrap().clone();
         let target = format!("/api/worker/jobs/{}/lines", args.job);
-        assert!(requests.iter().all(|request| *request == (target.clone(), String::from("Bearer s3cret"))), "{requests:?}");
+        assert!(
+            requests.iter().all(|request| *request == (target.clone(), String::from("Bearer s3cret"))),
+            "{requests:?}"
+        );
     }
 
     /// Each stream's lines in the order stored.
@@ -524,7 +556,8 @@ mod tests {
         // dedupe by seq makes the retry harmless in both cases.
         let server = MockServer::new(|attempt| if attempt <= 2 { 503 } else { 200 });
         let url = listening(&server).await;
-        let args = shell(&url, "i=1; while [ $i -le 450 ]; do echo line$i; i=$((i+1)); done; sleep 0.05; echo done >&2");
+        let args =
+            shell(&url, "i=1; while [ $i -le 450 ]; do echo line$i; i=$((i+1)); done; sleep 0.05; echo done >&2");
         assert_eq!(relay(&args, String::from("s")).await.unwrap(), 0);
         let (lines, exit) = server.stored_lines();
         // Two pipes: each stream's order is kept; how they interleave is the reading's luck.

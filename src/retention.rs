@@ -135,7 +135,9 @@ impl Retention {
         self.supervisor.forget_model(id).await;
         let dir = self.supervisor.job_paths(id).dir;
         let removed = tokio::task::spawn_blocking(move || crate::files::prune::remove_folder(&dir)).await;
-        removed.unwrap_or_else(|err| Err(std::io::Error::other(err))).map_err(|source| RetentionError::Files { id, source })
+        removed
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+            .map_err(|source| RetentionError::Files { id, source })
     }
 
     /// Runs `plan` over the live jobs that ended before its age: each is deleted, or pruned to
@@ -176,7 +178,10 @@ impl Retention {
         let keep = plan.keep.clone();
         let dry_run = plan.dry_run;
         let measured = tokio::task::spawn_blocking(move || match &keep {
-            None => Ok(crate::files::prune::Pruned { removed_bytes: crate::files::prune::folder_bytes(&dir), ..Default::default() }),
+            None => Ok(crate::files::prune::Pruned {
+                removed_bytes: crate::files::prune::folder_bytes(&dir),
+                ..Default::default()
+            }),
             // The model reads only what stays if it is kept; a prune that takes its weights
             // stops it below, before the next request.
             Some(keep) => crate::files::prune::prune(&dir, |path| keep.keeps(path), dry_run),
@@ -234,7 +239,8 @@ impl Retention {
             };
             for id in ids {
                 let dir = self.supervisor.job_paths(id).dir;
-                let bytes = tokio::task::spawn_blocking(move || crate::files::prune::folder_bytes(&dir)).await.unwrap_or(0);
+                let bytes =
+                    tokio::task::spawn_blocking(move || crate::files::prune::folder_bytes(&dir)).await.unwrap_or(0);
                 if let Err(err) = self.store.set_disk_bytes(id, bytes, None).await {
                     tracing::warn!(job_id = %id, error = ?err, "recording a job's size failed; the next start tries again");
                     return;

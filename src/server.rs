@@ -46,7 +46,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     if let Some(gb) = config.worker_max_memory_gb {
         // Measured: libtorch alone needs about 0.7 GB of private memory to load.
-        anyhow::ensure!(gb >= 1.0, "--worker-max-memory-gb {gb} is too small: a worker needs about 1 GB just to load libtorch");
+        anyhow::ensure!(
+            gb >= 1.0,
+            "--worker-max-memory-gb {gb} is too small: a worker needs about 1 GB just to load libtorch"
+        );
     }
     // Job folders and the cache: on a filesystem compute nodes share, with Slurm.
     let work_dir = match &config.shared_dir {
@@ -76,7 +79,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if !requeued.is_empty() {
         tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
     let slurm = (config.executor == "slurm").then(|| {
         Arc::new(crate::supervisor::slurm::SlurmConfig {
@@ -131,7 +135,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         if slurm.is_some() {
             supervisor.reattach(&job, slurm_id).await;
         } else {
-            let reason = format!("the server restarted without the Slurm executor; Slurm job {slurm_id} is no longer followed");
+            let reason =
+                format!("the server restarted without the Slurm executor; Slurm job {slurm_id} is no longer followed");
             tracing::warn!(job_id = %job.id, %reason);
             if store.finish_job(job.id, crate::domain::JobState::Failed, Some(&reason)).await? {
                 telemetry.job_finished(crate::domain::JobState::Failed);
@@ -178,7 +183,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // An empty keep list deletes old jobs outright (tombstones); otherwise they are pruned.
         let keep = match config.retention_keep.trim() {
             "" => None,
-            list => Some(crate::domain::retention::KeepList::parse(&[list]).map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?),
+            list => Some(
+                crate::domain::retention::KeepList::parse(&[list])
+                    .map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?,
+            ),
         };
         tokio::spawn(retention.retain(config.retention_days, keep));
     }
@@ -189,7 +197,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         inventory,
         events: events.clone(),
         disk,
-        paths: Arc::new(Paths { data_dir: work_dir, datasets, weights, static_dir, worker_program: worker_program_path }),
+        paths: Arc::new(Paths {
+            data_dir: work_dir,
+            datasets,
+            weights,
+            static_dir,
+            worker_program: worker_program_path,
+        }),
         limits: Arc::new(Limits {
             rate: RateLimiter::new(config.rate_limit_per_minute.max(1)),
             max_active_jobs_per_user: config.max_jobs_per_user,
@@ -228,7 +242,8 @@ pub async fn user_command(args: crate::config::UserArgs) -> anyhow::Result<()> {
         UserCommand::Add { name, admin, email } => {
             check_name(&name).map_err(anyhow::Error::msg)?;
             if let Some(email) = &email {
-                crate::domain::notify_target::check_email(email).map_err(|message| anyhow::anyhow!("--email: {message}"))?;
+                crate::domain::notify_target::check_email(email)
+                    .map_err(|message| anyhow::anyhow!("--email: {message}"))?;
             }
             let token = new_token();
             anyhow::ensure!(
@@ -239,18 +254,29 @@ pub async fn user_command(args: crate::config::UserArgs) -> anyhow::Result<()> {
                 let change = crate::store::NotifyTargetsChange { email: Some(Some(email)), webhook: None };
                 store.set_notify_targets(&name, &change).await?;
             }
-            eprintln!("created {} `{name}`; their token (shown once, only its hash is kept):", if admin { "admin" } else { "user" });
+            eprintln!(
+                "created {} `{name}`; their token (shown once, only its hash is kept):",
+                if admin { "admin" } else { "user" }
+            );
             println!("{token}");
         }
         UserCommand::Token { name } => {
             let token = new_token();
-            anyhow::ensure!(store.set_token(&name, &token).await?, "no user `{name}`; `trainq user add {name}` creates one");
+            anyhow::ensure!(
+                store.set_token(&name, &token).await?,
+                "no user `{name}`; `trainq user add {name}` creates one"
+            );
             eprintln!("new token for `{name}` (the old one no longer works):");
             println!("{token}");
         }
         UserCommand::List => {
             for record in store.users().await? {
-                println!("{}\t{}\t{}", record.user.name, if record.user.admin { "admin" } else { "user" }, record.created_at);
+                println!(
+                    "{}\t{}\t{}",
+                    record.user.name,
+                    if record.user.admin { "admin" } else { "user" },
+                    record.created_at
+                );
             }
         }
     }

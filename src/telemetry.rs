@@ -19,9 +19,11 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
 /// Waiting in the queue: seconds (a free device) to a day (a full class before a deadline).
-const QUEUE_WAIT_BUCKETS: [f64; 14] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0];
+const QUEUE_WAIT_BUCKETS: [f64; 14] =
+    [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0];
 /// A job's device time: seconds (a failure at start) to a day.
-const RUN_BUCKETS: [f64; 14] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0];
+const RUN_BUCKETS: [f64; 14] =
+    [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0];
 /// One epoch: under a second (a small head on cached features) to an hour (a big model on a CPU).
 const EPOCH_BUCKETS: [f64; 12] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0];
 /// An API answer: a millisecond (a cached page) to seconds (a plot, an upload's prediction).
@@ -149,7 +151,16 @@ impl Telemetry {
             "The running trainq's version; the value is always 1",
             Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION") }),
         );
-        Telemetry { registry: Arc::new(registry), jobs_finished, oom_retries, http_requests, http_duration, queue_wait, job_run, epoch }
+        Telemetry {
+            registry: Arc::new(registry),
+            jobs_finished,
+            oom_retries,
+            http_requests,
+            http_duration,
+            queue_wait,
+            job_run,
+            epoch,
+        }
     }
 
     /// A job reached `state`; only the final states count (queued and running are no end).
@@ -210,9 +221,8 @@ impl Telemetry {
         use prometheus_client::encoding::{prometheus_text, text};
         let mut out = String::new();
         let written = match format {
-            Format::PrometheusText => {
-                prometheus_text::encode(&mut out, gauges).and_then(|()| prometheus_text::encode(&mut out, &self.registry))
-            }
+            Format::PrometheusText => prometheus_text::encode(&mut out, gauges)
+                .and_then(|()| prometheus_text::encode(&mut out, &self.registry)),
             Format::OpenMetrics => text::encode_registry(&mut out, gauges)
                 .and_then(|()| text::encode_registry(&mut out, &self.registry))
                 .and_then(|()| text::encode_eof(&mut out)),
@@ -239,11 +249,17 @@ mod tests {
         assert!(text.contains("trainq_jobs_finished_total{outcome=\"failed\"} 1\n"), "{text}");
         assert!(!text.contains("outcome=\"queued\""), "{text}");
         assert!(text.contains("trainq_oom_retries_total 1\n"), "{text}");
-        assert!(text.contains("trainq_http_requests_total{route=\"/api/jobs/{id}\",method=\"other\",status=\"404\"} 1\n"), "{text}");
+        assert!(
+            text.contains("trainq_http_requests_total{route=\"/api/jobs/{id}\",method=\"other\",status=\"404\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("trainq_queue_wait_seconds_bucket{le=\"60\"} 0\n"), "{text}");
         assert!(text.contains("trainq_queue_wait_seconds_bucket{le=\"120\"} 1\n"), "{text}");
         assert!(text.contains("trainq_queue_wait_seconds_count 1\n"), "{text}");
-        assert!(text.contains(&format!("trainq_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(
+            text.contains(&format!("trainq_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
         assert!(!text.contains("..\n"), "the crate ends each HELP with a period: {text}");
         for line in text.lines().filter(|line| line.starts_with("# TYPE")) {
             let help = line.replacen("# TYPE", "# HELP", 1);

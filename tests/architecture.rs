@@ -43,8 +43,10 @@ fn files_mentioning(needle: &str) -> Vec<String> {
 }
 
 fn assert_only_under(needle: &str, allowed: &[&str]) {
-    let strays: Vec<String> =
-        files_mentioning(needle).into_iter().filter(|file| !allowed.iter().any(|prefix| file.starts_with(prefix))).collect();
+    let strays: Vec<String> = files_mentioning(needle)
+        .into_iter()
+        .filter(|file| !allowed.iter().any(|prefix| file.starts_with(prefix)))
+        .collect();
     assert!(strays.is_empty(), "`{needle}` may only appear under {allowed:?}, found in {strays:?}");
 }
 
@@ -113,7 +115,8 @@ fn module_imports(dir: &Path) -> Imports {
     let mut files = Vec::new();
     rust_files(dir, &mut files);
     let module_of = |path: &Path| {
-        let first = path.strip_prefix(dir).unwrap().components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+        let first =
+            path.strip_prefix(dir).unwrap().components().next().unwrap().as_os_str().to_string_lossy().into_owned();
         first.trim_end_matches(".rs").to_string()
     };
     let modules: std::collections::BTreeSet<String> = files.iter().map(|path| module_of(path)).collect();
@@ -129,7 +132,9 @@ fn module_imports(dir: &Path) -> Imports {
                     Some(list) => list.split(['}', ',']).map(|item| item.trim().split("::").next().unwrap()).collect(),
                     None => vec![rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap()],
                 };
-                edges.extend(names.into_iter().filter(|name| modules.contains(*name) && *name != from).map(String::from));
+                edges.extend(
+                    names.into_iter().filter(|name| modules.contains(*name) && *name != from).map(String::from),
+                );
             }
         }
     }
@@ -138,7 +143,12 @@ fn module_imports(dir: &Path) -> Imports {
 
 /// A cycle of imports (`a → b → a`), if there is one.
 fn find_cycle(graph: &Imports) -> Option<String> {
-    fn visit<'a>(node: &'a str, graph: &'a Imports, path: &mut Vec<&'a str>, done: &mut std::collections::BTreeSet<&'a str>) -> Option<String> {
+    fn visit<'a>(
+        node: &'a str,
+        graph: &'a Imports,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Option<String> {
         if done.contains(node) {
             return None;
         }
@@ -177,8 +187,12 @@ fn the_import_check_finds_a_cycle() {
 #[test]
 fn the_worker_modules_form_no_cycle_and_train_is_a_leaf_that_orchestrates() {
     let graph = module_imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/worker"));
-    assert!(graph["train"].contains("evaluate") && graph["cam"].contains("artifacts"), "the parser sees imports: {graph:?}");
-    let importers: Vec<&String> = graph.iter().filter(|(from, to)| *from != "main" && to.contains("train")).map(|(from, _)| from).collect();
+    assert!(
+        graph["train"].contains("evaluate") && graph["cam"].contains("artifacts"),
+        "the parser sees imports: {graph:?}"
+    );
+    let importers: Vec<&String> =
+        graph.iter().filter(|(from, to)| *from != "main" && to.contains("train")).map(|(from, _)| from).collect();
     assert!(importers.is_empty(), "only main may use `train` (it orchestrates; nothing builds on it): {importers:?}");
     assert_eq!(find_cycle(&graph), None, "the worker's modules import each other in a cycle");
 }

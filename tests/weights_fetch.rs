@@ -113,8 +113,7 @@ fn a_file_with_a_wrong_shape_is_refused_and_the_installed_one_kept() {
 
 #[test]
 fn a_404_is_a_clear_failure() {
-    let base =
-        serve(|_| Reply::text("404 Not Found", "Entry not found"));
+    let base = serve(|_| Reply::text("404 Not Found", "Entry not found"));
     let weights = tempfile::tempdir().unwrap();
 
     let url = format!("{base}/timm/nothing/model.safetensors");

@@ -5,11 +5,19 @@
 /// CPUs differ between machines, and a ratio means little without them.
 pub fn cpu_line() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|line| line.strip_prefix("model name")).map(|rest| rest.trim_start_matches([' ', '\t', ':'])).unwrap_or("?");
+    let model = info
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']))
+        .unwrap_or("?");
     let flags: Vec<&str> = info
         .lines()
         .find_map(|line| line.strip_prefix("flags"))
-        .map(|rest| rest.split_whitespace().filter(|flag| ["avx2", "avx512f", "amx_bf16", "avx512_bf16"].contains(flag)).collect())
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter(|flag| ["avx2", "avx512f", "amx_bf16", "avx512_bf16"].contains(flag))
+                .collect()
+        })
         .unwrap_or_default();
     format!("{model}, {} cores, flags {}", std::thread::available_parallelism().map_or(0, |n| n.get()), flags.join(" "))
 }
@@ -89,7 +97,8 @@ pub fn threads() -> usize {
 #[allow(dead_code)]
 pub fn epochs(variable: &str, default: &str) -> (u32, u32) {
     let value = std::env::var(variable).unwrap_or_else(|_| default.to_string());
-    let epochs: Vec<u32> = value.split(',').map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{variable}=phase1,phase2"))).collect();
+    let epochs: Vec<u32> =
+        value.split(',').map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{variable}=phase1,phase2"))).collect();
     assert_eq!(epochs.len(), 2, "{variable}=phase1,phase2");
     (epochs[0], epochs[1])
 }

@@ -109,7 +109,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Every dataset described so far, with the stamp it was read under: a submit, the scheduler and
 /// the catalog route reuse it until a folder's time changes, so their cost does not grow with the
 /// dataset (the Kaggle set is 5,856 files).
-static INDEX: std::sync::LazyLock<Mutex<HashMap<PathBuf, (Stamp, DatasetInfo)>>> = std::sync::LazyLock::new(Mutex::default);
+static INDEX: std::sync::LazyLock<Mutex<HashMap<PathBuf, (Stamp, DatasetInfo)>>> =
+    std::sync::LazyLock::new(Mutex::default);
 
 /// How many times each dataset folder was read in full (for the index's tests).
 #[cfg(test)]
@@ -204,7 +205,9 @@ fn check_inside(root: &Path, name: &str, path: &Path) -> Result<(), CatalogError
     }
     Err(CatalogError::BadLayout {
         name: name.to_string(),
-        reason: String::from("it leads outside the datasets folder (a symlink); the admin can move or bind-mount it there instead"),
+        reason: String::from(
+            "it leads outside the datasets folder (a symlink); the admin can move or bind-mount it there instead",
+        ),
     })
 }
 
@@ -215,11 +218,13 @@ pub fn list(root: &Path) -> Vec<DatasetInfo> {
     };
     names
         .into_iter()
-        .filter_map(|name| match check_inside(root, &name, &root.join(&name)).and_then(|()| describe(&name, &root.join(&name))) {
-            Ok(info) => Some(info),
-            Err(err) => {
-                tracing::warn!(%err, "skipping dataset folder");
-                None
+        .filter_map(|name| {
+            match check_inside(root, &name, &root.join(&name)).and_then(|()| describe(&name, &root.join(&name))) {
+                Ok(info) => Some(info),
+                Err(err) => {
+                    tracing::warn!(%err, "skipping dataset folder");
+                    None
+                }
             }
         })
         .collect()

@@ -4,16 +4,16 @@
 //! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
 //! `--set` is refused before any request.
 
-mod retention;
 mod notify;
 mod pull;
+mod retention;
 mod submit;
 mod table;
 mod watch;
 
-pub use retention::{admin, rm};
 pub use notify::{notify, NotifyChange};
 pub use pull::pull;
+pub use retention::{admin, rm};
 pub use submit::{redo, submit, SubmitOptions};
 pub use watch::watch;
 
@@ -36,8 +36,10 @@ pub struct Profile {
 pub fn config_path() -> anyhow::Result<PathBuf> {
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|dir| !dir.is_empty()) {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; set TRAINQ_URL and TRAINQ_TOKEN"))?)
-            .join(".config"),
+        None => PathBuf::from(
+            std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set; set TRAINQ_URL and TRAINQ_TOKEN"))?,
+        )
+        .join(".config"),
     };
     Ok(base.join("trainq").join("config.toml"))
 }
@@ -55,8 +57,14 @@ impl Profile {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
             Err(err) => return Err(err).context("reading the saved login"),
         };
-        let url = std::env::var("TRAINQ_URL").ok().filter(|url| !url.is_empty()).or_else(|| saved.as_ref().map(|saved| saved.url.clone()));
-        let token = std::env::var("TRAINQ_TOKEN").ok().filter(|token| !token.is_empty()).or_else(|| saved.and_then(|saved| saved.token));
+        let url = std::env::var("TRAINQ_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+            .or_else(|| saved.as_ref().map(|saved| saved.url.clone()));
+        let token = std::env::var("TRAINQ_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty())
+            .or_else(|| saved.and_then(|saved| saved.token));
         match url {
             Some(url) => Ok(Profile { url: url.trim_end_matches('/').to_string(), token }),
             None => bail!("no server: run `trainq login URL` (or set TRAINQ_URL and TRAINQ_TOKEN)"),
@@ -70,7 +78,8 @@ impl Profile {
         std::fs::create_dir_all(path.parent().expect("the path has a folder"))?;
         let text = toml::to_string(self)?;
         let temporary = path.with_extension("toml.tmp");
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
@@ -105,7 +114,10 @@ impl Api {
             bail!("{NO_TOKEN}");
         }
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        let streaming = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).read_timeout(Duration::from_secs(60)).build()?;
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()?;
         Ok(Api { profile, http, streaming })
     }
 
@@ -197,7 +209,11 @@ impl Api {
             match matches.as_slice() {
                 [] => continue,
                 [id] => return Ok(id.clone()),
-                several => bail!("`{given}` matches {} jobs ({}…); give more of the id", several.len(), several[..2].join(", ")),
+                several => bail!(
+                    "`{given}` matches {} jobs ({}…); give more of the id",
+                    several.len(),
+                    several[..2].join(", ")
+                ),
             }
         }
         bail!("no job id starts with `{given}`")
@@ -219,7 +235,8 @@ pub async fn login(url: &str, token_stdin: bool) -> anyhow::Result<()> {
         bail!("{NO_TOKEN}");
     }
     let profile = Profile { url: url.clone(), token: Some(token) };
-    let me = Api::new(profile.clone())?.get("/api/me").await.with_context(|| format!("checking the token with {url}"))?;
+    let me =
+        Api::new(profile.clone())?.get("/api/me").await.with_context(|| format!("checking the token with {url}"))?;
     let path = profile.save()?;
     println!("logged in to {url} as {}; saved in {}", me["name"].as_str().unwrap_or("?"), path.display());
     Ok(())

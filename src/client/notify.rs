@@ -49,7 +49,9 @@ impl NotifyChange {
 /// The settings as lines for a person.
 fn describe(me: &Value) -> String {
     let email = me["email"].as_str().unwrap_or("(none)");
-    let webhook = me["webhook"]["url"].as_str().map_or_else(|| String::from("(none)"), |url| format!("{url} (signed with your secret)"));
+    let webhook = me["webhook"]["url"]
+        .as_str()
+        .map_or_else(|| String::from("(none)"), |url| format!("{url} (signed with your secret)"));
     format!("email:   {email}\nwebhook: {webhook}\n")
 }
 
@@ -80,12 +82,19 @@ mod tests {
         };
         assert_eq!(
             both.body().unwrap(),
-            Some(json!({"email": "a@example.org", "webhook": {"url": "https://h.example.org", "secret": "0123456789abcdef"}}))
+            Some(
+                json!({"email": "a@example.org", "webhook": {"url": "https://h.example.org", "secret": "0123456789abcdef"}})
+            )
         );
         let off = NotifyChange { off: true, ..NotifyChange::default() };
         assert_eq!(off.body().unwrap(), Some(json!({"email": null, "webhook": null})));
         assert!(NotifyChange { webhook: Some(String::from("https://h")), ..NotifyChange::default() }.body().is_err());
-        assert!(NotifyChange { off: true, email: Some(String::from("a@b")), ..NotifyChange::default() }.body().is_err());
-        assert_eq!(describe(&json!({"email": null, "webhook": {"url": "https://h"}})), "email:   (none)\nwebhook: https://h (signed with your secret)\n");
+        assert!(NotifyChange { off: true, email: Some(String::from("a@b")), ..NotifyChange::default() }
+            .body()
+            .is_err());
+        assert_eq!(
+            describe(&json!({"email": null, "webhook": {"url": "https://h"}})),
+            "email:   (none)\nwebhook: https://h (signed with your secret)\n"
+        );
     }
 }

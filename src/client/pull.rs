@@ -58,7 +58,10 @@ async fn pull_job(api: &Api, id: &str, dir: &Path) -> anyhow::Result<Tally> {
         .collect();
     let mut tally = Tally::default();
     let mut small: Vec<(PathBuf, Vec<u8>)> = vec![(dir.join("spec.json"), serde_json::to_vec_pretty(&job["spec"])?)];
-    small.push((dir.join("metrics.csv"), api.open(&format!("/api/jobs/{id}/metrics?format=csv"), &[]).await?.bytes().await?.to_vec()));
+    small.push((
+        dir.join("metrics.csv"),
+        api.open(&format!("/api/jobs/{id}/metrics?format=csv"), &[]).await?.bytes().await?.to_vec(),
+    ));
     for plot in PLOTS {
         for format in ["png", "svg"] {
             // A plot the job has no data for yet is a 404: not pulled, not an error.
@@ -76,14 +79,21 @@ async fn pull_job(api: &Api, id: &str, dir: &Path) -> anyhow::Result<Tally> {
         tally.fetched += 1;
         tally.bytes += bytes.len() as u64;
     }
-    let missing: Vec<&(String, u64)> = artifacts.iter().filter(|(name, bytes)| !whole(&dir.join(name), *bytes)).collect();
+    let missing: Vec<&(String, u64)> =
+        artifacts.iter().filter(|(name, bytes)| !whole(&dir.join(name), *bytes)).collect();
     tally.skipped += artifacts.len() - missing.len();
     let total: u64 = missing.iter().map(|(_, bytes)| bytes).sum();
-    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(total) } else { ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden()) };
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
-            .expect("a valid template")
-            .progress_chars("█▌░"),
+        ProgressStyle::with_template(
+            "{prefix} {bar:30.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("█▌░"),
     );
     bar.set_prefix(id[..8].to_string());
     for (name, bytes) in missing {
@@ -140,7 +150,8 @@ async fn download(api: &Api, url_path: &str, path: &Path, bytes: u64, bar: &Prog
     if let Some(etag) = response.headers().get(reqwest::header::ETAG).and_then(|value| value.to_str().ok()) {
         std::fs::write(&version, etag)?;
     }
-    let mut file = std::fs::OpenOptions::new().create(true).write(true).append(resumed).truncate(!resumed).open(&part)?;
+    let mut file =
+        std::fs::OpenOptions::new().create(true).write(true).append(resumed).truncate(!resumed).open(&part)?;
     let from = if resumed { have } else { 0 };
     let mut written = from;
     bar.inc(from);

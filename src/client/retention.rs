@@ -26,10 +26,16 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Gc(args) => gc(&api, &args).await,
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
-            let quota = usage["quota_bytes"].as_u64().map_or(String::from("no quota"), |quota| format!("quota {}", human_bytes(quota)));
+            let quota = usage["quota_bytes"]
+                .as_u64()
+                .map_or(String::from("no quota"), |quota| format!("quota {}", human_bytes(quota)));
             println!("{quota}");
             for user in usage["users"].as_array().into_iter().flatten() {
-                println!("{}\t{}", user["user"].as_str().unwrap_or("?"), human_bytes(user["disk_bytes"].as_u64().unwrap_or(0)));
+                println!(
+                    "{}\t{}",
+                    user["user"].as_str().unwrap_or("?"),
+                    human_bytes(user["disk_bytes"].as_u64().unwrap_or(0))
+                );
             }
             Ok(())
         }
@@ -39,7 +45,11 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
 /// `trainq admin gc --older-than AGE [--keep LIST] [--dry-run]`, checked here before the request.
 async fn gc(api: &Api, args: &GcArgs) -> anyhow::Result<()> {
     parse_age(&args.older_than).map_err(|message| anyhow::anyhow!("--older-than: {message}"))?;
-    let keep = if args.keep.is_empty() { None } else { Some(KeepList::parse(&args.keep).map_err(|message| anyhow::anyhow!("--keep: {message}"))?) };
+    let keep = if args.keep.is_empty() {
+        None
+    } else {
+        Some(KeepList::parse(&args.keep).map_err(|message| anyhow::anyhow!("--keep: {message}"))?)
+    };
     let mut body = json!({"older_than": args.older_than, "dry_run": args.dry_run});
     if let Some(keep) = &keep {
         body["keep"] = json!(keep.patterns());
@@ -71,7 +81,11 @@ async fn gc(api: &Api, args: &GcArgs) -> anyhow::Result<()> {
         if args.dry_run { " (dry run: nothing was removed)" } else { "" },
     );
     if !failed.is_empty() {
-        anyhow::bail!("the files of {} jobs could not be removed (see the server's log): {}", failed.len(), failed.join(", "));
+        anyhow::bail!(
+            "the files of {} jobs could not be removed (see the server's log): {}",
+            failed.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }

@@ -54,7 +54,8 @@ fn typed_value(raw: &str) -> Value {
 
 /// `PATH=VALUE` as a JSON pointer and the value's text.
 fn assignment<'a>(flag: &str, raw: &'a str) -> anyhow::Result<(String, &'a str)> {
-    let (path, value) = raw.split_once('=').ok_or_else(|| anyhow!("{flag} {raw}: write PATH=VALUE, e.g. {flag} optimizer.lr=1e-4"))?;
+    let (path, value) =
+        raw.split_once('=').ok_or_else(|| anyhow!("{flag} {raw}: write PATH=VALUE, e.g. {flag} optimizer.lr=1e-4"))?;
     let pointer = sweep::dotted_to_pointer(path.trim()).map_err(|err| anyhow!("{flag} {raw}: {err}"))?;
     Ok((pointer, value))
 }
@@ -72,8 +73,15 @@ impl SubmitOptions {
         for raw in &self.sweeps {
             let (pointer, values) = assignment("--sweep", raw)?;
             let values: Vec<Value> = values.split(',').map(typed_value).collect();
-            let sweeps = spec.as_object_mut().expect("checked above").entry("sweep").or_insert_with(|| Value::Object(Map::new()));
-            sweeps.as_object_mut().ok_or_else(|| anyhow!("the spec's `sweep` is not an object"))?.insert(pointer, Value::Array(values));
+            let sweeps = spec
+                .as_object_mut()
+                .expect("checked above")
+                .entry("sweep")
+                .or_insert_with(|| Value::Object(Map::new()));
+            sweeps
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("the spec's `sweep` is not an object"))?
+                .insert(pointer, Value::Array(values));
         }
         if let Some(repeats) = self.repeats {
             spec["repeats"] = repeats.into();
@@ -89,7 +97,9 @@ impl SubmitOptions {
 /// sweep combination); the server still checks the dataset, weights and limits.
 fn check(spec: &Value) -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(spec)?;
-    sweep::expand(&bytes).map(drop).map_err(|err| anyhow!("the spec is refused (nothing was sent): `{}`: {}", err.field, err.message))
+    sweep::expand(&bytes)
+        .map(drop)
+        .map_err(|err| anyhow!("the spec is refused (nothing was sent): `{}`: {}", err.field, err.message))
 }
 
 /// The spec `source` names: a JSON file, or else one of the server's examples by name.
@@ -124,8 +134,14 @@ fn report_queued(answer: &Value, json: bool) -> anyhow::Result<Vec<String>> {
         return Ok(ids);
     }
     match answer["group_id"].as_str() {
-        Some(group) => eprintln!("queued {} jobs as group {group} (`trainq compare {group}` once they end)", jobs.len()),
-        None => eprintln!("queued {}{}", jobs[0]["name"].as_str().unwrap_or_default(), jobs[0]["position"].as_u64().map(|p| format!(", #{p} in line")).unwrap_or_default()),
+        Some(group) => {
+            eprintln!("queued {} jobs as group {group} (`trainq compare {group}` once they end)", jobs.len())
+        }
+        None => eprintln!(
+            "queued {}{}",
+            jobs[0]["name"].as_str().unwrap_or_default(),
+            jobs[0]["position"].as_u64().map(|p| format!(", #{p} in line")).unwrap_or_default()
+        ),
     }
     for id in &ids {
         println!("{id}");

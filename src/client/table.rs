@@ -33,7 +33,11 @@ pub fn jobs(rows: &[Value]) -> String {
                     None => String::new(),
                 },
                 "running" => match job["progress"]["fraction"].as_f64() {
-                    Some(fraction) => format!("{:.0} % {}", fraction * 100.0, job["progress"]["activity"].as_str().unwrap_or_default()),
+                    Some(fraction) => format!(
+                        "{:.0} % {}",
+                        fraction * 100.0,
+                        job["progress"]["activity"].as_str().unwrap_or_default()
+                    ),
                     None => job["progress"]["activity"].as_str().unwrap_or_default().to_string(),
                 },
                 "failed" => job["error"].as_str().unwrap_or_default().lines().next().unwrap_or_default().to_string(),
@@ -55,8 +59,15 @@ pub fn jobs(rows: &[Value]) -> String {
 }
 
 /// The metrics `trainq compare` shows, with their column titles.
-const COMPARED: [(&str, &str); 7] =
-    [("test_acc", "TEST ACC"), ("test_loss", "TEST LOSS"), ("precision", "PREC"), ("recall", "RECALL"), ("specificity", "SPEC"), ("f1", "F1"), ("auc", "AUC")];
+const COMPARED: [(&str, &str); 7] = [
+    ("test_acc", "TEST ACC"),
+    ("test_loss", "TEST LOSS"),
+    ("precision", "PREC"),
+    ("recall", "RECALL"),
+    ("specificity", "SPEC"),
+    ("f1", "F1"),
+    ("auc", "AUC"),
+];
 
 /// A metric cell: a job's value, or a group's `mean ± std`.
 fn cell(cell: &Value) -> String {
@@ -85,14 +96,20 @@ pub fn compare(rows: &[Value]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            let mut cells = vec![row["id"].as_str().unwrap_or("?").chars().take(8).collect(), row["name"].as_str().unwrap_or_default().to_string()];
+            let mut cells = vec![
+                row["id"].as_str().unwrap_or("?").chars().take(8).collect(),
+                row["name"].as_str().unwrap_or_default().to_string(),
+            ];
             cells.extend(params.iter().map(|key| match &row["params"][key] {
                 Value::Null => String::new(),
                 Value::String(text) => text.clone(),
                 other => other.to_string(),
             }));
             let runs = row["jobs"].as_array().map_or(0, Vec::len);
-            cells.extend([row["state"].as_str().unwrap_or_default().to_string(), format!("{}/{runs}", row["succeeded"])]);
+            cells.extend([
+                row["state"].as_str().unwrap_or_default().to_string(),
+                format!("{}/{runs}", row["succeeded"]),
+            ]);
             cells.extend(COMPARED.iter().map(|(metric, _)| cell(&row["metrics"][*metric])));
             cells
         })
@@ -106,7 +123,10 @@ mod tests {
 
     #[test]
     fn columns_line_up_under_their_headers() {
-        let table = render(&["ID", "NAME"], &[vec![String::from("abcdef12"), String::from("q1")], vec![String::from("1"), String::from("longer name")]]);
+        let table = render(
+            &["ID", "NAME"],
+            &[vec![String::from("abcdef12"), String::from("q1")], vec![String::from("1"), String::from("longer name")]],
+        );
         assert_eq!(table, "ID        NAME\nabcdef12  q1\n1         longer name\n");
     }
 

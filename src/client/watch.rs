@@ -44,7 +44,10 @@ impl Watched {
             id: job["id"].as_str().unwrap_or_default().to_string(),
             name: job["name"].as_str().unwrap_or_default().to_string(),
             state: String::new(),
-            planned: job["spec"]["phases"].as_array().map(|phases| phases.iter().map(|phase| phase["epochs"].as_u64().unwrap_or(0) as u32).collect()).unwrap_or_default(),
+            planned: job["spec"]["phases"]
+                .as_array()
+                .map(|phases| phases.iter().map(|phase| phase["epochs"].as_u64().unwrap_or(0) as u32).collect())
+                .unwrap_or_default(),
             progress: None,
             position: None,
             eta_at: None,
@@ -83,7 +86,10 @@ impl Watched {
         }
         match self.state.as_str() {
             "queued" => {
-                let place = self.position.map(|position| format!("queued #{position}")).unwrap_or_else(|| String::from("queued"));
+                let place = self
+                    .position
+                    .map(|position| format!("queued #{position}"))
+                    .unwrap_or_else(|| String::from("queued"));
                 match self.eta_at {
                     Some(at) => format!("{place} · starts in ~{}", duration((at - crate::store::unix_now()).max(0.0))),
                     None => place,
@@ -318,7 +324,12 @@ pub(super) async fn watch_ids(api: &Api, ids: &[String]) -> anyhow::Result<i32> 
 }
 
 /// Reads again the watched jobs `which` picks.
-async fn refresh(api: &Api, screen: &Screen, jobs: &mut HashMap<String, Watched>, which: impl Fn(&Watched) -> bool) -> anyhow::Result<()> {
+async fn refresh(
+    api: &Api,
+    screen: &Screen,
+    jobs: &mut HashMap<String, Watched>,
+    which: impl Fn(&Watched) -> bool,
+) -> anyhow::Result<()> {
     for job in jobs.values_mut().filter(|job| which(job)) {
         job.read(&api.get(&format!("/api/jobs/{}", job.id)).await?);
         screen.show(job);

@@ -246,9 +246,19 @@ mod tests {
     #[test]
     fn weights_fit_the_same_backbone_and_head_shapes_only() {
         let source = spec(serde_json::json!({}));
-        check_compatible(&source, &spec(serde_json::json!({"image_size": 128, "optimizer": {"name": "adam", "lr": 1e-4}}))).unwrap();
-        check_compatible(&source, &spec(serde_json::json!({"head": ["gap", {"dense": 8}, {"dropout": 0.2}, {"dense": 1}]}))).unwrap();
-        let inception = spec(serde_json::json!({"backbone": "inception_v3", "image_size": 96, "phases": [{"epochs": 1, "train": "head"}]}));
+        check_compatible(
+            &source,
+            &spec(serde_json::json!({"image_size": 128, "optimizer": {"name": "adam", "lr": 1e-4}})),
+        )
+        .unwrap();
+        check_compatible(
+            &source,
+            &spec(serde_json::json!({"head": ["gap", {"dense": 8}, {"dropout": 0.2}, {"dense": 1}]})),
+        )
+        .unwrap();
+        let inception = spec(
+            serde_json::json!({"backbone": "inception_v3", "image_size": 96, "phases": [{"epochs": 1, "train": "head"}]}),
+        );
         assert_eq!(check_compatible(&source, &inception).unwrap_err().field, "backbone");
         let wider = spec(serde_json::json!({"head": ["gap", {"dense": 16}, {"dropout": 0.5}, {"dense": 1}]}));
         let err = check_compatible(&source, &wider).unwrap_err();
@@ -267,7 +277,11 @@ mod tests {
         assert_eq!(written_checkpoints(&two), [Checkpoint::Phase(1), Checkpoint::Final]);
         let mut only_final = two.clone();
         only_final.checkpoints = crate::domain::spec::Checkpoints::Final;
-        assert_eq!(written_checkpoints(&only_final), [Checkpoint::Final], "\"checkpoints\": \"final\" saves no phase's weights");
+        assert_eq!(
+            written_checkpoints(&only_final),
+            [Checkpoint::Final],
+            "\"checkpoints\": \"final\" saves no phase's weights"
+        );
         check_checkpoint(&two, Checkpoint::Phase(1)).unwrap();
         let err = check_checkpoint(&two, Checkpoint::Phase(2)).unwrap_err();
         assert_eq!(err.field, "init_from.checkpoint");
@@ -282,7 +296,10 @@ mod tests {
             waiting_reason(dep, &DependencyStatus::Running(Some(running)), &[25, 50]),
             "waiting for job 5b0c1d2e… (running, epoch 40/75)"
         );
-        assert_eq!(waiting_reason(dep, &DependencyStatus::Queued(Some(3)), &[1]), "waiting for job 5b0c1d2e… (queued, #3 in line)");
+        assert_eq!(
+            waiting_reason(dep, &DependencyStatus::Queued(Some(3)), &[1]),
+            "waiting for job 5b0c1d2e… (queued, #3 in line)"
+        );
         assert_eq!(
             dependency_failed(dep, JobState::Failed, Some("out of memory")),
             "job 5b0c1d2e… it waits for failed: out of memory"

@@ -15,7 +15,11 @@ pub struct Example {
 /// An example named by its file under `deploy/examples/`, so the name is the file stem.
 macro_rules! example {
     ($name:literal, $description:literal) => {
-        Example { name: $name, description: $description, spec: include_str!(concat!("../../deploy/examples/", $name, ".json")) }
+        Example {
+            name: $name,
+            description: $description,
+            spec: include_str!(concat!("../../deploy/examples/", $name, ".json")),
+        }
     };
 }
 

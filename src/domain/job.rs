@@ -53,13 +53,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in display order.
-    pub const ALL: [JobState; 5] = [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ];
+    pub const ALL: [JobState; 5] =
+        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
 
     /// The name used in the API and in the database.
     pub fn as_str(self) -> &'static str {
@@ -103,16 +98,12 @@ impl fmt::Display for JobState {
 impl FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<JobState, String> {
-        JobState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown state `{s}`; expected one of {}", names.join(", "))
-            })
+        JobState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown state `{s}`; expected one of {}", names.join(", "))
+        })
     }
 }
-
 
 /// Where a running job is, as the queue listing and the dashboard show it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -367,7 +358,15 @@ mod tests {
             pruned_at: None,
         };
         assert_eq!(job.fraction_done(), None, "no report yet");
-        let at = |phase, epoch, step| JobProgress { phase, phases: 2, epoch, epochs: 2, step, steps: 10, ..JobProgress::default() };
+        let at = |phase, epoch, step| JobProgress {
+            phase,
+            phases: 2,
+            epoch,
+            epochs: 2,
+            step,
+            steps: 10,
+            ..JobProgress::default()
+        };
         job.progress = Some(at(1, 1, 0));
         assert_eq!(job.fraction_done(), Some(0.0));
         job.progress = Some(at(1, 5, 5));

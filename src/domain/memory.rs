@@ -64,7 +64,8 @@ const BFLOAT16_BYTES: f64 = 2.0;
 /// InceptionV3's layer outputs per input pixel at 299 px, per block (`stem`, `Mixed_5b` …
 /// `Mixed_7c`): torchvision's output shapes summed, a convolution with its batch norm and ReLU
 /// counted once, each pool and each block's concatenation once, and the image in the stem.
-const INCEPTION_VALUES_PER_PIXEL: [f64; 12] = [56.19, 12.50, 14.25, 14.69, 7.16, 9.93, 10.55, 10.55, 11.17, 4.32, 4.72, 5.27];
+const INCEPTION_VALUES_PER_PIXEL: [f64; 12] =
+    [56.19, 12.50, 14.25, 14.69, 7.16, 9.93, 10.55, 10.55, 11.17, 4.32, 4.72, 5.27];
 /// InceptionV3's largest layer input plus output per input pixel (`Conv2d_2b_3x3`: 23.2 at 299 px,
 /// 23.4 at 512 px).
 const INCEPTION_LARGEST_LAYER_PER_PIXEL: f64 = 23.5;
@@ -96,8 +97,9 @@ pub fn estimate_bytes(spec: &JobSpec) -> u64 {
         .iter()
         .map(|phase| {
             let trained: Vec<bool> = blocks.iter().map(|block| phase.train.trains_block(block)).collect();
-            let trainable: f64 = parameters.trainable.iter().zip(&trained).filter(|(_, on)| **on).map(|(count, _)| count).sum::<f64>()
-                + if phase.train.trains_head() { head.parameters } else { 0.0 };
+            let trainable: f64 =
+                parameters.trainable.iter().zip(&trained).filter(|(_, on)| **on).map(|(count, _)| count).sum::<f64>()
+                    + if phase.train.trains_head() { head.parameters } else { 0.0 };
             let state = FLOAT32_BYTES * trainable * (1.0 + optimizer_slots(phase.optimizer(spec)));
             let first_live = trained.iter().position(|on| *on).unwrap_or(blocks.len());
             let live_values: f64 = network.block_outputs[first_live..].iter().sum::<f64>() + head.outputs;
@@ -128,7 +130,13 @@ pub fn disk_bytes(spec: &JobSpec) -> u64 {
         .phases
         .iter()
         .map(|phase| {
-            let trainable: f64 = parameters.trainable.iter().zip(blocks).filter(|(_, block)| phase.train.trains_block(block)).map(|(count, _)| count).sum::<f64>()
+            let trainable: f64 = parameters
+                .trainable
+                .iter()
+                .zip(blocks)
+                .filter(|(_, block)| phase.train.trains_block(block))
+                .map(|(count, _)| count)
+                .sum::<f64>()
                 + if phase.train.trains_head() { head.parameters } else { 0.0 };
             FLOAT32_BYTES * trainable * optimizer_slots(phase.optimizer(spec))
         })
@@ -164,7 +172,10 @@ fn block_parameters(backbone: Backbone) -> BlockParameters {
     let mut counts = BlockParameters { trainable: vec![0.0; blocks.len()], buffers: 0.0 };
     for tensor in expected_tensors(backbone) {
         let values = tensor.shape.iter().product::<usize>() as f64;
-        if tensor.name.ends_with("running_mean") || tensor.name.ends_with("running_var") || tensor.name.ends_with("num_batches_tracked") {
+        if tensor.name.ends_with("running_mean")
+            || tensor.name.ends_with("running_var")
+            || tensor.name.ends_with("num_batches_tracked")
+        {
             counts.buffers += values;
             continue;
         }
@@ -206,7 +217,8 @@ impl NetworkShape {
     }
 
     fn vgg16(side: f64) -> NetworkShape {
-        let mut shape = NetworkShape { block_outputs: Vec::new(), largest_layer: 0.0, feature_area: 0.0, backward_factor: 2.0 };
+        let mut shape =
+            NetworkShape { block_outputs: Vec::new(), largest_layer: 0.0, feature_area: 0.0, backward_factor: 2.0 };
         let (mut channels, mut side) = (3.0, side);
         let mut outputs = 3.0 * side * side; // the image, which the first convolution keeps
         for (width, convolutions) in [(64.0, 2), (128.0, 2), (256.0, 3), (512.0, 3), (512.0, 3)] {
@@ -327,7 +339,8 @@ mod tests {
         assert!((one - (weights + 2.0 * (2.0 * weights))).abs() < 16.0, "{one}");
         // Q1's two phases (head, then block5 + head): two files; the larger optimizer state is block5's.
         let q1 = disk_bytes(&spec(|value| {
-            value["phases"] = serde_json::json!([{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}]);
+            value["phases"] =
+                serde_json::json!([{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}]);
         })) as f64;
         let block5_and_head = 3.0 * (512.0 * 512.0 * 9.0 + 512.0) + (512.0 * 256.0 + 256.0 + 256.0 + 1.0);
         assert!((q1 - (2.0 * weights + 2.0 * (weights + 4.0 * block5_and_head))).abs() < 16.0, "{q1}");
@@ -397,16 +410,20 @@ mod tests {
     #[test]
     fn the_largest_phase_decides() {
         let head_only = estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": "head"}])));
-        let block5 = estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": ["block5", "head"]}])));
+        let block5 =
+            estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": ["block5", "head"]}])));
         let full = estimate_bytes(&spec(|_| {}));
         assert!(head_only < block5 && block5 < full, "{head_only} {block5} {full}");
         let both = estimate_bytes(&spec(|v| {
-            v["phases"] = serde_json::json!([{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}])
+            v["phases"] =
+                serde_json::json!([{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}])
         }));
         assert_eq!(both, block5);
         // Training block 2 alone still backpropagates through blocks 3 to 5 and the head: it needs
         // the activations of training them all, and only their gradients and RMSprop state less.
-        let train = |blocks: serde_json::Value| estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": blocks}])));
+        let train = |blocks: serde_json::Value| {
+            estimate_bytes(&spec(|v| v["phases"] = serde_json::json!([{"epochs": 1, "train": blocks}])))
+        };
         let block2 = train(serde_json::json!(["block2"]));
         let block2_to_5 = train(serde_json::json!(["block2", "block3", "block4", "block5"]));
         let blocks_3_to_5: f64 = block_parameters(Backbone::Vgg16).trainable[2..].iter().sum();
@@ -422,7 +439,10 @@ mod tests {
         let adam = with(serde_json::json!({"name": "adam", "lr": 0.01}));
         // One float32 slot per trainable parameter: the backbone plus the head (512·256 + 256 + 256 + 1).
         let slot = 4.0 * (14_714_688.0 + 512.0 * 256.0 + 256.0 + 257.0);
-        assert!((momentum - sgd - slot).abs() <= 1.0 && (rmsprop - sgd - slot).abs() <= 1.0, "{sgd} {momentum} {rmsprop}");
+        assert!(
+            (momentum - sgd - slot).abs() <= 1.0 && (rmsprop - sgd - slot).abs() <= 1.0,
+            "{sgd} {momentum} {rmsprop}"
+        );
         assert!((adam - sgd - 2.0 * slot).abs() <= 1.0, "{sgd} {adam}");
     }
 
@@ -431,7 +451,8 @@ mod tests {
         // VGG16 at 224 px ends in 512 × 7 × 7 = 25,088 values; a dense of 4096 on them holds 103 M
         // parameters, as in VGG16's own classifier.
         let gap = estimate_bytes(&spec(|v| v["head"] = serde_json::json!(["gap", {"dense": 4096}, {"dense": 1}])));
-        let flatten = estimate_bytes(&spec(|v| v["head"] = serde_json::json!(["flatten", {"dense": 4096}, {"dense": 1}])));
+        let flatten =
+            estimate_bytes(&spec(|v| v["head"] = serde_json::json!(["flatten", {"dense": 4096}, {"dense": 1}])));
         let extra_parameters = (25_088.0 - 512.0) * 4096.0;
         // Weights, gradient and RMSprop's average: 12 bytes each.
         assert!(((flatten - gap) as f64 / (12.0 * extra_parameters) - 1.0).abs() < 0.01, "{gap} {flatten}");

@@ -3,19 +3,20 @@
 //! the GPU memory a job needs.
 //! No I/O lives here, except `weights_layout::check_file` reading a weights file's header.
 
-pub mod job;
-/// The assignment's experiments, shipped as specs.
-pub mod examples;
 pub mod backbone;
 /// Chained jobs: dependency cycles, checkpoint compatibility, a waiting job's reason.
 pub mod chain;
+/// The assignment's experiments, shipped as specs.
+pub mod examples;
+pub mod job;
 pub mod memory;
 /// Where a user's notifications go: the email address and webhook checks.
 pub mod notify_target;
 /// How a run ended: the one decision both executors share.
 pub mod outcome;
-pub mod worker_protocol;
 pub mod relay;
+/// Delete and retention: gc's ages and keep lists.
+pub mod retention;
 /// Test-set scores computed as scikit-learn does: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
 pub mod scores;
 pub mod spec;
@@ -23,9 +24,8 @@ pub mod spec;
 pub mod sweep;
 pub mod user;
 pub mod weights_layout;
-/// Delete and retention: gc's ages and keep lists.
-pub mod retention;
+pub mod worker_protocol;
 
 pub use job::{Job, JobId, JobProgress, JobState};
-pub use worker_protocol::ProgressEvent;
 pub use spec::{JobSpec, SpecError};
+pub use worker_protocol::ProgressEvent;

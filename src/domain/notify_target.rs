@@ -19,7 +19,9 @@ pub fn check_email(address: &str) -> Result<(), String> {
     };
     let local_ok = !local.is_empty()
         && local.len() <= 64
-        && local.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '\\' | '"' | '@'));
+        && local.chars().all(|c| {
+            c.is_ascii_graphic() && !matches!(c, '<' | '>' | '(' | ')' | '[' | ']' | ',' | ';' | ':' | '\\' | '"' | '@')
+        });
     let domain_ok = !domain.is_empty()
         && domain.split('.').all(|label| {
             !label.is_empty()
@@ -60,7 +62,9 @@ pub fn check_webhook_secret(secret: &str) -> Result<(), String> {
         ));
     }
     if !secret.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(String::from("the secret must be printable ASCII without spaces (e.g. the output of `openssl rand -hex 32`)"));
+        return Err(String::from(
+            "the secret must be printable ASCII without spaces (e.g. the output of `openssl rand -hex 32`)",
+        ));
     }
     Ok(())
 }
@@ -74,7 +78,17 @@ mod tests {
         for good in ["alice@example.org", "a.b+tag@mail.uni-x.edu", "root@localhost"] {
             assert_eq!(check_email(good), Ok(()), "{good}");
         }
-        for bad in ["", "alice", "@example.org", "alice@", "alice@exa mple.org", "Alice <alice@example.org>", "a@b@c", "alice@-x.org", "alice@x..org"] {
+        for bad in [
+            "",
+            "alice",
+            "@example.org",
+            "alice@",
+            "alice@exa mple.org",
+            "Alice <alice@example.org>",
+            "a@b@c",
+            "alice@-x.org",
+            "alice@x..org",
+        ] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
         assert_eq!(check_webhook_url("https://hooks.example.org/trainq?x=1"), Ok(()));

@@ -5,8 +5,8 @@
 //! no I/O, so every combination is a line of a table test.
 
 use super::job::JobState;
-use super::worker_protocol::{FailureKind, EXIT_INTERRUPTED, EXIT_STORAGE};
 use super::relay::WorkerExit;
+use super::worker_protocol::{FailureKind, EXIT_INTERRUPTED, EXIT_STORAGE};
 use std::fmt;
 
 /// How one run (one worker start) of a job ended. Stored in `job_runs.outcome`, whose CHECK
@@ -73,7 +73,10 @@ impl fmt::Display for RunOutcome {
 impl std::str::FromStr for RunOutcome {
     type Err = String;
     fn from_str(text: &str) -> Result<RunOutcome, String> {
-        RunOutcome::ALL.into_iter().find(|outcome| outcome.as_str() == text).ok_or_else(|| format!("unknown run outcome `{text}`"))
+        RunOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+            .ok_or_else(|| format!("unknown run outcome `{text}`"))
     }
 }
 
@@ -323,12 +326,16 @@ pub fn decide(facts: &RunFacts) -> Decision {
             let note = format!("the disk refused a write ({message}{disk}); re-queued to resume from its last checkpoint once there is space");
             return Decision::requeued(RunOutcome::Storage, Some(note));
         }
-        return Decision::failed(format!("the disk kept refusing writes, so the job stopped retrying: {message}{disk}"));
+        return Decision::failed(format!(
+            "the disk kept refusing writes, so the job stopped retrying: {message}{disk}"
+        ));
     }
     if let Some((FailureKind::OutOfMemory, message)) = facts.failure {
         let what = if facts.gpu { "out of GPU memory" } else { "out of memory" };
         let limit = match (facts.gpu, facts.cpu_memory_limit) {
-            (false, Some(limit)) => format!(" (CPU workers may use {:.1} GB: --worker-max-memory-gb)", limit as f64 / 1e9),
+            (false, Some(limit)) => {
+                format!(" (CPU workers may use {:.1} GB: --worker-max-memory-gb)", limit as f64 / 1e9)
+            }
             _ => String::new(),
         };
         if let Some(batch) = facts.oom_retry_batch {
@@ -344,7 +351,8 @@ pub fn decide(facts: &RunFacts) -> Decision {
                 format!("Slurm job {} hit its time limit (--slurm-time); it resumes only if resubmitted", slurm.id)
             }
             Some(state) => {
-                let exit = slurm.exit.map_or(String::new(), |(code, signal)| format!(", exit code {code}, signal {signal}"));
+                let exit =
+                    slurm.exit.map_or(String::new(), |(code, signal)| format!(", exit code {code}, signal {signal}"));
                 format!("Slurm job {} ended {} ({}{exit})", slurm.id, state.name(), slurm.reason)
             }
             None => format!("Slurm no longer knows job {} and its worker never reported the end", slurm.id),
@@ -371,7 +379,13 @@ mod tests {
     use WorkerExit::{Code, Signal};
 
     fn slurm(state: Option<SlurmState>, marked: bool) -> SlurmEnd {
-        SlurmEnd { id: String::from("42"), state, reason: String::from("NonZeroExitCode"), exit: Some((1, 0)), marked_by_trainq: marked }
+        SlurmEnd {
+            id: String::from("42"),
+            state,
+            reason: String::from("NonZeroExitCode"),
+            exit: Some((1, 0)),
+            marked_by_trainq: marked,
+        }
     }
 
     /// One row of the table: the facts, and the outcome with a word its reason or note must hold.
@@ -381,14 +395,18 @@ mod tests {
         assert_eq!(decision.outcome, outcome, "{facts:?} → {decision:?}");
         assert!(text.contains(says), "{facts:?} → `{text}` should say `{says}`");
         assert_eq!(decision.reason.is_some(), outcome == Failed, "only failures have reasons: {decision:?}");
-        assert!(decision.note.is_none() || decision.outcome.job_state() == JobState::Queued, "notes are for re-queues: {decision:?}");
+        assert!(
+            decision.note.is_none() || decision.outcome.job_state() == JobState::Queued,
+            "notes are for re-queues: {decision:?}"
+        );
     }
 
     #[test]
     fn every_local_exit_has_one_outcome() {
         let base = RunFacts::default;
         let oom = Some((FailureKind::OutOfMemory, "CUDA out of memory. Tried to allocate 2 GiB"));
-        let disk = Some((FailureKind::Storage, "writing /d/state/resume.safetensors: No space left on device (os error 28)"));
+        let disk =
+            Some((FailureKind::Storage, "writing /d/state/resume.safetensors: No space left on device (os error 28)"));
         let error = Some((FailureKind::Error, "shape mismatch"));
         let table: Vec<(RunFacts, RunOutcome, &str)> = vec![
             (RunFacts { exit: Some(Code(0)), saw_final: true, ..base() }, Succeeded, ""),
@@ -402,23 +420,74 @@ mod tests {
             (RunFacts { exit: Some(Code(0)), saw_final: true, cancel_requested: true, ..base() }, Cancelled, ""),
             (RunFacts { exit: Some(Signal(libc::SIGKILL)), cancel_requested: true, ..base() }, Cancelled, ""),
             (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), cancel_requested: true, ..base() }, Cancelled, ""),
-            (RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, cancel_requested: true, ..base() }, Cancelled, ""),
+            (
+                RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, cancel_requested: true, ..base() },
+                Cancelled,
+                "",
+            ),
             // Stopped with a checkpoint: resumes, whatever else it said.
             (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base() }, Interrupted, ""),
             (RunFacts { exit: Some(Signal(libc::SIGKILL)), server_stopping: true, ..base() }, Interrupted, ""),
             (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), failure: oom, ..base() }, Interrupted, ""),
             // A full disk: back to the queue while attempts are left, then a failure naming the disk.
-            (RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, storage_attempts_left: true, disk: Some("0.0 GB free on /d"), ..base() }, Storage, "0.0 GB free on /d"),
-            (RunFacts { exit: Some(Code(EXIT_STORAGE)), storage_attempts_left: true, ..base() }, Storage, "could not write"),
-            (RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, disk: Some("0.0 GB free on /d"), ..base() }, Failed, "No space left on device (os error 28); 0.0 GB free on /d"),
-            (RunFacts { exit: Some(Code(1)), failure: disk, storage_attempts_left: true, ..base() }, Storage, "No space left"),
+            (
+                RunFacts {
+                    exit: Some(Code(EXIT_STORAGE)),
+                    failure: disk,
+                    storage_attempts_left: true,
+                    disk: Some("0.0 GB free on /d"),
+                    ..base()
+                },
+                Storage,
+                "0.0 GB free on /d",
+            ),
+            (
+                RunFacts { exit: Some(Code(EXIT_STORAGE)), storage_attempts_left: true, ..base() },
+                Storage,
+                "could not write",
+            ),
+            (
+                RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, disk: Some("0.0 GB free on /d"), ..base() },
+                Failed,
+                "No space left on device (os error 28); 0.0 GB free on /d",
+            ),
+            (
+                RunFacts { exit: Some(Code(1)), failure: disk, storage_attempts_left: true, ..base() },
+                Storage,
+                "No space left",
+            ),
             // Out of memory: once more with half the batch when allowed, else a failure with the numbers.
-            (RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, oom_retry_batch: Some(8), ..base() }, Requeued, "out of GPU memory with batch_size 16; re-queued once with batch_size 8"),
-            (RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, ..base() }, Failed, "out of GPU memory: CUDA out of memory"),
-            (RunFacts { exit: Some(Code(3)), failure: oom, cpu_memory_limit: Some(4_000_000_000), ..base() }, Failed, "CPU workers may use 4.0 GB"),
-            (RunFacts { exit: Some(Signal(libc::SIGABRT)), cpu_memory_limit: Some(2_000_000_000), ..base() }, Failed, "probably out of memory under the 2.0 GB limit"),
+            (
+                RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, oom_retry_batch: Some(8), ..base() },
+                Requeued,
+                "out of GPU memory with batch_size 16; re-queued once with batch_size 8",
+            ),
+            (
+                RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, ..base() },
+                Failed,
+                "out of GPU memory: CUDA out of memory",
+            ),
+            (
+                RunFacts { exit: Some(Code(3)), failure: oom, cpu_memory_limit: Some(4_000_000_000), ..base() },
+                Failed,
+                "CPU workers may use 4.0 GB",
+            ),
+            (
+                RunFacts { exit: Some(Signal(libc::SIGABRT)), cpu_memory_limit: Some(2_000_000_000), ..base() },
+                Failed,
+                "probably out of memory under the 2.0 GB limit",
+            ),
             (RunFacts { exit: Some(Signal(libc::SIGABRT)), ..base() }, Failed, "SIGABRT"),
-            (RunFacts { exit: Some(Signal(libc::SIGABRT)), gpu: true, cpu_memory_limit: Some(2_000_000_000), ..base() }, Failed, "(SIGABRT)"),
+            (
+                RunFacts {
+                    exit: Some(Signal(libc::SIGABRT)),
+                    gpu: true,
+                    cpu_memory_limit: Some(2_000_000_000),
+                    ..base()
+                },
+                Failed,
+                "(SIGABRT)",
+            ),
         ];
         for (facts, outcome, says) in table {
             check(facts, outcome, says);
@@ -437,29 +506,65 @@ mod tests {
         fn base(end: &SlurmEnd) -> RunFacts<'_> {
             RunFacts { slurm: Some(end), ..RunFacts::default() }
         }
-        let disk = Some((FailureKind::Storage, "writing /shared/jobs/x/phase1.safetensors: No space left on device (os error 28)"));
+        let disk = Some((
+            FailureKind::Storage,
+            "writing /shared/jobs/x/phase1.safetensors: No space left on device (os error 28)",
+        ));
         let oom = Some((FailureKind::OutOfMemory, "CUDA out of memory"));
         let table: Vec<(RunFacts, RunOutcome, &str)> = vec![
             (RunFacts { exit: Some(Code(0)), saw_final: true, ..base(&completed) }, Succeeded, ""),
             // The relay's exit report lost, Slurm forgot the job: the final metrics speak.
             (RunFacts { exit: None, saw_final: true, ..base(&gone) }, Succeeded, ""),
             (RunFacts { exit: Some(Signal(libc::SIGTERM)), saw_final: true, ..base(&completed) }, Succeeded, ""),
-            (RunFacts { exit: Some(Code(2)), saw_final: true, ..base(&completed) }, Failed, "Slurm job 42 ended COMPLETED"),
-            (RunFacts { exit: Some(Code(0)), saw_final: true, ..base(&failed) }, Failed, "ended FAILED (NonZeroExitCode, exit code 1, signal 0)"),
+            (
+                RunFacts { exit: Some(Code(2)), saw_final: true, ..base(&completed) },
+                Failed,
+                "Slurm job 42 ended COMPLETED",
+            ),
+            (
+                RunFacts { exit: Some(Code(0)), saw_final: true, ..base(&failed) },
+                Failed,
+                "ended FAILED (NonZeroExitCode, exit code 1, signal 0)",
+            ),
             (RunFacts { exit: None, ..base(&gone) }, Failed, "no longer knows job 42"),
             (RunFacts { exit: Some(Code(0)), ..base(&completed) }, Failed, "ended COMPLETED"),
             (RunFacts { cancel_requested: true, ..base(&ours) }, Cancelled, ""),
             (RunFacts { cancel_requested: true, saw_final: true, ..base(&completed) }, Cancelled, ""),
             // Cancelled outside trainq: it checkpointed on SIGTERM, but it must stop, not resume.
-            (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base(&foreign) }, Failed, "cancelled in Slurm from outside trainq"),
+            (
+                RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base(&foreign) },
+                Failed,
+                "cancelled in Slurm from outside trainq",
+            ),
             (RunFacts { exit: None, ..base(&foreign) }, Failed, "scancel of job 42"),
-            (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base(&timeout) }, Interrupted, "hit its time limit (--slurm-time); re-queued"),
+            (
+                RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base(&timeout) },
+                Interrupted,
+                "hit its time limit (--slurm-time); re-queued",
+            ),
             (RunFacts { exit: Some(Signal(libc::SIGKILL)), ..base(&timeout) }, Failed, "resumes only if resubmitted"),
             (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base(&node_fail) }, Interrupted, ""),
             (RunFacts { exit: None, ..base(&node_fail) }, Failed, "ended NODE_FAIL"),
-            (RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, storage_attempts_left: true, ..base(&failed) }, Storage, "phase1.safetensors"),
-            (RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, ..base(&failed) }, Failed, "kept refusing writes"),
-            (RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, oom_retry_batch: Some(4), ..base(&failed) }, Requeued, "batch_size 4"),
+            (
+                RunFacts {
+                    exit: Some(Code(EXIT_STORAGE)),
+                    failure: disk,
+                    storage_attempts_left: true,
+                    ..base(&failed)
+                },
+                Storage,
+                "phase1.safetensors",
+            ),
+            (
+                RunFacts { exit: Some(Code(EXIT_STORAGE)), failure: disk, ..base(&failed) },
+                Failed,
+                "kept refusing writes",
+            ),
+            (
+                RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, oom_retry_batch: Some(4), ..base(&failed) },
+                Requeued,
+                "batch_size 4",
+            ),
             (RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, ..base(&failed) }, Failed, "out of GPU memory"),
         ];
         for (facts, outcome, says) in table {
@@ -469,12 +574,32 @@ mod tests {
 
     #[test]
     fn slurm_states_parse_into_the_enum_and_know_when_they_are_over() {
-        for name in ["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING", "STAGE_OUT"] {
+        for name in [
+            "PENDING",
+            "RUNNING",
+            "CONFIGURING",
+            "COMPLETING",
+            "SUSPENDED",
+            "REQUEUED",
+            "RESIZING",
+            "SIGNALING",
+            "STAGE_OUT",
+        ] {
             let state = SlurmState::parse(name);
             assert!(!state.is_finished(), "{name}");
             assert_eq!(state.name(), name);
         }
-        for name in ["COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"] {
+        for name in [
+            "COMPLETED",
+            "CANCELLED",
+            "FAILED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "PREEMPTED",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+            "DEADLINE",
+        ] {
             let state = SlurmState::parse(name);
             assert!(state.is_finished(), "{name}");
             assert!(!matches!(state, SlurmState::Other(_)), "{name} is known");

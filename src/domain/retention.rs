@@ -56,7 +56,9 @@ impl KeepList {
         for item in items {
             for pattern in item.as_ref().split(',').map(str::trim) {
                 if pattern.is_empty() {
-                    return Err(String::from("an empty pattern; list file names such as `final.safetensors,metrics.json,plots`"));
+                    return Err(String::from(
+                        "an empty pattern; list file names such as `final.safetensors,metrics.json,plots`",
+                    ));
                 }
                 if pattern.starts_with('/') || pattern.split('/').any(|part| part == ".." || part.is_empty()) {
                     return Err(format!("`{pattern}` is not a path inside a job's folder; name files such as `final.safetensors` or folders such as `plots`"));
@@ -125,10 +127,22 @@ mod tests {
     #[test]
     fn keep_lists_match_names_folders_and_wildcards() {
         let keep = KeepList::parse(&["final.safetensors,*.json", "plots", "state/resume.safetensors"]).unwrap();
-        for kept in ["artifacts/final.safetensors", "artifacts/metrics.json", "job.json", "artifacts/plots/roc.png", "state/resume.safetensors"] {
+        for kept in [
+            "artifacts/final.safetensors",
+            "artifacts/metrics.json",
+            "job.json",
+            "artifacts/plots/roc.png",
+            "state/resume.safetensors",
+        ] {
             assert!(keep.keeps(Path::new(kept)), "{kept}");
         }
-        for gone in ["artifacts/phase1.safetensors", "log.txt", "artifacts/final.safetensors.bak", "state/other.safetensors", "artifacts/predictions.csv"] {
+        for gone in [
+            "artifacts/phase1.safetensors",
+            "log.txt",
+            "artifacts/final.safetensors.bak",
+            "state/other.safetensors",
+            "artifacts/predictions.csv",
+        ] {
             assert!(!keep.keeps(Path::new(gone)), "{gone}");
         }
         assert_eq!(keep.patterns().len(), 4);

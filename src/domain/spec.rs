@@ -131,8 +131,11 @@ impl Resize {
             Resize::Bounded { max_side, min_side } => {
                 let quantum = SHAPE_QUANTUM as f64;
                 let scale = (max_side as f64 / width.max(height).max(1) as f64).min(1.0);
-                let (lowest, highest) = (min_side.next_multiple_of(SHAPE_QUANTUM), max_side.max(min_side.next_multiple_of(SHAPE_QUANTUM)));
-                let side = |extent: u32| (((extent as f64 * scale) / quantum).round() as u32 * SHAPE_QUANTUM).clamp(lowest, highest);
+                let (lowest, highest) =
+                    (min_side.next_multiple_of(SHAPE_QUANTUM), max_side.max(min_side.next_multiple_of(SHAPE_QUANTUM)));
+                let side = |extent: u32| {
+                    (((extent as f64 * scale) / quantum).round() as u32 * SHAPE_QUANTUM).clamp(lowest, highest)
+                };
                 (side(width), side(height))
             }
         }
@@ -732,11 +735,17 @@ impl JobSpec {
         self.validate_phases(info.blocks)?;
         validate_optimizer("optimizer", &self.optimizer)?;
         if self.after.len() > MAX_AFTER {
-            return Err(SpecError::new("after", format!("{} jobs; at most {MAX_AFTER} may be named", self.after.len())));
+            return Err(SpecError::new(
+                "after",
+                format!("{} jobs; at most {MAX_AFTER} may be named", self.after.len()),
+            ));
         }
         for (index, id) in self.after.iter().enumerate() {
             if self.after[..index].contains(id) {
-                return Err(SpecError::new(format!("after[{index}]"), format!("job {id} is named twice; name each job once")));
+                return Err(SpecError::new(
+                    format!("after[{index}]"),
+                    format!("job {id} is named twice; name each job once"),
+                ));
             }
         }
         for (index, phase) in self.phases.iter().enumerate() {
@@ -792,7 +801,10 @@ impl JobSpec {
 
     fn validate_phases(&self, blocks: &[&str]) -> Result<(), SpecError> {
         if self.phases.is_empty() {
-            return Err(SpecError::new("phases", "give at least one phase, e.g. [{\"epochs\": 10, \"train\": \"head\"}]"));
+            return Err(SpecError::new(
+                "phases",
+                "give at least one phase, e.g. [{\"epochs\": 10, \"train\": \"head\"}]",
+            ));
         }
         for (index, phase) in self.phases.iter().enumerate() {
             if phase.epochs == 0 || phase.epochs > MAX_EPOCHS {
@@ -825,7 +837,6 @@ impl JobSpec {
         }
         Ok(())
     }
-
 }
 
 fn validate_optimizer(field: &str, optimizer: &OptimizerSpec) -> Result<(), SpecError> {
@@ -902,7 +913,13 @@ mod tests {
         assert_eq!(files(Checkpoints::Phases), ["phase1.safetensors", "final.safetensors"]);
         assert_eq!(
             files(Checkpoints::All),
-            ["phase1-epoch01.safetensors", "phase1.safetensors", "phase2-epoch01.safetensors", "phase2-epoch02.safetensors", "final.safetensors"]
+            [
+                "phase1-epoch01.safetensors",
+                "phase1.safetensors",
+                "phase2-epoch01.safetensors",
+                "phase2-epoch02.safetensors",
+                "final.safetensors"
+            ]
         );
     }
 
@@ -956,19 +973,28 @@ mod tests {
             ("backbone", Box::new(|v| v["backbone"] = json!("resnet50"))),
             ("image_size", Box::new(|v| v["image_size"] = json!(8))),
             ("max_image_side", Box::new(|v| v["max_image_side"] = json!(256))),
-            ("max_image_side", Box::new(|v| {
-                v["image_size"] = json!(null);
-                v["max_image_side"] = json!(250);
-            })),
-            ("max_image_side", Box::new(|v| {
-                v["image_size"] = json!(null);
-                v["backbone"] = json!("inception_v3");
-                v["max_image_side"] = json!(64);
-            })),
-            ("head[0]", Box::new(|v| {
-                v["image_size"] = json!(null);
-                v["head"][0] = json!("flatten");
-            })),
+            (
+                "max_image_side",
+                Box::new(|v| {
+                    v["image_size"] = json!(null);
+                    v["max_image_side"] = json!(250);
+                }),
+            ),
+            (
+                "max_image_side",
+                Box::new(|v| {
+                    v["image_size"] = json!(null);
+                    v["backbone"] = json!("inception_v3");
+                    v["max_image_side"] = json!(64);
+                }),
+            ),
+            (
+                "head[0]",
+                Box::new(|v| {
+                    v["image_size"] = json!(null);
+                    v["head"][0] = json!("flatten");
+                }),
+            ),
             ("image_size", Box::new(|v| v["image_size"] = json!("big"))),
             ("batch_size", Box::new(|v| v["batch_size"] = json!(0))),
             ("batch_size", Box::new(|v| v["batch_size"] = json!(1))),
@@ -977,7 +1003,10 @@ mod tests {
             ("head[2]", Box::new(|v| v["head"] = json!(["gap", {"dense": 4}, "relu"]))),
             ("head[1].dropout", Box::new(|v| v["head"] = json!(["gap", {"dropout": 1.5}, {"dense": 1}]))),
             ("head[1]", Box::new(|v| v["head"] = json!(["gap", "softmax", {"dense": 1}]))),
-            ("head[1].batchnorm.momentum", Box::new(|v| v["head"] = json!(["gap", {"batchnorm": {"momentum": 1.5}}, {"dense": 1}]))),
+            (
+                "head[1].batchnorm.momentum",
+                Box::new(|v| v["head"] = json!(["gap", {"batchnorm": {"momentum": 1.5}}, {"dense": 1}])),
+            ),
             ("phases", Box::new(|v| v["phases"] = json!([]))),
             ("phases[0].epochs", Box::new(|v| v["phases"][0]["epochs"] = json!(0))),
             ("phases[1].train[0]", Box::new(|v| v["phases"][1]["train"] = json!(["block9", "head"]))),
@@ -1062,7 +1091,11 @@ mod tests {
         assert_eq!(spec.notify, Some(vec![NotifyEvent::Failed, NotifyEvent::Cancelled]));
         assert_eq!(with(|value| value["notify"] = serde_json::json!([])).unwrap().notify, Some(Vec::new()));
         let stored = serde_json::to_value(&spec).unwrap();
-        assert_eq!(stored["notify"], serde_json::json!(["failed", "cancelled"]), "the store reads the list back as sent");
+        assert_eq!(
+            stored["notify"],
+            serde_json::json!(["failed", "cancelled"]),
+            "the store reads the list back as sent"
+        );
         let err = with(|value| value["notify"] = serde_json::json!(["done"])).unwrap_err();
         assert_eq!(err.field, "notify[0]");
         assert!(err.message.contains("succeeded") && err.message.contains("cancelled"), "{}", err.message);

@@ -44,7 +44,8 @@ fn in_combination(params: &Map<String, Value>, err: SpecError) -> SpecError {
 
 /// A combination as a student reads it: `{"/image_size": 256, "/optimizer/lr": 0.0001}`.
 pub fn describe(params: &Map<String, Value>) -> String {
-    let pairs: Vec<String> = params.iter().map(|(pointer, value)| format!("{}: {value}", Value::from(pointer.as_str()))).collect();
+    let pairs: Vec<String> =
+        params.iter().map(|(pointer, value)| format!("{}: {value}", Value::from(pointer.as_str()))).collect();
     format!("{{{}}}", pairs.join(", "))
 }
 
@@ -75,7 +76,8 @@ pub fn expand(body: &[u8]) -> Result<Vec<Variant>, SpecError> {
         let params = combination(&axes, index);
         let mut spec = document.clone();
         for (pointer, value) in &params {
-            set_pointer(&mut spec, pointer, value.clone()).map_err(|message| SpecError::new(format!("sweep.{pointer}"), message))?;
+            set_pointer(&mut spec, pointer, value.clone())
+                .map_err(|message| SpecError::new(format!("sweep.{pointer}"), message))?;
         }
         let bytes = serde_json::to_vec(&spec).expect("a JSON value serializes");
         let spec = JobSpec::parse(&bytes).map_err(|err| in_combination(&params, err))?;
@@ -112,7 +114,10 @@ fn axes(sweep: Value) -> Result<Vec<(String, Vec<Value>)>, SpecError> {
                     Ok(converted) => format!("; did you mean `{converted}`?"),
                     Err(_) => String::new(),
                 };
-                return Err(SpecError::new(field, format!("`{pointer}` is not a JSON pointer: they start with `/`, e.g. `/optimizer/lr`{hint}")));
+                return Err(SpecError::new(
+                    field,
+                    format!("`{pointer}` is not a JSON pointer: they start with `/`, e.g. `/optimizer/lr`{hint}"),
+                ));
             }
             match values {
                 Value::Array(values) if !values.is_empty() => Ok((pointer, values)),
@@ -148,12 +153,14 @@ pub fn set_pointer(document: &mut Value, pointer: &str, value: Value) -> Result<
         let parent = walked.clone();
         walked = format!("{walked}/{}", escape(token));
         at = match at {
-            Value::Object(fields) => fields
-                .get_mut(token)
-                .ok_or_else(|| format!("`{walked}` is not in the spec; a pointer can only set a field whose parents are there"))?,
+            Value::Object(fields) => fields.get_mut(token).ok_or_else(|| {
+                format!("`{walked}` is not in the spec; a pointer can only set a field whose parents are there")
+            })?,
             Value::Array(items) => {
                 let len = items.len();
-                index_in(token, len).and_then(|index| items.get_mut(index)).ok_or_else(|| out_of_list(&walked, &parent, len))?
+                index_in(token, len)
+                    .and_then(|index| items.get_mut(index))
+                    .ok_or_else(|| out_of_list(&walked, &parent, len))?
             }
             other => return Err(format!("`{}` is {}, so `{walked}` cannot be inside it", shown(&parent), kind(other))),
         };
@@ -166,7 +173,9 @@ pub fn set_pointer(document: &mut Value, pointer: &str, value: Value) -> Result<
         }
         Value::Array(items) => {
             let len = items.len();
-            let slot = index_in(last, len).and_then(|index| items.get_mut(index)).ok_or_else(|| out_of_list(&target, &walked, len))?;
+            let slot = index_in(last, len)
+                .and_then(|index| items.get_mut(index))
+                .ok_or_else(|| out_of_list(&target, &walked, len))?;
             *slot = value;
             Ok(())
         }
@@ -183,12 +192,17 @@ fn shown(pointer: &str) -> &str {
 }
 
 fn out_of_list(pointer: &str, list: &str, len: usize) -> String {
-    format!("`{pointer}` is not an element of `{}`, a list of {len} (indexes 0 to {})", shown(list), len.saturating_sub(1))
+    format!(
+        "`{pointer}` is not an element of `{}`, a list of {len} (indexes 0 to {})",
+        shown(list),
+        len.saturating_sub(1)
+    )
 }
 
 fn index_in(token: &str, len: usize) -> Option<usize> {
     // RFC 6901: no sign, no leading zeros.
-    let plain = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) && (token == "0" || !token.starts_with('0'));
+    let plain =
+        !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) && (token == "0" || !token.starts_with('0'));
     token.parse().ok().filter(|&index| plain && index < len)
 }
 
@@ -232,7 +246,11 @@ pub fn dotted_to_pointer(path: &str) -> Result<String, String> {
     if path.starts_with('/') {
         return Ok(path.to_string());
     }
-    let bad = |why: &str| format!("`{path}` is not a field path ({why}); write e.g. `optimizer.lr`, `phases[1].epochs` or `/optimizer/lr`");
+    let bad = |why: &str| {
+        format!(
+            "`{path}` is not a field path ({why}); write e.g. `optimizer.lr`, `phases[1].epochs` or `/optimizer/lr`"
+        )
+    };
     let mut tokens = Vec::new();
     for part in path.split('.') {
         let (name, mut indexes) = part.split_at(part.find('[').unwrap_or(part.len()));
@@ -301,7 +319,10 @@ mod tests {
         let got: Vec<(u32, f64)> = variants.iter().map(|v| (v.spec.image_size.unwrap(), v.spec.optimizer.lr)).collect();
         // Sorted pointers: /image_size first, then /optimizer/lr (fastest).
         assert_eq!(got, vec![(64, 1e-4), (64, 1e-5), (128, 1e-4), (128, 1e-5)]);
-        assert_eq!(variants[1].params.as_ref().unwrap(), json!({"/image_size": 64, "/optimizer/lr": 1e-5}).as_object().unwrap());
+        assert_eq!(
+            variants[1].params.as_ref().unwrap(),
+            json!({"/image_size": 64, "/optimizer/lr": 1e-5}).as_object().unwrap()
+        );
         // Everything else is the base spec.
         let mut expected = base();
         expected["image_size"] = json!(128);
@@ -319,7 +340,10 @@ mod tests {
 
     #[test]
     fn pointers_reach_into_lists_and_nested_objects() {
-        let variants = expand(&with_sweep(json!({"/phases/1/epochs": [3, 5], "/phases/1/optimizer": [{"name": "adam", "lr": 0.01}]}))).unwrap();
+        let variants = expand(&with_sweep(
+            json!({"/phases/1/epochs": [3, 5], "/phases/1/optimizer": [{"name": "adam", "lr": 0.01}]}),
+        ))
+        .unwrap();
         assert_eq!(variants.len(), 2);
         assert_eq!(variants[1].spec.phases[1].epochs, 5);
         assert_eq!(variants[1].spec.phases[1].optimizer.as_ref().unwrap().lr, 0.01);
@@ -344,7 +368,11 @@ mod tests {
             (json!({"optimizer.lr": [1]}), "sweep.optimizer.lr", "did you mean `/optimizer/lr`"),
             (json!({"/image_size": []}), "sweep./image_size", "has no values"),
             (json!({"/image_size": 64}), "sweep./image_size", "must be a list"),
-            (json!({"/phases/0/optimizer/lr": [1e-3]}), "sweep./phases/0/optimizer/lr", "`/phases/0/optimizer` is not in the spec"),
+            (
+                json!({"/phases/0/optimizer/lr": [1e-3]}),
+                "sweep./phases/0/optimizer/lr",
+                "`/phases/0/optimizer` is not in the spec",
+            ),
         ];
         for (sweep, field, message) in cases {
             let err = expand(&with_sweep(sweep.clone())).unwrap_err();
@@ -357,7 +385,10 @@ mod tests {
     fn a_failing_combination_names_itself_and_the_field() {
         let err = expand(&with_sweep(json!({"/optimizer/lr": [1e-4], "/image_size": [64, 16]}))).unwrap_err();
         assert_eq!(err.field, "image_size");
-        assert!(err.message.starts_with(r#"in sweep combination {"/image_size": 16, "/optimizer/lr": 0.0001}: "#), "{err:?}");
+        assert!(
+            err.message.starts_with(r#"in sweep combination {"/image_size": 16, "/optimizer/lr": 0.0001}: "#),
+            "{err:?}"
+        );
         let err = expand(&with_sweep(json!({"/bogus": [1]}))).unwrap_err();
         assert_eq!(err.field, "bogus", "an unknown field is the spec's own error: {err:?}");
     }

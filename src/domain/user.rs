@@ -51,7 +51,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!("user name `{name}` must be 1–32 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"))
+        Err(format!(
+            "user name `{name}` must be 1–32 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+        ))
     }
 }
 

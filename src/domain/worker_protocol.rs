@@ -273,7 +273,10 @@ mod tests {
 
     #[test]
     fn a_storage_failure_is_named_storage_on_the_wire() {
-        let event = ProgressEvent::Failed { kind: FailureKind::Storage, message: String::from("writing /x: No space left on device") };
+        let event = ProgressEvent::Failed {
+            kind: FailureKind::Storage,
+            message: String::from("writing /x: No space left on device"),
+        };
         assert_eq!(
             event.to_line(),
             r#"@trainq {"event":"failed","kind":"storage","message":"writing /x: No space left on device"}"#

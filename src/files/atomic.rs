@@ -55,7 +55,8 @@ fn replace_atomically(path: &Path, fill: impl FnOnce(&Path) -> std::io::Result<(
     };
     std::fs::create_dir_all(folder)?;
     let temporary = temporary_path(folder, path);
-    let written = fill(&temporary).and_then(|()| std::fs::rename(&temporary, path)).and_then(|()| File::open(folder)?.sync_all());
+    let written =
+        fill(&temporary).and_then(|()| std::fs::rename(&temporary, path)).and_then(|()| File::open(folder)?.sync_all());
     if written.is_err() {
         // After a successful rename there is nothing left to remove, and the unique name cannot
         // be anyone else's file.
@@ -80,8 +81,10 @@ mod tests {
 
     /// The names in `folder`, sorted.
     fn names(folder: &Path) -> Vec<String> {
-        let mut names: Vec<String> =
-            std::fs::read_dir(folder).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         names
     }

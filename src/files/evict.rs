@@ -48,9 +48,12 @@ impl Eviction {
 /// `cache_root` and its sub-folders, by modification time, which hits refresh) until the rest fit,
 /// never those in `keep` (the entries its caller just wrote or read).
 pub fn evict(cache_root: &Path, budget: u64, keep: &[PathBuf]) -> Eviction {
-    remove_least_recently_used(cache_root, Eviction::default(), |eviction| eviction.remaining <= budget, |path, _| {
-        keep.iter().any(|kept| kept == path)
-    })
+    remove_least_recently_used(
+        cache_root,
+        Eviction::default(),
+        |eviction| eviction.remaining <= budget,
+        |path, _| keep.iter().any(|kept| kept == path),
+    )
 }
 
 /// Frees at least `bytes_wanted` bytes of the cache when it can, for a disk that is full or nearly
@@ -75,9 +78,12 @@ pub fn evict_to_free_keeping(cache_root: &Path, bytes_wanted: u64, min_age: Dura
     for folder in cache_folders(cache_root) {
         remove_temporaries(&folder, |modified| !recent(modified), &mut eviction);
     }
-    remove_least_recently_used(cache_root, eviction, |eviction| eviction.freed >= bytes_wanted, |path, used| {
-        recent(used) || keep.iter().any(|kept| kept == path)
-    })
+    remove_least_recently_used(
+        cache_root,
+        eviction,
+        |eviction| eviction.freed >= bytes_wanted,
+        |path, used| recent(used) || keep.iter().any(|kept| kept == path),
+    )
 }
 
 /// Best effort: deletes the temporary files in `cache_dir` that a builder killed mid-write left
@@ -181,7 +187,10 @@ mod tests {
         // A read refreshes the clock: the oldest entry becomes the most recently used.
         touch(&oldest);
         let eviction = evict(dir.path(), 750, std::slice::from_ref(&newest));
-        assert_eq!(eviction, Eviction { removed: 1, freed: 300, remaining: 700, evicted: vec![(old_features.clone(), 300)] });
+        assert_eq!(
+            eviction,
+            Eviction { removed: 1, freed: 300, remaining: 700, evicted: vec![(old_features.clone(), 300)] }
+        );
         assert!(!old_features.exists() && oldest.exists() && recent.exists() && newest.exists());
         assert!(unrelated.exists(), "only cache entries are ever removed");
 
@@ -220,7 +229,11 @@ mod tests {
         let eviction = evict_to_free_keeping(dir.path(), 1 << 30, Duration::ZERO, std::slice::from_ref(&in_use));
         assert_eq!(eviction.evicted, [(live_writer.clone(), 60)]);
         assert!(in_use.exists() && unrelated.exists());
-        assert_eq!(summary(&evict_to_free(dir.path(), 0, Duration::ZERO)), (0, 0, 100), "nothing wanted, nothing removed");
+        assert_eq!(
+            summary(&evict_to_free(dir.path(), 0, Duration::ZERO)),
+            (0, 0, 100),
+            "nothing wanted, nothing removed"
+        );
     }
 
     #[test]

@@ -39,19 +39,30 @@ mod tests {
         for errno in [libc::ENOENT, libc::EACCES, libc::ENOMEM, libc::EISDIR] {
             assert!(!is_storage_error(&std::io::Error::from_raw_os_error(errno)), "errno {errno}");
         }
-        assert!(!is_storage_error(&std::io::Error::other("no space left on device")), "the errno decides, not the text");
+        assert!(
+            !is_storage_error(&std::io::Error::other("no space left on device")),
+            "the errno decides, not the text"
+        );
     }
 
     #[test]
     fn a_storage_error_is_found_under_the_contexts_added_to_it() {
-        let full: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(libc::ENOSPC)).context("writing /x/resume.safetensors");
+        let full: anyhow::Result<()> =
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC)).context("writing /x/resume.safetensors");
         let full = full.context("phase 1 epoch 2").unwrap_err();
         assert_eq!(storage_error_in(&full).and_then(std::io::Error::raw_os_error), Some(libc::ENOSPC));
-        let expected = format!("phase 1 epoch 2: writing /x/resume.safetensors: {}", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let expected = format!(
+            "phase 1 epoch 2: writing /x/resume.safetensors: {}",
+            std::io::Error::from_raw_os_error(libc::ENOSPC)
+        );
         assert_eq!(format!("{full:#}"), expected, "the message names the path and the system's error");
 
-        let missing: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(libc::ENOENT)).context("reading job.json");
+        let missing: anyhow::Result<()> =
+            Err(std::io::Error::from_raw_os_error(libc::ENOENT)).context("reading job.json");
         assert!(storage_error_in(&missing.unwrap_err()).is_none());
-        assert!(storage_error_in(&anyhow::anyhow!("No space left on device (os error 28)")).is_none(), "text is not an errno");
+        assert!(
+            storage_error_in(&anyhow::anyhow!("No space left on device (os error 28)")).is_none(),
+            "text is not an errno"
+        );
     }
 }

@@ -15,9 +15,21 @@ struct Asset {
 
 /// Every file of `static/` (a test checks that none is missing).
 const ASSETS: [Asset; 3] = [
-    Asset { path: "index.html", content_type: "text/html; charset=utf-8", body: include_bytes!("../../static/index.html") },
-    Asset { path: "app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../../static/app.js") },
-    Asset { path: "style.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../../static/style.css") },
+    Asset {
+        path: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../../static/index.html"),
+    },
+    Asset {
+        path: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../static/app.js"),
+    },
+    Asset {
+        path: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../../static/style.css"),
+    },
 ];
 
 /// Each asset's `ETag`, from its bytes, computed once.
@@ -35,19 +47,28 @@ pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().trim_start_matches('/');
     let path = if path.is_empty() { "index.html" } else { path };
     let Some(index) = ASSETS.iter().position(|asset| asset.path == path) else {
-        return super::ApiError::NotFound(format!("no page or file `/{path}`; the dashboard is at `/`, the API under `/api`")).into_response();
+        return super::ApiError::NotFound(format!(
+            "no page or file `/{path}`; the dashboard is at `/`, the API under `/api`"
+        ))
+        .into_response();
     };
     if method != Method::GET && method != Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET, HEAD")]).into_response();
     }
     let (asset, etag) = (&ASSETS[index], &etags()[index]);
-    let cached = headers.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok()).is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
     let common = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, String::from("no-cache"))];
     if cached {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
     let body = if method == Method::HEAD { &[][..] } else { asset.body };
-    let length = [(header::CONTENT_LENGTH, asset.body.len().to_string()), (header::CONTENT_TYPE, asset.content_type.to_string())];
+    let length = [
+        (header::CONTENT_LENGTH, asset.body.len().to_string()),
+        (header::CONTENT_TYPE, asset.content_type.to_string()),
+    ];
     (common, length, body).into_response()
 }
 
@@ -58,7 +79,10 @@ mod tests {
     #[test]
     fn every_file_of_the_static_folder_is_embedded() {
         let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
-        let mut files: Vec<String> = std::fs::read_dir(folder).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut files: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         files.sort();
         let mut embedded: Vec<&str> = ASSETS.iter().map(|asset| asset.path).collect();
         embedded.sort();
@@ -72,7 +96,13 @@ mod tests {
         assert_eq!(first.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         let mut headers = HeaderMap::new();
         headers.insert(header::IF_NONE_MATCH, first.headers()[header::ETAG].clone());
-        assert_eq!(serve(Method::GET, Uri::from_static("/index.html"), headers).await.status(), StatusCode::NOT_MODIFIED);
-        assert_eq!(serve(Method::GET, Uri::from_static("/nope.js"), HeaderMap::new()).await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            serve(Method::GET, Uri::from_static("/index.html"), headers).await.status(),
+            StatusCode::NOT_MODIFIED
+        );
+        assert_eq!(
+            serve(Method::GET, Uri::from_static("/nope.js"), HeaderMap::new()).await.status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

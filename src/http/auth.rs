@@ -55,7 +55,11 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// The user `token` belongs to, from memory if looked up in the last [`TOKEN_TTL`].
-    pub async fn user(&self, store: &crate::store::Store, token: &str) -> Result<Option<User>, crate::store::StoreError> {
+    pub async fn user(
+        &self,
+        store: &crate::store::Store,
+        token: &str,
+    ) -> Result<Option<User>, crate::store::StoreError> {
         let now = Instant::now();
         if let Some((user, at)) = self.known.lock().expect("token cache poisoned").get(token) {
             if now.duration_since(*at) < TOKEN_TTL {
@@ -96,7 +100,8 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     let caller = match request.headers().get(axum::http::header::AUTHORIZATION) {
         None => {
-            let address = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+            let address =
+                request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
             if let Some(address) = address {
                 // User names cannot hold ':', so these buckets never meet a user's.
                 if let Err(retry_after) = state.limits.rate.check(&format!("ip:{address}"), Instant::now()) {
@@ -228,6 +233,9 @@ pub(super) fn admin_only(user: &User, what: &str) -> Result<(), ApiError> {
     if user.admin {
         Ok(())
     } else {
-        Err(ApiError::Forbidden { field: "Authorization", message: format!("{what} is for admins; send an admin's token") })
+        Err(ApiError::Forbidden {
+            field: "Authorization",
+            message: format!("{what} is for admins; send an admin's token"),
+        })
     }
 }

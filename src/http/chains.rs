@@ -21,16 +21,25 @@ use std::collections::HashMap;
 /// `init_from`'s job has not failed, saves the named checkpoint, still has it on disk if it ended,
 /// and trained a network of the same shapes. `job` is the queued job being changed
 /// (`PATCH`), whose new waits must not close a cycle.
-pub(super) async fn check_waits(state: &AppState, user: &User, spec: &JobSpec, job: Option<JobId>) -> Result<(), ApiError> {
+pub(super) async fn check_waits(
+    state: &AppState,
+    user: &User,
+    spec: &JobSpec,
+    job: Option<JobId>,
+) -> Result<(), ApiError> {
     let waits = spec.waits_for();
     if waits.is_empty() {
         return Ok(());
     }
-    let found: HashMap<JobId, Job> = state.store.jobs_with_ids(&waits).await?.into_iter().map(|job| (job.id, job)).collect();
+    let found: HashMap<JobId, Job> =
+        state.store.jobs_with_ids(&waits).await?.into_iter().map(|job| (job.id, job)).collect();
     // Someone else's job reads as a missing one.
     let visible = |id: &JobId| found.get(id).filter(|job| user.may_act_on(job.owner.as_deref()));
     let unknown = |field: String, id: JobId| {
-        SpecError::new(field, format!("no job `{id}` of yours; give the full id of one of your jobs (`trainq ls` lists them)"))
+        SpecError::new(
+            field,
+            format!("no job `{id}` of yours; give the full id of one of your jobs (`trainq ls` lists them)"),
+        )
     };
     for (index, id) in spec.after.iter().enumerate() {
         let field = format!("after[{index}]");
@@ -48,7 +57,10 @@ pub(super) async fn check_waits(state: &AppState, user: &User, spec: &JobSpec, j
         if matches!(source.state, JobState::Failed | JobState::Cancelled) {
             return Err(SpecError::new(
                 "init_from.job",
-                format!("job {} {}, so it saved no weights to start from; pick a job that succeeded", source.id, source.state),
+                format!(
+                    "job {} {}, so it saved no weights to start from; pick a job that succeeded",
+                    source.id, source.state
+                ),
             )
             .into());
         }
@@ -62,7 +74,10 @@ pub(super) async fn check_waits(state: &AppState, user: &User, spec: &JobSpec, j
         if let Some(cycle) = find_cycle(state, job, &waits).await? {
             return Err(SpecError::new(
                 "after",
-                format!("these jobs would wait for each other forever: {}; leave out the job that closes the circle", chain::describe_cycle(&cycle)),
+                format!(
+                    "these jobs would wait for each other forever: {}; leave out the job that closes the circle",
+                    chain::describe_cycle(&cycle)
+                ),
             )
             .into());
         }
@@ -71,7 +86,11 @@ pub(super) async fn check_waits(state: &AppState, user: &User, spec: &JobSpec, j
 }
 
 /// A succeeded job's checkpoint file must still be there (it may have been deleted, or not kept).
-async fn check_checkpoint_on_disk(state: &AppState, source: &Job, checkpoint: crate::domain::spec::Checkpoint) -> Result<(), ApiError> {
+async fn check_checkpoint_on_disk(
+    state: &AppState,
+    source: &Job,
+    checkpoint: crate::domain::spec::Checkpoint,
+) -> Result<(), ApiError> {
     let artifacts = JobPaths::new(&state.paths.data_dir, source.id).artifacts();
     if tokio::fs::try_exists(artifacts.join(checkpoint.file_name())).await.unwrap_or(false) {
         return Ok(());
@@ -82,8 +101,16 @@ async fn check_checkpoint_on_disk(state: &AppState, source: &Job, checkpoint: cr
             kept.push(written);
         }
     }
-    let have = if kept.is_empty() { String::from("none of its weights are kept any more") } else { format!("it still has {}", chain::list(&kept)) };
-    Err(SpecError::new("init_from.checkpoint", format!("job {}'s `{checkpoint}` weights are gone (deleted or not kept); {have}", source.id)).into())
+    let have = if kept.is_empty() {
+        String::from("none of its weights are kept any more")
+    } else {
+        format!("it still has {}", chain::list(&kept))
+    };
+    Err(SpecError::new(
+        "init_from.checkpoint",
+        format!("job {}'s `{checkpoint}` weights are gone (deleted or not kept); {have}", source.id),
+    )
+    .into())
 }
 
 /// The cycle `job` waiting for `waits` would close, walking what queued jobs wait for from the

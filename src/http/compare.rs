@@ -3,10 +3,10 @@
 //! succeeded runs, a sweep group one such row per combination, with the swept values as columns.
 
 use super::csv::{self, TableFormat};
+use super::extract::Query;
 use super::groups::{combinations, summarize, METRICS};
 use super::{ApiError, AppState};
 use crate::domain::Job;
-use super::extract::Query;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -40,7 +40,11 @@ fn bad_ids(message: impl Into<String>) -> ApiError {
 
 /// Reads `ids` (comma-separated job or group ids, 1 to [`MAX_COMPARED`], no repeats) and loads
 /// each: a malformed list is a 400 saying how to write it, an unknown id a 404 naming it.
-pub async fn resolve(state: &AppState, user: &crate::domain::user::User, ids: Option<&str>) -> Result<Vec<Compared>, ApiError> {
+pub async fn resolve(
+    state: &AppState,
+    user: &crate::domain::user::User,
+    ids: Option<&str>,
+) -> Result<Vec<Compared>, ApiError> {
     const HOW: &str = "give job or repeat-group ids separated by commas, e.g. ?ids=<id>,<id>; GET /api/jobs lists them";
     let raw = ids.map(str::trim).filter(|raw| !raw.is_empty()).ok_or_else(|| bad_ids(format!("no ids: {HOW}")))?;
     let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
@@ -53,12 +57,15 @@ pub async fn resolve(state: &AppState, user: &crate::domain::user::User, ids: Op
     let mut seen = std::collections::HashSet::new();
     let mut compared = Vec::with_capacity(parts.len());
     for part in parts {
-        let id: uuid::Uuid = part.parse().map_err(|_| bad_ids(format!("`{part}` is not a job or group id (ids are UUIDs): {HOW}")))?;
+        let id: uuid::Uuid =
+            part.parse().map_err(|_| bad_ids(format!("`{part}` is not a job or group id (ids are UUIDs): {HOW}")))?;
         if !seen.insert(id) {
             return Err(bad_ids(format!("`{part}` is listed twice; list each job or group once")));
         }
         // Someone else's job or group is "not found", exactly like a missing one.
-        if let Some(job) = state.store.job(crate::domain::JobId(id)).await?.filter(|job| user.may_act_on(job.owner.as_deref())) {
+        if let Some(job) =
+            state.store.job(crate::domain::JobId(id)).await?.filter(|job| user.may_act_on(job.owner.as_deref()))
+        {
             compared.push(Compared { group: None, jobs: vec![job] });
             continue;
         }
@@ -174,7 +181,8 @@ pub async fn table(
         return Ok(Json(Comparison { metrics: METRICS, rows }).into_response());
     }
     // The swept pointers of every sweep compared, each a column after the name.
-    let pointers: std::collections::BTreeSet<String> = rows.iter().flat_map(|row| row.params.iter().flat_map(|params| params.keys().cloned())).collect();
+    let pointers: std::collections::BTreeSet<String> =
+        rows.iter().flat_map(|row| row.params.iter().flat_map(|params| params.keys().cloned())).collect();
     let mut header = vec![String::from("id"), String::from("kind"), String::from("name")];
     header.extend(pointers.iter().cloned());
     header.extend([String::from("state"), String::from("jobs"), String::from("succeeded")]);
@@ -184,7 +192,9 @@ pub async fn table(
     let mut body = csv::line(header);
     for row in &rows {
         let mut fields = vec![row.id.clone(), row.kind.to_string(), row.name.clone()];
-        let value = |pointer: &String| row.params.as_ref().and_then(|params| params.get(pointer)).map(param_text).unwrap_or_default();
+        let value = |pointer: &String| {
+            row.params.as_ref().and_then(|params| params.get(pointer)).map(param_text).unwrap_or_default()
+        };
         fields.extend(pointers.iter().map(value));
         fields.extend([row.state.clone(), row.jobs.len().to_string(), row.succeeded.to_string()]);
         for metric in METRICS {

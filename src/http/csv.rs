@@ -60,8 +60,11 @@ pub fn number(value: Option<f64>) -> String {
 
 /// A file name made of safe characters only, for `Content-Disposition`.
 pub fn download_name(stem: &str, suffix: &str) -> String {
-    let stem: String =
-        stem.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    let stem: String = stem
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
     format!("{stem}{suffix}")
 }
 

@@ -152,7 +152,9 @@ impl IntoResponse for ApiError {
             ApiError::InvalidSpec(err) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, json!({"field": err.field, "message": err.message}))
             }
-            ApiError::BadRequest { field, message } => (StatusCode::BAD_REQUEST, json!({"field": field, "message": message})),
+            ApiError::BadRequest { field, message } => {
+                (StatusCode::BAD_REQUEST, json!({"field": field, "message": message}))
+            }
             ApiError::Malformed { status, field, message } => (*status, json!({"field": field, "message": message})),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
             ApiError::TooLarge { limit } => (
@@ -175,7 +177,9 @@ impl IntoResponse for ApiError {
                 let headers = [(axum::http::header::WWW_AUTHENTICATE, "Bearer")];
                 return (StatusCode::UNAUTHORIZED, headers, Json(body)).into_response();
             }
-            ApiError::Forbidden { field, message } => (StatusCode::FORBIDDEN, json!({"field": field, "message": message})),
+            ApiError::Forbidden { field, message } => {
+                (StatusCode::FORBIDDEN, json!({"field": field, "message": message}))
+            }
             ApiError::TooManyRequests { message, retry_after_secs } => {
                 let body = json!({"error": self.to_string(), "detail": {"message": message, "retry_after_secs": retry_after_secs}});
                 if *retry_after_secs == 0 {
@@ -195,8 +199,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::DiskQuota { quota_bytes, usage_bytes, largest } => {
                 use crate::domain::retention::human_bytes;
-                let names: Vec<String> =
-                    largest.iter().map(|job| format!("{} `{}` ({})", job.id, job.name, human_bytes(job.disk_bytes))).collect();
+                let names: Vec<String> = largest
+                    .iter()
+                    .map(|job| format!("{} `{}` ({})", job.id, job.name, human_bytes(job.disk_bytes)))
+                    .collect();
                 let hint = match names.as_slice() {
                     [] => String::from("ask the admin to raise the quota"),
                     _ => format!(

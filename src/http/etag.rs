@@ -39,10 +39,12 @@ fn listed_tags(value: &str) -> Option<Vec<&str>> {
 /// §13.1.2): `*`, or a listed tag equal to it with or without `W/`.
 pub fn none_match_hits(request: &HeaderMap, tag: &str) -> bool {
     let opaque = tag.trim_start_matches("W/").trim_matches('"');
-    request.get_all(header::IF_NONE_MATCH).iter().filter_map(|value| value.to_str().ok()).any(|value| match listed_tags(value) {
-        None => true,
-        Some(tags) => tags.contains(&opaque),
-    })
+    request.get_all(header::IF_NONE_MATCH).iter().filter_map(|value| value.to_str().ok()).any(
+        |value| match listed_tags(value) {
+            None => true,
+            Some(tags) => tags.contains(&opaque),
+        },
+    )
 }
 
 /// `value` as a JSON 200 with its `ETag`, or a bodiless 304 when the request already has it.

@@ -10,20 +10,20 @@
 //! events idempotently (epochs by phase and epoch, log lines by byte offset).
 
 use super::auth::{Authed, Caller};
+use super::extract::{Path, Query};
 use super::job_list::{self, ListQuery, ListRequest, Page};
 use super::jobs::{find, find_own, view_for, JobView};
-use crate::events::EventKind;
-use std::collections::HashMap;
 use super::{ApiError, AppState};
 use crate::domain::worker_protocol::EpochMetrics;
 use crate::domain::JobId;
+use crate::events::EventKind;
 use crate::events::{CatchUp, JobEvent};
-use super::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -66,7 +66,9 @@ async fn log_tail(path: &std::path::Path) -> LogTail {
     let Ok(length) = file.metadata().await.map(|metadata| metadata.len()) else { return empty };
     let mut from = length.saturating_sub(LOG_TAIL_BYTES);
     let mut bytes = Vec::new();
-    if file.seek(std::io::SeekFrom::Start(from)).await.is_err() || file.take(length - from).read_to_end(&mut bytes).await.is_err() {
+    if file.seek(std::io::SeekFrom::Start(from)).await.is_err()
+        || file.take(length - from).read_to_end(&mut bytes).await.is_err()
+    {
         return empty;
     }
     // Start at a line boundary when the tail cut one.
@@ -135,7 +137,10 @@ impl Feed {
     /// The event as this caller may see it: the queue's facts for all, a job's log lines,
     /// epochs and failure reason for its owner and admins only.
     async fn visible(&mut self, event: Arc<JobEvent>) -> Option<Arc<JobEvent>> {
-        let private = matches!(event.kind, EventKind::Log { .. } | EventKind::Epoch { .. } | EventKind::Finished { error: Some(_), .. });
+        let private = matches!(
+            event.kind,
+            EventKind::Log { .. } | EventKind::Epoch { .. } | EventKind::Finished { error: Some(_), .. }
+        );
         if !private || self.caller.user().is_some_and(|user| user.admin) {
             return Some(event);
         }
@@ -205,7 +210,12 @@ impl Feed {
     }
 }
 
-fn feed(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+fn feed(
+    state: AppState,
+    caller: Caller,
+    scope: Scope,
+    headers: &HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
     let subscription = state.events.subscribe(last_event_id);
     let (snapshot, pending) = match subscription.catch_up {

@@ -49,7 +49,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
 /// The `serde_path_to_error` error axum wraps in a rejection (two sources down), as the field it
 /// names (`(body)`/`(query)` for the whole) and serde's message without the path axum prefixes.
-fn field_and_message<E: std::error::Error + 'static>(rejection: &dyn std::error::Error, whole: &str) -> Option<(String, String)> {
+fn field_and_message<E: std::error::Error + 'static>(
+    rejection: &dyn std::error::Error,
+    whole: &str,
+) -> Option<(String, String)> {
     let mut source = rejection.source();
     while let Some(err) = source {
         if let Some(err) = err.downcast_ref::<serde_path_to_error::Error<E>>() {
@@ -70,7 +73,9 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
         // serde_urlencoded's error type is serde's plain `value::Error`.
         match field_and_message::<serde::de::value::Error>(&rejection, "(query)") {
-            Some((field, message)) => bad(StatusCode::BAD_REQUEST, field, format!("{message}; fix this query parameter")),
+            Some((field, message)) => {
+                bad(StatusCode::BAD_REQUEST, field, format!("{message}; fix this query parameter"))
+            }
             None => bad(StatusCode::BAD_REQUEST, "(query)", rejection.body_text()),
         }
     }
@@ -84,9 +89,9 @@ impl From<PathRejection> for ApiError {
             return ApiError::Internal(anyhow::anyhow!("path parameters missing: {}", rejection.body_text()));
         };
         let field = match failed.kind() {
-            ErrorKind::ParseErrorAtKey { key, .. } | ErrorKind::InvalidUtf8InPathParam { key } | ErrorKind::DeserializeError { key, .. } => {
-                key.clone()
-            }
+            ErrorKind::ParseErrorAtKey { key, .. }
+            | ErrorKind::InvalidUtf8InPathParam { key }
+            | ErrorKind::DeserializeError { key, .. } => key.clone(),
             _ => String::from("(path)"),
         };
         bad(StatusCode::BAD_REQUEST, field, format!("{}; fix this part of the URL path", failed.body_text()))
@@ -107,7 +112,8 @@ impl From<JsonRejection> for ApiError {
                 bad(StatusCode::UNPROCESSABLE_ENTITY, field, message)
             }
             JsonRejection::JsonSyntaxError(_) => {
-                let message = field_and_message::<serde_json::Error>(&rejection, "(body)").map_or_else(|| rejection.body_text(), |found| found.1);
+                let message = field_and_message::<serde_json::Error>(&rejection, "(body)")
+                    .map_or_else(|| rejection.body_text(), |found| found.1);
                 bad(StatusCode::BAD_REQUEST, "(body)", format!("not valid JSON: {message}"))
             }
             // The body could not be read (over the size limit: 413; the client went away).

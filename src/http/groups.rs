@@ -1,10 +1,10 @@
 //! `/api/groups/{id}`: the jobs of one submission that made several (`repeats: N`, a `sweep`),
 //! every metric as mean ± std, over the whole group and per sweep combination.
 
-use super::{ApiError, AppState};
-use crate::domain::{Job, JobState};
-use crate::domain::scores::{mean_std, MeanStd};
 use super::extract::Path;
+use super::{ApiError, AppState};
+use crate::domain::scores::{mean_std, MeanStd};
+use crate::domain::{Job, JobState};
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
@@ -61,7 +61,8 @@ pub(super) fn combinations(jobs: &[Job]) -> Vec<(Map<String, Value>, Vec<Job>)> 
 
 /// The pointers a group's sweep varies, sorted.
 pub(super) fn varying(jobs: &[Job]) -> Vec<String> {
-    let pointers: std::collections::BTreeSet<&String> = jobs.iter().flat_map(|job| job.params.iter().flat_map(Map::keys)).collect();
+    let pointers: std::collections::BTreeSet<&String> =
+        jobs.iter().flat_map(|job| job.params.iter().flat_map(Map::keys)).collect();
     pointers.into_iter().cloned().collect()
 }
 

@@ -6,13 +6,13 @@
 //! The prediction itself runs in the job's warm model process (the supervisor's, never here).
 
 use super::auth::Authed;
+use super::extract::Path;
 use super::retention::find_own_files;
 use super::{ApiError, AppState};
 use crate::catalog;
 use crate::domain::{Job, JobState};
 use crate::supervisor::JobPaths;
 use axum::body::Bytes;
-use super::extract::Path;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,9 +43,11 @@ pub async fn predict(
     let job = find_own_files(&state, &user, &id).await?;
     let (answer, _) = run(&state, &job, body, false).await?;
     let classes = classes(&state, &job).await;
-    let probabilities: Vec<f64> = serde_json::from_value(answer["probabilities"].clone()).map_err(|err| ApiError::Internal(err.into()))?;
+    let probabilities: Vec<f64> =
+        serde_json::from_value(answer["probabilities"].clone()).map_err(|err| ApiError::Internal(err.into()))?;
     // A sigmoid model gives the positive (second) class's probability.
-    let per_class: Vec<f64> = if probabilities.len() == 1 { vec![1.0 - probabilities[0], probabilities[0]] } else { probabilities };
+    let per_class: Vec<f64> =
+        if probabilities.len() == 1 { vec![1.0 - probabilities[0], probabilities[0]] } else { probabilities };
     let predicted = answer["predicted"].as_u64().unwrap_or(0) as usize;
     let named: serde_json::Map<String, serde_json::Value> =
         classes.iter().zip(&per_class).map(|(class, p)| (class.clone(), json!(p))).collect();
@@ -83,13 +85,19 @@ pub async fn cam(
 /// The job's class names, from the catalog (off the async runtime: it looks at folders).
 async fn classes(state: &AppState, job: &Job) -> Vec<String> {
     let (root, dataset) = (state.paths.datasets.clone(), job.spec.dataset.clone());
-    let classes = tokio::task::spawn_blocking(move || catalog::datasets::open(&root, &dataset).map(|dataset| dataset.classes));
+    let classes =
+        tokio::task::spawn_blocking(move || catalog::datasets::open(&root, &dataset).map(|dataset| dataset.classes));
     classes.await.ok().and_then(Result::ok).unwrap_or_default()
 }
 
 /// Checks the upload, hands it to the job's warm model and returns the answer (and the PNG for a
 /// heatmap). Uploads are written to the job's `uploads/` folder and removed afterwards.
-async fn run(state: &AppState, job: &Job, body: Bytes, cam: bool) -> Result<(serde_json::Value, Option<Vec<u8>>), ApiError> {
+async fn run(
+    state: &AppState,
+    job: &Job,
+    body: Bytes,
+    cam: bool,
+) -> Result<(serde_json::Value, Option<Vec<u8>>), ApiError> {
     let paths = JobPaths::new(&state.paths.data_dir, job.id);
     if job.state != JobState::Succeeded || !paths.artifacts().join("final.safetensors").is_file() {
         return Err(ApiError::Conflict {
@@ -145,9 +153,17 @@ pub fn check_upload(bytes: &[u8]) -> Result<&'static str, ApiError> {
         Ok(image::ImageFormat::Jpeg) => (image::ImageFormat::Jpeg, "jpeg"),
         Ok(image::ImageFormat::Png) => (image::ImageFormat::Png, "png"),
         Ok(other) => {
-            return Err(refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{other:?} images are not accepted; send a JPEG or PNG")))
+            return Err(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{other:?} images are not accepted; send a JPEG or PNG"),
+            ))
         }
-        Err(_) => return Err(refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, String::from("not an image; send a JPEG or PNG file"))),
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                String::from("not an image; send a JPEG or PNG file"),
+            ))
+        }
     };
     let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let (width, height) = reader()
@@ -157,12 +173,19 @@ pub fn check_upload(bytes: &[u8]) -> Result<&'static str, ApiError> {
     if pixels > MAX_PIXELS {
         return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the image declares {width}×{height} px ({:.0} MP); at most {} MP is accepted", pixels as f64 / 1e6, MAX_PIXELS / 1_000_000),
+            format!(
+                "the image declares {width}×{height} px ({:.0} MP); at most {} MP is accepted",
+                pixels as f64 / 1e6,
+                MAX_PIXELS / 1_000_000
+            ),
         ));
     }
     // A JPEG cut short still decodes (the rest comes out gray), so it must end with its EOI marker.
     if format == image::ImageFormat::Jpeg && !ends_with_eoi(bytes) {
-        return Err(refuse(StatusCode::UNPROCESSABLE_ENTITY, String::from("truncated JPEG: the file ends before its end-of-image marker")));
+        return Err(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            String::from("truncated JPEG: the file ends before its end-of-image marker"),
+        ));
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(4 * MAX_PIXELS);
@@ -174,7 +197,10 @@ pub fn check_upload(bytes: &[u8]) -> Result<&'static str, ApiError> {
 
 /// Whether a JPEG ends with `FF D9`, allowing the padding some encoders append.
 fn ends_with_eoi(bytes: &[u8]) -> bool {
-    let end = bytes.iter().rposition(|&byte| byte != 0 && byte != b'\n' && byte != b'\r' && byte != b' ').map_or(0, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|&byte| byte != 0 && byte != b'\n' && byte != b'\r' && byte != b' ')
+        .map_or(0, |i| i + 1);
     end >= 2 && bytes[end - 2..end] == [0xFF, 0xD9]
 }
 
@@ -202,7 +228,9 @@ mod tests {
         let good = jpeg(64, 48);
         assert_eq!(check_upload(&good).unwrap(), "jpeg");
         let mut png = Vec::new();
-        image::DynamicImage::ImageLuma8(image::GrayImage::new(10, 10)).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        image::DynamicImage::ImageLuma8(image::GrayImage::new(10, 10))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
         assert_eq!(check_upload(&png).unwrap(), "png");
         assert_eq!(status(b"hello, this is text"), Some(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         assert_eq!(status(b""), Some(StatusCode::UNPROCESSABLE_ENTITY));

@@ -11,12 +11,12 @@
 //! jobs the queue has seen.
 
 use super::auth::Caller;
+use super::extract::Query;
 use super::jobs::{redact_for, standing, Standing};
 use super::{etag, ApiError, AppState};
 use crate::domain::worker_protocol::FinalMetrics;
 use crate::domain::{Job, JobId, JobProgress, JobState};
 use crate::store::{JobFilter, PageOrder};
-use super::extract::Query;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
@@ -84,8 +84,9 @@ fn parse_limit(raw: Option<&str>) -> Result<u32, ApiError> {
 fn parse_states(raw: &str) -> Result<Vec<JobState>, ApiError> {
     let mut states = Vec::new();
     for name in raw.split(',').map(str::trim) {
-        let state =
-            name.parse::<JobState>().map_err(|message| bad("state", format!("{message} (a comma-separated list, e.g. `queued,running`)")))?;
+        let state = name
+            .parse::<JobState>()
+            .map_err(|message| bad("state", format!("{message} (a comma-separated list, e.g. `queued,running`)")))?;
         if !states.contains(&state) {
             states.push(state);
         }
@@ -103,7 +104,8 @@ fn parse_owner(raw: &str, caller: &Caller) -> Result<String, ApiError> {
             ))),
         };
     }
-    crate::domain::user::check_name(raw).map_err(|message| bad("owner", format!("{message}; or `me` for your own jobs")))?;
+    crate::domain::user::check_name(raw)
+        .map_err(|message| bad("owner", format!("{message}; or `me` for your own jobs")))?;
     Ok(raw.to_string())
 }
 
@@ -112,7 +114,10 @@ fn parse_deleted(raw: Option<&str>) -> Result<bool, ApiError> {
     match raw {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(other) => Err(bad("deleted", format!("`{other}` is not a choice; send `true` to list deleted jobs too, or leave it out"))),
+        Some(other) => Err(bad(
+            "deleted",
+            format!("`{other}` is not a choice; send `true` to list deleted jobs too, or leave it out"),
+        )),
     }
 }
 
@@ -120,7 +125,10 @@ fn parse_order(raw: Option<&str>) -> Result<PageOrder, ApiError> {
     match raw {
         None | Some("desc") => Ok(PageOrder::NewestFirst),
         Some("asc") => Ok(PageOrder::OldestFirst),
-        Some(other) => Err(bad("order", format!("`{other}` is not an order; send `desc` (newest first, the default) or `asc` (oldest first)"))),
+        Some(other) => Err(bad(
+            "order",
+            format!("`{other}` is not an order; send `desc` (newest first, the default) or `asc` (oldest first)"),
+        )),
     }
 }
 
@@ -139,7 +147,10 @@ impl ListQuery {
                 _ => continue,
             };
             if slot.replace(value).is_some() {
-                return Err(bad(field, format!("`{field}` is given twice; send it once (several states go in one, comma-separated)")));
+                return Err(bad(
+                    field,
+                    format!("`{field}` is given twice; send it once (several states go in one, comma-separated)"),
+                ));
             }
         }
         Ok(query)
@@ -337,7 +348,13 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
     let mut lists = vec![("active", active)];
     if let Some(user) = caller.user() {
         let filter = JobFilter { states: Vec::new(), owner: Some(user.name.clone()), include_deleted: false };
-        let mine = ListRequest { filter, order: PageOrder::NewestFirst, after: None, limit, owner_param: Some(String::from("me")) };
+        let mine = ListRequest {
+            filter,
+            order: PageOrder::NewestFirst,
+            after: None,
+            limit,
+            owner_param: Some(String::from("me")),
+        };
         lists.push(("mine", mine));
     }
     Ok(lists)
@@ -423,28 +440,46 @@ mod tests {
         }
         let err = query(&[("owner", "me")]).parse(&Caller::Anonymous).unwrap_err();
         assert_eq!(field_of(err), "Authorization");
-        let repeated = vec![(String::from("state"), String::from("queued")), (String::from("state"), String::from("running"))];
+        let repeated =
+            vec![(String::from("state"), String::from("queued")), (String::from("state"), String::from("running"))];
         assert_eq!(field_of(ListQuery::from_pairs(repeated).unwrap_err()), "state");
     }
 
     #[test]
     fn a_good_query_becomes_a_filter_and_its_next_link_keeps_it() {
         let alice = Caller::User(User { name: String::from("alice"), admin: false });
-        let request = query(&[("limit", "500"), ("state", "running,queued,running"), ("owner", "me"), ("order", "asc"), ("cursor", "s42")])
-            .parse(&alice)
-            .unwrap();
-        assert_eq!(request.filter, JobFilter { states: vec![JobState::Running, JobState::Queued], owner: Some(String::from("alice")), include_deleted: false });
+        let request = query(&[
+            ("limit", "500"),
+            ("state", "running,queued,running"),
+            ("owner", "me"),
+            ("order", "asc"),
+            ("cursor", "s42"),
+        ])
+        .parse(&alice)
+        .unwrap();
+        assert_eq!(
+            request.filter,
+            JobFilter {
+                states: vec![JobState::Running, JobState::Queued],
+                owner: Some(String::from("alice")),
+                include_deleted: false
+            }
+        );
         assert_eq!((request.order, request.after, request.limit), (PageOrder::OldestFirst, Some(42), 500));
         assert_eq!(request.next_query("s7"), "limit=500&state=running,queued&owner=me&order=asc&cursor=s7");
         let plain = query(&[]).parse(&Caller::Anonymous).unwrap();
-        assert_eq!((plain.filter, plain.order, plain.after, plain.limit), (JobFilter::default(), PageOrder::NewestFirst, None, DEFAULT_LIMIT));
+        assert_eq!(
+            (plain.filter, plain.order, plain.after, plain.limit),
+            (JobFilter::default(), PageOrder::NewestFirst, None, DEFAULT_LIMIT)
+        );
         assert_eq!(parse_cursor(&cursor_of(9)).unwrap(), 9);
     }
 
     #[test]
     fn a_snapshot_is_the_dashboards_first_pages_or_the_list_asked_for() {
         let alice = Caller::User(User { name: String::from("alice"), admin: false });
-        let names = |lists: Vec<(&'static str, ListRequest)>| lists.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+        let names =
+            |lists: Vec<(&'static str, ListRequest)>| lists.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
         assert_eq!(names(snapshot_lists(&query(&[]), &Caller::Anonymous).unwrap()), ["active"]);
         assert_eq!(names(snapshot_lists(&query(&[("limit", "5")]), &alice).unwrap()), ["active", "mine"]);
         assert_eq!(names(snapshot_lists(&query(&[("state", "failed")]), &alice).unwrap()), ["list"]);

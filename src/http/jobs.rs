@@ -1,16 +1,16 @@
 //! `/api/jobs`: submit, show, cancel (the list of jobs is `job_list.rs`).
 
 use super::auth::{Authed, Caller};
+use super::extract::Path;
 use super::{ApiError, AppState};
-use crate::domain::user::User;
 use crate::catalog;
 use crate::domain::spec::Weights;
 use crate::domain::sweep::{self, Variant};
+use crate::domain::user::User;
 use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
 use crate::events::EventKind;
 use crate::store::{CancelOutcome, NewJob};
 use axum::body::Bytes;
-use super::extract::Path;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -89,12 +89,18 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
     let mut info = match state.scheduler.queue_info(job.id) {
         Some(info) => info,
         // Counted over the jobs submitted since the last pass only, not the whole queue.
-        None => state.scheduler.provisional_info(state.store.queued_between(state.scheduler.planned_up_to(), job.seq).await?),
+        None => state
+            .scheduler
+            .provisional_info(state.store.queued_between(state.scheduler.planned_up_to(), job.seq).await?),
     };
     if let Some(dep) = info.waiting_for {
         info.pending_reason = super::chains::waiting_reason(state, dep).await?;
     }
-    Ok(Standing { position: Some(info.position as i64), pending_reason: Some(info.pending_reason), eta_at: info.eta_at })
+    Ok(Standing {
+        position: Some(info.position as i64),
+        pending_reason: Some(info.pending_reason),
+        eta_at: info.eta_at,
+    })
 }
 
 /// A job as the API shows it, with its queue position when queued.
@@ -162,7 +168,9 @@ fn check_spec_limits(limits: &super::Limits, user: &User, spec: &JobSpec) -> Res
     if spec.priority != 0 && !user.admin {
         return Err(ApiError::Forbidden {
             field: "priority",
-            message: String::from("only admins may set a priority; remove the field (fair share orders students' jobs)"),
+            message: String::from(
+                "only admins may set a priority; remove the field (fair share orders students' jobs)",
+            ),
         });
     }
     if spec.total_epochs() > limits.max_epochs {
@@ -181,7 +189,11 @@ fn check_spec_limits(limits: &super::Limits, user: &User, spec: &JobSpec) -> Res
         },
     };
     if side > limits.max_image_side {
-        return Err(SpecError::new(field, format!("{side} px is over this box's limit of {} px", limits.max_image_side)).into());
+        return Err(SpecError::new(
+            field,
+            format!("{side} px is over this box's limit of {} px", limits.max_image_side),
+        )
+        .into());
     }
     Ok(())
 }
@@ -247,11 +259,7 @@ struct Lineage {
     ),
     security(("bearer" = []))
 )]
-pub async fn submit(
-    State(state): State<AppState>,
-    Authed(user): Authed,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn submit(State(state): State<AppState>, Authed(user): Authed, body: Bytes) -> Result<Response, ApiError> {
     enqueue(&state, &user, &body, None).await
 }
 
@@ -281,7 +289,8 @@ pub async fn resubmit(
     let patch: serde_json::Value = if body.trim_ascii().is_empty() {
         serde_json::json!({})
     } else {
-        serde_json::from_slice(&body).map_err(|err| SpecError::new("(body)", format!("not valid JSON: {err}; {HOW}")))?
+        serde_json::from_slice(&body)
+            .map_err(|err| SpecError::new("(body)", format!("not valid JSON: {err}; {HOW}")))?
     };
     if !patch.is_object() {
         return Err(SpecError::new("(body)", format!("a patch is a JSON object, not {patch}; {HOW}")).into());
@@ -296,12 +305,7 @@ pub async fn resubmit(
 /// The one way into the queue: expands a sweep, validates every combination and the limits for
 /// all the jobs together, checks each distinct input on disk once, then inserts every job (all or
 /// none, one group when there are several) and announces them.
-async fn enqueue(
-    state: &AppState,
-    user: &User,
-    body: &[u8],
-    lineage: Option<Lineage>,
-) -> Result<Response, ApiError> {
+async fn enqueue(state: &AppState, user: &User, body: &[u8], lineage: Option<Lineage>) -> Result<Response, ApiError> {
     let variants = sweep::expand(body)?;
     check_limits(state, user, &variants).await?;
     super::retention::check_quota(state, user).await?;
@@ -363,7 +367,12 @@ async fn enqueue(
     ),
     security((), ("bearer" = []))
 )]
-pub async fn show(State(state): State<AppState>, caller: Caller, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let job = find(&state, &id).await?;
     let runs = state.store.runs_of(job.id).await?;
     let mut view = view_for(&state, &caller, job).await?;

@@ -226,13 +226,21 @@ pub async fn admin_notifications(
     super::auth::admin_only(&user, "the notifications outbox (your own settings are at GET /api/me)")?;
     let wanted = query.state.as_deref().unwrap_or("failed");
     if !matches!(wanted, "pending" | "delivered" | "failed") {
-        return Err(ApiError::BadRequest { field: "state", message: format!("`{wanted}` is not a state; send `failed`, `pending` or `delivered`") });
+        return Err(ApiError::BadRequest {
+            field: "state",
+            message: format!("`{wanted}` is not a state; send `failed`, `pending` or `delivered`"),
+        });
     }
     let limit = match query.limit.as_deref() {
         None => 100,
         Some(raw) => match raw.parse::<u32>() {
             Ok(limit @ 1..=500) => limit,
-            _ => return Err(ApiError::BadRequest { field: "limit", message: format!("`{raw}` is not a limit; send a number from 1 to 500") }),
+            _ => {
+                return Err(ApiError::BadRequest {
+                    field: "limit",
+                    message: format!("`{raw}` is not a limit; send a number from 1 to 500"),
+                })
+            }
         },
     };
     let rows = state.store.notifications_in(wanted, limit).await?;

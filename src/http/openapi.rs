@@ -83,11 +83,17 @@ struct Conventions;
 impl utoipa::Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
         let error = |description: &str| {
             ResponseBuilder::new()
                 .description(description)
-                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
@@ -96,7 +102,13 @@ impl utoipa::Modify for Conventions {
             // A deleted job's files answer 410; its page, curves, cancel and resubmit do not.
             let files = path.starts_with("/api/jobs/{id}/")
                 && !["/cancel", "/resubmit", "/events", "/metrics"].iter().any(|end| path.ends_with(end));
-            let operations = [(&mut item.get, "get"), (&mut item.post, "post"), (&mut item.put, "put"), (&mut item.delete, "delete"), (&mut item.patch, "patch")];
+            let operations = [
+                (&mut item.get, "get"),
+                (&mut item.post, "post"),
+                (&mut item.put, "put"),
+                (&mut item.delete, "delete"),
+                (&mut item.patch, "patch"),
+            ];
             for (operation, method) in operations {
                 // A body's answers (413, 415, 507) for the methods that take one.
                 let is_post = matches!(method, "post" | "put" | "patch");
@@ -122,7 +134,11 @@ impl utoipa::Modify for Conventions {
                     common.push(("507", "the disk is full: nothing was changed (reads keep working)"));
                 }
                 for (status, description) in common {
-                    operation.responses.responses.entry(status.to_string()).or_insert_with(|| error(description).into());
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
                 }
             }
         }
@@ -163,7 +179,11 @@ fn escape(text: &str) -> String {
 
 /// Escaped text with the doc comments' `code` spans set as code.
 fn prose(text: &str) -> String {
-    escape(text).split('`').enumerate().map(|(i, part)| if i % 2 == 1 { format!("<code>{part}</code>") } else { part.to_string() }).collect()
+    escape(text)
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { format!("<code>{part}</code>") } else { part.to_string() })
+        .collect()
 }
 
 /// A schema's name (`JobView`, `array of JobSpec`, `string`) for the page.
@@ -181,7 +201,11 @@ fn schema_name(schema: &Value) -> String {
 /// Each content type of a body or answer and its schema's name.
 fn contents(content: &Value) -> String {
     let Some(content) = content.as_object() else { return String::new() };
-    content.iter().map(|(kind, media)| format!("{} <code>{}</code>", escape(&schema_name(&media["schema"])), escape(kind))).collect::<Vec<_>>().join(", ")
+    content
+        .iter()
+        .map(|(kind, media)| format!("{} <code>{}</code>", escape(&schema_name(&media["schema"])), escape(kind)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The page: one section per operation, in path order, with a table of contents.
@@ -195,7 +219,12 @@ fn render(document: &Value) -> String {
          </head><body>\n",
     );
     let info = &document["info"];
-    let _ = writeln!(page, "<h1>{} API {}</h1>", escape(info["title"].as_str().unwrap_or("trainq")), escape(info["version"].as_str().unwrap_or("")));
+    let _ = writeln!(
+        page,
+        "<h1>{} API {}</h1>",
+        escape(info["title"].as_str().unwrap_or("trainq")),
+        escape(info["version"].as_str().unwrap_or(""))
+    );
     let _ = writeln!(page, "<p>{}</p>", prose(info["description"].as_str().unwrap_or("")));
     let _ = writeln!(page, "<p>The machine-readable document: <a href=\"/api/openapi.json\">/api/openapi.json</a> (OpenAPI {}). <a href=\"/\">Back to the dashboard</a>.</p>", escape(document["openapi"].as_str().unwrap_or("")));
     let empty = serde_json::Map::new();
@@ -206,16 +235,31 @@ fn render(document: &Value) -> String {
         for (method, operation) in item.as_object().unwrap_or(&empty) {
             let anchor = format!("{method}-{}", path.replace(['/', '{', '}', '.'], "-"));
             let summary = operation["summary"].as_str().unwrap_or("");
-            let _ = writeln!(page, "<li><a href=\"#{anchor}\"><span class=\"method\">{method}</span><code>{}</code></a> {}</li>", escape(path), prose(summary));
-            let _ = writeln!(sections, "<section id=\"{anchor}\"><h2><span class=\"method\">{method}</span><code>{}</code></h2>", escape(path));
+            let _ = writeln!(
+                page,
+                "<li><a href=\"#{anchor}\"><span class=\"method\">{method}</span><code>{}</code></a> {}</li>",
+                escape(path),
+                prose(summary)
+            );
+            let _ = writeln!(
+                sections,
+                "<section id=\"{anchor}\"><h2><span class=\"method\">{method}</span><code>{}</code></h2>",
+                escape(path)
+            );
             if let Some(description) = operation["description"].as_str() {
                 let _ = writeln!(sections, "<p>{}</p>", prose(summary));
                 let _ = writeln!(sections, "<p>{}</p>", prose(description));
             } else {
                 let _ = writeln!(sections, "<p>{}</p>", prose(summary));
             }
-            let needs_token = operation["security"].as_array().is_some_and(|ways| !ways.iter().any(|way| way.as_object().is_some_and(|way| way.is_empty())));
-            let _ = writeln!(sections, "<p>{}</p>", if needs_token { "Needs your token." } else { "Open to everyone (a token shows more)." });
+            let needs_token = operation["security"]
+                .as_array()
+                .is_some_and(|ways| !ways.iter().any(|way| way.as_object().is_some_and(|way| way.is_empty())));
+            let _ = writeln!(
+                sections,
+                "<p>{}</p>",
+                if needs_token { "Needs your token." } else { "Open to everyone (a token shows more)." }
+            );
             if let Some(parameters) = operation["parameters"].as_array().filter(|parameters| !parameters.is_empty()) {
                 sections.push_str("<table><tr><th>parameter</th><th>in</th><th>type</th><th></th></tr>\n");
                 for parameter in parameters {
@@ -232,7 +276,12 @@ fn render(document: &Value) -> String {
                 sections.push_str("</table>\n");
             }
             if let Some(body) = operation.get("requestBody") {
-                let _ = writeln!(sections, "<p>Body: {}. {}</p>", contents(&body["content"]), prose(body["description"].as_str().unwrap_or("")));
+                let _ = writeln!(
+                    sections,
+                    "<p>Body: {}. {}</p>",
+                    contents(&body["content"]),
+                    prose(body["description"].as_str().unwrap_or(""))
+                );
             }
             sections.push_str("<table><tr><th>answer</th><th></th><th>body</th></tr>\n");
             for (status, response) in operation["responses"].as_object().unwrap_or(&empty) {
@@ -249,9 +298,14 @@ fn render(document: &Value) -> String {
     }
     page.push_str("</ul>\n");
     page.push_str(&sections);
-    let mut schemas: Vec<&String> = document["components"]["schemas"].as_object().map(|schemas| schemas.keys().collect()).unwrap_or_default();
+    let mut schemas: Vec<&String> =
+        document["components"]["schemas"].as_object().map(|schemas| schemas.keys().collect()).unwrap_or_default();
     schemas.sort();
-    let _ = writeln!(page, "<section><h2>Schemas</h2><p>{}; their fields are in the JSON document.</p></section>", schemas.iter().map(|name| format!("<code>{}</code>", escape(name))).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        page,
+        "<section><h2>Schemas</h2><p>{}; their fields are in the JSON document.</p></section>",
+        schemas.iter().map(|name| format!("<code>{}</code>", escape(name))).collect::<Vec<_>>().join(", ")
+    );
     page.push_str("</body></html>\n");
     page
 }

@@ -1,17 +1,17 @@
 //! What a job produces: `/metrics` (JSON or CSV), `/log` (optionally followed live), `/artifacts`
 //! (nested names such as `cam/tp-0.png` included, never leaving the job's folder).
 
-use super::csv::{self, FormatQuery, TableFormat};
 use super::auth::Authed;
+use super::csv::{self, FormatQuery, TableFormat};
+use super::extract::{Path, Query};
 use super::retention::find_own_files;
-use crate::domain::user::User;
 use super::{ApiError, AppState};
 use crate::catalog::check_plain_name;
+use crate::domain::user::User;
 use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
 use crate::domain::JobId;
 use crate::supervisor::JobPaths;
 use axum::body::Body;
-use super::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -281,7 +281,13 @@ fn names_version(value: Option<&axum::http::HeaderValue>, etag: &str, modified: 
 /// An artifact with the validators HTTP tools expect: `ETag` and `Last-Modified` (so a browser
 /// revalidates with a 304 and `curl -C -` resumes only the same file: `If-Range`), `Range`, and
 /// `Cache-Control: immutable` once the job has ended (its files no longer change).
-async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, headers: &axum::http::HeaderMap) -> Result<Response, ApiError> {
+async fn serve_artifact(
+    state: &AppState,
+    user: &User,
+    id: &str,
+    name: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let job = find_own_files(state, user, id).await?;
     let missing = || ApiError::NotFound(format!("job {} has no artifact `{name}`", job.id));
     let artifacts = JobPaths::new(&state.paths.data_dir, job.id).artifacts();
@@ -296,7 +302,8 @@ async fn serve_artifact(state: &AppState, user: &User, id: &str, name: &str, hea
     let modified = httpdate::fmt_http_date(modified_at);
     let cache = if job.state.is_terminal() { "private, max-age=31536000, immutable" } else { "private, no-cache" };
     if names_version(headers.get(header::IF_NONE_MATCH), &etag, None) {
-        let validators = [(header::ETAG, etag), (header::LAST_MODIFIED, modified), (header::CACHE_CONTROL, cache.to_string())];
+        let validators =
+            [(header::ETAG, etag), (header::LAST_MODIFIED, modified), (header::CACHE_CONTROL, cache.to_string())];
         return Ok((axum::http::StatusCode::NOT_MODIFIED, validators).into_response());
     }
     // A range of another version of the file would splice two files: send the whole new one.

@@ -3,14 +3,14 @@
 //! `roc`, `confusion` (per job only). Data a job does not have yet is a 409 that says when it
 //! will; the drawing itself is `crate::plots`, run off the async threads.
 
+use super::auth::Authed;
 use super::compare::{resolve, CompareQuery};
 use super::csv::download_name;
-use super::auth::Authed;
+use super::extract::{Path, Query};
 use super::retention::find_own_files;
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use crate::plots::{self, Confusion, CurveMetric, CurveRun, Curves, Format, Plot, Roc, RocRun};
-use super::extract::{Path, Query};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -76,18 +76,22 @@ async fn send(plot: Plot, format: Format, stem: &str, kind: Kind) -> Result<Resp
 pub(super) async fn class_names(state: &AppState, job: &Job, count: usize) -> Vec<String> {
     let root = state.paths.datasets.clone();
     let dataset = job.spec.dataset.clone();
-    let classes = tokio::task::spawn_blocking(move || crate::catalog::datasets::open(&root, &dataset).map(|d| d.classes))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .filter(|classes| classes.len() == count);
+    let classes =
+        tokio::task::spawn_blocking(move || crate::catalog::datasets::open(&root, &dataset).map(|d| d.classes))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .filter(|classes| classes.len() == count);
     classes.unwrap_or_else(|| (0..count).map(|index| format!("class {index}")).collect())
 }
 
 /// The ROC curve of a finished binary job, or why there is none.
 fn roc_run(job: &Job, label: String) -> Result<RocRun, String> {
     let Some(last) = &job.final_metrics else {
-        return Err(format!("job `{}` has no test metrics yet (it is {}); its ROC curve is drawn once it has succeeded", job.name, job.state));
+        return Err(format!(
+            "job `{}` has no test metrics yet (it is {}); its ROC curve is drawn once it has succeeded",
+            job.name, job.state
+        ));
     };
     let Some(binary) = &last.binary else {
         return Err(format!(
@@ -130,7 +134,10 @@ pub async fn job_plot(
             let metric = curve_metric(kind).expect("a curve kind");
             let epochs = state.store.epoch_metrics(job.id).await?;
             if epochs.is_empty() {
-                return Err(not_yet(&job, format!("job `{}` has no finished epoch yet; its curves are drawn from the first one on", job.name)));
+                return Err(not_yet(
+                    &job,
+                    format!("job `{}` has no finished epoch yet; its curves are drawn from the first one on", job.name),
+                ));
             }
             let title = format!("{}: {} per epoch", job.name, metric.name());
             Plot::Curves(Curves { metric, title, runs: vec![CurveRun { label: job.name.clone(), epochs }] })
@@ -198,18 +205,19 @@ pub async fn compare_plot(
     if kind == Kind::Confusion {
         return Err(ApiError::BadRequest {
             field: "plot",
-            message: String::from("confusion matrices do not overlay: ask each job for its own, GET /api/jobs/{id}/plots/confusion.png"),
+            message: String::from(
+                "confusion matrices do not overlay: ask each job for its own, GET /api/jobs/{id}/plots/confusion.png",
+            ),
         });
     }
     let compared = resolve(&state, &user, query.ids.as_deref()).await?;
-    let jobs: Vec<(&Job, bool)> = compared
-        .iter()
-        .flat_map(|entry| entry.jobs.iter().map(|job| (job, entry.group.is_some())))
-        .collect();
+    let jobs: Vec<(&Job, bool)> =
+        compared.iter().flat_map(|entry| entry.jobs.iter().map(|job| (job, entry.group.is_some()))).collect();
     let labels = labels(&jobs);
     let total = jobs.len();
     let conflict = |message: String| ApiError::Conflict { message, detail: serde_json::json!({"jobs": total}) };
-    let shown = |count: usize| if count == total { String::new() } else { format!(" ({count} of {total} runs have it)") };
+    let shown =
+        |count: usize| if count == total { String::new() } else { format!(" ({count} of {total} runs have it)") };
     let plot = match curve_metric(kind) {
         Some(metric) => {
             let mut runs = Vec::new();

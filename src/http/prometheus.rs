@@ -28,8 +28,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 type Labels = Vec<(&'static str, String)>;
 
 /// Registers one gauge family measured by this scrape: `rows` are its label sets and values.
-fn gauges<N, A>(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, rows: impl IntoIterator<Item = (Labels, N)>)
-where
+fn gauges<N, A>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    rows: impl IntoIterator<Item = (Labels, N)>,
+) where
     A: Atomic<N> + Default,
     Family<Labels, Gauge<N, A>>: Metric,
 {
@@ -46,7 +51,8 @@ where
 /// OpenMetrics when the scraper lists it in `Accept` (Prometheus does), else the classic text.
 fn negotiate(headers: &HeaderMap) -> Format {
     let accept = headers.get_all(header::ACCEPT).iter().filter_map(|value| value.to_str().ok());
-    let open_metrics = accept.flat_map(|value| value.split(',')).any(|item| item.trim().starts_with("application/openmetrics-text"));
+    let open_metrics =
+        accept.flat_map(|value| value.split(',')).any(|item| item.trim().starts_with("application/openmetrics-text"));
     if open_metrics {
         Format::OpenMetrics
     } else {
@@ -67,7 +73,9 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         *states.entry(job_state.as_str()).or_default() += count;
     }
     let rows = by_user.iter().flat_map(|(user, states)| {
-        states.iter().map(move |(job_state, count)| (vec![("user", user.clone()), ("state", job_state.to_string())], *count))
+        states
+            .iter()
+            .map(move |(job_state, count)| (vec![("user", user.clone()), ("state", job_state.to_string())], *count))
     });
     gauges::<i64, AtomicI64>(
         &mut registry,
@@ -81,16 +89,29 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         let here = running.iter().filter(|job| job.device.as_deref() == Some(slot.id.as_str())).count();
         (vec![("device", slot.id.clone())], here as i64)
     });
-    gauges::<i64, AtomicI64>(&mut registry, "trainq_running_jobs", "Jobs running on each device", None, rows.collect::<Vec<_>>());
+    gauges::<i64, AtomicI64>(
+        &mut registry,
+        "trainq_running_jobs",
+        "Jobs running on each device",
+        None,
+        rows.collect::<Vec<_>>(),
+    );
     let readings: Vec<_> =
         state.inventory.slots().iter().filter_map(|slot| Some((slot, state.inventory.reading(slot)?))).collect();
     if !readings.is_empty() {
         let device = |slot: &crate::devices::DeviceSlot| vec![("device", slot.id.clone())];
         let used = readings.iter().map(|(slot, reading)| (device(slot), reading.memory_used as i64));
-        gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_used", "GPU memory in use (by anyone)", Some(Unit::Bytes), used);
+        gauges::<i64, AtomicI64>(
+            &mut registry,
+            "trainq_gpu_memory_used",
+            "GPU memory in use (by anyone)",
+            Some(Unit::Bytes),
+            used,
+        );
         let size = readings.iter().map(|(slot, reading)| (device(slot), reading.memory_total as i64));
         gauges::<i64, AtomicI64>(&mut registry, "trainq_gpu_memory_size", "GPU memory in all", Some(Unit::Bytes), size);
-        let busy = readings.iter().map(|(slot, reading)| (device(slot), f64::from(reading.utilization_percent) / 100.0));
+        let busy =
+            readings.iter().map(|(slot, reading)| (device(slot), f64::from(reading.utilization_percent) / 100.0));
         gauges::<f64, AtomicU64>(
             &mut registry,
             "trainq_gpu_utilization",
@@ -120,12 +141,17 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
     let per_folder: [(&str, &str, fn(&crate::disk_space::Space) -> u64); 2] = [
-        ("trainq_disk_free", "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache)", |space| space.free_bytes),
+        (
+            "trainq_disk_free",
+            "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache)",
+            |space| space.free_bytes,
+        ),
         ("trainq_disk_size", "Size of the filesystem of each folder trainq writes", |space| space.total_bytes),
     ];
     for (name, help, value) in per_folder {
         let rows = spaces.iter().map(|space| {
-            let labels = vec![("folder", space.role.as_str().to_string()), ("path", space.path.to_string_lossy().into_owned())];
+            let labels =
+                vec![("folder", space.role.as_str().to_string()), ("path", space.path.to_string_lossy().into_owned())];
             (labels, value(space) as i64)
         });
         gauges::<i64, AtomicI64>(&mut registry, name, help, Some(Unit::Bytes), rows);
@@ -182,7 +208,8 @@ mod tests {
     fn openmetrics_is_chosen_only_when_asked_for() {
         let mut headers = HeaderMap::new();
         assert_eq!(negotiate(&headers), Format::PrometheusText);
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+        let prometheus =
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
                           text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         headers.insert(header::ACCEPT, prometheus.parse().unwrap());
         assert_eq!(negotiate(&headers), Format::OpenMetrics);

@@ -5,6 +5,7 @@
 
 use super::auth::Authed;
 use super::compare::{resolve, CompareQuery, Compared};
+use super::extract::Query;
 use super::groups::{combinations, summarize};
 use super::outputs::artifact_file;
 use super::plots::class_names;
@@ -12,7 +13,6 @@ use super::{ApiError, AppState};
 use crate::domain::{Job, JobState};
 use crate::report::{self, CamImage, ConfusionTable, Experiment, Gallery, Report};
 use crate::supervisor::JobPaths;
-use super::extract::Query;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -75,7 +75,11 @@ impl CamEntry {
     responses((status = 200, description = "one self-contained HTML page: per experiment the spec, the template's table, curves, test metrics and Grad-CAM heatmaps; a closing ranking", content_type = "text/html", body = String)),
     security(("bearer" = []))
 )]
-pub async fn page(State(state): State<AppState>, Authed(user): Authed, Query(query): Query<CompareQuery>) -> Result<Response, ApiError> {
+pub async fn page(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Query(query): Query<CompareQuery>,
+) -> Result<Response, ApiError> {
     let compared = resolve(&state, &user, query.ids.as_deref()).await?;
     let mut budget = MAX_REPORT_CAM_BYTES;
     let mut experiments = Vec::with_capacity(compared.len());
@@ -190,11 +194,15 @@ async fn gallery(state: &AppState, job: &Job, budget: &mut u64) -> Gallery {
             continue;
         }
         let picture = match artifact_file(&artifacts, &entry.file).await {
-            Some((path, bytes)) if bytes <= MAX_CAM_BYTES && entry.file.ends_with(".png") => tokio::fs::read(&path).await.ok(),
+            Some((path, bytes)) if bytes <= MAX_CAM_BYTES && entry.file.ends_with(".png") => {
+                tokio::fs::read(&path).await.ok()
+            }
             _ => None,
         };
         let Some(png) = picture.filter(|png| png.starts_with(b"\x89PNG\r\n\x1a\n")) else {
-            gallery.notes.push(format!("`{}` is listed in cam/index.json but is missing, too large or not a PNG.", entry.file));
+            gallery
+                .notes
+                .push(format!("`{}` is listed in cam/index.json but is missing, too large or not a PNG.", entry.file));
             continue;
         };
         if png.len() as u64 > *budget {

@@ -73,7 +73,11 @@ pub struct Deleted {
     ),
     security(("bearer" = []))
 )]
-pub async fn delete(State(state): State<AppState>, Authed(user): Authed, Path(id): Path<String>) -> Result<axum::Json<Deleted>, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Deleted>, ApiError> {
     let job = find_own(&state, &user, &id).await?;
     let (outcome, freed_bytes) = retention(&state).delete(job.id, &user.name).await?;
     match outcome {
@@ -123,7 +127,6 @@ pub(super) async fn check_quota(state: &AppState, user: &User) -> Result<(), Api
     Err(ApiError::DiskQuota { quota_bytes, usage_bytes, largest })
 }
 
-
 /// One user's line of `GET /api/admin/usage`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserUsage {
@@ -154,7 +157,8 @@ pub struct Usage {
 )]
 pub async fn usage(State(state): State<AppState>, Authed(user): Authed) -> Result<axum::Json<Usage>, ApiError> {
     super::auth::admin_only(&user, "everyone's disk usage")?;
-    let users = state.store.disk_usage().await?.into_iter().map(|(user, disk_bytes)| UserUsage { user, disk_bytes }).collect();
+    let users =
+        state.store.disk_usage().await?.into_iter().map(|(user, disk_bytes)| UserUsage { user, disk_bytes }).collect();
     Ok(axum::Json(Usage { users, quota_bytes: state.limits.max_disk_bytes_per_user }))
 }
 
@@ -186,7 +190,11 @@ pub struct GcRequest {
     ),
     security(("bearer" = []))
 )]
-pub async fn gc(State(state): State<AppState>, Authed(user): Authed, Json(request): Json<GcRequest>) -> Result<axum::Json<GcReport>, ApiError> {
+pub async fn gc(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Json(request): Json<GcRequest>,
+) -> Result<axum::Json<GcReport>, ApiError> {
     super::auth::admin_only(&user, "gc")?;
     let invalid = |field: &str, message: String| ApiError::Malformed {
         status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,

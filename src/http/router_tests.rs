@@ -80,9 +80,11 @@ pub(super) async fn test_router() -> TestRouter {
 pub(super) async fn send(router: &Router, request: Request<Body>) -> (StatusCode, String, serde_json::Value) {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let content_type = response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let content_type =
+        response.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, content_type, body)
 }
 
@@ -192,7 +194,8 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn the_openapi_document_is_3_1_and_describes_every_route() {
     let app = test_router().await;
-    let (status, content_type, document) = send(&app.router, Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await;
+    let (status, content_type, document) =
+        send(&app.router, Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(content_type.starts_with("application/json"), "{content_type}");
     assert!(document["openapi"].as_str().is_some_and(|version| version.starts_with("3.1.")), "{}", document["openapi"]);
@@ -200,18 +203,33 @@ async fn the_openapi_document_is_3_1_and_describes_every_route() {
     for (method, path) in ROUTES {
         let operation = &paths.get(*path).unwrap_or_else(|| panic!("{path} is not described"))[*method];
         assert!(operation.is_object(), "{method} {path} is not described");
-        assert!(operation["responses"].as_object().is_some_and(|answers| answers.contains_key("400")), "{method} {path}: no error answers");
+        assert!(
+            operation["responses"].as_object().is_some_and(|answers| answers.contains_key("400")),
+            "{method} {path}: no error answers"
+        );
         // Every route the router has is reachable: not the API's 404 for an unknown route.
-        let uri = path.replace("{id}", &crate::domain::JobId::new().to_string()).replace("{file}", "loss.svg").replace("{name}", "x");
+        let uri = path
+            .replace("{id}", &crate::domain::JobId::new().to_string())
+            .replace("{file}", "loss.svg")
+            .replace("{name}", "x");
         let request = Request::builder().method(method.to_uppercase().as_str()).uri(&uri).body(Body::empty()).unwrap();
         if !uri.ends_with("/events") && *path != "/api/events" {
             let (status, _, body) = send(&app.router, request).await;
-            assert!(body.get("detail").is_none_or(|_| body["error"] != "no such API route"), "{method} {uri}: {status} {body}");
+            assert!(
+                body.get("detail").is_none_or(|_| body["error"] != "no such API route"),
+                "{method} {uri}: {status} {body}"
+            );
         }
     }
-    let operations: Vec<&serde_json::Value> = paths.values().filter_map(|item| item.as_object()).flat_map(|item| item.values()).collect();
-    assert_eq!(operations.len(), ROUTES.len(), "every described operation is in ROUTES (the list of the router's routes)");
-    let ids: std::collections::BTreeSet<&str> = operations.iter().filter_map(|operation| operation["operationId"].as_str()).collect();
+    let operations: Vec<&serde_json::Value> =
+        paths.values().filter_map(|item| item.as_object()).flat_map(|item| item.values()).collect();
+    assert_eq!(
+        operations.len(),
+        ROUTES.len(),
+        "every described operation is in ROUTES (the list of the router's routes)"
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        operations.iter().filter_map(|operation| operation["operationId"].as_str()).collect();
     assert_eq!(ids.len(), ROUTES.len(), "operation ids are unique: {ids:?}");
     // The bearer scheme, and the answers of one shape.
     assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
@@ -230,5 +248,8 @@ async fn the_openapi_document_is_3_1_and_describes_every_route() {
     for (_, path) in ROUTES {
         assert!(page.contains(&format!("<code>{path}</code>")), "{path} is not on the page");
     }
-    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"), "nothing from elsewhere");
+    assert!(
+        !page.contains("<script") && !page.contains("http://") && !page.contains("https://"),
+        "nothing from elsewhere"
+    );
 }

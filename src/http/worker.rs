@@ -2,10 +2,10 @@
 //! `domain/relay.rs`). Authenticated by the job's own secret, not a user token: it can only
 //! append to that one running job.
 
+use super::extract::{Json, Path};
 use super::{ApiError, AppState};
 use crate::domain::relay::RelayBatch;
 use crate::supervisor::RemoteError;
-use super::extract::{Json, Path};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 

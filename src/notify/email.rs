@@ -153,16 +153,31 @@ mod tests {
         assert!(Mailer::new("smtp://localhost:2525", "trainq <trainq@gpubox.example.org>", None).is_ok());
         assert!(Mailer::new("smtps://user:secret@mail.example.org", "trainq@example.org", None).is_ok());
         assert!(Mailer::new("smtp://mail.example.org:587?tls=required", "trainq@example.org", None).is_ok());
-        assert!(matches!(Mailer::new("http://mail.example.org", "trainq@example.org", None), Err(MailSettingError::Url(_))));
+        assert!(matches!(
+            Mailer::new("http://mail.example.org", "trainq@example.org", None),
+            Err(MailSettingError::Url(_))
+        ));
         assert!(matches!(Mailer::new("smtp://localhost", "not an address", None), Err(MailSettingError::From(_))));
-        assert_eq!(Mailer::new("smtp://localhost", "trainq@gpubox.example.org", None).unwrap().domain(), "gpubox.example.org");
+        assert_eq!(
+            Mailer::new("smtp://localhost", "trainq@gpubox.example.org", None).unwrap().domain(),
+            "gpubox.example.org"
+        );
     }
 
     #[test]
     fn the_admins_ca_applies_to_the_urls_tls_mode_only() {
-        assert_eq!(TlsMode::of("smtps://u:p@mail.example.org"), Some((TlsMode::Wrapper, String::from("mail.example.org"))));
-        assert_eq!(TlsMode::of("smtp://127.0.0.1:2525?tls=required"), Some((TlsMode::Required, String::from("127.0.0.1"))));
-        assert_eq!(TlsMode::of("smtp://mail:587?tls=opportunistic").map(|(mode, _)| mode), Some(TlsMode::Opportunistic));
+        assert_eq!(
+            TlsMode::of("smtps://u:p@mail.example.org"),
+            Some((TlsMode::Wrapper, String::from("mail.example.org")))
+        );
+        assert_eq!(
+            TlsMode::of("smtp://127.0.0.1:2525?tls=required"),
+            Some((TlsMode::Required, String::from("127.0.0.1")))
+        );
+        assert_eq!(
+            TlsMode::of("smtp://mail:587?tls=opportunistic").map(|(mode, _)| mode),
+            Some(TlsMode::Opportunistic)
+        );
         assert_eq!(TlsMode::of("smtp://localhost:25"), None);
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");

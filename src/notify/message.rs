@@ -171,18 +171,26 @@ mod tests {
         let facts = JobFacts { test_acc: Some(0.9123), test_auc: Some(0.95678), ..facts(JobState::Succeeded) };
         assert_eq!(subject(&facts), "[trainq] q1-vgg16 succeeded — test acc 0.912, AUC 0.957");
         let text = body(&facts);
-        for expected in ["q1-vgg16 succeeded.", "Test accuracy: 0.9123", "Test AUC:      0.9568", "http://gpubox:8080/#job=5b0c"] {
+        for expected in
+            ["q1-vgg16 succeeded.", "Test accuracy: 0.9123", "Test AUC:      0.9568", "http://gpubox:8080/#job=5b0c"]
+        {
             assert!(text.contains(expected), "{expected:?} in {text}");
         }
-        assert_eq!(subject(&JobFacts { test_auc: None, ..facts.clone() }), "[trainq] q1-vgg16 succeeded — test acc 0.912");
+        assert_eq!(
+            subject(&JobFacts { test_auc: None, ..facts.clone() }),
+            "[trainq] q1-vgg16 succeeded — test acc 0.912"
+        );
     }
 
     #[test]
     fn a_failure_says_why_with_the_log_tail_in_the_body_and_its_first_line_in_the_subject() {
         let error = "the worker exited with code 3\n--- last lines of the log ---\nloading data\ngiving up";
-        let failed = JobFacts { error: Some(error.to_string()), name: String::from("bad\nname"), ..facts(JobState::Failed) };
+        let failed =
+            JobFacts { error: Some(error.to_string()), name: String::from("bad\nname"), ..facts(JobState::Failed) };
         assert_eq!(subject(&failed), "[trainq] bad name failed — the worker exited with code 3");
-        assert!(body(&failed).contains("Why it failed:\nthe worker exited with code 3\n--- last lines of the log ---\nloading data\ngiving up\n"));
+        assert!(body(&failed).contains(
+            "Why it failed:\nthe worker exited with code 3\n--- last lines of the log ---\nloading data\ngiving up\n"
+        ));
         let nameless = JobFacts { name: String::new(), error: None, ..facts(JobState::Cancelled) };
         assert_eq!(subject(&nameless), "[trainq] job 5b0c1f2e cancelled");
     }

@@ -54,7 +54,8 @@ impl NotifierSettings {
             return None;
         }
         let factor = 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
-        let delay = (self.retry_base.as_secs_f64() * factor).min(MAX_BACKOFF.as_secs_f64().max(self.retry_base.as_secs_f64()));
+        let delay =
+            (self.retry_base.as_secs_f64() * factor).min(MAX_BACKOFF.as_secs_f64().max(self.retry_base.as_secs_f64()));
         Some(now + delay)
     }
 }
@@ -115,7 +116,11 @@ pub async fn run(store: Store, events: EventBus, settings: NotifierSettings) {
 }
 
 /// Delivers every message due now, a batch at a time.
-async fn deliver_due(store: &Store, settings: &NotifierSettings, client: &reqwest::Client) -> Result<(), crate::store::StoreError> {
+async fn deliver_due(
+    store: &Store,
+    settings: &NotifierSettings,
+    client: &reqwest::Client,
+) -> Result<(), crate::store::StoreError> {
     // One SMTP transport per round: its pooled connections go with it.
     let mut transport = None;
     // Each row once per round, even if its attempt could not be recorded (it stays due).
@@ -181,7 +186,9 @@ async fn record(store: &Store, settings: &NotifierSettings, row: &Notification, 
     for _ in 0..10 {
         let written = match &result {
             Ok(()) => store.notification_delivered(row.id).await.map(|_| ()),
-            Err(error) => store.notification_attempt_failed(row.id, error, settings.retry_at(attempts, unix_now())).await,
+            Err(error) => {
+                store.notification_attempt_failed(row.id, error, settings.retry_at(attempts, unix_now())).await
+            }
         };
         match written {
             Ok(()) => break,
@@ -193,8 +200,12 @@ async fn record(store: &Store, settings: &NotifierSettings, row: &Notification, 
         }
     }
     match result {
-        Ok(()) => tracing::info!(delivery = row.id, job_id = %row.job_id, channel = %row.channel, "notification delivered"),
-        Err(error) => tracing::warn!(delivery = row.id, job_id = %row.job_id, channel = %row.channel, attempts, %error, "notification attempt failed"),
+        Ok(()) => {
+            tracing::info!(delivery = row.id, job_id = %row.job_id, channel = %row.channel, "notification delivered")
+        }
+        Err(error) => {
+            tracing::warn!(delivery = row.id, job_id = %row.job_id, channel = %row.channel, attempts, %error, "notification attempt failed")
+        }
     }
 }
 
@@ -204,8 +215,14 @@ mod tests {
 
     #[test]
     fn retries_back_off_exponentially_up_to_an_hour_then_give_up() {
-        let settings = NotifierSettings { mailer: None, public_url: String::new(), retry_base: Duration::from_secs(30), max_attempts: 12 };
-        let delays: Vec<f64> = (1..=12).map(|attempts| settings.retry_at(attempts, 0.0).map_or(-1.0, |at| at)).collect();
+        let settings = NotifierSettings {
+            mailer: None,
+            public_url: String::new(),
+            retry_base: Duration::from_secs(30),
+            max_attempts: 12,
+        };
+        let delays: Vec<f64> =
+            (1..=12).map(|attempts| settings.retry_at(attempts, 0.0).map_or(-1.0, |at| at)).collect();
         assert_eq!(&delays[..4], &[30.0, 60.0, 120.0, 240.0]);
         assert_eq!(delays[8], 3600.0, "capped");
         assert_eq!(delays[11], -1.0, "the twelfth failure gives up");

@@ -21,7 +21,13 @@ pub fn client() -> reqwest::Client {
 }
 
 /// POSTs `body` to `url`, signed with `secret`, as delivery `delivery`.
-pub async fn post(client: &reqwest::Client, url: &str, secret: &str, body: Vec<u8>, delivery: i64) -> Result<(), String> {
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: Vec<u8>,
+    delivery: i64,
+) -> Result<(), String> {
     let signed = signature(secret, &body);
     let response = client
         .post(url)

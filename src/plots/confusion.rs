@@ -31,7 +31,8 @@ impl Confusion {
         let (width, height) = (width as i32, height as i32);
         let n = self.counts.len().max(1) as i32;
         let centered = Pos::new(HPos::Center, VPos::Center);
-        root.draw(&Text::new(self.title.clone(), (width / 2, 36), text(TITLE_SIZE).pos(centered))).map_err(drawing_error)?;
+        root.draw(&Text::new(self.title.clone(), (width / 2, 36), text(TITLE_SIZE).pos(centered)))
+            .map_err(drawing_error)?;
 
         // The grid: a square under the title, leaving room for class names on the left and below.
         let (left, top) = (250, 90);
@@ -51,11 +52,19 @@ impl Confusion {
                     .map_err(drawing_error)?;
                 let ink = if share > 0.5 { WHITE } else { BLACK };
                 let center = (x0 + cell / 2, y0 + cell / 2);
-                root.draw(&Text::new(count.to_string(), (center.0, center.1 - value_size as i32 / 2), text(value_size).color(&ink).pos(centered)))
-                    .map_err(drawing_error)?;
+                root.draw(&Text::new(
+                    count.to_string(),
+                    (center.0, center.1 - value_size as i32 / 2),
+                    text(value_size).color(&ink).pos(centered),
+                ))
+                .map_err(drawing_error)?;
                 let share_text = if total > 0 { format!("{:.1}%", share * 100.0) } else { String::from("—") };
-                root.draw(&Text::new(share_text, (center.0, center.1 + share_size as i32), text(share_size).color(&ink).pos(centered)))
-                    .map_err(drawing_error)?;
+                root.draw(&Text::new(
+                    share_text,
+                    (center.0, center.1 + share_size as i32),
+                    text(share_size).color(&ink).pos(centered),
+                ))
+                .map_err(drawing_error)?;
             }
         }
         let grid = cell * n;
@@ -63,11 +72,17 @@ impl Confusion {
         for (index, class) in self.classes.iter().enumerate().take(self.counts.len()) {
             let name = short_label(class, 16);
             let middle = index as i32 * cell + cell / 2;
-            root.draw(&Text::new(name.clone(), (left - 12, top + middle), text(class_size).pos(right_aligned))).map_err(drawing_error)?;
-            root.draw(&Text::new(name, (left + middle, top + grid + 24), text(class_size).pos(centered))).map_err(drawing_error)?;
+            root.draw(&Text::new(name.clone(), (left - 12, top + middle), text(class_size).pos(right_aligned)))
+                .map_err(drawing_error)?;
+            root.draw(&Text::new(name, (left + middle, top + grid + 24), text(class_size).pos(centered)))
+                .map_err(drawing_error)?;
         }
-        root.draw(&Text::new("predicted class", (left + grid / 2, top + grid + 70), text(AXIS_TITLE_SIZE).pos(centered)))
-            .map_err(drawing_error)?;
+        root.draw(&Text::new(
+            "predicted class",
+            (left + grid / 2, top + grid + 70),
+            text(AXIS_TITLE_SIZE).pos(centered),
+        ))
+        .map_err(drawing_error)?;
         let vertical = text(AXIS_TITLE_SIZE).transform(FontTransform::Rotate270).pos(centered);
         root.draw(&Text::new("true class", (34, top + grid / 2), vertical)).map_err(drawing_error)?;
         Ok(())

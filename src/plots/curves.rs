@@ -2,8 +2,8 @@
 //! line where each later phase starts (the assignment's "fine-tuning starts here").
 
 use super::{
-    dashed_swatch, draw_legend, drawing_error, padded_range, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, LEGEND_SIZE, TICK_SIZE,
-    TITLE_SIZE,
+    dashed_swatch, draw_legend, drawing_error, padded_range, run_color, short_label, solid_swatch, text, PlotError,
+    AXIS_TITLE_SIZE, GUIDE, LEGEND_SIZE, TICK_SIZE, TITLE_SIZE,
 };
 use crate::domain::worker_protocol::EpochMetrics;
 use plotters::coord::Shift;
@@ -116,7 +116,8 @@ impl Curves {
     pub(super) fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), PlotError> {
         let lines = self.lines();
         let epochs = self.runs.iter().map(|run| run.epochs.len()).max().unwrap_or(0).max(1);
-        let values: Vec<f64> = lines.iter().flat_map(|line| line.points.iter().map(|(_, y)| *y)).filter(|v| v.is_finite()).collect();
+        let values: Vec<f64> =
+            lines.iter().flat_map(|line| line.points.iter().map(|(_, y)| *y)).filter(|v| v.is_finite()).collect();
         let low = values.iter().copied().fold(f64::INFINITY, f64::min);
         let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let (mut low, mut high) = if values.is_empty() { (0.0, 1.0) } else { padded_range(low, high) };
@@ -144,8 +145,20 @@ impl Curves {
             .label_style(text(TICK_SIZE))
             .x_labels(integer_ticks)
             // Only whole epochs are real; plotters may place ticks between them.
-            .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() })
-            .y_label_formatter(&|y| if *y < floor - 1e-9 || *y > ceiling + 1e-9 { String::new() } else { format!("{y:.2}") })
+            .x_label_formatter(&|x| {
+                if (x - x.round()).abs() < 1e-6 {
+                    format!("{}", x.round() as i64)
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| {
+                if *y < floor - 1e-9 || *y > ceiling + 1e-9 {
+                    String::new()
+                } else {
+                    format!("{y:.2}")
+                }
+            })
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(drawing_error)?;
@@ -191,8 +204,11 @@ impl Curves {
                     (left + 6, top + 6)
                 }
             };
-            root.draw(&Rectangle::new([(left, top), (left + width as i32 + 8, top + height as i32 + 6)], WHITE.mix(0.9).filled()))
-                .map_err(drawing_error)?;
+            root.draw(&Rectangle::new(
+                [(left, top), (left + width as i32 + 8, top + height as i32 + 6)],
+                WHITE.mix(0.9).filled(),
+            ))
+            .map_err(drawing_error)?;
             root.draw(&Text::new(label, (left + 4, top + 3), style)).map_err(drawing_error)?;
         }
         if !phase_starts.is_empty() {
@@ -245,9 +261,13 @@ mod tests {
         let two = Curves {
             metric: CurveMetric::Accuracy,
             title: String::new(),
-            runs: vec![CurveRun { label: String::from("a"), epochs: epochs.clone() }, CurveRun { label: String::from("b"), epochs }],
+            runs: vec![
+                CurveRun { label: String::from("a"), epochs: epochs.clone() },
+                CurveRun { label: String::from("b"), epochs },
+            ],
         };
-        let labels: Vec<String> = two.lines().into_iter().map(|line| format!("{}:{}", line.label, line.dashed)).collect();
+        let labels: Vec<String> =
+            two.lines().into_iter().map(|line| format!("{}:{}", line.label, line.dashed)).collect();
         assert_eq!(labels, ["a val:false", "a train:true", "b val:false", "b train:true"]);
     }
 }

@@ -194,7 +194,11 @@ pub(crate) use dashed_swatch;
 /// A legend swatch for a solid series: a 20 px line.
 /// The legend of a line plot: series labels in a white, bordered box at `position`.
 fn draw_legend<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
     position: SeriesLabelPosition,
 ) -> Result<(), PlotError> {
     chart
@@ -282,7 +286,11 @@ mod tests {
     fn roc_legend_names_the_auc_and_confusion_shows_counts() {
         let roc = Plot::Roc(Roc {
             title: String::from("ROC"),
-            runs: vec![RocRun { label: String::from("a"), points: vec![(0.0, 0.0), (0.0, 0.5), (1.0, 1.0)], auc: Some(0.75) }],
+            runs: vec![RocRun {
+                label: String::from("a"),
+                points: vec![(0.0, 0.0), (0.0, 0.5), (1.0, 1.0)],
+                auc: Some(0.75),
+            }],
         });
         let svg = String::from_utf8(render(&roc, Format::Svg).unwrap()).unwrap();
         assert!(svg.contains("AUC = 0.750") && svg.contains("chance"), "{svg}");
@@ -292,7 +300,9 @@ mod tests {
             counts: vec![vec![7, 3], vec![1, 9]],
         });
         let svg = String::from_utf8(render(&confusion, Format::Svg).unwrap()).unwrap();
-        for label in ["NORMAL", "PNEUMONIA", "true class", "predicted class", "\n7\n</text>", "\n9\n</text>", "70.0%", "90.0%"] {
+        for label in
+            ["NORMAL", "PNEUMONIA", "true class", "predicted class", "\n7\n</text>", "\n9\n</text>", "70.0%", "90.0%"]
+        {
             assert!(svg.contains(label), "missing {label:?}");
         }
         assert_eq!(decode(&render(&confusion, Format::Png).unwrap()).dimensions(), (1000, 900));

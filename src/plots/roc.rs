@@ -1,6 +1,9 @@
 //! ROC curves on the test set, one per run, each with its AUC in the legend, over the chance line.
 
-use super::{dashed_swatch, draw_legend, drawing_error, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE, GUIDE, TICK_SIZE, TITLE_SIZE};
+use super::{
+    dashed_swatch, draw_legend, drawing_error, run_color, short_label, solid_swatch, text, PlotError, AXIS_TITLE_SIZE,
+    GUIDE, TICK_SIZE, TITLE_SIZE,
+};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 

@@ -3,7 +3,9 @@
 //! reader of the report can check what ran without reading JSON.
 
 use crate::domain::backbone::Backbone;
-use crate::domain::spec::{HeadLayer, Interpolation, OptimizerName, OptimizerSpec, Precision, Resize, TrainSet, Weights};
+use crate::domain::spec::{
+    HeadLayer, Interpolation, OptimizerName, OptimizerSpec, Precision, Resize, TrainSet, Weights,
+};
 use crate::domain::JobSpec;
 
 /// The spec as sentences: backbone and weights, image size, head, each phase (epochs, what
@@ -51,7 +53,9 @@ pub fn describe(spec: &JobSpec) -> String {
     };
     let seeds = match spec.repeats {
         0 | 1 => format!("seed {}", spec.seed),
-        repeats => format!("seeds {}–{} ({repeats} repeats)", spec.seed, spec.seed.wrapping_add(u64::from(repeats) - 1)),
+        repeats => {
+            format!("seeds {}–{} ({repeats} repeats)", spec.seed, spec.seed.wrapping_add(u64::from(repeats) - 1))
+        }
     };
     sentences.push(format!("Batch size {}, {precision}, {seeds}.", spec.batch_size));
     sentences.join(" ")
@@ -65,7 +69,9 @@ fn head(layers: &[HeadLayer]) -> String {
         .map(|layer| match layer {
             HeadLayer::Gap => String::from("GlobalAveragePooling2D"),
             HeadLayer::Flatten => String::from("Flatten"),
-            HeadLayer::Batchnorm(options) if options.momentum != 0.99 => format!("BatchNormalization(momentum {})", options.momentum),
+            HeadLayer::Batchnorm(options) if options.momentum != 0.99 => {
+                format!("BatchNormalization(momentum {})", options.momentum)
+            }
             HeadLayer::Batchnorm(_) => String::from("BatchNormalization"),
             HeadLayer::Relu => String::from("ReLU"),
             HeadLayer::Dense(units) => format!("Dense({units})"),

@@ -13,9 +13,9 @@ mod describe;
 
 pub use describe::describe;
 
+use crate::domain::scores::MeanStd;
 use crate::domain::worker_protocol::EpochMetrics;
 use crate::domain::{Job, JobState};
-use crate::domain::scores::MeanStd;
 use crate::plots::{self, CurveMetric, CurveRun, Curves, Format, Plot};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -117,7 +117,9 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut encoded = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let triple = (u32::from(chunk[0]) << 16) | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8) | u32::from(*chunk.get(2).unwrap_or(&0));
+        let triple = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
         for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if index <= chunk.len() {
                 encoded.push(char::from(ALPHABET[((triple >> shift) & 63) as usize]));
@@ -170,7 +172,9 @@ pub fn render(report: &Report) -> Result<String, plots::PlotError> {
     let mut html = String::new();
     let count = report.experiments.len();
     let title = match count {
-        1 => format!("trainq report: {}", report.experiments[0].jobs.first().map(|job| job.name.as_str()).unwrap_or("")),
+        1 => {
+            format!("trainq report: {}", report.experiments[0].jobs.first().map(|job| job.name.as_str()).unwrap_or(""))
+        }
         _ => format!("trainq report: {count} experiments"),
     };
     html.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
@@ -260,10 +264,18 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
         fact(html, "Started", &escape(&when(started)));
     }
     let all_finished = experiment.jobs.iter().all(|job| job.finished_at.is_some());
-    if let Some(finished) = experiment.jobs.iter().filter_map(|job| job.finished_at.as_deref()).max().filter(|_| all_finished) {
+    if let Some(finished) =
+        experiment.jobs.iter().filter_map(|job| job.finished_at.as_deref()).max().filter(|_| all_finished)
+    {
         fact(html, "Finished", &escape(&when(finished)));
     }
-    let devices: Vec<&str> = experiment.jobs.iter().filter_map(|job| job.device.as_deref()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let devices: Vec<&str> = experiment
+        .jobs
+        .iter()
+        .filter_map(|job| job.device.as_deref())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if !devices.is_empty() {
         fact(html, "Device", &escape(&devices.join(", ")));
     }
@@ -278,13 +290,23 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
         fact(html, "Spec", &escape(&describe(&spec)));
     } else {
         let fields: Vec<&str> = varying.iter().map(|(pointer, _)| pointer.as_str()).collect();
-        let words = format!("The runs differ in {} (see the runs below); the first run: {}", fields.join(", "), describe(&spec));
+        let words = format!(
+            "The runs differ in {} (see the runs below); the first run: {}",
+            fields.join(", "),
+            describe(&spec)
+        );
         fact(html, "Spec", &escape(&words));
     }
     html.push_str("</dl>\n");
     for job in &experiment.jobs {
         if let Some(error) = &job.error {
-            let _ = writeln!(html, "<p class=\"note\">Run <span class=\"mono\">{}</span> {}: {}</p>", job.id, job.state, escape(error));
+            let _ = writeln!(
+                html,
+                "<p class=\"note\">Run <span class=\"mono\">{}</span> {}: {}</p>",
+                job.id,
+                job.state,
+                escape(error)
+            );
         }
     }
     if group {
@@ -292,7 +314,9 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
         for (pointer, _) in &varying {
             let _ = write!(html, "<th><code>{}</code></th>", escape(pointer));
         }
-        html.push_str("<th>State</th><th class=\"num\">Test accuracy</th><th class=\"num\">Test loss</th></tr></thead><tbody>\n");
+        html.push_str(
+            "<th>State</th><th class=\"num\">Test accuracy</th><th class=\"num\">Test loss</th></tr></thead><tbody>\n",
+        );
         for (index, job) in experiment.jobs.iter().enumerate() {
             let (acc, loss) = match &job.final_metrics {
                 Some(last) => (format!("{:.4}", last.test_acc), format!("{:.4}", last.test_loss)),
@@ -302,7 +326,8 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
             for (_, values) in &varying {
                 let _ = write!(html, "<td class=\"mono\">{}</td>", escape(&values[index]));
             }
-            let _ = writeln!(html, "<td>{}</td><td class=\"num\">{acc}</td><td class=\"num\">{loss}</td></tr>", job.state);
+            let _ =
+                writeln!(html, "<td>{}</td><td class=\"num\">{acc}</td><td class=\"num\">{loss}</td></tr>", job.state);
         }
         html.push_str("</tbody></table>\n");
     }
@@ -311,13 +336,23 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
     html.push_str("<h3>Loss and accuracy (the HW3 template's table)</h3>\n");
     let succeeded = experiment.jobs.iter().filter(|job| job.state == JobState::Succeeded).count();
     if experiment.metrics.is_empty() {
-        let _ = writeln!(html, "<p class=\"note\">No final metrics yet: {}. They appear once a run has succeeded.</p>", escape(&not_yet(experiment)));
+        let _ = writeln!(
+            html,
+            "<p class=\"note\">No final metrics yet: {}. They appear once a run has succeeded.</p>",
+            escape(&not_yet(experiment))
+        );
     } else {
         if group {
-            let _ = writeln!(html, "<p class=\"note\">Mean ± sample standard deviation over the {succeeded} succeeded runs of {}.</p>", experiment.jobs.len());
+            let _ = writeln!(
+                html,
+                "<p class=\"note\">Mean ± sample standard deviation over the {succeeded} succeeded runs of {}.</p>",
+                experiment.jobs.len()
+            );
         }
         html.push_str("<table class=\"template\"><thead><tr><th></th><th class=\"num\">Loss</th><th class=\"num\">Accuracy</th></tr></thead><tbody>\n");
-        for (label, loss, accuracy) in [("Training set", "train_loss", "train_acc"), ("Test set", "test_loss", "test_acc")] {
+        for (label, loss, accuracy) in
+            [("Training set", "train_loss", "train_acc"), ("Test set", "test_loss", "test_acc")]
+        {
             let _ = writeln!(
                 html,
                 "<tr><th>{label}</th><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -335,7 +370,11 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
     } else {
         html.push_str("<div class=\"plots\">\n");
         for metric in [CurveMetric::Accuracy, CurveMetric::Loss] {
-            let runs: Vec<CurveRun> = experiment.curves.iter().map(|(label, epochs)| CurveRun { label: label.clone(), epochs: epochs.clone() }).collect();
+            let runs: Vec<CurveRun> = experiment
+                .curves
+                .iter()
+                .map(|(label, epochs)| CurveRun { label: label.clone(), epochs: epochs.clone() })
+                .collect();
             let title = format!("{}: {} per epoch", first.name, metric.name());
             let svg = plots::render(&Plot::Curves(Curves { metric, title, runs }), Format::Svg)?;
             let svg = String::from_utf8_lossy(&svg);
@@ -346,7 +385,10 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
 
     // Test metrics and the confusion matrix.
     html.push_str("<h3>Test-set metrics</h3>\n");
-    let binary: Vec<&str> = ["precision", "recall", "specificity", "f1", "auc"].into_iter().filter(|name| experiment.metrics.contains_key(name)).collect();
+    let binary: Vec<&str> = ["precision", "recall", "specificity", "f1", "auc"]
+        .into_iter()
+        .filter(|name| experiment.metrics.contains_key(name))
+        .collect();
     if experiment.metrics.is_empty() {
         html.push_str("<p class=\"note\">None yet.</p>\n");
     } else if binary.is_empty() {
@@ -404,8 +446,12 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
 fn varying_fields(specs: &[&crate::domain::JobSpec]) -> Vec<(String, Vec<String>)> {
     fn leaves(value: &serde_json::Value, pointer: String, out: &mut BTreeMap<String, String>) {
         match value {
-            serde_json::Value::Object(map) => map.iter().for_each(|(key, value)| leaves(value, format!("{pointer}/{key}"), out)),
-            serde_json::Value::Array(items) => items.iter().enumerate().for_each(|(index, value)| leaves(value, format!("{pointer}/{index}"), out)),
+            serde_json::Value::Object(map) => {
+                map.iter().for_each(|(key, value)| leaves(value, format!("{pointer}/{key}"), out))
+            }
+            serde_json::Value::Array(items) => {
+                items.iter().enumerate().for_each(|(index, value)| leaves(value, format!("{pointer}/{index}"), out))
+            }
             leaf => {
                 out.insert(pointer, leaf.to_string());
             }
@@ -423,7 +469,14 @@ fn varying_fields(specs: &[&crate::domain::JobSpec]) -> Vec<(String, Vec<String>
     pointers
         .into_iter()
         .filter(|pointer| !["/seed", "/repeats", "/name"].contains(&pointer.as_str()))
-        .map(|pointer| (pointer.clone(), flat.iter().map(|fields| fields.get(pointer).cloned().unwrap_or_else(|| String::from("—"))).collect::<Vec<_>>()))
+        .map(|pointer| {
+            (
+                pointer.clone(),
+                flat.iter()
+                    .map(|fields| fields.get(pointer).cloned().unwrap_or_else(|| String::from("—")))
+                    .collect::<Vec<_>>(),
+            )
+        })
         .filter(|(_, values)| values.iter().any(|value| *value != values[0]))
         .collect()
 }
@@ -470,7 +523,11 @@ pub fn ranks(values: &[Option<f64>], higher_is_better: bool) -> Vec<Option<usize
         .iter()
         .map(|value| {
             let value = (*value)?;
-            let better = values.iter().flatten().filter(|other| if higher_is_better { **other > value } else { **other < value }).count();
+            let better = values
+                .iter()
+                .flatten()
+                .filter(|other| if higher_is_better { **other > value } else { **other < value })
+                .count();
             Some(better + 1)
         })
         .collect()
@@ -485,13 +542,16 @@ fn ranking_section(html: &mut String, experiments: &[Experiment]) {
     let rank_table: Vec<Vec<Option<usize>>> = METRICS
         .iter()
         .map(|(name, _, higher)| {
-            let values: Vec<Option<f64>> = experiments.iter().map(|experiment| experiment.metrics.get(name).map(|value| value.mean)).collect();
+            let values: Vec<Option<f64>> =
+                experiments.iter().map(|experiment| experiment.metrics.get(name).map(|value| value.mean)).collect();
             ranks(&values, *higher)
         })
         .collect();
     let mut order: Vec<usize> = (0..experiments.len()).collect();
     // Test accuracy first, then test loss; experiments without numbers last, in the order asked.
-    order.sort_by_key(|&index| (rank_table[0][index].unwrap_or(usize::MAX), rank_table[1][index].unwrap_or(usize::MAX), index));
+    order.sort_by_key(|&index| {
+        (rank_table[0][index].unwrap_or(usize::MAX), rank_table[1][index].unwrap_or(usize::MAX), index)
+    });
     html.push_str("<table class=\"ranking\"><thead><tr><th>Experiment</th><th>Id</th>");
     for (name, label, _) in METRICS {
         let _ = write!(html, "<th class=\"num\" data-metric=\"{name}\">{label}</th>");
@@ -500,7 +560,12 @@ fn ranking_section(html: &mut String, experiments: &[Experiment]) {
     for index in order {
         let experiment = &experiments[index];
         let group = experiment.group.is_some();
-        let _ = write!(html, "<tr><td>{}</td><td class=\"mono\">{}</td>", escape(&heading(experiment)), escape(&experiment_id(experiment)));
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"mono\">{}</td>",
+            escape(&heading(experiment)),
+            escape(&experiment_id(experiment))
+        );
         for (column, (name, _, _)) in METRICS.iter().enumerate() {
             let value = experiment.metrics.get(name);
             match rank_table[column][index] {
@@ -530,7 +595,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        for (input, output) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (input, output) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(input.as_bytes()), output, "{input}");
         }
         assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
@@ -554,7 +627,10 @@ mod tests {
             varying_fields(&[&a, &b, &c]),
             vec![
                 (String::from("/image_size"), vec![String::from("128"), String::from("128"), String::from("256")]),
-                (String::from("/optimizer/lr"), vec![String::from("0.0001"), String::from("0.00001"), String::from("0.0001")]),
+                (
+                    String::from("/optimizer/lr"),
+                    vec![String::from("0.0001"), String::from("0.00001"), String::from("0.0001")]
+                ),
             ]
         );
         assert!(varying_fields(&[&a, &spec(1e-4, 128, 9)]).is_empty(), "seeds and names alone are a repeat group");

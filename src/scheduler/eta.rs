@@ -35,7 +35,8 @@ pub(super) fn start_times<U>(
     }
     let pace_of = |key: &str| similar.get(key).map(|(seconds, epochs)| seconds / f64::from(*epochs.max(&1)));
     let pace = |spec: &JobSpec| pace_of(&similarity_key(spec));
-    let own: HashMap<JobId, (u32, f64)> = timings.iter().map(|timing| (timing.id, (timing.epochs, timing.mean_seconds))).collect();
+    let own: HashMap<JobId, (u32, f64)> =
+        timings.iter().map(|timing| (timing.id, (timing.epochs, timing.mean_seconds))).collect();
     // Free time (seconds from now) of every lane; `None` = unknown.
     let mut lanes: Vec<Option<f64>> = Vec::new();
     for device in devices {
@@ -67,10 +68,15 @@ pub(super) fn start_times<U>(
         if lanes.is_empty() || lanes.iter().any(Option::is_none) {
             break;
         }
-        let (index, start) =
-            lanes.iter().enumerate().map(|(index, free)| (index, free.unwrap_or(f64::MAX))).min_by(|a, b| a.1.total_cmp(&b.1)).expect("lanes exist");
+        let (index, start) = lanes
+            .iter()
+            .enumerate()
+            .map(|(index, free)| (index, free.unwrap_or(f64::MAX)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("lanes exist");
         starts.insert(waiting.job, start);
-        lanes[index] = queued.get(waiting.job).and_then(|job| Some(start + f64::from(job.epochs) * pace_of(&job.pace_key)?));
+        lanes[index] =
+            queued.get(waiting.job).and_then(|job| Some(start + f64::from(job.epochs) * pace_of(&job.pace_key)?));
     }
     starts
 }

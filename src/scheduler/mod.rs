@@ -17,12 +17,12 @@ mod queue;
 
 use crate::catalog;
 use crate::devices::Inventory;
-use crate::domain::worker_protocol::{WorkerDevice, WorkerJob};
 use crate::domain::spec::Weights;
+use crate::domain::worker_protocol::{WorkerDevice, WorkerJob};
 use crate::domain::{Job, JobId, JobState};
+use crate::events::EventBus;
 use crate::store::{unix_now, Store, StoreError};
 use crate::supervisor::{JobPaths, Supervisor};
-use crate::events::EventBus;
 use queue::{Pending, Queue};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -98,7 +98,9 @@ impl Place {
         let (pending_reason, waiting_for) = match &self.reason {
             Reason::Plan(reason) => (reason.to_string(), None),
             Reason::Disk(reason) => (reason.to_string(), None),
-            Reason::Dependency(dep) => (format!("waiting for job {}", crate::domain::chain::short_id(*dep)), Some(*dep)),
+            Reason::Dependency(dep) => {
+                (format!("waiting for job {}", crate::domain::chain::short_id(*dep)), Some(*dep))
+            }
         };
         QueueInfo { position: self.position, pending_reason, eta_at: self.eta_at, waiting_for }
     }
@@ -221,7 +223,12 @@ pub async fn run(
             }
         }
         let recheck_at = facts.held_back.then(|| last_pass + RECHECK);
-        let next = [pending.due(last_pass, gap).map(|due| due.max(retry_at.unwrap_or(due))), recheck_at, decay_at, Some(disk_at)];
+        let next = [
+            pending.due(last_pass, gap).map(|due| due.max(retry_at.unwrap_or(due))),
+            recheck_at,
+            decay_at,
+            Some(disk_at),
+        ];
         let mut wake_at = disk_at;
         for at in next.into_iter().flatten() {
             wake_at = wake_at.min(at);
@@ -254,7 +261,8 @@ pub async fn run(
         if disk_at <= now {
             disk_at = now + DISK_CHECK;
             let disk = inputs.disk.clone();
-            let changed = tokio::task::spawn_blocking(move || disk.maintain(&disk.measure_all())).await.unwrap_or(false);
+            let changed =
+                tokio::task::spawn_blocking(move || disk.maintain(&disk.measure_all())).await.unwrap_or(false);
             // Room made by the cache giving way is worth a look at jobs waiting for it.
             pending.urgent |= changed && facts.held_back;
         }
@@ -342,7 +350,11 @@ async fn schedule_once(
     let disk = inputs.disk.clone();
     let mut spaces = tokio::task::spawn_blocking(move || {
         let spaces = disk.measure_all();
-        if disk.maintain(&spaces) { disk.measure_all() } else { spaces }
+        if disk.maintain(&spaces) {
+            disk.measure_all()
+        } else {
+            spaces
+        }
     })
     .await
     .unwrap_or_default();
@@ -358,18 +370,23 @@ async fn schedule_once(
         .slots()
         .iter()
         .map(|slot| {
-            let here: Vec<&Job> = running.iter().filter(|job| job.device.as_deref() == Some(slot.id.as_str())).collect();
+            let here: Vec<&Job> =
+                running.iter().filter(|job| job.device.as_deref() == Some(slot.id.as_str())).collect();
             // A GPU with compute processes but none of our jobs is someone else's right now.
             // (With our jobs on it, outsiders cannot be told apart by pid across namespaces; their
             // memory still shows in the packing headroom.)
-            let foreign_busy = here.is_empty() && inventory.gpu_processes(slot).is_some_and(|processes| !processes.is_empty());
+            let foreign_busy =
+                here.is_empty() && inventory.gpu_processes(slot).is_some_and(|processes| !processes.is_empty());
             policy::DeviceState {
                 id: slot.id.as_str(),
                 capacity: match slot.memory_total {
                     Some(memory_bytes) => policy::Capacity::Gpu { memory_bytes },
                     None => policy::Capacity::Slot,
                 },
-                running: here.iter().map(|job| policy::Running { user: user_of(job), memory_bytes: job.memory_bytes }).collect(),
+                running: here
+                    .iter()
+                    .map(|job| policy::Running { user: user_of(job), memory_bytes: job.memory_bytes })
+                    .collect(),
                 foreign_busy,
             }
         })
@@ -381,7 +398,8 @@ async fn schedule_once(
     let (order, plan, mut places) = {
         // Jobs waiting for others to succeed are not candidates; they wait behind the rest.
         let slurm = inventory.slots().iter().any(|slot| matches!(slot.kind, crate::devices::DeviceKind::Slurm { .. }));
-        let mut candidates: Vec<_> = queue.jobs().filter(|job| job.ready(queue, slurm)).map(queue::Queued::candidate).collect();
+        let mut candidates: Vec<_> =
+            queue.jobs().filter(|job| job.ready(queue, slurm)).map(queue::Queued::candidate).collect();
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
@@ -402,7 +420,11 @@ async fn schedule_once(
         let mut chained: Vec<&queue::Queued> = queue.jobs().filter(|job| !job.ready(queue, slurm)).collect();
         chained.sort_unstable_by_key(|job| job.seq);
         for (index, job) in chained.into_iter().enumerate() {
-            let place = Place { position: plan.waiting.len() + index + 1, reason: Reason::Dependency(job.unmet[0]), eta_at: None };
+            let place = Place {
+                position: plan.waiting.len() + index + 1,
+                reason: Reason::Dependency(job.unmet[0]),
+                eta_at: None,
+            };
             places.insert(job.id, place);
         }
         (order, plan, places)
@@ -421,7 +443,8 @@ async fn schedule_once(
         // Jobs sharing a GPU share the host cores given to it.
         let threads = (inventory.threads_per_slot() / (sharing + 1)).max(1);
         // A GPU that may take several jobs holds each one's data to the allowance its estimate counts.
-        let data_budget = (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
+        let data_budget =
+            (settings.limits.max_jobs_per_gpu > 1).then_some(crate::domain::memory::GPU_DATA_ALLOWANCE_BYTES);
         // Its checkpoints (known from the spec) must fit before the dataset is even looked at, so
         // a job waiting for disk costs no scan per pass.
         let checkpoints = vec![(crate::disk_space::Role::Jobs, crate::domain::memory::disk_bytes(&job.spec))];
@@ -431,9 +454,10 @@ async fn schedule_once(
         }
         let inputs_now = inputs.clone();
         let (job_now, kind) = (job.clone(), slot.kind);
-        let resolved = tokio::task::spawn_blocking(move || worker_job(&job_now, kind, threads, data_budget, &inputs_now))
-            .await
-            .unwrap_or_else(|err| Err(format!("resolving the job's inputs failed: {err}")));
+        let resolved =
+            tokio::task::spawn_blocking(move || worker_job(&job_now, kind, threads, data_budget, &inputs_now))
+                .await
+                .unwrap_or_else(|err| Err(format!("resolving the job's inputs failed: {err}")));
         let (work, phases, needs) = match resolved {
             Ok(resolved) => resolved,
             Err(reason) => {

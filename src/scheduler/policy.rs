@@ -189,9 +189,9 @@ impl fmt::Display for PendingReason {
                 gigabytes(needed_bytes),
                 gigabytes(largest_bytes)
             ),
-            PendingReason::OutsideProcesses => {
-                f.write_str("the devices it fits on are in use by programs outside trainq; it starts when they are free")
-            }
+            PendingReason::OutsideProcesses => f.write_str(
+                "the devices it fits on are in use by programs outside trainq; it starts when they are free",
+            ),
             PendingReason::NoDevices => f.write_str("trainq has no device to run jobs on"),
         }
     }
@@ -349,7 +349,12 @@ where
             bytes: device.running.iter().map(|running| running.memory_bytes).sum(),
         })
         .collect();
-    let mut room = Room { devices, loads, max_jobs_per_gpu: limits.max_jobs_per_gpu.max(1), headroom_bytes: limits.headroom_bytes };
+    let mut room = Room {
+        devices,
+        loads,
+        max_jobs_per_gpu: limits.max_jobs_per_gpu.max(1),
+        headroom_bytes: limits.headroom_bytes,
+    };
 
     // A BTreeMap, so users whose every key ties are still served in one fixed order.
     let mut lines: BTreeMap<&U, Line<J, U>> = BTreeMap::new();
@@ -455,7 +460,8 @@ pub fn usage_order<'u, U>(users: impl IntoIterator<Item = &'u U>, usage: &HashMa
 where
     U: Clone + Eq + Hash + Ord + 'u,
 {
-    let mut ranked: Vec<(f64, &U)> = users.into_iter().map(|user| (usage.get(user).copied().unwrap_or(0.0), user)).collect();
+    let mut ranked: Vec<(f64, &U)> =
+        users.into_iter().map(|user| (usage.get(user).copied().unwrap_or(0.0), user)).collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
     ranked.dedup_by(|a, b| a.1 == b.1);
     let mut order = Vec::with_capacity(ranked.len());
@@ -607,7 +613,10 @@ mod tests {
         queued[1].memory_bytes += 1;
         let plan = plan_with(&queued, &devices, &limits);
         assert_eq!(plan.assignments, [(1, "gpu0")]);
-        assert_eq!(reason_of(&plan, 2), PendingReason::NeedsMoreMemory { needed_bytes: 5 * GB + 1, most_free_bytes: 5 * GB });
+        assert_eq!(
+            reason_of(&plan, 2),
+            PendingReason::NeedsMoreMemory { needed_bytes: 5 * GB + 1, most_free_bytes: 5 * GB }
+        );
     }
 
     #[test]
@@ -638,7 +647,10 @@ mod tests {
         assert_eq!(plan.reserved, Some((1, "gpu0")), "the device with the most free memory drains first");
         // Without the reservation job 2 would take gpu0 (as many jobs, more memory free).
         assert_eq!(plan.assignments, [(2, "gpu1")]);
-        assert_eq!(reason_of(&plan, 1), PendingReason::NeedsMoreMemory { needed_bytes: 35 * GB, most_free_bytes: 30 * GB });
+        assert_eq!(
+            reason_of(&plan, 1),
+            PendingReason::NeedsMoreMemory { needed_bytes: 35 * GB, most_free_bytes: 30 * GB }
+        );
         assert_eq!(
             reason_of(&plan, 1).to_string(),
             "needs 35.0 GB of GPU memory; the most free on a GPU is 30.0 GB, so it waits for running jobs to end"
@@ -663,7 +675,10 @@ mod tests {
         assert_eq!(reason_of(&plan, 4), PendingReason::WaitingBehind { ahead: 1 }, "b's jobs start in order");
         let reason = reason_of(&plan, 1);
         assert_eq!(reason, PendingReason::LargerThanAnyGpu { needed_bytes: 30 * GB, largest_bytes: 23 * GB });
-        assert!(reason.to_string().starts_with("needs 30.0 GB of GPU memory but the largest GPU can give a job 23.0 GB"), "{reason}");
+        assert!(
+            reason.to_string().starts_with("needs 30.0 GB of GPU memory but the largest GPU can give a job 23.0 GB"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -740,7 +755,11 @@ mod tests {
     #[test]
     fn a_late_user_is_not_stuck_behind_a_long_queue() {
         // User 0 queues 20 jobs, then user 1 queues 2; one device.
-        let jobs: Vec<_> = (0..22u32).map(|i| (Candidate { job: i, user: u8::from(i >= 20), priority: 0, seq: i64::from(i), memory_bytes: 0 }, 0)).collect();
+        let jobs: Vec<_> = (0..22u32)
+            .map(|i| {
+                (Candidate { job: i, user: u8::from(i >= 20), priority: 0, seq: i64::from(i), memory_bytes: 0 }, 0)
+            })
+            .collect();
         let devices = [DeviceState { id: 0u8, capacity: Capacity::Slot, running: vec![], foreign_busy: false }];
         let mut first_line = None;
         let started = simulate(&jobs, &devices, &SHARED, 600.0, |_, plan| {
@@ -818,7 +837,8 @@ mod tests {
                         let fits = match capacity {
                             Capacity::Slot => running.is_empty(),
                             Capacity::Gpu { memory_bytes: total } => {
-                                running.len() < limits.max_jobs_per_gpu && used + memory_bytes + limits.headroom_bytes <= total
+                                running.len() < limits.max_jobs_per_gpu
+                                    && used + memory_bytes + limits.headroom_bytes <= total
                             }
                         };
                         if fits {
@@ -839,14 +859,24 @@ mod tests {
             let queued = vec((0..users, priority, memory), 0..=20).prop_map(|jobs| {
                 (0..)
                     .zip(jobs)
-                    .map(|(job, (user, priority, memory_bytes))| Candidate { job, user, priority, seq: i64::from(job), memory_bytes })
+                    .map(|(job, (user, priority, memory_bytes))| Candidate {
+                        job,
+                        user,
+                        priority,
+                        seq: i64::from(job),
+                        memory_bytes,
+                    })
                     .collect()
             });
             let usage = vec(proptest::option::weighted(0.7, 0..100u8), usize::from(users)).prop_map(|usage| {
                 (0..).zip(usage).filter_map(|(user, usage)| Some((user, f64::from(usage?)))).collect()
             });
-            (devices(kind, limits, users, 0..=4), queued, usage)
-                .prop_map(move |(devices, queued, usage)| Case { queued, devices, usage, limits })
+            (devices(kind, limits, users, 0..=4), queued, usage).prop_map(move |(devices, queued, usage)| Case {
+                queued,
+                devices,
+                usage,
+                limits,
+            })
         })
     }
 
@@ -861,13 +891,19 @@ mod tests {
     }
 
     fn simulation() -> impl Strategy<Value = Simulation> {
-        let boxes = kind().prop_flat_map(|kind| (limits(1, 0.3, 2), vec((capacity(kind, 48), proptest::bool::weighted(0.2)), 1..=3)));
+        let boxes = kind()
+            .prop_flat_map(|kind| (limits(1, 0.3, 2), vec((capacity(kind, 48), proptest::bool::weighted(0.2)), 1..=3)));
         (boxes, 1..=4u8).prop_flat_map(|((limits, idle), users)| {
             let devices: Vec<DeviceState<u8, u8>> = idle
                 .into_iter()
                 .zip(0..)
                 // Device 0 is trainq's alone, so every job can run somewhere.
-                .map(|((capacity, foreign_busy), id)| DeviceState { id, capacity, running: vec![], foreign_busy: foreign_busy && id > 0 })
+                .map(|((capacity, foreign_busy), id)| DeviceState {
+                    id,
+                    capacity,
+                    running: vec![],
+                    foreign_busy: foreign_busy && id > 0,
+                })
                 .collect();
             let largest = devices
                 .iter()
@@ -910,8 +946,10 @@ mod tests {
         assert!(plan.waiting.iter().enumerate().all(|(index, waiting)| waiting.position == index + 1));
 
         // Final loads; no device beyond its capacity, none used outside trainq gets a job.
-        let mut loads: Vec<(usize, u64)> =
-            devices.iter().map(|device| (device.running.len(), device.running.iter().map(|r| r.memory_bytes).sum())).collect();
+        let mut loads: Vec<(usize, u64)> = devices
+            .iter()
+            .map(|device| (device.running.len(), device.running.iter().map(|r| r.memory_bytes).sum()))
+            .collect();
         for (job, id) in &plan.assignments {
             let index = devices.iter().position(|device| device.id == *id).expect("a known device");
             assert!(!devices[index].foreign_busy, "job {job} on device {id}, used outside trainq");
@@ -920,7 +958,9 @@ mod tests {
         }
         let fits = |index: usize, load: (usize, u64), bytes: u64| match devices[index].capacity {
             Capacity::Slot => load.0 == 0,
-            Capacity::Gpu { memory_bytes } => load.0 < max_jobs_per_gpu && load.1 + bytes + limits.headroom_bytes <= memory_bytes,
+            Capacity::Gpu { memory_bytes } => {
+                load.0 < max_jobs_per_gpu && load.1 + bytes + limits.headroom_bytes <= memory_bytes
+            }
         };
         for (index, device) in devices.iter().enumerate() {
             // (The cases start within capacity, so the final loads must be too.)
@@ -948,7 +988,10 @@ mod tests {
         let reserved = plan.reserved.map(|(_, id)| devices.iter().position(|device| device.id == id).unwrap());
         let usable = |index: &usize| !devices[*index].foreign_busy;
         let set_aside = |reason: &PendingReason| {
-            matches!(reason, PendingReason::LargerThanAnyGpu { .. } | PendingReason::NoDevices | PendingReason::OutsideProcesses)
+            matches!(
+                reason,
+                PendingReason::LargerThanAnyGpu { .. } | PendingReason::NoDevices | PendingReason::OutsideProcesses
+            )
         };
         // Work conservation: the first waiting job of each uncapped user fits no usable device
         // but the kept one.
@@ -963,7 +1006,11 @@ mod tests {
                 continue;
             }
             for index in (0..devices.len()).filter(usable).filter(|index| Some(*index) != reserved) {
-                assert!(!fits(index, loads[index], job.memory_bytes), "job {} waits though device {index} could host it", job.job);
+                assert!(
+                    !fits(index, loads[index], job.memory_bytes),
+                    "job {} waits though device {index} could host it",
+                    job.job
+                );
             }
         }
 
@@ -992,12 +1039,17 @@ mod tests {
             let mut own: Vec<&Candidate<u32, u8>> = queued
                 .iter()
                 .filter(|candidate| candidate.user == user)
-                .filter(|candidate| plan.waiting.iter().all(|waiting| waiting.job != candidate.job || !set_aside(&waiting.reason)))
+                .filter(|candidate| {
+                    plan.waiting.iter().all(|waiting| waiting.job != candidate.job || !set_aside(&waiting.reason))
+                })
                 .collect();
             own.sort_by_key(|candidate| (Reverse(candidate.priority), candidate.seq));
             let started: Vec<bool> =
                 own.iter().map(|candidate| plan.assignments.iter().any(|(job, _)| *job == candidate.job)).collect();
-            assert!(started.windows(2).all(|pair| pair[0] || !pair[1]), "user {user} jobs started out of order: {started:?}");
+            assert!(
+                started.windows(2).all(|pair| pair[0] || !pair[1]),
+                "user {user} jobs started out of order: {started:?}"
+            );
         }
     }
 
@@ -1082,7 +1134,9 @@ mod tests {
         for _ in 0..1000 {
             let Case { queued, devices, usage, limits } = strategy.new_tree(&mut runner).expect("a case").current();
             let plan = plan(&queued, &devices, &usage, &limits);
-            reasons.extend(plan.waiting.iter().map(|waiting| std::mem::discriminant(&waiting.reason)).map(|d| format!("{d:?}")));
+            reasons.extend(
+                plan.waiting.iter().map(|waiting| std::mem::discriminant(&waiting.reason)).map(|d| format!("{d:?}")),
+            );
             reservations += usize::from(plan.reserved.is_some());
             assignments += plan.assignments.len();
         }

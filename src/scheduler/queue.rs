@@ -51,7 +51,10 @@ impl Queued {
     pub(super) fn ready(&self, queue: &Queue, slurm: bool) -> bool {
         self.unmet.is_empty()
             || (slurm
-                && self.unmet.iter().all(|dep| Some(*dep) != self.starts_from && queue.dep_state(*dep) == Some(JobState::Running)))
+                && self
+                    .unmet
+                    .iter()
+                    .all(|dep| Some(*dep) != self.starts_from && queue.dep_state(*dep) == Some(JobState::Running)))
     }
 }
 
@@ -211,7 +214,8 @@ impl Queue {
             }
             Some(state) => dependency.state = Some(state),
             None => {
-                let reason = format!("job {dep} it waits for does not exist", dep = crate::domain::chain::short_id(dep));
+                let reason =
+                    format!("job {dep} it waits for does not exist", dep = crate::domain::chain::short_id(dep));
                 for id in &dependency.waiting {
                     self.doomed.entry(*id).or_insert_with(|| reason.clone());
                 }
@@ -315,7 +319,10 @@ impl Pending {
                 self.urgent = true;
             }
             EventKind::Epoch { .. } => self.etas = true,
-            EventKind::Progress { .. } | EventKind::Log { .. } | EventKind::CancelRequested | EventKind::Deleted { .. } => {}
+            EventKind::Progress { .. }
+            | EventKind::Log { .. }
+            | EventKind::CancelRequested
+            | EventKind::Deleted { .. } => {}
         }
     }
 
@@ -340,7 +347,8 @@ impl Pending {
         // The jobs new waiters wait for, in one query; later changes come as events.
         let unknown = queue.unknown_deps();
         if !unknown.is_empty() {
-            let found: HashMap<JobId, Job> = store.jobs_with_ids(&unknown).await?.into_iter().map(|job| (job.id, job)).collect();
+            let found: HashMap<JobId, Job> =
+                store.jobs_with_ids(&unknown).await?.into_iter().map(|job| (job.id, job)).collect();
             for id in unknown {
                 let job = found.get(&id);
                 queue.settle(id, job.map(|job| job.state), job.and_then(|job| job.error.as_deref()));
@@ -367,7 +375,8 @@ impl Pending {
         // The rest (re-queued jobs, and new ones claimed or cancelled since) by id.
         if !self.changed.is_empty() {
             let ids: Vec<JobId> = self.changed.iter().copied().collect();
-            let mut found: HashMap<JobId, Job> = store.jobs_with_ids(&ids).await?.into_iter().map(|job| (job.id, job)).collect();
+            let mut found: HashMap<JobId, Job> =
+                store.jobs_with_ids(&ids).await?.into_iter().map(|job| (job.id, job)).collect();
             for id in ids {
                 queue.refresh(id, found.remove(&id));
             }
@@ -474,7 +483,10 @@ mod tests {
                     7 | 8 if !running.is_empty() => {
                         let id = running.swap_remove(rng.gen_range(0..running.len()));
                         if rng.gen_bool(0.5) {
-                            assert!(store.requeue_job(id, crate::domain::outcome::RunOutcome::Interrupted, None, None).await.unwrap());
+                            assert!(store
+                                .requeue_job(id, crate::domain::outcome::RunOutcome::Interrupted, None, None)
+                                .await
+                                .unwrap());
                             bus.publish(id, EventKind::Queued { name: String::new() });
                         } else {
                             assert!(store.finish_job(id, JobState::Succeeded, None).await.unwrap());
@@ -491,9 +503,14 @@ mod tests {
                         pending.note(&mut queue, &event);
                     }
                     pending.catch_up(&store, &mut queue).await.unwrap();
-                    let truth: Vec<Queued> = store.jobs(Some(JobState::Queued)).await.unwrap().iter().map(Queued::from).collect();
+                    let truth: Vec<Queued> =
+                        store.jobs(Some(JobState::Queued)).await.unwrap().iter().map(Queued::from).collect();
                     assert_eq!(plan_of(queue.jobs()), plan_of(truth.iter()), "seed {seed}, step {step}");
-                    assert_eq!(queue.fingerprint(), store.queued_fingerprint().await.unwrap(), "seed {seed}, step {step}");
+                    assert_eq!(
+                        queue.fingerprint(),
+                        store.queued_fingerprint().await.unwrap(),
+                        "seed {seed}, step {step}"
+                    );
                     let mut users: Vec<&String> = queue.users().collect();
                     users.sort();
                     let mut expected: Vec<String> = truth.iter().map(|job| job.user.clone()).collect();
@@ -513,7 +530,18 @@ mod tests {
         let store = Store::open(dir.path()).await.unwrap();
         let new = |after: Vec<JobId>| {
             let spec = JobSpec { after, ..spec() };
-            NewJob { id: JobId::new(), name: String::from("j"), spec, group_id: None, parent_id: None, params: None, notes: Vec::new(), owner: None, priority: 0, memory_bytes: 0 }
+            NewJob {
+                id: JobId::new(),
+                name: String::from("j"),
+                spec,
+                group_id: None,
+                parent_id: None,
+                params: None,
+                notes: Vec::new(),
+                owner: None,
+                priority: 0,
+                memory_bytes: 0,
+            }
         };
         let (a, b) = (new(Vec::new()), new(Vec::new()));
         let (waits_a, waits_both) = (new(vec![a.id]), new(vec![a.id, b.id]));

@@ -1,10 +1,10 @@
 //! The `jobs` and `epoch_metrics` tables.
 
 use super::{legal, Store, StoreError};
-use crate::domain::outcome::RunOutcome;
 use crate::domain::job::now_rfc3339;
-use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
 use crate::domain::job::ResumePoint;
+use crate::domain::outcome::RunOutcome;
+use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
 use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState};
 
 /// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
@@ -201,7 +201,10 @@ pub(super) fn corrupt(column: &'static str, detail: impl ToString) -> StoreError
     StoreError::Corrupt { column, detail: detail.to_string() }
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(column: &'static str, text: Option<String>) -> Result<Option<T>, StoreError> {
+fn decode_json<T: serde::de::DeserializeOwned>(
+    column: &'static str,
+    text: Option<String>,
+) -> Result<Option<T>, StoreError> {
     text.map(|text| serde_json::from_str(&text).map_err(|err| corrupt(column, err))).transpose()
 }
 
@@ -343,7 +346,10 @@ impl Store {
                 query = query.bind(id.to_string());
             }
             for (job, dep) in query.fetch_all(&self.pool).await? {
-                edges.push((job.parse().map_err(|err| corrupt("job_id", err))?, dep.parse().map_err(|err| corrupt("after_id", err))?));
+                edges.push((
+                    job.parse().map_err(|err| corrupt("job_id", err))?,
+                    dep.parse().map_err(|err| corrupt("after_id", err))?,
+                ));
             }
         }
         Ok(edges)
@@ -371,21 +377,23 @@ impl Store {
     /// How many queued jobs have a `seq` after `after` and before `before`: a new job's provisional
     /// place, counted over the jobs submitted since the scheduler's last pass (an index range).
     pub async fn queued_between(&self, after: i64, before: i64) -> Result<usize, StoreError> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq > ? AND seq < ?")
-            .bind(after)
-            .bind(before)
-            .fetch_one(&self.pool)
-            .await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq > ? AND seq < ?")
+                .bind(after)
+                .bind(before)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(count.max(0) as usize)
     }
 
     /// Queued jobs submitted after the job with `seq`, in submission order: what the scheduler
     /// reads after a burst of submissions, in one indexed query.
     pub async fn queued_after(&self, seq: i64) -> Result<Vec<Job>, StoreError> {
-        let records: Vec<JobRecord> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND seq > ? ORDER BY seq"))
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?;
+        let records: Vec<JobRecord> =
+            sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'queued' AND seq > ? ORDER BY seq"))
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?;
         records.into_iter().map(Job::try_from).collect()
     }
 
@@ -416,7 +424,9 @@ impl Store {
                     .fetch_all(&self.pool)
                     .await?
             }
-            None => sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq")).fetch_all(&self.pool).await?,
+            None => {
+                sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY seq")).fetch_all(&self.pool).await?
+            }
         };
         records.into_iter().map(Job::try_from).collect()
     }
@@ -424,7 +434,13 @@ impl Store {
     /// One page of the job list: up to `limit` jobs matching `filter`, in `order`, after the job
     /// with `seq` = `after` (from the start when `None`). Reads about one page of rows through an
     /// index whatever the number of jobs (`migrations/0006_job_pages.sql`).
-    pub async fn job_page(&self, filter: &JobFilter, order: PageOrder, after: Option<i64>, limit: u32) -> Result<JobPage, StoreError> {
+    pub async fn job_page(
+        &self,
+        filter: &JobFilter,
+        order: PageOrder,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<JobPage, StoreError> {
         // One row more than asked says whether there is a next page.
         let (sql, binds) = page_query(filter, order, after, limit.saturating_add(1));
         let mut query = sqlx::query_as::<_, JobRecord>(&sql);
@@ -434,7 +450,12 @@ impl Store {
                 PageBind::Text(value) => query.bind(value),
             };
         }
-        let mut jobs = query.fetch_all(&self.pool).await?.into_iter().map(Job::try_from).collect::<Result<Vec<Job>, StoreError>>()?;
+        let mut jobs = query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(Job::try_from)
+            .collect::<Result<Vec<Job>, StoreError>>()?;
         let more = jobs.len() > limit as usize;
         jobs.truncate(limit as usize);
         let next_after = if more { jobs.last().map(|job| job.seq) } else { None };
@@ -444,9 +465,10 @@ impl Store {
     /// How many jobs are queued and the sum of their `seq`: what the scheduler compares its
     /// queue in memory with, to notice a change it was never told about.
     pub async fn queued_fingerprint(&self) -> Result<(usize, i64), StoreError> {
-        let (count, sum): (i64, i64) = sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(seq), 0) FROM jobs WHERE state = 'queued'")
-            .fetch_one(&self.pool)
-            .await?;
+        let (count, sum): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(seq), 0) FROM jobs WHERE state = 'queued'")
+                .fetch_one(&self.pool)
+                .await?;
         Ok((count.max(0) as usize, sum))
     }
 
@@ -454,8 +476,9 @@ impl Store {
     /// cancelled meanwhile). Only the scheduler calls this.
     pub async fn claim_job(&self, id: JobId, device: &str) -> Result<bool, StoreError> {
         legal(JobState::Queued, JobState::Running)?;
-        let progress = serde_json::to_string(&JobProgress { activity: String::from("starting"), ..JobProgress::default() })
-            .expect("progress serializes");
+        let progress =
+            serde_json::to_string(&JobProgress { activity: String::from("starting"), ..JobProgress::default() })
+                .expect("progress serializes");
         let mut transaction = self.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE jobs SET state = 'running', device = ?, started_at = ?, attempts = attempts + 1, progress = ? \
@@ -505,7 +528,9 @@ impl Store {
             JobState::Failed => RunOutcome::Failed,
             JobState::Cancelled => RunOutcome::Cancelled,
             // Not an end: `requeue_job` and `claim_job` make those changes.
-            JobState::Queued | JobState::Running => return Err(StoreError::IllegalTransition { from: JobState::Running, to: state }),
+            JobState::Queued | JobState::Running => {
+                return Err(StoreError::IllegalTransition { from: JobState::Running, to: state })
+            }
         };
         legal(JobState::Running, state)?;
         // The states it may end from: a queued job only fails (it never ran, so it has no run).
@@ -542,9 +567,7 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok((Job::try_from(JobRecord::from_row(row)?)?, row.try_get("executor_ref")?)))
-            .collect()
+        rows.iter().map(|row| Ok((Job::try_from(JobRecord::from_row(row)?)?, row.try_get("executor_ref")?))).collect()
     }
 
     /// Puts a running job back in the queue (keeping its place), closing its run with `outcome`:
@@ -599,8 +622,10 @@ impl Store {
 
     /// Whether a job was already re-queued once after running out of memory.
     pub async fn oom_retried(&self, id: JobId) -> Result<bool, StoreError> {
-        let row: Option<(bool,)> =
-            sqlx::query_as("SELECT oom_retried FROM jobs WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await?;
+        let row: Option<(bool,)> = sqlx::query_as("SELECT oom_retried FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.is_some_and(|(retried,)| retried))
     }
 
@@ -680,8 +705,10 @@ impl Store {
 
     /// The Slurm job id of a job handed to Slurm.
     pub async fn executor_ref(&self, id: JobId) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT executor_ref FROM jobs WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await?;
+        let row: Option<(Option<String>,)> = sqlx::query_as("SELECT executor_ref FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.and_then(|(reference,)| reference))
     }
 
@@ -710,7 +737,8 @@ impl Store {
                 .await?;
         rows.into_iter()
             .map(|(device, started_at, ended_at, outcome)| {
-                let outcome = outcome.map(|text| text.parse().map_err(|err: String| corrupt("outcome", err))).transpose()?;
+                let outcome =
+                    outcome.map(|text| text.parse().map_err(|err: String| corrupt("outcome", err))).transpose()?;
                 Ok(JobRun { device, started_at, ended_at, outcome })
             })
             .collect()
@@ -856,8 +884,10 @@ pub(super) mod tests {
     }
 
     fn test_spec() -> JobSpec {
-        JobSpec::parse(br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
-                            "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "sgd", "lr": 0.1}}"#)
+        JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                            "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "sgd", "lr": 0.1}}"#,
+        )
         .unwrap()
     }
 
@@ -911,7 +941,9 @@ pub(super) mod tests {
         match state {
             JobState::Queued => {}
             JobState::Running => assert!(store.claim_job(job.id, "cpu0").await.unwrap()),
-            JobState::Cancelled => assert_eq!(store.request_cancel(job.id).await.unwrap(), CancelOutcome::CancelledWhileQueued),
+            JobState::Cancelled => {
+                assert_eq!(store.request_cancel(job.id).await.unwrap(), CancelOutcome::CancelledWhileQueued)
+            }
             terminal => {
                 assert!(store.claim_job(job.id, "cpu0").await.unwrap());
                 assert!(store.finish_job(job.id, terminal, None).await.unwrap());
@@ -944,7 +976,10 @@ pub(super) mod tests {
         // What no state change may be: an end that is not final, a re-queue that is an end.
         let running = in_state(&store, JobState::Running).await;
         for state in [JobState::Queued, JobState::Running] {
-            assert!(matches!(store.finish_job(running.id, state, None).await, Err(StoreError::IllegalTransition { .. })));
+            assert!(matches!(
+                store.finish_job(running.id, state, None).await,
+                Err(StoreError::IllegalTransition { .. })
+            ));
         }
         assert!(matches!(
             store.requeue_job(running.id, RunOutcome::Failed, None, None).await,
@@ -1055,9 +1090,17 @@ pub(super) mod tests {
         let filters = [
             JobFilter::default(),
             JobFilter { states: vec![JobState::Queued], owner: None, include_deleted: false },
-            JobFilter { states: vec![JobState::Queued, JobState::Running, JobState::Queued], owner: None, include_deleted: false },
+            JobFilter {
+                states: vec![JobState::Queued, JobState::Running, JobState::Queued],
+                owner: None,
+                include_deleted: false,
+            },
             JobFilter { states: vec![], owner: Some(String::from("bob")), include_deleted: false },
-            JobFilter { states: vec![JobState::Succeeded, JobState::Cancelled], owner: Some(String::from("alice")), include_deleted: false },
+            JobFilter {
+                states: vec![JobState::Succeeded, JobState::Cancelled],
+                owner: Some(String::from("alice")),
+                include_deleted: false,
+            },
             JobFilter { states: vec![JobState::Failed], owner: None, include_deleted: false },
         ];
         for filter in &filters {
@@ -1068,11 +1111,19 @@ pub(super) mod tests {
                 .map(|job| job.seq)
                 .collect();
             for limit in [1, 2, 5, 500] {
-                assert_eq!(walk(&store, filter, PageOrder::OldestFirst, limit).await, expected, "{filter:?} by {limit}");
+                assert_eq!(
+                    walk(&store, filter, PageOrder::OldestFirst, limit).await,
+                    expected,
+                    "{filter:?} by {limit}"
+                );
             }
             expected.reverse();
             for limit in [1, 3, 500] {
-                assert_eq!(walk(&store, filter, PageOrder::NewestFirst, limit).await, expected, "{filter:?} by {limit}");
+                assert_eq!(
+                    walk(&store, filter, PageOrder::NewestFirst, limit).await,
+                    expected,
+                    "{filter:?} by {limit}"
+                );
             }
         }
         // A page that ends exactly at the last job says there is no next one.
@@ -1105,7 +1156,8 @@ pub(super) mod tests {
                             PageBind::Text(value) => query.bind(value),
                         };
                     }
-                    let plan: Vec<String> = query.fetch_all(&store.pool).await.unwrap().into_iter().map(|row| row.3).collect();
+                    let plan: Vec<String> =
+                        query.fetch_all(&store.pool).await.unwrap().into_iter().map(|row| row.3).collect();
                     let shape = format!("{filter:?} {order:?} after {after:?}: {plan:#?}");
                     // Every read of `jobs` is a search by an index or the primary key, never a scan.
                     assert!(plan.iter().any(|step| step.starts_with("SEARCH jobs USING")), "{shape}");

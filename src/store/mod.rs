@@ -2,13 +2,13 @@
 //! migrations from `migrations/` applied at open.
 
 mod jobs;
-mod retention;
 mod notifications;
+mod retention;
 mod users;
 
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
-pub use retention::{JobSize, Tombstone};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
+pub use retention::{JobSize, Tombstone};
 pub use users::UserRecord;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

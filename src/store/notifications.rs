@@ -4,7 +4,8 @@
 use super::{unix_now, Store, StoreError};
 
 /// The columns of one outbox row, as read.
-type NotificationRow = (i64, String, String, String, String, Option<String>, String, String, i64, f64, Option<String>, f64, Option<f64>);
+type NotificationRow =
+    (i64, String, String, String, String, Option<String>, String, String, i64, f64, Option<String>, f64, Option<f64>);
 
 /// Where a user wants to hear that their jobs ended. The webhook's secret is never read back out
 /// of the store except by the notifier, through the outbox row.
@@ -58,8 +59,36 @@ pub struct Notification {
 
 impl From<NotificationRow> for Notification {
     fn from(row: NotificationRow) -> Notification {
-        let (id, job_id, owner, channel, target, secret, event, state, attempts, next_attempt_at, last_error, created_at, delivered_at) = row;
-        Notification { id, job_id, owner, channel, target, secret, event, state, attempts, next_attempt_at, last_error, created_at, delivered_at }
+        let (
+            id,
+            job_id,
+            owner,
+            channel,
+            target,
+            secret,
+            event,
+            state,
+            attempts,
+            next_attempt_at,
+            last_error,
+            created_at,
+            delivered_at,
+        ) = row;
+        Notification {
+            id,
+            job_id,
+            owner,
+            channel,
+            target,
+            secret,
+            event,
+            state,
+            attempts,
+            next_attempt_at,
+            last_error,
+            created_at,
+            delivered_at,
+        }
     }
 }
 
@@ -100,7 +129,10 @@ impl Store {
     /// A user's targets; `None` if there is no such user.
     pub async fn notify_targets(&self, name: &str) -> Result<Option<NotifyTargets>, StoreError> {
         let row: Option<(Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT email, webhook_url FROM users WHERE name = ?").bind(name).fetch_optional(&self.pool).await?;
+            sqlx::query_as("SELECT email, webhook_url FROM users WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|(email, webhook_url)| NotifyTargets { email, webhook_url }))
     }
 
@@ -143,9 +175,10 @@ impl Store {
 
     /// When the next pending message is due (Unix seconds); `None` when nothing is owed.
     pub async fn next_notification_due(&self) -> Result<Option<f64>, StoreError> {
-        let (due,): (Option<f64>,) = sqlx::query_as("SELECT MIN(next_attempt_at) FROM notifications WHERE state = 'pending'")
-            .fetch_one(&self.pool)
-            .await?;
+        let (due,): (Option<f64>,) =
+            sqlx::query_as("SELECT MIN(next_attempt_at) FROM notifications WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(due)
     }
 
@@ -164,7 +197,12 @@ impl Store {
 
     /// Records a failed attempt: due again at `retry_at` (Unix seconds), or given up (`failed`)
     /// when `None`.
-    pub async fn notification_attempt_failed(&self, id: i64, error: &str, retry_at: Option<f64>) -> Result<(), StoreError> {
+    pub async fn notification_attempt_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<f64>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE notifications SET attempts = attempts + 1, last_error = ?, \
              state = CASE WHEN ? IS NULL THEN 'failed' ELSE 'pending' END, next_attempt_at = COALESCE(?, next_attempt_at) \
@@ -254,7 +292,10 @@ mod tests {
         run_and_end(&store, bobs, JobState::Failed).await;
         // A spec's list replaces the default; [] asks for nothing.
         let wants_cancel = job(&store, "alice", Some(serde_json::json!(["cancelled"]))).await;
-        assert_eq!(store.request_cancel(wants_cancel).await.unwrap(), crate::store::CancelOutcome::CancelledWhileQueued);
+        assert_eq!(
+            store.request_cancel(wants_cancel).await.unwrap(),
+            crate::store::CancelOutcome::CancelledWhileQueued
+        );
         let silent = job(&store, "alice", Some(serde_json::json!([]))).await;
         run_and_end(&store, silent, JobState::Succeeded).await;
 
@@ -284,7 +325,10 @@ mod tests {
         assert!(store.due_notifications(unix_now(), 100).await.unwrap().iter().all(|row| row.id != email.id));
         store.notification_attempt_failed(email.id, "connection refused again", None).await.unwrap();
         let failed = store.notifications_in("failed", 10).await.unwrap();
-        assert_eq!((failed.len(), failed[0].attempts, failed[0].last_error.as_deref()), (1, 2, Some("connection refused again")));
+        assert_eq!(
+            (failed.len(), failed[0].attempts, failed[0].last_error.as_deref()),
+            (1, 2, Some("connection refused again"))
+        );
         assert!(store.notification_delivered(hook.id).await.unwrap());
         assert!(!store.notification_delivered(hook.id).await.unwrap(), "delivered once");
         assert_eq!(store.notification_backlog().await.unwrap(), (2, 1));
@@ -311,6 +355,9 @@ mod tests {
         assert!(store.due_notifications(unix_now() + 1.0, 10).await.unwrap().is_empty(), "not ended yet");
         store.requeue_running().await.unwrap();
         let due = store.due_notifications(unix_now() + 1.0, 10).await.unwrap();
-        assert_eq!(due.iter().map(|row| (row.job_id.clone(), row.event.as_str())).collect::<Vec<_>>(), [(id.to_string(), "cancelled")]);
+        assert_eq!(
+            due.iter().map(|row| (row.job_id.clone(), row.event.as_str())).collect::<Vec<_>>(),
+            [(id.to_string(), "cancelled")]
+        );
     }
 }

@@ -48,11 +48,13 @@ fn ended_before_query(unpruned_only: bool) -> String {
 }
 
 /// A quota's largest jobs: see [`Store::largest_jobs_of`].
-const LARGEST_QUERY: &str = "SELECT id, name, disk_bytes FROM jobs WHERE owner = ? AND deleted_at IS NULL AND disk_bytes > 0 \
+const LARGEST_QUERY: &str =
+    "SELECT id, name, disk_bytes FROM jobs WHERE owner = ? AND deleted_at IS NULL AND disk_bytes > 0 \
                              ORDER BY disk_bytes DESC LIMIT ?";
 
 /// Ended jobs not yet measured: see [`Store::unmeasured_jobs`].
-const UNMEASURED_QUERY: &str = "SELECT id FROM jobs WHERE disk_measured = 0 AND finished_at IS NOT NULL ORDER BY seq LIMIT ?";
+const UNMEASURED_QUERY: &str =
+    "SELECT id FROM jobs WHERE disk_measured = 0 AND finished_at IS NOT NULL ORDER BY seq LIMIT ?";
 
 impl Store {
     /// Marks a finished job deleted by `by` and takes its bytes off its owner's total, in one
@@ -96,11 +98,16 @@ impl Store {
     /// A queued or running job that starts from `id`'s weights (`init_from`), through the
     /// `job_deps` index of who waits for `id`.
     pub async fn starting_from(&self, id: JobId) -> Result<Option<JobId>, StoreError> {
-        let waiting: Option<String> = sqlx::query_scalar(&format!("{} LIMIT 1", STARTING_FROM_ROWS.replace("?3", "?1")))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        waiting.map(|text| text.parse().map_err(|_| StoreError::Corrupt { column: "job_deps.job_id", detail: text.clone() })).transpose()
+        let waiting: Option<String> =
+            sqlx::query_scalar(&format!("{} LIMIT 1", STARTING_FROM_ROWS.replace("?3", "?1")))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        waiting
+            .map(|text| {
+                text.parse().map_err(|_| StoreError::Corrupt { column: "job_deps.job_id", detail: text.clone() })
+            })
+            .transpose()
     }
 
     /// Records the measured bytes of a live job's folder, moving its owner's total by the
@@ -146,27 +153,31 @@ impl Store {
 
     /// The bytes of `owner`'s live jobs: one row of the running totals.
     pub async fn disk_usage_of(&self, owner: &str) -> Result<u64, StoreError> {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT bytes FROM disk_usage WHERE owner = ?").bind(owner).fetch_optional(&self.pool).await?;
+        let row: Option<(i64,)> = sqlx::query_as("SELECT bytes FROM disk_usage WHERE owner = ?")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map_or(0, |(bytes,)| bytes.max(0) as u64))
     }
 
     /// Every user's bytes, by name (`""` for jobs from before users existed): one row per user.
     pub async fn disk_usage(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT owner, bytes FROM disk_usage ORDER BY owner").fetch_all(&self.pool).await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT owner, bytes FROM disk_usage ORDER BY owner").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|(owner, bytes)| (owner, bytes.max(0) as u64)).collect())
     }
 
     /// `owner`'s `count` largest live jobs, through the (owner, disk_bytes) index.
     pub async fn largest_jobs_of(&self, owner: &str, count: u32) -> Result<Vec<JobSize>, StoreError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(LARGEST_QUERY)
-        .bind(owner)
-        .bind(count)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as(LARGEST_QUERY).bind(owner).bind(count).fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|(id, name, bytes)| {
-                Ok(JobSize { id: id.parse().map_err(|err| super::jobs::corrupt("id", err))?, name, disk_bytes: bytes.max(0) as u64 })
+                Ok(JobSize {
+                    id: id.parse().map_err(|err| super::jobs::corrupt("id", err))?,
+                    name,
+                    disk_bytes: bytes.max(0) as u64,
+                })
             })
             .collect()
     }
@@ -176,10 +187,8 @@ impl Store {
     /// the jobs earlier passes deleted or pruned are not walked again (the unary `+` keeps SQLite
     /// from walking `jobs_by_state`, every finished job ever, instead).
     pub async fn ended_before(&self, cutoff: &str, unpruned_only: bool) -> Result<Vec<Job>, StoreError> {
-        let records: Vec<JobRecord> = sqlx::query_as(&ended_before_query(unpruned_only))
-        .bind(cutoff)
-        .fetch_all(&self.pool)
-        .await?;
+        let records: Vec<JobRecord> =
+            sqlx::query_as(&ended_before_query(unpruned_only)).bind(cutoff).fetch_all(&self.pool).await?;
         records.into_iter().map(Job::try_from).collect()
     }
 }
@@ -211,9 +220,14 @@ mod tests {
         let pruned = store.job(large.id).await.unwrap().unwrap();
         assert!(pruned.pruned_at.is_some() && pruned.notes == ["pruned"], "{pruned:?}");
         let largest = store.largest_jobs_of("alice", 3).await.unwrap();
-        assert_eq!(largest.iter().map(|job| (job.id, job.disk_bytes)).collect::<Vec<_>>(), [(large.id, 4_000), (small.id, 100)]);
+        assert_eq!(
+            largest.iter().map(|job| (job.id, job.disk_bytes)).collect::<Vec<_>>(),
+            [(large.id, 4_000), (small.id, 100)]
+        );
 
-        let Tombstone::Deleted(deleted) = store.tombstone(large.id, "alice").await.unwrap() else { panic!("not deleted") };
+        let Tombstone::Deleted(deleted) = store.tombstone(large.id, "alice").await.unwrap() else {
+            panic!("not deleted")
+        };
         assert_eq!((deleted.deleted_by.as_deref(), deleted.disk_bytes), (Some("alice"), 0));
         assert_eq!(store.disk_usage_of("alice").await.unwrap(), 100);
         assert!(matches!(store.tombstone(large.id, "root").await.unwrap(), Tombstone::AlreadyDeleted(_)));
@@ -234,7 +248,10 @@ mod tests {
 
         // Queued and running jobs stay; a missing one is said so.
         let waiting = queued_by(&store, "alice").await;
-        assert!(matches!(store.tombstone(waiting.id, "alice").await.unwrap(), Tombstone::NotFinished(JobState::Queued)));
+        assert!(matches!(
+            store.tombstone(waiting.id, "alice").await.unwrap(),
+            Tombstone::NotFinished(JobState::Queued)
+        ));
         assert!(matches!(store.tombstone(JobId::new(), "alice").await.unwrap(), Tombstone::NotFound));
     }
 
@@ -255,8 +272,12 @@ mod tests {
         // Each query walks its index in order, no sort, whatever the jobs ever submitted.
         let store = &store;
         let plan = |sql: String| async move {
-            let plan: Vec<(i64, i64, i64, String)> =
-                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}")).bind(future).bind(3).fetch_all(&store.pool).await.unwrap();
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .bind(future)
+                .bind(3)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
             plan.into_iter().map(|step| step.3).collect::<Vec<_>>()
         };
         for (sql, index) in [

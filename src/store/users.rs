@@ -51,7 +51,10 @@ impl Store {
     pub async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let rows: Vec<(String, bool, String)> =
             sqlx::query_as("SELECT name, admin, created_at FROM users ORDER BY name").fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(|(name, admin, created_at)| UserRecord { user: User { name, admin }, created_at }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(name, admin, created_at)| UserRecord { user: User { name, admin }, created_at })
+            .collect())
     }
 
     /// Every stored value of the `users` table, as text: what a test scans for leaked tokens.
@@ -74,7 +77,10 @@ mod tests {
         let token = new_token();
         assert!(store.add_user("alice", false, &token).await.unwrap());
         assert!(!store.add_user("alice", true, &new_token()).await.unwrap(), "names are unique");
-        assert_eq!(store.user_by_token(&token).await.unwrap(), Some(User { name: String::from("alice"), admin: false }));
+        assert_eq!(
+            store.user_by_token(&token).await.unwrap(),
+            Some(User { name: String::from("alice"), admin: false })
+        );
         assert_eq!(store.user_by_token("tq_wrong").await.unwrap(), None);
         assert!(store.users_table_dump().await.unwrap().iter().all(|value| !value.contains(&token[3..])));
         let rotated = new_token();

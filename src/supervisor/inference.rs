@@ -76,7 +76,8 @@ impl InferencePool {
             warm.stdin.write_all(line.as_bytes()).await.map_err(|err| InferenceError::Failed(err.to_string()))?;
             warm.stdin.flush().await.map_err(|err| InferenceError::Failed(err.to_string()))?;
             match warm.stdout.next_line().await {
-                Ok(Some(line)) => serde_json::from_str(&line).map_err(|err| InferenceError::Failed(format!("unreadable answer: {err}"))),
+                Ok(Some(line)) => serde_json::from_str(&line)
+                    .map_err(|err| InferenceError::Failed(format!("unreadable answer: {err}"))),
                 Ok(None) => Err(InferenceError::Failed(String::from("it exited"))),
                 Err(err) => Err(InferenceError::Failed(err.to_string())),
             }

@@ -12,8 +12,8 @@ pub use remote::RemoteError;
 
 use crate::devices::{DeviceKind, DeviceSlot, Inventory};
 use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts, RunOutcome};
-use crate::domain::worker_protocol::{FailureKind, WorkerJob};
 use crate::domain::relay::WorkerExit;
+use crate::domain::worker_protocol::{FailureKind, WorkerJob};
 use crate::domain::{JobId, JobSpec, JobState};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
@@ -213,7 +213,11 @@ impl Supervisor {
 
     /// Asks the warm model of finished job `id` (started on first use) for a prediction or a
     /// heatmap; see `inference.rs` and the worker's `serve.rs` for the request and answer.
-    pub async fn infer(&self, id: JobId, request: &serde_json::Value) -> Result<serde_json::Value, inference::InferenceError> {
+    pub async fn infer(
+        &self,
+        id: JobId,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, inference::InferenceError> {
         let artifacts = JobPaths::new(&self.config.data_dir, id).artifacts();
         self.inference.request(&self.config.worker_program, id, &artifacts, request).await
     }
@@ -256,7 +260,9 @@ impl Supervisor {
                 let span = tracing::info_span!("watch", job_id = %id);
                 let slot = slot.clone();
                 let spec = work.spec.clone();
-                tokio::spawn(async move { watcher.watch(id, log, child, token, phases, slot, spec).await }.instrument(span));
+                tokio::spawn(
+                    async move { watcher.watch(id, log, child, token, phases, slot, spec).await }.instrument(span),
+                );
             }
             Err(err) => {
                 tracing::error!(error = %err, "could not start worker");
@@ -269,7 +275,15 @@ impl Supervisor {
 
     /// A worker (or a Slurm job) that could not be started: the job fails with the reason, unless
     /// the disk refused a write, which sends it back to the queue like a worker's full disk.
-    async fn start_failed(&self, id: JobId, log: &JobLog, err: &anyhow::Error, work: &WorkerJob, phases: u32, reason: &str) {
+    async fn start_failed(
+        &self,
+        id: JobId,
+        log: &JobLog,
+        err: &anyhow::Error,
+        work: &WorkerJob,
+        phases: u32,
+        reason: &str,
+    ) {
         let Some(storage) = crate::files::storage_error_in(err) else {
             return self.finish(id, JobState::Failed, Some(reason)).await;
         };
@@ -282,7 +296,14 @@ impl Supervisor {
             disk: retries.disk.as_deref(),
             ..RunFacts::default()
         };
-        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone(), self.telemetry.clone());
+        let mut tracker = ProgressTracker::new(
+            self.store.clone(),
+            id,
+            log.clone(),
+            phases,
+            self.events.clone(),
+            self.telemetry.clone(),
+        );
         self.conclude(id, log, &mut tracker, decide(&facts), spec, "the worker did not start").await;
     }
 
@@ -321,7 +342,13 @@ impl Supervisor {
         }
     }
 
-    async fn spawn(&self, paths: &JobPaths, log: &JobLog, work: &WorkerJob, slot: &DeviceSlot) -> anyhow::Result<Child> {
+    async fn spawn(
+        &self,
+        paths: &JobPaths,
+        log: &JobLog,
+        work: &WorkerJob,
+        slot: &DeviceSlot,
+    ) -> anyhow::Result<Child> {
         use anyhow::Context;
         tokio::fs::create_dir_all(paths.artifacts()).await.context("creating the job folder")?;
         let job_json = serde_json::to_vec_pretty(work).expect("worker jobs serialize");
@@ -380,7 +407,14 @@ impl Supervisor {
         // worker would block on a full pipe.
         let mut line = Vec::new();
         let mut error_line = Vec::new();
-        let mut tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone(), self.telemetry.clone());
+        let mut tracker = ProgressTracker::new(
+            self.store.clone(),
+            id,
+            log.clone(),
+            phases,
+            self.events.clone(),
+            self.telemetry.clone(),
+        );
         let mut stdout_open = true;
         let mut stderr_open = true;
         let mut cancelled = false;
@@ -475,8 +509,7 @@ impl Supervisor {
         if let Some(pid) = pid {
             signal_group(pid, libc::SIGKILL);
         }
-        let cancel_requested = cancelled
-            || matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested);
+        let cancel_requested = cancelled || matches!(self.store.job(id).await, Ok(Some(job)) if job.cancel_requested);
         let exit = status.as_ref().ok().and_then(|status| match (status.code(), status.signal()) {
             (Some(code), _) => Some(WorkerExit::Code(code)),
             (None, Some(signal)) => Some(WorkerExit::Signal(signal)),
@@ -577,7 +610,8 @@ impl Supervisor {
             }
             let name = self.store.job(id).await.ok().flatten().map(|job| job.name).unwrap_or_default();
             self.events.publish(id, EventKind::Queued { name });
-        } else if matches!(self.store.job(id).await, Ok(Some(job)) if job.state == JobState::Running && job.cancel_requested) {
+        } else if matches!(self.store.job(id).await, Ok(Some(job)) if job.state == JobState::Running && job.cancel_requested)
+        {
             // A cancel that arrived after the decision: the re-queue refuses it, the cancel wins.
             log.append(&format!("trainq: {summary}; job cancelled\n")).await;
             return self.finish(id, JobState::Cancelled, None).await;

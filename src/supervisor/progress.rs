@@ -4,8 +4,8 @@
 
 use super::JobLog;
 use crate::domain::job::ResumePoint;
-use crate::domain::worker_protocol::{EpochMetrics, FailureKind, FinalMetrics, ProgressEvent};
 use crate::domain::job::{FeatureUse, SplitLoad};
+use crate::domain::worker_protocol::{EpochMetrics, FailureKind, FinalMetrics, ProgressEvent};
 use crate::domain::{JobId, JobProgress};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
@@ -136,8 +136,14 @@ impl ProgressTracker {
             ProgressEvent::Artifact { .. } => false,
             ProgressEvent::Phase { phase, epochs, .. } => {
                 // Steps restart too: the last phase's `step == steps` would count an epoch as done.
-                *progress =
-                    JobProgress { phase, epochs, epoch: 1, step: 0, activity: String::from("training"), ..progress.clone() };
+                *progress = JobProgress {
+                    phase,
+                    epochs,
+                    epoch: 1,
+                    step: 0,
+                    activity: String::from("training"),
+                    ..progress.clone()
+                };
                 true
             }
             ProgressEvent::Step { phase, epoch, step, steps, images_per_sec } => {
@@ -164,7 +170,11 @@ impl ProgressTracker {
             }
             ProgressEvent::Resumed { phase, epoch, step } => {
                 self.replayed_until = Some((phase, epoch));
-                self.log.append(&format!("trainq: resumed from the checkpoint after phase {phase} epoch {epoch} (+{step} steps)\n")).await;
+                self.log
+                    .append(&format!(
+                        "trainq: resumed from the checkpoint after phase {phase} epoch {epoch} (+{step} steps)\n"
+                    ))
+                    .await;
                 progress.activity = String::from("resuming");
                 true
             }

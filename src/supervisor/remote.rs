@@ -9,8 +9,8 @@ use super::slurm::{self, SlurmConfig};
 use super::{write_file, JobLog, JobPaths, ProgressTracker, Supervisor};
 use crate::devices::DeviceSlot;
 use crate::domain::outcome::{decide, Decision, RunFacts, RunOutcome, SlurmEnd, SlurmState};
-use crate::domain::worker_protocol::WorkerJob;
 use crate::domain::relay::{RelayBatch, Stream, WorkerExit};
+use crate::domain::worker_protocol::WorkerJob;
 use crate::domain::{Job, JobId, JobSpec};
 use crate::events::EventKind;
 use std::sync::Arc;
@@ -59,7 +59,8 @@ impl Supervisor {
                 .await
                 .context("writing job.json")?;
             let script = paths.dir.join("job.sbatch");
-            let text = slurm::batch_script(self.slurm(), &id.to_string(), &self.config.worker_program, &paths.worker_job());
+            let text =
+                slurm::batch_script(self.slurm(), &id.to_string(), &self.config.worker_program, &paths.worker_job());
             write_file(script.clone(), text).await.context("writing the batch script")?;
             let secret = crate::domain::user::new_token();
             let after = self.slurm_dependencies(&work.spec).await?;
@@ -114,7 +115,12 @@ impl Supervisor {
                 Ok(Some(job)) if matches!(job.state, JobState::Failed | JobState::Cancelled) => {
                     let error = job.error.as_deref().map(|error| error.lines().next().unwrap_or_default());
                     let reason = crate::domain::chain::dependency_failed(dep, job.state, error);
-                    return Some(Decision { outcome: RunOutcome::Failed, reason: Some(reason), note: None, batch_size: None });
+                    return Some(Decision {
+                        outcome: RunOutcome::Failed,
+                        reason: Some(reason),
+                        note: None,
+                        batch_size: None,
+                    });
                 }
                 Ok(Some(job)) if job.state == JobState::Running => still_running = true,
                 Ok(_) => {}
@@ -148,7 +154,14 @@ impl Supervisor {
     }
 
     fn follow(&self, id: JobId, slurm_id: String, log: JobLog, phases: u32, spec: JobSpec, token: CancellationToken) {
-        let tracker = ProgressTracker::new(self.store.clone(), id, log.clone(), phases, self.events.clone(), self.telemetry.clone());
+        let tracker = ProgressTracker::new(
+            self.store.clone(),
+            id,
+            log.clone(),
+            phases,
+            self.events.clone(),
+            self.telemetry.clone(),
+        );
         let remote = Arc::new(tokio::sync::Mutex::new(RemoteJob { tracker, log, last: None, exit: None, spec }));
         self.remote.lock().expect("remote map poisoned").insert(id, remote.clone());
         let supervisor = self.clone();
@@ -158,7 +171,8 @@ impl Supervisor {
 
     /// Lines a relay sent for job `id`, in order; a batch already stored is ignored.
     pub async fn remote_lines(&self, id: JobId, batch: RelayBatch) -> Result<(), RemoteError> {
-        let remote = self.remote.lock().expect("remote map poisoned").get(&id).cloned().ok_or(RemoteError::NotRunning)?;
+        let remote =
+            self.remote.lock().expect("remote map poisoned").get(&id).cloned().ok_or(RemoteError::NotRunning)?;
         let mut remote = remote.lock().await;
         if let Some((run, seq)) = &remote.last {
             if *run == batch.run && batch.seq <= *seq {
@@ -178,7 +192,13 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn track(&self, id: JobId, slurm_id: String, remote: Arc<tokio::sync::Mutex<RemoteJob>>, token: CancellationToken) {
+    async fn track(
+        &self,
+        id: JobId,
+        slurm_id: String,
+        remote: Arc<tokio::sync::Mutex<RemoteJob>>,
+        token: CancellationToken,
+    ) {
         let poll = self.slurm().poll;
         let mut cancel_sent = false;
         // Slurm holds it behind a job that ended without succeeding: what becomes of it instead.
@@ -193,7 +213,9 @@ impl Supervisor {
             }
             match slurm::job(&slurm_id).await {
                 Ok(Some(job)) if job.is_finished() => break Some(job),
-                Ok(Some(job)) if job.state == SlurmState::Pending && job.reason == slurm::DEPENDENCY_NEVER_SATISFIED => {
+                Ok(Some(job))
+                    if job.state == SlurmState::Pending && job.reason == slurm::DEPENDENCY_NEVER_SATISFIED =>
+                {
                     if dependency_ended.is_none() {
                         let spec = remote.lock().await.spec.clone();
                         dependency_ended = self.dependency_ended(&spec).await;
@@ -247,7 +269,13 @@ impl Supervisor {
         let spec = remote.spec.clone();
         let end = match &last {
             Some(job) => job.end(&slurm_id),
-            None => SlurmEnd { id: slurm_id.clone(), state: None, reason: String::new(), exit: None, marked_by_trainq: false },
+            None => SlurmEnd {
+                id: slurm_id.clone(),
+                state: None,
+                reason: String::new(),
+                exit: None,
+                marked_by_trainq: false,
+            },
         };
         let failure = remote.tracker.failure().cloned();
         let retries = self.retries(id, &spec).await;

@@ -82,10 +82,14 @@ async fn run(program: &str, args: &[String], env: &[(&str, &str)]) -> Result<Str
         command.env(name, value);
     }
     let shown = format!("{program} {}", args.join(" "));
-    let output = command.output().await.map_err(|err| SlurmError { command: shown.clone(), message: err.to_string() })?;
+    let output =
+        command.output().await.map_err(|err| SlurmError { command: shown.clone(), message: err.to_string() })?;
     if !output.status.success() {
         let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        return Err(SlurmError { command: shown, message: if message.is_empty() { output.status.to_string() } else { message } });
+        return Err(SlurmError {
+            command: shown,
+            message: if message.is_empty() { output.status.to_string() } else { message },
+        });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -150,10 +154,20 @@ pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path
 }
 
 /// Submits; returns the Slurm job id.
-pub async fn submit(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path, secret: &str, after: &[String]) -> Result<String, SlurmError> {
+pub async fn submit(
+    config: &SlurmConfig,
+    job_id: &str,
+    dir: &Path,
+    script: &Path,
+    secret: &str,
+    after: &[String],
+) -> Result<String, SlurmError> {
     let args = sbatch_args(config, job_id, dir, script, after);
     let out = run("sbatch", &args, &[(crate::domain::relay::SECRET_VARIABLE, secret)]).await?;
-    parse_sbatch(&out).ok_or_else(|| SlurmError { command: String::from("sbatch"), message: format!("unexpected answer `{}`", out.trim()) })
+    parse_sbatch(&out).ok_or_else(|| SlurmError {
+        command: String::from("sbatch"),
+        message: format!("unexpected answer `{}`", out.trim()),
+    })
 }
 
 /// `123` or `123;cluster` → `123`.
@@ -164,7 +178,9 @@ pub fn parse_sbatch(out: &str) -> Option<String> {
 
 /// The job's state; `None` once Slurm no longer knows it (`MinJobAge` passed).
 pub async fn job(slurm_id: &str) -> Result<Option<SlurmJob>, SlurmError> {
-    match run("scontrol", &[String::from("show"), String::from("job"), String::from("-o"), slurm_id.to_string()], &[]).await {
+    match run("scontrol", &[String::from("show"), String::from("job"), String::from("-o"), slurm_id.to_string()], &[])
+        .await
+    {
         Ok(out) => Ok(parse_scontrol(&out)),
         Err(err) if err.message.contains("Invalid job id") => Ok(None),
         Err(err) => Err(err),
@@ -212,7 +228,8 @@ mod tests {
 
     #[test]
     fn sbatch_gets_the_request_and_only_the_secret_by_name() {
-        let args = sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"), &[]);
+        let args =
+            sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"), &[]);
         assert!(!args.iter().any(|arg| arg.starts_with("--dependency")), "{args:?}");
         assert!(args.contains(&String::from("--parsable")));
         assert!(args.contains(&String::from("--job-name=abc")));
@@ -221,7 +238,12 @@ mod tests {
         assert!(args.contains(&String::from("--partition=gpu")) && args.contains(&String::from("--time=12:00:00")));
         assert!(!args.iter().any(|arg| arg.starts_with("--account")));
         assert_eq!(args.last().unwrap(), "/shared/jobs/abc/job.sbatch");
-        let script = batch_script(&config(), "abc", Path::new("/opt/it's/trainq-worker"), Path::new("/shared/jobs/abc/job.json"));
+        let script = batch_script(
+            &config(),
+            "abc",
+            Path::new("/opt/it's/trainq-worker"),
+            Path::new("/shared/jobs/abc/job.json"),
+        );
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("exec '/opt/trainq/bin/trainq' relay --url 'http://head:8080' --job abc -- '/opt/it'\\''s/trainq-worker' run --job '/shared/jobs/abc/job.json'"), "{script}");
     }
@@ -229,7 +251,13 @@ mod tests {
     #[test]
     fn jobs_it_waits_for_become_an_afterok_dependency_that_slurm_never_kills_on_its_own() {
         let after = [String::from("41"), String::from("45")];
-        let args = sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"), &after);
+        let args = sbatch_args(
+            &config(),
+            "abc",
+            Path::new("/shared/jobs/abc"),
+            Path::new("/shared/jobs/abc/job.sbatch"),
+            &after,
+        );
         assert!(args.contains(&String::from("--dependency=afterok:41:45")), "{args:?}");
         assert!(args.contains(&String::from("--kill-on-invalid-dep=no")), "{args:?}");
         assert_eq!(args.last().unwrap(), "/shared/jobs/abc/job.sbatch", "the script stays last");
@@ -242,10 +270,21 @@ mod tests {
         assert_eq!(parse_sbatch("Submitted batch job 45"), None);
         let line = "JobId=23 JobName=trainq-x UserId=root(0) JobState=CANCELLED Reason=None Dependency=(null) ExitCode=0:15 Comment=cancelled-by-trainq NodeList=vm";
         let job = parse_scontrol(line).unwrap();
-        assert_eq!(job, SlurmJob { state: SlurmState::Cancelled, reason: String::from("None"), exit: Some((0, 15)), comment: Some(String::from(CANCEL_MARK)) });
+        assert_eq!(
+            job,
+            SlurmJob {
+                state: SlurmState::Cancelled,
+                reason: String::from("None"),
+                exit: Some((0, 15)),
+                comment: Some(String::from(CANCEL_MARK))
+            }
+        );
         assert!(job.is_finished());
         let pending = parse_scontrol("JobId=24 JobState=PENDING Reason=Resources ExitCode=0:0 Comment=(null)").unwrap();
-        assert_eq!((pending.reason.as_str(), pending.comment.as_deref(), pending.is_finished()), ("Resources", None, false));
+        assert_eq!(
+            (pending.reason.as_str(), pending.comment.as_deref(), pending.is_finished()),
+            ("Resources", None, false)
+        );
         assert_eq!(parse_scontrol("garbage"), None);
     }
 }

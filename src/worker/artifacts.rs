@@ -2,9 +2,9 @@
 //! to the server with an `artifact` event once it is complete.
 
 use crate::data::Split;
+use crate::emit::emit;
 use crate::evaluate::Evaluation;
 use crate::model::Network;
-use crate::emit::emit;
 use crate::resume;
 use anyhow::Context;
 use std::path::Path;
@@ -13,7 +13,13 @@ use trainq::files;
 
 /// `predictions.csv`: one row per test image with its path (relative to the dataset), true label
 /// and probability (of the positive class, or of each class for a softmax model).
-pub fn write_predictions(dir: &Path, dataset_dir: &Path, test: &Split, evaluation: &Evaluation, classes: &[String]) -> anyhow::Result<()> {
+pub fn write_predictions(
+    dir: &Path,
+    dataset_dir: &Path,
+    test: &Split,
+    evaluation: &Evaluation,
+    classes: &[String],
+) -> anyhow::Result<()> {
     let labels = Vec::<i64>::try_from(&test.labels)?;
     let binary = evaluation.probabilities.first().is_some_and(|row| row.len() == 1);
     let mut csv = if binary {
@@ -25,7 +31,12 @@ pub fn write_predictions(dir: &Path, dataset_dir: &Path, test: &Split, evaluatio
     for ((path, label), row) in test.paths.iter().zip(labels).zip(&evaluation.probabilities) {
         let relative = path.strip_prefix(dataset_dir).unwrap_or(path).to_string_lossy();
         let values: Vec<String> = row.iter().map(|p| format!("{p:.6}")).collect();
-        csv.push_str(&format!("{},{},{}\n", csv_field(&relative), csv_field(&classes[label as usize]), values.join(",")));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            csv_field(&relative),
+            csv_field(&classes[label as usize]),
+            values.join(",")
+        ));
     }
     write_artifact(dir, "predictions.csv", csv.as_bytes())
 }
@@ -84,7 +95,10 @@ mod tests {
         let mut variables: Vec<Tensor> = network.vs.variables().into_values().collect();
         crate::precision::set_channels_last(&mut variables);
         let weight = &network.vs.variables()["features.0.weight"];
-        assert!(crate::precision::is_channels_last(weight) && !weight.is_contiguous(), "the test needs a channels-last weight");
+        assert!(
+            crate::precision::is_channels_last(weight) && !weight.is_contiguous(),
+            "the test needs a channels-last weight"
+        );
         save_checkpoint(&network, dir.path(), "channels-last.safetensors").unwrap();
         let plain = Tensor::read_safetensors(dir.path().join("plain.safetensors")).unwrap();
         let other: std::collections::HashMap<String, Tensor> =

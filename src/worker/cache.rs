@@ -241,7 +241,10 @@ pub fn write_making_room<T>(
 ) -> std::io::Result<T> {
     match write() {
         Err(err) if files::is_storage_error(&err) => {
-            eprintln!("cache: {err} while writing; evicting least recently used entries to free {:.1} MB", bytes as f64 / 1e6);
+            eprintln!(
+                "cache: {err} while writing; evicting least recently used entries to free {:.1} MB",
+                bytes as f64 / 1e6
+            );
             let eviction = files::evict::evict_to_free_keeping(cache_root, bytes, RECENTLY_WRITTEN, keep);
             log_eviction(&eviction, "to make room");
             if eviction.freed == 0 {
@@ -300,7 +303,12 @@ mod tests {
     fn entry(dir: &Path, name: &str, length: usize, age: u64) -> PathBuf {
         let path = dir.join(name);
         files::write_atomic_bytes(&path, &vec![7u8; length]).unwrap();
-        File::options().append(true).open(&path).unwrap().set_modified(SystemTime::now() - Duration::from_secs(age)).unwrap();
+        File::options()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(age))
+            .unwrap();
         path
     }
 
@@ -315,7 +323,11 @@ mod tests {
         let mut attempts = 0;
         let written = write_making_room(dir.path(), 50, std::slice::from_ref(&own), || {
             attempts += 1;
-            if attempts == 1 { Err(full()) } else { Ok(attempts) }
+            if attempts == 1 {
+                Err(full())
+            } else {
+                Ok(attempts)
+            }
         });
         assert_eq!(written.unwrap(), 2, "written at the second try");
         assert!(!old.exists() && own.exists() && just_built.exists(), "the job's own and the just built entries stay");

@@ -2,10 +2,10 @@
 //! overlaid on the image with a jet colormap — a gallery over test images at the end of every job,
 //! and on demand for uploaded images (`serve.rs`).
 
-use crate::data::Split;
-use crate::model::Network;
 use crate::artifacts::{write_artifact, write_json};
+use crate::data::Split;
 use crate::evaluate::Evaluation;
+use crate::model::Network;
 use crate::normalise::Normaliser;
 use image::RgbImage;
 use serde::Serialize;
@@ -48,8 +48,10 @@ pub fn overlay(pixels: &Tensor, cam: &Tensor, side: i64) -> RgbImage {
     let size = pixels.size();
     let (height, width) = (size[2], size[3]);
     let scale = side as f64 / height.max(width) as f64;
-    let (out_h, out_w) = (((height as f64 * scale).round() as i64).max(1), ((width as f64 * scale).round() as i64).max(1));
-    let image = pixels.to_device(Device::Cpu).to_kind(Kind::Float).upsample_bilinear2d([out_h, out_w], false, None, None);
+    let (out_h, out_w) =
+        (((height as f64 * scale).round() as i64).max(1), ((width as f64 * scale).round() as i64).max(1));
+    let image =
+        pixels.to_device(Device::Cpu).to_kind(Kind::Float).upsample_bilinear2d([out_h, out_w], false, None, None);
     let image = if size[1] == 1 { image.expand([1, 3, out_h, out_w], false) } else { image };
     let cam = cam.to_device(Device::Cpu).to_kind(Kind::Float).view([1, 1, cam.size()[0], cam.size()[1]]);
     let heat = cam.upsample_bilinear2d([out_h, out_w], false, None, None).clamp(0.0, 1.0).flatten(0, -1);
@@ -88,7 +90,11 @@ pub fn pick(labels: &[i64], probabilities: &[Vec<f64>]) -> Vec<(usize, &'static 
                 // Confidence in the prediction made.
                 (index, kind, predicted, p, if predicted == 1 { p } else { 1.0 - p })
             } else {
-                let (predicted, p) = row.iter().copied().enumerate().fold((0, f64::MIN), |best, (c, p)| if p > best.1 { (c, p) } else { best });
+                let (predicted, p) =
+                    row.iter()
+                        .copied()
+                        .enumerate()
+                        .fold((0, f64::MIN), |best, (c, p)| if p > best.1 { (c, p) } else { best });
                 (index, if predicted as i64 == label { "correct" } else { "wrong" }, predicted, p, p)
             }
         })
@@ -174,7 +180,10 @@ mod tests {
     fn an_overlay_is_the_image_with_heat_where_the_map_is_high() {
         // Gray image, map hot in the left half only.
         let pixels = Tensor::full([1, 1, 8, 8], 100, (Kind::Uint8, Device::Cpu));
-        let cam = Tensor::cat(&[Tensor::ones([4, 2], (Kind::Float, Device::Cpu)), Tensor::zeros([4, 2], (Kind::Float, Device::Cpu))], 1);
+        let cam = Tensor::cat(
+            &[Tensor::ones([4, 2], (Kind::Float, Device::Cpu)), Tensor::zeros([4, 2], (Kind::Float, Device::Cpu))],
+            1,
+        );
         let picture = overlay(&pixels, &cam, 16);
         assert_eq!(picture.dimensions(), (16, 16));
         let left = picture.get_pixel(1, 8).0;

@@ -116,13 +116,16 @@ impl Split {
         };
         match self.groups.as_slice() {
             [one] => shape(one),
-            groups => groups.iter().map(|group| format!("{} ({})", shape(group), group.len())).collect::<Vec<_>>().join(", "),
+            groups => {
+                groups.iter().map(|group| format!("{} ({})", shape(group), group.len())).collect::<Vec<_>>().join(", ")
+            }
         }
     }
 
     /// The job-log line for this load (after the split's name).
     pub fn summary(&self) -> String {
-        let layout = format!("{} channel{}, {}", self.channels, if self.channels == 1 { "" } else { "s" }, self.shapes());
+        let layout =
+            format!("{} channel{}, {}", self.channels, if self.channels == 1 { "" } else { "s" }, self.shapes());
         match &self.cache {
             CacheOutcome::Hit(key) => format!(
                 "cache hit {key}: {} images, 0 decoded ({:.2}s, {} skipped; {layout})",
@@ -358,7 +361,12 @@ pub fn dct_reduction(width: u32, height: u32, target_width: u32, target_height: 
 /// same pixels. A JPEG much larger than the target is decoded at a reduced scale in the DCT
 /// domain (see [`dct_reduction`]; grayscale baseline ones by `jpeg.rs`, others by `jpeg-decoder`'s
 /// scaled IDCT) only where that changes nothing or the job asked for it ([`reduces`]).
-pub fn decode_for_size(bytes: &[u8], target_width: u32, target_height: u32, sampling: Sampling) -> image::ImageResult<DynamicImage> {
+pub fn decode_for_size(
+    bytes: &[u8],
+    target_width: u32,
+    target_height: u32,
+    sampling: Sampling,
+) -> image::ImageResult<DynamicImage> {
     if let Some(header) = jpeg::header(bytes) {
         let reduction = dct_reduction(header.width, header.height, target_width, target_height);
         let gray_baseline = header.components == 1 && header.sequential_huffman;
@@ -390,7 +398,11 @@ fn reduces(sampling: Sampling, reduction: u32, gray_baseline: bool, source: (u32
         return true;
     }
     let whole_blocks = |extent: u32, out: u32| extent % (out * 8) == 0;
-    sampling.interpolation == Interpolation::Area && reduction == 8 && gray_baseline && whole_blocks(source.0, target.0) && whole_blocks(source.1, target.1)
+    sampling.interpolation == Interpolation::Area
+        && reduction == 8
+        && gray_baseline
+        && whole_blocks(source.0, target.0)
+        && whole_blocks(source.1, target.1)
 }
 
 /// Any JPEG `jpeg-decoder` reads (colour, progressive), at 1/`reduction` scale; `None` sends the
@@ -437,7 +449,12 @@ fn resize_planes(image: &DynamicImage, width: u32, height: u32, interpolation: I
     }
 }
 
-fn resize<P>(image: &ImageBuffer<P, Vec<u8>>, width: u32, height: u32, interpolation: Interpolation) -> ImageBuffer<P, Vec<u8>>
+fn resize<P>(
+    image: &ImageBuffer<P, Vec<u8>>,
+    width: u32,
+    height: u32,
+    interpolation: Interpolation,
+) -> ImageBuffer<P, Vec<u8>>
 where
     P: Pixel<Subpixel = u8> + 'static,
 {
@@ -448,7 +465,8 @@ where
     };
     let (in_width, in_height) = image.dimensions();
     let channels = P::CHANNEL_COUNT as usize;
-    let pixels = pillow(image.as_raw(), in_width as usize, in_height as usize, channels, width as usize, height as usize);
+    let pixels =
+        pillow(image.as_raw(), in_width as usize, in_height as usize, channels, width as usize, height as usize);
     ImageBuffer::from_raw(width, height, pixels).expect("the resampler sizes its output")
 }
 
@@ -691,7 +709,8 @@ mod tests {
         let (data, cache) = (dataset(), tempfile::tempdir().unwrap());
         let key = |interpolation: Interpolation| {
             let files = split_files(data.path(), "train", &classes()).unwrap();
-            cache::entry_key(data.path(), "train", &files, &classes(), Resize::Square(32), interpolation.into()).unwrap()
+            cache::entry_key(data.path(), "train", &files, &classes(), Resize::Square(32), interpolation.into())
+                .unwrap()
         };
         let original = key(Interpolation::Nearest);
         assert_eq!(key(Interpolation::Nearest), original, "stable");
@@ -779,10 +798,19 @@ mod tests {
 
     #[test]
     fn variable_size_groups_images_by_shape_and_round_trips_through_the_cache() {
-        let films = [(200, 140, false), (210, 150, false), (140, 200, false), (100, 100, false), (205, 145, false), (64, 64, false)];
+        let films = [
+            (200, 140, false),
+            (210, 150, false),
+            (140, 200, false),
+            (100, 100, false),
+            (205, 145, false),
+            (64, 64, false),
+        ];
         let (data, cache) = (shaped_dataset(&films), tempfile::tempdir().unwrap());
         let resize = Resize::Bounded { max_side: 128, min_side: 32 };
-        let load = |cache: Option<&Path>| load_split(data.path(), "train", &classes(), resize, Interpolation::Area.into(), 2, cache).unwrap();
+        let load = |cache: Option<&Path>| {
+            load_split(data.path(), "train", &classes(), resize, Interpolation::Area.into(), 2, cache).unwrap()
+        };
         let built = load(Some(cache.path()));
         assert!(matches!(built.cache, CacheOutcome::Built(_)));
         let shapes: Vec<Vec<i64>> = built.groups.iter().map(|group| group.images.size()).collect();
@@ -791,7 +819,8 @@ mod tests {
         assert_eq!(built.shapes(), "64x64 (1), 96x96 (1), 128x96 (3), 96x128 (1)");
         assert_eq!(built.len(), 6);
         // Tensor order is group order: the paths and labels follow the groups.
-        let names: Vec<String> = built.paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            built.paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         // (Within a group, file order: class folder, then name.)
         assert_eq!(names, ["5.png", "3.png", "0.png", "4.png", "1.png", "2.png"]);
         assert_eq!(Vec::<i64>::try_from(&built.labels).unwrap(), [1, 1, 0, 0, 1, 0]);
@@ -804,7 +833,9 @@ mod tests {
     #[test]
     fn one_colour_image_makes_a_three_channel_split_with_gray_images_replicated() {
         let data = shaped_dataset(&[(40, 40, false), (40, 40, true), (40, 40, false)]);
-        let split = load_split(data.path(), "train", &classes(), Resize::Square(32), Interpolation::Area.into(), 1, None).unwrap();
+        let split =
+            load_split(data.path(), "train", &classes(), Resize::Square(32), Interpolation::Area.into(), 1, None)
+                .unwrap();
         assert_eq!(split.channels, 3);
         let images = &split.groups[0].images;
         assert_eq!(images.size(), [3, 3, 32, 32]);
@@ -840,10 +871,16 @@ mod tests {
     #[test]
     fn only_fast_decode_or_an_exact_area_box_decodes_at_a_reduced_scale() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let film = image::imageops::resize(&demo_data::chest_xray(&mut rng, 512, true), 1024, 1024, image::imageops::FilterType::Triangle);
+        let film = image::imageops::resize(
+            &demo_data::chest_xray(&mut rng, 512, true),
+            1024,
+            1024,
+            image::imageops::FilterType::Triangle,
+        );
         let mut bytes = Vec::new();
         JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&film).unwrap();
-        let width = |target: u32, sampling: Sampling| decode_for_size(&bytes, target, target, sampling).unwrap().width();
+        let width =
+            |target: u32, sampling: Sampling| decode_for_size(&bytes, target, target, sampling).unwrap().width();
         // Keras' pixels: the full decode, whatever the target.
         assert_eq!(width(128, Interpolation::Nearest.into()), 1024);
         assert_eq!(width(128, Interpolation::Bilinear.into()), 1024);
@@ -865,7 +902,12 @@ mod tests {
         // its grain spans a few pixels, as on a scanned film.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         let small = demo_data::chest_xray(&mut rng, 550, true);
-        let film = image::imageops::resize(&small, small.width() * 2, small.height() * 2, image::imageops::FilterType::Triangle);
+        let film = image::imageops::resize(
+            &small,
+            small.width() * 2,
+            small.height() * 2,
+            image::imageops::FilterType::Triangle,
+        );
         let mut bytes = Vec::new();
         JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&film).unwrap();
         let colour = RgbImage::from_fn(1024, 1024, |x, y| Rgb([(x / 4) as u8, (y / 4) as u8, ((x + y) / 8) as u8]));

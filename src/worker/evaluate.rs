@@ -13,7 +13,12 @@ use trainq::domain::scores::{self, BinaryMetrics, MulticlassMetrics};
 pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     if logits.size()[1] == 1 {
         let logits = logits.squeeze_dim(1);
-        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&labels.to_kind(Kind::Float), None, None, Reduction::Mean);
+        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(
+            &labels.to_kind(Kind::Float),
+            None,
+            None,
+            Reduction::Mean,
+        );
         let correct = logits.gt(0.0).to_kind(Kind::Int64).eq_tensor(labels).sum(Kind::Int64);
         (loss, correct)
     } else {
@@ -123,7 +128,9 @@ pub fn evaluate(network: &Network, feed: &Feed, batch_size: i64) -> Evaluation {
         let mut probabilities = Vec::new();
         let batches = feed.groups.iter().flat_map(|&(stored, labels)| {
             let size = stored.size()[0];
-            (0..size).step_by(batch_size as usize).map(move |start| (stored, labels, start, batch_size.min(size - start)))
+            (0..size)
+                .step_by(batch_size as usize)
+                .map(move |start| (stored, labels, start, batch_size.min(size - start)))
         });
         for (stored, labels, start, len) in batches {
             let images = feed.input(&stored.narrow(0, start, len));

@@ -91,10 +91,19 @@ mod tests {
     #[test]
     fn allocation_failures_are_out_of_memory_and_the_rest_are_errors() {
         let cases = [
-            ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB", FailureKind::OutOfMemory),
+            (
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB",
+                FailureKind::OutOfMemory,
+            ),
             ("torch.OutOfMemoryError: CUDA out of memory.", FailureKind::OutOfMemory),
-            ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4294967296 bytes.", FailureKind::OutOfMemory),
-            ("DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 bytes.", FailureKind::OutOfMemory),
+            (
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 4294967296 bytes.",
+                FailureKind::OutOfMemory,
+            ),
+            (
+                "DefaultCPUAllocator: not enough memory: you tried to allocate 4294967296 bytes.",
+                FailureKind::OutOfMemory,
+            ),
             ("std::bad_alloc", FailureKind::OutOfMemory),
             ("loading the train split: no such file", FailureKind::Error),
             ("mat1 and mat2 shapes cannot be multiplied (2x512 and 256x1)", FailureKind::Error),

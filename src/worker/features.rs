@@ -23,8 +23,8 @@
 use crate::cache::{self, Miss};
 use crate::data::Split;
 use crate::model::{Cut, Network};
-use crate::precision::Numerics;
 use crate::normalise::Normaliser;
+use crate::precision::Numerics;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -125,7 +125,10 @@ fn hex(bytes: &[u8]) -> String {
 pub fn key(split: &str, pixels_key: &str, backbone: &str, cut_name: &str, kind: Kind, state_hash: &str) -> String {
     let mut hasher = Sha256::new();
     let kind = dtype_name(kind);
-    hasher.update(format!("trainq features v{FORMAT_VERSION}\0{pixels_key}\0{backbone}\0{cut_name}\0{kind}\0{state_hash}").as_bytes());
+    hasher.update(
+        format!("trainq features v{FORMAT_VERSION}\0{pixels_key}\0{backbone}\0{cut_name}\0{kind}\0{state_hash}")
+            .as_bytes(),
+    );
     format!("{split}-{}-{}", cut_name.replace('+', "-"), hex(&hasher.finalize()[..16]))
 }
 
@@ -161,8 +164,10 @@ pub fn compute(
 /// `f` over `batch`-sized slices of `stored` along its first dimension, the results concatenated.
 fn in_batches(stored: &Tensor, batch: i64, mut f: impl FnMut(&Tensor) -> Tensor) -> Tensor {
     let count = stored.size()[0];
-    let parts: Vec<Tensor> =
-        (0..count).step_by(batch.max(1) as usize).map(|start| f(&stored.narrow(0, start, batch.min(count - start)))).collect();
+    let parts: Vec<Tensor> = (0..count)
+        .step_by(batch.max(1) as usize)
+        .map(|start| f(&stored.narrow(0, start, batch.min(count - start))))
+        .collect();
     Tensor::cat(&parts, 0)
 }
 
@@ -193,7 +198,13 @@ pub fn write(features_dir: &Path, key: &str, features: &Features) -> std::io::Re
 
 /// [`write`] through `cache::write_making_room`: the cache root is the features folder's parent,
 /// and `keep` and `used` (the caller's own files) are spared.
-fn write_making_room(features_dir: &Path, key: &str, features: &Features, keep: &[PathBuf], used: &[PathBuf]) -> std::io::Result<PathBuf> {
+fn write_making_room(
+    features_dir: &Path,
+    key: &str,
+    features: &Features,
+    keep: &[PathBuf],
+    used: &[PathBuf],
+) -> std::io::Result<PathBuf> {
     let cache_root = features_dir.parent().unwrap_or(features_dir);
     let spared: Vec<PathBuf> = keep.iter().chain(used).cloned().collect();
     cache::write_making_room(cache_root, features.bytes(), &spared, || write(features_dir, key, features))
@@ -231,7 +242,11 @@ pub fn read(features_dir: &Path, key: &str) -> Result<Features, Miss> {
     let lengths: Vec<usize> =
         header.shapes.iter().map(|shape| shape.iter().product::<i64>() as usize * kind.elt_size_in_bytes()).collect();
     if offset + lengths.iter().sum::<usize>() != map.len() {
-        return Err(Miss::Invalid(format!("{} bytes where {} were expected", map.len(), offset + lengths.iter().sum::<usize>())));
+        return Err(Miss::Invalid(format!(
+            "{} bytes where {} were expected",
+            map.len(),
+            offset + lengths.iter().sum::<usize>()
+        )));
     }
     let mut groups = Vec::with_capacity(header.shapes.len());
     for (shape, length) in header.shapes.iter().zip(lengths) {
@@ -285,12 +300,15 @@ pub fn obtain(
         match read(dir, key) {
             Ok(features) => return (features, Source::Hit, vec![entry_path(dir, key)]),
             Err(Miss::Absent) => {}
-            Err(Miss::Invalid(reason)) => eprintln!("warning: activation cache entry {key} is unusable ({reason}); rebuilding it"),
+            Err(Miss::Invalid(reason)) => {
+                eprintln!("warning: activation cache entry {key} is unusable ({reason}); rebuilding it")
+            }
         }
     }
     let (features, mut files) = match lower {
         Some((lower_cut, lower_entry)) => {
-            let (base, _, files) = obtain(network, split, lower_cut, normaliser, numerics, batch, lower_entry, None, keep);
+            let (base, _, files) =
+                obtain(network, split, lower_cut, normaliser, numerics, batch, lower_entry, None, keep);
             (derive(network, &base, lower_cut, cut, normaliser.device(), numerics, batch, kind), files)
         }
         None => (compute(network, split, cut, normaliser, numerics, batch, kind), Vec::new()),
@@ -313,7 +331,16 @@ pub fn obtain(
 /// The activations at cut `to` from those at the lower cut `from`: the blocks between run on
 /// the stored activations, `batch` images at a time, in inference mode.
 #[allow(clippy::too_many_arguments)]
-pub fn derive(network: &Network, base: &Features, from: Cut, to: Cut, device: Device, numerics: &Numerics, batch: i64, kind: Kind) -> Features {
+pub fn derive(
+    network: &Network,
+    base: &Features,
+    from: Cut,
+    to: Cut,
+    device: Device,
+    numerics: &Numerics,
+    batch: i64,
+    kind: Kind,
+) -> Features {
     let groups = base
         .groups
         .iter()

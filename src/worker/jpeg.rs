@@ -82,7 +82,10 @@ pub fn decode_gray_reduced(bytes: &[u8], denominator: u32) -> Result<(u32, u32, 
         match marker {
             DQT => read_quant_tables(body, &mut quant_tables)?,
             DHT => read_huffman_tables(body, &mut dc_tables, &mut ac_tables)?,
-            DRI => restart_interval = u16::from_be_bytes(body.get(..2).ok_or(Refused("short DRI"))?.try_into().unwrap()) as u32,
+            DRI => {
+                restart_interval =
+                    u16::from_be_bytes(body.get(..2).ok_or(Refused("short DRI"))?.try_into().unwrap()) as u32
+            }
             marker if is_frame(marker) => {
                 let header = frame_header(marker, body)?;
                 if !header.sequential_huffman || header.components != 1 {
@@ -181,7 +184,8 @@ fn read_quant_tables(mut body: &[u8], tables: &mut [[u16; 64]; 4]) -> Result<(),
         let values = rest.get(..size).ok_or(Refused("short DQT"))?;
         let table = &mut tables[(spec & 3) as usize];
         for (k, entry) in table.iter_mut().enumerate() {
-            *entry = if sixteen_bit { u16::from_be_bytes([values[2 * k], values[2 * k + 1]]) } else { values[k] as u16 };
+            *entry =
+                if sixteen_bit { u16::from_be_bytes([values[2 * k], values[2 * k + 1]]) } else { values[k] as u16 };
         }
         body = &rest[size..];
     }
@@ -397,7 +401,11 @@ impl<'a> BitReader<'a> {
             let code = self.peek(length) as i32;
             if code <= table.max_code[length as usize] {
                 self.consume(length);
-                return table.values.get((code + table.offset[length as usize]) as usize).copied().ok_or(Refused("bad Huffman code"));
+                return table
+                    .values
+                    .get((code + table.offset[length as usize]) as usize)
+                    .copied()
+                    .ok_or(Refused("bad Huffman code"));
             }
         }
         Err(Refused("bad Huffman code"))

@@ -5,6 +5,7 @@ mod artifacts;
 mod cache;
 mod cam;
 mod data;
+mod emit;
 mod epochs;
 mod evaluate;
 mod failure;
@@ -15,7 +16,6 @@ mod model;
 mod normalise;
 mod optim;
 mod precision;
-mod emit;
 mod resample;
 mod resume;
 mod serve;
@@ -24,7 +24,9 @@ mod train;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use trainq::domain::worker_protocol::{FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_STORAGE};
+use trainq::domain::worker_protocol::{
+    FailureKind, WorkerDevice, WorkerJob, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_STORAGE,
+};
 use trainq::domain::ProgressEvent;
 use trainq::files;
 
@@ -120,20 +122,34 @@ fn main() -> ExitCode {
         Command::Serve { dir } => serve::serve(&dir),
         Command::Bench { image_size, batch_size, steps, warmup, train, backbone, threads, cuda, precision } => {
             let device = if cuda { WorkerDevice::Cuda } else { WorkerDevice::Cpu };
-            serde_json::from_value(serde_json::Value::String(precision)).map_err(anyhow::Error::from).and_then(|precision| {
-                bench(BenchConfig { image_size, batch_size, steps, warmup, train, backbone, threads, precision }, device)
-            })
-        }
-        Command::BenchDecode { dataset, split, size, interpolation, fast_decode, threads, cache_dir, batch_size, rounds } => {
-            serde_json::from_value(serde_json::Value::String(interpolation)).map_err(anyhow::Error::from).and_then(
-                |interpolation| {
-                    let resize = trainq::domain::spec::Resize::Square(size);
-                    let sampling = trainq::domain::spec::Sampling { interpolation, fast_decode };
-                    let config = data::DecodeBench { dataset, split, resize, sampling, threads, cache_dir, batch_size, rounds };
-                    data::bench(&config)
+            serde_json::from_value(serde_json::Value::String(precision)).map_err(anyhow::Error::from).and_then(
+                |precision| {
+                    bench(
+                        BenchConfig { image_size, batch_size, steps, warmup, train, backbone, threads, precision },
+                        device,
+                    )
                 },
             )
         }
+        Command::BenchDecode {
+            dataset,
+            split,
+            size,
+            interpolation,
+            fast_decode,
+            threads,
+            cache_dir,
+            batch_size,
+            rounds,
+        } => serde_json::from_value(serde_json::Value::String(interpolation)).map_err(anyhow::Error::from).and_then(
+            |interpolation| {
+                let resize = trainq::domain::spec::Resize::Square(size);
+                let sampling = trainq::domain::spec::Sampling { interpolation, fast_decode };
+                let config =
+                    data::DecodeBench { dataset, split, resize, sampling, threads, cache_dir, batch_size, rounds };
+                data::bench(&config)
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,7 +183,8 @@ fn run(job: &std::path::Path) -> ExitCode {
             // The whole chain, which names the path written: "writing <path>: No space left on
             // device (os error 28)".
             let text = format!("{err:#}");
-            let kind = if files::storage_error_in(&err).is_some() { FailureKind::Storage } else { failure::kind(&text) };
+            let kind =
+                if files::storage_error_in(&err).is_some() { FailureKind::Storage } else { failure::kind(&text) };
             (kind, text)
         }
         Err(payload) => {
@@ -228,7 +245,8 @@ fn bench(config: BenchConfig, device: WorkerDevice) -> anyhow::Result<()> {
     // queued work, so the wall time covers every step.
     let mut step = || -> Tensor {
         let x = numerics.input(normaliser.apply(&images));
-        let (loss, _) = numerics.forward(|| evaluate::loss_and_correct(&network.forward(&x, &trainable, true), &labels));
+        let (loss, _) =
+            numerics.forward(|| evaluate::loss_and_correct(&network.forward(&x, &trainable, true), &labels));
         optimizer.zero_grad();
         loss.backward();
         optimizer.step();

@@ -16,7 +16,8 @@ impl Normaliser {
     /// The backbone's input statistics, folded into one scale and shift per channel, on `device`.
     pub fn new(backbone: Backbone, device: Device) -> Normaliser {
         let info = backbone.info();
-        let on_device = |values: Vec<f64>| Tensor::from_slice(&values).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
+        let on_device =
+            |values: Vec<f64>| Tensor::from_slice(&values).to_kind(Kind::Float).view([1, 3, 1, 1]).to_device(device);
         let scale = (0..3).map(|c| 1.0 / (255.0 * info.input_std[c])).collect();
         let shift = (0..3).map(|c| -info.input_mean[c] / info.input_std[c]).collect();
         Normaliser { scale: on_device(scale), shift: on_device(shift), device }

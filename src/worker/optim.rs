@@ -63,7 +63,12 @@ const PARALLEL_ELEMENTS: usize = 1 << 16;
 /// CPU cost a fifth of a VGG16 block5 step. The arithmetic is theirs, element by element, in
 /// float32: `g = g + p·wd`, `s = s·α + (g·(1−α))·g`, `p = p − (g / (√s + ε))·lr`. Returns false
 /// (nothing done) for tensors it does not take: other devices, kinds or layouts.
-fn rmsprop_in_one_pass(parameter: &Tensor, gradient: &Tensor, square_avg: &Tensor, [lr, alpha, eps, weight_decay]: [f64; 4]) -> bool {
+fn rmsprop_in_one_pass(
+    parameter: &Tensor,
+    gradient: &Tensor,
+    square_avg: &Tensor,
+    [lr, alpha, eps, weight_decay]: [f64; 4],
+) -> bool {
     let tensors = [parameter, gradient, square_avg];
     if !tensors.iter().all(|t| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()) {
         return false;
@@ -296,7 +301,9 @@ mod tests {
         parameters
             .iter()
             .enumerate()
-            .map(|(index, p)| ((p * (index as f64 + 1.0) - step as f64 * 0.1).tanh().pow_tensor_scalar(2) * p.cos()).sum(Kind::Float))
+            .map(|(index, p)| {
+                ((p * (index as f64 + 1.0) - step as f64 * 0.1).tanh().pow_tensor_scalar(2) * p.cos()).sum(Kind::Float)
+            })
             .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |total, term| total + term)
     }
 
@@ -350,7 +357,8 @@ mod tests {
                 }
             }
             // A new optimizer (as after a restart) over the same parameters, given the saved state.
-            let exported: HashMap<String, Tensor> = first.export().into_iter().map(|(name, tensor)| (name, tensor.copy())).collect();
+            let exported: HashMap<String, Tensor> =
+                first.export().into_iter().map(|(name, tensor)| (name, tensor.copy())).collect();
             let mut second = Optimizer::new(&spec, &resumed);
             second.import(&exported).unwrap();
             for step in 10..20 {

@@ -38,7 +38,11 @@ pub enum CpuBf16 {
 impl CpuBf16 {
     /// From a `/proc/cpuinfo` text (its `flags` line; the first processor's is enough).
     pub fn from_cpuinfo(cpuinfo: &str) -> CpuBf16 {
-        let flags = cpuinfo.lines().find(|line| line.starts_with("flags")).and_then(|line| line.split_once(':')).map_or("", |(_, flags)| flags);
+        let flags = cpuinfo
+            .lines()
+            .find(|line| line.starts_with("flags"))
+            .and_then(|line| line.split_once(':'))
+            .map_or("", |(_, flags)| flags);
         let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
         if has("amx_bf16") && has("amx_tile") {
             CpuBf16::Amx

@@ -13,7 +13,14 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Nearest neighbour as Pillow's `ImagingScaleAffine`: the source column of output column `x` is
 /// `trunc(scale / 2 + x · scale)`, with the sum accumulated step by step in `f64` as Pillow does
 /// (a product computed afresh can round the other way at an exact half).
-pub fn nearest(pixels: &[u8], width: usize, height: usize, channels: usize, out_width: usize, out_height: usize) -> Vec<u8> {
+pub fn nearest(
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    out_width: usize,
+    out_height: usize,
+) -> Vec<u8> {
     let columns = sources(width, out_width);
     let rows = sources(height, out_height);
     let mut out = Vec::with_capacity(out_width * out_height * channels);
@@ -51,7 +58,7 @@ fn taps(extent: usize, out: usize) -> Vec<Taps> {
     let scale = extent as f64 / out as f64;
     let filter_scale = scale.max(1.0);
     let support = filter_scale; // the triangle's support (1) times the filter scale
-    // Pillow multiplies by the reciprocal (not divides): the last bit can differ.
+                                // Pillow multiplies by the reciprocal (not divides): the last bit can differ.
     let inverse = 1.0 / filter_scale;
     let triangle = |x: f64| {
         let x = x.abs();
@@ -91,7 +98,14 @@ fn clip8(sum: i32) -> u8 {
 /// vertical pass will read), except that, as since Pillow 13, when the height shrinks by more
 /// than twice as many pixels as the width does, the vertical pass goes first. (Earlier Pillows
 /// always go horizontal first; the two orders round differently by ±1 here and there.)
-pub fn bilinear(pixels: &[u8], width: usize, height: usize, channels: usize, out_width: usize, out_height: usize) -> Vec<u8> {
+pub fn bilinear(
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    out_width: usize,
+    out_height: usize,
+) -> Vec<u8> {
     let shrink = |from: usize, to: usize| from as i64 - to as i64;
     let vertical_first = out_height < height && shrink(height, out_height) > 2 * shrink(width, out_width);
     if vertical_first {
@@ -105,7 +119,8 @@ pub fn bilinear(pixels: &[u8], width: usize, height: usize, channels: usize, out
     // Only the rows the vertical pass reads go through the horizontal one.
     let first_row = vertical[0].first;
     let last_row = vertical.iter().map(|tap| tap.first + tap.weights.len()).max().unwrap_or(height);
-    let narrower = horizontal_pass(&pixels[first_row * width * channels..last_row * width * channels], width, channels, out_width);
+    let narrower =
+        horizontal_pass(&pixels[first_row * width * channels..last_row * width * channels], width, channels, out_width);
     vertical_pass(&narrower, out_width * channels, first_row, &vertical)
 }
 
@@ -168,11 +183,19 @@ mod tests {
         for source in ["gray", "colour"] {
             let (pixels, width, height, channels) = reference(source);
             for (out_width, out_height) in sizes {
-                for (name, resize) in [("nearest", nearest as fn(&[u8], usize, usize, usize, usize, usize) -> Vec<u8>), ("bilinear", bilinear)] {
+                for (name, resize) in [
+                    ("nearest", nearest as fn(&[u8], usize, usize, usize, usize, usize) -> Vec<u8>),
+                    ("bilinear", bilinear),
+                ] {
                     let (expected, ..) = reference(&format!("{source}-{name}-{out_width}x{out_height}"));
                     let ours = resize(&pixels, width, height, channels, out_width, out_height);
                     let differing = ours.iter().zip(&expected).filter(|(a, b)| a != b).count();
-                    assert_eq!(differing, 0, "{source} {name} {width}x{height} → {out_width}x{out_height}: {differing} of {} values differ", expected.len());
+                    assert_eq!(
+                        differing,
+                        0,
+                        "{source} {name} {width}x{height} → {out_width}x{out_height}: {differing} of {} values differ",
+                        expected.len()
+                    );
                     assert_eq!(ours.len(), expected.len());
                 }
             }

@@ -18,8 +18,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
-use trainq::domain::worker_protocol::EpochMetrics;
 use trainq::domain::spec::JobSpec;
+use trainq::domain::worker_protocol::EpochMetrics;
 use trainq::files;
 
 /// The checkpoint's file name inside the job's state folder.
@@ -147,7 +147,8 @@ fn kind_of(dtype: Dtype) -> anyhow::Result<Kind> {
 /// over the old one, the folder fsynced), so after a crash or a full disk the file is the old or
 /// the new checkpoint, whole.
 pub fn save(dir: &Path, progress: &Progress, network: &Network, optimizer: &Optimizer) -> anyhow::Result<()> {
-    let optimizer_state = optimizer.export().into_iter().map(|(name, tensor)| (format!("{OPTIMIZER_PREFIX}{name}"), tensor));
+    let optimizer_state =
+        optimizer.export().into_iter().map(|(name, tensor)| (format!("{OPTIMIZER_PREFIX}{name}"), tensor));
     let metadata = HashMap::from([(String::from(METADATA_KEY), serde_json::to_string(progress)?)]);
     write_safetensors(&dir.join(FILE_NAME), network.vs.variables().into_iter().chain(optimizer_state), Some(metadata))
 }
@@ -196,11 +197,18 @@ pub fn restore(dir: &Path, spec: &JobSpec, network: &Network) -> anyhow::Result<
     // SAFETY: checkpoints are replaced by rename, never modified in place, so the mapped file
     // does not change under us.
     let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
-    let json = header.metadata().as_ref().and_then(|metadata| metadata.get(METADATA_KEY)).context("no trainq metadata")?;
+    let file =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+    let json =
+        header.metadata().as_ref().and_then(|metadata| metadata.get(METADATA_KEY)).context("no trainq metadata")?;
     let progress: Progress = serde_json::from_str(json).context("reading the trainq metadata")?;
-    anyhow::ensure!(progress.format == FORMAT_VERSION, "format {} (this worker writes {FORMAT_VERSION})", progress.format);
+    anyhow::ensure!(
+        progress.format == FORMAT_VERSION,
+        "format {} (this worker writes {FORMAT_VERSION})",
+        progress.format
+    );
     anyhow::ensure!(progress.spec_sha256 == spec_sha256(spec), "it belongs to another spec");
     let phase = spec.phases.get((progress.phase as usize).wrapping_sub(1)).context("its phase is not in the spec")?;
     anyhow::ensure!(

@@ -9,9 +9,9 @@
 //! A request that fails (an image the decoder refuses) is answered and the process goes on.
 
 use crate::data::load_image;
-use anyhow::Context;
 use crate::model::Network;
 use crate::normalise::Normaliser;
+use anyhow::Context;
 use serde::Deserialize;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -36,7 +36,8 @@ pub fn serve(dir: &Path) -> anyhow::Result<()> {
     for line in std::io::stdin().lock().lines() {
         let line = line?;
         let answer = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => answer(&network, &spec, &normaliser, &request).unwrap_or_else(|err| serde_json::json!({"ok": false, "error": format!("{err:#}")})),
+            Ok(request) => answer(&network, &spec, &normaliser, &request)
+                .unwrap_or_else(|err| serde_json::json!({"ok": false, "error": format!("{err:#}")})),
             Err(err) => serde_json::json!({"ok": false, "error": format!("bad request: {err}")}),
         };
         let mut out = stdout.lock();
@@ -46,7 +47,12 @@ pub fn serve(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn answer(network: &Network, spec: &JobSpec, normaliser: &Normaliser, request: &Request) -> anyhow::Result<serde_json::Value> {
+fn answer(
+    network: &Network,
+    spec: &JobSpec,
+    normaliser: &Normaliser,
+    request: &Request,
+) -> anyhow::Result<serde_json::Value> {
     let pixels = load_image(&request.image, spec.resize(), spec.sampling())?;
     let (map, probabilities) = network.grad_cam(&normaliser.apply(&pixels), None);
     let predicted = if probabilities.len() == 1 {

@@ -12,6 +12,7 @@
 use crate::artifacts::{save_checkpoint, write_json, write_predictions};
 use crate::cache;
 use crate::data::{load_split, CacheOutcome, Split};
+use crate::emit::emit;
 use crate::epochs::{derived_seed, epoch_plan, lone_images, PlannedBatch};
 use crate::evaluate::{evaluate, loss_and_correct, test_metrics, Feed};
 use crate::features::{self, Features, Source};
@@ -20,7 +21,6 @@ use crate::model::{Cut, Network, Trainable};
 use crate::normalise::Normaliser;
 use crate::optim::Optimizer;
 use crate::precision::{self, CpuBf16, Numerics};
-use crate::emit::emit;
 use crate::resume::{self, PartialEpoch, Progress};
 use anyhow::Context;
 use rand::SeedableRng;
@@ -28,8 +28,8 @@ use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets;
-use trainq::domain::worker_protocol::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
 use trainq::domain::spec::JobSpec;
+use trainq::domain::worker_protocol::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
 use trainq::domain::ProgressEvent;
 use trainq::files;
 
@@ -55,9 +55,16 @@ pub fn device_for(kind: WorkerDevice) -> anyhow::Result<Device> {
 
 fn load(work: &WorkerJob, split: &str, classes: &[String]) -> anyhow::Result<Split> {
     let spec = &work.spec;
-    let loaded =
-        load_split(&work.dataset_dir, split, classes, spec.resize(), spec.sampling(), work.threads, work.cache_dir.as_deref())
-            .with_context(|| format!("loading the {split} split"))?;
+    let loaded = load_split(
+        &work.dataset_dir,
+        split,
+        classes,
+        spec.resize(),
+        spec.sampling(),
+        work.threads,
+        work.cache_dir.as_deref(),
+    )
+    .with_context(|| format!("loading the {split} split"))?;
     eprintln!("{split}: {}", loaded.summary());
     emit(&ProgressEvent::Data {
         split: split.to_string(),
@@ -94,7 +101,11 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     let test = load(work, "test", &dataset.classes)?;
     let sizes: Vec<i64> = train.groups.iter().map(|group| group.len()).collect();
     let lone = lone_images(&sizes, spec.batch_size as i64);
-    anyhow::ensure!((lone as usize) < train.len(), "the train split's {} images all differ in shape; at least two must share one", train.len());
+    anyhow::ensure!(
+        (lone as usize) < train.len(),
+        "the train split's {} images all differ in shape; at least two must share one",
+        train.len()
+    );
     if lone > 0 {
         eprintln!(
             "train: {lone} image(s) alone in their shape are not trained on (batch norm can't take the statistics of one sample); \
@@ -107,7 +118,9 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
         // Pixels are uint8 (grayscale: one channel), so even the Kaggle set at 512 px (~1.4 GB)
         // fits; then every batch is gathered and normalised on the GPU, with no copy per step.
         let bytes = train.pixel_bytes() + val.as_ref().map_or(0, Split::pixel_bytes) + test.pixel_bytes();
-        let budget = work.gpu_data_budget_bytes.map_or(GPU_DATA_BUDGET_BYTES, |budget| (budget as i64).min(GPU_DATA_BUDGET_BYTES));
+        let budget = work
+            .gpu_data_budget_bytes
+            .map_or(GPU_DATA_BUDGET_BYTES, |budget| (budget as i64).min(GPU_DATA_BUDGET_BYTES));
         if bytes <= budget {
             for split in [Some(&mut train), val.as_mut(), Some(&mut test)].into_iter().flatten() {
                 split.move_to(device);
@@ -163,8 +176,11 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             Some(optimizer) if progress.phase == phase_number => optimizer,
             _ => Optimizer::new(phase.optimizer(spec), &parameters),
         };
-        let (first_epoch, mut partial) =
-            if progress.phase == phase_number { (progress.epochs + 1, progress.partial) } else { (1, PartialEpoch::default()) };
+        let (first_epoch, mut partial) = if progress.phase == phase_number {
+            (progress.epochs + 1, progress.partial)
+        } else {
+            (1, PartialEpoch::default())
+        };
         let count = Network::count(&parameters);
         eprintln!("phase {phase_number}: {} epochs, {count} trainable parameters", phase.epochs);
         emit(&ProgressEvent::Phase { phase: phase_number, epochs: phase.epochs, trainable_params: count });
@@ -205,7 +221,16 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
             interrupt::check(&format!("phase {phase_number} epoch {epoch}"))?;
             let position = (phase_number, epoch);
             let from = std::mem::take(&mut partial);
-            let metrics = match train_epoch(&network, &trainable, &mut optimizer, &train_feed, batch_size, spec.seed, position, from) {
+            let metrics = match train_epoch(
+                &network,
+                &trainable,
+                &mut optimizer,
+                &train_feed,
+                batch_size,
+                spec.seed,
+                position,
+                from,
+            ) {
                 EpochOutcome::Done(metrics) => metrics,
                 EpochOutcome::Interrupted(partial) => {
                     let progress = Progress { phase: phase_number, epochs: epoch - 1, partial, ..progress };
@@ -225,7 +250,12 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
                 }
                 _ => (None, None),
             };
-            let metrics = EpochMetrics { val_loss, val_acc, seconds: metrics.seconds + started.elapsed().as_secs_f64(), ..metrics };
+            let metrics = EpochMetrics {
+                val_loss,
+                val_acc,
+                seconds: metrics.seconds + started.elapsed().as_secs_f64(),
+                ..metrics
+            };
             eprintln!(
                 "phase {phase_number} epoch {epoch}/{}: loss {:.4} acc {:.4} val_loss {} val_acc {} ({:.1}s)",
                 phase.epochs,
@@ -259,22 +289,39 @@ pub fn run(work: &WorkerJob) -> anyhow::Result<()> {
     let on_test = Feed::of(&test, cached.as_ref().map(|(cut, f)| (&f.test, *cut)), &normaliser, &numerics);
     let on_test = evaluate(&network, &on_test, batch_size * 2);
     eprintln!("evaluated the train and test sets in {:.1}s", started.elapsed().as_secs_f64());
-    let (train_loss, train_acc, test_loss, test_acc) = (on_train.loss, on_train.accuracy, on_test.loss, on_test.accuracy);
-    let (binary, multiclass) = if test.len() > 0 { test_metrics(&test, &on_test, dataset.classes.len())? } else { (None, None) };
+    let (train_loss, train_acc, test_loss, test_acc) =
+        (on_train.loss, on_train.accuracy, on_test.loss, on_test.accuracy);
+    let (binary, multiclass) =
+        if test.len() > 0 { test_metrics(&test, &on_test, dataset.classes.len())? } else { (None, None) };
     if let Some(binary) = &binary {
         eprintln!(
             "test: precision {} recall {} specificity {} f1 {} auc {} (confusion {:?})",
-            show(binary.precision), show(binary.recall), show(binary.specificity), show(binary.f1), show(binary.auc), binary.confusion
+            show(binary.precision),
+            show(binary.recall),
+            show(binary.specificity),
+            show(binary.f1),
+            show(binary.auc),
+            binary.confusion
         );
     }
     write_predictions(&work.output_dir, &work.dataset_dir, &test, &on_test, &dataset.classes)?;
     interrupt::check("the Grad-CAM gallery")?;
     if test.len() > 0 {
         let started = Instant::now();
-        match crate::cam::write_gallery(&network, &test, &on_test, &dataset.classes, &work.dataset_dir, &normaliser, &work.output_dir) {
+        match crate::cam::write_gallery(
+            &network,
+            &test,
+            &on_test,
+            &dataset.classes,
+            &work.dataset_dir,
+            &normaliser,
+            &work.output_dir,
+        ) {
             Ok(count) => eprintln!("Grad-CAM: {count} heatmaps in cam/ ({:.1}s)", started.elapsed().as_secs_f64()),
             // A full disk fails the job like any other artifact's write; the gallery's own errors do not.
-            Err(err) if files::storage_error_in(&err).is_some() => return Err(err.context("writing the Grad-CAM gallery")),
+            Err(err) if files::storage_error_in(&err).is_some() => {
+                return Err(err.context("writing the Grad-CAM gallery"))
+            }
             Err(err) => eprintln!("warning: no Grad-CAM gallery: {err:#}"),
         }
     }
@@ -301,7 +348,11 @@ fn resume_point(work: &WorkerJob, network: &Network) -> (Progress, Option<Optimi
                 progress.epochs,
                 progress.partial.steps
             );
-            emit(&ProgressEvent::Resumed { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
+            emit(&ProgressEvent::Resumed {
+                phase: progress.phase,
+                epoch: progress.epochs,
+                step: progress.partial.steps,
+            });
             for metrics in &progress.curves {
                 emit(&ProgressEvent::Epoch(metrics.clone()));
             }
@@ -329,7 +380,11 @@ fn checkpoint(work: &WorkerJob, progress: &Progress, network: &Network, optimize
             if seconds >= 1.0 {
                 eprintln!("checkpoint written in {seconds:.1}s");
             }
-            emit(&ProgressEvent::Checkpoint { phase: progress.phase, epoch: progress.epochs, step: progress.partial.steps });
+            emit(&ProgressEvent::Checkpoint {
+                phase: progress.phase,
+                epoch: progress.epochs,
+                step: progress.partial.steps,
+            });
         }
         Err(err) if files::storage_error_in(&err).is_some() => return Err(err),
         Err(err) => eprintln!("warning: no resumable checkpoint this time: {err:#}"),
@@ -392,9 +447,11 @@ fn phase_features(
         };
         let entry = entry_for(&cut_name);
         // Only worth going through the lower cut when its activations can be kept for later.
-        let lower = lower.map(|lower| (lower, entry_for(&network.cut_name(lower)))).filter(|(_, entry)| entry.is_some());
+        let lower =
+            lower.map(|lower| (lower, entry_for(&network.cut_name(lower)))).filter(|(_, entry)| entry.is_some());
         let keep: Vec<std::path::PathBuf> = pixel_entries.iter().chain(&files).cloned().collect();
-        let (features, source, used) = features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower, &keep);
+        let (features, source, used) =
+            features::obtain(network, split, cut, normaliser, numerics, batch, entry, lower, &keep);
         sources.push((name.to_string(), source, features.bytes()));
         files.extend(used);
         features
@@ -418,7 +475,10 @@ fn phase_features(
             None => GPU_FEATURE_BUDGET_BYTES,
         };
         let device = if bytes <= budget { normaliser.device() } else { Device::Cpu };
-        for features in [Some(&mut phase_features.train), phase_features.val.as_mut(), Some(&mut phase_features.test)].into_iter().flatten() {
+        for features in [Some(&mut phase_features.train), phase_features.val.as_mut(), Some(&mut phase_features.test)]
+            .into_iter()
+            .flatten()
+        {
             if device == Device::Cpu {
                 features.groups = features.groups.iter().map(|group| group.to_device(Device::Cpu)).collect();
             } else {
@@ -434,7 +494,10 @@ fn phase_features(
         "memory"
     };
     let seconds = started.elapsed().as_secs_f64();
-    let detail: Vec<String> = sources.iter().map(|(name, source, bytes)| format!("{name} {source:?} ({:.1} MB)", *bytes as f64 / 1e6)).collect();
+    let detail: Vec<String> = sources
+        .iter()
+        .map(|(name, source, bytes)| format!("{name} {source:?} ({:.1} MB)", *bytes as f64 / 1e6))
+        .collect();
     let ahead = match lower {
         Some(lower) if state != "hit" => format!(" (through {}, which the next phase reuses)", network.cut_name(lower)),
         _ => String::new(),
@@ -508,8 +571,11 @@ fn train_epoch(
     let n = train.len() - lone_images(&sizes, batch_size);
     let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(seed, &[phase as u64, epoch as u64]));
     let (orders, batches) = epoch_plan(&sizes, batch_size, &mut rng);
-    let orders: Vec<Tensor> =
-        orders.iter().zip(&train.groups).map(|(order, (stored, _))| Tensor::from_slice(order).to_device(stored.device())).collect();
+    let orders: Vec<Tensor> = orders
+        .iter()
+        .zip(&train.groups)
+        .map(|(order, (stored, _))| Tensor::from_slice(order).to_device(stored.device()))
+        .collect();
     let steps = batches.len() as u32;
     let mut done = from.images;
     let seconds = |started: Instant| from.seconds + started.elapsed().as_secs_f64();
@@ -528,7 +594,8 @@ fn train_epoch(
         // memory. (Found by the packed GPU run of the matrix: "index is on cpu".)
         let labels = labels.index_select(0, &index.to_device(labels.device())).to_device(device);
         done += len;
-        let (loss, hits) = train.numerics.forward(|| loss_and_correct(&train.forward(network, &images, trainable, true), &labels));
+        let (loss, hits) =
+            train.numerics.forward(|| loss_and_correct(&train.forward(network, &images, trainable, true), &labels));
         optimizer.zero_grad();
         loss.backward();
         optimizer.step();

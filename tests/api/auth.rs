@@ -107,8 +107,18 @@ async fn every_endpoint_answers_owner_other_anonymous_and_admin_as_it_should() {
         (Method::GET, format!("/api/jobs/{job}/predictions.csv"), None, PRIVATE),
         (Method::GET, format!("/api/jobs/{job}/plots/accuracy.svg"), None, PRIVATE),
         // No model was trained (fake worker): 409 for those who may ask, 404 for others.
-        (Method::POST, format!("/api/jobs/{job}/predict"), Some(not_an_image.clone()), [conflict, not_found, unauthorized, conflict]),
-        (Method::POST, format!("/api/jobs/{job}/cam"), Some(not_an_image), [conflict, not_found, unauthorized, conflict]),
+        (
+            Method::POST,
+            format!("/api/jobs/{job}/predict"),
+            Some(not_an_image.clone()),
+            [conflict, not_found, unauthorized, conflict],
+        ),
+        (
+            Method::POST,
+            format!("/api/jobs/{job}/cam"),
+            Some(not_an_image),
+            [conflict, not_found, unauthorized, conflict],
+        ),
         (Method::GET, format!("/api/groups/{group}"), None, PRIVATE),
         (Method::GET, format!("/api/compare?ids={job},{group}"), None, PRIVATE),
         (Method::GET, format!("/api/compare/plots/accuracy.svg?ids={job}"), None, PRIVATE),
@@ -138,7 +148,8 @@ async fn every_endpoint_answers_owner_other_anonymous_and_admin_as_it_should() {
 
     // A token that is malformed or unknown is refused even where none is needed.
     for header in ["Bearer tq_0000", "Basic YWxpY2U6eA==", "Bearer "] {
-        let response = reqwest::Client::new().get(app.url("/api/jobs")).header("authorization", header).send().await.unwrap();
+        let response =
+            reqwest::Client::new().get(app.url("/api/jobs")).header("authorization", header).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header}");
         assert_eq!(response.headers()["www-authenticate"], "Bearer");
         let body: Value = response.json().await.unwrap();
@@ -187,7 +198,10 @@ async fn students_cannot_cancel_each_others_jobs_and_see_only_their_own_log_line
 }
 
 /// Reads a server-sent event stream until it has announced the end of `job`.
-async fn read_until_finished(stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin), job: &str) -> String {
+async fn read_until_finished(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    job: &str,
+) -> String {
     let mut text = String::new();
     while !(text.contains("event: finished") && text.contains(job)) {
         match tokio::time::timeout(WAIT, stream.next()).await {
@@ -200,7 +214,16 @@ async fn read_until_finished(stream: &mut (impl futures::Stream<Item = reqwest::
 
 #[tokio::test]
 async fn limits_answer_with_the_field_and_the_fix() {
-    let (_scripts, app) = app(&["--rate-limit-per-minute", "60", "--max-jobs-per-user", "2", "--max-epochs", "5", "--max-image-side", "64"]);
+    let (_scripts, app) = app(&[
+        "--rate-limit-per-minute",
+        "60",
+        "--max-jobs-per-user",
+        "2",
+        "--max-epochs",
+        "5",
+        "--max-image-side",
+        "64",
+    ]);
     // Admin-only fields.
     let mut urgent = small_spec("urgent");
     urgent["priority"] = json!(5);
@@ -211,11 +234,19 @@ async fn limits_answer_with_the_field_and_the_fix() {
     let mut long = small_spec("long");
     long["phases"][0]["epochs"] = json!(10);
     let (status, body) = app.post("/api/jobs", &long).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("phases")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("phases")),
+        "{body}"
+    );
     let mut big = small_spec("big");
     big["image_size"] = json!(128);
     let (status, body) = app.post("/api/jobs", &big).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("image_size")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("image_size")),
+        "{body}"
+    );
     // Queued jobs per user: two sleepers fill alice's quota; bob still has his.
     app.submit(&small_spec("sleep")).await;
     app.submit(&small_spec("sleep")).await;
@@ -237,7 +268,8 @@ async fn limits_answer_with_the_field_and_the_fix() {
     // Anonymous reads of the queue are not bob's budget, but their address has one of its own.
     assert_eq!(reqwest::get(app.url("/api/jobs")).await.unwrap().status(), StatusCode::OK);
     let anonymous = reqwest::Client::new();
-    let response = first_limited(&anonymous, &app.url("/api/jobs")).await.expect("an anonymous address was never limited");
+    let response =
+        first_limited(&anonymous, &app.url("/api/jobs")).await.expect("an anonymous address was never limited");
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.unwrap();
     assert!(body["detail"]["message"].as_str().unwrap().contains("127.0.0.1"), "{body}");

@@ -95,7 +95,8 @@ impl Browser {
     }
 
     async fn find(&self, css: &str) -> String {
-        let found = self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        let found =
+            self.command(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
         found[ELEMENT].as_str().unwrap().to_string()
     }
 
@@ -106,12 +107,18 @@ impl Browser {
             let element = self.find(css).await;
             // Centred first: chromedriver's own scrolling can leave it under the sticky header.
             let scrolled = self
-                .try_command(reqwest::Method::POST, "/execute/sync", Some(json!({
-                    "script": "arguments[0].scrollIntoView({block: 'center'})", "args": [{ELEMENT: element}]
-                })))
+                .try_command(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    Some(json!({
+                        "script": "arguments[0].scrollIntoView({block: 'center'})", "args": [{ELEMENT: element}]
+                    })),
+                )
                 .await;
             let clicked = match scrolled {
-                Ok(_) => self.try_command(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await,
+                Ok(_) => {
+                    self.try_command(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await
+                }
                 Err(error) => Err(error),
             };
             match clicked {
@@ -248,12 +255,24 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
             json!([]),
         )
         .await;
-    browser.wait_for("the live connection", "return document.getElementById('connection').textContent.startsWith('live')", json!([])).await;
+    browser
+        .wait_for(
+            "the live connection",
+            "return document.getElementById('connection').textContent.startsWith('live')",
+            json!([]),
+        )
+        .await;
 
     // Signed out: the sign-in form and the public queue, with owners; nothing to compare or
     // submit; a job's page asks for a token instead of showing broken outputs.
     let bob_row = format!("tr[data-job-id='{bobs}']");
-    browser.wait_for("bob's job in the public queue", "return document.querySelector(arguments[0]) !== null", json!([bob_row])).await;
+    browser
+        .wait_for(
+            "bob's job in the public queue",
+            "return document.querySelector(arguments[0]) !== null",
+            json!([bob_row]),
+        )
+        .await;
     let signed_out = browser
         .eval(
             "const row = document.querySelector(arguments[0]);
@@ -284,7 +303,11 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     browser.type_into("#token-input", token).await;
     browser.click("#signin-button").await;
     let whoami = browser
-        .wait_for("alice's name", "const t = document.getElementById('whoami').textContent; return t.includes('alice') && t;", json!([]))
+        .wait_for(
+            "alice's name",
+            "const t = document.getElementById('whoami').textContent; return t.includes('alice') && t;",
+            json!([]),
+        )
         .await;
     assert!(whoami.as_str().is_some_and(|text| text.starts_with("signed in as alice")), "{whoami}");
     let kept = browser
@@ -296,9 +319,21 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
         .await;
     assert_eq!(kept, json!({"form": true, "session": token, "cookies": "", "local": 0}));
     // Bob's job, still open, is now told apart as someone else's.
-    let notice = browser.wait_for("the not-yours notice", &locked.replace("notice.textContent", "notice.textContent.includes('bob') && notice.textContent"), json!([])).await;
+    let notice = browser
+        .wait_for(
+            "the not-yours notice",
+            &locked.replace("notice.textContent", "notice.textContent.includes('bob') && notice.textContent"),
+            json!([]),
+        )
+        .await;
     assert!(notice.as_str().unwrap().contains("belongs to bob"), "{notice}");
-    browser.wait_for("the live connection, signed in", "return document.getElementById('connection').textContent.startsWith('live')", json!([])).await;
+    browser
+        .wait_for(
+            "the live connection, signed in",
+            "return document.getElementById('connection').textContent.startsWith('live')",
+            json!([]),
+        )
+        .await;
 
     // Submit from the page.
     let total_epochs = 4 + 3;
@@ -309,7 +344,11 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     browser.type_into("#submit-spec", &live.to_string()).await;
     browser.click("#submit-button").await;
     let id = browser
-        .wait_for("the submit answer", "const a = document.querySelector('#submit-result a'); return a && a.textContent;", json!([]))
+        .wait_for(
+            "the submit answer",
+            "const a = document.querySelector('#submit-result a'); return a && a.textContent;",
+            json!([]),
+        )
         .await
         .as_str()
         .unwrap()
@@ -357,8 +396,13 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     assert!(progress_seen.windows(2).all(|pair| pair[0] < pair[1]), "progress went backwards: {progress_seen:?}");
     assert!(points_seen.len() >= 2, "the chart did not grow while the job ran: {points_seen:?}");
     assert!(points_seen.windows(2).all(|pair| pair[0] < pair[1]), "{points_seen:?}");
-    let chart_points =
-        browser.wait_for("all epochs on the chart", "const n = Number(document.getElementById('acc-chart').dataset.points); return n === arguments[0] && n;", json!([total_epochs])).await;
+    let chart_points = browser
+        .wait_for(
+            "all epochs on the chart",
+            "const n = Number(document.getElementById('acc-chart').dataset.points); return n === arguments[0] && n;",
+            json!([total_epochs]),
+        )
+        .await;
     assert_eq!(chart_points, total_epochs);
     assert_eq!(browser.eval("return window.__trainqNoReload === true", json!([])).await, true, "the page was reloaded");
 
@@ -367,16 +411,25 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     let test_acc = browser.eval("return document.querySelector(arguments[0]).textContent", json!([final_row])).await;
     assert!(test_acc.as_str().unwrap().ends_with('%'), "test accuracy in the queue: {test_acc}");
     browser
-        .wait_for("the test metrics", "return document.getElementById('final-metrics').textContent.includes('AUC')", json!([]))
+        .wait_for(
+            "the test metrics",
+            "return document.getElementById('final-metrics').textContent.includes('AUC')",
+            json!([]),
+        )
         .await;
-    let epochs_shown = browser.eval("return document.querySelectorAll('#metrics-table tbody tr').length", json!([])).await;
+    let epochs_shown =
+        browser.eval("return document.querySelectorAll('#metrics-table tbody tr').length", json!([])).await;
     assert_eq!(epochs_shown, total_epochs);
     browser.wait_for("the report plots", IMAGES_LOADED, json!(["#report-plots img.plot-img", 4])).await;
-    let kinds = browser.eval("return [...document.querySelectorAll('#report-plots img')].map((i) => i.dataset.plot)", json!([])).await;
+    let kinds = browser
+        .eval("return [...document.querySelectorAll('#report-plots img')].map((i) => i.dataset.plot)", json!([]))
+        .await;
     assert_eq!(kinds, json!(["accuracy", "loss", "roc", "confusion"]));
     // The Grad-CAM gallery the worker wrote renders: real images, grouped by kind.
     browser.wait_for("the CAM gallery", IMAGES_LOADED, json!(["#cam-gallery figure.cam img", 1])).await;
-    let kinds = browser.eval("return [...document.querySelectorAll('#cam-gallery .cam-group')].map((g) => g.dataset.kind)", json!([])).await;
+    let kinds = browser
+        .eval("return [...document.querySelectorAll('#cam-gallery .cam-group')].map((g) => g.dataset.kind)", json!([]))
+        .await;
     assert!(!kinds.as_array().unwrap().is_empty(), "{kinds}");
     // Images come from object URLs (an <img src> to /api could not carry the token).
     let sources = browser.eval("return [...document.querySelectorAll('#report-plots img, #cam-gallery img')].every((i) => i.src.startsWith('blob:'))", json!([])).await;
@@ -388,7 +441,12 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     let lines: Vec<&str> = csv["text"].as_str().unwrap().lines().collect();
     assert!(lines[0].starts_with("phase,epoch,train_loss") && lines.len() == 1 + total_epochs, "{csv}");
     let png = download(&browser, "#report-plots figure:first-child figcaption a:first-of-type").await;
-    assert!(png["name"].as_str().unwrap().ends_with(".png") && png["type"] == "image/png" && png["bytes"].as_u64() > Some(1000), "{png}");
+    assert!(
+        png["name"].as_str().unwrap().ends_with(".png")
+            && png["type"] == "image/png"
+            && png["bytes"].as_u64() > Some(1000),
+        "{png}"
+    );
     // A small one (checkpoints are tens of megabytes).
     let small = browser
         .eval(
@@ -408,7 +466,11 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     let other = app.submit(&spec("browser-other", [1, 1])).await;
     let other_row = format!("tr[data-job-id='{other}']");
     browser
-        .wait_for("the second job to succeed", "const r = document.querySelector(arguments[0]); return r && r.dataset.state === 'succeeded';", json!([other_row]))
+        .wait_for(
+            "the second job to succeed",
+            "const r = document.querySelector(arguments[0]); return r && r.dataset.state === 'succeeded';",
+            json!([other_row]),
+        )
         .await;
     browser.click(&format!("{row} .compare-pick")).await;
     browser.click(&format!("{other_row} .compare-pick")).await;
@@ -429,7 +491,9 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
     assert_eq!(csv["name"], "compare.csv", "{csv}");
     assert!(csv["text"].as_str().unwrap().contains(&id) && csv["text"].as_str().unwrap().contains(&other), "{csv}");
     // Only one's own jobs can be picked for a comparison.
-    let picks = browser.eval("return document.querySelectorAll(arguments[0]).length", json!([format!("{bob_row} .compare-pick")])).await;
+    let picks = browser
+        .eval("return document.querySelectorAll(arguments[0]).length", json!([format!("{bob_row} .compare-pick")]))
+        .await;
     assert_eq!(picks, 0);
     // Still the same page, and the job's row never left the queue.
     assert_eq!(browser.eval("return window.__trainqNoReload === true", json!([])).await, true);
@@ -448,7 +512,13 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
 
     // A reload in the same tab keeps the token; signing out forgets it.
     browser.goto(&app.url("/")).await;
-    browser.wait_for("alice's name after a reload", "return document.getElementById('whoami').textContent.startsWith('signed in as alice')", json!([])).await;
+    browser
+        .wait_for(
+            "alice's name after a reload",
+            "return document.getElementById('whoami').textContent.startsWith('signed in as alice')",
+            json!([]),
+        )
+        .await;
     assert_eq!(browser.eval(VISIBLE, json!(["#token-input"])).await, false);
     browser.click("#signout-button").await;
     browser.wait_for("the sign-in form after signing out", VISIBLE, json!(["#token-input"])).await;
@@ -458,7 +528,8 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
 
 /// Milliseconds from the navigation's start to the dashboard's first rendered job row (the page
 /// marks that moment `trainq:first-rows`), once it has happened.
-const FIRST_ROWS_MS: &str = "const mark = performance.getEntriesByName('trainq:first-rows')[0]; return mark ? mark.startTime : null;";
+const FIRST_ROWS_MS: &str =
+    "const mark = performance.getEntriesByName('trainq:first-rows')[0]; return mark ? mark.startTime : null;";
 
 /// How many job rows each list holds, and the ids in the list of every job.
 const ROWS: &str = "
@@ -480,8 +551,20 @@ async fn the_dashboard_opens_on_10000_jobs_with_a_page_of_each_list() {
     browser.goto(&app.url("/")).await;
     let first_paint = browser.wait_for("the first job rows", FIRST_ROWS_MS, json!([])).await;
     println!("dashboard first paint with 10000 jobs: {:.0} ms", first_paint.as_f64().unwrap());
-    browser.wait_for("a page of all jobs", "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50", json!([])).await;
-    browser.wait_for("the active queue", "return document.querySelectorAll('#active-jobs tr[data-job-id]').length === 10", json!([])).await;
+    browser
+        .wait_for(
+            "a page of all jobs",
+            "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the active queue",
+            "return document.querySelectorAll('#active-jobs tr[data-job-id]').length === 10",
+            json!([]),
+        )
+        .await;
     let rows = browser.eval(ROWS, json!([])).await;
     assert_eq!(rows["all"], json!(newest_first[..50]), "the newest 50 jobs, newest first");
     assert_eq!((rows["mine"].clone(), rows["everywhere"].clone()), (json!(0), json!(60)), "{rows}");
@@ -491,17 +574,33 @@ async fn the_dashboard_opens_on_10000_jobs_with_a_page_of_each_list() {
     browser.goto(&app.url("/")).await;
     let first_paint = browser.wait_for("the first job rows, signed in", FIRST_ROWS_MS, json!([])).await;
     println!("dashboard first paint with 10000 jobs, signed in, reloaded: {:.0} ms", first_paint.as_f64().unwrap());
-    browser.wait_for("alice's jobs", "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 50", json!([])).await;
-    browser.wait_for("a page of all jobs", "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50", json!([])).await;
+    browser
+        .wait_for(
+            "alice's jobs",
+            "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 50",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "a page of all jobs",
+            "return document.querySelectorAll('#all-jobs tr[data-job-id]').length === 50",
+            json!([]),
+        )
+        .await;
     let rows = browser.eval(ROWS, json!([])).await;
-    assert!(rows["everywhere"].as_u64().unwrap() <= 150, "at most a page of each list in the DOM, not 10,000 rows: {rows}");
+    assert!(
+        rows["everywhere"].as_u64().unwrap() <= 150,
+        "at most a page of each list in the DOM, not 10,000 rows: {rows}"
+    );
     let owners = "return [...new Set([...document.querySelectorAll('#my-jobs td.owner')].map((td) => td.textContent))]";
     let owners = browser.eval(owners, json!([])).await;
     assert_eq!(owners, json!(["alice (you)"]));
 
     // Paging: older shows the next 50 (by cursor), newer the first again; `more` appends alice's next page.
     browser.click("#all-older").await;
-    let page_two = "const ids = [...document.querySelectorAll('#all-jobs tr[data-job-id]')].map((row) => row.dataset.jobId);
+    let page_two =
+        "const ids = [...document.querySelectorAll('#all-jobs tr[data-job-id]')].map((row) => row.dataset.jobId);
         return ids[0] === arguments[0] && ids;";
     let shown = browser.wait_for("the second page of all jobs", page_two, json!([newest_first[50]])).await;
     assert_eq!(shown, json!(newest_first[50..100]));
@@ -509,7 +608,13 @@ async fn the_dashboard_opens_on_10000_jobs_with_a_page_of_each_list() {
     browser.click("#all-newer").await;
     browser.wait_for("the first page again", page_two, json!([newest_first[0]])).await;
     browser.click("#my-more").await;
-    browser.wait_for("alice's next page", "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 100", json!([])).await;
+    browser
+        .wait_for(
+            "alice's next page",
+            "return document.querySelectorAll('#my-jobs tr[data-job-id]').length === 100",
+            json!([]),
+        )
+        .await;
     browser.quit().await;
 }
 
@@ -568,7 +673,9 @@ async fn clone_and_edit_resubmits_the_changes_and_the_child_links_to_its_parent(
         )
         .await;
     browser.click("#submit-button").await;
-    browser.wait_for("the queued clone", "return document.querySelector('#submit-result.ok a') !== null", json!([])).await;
+    browser
+        .wait_for("the queued clone", "return document.querySelector('#submit-result.ok a') !== null", json!([]))
+        .await;
     browser.click("#submit-result a").await;
     let link = browser
         .wait_for(
@@ -579,12 +686,18 @@ async fn clone_and_edit_resubmits_the_changes_and_the_child_links_to_its_parent(
         )
         .await;
     assert!(link["href"].as_str().unwrap().ends_with(&parent), "{link}");
-    let notes = browser.eval("return [...document.querySelectorAll('#detail-summary .note')].map((n) => n.textContent)", json!([])).await;
+    let notes = browser
+        .eval("return [...document.querySelectorAll('#detail-summary .note')].map((n) => n.textContent)", json!([]))
+        .await;
     assert_eq!(notes, json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]));
     let child = link["hash"].as_str().unwrap().trim_start_matches("#job=").to_string();
     let (_, child) = app.get(&format!("/api/jobs/{child}")).await;
     assert_eq!(child["parent_id"], parent.as_str());
-    assert_eq!(child["notes"], json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]), "only the change was sent");
+    assert_eq!(
+        child["notes"],
+        json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.01}}}}"#)]),
+        "only the change was sent"
+    );
     assert_eq!(child["spec"]["optimizer"]["lr"], 0.01);
     assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
     browser.quit().await;
@@ -632,7 +745,9 @@ async fn the_hw_report_opens_in_a_real_browser_without_a_missing_resource() {
     browser.goto(&app.url("/")).await;
     for id in [&first, &second] {
         let pick = format!("#my-jobs tr[data-job-id=\"{id}\"] .compare-pick");
-        browser.wait_for("the job in my list", "return Boolean(document.querySelector(arguments[0]))", json!([pick])).await;
+        browser
+            .wait_for("the job in my list", "return Boolean(document.querySelector(arguments[0]))", json!([pick]))
+            .await;
         browser.click(&pick).await;
     }
     browser.click("#compare-button").await;
@@ -652,7 +767,13 @@ async fn the_hw_report_opens_in_a_real_browser_without_a_missing_resource() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     browser.command(reqwest::Method::POST, "/window", Some(json!({"handle": tab}))).await;
-    browser.wait_for("the report in the new tab", "return document.title === 'trainq report: 2 experiments' && location.protocol", json!([])).await;
+    browser
+        .wait_for(
+            "the report in the new tab",
+            "return document.title === 'trainq report: 2 experiments' && location.protocol",
+            json!([]),
+        )
+        .await;
     check_report_page(&browser, 5).await;
     browser.quit().await;
 }
@@ -669,21 +790,37 @@ async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
     let (status, body) = app.post("/api/jobs", &spec("to-delete", [1, 1])).await;
     assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
-    app.wait_for(&id, PAGE_WAIT, |job| job["state"] == "succeeded" && job["disk_bytes"].as_u64().unwrap_or(0) > 0).await;
+    app.wait_for(&id, PAGE_WAIT, |job| job["state"] == "succeeded" && job["disk_bytes"].as_u64().unwrap_or(0) > 0)
+        .await;
 
     let browser = Browser::start(&chromium, &chromedriver).await;
     browser.goto(&app.url("/")).await;
     browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
     browser.goto(&app.url(&format!("/?signed-in#job={id}"))).await;
     browser.eval("window.__trainqErrors = []; addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));", json!([])).await;
-    let whoami = browser.wait_for("the disk usage", "const t = document.getElementById('whoami').textContent; return t.includes('disk') && t;", json!([])).await;
+    let whoami = browser
+        .wait_for(
+            "the disk usage",
+            "const t = document.getElementById('whoami').textContent; return t.includes('disk') && t;",
+            json!([]),
+        )
+        .await;
     // About 1 MB (the fake worker writes 1,001,000 bytes, plus the job file and the log); the
     // exact count is `tests/api/retention.rs`'s.
-    assert!(whoami.as_str().unwrap().starts_with("signed in as alice · disk 9") && whoami.as_str().unwrap().ends_with(" KiB"), "{whoami}");
+    assert!(
+        whoami.as_str().unwrap().starts_with("signed in as alice · disk 9")
+            && whoami.as_str().unwrap().ends_with(" KiB"),
+        "{whoami}"
+    );
     browser.wait_for("the delete button", VISIBLE, json!(["#delete-button"])).await;
 
     // Refused: nothing happens.
-    browser.eval("window.__asked = []; window.confirm = (message) => { window.__asked.push(message); return false; };", json!([])).await;
+    browser
+        .eval(
+            "window.__asked = []; window.confirm = (message) => { window.__asked.push(message); return false; };",
+            json!([]),
+        )
+        .await;
     browser.click("#delete-button").await;
     let asked = browser.eval("return window.__asked", json!([])).await;
     assert!(asked[0].as_str().unwrap().contains("to-delete"), "{asked}");
@@ -693,7 +830,11 @@ async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
     browser.eval("window.confirm = () => true;", json!([])).await;
     browser.click("#delete-button").await;
     browser
-        .wait_for("the job shown deleted", "return document.getElementById('detail-summary').textContent.includes('by alice: its files are gone');", json!([]))
+        .wait_for(
+            "the job shown deleted",
+            "return document.getElementById('detail-summary').textContent.includes('by alice: its files are gone');",
+            json!([]),
+        )
         .await;
     assert_eq!(browser.eval(VISIBLE, json!(["#delete-button"])).await, false);
     let result = browser.eval("return document.getElementById('cancel-result').textContent", json!([])).await;

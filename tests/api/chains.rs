@@ -49,7 +49,9 @@ async fn a_chain_whose_first_job_fails_fails_at_once_without_starting() {
         .wait_for(&b, WAIT, |job| job["pending_reason"].as_str().is_some_and(|reason| reason.contains("(running")))
         .await;
     assert_eq!(job["pending_reason"], format!("waiting for job {}… (running, starting)", short(&a)).as_str(), "{job}");
-    let job = app.wait_for(&c, WAIT, |job| job["pending_reason"].as_str().is_some_and(|reason| reason.contains(short(&b)))).await;
+    let job = app
+        .wait_for(&c, WAIT, |job| job["pending_reason"].as_str().is_some_and(|reason| reason.contains(short(&b))))
+        .await;
     assert!(job["pending_reason"].as_str().unwrap().contains("(queued, #"), "{job}");
     assert_eq!(job["spec"]["after"], json!([b]));
 
@@ -60,10 +62,17 @@ async fn a_chain_whose_first_job_fails_fails_at_once_without_starting() {
         assert_eq!(job["state"], "failed", "{job}");
         let reason = job["error"].as_str().unwrap();
         assert!(reason.starts_with(&format!("job {}… it waits for failed: ", short(waits_for))), "{reason}");
-        assert_eq!((job["attempts"].as_i64(), job["runs"].as_array().map(Vec::len)), (Some(0), Some(0)), "never started: {job}");
+        assert_eq!(
+            (job["attempts"].as_i64(), job["runs"].as_array().map(Vec::len)),
+            (Some(0), Some(0)),
+            "never started: {job}"
+        );
     }
     let (_, c_job) = app.get(&format!("/api/jobs/{c}")).await;
-    assert!(c_job["error"].as_str().unwrap().contains("the loss went to NaN"), "the chain's reason goes through: {c_job}");
+    assert!(
+        c_job["error"].as_str().unwrap().contains("the loss went to NaN"),
+        "the chain's reason goes through: {c_job}"
+    );
     // A job waiting for a job that already failed would never start: refused.
     let (status, body) = app.post("/api/jobs", &spec_after("late", &[&a])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -109,9 +118,16 @@ async fn what_a_job_waits_for_is_checked_at_submit_for_its_owner() {
     assert_eq!(theirs["detail"]["field"], "init_from.job");
     let missing = uuid::Uuid::new_v4().to_string();
     let (_, nobody) = post(&bob, init(&missing, "final")).await;
-    assert_eq!(nobody["detail"]["message"].as_str().unwrap().replace(&missing, "ID"), theirs["detail"]["message"].as_str().unwrap().replace(&alices, "ID"));
+    assert_eq!(
+        nobody["detail"]["message"].as_str().unwrap().replace(&missing, "ID"),
+        theirs["detail"]["message"].as_str().unwrap().replace(&alices, "ID")
+    );
     let (status, body) = post(&bob, spec_after("b", &[&alices])).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("after[0]")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("after[0]")),
+        "{body}"
+    );
     // The admin can, and so can Alice herself.
     let (status, body) = post(&root, init(&alices, "final")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -121,7 +137,11 @@ async fn what_a_job_waits_for_is_checked_at_submit_for_its_owner() {
 
     // A checkpoint the job saved by its spec but that is not on disk (this worker keeps `final` only).
     let (status, body) = post(&app.client, init(&alices, "phase1")).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("init_from.checkpoint")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("init_from.checkpoint")),
+        "{body}"
+    );
     assert!(body["detail"]["message"].as_str().unwrap().contains("it still has `final`"), "{body}");
     // One it never saves: two phases save `phase1` and `final`.
     let (status, body) = post(&app.client, init(&alices, "phase2")).await;
@@ -133,7 +153,11 @@ async fn what_a_job_waits_for_is_checked_at_submit_for_its_owner() {
     let (status, body) = post(&app.client, wider).await;
     assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("head")), "{body}");
     let (status, body) = post(&app.client, init(&alices, "best")).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("init_from.checkpoint")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("init_from.checkpoint")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +188,8 @@ async fn a_queued_jobs_waits_change_with_patch_and_never_form_a_cycle() {
     assert_eq!((status, &job["spec"]["after"]), (StatusCode::OK, &json!([x])), "{job}");
     // Not someone else's, not a running job's, not a field it does not know.
     let bob = crate::helpers::client_with(&app.tokens["bob"]);
-    let status = bob.patch(app.url(&format!("/api/jobs/{z}"))).json(&json!({"after": []})).send().await.unwrap().status();
+    let status =
+        bob.patch(app.url(&format!("/api/jobs/{z}"))).json(&json!({"after": []})).send().await.unwrap().status();
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = patch(&app, &busy, &json!({"after": []})).await;
     assert_eq!((status, body["detail"]["state"].as_str()), (StatusCode::CONFLICT, Some("running")), "{body}");
@@ -202,7 +227,10 @@ async fn a_job_waiting_for_a_job_that_failed_while_the_server_was_down_fails_at_
         return;
     }
     let worker = scripts.path().join("worker.sh");
-    let app = TestApp::spawn_in(&root, crate::helpers::Options { worker: Some(worker), cpu_slots: Some(1), ..Default::default() });
+    let app = TestApp::spawn_in(
+        &root,
+        crate::helpers::Options { worker: Some(worker), cpu_slots: Some(1), ..Default::default() },
+    );
     let (job, _) = app.finished(&y, WAIT).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["error"], format!("job {}… it waits for was cancelled", short(&x)).as_str());
@@ -219,7 +247,14 @@ async fn the_client_chains_jobs_by_id_prefixes() {
     let spec = home.path().join("spec.json");
     std::fs::write(&spec, small_spec("second").to_string()).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_trainq"))
-        .args(["submit", spec.to_str().unwrap(), "--after", &first[..6], "--init-from", &format!("{}:final", &first[..6])])
+        .args([
+            "submit",
+            spec.to_str().unwrap(),
+            "--after",
+            &first[..6],
+            "--init-from",
+            &format!("{}:final", &first[..6]),
+        ])
         .env("HOME", home.path())
         .env("TRAINQ_URL", app.url(""))
         .env("TRAINQ_TOKEN", &app.tokens["alice"])
@@ -232,7 +267,8 @@ async fn the_client_chains_jobs_by_id_prefixes() {
     assert_eq!(job["spec"]["init_from"], json!({"job": first, "checkpoint": "final"}));
     app.wait_for_state(&id, "succeeded", WAIT).await;
     // The worker was told where the weights it starts from are.
-    let work: Value = serde_json::from_slice(&std::fs::read(app.root.join(format!("data/jobs/{id}/job.json"))).unwrap()).unwrap();
+    let work: Value =
+        serde_json::from_slice(&std::fs::read(app.root.join(format!("data/jobs/{id}/job.json"))).unwrap()).unwrap();
     let checkpoint = work["init_checkpoint"].as_str().unwrap();
     assert!(checkpoint.ends_with(&format!("{first}/artifacts/final.safetensors")), "{checkpoint}");
 }
@@ -258,7 +294,8 @@ async fn init_from_starts_from_the_source_jobs_weights() {
 
     let theirs = crate::helpers::read_safetensors(&app.download(&source, "final.safetensors").await);
     let ours = crate::helpers::read_safetensors(&app.download(&started, "final.safetensors").await);
-    let imagenet: std::collections::HashMap<&str, &Vec<f32>> = initial.iter().map(|(name, _, values)| (name.as_str(), values)).collect();
+    let imagenet: std::collections::HashMap<&str, &Vec<f32>> =
+        initial.iter().map(|(name, _, values)| (name.as_str(), values)).collect();
     assert_ne!(&theirs["features.28.weight"].1, imagenet["features.28.weight"], "the source trained block5");
     for (name, (shape, values)) in theirs.iter().filter(|(name, _)| name.starts_with("features.")) {
         assert_eq!((&ours[name].0, &ours[name].1), (shape, values), "{name} is the source's");

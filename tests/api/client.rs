@@ -146,7 +146,8 @@ impl Session {
     fn start(worker: &str, cpu_slots: usize) -> Session {
         let (scripts, app) = crate::helpers::app_with_worker(worker, cpu_slots);
         let home = tempfile::tempdir().unwrap();
-        let out = trainq(home.path(), &["login", &app.url(""), "--token-stdin"], &[], &format!("{}\n", app.tokens["alice"]));
+        let out =
+            trainq(home.path(), &["login", &app.url(""), "--token-stdin"], &[], &format!("{}\n", app.tokens["alice"]));
         assert!(out.status.success(), "{}", text(&out.stderr));
         Session { app, home, _scripts: scripts }
     }
@@ -182,7 +183,16 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
     let file = session.spec_file(&small_spec("fine"));
 
     // `--set` edits the spec; the new id is all stdout says.
-    let stdout = session.ok(&["submit", &file, "--set", "optimizer.lr=1e-4", "--set", "phases[1].epochs=2", "--set", "name=edited"]);
+    let stdout = session.ok(&[
+        "submit",
+        &file,
+        "--set",
+        "optimizer.lr=1e-4",
+        "--set",
+        "phases[1].epochs=2",
+        "--set",
+        "name=edited",
+    ]);
     let id = stdout.trim();
     let (_, job) = app.get(&format!("/api/jobs/{id}")).await;
     assert_eq!(job["spec"]["optimizer"]["lr"], 1e-4);
@@ -191,10 +201,18 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
 
     // A bad path or value is refused before any request: the server named here does not exist.
     let dead = [("TRAINQ_URL", "http://127.0.0.1:9"), ("TRAINQ_TOKEN", "whatever")];
-    for (edit, field) in [("optimizer.lrr=1", "optimizer.lrr"), ("optimizer.lr=fast", "optimizer.lr"), ("nothing.here=1", "nothing"), ("image_size", "PATH=VALUE")] {
+    for (edit, field) in [
+        ("optimizer.lrr=1", "optimizer.lrr"),
+        ("optimizer.lr=fast", "optimizer.lr"),
+        ("nothing.here=1", "nothing"),
+        ("image_size", "PATH=VALUE"),
+    ] {
         let out = trainq(session.home.path(), &["submit", &file, "--set", edit], &dead, "");
         let stderr = text(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(field) && !stderr.contains("reaching"), "--set {edit}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(field) && !stderr.contains("reaching"),
+            "--set {edit}: {stderr}"
+        );
     }
     // The server's own refusal (a dataset it has not) is shown with its field.
     let out = session.run(&["submit", &file, "--set", "dataset=nope"]);
@@ -202,7 +220,19 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
     assert!(!out.status.success() && stderr.contains("422") && stderr.contains("`dataset`"), "{stderr}");
 
     // A 2 × 2 sweep with 2 repeats: one group of 8 jobs, each combination with seeds 1 and 2.
-    let out = session.ok(&["submit", &file, "--sweep", "optimizer.lr=1e-3,1e-4", "--sweep", "image_size=32,64", "--repeats", "2", "--name", "repeat", "--json"]);
+    let out = session.ok(&[
+        "submit",
+        &file,
+        "--sweep",
+        "optimizer.lr=1e-3,1e-4",
+        "--sweep",
+        "image_size=32,64",
+        "--repeats",
+        "2",
+        "--name",
+        "repeat",
+        "--json",
+    ]);
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     let group = answer["group_id"].as_str().unwrap().to_string();
     let (_, group_view) = app.get(&format!("/api/groups/{group}")).await;
@@ -211,7 +241,11 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
         let (_, job) = app.get(&format!("/api/jobs/{}", member["id"].as_str().unwrap())).await;
         assert_eq!(job["group_id"], group.as_str());
         let spec = &job["spec"];
-        combinations.push((spec["optimizer"]["lr"].as_f64().unwrap().to_string(), spec["image_size"].as_u64().unwrap(), spec["seed"].as_u64().unwrap()));
+        combinations.push((
+            spec["optimizer"]["lr"].as_f64().unwrap().to_string(),
+            spec["image_size"].as_u64().unwrap(),
+            spec["seed"].as_u64().unwrap(),
+        ));
     }
     combinations.sort();
     let mut expected = Vec::new();
@@ -231,7 +265,8 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
     assert_eq!(app.all_jobs("").await.len(), before);
 
     // `compare` of the group: one row per combination, the swept parameters as columns.
-    let ids: Vec<String> = group_view["jobs"].as_array().unwrap().iter().map(|job| job["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        group_view["jobs"].as_array().unwrap().iter().map(|job| job["id"].as_str().unwrap().to_string()).collect();
     for id in &ids {
         app.wait_for_state(id, "succeeded", WAIT).await;
     }
@@ -268,7 +303,8 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
 
 /// `script` runs a command on a pseudo-terminal and copies what it draws to its stdout.
 fn on_a_terminal(home: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let command = std::iter::once(env!("CARGO_BIN_EXE_trainq")).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    let command =
+        std::iter::once(env!("CARGO_BIN_EXE_trainq")).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
     let out = Command::new("script")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .env("HOME", home)
@@ -320,7 +356,15 @@ async fn watch_draws_bars_on_a_terminal_and_pull_fetches_resumably() {
         let served = app.download(&first, name).await;
         assert_eq!(sha256(&std::fs::read(dir.join(name)).unwrap()), sha256(&served), "{name}");
     }
-    for name in ["plots/accuracy.png", "plots/accuracy.svg", "plots/loss.svg", "plots/roc.png", "plots/confusion.svg", "metrics.csv", "spec.json"] {
+    for name in [
+        "plots/accuracy.png",
+        "plots/accuracy.svg",
+        "plots/loss.svg",
+        "plots/roc.png",
+        "plots/confusion.svg",
+        "metrics.csv",
+        "spec.json",
+    ] {
         assert!(dir.join(name).is_file(), "{name} missing after: {said}");
     }
     let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("spec.json")).unwrap()).unwrap();
@@ -351,6 +395,10 @@ async fn watch_draws_bars_on_a_terminal_and_pull_fetches_resumably() {
 
     // The report of two jobs: one HTML page with both.
     let html = session.ok(&["report", &first[..8], &second[..8]]);
-    assert!(html.starts_with("<!DOCTYPE html>") || html.starts_with("<!doctype html>"), "{}", &html[..html.len().min(200)]);
+    assert!(
+        html.starts_with("<!DOCTYPE html>") || html.starts_with("<!doctype html>"),
+        "{}",
+        &html[..html.len().min(200)]
+    );
     assert!(html.contains(&first) && html.contains(&second));
 }

@@ -16,7 +16,18 @@ async fn a_copied_binary_serves_the_dashboard_from_any_folder() {
     let cwd = elsewhere.path().join("empty");
     std::fs::create_dir(&cwd).unwrap();
     let mut server = Command::new(&binary)
-        .args(["serve", "--no-gpu", "--listen", "127.0.0.1:0", "--data-dir", "data", "--datasets", "datasets", "--weights", "weights"])
+        .args([
+            "serve",
+            "--no-gpu",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            "data",
+            "--datasets",
+            "datasets",
+            "--weights",
+            "weights",
+        ])
         .current_dir(&cwd)
         .env_remove("TRAINQ_STATIC_DIR")
         .stdout(Stdio::piped())
@@ -71,7 +82,13 @@ async fn curl_resumes_a_broken_download_and_a_finished_jobs_files_are_immutable(
     let out = Command::new("curl")
         .args(["-sS", "-f", "-C", "-", "-o"])
         .arg(&file)
-        .args(["-H", &format!("Authorization: Bearer {}", app.tokens["alice"]), "-w", "%{http_code} %{size_download}", &url])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", app.tokens["alice"]),
+            "-w",
+            "%{http_code} %{size_download}",
+            &url,
+        ])
         .output()
         .expect("curl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -88,7 +105,8 @@ async fn curl_resumes_a_broken_download_and_a_finished_jobs_files_are_immutable(
     let again = app.client.get(&url).header("if-none-match", etag.clone()).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
     // A range of another version is not spliced in: the whole file comes instead.
-    let other = app.client.get(&url).header("range", "bytes=10-").header("if-range", "\"another\"").send().await.unwrap();
+    let other =
+        app.client.get(&url).header("range", "bytes=10-").header("if-range", "\"another\"").send().await.unwrap();
     assert_eq!(other.status(), StatusCode::OK);
     let same = app.client.get(&url).header("range", "bytes=999990-").header("if-range", etag).send().await.unwrap();
     assert_eq!(same.status(), StatusCode::PARTIAL_CONTENT);

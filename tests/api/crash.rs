@@ -46,10 +46,15 @@ async fn kill_9_the_server_again_and_again_and_every_job_finishes_exactly_once()
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut interrupted = 0;
     for id in &accepted {
-        let job = app.wait_for(id, deadline.saturating_duration_since(Instant::now()), |job| job["state"] != "queued" && job["state"] != "running").await;
+        let job = app
+            .wait_for(id, deadline.saturating_duration_since(Instant::now()), |job| {
+                job["state"] != "queued" && job["state"] != "running"
+            })
+            .await;
         assert_eq!(job["state"], "succeeded", "{job:#}\n{}", app.text(&format!("/api/jobs/{id}/log")).await.1);
         // Exactly one run succeeded; every other run was cut short by a kill.
-        let outcomes: Vec<&str> = job["runs"].as_array().unwrap().iter().map(|run| run["outcome"].as_str().unwrap_or("open")).collect();
+        let outcomes: Vec<&str> =
+            job["runs"].as_array().unwrap().iter().map(|run| run["outcome"].as_str().unwrap_or("open")).collect();
         assert_eq!(outcomes.iter().filter(|&&o| o == "succeeded").count(), 1, "{outcomes:?}");
         assert!(outcomes.iter().all(|&o| o == "succeeded" || o == "interrupted"), "{outcomes:?}");
         assert_eq!(outcomes.last(), Some(&"succeeded"), "{outcomes:?}");

@@ -32,15 +32,18 @@ async fn three_jobs_on_a_small_disk(test: &str) -> Option<(TestApp, SmallDisk, t
     write_vgg16_weights(&temp.path().join("weights/vgg16.safetensors"));
     let args = ["--disk-low-water-gb", "0.02", "--disk-reserve-mb", "8"].map(String::from).to_vec();
     let app = TestApp::spawn_in(temp.path(), Options { args, ..Options::default() });
-    let ids = vec![app.submit(&spec("first")).await, app.submit(&spec("second")).await, app.submit(&spec("third")).await];
+    let ids =
+        vec![app.submit(&spec("first")).await, app.submit(&spec("second")).await, app.submit(&spec("third")).await];
     wait_for_phase1_epoch(&app, &ids[0], 2).await;
     Some((app, disk, temp, ids))
 }
 
 /// Waits until job `id` is training epoch `epoch` of phase 1 or later.
 async fn wait_for_phase1_epoch(app: &TestApp, id: &str, epoch: u64) {
-    app.wait_for(id, WAIT, |job| job["state"] == "running" && job["progress"]["phase"] == 1 && job["progress"]["epoch"].as_u64() >= Some(epoch))
-        .await;
+    app.wait_for(id, WAIT, |job| {
+        job["state"] == "running" && job["progress"]["phase"] == 1 && job["progress"]["epoch"].as_u64() >= Some(epoch)
+    })
+    .await;
 }
 
 /// Waits for `check` within `limit`, panicking with the job and the server log after it.
@@ -51,7 +54,11 @@ async fn within(app: &TestApp, id: &str, limit: Duration, what: &str, check: imp
         if check(&job) {
             return job;
         }
-        assert!(started.elapsed() < limit, "{what} within {limit:?}: {job:#}\n--- server log ---\n{}", app.server_log());
+        assert!(
+            started.elapsed() < limit,
+            "{what} within {limit:?}: {job:#}\n--- server log ---\n{}",
+            app.server_log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -76,13 +83,16 @@ async fn database_is_intact(data: &Path) {
 
 #[tokio::test]
 async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everything_resumes_once_it_is_freed() {
-    let Some((app, disk, temp, ids)) = three_jobs_on_a_small_disk("the data dir filling during training").await else { return };
+    let Some((app, disk, temp, ids)) = three_jobs_on_a_small_disk("the data dir filling during training").await else {
+        return;
+    };
     let data = temp.path().join("data");
     disk.fill("filler");
 
     // Within 10 s the job is off its device and back in line, its reason naming the disk.
     let job = within(&app, &ids[0], Duration::from_secs(10), "the job waits for disk space", |job| {
-        job["state"] == "queued" && job["pending_reason"].as_str().is_some_and(|reason| reason.contains("waiting for disk space"))
+        job["state"] == "queued"
+            && job["pending_reason"].as_str().is_some_and(|reason| reason.contains("waiting for disk space"))
     })
     .await;
     let reason = job["pending_reason"].as_str().unwrap();
@@ -102,7 +112,11 @@ async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everyth
         if status != StatusCode::CREATED || started.elapsed() > Duration::from_secs(5) {
             break (status, body);
         }
-        app.client.post(app.url(&format!("/api/jobs/{}/cancel", body["jobs"][0]["id"].as_str().unwrap()))).send().await.unwrap();
+        app.client
+            .post(app.url(&format!("/api/jobs/{}/cancel", body["jobs"][0]["id"].as_str().unwrap())))
+            .send()
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
@@ -126,7 +140,10 @@ async fn a_disk_filled_during_training_stops_the_job_naming_the_disk_and_everyth
     assert!(metrics.contains("trainq_disk_reserve_held 0"), "{metrics}\n{}", app.server_log());
     assert!(metrics.contains("trainq_disk_free_bytes{folder=\"data\""), "{metrics}");
     let (status, body) = app.post("/api/jobs", &spec("refused")).await;
-    assert_eq!((status, &body["detail"]["path"]), (StatusCode::INSUFFICIENT_STORAGE, &Value::from(data.display().to_string())));
+    assert_eq!(
+        (status, &body["detail"]["path"]),
+        (StatusCode::INSUFFICIENT_STORAGE, &Value::from(data.display().to_string()))
+    );
 
     // Room again: no restart, the job resumes from its checkpoint and the others run after it.
     std::fs::remove_file(data.join("filler")).unwrap();

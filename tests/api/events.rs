@@ -108,12 +108,16 @@ async fn the_event_stream_follows_a_job_and_a_late_subscriber_catches_up() {
         assert!(event.id.is_some(), "every live event has an id: {event:?}");
     }
     let epoch = &events[position("epoch")].data;
-    assert_eq!((epoch["phase"].as_u64(), epoch["epoch"].as_u64(), epoch["train_acc"].as_f64()), (Some(1), Some(1), Some(0.55)));
+    assert_eq!(
+        (epoch["phase"].as_u64(), epoch["epoch"].as_u64(), epoch["train_acc"].as_f64()),
+        (Some(1), Some(1), Some(0.55))
+    );
     let finished = &events.last().unwrap().data;
     assert_eq!(finished["state"], "succeeded");
     // The worker's stderr arrives as log lines, at their offsets in the log file.
     let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
-    let hello = events.iter().find(|e| e.name == "log" && e.data["line"] == "worker says hello").expect("the stderr line");
+    let hello =
+        events.iter().find(|e| e.name == "log" && e.data["line"] == "worker says hello").expect("the stderr line");
     let offset = hello.data["offset"].as_u64().unwrap() as usize;
     assert!(log[offset..].starts_with("worker says hello\n"), "offset {offset} in {log:?}");
 
@@ -150,7 +154,10 @@ async fn the_job_stream_starts_with_the_job_its_epochs_and_its_log() {
     let mut stream = EventStream::open(&app, &format!("/api/jobs/{second}/events"), None).await;
     let snapshot = stream.next().await;
     assert_eq!(snapshot.name, "snapshot");
-    assert_eq!((snapshot.data["job"]["id"].as_str(), snapshot.data["job"]["state"].as_str()), (Some(second.as_str()), Some("queued")));
+    assert_eq!(
+        (snapshot.data["job"]["id"].as_str(), snapshot.data["job"]["state"].as_str()),
+        (Some(second.as_str()), Some("queued"))
+    );
     assert_eq!(snapshot.data["job"]["position"], 1);
     app.post(&format!("/api/jobs/{first}/cancel"), &serde_json::json!({})).await;
     // Only its own events come, though `first` is cancelled meanwhile.

@@ -108,4 +108,3 @@ async fn a_second_identical_job_skips_every_activation_build_and_train_all_cache
     assert!(phase["reason"].as_str().unwrap().contains("first block"), "{phase}");
     assert!(log.contains("no activation cache"), "{log}");
 }
-

@@ -81,8 +81,19 @@ pub fn write_vgg16_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let convs: [(usize, usize, usize); 13] = [
-        (0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
-        (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512),
+        (0, 3, 64),
+        (2, 64, 64),
+        (5, 64, 128),
+        (7, 128, 128),
+        (10, 128, 256),
+        (12, 256, 256),
+        (14, 256, 256),
+        (17, 256, 512),
+        (19, 512, 512),
+        (21, 512, 512),
+        (24, 512, 512),
+        (26, 512, 512),
+        (28, 512, 512),
     ];
     let mut tensors = Vec::new();
     for (index, cin, cout) in convs {
@@ -126,7 +137,8 @@ pub fn write_inception_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>
 }
 
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .zip(&bytes)
@@ -299,7 +311,10 @@ impl TestApp {
             }
             if started.elapsed() > timeout {
                 let (_, log) = self.text(&format!("/api/jobs/{id}/log")).await;
-                panic!("job {id} timed out: {job:#}\n--- job log ---\n{log}\n--- server log ---\n{}", self.server_log());
+                panic!(
+                    "job {id} timed out: {job:#}\n--- job log ---\n{log}\n--- server log ---\n{}",
+                    self.server_log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -412,7 +427,18 @@ pub async fn seed_jobs(data: &Path, count: usize, queued: usize) -> Vec<String> 
                 let spec = if n + queued >= count { waiting.clone() } else { done.clone() };
                 let owner = Some(seeded_owner(n));
                 let (parent_id, params, notes) = (None, None, Vec::new());
-                NewJob { id: JobId::new(), name: spec.name.clone(), spec, group_id: None, parent_id, params, notes, owner, priority: 0, memory_bytes: 1 }
+                NewJob {
+                    id: JobId::new(),
+                    name: spec.name.clone(),
+                    spec,
+                    group_id: None,
+                    parent_id,
+                    params,
+                    notes,
+                    owner,
+                    priority: 0,
+                    memory_bytes: 1,
+                }
             })
             .collect();
         for job in store.insert_jobs(&jobs).await.unwrap() {

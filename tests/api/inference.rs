@@ -9,7 +9,8 @@ use std::time::Duration;
 async fn upload(app: &TestApp, id: &str, route: &str, bytes: Vec<u8>) -> (StatusCode, bytes::Bytes, String) {
     let response = app.client.post(app.url(&format!("/api/jobs/{id}/{route}"))).body(bytes).send().await.unwrap();
     let status = response.status();
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (status, response.bytes().await.unwrap(), content_type)
 }
 
@@ -60,7 +61,10 @@ async fn a_finished_job_has_a_cam_gallery_and_answers_predict_and_cam_uploads() 
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Predict: probabilities per class that sum to one.
-    let film = std::fs::read(app.root.join("datasets/demo/test/PNEUMONIA").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    let film = std::fs::read(
+        app.root.join("datasets/demo/test/PNEUMONIA").read_dir().unwrap().next().unwrap().unwrap().path(),
+    )
+    .unwrap();
     let (status, body, _) = upload(&app, &id, "predict", film.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
     let answer: Value = serde_json::from_slice(&body).unwrap();
@@ -101,7 +105,8 @@ async fn a_finished_job_has_a_cam_gallery_and_answers_predict_and_cam_uploads() 
     // A body over 25 MB is refused from its Content-Length, before it is read.
     let address = app.url("").trim_start_matches("http://").trim_end_matches('/').to_string();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head = format!("POST /api/jobs/{id}/predict HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n", 26 << 20);
+    let head =
+        format!("POST /api/jobs/{id}/predict HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n", 26 << 20);
     tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 64];
     let read = tokio::io::AsyncReadExt::read(&mut stream, &mut answer).await.unwrap();

@@ -119,7 +119,8 @@ async fn repeats_run_as_a_group_reported_as_mean_and_std() {
     let (status, body) = app.post("/api/jobs", &spec).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let group = body["group_id"].as_str().unwrap().to_string();
-    let ids: Vec<String> = body["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        body["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 3);
     for id in &ids {
         let job = app.wait_for_state(id, "succeeded", WAIT).await;

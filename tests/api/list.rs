@@ -2,7 +2,9 @@
 //! owner and states, bad queries named, compact rows that still hide what only owners may see,
 //! `ETag`s with `304`, and a queue of 10,000 jobs answered a small page at a time.
 
-use crate::helpers::{client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER};
+use crate::helpers::{
+    client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -74,7 +76,11 @@ async fn bad_list_queries_are_400_naming_the_field() {
     ];
     for (query, field) in cases {
         let (status, body) = app.get(&format!("/api/jobs?{query}")).await;
-        assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{query}: {body}");
+        assert_eq!(
+            (status, body["detail"]["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(field)),
+            "{query}: {body}"
+        );
         assert!(body["detail"]["message"].as_str().is_some_and(|message| message.len() > 20), "{query}: {body}");
     }
     let (_, body) = app.get("/api/jobs?limit=501").await;
@@ -89,7 +95,11 @@ async fn bad_list_queries_are_400_naming_the_field() {
     // The event stream's snapshot takes the same query, and is always a first page.
     for (query, field) in [("limit=0", "limit"), ("state=done", "state"), ("cursor=s1", "cursor")] {
         let (status, body) = app.get(&format!("/api/events?{query}")).await;
-        assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some(field)), "{query}: {body}");
+        assert_eq!(
+            (status, body["detail"]["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(field)),
+            "{query}: {body}"
+        );
     }
 }
 
@@ -109,15 +119,25 @@ async fn lists_filter_by_owner_and_states_and_rows_hide_what_only_owners_see() {
     let cancelled = app.submit(&small_spec("sleep")).await;
     assert_eq!(app.post(&format!("/api/jobs/{cancelled}/cancel"), &json!({})).await.0, StatusCode::OK);
     let bob = client_with(&app.tokens["bob"]);
-    let answer: Value = bob.post(app.url("/api/jobs")).json(&small_spec("sleep")).send().await.unwrap().json().await.unwrap();
+    let answer: Value =
+        bob.post(app.url("/api/jobs")).json(&small_spec("sleep")).send().await.unwrap().json().await.unwrap();
     let bobs = answer["jobs"][0]["id"].as_str().unwrap().to_string();
 
-    assert_eq!(ids(&app.all_jobs("state=queued,running&limit=2").await), [bobs.as_str(), queued.as_str(), running.as_str()]);
-    assert_eq!(ids(&app.all_jobs("state=running,queued&order=asc").await), [running.as_str(), queued.as_str(), bobs.as_str()]);
+    assert_eq!(
+        ids(&app.all_jobs("state=queued,running&limit=2").await),
+        [bobs.as_str(), queued.as_str(), running.as_str()]
+    );
+    assert_eq!(
+        ids(&app.all_jobs("state=running,queued&order=asc").await),
+        [running.as_str(), queued.as_str(), bobs.as_str()]
+    );
     assert_eq!(ids(&app.all_jobs("state=failed").await), [failed.as_str()]);
     let alices = [cancelled.as_str(), queued.as_str(), running.as_str(), failed.as_str(), succeeded.as_str()];
     assert_eq!(ids(&app.all_jobs("owner=me").await), alices);
-    assert_eq!(ids(&app.all_jobs("owner=me&state=cancelled,queued&limit=1").await), [cancelled.as_str(), queued.as_str()]);
+    assert_eq!(
+        ids(&app.all_jobs("owner=me&state=cancelled,queued&limit=1").await),
+        [cancelled.as_str(), queued.as_str()]
+    );
     assert_eq!(ids(&app.all_jobs("owner=bob").await), [bobs.as_str()]);
     let bobs_own: Value = bob.get(app.url("/api/jobs?owner=me")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ids(bobs_own["jobs"].as_array().unwrap()), [bobs.as_str()]);
@@ -130,7 +150,10 @@ async fn lists_filter_by_owner_and_states_and_rows_hide_what_only_owners_see() {
     }
     let running_row = row(&running);
     assert_eq!((running_row["state"].as_str(), running_row["device"].as_str()), (Some("running"), Some("cpu0")));
-    assert_eq!((running_row["epochs_per_phase"].clone(), running_row["batch_size"].clone()), (json!([1, 1]), json!(20)));
+    assert_eq!(
+        (running_row["epochs_per_phase"].clone(), running_row["batch_size"].clone()),
+        (json!([1, 1]), json!(20))
+    );
     assert_eq!(running_row["progress"]["activity"], "starting", "{running_row}");
     let queued_row = row(&queued);
     // Fair share puts bob (no usage yet) first; either way the two queued jobs are 1 and 2.
@@ -146,9 +169,15 @@ async fn lists_filter_by_owner_and_states_and_rows_hide_what_only_owners_see() {
         let url = app.url(finished);
         async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
     };
-    let (owner, other, admin) = (seen_by(app.client.clone()).await, seen_by(bob.clone()).await, seen_by(client_with(&app.tokens["root"])).await);
+    let (owner, other, admin) = (
+        seen_by(app.client.clone()).await,
+        seen_by(bob.clone()).await,
+        seen_by(client_with(&app.tokens["root"])).await,
+    );
     let anonymous = seen_by(reqwest::Client::new()).await;
-    for (who, page, sees) in [("alice", &owner, true), ("root", &admin, true), ("bob", &other, false), ("anonymous", &anonymous, false)] {
+    for (who, page, sees) in
+        [("alice", &owner, true), ("root", &admin, true), ("bob", &other, false), ("anonymous", &anonymous, false)]
+    {
         let jobs = page["jobs"].as_array().unwrap();
         assert_eq!(ids(jobs), [failed.as_str(), succeeded.as_str()], "{who}");
         let (error, metrics) = (&jobs[0]["error"], &jobs[1]["test_metrics"]);
@@ -193,7 +222,11 @@ async fn the_list_and_a_job_answer_304_until_they_change() {
         let (status, again, body) = conditional(&app, &path, Some(&tag)).await;
         assert_eq!((status, again.as_str(), body.len()), (StatusCode::NOT_MODIFIED, tag.as_str(), 0), "{path}");
         for matching in [format!("W/{tag}"), String::from("*"), format!("\"other\", {tag}")] {
-            assert_eq!(conditional(&app, &path, Some(&matching)).await.0, StatusCode::NOT_MODIFIED, "{path} {matching}");
+            assert_eq!(
+                conditional(&app, &path, Some(&matching)).await.0,
+                StatusCode::NOT_MODIFIED,
+                "{path} {matching}"
+            );
         }
         let (status, other_tag, _) = conditional(&app, &path, Some("\"other\"")).await;
         assert_eq!((status, other_tag), (StatusCode::OK, tag), "{path}");

@@ -22,16 +22,23 @@ const PUBLIC_URL: &str = "http://gpubox.example.org:8080";
 /// The Python that has aiosmtpd: `TRAINQ_AIOSMTPD_PYTHON`, else the test script's venv. Without
 /// it: a failure under CI, else a loud SKIPPED (the caller returns).
 fn aiosmtpd_python() -> Option<PathBuf> {
-    let python = std::env::var_os("TRAINQ_AIOSMTPD_PYTHON").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainq/aiosmtpd/bin/python"))
-    });
+    let python = std::env::var_os("TRAINQ_AIOSMTPD_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainq/aiosmtpd/bin/python")));
     let usable = python.as_ref().is_some_and(|python| {
-        Command::new(python).args(["-c", "import aiosmtpd"]).stderr(Stdio::null()).status().is_ok_and(|status| status.success())
+        Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
     });
     if usable {
         return python;
     }
-    assert!(std::env::var_os("CI").is_none(), "aiosmtpd is not installed: deploy/test.sh installs it into ~/.cache/trainq/aiosmtpd");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "aiosmtpd is not installed: deploy/test.sh installs it into ~/.cache/trainq/aiosmtpd"
+    );
     eprintln!("\n!!! SKIPPED: aiosmtpd not installed (deploy/test.sh installs it into ~/.cache/trainq/aiosmtpd); no email was tested !!!\n");
     None
 }
@@ -72,8 +79,10 @@ impl SmtpSink {
     /// Every message received so far, oldest first.
     fn messages(&self) -> Vec<Value> {
         let Ok(entries) = std::fs::read_dir(&self.folder) else { return Vec::new() };
-        let mut files: Vec<PathBuf> =
-            entries.map(|entry| entry.unwrap().path()).filter(|path| path.extension().is_some_and(|ext| ext == "json")).collect();
+        let mut files: Vec<PathBuf> = entries
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .collect();
         files.sort();
         files.iter().map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()).collect()
     }
@@ -110,7 +119,11 @@ fn verified_webhooks(received: &Received) -> Vec<Value> {
             let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
             mac.update(&request.body);
             let expected: String = mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect();
-            assert_eq!(request.header("x-trainq-signature"), Some(format!("sha256={expected}").as_str()), "signed with the secret");
+            assert_eq!(
+                request.header("x-trainq-signature"),
+                Some(format!("sha256={expected}").as_str()),
+                "signed with the secret"
+            );
             assert_eq!(request.header("content-type"), Some("application/json"));
             let body: Value = serde_json::from_slice(&request.body).unwrap();
             assert_eq!(request.header("x-trainq-delivery").map(str::to_string), Some(body["delivery"].to_string()));
@@ -156,7 +169,11 @@ async fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 
 /// `GET /api/admin/notifications?state=…` as the admin.
 async fn outbox(app: &TestApp, state: &str) -> Vec<Value> {
-    let response = client_with(&app.tokens["root"]).get(app.url(&format!("/api/admin/notifications?state={state}"))).send().await.unwrap();
+    let response = client_with(&app.tokens["root"])
+        .get(app.url(&format!("/api/admin/notifications?state={state}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.json::<Value>().await.unwrap()["notifications"].as_array().unwrap().clone()
 }
@@ -170,7 +187,8 @@ async fn a_finished_job_sends_one_email_and_one_signed_webhook_with_its_facts() 
     let hooks = webhook_receiver(webhook_port);
     let scripts = tempfile::tempdir().unwrap();
     let worker = crate::helpers::fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
-    let app = TestApp::spawn(Options { worker: Some(worker), args: notify_args(smtp_port, "1", "12"), ..Options::default() });
+    let app =
+        TestApp::spawn(Options { worker: Some(worker), args: notify_args(smtp_port, "1", "12"), ..Options::default() });
     crate::helpers::write_dataset(&app.root, 2, 1, 1);
     crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
     set_alice_targets(&app, webhook_port).await;
@@ -185,19 +203,30 @@ async fn a_finished_job_sends_one_email_and_one_signed_webhook_with_its_facts() 
     let quiet = app.submit(&quiet).await;
     app.wait_for_state(&quiet, "succeeded", WAIT).await;
 
-    eventually("two emails and two webhooks", WAIT, || sink.messages().len() >= 2 && hooks.lock().unwrap().len() >= 2).await;
+    eventually("two emails and two webhooks", WAIT, || sink.messages().len() >= 2 && hooks.lock().unwrap().len() >= 2)
+        .await;
     // Long enough for a duplicate or the quiet job's message to show (several retry periods).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let emails = sink.messages();
     let webhooks = verified_webhooks(&hooks);
     assert_eq!((emails.len(), webhooks.len()), (2, 2), "{emails:#?}\n{webhooks:#?}\n{}", app.server_log());
 
-    let email_of = |id: &str| emails.iter().find(|email| email["body"].as_str().unwrap().contains(id)).unwrap_or_else(|| panic!("no email for {id}: {emails:#?}"));
+    let email_of = |id: &str| {
+        emails
+            .iter()
+            .find(|email| email["body"].as_str().unwrap().contains(id))
+            .unwrap_or_else(|| panic!("no email for {id}: {emails:#?}"))
+    };
     let good = email_of(&succeeded);
     assert_eq!(good["rcpt_tos"], json!(["alice@example.org"]));
     assert_eq!(good["subject"], "[trainq] q1-notified succeeded — test acc 0.900");
     let body = good["body"].as_str().unwrap().replace("\r\n", "\n");
-    for expected in ["q1-notified succeeded.", "State: succeeded", "Test accuracy: 0.9000", &format!("{PUBLIC_URL}/#job={succeeded}")] {
+    for expected in [
+        "q1-notified succeeded.",
+        "State: succeeded",
+        "Test accuracy: 0.9000",
+        &format!("{PUBLIC_URL}/#job={succeeded}"),
+    ] {
         assert!(body.contains(expected), "{expected:?} in {body}");
     }
     assert!(good["message_id"].as_str().unwrap().ends_with("@gpubox.example.org>"), "{good}");
@@ -206,10 +235,18 @@ async fn a_finished_job_sends_one_email_and_one_signed_webhook_with_its_facts() 
     let body = bad["body"].as_str().unwrap().replace("\r\n", "\n");
     assert!(body.contains("Why it failed:") && body.contains("giving up"), "the error and the log's tail: {body}");
 
-    let hook_of = |id: &str| webhooks.iter().find(|hook| hook["job"]["id"] == id).unwrap_or_else(|| panic!("no webhook for {id}: {webhooks:#?}"));
+    let hook_of = |id: &str| {
+        webhooks
+            .iter()
+            .find(|hook| hook["job"]["id"] == id)
+            .unwrap_or_else(|| panic!("no webhook for {id}: {webhooks:#?}"))
+    };
     let good = hook_of(&succeeded);
     assert_eq!(good["event"], "job.finished");
-    assert_eq!((good["job"]["name"].as_str(), good["job"]["state"].as_str(), good["job"]["owner"].as_str()), (Some("q1-notified"), Some("succeeded"), Some("alice")));
+    assert_eq!(
+        (good["job"]["name"].as_str(), good["job"]["state"].as_str(), good["job"]["owner"].as_str()),
+        (Some("q1-notified"), Some("succeeded"), Some("alice"))
+    );
     assert_eq!(good["job"]["test_acc"], 0.9);
     assert_eq!(good["job"]["url"], format!("{PUBLIC_URL}/#job={succeeded}"));
     let bad = hook_of(&failed);
@@ -238,7 +275,9 @@ async fn exactly_one_email_and_one_webhook_arrive_across_a_kill_9_between_the_en
     let started = Instant::now();
     loop {
         let pending = outbox(&app, "pending").await;
-        if pending.len() == 2 && pending.iter().all(|row| row["attempts"].as_i64() >= Some(1) && row["last_error"].is_string()) {
+        if pending.len() == 2
+            && pending.iter().all(|row| row["attempts"].as_i64() >= Some(1) && row["last_error"].is_string())
+        {
             break;
         }
         assert!(started.elapsed() < WAIT, "the deliveries never failed: {pending:#?}");
@@ -264,11 +303,18 @@ async fn exactly_one_email_and_one_webhook_arrive_across_a_kill_9_between_the_en
     let emails = sink.messages();
     let webhooks = verified_webhooks(&hooks);
     assert_eq!((emails.len(), webhooks.len()), (1, 1), "{emails:#?}\n{webhooks:#?}\n{}", app.server_log());
-    assert!(emails[0]["subject"].as_str().unwrap().starts_with("[trainq] killed-before-delivery succeeded"), "{}", emails[0]);
+    assert!(
+        emails[0]["subject"].as_str().unwrap().starts_with("[trainq] killed-before-delivery succeeded"),
+        "{}",
+        emails[0]
+    );
     assert_eq!(webhooks[0]["job"]["id"], id.as_str());
     let delivered = outbox(&app, "delivered").await;
     assert_eq!(delivered.len(), 2, "{delivered:#?}");
-    assert!(delivered.iter().all(|row| row["attempts"].as_i64() >= Some(2)), "failed before the kill, delivered after: {delivered:#?}");
+    assert!(
+        delivered.iter().all(|row| row["attempts"].as_i64() >= Some(2)),
+        "failed before the kill, delivered after: {delivered:#?}"
+    );
     drop(temp);
 }
 
@@ -325,7 +371,10 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout, format!("email:   alice@example.org\nwebhook: {hook} (signed with your secret)\n"));
     let (_, me) = app.get("/api/me").await;
-    assert_eq!(me, json!({"name": "alice", "admin": false, "email": "alice@example.org", "webhook": {"url": hook}, "disk_bytes": 0}));
+    assert_eq!(
+        me,
+        json!({"name": "alice", "admin": false, "email": "alice@example.org", "webhook": {"url": hook}, "disk_bytes": 0})
+    );
     assert!(!me.to_string().contains(SECRET));
     // Fields left out stay; the client's errors are the server's, worded.
     let (status, me) = put(json!({})).await;
@@ -353,7 +402,9 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
         assert!(started.elapsed() < WAIT, "not given up: {failed:#?}\n{}", app.server_log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let error_of = |channel: &str| failed.iter().find(|row| row["channel"] == channel).unwrap()["last_error"].as_str().unwrap().to_string();
+    let error_of = |channel: &str| {
+        failed.iter().find(|row| row["channel"] == channel).unwrap()["last_error"].as_str().unwrap().to_string()
+    };
     assert!(error_of("email").contains("--smtp-url"), "{failed:#?}");
     assert!(error_of("webhook").starts_with("webhook:"), "{failed:#?}");
     assert!(failed.iter().all(|row| row["job_id"] == id.as_str() && row["owner"] == "alice" && row["attempts"] == 1));
@@ -390,19 +441,58 @@ async fn targets_are_checked_shown_without_the_secret_and_set_from_the_client_an
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--email"));
 }
 
-
 /// A certificate authority and a certificate it signed for 127.0.0.1 (`ca.pem`, `server.pem`,
 /// `server.key` in `dir`), made with openssl as a campus would make its own.
 fn campus_ca(dir: &Path) {
     let openssl = |args: &[&str]| {
-        let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status().expect("openssl");
+        let status =
+            Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status().expect("openssl");
         assert!(status.success(), "openssl {args:?}");
     };
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=trainq test campus CA"]);
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=trainq test campus CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
     std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1, DNS:localhost\n").unwrap();
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
     ]);
 }
 
@@ -416,7 +506,8 @@ async fn email_goes_over_starttls_and_smtps_to_a_server_the_admins_ca_vouches_fo
     for (mode, url) in [("starttls", "smtp://127.0.0.1:{port}?tls=required"), ("smtps", "smtps://127.0.0.1:{port}")] {
         let mail = tempfile::tempdir().unwrap();
         let port = closed_port();
-        let sink = SmtpSink::start_with(&python, port, mail.path(), &[mode.as_ref(), cert.as_os_str(), key.as_os_str()]);
+        let sink =
+            SmtpSink::start_with(&python, port, mail.path(), &[mode.as_ref(), cert.as_os_str(), key.as_os_str()]);
         let scripts = tempfile::tempdir().unwrap();
         let worker = crate::helpers::fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
         let mut args = notify_args(port, "1", "12");
@@ -425,7 +516,8 @@ async fn email_goes_over_starttls_and_smtps_to_a_server_the_admins_ca_vouches_fo
         let app = TestApp::spawn(Options { worker: Some(worker), args, ..Options::default() });
         crate::helpers::write_dataset(&app.root, 2, 1, 1);
         crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
-        let response = app.client.put(app.url("/api/me")).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
+        let response =
+            app.client.put(app.url("/api/me")).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let id = app.submit(&small_spec(&format!("over-{mode}"))).await;
         app.wait_for_state(&id, "succeeded", WAIT).await;
@@ -447,7 +539,8 @@ async fn email_goes_over_starttls_and_smtps_to_a_server_the_admins_ca_vouches_fo
     let app = TestApp::spawn(Options { worker: Some(worker), args, ..Options::default() });
     crate::helpers::write_dataset(&app.root, 2, 1, 1);
     crate::helpers::write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));
-    let response = app.client.put(app.url("/api/me")).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
+    let response =
+        app.client.put(app.url("/api/me")).json(&json!({"email": "alice@example.org"})).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let id = app.submit(&small_spec("untrusted")).await;
     app.wait_for_state(&id, "succeeded", WAIT).await;

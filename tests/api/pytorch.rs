@@ -68,7 +68,8 @@ async fn check_in_pytorch(app: &TestApp, mut spec: Value, onnx: bool) -> f64 {
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|line| line.split(',').collect()).collect();
     let dataset = app.root.join("datasets").join(spec["dataset"].as_str().unwrap());
     let images: Vec<PathBuf> = rows.iter().map(|row| dataset.join(row[0])).collect();
-    let [spec_file, weights, model] = ["spec.json", "final.safetensors", "model.onnx"].map(|name| folder.path().join(name));
+    let [spec_file, weights, model] =
+        ["spec.json", "final.safetensors", "model.onnx"].map(|name| folder.path().join(name));
     let mut args = vec![spec_file.as_path(), weights.as_path()];
     if onnx {
         args.extend([Path::new("--onnx"), model.as_path()]);
@@ -77,15 +78,16 @@ async fn check_in_pytorch(app: &TestApp, mut spec: Value, onnx: bool) -> f64 {
     let (stdout, stderr) = run_script("load_checkpoint.py", &args);
     assert!(stderr.contains("loaded") && stderr.contains("strictly"), "{stderr}");
     let pytorch = probabilities(&stdout);
-    let trainq: Vec<Vec<f64>> =
-        rows.iter().map(|row| row[2..].iter().map(|p| p.parse().unwrap()).collect()).collect();
+    let trainq: Vec<Vec<f64>> = rows.iter().map(|row| row[2..].iter().map(|p| p.parse().unwrap()).collect()).collect();
     let worst = largest_difference(&pytorch, &trainq);
     let said = |field: &str| spec[field].as_str().unwrap_or("nearest").to_string();
     let case = format!("{} ({}, {}, {})", said("name"), said("backbone"), said("interpolation"), spec["image_size"]);
     let first = pytorch.iter().map(|row| row[0]);
     let (low, high) = first.fold((f64::MAX, f64::MIN), |(low, high), p| (low.min(p), high.max(p)));
     let count = rows.len();
-    eprintln!("{case}: max |PyTorch − trainq| = {worst:.2e} over {count} images (first probability {low:.4}–{high:.4})");
+    eprintln!(
+        "{case}: max |PyTorch − trainq| = {worst:.2e} over {count} images (first probability {low:.4}–{high:.4})"
+    );
     // Saturated probabilities (0 and 1, as an untrained Inception gives) agree whatever the pixels;
     // the comparison needs some that the inputs move.
     let moved = pytorch.iter().flatten().filter(|&&p| (1e-3..1.0 - 1e-3).contains(&p)).count();
@@ -108,7 +110,9 @@ async fn vgg16_and_inception_v3_checkpoints_load_strictly_in_pytorch_and_onnxrun
     let app = TestApp::spawn(Options::default());
     write_dataset(&app.root, 3, 1, 2);
     let mut worst: f64 = 0.0;
-    for (interpolation, image_size) in [("nearest", json!(32)), ("bilinear", json!(48)), ("area", json!(32)), ("bilinear", json!(null))] {
+    for (interpolation, image_size) in
+        [("nearest", json!(32)), ("bilinear", json!(48)), ("area", json!(32)), ("bilinear", json!(null))]
+    {
         let spec = json!({
             "name": format!("torch-vgg-{interpolation}"), "dataset": "demo", "backbone": "vgg16", "weights": "random",
             "image_size": image_size, "max_image_side": if image_size.is_null() { json!(64) } else { json!(null) },

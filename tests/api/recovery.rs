@@ -89,7 +89,8 @@ async fn a_worker_killed_with_sigkill_fails_its_job_and_frees_the_device() {
 
 #[tokio::test]
 async fn a_worker_out_of_memory_is_retried_once_with_half_the_batch_then_fails_with_the_numbers() {
-    let options = Options { args: vec![String::from("--worker-max-memory-gb"), String::from("1.5")], ..Options::default() };
+    let options =
+        Options { args: vec![String::from("--worker-max-memory-gb"), String::from("1.5")], ..Options::default() };
     let app = TestApp::spawn(options);
     write_dataset(&app.root, 2, 1, 1);
     write_vgg16_weights(&app.root.join("weights/vgg16.safetensors"));

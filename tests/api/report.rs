@@ -30,7 +30,8 @@ pub fn write_cams(app: &TestApp, id: &str, count: usize) {
     let mut index = Vec::new();
     for n in 0..count {
         std::fs::write(folder.join(format!("tp-{n}.png")), png([200, ((40 + 15 * n) % 256) as u8, 40])).unwrap();
-        index.push(json!({"file": format!("cam/tp-{n}.png"), "kind": "tp", "path": format!("test/PNEUMONIA/p{n}.jpeg"),
+        index
+            .push(json!({"file": format!("cam/tp-{n}.png"), "kind": "tp", "path": format!("test/PNEUMONIA/p{n}.jpeg"),
                           "label": "PNEUMONIA", "predicted": "PNEUMONIA", "probability": 0.9}));
     }
     std::fs::write(folder.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
@@ -63,13 +64,19 @@ fn check_nesting(html: &str) {
     let mut open: Vec<String> = Vec::new();
     let mut rest = html;
     while let Some(start) = rest.find('<') {
-        let end = rest[start..].find('>').unwrap_or_else(|| panic!("an unclosed tag at …{}", &rest[start..start + 40])) + start;
+        let end = rest[start..].find('>').unwrap_or_else(|| panic!("an unclosed tag at …{}", &rest[start..start + 40]))
+            + start;
         let tag = &rest[start + 1..end];
         rest = &rest[end + 1..];
         if tag.starts_with('!') || tag.starts_with('?') || tag.ends_with('/') {
             continue;
         }
-        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect::<String>().to_lowercase();
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_lowercase();
         if let Some(closing) = tag.strip_prefix('/') {
             let closing = closing.trim().to_lowercase();
             let opened = open.pop().unwrap_or_else(|| panic!("</{closing}> closes nothing"));
@@ -99,7 +106,9 @@ async fn the_report_of_two_jobs_is_one_valid_page_with_their_tables_curves_and_h
     assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"), "{}", &html[..100]);
     assert!(html.contains("<meta charset=\"utf-8\">") && html.contains("<title>trainq report: 2 experiments</title>"));
     check_nesting(&html);
-    for (open, close) in [("<table", "</table>"), ("<section", "</section>"), ("<svg", "</svg>"), ("<figure", "</figure>")] {
+    for (open, close) in
+        [("<table", "</table>"), ("<section", "</section>"), ("<svg", "</svg>"), ("<figure", "</figure>")]
+    {
         assert_eq!(html.matches(open).count(), html.matches(close).count(), "{open} vs {close}");
     }
 
@@ -111,17 +120,36 @@ async fn the_report_of_two_jobs_is_one_valid_page_with_their_tables_curves_and_h
     assert!(!html.contains("<b>vgg</b>"), "an unescaped name");
     assert!(html.contains("q1 &lt;b&gt;vgg&lt;/b&gt; &amp; &quot;dropout&quot;"));
 
-    for (id, name, test_acc, heatmaps) in [(&first, "q1 &lt;b&gt;vgg", "0.7000", 2), (&second, "q2-dropout", "0.8000", 3)] {
+    for (id, name, test_acc, heatmaps) in
+        [(&first, "q1 &lt;b&gt;vgg", "0.7000", 2), (&second, "q2-dropout", "0.8000", 3)]
+    {
         let part = section(&html, id);
         assert!(part.contains(name) && part.contains(id.as_str()), "{id}");
         assert!(part.contains("succeeded") && part.contains("alice"), "state and owner: {part:.2000}");
-        assert!(part.contains("VGG16 with ImageNet weights on dataset `demo`, images resized to 32×32"), "the spec in words");
+        assert!(
+            part.contains("VGG16 with ImageNet weights on dataset `demo`, images resized to 32×32"),
+            "the spec in words"
+        );
         // The template's table with the fake worker's numbers.
-        assert!(part.contains("<tr><th>Training set</th><td class=\"num\">0.4000</td><td class=\"num\">0.8000</td></tr>"), "{id}");
-        assert!(part.contains(&format!("<tr><th>Test set</th><td class=\"num\">0.5000</td><td class=\"num\">{test_acc}</td></tr>")), "{id}");
+        assert!(
+            part.contains("<tr><th>Training set</th><td class=\"num\">0.4000</td><td class=\"num\">0.8000</td></tr>"),
+            "{id}"
+        );
+        assert!(
+            part.contains(&format!(
+                "<tr><th>Test set</th><td class=\"num\">0.5000</td><td class=\"num\">{test_acc}</td></tr>"
+            )),
+            "{id}"
+        );
         assert_eq!(part.matches("<svg").count(), 2, "accuracy and loss curves for {id}");
-        assert!(part.contains(">Precision<") && part.contains("0.7500") && part.contains("0.7600"), "test metrics of {id}");
-        assert!(part.contains("<caption>Confusion matrix") && part.contains(">NORMAL<") && part.contains(">PNEUMONIA<"), "{id}");
+        assert!(
+            part.contains(">Precision<") && part.contains("0.7500") && part.contains("0.7600"),
+            "test metrics of {id}"
+        );
+        assert!(
+            part.contains("<caption>Confusion matrix") && part.contains(">NORMAL<") && part.contains(">PNEUMONIA<"),
+            "{id}"
+        );
         assert_eq!(part.matches("src=\"data:image/png;base64,").count(), heatmaps, "heatmaps of {id}");
         assert!(part.contains("true positive: true PNEUMONIA, predicted PNEUMONIA (p = 0.90) — test/PNEUMONIA/p0.jpeg"));
     }
@@ -195,9 +223,13 @@ async fn a_sweep_group_is_one_experiment_per_combination() {
     assert_eq!(html.matches("<section class=\"experiment\"").count(), 2, "one per combination");
     for size in [32, 64] {
         let heading = format!("sweep {{&quot;/image_size&quot;: {size}}} (sweep, 2 runs)");
-        let at = html.find(&format!("<h2>{}. {heading}</h2>", size / 32)).unwrap_or_else(|| panic!("no section {heading}"));
+        let at =
+            html.find(&format!("<h2>{}. {heading}</h2>", size / 32)).unwrap_or_else(|| panic!("no section {heading}"));
         let part = &html[at..at + html[at..].find("</section>").unwrap()];
-        assert!(part.contains(&format!("images resized to {size}×{size}")) && part.contains("seeds 1–2 (2 repeats)"), "{part:.3000}");
+        assert!(
+            part.contains(&format!("images resized to {size}×{size}")) && part.contains("seeds 1–2 (2 repeats)"),
+            "{part:.3000}"
+        );
         assert!(part.contains("<td class=\"num\">0.7500 ± 0.0707 (n=2)</td>"), "{part:.3000}");
     }
     let ranking = &html[html.find("<section class=\"ranking\"").unwrap()..];

@@ -59,7 +59,8 @@ async fn succeeded(app: &TestApp, name: &str) -> String {
 async fn fetch(app: &TestApp, path: &str) -> (StatusCode, String, bytes::Bytes) {
     let response = app.client.get(app.url(path)).send().await.unwrap();
     let status = response.status();
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (status, content_type, response.bytes().await.unwrap())
 }
 
@@ -128,11 +129,17 @@ async fn every_plot_renders_as_svg_and_png_with_readable_labels() {
     let ResultsApp { app, _scripts } = results_app(1);
     let id = succeeded(&app, "plots").await;
     let cases: [(&str, &[&str]); 4] = [
-        ("accuracy", &["plots: accuracy per epoch", "epoch (all phases)", "train", "val", "phase 2", "next phase starts"]),
+        (
+            "accuracy",
+            &["plots: accuracy per epoch", "epoch (all phases)", "train", "val", "phase 2", "next phase starts"],
+        ),
         ("loss", &["plots: loss per epoch", "loss", "phase 2"]),
         ("roc", &["ROC on the test set", "AUC = 0.760", "chance (AUC = 0.5)", "false positive rate"]),
         // The demo dataset's classes name the rows; 4 of 5 NORMAL images were right.
-        ("confusion", &["NORMAL", "PNEUMONIA", "true class", "predicted class", "\n4\n</text>", "\n3\n</text>", "80.0%", "60.0%"]),
+        (
+            "confusion",
+            &["NORMAL", "PNEUMONIA", "true class", "predicted class", "\n4\n</text>", "\n3\n</text>", "80.0%", "60.0%"],
+        ),
     ];
     for (kind, labels) in cases {
         for format in ["svg", "png"] {
@@ -167,7 +174,11 @@ async fn a_job_without_data_yet_gets_409_saying_when_its_plots_come() {
     app.wait_for_state(&waiting, "running", WAIT).await;
     let queued = app.submit(&small_spec("plots")).await;
     for (id, state) in [(&waiting, "running"), (&queued, "queued")] {
-        for (kind, says) in [("accuracy", "no finished epoch yet"), ("roc", "no test metrics yet"), ("confusion", "no test metrics yet")] {
+        for (kind, says) in [
+            ("accuracy", "no finished epoch yet"),
+            ("roc", "no test metrics yet"),
+            ("confusion", "no test metrics yet"),
+        ] {
             let (status, body) = app.get(&format!("/api/jobs/{id}/plots/{kind}.png")).await;
             assert_eq!(status, StatusCode::CONFLICT, "{kind}: {body}");
             assert!(body["error"].as_str().unwrap().contains(says), "{kind}: {body}");
@@ -216,9 +227,13 @@ async fn compare_tabulates_jobs_and_groups_as_mean_and_std() {
     let text = String::from_utf8(body.to_vec()).unwrap();
     let lines: Vec<Vec<&str>> = text.lines().map(|line| line.split(',').collect()).collect();
     assert_eq!(lines.len(), 3, "{text}");
-    let column = |name: &str| lines[0].iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name}: {text}"));
+    let column =
+        |name: &str| lines[0].iter().position(|c| *c == name).unwrap_or_else(|| panic!("no column {name}: {text}"));
     assert_eq!(&lines[0][..6], ["id", "kind", "name", "state", "jobs", "succeeded"]);
-    assert_eq!((lines[1][0], lines[1][column("test_acc")], lines[1][column("test_acc_std")]), (first.as_str(), "0.7", ""));
+    assert_eq!(
+        (lines[1][0], lines[1][column("test_acc")], lines[1][column("test_acc_std")]),
+        (first.as_str(), "0.7", "")
+    );
     assert_eq!(lines[2][column("jobs")], "3");
     let std: f64 = lines[2][column("test_acc_std")].parse().unwrap();
     assert!((std - 0.1).abs() < 1e-12, "{text}");

@@ -93,7 +93,8 @@ async fn owners_and_admins_delete_finished_jobs_and_a_tombstone_stays() {
     assert!(body["detail"]["message"].as_str().unwrap().contains("cancel it first"), "{body}");
     app.post(&format!("/api/jobs/{running}/cancel"), &Value::Null).await;
     // Its folder (the worker's job file and log) is measured when it ends, like any job's.
-    app.wait_for(&running, WAIT, |job| job["state"] == "cancelled" && job["disk_bytes"].as_u64().unwrap_or(0) > 0).await;
+    app.wait_for(&running, WAIT, |job| job["state"] == "cancelled" && job["disk_bytes"].as_u64().unwrap_or(0) > 0)
+        .await;
     let usage_before = me(&app, "alice").await["disk_bytes"].as_u64().unwrap();
 
     // The owner deletes: files gone, the row stays with who and when.
@@ -105,8 +106,16 @@ async fn owners_and_admins_delete_finished_jobs_and_a_tombstone_stays() {
     assert_eq!(body["disk_bytes"], 0, "{body}");
     assert!(!job_dir(&app, &alices).exists(), "the job's folder is removed");
     let (status, page) = app.get(&format!("/api/jobs/{alices}")).await;
-    assert_eq!((status, &page["deleted_by"], &page["state"]), (StatusCode::OK, &json!("alice"), &json!("succeeded")), "{page}");
-    assert_eq!(me(&app, "alice").await["disk_bytes"].as_u64(), Some(usage_before - bytes), "the usage drops with the delete");
+    assert_eq!(
+        (status, &page["deleted_by"], &page["state"]),
+        (StatusCode::OK, &json!("alice"), &json!("succeeded")),
+        "{page}"
+    );
+    assert_eq!(
+        me(&app, "alice").await["disk_bytes"].as_u64(),
+        Some(usage_before - bytes),
+        "the usage drops with the delete"
+    );
 
     // Its files answer 410 naming the delete; its curves (rows, not files) stay.
     for path in ["artifacts", "artifacts/final.safetensors", "log", "predictions.csv", "plots/roc.svg"] {
@@ -158,7 +167,11 @@ async fn over_the_quota_a_submit_answers_507_naming_it_and_what_to_delete() {
     let (status, body) = app.post("/api/jobs", &small_spec("more")).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
     let detail = &body["detail"];
-    assert_eq!((detail["quota_bytes"].as_u64(), detail["usage_bytes"].as_u64()), (Some(500_000), Some(usage)), "{body}");
+    assert_eq!(
+        (detail["quota_bytes"].as_u64(), detail["usage_bytes"].as_u64()),
+        (Some(500_000), Some(usage)),
+        "{body}"
+    );
     assert_eq!(detail["largest_jobs"][0]["id"], first.as_str(), "{body}");
     let message = detail["message"].as_str().unwrap();
     assert!(message.contains("quota") && message.contains("trainq rm") && message.contains(&first), "{message}");
@@ -178,7 +191,11 @@ async fn over_the_quota_a_submit_answers_507_naming_it_and_what_to_delete() {
     let (status, text) = app.text("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     assert!(text.contains("# TYPE trainq_user_disk_bytes gauge"), "{text}");
-    assert!(text.contains("trainq_user_disk_bytes{user=\"alice\"} ") && text.contains("trainq_user_disk_bytes{user=\"bob\"} "), "{text}");
+    assert!(
+        text.contains("trainq_user_disk_bytes{user=\"alice\"} ")
+            && text.contains("trainq_user_disk_bytes{user=\"bob\"} "),
+        "{text}"
+    );
 }
 
 /// `trainq ARGS` as a logged-in user of `app` (through `TRAINQ_URL`/`TRAINQ_TOKEN`).
@@ -192,7 +209,11 @@ fn trainq(app: &TestApp, user: &str, args: &[&str]) -> (bool, String, String) {
         .env("TRAINQ_TOKEN", &app.tokens[user])
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn exists(dir: &Path, file: &str) -> bool {
@@ -216,7 +237,11 @@ async fn gc_dry_run_lists_what_a_real_run_then_prunes_or_deletes() {
     let (status, _) = app.post("/api/admin/gc", &json!({"older_than": "1s"})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, body) = gc(json!({"older_than": "30"})).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("older_than")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("older_than")),
+        "{body}"
+    );
     assert!(body["detail"]["message"].as_str().unwrap().contains("30d"), "{body}");
     let (status, body) = gc(json!({"older_than": "1s", "keep": ["../x"]})).await;
     assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("keep")), "{body}");
@@ -240,7 +265,8 @@ async fn gc_dry_run_lists_what_a_real_run_then_prunes_or_deletes() {
         assert!(exists(&dir, file), "a dry run removed {file}");
     }
     // The client says the same.
-    let (ok, stdout, stderr) = trainq(&app, "root", &["admin", "gc", "--older-than", "1s", "--keep", "final.safetensors,plots", "--dry-run"]);
+    let (ok, stdout, stderr) =
+        trainq(&app, "root", &["admin", "gc", "--older-than", "1s", "--keep", "final.safetensors,plots", "--dry-run"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(&old) && stdout.contains("would free") && stdout.contains("dry run"), "{stdout}");
     let (ok, _, stderr) = trainq(&app, "root", &["admin", "gc", "--older-than", "soon"]);
@@ -256,7 +282,10 @@ async fn gc_dry_run_lists_what_a_real_run_then_prunes_or_deletes() {
     let (_, job) = app.get(&format!("/api/jobs/{old}")).await;
     assert_eq!(job["disk_bytes"], 201_000, "{job}");
     assert!(job["deleted_at"].is_null(), "a prune keeps the job live: {job}");
-    assert!(job["notes"].as_array().unwrap().iter().any(|note| note.as_str().unwrap().contains("pruned by gc")), "{job}");
+    assert!(
+        job["notes"].as_array().unwrap().iter().any(|note| note.as_str().unwrap().contains("pruned by gc")),
+        "{job}"
+    );
     assert!(listed(&app.all_jobs("owner=me").await, &old));
     assert_eq!(me(&app, "alice").await["disk_bytes"], 201_000);
     // A pruned job is not pruned again.
@@ -310,7 +339,11 @@ async fn checkpoints_choose_which_weights_files_a_real_job_keeps() {
     let only_final = app.submit(&with("final", "final")).await;
     let every_epoch = app.submit(&with("all", "all")).await;
     let (status, body) = app.post("/api/jobs", &with("bad", "some")).await;
-    assert_eq!((status, body["detail"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("checkpoints")), "{body}");
+    assert_eq!(
+        (status, body["detail"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("checkpoints")),
+        "{body}"
+    );
     let weights = |artifacts: &Value| -> Vec<String> {
         let mut names: Vec<String> = artifacts
             .as_array()

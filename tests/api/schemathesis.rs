@@ -15,13 +15,20 @@ fn schemathesis() -> Option<PathBuf> {
     if let Some(venv) = venv.filter(|path| path.exists()) {
         return Some(venv);
     }
-    std::process::Command::new("st").arg("--version").output().ok().filter(|out| out.status.success()).map(|_| PathBuf::from("st"))
+    std::process::Command::new("st")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|_| PathBuf::from("st"))
 }
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let Some(st) = schemathesis() else {
-        eprintln!("SKIPPED: schemathesis is not installed (deploy/test.sh installs it; or set TRAINQ_SCHEMATHESIS to `st`)");
+        eprintln!(
+            "SKIPPED: schemathesis is not installed (deploy/test.sh installs it; or set TRAINQ_SCHEMATHESIS to `st`)"
+        );
         return;
     };
     let scripts = tempfile::tempdir().unwrap();
@@ -58,7 +65,18 @@ async fn run(st: &std::path::Path, app: &TestApp, job: &str, token: &str, filter
         .env("TRAINQ_FINISHED_JOB", job)
         .arg("--config-file")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/schemathesis.toml"))
-        .args(["run", &app.url("/api/openapi.json"), "--checks", "all", "--workers", "1", "--max-examples", "20", "--seed", "17"])
+        .args([
+            "run",
+            &app.url("/api/openapi.json"),
+            "--checks",
+            "all",
+            "--workers",
+            "1",
+            "--max-examples",
+            "20",
+            "--seed",
+            "17",
+        ])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(filter)
         .args(["--request-timeout", "10", "--no-color", "--report", "junit", "--report-dir"])
@@ -69,5 +87,9 @@ async fn run(st: &std::path::Path, app: &TestApp, job: &str, token: &str, filter
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     // Shown with `--nocapture`: what was run and what it found.
     eprintln!("{text}");
-    assert!(output.status.success(), "schemathesis failed (job {job}):\n{text}\n--- server log ---\n{}", app.server_log());
+    assert!(
+        output.status.success(),
+        "schemathesis failed (job {job}):\n{text}\n--- server log ---\n{}",
+        app.server_log()
+    );
 }

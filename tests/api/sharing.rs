@@ -58,10 +58,12 @@ async fn a_user_with_two_jobs_is_not_stuck_behind_one_with_twenty() {
     assert!(metrics.contains("# TYPE trainq_jobs gauge"), "{metrics}");
     assert!(metrics.contains("trainq_running_jobs{device=\"cpu0\"}"), "{metrics}");
     let usage = |user: &str| {
-        sample(&metrics, &format!("trainq_fair_share_usage_seconds{{user=\"{user}\"}}")).unwrap_or_else(|| panic!("{metrics}"))
+        sample(&metrics, &format!("trainq_fair_share_usage_seconds{{user=\"{user}\"}}"))
+            .unwrap_or_else(|| panic!("{metrics}"))
     };
     assert!(usage("alice") >= 0.5 && usage("bob") >= 0.5, "{metrics}");
-    let queued = sample(&metrics, "trainq_jobs{user=\"alice\",state=\"queued\"}").unwrap_or_else(|| panic!("{metrics}"));
+    let queued =
+        sample(&metrics, "trainq_jobs{user=\"alice\",state=\"queued\"}").unwrap_or_else(|| panic!("{metrics}"));
     assert!(queued > 0.0 && queued < 20.0, "{metrics}");
 }
 
@@ -101,7 +103,9 @@ async fn metrics_count_job_ends_retries_and_requests_and_pass_promtool() {
     let metrics = loop {
         let (status, metrics) = app.text("/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        if sample(&metrics, "trainq_jobs_finished_total{outcome=\"succeeded\"}") == Some(2.0) || started.elapsed() > Duration::from_secs(10) {
+        if sample(&metrics, "trainq_jobs_finished_total{outcome=\"succeeded\"}") == Some(2.0)
+            || started.elapsed() > Duration::from_secs(10)
+        {
             break metrics;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -125,11 +129,21 @@ async fn metrics_count_job_ends_retries_and_requests_and_pass_promtool() {
     ] {
         assert_eq!(sample(&metrics, series), Some(value), "{series}\n{metrics}");
     }
-    assert!(sample(&metrics, "trainq_fair_share_usage_seconds{user=\"alice\"}").is_some_and(|seconds| seconds >= 1.0), "{metrics}");
-    assert!(metrics.contains("trainq_http_request_duration_seconds_bucket{route=\"/api/jobs\",method=\"POST\",le=\"10\"} 3"), "{metrics}");
+    assert!(
+        sample(&metrics, "trainq_fair_share_usage_seconds{user=\"alice\"}").is_some_and(|seconds| seconds >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("trainq_http_request_duration_seconds_bucket{route=\"/api/jobs\",method=\"POST\",le=\"10\"} 3"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/api/jobs/{id}\""), "routes are templates: {metrics}");
     assert!(!metrics.contains(&ok), "no job id in a label: {metrics}");
-    assert!(metrics.contains(&format!("trainq_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{metrics}");
+    assert!(
+        metrics.contains(&format!("trainq_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+        "{metrics}"
+    );
     // Prometheus itself asks for OpenMetrics.
     let open_metrics = app
         .client
@@ -140,7 +154,10 @@ async fn metrics_count_job_ends_retries_and_requests_and_pass_promtool() {
         .unwrap();
     assert!(open_metrics.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let open_metrics = open_metrics.text().await.unwrap();
-    assert!(open_metrics.ends_with("# EOF\n") && open_metrics.contains("# UNIT trainq_queue_wait_seconds seconds"), "{open_metrics}");
+    assert!(
+        open_metrics.ends_with("# EOF\n") && open_metrics.contains("# UNIT trainq_queue_wait_seconds seconds"),
+        "{open_metrics}"
+    );
     promtool_check(&metrics);
 }
 
@@ -157,13 +174,21 @@ fn promtool_check(metrics: &str) {
     let mut child = match child {
         Ok(child) => child,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
-            eprintln!("\n!!! SKIPPED: promtool not installed (apt-get install prometheus); /metrics was NOT linted !!!\n");
+            eprintln!(
+                "\n!!! SKIPPED: promtool not installed (apt-get install prometheus); /metrics was NOT linted !!!\n"
+            );
             return;
         }
-        Err(err) => panic!("promtool check metrics could not run ({err}); deploy/test.sh installs Debian's prometheus package"),
+        Err(err) => {
+            panic!("promtool check metrics could not run ({err}); deploy/test.sh installs Debian's prometheus package")
+        }
     };
     child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && said.trim().is_empty(), "promtool check metrics: {}\n{said}\n{metrics}", output.status);
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}\n{metrics}",
+        output.status
+    );
 }

@@ -21,7 +21,10 @@ fn cluster() -> bool {
         return false;
     }
     let ok = Command::new("sinfo").args(["-h", "-o", "%T"]).output().is_ok_and(|out| {
-        out.status.success() && String::from_utf8_lossy(&out.stdout).lines().any(|state| ["idle", "mixed", "allocated"].contains(&state.trim()))
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|state| ["idle", "mixed", "allocated"].contains(&state.trim()))
     });
     assert!(ok, "no Slurm cluster answers `sinfo`: run deploy/slurm/local-cluster.sh (as root), or set TRAINQ_SKIP_SLURM=1 to skip loudly");
     true
@@ -30,7 +33,11 @@ fn cluster() -> bool {
 /// CPUs of the cluster's node.
 fn node_cpus() -> u32 {
     let out = Command::new("sinfo").args(["-h", "-o", "%c"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().next().and_then(|line| line.trim().trim_end_matches('+').parse().ok()).unwrap_or(1)
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|line| line.trim().trim_end_matches('+').parse().ok())
+        .unwrap_or(1)
 }
 
 fn free_port() -> u16 {
@@ -39,8 +46,18 @@ fn free_port() -> u16 {
 
 fn slurm_options(port: u16, cpus: u32) -> Options {
     let args = [
-        "--executor", "slurm", "--slurm-gpus", "0", "--slurm-poll-secs", "0.5", "--slurm-jobs", "3",
-        "--slurm-cpus", &cpus.to_string(), "--listen", &format!("127.0.0.1:{port}"),
+        "--executor",
+        "slurm",
+        "--slurm-gpus",
+        "0",
+        "--slurm-poll-secs",
+        "0.5",
+        "--slurm-jobs",
+        "3",
+        "--slurm-cpus",
+        &cpus.to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
     ];
     Options { args: args.iter().map(|arg| arg.to_string()).collect(), ..Options::default() }
 }
@@ -146,7 +163,11 @@ async fn a_restarted_server_reattaches_to_a_running_slurm_job_and_slurm_pending_
     let id = app.submit(&long_spec("survivor", 40)).await;
     let waiting = app.submit(&long_spec("waiting", 1)).await;
     app.wait_for(&id, WAIT, |job| job["progress"]["activity"] == "training").await;
-    let job = app.wait_for(&waiting, WAIT, |job| job["pending_reason"].as_str().is_some_and(|r| r.starts_with("pending in Slurm"))).await;
+    let job = app
+        .wait_for(&waiting, WAIT, |job| {
+            job["pending_reason"].as_str().is_some_and(|r| r.starts_with("pending in Slurm"))
+        })
+        .await;
     assert_eq!(job["state"], "running", "handed to Slurm, waiting there: {job:#}");
     let slurm = slurm_id(&app, &id).await;
     // The server dies; Slurm keeps the job; its relay keeps trying.
@@ -184,7 +205,8 @@ async fn after_maps_to_a_slurm_dependency_that_holds_the_job_and_fails_it_with_t
         spec["after"] = json!([first]);
         spec
     };
-    let held = |job: &Value| job["pending_reason"].as_str().is_some_and(|reason| reason == "pending in Slurm: Dependency");
+    let held =
+        |job: &Value| job["pending_reason"].as_str().is_some_and(|reason| reason == "pending in Slurm: Dependency");
     let first = app.submit(&long_spec("first", 3)).await;
     let second = app.submit(&after("second", 1, &first)).await;
     let job = app.wait_for(&second, WAIT, held).await;

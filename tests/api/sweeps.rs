@@ -111,7 +111,10 @@ async fn a_resubmit_applies_a_merge_patch_and_links_the_child_to_its_parent() {
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let child = &answer["jobs"][0];
     assert_eq!(child["parent_id"], parent.as_str());
-    assert_eq!(child["notes"], json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.0001}},"seed":7}}"#)]));
+    assert_eq!(
+        child["notes"],
+        json!([format!(r#"resubmitted from {parent} with {{"optimizer":{{"lr":0.0001}},"seed":7}}"#)])
+    );
     let mut expected = original["spec"].clone();
     expected["optimizer"]["lr"] = json!(1e-4);
     expected["seed"] = json!(7);
@@ -131,7 +134,8 @@ async fn a_resubmit_applies_a_merge_patch_and_links_the_child_to_its_parent() {
     // A patch may add a sweep: every job of the group links to the parent.
     let (status, body) = app.post(&format!("/api/jobs/{parent}/resubmit"), &json!({"sweep": {"/seed": [3, 4]}})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let seeds: Vec<(&Value, &Value)> = body["jobs"].as_array().unwrap().iter().map(|job| (&job["spec"]["seed"], &job["parent_id"])).collect();
+    let seeds: Vec<(&Value, &Value)> =
+        body["jobs"].as_array().unwrap().iter().map(|job| (&job["spec"]["seed"], &job["parent_id"])).collect();
     assert_eq!(seeds, vec![(&json!(3), &json!(parent)), (&json!(4), &json!(parent))]);
 
     // Bad patches name what to fix; nothing is queued for them.

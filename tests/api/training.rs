@@ -41,9 +41,12 @@ async fn a_job_trains_beats_chance_and_checkpoints_what_it_should() {
     assert!(metrics["final"]["train_loss"].as_f64().unwrap().is_finite());
     // The assignment's QE2 metrics on the test set, positive class PNEUMONIA.
     let binary = &metrics["final"]["binary"];
-    let confusion: Vec<u64> = binary["confusion"].as_array().unwrap().iter().flat_map(|row| {
-        row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>()
-    }).collect();
+    let confusion: Vec<u64> = binary["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>())
+        .collect();
     assert_eq!(confusion.iter().sum::<u64>(), 50, "{binary}");
     assert_eq!(confusion[0] + confusion[1], 25, "row 0 holds the 25 NORMAL images");
     let accuracy = (confusion[0] + confusion[3]) as f64 / 50.0;
@@ -157,11 +160,16 @@ async fn precision_bf16_trains_under_autocast_and_keeps_float32_checkpoints() {
     let bytes = app.download(&id, "final.safetensors").await;
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for (name, view) in tensors.tensors() {
-        assert!(matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::I64), "{name}: {:?}", view.dtype());
+        assert!(
+            matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::I64),
+            "{name}: {:?}",
+            view.dtype()
+        );
     }
     // The default (`auto`) follows this CPU's flags: bf16 with AMX-BF16 or AVX512-BF16, else fp32.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = cpuinfo.lines().find(|line| line.starts_with("flags")).map_or(vec![], |line| line.split_whitespace().collect());
+    let flags: Vec<&str> =
+        cpuinfo.lines().find(|line| line.starts_with("flags")).map_or(vec![], |line| line.split_whitespace().collect());
     let expected = if flags.contains(&"amx_bf16") && flags.contains(&"amx_tile") {
         "bf16 autocast (auto: the CPU has AMX-BF16)"
     } else if flags.contains(&"avx512_bf16") {
@@ -169,9 +177,14 @@ async fn precision_bf16_trains_under_autocast_and_keeps_float32_checkpoints() {
     } else {
         "fp32 (auto: the CPU has no bf16 instructions)"
     };
-    let (_, plain) = app.post("/api/jobs", &json!({"name": "auto", "dataset": "demo", "backbone": "vgg16", "weights": "random",
+    let (_, plain) = app
+        .post(
+            "/api/jobs",
+            &json!({"name": "auto", "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}], "phases": [{"epochs": 1, "train": "head"}],
-        "optimizer": {"name": "sgd", "lr": 0.01}})).await;
+        "optimizer": {"name": "sgd", "lr": 0.01}}),
+        )
+        .await;
     let id = plain["jobs"][0]["id"].as_str().unwrap();
     let (job, log) = app.finished(id, Duration::from_secs(300)).await;
     assert_eq!(job["state"], "succeeded", "{log}");

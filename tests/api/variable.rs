@@ -10,7 +10,8 @@ use std::time::Duration;
 fn vary_aspects(dataset: &std::path::Path) {
     for split in ["train", "val", "test"] {
         for class in ["NORMAL", "PNEUMONIA"] {
-            let mut files: Vec<_> = std::fs::read_dir(dataset.join(split).join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut files: Vec<_> =
+                std::fs::read_dir(dataset.join(split).join(class)).unwrap().map(|e| e.unwrap().path()).collect();
             files.sort();
             for (index, path) in files.iter().enumerate() {
                 let image = image::open(path).unwrap().to_luma8();
@@ -20,7 +21,9 @@ fn vary_aspects(dataset: &std::path::Path) {
                     1 => (width, height * 2),
                     _ => continue,
                 };
-                image::imageops::resize(&image, width, height, image::imageops::FilterType::Triangle).save(path).unwrap();
+                image::imageops::resize(&image, width, height, image::imageops::FilterType::Triangle)
+                    .save(path)
+                    .unwrap();
             }
         }
     }
@@ -38,7 +41,9 @@ async fn a_variable_size_job_trains_on_batches_of_one_shape() {
     files.sort();
     let image = image::open(&files[2]).unwrap().to_luma8();
     let (width, height) = image.dimensions();
-    image::imageops::resize(&image, width * 2, height * 2, image::imageops::FilterType::Triangle).save(&files[2]).unwrap();
+    image::imageops::resize(&image, width * 2, height * 2, image::imageops::FilterType::Triangle)
+        .save(&files[2])
+        .unwrap();
     let spec = json!({
         "name": "qe1-tiny", "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": null, "max_image_side": 64, "batch_size": 4,
@@ -62,7 +67,13 @@ async fn a_variable_size_job_trains_on_batches_of_one_shape() {
         assert!(epoch["val_loss"].as_f64().is_some_and(f64::is_finite), "finite validation loss: {metrics:#}");
     }
     let binary = &metrics["final"]["binary"];
-    let confusion: i64 = binary["confusion"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap()).map(|v| v.as_i64().unwrap()).sum();
+    let confusion: i64 = binary["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|v| v.as_i64().unwrap())
+        .sum();
     assert_eq!(confusion, 12, "every test image evaluated once: {binary:#}");
     let predictions = String::from_utf8(app.download(&id, "predictions.csv").await.to_vec()).unwrap();
     assert_eq!(predictions.lines().count(), 1 + 12, "{predictions}");

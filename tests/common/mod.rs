@@ -78,7 +78,8 @@ pub fn serve_on(listener: TcpListener, handle: impl Fn(Request) -> Reply + Send 
                 continue;
             }
             let reply = handle(request);
-            let mut head = format!("HTTP/1.1 {}\r\ncontent-length: {}\r\nconnection: close\r\n", reply.status, reply.body.len());
+            let mut head =
+                format!("HTTP/1.1 {}\r\ncontent-length: {}\r\nconnection: close\r\n", reply.status, reply.body.len());
             for (name, value) in &reply.headers {
                 head += &format!("{name}: {value}\r\n");
             }

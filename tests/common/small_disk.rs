@@ -24,12 +24,16 @@ impl SmallDisk {
             return None;
         }
         std::fs::create_dir_all(dir).unwrap();
-        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
+        let mounted =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
         match mounted {
             Ok(output) if output.status.success() => Some(SmallDisk { dir: dir.to_path_buf() }),
             Ok(output) => {
                 let why = String::from_utf8_lossy(&output.stderr);
-                eprintln!("\n!!! SKIPPED: {test}: mount -t tmpfs refused ({}); the full-disk path was NOT tested !!!\n", why.trim());
+                eprintln!(
+                    "\n!!! SKIPPED: {test}: mount -t tmpfs refused ({}); the full-disk path was NOT tested !!!\n",
+                    why.trim()
+                );
                 None
             }
             Err(err) => {
@@ -75,4 +79,3 @@ pub fn temporary_files(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
-

@@ -67,7 +67,8 @@ impl Workspace {
 /// `trainq-worker run --job <job>` with stdout piped (events) and stderr to `<job dir>/log.txt`.
 pub fn worker(job: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_trainq-worker"));
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(job.parent().unwrap().join("log.txt")).unwrap();
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(job.parent().unwrap().join("log.txt")).unwrap();
     command.args(["run", "--job"]).arg(job).stdout(Stdio::piped()).stderr(log);
     command
 }

@@ -30,8 +30,12 @@ fn tensors(path: &Path) -> HashMap<String, Vec<f64>> {
         .into_iter()
         .map(|(name, view)| {
             let values = match view.dtype() {
-                safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-                safetensors::Dtype::I64 => view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::F32 => {
+                    view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                }
+                safetensors::Dtype::I64 => {
+                    view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+                }
                 other => panic!("{name}: unexpected {other:?}"),
             };
             (name, values)
@@ -67,14 +71,19 @@ fn a_job_stopped_by_sigterm_resumes_where_it_stopped_and_ends_as_if_never_stoppe
     let job = workspace.job("stopped", "stopped-state", &spec());
     let mut sent = false;
     let (status, first_events) = follow(worker(&job).spawn().unwrap(), |event, child| {
-        let mid_epoch = event["event"] == "step" && event["phase"] == 2 && event["step"].as_u64() < event["steps"].as_u64();
+        let mid_epoch =
+            event["event"] == "step" && event["phase"] == 2 && event["step"].as_u64() < event["steps"].as_u64();
         if mid_epoch && !sent {
             sent = true;
             // SAFETY: a plain kill(2) of our own child.
             assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
         }
     });
-    assert!(sent, "the job ended before a mid-epoch step event; its epochs are too short for this test:\n{}", log(&job));
+    assert!(
+        sent,
+        "the job ended before a mid-epoch step event; its epochs are too short for this test:\n{}",
+        log(&job)
+    );
     assert_eq!(status.code(), Some(75), "{}", log(&job));
     assert!(of_kind(&first_events, "final").is_empty());
     let stop = *of_kind(&first_events, "checkpoint").last().expect("a checkpoint when stopped");
@@ -83,7 +92,10 @@ fn a_job_stopped_by_sigterm_resumes_where_it_stopped_and_ends_as_if_never_stoppe
     assert!(log(&job).contains("SIGTERM: stopped after step"), "{}", log(&job));
     // Every epoch reported before the stop is covered by a checkpoint (the checkpoint comes first).
     let first_epochs = of_kind(&first_events, "epoch");
-    assert!(first_events.iter().position(|e| e["event"] == "checkpoint").unwrap() < first_events.iter().position(|e| e["event"] == "epoch").unwrap());
+    assert!(
+        first_events.iter().position(|e| e["event"] == "checkpoint").unwrap()
+            < first_events.iter().position(|e| e["event"] == "epoch").unwrap()
+    );
 
     let (status, second_events) = run(&job);
     assert!(status.success(), "{}", log(&job));
@@ -97,8 +109,11 @@ fn a_job_stopped_by_sigterm_resumes_where_it_stopped_and_ends_as_if_never_stoppe
     let resent: Vec<&Value> = second_events[at + 1..].iter().take(first_epochs.len()).collect();
     assert_eq!(resent, first_epochs, "re-sent curves");
     let new_epochs: Vec<&Value> = of_kind(&second_events[at + 1 + first_epochs.len()..], "epoch");
-    let mut covered: Vec<(u64, u64)> =
-        first_epochs.iter().chain(&new_epochs).map(|e| (e["phase"].as_u64().unwrap(), e["epoch"].as_u64().unwrap())).collect();
+    let mut covered: Vec<(u64, u64)> = first_epochs
+        .iter()
+        .chain(&new_epochs)
+        .map(|e| (e["phase"].as_u64().unwrap(), e["epoch"].as_u64().unwrap()))
+        .collect();
     covered.sort();
     assert_eq!(covered, [(1, 1), (2, 1), (2, 2)], "each epoch once");
 

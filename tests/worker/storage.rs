@@ -19,7 +19,8 @@ fn write_atomic_on_a_full_disk_fails_with_enospc_and_leaves_no_temporary_file() 
     let failed = files::write_atomic_bytes(&disk.dir.join("big.bin"), &vec![2u8; 512 << 10]).unwrap_err();
     assert_eq!(failed.raw_os_error(), Some(libc::ENOSPC), "{failed}");
     assert!(files::is_storage_error(&failed));
-    let names: Vec<String> = std::fs::read_dir(&disk.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&disk.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["filler"], "the temporary file is gone");
     // What still fits is written: the failure was the space, nothing else.
     files::write_atomic_bytes(&disk.dir.join("small.json"), &[3u8; 4 << 10]).unwrap();
@@ -47,7 +48,9 @@ fn storage_failure(events: &[Value], job: &Path) -> String {
 fn a_checkpoint_that_does_not_fit_stops_the_worker_with_a_storage_failure_and_keeps_the_last_one() {
     let workspace = Workspace::new(4);
     // Room for one checkpoint (59 MB), not for the temporary file of a second beside it.
-    let Some(disk) = SmallDisk::mount(&workspace.root.join("disk"), "96m", "a checkpoint on a full disk") else { return };
+    let Some(disk) = SmallDisk::mount(&workspace.root.join("disk"), "96m", "a checkpoint on a full disk") else {
+        return;
+    };
     let (output, state) = (disk.dir.join("artifacts"), disk.dir.join("state"));
     let job = workspace.job_writing_to("full", &output, &state, &spec(3));
     let (status, events) = follow(worker(&job).spawn().unwrap(), |_, _| {});
@@ -82,7 +85,10 @@ fn a_worker_on_a_full_disk_reports_a_storage_failure_naming_the_artifact() {
 
     // The first thing a job writes is its spec, beside the artifacts.
     let message = storage_failure(&events, &job);
-    assert_eq!(message, format!("writing {}: No space left on device (os error 28)", output.join("spec.json").display()));
+    assert_eq!(
+        message,
+        format!("writing {}: No space left on device (os error 28)", output.join("spec.json").display())
+    );
     assert_eq!(status.code(), Some(74), "{}", log(&job));
     assert!(temporary_files(&disk.dir).is_empty(), "left behind: {:?}", temporary_files(&disk.dir));
 }

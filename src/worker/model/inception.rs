@@ -20,10 +20,19 @@ struct BasicConv {
 }
 
 impl BasicConv {
-    fn new(parent: &nn::Path, name: &str, cin: i64, cout: i64, kernel: [i64; 2], stride: i64, padding: [i64; 2]) -> BasicConv {
+    fn new(
+        parent: &nn::Path,
+        name: &str,
+        cin: i64,
+        cout: i64,
+        kernel: [i64; 2],
+        stride: i64,
+        padding: [i64; 2],
+    ) -> BasicConv {
         let path = parent / name;
         // torchvision initialises with a (truncated) normal of std 0.1.
-        let weight = (&path / "conv").var("weight", &[cout, cin, kernel[0], kernel[1]], Init::Randn { mean: 0.0, stdev: 0.1 });
+        let weight =
+            (&path / "conv").var("weight", &[cout, cin, kernel[0], kernel[1]], Init::Randn { mean: 0.0, stdev: 0.1 });
         let bn = BatchNorm::new(&(&path / "bn"), cout, BN_MOMENTUM, BN_EPSILON);
         BasicConv { weight, bn, stride, padding }
     }
@@ -178,9 +187,8 @@ fn inception_d(m: &Module, cin: i64) -> Block {
 }
 
 fn inception_e(m: &Module, cin: i64) -> Block {
-    let split = |a: &str, b: &str| {
-        Step::Split(m.conv(a, 384, 384, [1, 3], 1, [0, 1]), m.conv(b, 384, 384, [3, 1], 1, [1, 0]))
-    };
+    let split =
+        |a: &str, b: &str| Step::Split(m.conv(a, 384, 384, [1, 3], 1, [0, 1]), m.conv(b, 384, 384, [3, 1], 1, [1, 0]));
     Block {
         branches: vec![
             vec![m.c1("branch1x1", cin, 320)],

@@ -247,7 +247,10 @@ impl Network {
     /// trains). `None` when the first block trains: nothing frozen comes first.
     pub fn cut_for(&self, trainable: &Trainable) -> Option<Cut> {
         let block = trainable.frozen_prefix;
-        (block > 0).then(|| Cut { block, pooled: block == self.block_count() && matches!(self.head.ops.first(), Some(HeadOp::Gap)) })
+        (block > 0).then(|| Cut {
+            block,
+            pooled: block == self.block_count() && matches!(self.head.ops.first(), Some(HeadOp::Gap)),
+        })
     }
 
     /// The name of what a cut caches, for logs: the last frozen block, plus `+gap` when pooled.
@@ -341,7 +344,8 @@ impl Network {
     /// Every backbone tensor (parameters and batch-norm statistics) by name, sorted: what decides
     /// a frozen prefix's activations besides the input.
     pub fn backbone_state(&self) -> Vec<(String, Tensor)> {
-        let mut state: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(name, _)| !name.starts_with("head.")).collect();
+        let mut state: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(name, _)| !name.starts_with("head.")).collect();
         state.sort_by(|a, b| a.0.cmp(&b.0));
         state
     }
@@ -382,7 +386,8 @@ impl Network {
     pub fn load_backbone(&self, path: &std::path::Path) -> anyhow::Result<usize> {
         let file: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
         let variables = self.vs.variables();
-        let backbone: Vec<(&String, &Tensor)> = variables.iter().filter(|(name, _)| !name.starts_with("head.")).collect();
+        let backbone: Vec<(&String, &Tensor)> =
+            variables.iter().filter(|(name, _)| !name.starts_with("head.")).collect();
         let mut missing = Vec::new();
         for (name, target) in &backbone {
             match file.get(*name) {
@@ -422,7 +427,11 @@ impl Network {
         let mut missing: Vec<&String> = variables.keys().filter(|name| !file.contains_key(*name)).collect();
         missing.sort();
         if let Some(first) = missing.first() {
-            anyhow::bail!("{} lacks {} of this network's tensors, e.g. {first}: it was saved by a network of another shape", path.display(), missing.len());
+            anyhow::bail!(
+                "{} lacks {} of this network's tensors, e.g. {first}: it was saved by a network of another shape",
+                path.display(),
+                missing.len()
+            );
         }
         let mut extra: Vec<&String> = file.keys().filter(|name| !variables.contains_key(*name)).collect();
         extra.sort();
@@ -574,7 +583,10 @@ mod tests {
         let images = Tensor::rand([2, 3, 80, 80], (Kind::Float, Device::Cpu));
         let _ = network.forward(&images, &trainable, true);
         assert!(variables["Mixed_7b.branch1x1.bn.running_mean"].equal(&frozen_before), "frozen BN statistics moved");
-        assert!(!variables["Mixed_7c.branch1x1.bn.running_mean"].equal(&trained_before), "trained BN statistics did not move");
+        assert!(
+            !variables["Mixed_7c.branch1x1.bn.running_mean"].equal(&trained_before),
+            "trained BN statistics did not move"
+        );
         assert!(!variables["Mixed_7b.branch1x1.conv.weight"].requires_grad());
         assert!(variables["Mixed_7c.branch1x1.conv.weight"].requires_grad());
         assert!(parameters.iter().all(|p| p.requires_grad()));
