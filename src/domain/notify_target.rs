@@ -56,7 +56,7 @@ pub fn check_webhook_url(url: &str) -> Result<(), String> {
 /// Checks a webhook's signing secret: 16 to 256 printable characters without spaces.
 pub fn check_webhook_secret(secret: &str) -> Result<(), String> {
     let length = secret.chars().count();
-    if length < MIN_SECRET_LEN || length > MAX_SECRET_LEN {
+    if !(MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&length) {
         return Err(format!(
             "the secret has {length} characters; send {MIN_SECRET_LEN} to {MAX_SECRET_LEN} (e.g. the output of `openssl rand -hex 32`)"
         ));

@@ -208,6 +208,19 @@ impl RateLimiter {
     }
 }
 
+/// The 403 of an admin-only route (`GET /api/admin/…`, `POST /api/admin/gc`) for a student:
+/// `what` names what they asked for.
+pub(super) fn admin_only(user: &User, what: &str) -> Result<(), ApiError> {
+    if user.admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden {
+            field: "Authorization",
+            message: format!("{what} is for admins; send an admin's token"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,18 +237,5 @@ mod tests {
         assert!(limiter.check("bob", start).is_ok(), "buckets are per user");
         assert!(limiter.check("alice", start + Duration::from_millis(1100)).is_ok());
         assert!(limiter.check("alice", start + Duration::from_millis(1200)).is_err());
-    }
-}
-
-/// The 403 of an admin-only route (`GET /api/admin/…`, `POST /api/admin/gc`) for a student:
-/// `what` names what they asked for.
-pub(super) fn admin_only(user: &User, what: &str) -> Result<(), ApiError> {
-    if user.admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden {
-            field: "Authorization",
-            message: format!("{what} is for admins; send an admin's token"),
-        })
     }
 }

@@ -24,6 +24,9 @@ use prometheus_client::registry::{Metric, Registry, Unit};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
+/// Reads one number of a folder's filesystem (free or total bytes).
+type SpaceReading = fn(&crate::disk_space::Space) -> u64;
+
 /// A sample's labels, in the order they are written.
 type Labels = Vec<(&'static str, String)>;
 
@@ -140,7 +143,7 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
     );
     let disk = state.disk.clone();
     let spaces = tokio::task::spawn_blocking(move || disk.measure_all()).await.unwrap_or_default();
-    let per_folder: [(&str, &str, fn(&crate::disk_space::Space) -> u64); 2] = [
+    let per_folder: [(&str, &str, SpaceReading); 2] = [
         (
             "trainq_disk_free",
             "Free bytes on the filesystem of each folder trainq writes (data, jobs, cache)",

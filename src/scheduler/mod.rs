@@ -541,6 +541,9 @@ fn waits_for_disk(handle: &SchedulerHandle, id: JobId, short: crate::disk_space:
     (id, short.to_string())
 }
 
+/// What a job will write before it ends, in bytes per folder.
+type PlannedWrites = Vec<(crate::disk_space::Role, u64)>;
+
 /// Resolves a job's inputs again at start: a dataset or weights file may have gone since submit.
 /// Also returns what the job will write, per folder: its checkpoints in the job folder, and (at
 /// most) its decoded images in the shared cache.
@@ -550,7 +553,7 @@ fn worker_job(
     threads: usize,
     gpu_data_budget_bytes: Option<u64>,
     inputs: &Inputs,
-) -> Result<(WorkerJob, u32, Vec<(crate::disk_space::Role, u64)>), String> {
+) -> Result<(WorkerJob, u32, PlannedWrites), String> {
     let spec = job.spec.clone();
     let dataset = catalog::datasets::open(&inputs.datasets, &spec.dataset).map_err(|err| err.to_string())?;
     // `init_from`'s weights replace the backbone's, so the ImageNet file is not needed then. The

@@ -721,7 +721,7 @@ impl<'a> StateWrite<'a> {
         if err.is_disk_full() {
             self.disk.release_reserve();
         }
-        if self.attempts == 1 || self.attempts % 20 == 0 {
+        if self.attempts == 1 || self.attempts.is_multiple_of(20) {
             tracing::warn!(error = ?err, what = self.what, attempts = self.attempts, "a state write failed; retrying until it lands");
         }
         tokio::time::sleep(self.delay).await;

@@ -397,7 +397,7 @@ fn reduces(sampling: Sampling, reduction: u32, gray_baseline: bool, source: (u32
     if sampling.fast_decode {
         return true;
     }
-    let whole_blocks = |extent: u32, out: u32| extent % (out * 8) == 0;
+    let whole_blocks = |extent: u32, out: u32| extent.is_multiple_of(out * 8);
     sampling.interpolation == Interpolation::Area
         && reduction == 8
         && gray_baseline

@@ -283,7 +283,7 @@ async fn a_queue_of_10000_jobs_is_listed_a_small_page_at_a_time() {
     let mut stream = app.client.get(app.url("/api/events")).send().await.unwrap();
     let mut text = String::new();
     while !text.contains("\n\n") {
-        text.push_str(&String::from_utf8(stream.chunk().await.unwrap().unwrap().to_vec()).unwrap());
+        text.push_str(core::str::from_utf8(&stream.chunk().await.unwrap().unwrap()).unwrap());
     }
     let data: String = text.lines().filter_map(|line| line.strip_prefix("data:")).map(str::trim_start).collect();
     assert!(text.lines().any(|line| line == "event: snapshot"), "{text}");
