@@ -1,6 +1,13 @@
 //! One job from start to end: load the splits, build the network, run each phase with a fresh
 //! optimizer over exactly the phase's trainable parameters, checkpoint after each phase, evaluate.
 //!
+//! `run` reads as the job's phases, each a method of one of two small structs: [`Job`] holds what
+//! every phase shares (the job, its splits, the network, normaliser and numerics) and prepares
+//! them, trains each spec phase, evaluates and writes the results; [`PhaseRun`] holds one phase
+//! under way (what it trains, its feeds, its optimizer) and runs its epochs and their steps. The
+//! order of the statements is the order of the job's log lines, events and files, and of its
+//! seeds and tensor operations: moving one moves what a user (or a resumed run) sees.
+//!
 //! Crash safety: at the end of every epoch (and when SIGTERM stops a step) the whole training
 //! state goes into the job's resumable checkpoint (`resume.rs`); a restarted worker continues from
 //! it. Randomness needs no saved RNG state for that: each epoch's shuffle comes from a generator
@@ -112,7 +119,7 @@ impl<'a> Job<'a> {
         Ok(Job { work, classes: dataset.classes, splits, network, normaliser, numerics })
     }
 
-    /// The spec's batch size, as tensors count.
+    /// The spec's batch size, as libtorch counts sizes (`i64`).
     fn batch_size(&self) -> i64 {
         self.work.spec.batch_size as i64
     }
