@@ -623,6 +623,189 @@ mod tests {
         assert!(config_variables("listen = [1]").is_err());
     }
 
+    /// Every `trainq serve` long flag as one line: `--name ENV default=… value|switch`, in the
+    /// order `--help` lists them.
+    fn serve_flags() -> Vec<String> {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        command.build();
+        let serve = command.find_subcommand("serve").expect("serve is a subcommand");
+        let mut arguments: Vec<&clap::Arg> = serve.get_arguments().filter(|arg| arg.get_long().is_some()).collect();
+        arguments.sort_by_key(|arg| arg.get_display_order());
+        arguments
+            .into_iter()
+            .map(|arg| {
+                let env = arg.get_env().map(|env| env.to_string_lossy().into_owned()).unwrap_or_default();
+                let defaults: Vec<String> =
+                    arg.get_default_values().iter().map(|value| value.to_string_lossy().into_owned()).collect();
+                let kind = if arg.get_action().takes_values() { "value" } else { "switch" };
+                let choices: Vec<String> =
+                    arg.get_possible_values().iter().map(|value| value.get_name().to_string()).collect();
+                let line =
+                    format!("--{} {env} default={} {kind}", arg.get_long().unwrap_or_default(), defaults.join(","));
+                if choices.is_empty() {
+                    line
+                } else {
+                    format!("{line} {}", choices.join(","))
+                }
+            })
+            .collect()
+    }
+
+    /// The flags, variables and defaults of `trainq serve` as they were before configuration was
+    /// split into groups: users' scripts, unit files and config files depend on every one.
+    #[test]
+    fn serve_flags_variables_and_defaults_stay_as_they_are() {
+        let expected = [
+            "--config TRAINQ_CONFIG default= value",
+            "--listen TRAINQ_LISTEN default=127.0.0.1:8080 value",
+            "--data-dir TRAINQ_DATA_DIR default=trainq-data value",
+            "--datasets TRAINQ_DATASETS default= value",
+            "--weights TRAINQ_WEIGHTS default= value",
+            "--cpu-slots TRAINQ_CPU_SLOTS default=1 value",
+            "--cache-max-gb TRAINQ_CACHE_MAX_GB default=50 value",
+            "--disk-low-water-gb TRAINQ_DISK_LOW_WATER_GB default=2 value",
+            "--disk-reserve-mb TRAINQ_DISK_RESERVE_MB default=64 value",
+            "--max-storage-retries TRAINQ_MAX_STORAGE_RETRIES default=5 value",
+            "--no-gpu TRAINQ_NO_GPU default=false switch",
+            "--worker TRAINQ_WORKER default= value",
+            "--kill-grace-secs TRAINQ_KILL_GRACE_SECS default=10 value",
+            "--shutdown-grace-secs TRAINQ_SHUTDOWN_GRACE_SECS default=30 value",
+            "--worker-max-memory-gb TRAINQ_WORKER_MAX_MEMORY_GB default= value",
+            "--static-dir TRAINQ_STATIC_DIR default= value",
+            "--demo TRAINQ_DEMO default=false switch",
+            "--rate-limit-per-minute TRAINQ_RATE_LIMIT_PER_MINUTE default=600 value",
+            "--max-jobs-per-user TRAINQ_MAX_JOBS_PER_USER default=50 value",
+            "--max-epochs TRAINQ_MAX_EPOCHS default=1000 value",
+            "--executor TRAINQ_EXECUTOR default=local value local,slurm",
+            "--slurm-jobs TRAINQ_SLURM_JOBS default=8 value",
+            "--slurm-partition TRAINQ_SLURM_PARTITION default= value",
+            "--slurm-account TRAINQ_SLURM_ACCOUNT default= value",
+            "--slurm-time TRAINQ_SLURM_TIME default= value",
+            "--slurm-gpus TRAINQ_SLURM_GPUS default=1 value",
+            "--slurm-cpus TRAINQ_SLURM_CPUS default=4 value",
+            "--slurm-poll-secs TRAINQ_SLURM_POLL_SECS default=5 value",
+            "--public-url TRAINQ_PUBLIC_URL default= value",
+            "--shared-dir TRAINQ_SHARED_DIR default= value",
+            "--max-jobs-per-gpu TRAINQ_MAX_JOBS_PER_GPU default=2 value",
+            "--gpu-headroom-gb TRAINQ_GPU_HEADROOM_GB default=1 value",
+            "--max-running-per-user TRAINQ_MAX_RUNNING_PER_USER default= value",
+            "--fair-share-half-life-hours TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS default=24 value",
+            "--max-image-side TRAINQ_MAX_IMAGE_SIDE default=1024 value",
+            "--max-disk-per-user-gb TRAINQ_MAX_DISK_PER_USER_GB default= value",
+            "--retention-days TRAINQ_RETENTION_DAYS default=0 value",
+            "--retention-keep TRAINQ_RETENTION_KEEP default=final.safetensors,*.json,*.csv,*.svg,*.png,log.txt,cam value",
+            "--smtp-url TRAINQ_SMTP_URL default= value",
+            "--smtp-ca-file TRAINQ_SMTP_CA_FILE default= value",
+            "--smtp-from TRAINQ_SMTP_FROM default=trainq <trainq@localhost> value",
+            "--notify-retry-secs TRAINQ_NOTIFY_RETRY_SECS default=30 value",
+            "--notify-max-attempts TRAINQ_NOTIFY_MAX_ATTEMPTS default=12 value",
+            "--help  default= switch",
+        ];
+        assert_eq!(serve_flags(), expected);
+    }
+
+    /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 43] = [
+        ("config", r#""/etc/trainq/other.toml""#),
+        ("listen", r#""0.0.0.0:9""#),
+        ("data_dir", r#""/srv/data""#),
+        ("datasets", r#""/srv/datasets""#),
+        ("weights", r#""/srv/weights""#),
+        ("cpu_slots", "3"),
+        ("cache_max_gb", "7.5"),
+        ("disk_low_water_gb", "20"),
+        ("disk_reserve_mb", "256"),
+        ("max_storage_retries", "9"),
+        ("no_gpu", "true"),
+        ("worker", r#""/usr/bin/trainq-worker""#),
+        ("kill_grace_secs", "11"),
+        ("shutdown_grace_secs", "60"),
+        ("worker_max_memory_gb", "16"),
+        ("static_dir", r#""/srv/static""#),
+        ("demo", "true"),
+        ("rate_limit_per_minute", "60"),
+        ("max_jobs_per_user", "30"),
+        ("max_epochs", "400"),
+        ("executor", r#""slurm""#),
+        ("slurm_jobs", "16"),
+        ("slurm_partition", r#""gpu""#),
+        ("slurm_account", r#""class""#),
+        ("slurm_time", r#""1-00:00:00""#),
+        ("slurm_gpus", "2"),
+        ("slurm_cpus", "8"),
+        ("slurm_poll_secs", "0.5"),
+        ("public_url", r#""http://gpubox:8080""#),
+        ("shared_dir", r#""/shared""#),
+        ("max_jobs_per_gpu", "3"),
+        ("gpu_headroom_gb", "2.5"),
+        ("max_running_per_user", "2"),
+        ("fair_share_half_life_hours", "12"),
+        ("max_image_side", "512"),
+        ("max_disk_per_user_gb", "0.5"),
+        ("retention_days", "30"),
+        ("retention_keep", r#""final.safetensors,plots""#),
+        ("smtp_url", r#""smtp://localhost:25""#),
+        ("smtp_ca_file", r#""/etc/ssl/campus.pem""#),
+        ("smtp_from", r#""trainq <q@example.org>""#),
+        ("notify_retry_secs", "2.5"),
+        ("notify_max_attempts", "3"),
+    ];
+
+    /// Parses `trainq serve` with these arguments and these variables set (and every other
+    /// `TRAINQ_*` variable of `serve` unset), as the `Debug` text of its configuration.
+    fn parse_serve(arguments: &[String], variables: &[(String, String)]) -> String {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve is a subcommand");
+        for env in serve.get_arguments().filter_map(clap::Arg::get_env) {
+            std::env::remove_var(env);
+        }
+        for (name, value) in variables {
+            std::env::set_var(name, value);
+        }
+        let parsed =
+            Cli::try_parse_from(["trainq", "serve"].into_iter().map(String::from).chain(arguments.iter().cloned()));
+        for (name, _) in variables {
+            std::env::remove_var(name);
+        }
+        match parsed.expect("serve's arguments parse").command {
+            Command::Serve(config) => format!("{config:?}"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Each key of a config file, under its flag's name with `_` or `-`, sets what the flag sets:
+    /// the file works through the flags' variables, so a flag whose variable was renamed or
+    /// dropped would silently stop being configurable from the file.
+    #[test]
+    fn every_flag_is_a_config_file_key_that_sets_what_the_flag_sets() {
+        // This is the only test that sets `TRAINQ_*` variables; the lock keeps it so if more come.
+        static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _environment = ENVIRONMENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let flags: Vec<String> = serve_flags()
+            .iter()
+            .filter_map(|line| line.split(' ').next()?.strip_prefix("--").map(str::to_string))
+            .filter(|flag| flag != "help")
+            .collect();
+        let sampled: Vec<String> = CONFIG_FILE_SAMPLES.iter().map(|(key, _)| key.replace('_', "-")).collect();
+        assert_eq!(sampled, flags, "every flag has a sample value, in --help's order");
+        let defaults = parse_serve(&[], &[]);
+        for (key, value) in CONFIG_FILE_SAMPLES {
+            let flag = key.replace('_', "-");
+            let argument = match value {
+                "true" => vec![format!("--{flag}")],
+                _ => vec![format!("--{flag}={}", value.trim_matches('"'))],
+            };
+            let from_flag = parse_serve(&argument, &[]);
+            assert_ne!(from_flag, defaults, "--{flag} {value} is not the default");
+            for spelling in [key.to_string(), flag.clone()] {
+                let variables = config_variables(&format!("{spelling} = {value}")).unwrap();
+                assert_eq!(parse_serve(&[], &variables), from_flag, "the config file's `{spelling} = {value}`");
+            }
+        }
+    }
+
     #[test]
     fn the_example_configs_are_valid() {
         for text in [include_str!("../deploy/trainq.toml"), include_str!("../deploy/slurm/trainq.toml")] {
