@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// trainq: a training queue for a shared GPU box.
 #[derive(Debug, Parser)]
@@ -374,161 +375,454 @@ pub fn config_variables(text: &str) -> anyhow::Result<Vec<(String, String)>> {
     Ok(variables)
 }
 
-/// `trainq serve`.
+/// `trainq serve`: every setting, in named groups that each turn their flags into the typed values
+/// (bytes, [`Duration`]s, seconds) the rest of the server uses, once.
+///
+/// The groups are flattened, so the flags, their `TRAINQ_*` variables and the config file's keys
+/// are the same as when this was one flat struct (a test pins them). `--help` lists the flags in
+/// the order it always has, which interleaves the groups: each flag's `display_order` is its place
+/// in that list, so users' habits and the README's excerpts stay right.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// A TOML file of these settings (keys are the flags' long names); flags and `TRAINQ_*`
     /// variables override it. See deploy/trainq.toml.
-    #[arg(long, env = "TRAINQ_CONFIG")]
+    #[arg(long, env = "TRAINQ_CONFIG", display_order = 0)]
     pub config: Option<PathBuf>,
+    /// Where the API listens and the URL it is reached at.
+    #[command(flatten)]
+    pub listen: ListenConfig,
+    /// The folders trainq reads and writes, and how full their disks may get.
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    /// The worker processes: which program, how many on CPUs, how they are stopped.
+    #[command(flatten)]
+    pub workers: WorkerConfig,
+    /// What each user may ask for.
+    #[command(flatten)]
+    pub limits: UserLimitsConfig,
+    /// How jobs share the devices.
+    #[command(flatten)]
+    pub scheduling: SchedulingConfig,
+    /// Where jobs run, and the Slurm settings when that is a cluster.
+    #[command(flatten)]
+    pub executor: ExecutorConfig,
+    /// What happens to old finished jobs.
+    #[command(flatten)]
+    pub retention: RetentionConfig,
+    /// How job notifications are delivered.
+    #[command(flatten)]
+    pub notifications: NotificationConfig,
+}
+
+/// Bytes in `gigabytes` GB (10⁹ bytes, as the flags say), rounded down; negative or NaN is 0.
+pub fn bytes_from_gigabytes(gigabytes: f64) -> u64 {
+    // `as` saturates: negative and NaN become 0, huge values u64::MAX.
+    (gigabytes * 1e9) as u64
+}
+
+/// Bytes in `mebibytes` MiB (2²⁰ bytes: the reserve file has always been sized this way).
+pub fn bytes_from_mebibytes(mebibytes: u64) -> u64 {
+    mebibytes << 20
+}
+
+/// `trainq serve`'s listening address and public URL (TLS settings would join them).
+#[derive(Debug, Clone, Args)]
+pub struct ListenConfig {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
-    #[arg(long, env = "TRAINQ_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "TRAINQ_LISTEN", default_value = "127.0.0.1:8080", display_order = 1)]
     pub listen: SocketAddr,
+    /// The URL compute nodes reach this server at (workers report there), and the base of the
+    /// dashboard links in notifications. Default: http:// and the address it listens on.
+    #[arg(long, env = "TRAINQ_PUBLIC_URL", display_order = 28)]
+    pub public_url: Option<String>,
+}
+
+impl ListenConfig {
+    /// The URL workers and notification links use, given the address the server is bound to
+    /// (which differs from `--listen` when that asks for port 0).
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{bound}"))
+    }
+}
+
+/// `trainq serve`'s folders and disk limits.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
     /// Holds `trainq.db` and one folder per job.
-    #[arg(long, env = "TRAINQ_DATA_DIR", default_value = "trainq-data")]
+    #[arg(long, env = "TRAINQ_DATA_DIR", default_value = "trainq-data", display_order = 2)]
     pub data_dir: PathBuf,
     /// Datasets root: each subfolder is a dataset in ImageFolder layout. Default: DATA_DIR/datasets.
-    #[arg(long, env = "TRAINQ_DATASETS")]
+    #[arg(long, env = "TRAINQ_DATASETS", display_order = 3)]
     pub datasets: Option<PathBuf>,
     /// Pretrained backbone files (`vgg16.safetensors`, torchvision names). Default: DATA_DIR/weights.
-    #[arg(long, env = "TRAINQ_WEIGHTS")]
+    #[arg(long, env = "TRAINQ_WEIGHTS", display_order = 4)]
     pub weights: Option<PathBuf>,
-    /// How many CPU jobs may run at once when there is no GPU.
-    #[arg(long, env = "TRAINQ_CPU_SLOTS", default_value_t = 1)]
-    pub cpu_slots: usize,
     /// Most gigabytes the shared cache (decoded images and frozen-layer activations, under
     /// DATA_DIR/cache) may hold; the least recently used entries are evicted beyond it.
-    #[arg(long, env = "TRAINQ_CACHE_MAX_GB", default_value_t = 50.0)]
+    #[arg(long, env = "TRAINQ_CACHE_MAX_GB", default_value_t = 50.0, display_order = 6)]
     pub cache_max_gb: f64,
     /// No job starts unless this many gigabytes would stay free, after what it will write, on
     /// each folder's filesystem (data dir, job folders, cache); below it the cache is evicted first.
-    #[arg(long, env = "TRAINQ_DISK_LOW_WATER_GB", default_value_t = 2.0)]
+    #[arg(long, env = "TRAINQ_DISK_LOW_WATER_GB", default_value_t = 2.0, display_order = 7)]
     pub disk_low_water_gb: f64,
     /// Megabytes kept in `DATA_DIR/trainq.reserve` and given up when the disk fills, so the
     /// queue's own state (a job's end, a re-queue) can still be written; while it is given up,
     /// requests that would write answer 507. 0 disables it.
-    #[arg(long, env = "TRAINQ_DISK_RESERVE_MB", default_value_t = 64)]
+    #[arg(long, env = "TRAINQ_DISK_RESERVE_MB", default_value_t = 64, display_order = 8)]
     pub disk_reserve_mb: u64,
     /// How often one job may go back to the queue because the disk refused a write (it then
     /// resumes from its last checkpoint once there is room) before it fails, naming the disk.
-    #[arg(long, env = "TRAINQ_MAX_STORAGE_RETRIES", default_value_t = 5)]
+    #[arg(long, env = "TRAINQ_MAX_STORAGE_RETRIES", default_value_t = 5, display_order = 9)]
     pub max_storage_retries: u32,
+    /// Serve the dashboard's files from this folder (for editing them without a rebuild).
+    /// Default: the files compiled into the binary.
+    #[arg(long, env = "TRAINQ_STATIC_DIR", display_order = 15)]
+    pub static_dir: Option<PathBuf>,
+    /// Generate the demo dataset `chest_xray_demo` in the datasets folder if it is missing.
+    #[arg(long, env = "TRAINQ_DEMO", display_order = 16)]
+    pub demo: bool,
+    /// Folder for job folders and the shared cache, visible at the same path on compute nodes
+    /// (Slurm). Default: DATA_DIR. The database stays in DATA_DIR.
+    #[arg(long, env = "TRAINQ_SHARED_DIR", display_order = 29)]
+    pub shared_dir: Option<PathBuf>,
+}
+
+/// The folders of [`StorageConfig`], created and made absolute (workers run in their own
+/// folders, so every path they get must be absolute).
+#[derive(Debug, Clone)]
+pub struct StorageFolders {
+    /// Holds `trainq.db` (and the reserve file).
+    pub data_dir: PathBuf,
+    /// Holds the job folders (`jobs/`) and the shared cache (`cache/`): `--shared-dir`, or the
+    /// data folder.
+    pub work_dir: PathBuf,
+    /// The datasets root.
+    pub datasets: PathBuf,
+    /// The pretrained weights folder.
+    pub weights: PathBuf,
+}
+
+impl StorageConfig {
+    /// Creates the folders and resolves them, defaults filled in.
+    pub fn folders(&self) -> anyhow::Result<StorageFolders> {
+        let data_dir = absolute_dir(&self.data_dir)?;
+        let datasets = absolute_dir(&self.datasets.clone().unwrap_or_else(|| data_dir.join("datasets")))?;
+        let weights = absolute_dir(&self.weights.clone().unwrap_or_else(|| data_dir.join("weights")))?;
+        let work_dir = match &self.shared_dir {
+            Some(dir) => absolute_dir(dir)?,
+            None => data_dir.clone(),
+        };
+        Ok(StorageFolders { data_dir, work_dir, datasets, weights })
+    }
+
+    /// The disk limits, in bytes.
+    pub fn disk_settings(&self) -> crate::disk_space::DiskSettings {
+        crate::disk_space::DiskSettings {
+            low_water_bytes: bytes_from_gigabytes(self.disk_low_water_gb),
+            reserve_bytes: bytes_from_mebibytes(self.disk_reserve_mb),
+            max_storage_attempts: self.max_storage_retries,
+        }
+    }
+
+    /// The shared cache's budget, in bytes.
+    pub fn cache_budget_bytes(&self) -> u64 {
+        bytes_from_gigabytes(self.cache_max_gb)
+    }
+}
+
+/// Creates `path` if needed and makes it absolute.
+pub fn absolute_dir(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    path.canonicalize().with_context(|| format!("resolving {}", path.display()))
+}
+
+/// `trainq serve`'s worker processes.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// How many CPU jobs may run at once when there is no GPU.
+    #[arg(long, env = "TRAINQ_CPU_SLOTS", default_value_t = 1, display_order = 5)]
+    pub cpu_slots: usize,
     /// Ignore GPUs even if NVML finds some (run on CPU slots).
-    #[arg(long, env = "TRAINQ_NO_GPU")]
+    #[arg(long, env = "TRAINQ_NO_GPU", display_order = 10)]
     pub no_gpu: bool,
     /// The worker executable. Default: `trainq-worker` beside this binary.
-    #[arg(long, env = "TRAINQ_WORKER")]
+    #[arg(long, env = "TRAINQ_WORKER", display_order = 11)]
     pub worker: Option<PathBuf>,
     /// Seconds between SIGTERM and SIGKILL when stopping a worker.
-    #[arg(long, env = "TRAINQ_KILL_GRACE_SECS", default_value_t = 10)]
+    #[arg(long, env = "TRAINQ_KILL_GRACE_SECS", default_value_t = 10, display_order = 12)]
     pub kill_grace_secs: u64,
     /// On SIGTERM the server stops starting jobs and gives running workers this many seconds to
     /// save a checkpoint and exit (they resume at the next start), then exits 0.
-    #[arg(long, env = "TRAINQ_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    #[arg(long, env = "TRAINQ_SHUTDOWN_GRACE_SECS", default_value_t = 30, display_order = 13)]
     pub shutdown_grace_secs: u64,
     /// Most memory (GB of address space) one CPU worker may use; over it, its allocation fails
     /// and the job fails with "out of memory" (or is retried with half the batch). Default: no limit.
-    #[arg(long, env = "TRAINQ_WORKER_MAX_MEMORY_GB")]
+    #[arg(long, env = "TRAINQ_WORKER_MAX_MEMORY_GB", display_order = 14)]
     pub worker_max_memory_gb: Option<f64>,
-    /// Serve the dashboard's files from this folder (for editing them without a rebuild).
-    /// Default: the files compiled into the binary.
-    #[arg(long, env = "TRAINQ_STATIC_DIR")]
-    pub static_dir: Option<PathBuf>,
-    /// Generate the demo dataset `chest_xray_demo` in the datasets folder if it is missing.
-    #[arg(long, env = "TRAINQ_DEMO")]
-    pub demo: bool,
+}
+
+/// [`WorkerConfig`] checked and in the supervisor's units.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The worker executable.
+    pub program: PathBuf,
+    /// Time between SIGTERM and SIGKILL when stopping a worker.
+    pub kill_grace: Duration,
+    /// At server shutdown: how long running workers get to checkpoint and exit.
+    pub shutdown_grace: Duration,
+    /// Private-memory limit of a CPU worker, bytes; `None`: no limit.
+    pub cpu_memory_limit: Option<u64>,
+}
+
+impl WorkerConfig {
+    /// Checks the memory limit and finds the worker program.
+    pub fn settings(&self) -> anyhow::Result<WorkerSettings> {
+        use anyhow::Context;
+        if let Some(gb) = self.worker_max_memory_gb {
+            // Measured: libtorch alone needs about 0.7 GB of private memory to load.
+            anyhow::ensure!(
+                gb >= 1.0,
+                "--worker-max-memory-gb {gb} is too small: a worker needs about 1 GB just to load libtorch"
+            );
+        }
+        let program = match &self.worker {
+            Some(path) => path.clone(),
+            None => std::env::current_exe().context("locating the trainq binary")?.with_file_name("trainq-worker"),
+        };
+        Ok(WorkerSettings {
+            program,
+            kill_grace: Duration::from_secs(self.kill_grace_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            cpu_memory_limit: self.worker_max_memory_gb.map(|gb| bytes_from_gigabytes(gb.max(0.1))),
+        })
+    }
+}
+
+/// `trainq serve`'s limits on what one user may ask for.
+#[derive(Debug, Clone, Args)]
+pub struct UserLimitsConfig {
     /// Requests a minute one user may make (bursts of a quarter of it); over it: 429 + Retry-After.
-    #[arg(long, env = "TRAINQ_RATE_LIMIT_PER_MINUTE", default_value_t = 600)]
+    #[arg(long, env = "TRAINQ_RATE_LIMIT_PER_MINUTE", default_value_t = 600, display_order = 17)]
     pub rate_limit_per_minute: u32,
     /// Jobs one student may have queued or running at once (admins are exempt).
-    #[arg(long, env = "TRAINQ_MAX_JOBS_PER_USER", default_value_t = 50)]
+    #[arg(long, env = "TRAINQ_MAX_JOBS_PER_USER", default_value_t = 50, display_order = 18)]
     pub max_jobs_per_user: u32,
     /// Most epochs (all phases together) one job may ask for.
-    #[arg(long, env = "TRAINQ_MAX_EPOCHS", default_value_t = 1000)]
+    #[arg(long, env = "TRAINQ_MAX_EPOCHS", default_value_t = 1000, display_order = 19)]
     pub max_epochs: u32,
-    /// Where jobs run: `local` (worker processes on this box's GPUs or CPU slots) or `slurm`
-    /// (handed to a Slurm cluster with sbatch; see deploy/slurm/).
-    #[arg(long, env = "TRAINQ_EXECUTOR", default_value = "local", value_parser = ["local", "slurm"])]
-    pub executor: String,
-    /// Slurm: jobs trainq keeps handed to Slurm at once (its fair share picks which).
-    #[arg(long, env = "TRAINQ_SLURM_JOBS", default_value_t = 8)]
-    pub slurm_jobs: usize,
-    /// Slurm: `--partition`.
-    #[arg(long, env = "TRAINQ_SLURM_PARTITION")]
-    pub slurm_partition: Option<String>,
-    /// Slurm: `--account`.
-    #[arg(long, env = "TRAINQ_SLURM_ACCOUNT")]
-    pub slurm_account: Option<String>,
-    /// Slurm: `--time`, e.g. `1-00:00:00`.
-    #[arg(long, env = "TRAINQ_SLURM_TIME")]
-    pub slurm_time: Option<String>,
-    /// Slurm: GPUs per job (`--gres=gpu:N`); 0 runs CPU jobs.
-    #[arg(long, env = "TRAINQ_SLURM_GPUS", default_value_t = 1)]
-    pub slurm_gpus: u32,
-    /// Slurm: `--cpus-per-task` (also the worker's threads).
-    #[arg(long, env = "TRAINQ_SLURM_CPUS", default_value_t = 4)]
-    pub slurm_cpus: u32,
-    /// Slurm: seconds between reads of a job's Slurm state.
-    #[arg(long, env = "TRAINQ_SLURM_POLL_SECS", default_value_t = 5.0)]
-    pub slurm_poll_secs: f64,
-    /// The URL compute nodes reach this server at (workers report there), and the base of the
-    /// dashboard links in notifications. Default: http:// and the address it listens on.
-    #[arg(long, env = "TRAINQ_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Folder for job folders and the shared cache, visible at the same path on compute nodes
-    /// (Slurm). Default: DATA_DIR. The database stays in DATA_DIR.
-    #[arg(long, env = "TRAINQ_SHARED_DIR")]
-    pub shared_dir: Option<PathBuf>,
-    /// Most jobs packed onto one GPU at once (when their memory estimates fit).
-    #[arg(long, env = "TRAINQ_MAX_JOBS_PER_GPU", default_value_t = 2)]
-    pub max_jobs_per_gpu: usize,
-    /// GPU memory (GB) kept free beyond the estimates of the jobs packed on a GPU.
-    #[arg(long, env = "TRAINQ_GPU_HEADROOM_GB", default_value_t = 1.0)]
-    pub gpu_headroom_gb: f64,
-    /// Most jobs one user may have running at once (default: no cap beyond fair share).
-    #[arg(long, env = "TRAINQ_MAX_RUNNING_PER_USER")]
-    pub max_running_per_user: Option<usize>,
-    /// Fair share: past device time counts half as much after this many hours.
-    #[arg(long, env = "TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS", default_value_t = 24.0)]
-    pub fair_share_half_life_hours: f64,
     /// Largest image side a job may ask for (`image_size`, or `max_image_side` with variable size).
-    #[arg(long, env = "TRAINQ_MAX_IMAGE_SIDE", default_value_t = 1024)]
+    #[arg(long, env = "TRAINQ_MAX_IMAGE_SIDE", default_value_t = 1024, display_order = 34)]
     pub max_image_side: u32,
     /// Most disk (GB, fractions allowed) one user's job folders may hold: at or over it, their
     /// submits answer 507 naming the quota, their usage and their largest jobs. Admins are
     /// exempt. Default: no quota.
-    #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB")]
+    #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB", display_order = 35)]
     pub max_disk_per_user_gb: Option<f64>,
+}
+
+impl UserLimitsConfig {
+    /// The limits the API enforces; `half_life_secs` is fair share's, which `/metrics` reports
+    /// usage with.
+    pub fn settings(&self, half_life_secs: f64) -> crate::http::Limits {
+        crate::http::Limits {
+            rate: crate::http::RateLimiter::new(self.rate_limit_per_minute.max(1)),
+            max_active_jobs_per_user: self.max_jobs_per_user,
+            max_epochs: self.max_epochs,
+            max_image_side: self.max_image_side,
+            half_life_secs,
+            max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
+        }
+    }
+}
+
+/// `trainq serve`'s sharing of devices between jobs and users.
+#[derive(Debug, Clone, Args)]
+pub struct SchedulingConfig {
+    /// Most jobs packed onto one GPU at once (when their memory estimates fit).
+    #[arg(long, env = "TRAINQ_MAX_JOBS_PER_GPU", default_value_t = 2, display_order = 30)]
+    pub max_jobs_per_gpu: usize,
+    /// GPU memory (GB) kept free beyond the estimates of the jobs packed on a GPU.
+    #[arg(long, env = "TRAINQ_GPU_HEADROOM_GB", default_value_t = 1.0, display_order = 31)]
+    pub gpu_headroom_gb: f64,
+    /// Most jobs one user may have running at once (default: no cap beyond fair share).
+    #[arg(long, env = "TRAINQ_MAX_RUNNING_PER_USER", display_order = 32)]
+    pub max_running_per_user: Option<usize>,
+    /// Fair share: past device time counts half as much after this many hours.
+    #[arg(long, env = "TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS", default_value_t = 24.0, display_order = 33)]
+    pub fair_share_half_life_hours: f64,
+}
+
+impl SchedulingConfig {
+    /// The scheduler's settings: packing and caps, and fair share's half-life in seconds (the
+    /// API's `/metrics` reports usage with the same one).
+    pub fn settings(&self) -> crate::scheduler::Settings {
+        crate::scheduler::Settings {
+            limits: crate::scheduler::policy::Limits {
+                max_jobs_per_gpu: self.max_jobs_per_gpu.max(1),
+                headroom_bytes: bytes_from_gigabytes(self.gpu_headroom_gb),
+                max_running_per_user: self.max_running_per_user,
+            },
+            half_life_secs: self.fair_share_half_life_hours.max(0.001) * 3600.0,
+        }
+    }
+}
+
+/// Where jobs run (`--executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Worker processes on this box's GPUs or CPU slots.
+    Local,
+    /// Jobs handed to a Slurm cluster with sbatch.
+    Slurm,
+}
+
+// Written out rather than derived: the derive would list the variants' doc comments in `--help`,
+// which has always shown only the names.
+impl clap::ValueEnum for ExecutorKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[ExecutorKind::Local, ExecutorKind::Slurm]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm => "slurm",
+        }))
+    }
+}
+
+/// `trainq serve`'s executor, and the Slurm settings it uses when that is `slurm`.
+#[derive(Debug, Clone, Args)]
+pub struct ExecutorConfig {
+    /// Where jobs run: `local` (worker processes on this box's GPUs or CPU slots) or `slurm`
+    /// (handed to a Slurm cluster with sbatch; see deploy/slurm/).
+    #[arg(long, env = "TRAINQ_EXECUTOR", default_value = "local", value_enum, display_order = 20)]
+    pub executor: ExecutorKind,
+    /// Slurm: jobs trainq keeps handed to Slurm at once (its fair share picks which).
+    #[arg(long, env = "TRAINQ_SLURM_JOBS", default_value_t = 8, display_order = 21)]
+    pub slurm_jobs: usize,
+    /// Slurm: `--partition`.
+    #[arg(long, env = "TRAINQ_SLURM_PARTITION", display_order = 22)]
+    pub slurm_partition: Option<String>,
+    /// Slurm: `--account`.
+    #[arg(long, env = "TRAINQ_SLURM_ACCOUNT", display_order = 23)]
+    pub slurm_account: Option<String>,
+    /// Slurm: `--time`, e.g. `1-00:00:00`.
+    #[arg(long, env = "TRAINQ_SLURM_TIME", display_order = 24)]
+    pub slurm_time: Option<String>,
+    /// Slurm: GPUs per job (`--gres=gpu:N`); 0 runs CPU jobs.
+    #[arg(long, env = "TRAINQ_SLURM_GPUS", default_value_t = 1, display_order = 25)]
+    pub slurm_gpus: u32,
+    /// Slurm: `--cpus-per-task` (also the worker's threads).
+    #[arg(long, env = "TRAINQ_SLURM_CPUS", default_value_t = 4, display_order = 26)]
+    pub slurm_cpus: u32,
+    /// Slurm: seconds between reads of a job's Slurm state.
+    #[arg(long, env = "TRAINQ_SLURM_POLL_SECS", default_value_t = 5.0, display_order = 27)]
+    pub slurm_poll_secs: f64,
+}
+
+impl ExecutorConfig {
+    /// The Slurm executor's settings, or `None` for the local one. `public_url` is where compute
+    /// nodes reach this server (see [`ListenConfig::public_url`]).
+    pub fn slurm_settings(&self, public_url: String) -> Option<crate::supervisor::slurm::SlurmConfig> {
+        match self.executor {
+            ExecutorKind::Local => None,
+            ExecutorKind::Slurm => Some(crate::supervisor::slurm::SlurmConfig {
+                partition: self.slurm_partition.clone(),
+                account: self.slurm_account.clone(),
+                time: self.slurm_time.clone(),
+                gpus: self.slurm_gpus,
+                cpus_per_job: self.slurm_cpus,
+                public_url,
+                relay_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trainq")),
+                poll: Duration::from_secs_f64(self.slurm_poll_secs.max(0.1)),
+            }),
+        }
+    }
+}
+
+/// `trainq serve`'s retention of old finished jobs.
+#[derive(Debug, Clone, Args)]
+pub struct RetentionConfig {
     /// Once a day, prune (or with an empty `--retention-keep`, delete) finished jobs that ended
     /// more than this many days ago. 0: off.
-    #[arg(long, env = "TRAINQ_RETENTION_DAYS", default_value_t = 0)]
+    #[arg(long, env = "TRAINQ_RETENTION_DAYS", default_value_t = 0, display_order = 36)]
     pub retention_days: u32,
     /// What retention keeps of an old job: comma-separated file names, folders or `*` patterns
     /// (as `trainq admin gc --keep`); empty: delete the whole job (a tombstone stays).
-    #[arg(long, env = "TRAINQ_RETENTION_KEEP", default_value = crate::domain::retention::DEFAULT_RETENTION_KEEP)]
+    #[arg(long, env = "TRAINQ_RETENTION_KEEP", default_value = crate::domain::retention::DEFAULT_RETENTION_KEEP, display_order = 37)]
     pub retention_keep: String,
+}
+
+/// What [`RetentionConfig`] asks for, parsed.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Jobs that ended more than this many days ago are retained.
+    pub days: u32,
+    /// What is kept of them; `None`: they are deleted outright (tombstones stay).
+    pub keep: Option<crate::domain::retention::KeepList>,
+}
+
+impl RetentionConfig {
+    /// The retention to run, or `None` when it is off.
+    pub fn settings(&self) -> anyhow::Result<Option<RetentionSettings>> {
+        if self.retention_days == 0 {
+            return Ok(None);
+        }
+        let keep = match self.retention_keep.trim() {
+            "" => None,
+            list => Some(
+                crate::domain::retention::KeepList::parse(&[list])
+                    .map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?,
+            ),
+        };
+        Ok(Some(RetentionSettings { days: self.retention_days, keep }))
+    }
+}
+
+/// `trainq serve`'s delivery of job notifications.
+#[derive(Debug, Clone, Args)]
+pub struct NotificationConfig {
     /// Notifications: the SMTP server emails go through, credentials in the URL:
     /// `smtps://user:password@mail.example.org` (TLS), `smtp://mail.example.org:587?tls=required`
     /// (STARTTLS), `smtp://localhost:25` (a local relay, unencrypted). Default: no email (webhooks
     /// still go out; emails wait and fail, visible to the admin).
-    #[arg(long, env = "TRAINQ_SMTP_URL")]
+    #[arg(long, env = "TRAINQ_SMTP_URL", display_order = 38)]
     pub smtp_url: Option<String>,
     /// Notifications: a PEM file of the certificate authority the SMTP server's TLS certificate
     /// comes from, trusted besides the public ones (a campus CA); for `smtps://` and
     /// `?tls=required`.
-    #[arg(long, env = "TRAINQ_SMTP_CA_FILE")]
-    pub smtp_ca_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "TRAINQ_SMTP_CA_FILE", display_order = 39)]
+    pub smtp_ca_file: Option<PathBuf>,
     /// Notifications: the emails' sender, e.g. `trainq <trainq@gpubox.example.org>`.
-    #[arg(long, env = "TRAINQ_SMTP_FROM", default_value = "trainq <trainq@localhost>")]
+    #[arg(long, env = "TRAINQ_SMTP_FROM", default_value = "trainq <trainq@localhost>", display_order = 40)]
     pub smtp_from: String,
     /// Notifications: seconds before a failed delivery's first retry; each later retry waits
     /// twice as long (at most an hour).
-    #[arg(long, env = "TRAINQ_NOTIFY_RETRY_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "TRAINQ_NOTIFY_RETRY_SECS", default_value_t = 30.0, display_order = 41)]
     pub notify_retry_secs: f64,
     /// Notifications: attempts before a delivery is given up (`failed`, listed for the admin at
     /// `GET /api/admin/notifications?state=failed`).
-    #[arg(long, env = "TRAINQ_NOTIFY_MAX_ATTEMPTS", default_value_t = 12)]
+    #[arg(long, env = "TRAINQ_NOTIFY_MAX_ATTEMPTS", default_value_t = 12, display_order = 42)]
     pub notify_max_attempts: u32,
+}
+
+impl NotificationConfig {
+    /// The notifier's settings (with a mailer when `--smtp-url` is set); `public_url` is the
+    /// base of the dashboard links (see [`ListenConfig::public_url`]).
+    pub fn settings(&self, public_url: String) -> anyhow::Result<crate::notify::NotifierSettings> {
+        let mailer = match &self.smtp_url {
+            Some(url) => Some(crate::notify::email::Mailer::new(url, &self.smtp_from, self.smtp_ca_file.as_deref())?),
+            None => None,
+        };
+        Ok(crate::notify::NotifierSettings {
+            mailer,
+            public_url,
+            retry_base: Duration::from_secs_f64(self.notify_retry_secs.max(0.05)),
+            max_attempts: self.notify_max_attempts.max(1),
+        })
+    }
 }
 
 /// `trainq demo-data`.
@@ -621,6 +915,189 @@ mod tests {
         let err = config_variables("cpu_slot = 2").unwrap_err().to_string();
         assert!(err.contains("unknown key `cpu_slot`") && err.contains("cpu_slots"), "{err}");
         assert!(config_variables("listen = [1]").is_err());
+    }
+
+    /// Every `trainq serve` long flag as one line: `--name ENV default=… value|switch`, in the
+    /// order `--help` lists them.
+    fn serve_flags() -> Vec<String> {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        command.build();
+        let serve = command.find_subcommand("serve").expect("serve is a subcommand");
+        let mut arguments: Vec<&clap::Arg> = serve.get_arguments().filter(|arg| arg.get_long().is_some()).collect();
+        arguments.sort_by_key(|arg| arg.get_display_order());
+        arguments
+            .into_iter()
+            .map(|arg| {
+                let env = arg.get_env().map(|env| env.to_string_lossy().into_owned()).unwrap_or_default();
+                let defaults: Vec<String> =
+                    arg.get_default_values().iter().map(|value| value.to_string_lossy().into_owned()).collect();
+                let kind = if arg.get_action().takes_values() { "value" } else { "switch" };
+                let choices: Vec<String> =
+                    arg.get_possible_values().iter().map(|value| value.get_name().to_string()).collect();
+                let line =
+                    format!("--{} {env} default={} {kind}", arg.get_long().unwrap_or_default(), defaults.join(","));
+                if choices.is_empty() {
+                    line
+                } else {
+                    format!("{line} {}", choices.join(","))
+                }
+            })
+            .collect()
+    }
+
+    /// The flags, variables and defaults of `trainq serve` as they were before configuration was
+    /// split into groups: users' scripts, unit files and config files depend on every one.
+    #[test]
+    fn serve_flags_variables_and_defaults_stay_as_they_are() {
+        let expected = [
+            "--config TRAINQ_CONFIG default= value",
+            "--listen TRAINQ_LISTEN default=127.0.0.1:8080 value",
+            "--data-dir TRAINQ_DATA_DIR default=trainq-data value",
+            "--datasets TRAINQ_DATASETS default= value",
+            "--weights TRAINQ_WEIGHTS default= value",
+            "--cpu-slots TRAINQ_CPU_SLOTS default=1 value",
+            "--cache-max-gb TRAINQ_CACHE_MAX_GB default=50 value",
+            "--disk-low-water-gb TRAINQ_DISK_LOW_WATER_GB default=2 value",
+            "--disk-reserve-mb TRAINQ_DISK_RESERVE_MB default=64 value",
+            "--max-storage-retries TRAINQ_MAX_STORAGE_RETRIES default=5 value",
+            "--no-gpu TRAINQ_NO_GPU default=false switch",
+            "--worker TRAINQ_WORKER default= value",
+            "--kill-grace-secs TRAINQ_KILL_GRACE_SECS default=10 value",
+            "--shutdown-grace-secs TRAINQ_SHUTDOWN_GRACE_SECS default=30 value",
+            "--worker-max-memory-gb TRAINQ_WORKER_MAX_MEMORY_GB default= value",
+            "--static-dir TRAINQ_STATIC_DIR default= value",
+            "--demo TRAINQ_DEMO default=false switch",
+            "--rate-limit-per-minute TRAINQ_RATE_LIMIT_PER_MINUTE default=600 value",
+            "--max-jobs-per-user TRAINQ_MAX_JOBS_PER_USER default=50 value",
+            "--max-epochs TRAINQ_MAX_EPOCHS default=1000 value",
+            "--executor TRAINQ_EXECUTOR default=local value local,slurm",
+            "--slurm-jobs TRAINQ_SLURM_JOBS default=8 value",
+            "--slurm-partition TRAINQ_SLURM_PARTITION default= value",
+            "--slurm-account TRAINQ_SLURM_ACCOUNT default= value",
+            "--slurm-time TRAINQ_SLURM_TIME default= value",
+            "--slurm-gpus TRAINQ_SLURM_GPUS default=1 value",
+            "--slurm-cpus TRAINQ_SLURM_CPUS default=4 value",
+            "--slurm-poll-secs TRAINQ_SLURM_POLL_SECS default=5 value",
+            "--public-url TRAINQ_PUBLIC_URL default= value",
+            "--shared-dir TRAINQ_SHARED_DIR default= value",
+            "--max-jobs-per-gpu TRAINQ_MAX_JOBS_PER_GPU default=2 value",
+            "--gpu-headroom-gb TRAINQ_GPU_HEADROOM_GB default=1 value",
+            "--max-running-per-user TRAINQ_MAX_RUNNING_PER_USER default= value",
+            "--fair-share-half-life-hours TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS default=24 value",
+            "--max-image-side TRAINQ_MAX_IMAGE_SIDE default=1024 value",
+            "--max-disk-per-user-gb TRAINQ_MAX_DISK_PER_USER_GB default= value",
+            "--retention-days TRAINQ_RETENTION_DAYS default=0 value",
+            "--retention-keep TRAINQ_RETENTION_KEEP default=final.safetensors,*.json,*.csv,*.svg,*.png,log.txt,cam value",
+            "--smtp-url TRAINQ_SMTP_URL default= value",
+            "--smtp-ca-file TRAINQ_SMTP_CA_FILE default= value",
+            "--smtp-from TRAINQ_SMTP_FROM default=trainq <trainq@localhost> value",
+            "--notify-retry-secs TRAINQ_NOTIFY_RETRY_SECS default=30 value",
+            "--notify-max-attempts TRAINQ_NOTIFY_MAX_ATTEMPTS default=12 value",
+            "--help  default= switch",
+        ];
+        assert_eq!(serve_flags(), expected);
+    }
+
+    /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 43] = [
+        ("config", r#""/etc/trainq/other.toml""#),
+        ("listen", r#""0.0.0.0:9""#),
+        ("data_dir", r#""/srv/data""#),
+        ("datasets", r#""/srv/datasets""#),
+        ("weights", r#""/srv/weights""#),
+        ("cpu_slots", "3"),
+        ("cache_max_gb", "7.5"),
+        ("disk_low_water_gb", "20"),
+        ("disk_reserve_mb", "256"),
+        ("max_storage_retries", "9"),
+        ("no_gpu", "true"),
+        ("worker", r#""/usr/bin/trainq-worker""#),
+        ("kill_grace_secs", "11"),
+        ("shutdown_grace_secs", "60"),
+        ("worker_max_memory_gb", "16"),
+        ("static_dir", r#""/srv/static""#),
+        ("demo", "true"),
+        ("rate_limit_per_minute", "60"),
+        ("max_jobs_per_user", "30"),
+        ("max_epochs", "400"),
+        ("executor", r#""slurm""#),
+        ("slurm_jobs", "16"),
+        ("slurm_partition", r#""gpu""#),
+        ("slurm_account", r#""class""#),
+        ("slurm_time", r#""1-00:00:00""#),
+        ("slurm_gpus", "2"),
+        ("slurm_cpus", "8"),
+        ("slurm_poll_secs", "0.5"),
+        ("public_url", r#""http://gpubox:8080""#),
+        ("shared_dir", r#""/shared""#),
+        ("max_jobs_per_gpu", "3"),
+        ("gpu_headroom_gb", "2.5"),
+        ("max_running_per_user", "2"),
+        ("fair_share_half_life_hours", "12"),
+        ("max_image_side", "512"),
+        ("max_disk_per_user_gb", "0.5"),
+        ("retention_days", "30"),
+        ("retention_keep", r#""final.safetensors,plots""#),
+        ("smtp_url", r#""smtp://localhost:25""#),
+        ("smtp_ca_file", r#""/etc/ssl/campus.pem""#),
+        ("smtp_from", r#""trainq <q@example.org>""#),
+        ("notify_retry_secs", "2.5"),
+        ("notify_max_attempts", "3"),
+    ];
+
+    /// Parses `trainq serve` with these arguments and these variables set (and every other
+    /// `TRAINQ_*` variable of `serve` unset), as the `Debug` text of its configuration.
+    fn parse_serve(arguments: &[String], variables: &[(String, String)]) -> String {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve is a subcommand");
+        for env in serve.get_arguments().filter_map(clap::Arg::get_env) {
+            std::env::remove_var(env);
+        }
+        for (name, value) in variables {
+            std::env::set_var(name, value);
+        }
+        let parsed =
+            Cli::try_parse_from(["trainq", "serve"].into_iter().map(String::from).chain(arguments.iter().cloned()));
+        for (name, _) in variables {
+            std::env::remove_var(name);
+        }
+        match parsed.expect("serve's arguments parse").command {
+            Command::Serve(config) => format!("{config:?}"),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Each key of a config file, under its flag's name with `_` or `-`, sets what the flag sets:
+    /// the file works through the flags' variables, so a flag whose variable was renamed or
+    /// dropped would silently stop being configurable from the file.
+    #[test]
+    fn every_flag_is_a_config_file_key_that_sets_what_the_flag_sets() {
+        // This is the only test that sets `TRAINQ_*` variables; the lock keeps it so if more come.
+        static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _environment = ENVIRONMENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let flags: Vec<String> = serve_flags()
+            .iter()
+            .filter_map(|line| line.split(' ').next()?.strip_prefix("--").map(str::to_string))
+            .filter(|flag| flag != "help")
+            .collect();
+        let sampled: Vec<String> = CONFIG_FILE_SAMPLES.iter().map(|(key, _)| key.replace('_', "-")).collect();
+        assert_eq!(sampled, flags, "every flag has a sample value, in --help's order");
+        let defaults = parse_serve(&[], &[]);
+        for (key, value) in CONFIG_FILE_SAMPLES {
+            let flag = key.replace('_', "-");
+            let argument = match value {
+                "true" => vec![format!("--{flag}")],
+                _ => vec![format!("--{flag}={}", value.trim_matches('"'))],
+            };
+            let from_flag = parse_serve(&argument, &[]);
+            assert_ne!(from_flag, defaults, "--{flag} {value} is not the default");
+            for spelling in [key.to_string(), flag.clone()] {
+                let variables = config_variables(&format!("{spelling} = {value}")).unwrap();
+                assert_eq!(parse_serve(&[], &variables), from_flag, "the config file's `{spelling} = {value}`");
+            }
+        }
     }
 
     #[test]

@@ -3,100 +3,44 @@
 
 use crate::config::ServeConfig;
 use crate::devices::Inventory;
+use crate::disk_space::Disk;
 use crate::events::EventBus;
-use crate::http::{self, AppState, Limits, Paths, RateLimiter};
+use crate::http::{self, AppState, Paths};
 use crate::scheduler::{self, Inputs, SchedulerHandle};
 use crate::store::Store;
 use crate::supervisor::{Executor, Supervisor, SupervisorConfig};
 use anyhow::Context;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The demo dataset's name under the datasets folder.
 pub const DEMO_DATASET: &str = "chest_xray_demo";
 
-fn absolute_dir(path: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-    path.canonicalize().with_context(|| format!("resolving {}", path.display()))
-}
-
-fn default_worker() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the trainq binary")?;
-    Ok(exe.with_file_name("trainq-worker"))
-}
-
-/// Runs the server.
+/// Runs the server: folders, database, listener, supervisor, the background tasks, then the API
+/// until SIGTERM. Every setting arrives in its unit from its group of [`ServeConfig`].
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    // Workers run in their own folders, so every path they get must be absolute.
-    let data_dir = absolute_dir(&config.data_dir)?;
-    let datasets = absolute_dir(&config.datasets.clone().unwrap_or_else(|| data_dir.join("datasets")))?;
-    let weights = absolute_dir(&config.weights.clone().unwrap_or_else(|| data_dir.join("weights")))?;
-    let static_dir = config.static_dir.clone();
-    let worker_program = match config.worker.clone() {
-        Some(path) => path,
-        None => default_worker()?,
-    };
-    if config.demo && !datasets.join(DEMO_DATASET).exists() {
-        let options = crate::demo_data::DemoOptions::default();
-        let target = datasets.join(DEMO_DATASET);
-        let summary = tokio::task::spawn_blocking(move || crate::demo_data::write(&target, &options)).await??;
-        tracing::info!(%summary, "generated the demo dataset");
+    let folders = config.storage.folders()?;
+    let workers = config.workers.settings()?;
+    if config.storage.demo {
+        write_demo_dataset_if_missing(&folders.datasets).await?;
     }
-
-    if let Some(gb) = config.worker_max_memory_gb {
-        // Measured: libtorch alone needs about 0.7 GB of private memory to load.
-        anyhow::ensure!(
-            gb >= 1.0,
-            "--worker-max-memory-gb {gb} is too small: a worker needs about 1 GB just to load libtorch"
-        );
-    }
-    // Job folders and the cache: on a filesystem compute nodes share, with Slurm.
-    let work_dir = match &config.shared_dir {
-        Some(dir) => absolute_dir(dir)?,
-        None => data_dir.clone(),
-    };
-    let disk = crate::disk_space::Disk::new(
-        &data_dir,
-        &work_dir.join("jobs"),
-        &work_dir.join("cache"),
-        crate::disk_space::DiskSettings {
-            low_water_bytes: (config.disk_low_water_gb.max(0.0) * 1e9) as u64,
-            reserve_bytes: config.disk_reserve_mb << 20,
-            max_storage_attempts: config.max_storage_retries,
-        },
+    let disk = Disk::new(
+        &folders.data_dir,
+        &folders.work_dir.join("jobs"),
+        &folders.work_dir.join("cache"),
+        config.storage.disk_settings(),
     );
-    let store = Store::open(&data_dir).await.context("opening the database")?;
-    let worker_program_path = worker_program.clone();
-    // A server restarted onto a full disk still records what the last one left running: the
-    // reserve makes room for it.
-    let requeued = loop {
-        match store.requeue_running().await {
-            Err(err) if err.is_disk_full() && disk.release_reserve() => continue,
-            result => break result?,
-        }
-    };
-    if !requeued.is_empty() {
-        tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
-    }
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let store = Store::open(&folders.data_dir).await.context("opening the database")?;
+    requeue_jobs_left_running(&store, &disk).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen.listen))?;
     let address = listener.local_addr()?;
-    let slurm = (config.executor == "slurm").then(|| {
-        Arc::new(crate::supervisor::slurm::SlurmConfig {
-            partition: config.slurm_partition.clone(),
-            account: config.slurm_account.clone(),
-            time: config.slurm_time.clone(),
-            gpus: config.slurm_gpus,
-            cpus_per_job: config.slurm_cpus,
-            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
-            relay_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trainq")),
-            poll: Duration::from_secs_f64(config.slurm_poll_secs.max(0.1)),
-        })
-    });
+    let public_url = config.listen.public_url(address);
+    let slurm = config.executor.slurm_settings(public_url.clone()).map(Arc::new);
     let inventory = match &slurm {
-        Some(slurm) => Inventory::slurm(config.slurm_jobs, slurm.gpus, slurm.cpus_per_job as usize),
-        None => Inventory::discover(config.cpu_slots, !config.no_gpu),
+        Some(slurm) => Inventory::slurm(config.executor.slurm_jobs, slurm.gpus, slurm.cpus_per_job as usize),
+        None => Inventory::discover(config.workers.cpu_slots, !config.workers.no_gpu),
     };
     let scheduler_handle = SchedulerHandle::default();
     let events = EventBus::new();
@@ -106,15 +50,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {
-            data_dir: work_dir.clone(),
-            worker_program,
+            data_dir: folders.work_dir.clone(),
+            worker_program: workers.program.clone(),
             executor: match &slurm {
                 Some(slurm) => Executor::Slurm(slurm.clone()),
                 None => Executor::Local,
             },
-            kill_grace: Duration::from_secs(config.kill_grace_secs),
-            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-            cpu_memory_limit: config.worker_max_memory_gb.map(|gb| (gb.max(0.1) * 1e9) as u64),
+            kill_grace: workers.kill_grace,
+            shutdown_grace: workers.shutdown_grace,
+            cpu_memory_limit: workers.cpu_memory_limit,
         },
         scheduler_handle.notifier(),
         events.clone(),
@@ -122,34 +66,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         disk.clone(),
         telemetry.clone(),
     );
-    let cache_budget_bytes = (config.cache_max_gb.max(0.0) * 1e9) as u64;
+    follow_jobs_left_on_slurm(&store, &supervisor, &telemetry, slurm.is_some()).await?;
+    let scheduling = config.scheduling.settings();
+    let half_life_secs = scheduling.half_life_secs;
     let inputs = Inputs {
-        datasets: datasets.clone(),
-        weights: weights.clone(),
-        data_dir: work_dir.clone(),
-        cache_budget_bytes,
+        datasets: folders.datasets.clone(),
+        weights: folders.weights.clone(),
+        data_dir: folders.work_dir.clone(),
+        cache_budget_bytes: config.storage.cache_budget_bytes(),
         disk: disk.clone(),
-    };
-    // Jobs Slurm kept running while no server was here: follow them again.
-    for (job, slurm_id) in store.running_elsewhere().await? {
-        if slurm.is_some() {
-            supervisor.reattach(&job, slurm_id).await;
-        } else {
-            let reason =
-                format!("the server restarted without the Slurm executor; Slurm job {slurm_id} is no longer followed");
-            tracing::warn!(job_id = %job.id, %reason);
-            if store.finish_job(job.id, crate::domain::JobState::Failed, Some(&reason)).await? {
-                telemetry.job_finished(crate::domain::JobState::Failed);
-            }
-        }
-    }
-    let settings = scheduler::Settings {
-        limits: scheduler::policy::Limits {
-            max_jobs_per_gpu: config.max_jobs_per_gpu.max(1),
-            headroom_bytes: (config.gpu_headroom_gb.max(0.0) * 1e9) as u64,
-            max_jobs_per_user: config.max_running_per_user,
-        },
-        half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
     };
     tokio::spawn(scheduler::run(
         scheduler_handle.clone(),
@@ -157,39 +82,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         inventory.clone(),
         supervisor.clone(),
         inputs,
-        settings,
+        scheduling,
         events.clone(),
     ));
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
-    let mailer = match &config.smtp_url {
-        Some(url) => Some(crate::notify::email::Mailer::new(url, &config.smtp_from, config.smtp_ca_file.as_deref())?),
-        None => None,
-    };
-    tokio::spawn(crate::notify::run(
-        store.clone(),
-        events.clone(),
-        crate::notify::NotifierSettings {
-            mailer,
-            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{address}")),
-            retry_base: Duration::from_secs_f64(config.notify_retry_secs.max(0.05)),
-            max_attempts: config.notify_max_attempts.max(1),
-        },
-    ));
-
-    // Users' disk usage counts every ended job: those never measured are, once, in the background.
-    let retention = crate::retention::Retention::new(store.clone(), supervisor.clone(), events.clone());
-    tokio::spawn(retention.clone().measure_unmeasured());
-    if config.retention_days > 0 {
-        // An empty keep list deletes old jobs outright (tombstones); otherwise they are pruned.
-        let keep = match config.retention_keep.trim() {
-            "" => None,
-            list => Some(
-                crate::domain::retention::KeepList::parse(&[list])
-                    .map_err(|message| anyhow::anyhow!("--retention-keep: {message}"))?,
-            ),
-        };
-        tokio::spawn(retention.retain(config.retention_days, keep));
-    }
+    tokio::spawn(crate::notify::run(store.clone(), events.clone(), config.notifications.settings(public_url)?));
+    start_retention(&store, &supervisor, &events, &config)?;
     let state = AppState {
         store,
         scheduler: scheduler_handle,
@@ -198,20 +96,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         events: events.clone(),
         disk,
         paths: Arc::new(Paths {
-            data_dir: work_dir,
-            datasets,
-            weights,
-            static_dir,
-            worker_program: worker_program_path,
+            data_dir: folders.work_dir,
+            datasets: folders.datasets,
+            weights: folders.weights,
+            static_dir: config.storage.static_dir.clone(),
+            worker_program: workers.program,
         }),
-        limits: Arc::new(Limits {
-            rate: RateLimiter::new(config.rate_limit_per_minute.max(1)),
-            max_active_jobs_per_user: config.max_jobs_per_user,
-            max_epochs: config.max_epochs,
-            max_image_side: config.max_image_side,
-            half_life_secs: config.fair_share_half_life_hours.max(0.001) * 3600.0,
-            max_disk_bytes_per_user: config.max_disk_per_user_gb.map(|gb| (gb.max(0.0) * 1e9) as u64),
-        }),
+        limits: Arc::new(config.limits.settings(half_life_secs)),
         tokens: Arc::default(),
         telemetry,
     };
@@ -232,11 +123,78 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--demo`: writes the demo dataset into the datasets folder unless it is there already.
+async fn write_demo_dataset_if_missing(datasets: &Path) -> anyhow::Result<()> {
+    let target = datasets.join(DEMO_DATASET);
+    if target.exists() {
+        return Ok(());
+    }
+    let options = crate::demo_data::DemoOptions::default();
+    let summary = tokio::task::spawn_blocking(move || crate::demo_data::write(&target, &options)).await??;
+    tracing::info!(%summary, "generated the demo dataset");
+    Ok(())
+}
+
+/// Puts the jobs a dead server left running back in the queue (they resume from a checkpoint).
+async fn requeue_jobs_left_running(store: &Store, disk: &Disk) -> anyhow::Result<()> {
+    // A server restarted onto a full disk still records what the last one left running: the
+    // reserve makes room for it.
+    let requeued = loop {
+        match store.requeue_running().await {
+            Err(err) if err.is_disk_full() && disk.release_reserve() => continue,
+            result => break result?,
+        }
+    };
+    if !requeued.is_empty() {
+        tracing::warn!(count = requeued.len(), "re-queued jobs left running by a previous server");
+    }
+    Ok(())
+}
+
+/// Jobs Slurm kept running while no server was here: follows them again, or, when this server
+/// runs without the Slurm executor, fails them (nothing would ever notice their end).
+async fn follow_jobs_left_on_slurm(
+    store: &Store,
+    supervisor: &Supervisor,
+    telemetry: &crate::telemetry::Telemetry,
+    slurm_executor: bool,
+) -> anyhow::Result<()> {
+    for (job, slurm_id) in store.running_elsewhere().await? {
+        if slurm_executor {
+            supervisor.reattach(&job, slurm_id).await;
+        } else {
+            let reason =
+                format!("the server restarted without the Slurm executor; Slurm job {slurm_id} is no longer followed");
+            tracing::warn!(job_id = %job.id, %reason);
+            if store.finish_job(job.id, crate::domain::JobState::Failed, Some(&reason)).await? {
+                telemetry.job_finished(crate::domain::JobState::Failed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Measures the disk usage of ended jobs never measured (users' usage counts every one), and
+/// with `--retention-days` starts the daily retention of old jobs.
+fn start_retention(
+    store: &Store,
+    supervisor: &Supervisor,
+    events: &EventBus,
+    config: &ServeConfig,
+) -> anyhow::Result<()> {
+    let retention = crate::retention::Retention::new(store.clone(), supervisor.clone(), events.clone());
+    tokio::spawn(retention.clone().measure_unmeasured());
+    if let Some(settings) = config.retention.settings()? {
+        tokio::spawn(retention.retain(settings.days, settings.keep));
+    }
+    Ok(())
+}
+
 /// `trainq user …`.
 pub async fn user_command(args: crate::config::UserArgs) -> anyhow::Result<()> {
     use crate::config::UserCommand;
     use crate::domain::user::{check_name, new_token};
-    let data_dir = absolute_dir(&args.data_dir)?;
+    let data_dir = crate::config::absolute_dir(&args.data_dir)?;
     let store = Store::open(&data_dir).await.context("opening the database")?;
     match args.command {
         UserCommand::Add { name, admin, email } => {

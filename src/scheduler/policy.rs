@@ -13,7 +13,7 @@
 //!   job that waits for room holds back that user's later jobs (which start behind it) but not
 //!   other users' jobs. Only a job that cannot run at all now (larger than any GPU, or fitting only
 //!   devices used outside trainq) is set aside so that it blocks no one.
-//! - **A per-user cap** on running jobs ([`Limits::max_jobs_per_user`]).
+//! - **A per-user cap** on running jobs ([`Limits::max_running_per_user`]).
 //! - **Packing.** A GPU hosts several jobs while their count and memory (plus a headroom) fit; a
 //!   CPU slot hosts one. Devices used by processes outside trainq get no job.
 //! - **No starvation of big jobs.** The first job in line that waits for room reserves the device
@@ -83,7 +83,7 @@ pub struct Limits {
     pub headroom_bytes: u64,
     /// Most jobs one user may have running at once (each holds a device or a share of a GPU);
     /// `None` = no cap.
-    pub max_jobs_per_user: Option<usize>,
+    pub max_running_per_user: Option<usize>,
 }
 
 /// The outcome of one scheduling pass.
@@ -409,7 +409,7 @@ where
             continue;
         }
         line.served += 1;
-        if limits.max_jobs_per_user.is_some_and(|limit| line.holding >= limit) {
+        if limits.max_running_per_user.is_some_and(|limit| line.holding >= limit) {
             in_line.push((candidate, Wait::Capped));
             continue;
         }
@@ -442,7 +442,7 @@ where
                 Wait::SetAside(reason) => reason,
                 Wait::Capped => PendingReason::UserLimit {
                     running: lines[&candidate.user].holding,
-                    limit: limits.max_jobs_per_user.unwrap_or(usize::MAX),
+                    limit: limits.max_running_per_user.unwrap_or(usize::MAX),
                 },
                 // Worded from the state after every assignment of the pass.
                 Wait::ForRoom => room.wait_reason(candidate.memory_bytes, ahead),
@@ -523,7 +523,7 @@ mod tests {
         DeviceState { id, capacity: Capacity::Slot, running, foreign_busy: false }
     }
 
-    const SHARED: Limits = Limits { max_jobs_per_gpu: 4, headroom_bytes: 0, max_jobs_per_user: None };
+    const SHARED: Limits = Limits { max_jobs_per_gpu: 4, headroom_bytes: 0, max_running_per_user: None };
 
     fn plan_with(queued: &[Job], devices: &[Device], limits: &Limits) -> Plan<u32, &'static str> {
         plan(queued, devices, &HashMap::new(), limits)
@@ -589,7 +589,7 @@ mod tests {
 
     #[test]
     fn a_capped_user_waits_while_others_run() {
-        let limits = Limits { max_jobs_per_user: Some(2), ..SHARED };
+        let limits = Limits { max_running_per_user: Some(2), ..SHARED };
         let queued = [job(1, "a", 1, 0), job(2, "a", 2, 0), job(3, "a", 3, 0), job(4, "b", 4, 0)];
         let slots = [slot("s0", &["a"]), slot("s1", &[]), slot("s2", &[]), slot("s3", &[])];
         let plan = plan_with(&queued, &slots, &limits);
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn a_gpu_takes_jobs_while_count_memory_and_headroom_fit() {
-        let limits = Limits { max_jobs_per_gpu: 3, headroom_bytes: GB, max_jobs_per_user: None };
+        let limits = Limits { max_jobs_per_gpu: 3, headroom_bytes: GB, max_running_per_user: None };
         let devices = [gpu("gpu0", 24, &[("x", 10)])];
         // 10 + 8 + 5 + 1 of headroom = 24: an exact fit; then the job count is reached.
         let queued = [job(1, "a", 1, 8), job(2, "a", 2, 5), job(3, "a", 3, 1)];
@@ -808,10 +808,10 @@ mod tests {
 
     fn limits(headroom_gb: u64, cap: f64, max_cap: usize) -> impl Strategy<Value = Limits> {
         (1..=3usize, 0..=headroom_gb, proptest::option::weighted(cap, 1..=max_cap)).prop_map(
-            |(max_jobs_per_gpu, headroom_gb, max_jobs_per_user)| Limits {
+            |(max_jobs_per_gpu, headroom_gb, max_running_per_user)| Limits {
                 max_jobs_per_gpu,
                 headroom_bytes: headroom_gb * GB,
-                max_jobs_per_user,
+                max_running_per_user,
             },
         )
     }
@@ -978,7 +978,7 @@ mod tests {
             devices.iter().flat_map(|device| &device.running).filter(|running| running.user == user).count()
                 + plan.assignments.iter().filter(|(job, _)| candidate(*job).user == user).count()
         };
-        if let Some(limit) = limits.max_jobs_per_user {
+        if let Some(limit) = limits.max_running_per_user {
             for user in queued.iter().map(|candidate| candidate.user) {
                 let started = plan.assignments.iter().filter(|(job, _)| candidate(*job).user == user).count();
                 assert!(started == 0 || holding(user) <= limit, "user {user} over the cap");
@@ -1002,7 +1002,7 @@ mod tests {
                 continue;
             }
             users_seen.push(job.user);
-            if limits.max_jobs_per_user.is_some_and(|limit| holding(job.user) >= limit) {
+            if limits.max_running_per_user.is_some_and(|limit| holding(job.user) >= limit) {
                 continue;
             }
             for index in (0..devices.len()).filter(usable).filter(|index| Some(*index) != reserved) {
@@ -1023,7 +1023,10 @@ mod tests {
                 PendingReason::WaitingBehind { ahead } => assert!(fits_now && ahead + 1 == waiting.position),
                 PendingReason::AllDevicesBusy | PendingReason::NeedsMoreMemory { .. } => assert!(!fits_now),
                 PendingReason::UserLimit { running, limit } => {
-                    assert_eq!((running, Some(limit)), (holding(candidate(waiting.job).user), limits.max_jobs_per_user))
+                    assert_eq!(
+                        (running, Some(limit)),
+                        (holding(candidate(waiting.job).user), limits.max_running_per_user)
+                    )
                 }
                 PendingReason::LargerThanAnyGpu { .. } => assert!(!(0..devices.len()).any(fits_empty)),
                 PendingReason::OutsideProcesses => {

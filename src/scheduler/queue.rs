@@ -424,7 +424,7 @@ mod tests {
             policy::DeviceState { id: "cpu1", capacity: policy::Capacity::Slot, running: vec![], foreign_busy: true },
         ];
         let usage = HashMap::from([(String::from("user1"), 50.0), (String::from("user2"), 10.0)]);
-        let limits = policy::Limits { max_jobs_per_gpu: 1, headroom_bytes: 0, max_jobs_per_user: None };
+        let limits = policy::Limits { max_jobs_per_gpu: 1, headroom_bytes: 0, max_running_per_user: None };
         policy::plan(&candidates, &devices, &usage, &limits)
     }
 
