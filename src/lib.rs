@@ -39,6 +39,8 @@ pub mod scheduler;
 pub mod server;
 /// SQLite storage (the only SQL).
 pub mod store;
+/// Submitting jobs: expand, validate, check limits, inputs and waits, insert, announce (no axum).
+pub mod submit;
 /// Worker processes (the only code that spawns).
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.

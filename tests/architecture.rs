@@ -110,27 +110,68 @@ fn the_server_binary_does_not_link_libtorch_and_the_worker_links_cuda() {
 type Imports = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
 
 /// The modules of the crate folder `dir` (each `*.rs` file, each sub-folder as one) and the
-/// ones each names as `crate::module` or `use crate::{a, b}` outside comments.
+/// ones each names outside comments (see [`imports_of_sources`]); `dir` is the crate's root.
 fn module_imports(dir: &Path) -> Imports {
+    module_imports_of(dir, "crate")
+}
+
+/// As [`module_imports`] for the folder `dir` of the module `module_path` (`crate::http`).
+fn module_imports_of(dir: &Path, module_path: &str) -> Imports {
     let mut files = Vec::new();
     rust_files(dir, &mut files);
-    let module_of = |path: &Path| {
-        let first =
-            path.strip_prefix(dir).unwrap().components().next().unwrap().as_os_str().to_string_lossy().into_owned();
-        first.trim_end_matches(".rs").to_string()
-    };
-    let modules: std::collections::BTreeSet<String> = files.iter().map(|path| module_of(path)).collect();
+    let sources: Vec<(String, String)> = files
+        .iter()
+        .map(|path| {
+            let relative = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            (relative, std::fs::read_to_string(path).unwrap())
+        })
+        .collect();
+    let sources: Vec<(&str, &str)> = sources.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
+    imports_of_sources(&sources, module_path)
+}
+
+/// The import graph of one folder's modules, from each file's path (relative to the folder) and
+/// text. A module is a `*.rs` file or a sub-folder; it imports a sibling when it names it as
+/// `<module_path>::sibling` (`crate::sibling` at the crate's root) or, from a file whose parent
+/// is the folder itself (`a.rs`, `sub/mod.rs`), as `super::sibling`: in `use` lines, in groups
+/// (`use super::{a, b::{c, d}}` names `a` and `b`), and inline in code (`super::a::f()`).
+/// Comment lines are skipped, and so is an inline `mod tests` block (its `super::` is the file
+/// itself) with everything after it.
+fn imports_of_sources(sources: &[(&str, &str)], module_path: &str) -> Imports {
+    let module_of = |path: &str| path.split('/').next().unwrap().trim_end_matches(".rs").to_string();
+    let modules: std::collections::BTreeSet<String> = sources.iter().map(|(path, _)| module_of(path)).collect();
+    let own_prefix = format!("{module_path}::");
     let mut graph = Imports::new();
-    for path in &files {
+    for (path, text) in sources {
         let from = module_of(path);
-        let text = std::fs::read_to_string(path).unwrap();
+        // `super::` is the folder only from a file whose parent module is the folder.
+        let parent_is_folder = match path.split('/').collect::<Vec<_>>().as_slice() {
+            [file] => !matches!(*file, "mod.rs" | "main.rs" | "lib.rs"),
+            [_, file] => *file == "mod.rs",
+            _ => false,
+        };
+        let code: String = text
+            .lines()
+            .take_while(|line| !line.trim_start().starts_with("mod tests"))
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut prefixes = vec![own_prefix.as_str()];
+        if parent_is_folder {
+            prefixes.push("super::");
+        }
         let edges = graph.entry(from.clone()).or_default();
-        for line in text.lines().filter(|line| !line.trim_start().starts_with("//")) {
-            for (at, _) in line.match_indices("crate::") {
-                let rest = &line[at + "crate::".len()..];
-                let names: Vec<&str> = match rest.strip_prefix('{') {
-                    Some(list) => list.split(['}', ',']).map(|item| item.trim().split("::").next().unwrap()).collect(),
-                    None => vec![rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap()],
+        for prefix in prefixes {
+            for (at, _) in code.match_indices(prefix) {
+                let before = code[..at].chars().next_back();
+                // Part of a longer path (`a::super::`, `my_crate::`), or `super::super::`: not a sibling.
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                    continue;
+                }
+                let rest = &code[at + prefix.len()..];
+                let names = match rest.strip_prefix('{') {
+                    Some(group) => top_level_names(group),
+                    None => vec![first_name(rest)],
                 };
                 edges.extend(
                     names.into_iter().filter(|name| modules.contains(*name) && *name != from).map(String::from),
@@ -139,6 +180,32 @@ fn module_imports(dir: &Path) -> Imports {
         }
     }
     graph
+}
+
+/// The first path segment of `path` (`a` of `a::b::c`).
+fn first_name(path: &str) -> &str {
+    path.trim_start().split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap()
+}
+
+/// The first segment of each item of a `use` group, from just inside its `{` to its matching
+/// `}`: `a, b::{c, d}, e}` gives `a`, `b`, `e`.
+fn top_level_names(group: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut depth = 0;
+    let mut item_start = Some(0);
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => item_start = Some(at + 1),
+            _ => {}
+        }
+        if let Some(start) = item_start.take() {
+            names.push(first_name(&group[start..]));
+        }
+    }
+    names
 }
 
 /// A cycle of imports (`a → b → a`), if there is one.
@@ -195,4 +262,44 @@ fn the_worker_modules_form_no_cycle_and_train_is_a_leaf_that_orchestrates() {
         graph.iter().filter(|(from, to)| *from != "main" && to.contains("train")).map(|(from, _)| from).collect();
     assert!(importers.is_empty(), "only main may use `train` (it orchestrates; nothing builds on it): {importers:?}");
     assert_eq!(find_cycle(&graph), None, "the worker's modules import each other in a cycle");
+}
+
+#[test]
+fn the_import_check_reads_super_paths_groups_and_inline_calls() {
+    let sources = [
+        ("mod.rs", "mod jobs;\nmod chains;\nuse super::chains::OfTheCrate;\n"),
+        ("jobs.rs", "use super::{ApiError, view::{\n    find, show,\n}};\nfn f() { super::chains::check_waits(); }\n"),
+        ("chains.rs", "// super::jobs in a comment\nuse crate::http::retention::check_quota;\n"),
+        ("retention.rs", "use super::jobs::find;\n#[cfg(test)]\nmod tests {\n    use super::super::chains;\n}\n"),
+        ("view.rs", "use crate::events::EventKind;\nfn g() { my_super::jobs::h(); }\n"),
+        ("events.rs", "use super::view::{self, find};\n"),
+    ];
+    let graph = imports_of_sources(&sources, "crate::http");
+    assert_eq!(
+        format!("{graph:?}"),
+        r#"{"chains": {"retention"}, "events": {"view"}, "jobs": {"chains", "view"}, "mod": {}, "retention": {"jobs"}, "view": {}}"#
+    );
+    assert_eq!(find_cycle(&graph).as_deref(), Some("chains → retention → jobs → chains"));
+    let without = [("jobs.rs", "use super::view::find;\n"), ("view.rs", ""), ("chains.rs", "use super::jobs;\n")];
+    assert_eq!(find_cycle(&imports_of_sources(&without, "crate::http")), None);
+}
+
+#[test]
+fn the_http_and_scheduler_modules_form_no_cycle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let http = module_imports_of(&src.join("http"), "crate::http");
+    assert!(
+        http["jobs"].contains("job_view") && http["events"].contains("job_list"),
+        "the parser sees the handlers' imports: {http:?}"
+    );
+    let importers: Vec<&String> =
+        http.iter().filter(|(from, to)| *from != "openapi" && to.contains("jobs")).map(|(from, _)| from).collect();
+    assert!(
+        importers.is_empty(),
+        "only the OpenAPI document (which lists every handler) names a job's handlers; lookups and views are job_view's: {importers:?}"
+    );
+    assert_eq!(find_cycle(&http), None, "the http layer's modules import each other in a cycle");
+    let scheduler = module_imports_of(&src.join("scheduler"), "crate::scheduler");
+    assert!(scheduler["eta"].contains("queue"), "the parser sees the scheduler's imports: {scheduler:?}");
+    assert_eq!(find_cycle(&scheduler), None, "the scheduler's modules import each other in a cycle");
 }

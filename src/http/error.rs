@@ -146,6 +146,35 @@ impl From<crate::disk_space::Full> for ApiError {
     }
 }
 
+impl From<crate::retention::RetentionError> for ApiError {
+    fn from(err: crate::retention::RetentionError) -> ApiError {
+        match err {
+            crate::retention::RetentionError::Store(err) => err.into(),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// A refused submission answers as it did when the checks lived in the handlers: 422 naming the
+/// field, 403 for an admin-only field, 429 over the active jobs' cap, 507 over the disk quota or
+/// on a full disk.
+impl From<crate::submit::SubmitError> for ApiError {
+    fn from(err: crate::submit::SubmitError) -> ApiError {
+        use crate::submit::SubmitError;
+        match err {
+            SubmitError::InvalidSpec(err) => ApiError::InvalidSpec(err),
+            SubmitError::AdminOnly { field, message } => ApiError::Forbidden { field, message },
+            SubmitError::TooManyActiveJobs { message } => ApiError::TooManyRequests { message, retry_after_secs: 0 },
+            SubmitError::DiskQuota { quota_bytes, usage_bytes, largest } => {
+                ApiError::DiskQuota { quota_bytes, usage_bytes, largest }
+            }
+            SubmitError::DiskFull(full) => full.into(),
+            SubmitError::Store(err) => err.into(),
+            SubmitError::Internal(err) => ApiError::Internal(err),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, detail) = match &self {

@@ -12,7 +12,7 @@
 use super::auth::{Authed, Caller};
 use super::extract::{Path, Query};
 use super::job_list::{self, ListQuery, ListRequest, Page};
-use super::jobs::{find, find_own, view_for, JobView};
+use super::job_view::{find_by_id, find_own, view_for, JobView};
 use super::{ApiError, AppState};
 use crate::domain::worker_protocol::EpochMetrics;
 use crate::domain::JobId;
@@ -91,7 +91,7 @@ async fn snapshot(state: &AppState, caller: &Caller, scope: &Scope) -> Result<St
             serde_json::to_string(&QueueSnapshot { pages })
         }
         Scope::Job(id) => {
-            let job = find(state, &id.to_string()).await?;
+            let job = find_by_id(state, *id).await?;
             let epochs = state.store.epoch_metrics(*id).await?;
             let log = log_tail(&crate::supervisor::JobPaths::new(&state.paths.data_dir, *id).log()).await;
             serde_json::to_string(&JobSnapshot { job: view_for(state, caller, job).await?, epochs, log })

@@ -7,7 +7,7 @@
 
 use super::auth::Authed;
 use super::extract::Path;
-use super::retention::find_own_files;
+use super::job_view::find_own_files;
 use super::{ApiError, AppState};
 use crate::catalog;
 use crate::domain::{Job, JobState};

@@ -12,7 +12,7 @@
 
 use super::auth::Caller;
 use super::extract::Query;
-use super::jobs::{redact_for, standing, Standing};
+use super::job_view::{redact_for, standing, Standing};
 use super::{etag, ApiError, AppState};
 use crate::domain::worker_protocol::FinalMetrics;
 use crate::domain::{Job, JobId, JobProgress, JobState};

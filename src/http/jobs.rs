@@ -1,36 +1,22 @@
-//! `/api/jobs`: submit, show, cancel (the list of jobs is `job_list.rs`).
+//! `/api/jobs` and `/api/jobs/{id}`: every verb of a job itself, in one file. `POST /api/jobs`
+//! submits and `POST /api/jobs/{id}/resubmit` submits again (both through `crate::submit`);
+//! `GET` shows a job, `PATCH` changes what a queued job waits for, `DELETE` removes a finished
+//! job's files (through `crate::retention`), `POST /api/jobs/{id}/cancel` stops it. The list
+//! (`GET /api/jobs`) is `job_list.rs`; a job's outputs are `outputs.rs`, `plots.rs` and
+//! `inference.rs`; how a job is found and shown is `job_view.rs`.
 
 use super::auth::{Authed, Caller};
-use super::extract::Path;
+use super::extract::{Json, Path};
+use super::job_view::{find_by_id, find_own, gone, view, view_for, JobView};
 use super::{ApiError, AppState};
-use crate::catalog;
-use crate::domain::spec::Weights;
-use crate::domain::sweep::{self, Variant};
-use crate::domain::user::User;
-use crate::domain::{Job, JobId, JobSpec, JobState, SpecError};
+use crate::domain::{Job, JobId, JobSpec, JobState};
 use crate::events::EventKind;
-use crate::store::{CancelOutcome, NewJob};
+use crate::store::{CancelOutcome, Tombstone};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Serialize;
-
-/// A job plus its place in the queue.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct JobView {
-    #[serde(flatten)]
-    job: Job,
-    #[serde(flatten)]
-    standing: Standing,
-    /// Expected seconds until a queued job starts (absent when unknown).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eta_seconds: Option<f64>,
-    /// Every worker start with its device, times and outcome (`GET /api/jobs/{id}` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    runs: Option<Vec<crate::store::JobRun>>,
-}
 
 /// What a submission answers (`POST /api/jobs`, `POST /api/jobs/{id}/resubmit`): always the
 /// group and every job it made, so a client reads one shape whatever `repeats` or `sweep` said.
@@ -40,209 +26,6 @@ pub struct Submitted {
     group_id: Option<String>,
     /// Every new job, in submission order (the first is the one `Location` names).
     jobs: Vec<JobView>,
-}
-
-/// Where a job stands in line, as its page and the list show it.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
-pub(super) struct Standing {
-    /// 1-based position among queued jobs (1 = next); absent unless queued.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub position: Option<i64>,
-    /// Why a queued job is not running yet (or why Slurm still holds a running one).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending_reason: Option<String>,
-    /// When a queued job is expected to start, Unix seconds (absent when unknown). Absolute, so
-    /// the answer (and its ETag) stays the same from one second to the next.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_at: Option<f64>,
-}
-
-/// Hides from `caller` what only a job's owner and admins may see: its error (which quotes its
-/// log) and its results. The queue's facts stay.
-pub(super) fn redact_for(caller: &Caller, job: &mut Job) {
-    if !caller.may_see(job.owner.as_deref()) {
-        job.error = job.error.as_ref().map(|_| String::from("(visible to the job's owner)"));
-        job.final_metrics = None;
-    }
-}
-
-/// A job as `caller` may see it: the queue's facts for everyone; its error and results only for
-/// its owner and admins.
-pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobView, ApiError> {
-    redact_for(caller, &mut job);
-    view(state, job).await
-}
-
-/// Where `job` stands: a queued job's place, reason and ETA from the scheduler's last pass (a job
-/// submitted since then is behind every job the scheduler knows), a running job's Slurm reason
-/// while Slurm holds it pending.
-pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, ApiError> {
-    if job.state != JobState::Queued {
-        let pending_reason = job
-            .progress
-            .as_ref()
-            .filter(|progress| job.state == JobState::Running && progress.activity.starts_with("pending in Slurm"))
-            .map(|progress| progress.activity.clone());
-        return Ok(Standing { pending_reason, ..Standing::default() });
-    }
-    // The scheduler's last pass says where it stands; a job submitted since then is last in line.
-    let mut info = match state.scheduler.queue_info(job.id) {
-        Some(info) => info,
-        // Counted over the jobs submitted since the last pass only, not the whole queue.
-        None => state
-            .scheduler
-            .provisional_info(state.store.queued_between(state.scheduler.planned_up_to(), job.seq).await?),
-    };
-    if let Some(dep) = info.waiting_for {
-        info.pending_reason = super::chains::waiting_reason(state, dep).await?;
-    }
-    Ok(Standing {
-        position: Some(info.position as i64),
-        pending_reason: Some(info.pending_reason),
-        eta_at: info.eta_at,
-    })
-}
-
-/// A job as the API shows it, with its queue position when queued.
-pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
-    let standing = standing(state, &job).await?;
-    // Counted down from the absolute time the scheduler gave, 0 when overdue.
-    let eta_seconds = standing.eta_at.map(|at| (at - crate::store::unix_now()).max(0.0));
-    Ok(JobView { job, standing, eta_seconds, runs: None })
-}
-
-/// Parses a job id from the path; anything that is not a UUID cannot name a job.
-pub(super) fn parse_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse().map_err(|_| ApiError::NotFound(format!("no job with id `{raw}`")))
-}
-
-/// Loads a job or answers 404.
-pub(super) async fn find(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
-    let id = parse_id(raw_id)?;
-    state.store.job(id).await?.ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
-}
-
-/// Loads a job `user` may act on: their own, or any for an admin. Someone else's job answers
-/// 404 exactly like a missing one, so ids cannot be probed.
-pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Result<Job, ApiError> {
-    let job = find(state, raw_id).await?;
-    if user.may_act_on(job.owner.as_deref()) {
-        Ok(job)
-    } else {
-        Err(ApiError::NotFound(format!("no job with id `{}`", job.id)))
-    }
-}
-
-/// A spec error of one sweep combination, worded to name the combination (other errors as they are).
-fn in_combination(variant: &Variant, err: ApiError) -> ApiError {
-    match err {
-        ApiError::InvalidSpec(err) => ApiError::InvalidSpec(variant.in_combination(err)),
-        other => other,
-    }
-}
-
-/// The admin's caps and the admin-only fields, checked for each spec of a submission before
-/// anything is queued; the per-user cap counts every job the submission would add.
-async fn check_limits(state: &AppState, user: &User, variants: &[Variant]) -> Result<(), ApiError> {
-    for variant in variants {
-        check_spec_limits(&state.limits, user, &variant.spec).map_err(|err| in_combination(variant, err))?;
-    }
-    let limits = &state.limits;
-    let active = state.store.active_jobs_of(&user.name).await?;
-    let adding: i64 = variants.iter().map(|variant| i64::from(variant.spec.repeats)).sum();
-    if !user.admin && active + adding > i64::from(limits.max_active_jobs_per_user) {
-        return Err(ApiError::TooManyRequests {
-            message: format!(
-                "you have {active} jobs queued or running and this would add {adding}; the limit is {} per user: wait for some to finish or cancel some",
-                limits.max_active_jobs_per_user
-            ),
-            retry_after_secs: 0,
-        });
-    }
-    Ok(())
-}
-
-/// The caps one spec must keep: priority for admins only, epochs and image side under the box's
-/// limits.
-fn check_spec_limits(limits: &super::Limits, user: &User, spec: &JobSpec) -> Result<(), ApiError> {
-    if spec.priority != 0 && !user.admin {
-        return Err(ApiError::Forbidden {
-            field: "priority",
-            message: String::from(
-                "only admins may set a priority; remove the field (fair share orders students' jobs)",
-            ),
-        });
-    }
-    if spec.total_epochs() > limits.max_epochs {
-        return Err(SpecError::new(
-            "phases",
-            format!("{} epochs in all; this box allows at most {} per job", spec.total_epochs(), limits.max_epochs),
-        )
-        .into());
-    }
-    let (field, side) = match spec.image_size {
-        Some(size) => ("image_size", size),
-        None => match spec.resize() {
-            crate::domain::spec::Resize::Bounded { max_side, .. } | crate::domain::spec::Resize::Square(max_side) => {
-                ("max_image_side", max_side)
-            }
-        },
-    };
-    if side > limits.max_image_side {
-        return Err(SpecError::new(
-            field,
-            format!("{side} px is over this box's limit of {} px", limits.max_image_side),
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// Checks a parsed spec against what is on disk now: the dataset (from the catalog's index), its
-/// classes, the weights file's header. Filesystem work, so off the async runtime.
-async fn check_inputs(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
-    let (paths, spec) = (state.paths.clone(), spec.clone());
-    tokio::task::spawn_blocking(move || check_inputs_on_disk(&paths, &spec))
-        .await
-        .map_err(|err| ApiError::Internal(err.into()))?
-        .map_err(ApiError::from)
-}
-
-fn check_inputs_on_disk(paths: &super::Paths, spec: &JobSpec) -> Result<(), SpecError> {
-    let dataset = catalog::datasets::open(&paths.datasets, &spec.dataset)
-        .map_err(|err| SpecError::new("dataset", format!("{err}; GET /api/datasets lists the datasets")))?;
-    if dataset.split("train").is_none_or(|split| split.images == 0) {
-        return Err(SpecError::new("dataset", format!("dataset `{}` has no training images", dataset.name)));
-    }
-    spec.check_classes(dataset.classes.len())?;
-    if spec.weights != Weights::Imagenet {
-        return Ok(());
-    }
-    if let Some(file) = catalog::weights::find(&paths.weights, spec.backbone) {
-        // The header alone (kilobytes) tells a wrong file now, not hours later in the worker.
-        return crate::domain::weights_layout::check_file(spec.backbone, &file).map(drop).map_err(|err| {
-            SpecError::new(
-                "weights",
-                format!("the installed weights file is unusable ({err}); the admin can replace it with `trainq weights fetch {}`", spec.backbone.name()),
-            )
-        });
-    }
-    Err(SpecError::new(
-        "weights",
-        format!(
-            "no ImageNet weights installed for {backbone}: the admin can run `trainq weights fetch {backbone} --weights {dir}`, or place a safetensors file with torchvision names at {path}; or submit with \"weights\": \"random\"",
-            backbone = spec.backbone.name(),
-            dir = paths.weights.display(),
-            path = paths.weights.join(spec.backbone.weights_file_name()).display(),
-        ),
-    ))
-}
-
-/// Where a submission comes from when it is not a fresh spec: a resubmit of `parent`, with the
-/// note each new job starts with.
-struct Lineage {
-    parent: JobId,
-    note: String,
 }
 
 /// `POST /api/jobs`: validates the spec completely, then queues it: 201 with
@@ -260,7 +43,8 @@ struct Lineage {
     security(("bearer" = []))
 )]
 pub async fn submit(State(state): State<AppState>, Authed(user): Authed, body: Bytes) -> Result<Response, ApiError> {
-    enqueue(&state, &user, &body, None).await
+    let submitted = state.submissions().submit(&user, &body).await?;
+    created(&state, submitted).await
 }
 
 /// `POST /api/jobs/{id}/resubmit`: the job's spec changed by a JSON merge patch (RFC 7396; an
@@ -284,76 +68,21 @@ pub async fn resubmit(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    const HOW: &str = r#"send a JSON merge patch (RFC 7396) of the changes, e.g. {"optimizer": {"lr": 1e-4}} ("null" removes a field), or {} to run the same spec again"#;
     let parent = find_own(&state, &user, &id).await?;
-    let patch: serde_json::Value = if body.trim_ascii().is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|err| SpecError::new("(body)", format!("not valid JSON: {err}; {HOW}")))?
-    };
-    if !patch.is_object() {
-        return Err(SpecError::new("(body)", format!("a patch is a JSON object, not {patch}; {HOW}")).into());
-    }
-    let mut spec = serde_json::to_value(&parent.spec).map_err(anyhow::Error::from)?;
-    crate::domain::sweep::merge_patch(&mut spec, &patch);
-    let note = format!("resubmitted from {} with {patch}", parent.id);
-    let body = serde_json::to_vec(&spec).map_err(anyhow::Error::from)?;
-    enqueue(&state, &user, &body, Some(Lineage { parent: parent.id, note })).await
+    let submitted = state.submissions().resubmit(&user, &parent, &body).await?;
+    created(&state, submitted).await
 }
 
-/// The one way into the queue: expands a sweep, validates every combination and the limits for
-/// all the jobs together, checks each distinct input on disk once, then inserts every job (all or
-/// none, one group when there are several) and announces them.
-async fn enqueue(state: &AppState, user: &User, body: &[u8], lineage: Option<Lineage>) -> Result<Response, ApiError> {
-    let variants = sweep::expand(body)?;
-    check_limits(state, user, &variants).await?;
-    super::retention::check_quota(state, user).await?;
-    let mut checked = Vec::new();
-    for variant in &variants {
-        let spec = &variant.spec;
-        // What the disk check reads: a sweep of rates or sizes checks its dataset and weights once.
-        let inputs = (spec.dataset.clone(), spec.backbone, spec.weights, spec.output_units());
-        if !checked.contains(&inputs) {
-            check_inputs(state, spec).await.map_err(|err| in_combination(variant, err))?;
-            checked.push(inputs);
-        }
-        // What it waits for (`after`, `init_from`): one query, and none for a spec without.
-        super::chains::check_waits(state, user, spec, None).await.map_err(|err| in_combination(variant, err))?;
-    }
-    let total: u32 = variants.iter().map(|variant| variant.spec.repeats).sum();
-    let group_id = (total > 1).then(|| uuid::Uuid::new_v4().to_string());
-    let mut new = Vec::new();
-    for variant in &variants {
-        for sibling in variant.spec.repetitions() {
-            new.push(NewJob {
-                id: JobId::new(),
-                name: sibling.name.clone(),
-                group_id: group_id.clone(),
-                parent_id: lineage.as_ref().map(|lineage| lineage.parent),
-                params: variant.params.clone(),
-                notes: lineage.iter().map(|lineage| lineage.note.clone()).collect(),
-                owner: Some(user.name.clone()),
-                priority: sibling.priority,
-                memory_bytes: crate::domain::memory::estimate_bytes(&sibling),
-                spec: sibling,
-            });
-        }
-    }
-    // Accepted jobs must never be lost, so none is accepted onto a full disk.
-    state.disk.writable()?;
-    // The `queued` events below tell the scheduler (which plans a burst of them in one pass).
-    let jobs = state.store.insert_jobs(&new).await?;
-    let mut views = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        tracing::info!(job_id = %job.id, name = %job.name, owner = %user.name, "job queued");
-        state.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
+/// A submission's answer: 201, every new job as the API shows it, `Location` naming the first.
+async fn created(state: &AppState, submitted: crate::submit::Submitted) -> Result<Response, ApiError> {
+    let mut views = Vec::with_capacity(submitted.jobs.len());
+    for job in submitted.jobs {
         views.push(view(state, job).await?);
     }
     // `insert_jobs` inserts at least one job: a spec makes one or more.
     let location = format!("/api/jobs/{}", views[0].job.id);
-    let answer = Submitted { group_id, jobs: views };
-    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(answer)).into_response())
+    let answer = Submitted { group_id: submitted.group_id, jobs: views };
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], axum::Json(answer)).into_response())
 }
 
 /// `GET /api/jobs/{id}`: the job with its spec, standing and runs; an `ETag`, and `304` when the
@@ -373,11 +102,108 @@ pub async fn show(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let job = find(&state, &id).await?;
+    let job = super::job_view::find(&state, &id).await?;
     let runs = state.store.runs_of(job.id).await?;
     let mut view = view_for(&state, &caller, job).await?;
     view.runs = Some(runs);
     super::etag::json(&headers, &view)
+}
+
+/// What `PATCH /api/jobs/{id}` changes: the jobs a queued job waits for.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitsPatch {
+    /// The jobs (full ids) that must succeed first, replacing the old list; `[]` waits for none
+    /// (a job named in `init_from` is still waited for).
+    #[schema(max_items = 16)]
+    pub after: Vec<JobId>,
+}
+
+/// `PATCH /api/jobs/{id}`: changes what a queued job waits for (`{"after": [ID, …]}`). The new
+/// list is checked as at submit, and refused with a 422 naming the circle when jobs would wait
+/// for each other.
+#[utoipa::path(
+    patch, path = "/api/jobs/{id}", operation_id = "patch_job", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    request_body(content = WaitsPatch, description = "the jobs it waits for, replacing the old list"),
+    responses(
+        (status = 200, description = "changed: the job", body = JobView),
+        (status = 409, description = "the job is no longer queued", body = super::error::ErrorBody),
+        (status = 422, description = "an unknown or failed job, or a cycle: `detail.field` names the field", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+    Json(patch): Json<WaitsPatch>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let job = find_own(&state, &user, &id).await?;
+    let not_queued = |job_state: JobState| ApiError::Conflict {
+        message: format!("job is {job_state}; only a queued job's waits can change"),
+        detail: serde_json::json!({"state": job_state}),
+    };
+    if job.state != JobState::Queued {
+        return Err(not_queued(job.state));
+    }
+    let mut document = serde_json::to_value(&job.spec).map_err(anyhow::Error::from)?;
+    document["after"] = serde_json::to_value(&patch.after).map_err(anyhow::Error::from)?;
+    let spec = JobSpec::parse(document.to_string().as_bytes())?;
+    state.submissions().check_waits(&user, &spec, Some(job.id)).await?;
+    state.disk.writable()?;
+    if !state.store.set_waits(job.id, &spec).await? {
+        let now = state.store.job(job.id).await?.map_or(JobState::Cancelled, |job| job.state);
+        return Err(not_queued(now));
+    }
+    tracing::info!(job_id = %job.id, after = ?patch.after, "waits changed");
+    // The scheduler reads the job again, as after a submission.
+    state.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
+    let job = find_by_id(&state, job.id).await?;
+    Ok(axum::Json(view(&state, job).await?))
+}
+
+/// What a delete answers: the job as it now stands (with `deleted_at` and `deleted_by`) and
+/// the bytes its folder held.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    #[serde(flatten)]
+    job: Job,
+    /// Bytes of the files removed.
+    freed_bytes: u64,
+}
+
+/// `DELETE /api/jobs/{id}`: the owner (or an admin) deletes a finished job's files; the row stays
+/// as a tombstone, so history, fair share and groups stay whole.
+#[utoipa::path(
+    delete, path = "/api/jobs/{id}", operation_id = "delete_job", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    responses(
+        (status = 200, description = "deleted: the job with `deleted_at` and `deleted_by`, and the bytes freed", body = Deleted),
+        (status = 404, description = "no such job, or someone else's", body = super::error::ErrorBody),
+        (status = 409, description = "queued or running: cancel it first; or a queued job starts from its weights (`detail.needed_by`)", body = super::error::ErrorBody),
+        (status = 410, description = "deleted before", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Deleted>, ApiError> {
+    let job = find_own(&state, &user, &id).await?;
+    let (outcome, freed_bytes) = state.retention().delete(job.id, &user.name).await?;
+    match outcome {
+        Tombstone::Deleted(job) => Ok(axum::Json(Deleted { job, freed_bytes })),
+        Tombstone::AlreadyDeleted(job) => Err(gone(&job)),
+        Tombstone::NotFinished(job_state) => Err(ApiError::Conflict {
+            message: format!("job is {job_state}; cancel it first (trainq cancel {}), then delete it", job.id),
+            detail: serde_json::json!({"state": job_state, "message": format!("the job is {job_state}: cancel it first (`trainq cancel {}` or POST /api/jobs/{}/cancel), then delete it", job.id, job.id)}),
+        }),
+        Tombstone::NotFound => Err(ApiError::NotFound(format!("no job with id `{}`", job.id))),
+        Tombstone::NeededBy(waiting) => Err(ApiError::Conflict {
+            message: format!("job {waiting} starts from this job's weights (init_from); cancel it first, or delete this one once it has started"),
+            detail: serde_json::json!({"needed_by": waiting, "message": format!("queued job {waiting} starts from this job's checkpoint (`init_from`): cancel it (`trainq cancel {waiting}`) or wait until it has started, then delete this one")}),
+        }),
+    }
 }
 
 /// `POST /api/jobs/{id}/cancel`: a queued job is cancelled at once (200); a running one is asked
@@ -395,7 +221,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     Authed(user): Authed,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<JobView>), ApiError> {
+) -> Result<(StatusCode, axum::Json<JobView>), ApiError> {
     let id = find_own(&state, &user, &id).await?.id;
     let status = match state.store.request_cancel(id).await? {
         CancelOutcome::CancelledWhileQueued => {
@@ -417,6 +243,6 @@ pub async fn cancel(
         }
         CancelOutcome::NotFound => return Err(ApiError::NotFound(format!("no job with id `{id}`"))),
     };
-    let job = find(&state, &id.to_string()).await?;
-    Ok((status, Json(view(&state, job).await?)))
+    let job = find_by_id(&state, id).await?;
+    Ok((status, axum::Json(view(&state, job).await?)))
 }

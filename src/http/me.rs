@@ -24,7 +24,23 @@ pub struct MeView {
     pub webhook: Option<WebhookView>,
     /// The bytes the caller's jobs hold, and the quota if any.
     #[serde(flatten)]
-    pub disk: super::retention::DiskUsage,
+    pub disk: DiskUsage,
+}
+
+/// A user's disk: the bytes of their live jobs' folders and the quota, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DiskUsage {
+    /// Bytes of their live jobs' folders, each measured when the job ended.
+    pub disk_bytes: u64,
+    /// `--max-disk-per-user-gb` in bytes; absent without a quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_quota_bytes: Option<u64>,
+}
+
+/// `user`'s disk usage: one row of the running totals.
+pub(super) async fn usage_of(state: &AppState, user: &User) -> Result<DiskUsage, ApiError> {
+    let disk_bytes = state.store.disk_usage_of(&user.name).await?;
+    Ok(DiskUsage { disk_bytes, disk_quota_bytes: state.limits.max_disk_bytes_per_user })
 }
 
 /// A webhook as `GET /api/me` shows it: its URL (the secret is write-only).
@@ -102,7 +118,7 @@ impl MeChange {
 /// The caller as `GET /api/me` shows them.
 async fn view(state: &AppState, user: User) -> Result<MeView, ApiError> {
     let targets = state.store.notify_targets(&user.name).await?.unwrap_or_default();
-    let disk = super::retention::usage_of(state, &user).await?;
+    let disk = usage_of(state, &user).await?;
     let webhook = targets.webhook_url.map(|url| WebhookView { url });
     Ok(MeView { name: user.name, admin: user.admin, email: targets.email, webhook, disk })
 }

@@ -1,9 +1,9 @@
 //! The only place that knows axum: the router, shared state, and one file per resource.
 
+mod admin;
 mod assets;
 mod auth;
 mod catalog;
-mod chains;
 mod compare;
 mod csv;
 mod error;
@@ -14,6 +14,7 @@ mod groups;
 mod health;
 mod inference;
 mod job_list;
+mod job_view;
 mod jobs;
 mod me;
 mod openapi;
@@ -21,7 +22,6 @@ mod outputs;
 mod plots;
 mod prometheus;
 mod report;
-mod retention;
 #[cfg(test)]
 mod router_tests;
 mod worker;
@@ -34,7 +34,7 @@ use crate::events::EventBus;
 use crate::scheduler::SchedulerHandle;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use axum::Router;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,13 +105,42 @@ pub struct AppState {
     pub telemetry: crate::telemetry::Telemetry,
 }
 
+impl AppState {
+    /// Submissions through `crate::submit`, with this server's store, events, disk, folders and caps.
+    fn submissions(&self) -> crate::submit::Submissions<'_> {
+        crate::submit::Submissions {
+            store: &self.store,
+            events: &self.events,
+            disk: &self.disk,
+            folders: crate::submit::Folders {
+                data_dir: &self.paths.data_dir,
+                datasets: &self.paths.datasets,
+                weights: &self.paths.weights,
+            },
+            caps: crate::submit::Caps {
+                max_active_jobs_per_user: self.limits.max_active_jobs_per_user,
+                max_epochs: self.limits.max_epochs,
+                max_image_side: self.limits.max_image_side,
+                max_disk_bytes_per_user: self.limits.max_disk_bytes_per_user,
+            },
+        }
+    }
+
+    /// Delete, gc and retention of this server's jobs, through `crate::retention`.
+    fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention::new(self.store.clone(), self.supervisor.clone(), self.events.clone())
+    }
+}
+
 /// The whole HTTP surface: `/api/*`, `/healthz`, and the dashboard at `/`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
+        // A job itself: every verb of `/api/jobs` and `/api/jobs/{id}` is `jobs.rs` (the list, `job_list.rs`).
         .route("/jobs", post(jobs::submit).get(job_list::list))
-        .route("/jobs/{id}", get(jobs::show).delete(retention::delete))
+        .route("/jobs/{id}", get(jobs::show).patch(jobs::patch).delete(jobs::delete))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/resubmit", post(jobs::resubmit))
+        // A job's outputs and live events.
         .route("/jobs/{id}/events", get(events::job_stream))
         .route("/jobs/{id}/metrics", get(outputs::metrics))
         .route("/jobs/{id}/plots/{file}", get(plots::job_plot))
@@ -119,21 +148,23 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/artifacts", get(outputs::artifacts))
         .route("/jobs/{id}/artifacts/{*name}", get(outputs::artifact))
         .route("/jobs/{id}/predictions.csv", get(outputs::predictions))
+        // Several jobs at once.
         .route("/groups/{id}", get(groups::show))
         .route("/compare", get(compare::table))
         .route("/compare/plots/{file}", get(plots::compare_plot))
         .route("/report", get(report::page))
         .route("/events", get(events::stream))
+        // What a spec may name.
         .route("/datasets", get(catalog::datasets))
         .route("/weights", get(catalog::weights))
         .route("/backbones", get(catalog::backbones))
         .route("/examples", get(catalog::examples))
         .route("/devices", get(catalog::devices))
+        // The caller, and the admin's views.
         .route("/me", get(me::me).put(me::update_me))
         .route("/admin/notifications", get(me::admin_notifications))
-        .route("/jobs/{id}", patch(chains::patch))
-        .route("/admin/usage", get(retention::usage))
-        .route("/admin/gc", post(retention::gc))
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/gc", post(admin::gc))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

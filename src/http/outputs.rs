@@ -4,7 +4,7 @@
 use super::auth::Authed;
 use super::csv::{self, FormatQuery, TableFormat};
 use super::extract::{Path, Query};
-use super::retention::find_own_files;
+use super::job_view::{find_own, find_own_files};
 use super::{ApiError, AppState};
 use crate::catalog::check_plain_name;
 use crate::domain::user::User;
@@ -48,7 +48,7 @@ pub async fn metrics(
 ) -> Result<Response, ApiError> {
     let format = query.table_format()?;
     // The curves are rows, not files: a deleted job keeps them, as compare and groups do.
-    let job = super::jobs::find_own(&state, &user, &id).await?;
+    let job = find_own(&state, &user, &id).await?;
     let epochs = state.store.epoch_metrics(job.id).await?;
     if format == TableFormat::Json {
         return Ok(Json(MetricsView { job_id: job.id, epochs, final_metrics: job.final_metrics }).into_response());

@@ -7,7 +7,7 @@ use super::auth::Authed;
 use super::compare::{resolve, CompareQuery};
 use super::csv::download_name;
 use super::extract::{Path, Query};
-use super::retention::find_own_files;
+use super::job_view::find_own_files;
 use super::{ApiError, AppState};
 use crate::domain::Job;
 use crate::plots::{self, Confusion, CurveMetric, CurveRun, Curves, Format, Plot, Roc, RocRun};

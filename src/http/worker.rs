@@ -17,7 +17,7 @@ pub async fn lines(
     headers: HeaderMap,
     Json(batch): Json<RelayBatch>,
 ) -> Result<StatusCode, ApiError> {
-    let id = super::jobs::parse_id(&id)?;
+    let id = super::job_view::parse_id(&id)?;
     let secret = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

@@ -5,14 +5,10 @@
 //! batch size). Where nothing similar was ever measured, the ETA is unknown rather than invented.
 
 use super::policy::{Capacity, DeviceState, Limits, Plan};
+use super::queue::{similarity_key, Queue};
 use crate::domain::{Job, JobId, JobSpec, JobState};
 use crate::store::EpochTiming;
 use std::collections::HashMap;
-
-/// What makes two jobs' epochs comparable.
-pub(super) fn similarity_key(spec: &JobSpec) -> String {
-    format!("{}|{:?}|{:?}|{}", spec.backbone.name(), spec.image_size, spec.max_image_side, spec.batch_size)
-}
 
 fn total_epochs(spec: &JobSpec) -> u32 {
     spec.total_epochs()
@@ -22,7 +18,7 @@ fn total_epochs(spec: &JobSpec) -> u32 {
 pub(super) fn start_times<U>(
     timings: &[EpochTiming],
     running: &[Job],
-    queued: &super::queue::Queue,
+    queued: &Queue,
     plan: &Plan<JobId, &str>,
     devices: &[DeviceState<&str, U>],
     limits: &Limits,

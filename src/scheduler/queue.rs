@@ -8,7 +8,7 @@
 //! the events miss is caught: a subscriber that lagged behind the bus reloads the queue whole, and
 //! a periodic audit compares its count and `seq` checksum with the database's.
 
-use crate::domain::{Job, JobId, JobState};
+use crate::domain::{Job, JobId, JobSpec, JobState};
 use crate::events::{EventKind, JobEvent};
 use crate::store::{Store, StoreError};
 use std::collections::{HashMap, HashSet};
@@ -22,6 +22,12 @@ pub(super) const COALESCE: Duration = Duration::from_millis(100);
 /// Shortest gap between two passes that only refresh ETAs (a running job finished an epoch).
 pub(super) const ETA_REFRESH: Duration = Duration::from_secs(10);
 
+/// What makes two jobs' epochs comparable: the key under which finished jobs' epoch times predict
+/// a queued job's (read here when a job joins the queue, and by `eta.rs` for the finished ones).
+pub(super) fn similarity_key(spec: &JobSpec) -> String {
+    format!("{}|{:?}|{:?}|{}", spec.backbone.name(), spec.image_size, spec.max_image_side, spec.batch_size)
+}
+
 /// What the scheduler keeps of a queued job: what [`super::policy::plan`] and the ETAs need, a
 /// hundred bytes or so. The spec itself is read from the store when the job starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +38,7 @@ pub(super) struct Queued {
     pub(super) priority: i64,
     pub(super) seq: i64,
     pub(super) memory_bytes: u64,
-    /// Which finished jobs' epoch times predict its own ([`super::eta::similarity_key`]).
+    /// Which finished jobs' epoch times predict its own ([`similarity_key`]).
     pub(super) pace_key: String,
     /// Its epochs in all phases.
     pub(super) epochs: u32,
@@ -79,7 +85,7 @@ impl From<&Job> for Queued {
             priority: job.priority,
             seq: job.seq,
             memory_bytes: job.memory_bytes,
-            pace_key: super::eta::similarity_key(&job.spec),
+            pace_key: similarity_key(&job.spec),
             epochs: job.spec.total_epochs(),
             unmet: job.spec.waits_for(),
             starts_from: job.spec.init_from.as_ref().map(|init| init.job),
