@@ -627,7 +627,7 @@ impl UserLimitsConfig {
     pub fn settings(&self, half_life_secs: f64) -> crate::http::Limits {
         crate::http::Limits {
             rate: crate::http::RateLimiter::new(self.rate_limit_per_minute.max(1)),
-            max_active_jobs_per_user: self.max_jobs_per_user,
+            max_jobs_per_user: self.max_jobs_per_user,
             max_epochs: self.max_epochs,
             max_image_side: self.max_image_side,
             half_life_secs,

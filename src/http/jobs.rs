@@ -43,8 +43,8 @@ pub struct Submitted {
     security(("bearer" = []))
 )]
 pub async fn submit(State(state): State<AppState>, Authed(user): Authed, body: Bytes) -> Result<Response, ApiError> {
-    let submitted = state.submissions().submit(&user, &body).await?;
-    created(&state, submitted).await
+    let accepted = state.submissions().submit(&user, &body).await?;
+    created(&state, accepted).await
 }
 
 /// `POST /api/jobs/{id}/resubmit`: the job's spec changed by a JSON merge patch (RFC 7396; an
@@ -69,19 +69,19 @@ pub async fn resubmit(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let parent = find_own(&state, &user, &id).await?;
-    let submitted = state.submissions().resubmit(&user, &parent, &body).await?;
-    created(&state, submitted).await
+    let accepted = state.submissions().resubmit(&user, &parent, &body).await?;
+    created(&state, accepted).await
 }
 
 /// A submission's answer: 201, every new job as the API shows it, `Location` naming the first.
-async fn created(state: &AppState, submitted: crate::submit::Submitted) -> Result<Response, ApiError> {
-    let mut views = Vec::with_capacity(submitted.jobs.len());
-    for job in submitted.jobs {
+async fn created(state: &AppState, accepted: crate::submit::Accepted) -> Result<Response, ApiError> {
+    let mut views = Vec::with_capacity(accepted.jobs.len());
+    for job in accepted.jobs {
         views.push(view(state, job).await?);
     }
     // `insert_jobs` inserts at least one job: a spec makes one or more.
     let location = format!("/api/jobs/{}", views[0].job.id);
-    let answer = Submitted { group_id: submitted.group_id, jobs: views };
+    let answer = Submitted { group_id: accepted.group_id, jobs: views };
     Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], axum::Json(answer)).into_response())
 }
 

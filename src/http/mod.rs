@@ -69,7 +69,7 @@ pub struct Limits {
     /// Per-user request budget.
     pub rate: RateLimiter,
     /// Most jobs one user may have queued or running at once.
-    pub max_active_jobs_per_user: u32,
+    pub max_jobs_per_user: u32,
     /// Most epochs (all phases together) one job may ask for.
     pub max_epochs: u32,
     /// Largest image side (fixed size, or a variable-size job's `max_image_side`).
@@ -118,7 +118,7 @@ impl AppState {
                 weights: &self.paths.weights,
             },
             caps: crate::submit::Caps {
-                max_active_jobs_per_user: self.limits.max_active_jobs_per_user,
+                max_jobs_per_user: self.limits.max_jobs_per_user,
                 max_epochs: self.limits.max_epochs,
                 max_image_side: self.limits.max_image_side,
                 max_disk_bytes_per_user: self.limits.max_disk_bytes_per_user,

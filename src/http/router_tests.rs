@@ -65,7 +65,7 @@ pub(super) async fn test_router() -> TestRouter {
         }),
         limits: Arc::new(Limits {
             rate: RateLimiter::new(10_000),
-            max_active_jobs_per_user: 10,
+            max_jobs_per_user: 10,
             max_epochs: 100,
             max_image_side: 1024,
             half_life_secs: 3600.0,

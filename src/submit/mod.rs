@@ -25,7 +25,7 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     /// Most jobs one user may have queued or running at once.
-    pub max_active_jobs_per_user: u32,
+    pub max_jobs_per_user: u32,
     /// Most epochs (all phases together) one job may ask for.
     pub max_epochs: u32,
     /// Largest image side (fixed size, or a variable-size job's `max_image_side`).
@@ -112,7 +112,7 @@ impl From<Full> for SubmitError {
 /// What a submission made: the group (when it made several jobs) and every new job, in
 /// submission order.
 #[derive(Debug)]
-pub struct Submitted {
+pub struct Accepted {
     /// The jobs' group when the submission made several; `None` for one job.
     pub group_id: Option<String>,
     /// Every new job, at least one.
@@ -128,14 +128,14 @@ struct Lineage {
 
 impl Submissions<'_> {
     /// Queues the jobs `body` (a spec, perhaps with `repeats` or a `sweep`) asks for, for `user`.
-    pub async fn submit(&self, user: &User, body: &[u8]) -> Result<Submitted, SubmitError> {
+    pub async fn submit(&self, user: &User, body: &[u8]) -> Result<Accepted, SubmitError> {
         self.enqueue(user, body, None).await
     }
 
     /// Queues `parent`'s spec changed by `patch_body`, a JSON merge patch (RFC 7396; empty or
     /// `{}` runs it again as it was), exactly like a fresh submission (so the patch may add a
     /// `sweep` or `repeats`). Each new job links back to `parent` and notes what changed.
-    pub async fn resubmit(&self, user: &User, parent: &Job, patch_body: &[u8]) -> Result<Submitted, SubmitError> {
+    pub async fn resubmit(&self, user: &User, parent: &Job, patch_body: &[u8]) -> Result<Accepted, SubmitError> {
         const HOW: &str = r#"send a JSON merge patch (RFC 7396) of the changes, e.g. {"optimizer": {"lr": 1e-4}} ("null" removes a field), or {} to run the same spec again"#;
         let patch: serde_json::Value = if patch_body.trim_ascii().is_empty() {
             serde_json::json!({})
@@ -156,7 +156,7 @@ impl Submissions<'_> {
     /// The one way into the queue: expands a sweep, validates every combination and the limits
     /// for all the jobs together, checks each distinct input on disk once, then inserts every job
     /// (all or none, one group when there are several) and announces them.
-    async fn enqueue(&self, user: &User, body: &[u8], lineage: Option<Lineage>) -> Result<Submitted, SubmitError> {
+    async fn enqueue(&self, user: &User, body: &[u8], lineage: Option<Lineage>) -> Result<Accepted, SubmitError> {
         let variants = sweep::expand(body)?;
         self.check_limits(user, &variants).await?;
         self.check_quota(user).await?;
@@ -199,7 +199,7 @@ impl Submissions<'_> {
             tracing::info!(job_id = %job.id, name = %job.name, owner = %user.name, "job queued");
             self.events.publish(job.id, EventKind::Queued { name: job.name.clone() });
         }
-        Ok(Submitted { group_id, jobs })
+        Ok(Accepted { group_id, jobs })
     }
 
     /// The admin's caps and the admin-only fields, checked for each spec of a submission before
@@ -211,11 +211,11 @@ impl Submissions<'_> {
         let caps = &self.caps;
         let active = self.store.active_jobs_of(&user.name).await?;
         let adding: i64 = variants.iter().map(|variant| i64::from(variant.spec.repeats)).sum();
-        if !user.admin && active + adding > i64::from(caps.max_active_jobs_per_user) {
+        if !user.admin && active + adding > i64::from(caps.max_jobs_per_user) {
             return Err(SubmitError::TooManyActiveJobs {
                 message: format!(
                     "you have {active} jobs queued or running and this would add {adding}; the limit is {} per user: wait for some to finish or cancel some",
-                    caps.max_active_jobs_per_user
+                    caps.max_jobs_per_user
                 ),
             });
         }
