@@ -24,7 +24,9 @@ const REPLAY_CAPACITY: usize = 8192;
 const LIVE_CAPACITY: usize = 1024;
 
 /// What happened, as the `data` of a server-sent event whose name is the variant's `type`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `http::openapi` reads the event names from this type's schema, so each variant is described
+/// in `/api/openapi.json` without a list that could drift.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     /// A submission was accepted.
@@ -89,8 +91,8 @@ impl EventKind {
     }
 }
 
-/// One published event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One published event; serialized, the `data` of its server-sent event.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobEvent {
     /// Position in this server run's event order, from 1.
     #[serde(skip)]

@@ -35,13 +35,14 @@ const LOG_TAIL_BYTES: u64 = 32 * 1024;
 
 /// The `snapshot` of `GET /api/events`: first pages of the list by name (`active`, `mine`, or
 /// `list`), each as `GET /api/jobs` answers it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct QueueSnapshot {
+    /// Each list's first page by name (`active`, `mine`, or `list`).
     pages: std::collections::BTreeMap<&'static str, Page>,
 }
 
 /// The `snapshot` of `GET /api/jobs/{id}/events`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct JobSnapshot {
     /// As `GET /api/jobs/{id}`.
     job: JobView,
@@ -53,10 +54,13 @@ struct JobSnapshot {
 
 /// The last lines of a job's log: `text` is bytes `from`..`offset` of `log.txt`; a later `log`
 /// event with an `offset` below this `offset` is already in `text`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct LogTail {
+    /// The lines, starting at a line boundary.
     text: String,
+    /// Byte offset of `text` in `log.txt`.
     from: u64,
+    /// Byte offset of the end of `text`: the log's length when the snapshot was taken.
     offset: u64,
 }
 
@@ -239,7 +243,8 @@ fn feed(
         ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "the snapshot's list: `asc` for oldest first"),
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this event"),
     ),
-    responses((status = 200, description = "server-sent events: snapshot, queued, started, progress, epoch, cancel_requested, finished, log", content_type = "text/event-stream", body = String)),
+    // `body` is the `snapshot` event's data: `openapi::EventStreams` describes every event from it.
+    responses((status = 200, description = "server-sent events: snapshot, queued, started, progress, epoch, cancel_requested, finished, log, deleted", content_type = "text/event-stream", body = QueueSnapshot)),
     security((), ("bearer" = []))
 )]
 pub async fn stream(
@@ -257,7 +262,8 @@ pub async fn stream(
 #[utoipa::path(
     get, path = "/api/jobs/{id}/events", tag = "events",
     params(("id" = String, Path, description = "the job's id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this event")),
-    responses((status = 200, description = "server-sent events of one job, starting with a snapshot", content_type = "text/event-stream", body = String)),
+    // `body` is the `snapshot` event's data: `openapi::EventStreams` describes every event from it.
+    responses((status = 200, description = "server-sent events of one job, starting with a snapshot", content_type = "text/event-stream", body = JobSnapshot)),
     security(("bearer" = []))
 )]
 pub async fn job_stream(

@@ -2,15 +2,25 @@
 //! and the types they send (`ToSchema`), so the description cannot drift from the code:
 //! `GET /api/openapi.json` for client generators and schemathesis, `GET /api/docs` for people
 //! (plain HTML rendered here from the same document: nothing from a CDN, no script).
+//!
+//! The event streams (`text/event-stream`) are described event by event, the way OpenAPI 3.1
+//! tools such as schemathesis read such a response's `schema`: a `oneOf` with one object per
+//! event name, `{event, id, data}`, whose `data` is JSON (`contentMediaType`) of a `contentSchema`
+//! from the Rust type that is serialized into it. A stream's annotation names its `snapshot`
+//! type; `JobEvent` (`crate::events`) gives every other event, and its `type` tag is the event's
+//! name. (OpenAPI 3.2 moves this per-event schema to `itemSchema`; the document stays 3.1.)
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use std::fmt::Write;
 use std::sync::OnceLock;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-use utoipa::OpenApi;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{OpenApi, PartialSchema};
 
 /// Every documented route. The relays' `POST /api/worker/jobs/{id}/lines` is left out: it is
 /// internal (a Slurm job's relay reports there with the job's own secret, not a user token).
@@ -60,8 +70,8 @@ use utoipa::OpenApi;
         super::health::ready,
         prometheus,
     ),
-    components(schemas(super::error::ErrorBody)),
-    modifiers(&Conventions),
+    components(schemas(super::error::ErrorBody, crate::events::JobEvent)),
+    modifiers(&Conventions, &EventStreams),
     tags(
         (name = "jobs", description = "submit, list, show, cancel, resubmit, change what a queued job waits for"),
         (name = "results", description = "a job's metrics, plots, log, files and model"),
@@ -102,17 +112,9 @@ impl utoipa::Modify for Conventions {
             // A deleted job's files answer 410; its page, curves, cancel and resubmit do not.
             let files = path.starts_with("/api/jobs/{id}/")
                 && !["/cancel", "/resubmit", "/events", "/metrics"].iter().any(|end| path.ends_with(end));
-            let operations = [
-                (&mut item.get, "get"),
-                (&mut item.post, "post"),
-                (&mut item.put, "put"),
-                (&mut item.delete, "delete"),
-                (&mut item.patch, "patch"),
-            ];
-            for (operation, method) in operations {
+            for (operation, method) in operations_mut(item) {
                 // A body's answers (413, 415, 507) for the methods that take one.
                 let is_post = matches!(method, "post" | "put" | "patch");
-                let Some(operation) = operation else { continue };
                 let mut common = vec![
                     ("400", "a malformed parameter, header or body: `detail.field` names it"),
                     ("401", "a malformed or unknown token (or none where one is needed)"),
@@ -143,6 +145,98 @@ impl utoipa::Modify for Conventions {
             }
         }
     }
+}
+
+/// Every operation of a path with its method, for the modifiers that adjust each of them.
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (&mut Operation, &'static str)> {
+    [
+        (&mut item.get, "get"),
+        (&mut item.post, "post"),
+        (&mut item.put, "put"),
+        (&mut item.delete, "delete"),
+        (&mut item.patch, "patch"),
+    ]
+    .into_iter()
+    .filter_map(|(operation, method)| operation.as_mut().map(|operation| (operation, method)))
+}
+
+/// The event streams described event by event (see the module's doc). An annotation can only
+/// give `text/event-stream` one type, so it gives the `snapshot` event's data; this turns that
+/// into a `oneOf` of the snapshot and every `JobEvent`, each tied to its event name.
+struct EventStreams;
+
+/// The media type of server-sent events.
+const EVENT_STREAM: &str = "text/event-stream";
+
+impl utoipa::Modify for EventStreams {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let job_event_names = job_event_names();
+        for item in openapi.paths.paths.values_mut() {
+            for (operation, _) in operations_mut(item) {
+                for response in operation.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    let Some(content) = response.content.get_mut(EVENT_STREAM) else { continue };
+                    let snapshot = content.schema.take().expect("an event stream's annotation names its snapshot type");
+                    let mut events = OneOfBuilder::new().item(server_sent_event("snapshot", json_schema(&snapshot)));
+                    for name in &job_event_names {
+                        events = events.item(server_sent_event(name, job_event_schema(name)));
+                    }
+                    content.schema = Some(events.into());
+                }
+            }
+        }
+    }
+}
+
+/// The name of every event a `JobEvent` is sent as: the values of its `type` tag, read from the
+/// schema `ToSchema` derives for `EventKind` (a `oneOf` with one member per variant).
+fn job_event_names() -> Vec<String> {
+    let kinds = json_schema(&crate::events::EventKind::schema());
+    let variants = kinds["oneOf"].as_array().expect("EventKind's schema is a oneOf of its variants");
+    variants.iter().map(|variant| variant_tag(variant).expect("each EventKind variant has its `type` tag")).collect()
+}
+
+/// A variant's `type` tag: on the variant's object, or on one of an `allOf`'s (a variant with a
+/// flattened field, like `epoch`, is the tag's object and the field's type together).
+fn variant_tag(variant: &Value) -> Option<String> {
+    if let Some(tag) = variant["properties"]["type"]["enum"][0].as_str() {
+        return Some(tag.to_string());
+    }
+    variant["allOf"].as_array()?.iter().find_map(variant_tag)
+}
+
+/// `JobEvent`'s schema with its `type` fixed to the event's name, as JSON for a `contentSchema`.
+fn job_event_schema(name: &str) -> serde_json::Value {
+    let job_event = Ref::from_schema_name("JobEvent");
+    let tag = ObjectBuilder::new()
+        .property("type", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([name])))
+        .required("type");
+    json_schema(&AllOfBuilder::new().item(job_event).item(tag).into())
+}
+
+/// A schema as the JSON a `contentSchema` holds.
+fn json_schema(schema: &RefOr<Schema>) -> serde_json::Value {
+    serde_json::to_value(schema).expect("a schema serializes")
+}
+
+/// One server-sent event as a client parses it: its name, its id (the `Last-Event-ID` to resume
+/// from), and its `data`, a line of JSON that `data_schema` describes.
+fn server_sent_event(name: &str, data_schema: serde_json::Value) -> ObjectBuilder {
+    // utoipa has `contentMediaType` but not `contentSchema`: the extensions map serializes any key.
+    let content_schema: Extensions = [("contentSchema", data_schema)].into_iter().collect();
+    ObjectBuilder::new()
+        .title(Some(name))
+        .property("event", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([name])))
+        .required("event")
+        .property("id", ObjectBuilder::new().schema_type(Type::String))
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/json")
+                .extensions(Some(content_schema)),
+        )
+        .required("data")
 }
 
 /// The document as JSON, built once: it is the same for the life of the process.
@@ -186,10 +280,15 @@ fn prose(text: &str) -> String {
         .collect()
 }
 
-/// A schema's name (`JobView`, `array of JobSpec`, `string`) for the page.
+/// A schema's name (`JobView`, `array of JobSpec`, `string`, `one of snapshot, queued, …`) for the page.
 fn schema_name(schema: &Value) -> String {
     if let Some(reference) = schema["$ref"].as_str() {
         return reference.rsplit('/').next().unwrap_or(reference).to_string();
+    }
+    // An event stream: its events by name (their titles).
+    if let Some(options) = schema["oneOf"].as_array() {
+        let names: Vec<&str> = options.iter().map(|option| option["title"].as_str().unwrap_or("any JSON")).collect();
+        return format!("one of {}", names.join(", "));
     }
     match schema["type"].as_str() {
         Some("array") => format!("array of {}", schema_name(&schema["items"])),
@@ -308,4 +407,30 @@ fn render(document: &Value) -> String {
     );
     page.push_str("</body></html>\n");
     page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each event stream's schema holds one object per event the server sends, with `data`
+    /// described by the type serialized into it.
+    #[test]
+    fn event_streams_are_described_event_by_event() {
+        let document: Value = serde_json::from_str(document()).unwrap();
+        let names =
+            ["snapshot", "queued", "started", "progress", "epoch", "cancel_requested", "finished", "log", "deleted"];
+        for (path, snapshot) in [("/api/events", "QueueSnapshot"), ("/api/jobs/{id}/events", "JobSnapshot")] {
+            let schema = &document["paths"][path]["get"]["responses"]["200"]["content"][EVENT_STREAM]["schema"];
+            let events = schema["oneOf"].as_array().unwrap_or_else(|| panic!("{path}: {schema}"));
+            let described: Vec<&str> =
+                events.iter().map(|event| event["properties"]["event"]["enum"][0].as_str().unwrap()).collect();
+            assert_eq!(described, names, "{path}");
+            let data = &events[0]["properties"]["data"];
+            assert_eq!(data["contentMediaType"], "application/json");
+            assert_eq!(data["contentSchema"]["$ref"], format!("#/components/schemas/{snapshot}"));
+            assert!(document["components"]["schemas"][snapshot].is_object(), "{snapshot} is a component");
+        }
+        assert!(document["components"]["schemas"]["JobEvent"].is_object());
+    }
 }
