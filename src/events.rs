@@ -218,6 +218,35 @@ impl EventBus {
 mod tests {
     use super::*;
 
+    /// The OpenAPI document reads the event names from the serde `type` tag, and the stream sends
+    /// `name()` as each event's name: the two must agree for every variant.
+    #[test]
+    fn every_event_name_is_its_serde_type_tag() {
+        let epoch = EpochMetrics {
+            phase: 1,
+            epoch: 1,
+            train_loss: 0.5,
+            train_acc: 0.5,
+            val_loss: None,
+            val_acc: None,
+            seconds: 1.0,
+        };
+        let kinds = [
+            EventKind::Queued { name: "q1".into() },
+            EventKind::Started { device: "cpu0".into() },
+            EventKind::Progress { progress: JobProgress::default() },
+            EventKind::Epoch { metrics: epoch },
+            EventKind::CancelRequested,
+            EventKind::Finished { state: JobState::Failed, error: None },
+            EventKind::Log { line: "x".into(), offset: 0 },
+            EventKind::Deleted { by: "gc".into() },
+        ];
+        for kind in kinds {
+            let json = serde_json::to_value(JobEvent { seq: 1, job_id: JobId::new(), kind: kind.clone() }).unwrap();
+            assert_eq!(json["type"], kind.name(), "{json}");
+        }
+    }
+
     fn log(line: &str) -> EventKind {
         EventKind::Log { line: line.to_string(), offset: 0 }
     }
