@@ -1,6 +1,8 @@
 //! The dashboard's files, compiled into the binary: `cargo install` and a copied binary serve the
 //! dashboard from any folder, with nothing to install beside them. `--static-dir` serves a
-//! folder instead (development: edit, reload).
+//! folder instead (development: edit, reload). The page loads `app.js` as an ES module, which
+//! imports the others from `js/`: every one of them is listed in `ASSETS` and served as
+//! `text/javascript`, the type a browser requires before it runs a module.
 
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +21,26 @@ macro_rules! asset {
     };
 }
 
-/// Every file of `static/`, sub-folders included (a test checks that none is missing).
-const ASSETS: [Asset; 3] = [asset!("index.html"), asset!("style.css"), asset!("app.js")];
+/// Every file of `static/`, sub-folders included (a test checks that none is missing): the page,
+/// its style, the entry module `app.js` and the ES modules it imports from `js/`.
+const ASSETS: [Asset; 16] = [
+    asset!("index.html"),
+    asset!("style.css"),
+    asset!("app.js"),
+    asset!("js/account.js"),
+    asset!("js/api.js"),
+    asset!("js/charts.js"),
+    asset!("js/compare.js"),
+    asset!("js/dom.js"),
+    asset!("js/files.js"),
+    asset!("js/format.js"),
+    asset!("js/job-outputs.js"),
+    asset!("js/job-page.js"),
+    asset!("js/progress.js"),
+    asset!("js/queue.js"),
+    asset!("js/stream.js"),
+    asset!("js/submit.js"),
+];
 
 /// The `Content-Type` of a file, from its extension. Module scripts must come with a JavaScript
 /// type, or the browser refuses to run them; a file of another kind needs its type added here.
@@ -131,5 +151,12 @@ mod tests {
             serve(Method::GET, Uri::from_static("/nope.js"), HeaderMap::new()).await.status(),
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[tokio::test]
+    async fn modules_in_a_sub_folder_are_served_as_javascript() {
+        let module = serve(Method::GET, Uri::from_static("/js/api.js"), HeaderMap::new()).await;
+        assert_eq!(module.status(), StatusCode::OK);
+        assert_eq!(module.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
     }
 }
