@@ -254,7 +254,7 @@ impl Job {
     /// How much of its training the job has done, from 0 to 1: the epochs of the phases before
     /// the current one, the current phase's finished epochs, and the current epoch's steps, over
     /// the spec's epochs in all. 1 once it succeeded; `None` before its first progress report.
-    /// The dashboard computes the same from live progress events (`jobFraction` in `app.js`).
+    /// The dashboard computes the same from live progress events (`jobFraction` in `static/js/progress.js`).
     pub fn fraction_done(&self) -> Option<f64> {
         if self.state == JobState::Succeeded {
             return Some(1.0);

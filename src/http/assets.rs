@@ -1,36 +1,57 @@
 //! The dashboard's files, compiled into the binary: `cargo install` and a copied binary serve the
 //! dashboard from any folder, with nothing to install beside them. `--static-dir` serves a
-//! folder instead (development: edit, reload).
+//! folder instead (development: edit, reload). The page loads `app.js` as an ES module, which
+//! imports the others from `js/`: every one of them is listed in `ASSETS` and served as
+//! `text/javascript`, the type a browser requires before it runs a module.
 
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use std::sync::OnceLock;
 
-/// One embedded file.
+/// One embedded file: its path under `static/` (as the URL names it) and its bytes.
 struct Asset {
     path: &'static str,
-    content_type: &'static str,
     body: &'static [u8],
 }
 
-/// Every file of `static/` (a test checks that none is missing).
-const ASSETS: [Asset; 3] = [
-    Asset {
-        path: "index.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../static/index.html"),
-    },
-    Asset {
-        path: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../static/app.js"),
-    },
-    Asset {
-        path: "style.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../static/style.css"),
-    },
+/// Embeds one file of `static/`, named by its path there: the URL path and the file are one string.
+macro_rules! asset {
+    ($path:literal) => {
+        Asset { path: $path, body: include_bytes!(concat!("../../static/", $path)) }
+    };
+}
+
+/// Every file of `static/`, sub-folders included (a test checks that none is missing): the page,
+/// its style, the entry module `app.js` and the ES modules it imports from `js/`.
+const ASSETS: [Asset; 16] = [
+    asset!("index.html"),
+    asset!("style.css"),
+    asset!("app.js"),
+    asset!("js/account.js"),
+    asset!("js/api.js"),
+    asset!("js/charts.js"),
+    asset!("js/compare.js"),
+    asset!("js/dom.js"),
+    asset!("js/files.js"),
+    asset!("js/format.js"),
+    asset!("js/job-outputs.js"),
+    asset!("js/job-page.js"),
+    asset!("js/progress.js"),
+    asset!("js/queue.js"),
+    asset!("js/stream.js"),
+    asset!("js/submit.js"),
 ];
+
+/// The `Content-Type` of a file, from its extension. Module scripts must come with a JavaScript
+/// type, or the browser refuses to run them; a file of another kind needs its type added here.
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, extension)| extension) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
 
 /// Each asset's `ETag`, from its bytes, computed once.
 fn etags() -> &'static [String] {
@@ -67,7 +88,7 @@ pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let body = if method == Method::HEAD { &[][..] } else { asset.body };
     let length = [
         (header::CONTENT_LENGTH, asset.body.len().to_string()),
-        (header::CONTENT_TYPE, asset.content_type.to_string()),
+        (header::CONTENT_TYPE, content_type(asset.path).to_string()),
     ];
     (common, length, body).into_response()
 }
@@ -76,17 +97,43 @@ pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
 mod tests {
     use super::*;
 
+    /// The paths of every file under `folder`, relative to `root`, with `/` between folders.
+    fn files_under(root: &std::path::Path, folder: &std::path::Path) -> Vec<String> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(files_under(root, &path));
+            } else {
+                let relative = path.strip_prefix(root).unwrap();
+                files.push(
+                    relative.components().map(|part| part.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"),
+                );
+            }
+        }
+        files
+    }
+
     #[test]
     fn every_file_of_the_static_folder_is_embedded() {
-        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
-        let mut files: Vec<String> = std::fs::read_dir(folder)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let folder = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/static"));
+        let mut files = files_under(folder, folder);
         files.sort();
         let mut embedded: Vec<&str> = ASSETS.iter().map(|asset| asset.path).collect();
         embedded.sort();
         assert_eq!(files, embedded, "add the new file to ASSETS");
+    }
+
+    #[test]
+    fn every_embedded_file_has_a_known_content_type() {
+        for asset in &ASSETS {
+            assert_ne!(
+                content_type(asset.path),
+                "application/octet-stream",
+                "{}: add its type to content_type",
+                asset.path
+            );
+        }
     }
 
     #[tokio::test]
@@ -104,5 +151,12 @@ mod tests {
             serve(Method::GET, Uri::from_static("/nope.js"), HeaderMap::new()).await.status(),
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[tokio::test]
+    async fn modules_in_a_sub_folder_are_served_as_javascript() {
+        let module = serve(Method::GET, Uri::from_static("/js/api.js"), HeaderMap::new()).await;
+        assert_eq!(module.status(), StatusCode::OK);
+        assert_eq!(module.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
     }
 }
