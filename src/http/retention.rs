@@ -32,7 +32,7 @@ impl From<RetentionError> for ApiError {
 /// The 410 of a deleted job's files.
 fn gone(job: &Job) -> ApiError {
     let by = job.deleted_by.as_deref().unwrap_or("?");
-    let at = job.deleted_at.unwrap_or_default();
+    let at = job.deleted_at.map_or(0.0, crate::domain::Timestamp::unix_seconds);
     ApiError::Gone {
         message: format!(
             "job {} (`{}`) was deleted by {by}: its files are gone; its spec and results stay in GET /api/jobs/{}, and POST /api/jobs/{}/resubmit runs it again",
