@@ -5,7 +5,7 @@
 //! running totals, so each user's usage stays one row to read. No axum, no SQL.
 
 use crate::domain::retention::KeepList;
-use crate::domain::{Job, JobId};
+use crate::domain::{Job, JobId, Timestamp};
 use crate::events::{EventBus, EventKind};
 use crate::store::{Store, StoreError, Tombstone};
 use crate::supervisor::Supervisor;
@@ -73,7 +73,9 @@ pub struct GcJob {
     /// Its owner.
     pub owner: Option<String>,
     /// When it ended (RFC 3339).
-    pub finished_at: Option<String>,
+    #[serde(with = "crate::domain::timestamp::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub finished_at: Option<Timestamp>,
     /// `delete` (files and all, a tombstone stays) or `prune` (only files the keep list does not
     /// name).
     pub action: String,
@@ -89,7 +91,9 @@ pub struct GcReport {
     /// Whether this was a dry run (nothing was removed).
     pub dry_run: bool,
     /// Jobs that ended before this (RFC 3339, UTC) were selected.
-    pub cutoff: String,
+    #[serde(with = "crate::domain::timestamp::rfc3339")]
+    #[schema(value_type = String)]
+    pub cutoff: Timestamp,
     /// The keep list of a prune; absent for a delete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<Vec<String>>,
@@ -99,12 +103,6 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Jobs whose files could not be removed (their errors are in the server's log).
     pub failed: Vec<JobId>,
-}
-
-/// The RFC 3339 time `age` ago, as `finished_at` is stored (UTC), for comparing as text.
-fn cutoff(age: Duration) -> String {
-    let then = time::OffsetDateTime::now_utc() - age;
-    then.format(&time::format_description::well_known::Rfc3339).expect("a time formats")
 }
 
 impl Retention {
@@ -144,8 +142,8 @@ impl Retention {
     /// its keep list (its bytes measured again, a note added, and marked so retention does not
     /// select it again). A job whose files would not go is named in `failed`; the others go on.
     pub async fn gc(&self, plan: &GcPlan) -> Result<GcReport, StoreError> {
-        let cutoff = cutoff(plan.older_than);
-        let candidates = self.store.ended_before(&cutoff, plan.keep.is_some()).await?;
+        let cutoff = Timestamp::now().minus(plan.older_than);
+        let candidates = self.store.ended_before(cutoff, plan.keep.is_some()).await?;
         let mut report = GcReport {
             dry_run: plan.dry_run,
             cutoff,
@@ -194,7 +192,7 @@ impl Retention {
             id: job.id,
             name: job.name.clone(),
             owner: job.owner.clone(),
-            finished_at: job.finished_at.clone(),
+            finished_at: job.finished_at,
             action: action.to_string(),
             freed_bytes: measured.removed_bytes,
             kept_bytes: measured.kept_bytes,
@@ -211,7 +209,7 @@ impl Retention {
                 let note = format!(
                     "pruned by {} (ended before {}): kept {}, removed {} files ({})",
                     plan.by,
-                    job.finished_at.as_deref().unwrap_or("?"),
+                    job.finished_at.map_or_else(|| String::from("?"), Timestamp::to_rfc3339),
                     keep.patterns().join(","),
                     measured.removed_files,
                     crate::disk_space::gigabytes(measured.removed_bytes),

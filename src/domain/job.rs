@@ -1,5 +1,6 @@
 //! Job identity and the job state machine.
 
+use crate::domain::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -185,12 +186,20 @@ pub struct Job {
     pub spec: crate::domain::JobSpec,
     /// The device it runs (or ran) on.
     pub device: Option<String>,
+    // The doc line below is the OpenAPI description of all three times; each is sent as RFC 3339
+    // text, as the `jobs` table stores it.
     /// RFC 3339 timestamps.
-    pub submitted_at: String,
+    #[serde(with = "crate::domain::timestamp::rfc3339")]
+    #[schema(value_type = String)]
+    pub submitted_at: Timestamp,
     /// When its (latest) worker started.
-    pub started_at: Option<String>,
+    #[serde(with = "crate::domain::timestamp::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub started_at: Option<Timestamp>,
     /// When it reached a terminal state.
-    pub finished_at: Option<String>,
+    #[serde(with = "crate::domain::timestamp::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    pub finished_at: Option<Timestamp>,
     /// Latest progress.
     pub progress: Option<JobProgress>,
     /// Why it failed.
@@ -230,8 +239,9 @@ pub struct Job {
     pub resume_point: Option<ResumePoint>,
     /// When its files were deleted (Unix seconds); the row stays as a tombstone. Absent while
     /// the job is live.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deleted_at: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::domain::timestamp::unix_seconds::option")]
+    #[schema(value_type = Option<f64>)]
+    pub deleted_at: Option<Timestamp>,
     /// Who deleted it: a user name, or `gc` / `retention` for the server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_by: Option<String>,
@@ -239,8 +249,9 @@ pub struct Job {
     /// and once deleted.
     pub disk_bytes: u64,
     /// When gc or retention removed some of its files and kept the rest (Unix seconds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pruned_at: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::domain::timestamp::unix_seconds::option")]
+    #[schema(value_type = Option<f64>)]
+    pub pruned_at: Option<Timestamp>,
 }
 
 impl Job {
@@ -293,32 +304,9 @@ pub struct ResumePoint {
     pub step: u32,
 }
 
-/// The current time as RFC 3339, the format every timestamp in trainq uses.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("the current time always formats")
-}
-
-/// Unix seconds of a timestamp [`now_rfc3339`] wrote; `None` if the text is no RFC 3339 time.
-/// Durations between stored times (a job's wait in the queue) are computed from it.
-pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
-    let time = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(time.unix_timestamp_nanos() as f64 / 1e9)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_timestamps_read_back_as_unix_seconds() {
-        assert_eq!(unix_seconds("2026-12-01T14:00:00.5Z"), Some(1_796_133_600.5));
-        let now = unix_seconds(&now_rfc3339()).unwrap();
-        let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        assert!((now - clock).abs() < 5.0, "{now}");
-        assert_eq!(unix_seconds("yesterday"), None);
-    }
 
     #[test]
     fn the_fraction_done_counts_earlier_phases_epochs_and_steps() {
@@ -335,7 +323,7 @@ mod tests {
             state: JobState::Running,
             spec,
             device: None,
-            submitted_at: now_rfc3339(),
+            submitted_at: Timestamp::now(),
             started_at: None,
             finished_at: None,
             progress: None,
@@ -375,6 +363,57 @@ mod tests {
         assert_eq!(job.fraction_done(), Some(0.95), "8 + 1.5 of 10 epochs");
         job.state = JobState::Succeeded;
         assert_eq!(job.fraction_done(), Some(1.0));
+    }
+
+    #[test]
+    fn a_jobs_times_keep_their_json_encodings() {
+        let spec = crate::domain::JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                 "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "sgd", "lr": 0.1}}"#,
+        )
+        .unwrap();
+        let text = |text: &str| Timestamp::parse_rfc3339(text).unwrap();
+        let seconds = |seconds: f64| Timestamp::from_unix_seconds(seconds).unwrap();
+        let mut job = Job {
+            id: JobId::new(),
+            seq: 1,
+            name: String::from("t"),
+            state: JobState::Succeeded,
+            spec,
+            device: None,
+            submitted_at: text("2026-12-07T02:21:57.123456789Z"),
+            started_at: Some(text("2026-12-07T02:22:00Z")),
+            finished_at: None,
+            progress: None,
+            error: None,
+            cancel_requested: false,
+            final_metrics: None,
+            attempts: 1,
+            group_id: None,
+            parent_id: None,
+            params: None,
+            owner: None,
+            priority: 0,
+            memory_bytes: 0,
+            memory_measured: false,
+            notes: Vec::new(),
+            resume_point: None,
+            deleted_at: None,
+            deleted_by: None,
+            disk_bytes: 0,
+            pruned_at: None,
+        };
+        let json = serde_json::to_value(&job).unwrap();
+        assert_eq!(json["submitted_at"], "2026-12-07T02:21:57.123456789Z");
+        assert_eq!(json["started_at"], "2026-12-07T02:22:00Z");
+        assert!(json["finished_at"].is_null() && json.as_object().unwrap().contains_key("finished_at"));
+        assert!(!json.as_object().unwrap().contains_key("deleted_at"), "absent while live");
+        assert!(!json.as_object().unwrap().contains_key("pruned_at"));
+        job.deleted_at = Some(seconds(1_796_133_600.123_456_7));
+        job.pruned_at = Some(seconds(1_796_133_600.5));
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains(r#""deleted_at":1796133600.1234567"#), "{text}");
+        assert!(text.contains(r#""pruned_at":1796133600.5"#), "{text}");
     }
 
     #[test]

@@ -22,10 +22,13 @@ pub mod scores;
 pub mod spec;
 /// Sweeps (one spec, a grid of combinations), JSON pointers and merge patches of spec documents.
 pub mod sweep;
+/// One type for a moment in time, and the two encodings (RFC 3339 text, Unix seconds) its fields use.
+pub mod timestamp;
 pub mod user;
 pub mod weights_layout;
 pub mod worker_protocol;
 
 pub use job::{Job, JobId, JobProgress, JobState};
 pub use spec::{JobSpec, SpecError};
+pub use timestamp::Timestamp;
 pub use worker_protocol::ProgressEvent;

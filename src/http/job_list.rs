@@ -15,7 +15,7 @@ use super::extract::Query;
 use super::job_view::{redact_for, standing, Standing};
 use super::{etag, ApiError, AppState};
 use crate::domain::worker_protocol::FinalMetrics;
-use crate::domain::{Job, JobId, JobProgress, JobState};
+use crate::domain::{Job, JobId, JobProgress, JobState, Timestamp};
 use crate::store::{JobFilter, PageOrder};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -246,9 +246,15 @@ pub(super) struct JobRow {
     owner: Option<String>,
     state: JobState,
     device: Option<String>,
-    submitted_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
+    #[serde(with = "crate::domain::timestamp::rfc3339")]
+    #[schema(value_type = String)]
+    submitted_at: Timestamp,
+    #[serde(with = "crate::domain::timestamp::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    started_at: Option<Timestamp>,
+    #[serde(with = "crate::domain::timestamp::rfc3339::option")]
+    #[schema(value_type = Option<String>)]
+    finished_at: Option<Timestamp>,
     cancel_requested: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     group_id: Option<String>,
@@ -266,8 +272,9 @@ pub(super) struct JobRow {
     /// Bytes of its folder as last measured (when it ended).
     disk_bytes: u64,
     /// When its files were deleted (Unix seconds); only with `deleted=true`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deleted_at: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::domain::timestamp::unix_seconds::option")]
+    #[schema(value_type = Option<f64>)]
+    deleted_at: Option<Timestamp>,
 }
 
 async fn row(state: &AppState, caller: &Caller, mut job: Job) -> Result<JobRow, ApiError> {

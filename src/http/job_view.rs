@@ -44,8 +44,9 @@ pub(super) struct Standing {
     pub pending_reason: Option<String>,
     /// When a queued job is expected to start, Unix seconds (absent when unknown). Absolute, so
     /// the answer (and its ETag) stays the same from one second to the next.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eta_at: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::domain::timestamp::unix_seconds::option")]
+    #[schema(value_type = Option<f64>)]
+    pub eta_at: Option<crate::domain::Timestamp>,
 }
 
 /// Hides from `caller` what only a job's owner and admins may see: its error (which quotes its
@@ -112,7 +113,7 @@ async fn waiting_reason(state: &AppState, dep: JobId) -> Result<String, ApiError
 pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
     let standing = standing(state, &job).await?;
     // Counted down from the absolute time the scheduler gave, 0 when overdue.
-    let eta_seconds = standing.eta_at.map(|at| (at - crate::store::unix_now()).max(0.0));
+    let eta_seconds = standing.eta_at.map(|at| at.seconds_since(crate::domain::Timestamp::now()).max(0.0));
     Ok(JobView { job, standing, eta_seconds, runs: None })
 }
 
@@ -145,7 +146,7 @@ pub(super) async fn find_own(state: &AppState, user: &User, raw_id: &str) -> Res
 /// The 410 of a deleted job's files.
 pub(super) fn gone(job: &Job) -> ApiError {
     let by = job.deleted_by.as_deref().unwrap_or("?");
-    let at = job.deleted_at.unwrap_or_default();
+    let at = job.deleted_at.map_or(0.0, crate::domain::Timestamp::unix_seconds);
     ApiError::Gone {
         message: format!(
             "job {} (`{}`) was deleted by {by}: its files are gone; its spec and results stay in GET /api/jobs/{}, and POST /api/jobs/{}/resubmit runs it again",

@@ -15,7 +15,7 @@ pub use describe::describe;
 
 use crate::domain::scores::MeanStd;
 use crate::domain::worker_protocol::EpochMetrics;
-use crate::domain::{Job, JobState};
+use crate::domain::{Job, JobState, Timestamp};
 use crate::plots::{self, CurveMetric, CurveRun, Curves, Format, Plot};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -258,16 +258,15 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
     } else {
         fact(html, "State", &format!("<span class=\"state-{0}\">{0}</span>", escape(first.state.as_str())));
     }
-    let submitted = experiment.jobs.iter().map(|job| job.submitted_at.as_str()).min().unwrap_or("");
-    fact(html, "Submitted", &escape(&when(submitted)));
-    if let Some(started) = experiment.jobs.iter().filter_map(|job| job.started_at.as_deref()).min() {
-        fact(html, "Started", &escape(&when(started)));
+    // Compared as times, not texts (as text, `…:00.5Z` sorts before `…:00Z`).
+    let submitted = experiment.jobs.iter().map(|job| job.submitted_at).min().unwrap_or(first.submitted_at);
+    fact(html, "Submitted", &escape(&submitted.to_readable_utc()));
+    if let Some(started) = experiment.jobs.iter().filter_map(|job| job.started_at).min() {
+        fact(html, "Started", &escape(&started.to_readable_utc()));
     }
     let all_finished = experiment.jobs.iter().all(|job| job.finished_at.is_some());
-    if let Some(finished) =
-        experiment.jobs.iter().filter_map(|job| job.finished_at.as_deref()).max().filter(|_| all_finished)
-    {
-        fact(html, "Finished", &escape(&when(finished)));
+    if let Some(finished) = experiment.jobs.iter().filter_map(|job| job.finished_at).max().filter(|_| all_finished) {
+        fact(html, "Finished", &escape(&finished.to_readable_utc()));
     }
     let devices: Vec<&str> = experiment
         .jobs
@@ -484,10 +483,7 @@ fn varying_fields(specs: &[&crate::domain::JobSpec]) -> Vec<(String, Vec<String>
 /// An RFC 3339 UTC timestamp as people read it, to the second: `2026-05-10 23:59:00 UTC`.
 /// Anything else is shown as it is.
 fn when(timestamp: &str) -> String {
-    match (timestamp.get(..10), timestamp.get(10..11), timestamp.get(11..19)) {
-        (Some(date), Some("T"), Some(time)) if timestamp.ends_with('Z') => format!("{date} {time} UTC"),
-        _ => timestamp.to_string(),
-    }
+    Timestamp::parse_rfc3339(timestamp).map_or_else(|_| timestamp.to_string(), Timestamp::to_readable_utc)
 }
 
 /// Why an experiment has no numbers yet, in its own states' words.

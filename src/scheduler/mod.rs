@@ -19,7 +19,7 @@ use crate::catalog;
 use crate::devices::Inventory;
 use crate::domain::spec::Weights;
 use crate::domain::worker_protocol::{WorkerDevice, WorkerJob};
-use crate::domain::{Job, JobId, JobState};
+use crate::domain::{Job, JobId, JobState, Timestamp};
 use crate::events::EventBus;
 use crate::store::{unix_now, Store, StoreError};
 use crate::supervisor::{JobPaths, Supervisor};
@@ -57,10 +57,12 @@ pub struct QueueInfo {
     pub position: usize,
     /// Why it is not running yet, in a sentence.
     pub pending_reason: String,
-    /// When it is expected to start (Unix seconds), from measured epoch times of the running jobs
-    /// and of similar finished jobs; absent when nothing similar was ever measured. Absolute, so
-    /// it stays right between scheduling passes (which happen only when something changes).
-    pub eta_at: Option<f64>,
+    /// When it is expected to start (sent as Unix seconds), from measured epoch times of the
+    /// running jobs and of similar finished jobs; absent when nothing similar was ever measured.
+    /// Absolute, so it stays right between scheduling passes (which happen only when something
+    /// changes).
+    #[serde(with = "crate::domain::timestamp::unix_seconds::option")]
+    pub eta_at: Option<Timestamp>,
     /// The job it waits for (`after`, `init_from`) when that is why it waits: the API words the
     /// reason with that job's state and progress (`domain::chain::waiting_reason`).
     pub waiting_for: Option<JobId>,
@@ -82,7 +84,7 @@ pub struct SchedulerHandle {
 struct Place {
     position: usize,
     reason: Reason,
-    eta_at: Option<f64>,
+    eta_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]
@@ -364,8 +366,8 @@ async fn schedule_once(
         return Ok(Facts::default());
     }
     let running = store.jobs(Some(JobState::Running)).await?;
-    let now = unix_now();
-    let usage = usage_by_user(store, now, settings.half_life_secs).await?;
+    let now = Timestamp::now();
+    let usage = usage_by_user(store, now.unix_seconds(), settings.half_life_secs).await?;
     let devices: Vec<_> = inventory
         .slots()
         .iter()
@@ -412,7 +414,7 @@ async fn schedule_once(
                 let place = Place {
                     position: waiting.position,
                     reason: Reason::Plan(waiting.reason),
-                    eta_at: etas.get(&waiting.job).map(|seconds| now + seconds),
+                    eta_at: etas.get(&waiting.job).map(|&seconds| now.plus_seconds(seconds)),
                 };
                 (waiting.job, place)
             })
@@ -483,9 +485,7 @@ async fn schedule_once(
         // Waiting is counted once per job, from its submission to its first start: a re-queued
         // job's later waits are retries, not the wait students see at submit.
         if job.attempts == 0 {
-            if let Some(submitted) = crate::domain::job::unix_seconds(&job.submitted_at) {
-                supervisor.telemetry().job_waited(crate::store::unix_now() - submitted);
-            }
+            supervisor.telemetry().job_waited(Timestamp::now().seconds_since(job.submitted_at));
         }
         supervisor.start(work, slot, phases).await;
     }

@@ -1,11 +1,10 @@
 //! The `jobs` and `epoch_metrics` tables.
 
 use super::{legal, Store, StoreError};
-use crate::domain::job::now_rfc3339;
 use crate::domain::job::ResumePoint;
 use crate::domain::outcome::RunOutcome;
 use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
-use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState};
+use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState, Timestamp};
 
 /// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
 type EpochRow = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64);
@@ -148,9 +147,10 @@ fn page_query(filter: &JobFilter, order: PageOrder, after: Option<i64>, limit: u
     (format!("{merged} ORDER BY seq {direction} LIMIT ?"), binds)
 }
 
-/// Seconds since the Unix epoch, as `job_runs` stores time.
+/// Seconds since the Unix epoch, as `job_runs` and `notifications` store time: the clock read
+/// through [`Timestamp::now`], so every time trainq writes comes from one place.
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
+    Timestamp::now().unix_seconds()
 }
 
 /// What a cancel request found.
@@ -214,6 +214,16 @@ fn decode_spec(text: &str) -> Result<JobSpec, StoreError> {
     serde_json::from_str(text).map_err(|err| corrupt("spec", err))
 }
 
+/// A TEXT time column as RFC 3339 was written (by [`Timestamp::to_rfc3339`]).
+fn decode_rfc3339(column: &'static str, text: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse_rfc3339(text).map_err(|err| corrupt(column, err))
+}
+
+/// A REAL time column, Unix seconds as written (by [`Timestamp::unix_seconds`]).
+fn decode_unix_seconds(column: &'static str, seconds: f64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_unix_seconds(seconds).map_err(|err| corrupt(column, err))
+}
+
 fn encode_spec(spec: &JobSpec) -> String {
     serde_json::to_string(spec).expect("specs serialize")
 }
@@ -228,9 +238,9 @@ impl TryFrom<JobRecord> for Job {
             state: record.state.parse().map_err(|err| corrupt("state", err))?,
             spec: decode_spec(&record.spec)?,
             device: record.device,
-            submitted_at: record.submitted_at,
-            started_at: record.started_at,
-            finished_at: record.finished_at,
+            submitted_at: decode_rfc3339("submitted_at", &record.submitted_at)?,
+            started_at: record.started_at.map(|text| decode_rfc3339("started_at", &text)).transpose()?,
+            finished_at: record.finished_at.map(|text| decode_rfc3339("finished_at", &text)).transpose()?,
             progress: decode_json::<JobProgress>("progress", record.progress)?,
             error: record.error,
             cancel_requested: record.cancel_requested,
@@ -245,10 +255,10 @@ impl TryFrom<JobRecord> for Job {
             resume_point: decode_json("resume_point", record.resume_point)?,
             parent_id: record.parent_id.map(|id| id.parse().map_err(|err| corrupt("parent_id", err))).transpose()?,
             params: decode_json("params", record.params)?,
-            deleted_at: record.deleted_at,
+            deleted_at: record.deleted_at.map(|seconds| decode_unix_seconds("deleted_at", seconds)).transpose()?,
             deleted_by: record.deleted_by,
             disk_bytes: record.disk_bytes.max(0) as u64,
-            pruned_at: record.pruned_at,
+            pruned_at: record.pruned_at.map(|seconds| decode_unix_seconds("pruned_at", seconds)).transpose()?,
         })
     }
 }
@@ -270,7 +280,7 @@ impl Store {
     /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued).
     /// One statement per job, each returning its row: a single submission is one round trip.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
-        let submitted_at = now_rfc3339();
+        let submitted_at = Timestamp::now().to_rfc3339();
         let insert = |job: &NewJob| {
             sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
                 .bind(job.id.to_string())
@@ -485,7 +495,7 @@ impl Store {
              WHERE id = ? AND state = 'queued'",
         )
         .bind(device)
-        .bind(now_rfc3339())
+        .bind(Timestamp::now().to_rfc3339())
         .bind(progress)
         .bind(id.to_string())
         .execute(&mut *transaction)
@@ -544,7 +554,7 @@ impl Store {
         )
         .bind(state.as_str())
         .bind(error)
-        .bind(now_rfc3339())
+        .bind(Timestamp::now().to_rfc3339())
         .bind(state.as_str())
         .bind(id.to_string())
         .bind(from_queued)
@@ -751,7 +761,7 @@ impl Store {
         let cancelled = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ? AND state = 'queued'",
         )
-        .bind(now_rfc3339())
+        .bind(Timestamp::now().to_rfc3339())
         .bind(id.to_string())
         .execute(&mut *transaction)
         .await?;
@@ -785,7 +795,7 @@ impl Store {
              progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', 'cancelled') END \
              WHERE state = 'running' AND cancel_requested = 1 RETURNING id",
         )
-        .bind(now_rfc3339())
+        .bind(Timestamp::now().to_rfc3339())
         .fetch_all(&mut *transaction)
         .await?;
         for (cancelled_id,) in &cancelled {

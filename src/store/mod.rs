@@ -112,7 +112,7 @@ impl Store {
     /// Rewrites the one `server_health` row: whether the database takes a write right now.
     pub async fn write_probe(&self) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO server_health (id, checked_at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at")
-            .bind(crate::domain::job::now_rfc3339())
+            .bind(crate::domain::Timestamp::now().to_rfc3339())
             .execute(&self.pool)
             .await?;
         Ok(())

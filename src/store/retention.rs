@@ -3,7 +3,7 @@
 
 use super::jobs::{JobRecord, JOB_COLUMNS};
 use super::{Store, StoreError};
-use crate::domain::{Job, JobId, JobState};
+use crate::domain::{Job, JobId, JobState, Timestamp};
 
 /// The queued or running jobs that start from job `?3`'s weights (`init_from`); `job_deps` finds
 /// who waits for it, the spec says which of them start from it.
@@ -182,13 +182,15 @@ impl Store {
             .collect()
     }
 
-    /// Live finished jobs that ended before `cutoff` (RFC 3339, UTC), oldest end first; with
+    /// Live finished jobs that ended before `cutoff`, oldest end first; with
     /// `unpruned_only`, not those a prune already went through. Read through a partial index, so
     /// the jobs earlier passes deleted or pruned are not walked again (the unary `+` keeps SQLite
     /// from walking `jobs_by_state`, every finished job ever, instead).
-    pub async fn ended_before(&self, cutoff: &str, unpruned_only: bool) -> Result<Vec<Job>, StoreError> {
+    /// The cutoff is compared as RFC 3339 text, as `finished_at` is stored (UTC, written by the
+    /// same [`Timestamp::to_rfc3339`]), so the partial indexes on `finished_at` serve it.
+    pub async fn ended_before(&self, cutoff: Timestamp, unpruned_only: bool) -> Result<Vec<Job>, StoreError> {
         let records: Vec<JobRecord> =
-            sqlx::query_as(&ended_before_query(unpruned_only)).bind(cutoff).fetch_all(&self.pool).await?;
+            sqlx::query_as(&ended_before_query(unpruned_only)).bind(cutoff.to_rfc3339()).fetch_all(&self.pool).await?;
         records.into_iter().map(Job::try_from).collect()
     }
 }
@@ -264,16 +266,20 @@ mod tests {
         queued_by(&store, "alice").await;
         store.tombstone(deleted.id, "alice").await.unwrap();
         store.set_disk_bytes(pruned.id, 1, Some("pruned")).await.unwrap();
-        let future = "9999-01-01T00:00:00Z";
+        let future = Timestamp::parse_rfc3339("9999-01-01T00:00:00Z").unwrap();
         let ids = |jobs: Vec<Job>| jobs.into_iter().map(|job| job.id).collect::<Vec<_>>();
         assert_eq!(ids(store.ended_before(future, true).await.unwrap()), [live.id]);
         assert_eq!(ids(store.ended_before(future, false).await.unwrap()), [pruned.id, live.id]);
-        assert!(store.ended_before("2000-01-01T00:00:00Z", false).await.unwrap().is_empty());
+        assert!(store
+            .ended_before(Timestamp::parse_rfc3339("2000-01-01T00:00:00Z").unwrap(), false)
+            .await
+            .unwrap()
+            .is_empty());
         // Each query walks its index in order, no sort, whatever the jobs ever submitted.
         let store = &store;
         let plan = |sql: String| async move {
             let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .bind(future)
+                .bind(future.to_rfc3339())
                 .bind(3)
                 .fetch_all(&store.pool)
                 .await

@@ -1,8 +1,8 @@
 //! The `users` table: names, admin flags and token hashes (never tokens).
 
 use super::{Store, StoreError};
-use crate::domain::job::now_rfc3339;
 use crate::domain::user::{token_hash, User};
+use crate::domain::Timestamp;
 
 /// A user as `trainq user list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +22,7 @@ impl Store {
         .bind(name)
         .bind(token_hash(token))
         .bind(admin)
-        .bind(now_rfc3339())
+        .bind(Timestamp::now().to_rfc3339())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
