@@ -1,4 +1,4 @@
-//! A semester's lifecycle of finished jobs: delete one (`DELETE /api/jobs/{id}`, `trainq rm`),
+//! Retention of finished jobs over a semester: delete one (`DELETE /api/jobs/{id}`, `trainq rm`),
 //! gc the old ones (`POST /api/admin/gc`, `trainq admin gc`), and retention, the same gc run daily
 //! by the server (`--retention-days`). A deleted job keeps its row as a tombstone; a pruned one
 //! keeps the files its keep list names. Every change of a job's bytes goes through the store's
@@ -106,7 +106,7 @@ pub struct GcReport {
 }
 
 impl Retention {
-    /// The lifecycle of the jobs in `store`, whose folders `supervisor` knows.
+    /// Delete, gc and retention of the jobs in `store`, whose folders `supervisor` knows.
     pub fn new(store: Store, supervisor: Supervisor, events: EventBus) -> Retention {
         Retention { store, supervisor, events }
     }

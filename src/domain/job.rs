@@ -308,15 +308,9 @@ pub struct ResumePoint {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_fraction_done_counts_earlier_phases_epochs_and_steps() {
-        let spec = crate::domain::JobSpec::parse(
-            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
-                 "phases": [{"epochs": 8, "train": "head"}, {"epochs": 2, "train": ["block5", "head"]}],
-                 "optimizer": {"name": "sgd", "lr": 0.1}}"#,
-        )
-        .unwrap();
-        let mut job = Job {
+    /// A running job of `spec` with every other field at its first value.
+    fn job_of(spec: crate::domain::JobSpec) -> Job {
+        Job {
             id: JobId::new(),
             seq: 1,
             name: String::from("t"),
@@ -344,7 +338,18 @@ mod tests {
             deleted_by: None,
             disk_bytes: 0,
             pruned_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_fraction_done_counts_earlier_phases_epochs_and_steps() {
+        let spec = crate::domain::JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                 "phases": [{"epochs": 8, "train": "head"}, {"epochs": 2, "train": ["block5", "head"]}],
+                 "optimizer": {"name": "sgd", "lr": 0.1}}"#,
+        )
+        .unwrap();
+        let mut job = job_of(spec);
         assert_eq!(job.fraction_done(), None, "no report yet");
         let at = |phase, epoch, step| JobProgress {
             phase,
@@ -375,33 +380,10 @@ mod tests {
         let text = |text: &str| Timestamp::parse_rfc3339(text).unwrap();
         let seconds = |seconds: f64| Timestamp::from_unix_seconds(seconds).unwrap();
         let mut job = Job {
-            id: JobId::new(),
-            seq: 1,
-            name: String::from("t"),
             state: JobState::Succeeded,
-            spec,
-            device: None,
             submitted_at: text("2026-12-07T02:21:57.123456789Z"),
             started_at: Some(text("2026-12-07T02:22:00Z")),
-            finished_at: None,
-            progress: None,
-            error: None,
-            cancel_requested: false,
-            final_metrics: None,
-            attempts: 1,
-            group_id: None,
-            parent_id: None,
-            params: None,
-            owner: None,
-            priority: 0,
-            memory_bytes: 0,
-            memory_measured: false,
-            notes: Vec::new(),
-            resume_point: None,
-            deleted_at: None,
-            deleted_by: None,
-            disk_bytes: 0,
-            pruned_at: None,
+            ..job_of(spec)
         };
         let json = serde_json::to_value(&job).unwrap();
         assert_eq!(json["submitted_at"], "2026-12-07T02:21:57.123456789Z");

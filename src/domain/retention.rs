@@ -1,4 +1,4 @@
-//! A semester's lifecycle, pure: how old a finished job must be for gc and retention
+//! Retention, pure: how old a finished job must be for gc and retention
 //! (`parse_age`: `30d`, `12h`, `90m`) and which of a pruned job's files stay (`KeepList`).
 
 use std::path::Path;

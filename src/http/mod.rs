@@ -1,4 +1,14 @@
 //! The only place that knows axum: the router, shared state, and one file per resource.
+//!
+//! Layers, top down: the resource handlers (`jobs.rs` holds every verb of `/api/jobs` and
+//! `/api/jobs/{id}`; `job_list.rs`, `outputs.rs`, `plots.rs`, `compare.rs`, `groups.rs`,
+//! `report.rs`, `events.rs`, `inference.rs`, `me.rs`, `admin.rs`, `catalog.rs`, `health.rs`,
+//! `prometheus.rs`, `worker.rs` for relays) use `job_view.rs` (how a job is found and shown) and
+//! the plumbing (`auth.rs`, `error.rs`, `extract.rs`, `etag.rs`, `csv.rs`, `assets.rs`,
+//! `openapi.rs`). Handlers only turn requests into calls of the services below (`crate::submit`,
+//! `crate::retention`, the store) and their answers into HTTP. Imports point one way only (the
+//! report reads the comparison, the comparison a group's summary, never back), so the modules
+//! form no cycle (`tests/architecture.rs`).
 
 mod admin;
 mod assets;

@@ -1,4 +1,12 @@
-//! The `jobs` and `epoch_metrics` tables.
+//! The `jobs` and `epoch_metrics` tables, `job_runs` (one row per worker start: what fair share
+//! charges and what the crash history shows) and `job_deps` (what each queued job waits for,
+//! `after` and `init_from`, indexed both ways, written with the job's insert and by `PATCH`).
+//!
+//! `job_page` reads one page of the list through an index in `seq` order, so its cost does not
+//! grow with the jobs ever submitted. `finish_job` also fails the queued jobs that wait for a job
+//! that failed, and every terminal write enqueues the notifications it owes in the same
+//! transaction (`notifications.rs`). Times are decoded into `Timestamp` when a row is read and
+//! written back as the same RFC 3339 text and Unix seconds, since SQL compares the text.
 
 use super::{legal, Store, StoreError};
 use crate::domain::job::ResumePoint;

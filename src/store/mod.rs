@@ -1,5 +1,14 @@
 //! The only place with SQL. SQLite through sqlx: WAL, a busy timeout on every pooled connection,
-//! migrations from `migrations/` applied at open.
+//! migrations from `migrations/` applied at open. One file per table family: `jobs.rs` (jobs,
+//! epochs, runs, dependencies), `users.rs`, `notifications.rs` (targets and the outbox),
+//! `retention.rs` (tombstones and disk usage).
+//!
+//! Every state change is checked against `JobState::can_become` (`legal`) before it is
+//! written. [`StoreError::is_transient`] and [`StoreError::is_disk_full`] tell a write that may
+//! land later (SQLITE_FULL, IOERR, BUSY, READONLY) from a bug, so callers retry the first and
+//! report the second. Lists and scans go through indexes (pages by `seq`, partial indexes for
+//! gc's candidates), with their query plans tested, so no request's cost grows with the jobs
+//! ever submitted.
 
 mod jobs;
 mod notifications;

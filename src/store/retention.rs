@@ -1,5 +1,10 @@
 //! Deleted jobs (tombstones), each job's measured bytes and each user's running total of them
 //! (`disk_usage`), and gc's candidates (`migrations/0008_lifecycle.sql`).
+//!
+//! `tombstone` takes the job's bytes off its owner's running total in the same transaction, and
+//! refuses while a queued job starts from its weights (`starting_from`, through `job_deps`);
+//! `set_disk_bytes` moves the total by the difference, so a user's usage is always one row to
+//! read. `largest_jobs_of`, `ended_before` and `unmeasured_jobs` read through partial indexes.
 
 use super::jobs::{JobRecord, JOB_COLUMNS};
 use super::{Store, StoreError};

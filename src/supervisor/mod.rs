@@ -2,6 +2,15 @@
 //! cleared environment, `CUDA_VISIBLE_DEVICES` set, stderr to the job's log and progress events on
 //! stdout. A watcher task per worker turns progress into database rows and the exit into a state,
 //! writes the worker's stderr to the job's log, and publishes each change as a live event.
+//!
+//! How a run ended is decided by the pure `domain::outcome::decide` from the facts gathered here,
+//! for both executors; `conclude` records the decision, and its writes (results the store refused,
+//! the job's end or re-queue) are retried with backoff until they land (`StateWrite`), so a job's
+//! end is never dropped while the disk is full. `JobLog` is the one writer of a job's log.
+//! `progress.rs` turns worker events into rows; `remote.rs` + `slurm.rs` are the Slurm executor
+//! (`sbatch` with a per-job secret, `scontrol` to follow, a marked `scancel`, `reattach` after a
+//! restart, `--dependency=afterok` for chained jobs); `inference.rs` keeps finished jobs' models
+//! warm for predictions. A job's folder is measured once when it ends (its owner's disk total).
 
 pub mod inference;
 mod progress;
