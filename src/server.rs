@@ -1,16 +1,17 @@
 //! `trainq serve`: opens the store, re-queues jobs a dead server left running, starts the
 //! scheduler, and serves the API until the process ends.
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StorageFolders, WorkerSettings};
 use crate::devices::Inventory;
 use crate::disk_space::Disk;
 use crate::events::EventBus;
 use crate::http::{self, AppState, Paths};
 use crate::scheduler::{self, Inputs, SchedulerHandle};
 use crate::store::Store;
+use crate::supervisor::slurm::SlurmConfig;
 use crate::supervisor::{Executor, Supervisor, SupervisorConfig};
 use anyhow::Context;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The demo dataset's name under the datasets folder.
@@ -38,74 +39,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let public_url = config.listen.public_url(address);
     let slurm = config.executor.slurm_settings(public_url.clone()).map(Arc::new);
-    let inventory = match &slurm {
-        Some(slurm) => Inventory::slurm(config.executor.slurm_jobs, slurm.gpus, slurm.cpus_per_job as usize),
-        None => Inventory::discover(config.workers.cpu_slots, !config.workers.no_gpu),
-    };
-    let scheduler_handle = SchedulerHandle::default();
-    let events = EventBus::new();
-    // One set of counters for the process: the supervisor and scheduler count into it, the HTTP
-    // layer counts requests, and `/metrics` reads it.
-    let telemetry = crate::telemetry::Telemetry::new();
-    let supervisor = Supervisor::new(
-        store.clone(),
-        SupervisorConfig {
-            data_dir: folders.work_dir.clone(),
-            worker_program: workers.program.clone(),
-            executor: match &slurm {
-                Some(slurm) => Executor::Slurm(slurm.clone()),
-                None => Executor::Local,
-            },
-            kill_grace: workers.kill_grace,
-            shutdown_grace: workers.shutdown_grace,
-            cpu_memory_limit: workers.cpu_memory_limit,
-        },
-        scheduler_handle.notifier(),
-        events.clone(),
-        inventory.clone(),
-        disk.clone(),
-        telemetry.clone(),
-    );
-    follow_jobs_left_on_slurm(&store, &supervisor, &telemetry, slurm.is_some()).await?;
+    let parts = Parts::new(store, disk, &config, slurm.as_deref());
+    let supervisor = parts.supervisor(&folders, &workers, slurm.clone());
+    follow_jobs_left_on_slurm(&parts.store, &supervisor, &parts.telemetry, slurm.is_some()).await?;
     let scheduling = config.scheduling.settings();
     let half_life_secs = scheduling.half_life_secs;
-    let inputs = Inputs {
-        datasets: folders.datasets.clone(),
-        weights: folders.weights.clone(),
-        data_dir: folders.work_dir.clone(),
-        cache_budget_bytes: config.storage.cache_budget_bytes(),
-        disk: disk.clone(),
-    };
-    tokio::spawn(scheduler::run(
-        scheduler_handle.clone(),
-        store.clone(),
-        inventory.clone(),
-        supervisor.clone(),
-        inputs,
-        scheduling,
-        events.clone(),
-    ));
+    parts.start_scheduler(&supervisor, &folders, config.storage.cache_budget_bytes(), scheduling);
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
-    tokio::spawn(crate::notify::run(store.clone(), events.clone(), config.notifications.settings(public_url)?));
-    start_retention(&store, &supervisor, &events, &config)?;
-    let state = AppState {
-        store,
-        scheduler: scheduler_handle,
-        supervisor,
-        inventory,
-        events: events.clone(),
-        disk,
-        paths: Arc::new(Paths {
-            data_dir: folders.work_dir,
-            datasets: folders.datasets,
-            weights: folders.weights,
-            static_dir: config.storage.static_dir.clone(),
-            worker_program: workers.program,
-        }),
-        limits: Arc::new(config.limits.settings(half_life_secs)),
-        tokens: Arc::default(),
-        telemetry,
-    };
+    let notifier = config.notifications.settings(public_url)?;
+    tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier));
+    start_retention(&parts.store, &supervisor, &parts.events, &config)?;
+    let events = parts.events.clone();
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs);
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
@@ -121,6 +66,122 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     http::serve(listener, state, shutdown).await?;
     Ok(())
+}
+
+/// What every long-running part of the server shares: the database, the disk, the devices, the
+/// event bus, the counters and the scheduler's wake-up handle. Made once by [`serve`], which hands
+/// clones to the supervisor, the scheduler and the API.
+struct Parts {
+    store: Store,
+    disk: Disk,
+    inventory: Inventory,
+    events: EventBus,
+    /// One set of counters for the process: the supervisor and scheduler count into it, the HTTP
+    /// layer counts requests, and `/metrics` reads it.
+    telemetry: crate::telemetry::Telemetry,
+    scheduler: SchedulerHandle,
+}
+
+impl Parts {
+    /// The shared parts; the devices are Slurm's slots with the Slurm executor, else this box's
+    /// GPUs (or CPU slots).
+    fn new(store: Store, disk: Disk, config: &ServeConfig, slurm: Option<&SlurmConfig>) -> Parts {
+        let inventory = match slurm {
+            Some(slurm) => Inventory::slurm(config.executor.slurm_jobs, slurm.gpus, slurm.cpus_per_job as usize),
+            None => Inventory::discover(config.workers.cpu_slots, !config.workers.no_gpu),
+        };
+        Parts {
+            store,
+            disk,
+            inventory,
+            events: EventBus::new(),
+            telemetry: crate::telemetry::Telemetry::new(),
+            scheduler: SchedulerHandle::default(),
+        }
+    }
+
+    /// The supervisor, running workers here or handing them to Slurm.
+    fn supervisor(
+        &self,
+        folders: &StorageFolders,
+        workers: &WorkerSettings,
+        slurm: Option<Arc<SlurmConfig>>,
+    ) -> Supervisor {
+        Supervisor::new(
+            self.store.clone(),
+            SupervisorConfig {
+                data_dir: folders.work_dir.clone(),
+                worker_program: workers.program.clone(),
+                executor: match slurm {
+                    Some(slurm) => Executor::Slurm(slurm),
+                    None => Executor::Local,
+                },
+                kill_grace: workers.kill_grace,
+                shutdown_grace: workers.shutdown_grace,
+                cpu_memory_limit: workers.cpu_memory_limit,
+            },
+            self.scheduler.notifier(),
+            self.events.clone(),
+            self.inventory.clone(),
+            self.disk.clone(),
+            self.telemetry.clone(),
+        )
+    }
+
+    /// Starts the scheduling loop, the one task that claims jobs.
+    fn start_scheduler(
+        &self,
+        supervisor: &Supervisor,
+        folders: &StorageFolders,
+        cache_budget_bytes: u64,
+        scheduling: scheduler::Settings,
+    ) {
+        let inputs = Inputs {
+            datasets: folders.datasets.clone(),
+            weights: folders.weights.clone(),
+            data_dir: folders.work_dir.clone(),
+            cache_budget_bytes,
+            disk: self.disk.clone(),
+        };
+        tokio::spawn(scheduler::run(
+            self.scheduler.clone(),
+            self.store.clone(),
+            self.inventory.clone(),
+            supervisor.clone(),
+            inputs,
+            scheduling,
+            self.events.clone(),
+        ));
+    }
+
+    /// What every request handler is given.
+    fn app_state(
+        self,
+        supervisor: Supervisor,
+        folders: StorageFolders,
+        worker_program: PathBuf,
+        config: &ServeConfig,
+        half_life_secs: f64,
+    ) -> AppState {
+        AppState {
+            store: self.store,
+            scheduler: self.scheduler,
+            supervisor,
+            inventory: self.inventory,
+            events: self.events,
+            disk: self.disk,
+            paths: Arc::new(Paths {
+                data_dir: folders.work_dir,
+                datasets: folders.datasets,
+                weights: folders.weights,
+                static_dir: config.storage.static_dir.clone(),
+                worker_program,
+            }),
+            limits: Arc::new(config.limits.settings(half_life_secs)),
+            tokens: Arc::default(),
+            telemetry: self.telemetry,
+        }
+    }
 }
 
 /// `--demo`: writes the demo dataset into the datasets folder unless it is there already.
