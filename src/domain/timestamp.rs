@@ -185,8 +185,22 @@ pub mod rfc3339 {
     }
 }
 
-/// A field sent and read as Unix seconds, a JSON number.
+/// A field sent and read as Unix seconds, a JSON number: `#[serde(with =
+/// "crate::domain::timestamp::unix_seconds")]` with `#[schema(value_type = f64)]`.
 pub mod unix_seconds {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes [`Timestamp::unix_seconds`].
+    pub fn serialize<S: Serializer>(at: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        at.unix_seconds().serialize(serializer)
+    }
+
+    /// Reads Unix seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        Timestamp::from_unix_seconds(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+
     /// An optional field sent as Unix seconds or `null`: `#[serde(with =
     /// "crate::domain::timestamp::unix_seconds::option")]` with `#[schema(value_type = Option<f64>)]`.
     pub mod option {

@@ -48,9 +48,13 @@ pub struct JobRun {
     /// The device it ran on.
     pub device: String,
     /// Unix seconds.
-    pub started_at: f64,
+    #[serde(with = "crate::domain::timestamp::unix_seconds")]
+    #[schema(value_type = f64)]
+    pub started_at: Timestamp,
     /// Unix seconds; absent while running.
-    pub ended_at: Option<f64>,
+    #[serde(with = "crate::domain::timestamp::unix_seconds::option")]
+    #[schema(value_type = Option<f64>)]
+    pub ended_at: Option<Timestamp>,
     /// How it ended; absent while running.
     pub outcome: Option<RunOutcome>,
 }
@@ -757,6 +761,8 @@ impl Store {
             .map(|(device, started_at, ended_at, outcome)| {
                 let outcome =
                     outcome.map(|text| text.parse().map_err(|err: String| corrupt("outcome", err))).transpose()?;
+                let started_at = decode_unix_seconds("started_at", started_at)?;
+                let ended_at = ended_at.map(|seconds| decode_unix_seconds("ended_at", seconds)).transpose()?;
                 Ok(JobRun { device, started_at, ended_at, outcome })
             })
             .collect()

@@ -668,7 +668,8 @@ impl Supervisor {
         self.telemetry.job_finished(state);
         match self.store.runs_of(id).await {
             Ok(runs) if !runs.is_empty() => {
-                let seconds = runs.iter().map(|run| run.ended_at.unwrap_or(run.started_at) - run.started_at).sum();
+                let seconds =
+                    runs.iter().map(|run| run.ended_at.unwrap_or(run.started_at).seconds_since(run.started_at)).sum();
                 self.telemetry.job_ran(seconds);
             }
             Ok(_) => {}
