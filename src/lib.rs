@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod client;
 /// Command-line and environment configuration.
 pub mod config;
+/// One server per data dir: the exclusive lock `trainq serve` holds on its folders.
+pub mod data_dir_lock;
 /// The synthetic demo dataset.
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.

@@ -21,6 +21,8 @@ pub const DEMO_DATASET: &str = "chest_xray_demo";
 /// until SIGTERM. Every setting arrives in its unit from its group of [`ServeConfig`].
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let folders = config.storage.folders()?;
+    // Before the database is touched: a second server must not re-queue this one's running jobs.
+    let _data_dir_locks = crate::data_dir_lock::DataDirLock::acquire_all(&[&folders.data_dir, &folders.work_dir])?;
     let workers = config.workers.settings()?;
     if config.storage.demo {
         write_demo_dataset_if_missing(&folders.datasets).await?;

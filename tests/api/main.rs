@@ -9,6 +9,7 @@ mod client;
 mod common;
 mod conventions;
 mod crash;
+mod data_dir;
 mod disk;
 mod events;
 mod features;
