@@ -1,4 +1,5 @@
-//! Builds the worker's C++ shim, and links the worker against libtorch_cuda when the installed
+//! Records the git commit the binaries are built from (`trainq --version`, `GET /api/version`),
+//! builds the worker's C++ shim, and links the worker against libtorch_cuda when the installed
 //! libtorch has it.
 //!
 //! Nothing in tch references a symbol of libtorch_cuda.so, so a linker running with `--as-needed`
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
+    record_git_commit();
     if std::env::var_os("CARGO_FEATURE_WORKER").is_none() {
         return;
     }
@@ -27,6 +29,31 @@ fn main() {
         println!("cargo:rustc-link-arg-bin=trainq-worker=-L{lib_dir}");
         println!("cargo:rustc-link-arg-bin=trainq-worker=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+}
+
+/// Sets `TRAINQ_GIT_COMMIT` for the crate: the checkout's commit, or `unknown` outside a git
+/// checkout (a source tarball) or without git. Reruns when HEAD moves, so a new commit is seen
+/// without rebuilding on every file change; only files that exist are watched, since cargo
+/// reruns the script on every build for a missing one.
+fn record_git_commit() {
+    let git = |arguments: &[&str]| -> Option<String> {
+        let output = std::process::Command::new("git").args(arguments).output().ok()?;
+        let text = String::from_utf8(output.stdout).ok()?.trim().to_string();
+        (output.status.success() && !text.is_empty()).then_some(text)
+    };
+    let commit = git(&["rev-parse", "HEAD"]);
+    if commit.is_some() {
+        // HEAD itself, the branch it names, and the packed refs a `git gc` moves it into.
+        let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watched.push(git(&["rev-parse", "--git-path", &branch]));
+        }
+        watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+        for path in watched.into_iter().flatten().filter(|path| std::path::Path::new(path).exists()) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rustc-env=TRAINQ_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
 }
 
 /// `src/worker/shim.cpp` against the installed libtorch's headers (the same flags torch-sys uses

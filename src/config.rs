@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// trainq: a training queue for a shared GPU box.
 #[derive(Debug, Parser)]
-#[command(name = "trainq", version, about)]
+#[command(name = "trainq", version = crate::version::long_version(), about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -47,3 +47,5 @@ pub mod submit;
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
 pub mod telemetry;
+/// The build's version, git commit and schema version.
+pub mod version;

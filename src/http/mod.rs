@@ -34,6 +34,7 @@ mod prometheus;
 mod report;
 #[cfg(test)]
 mod router_tests;
+mod version;
 mod worker;
 
 pub use auth::RateLimiter;
@@ -175,6 +176,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/notifications", get(me::admin_notifications))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/gc", post(admin::gc))
+        .route("/version", get(version::version))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

@@ -189,6 +189,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/jobs/{id}"),
     ("get", "/api/admin/usage"),
     ("post", "/api/admin/gc"),
+    ("get", "/api/version"),
 ];
 
 #[tokio::test]

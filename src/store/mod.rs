@@ -34,6 +34,20 @@ pub enum StoreError {
     /// A migration failed at open.
     #[error("database migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A pending migration failed at open: every pending migration was rolled back with it.
+    #[error(
+        "migration {version:04} ({description}) failed, so no pending migration was applied and the \
+         database is as it was before this start"
+    )]
+    MigrationRolledBack {
+        /// The failed migration's number (its file's prefix).
+        version: i64,
+        /// Its description (the file's name after the number).
+        description: String,
+        /// What SQLite said.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
     /// A state change the job's state machine forbids (`JobState::can_become`); a bug.
     #[error("illegal job state change {from} -> {to}")]
     IllegalTransition {
@@ -96,6 +110,39 @@ fn legal(from: crate::domain::JobState, to: crate::domain::JobState) -> Result<(
     }
 }
 
+/// The schema: `migrations/`, compiled in.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The newest migration this binary has: the schema version it brings to a database.
+pub fn newest_migration() -> i64 {
+    MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0)
+}
+
+/// Applies the pending migrations all together or not at all. sqlx commits each migration on
+/// its own, so a failure halfway through an upgrade would leave a schema no release ever had;
+/// here they run inside one transaction (each in a savepoint of it, SQLite's DDL being
+/// transactional), and a failure rolls every one of them back and names the migration.
+async fn migrate_all_or_nothing(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut transaction = pool.begin().await?;
+    match MIGRATOR.run(&mut *transaction).await {
+        Ok(()) => Ok(transaction.commit().await?),
+        Err(source) => {
+            transaction.rollback().await?;
+            match source {
+                sqlx::migrate::MigrateError::ExecuteMigration(_, version) => {
+                    let description = MIGRATOR
+                        .iter()
+                        .find(|migration| migration.version == version)
+                        .map(|migration| migration.description.to_string())
+                        .unwrap_or_default();
+                    Err(StoreError::MigrationRolledBack { version, description, source })
+                }
+                other => Err(StoreError::Migration(other)),
+            }
+        }
+    }
+}
+
 /// The database handle; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -114,7 +161,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        migrate_all_or_nothing(&pool).await?;
         Ok(Store { pool })
     }
 
@@ -125,6 +172,13 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The newest migration applied to this database (its schema version).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let (version,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success").fetch_one(&self.pool).await?;
+        Ok(version.unwrap_or(0))
     }
 
     /// Runs SQLite's own consistency check; `ok` when healthy.

@@ -31,5 +31,6 @@ mod slurm;
 mod small_disk;
 mod sweeps;
 mod training;
+mod upgrades;
 mod validation;
 mod variable;
