@@ -92,6 +92,16 @@ pub enum AdminCommand {
     Gc(GcArgs),
     /// Every user's disk usage (bytes of their job folders) and the quota.
     Usage,
+    /// Save a consistent snapshot of the server's database (taken while it runs) to a file.
+    Backup(BackupArgs),
+}
+
+/// `trainq admin backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The file to write the snapshot to (replaced whole once the snapshot is complete).
+    #[arg(long)]
+    pub to: PathBuf,
 }
 
 /// `trainq admin gc`.
@@ -412,6 +422,9 @@ pub struct ServeConfig {
     /// How job notifications are delivered.
     #[command(flatten)]
     pub notifications: NotificationConfig,
+    /// Scheduled backups of the database.
+    #[command(flatten)]
+    pub backups: BackupConfig,
 }
 
 /// Bytes in `gigabytes` GB (10⁹ bytes, as the flags say), rounded down; negative or NaN is 0.
@@ -825,6 +838,32 @@ impl NotificationConfig {
     }
 }
 
+/// `trainq serve`'s scheduled backups of the database.
+#[derive(Debug, Clone, Args)]
+pub struct BackupConfig {
+    /// Backups: a folder for scheduled snapshots of the database (`trainq-<UTC time>.db`, each
+    /// written atomically and integrity-checked). Default: no scheduled backups.
+    #[arg(long, env = "TRAINQ_BACKUP_DIR", display_order = 43)]
+    pub backup_dir: Option<PathBuf>,
+    /// Backups: time between two snapshots: `6h`, `30m`, `1d`.
+    #[arg(long, env = "TRAINQ_BACKUP_EVERY", default_value = "6h", display_order = 44)]
+    pub backup_every: String,
+    /// Backups: how many snapshots to keep; the oldest beyond it are removed.
+    #[arg(long, env = "TRAINQ_BACKUP_KEEP", default_value_t = 28, display_order = 45)]
+    pub backup_keep: usize,
+}
+
+impl BackupConfig {
+    /// The schedule, or `None` without `--backup-dir`.
+    pub fn schedule(&self) -> anyhow::Result<Option<crate::backup::BackupSchedule>> {
+        let Some(dir) = &self.backup_dir else { return Ok(None) };
+        let every = crate::domain::retention::parse_age(&self.backup_every)
+            .map_err(|message| anyhow::anyhow!("--backup-every: {message}"))?;
+        anyhow::ensure!(self.backup_keep > 0, "--backup-keep: keep at least 1 snapshot");
+        Ok(Some(crate::backup::BackupSchedule { dir: dir.clone(), every, keep: self.backup_keep }))
+    }
+}
+
 /// `trainq demo-data`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoDataArgs {
@@ -994,13 +1033,16 @@ mod tests {
             "--smtp-from TRAINQ_SMTP_FROM default=trainq <trainq@localhost> value",
             "--notify-retry-secs TRAINQ_NOTIFY_RETRY_SECS default=30 value",
             "--notify-max-attempts TRAINQ_NOTIFY_MAX_ATTEMPTS default=12 value",
+            "--backup-dir TRAINQ_BACKUP_DIR default= value",
+            "--backup-every TRAINQ_BACKUP_EVERY default=6h value",
+            "--backup-keep TRAINQ_BACKUP_KEEP default=28 value",
             "--help  default= switch",
         ];
         assert_eq!(serve_flags(), expected);
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 43] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 46] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("data_dir", r#""/srv/data""#),
@@ -1044,6 +1086,9 @@ mod tests {
         ("smtp_from", r#""trainq <q@example.org>""#),
         ("notify_retry_secs", "2.5"),
         ("notify_max_attempts", "3"),
+        ("backup_dir", r#""/srv/backups""#),
+        ("backup_every", r#""1d""#),
+        ("backup_keep", "7"),
     ];
 
     /// Parses `trainq serve` with these arguments and these variables set (and every other

@@ -1,6 +1,8 @@
 //! trainq: a shared GPU box's training queue. The server side lives in this library; the tch
 //! worker is a separate binary (`src/worker/`) so the server process never loads libtorch.
 
+/// Backups: consistent snapshots of the database, on request and on a schedule.
+pub mod backup;
 /// Datasets and weights on disk.
 pub mod catalog;
 /// The students' terminal client: login, ls, show, cancel, wait.

@@ -21,6 +21,10 @@ pub const DEMO_DATASET: &str = "chest_xray_demo";
 /// until SIGTERM. Every setting arrives in its unit from its group of [`ServeConfig`].
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let folders = config.storage.folders()?;
+    let backup_schedule = config.backups.schedule()?;
+    if let Some(schedule) = &backup_schedule {
+        schedule.check_folder()?;
+    }
     // Before the database is touched: a second server must not re-queue this one's running jobs.
     let _data_dir_locks = crate::data_dir_lock::DataDirLock::acquire_all(&[&folders.data_dir, &folders.work_dir])?;
     let workers = config.workers.settings()?;
@@ -51,8 +55,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let notifier = config.notifications.settings(public_url)?;
     tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier));
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
+    let backups = start_backups(&parts.store, backup_schedule);
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs);
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups);
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
@@ -164,6 +169,7 @@ impl Parts {
         worker_program: PathBuf,
         config: &ServeConfig,
         half_life_secs: f64,
+        backups: crate::backup::BackupStatus,
     ) -> AppState {
         AppState {
             store: self.store,
@@ -182,6 +188,7 @@ impl Parts {
             limits: Arc::new(config.limits.settings(half_life_secs)),
             tokens: Arc::default(),
             telemetry: self.telemetry,
+            backups,
         }
     }
 }
@@ -251,6 +258,16 @@ fn start_retention(
         tokio::spawn(retention.retain(settings.days, settings.keep));
     }
     Ok(())
+}
+
+/// With `--backup-dir`, starts the scheduled snapshots; the status `/metrics` and `/readyz` read
+/// either way (snapshots taken through the API count too).
+fn start_backups(store: &Store, schedule: Option<crate::backup::BackupSchedule>) -> crate::backup::BackupStatus {
+    let status = crate::backup::BackupStatus::new(schedule.as_ref().map(|schedule| schedule.every));
+    if let Some(schedule) = schedule {
+        tokio::spawn(crate::backup::run_schedule(store.clone(), schedule, status.clone()));
+    }
+    status
 }
 
 /// `trainq user …`.

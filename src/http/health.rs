@@ -1,6 +1,6 @@
 //! `GET /readyz`: whether this server can do its work now, check by check, for a load balancer or
 //! the admin's monitoring (`/healthz` only says the process answers). 200 when every check passes,
-//! 503 with the failing ones otherwise.
+//! 503 with the failing ones otherwise; `backup` is a warning that keeps the answer 200.
 
 use super::AppState;
 use axum::extract::State;
@@ -58,10 +58,22 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "disk": {"ok": disk_ok, "low_water_bytes": low_water, "reserve_held": state.disk.reserve_held(), "folders": folders},
         "worker": {"ok": worker_ok, "path": worker},
         "devices": {"ok": !slots.is_empty(), "slots": slots.len(), "gpus": gpus},
+        "backup": backup_check(&state.backups),
     });
     let ready = ["database", "disk", "worker", "devices"].iter().all(|name| checks[name]["ok"] == true);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"ready": ready, "checks": checks})))
+}
+
+/// The backups' check: a warning (`ok: false`) once two scheduled periods passed without a good
+/// snapshot. It is not among the checks that make the server unready: a late backup is the
+/// admin's to fix, and the queue works meanwhile.
+fn backup_check(backups: &crate::backup::BackupStatus) -> Value {
+    let age = backups.last_good_age().map(|age| age.as_secs());
+    match backups.overdue_warning() {
+        Some(warning) => json!({"ok": false, "warning": warning, "last_good_age_secs": age}),
+        None => json!({"ok": true, "last_good_age_secs": age}),
+    }
 }
 
 fn is_executable(path: &std::path::Path) -> bool {

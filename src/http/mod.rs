@@ -13,6 +13,7 @@
 mod admin;
 mod assets;
 mod auth;
+mod backup;
 mod catalog;
 mod compare;
 mod csv;
@@ -114,6 +115,8 @@ pub struct AppState {
     pub tokens: Arc<auth::TokenCache>,
     /// Counters and histograms `/metrics` serves; requests are counted by a layer here.
     pub telemetry: crate::telemetry::Telemetry,
+    /// When the last good backup was taken, for `/metrics` and `/readyz`.
+    pub backups: crate::backup::BackupStatus,
 }
 
 impl AppState {
@@ -177,6 +180,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/usage", get(admin::usage))
         .route("/admin/gc", post(admin::gc))
         .route("/version", get(version::version))
+        .route("/admin/backup", get(backup::backup))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

@@ -65,6 +65,7 @@ use utoipa::{OpenApi, PartialSchema};
         super::admin::usage,
         super::admin::gc,
         super::version::version,
+        super::backup::backup,
         openapi_json,
         docs,
         super::health::live,

@@ -183,6 +183,15 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         None,
         [(vec![("state", String::from("pending"))], pending), (vec![("state", String::from("failed"))], failed)],
     );
+    if let Some(age) = state.backups.last_good_age() {
+        gauges::<f64, AtomicU64>(
+            &mut registry,
+            "trainq_backup_last_good_age",
+            "Age of the newest good (integrity-checked) database snapshot, scheduled or through GET /api/admin/backup",
+            Some(Unit::Seconds),
+            [(Labels::new(), age.as_secs_f64())],
+        );
+    }
     let format = negotiate(&headers);
     Ok(([(header::CONTENT_TYPE, format.content_type())], state.telemetry.encode(&registry, format)))
 }

@@ -72,6 +72,7 @@ pub(super) async fn test_router() -> TestRouter {
             max_disk_bytes_per_user: None,
         }),
         tokens: Arc::default(),
+        backups: crate::backup::BackupStatus::new(None),
     };
     TestRouter { router: router(state), token, _dir: dir }
 }
@@ -190,6 +191,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/admin/usage"),
     ("post", "/api/admin/gc"),
     ("get", "/api/version"),
+    ("get", "/api/admin/backup"),
 ];
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The only place with SQL. SQLite through sqlx: WAL, a busy timeout on every pooled connection,
 //! migrations from `migrations/` applied at open. One file per table family: `jobs.rs` (jobs,
 //! epochs, runs, dependencies), `users.rs`, `notifications.rs` (targets and the outbox),
-//! `retention.rs` (tombstones and disk usage).
+//! `retention.rs` (tombstones and disk usage), `backup.rs` (snapshots of the live database).
 //!
 //! Every state change is checked against `JobState::can_become` (`legal`) before it is
 //! written. [`StoreError::is_transient`] and [`StoreError::is_disk_full`] tell a write that may
@@ -10,11 +10,13 @@
 //! gc's candidates), with their query plans tested, so no request's cost grows with the jobs
 //! ever submitted.
 
+mod backup;
 mod jobs;
 mod notifications;
 mod retention;
 mod users;
 
+pub use backup::integrity_of_file;
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use retention::{JobSize, Tombstone};
