@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
     responses(
         (status = 200, description = "a consistent SQLite snapshot of the database (integrity-checked); \
             restore it as `trainq.db` beside a copy of `jobs/` (README, Backup and restore)",
-            content_type = "application/vnd.sqlite3", body = Vec<u8>),
+            content_type = "application/vnd.sqlite3", body = String),
         (status = 403, description = "not an admin", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))

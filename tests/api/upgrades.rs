@@ -7,7 +7,9 @@
 //! state, the curves of those that trained, and artifact files in their job folders. The specs
 //! are stored as the validated spec's JSON, as that release stored them.
 
-use crate::helpers::{client_with, fake_worker, small_spec, Options, TestApp, USERS};
+use crate::helpers::{
+    client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, USERS,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
@@ -127,6 +129,8 @@ async fn todays_server_serves_every_job_of_a_database_the_first_schema_made() {
     let root = tempfile::tempdir().unwrap();
     let old_jobs = earliest_database(&root.path().join("data")).await;
     skip_test_users(root.path());
+    write_dataset(root.path(), 2, 1, 1);
+    write_vgg16_weights(&root.path().join("weights/vgg16.safetensors"));
     // Started jobs would train; this worker keeps them running, so every job stays readable.
     let worker = fake_worker(root.path(), "worker.sh", "exec sleep 60");
     let app = TestApp::spawn_in(root.path(), Options { worker: Some(worker), ..Options::default() });
@@ -151,7 +155,12 @@ async fn todays_server_serves_every_job_of_a_database_the_first_schema_made() {
     assert_eq!(status, StatusCode::OK, "{version}");
     assert_eq!(version["schema_version"], newest_migration(), "{version}");
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
-    assert!(version["git_commit"].as_str().is_some_and(|commit| !commit.is_empty()), "{version}");
+    let commit = version["git_commit"].as_str().unwrap();
+    assert!(commit == "unknown" || (commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_trainq")).arg("--version").output().unwrap();
+    let line = String::from_utf8(output.stdout).unwrap();
+    let expected = format!("trainq {} (commit {commit}, schema {})", env!("CARGO_PKG_VERSION"), newest_migration());
+    assert_eq!(line.trim(), expected);
 
     let (status, list) = get(String::from("/api/jobs?limit=100")).await;
     assert_eq!(status, StatusCode::OK, "{list}");
