@@ -45,3 +45,5 @@ pub mod submit;
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
 pub mod telemetry;
+/// TLS on the wire: the server's reloading certificate and handshakes, and the CA clients trust.
+pub mod tls;

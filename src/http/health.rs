@@ -58,10 +58,19 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "disk": {"ok": disk_ok, "low_water_bytes": low_water, "reserve_held": state.disk.reserve_held(), "folders": folders},
         "worker": {"ok": worker_ok, "path": worker},
         "devices": {"ok": !slots.is_empty(), "slots": slots.len(), "gpus": gpus},
+        "tls": tls_check(state.transport),
     });
     let ready = ["database", "disk", "worker", "devices"].iter().all(|name| checks[name]["ok"] == true);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"ready": ready, "checks": checks})))
+}
+
+/// `tls`: a warning, never a failure (a server in clear on a trusted network still works).
+fn tls_check(transport: crate::tls::Transport) -> Value {
+    match transport.clear_text_warning() {
+        Some(warning) => json!({"ok": true, "tls": false, "warning": warning}),
+        None => json!({"ok": true, "tls": transport.tls}),
+    }
 }
 
 fn is_executable(path: &std::path::Path) -> bool {

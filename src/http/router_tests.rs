@@ -72,6 +72,7 @@ pub(super) async fn test_router() -> TestRouter {
             max_disk_bytes_per_user: None,
         }),
         tokens: Arc::default(),
+        transport: crate::tls::Transport { tls: false, loopback_only: true },
     };
     TestRouter { router: router(state), token, _dir: dir }
 }
