@@ -297,19 +297,7 @@ pub fn trust_ca_file(builder: reqwest::ClientBuilder, ca_file: &Path) -> anyhow:
 /// it failed. `url` is the server's base URL.
 pub fn explain_tls_failure(error: &(dyn std::error::Error + 'static), url: &str) -> Option<String> {
     use rustls::CertificateError;
-    let mut cause = Some(error);
-    let tls = loop {
-        let current = cause?;
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-            break tls;
-        }
-        // io::Error's `source` skips the error it wraps; look inside it.
-        let inner = current.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
-        if let Some(tls) = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-            break tls;
-        }
-        cause = current.source();
-    };
+    let tls = rustls_error(error)?;
     let host = url::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_string)).unwrap_or_default();
     Some(match tls {
         rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
@@ -331,6 +319,19 @@ pub fn explain_tls_failure(error: &(dyn std::error::Error + 'static), url: &str)
         }
         other => format!("TLS with {host} failed: {other}"),
     })
+}
+
+/// The rustls error somewhere in `error`'s chain. An `io::Error`'s `source` skips the error it
+/// wraps (and the connectors wrap one `io::Error` in another), so each is looked inside.
+fn rustls_error<'error>(error: &'error (dyn std::error::Error + 'static)) -> Option<&'error rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let wrapped = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+    if let Some(found) = wrapped.and_then(|inner| rustls_error(inner)) {
+        return Some(found);
+    }
+    error.source().and_then(rustls_error)
 }
 
 /// Whether `url` sends the token in clear over a network: plain `http://` to a host that is not
@@ -358,6 +359,16 @@ mod tests {
         assert!(!is_clear_text_over_network("http://127.0.0.1:8080"));
         assert!(!is_clear_text_over_network("http://localhost:8080"));
         assert!(!is_clear_text_over_network("http://[::1]:8080"));
+    }
+
+    #[test]
+    fn a_tls_error_inside_io_errors_is_found_and_worded() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let nested = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
+        let message = explain_tls_failure(&nested, "https://gpubox.example.edu:8443").unwrap();
+        assert!(message.contains("has expired"), "{message}");
+        let unrelated = std::io::Error::other("connection refused");
+        assert_eq!(explain_tls_failure(&unrelated, "https://gpubox.example.edu:8443"), None);
     }
 
     #[test]
