@@ -247,6 +247,10 @@ pub struct LoginArgs {
     /// Read the token from stdin without asking (for scripts).
     #[arg(long)]
     pub token_stdin: bool,
+    /// A PEM file of the CA that signed the server's certificate (a campus CA), trusted besides
+    /// the usual ones and saved with the login; TRAINQ_CA_FILE overrides it.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `trainq ls`.
@@ -294,6 +298,9 @@ pub struct RelayArgs {
     /// (while the worker runs, sending is retried without limit).
     #[arg(long, env = "TRAINQ_RELAY_FLUSH_TIMEOUT_SECS", default_value_t = 600)]
     pub flush_timeout_secs: u64,
+    /// A PEM file of the CA that signed the server's certificate, trusted besides the usual ones.
+    #[arg(long, env = "TRAINQ_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The worker's command line, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -438,14 +445,22 @@ pub fn bytes_from_mebibytes(mebibytes: u64) -> u64 {
     mebibytes << 20
 }
 
-/// `trainq serve`'s listening address and public URL (TLS settings would join them).
+/// `trainq serve`'s listening address, its TLS certificate, and its public URL.
 #[derive(Debug, Clone, Args)]
 pub struct ListenConfig {
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "TRAINQ_LISTEN", default_value = "127.0.0.1:8080", display_order = 1)]
     pub listen: SocketAddr,
+    /// Serve HTTPS (TLS 1.2 and 1.3) with this PEM certificate chain, the server's own first; with
+    /// --tls-key. Re-read on SIGHUP and when the file changes: new connections get the new one.
+    #[arg(long, env = "TRAINQ_TLS_CERT", display_order = 1)]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "TRAINQ_TLS_KEY", display_order = 1)]
+    pub tls_key: Option<PathBuf>,
     /// The URL compute nodes reach this server at (workers report there), and the base of the
-    /// dashboard links in notifications. Default: http:// and the address it listens on.
+    /// dashboard links in notifications. Default: http:// (https:// with --tls-cert) and the
+    /// address it listens on.
     #[arg(long, env = "TRAINQ_PUBLIC_URL", display_order = 28)]
     pub public_url: Option<String>,
 }
@@ -453,8 +468,9 @@ pub struct ListenConfig {
 impl ListenConfig {
     /// The URL workers and notification links use, given the address the server is bound to
     /// (which differs from `--listen` when that asks for port 0).
-    pub fn public_url(&self, bound: SocketAddr) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{bound}"))
+    pub fn public_url(&self, bound: SocketAddr, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        self.public_url.clone().unwrap_or_else(|| format!("{scheme}://{bound}"))
     }
 }
 
@@ -992,6 +1008,8 @@ mod tests {
         let expected = [
             "--config TRAINQ_CONFIG default= value",
             "--listen TRAINQ_LISTEN default=127.0.0.1:8080 value",
+            "--tls-cert TRAINQ_TLS_CERT default= value",
+            "--tls-key TRAINQ_TLS_KEY default= value",
             "--data-dir TRAINQ_DATA_DIR default=trainq-data value",
             "--datasets TRAINQ_DATASETS default= value",
             "--weights TRAINQ_WEIGHTS default= value",
@@ -1042,9 +1060,11 @@ mod tests {
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 46] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 48] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
+        ("tls_cert", r#""/etc/trainq/cert.pem""#),
+        ("tls_key", r#""/etc/trainq/key.pem""#),
         ("data_dir", r#""/srv/data""#),
         ("datasets", r#""/srv/datasets""#),
         ("weights", r#""/srv/weights""#),

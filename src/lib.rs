@@ -51,3 +51,5 @@ pub mod supervisor;
 pub mod telemetry;
 /// The build's version, git commit and schema version.
 pub mod version;
+/// TLS on the wire: the server's reloading certificate and handshakes, and the CA clients trust.
+pub mod tls;

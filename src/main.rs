@@ -49,7 +49,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             WeightsCommand::Fetch(args) => Ok(trainq::fetch_weights::fetch(args).await?),
         },
         Command::Relay(_) => unreachable!("main runs the relay"),
-        Command::Login(args) => trainq::client::login(&args.url, args.token_stdin).await,
+        Command::Login(args) => trainq::client::login(&args.url, args.token_stdin, args.ca_file.as_deref()).await,
         Command::Ls(args) => trainq::client::ls(args.all, args.state.as_deref(), args.limit, args.json).await,
         Command::Show(args) => trainq::client::show(&args.id).await,
         Command::Logs(args) => trainq::client::logs(&args.id, args.follow).await,

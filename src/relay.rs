@@ -58,7 +58,11 @@ pub fn take_secret() -> anyhow::Result<String> {
 /// since the exit), and returns the exit code the relay should exit with: the worker's own, or
 /// 128 + the signal that killed it ([`EXIT_CANNOT_START`] if it could not be started).
 pub async fn relay(args: &RelayArgs, secret: String) -> anyhow::Result<i32> {
-    let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().context("building the HTTP client")?;
+    let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+    if let Some(ca_file) = &args.ca_file {
+        client = crate::tls::trust_ca_file(client, ca_file)?;
+    }
+    let client = client.build().context("building the HTTP client")?;
     let sender = Sender {
         client,
         endpoint: format!("{}/api/worker/jobs/{}/lines", args.url.trim_end_matches('/'), args.job),
@@ -494,6 +498,7 @@ mod tests {
             url: url.to_string(),
             job: JobId::new(),
             flush_timeout_secs: 5,
+            ca_file: None,
             command: vec!["sh".into(), "-c".into(), script.into()],
         }
     }

@@ -37,13 +37,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         &folders.work_dir.join("cache"),
         config.storage.disk_settings(),
     );
+    // A certificate that cannot be used stops the start before anything else, naming its file.
+    let certificate = start_tls(&config.listen)?;
     let store = Store::open(&folders.data_dir).await.context("opening the database")?;
     requeue_jobs_left_running(&store, &disk).await?;
     let listener = tokio::net::TcpListener::bind(config.listen.listen)
         .await
         .with_context(|| format!("binding {}", config.listen.listen))?;
     let address = listener.local_addr()?;
-    let public_url = config.listen.public_url(address);
+    let transport = crate::tls::Transport::new(certificate.is_some(), address);
+    if let Some(warning) = transport.clear_text_warning() {
+        tracing::warn!(%address, "{warning}");
+    }
+    let public_url = config.listen.public_url(address, transport.tls);
     let slurm = config.executor.slurm_settings(public_url.clone()).map(Arc::new);
     let parts = Parts::new(store, disk, &config, slurm.as_deref());
     let supervisor = parts.supervisor(&folders, &workers, slurm.clone());
@@ -57,9 +63,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let backups = start_backups(&parts.store, backup_schedule);
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups);
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups, transport);
     // Tests and scripts read this line to find a port-0 server.
-    println!("trainq listening on http://{address}");
+    println!("trainq listening on {}://{address}", if transport.tls { "https" } else { "http" });
     tracing::info!(%address, "serving");
     // SIGTERM: stop starting jobs, let running workers checkpoint and exit (they resume at the
     // next start), then stop serving. Open event streams never end by themselves; closing the
@@ -71,7 +77,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!("every worker has stopped; closing the API");
         events.close();
     };
-    http::serve(listener, state, shutdown).await?;
+    http::serve(listener, certificate, state, shutdown).await?;
     Ok(())
 }
 
@@ -170,6 +176,7 @@ impl Parts {
         config: &ServeConfig,
         half_life_secs: f64,
         backups: crate::backup::BackupStatus,
+        transport: crate::tls::Transport,
     ) -> AppState {
         AppState {
             store: self.store,
@@ -189,8 +196,21 @@ impl Parts {
             tokens: Arc::default(),
             telemetry: self.telemetry,
             backups,
+            transport,
         }
     }
+}
+
+/// `--tls-cert` and `--tls-key`: the certificate, loaded and checked, re-read from then on when
+/// its files change or on SIGHUP; `None` for plain HTTP.
+fn start_tls(listen: &crate::config::ListenConfig) -> anyhow::Result<Option<Arc<crate::tls::ReloadingCertificate>>> {
+    let Some(files) = crate::tls::CertificateFiles::from_flags(listen.tls_cert.as_deref(), listen.tls_key.as_deref())?
+    else {
+        return Ok(None);
+    };
+    let certificate = crate::tls::ReloadingCertificate::load(files)?;
+    Arc::clone(&certificate).keep_fresh().context("watching for SIGHUP")?;
+    Ok(Some(certificate))
 }
 
 /// `--demo`: writes the demo dataset into the datasets folder unless it is there already.

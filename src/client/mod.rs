@@ -31,6 +31,10 @@ pub struct Profile {
     pub url: String,
     /// The user's API token.
     pub token: Option<String>,
+    /// A PEM file of the CA that signed the server's certificate (`trainq login --ca-file`),
+    /// trusted besides the usual ones; `TRAINQ_CA_FILE` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/trainq/config.toml`, else `~/.config/trainq/config.toml`.
@@ -62,12 +66,16 @@ impl Profile {
             .ok()
             .filter(|url| !url.is_empty())
             .or_else(|| saved.as_ref().map(|saved| saved.url.clone()));
+        let ca_file = std::env::var_os("TRAINQ_CA_FILE")
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| saved.as_ref().and_then(|saved| saved.ca_file.clone()));
         let token = std::env::var("TRAINQ_TOKEN")
             .ok()
             .filter(|token| !token.is_empty())
             .or_else(|| saved.and_then(|saved| saved.token));
         match url {
-            Some(url) => Ok(Profile { url: url.trim_end_matches('/').to_string(), token }),
+            Some(url) => Ok(Profile { url: url.trim_end_matches('/').to_string(), token, ca_file }),
             None => bail!("no server: run `trainq login URL` (or set TRAINQ_URL and TRAINQ_TOKEN)"),
         }
     }
@@ -114,18 +122,33 @@ impl Api {
         if profile.token.is_none() {
             bail!("{NO_TOKEN}");
         }
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        let streaming = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()?;
+        if crate::tls::is_clear_text_over_network(&profile.url) {
+            eprintln!(
+                "warning: {} is plain http:// to another machine: your token travels in clear; ask the admin for \
+                 the https:// URL",
+                profile.url
+            );
+        }
+        let trusting = |builder: reqwest::ClientBuilder| match &profile.ca_file {
+            Some(ca_file) => crate::tls::trust_ca_file(builder, ca_file),
+            None => Ok(builder),
+        };
+        let http = trusting(reqwest::Client::builder().timeout(Duration::from_secs(60)))?.build()?;
+        let streaming = trusting(
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).read_timeout(Duration::from_secs(60)),
+        )?
+        .build()?;
         Ok(Api { profile, http, streaming })
     }
 
     /// Sends `request` with the token; any answer but a success becomes the server's worded error.
     async fn respond(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let request = request.bearer_auth(self.profile.token.as_deref().unwrap_or_default());
-        let response = request.send().await.with_context(|| format!("reaching {}", self.profile.url))?;
+        let response =
+            request.send().await.map_err(|err| match crate::tls::explain_tls_failure(&err, &self.profile.url) {
+                Some(reason) => anyhow!("reaching {}: {reason}", self.profile.url),
+                None => anyhow::Error::from(err).context(format!("reaching {}", self.profile.url)),
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -221,8 +244,9 @@ impl Api {
     }
 }
 
-/// `trainq login URL`: checks the token against the server (`GET /api/me`), then saves both.
-pub async fn login(url: &str, token_stdin: bool) -> anyhow::Result<()> {
+/// `trainq login URL`: checks the token against the server (`GET /api/me`), then saves both, and
+/// the CA file `ca_file` (made absolute, so any folder finds it) when given.
+pub async fn login(url: &str, token_stdin: bool, ca_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let url = url.trim_end_matches('/').to_string();
     let stdin = std::io::stdin();
     if !token_stdin && stdin.is_terminal() {
@@ -235,7 +259,14 @@ pub async fn login(url: &str, token_stdin: bool) -> anyhow::Result<()> {
     if token.is_empty() {
         bail!("{NO_TOKEN}");
     }
-    let profile = Profile { url: url.clone(), token: Some(token) };
+    let given = ca_file
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("TRAINQ_CA_FILE").filter(|path| !path.is_empty()).map(PathBuf::from));
+    let ca_file = match given {
+        Some(path) => Some(std::fs::canonicalize(&path).with_context(|| format!("the CA file {}", path.display()))?),
+        None => None,
+    };
+    let profile = Profile { url: url.clone(), token: Some(token), ca_file };
     let me =
         Api::new(profile.clone())?.get("/api/me").await.with_context(|| format!("checking the token with {url}"))?;
     let path = profile.save()?;

@@ -59,6 +59,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "worker": {"ok": worker_ok, "path": worker},
         "devices": {"ok": !slots.is_empty(), "slots": slots.len(), "gpus": gpus},
         "backup": backup_check(&state.backups),
+        "tls": tls_check(state.transport),
     });
     let ready = ["database", "disk", "worker", "devices"].iter().all(|name| checks[name]["ok"] == true);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -73,6 +74,14 @@ fn backup_check(backups: &crate::backup::BackupStatus) -> Value {
     match backups.overdue_warning() {
         Some(warning) => json!({"ok": false, "warning": warning, "last_good_age_secs": age}),
         None => json!({"ok": true, "last_good_age_secs": age}),
+    }
+}
+
+/// `tls`: a warning, never a failure (a server in clear on a trusted network still works).
+fn tls_check(transport: crate::tls::Transport) -> Value {
+    match transport.clear_text_warning() {
+        Some(warning) => json!({"ok": true, "tls": false, "warning": warning}),
+        None => json!({"ok": true, "tls": transport.tls}),
     }
 }
 

@@ -5,7 +5,7 @@
 //! `report.rs`, `events.rs`, `inference.rs`, `me.rs`, `admin.rs`, `catalog.rs`, `health.rs`,
 //! `prometheus.rs`, `worker.rs` for relays) use `job_view.rs` (how a job is found and shown) and
 //! the plumbing (`auth.rs`, `error.rs`, `extract.rs`, `etag.rs`, `csv.rs`, `assets.rs`,
-//! `openapi.rs`). Handlers only turn requests into calls of the services below (`crate::submit`,
+//! `openapi.rs`, `security_headers.rs`, `tls_listener.rs`). Handlers only turn requests into calls of the services below (`crate::submit`,
 //! `crate::retention`, the store) and their answers into HTTP. Imports point one way only (the
 //! report reads the comparison, the comparison a group's summary, never back), so the modules
 //! form no cycle (`tests/architecture.rs`).
@@ -36,6 +36,8 @@ mod report;
 #[cfg(test)]
 mod router_tests;
 mod version;
+mod security_headers;
+mod tls_listener;
 mod worker;
 
 pub use auth::RateLimiter;
@@ -117,6 +119,8 @@ pub struct AppState {
     pub telemetry: crate::telemetry::Telemetry,
     /// When the last good backup was taken, for `/metrics` and `/readyz`.
     pub backups: crate::backup::BackupStatus,
+    /// TLS or plain HTTP, for the answers' headers and `/readyz`.
+    pub transport: crate::tls::Transport,
 }
 
 impl AppState {
@@ -213,6 +217,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
         .layer(TraceLayer::new_for_http())
         .layer(axum::middleware::from_fn_with_state(state.telemetry.clone(), prometheus::count_requests))
+        .layer(axum::middleware::map_response_with_state(state.transport, security_headers::add))
         .with_state(state)
 }
 
@@ -230,13 +235,24 @@ async fn too_large_as_json(response: axum::response::Response, limit: usize) -> 
     response
 }
 
-/// Serves the router on `listener` until `shutdown` completes.
+/// Serves the router on `listener` until `shutdown` completes: over TLS with `certificate`,
+/// else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    certificate: Option<Arc<crate::tls::ReloadingCertificate>>,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     // The peer's address rides along so anonymous callers can be rate-limited per address.
     let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+    match certificate {
+        None => axum::serve(listener, service).with_graceful_shutdown(shutdown).await,
+        // `tap_io` only for its connect-info: axum gives the peer's address of a listener of
+        // its own, or of one wrapped so.
+        Some(certificate) => {
+            let listener = tls_listener::TlsListener::new(listener, &certificate)?.tap_io(|_| {});
+            axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+        }
+    }
 }

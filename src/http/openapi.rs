@@ -260,7 +260,11 @@ pub async fn openapi_json() -> Response {
 pub async fn docs() -> Response {
     static PAGE: OnceLock<String> = OnceLock::new();
     let page = PAGE.get_or_init(|| render(&serde_json::from_str(document()).expect("the document is JSON")));
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page.as_str()).into_response()
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, super::security_headers::DOCS_POLICY),
+    ];
+    (headers, page.as_str()).into_response()
 }
 
 /// `GET /metrics`, described here because its handler (`prometheus.rs`) is Prometheus's business.

@@ -108,6 +108,7 @@ pub async fn page(
         (header::CONTENT_DISPOSITION, "inline; filename=\"trainq-report.html\""),
         // Running jobs change the page with every epoch.
         (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, report::CONTENT_SECURITY_POLICY),
     ];
     Ok((headers, html).into_response())
 }

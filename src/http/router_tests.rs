@@ -73,6 +73,7 @@ pub(super) async fn test_router() -> TestRouter {
         }),
         tokens: Arc::default(),
         backups: crate::backup::BackupStatus::new(None),
+        transport: crate::tls::Transport { tls: false, loopback_only: true },
     };
     TestRouter { router: router(state), token, _dir: dir }
 }

@@ -166,6 +166,10 @@ dl.facts dd { margin: 0; }
 }
 ";
 
+/// The report's own Content-Security-Policy, in its page and in `/api/report`'s answer: nothing
+/// from outside the page (its heatmaps are `data:` images, its style inline).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; img-src data:; style-src 'unsafe-inline'";
+
 /// The report as one HTML5 document. Renders the curves (SVG, through `crate::plots`), so it takes
 /// a few milliseconds per experiment: call it off the async threads.
 pub fn render(report: &Report) -> Result<String, plots::PlotError> {
@@ -179,7 +183,7 @@ pub fn render(report: &Report) -> Result<String, plots::PlotError> {
     };
     html.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     // The browser itself refuses anything from outside the page, so a report that opens is complete.
-    html.push_str("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">\n");
+    let _ = writeln!(html, "<meta http-equiv=\"Content-Security-Policy\" content=\"{CONTENT_SECURITY_POLICY}\">");
     html.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     let _ = writeln!(html, "<title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>", escape(&title));
     let _ = writeln!(html, "<header>\n<h1>{}</h1>", escape(&title));

@@ -37,6 +37,11 @@ struct Browser {
 
 impl Browser {
     async fn start(chromium: &std::path::Path, chromedriver: &std::path::Path) -> Browser {
+        Browser::start_with(chromium, chromedriver, &[]).await
+    }
+
+    /// A browser with Chromium's flags `extra` besides the usual ones.
+    async fn start_with(chromium: &std::path::Path, chromedriver: &std::path::Path, extra: &[&str]) -> Browser {
         use std::os::unix::process::CommandExt;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new(chromedriver)
@@ -54,17 +59,29 @@ impl Browser {
             assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not answer on port {port}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut arguments: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1000",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(String::from)
+        .collect();
+        arguments.push(format!("--user-data-dir={}", profile.path().display()));
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             // The console's messages, read back with `console_errors`.
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                    "--window-size=1280,1000", format!("--user-data-dir={}", profile.path().display()),
-                ],
+                "args": arguments,
             },
         }}});
         let answer: Value =
@@ -251,7 +268,8 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
         .eval(
             "window.__trainqNoReload = true; window.__trainqErrors = [];
              addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));
-             addEventListener('unhandledrejection', (e) => window.__trainqErrors.push(String(e.reason)));",
+             addEventListener('unhandledrejection', (e) => window.__trainqErrors.push(String(e.reason)));
+             addEventListener('securitypolicyviolation', (e) => window.__trainqErrors.push(`CSP refused ${e.blockedURI} (${e.violatedDirective})`));",
             json!([]),
         )
         .await;
@@ -509,6 +527,14 @@ async fn the_dashboard_shows_a_job_live_its_plots_and_a_comparison_in_a_real_bro
         .await;
     let errors = browser.eval("return window.__trainqErrors", json!([])).await;
     assert_eq!(errors, json!([]), "script errors on the page");
+    // The security headers' policy refused nothing, from the first load on (issue 29).
+    let refused: Vec<Value> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|entry| entry["message"].as_str().unwrap_or_default().contains("Content Security Policy"))
+        .collect();
+    assert!(refused.is_empty(), "the dashboard's policy refused: {refused:?}");
 
     // A reload in the same tab keeps the token; signing out forgets it.
     browser.goto(&app.url("/")).await;
@@ -841,5 +867,43 @@ async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
     assert!(result.as_str().unwrap().starts_with("Deleted"), "{result}");
     assert_eq!(app.get(&format!("/api/jobs/{id}")).await.1["deleted_by"], "alice");
     assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
+    browser.quit().await;
+}
+
+/// The dashboard over the server's own TLS (issue 29): signed in, it lists the student's job
+/// and follows the event stream live, and its security policy refuses nothing.
+#[tokio::test]
+async fn the_dashboard_works_over_https_under_its_security_policy() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let pki = crate::tls::Pki::new();
+    let (cert, key) = pki.issue("server", 9, crate::tls::LOCAL_NAMES);
+    let (_scripts, app) = crate::tls::tls_app(&cert, &key);
+    let client = crate::tls::trusting(&pki, &app.tokens["alice"]);
+    let answer: Value =
+        client.post(app.url("/api/jobs")).json(&spec("over-https", [1, 1])).send().await.unwrap().json().await.unwrap();
+    let id = answer["jobs"][0]["id"].as_str().unwrap_or_else(|| panic!("submit: {answer}")).to_string();
+
+    // The test's CA is not in Chromium's store; the certificate checks are the TLS tests' part.
+    let browser = Browser::start_with(&chromium, &chromedriver, &["--ignore-certificate-errors"]).await;
+    browser.goto(&app.url("/")).await;
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
+    browser.goto(&app.url("/")).await;
+    browser
+        .wait_for(
+            "the live connection",
+            "return document.getElementById('connection').textContent.startsWith('live')",
+            json!([]),
+        )
+        .await;
+    let row = format!("#my-jobs tr[data-job-id=\"{id}\"]");
+    browser.wait_for("the job in my list", "return Boolean(document.querySelector(arguments[0]))", json!([row])).await;
+    let refused: Vec<Value> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|entry| entry["message"].as_str().unwrap_or_default().contains("Content Security Policy"))
+        .collect();
+    assert!(refused.is_empty(), "the dashboard's policy refused: {refused:?}");
+    assert_eq!(browser.eval("return location.protocol", json!([])).await, "https:");
     browser.quit().await;
 }

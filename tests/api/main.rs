@@ -31,6 +31,7 @@ mod slurm;
 #[path = "../common/small_disk.rs"]
 mod small_disk;
 mod sweeps;
+mod tls;
 mod training;
 mod upgrades;
 mod validation;

@@ -103,6 +103,7 @@ async fn the_report_of_two_jobs_is_one_valid_page_with_their_tables_curves_and_h
     assert_eq!(status, StatusCode::OK, "{html}");
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(headers["content-disposition"], "inline; filename=\"trainq-report.html\"");
+    assert_eq!(headers["content-security-policy"], trainq::report::CONTENT_SECURITY_POLICY, "the report's own policy");
     assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"), "{}", &html[..100]);
     assert!(html.contains("<meta charset=\"utf-8\">") && html.contains("<title>trainq report: 2 experiments</title>"));
     check_nesting(&html);
