@@ -49,7 +49,7 @@ pub enum Command {
     /// Live progress bars of jobs (without ids: your queued and running ones) until they end;
     /// plain lines when not on a terminal. Exits like `wait`.
     Watch(WatchArgs),
-    /// Wait until jobs end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
+    /// Wait until jobs (or each job of a group) end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
     Wait(JobsArg),
     /// Cancel jobs (queued at once; running ones stop after a checkpoint).
     Cancel(JobsArg),
