@@ -137,6 +137,9 @@ pub enum ProgressEvent {
         images: usize,
         /// Corrupt or unreadable files that were skipped.
         skipped: usize,
+        /// The first skipped files by name, with why each was refused; absent from older workers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped_files: Vec<crate::domain::job::SkippedFile>,
         /// Time spent loading.
         seconds: f64,
         /// The preprocessing cache: `hit` (read back, nothing decoded), `built` (decoded and
