@@ -92,6 +92,32 @@ pub enum AdminCommand {
     Gc(GcArgs),
     /// Every user's disk usage (bytes of their job folders) and the quota.
     Usage,
+    /// Datasets on the server.
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
+}
+
+/// The `trainq admin datasets` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DatasetsCommand {
+    /// Import a dataset from a zip (Kaggle's as it comes) or a folder: the ImageFolder inside is
+    /// found, macOS and Windows junk and a nested duplicate left out, every image decoded.
+    Import(DatasetImportArgs),
+}
+
+/// `trainq admin datasets import NAME ARCHIVE.zip|DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetImportArgs {
+    /// The dataset's name, as specs give it (`chest_xray`).
+    pub name: String,
+    /// A zip archive, or a folder (zipped on the fly, stored, into a temporary file).
+    pub source: PathBuf,
+    /// Put it in place of the dataset of that name (refused while a queued or running job uses it).
+    #[arg(long)]
+    pub replace: bool,
+    /// Leave files that do not fully decode out (listed) instead of refusing the import.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 /// `trainq admin gc`.
@@ -619,6 +645,10 @@ pub struct UserLimitsConfig {
     /// exempt. Default: no quota.
     #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB", display_order = 35)]
     pub max_disk_per_user_gb: Option<f64>,
+    /// Most gigabytes a dataset archive may unpack to (`trainq admin datasets import`); a larger
+    /// one is refused before it fills the disk.
+    #[arg(long, env = "TRAINQ_MAX_DATASET_GB", default_value_t = 20.0, display_order = 35)]
+    pub max_dataset_gb: f64,
 }
 
 impl UserLimitsConfig {
@@ -632,6 +662,7 @@ impl UserLimitsConfig {
             max_image_side: self.max_image_side,
             half_life_secs,
             max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
+            max_dataset_bytes: bytes_from_gigabytes(self.max_dataset_gb),
         }
     }
 }
@@ -987,6 +1018,7 @@ mod tests {
             "--fair-share-half-life-hours TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS default=24 value",
             "--max-image-side TRAINQ_MAX_IMAGE_SIDE default=1024 value",
             "--max-disk-per-user-gb TRAINQ_MAX_DISK_PER_USER_GB default= value",
+            "--max-dataset-gb TRAINQ_MAX_DATASET_GB default=20 value",
             "--retention-days TRAINQ_RETENTION_DAYS default=0 value",
             "--retention-keep TRAINQ_RETENTION_KEEP default=final.safetensors,*.json,*.csv,*.svg,*.png,log.txt,cam value",
             "--smtp-url TRAINQ_SMTP_URL default= value",
@@ -1000,7 +1032,7 @@ mod tests {
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 43] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 44] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("data_dir", r#""/srv/data""#),
@@ -1037,6 +1069,7 @@ mod tests {
         ("fair_share_half_life_hours", "12"),
         ("max_image_side", "512"),
         ("max_disk_per_user_gb", "0.5"),
+        ("max_dataset_gb", "3"),
         ("retention_days", "30"),
         ("retention_keep", r#""final.safetensors,plots""#),
         ("smtp_url", r#""smtp://localhost:25""#),

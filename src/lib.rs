@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod client;
 /// Command-line and environment configuration.
 pub mod config;
+/// Importing a dataset archive: safe unpacking, the ImageFolder found, every image verified.
+pub mod dataset_import;
 /// The synthetic demo dataset.
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.

@@ -4,6 +4,7 @@
 //! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
 //! `--set` is refused before any request.
 
+mod dataset_import;
 mod notify;
 mod pull;
 mod retention;

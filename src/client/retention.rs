@@ -24,6 +24,9 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     let api = Api::new(Profile::load()?)?;
     match command {
         AdminCommand::Gc(args) => gc(&api, &args).await,
+        AdminCommand::Datasets(crate::config::DatasetsCommand::Import(args)) => {
+            super::dataset_import::import(&api, &args).await
+        }
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
             let quota = usage["quota_bytes"]

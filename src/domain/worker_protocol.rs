@@ -293,3 +293,13 @@ mod tests {
         assert!(ProgressEvent::from_line("@trainq {broken").unwrap().is_err());
     }
 }
+
+/// What `trainq-worker verify DIR` prints (one JSON object on stdout): every file of the
+/// ImageFolder's class folders under `DIR` decoded in full, and those that did not decode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Files decoded (good and bad).
+    pub checked: usize,
+    /// The files that did not fully decode, relative to `DIR`, with why.
+    pub bad: Vec<crate::domain::job::SkippedFile>,
+}

@@ -385,6 +385,13 @@ pub fn load_image(path: &Path, resize: Resize, sampling: Sampling) -> anyhow::Re
     Ok(Tensor::from_slice(&decoded.pixels).view([1, channels, height as i64, width as i64]))
 }
 
+/// Decodes an image file's bytes in full, as a job at its source size would, for
+/// `trainq-worker verify`: the decoder's reason when it does not.
+pub fn verify_image(bytes: &[u8]) -> Result<(), String> {
+    source_dimensions(bytes).map_err(|err| err.to_string())?;
+    jpeg::decode(bytes).map(drop).map_err(|err| err.to_string())
+}
+
 /// An image file's width and height, from its header.
 fn source_dimensions(bytes: &[u8]) -> image::ImageResult<(u32, u32)> {
     if let Some(header) = jpeg::header(bytes) {
