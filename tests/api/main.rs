@@ -9,6 +9,7 @@ mod client;
 mod common;
 mod conventions;
 mod crash;
+mod dataset_import;
 mod disk;
 mod events;
 mod features;
