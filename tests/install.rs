@@ -49,7 +49,13 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
             let target = std::fs::read_link(&path).ok();
             seen.insert(
                 path.strip_prefix(root).unwrap().to_path_buf(),
-                format!("{:o} {} {} {:?} {target:?}", metadata.mode(), metadata.uid(), metadata.len(), metadata.modified().unwrap()),
+                format!(
+                    "{:o} {} {} {:?} {target:?}",
+                    metadata.mode(),
+                    metadata.uid(),
+                    metadata.len(),
+                    metadata.modified().unwrap()
+                ),
             );
             if metadata.is_dir() {
                 folders.push(path);
@@ -81,12 +87,19 @@ async fn a_scratch_install_is_complete_idempotent_and_serves_a_demo_job() {
         assert_eq!(metadata.permissions().mode() & 0o777, mode, "{path}");
         assert_eq!(metadata.uid(), uid, "{path}");
     }
-    assert_eq!(std::fs::read_link(root.join("opt/trainq/torch")).unwrap(), libtorch(), "--libtorch links, never copies");
+    assert_eq!(
+        std::fs::read_link(root.join("opt/trainq/torch")).unwrap(),
+        libtorch(),
+        "--libtorch links, never copies"
+    );
     assert_eq!(std::fs::read_link(root.join("usr/local/bin/trainq")).unwrap(), Path::new("/opt/trainq/bin/trainq"));
     let config = std::fs::read_to_string(root.join("etc/trainq/trainq.toml")).unwrap();
     let data = root.join("var/lib/trainq");
     assert!(config.contains(&format!("data_dir = \"{}\"", data.display())), "{config}");
-    assert!(config.contains(&format!("worker = \"{}\"", root.join("opt/trainq/bin/trainq-worker").display())), "{config}");
+    assert!(
+        config.contains(&format!("worker = \"{}\"", root.join("opt/trainq/bin/trainq-worker").display())),
+        "{config}"
+    );
     let unit = std::fs::read_to_string(root.join("etc/systemd/system/trainq.service")).unwrap();
     assert!(unit.contains("ExecStart=/opt/trainq/bin/trainq serve --config /etc/trainq/trainq.toml"), "{unit}");
 
@@ -100,10 +113,16 @@ async fn a_scratch_install_is_complete_idempotent_and_serves_a_demo_job() {
     // dependencies, `sysinit.target` and the rest, must resolve).
     if Path::new("/usr/lib/systemd/system").is_dir() {
         std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
-        let copied = Command::new("cp").arg("-r").arg("/usr/lib/systemd/system").arg(root.join("usr/lib/systemd/")).status();
+        let copied =
+            Command::new("cp").arg("-r").arg("/usr/lib/systemd/system").arg(root.join("usr/lib/systemd/")).status();
         assert!(copied.unwrap().success());
     }
-    match Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", root.display())).arg("/etc/systemd/system/trainq.service").output() {
+    match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .arg("/etc/systemd/system/trainq.service")
+        .output()
+    {
         Ok(output) => {
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(output.status.success(), "systemd-analyze verify: {stderr}");
@@ -130,7 +149,10 @@ async fn a_scratch_install_is_complete_idempotent_and_serves_a_demo_job() {
         }
     });
     let address = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-        panic!("the installed server did not start: {}", std::fs::read_to_string(temp.path().join("server.log")).unwrap())
+        panic!(
+            "the installed server did not start: {}",
+            std::fs::read_to_string(temp.path().join("server.log")).unwrap()
+        )
     });
     let client = reqwest::Client::new();
     let ready = client.get(format!("{address}/readyz")).send().await.unwrap();
@@ -140,13 +162,28 @@ async fn a_scratch_install_is_complete_idempotent_and_serves_a_demo_job() {
         "image_size": 32, "batch_size": 20, "head": ["gap", {"dense": 1}],
         "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "sgd", "lr": 0.01}, "seed": 1
     });
-    let answer: serde_json::Value =
-        client.post(format!("{address}/api/jobs")).bearer_auth(&token).json(&spec).send().await.unwrap().json().await.unwrap();
+    let answer: serde_json::Value = client
+        .post(format!("{address}/api/jobs"))
+        .bearer_auth(&token)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = answer["jobs"][0]["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_string();
     let started = Instant::now();
     let job = loop {
-        let job: serde_json::Value =
-            client.get(format!("{address}/api/jobs/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let job: serde_json::Value = client
+            .get(format!("{address}/api/jobs/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
             break job;
         }

@@ -190,6 +190,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/jobs/{id}"),
     ("get", "/api/admin/usage"),
     ("post", "/api/admin/gc"),
+    ("put", "/api/admin/datasets/{name}"),
 ];
 
 #[tokio::test]
