@@ -49,7 +49,7 @@ pub enum Command {
     /// Live progress bars of jobs (without ids: your queued and running ones) until they end;
     /// plain lines when not on a terminal. Exits like `wait`.
     Watch(WatchArgs),
-    /// Wait until jobs end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
+    /// Wait until jobs (or each job of a group) end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
     Wait(JobsArg),
     /// Cancel jobs (queued at once; running ones stop after a checkpoint).
     Cancel(JobsArg),
@@ -94,6 +94,9 @@ pub enum AdminCommand {
     Usage,
     /// Save a consistent snapshot of the server's database (taken while it runs) to a file.
     Backup(BackupArgs),
+    /// Datasets on the server.
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
 }
 
 /// `trainq admin backup`.
@@ -102,6 +105,29 @@ pub struct BackupArgs {
     /// The file to write the snapshot to (replaced whole once the snapshot is complete).
     #[arg(long)]
     pub to: PathBuf,
+}
+
+/// The `trainq admin datasets` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DatasetsCommand {
+    /// Import a dataset from a zip (Kaggle's as it comes) or a folder: the ImageFolder inside is
+    /// found, macOS and Windows junk and a nested duplicate left out, every image decoded.
+    Import(DatasetImportArgs),
+}
+
+/// `trainq admin datasets import NAME ARCHIVE.zip|DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetImportArgs {
+    /// The dataset's name, as specs give it (`chest_xray`).
+    pub name: String,
+    /// A zip archive, or a folder (zipped on the fly, stored, into a temporary file).
+    pub source: PathBuf,
+    /// Put it in place of the dataset of that name (refused while a queued or running job uses it).
+    #[arg(long)]
+    pub replace: bool,
+    /// Leave files that do not fully decode out (listed) instead of refusing the import.
+    #[arg(long)]
+    pub skip_bad: bool,
 }
 
 /// `trainq admin gc`.
@@ -648,6 +674,10 @@ pub struct UserLimitsConfig {
     /// exempt. Default: no quota.
     #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB", display_order = 35)]
     pub max_disk_per_user_gb: Option<f64>,
+    /// Most gigabytes a dataset archive may unpack to (`trainq admin datasets import`); a larger
+    /// one is refused before it fills the disk.
+    #[arg(long, env = "TRAINQ_MAX_DATASET_GB", default_value_t = 20.0, display_order = 35)]
+    pub max_dataset_gb: f64,
 }
 
 impl UserLimitsConfig {
@@ -661,6 +691,7 @@ impl UserLimitsConfig {
             max_image_side: self.max_image_side,
             half_life_secs,
             max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
+            max_dataset_bytes: bytes_from_gigabytes(self.max_dataset_gb),
         }
     }
 }
@@ -1044,6 +1075,7 @@ mod tests {
             "--fair-share-half-life-hours TRAINQ_FAIR_SHARE_HALF_LIFE_HOURS default=24 value",
             "--max-image-side TRAINQ_MAX_IMAGE_SIDE default=1024 value",
             "--max-disk-per-user-gb TRAINQ_MAX_DISK_PER_USER_GB default= value",
+            "--max-dataset-gb TRAINQ_MAX_DATASET_GB default=20 value",
             "--retention-days TRAINQ_RETENTION_DAYS default=0 value",
             "--retention-keep TRAINQ_RETENTION_KEEP default=final.safetensors,*.json,*.csv,*.svg,*.png,log.txt,cam value",
             "--smtp-url TRAINQ_SMTP_URL default= value",
@@ -1060,7 +1092,7 @@ mod tests {
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 48] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 49] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("tls_cert", r#""/etc/trainq/cert.pem""#),
@@ -1099,6 +1131,7 @@ mod tests {
         ("fair_share_half_life_hours", "12"),
         ("max_image_side", "512"),
         ("max_disk_per_user_gb", "0.5"),
+        ("max_dataset_gb", "3"),
         ("retention_days", "30"),
         ("retention_keep", r#""final.safetensors,plots""#),
         ("smtp_url", r#""smtp://localhost:25""#),

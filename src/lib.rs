@@ -11,6 +11,8 @@ pub mod client;
 pub mod config;
 /// One server per data dir: the exclusive lock `trainq serve` holds on its folders.
 pub mod data_dir_lock;
+/// Importing a dataset archive: safe unpacking, the ImageFolder found, every image verified.
+pub mod dataset_import;
 /// The synthetic demo dataset.
 pub mod demo_data;
 /// GPU inventory (NVML) and CPU slots.

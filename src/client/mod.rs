@@ -5,6 +5,7 @@
 //! `--set` is refused before any request.
 
 mod backup;
+mod dataset_import;
 mod notify;
 mod pull;
 mod retention;
@@ -215,32 +216,70 @@ impl Api {
     /// The full id of the job `given` names: a whole id (a group's too), or a prefix of exactly
     /// one job's id (the caller's jobs are searched first, like git's short hashes).
     pub async fn resolve(&self, given: &str) -> anyhow::Result<String> {
-        if given.parse::<uuid::Uuid>().is_ok() {
-            return Ok(given.to_string());
+        match self.resolve_named(given, false).await? {
+            Named::Job(id) | Named::Group(id) => Ok(id),
         }
+    }
+
+    /// The job or group `given` names: a whole id, or a prefix of exactly one job's id or one
+    /// group's id (`compare`, `report` and `wait` take either, as `submit --sweep` prints both).
+    pub async fn resolve_job_or_group(&self, given: &str) -> anyhow::Result<Named> {
+        self.resolve_named(given, true).await
+    }
+
+    /// The one search behind [`Api::resolve`] and [`Api::resolve_job_or_group`]: the caller's
+    /// jobs first, then everyone's, matching job ids and (when `groups`) group ids.
+    async fn resolve_named(&self, given: &str, groups: bool) -> anyhow::Result<Named> {
+        if given.parse::<uuid::Uuid>().is_ok() {
+            return Ok(Named::Job(given.to_string()));
+        }
+        let what = if groups { "job or group id" } else { "job id" };
         if given.len() < 4 || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            bail!("`{given}` is not a job id or a prefix of one (at least 4 hex digits)");
+            bail!("`{given}` is not a {what} or a prefix of one (at least 4 hex digits)");
         }
         for query in ["owner=me", ""] {
-            let matches: Vec<String> = self
-                .all_jobs(query)
-                .await?
-                .iter()
-                .filter_map(|job| job["id"].as_str())
-                .filter(|id| id.starts_with(given))
-                .map(str::to_string)
-                .collect();
+            let mut matches: Vec<Named> = Vec::new();
+            for job in self.all_jobs(query).await? {
+                if let Some(id) = job["id"].as_str().filter(|id| id.starts_with(given)) {
+                    matches.push(Named::Job(id.to_string()));
+                }
+                if let Some(group) = job["group_id"].as_str().filter(|id| groups && id.starts_with(given)) {
+                    let group = Named::Group(group.to_string());
+                    if !matches.contains(&group) {
+                        matches.push(group);
+                    }
+                }
+            }
             match matches.as_slice() {
                 [] => continue,
-                [id] => return Ok(id.clone()),
+                [one] => return Ok(one.clone()),
                 several => bail!(
-                    "`{given}` matches {} jobs ({}…); give more of the id",
+                    "`{given}` matches {} ids ({}, {}…); give more of the id",
                     several.len(),
-                    several[..2].join(", ")
+                    several[0],
+                    several[1]
                 ),
             }
         }
-        bail!("no job id starts with `{given}`")
+        bail!("no {what} starts with `{given}`")
+    }
+}
+
+/// What an id on the command line names, once resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Named {
+    /// A job's full id.
+    Job(String),
+    /// A group's full id (`repeats`, `sweep`).
+    Group(String),
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Named::Job(id) => write!(formatter, "job {id}"),
+            Named::Group(id) => write!(formatter, "group {id}"),
+        }
     }
 }
 
@@ -328,11 +367,13 @@ pub async fn logs(id: &str, follow: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Job ids (or prefixes) and group ids, as the server's `ids=` wants them.
+/// Job ids and group ids (or prefixes of either), as the server's `ids=` wants them.
 async fn id_list(api: &Api, given: &[String]) -> anyhow::Result<String> {
     let mut ids = Vec::with_capacity(given.len());
     for given in given {
-        ids.push(api.resolve(given).await?);
+        match api.resolve_job_or_group(given).await? {
+            Named::Job(id) | Named::Group(id) => ids.push(id),
+        }
     }
     Ok(ids.join(","))
 }
@@ -380,12 +421,13 @@ pub fn wait_code(states: &[&str]) -> i32 {
     }
 }
 
-/// `trainq wait ID…`: polls until every job has ended; returns the exit code ([`wait_code`]).
+/// `trainq wait ID…|GROUP…`: polls until every job (a group: each of its jobs) has ended; returns
+/// the exit code ([`wait_code`]).
 pub async fn wait(ids: &[String], poll: Duration) -> anyhow::Result<i32> {
     let api = Api::new(Profile::load()?)?;
     let mut resolved = Vec::with_capacity(ids.len());
     for given in ids {
-        resolved.push(api.resolve(given).await?);
+        resolved.extend(group_members(&api, api.resolve_job_or_group(given).await?).await?);
     }
     let mut ended: Vec<Option<String>> = vec![None; resolved.len()];
     loop {
@@ -403,6 +445,23 @@ pub async fn wait(ids: &[String], poll: Duration) -> anyhow::Result<i32> {
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The jobs a resolved id stands for: a job itself, or each job of a group. A whole id is looked
+/// up as a job first, then as a group, since its shape does not tell which it is.
+async fn group_members(api: &Api, named: Named) -> anyhow::Result<Vec<String>> {
+    let group = match named {
+        Named::Group(group) => group,
+        Named::Job(id) => match api.get(&format!("/api/jobs/{id}")).await {
+            Ok(_) => return Ok(vec![id]),
+            Err(not_a_job) => match api.get(&format!("/api/groups/{id}")).await {
+                Ok(_) => id,
+                Err(_) => return Err(not_a_job),
+            },
+        },
+    };
+    let view = api.get(&format!("/api/groups/{group}")).await?;
+    Ok(view["jobs"].as_array().into_iter().flatten().filter_map(|job| job["id"].as_str()).map(str::to_string).collect())
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Gc(args) => gc(&api, &args).await,
         AdminCommand::Backup(args) => super::backup::backup(&api, &args).await,
+        AdminCommand::Datasets(crate::config::DatasetsCommand::Import(args)) => {
+            super::dataset_import::import(&api, &args).await
+        }
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
             let quota = usage["quota_bytes"]

@@ -162,12 +162,29 @@ pub struct SplitLoad {
     pub images: usize,
     /// Unreadable files skipped.
     pub skipped: usize,
+    /// The skipped files by name with the reason each did not decode (the first
+    /// [`SKIPPED_FILES_SHOWN`]; `skipped` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
     /// Images this job decoded (0 on a cache hit).
     pub decoded: usize,
     /// `hit`, `built` or `off`; absent from workers without a cache.
     pub cache: Option<String>,
     /// Wall time of the load.
     pub seconds: f64,
+}
+
+/// How many skipped files a split's load names; the rest are only counted, so a folder of junk
+/// cannot make every progress event large.
+pub const SKIPPED_FILES_SHOWN: usize = 20;
+
+/// A file of a split that did not fully decode, and so was left out of training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SkippedFile {
+    /// Its path relative to the dataset's folder (`train/NORMAL/x.jpeg`).
+    pub path: String,
+    /// Why it was refused: the decoder's error (`truncated`, `not a JPEG or PNG`, …).
+    pub reason: String,
 }
 
 /// A job as the API shows it.

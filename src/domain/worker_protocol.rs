@@ -137,6 +137,9 @@ pub enum ProgressEvent {
         images: usize,
         /// Corrupt or unreadable files that were skipped.
         skipped: usize,
+        /// The first skipped files by name, with why each was refused; absent from older workers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped_files: Vec<crate::domain::job::SkippedFile>,
         /// Time spent loading.
         seconds: f64,
         /// The preprocessing cache: `hit` (read back, nothing decoded), `built` (decoded and
@@ -289,4 +292,14 @@ mod tests {
         assert!(ProgressEvent::from_line("Epoch 1/100").is_none());
         assert!(ProgressEvent::from_line("@trainq {broken").unwrap().is_err());
     }
+}
+
+/// What `trainq-worker verify DIR` prints (one JSON object on stdout): every file of the
+/// ImageFolder's class folders under `DIR` decoded in full, and those that did not decode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Files decoded (good and bad).
+    pub checked: usize,
+    /// The files that did not fully decode, relative to `DIR`, with why.
+    pub bad: Vec<crate::domain::job::SkippedFile>,
 }

@@ -9,15 +9,44 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-/// `GET /api/datasets`: every usable dataset with its splits, classes and image counts.
+/// A dataset as `GET /api/datasets` lists it: the catalog's counts, the class imbalance, and what
+/// its import left out (from the import's manifest; absent for a folder laid out by hand).
+#[derive(Debug, Serialize)]
+pub struct DatasetView {
+    #[serde(flatten)]
+    info: catalog::DatasetInfo,
+    /// The train split's largest class over its smallest (1.0: balanced; the Kaggle set: 2.9).
+    class_imbalance: Option<f64>,
+    /// Files the import left out, by why (`macosx`, `apple_double`, `ds_store`, `thumbs_db`,
+    /// `nested_duplicate`, `outside_layout`, `bad`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    left_out: Option<std::collections::BTreeMap<crate::dataset_import::layout::LeftOut, usize>>,
+}
+
+impl DatasetView {
+    /// The view of `info`, its manifest read from its folder.
+    fn of(info: catalog::DatasetInfo) -> DatasetView {
+        let train = info.split("train").map(|split| split.per_class.values().copied().collect::<Vec<usize>>());
+        let class_imbalance = train.and_then(|counts| {
+            let (largest, smallest) = (counts.iter().max()?, counts.iter().min()?);
+            (*smallest > 0).then(|| *largest as f64 / *smallest as f64)
+        });
+        let left_out = crate::dataset_import::Manifest::read(&info.path).map(|manifest| manifest.left_out);
+        DatasetView { info, class_imbalance, left_out }
+    }
+}
+
+/// `GET /api/datasets`: every usable dataset with its splits, classes and image counts, its class
+/// imbalance and what its import left out.
 #[utoipa::path(
     get, path = "/api/datasets", tag = "catalog",
-    responses((status = 200, description = "the datasets jobs can train on: name, classes, images per split", body = Vec<Object>)),
+    responses((status = 200, description = "the datasets jobs can train on: name, classes, images per split, class imbalance, what the import left out", body = Vec<Object>)),
     security((), ("bearer" = []))
 )]
-pub async fn datasets(State(state): State<AppState>) -> Json<Vec<catalog::DatasetInfo>> {
+pub async fn datasets(State(state): State<AppState>) -> Json<Vec<DatasetView>> {
     let root = state.paths.datasets.clone();
-    Json(tokio::task::spawn_blocking(move || catalog::datasets::list(&root)).await.unwrap_or_default())
+    let list = move || catalog::datasets::list(&root).into_iter().map(DatasetView::of).collect();
+    Json(tokio::task::spawn_blocking(list).await.unwrap_or_default())
 }
 
 /// `GET /api/weights`: installed pretrained weights files.

@@ -17,6 +17,7 @@ mod backup;
 mod catalog;
 mod compare;
 mod csv;
+mod dataset_import;
 mod error;
 mod etag;
 mod events;
@@ -92,6 +93,8 @@ pub struct Limits {
     pub half_life_secs: f64,
     /// Most bytes one student's job folders may hold before their submits answer 507.
     pub max_disk_bytes_per_user: Option<u64>,
+    /// Most bytes a dataset archive may unpack to (`--max-dataset-gb`).
+    pub max_dataset_bytes: u64,
 }
 
 /// What every handler gets.
@@ -215,6 +218,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_UPLOAD_BYTES))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_UPLOAD_BYTES)))
+        .merge(dataset_import::routes(&state))
         .layer(TraceLayer::new_for_http())
         .layer(axum::middleware::from_fn_with_state(state.telemetry.clone(), prometheus::count_requests))
         .layer(axum::middleware::map_response_with_state(state.transport, security_headers::add))

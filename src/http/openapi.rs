@@ -66,6 +66,7 @@ use utoipa::{OpenApi, PartialSchema};
         super::admin::gc,
         super::version::version,
         super::backup::backup,
+        super::dataset_import::import,
         openapi_json,
         docs,
         super::health::live,

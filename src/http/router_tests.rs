@@ -70,6 +70,7 @@ pub(super) async fn test_router() -> TestRouter {
             max_image_side: 1024,
             half_life_secs: 3600.0,
             max_disk_bytes_per_user: None,
+            max_dataset_bytes: 1 << 30,
         }),
         tokens: Arc::default(),
         backups: crate::backup::BackupStatus::new(None),
@@ -193,6 +194,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/admin/gc"),
     ("get", "/api/version"),
     ("get", "/api/admin/backup"),
+    ("put", "/api/admin/datasets/{name}"),
 ];
 
 #[tokio::test]

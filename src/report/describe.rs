@@ -9,9 +9,11 @@ use crate::domain::spec::{
 use crate::domain::JobSpec;
 
 /// The spec as sentences: backbone and weights, image size, head, each phase (epochs, what
-/// trains, optimizer and learning rate), batch size, dataset, precision and seed. Plain text; the
-/// caller escapes it for HTML.
-pub fn describe(spec: &JobSpec) -> String {
+/// trains, optimizer and learning rate), batch size, dataset, precision and seed. `ran_in` is what
+/// the workers recorded they computed in (`JobProgress::precision`, one entry per distinct
+/// answer): the report says what ran, and falls back on what was asked only for a job that never
+/// started. Plain text; the caller escapes it for HTML.
+pub fn describe(spec: &JobSpec, ran_in: &[&str]) -> String {
     let backbone = match spec.backbone {
         Backbone::Vgg16 => "VGG16",
         Backbone::InceptionV3 => "InceptionV3",
@@ -46,11 +48,12 @@ pub fn describe(spec: &JobSpec) -> String {
             optimizer(phase.optimizer(spec))
         ));
     }
-    let precision = match spec.precision {
+    let asked = match spec.precision {
         Precision::Auto => "auto precision (bf16 on a GPU, fp32 on the CPU)",
         Precision::Fp32 => "fp32",
         Precision::Bf16 => "bf16 autocast",
     };
+    let precision = if ran_in.is_empty() { asked.to_string() } else { format!("ran in {}", ran_in.join(" / ")) };
     let seeds = match spec.repeats {
         0 | 1 => format!("seed {}", spec.seed),
         repeats => {
@@ -130,7 +133,7 @@ mod tests {
                  "optimizer": {"name": "rmsprop", "lr": 1e-5}, "seed": 3, "repeats": 2}"#,
         )
         .unwrap();
-        let words = describe(&spec);
+        let words = describe(&spec, &[]);
         for part in [
             "VGG16 with ImageNet weights on dataset `chest_xray`, images resized to 128×128 (nearest).",
             "Head: GlobalAveragePooling2D → Dense(512) → BatchNormalization → ReLU → Dense(128) → Dense(1) (sigmoid, binary cross-entropy).",
@@ -151,7 +154,7 @@ mod tests {
                  "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}}"#,
         )
         .unwrap();
-        let words = describe(&spec);
+        let words = describe(&spec, &[]);
         assert!(words.contains("InceptionV3 with ImageNet weights"), "{words}");
         assert!(words.contains("variable image size"), "{words}");
         assert!(words.contains("longer side at most 512 px"), "{words}");
@@ -159,5 +162,18 @@ mod tests {
         assert!(words.contains("Phase 1: 1 epoch training every layer"), "{words}");
         assert!(words.contains("SGD, learning rate 1e-2, momentum 0.9"), "{words}");
         assert!(words.contains("seed 0."), "{words}");
+    }
+
+    #[test]
+    fn the_precision_is_what_the_job_ran_in_once_it_ran() {
+        let spec = JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 64, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                 "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "adam", "lr": 0.001}}"#,
+        )
+        .unwrap();
+        assert!(describe(&spec, &[]).contains("auto precision (bf16 on a GPU, fp32 on the CPU)"));
+        let words = describe(&spec, &["bf16 autocast (auto: the CPU has AMX-BF16)"]);
+        assert!(words.contains("ran in bf16 autocast (auto: the CPU has AMX-BF16)"), "{words}");
+        assert!(!words.contains("fp32 on the CPU"), "{words}");
     }
 }

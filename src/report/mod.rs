@@ -289,14 +289,21 @@ fn experiment_section(html: &mut String, number: usize, experiment: &Experiment)
         spec.seed = experiment.jobs.iter().map(|job| job.spec.seed).min().unwrap_or(spec.seed);
         spec.repeats = experiment.jobs.len() as u32;
     }
+    let ran_in: Vec<&str> = experiment
+        .jobs
+        .iter()
+        .filter_map(|job| job.progress.as_ref()?.precision.as_deref())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if varying.is_empty() {
-        fact(html, "Spec", &escape(&describe(&spec)));
+        fact(html, "Spec", &escape(&describe(&spec, &ran_in)));
     } else {
         let fields: Vec<&str> = varying.iter().map(|(pointer, _)| pointer.as_str()).collect();
         let words = format!(
             "The runs differ in {} (see the runs below); the first run: {}",
             fields.join(", "),
-            describe(&spec)
+            describe(&spec, &ran_in)
         );
         fact(html, "Spec", &escape(&words));
     }

@@ -16,6 +16,7 @@ pub mod inference;
 mod progress;
 mod remote;
 pub mod slurm;
+mod verify;
 
 pub use remote::RemoteError;
 

@@ -125,8 +125,8 @@ impl ProgressTracker {
                 progress.precision = precision;
                 true
             }
-            ProgressEvent::Data { split, images, skipped, seconds, cache, decoded } => {
-                progress.data.insert(split, SplitLoad { images, skipped, decoded, cache, seconds });
+            ProgressEvent::Data { split, images, skipped, skipped_files, seconds, cache, decoded } => {
+                progress.data.insert(split, SplitLoad { images, skipped, skipped_files, decoded, cache, seconds });
                 true
             }
             ProgressEvent::Features { phase, cut, state, reason, seconds, bytes } => {

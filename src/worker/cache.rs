@@ -61,6 +61,10 @@ pub struct EntryHeader {
     pub paths: Vec<PathBuf>,
     /// Files that could not be decoded (relative paths), so a hit reports the same count.
     pub skipped: Vec<PathBuf>,
+    /// Why each of `skipped` did not decode, in the same order (empty in older entries), so a hit
+    /// names the same files with the same reasons.
+    #[serde(default)]
+    pub skipped_reasons: Vec<String>,
 }
 
 /// One shape group of an entry.
@@ -87,7 +91,7 @@ impl EntryHeader {
 /// The name of the entry for these inputs: `<split>-<size>-<interpolation>-<hash>` (size `128`, or
 /// `max256` for variable size), where the hash covers the format version, the split, sizing,
 /// interpolation and classes, and each image file's
-/// relative path, label, size and modification time (ns). Editing, adding, removing or renaming a
+/// relative path, label, size, modification and change time (ns). Editing, replacing, adding, removing or renaming a
 /// file therefore gives a new key.
 pub fn entry_key(
     dataset_dir: &Path,
@@ -114,6 +118,10 @@ pub fn entry_key(
         hasher.update(metadata.len().to_le_bytes());
         hasher.update(metadata.mtime().to_le_bytes());
         hasher.update(metadata.mtime_nsec().to_le_bytes());
+        // The change time too: a file replaced under the same name, length and modification time
+        // (an unpacked archive keeps its times, so does `cp -p`) must not serve the old pixels.
+        hasher.update(metadata.ctime().to_le_bytes());
+        hasher.update(metadata.ctime_nsec().to_le_bytes());
     }
     let digest = hasher.finalize();
     let hash: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();

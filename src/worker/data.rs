@@ -4,8 +4,9 @@
 //! result in the shared cache (`cache.rs`); every later job reads it back with one file read. A
 //! split whose images are all grayscale is kept with one channel (`C = 1`, a third of the memory,
 //! cache and host→GPU traffic) and expanded to three channels when a batch is normalised; a split
-//! with any colour image keeps three. A corrupt file is skipped with a warning and counted, never
-//! fatal.
+//! with any colour image keeps three. A file that does not fully decode (truncated, corrupt, not an
+//! image) is skipped with a warning, counted and named with its reason, never trained on; the job
+//! fails only when a split or a class is left without images.
 
 use crate::cache::{self, EntryHeader, GroupHeader, Miss};
 use crate::jpeg;
@@ -17,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets::split_files;
+use trainq::domain::job::SkippedFile;
 use trainq::domain::spec::{Interpolation, Resize, Sampling};
 
 /// Images of one shape.
@@ -46,6 +48,8 @@ pub struct Split {
     pub channels: usize,
     /// Files that failed to decode (when the entry was built, for a cache hit).
     pub skipped: usize,
+    /// Those files, relative to the dataset's folder, with why each did not decode.
+    pub skipped_files: Vec<SkippedFile>,
     /// Wall time of the load.
     pub seconds: f64,
     /// Whether the pixels came from the cache.
@@ -80,6 +84,13 @@ impl Split {
     /// Number of images.
     pub fn len(&self) -> usize {
         self.paths.len()
+    }
+
+    /// Why the job cannot train on this split, if a class (or the whole split) was left without
+    /// images once the files that do not decode were skipped.
+    pub fn left_empty(&self, split: &str, classes: &[String]) -> Option<String> {
+        let labels = Vec::<i64>::try_from(&self.labels).unwrap_or_default();
+        left_empty(split, classes, &labels, &self.skipped_files)
     }
 
     /// Image `index` (tensor order) as `[1, C, H, W]` uint8.
@@ -186,6 +197,7 @@ pub fn load_split(
                     paths: header.paths.iter().map(|path| dataset_dir.join(path)).collect(),
                     channels: header.channels,
                     skipped: header.skipped.len(),
+                    skipped_files: skipped_files(&header.skipped, &header.skipped_reasons),
                     seconds: started.elapsed().as_secs_f64(),
                     cache: CacheOutcome::Hit(key.clone()),
                     decoded: 0,
@@ -200,11 +212,14 @@ pub fn load_split(
     let channels = if decoded.iter().flatten().all(|image| image.gray) { 1 } else { 3 };
     // Group by shape (height, width); within a group, file order.
     let mut by_shape: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
-    let mut skipped_paths = Vec::new();
+    let (mut skipped_paths, mut skipped_reasons) = (Vec::new(), Vec::new());
     for (index, image) in decoded.iter().enumerate() {
         match image {
-            Some(image) => by_shape.entry((image.height, image.width)).or_default().push(index),
-            None => skipped_paths.push(files[index].0.clone()),
+            Ok(image) => by_shape.entry((image.height, image.width)).or_default().push(index),
+            Err(reason) => {
+                skipped_paths.push(files[index].0.clone());
+                skipped_reasons.push(reason.clone());
+            }
         }
     }
     let mut decoded = decoded;
@@ -215,7 +230,7 @@ pub fn load_split(
         let mut images = Tensor::zeros(shape, (Kind::Uint8, Device::Cpu));
         let pixels = cache::uint8_bytes_mut(&mut images);
         for (slot, &index) in pixels.chunks_exact_mut(channels * plane).zip(&members) {
-            let image = decoded[index].take().expect("grouped images are decoded");
+            let image = std::mem::replace(&mut decoded[index], Err(String::new())).expect("grouped images are decoded");
             // A gray image in a colour split fills all three channels.
             for (c, channel) in slot.chunks_exact_mut(plane).enumerate() {
                 let source = if image.gray { 0 } else { c * plane };
@@ -230,6 +245,7 @@ pub fn load_split(
     }
     let count = labels.len();
     let relative = |path: &PathBuf| path.strip_prefix(dataset_dir).unwrap_or(path).to_path_buf();
+    let skipped_relative: Vec<PathBuf> = skipped_paths.iter().map(relative).collect();
     let outcome = match (cache_dir, key) {
         (Some(dir), Some(key)) => {
             let header = EntryHeader {
@@ -239,7 +255,8 @@ pub fn load_split(
                 groups: group_headers,
                 labels: labels.clone(),
                 paths: paths.iter().map(relative).collect(),
-                skipped: skipped_paths.iter().map(relative).collect(),
+                skipped: skipped_relative.clone(),
+                skipped_reasons: skipped_reasons.clone(),
             };
             let tensors: Vec<&Tensor> = groups.iter().map(|group| &group.images).collect();
             match cache::write_entry(dir, &header, &tensors) {
@@ -258,10 +275,41 @@ pub fn load_split(
         paths,
         channels,
         skipped: skipped_paths.len(),
+        skipped_files: skipped_files(&skipped_relative, &skipped_reasons),
         seconds: started.elapsed().as_secs_f64(),
         cache: outcome,
         decoded: count,
     })
+}
+
+/// The pure check behind [`Split::left_empty`]: the split, or the first class of it, with no
+/// image among `labels`, said with how many files were skipped there.
+fn left_empty(split: &str, classes: &[String], labels: &[i64], skipped: &[SkippedFile]) -> Option<String> {
+    let skipped_under = |prefix: &str| skipped.iter().filter(|file| file.path.starts_with(prefix)).count();
+    if labels.is_empty() {
+        return Some(format!(
+            "the {split} split has no images ({} files there did not decode)",
+            skipped_under(&format!("{split}/"))
+        ));
+    }
+    let (_, class) = classes.iter().enumerate().find(|(label, _)| !labels.contains(&(*label as i64)))?;
+    Some(format!(
+        "class `{class}` of the {split} split has no images ({} files there did not decode); every class needs images in every split",
+        skipped_under(&format!("{split}/{class}/"))
+    ))
+}
+
+/// The skipped files as the job reports them: relative paths with reasons (an entry from before
+/// reasons were kept says so).
+fn skipped_files(paths: &[PathBuf], reasons: &[String]) -> Vec<SkippedFile> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(index, path)| SkippedFile {
+            path: path.to_string_lossy().into_owned(),
+            reason: reasons.get(index).cloned().unwrap_or_else(|| String::from("did not decode (reason not cached)")),
+        })
+        .collect()
 }
 
 /// One decoded and resized image: one plane if gray (or colour with identical channels), three
@@ -274,10 +322,15 @@ struct Decoded {
 }
 
 /// Decodes `files` on `threads` threads, which take the next file as they finish one (image sizes
-/// vary, so fixed chunks would leave a thread idle). Unreadable files come back as `None`.
-fn decode_files(files: &[(PathBuf, i64)], resize: Resize, sampling: Sampling, threads: usize) -> Vec<Option<Decoded>> {
+/// vary, so fixed chunks would leave a thread idle). Unreadable files come back as the reason.
+fn decode_files(
+    files: &[(PathBuf, i64)],
+    resize: Resize,
+    sampling: Sampling,
+    threads: usize,
+) -> Vec<Result<Decoded, String>> {
     let work = Mutex::new(files.iter().enumerate());
-    let results: Vec<Vec<(usize, Decoded)>> = std::thread::scope(|scope| {
+    let results: Vec<Vec<(usize, Result<Decoded, String>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.clamp(1, files.len().max(1)))
             .map(|_| {
                 scope.spawn(|| {
@@ -285,26 +338,25 @@ fn decode_files(files: &[(PathBuf, i64)], resize: Resize, sampling: Sampling, th
                     loop {
                         let next = work.lock().expect("a decoder thread panicked").next();
                         let Some((index, (path, _))) = next else { break done };
-                        if let Some(image) = decode_file(path, resize, sampling, &mut file_bytes) {
-                            done.push((index, image));
-                        }
+                        done.push((index, decode_file(path, resize, sampling, &mut file_bytes)));
                     }
                 })
             })
             .collect();
         handles.into_iter().map(|handle| handle.join().expect("decoder thread panicked")).collect()
     });
-    let mut decoded: Vec<Option<Decoded>> = files.iter().map(|_| None).collect();
+    let mut decoded: Vec<Result<Decoded, String>> =
+        files.iter().map(|_| Err(String::from("not decoded (its thread stopped)"))).collect();
     for (index, image) in results.into_iter().flatten() {
-        decoded[index] = Some(image);
+        decoded[index] = image;
     }
     decoded
 }
 
-/// Decodes and resizes one file; `None` (with a warning) if unreadable. `file_bytes` is the
-/// thread's reusable read buffer (a fresh one per file costs page faults that show on a fast first
-/// pass).
-fn decode_file(path: &Path, resize: Resize, sampling: Sampling, file_bytes: &mut Vec<u8>) -> Option<Decoded> {
+/// Decodes and resizes one file; the decoder's reason (with a warning) if it does not fully
+/// decode. `file_bytes` is the thread's reusable read buffer (a fresh one per file costs page
+/// faults that show on a fast first pass).
+fn decode_file(path: &Path, resize: Resize, sampling: Sampling, file_bytes: &mut Vec<u8>) -> Result<Decoded, String> {
     file_bytes.clear();
     let decoded = std::fs::File::open(path)
         .and_then(|mut file| std::io::Read::read_to_end(&mut file, file_bytes))
@@ -315,13 +367,10 @@ fn decode_file(path: &Path, resize: Resize, sampling: Sampling, file_bytes: &mut
             let image = decode_for_size(file_bytes, width, height, sampling)?;
             Ok(resize_planes(&image, width, height, sampling.interpolation))
         });
-    match decoded {
-        Ok(image) => Some(image),
-        Err(err) => {
-            eprintln!("warning: skipping unreadable image {}: {err}", path.display());
-            None
-        }
-    }
+    decoded.map_err(|err| {
+        eprintln!("warning: skipping unreadable image {}: {err}", path.display());
+        err.to_string()
+    })
 }
 
 /// One image file decoded and sized the way a job's splits are: `[1, C, H, W]` uint8 (C = 1 for
@@ -334,6 +383,13 @@ pub fn load_image(path: &Path, resize: Resize, sampling: Sampling) -> anyhow::Re
     let decoded = resize_planes(&image, width, height, sampling.interpolation);
     let channels = if decoded.gray { 1 } else { 3 };
     Ok(Tensor::from_slice(&decoded.pixels).view([1, channels, height as i64, width as i64]))
+}
+
+/// Decodes an image file's bytes in full, as a job at its source size would, for
+/// `trainq-worker verify`: the decoder's reason when it does not.
+pub fn verify_image(bytes: &[u8]) -> Result<(), String> {
+    source_dimensions(bytes).map_err(|err| err.to_string())?;
+    jpeg::decode(bytes).map(drop).map_err(|err| err.to_string())
 }
 
 /// An image file's width and height, from its header.
@@ -685,6 +741,34 @@ mod tests {
         assert!(a.labels.equal(&b.labels), "identical labels");
         assert_eq!(a.paths, b.paths);
         assert_eq!(a.skipped, b.skipped);
+        assert_eq!(a.skipped_files, b.skipped_files, "a hit names the same files with the same reasons");
+    }
+
+    #[test]
+    fn a_truncated_jpeg_and_a_non_image_are_skipped_by_name_with_the_reason() {
+        let data = dataset();
+        let whole = std::fs::read(data.path().join("train/NORMAL/train-normal-0000.jpeg")).unwrap();
+        std::fs::write(data.path().join("train/NORMAL/cut.jpeg"), &whole[..whole.len() / 2]).unwrap();
+        std::fs::write(data.path().join("train/PNEUMONIA/._apple.jpeg"), b"\0\x05\x16\x07AppleDouble").unwrap();
+        let split = load(data.path(), None);
+        let mut named: Vec<&str> = split.skipped_files.iter().map(|file| file.path.as_str()).collect();
+        named.sort();
+        assert_eq!(named, ["train/NORMAL/broken.jpeg", "train/NORMAL/cut.jpeg", "train/PNEUMONIA/._apple.jpeg"]);
+        assert_eq!(split.skipped, 3);
+        assert!(split.skipped_files.iter().all(|file| !file.reason.is_empty()), "{:?}", split.skipped_files);
+        assert_eq!(split.len(), 8, "only the whole images are trained on");
+    }
+
+    #[test]
+    fn a_split_or_class_left_without_images_is_named() {
+        let classes = classes();
+        let skipped =
+            vec![SkippedFile { path: String::from("test/PNEUMONIA/a.jpeg"), reason: String::from("truncated") }];
+        assert_eq!(left_empty("train", &classes, &[0, 1, 1], &[]), None);
+        let class = left_empty("test", &classes, &[0, 0], &skipped).unwrap();
+        assert!(class.contains("class `PNEUMONIA` of the test split") && class.contains("1 files"), "{class}");
+        let split = left_empty("val", &classes, &[], &[]).unwrap();
+        assert!(split.contains("the val split has no images"), "{split}");
     }
 
     #[test]
@@ -727,6 +811,17 @@ mod tests {
         let touched = key(Interpolation::Nearest);
         assert_ne!(touched, original);
         assert!(matches!(load(data.path(), Some(cache.path())).cache, CacheOutcome::Built(_)));
+
+        // Other bytes under the same name, length and modification time (an archive's time, or
+        // `cp -p`): the change time, which no one can set back, still changes the key.
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(later).unwrap();
+        let replaced = key(Interpolation::Nearest);
+        assert_ne!(replaced, touched, "same name, length and time, other pixels");
+        let touched = replaced;
 
         std::fs::copy(&file, data.path().join("train/PNEUMONIA/extra.jpeg")).unwrap();
         assert_ne!(key(Interpolation::Nearest), touched);

@@ -20,6 +20,7 @@ mod resample;
 mod resume;
 mod serve;
 mod train;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -40,6 +41,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Decode every file of DIR's class folders (`<split>/<class>/<file>`) in full and print a JSON
+    /// report of those that do not (the server's dataset import runs it; it never links a decoder).
+    Verify {
+        /// The ImageFolder root.
+        dir: PathBuf,
+        /// Decoder threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Train one job described by a job.json the supervisor wrote.
     Run {
         /// Path of job.json.
@@ -120,6 +130,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run { job } => return run(&job),
         Command::Serve { dir } => serve::serve(&dir),
+        Command::Verify { dir, threads } => verify::verify(&dir, threads),
         Command::Bench { image_size, batch_size, steps, warmup, train, backbone, threads, cuda, precision } => {
             let device = if cuda { WorkerDevice::Cuda } else { WorkerDevice::Cpu };
             serde_json::from_value(serde_json::Value::String(precision)).map_err(anyhow::Error::from).and_then(

@@ -35,6 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 use trainq::catalog::datasets::{self, DatasetInfo};
+use trainq::domain::job::SKIPPED_FILES_SHOWN;
 use trainq::domain::spec::JobSpec;
 use trainq::domain::worker_protocol::{EpochMetrics, FinalMetrics, WorkerDevice, WorkerJob};
 use trainq::domain::ProgressEvent;
@@ -500,10 +501,14 @@ fn load_split_and_report(work: &WorkerJob, split: &str, classes: &[String]) -> a
         split: split.to_string(),
         images: loaded.len(),
         skipped: loaded.skipped,
+        skipped_files: loaded.skipped_files.iter().take(SKIPPED_FILES_SHOWN).cloned().collect(),
         seconds: loaded.seconds,
         cache: Some(loaded.cache.as_str().to_string()),
         decoded: loaded.decoded,
     });
+    if let Some(empty) = loaded.left_empty(split, classes) {
+        anyhow::bail!("{empty}");
+    }
     Ok(loaded)
 }
 

@@ -55,6 +55,7 @@ export function createJobPage(app) {
       ...(job.progress?.precision ? fact('Precision', job.progress.precision) : []),
       ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
       ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
+      ...skippedFacts(job.progress?.data),
       ...fact('ETA', etaText(job)),
       ...(job.parent_id ? fact('Parent', el('span', { class: 'parent' }, jobLink(job.parent_id, shortId(job.parent_id)))) : []),
       ...(job.params ? fact('Sweep values', paramsText(job.params)) : []),
@@ -72,6 +73,16 @@ export function createJobPage(app) {
     $('detail-error').textContent = job.error ?? '';
     $('job-spec').textContent = JSON.stringify(job.spec, null, 2);
     $('metrics-csv').href = `/api/jobs/${enc(job.id)}/metrics?format=csv`;
+  }
+
+  // Files the worker left out because they did not fully decode, per split: the count and, for
+  // the first few, the name and the reason (so a student sees why a folder has fewer images).
+  function skippedFacts(data) {
+    const splits = Object.entries(data ?? {}).filter(([, load]) => load.skipped > 0);
+    if (!splits.length) return [];
+    return fact('Skipped files', ...splits.map(([split, load]) => el('div', { class: 'note' },
+      `${split}: ${load.skipped} skipped`,
+      ...(load.skipped_files ?? []).map((file) => el('div', { class: 'mono' }, `${file.path}: ${file.reason}`)))));
   }
 
   // Epoch events may repeat what a snapshot already had: they are keyed by phase and epoch.

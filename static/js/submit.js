@@ -109,11 +109,29 @@ export function createSubmitView(app) {
       button.disabled = !session.token;
     }
   }
+  // Next to the spec's dataset name: its images per split, class imbalance and what its import
+  // left out (GET /api/datasets, read once; the editor's text is parsed on each change).
+  let datasets = null;
+  async function renderDataset() {
+    let name;
+    try { name = JSON.parse($('submit-spec').value).dataset; } catch { return; }
+    datasets ??= await client.getJson('/api/datasets').catch(() => []);
+    const dataset = datasets.find((d) => d.name === name);
+    if (!dataset) { $('submit-dataset').textContent = name ? `Dataset ${name}: not on the server` : ''; return; }
+    const splits = dataset.splits.map((split) => `${split.name} ${split.images}`).join(', ');
+    const imbalance = dataset.class_imbalance != null ? `; class imbalance ${dataset.class_imbalance.toFixed(1)}:1` : '';
+    const left = Object.entries(dataset.left_out ?? {}).filter(([, count]) => count > 0)
+      .map(([why, count]) => `${count} ${why.replaceAll('_', ' ')}`).join(', ');
+    $('submit-dataset').textContent = `Dataset ${dataset.name}: ${splits} images${imbalance}${left ? `; import left out ${left}` : ''}`;
+  }
+
   // The editor starts with the example; the buttons submit, reset and clone.
   function start() {
     const spec = $('submit-spec');
     const example = JSON.stringify(EXAMPLE_SPEC, null, 2);
     spec.value = example;
+    spec.addEventListener('change', renderDataset);
+    renderDataset();
     $('submit-reset').addEventListener('click', () => {
       spec.value = example;
       form.parent = null;

@@ -278,6 +278,16 @@ async fn submit_edits_sweeps_and_redoes_with_every_mistake_caught_before_sending
     assert!(csv.starts_with("id,"), "{csv}");
     let comparison: serde_json::Value = serde_json::from_str(&session.ok(&["compare", &group, "--json"])).unwrap();
     assert_eq!(comparison["rows"].as_array().unwrap().len(), 4, "{comparison}");
+    // The group's prefix, as `submit --sweep` printed it, serves `compare`, `report` and `wait`.
+    let prefix = &group[..8];
+    assert_eq!(session.ok(&["compare", prefix]), table);
+    let report = session.ok(&["report", prefix]);
+    assert!(report.contains("<html") && report.contains(&ids[0]), "the report of the group's runs");
+    let waited = session.ok(&["wait", prefix]);
+    assert_eq!(waited.lines().count(), ids.len(), "one line per job of the group: {waited}");
+    assert!(waited.lines().all(|line| line.ends_with(" succeeded")), "{waited}");
+    let out = session.run(&["wait", "ffffffff"]);
+    assert!(text(&out.stderr).contains("no job or group id starts with `ffffffff`"), "{}", text(&out.stderr));
 
     // `redo` makes a child with the change, linked to its parent.
     let child = session.ok(&["redo", &id[..8], "--set", "optimizer.lr=5e-4"]);

@@ -11,6 +11,7 @@ mod common;
 mod conventions;
 mod crash;
 mod data_dir;
+mod dataset_import;
 mod disk;
 mod events;
 mod features;
