@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Writes the Pillow-made references trainq's full JPEG decode is tested against (tests/data/jpeg/).
+"""Writes the Pillow-made references trainq's JPEG decode is tested against (tests/data/jpeg/).
 
 Keras' `load_img` decodes with Pillow, i.e. libjpeg-turbo (accurate integer IDCT, fancy
-upsampling). These files are JPEGs Pillow wrote in each chroma layout trainq decodes itself
-(4:2:0, 4:2:2, 4:4:4, grayscale; with and without restart markers; quality 50 to 100) and, next
-to each, a PNG of the pixels Pillow decodes from it (`Image.open(...).convert("RGB")`), so
-`cargo test` checks `src/worker/jpeg/full.rs` against libjpeg-turbo without needing Python.
+upsampling). These files are JPEGs Pillow wrote in each chroma layout (4:2:0, 4:2:2, 4:4:4,
+grayscale; with and without restart markers; quality 50 to 100), progressive ones, an
+arithmetic-coded one (Pillow cannot write those: `jpegtran -arithmetic` from Debian's
+libjpeg-turbo-progs re-codes a Pillow file) and an Adobe CMYK one, and, next to each, a PNG of the
+pixels Pillow decodes from it (`Image.open(...).convert("RGB")`), so `cargo test` checks
+`src/worker/jpeg.rs` against Pillow without needing Python. Files already there are kept: the
+references must not move with the Pillow version that happens to be installed.
 
 Run with the Python that has Pillow (the venv deploy/setup-libtorch.sh makes):
     ~/.cache/trainq/torch-2.11.0/bin/python deploy/make_jpeg_references.py
 """
 import random
+import subprocess
 from pathlib import Path
 
 from PIL import Image
@@ -29,6 +33,12 @@ FILES = {
     "422-q75-3x5": (3, 5, {"quality": 75, "subsampling": "4:2:2"}),
     "444-q100": (61, 47, {"quality": 100, "subsampling": "4:4:4"}),
     "gray-q50-restarts": (61, 47, {"quality": 50, "restart_marker_rows": 1}),
+    "progressive-420-q85": (61, 47, {"quality": 85, "progressive": True}),
+    "gray-progressive-q90": (61, 47, {"quality": 90, "progressive": True}),
+    # Re-coded by jpegtran with arithmetic coding (the coefficients, so the pixels, stay Pillow's).
+    "arithmetic-420-q80": (61, 47, {"quality": 80}),
+    # Pillow writes CMYK with Adobe's marker and inverted samples, as Photoshop does.
+    "cmyk-adobe-q90": (61, 47, {"quality": 90}),
 }
 
 
@@ -48,11 +58,18 @@ def scene(width, height, seed):
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     for seed, (name, (width, height, options)) in enumerate(FILES.items()):
+        path = OUT / f"{name}.jpeg"
+        if path.exists():
+            continue
         image = scene(width, height, seed)
         if name.startswith("gray"):
             image = image.convert("L")
-        path = OUT / f"{name}.jpeg"
+        if name.startswith("cmyk"):
+            image = image.convert("CMYK")
         image.save(path, **options)
+        if name.startswith("arithmetic"):
+            recoded = subprocess.run(["jpegtran", "-arithmetic", str(path)], check=True, capture_output=True).stdout
+            path.write_bytes(recoded)
         Image.open(path).convert("RGB").save(OUT / f"{name}.png")
         print(path)
 

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./deploy/setup-libtorch.sh
+./deploy/setup-libjpeg-turbo.sh
 cargo build --release --bins
 data="${TRAINQ_DATA_DIR:-.data}"
 mkdir -p "$data"

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./deploy/setup-libtorch.sh
+# cmake and nasm build the libjpeg-turbo the worker links (src/worker/jpeg.rs).
+./deploy/setup-libjpeg-turbo.sh
 # The browser test drives Debian's headless Chromium through chromedriver (tests/api/browser.rs).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     if [ "$(id -u)" = 0 ]; then

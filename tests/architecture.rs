@@ -107,6 +107,31 @@ fn the_server_binary_does_not_link_libtorch_and_the_worker_links_cuda() {
     }
 }
 
+/// libjpeg-turbo is linked statically into the worker alone (src/worker/jpeg.rs): the server binary
+/// neither needs its shared library nor holds its code, and the worker holds TurboJPEG's decoder
+/// itself rather than a dependency on whatever libturbojpeg a machine has.
+#[test]
+fn only_the_worker_binary_links_libjpeg_turbo_and_statically() {
+    let readelf = |arguments: &[&str], binary: &str| -> String {
+        let output = std::process::Command::new("readelf").args(arguments).arg(binary).output().expect("readelf");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let defines = |symbols: &str, name: &str| symbols.lines().any(|line| line.split_whitespace().last() == Some(name));
+    let (server, worker) = (env!("CARGO_BIN_EXE_trainq"), env!("CARGO_BIN_EXE_trainq-worker"));
+    for binary in [server, worker] {
+        let needed = readelf(&["-d"], binary);
+        assert!(needed.contains("NEEDED"), "readelf printed no dynamic section: {needed}");
+        assert!(!needed.contains("libturbojpeg") && !needed.contains("libjpeg"), "{binary}: {needed}");
+    }
+    let server_symbols = readelf(&["-sW"], server);
+    assert!(server_symbols.contains("main"), "readelf printed no symbols for the server");
+    for name in ["tj3Init", "tj3Decompress8", "jpeg_start_decompress"] {
+        assert!(!defines(&server_symbols, name), "the server binary holds libjpeg-turbo's {name}");
+    }
+    let worker_symbols = readelf(&["-sW"], worker);
+    assert!(defines(&worker_symbols, "tj3Decompress8"), "the worker binary lacks libjpeg-turbo's tj3Decompress8");
+}
+
 type Imports = std::collections::BTreeMap<String, std::collections::BTreeSet<String>>;
 
 /// The modules of the crate folder `dir` (each `*.rs` file, each sub-folder as one) and the

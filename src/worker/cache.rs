@@ -41,8 +41,9 @@ use trainq::files;
 const MAGIC: &[u8; 8] = b"TRQCACHE";
 
 /// Bump whenever the bytes an entry would hold change for the same inputs: the layout, the
-/// decoder (e.g. its DCT-domain downscaling) or the resize (3: full decodes and Pillow's resampling). Old entries then miss.
-pub const FORMAT_VERSION: u32 = 3;
+/// decoder (e.g. its DCT-domain downscaling) or the resize (3: full decodes and Pillow's resampling;
+/// 4: libjpeg-turbo decodes every JPEG, so progressive files and reduced scales changed). Old entries then miss.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Everything in an entry besides the pixels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -414,9 +414,9 @@ pub fn dct_reduction(width: u32, height: u32, target_width: u32, target_height: 
 /// Decodes an image file's bytes for a `target_width`×`target_height` target.
 ///
 /// In full by default, as Pillow (and so Keras) decodes, so that the resize that follows sees the
-/// same pixels. A JPEG much larger than the target is decoded at a reduced scale in the DCT
-/// domain (see [`dct_reduction`]; grayscale baseline ones by `jpeg.rs`, others by `jpeg-decoder`'s
-/// scaled IDCT) only where that changes nothing or the job asked for it ([`reduces`]).
+/// same pixels. A JPEG much larger than the target is decoded at a reduced scale by libjpeg-turbo's
+/// scaled inverse DCT (see [`dct_reduction`]) only where that changes nothing or the job asked for
+/// it ([`reduces`]).
 pub fn decode_for_size(
     bytes: &[u8],
     target_width: u32,
@@ -425,17 +425,9 @@ pub fn decode_for_size(
 ) -> image::ImageResult<DynamicImage> {
     if let Some(header) = jpeg::header(bytes) {
         let reduction = dct_reduction(header.width, header.height, target_width, target_height);
-        let gray_baseline = header.components == 1 && header.sequential_huffman;
-        if reduces(sampling, reduction, gray_baseline, (header.width, header.height), (target_width, target_height)) {
-            if reduction >= 4 && gray_baseline {
-                if let Ok((width, height, pixels)) = jpeg::decode_gray_reduced(bytes, reduction) {
-                    let image = GrayImage::from_raw(width, height, pixels).expect("the decoder sizes its output");
-                    return Ok(DynamicImage::ImageLuma8(image));
-                }
-            }
-            if let Some(image) = decode_jpeg_scaled(bytes, reduction) {
-                return Ok(image);
-            }
+        let source = (header.width, header.height);
+        if reduces(sampling, reduction, header.is_gray(), source, (target_width, target_height)) {
+            return Ok(jpeg::decode_scaled(bytes, reduction)?);
         }
     }
     jpeg::decode(bytes)
@@ -444,9 +436,9 @@ pub fn decode_for_size(
 /// Whether a JPEG of `source` size goes through the reduced decode for a `target` at this
 /// `reduction`: always with `fast_decode` (a reduced pixel is a block's mean, smoother than the
 /// full image's pixel that `nearest` and `bilinear` would sample); otherwise only for `area` at
-/// 1/8 of a grayscale baseline file whose every output box is whole 8×8 blocks, where a 1/8
-/// pixel (the block's DC) is exactly the mean the box filter takes anyway.
-fn reduces(sampling: Sampling, reduction: u32, gray_baseline: bool, source: (u32, u32), target: (u32, u32)) -> bool {
+/// 1/8 of a grayscale file whose every output box is whole 8×8 blocks, where a 1/8 pixel (the
+/// block's DC) is exactly the mean the box filter takes anyway.
+fn reduces(sampling: Sampling, reduction: u32, gray: bool, source: (u32, u32), target: (u32, u32)) -> bool {
     if reduction == 1 {
         return false;
     }
@@ -456,26 +448,9 @@ fn reduces(sampling: Sampling, reduction: u32, gray_baseline: bool, source: (u32
     let whole_blocks = |extent: u32, out: u32| extent.is_multiple_of(out * 8);
     sampling.interpolation == Interpolation::Area
         && reduction == 8
-        && gray_baseline
+        && gray
         && whole_blocks(source.0, target.0)
         && whole_blocks(source.1, target.1)
-}
-
-/// Any JPEG `jpeg-decoder` reads (colour, progressive), at 1/`reduction` scale; `None` sends the
-/// file to the full decoder, which has the last word on whether it is readable.
-fn decode_jpeg_scaled(bytes: &[u8], reduction: u32) -> Option<DynamicImage> {
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.read_info().ok()?;
-    let info = decoder.info()?;
-    let requested = |side: u16| (side as u32).div_ceil(reduction) as u16;
-    let (width, height) = decoder.scale(requested(info.width), requested(info.height)).ok()?;
-    let pixels = decoder.decode().ok()?;
-    let (width, height) = (width as u32, height as u32);
-    match info.pixel_format {
-        jpeg_decoder::PixelFormat::L8 => GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8),
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
-        _ => None,
-    }
 }
 
 /// Resizes to `width`×`height` and lays the result out channel-first: one plane for a grayscale
@@ -957,7 +932,7 @@ mod tests {
 
     /// Mean abs differences of the 128-px (or `size`) CHW bytes from a reduced and a full decode.
     fn reduced_vs_full(bytes: &[u8], size: u32, reduction: u32, interpolation: Interpolation) -> f64 {
-        let full = image::load_from_memory(bytes).unwrap();
+        let full = jpeg::decode(bytes).unwrap();
         let reduced = decode_for_size(bytes, size, size, Sampling { interpolation, fast_decode: true }).unwrap();
         assert_eq!(reduced.width(), full.width().div_ceil(reduction), "decoded at 1/{reduction}");
         mean_abs_diff(&to_chw(&reduced, size, interpolation), &to_chw(&full, size, interpolation))
@@ -984,7 +959,7 @@ mod tests {
         // Area over whole blocks: the 1/8 decode (each pixel its block's DC) gives the same means.
         assert_eq!(width(128, Interpolation::Area.into()), 128);
         let reduced = decode_for_size(&bytes, 128, 128, Interpolation::Area.into()).unwrap();
-        let full = image::load_from_memory(&bytes).unwrap();
+        let full = jpeg::decode(&bytes).unwrap();
         let (reduced, full) = (to_chw(&reduced, 128, Interpolation::Area), to_chw(&full, 128, Interpolation::Area));
         let worst = reduced.iter().zip(&full).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
         assert!(worst <= 1, "the DC is the block mean up to rounding: {worst}");
@@ -1014,7 +989,6 @@ mod tests {
             // Nearest samples block means instead of single pixels: the difference is the grain.
             ("gray 1/8 nearest", reduced_vs_full(&bytes, 128, 8, Interpolation::Nearest), 8.0),
             ("gray 1/4 area", reduced_vs_full(&bytes, 200, 4, Interpolation::Area), 3.0),
-            // Colour JPEGs go through jpeg-decoder's scaled IDCT.
             ("colour 1/8 area", reduced_vs_full(&colour_bytes, 128, 8, Interpolation::Area), 3.0),
         ];
         for (name, difference, bound) in cases {

@@ -1,583 +1,268 @@
-//! A fast path for the first pass's common case: baseline (sequential, Huffman-coded, 8-bit)
-//! grayscale JPEGs — chest X-rays — decoded straight to 1/8 or 1/4 scale in the DCT domain.
+//! Every JPEG the worker reads is decoded by libjpeg-turbo, the library Pillow links, with Pillow's
+//! settings, so a job sees the pixels Keras' `load_img` sees by construction: the accurate integer
+//! inverse DCT (islow) and "fancy" chroma upsampling (TurboJPEG's defaults), grayscale kept as one
+//! channel, colour converted to RGB. Baseline, progressive and arithmetic-coded files all take this
+//! one path. CMYK and YCCK files (Adobe's) are decoded to CMYK and converted as Pillow converts them
+//! ([`inverted_cmyk_to_rgb`]): TurboJPEG converts them to nothing else.
 //!
-//! A general decoder spends most of its time on the inverse DCT and on writing full-size pixels
-//! that the resize then throws away. At 1/8 scale a block's only output pixel is its DC coefficient
-//! (the block's mean), and at 1/4 scale its 2×2 output comes from the four lowest coefficients; every
-//! other coefficient only has to be *skipped*, which needs its Huffman code and extra-bit length but
-//! not its value. Entropy decoding then dominates, and skipping is cheaper than decoding: one
-//! table look-up skips several short symbols at once.
+//! A decode that libjpeg-turbo only warns about (a truncated file: "Premature end of JPEG file",
+//! corrupt entropy data) is an error here, as it is in Pillow ("image file is truncated"): TurboJPEG's
+//! stop-on-warning, so a damaged file is skipped rather than trained on with grey filler.
 //!
-//! Anything else — colour, progressive, arithmetic coding, 12-bit samples, a malformed or truncated
-//! stream — is refused with [`Refused`] so the caller falls back to a general decoder, which has the
-//! final word on whether the file is readable.
+//! `fast_decode` and the exact `area` case decode at 1/2, 1/4 or 1/8 scale ([`decode_scaled`]):
+//! libjpeg-turbo's scaled inverse DCTs, which at 1/8 give each 8×8 block its DC (the block's mean).
 //!
-//! The full decode ([`decode`]) of baseline JPEGs, grayscale and colour, lives in [`full`]: it
-//! shares this parser and reproduces libjpeg-turbo's (Pillow's) pixels exactly.
+//! Files that are not JPEGs (PNGs) are decoded by the `image` crate.
 
-mod full;
+use image::{DynamicImage, GrayImage, ImageError, ImageFormat, RgbImage};
+use std::cell::RefCell;
+use std::ffi::CStr;
+use turbojpeg_sys as turbo;
 
-/// Bits resolved by one table look-up; longer codes (rare) take the slow path.
-const LOOKUP_BITS: u32 = 10;
+/// Pillow's `Image.MAX_IMAGE_PIXELS` times two: above it Pillow refuses a file as a decompression
+/// bomb, and a damaged header must not make the worker allocate gigabytes either.
+const MAX_PIXELS: u64 = 2 * 89_478_485;
 
-/// Bits covered by the multi-symbol skip table.
-const MULTI_BITS: u32 = 12;
-
-/// Why the fast path declined a file; the caller then uses a general decoder.
+/// Why a JPEG could not be decoded: libjpeg-turbo's own short reason ("Premature end of JPEG
+/// file", "Not a JPEG file: starts with 0x89 0x50", …).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused(pub &'static str);
+pub struct DecodeError(pub String);
 
-/// What the frame header says about an image.
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl From<DecodeError> for ImageError {
+    fn from(error: DecodeError) -> ImageError {
+        ImageError::Decoding(image::error::DecodingError::new(ImageFormat::Jpeg.into(), error))
+    }
+}
+
+/// How a JPEG's components are coded, from its header (libjpeg's reading of the markers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColourSpace {
+    /// One component: decoded as one channel.
+    Gray,
+    /// The usual colour JPEG: decoded to RGB.
+    YCbCr,
+    /// Three components stored as RGB (an Adobe marker says so): decoded to RGB.
+    Rgb,
+    /// Four components, Adobe's CMYK: decoded to CMYK, then converted as Pillow does.
+    Cmyk,
+    /// Four components, Adobe's YCCK: libjpeg makes them CMYK, then converted as Pillow does.
+    Ycck,
+}
+
+/// What the header says about a JPEG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
-    /// Colour components (1 for grayscale).
-    pub components: u8,
-    /// Baseline or extended sequential Huffman coding with 8-bit samples.
-    pub sequential_huffman: bool,
+    /// How the components are coded.
+    pub colour_space: ColourSpace,
+    /// A lossless JPEG (SOF3), which libjpeg-turbo cannot decode at a reduced scale.
+    pub lossless: bool,
 }
 
-/// Reads the frame header (the dimensions) without decoding; `None` when it is not a JPEG.
-pub fn header(bytes: &[u8]) -> Option<Header> {
-    let mut segments = Segments::new(bytes).ok()?;
-    while let Some((marker, body)) = segments.next_segment().ok()? {
-        if is_frame(marker) {
-            return frame_header(marker, body).ok();
-        }
-        if marker == SOS {
-            return None;
-        }
+impl Header {
+    /// Whether the image decodes to one channel.
+    pub fn is_gray(&self) -> bool {
+        self.colour_space == ColourSpace::Gray
     }
-    None
 }
 
-/// Decodes an image file in full: a baseline JPEG with libjpeg-turbo's arithmetic, pixel for pixel
-/// as Pillow decodes it ([`full`]), anything else (progressive JPEGs, PNGs) with `image`.
-pub fn decode(bytes: &[u8]) -> image::ImageResult<image::DynamicImage> {
-    if header(bytes).is_some() {
-        if let Ok(image) = full::decode(bytes) {
-            return Ok(image);
-        }
+/// Whether `bytes` start like a JPEG (SOI then a marker). Such a file is libjpeg-turbo's alone to
+/// accept or refuse: no second decoder gets to read a file it refused.
+pub fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+}
+
+/// Reads a JPEG's header without decoding; `None` when it is not a JPEG or its header is damaged.
+pub fn header(bytes: &[u8]) -> Option<Header> {
+    if !is_jpeg(bytes) {
+        return None;
+    }
+    with_decompressor(|decompressor| decompressor.header(bytes)).ok()
+}
+
+/// Decodes an image file in full: a JPEG through libjpeg-turbo, pixel for pixel as Pillow decodes
+/// it; anything else (PNGs) with `image`.
+pub fn decode(bytes: &[u8]) -> image::ImageResult<DynamicImage> {
+    if is_jpeg(bytes) {
+        return Ok(decode_scaled(bytes, 1)?);
     }
     image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()
 }
 
-/// Decodes a baseline grayscale JPEG at 1/`denominator` scale (4 or 8): `ceil(w/d) × ceil(h/d)`
-/// row-major pixels, as libjpeg's DCT scaling sizes them. 1/8 is each block's mean exactly (up to
-/// quantisation); 1/4 approximates each 4×4 quadrant's mean from the lowest 2×2 coefficients.
-pub fn decode_gray_reduced(bytes: &[u8], denominator: u32) -> Result<(u32, u32, Vec<u8>), Refused> {
-    if denominator != 4 && denominator != 8 {
-        return Err(Refused("only 1/4 and 1/8 scale"));
+/// Decodes a JPEG at 1/`reduction` scale (1, 2, 4 or 8): `ceil(w/reduction) × ceil(h/reduction)`
+/// pixels, libjpeg-turbo's scaled inverse DCT. A lossless JPEG cannot be scaled and comes back in
+/// full; the resize that follows sizes it.
+pub fn decode_scaled(bytes: &[u8], reduction: u32) -> Result<DynamicImage, DecodeError> {
+    if ![1, 2, 4, 8].contains(&reduction) {
+        return Err(DecodeError(format!("no 1/{reduction} scale: 1/1, 1/2, 1/4 or 1/8")));
     }
-    let mut quant_tables = [[0u16; 64]; 4];
-    let mut dc_tables: [Option<Box<Huffman>>; 4] = Default::default();
-    let mut ac_tables: [Option<Box<Huffman>>; 4] = Default::default();
-    let mut restart_interval = 0u32;
-    let mut frame: Option<(Header, usize)> = None;
-    let mut segments = Segments::new(bytes)?;
-    while let Some((marker, body)) = segments.next_segment()? {
-        match marker {
-            DQT => read_quant_tables(body, &mut quant_tables)?,
-            DHT => read_huffman_tables(body, &mut dc_tables, &mut ac_tables)?,
-            DRI => {
-                restart_interval =
-                    u16::from_be_bytes(body.get(..2).ok_or(Refused("short DRI"))?.try_into().unwrap()) as u32
-            }
-            marker if is_frame(marker) => {
-                let header = frame_header(marker, body)?;
-                if !header.sequential_huffman || header.components != 1 {
-                    return Err(Refused("not a baseline grayscale JPEG"));
-                }
-                frame = Some((header, body[8] as usize & 3));
-            }
-            SOS => {
-                let (header, quant_index) = frame.ok_or(Refused("scan before frame"))?;
-                if body.len() < 6 || body[0] != 1 || body[3] != 0 || body[4] != 63 || body[5] != 0 {
-                    return Err(Refused("unexpected scan header"));
-                }
-                let dc = dc_tables[(body[2] >> 4) as usize & 3].as_deref().ok_or(Refused("missing DC table"))?;
-                let ac = ac_tables[(body[2] & 15) as usize & 3].as_deref().ok_or(Refused("missing AC table"))?;
-                let scan = Scan { dc, ac, quant: &quant_tables[quant_index], restart_interval };
-                let data = &bytes[segments.position..];
-                return scan.decode(header, data, denominator);
-            }
-            _ => {}
+    with_decompressor(|decompressor| decompressor.decode(bytes, reduction))
+}
+
+/// Pillow's conversion of a CMYK JPEG to RGB, in place of libjpeg's (which has none): Pillow reads
+/// the samples as Adobe writes them, inverted (its `CMYK;I` raw mode), then `convert("RGB")` takes
+/// `R = (255 − K) − C·(255 − K)/255` per channel, rounded as its `MULDIV255` rounds (Convert.c,
+/// `cmyk2rgb`). With the inversion undone, `255 − K` is the stored `K` and `C` is `255 −` the
+/// stored `C`.
+pub fn inverted_cmyk_to_rgb(stored: &[u8]) -> Vec<u8> {
+    let multiply_divide_255 = |a: i32, b: i32| {
+        let product = a * b + 128;
+        ((product >> 8) + product) >> 8
+    };
+    stored
+        .chunks_exact(4)
+        .flat_map(|sample| {
+            let not_black = sample[3] as i32;
+            let channel =
+                |stored: u8| (not_black - multiply_divide_255(255 - stored as i32, not_black)).clamp(0, 255) as u8;
+            [channel(sample[0]), channel(sample[1]), channel(sample[2])]
+        })
+        .collect()
+}
+
+thread_local! {
+    /// One TurboJPEG instance per thread, reused for every file: the first pass decodes one image
+    /// per thread, and an instance holds libjpeg's state and buffers between files.
+    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with this thread's decompressor, creating it on first use. After an error the
+/// instance is dropped: libjpeg may be left mid-header by the error's `longjmp` (the next call
+/// would fail with "Improper call to JPEG library in state …"), and errors are rare enough that a
+/// fresh instance costs nothing that shows.
+fn with_decompressor<T>(work: impl FnOnce(&mut Decompressor) -> Result<T, DecodeError>) -> Result<T, DecodeError> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Decompressor::new()?);
         }
-    }
-    Err(Refused("no scan"))
-}
-
-const SOI: u8 = 0xD8;
-const SOS: u8 = 0xDA;
-const DQT: u8 = 0xDB;
-const DHT: u8 = 0xC4;
-const DRI: u8 = 0xDD;
-
-/// Start-of-frame markers (C0–CF except DHT, JPG and DAC).
-fn is_frame(marker: u8) -> bool {
-    (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)
-}
-
-fn frame_header(marker: u8, body: &[u8]) -> Result<Header, Refused> {
-    if body.len() < 6 {
-        return Err(Refused("short frame header"));
-    }
-    let height = u16::from_be_bytes([body[1], body[2]]) as u32;
-    let width = u16::from_be_bytes([body[3], body[4]]) as u32;
-    let components = body[5];
-    if width == 0 || height == 0 || body.len() < 6 + 3 * components as usize {
-        return Err(Refused("bad frame header"));
-    }
-    Ok(Header { width, height, components, sequential_huffman: matches!(marker, 0xC0 | 0xC1) && body[0] == 8 })
-}
-
-/// Walks the marker segments up to the first scan.
-struct Segments<'a> {
-    bytes: &'a [u8],
-    position: usize,
-}
-
-impl<'a> Segments<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Segments<'a>, Refused> {
-        if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != SOI {
-            return Err(Refused("not a JPEG"));
+        let result = work(slot.as_mut().expect("created above"));
+        if result.is_err() {
+            *slot = None;
         }
-        Ok(Segments { bytes, position: 2 })
-    }
+        result
+    })
+}
 
-    /// The next marker and its body (after the length field); `None` at the end of the file.
-    fn next_segment(&mut self) -> Result<Option<(u8, &'a [u8])>, Refused> {
-        loop {
-            // Markers may be preceded by any number of 0xFF fill bytes.
-            while self.bytes.get(self.position) == Some(&0xFF) && self.bytes.get(self.position + 1) == Some(&0xFF) {
-                self.position += 1;
-            }
-            let Some(&[0xFF, marker]) = self.bytes.get(self.position..self.position + 2) else {
-                return Ok(None);
-            };
-            self.position += 2;
-            if marker == 0x01 || (0xD0..=0xD8).contains(&marker) {
-                continue; // standalone markers without a length
-            }
-            if marker == 0xD9 {
-                return Ok(None);
-            }
-            let length = self.bytes.get(self.position..self.position + 2).ok_or(Refused("truncated segment"))?;
-            let length = u16::from_be_bytes([length[0], length[1]]) as usize;
-            let body = self.bytes.get(self.position + 2..self.position + length).ok_or(Refused("truncated segment"))?;
-            if length < 2 {
-                return Err(Refused("bad segment length"));
-            }
-            self.position += length;
-            return Ok(Some((marker, body)));
+/// A TurboJPEG decompression instance with stop-on-warning set.
+struct Decompressor {
+    handle: turbo::tjhandle,
+}
+
+impl Decompressor {
+    fn new() -> Result<Decompressor, DecodeError> {
+        // SAFETY: tj3Init has no preconditions; a null handle is checked before any use.
+        let handle = unsafe { turbo::tj3Init(turbo::TJINIT_TJINIT_DECOMPRESS as libc::c_int) };
+        if handle.is_null() {
+            // SAFETY: with a null handle, tj3GetErrorStr reports the last global (thread-local) error.
+            let reason = unsafe { CStr::from_ptr(turbo::tj3GetErrorStr(handle)) };
+            return Err(DecodeError(reason.to_string_lossy().into_owned()));
         }
+        let decompressor = Decompressor { handle };
+        decompressor.set(turbo::TJPARAM_TJPARAM_STOPONWARNING, 1)?;
+        Ok(decompressor)
     }
-}
 
-fn read_quant_tables(mut body: &[u8], tables: &mut [[u16; 64]; 4]) -> Result<(), Refused> {
-    while let Some((&spec, rest)) = body.split_first() {
-        let sixteen_bit = spec >> 4 != 0;
-        let size = if sixteen_bit { 128 } else { 64 };
-        let values = rest.get(..size).ok_or(Refused("short DQT"))?;
-        let table = &mut tables[(spec & 3) as usize];
-        for (k, entry) in table.iter_mut().enumerate() {
-            *entry =
-                if sixteen_bit { u16::from_be_bytes([values[2 * k], values[2 * k + 1]]) } else { values[k] as u16 };
+    /// The reason for the last failed call on this instance.
+    fn error(&self) -> DecodeError {
+        // SAFETY: the handle is live (owned by self); the string is copied before the next call.
+        let reason = unsafe { CStr::from_ptr(turbo::tj3GetErrorStr(self.handle)) };
+        DecodeError(reason.to_string_lossy().into_owned())
+    }
+
+    fn set(&self, parameter: turbo::TJPARAM, value: libc::c_int) -> Result<(), DecodeError> {
+        // SAFETY: a live handle and a parameter the bindings define.
+        if unsafe { turbo::tj3Set(self.handle, parameter as libc::c_int, value) } != 0 {
+            return Err(self.error());
         }
-        body = &rest[size..];
+        Ok(())
     }
-    Ok(())
-}
 
-fn read_huffman_tables(
-    mut body: &[u8],
-    dc_tables: &mut [Option<Box<Huffman>>; 4],
-    ac_tables: &mut [Option<Box<Huffman>>; 4],
-) -> Result<(), Refused> {
-    while body.len() >= 17 {
-        let spec = body[0];
-        let counts: [u8; 16] = body[1..17].try_into().unwrap();
-        let total: usize = counts.iter().map(|&c| c as usize).sum();
-        let values = body.get(17..17 + total).ok_or(Refused("short DHT"))?;
-        match spec >> 4 {
-            0 => dc_tables[(spec & 3) as usize] = Some(Box::new(Huffman::new(&counts, values, false)?)),
-            1 => ac_tables[(spec & 3) as usize] = Some(Box::new(Huffman::new(&counts, values, true)?)),
-            _ => return Err(Refused("bad DHT class")),
+    fn get(&self, parameter: turbo::TJPARAM) -> libc::c_int {
+        // SAFETY: a live handle and a parameter the bindings define.
+        unsafe { turbo::tj3Get(self.handle, parameter as libc::c_int) }
+    }
+
+    fn header(&mut self, bytes: &[u8]) -> Result<Header, DecodeError> {
+        // SAFETY: a live handle; libjpeg-turbo reads at most `bytes.len()` bytes from the pointer.
+        if unsafe { turbo::tj3DecompressHeader(self.handle, bytes.as_ptr(), bytes.len() as turbo::size_t) } != 0 {
+            return Err(self.error());
         }
-        body = &body[17 + total..];
-    }
-    Ok(())
-}
-
-/// A Huffman table as a look-up of the next [`LOOKUP_BITS`] bits plus the canonical-code limits
-/// (JPEG spec F.2.2.3) for longer codes.
-struct Huffman {
-    /// `(code length << 8) | symbol`, or 0 when the code is longer than the look-up.
-    lookup: [u16; 1 << LOOKUP_BITS],
-    /// For AC tables, what skipping a coefficient costs: `(zigzag advance << 8) | (code length +
-    /// extra bits)`, the advance being `run + 1`, 16 for a zero run (ZRL) and 64 for end-of-block;
-    /// 0 when the code is longer than the look-up.
-    skip: [u16; 1 << LOOKUP_BITS],
-    /// For AC tables, skipping as many whole symbols as the next [`MULTI_BITS`] bits hold:
-    /// bits used (0–4), zigzag advance (8–15), end-of-block seen (16); 0 when none fits.
-    multi: Box<[u32; 1 << MULTI_BITS]>,
-    /// Largest code of each length (index = length), −1 when there is none.
-    max_code: [i32; 17],
-    /// `values` index minus first code, per length.
-    offset: [i32; 17],
-    values: Vec<u8>,
-}
-
-impl Huffman {
-    /// Builds the decoding tables; the skip tables only for AC tables (`ac`), the only ones skipped.
-    fn new(counts: &[u8; 16], values: &[u8], ac: bool) -> Result<Huffman, Refused> {
-        let mut table = Huffman {
-            lookup: [0; 1 << LOOKUP_BITS],
-            skip: [0; 1 << LOOKUP_BITS],
-            multi: Box::new([0; 1 << MULTI_BITS]),
-            max_code: [-1; 17],
-            offset: [0; 17],
-            values: values.to_vec(),
+        let colour_space = match self.get(turbo::TJPARAM_TJPARAM_COLORSPACE) as turbo::TJCS {
+            turbo::TJCS_TJCS_GRAY => ColourSpace::Gray,
+            turbo::TJCS_TJCS_YCbCr => ColourSpace::YCbCr,
+            turbo::TJCS_TJCS_RGB => ColourSpace::Rgb,
+            turbo::TJCS_TJCS_CMYK => ColourSpace::Cmyk,
+            turbo::TJCS_TJCS_YCCK => ColourSpace::Ycck,
+            other => return Err(DecodeError(format!("unknown JPEG colour space {other}"))),
         };
-        let mut code = 0u32;
-        let mut index = 0usize;
-        for length in 1..=16u32 {
-            let count = counts[length as usize - 1] as usize;
-            table.offset[length as usize] = index as i32 - code as i32;
-            for _ in 0..count {
-                if code >= 1 << length {
-                    return Err(Refused("over-full Huffman table"));
-                }
-                if length <= LOOKUP_BITS {
-                    let shift = LOOKUP_BITS - length;
-                    let entry = ((length as u16) << 8) | values[index] as u16;
-                    let first = (code << shift) as usize;
-                    table.lookup[first..first + (1 << shift)].fill(entry);
-                    let skip = (skip_advance(values[index]) << 8) | (length + (values[index] & 15) as u32) as u16;
-                    table.skip[first..first + (1 << shift)].fill(skip);
-                }
-                code += 1;
-                index += 1;
-            }
-            if count > 0 {
-                table.max_code[length as usize] = code as i32 - 1;
-            }
-            code <<= 1;
+        let (width, height) = (self.get(turbo::TJPARAM_TJPARAM_JPEGWIDTH), self.get(turbo::TJPARAM_TJPARAM_JPEGHEIGHT));
+        if width <= 0 || height <= 0 {
+            return Err(DecodeError(format!("bad JPEG size {width}×{height}")));
         }
-        if ac {
-            for prefix in 0..1u32 << MULTI_BITS {
-                table.multi[prefix as usize] = table.multi_skip(prefix);
-            }
+        if width as u64 * height as u64 > MAX_PIXELS {
+            return Err(DecodeError(format!("{width}×{height} pixels: more than {MAX_PIXELS}, a decompression bomb")));
         }
-        Ok(table)
+        let lossless = self.get(turbo::TJPARAM_TJPARAM_LOSSLESS) != 0;
+        Ok(Header { width: width as u32, height: height as u32, colour_space, lossless })
+    }
+
+    fn decode(&mut self, bytes: &[u8], reduction: u32) -> Result<DynamicImage, DecodeError> {
+        let header = self.header(bytes)?;
+        let reduction = if header.lossless { 1 } else { reduction };
+        let factor = turbo::tjscalingfactor { num: 1, denom: reduction as libc::c_int };
+        // SAFETY: a live handle; 1/1, 1/2, 1/4 and 1/8 are among TurboJPEG's scaling factors.
+        if unsafe { turbo::tj3SetScalingFactor(self.handle, factor) } != 0 {
+            return Err(self.error());
+        }
+        // TJSCALED: libjpeg rounds a scaled side up.
+        let (width, height) = (header.width.div_ceil(reduction) as usize, header.height.div_ceil(reduction) as usize);
+        let (format, channels) = match header.colour_space {
+            ColourSpace::Gray => (turbo::TJPF_TJPF_GRAY, 1),
+            ColourSpace::YCbCr | ColourSpace::Rgb => (turbo::TJPF_TJPF_RGB, 3),
+            ColourSpace::Cmyk | ColourSpace::Ycck => (turbo::TJPF_TJPF_CMYK, 4),
+        };
+        let mut pixels = vec![0u8; width * height * channels];
+        // SAFETY: a live handle; `pixels` holds `height` rows of `width * channels` bytes, the
+        // pitch given, which is what TurboJPEG writes for this scaling factor and pixel format.
+        let status = unsafe {
+            turbo::tj3Decompress8(
+                self.handle,
+                bytes.as_ptr(),
+                bytes.len() as turbo::size_t,
+                pixels.as_mut_ptr(),
+                (width * channels) as libc::c_int,
+                format,
+            )
+        };
+        if status != 0 {
+            return Err(self.error());
+        }
+        let (width, height) = (width as u32, height as u32);
+        let image = match channels {
+            1 => GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8),
+            3 => RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
+            _ => RgbImage::from_raw(width, height, inverted_cmyk_to_rgb(&pixels)).map(DynamicImage::ImageRgb8),
+        };
+        Ok(image.expect("the buffer was sized for these dimensions"))
     }
 }
 
-impl Huffman {
-    /// The [`Huffman::multi`] entry for the next [`MULTI_BITS`] bits `prefix`: decodes whole AC
-    /// symbols (code and extra bits) greedily until one does not fit or ends the block.
-    fn multi_skip(&self, prefix: u32) -> u32 {
-        let (mut used, mut advance) = (0u32, 0u32);
-        while used < MULTI_BITS {
-            let remaining = MULTI_BITS - used;
-            let bits = (prefix << used) & ((1 << MULTI_BITS) - 1);
-            let entry = self.lookup[(bits >> (MULTI_BITS - LOOKUP_BITS)) as usize];
-            let length = (entry >> 8) as u32;
-            if entry == 0 || length > remaining {
-                break;
-            }
-            let symbol = entry as u8;
-            let total = length + (symbol & 15) as u32;
-            if total > remaining {
-                break;
-            }
-            used += total;
-            let step = skip_advance(symbol) as u32;
-            if step == 64 {
-                return used | advance << 8 | 1 << 16;
-            }
-            advance += step;
-            if advance > 64 {
-                return 0;
-            }
-        }
-        if used == 0 {
-            0
-        } else {
-            used | advance << 8
-        }
-    }
-}
-
-/// How far an AC symbol moves through the block's 64 zigzag positions.
-fn skip_advance(symbol: u8) -> u16 {
-    match (symbol >> 4, symbol & 15) {
-        (15, 0) => 16,
-        (_, 0) => 64,
-        (run, _) => run as u16 + 1,
-    }
-}
-
-/// Reads entropy-coded bits: removes byte stuffing (0xFF 0x00) and, at a marker, feeds zero bits
-/// while counting them, so running past the end of a segment is detected rather than read.
-struct BitReader<'a> {
-    data: &'a [u8],
-    position: usize,
-    /// Left-aligned: the next bit is bit 63.
-    bits: u64,
-    count: u32,
-    /// Zero bits appended after a marker was reached; consuming any of them means the stream is short.
-    phantom: u32,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> BitReader<'a> {
-        BitReader { data, position: 0, bits: 0, count: 0, phantom: 0 }
-    }
-
-    /// Tops the buffer up to more than 56 bits.
-    #[inline]
-    fn refill(&mut self) {
-        // Fast path: eight bytes without 0xFF can be taken whole.
-        if let Some(chunk) = self.data.get(self.position..self.position + 8) {
-            let word = u64::from_be_bytes(chunk.try_into().unwrap());
-            let inverted = !word;
-            let has_ff = inverted.wrapping_sub(0x0101_0101_0101_0101) & !inverted & 0x8080_8080_8080_8080 != 0;
-            if !has_ff {
-                let take = (64 - self.count) / 8;
-                let kept = if take == 8 { word } else { word & !(u64::MAX >> (8 * take)) };
-                self.bits |= kept >> self.count;
-                self.count += 8 * take;
-                self.position += take as usize;
-                return;
-            }
-        }
-        while self.count <= 56 {
-            let byte = match self.data.get(self.position) {
-                Some(0xFF) if self.data.get(self.position + 1) == Some(&0x00) => {
-                    self.position += 2;
-                    0xFF
-                }
-                Some(0xFF) | None => {
-                    self.phantom += 8;
-                    0
-                }
-                Some(&byte) => {
-                    self.position += 1;
-                    byte
-                }
-            };
-            self.bits |= (byte as u64) << (56 - self.count);
-            self.count += 8;
-        }
-    }
-
-    #[inline]
-    fn peek(&self, n: u32) -> u32 {
-        (self.bits >> (64 - n)) as u32
-    }
-
-    #[inline]
-    fn consume(&mut self, n: u32) {
-        self.bits <<= n;
-        self.count -= n;
-    }
-
-    /// The next Huffman symbol.
-    #[inline]
-    fn symbol(&mut self, table: &Huffman) -> Result<u8, Refused> {
-        if self.count < 32 {
-            self.refill();
-        }
-        let entry = table.lookup[self.peek(LOOKUP_BITS) as usize & ((1 << LOOKUP_BITS) - 1)];
-        if entry != 0 {
-            self.consume((entry >> 8) as u32);
-            return Ok(entry as u8);
-        }
-        for length in LOOKUP_BITS + 1..=16 {
-            let code = self.peek(length) as i32;
-            if code <= table.max_code[length as usize] {
-                self.consume(length);
-                return table
-                    .values
-                    .get((code + table.offset[length as usize]) as usize)
-                    .copied()
-                    .ok_or(Refused("bad Huffman code"));
-            }
-        }
-        Err(Refused("bad Huffman code"))
-    }
-
-    /// The signed value of an `s`-bit extra field (JPEG spec F.2.2.1, EXTEND); needs `s` bits buffered.
-    #[inline]
-    fn value(&mut self, s: u32) -> i32 {
-        if s == 0 {
-            return 0;
-        }
-        let raw = self.peek(s) as i32;
-        self.consume(s);
-        if raw < 1 << (s - 1) {
-            raw - (1 << s) + 1
-        } else {
-            raw
-        }
-    }
-
-    /// True when more bits were consumed than the segment holds.
-    #[inline]
-    fn overrun(&self) -> bool {
-        self.count < self.phantom
-    }
-
-    /// Skips to just after the restart marker that must come next.
-    fn restart(&mut self) -> Result<(), Refused> {
-        self.bits = 0;
-        self.count = 0;
-        self.phantom = 0;
-        while self.data.get(self.position) == Some(&0xFF) && self.data.get(self.position + 1) == Some(&0xFF) {
-            self.position += 1;
-        }
-        match self.data.get(self.position..self.position + 2) {
-            Some(&[0xFF, marker]) if (0xD0..=0xD7).contains(&marker) => {
-                self.position += 2;
-                Ok(())
-            }
-            _ => Err(Refused("missing restart marker")),
-        }
-    }
-}
-
-/// One single-component scan and the tables it uses.
-struct Scan<'a> {
-    dc: &'a Huffman,
-    ac: &'a Huffman,
-    quant: &'a [u16; 64],
-    restart_interval: u32,
-}
-
-/// 2×2 output from the lowest coefficients, in 1/4096ths: a 4×4 quadrant's mean is
-/// `F00/8 ± 0.1133·F01 ± 0.1133·F10 ± 0.1026·F11` (the 8-point DCT basis averaged over half a block).
-const QUADRANT_DC: i64 = 512;
-const QUADRANT_FIRST: i64 = 464;
-const QUADRANT_CROSS: i64 = 420;
-
-impl Scan<'_> {
-    fn decode(&self, header: Header, data: &[u8], denominator: u32) -> Result<(u32, u32, Vec<u8>), Refused> {
-        let blocks_wide = header.width.div_ceil(8) as usize;
-        let blocks_high = header.height.div_ceil(8) as usize;
-        let out_width = header.width.div_ceil(denominator) as usize;
-        let out_height = header.height.div_ceil(denominator) as usize;
-        let per_block = (8 / denominator) as usize;
-        let mut pixels = vec![0u8; out_width * out_height];
-        let mut reader = BitReader::new(data);
-        let mut prediction = 0i32;
-        let quant = self.quant;
-        let mut until_restart = self.restart_interval;
-        for by in 0..blocks_high {
-            for bx in 0..blocks_wide {
-                if self.restart_interval > 0 {
-                    if until_restart == 0 {
-                        reader.restart()?;
-                        prediction = 0;
-                        until_restart = self.restart_interval;
-                    }
-                    until_restart -= 1;
-                }
-                let category = reader.symbol(self.dc)? as u32;
-                if category > 11 {
-                    return Err(Refused("bad DC category"));
-                }
-                if reader.count < 16 {
-                    reader.refill();
-                }
-                // Wrapping: a corrupt stream must not panic; a valid one stays within ±2¹¹.
-                prediction = prediction.wrapping_add(reader.value(category));
-                let dc = prediction as i64 * quant[0] as i64;
-                // The low coefficients 1/4 scale needs, in zigzag order: F01 (k=1), F10 (k=2), F11 (k=4).
-                let mut low = [0i64; 5];
-                let mut k = 1u32;
-                if per_block == 2 {
-                    while k <= 4 {
-                        let rs = reader.symbol(self.ac)? as u32;
-                        let (run, size) = (rs >> 4, rs & 15);
-                        if size == 0 {
-                            if run == 15 {
-                                k += 16;
-                                continue;
-                            }
-                            k = 64; // end of block
-                            break;
-                        }
-                        k += run;
-                        if reader.count < 16 {
-                            reader.refill();
-                        }
-                        let value = reader.value(size);
-                        if k <= 4 {
-                            low[k as usize] = value as i64 * quant[k as usize] as i64;
-                        }
-                        k += 1;
-                    }
-                }
-                // Skip the rest of the block: only code and extra-bit lengths matter. Several short
-                // symbols at once when they fit the multi-symbol table and stay inside the block
-                // (a block whose last coefficient is coded has no end-of-block symbol).
-                while k < 64 {
-                    if reader.count < 32 {
-                        reader.refill();
-                    }
-                    let multi = self.ac.multi[reader.peek(MULTI_BITS) as usize & ((1 << MULTI_BITS) - 1)];
-                    if multi != 0 && k + ((multi >> 8) & 0xFF) + (multi >> 16) <= 64 {
-                        reader.consume(multi & 31);
-                        k += (multi >> 8) & 0xFF;
-                        if multi >> 16 != 0 {
-                            break;
-                        }
-                        continue;
-                    }
-                    let entry = self.ac.skip[reader.peek(LOOKUP_BITS) as usize & ((1 << LOOKUP_BITS) - 1)];
-                    if entry != 0 {
-                        reader.consume((entry & 0xFF) as u32);
-                        k += (entry >> 8) as u32;
-                    } else {
-                        let symbol = reader.symbol(self.ac)?;
-                        reader.consume((symbol & 15) as u32);
-                        k += skip_advance(symbol) as u32;
-                    }
-                }
-                if reader.overrun() {
-                    return Err(Refused("truncated scan"));
-                }
-                if per_block == 1 {
-                    pixels[by * out_width + bx] = (((dc + 4) >> 3) + 128).clamp(0, 255) as u8;
-                } else {
-                    let base = dc * QUADRANT_DC + (128 << 12) + (1 << 11);
-                    let horizontal = low[1] * QUADRANT_FIRST;
-                    let vertical = low[2] * QUADRANT_FIRST;
-                    let cross = low[4] * QUADRANT_CROSS;
-                    let quadrants = [
-                        [base + horizontal + vertical + cross, base - horizontal + vertical - cross],
-                        [base + horizontal - vertical - cross, base - horizontal - vertical + cross],
-                    ];
-                    for (dy, row) in quadrants.iter().enumerate() {
-                        let y = 2 * by + dy;
-                        if y >= out_height {
-                            break;
-                        }
-                        for (dx, &sum) in row.iter().enumerate() {
-                            let x = 2 * bx + dx;
-                            if x < out_width {
-                                pixels[y * out_width + x] = (sum >> 12).clamp(0, 255) as u8;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok((out_width as u32, out_height as u32, pixels))
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: the handle is live and dropped once.
+        unsafe { turbo::tj3Destroy(self.handle) }
     }
 }
 
@@ -585,11 +270,11 @@ impl Scan<'_> {
 mod tests {
     use super::*;
     use image::codecs::jpeg::JpegEncoder;
-    use image::{GrayImage, Luma, Rgb, RgbImage};
+    use image::{Luma, Rgb};
+    use std::path::Path;
 
-    /// A film-like test image: smooth gradients, a disc and a little deterministic grain (also the
-    /// base of `full.rs`'s colour test scene).
-    pub(super) fn film(width: u32, height: u32) -> GrayImage {
+    /// A film-like test image: smooth gradients, a disc and a little deterministic grain.
+    fn film(width: u32, height: u32) -> GrayImage {
         GrayImage::from_fn(width, height, |x, y| {
             let (u, v) = (x as f32 / width as f32, y as f32 / height as f32);
             let disc = if (u - 0.4).powi(2) + (v - 0.5).powi(2) < 0.05 { 60.0 } else { 0.0 };
@@ -604,73 +289,111 @@ mod tests {
         bytes
     }
 
-    /// Mean absolute difference between a reduced decode and the box means of the full decode.
-    fn error_against_box_means(bytes: &[u8], denominator: u32) -> f64 {
-        let (width, height, pixels) = decode_gray_reduced(bytes, denominator).unwrap();
-        let full = image::load_from_memory(bytes).unwrap().to_luma8();
-        assert_eq!((width, height), (full.width().div_ceil(denominator), full.height().div_ceil(denominator)));
-        let mut total = 0.0;
-        for y in 0..height {
-            for x in 0..width {
+    #[test]
+    fn jpegs_decode_to_exactly_the_pixels_pillow_decodes() {
+        // JPEGs Pillow wrote (and jpegtran re-coded) and the pixels Pillow decoded from them
+        // (deploy/make_jpeg_references.py): baseline in every chroma layout, progressive,
+        // arithmetic-coded, and Adobe CMYK.
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/jpeg");
+        let mut names: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .filter_map(|entry| entry.unwrap().file_name().to_str()?.strip_suffix(".jpeg").map(str::to_string))
+            .collect();
+        names.sort();
+        for kind in ["progressive", "arithmetic", "cmyk"] {
+            assert!(names.iter().any(|name| name.contains(kind)), "no {kind} reference in {names:?}");
+        }
+        for name in names {
+            let bytes = std::fs::read(folder.join(format!("{name}.jpeg"))).unwrap();
+            let expected = image::open(folder.join(format!("{name}.png"))).unwrap().to_rgb8();
+            let decoded = decode(&bytes).unwrap_or_else(|error| panic!("{name}: {error}"));
+            assert_eq!(decoded.color().has_color(), !name.starts_with("gray"), "{name}");
+            let decoded = decoded.to_rgb8();
+            assert_eq!(decoded.dimensions(), expected.dimensions(), "{name}");
+            let differing = decoded.as_raw().iter().zip(expected.as_raw()).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "{name}: {differing} of {} samples differ from Pillow's", expected.len());
+        }
+    }
+
+    #[test]
+    fn pillows_cmyk_conversion_rounds_as_muldiv255() {
+        // Stored (inverted) samples: K stored 255 is no black; C stored 255 is no cyan.
+        assert_eq!(inverted_cmyk_to_rgb(&[255, 255, 255, 255]), [255, 255, 255]);
+        assert_eq!(inverted_cmyk_to_rgb(&[0, 0, 0, 255]), [0, 0, 0]);
+        assert_eq!(inverted_cmyk_to_rgb(&[9, 200, 255, 0]), [0, 0, 0], "full black");
+        // nk = 128, C = 55: 128 − round(55·128/255) = 128 − 28.
+        assert_eq!(inverted_cmyk_to_rgb(&[200, 255, 0, 128]), [100, 128, 0]);
+    }
+
+    #[test]
+    fn reduced_decodes_are_sized_as_libjpeg_scales_and_keep_the_block_means() {
+        // Odd sizes: partial edge blocks.
+        let bytes = encode(&film(1003, 757));
+        let header = header(&bytes).unwrap();
+        assert_eq!((header.width, header.height, header.colour_space), (1003, 757, ColourSpace::Gray));
+        let full = decode(&bytes).unwrap().to_luma8();
+        for (reduction, bound) in [(8, 1.0), (4, 2.0), (2, 2.0)] {
+            let reduced = decode_scaled(&bytes, reduction).unwrap().to_luma8();
+            assert_eq!(reduced.dimensions(), (1003u32.div_ceil(reduction), 757u32.div_ceil(reduction)));
+            let mut total = 0.0;
+            for (x, y, pixel) in reduced.enumerate_pixels() {
                 let (mut sum, mut count) = (0u32, 0u32);
-                for sy in y * denominator..((y + 1) * denominator).min(full.height()) {
-                    for sx in x * denominator..((x + 1) * denominator).min(full.width()) {
+                for sy in y * reduction..((y + 1) * reduction).min(full.height()) {
+                    for sx in x * reduction..((x + 1) * reduction).min(full.width()) {
                         sum += full.get_pixel(sx, sy).0[0] as u32;
                         count += 1;
                     }
                 }
-                total += (pixels[(y * width + x) as usize] as f64 - sum as f64 / count as f64).abs();
+                total += (pixel.0[0] as f64 - sum as f64 / count as f64).abs();
             }
+            let error = total / (reduced.width() * reduced.height()) as f64;
+            assert!(error < bound, "1/{reduction}: mean abs error {error} from the box means");
         }
-        total / (width * height) as f64
+        assert!(decode_scaled(&bytes, 3).is_err(), "no 1/3 scale");
     }
 
     #[test]
-    fn reduced_decodes_match_the_block_means_of_a_full_decode() {
-        // Odd sizes: partial edge blocks.
-        let bytes = encode(&film(1003, 757));
-        let header = header(&bytes).unwrap();
-        assert_eq!((header.width, header.height, header.components, header.sequential_huffman), (1003, 757, 1, true));
-        let eighth = error_against_box_means(&bytes, 8);
-        let quarter = error_against_box_means(&bytes, 4);
-        assert!(eighth < 1.0, "1/8: mean abs error {eighth}");
-        assert!(quarter < 2.0, "1/4: mean abs error {quarter}");
-    }
-
-    #[test]
-    fn colour_and_non_jpeg_files_are_refused() {
+    fn colour_jpegs_decode_to_rgb_and_other_files_go_to_the_image_crate() {
         let mut colour = Vec::new();
         JpegEncoder::new(&mut colour).encode_image(&RgbImage::from_pixel(64, 64, Rgb([200, 10, 10]))).unwrap();
-        assert_eq!(header(&colour).unwrap().components, 3);
-        assert!(decode_gray_reduced(&colour, 8).is_err());
-        assert!(header(b"\x89PNG\r\n\x1a\n....").is_none());
-        assert!(decode_gray_reduced(b"not a jpeg at all", 8).is_err());
+        assert_eq!(header(&colour).unwrap().colour_space, ColourSpace::YCbCr);
+        let decoded = decode(&colour).unwrap();
+        assert!(matches!(decoded, DynamicImage::ImageRgb8(_)));
+        assert_eq!(decode_scaled(&colour, 8).unwrap().to_rgb8().dimensions(), (8, 8));
+        let mut png = Vec::new();
+        GrayImage::from_pixel(5, 3, Luma([7])).write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png).unwrap();
+        assert!(header(&png).is_none());
+        assert_eq!(decode(&png).unwrap().to_luma8().into_raw(), vec![7; 15]);
     }
 
     #[test]
-    fn truncated_and_damaged_streams_are_refused_or_survived_never_a_panic() {
+    fn truncated_corrupt_and_non_image_files_are_errors_with_a_reason_never_a_panic() {
         let bytes = encode(&film(320, 240));
-        assert!(decode_gray_reduced(&bytes[..bytes.len() / 2], 8).is_err(), "half a file is refused");
+        assert!(decode(&bytes).is_ok());
+        // Pillow: "image file is truncated"; libjpeg-turbo only warns, which stop-on-warning makes an error.
+        let truncated = decode_scaled(&bytes[..bytes.len() / 2], 1).unwrap_err();
+        assert!(truncated.0.contains("Premature end of JPEG file"), "{truncated}");
+        assert!(decode(&bytes[..bytes.len() - 40]).is_err(), "a few missing bytes are an error too");
+        assert!(decode_scaled(&bytes[..bytes.len() / 2], 8).is_err(), "and at a reduced scale");
+        assert!(decode(b"\xff\xd8\xff not really a jpeg").is_err());
+        assert!(decode(b"not an image at all").is_err());
+        // The thread's next decode is not disturbed by the errors before it.
+        assert!(decode(&bytes).is_ok());
+        assert!(header(b"\xff\xd8\xff\xe0 damaged header").is_none());
+        assert!(decode(&bytes).is_ok());
         for cut in (0..bytes.len()).step_by(97) {
-            let _ = decode_gray_reduced(&bytes[..cut], 4);
+            let _ = decode_scaled(&bytes[..cut], 4);
         }
-        for damaged in damaged_copies(&bytes, 200) {
-            let _ = decode_gray_reduced(&damaged, 8);
-            let _ = decode_gray_reduced(&damaged, 4);
-        }
-    }
-
-    /// `count` copies of `bytes`, each with four bytes overwritten at seeded places.
-    pub(super) fn damaged_copies(bytes: &[u8], count: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
         let mut state = 12345u32;
-        (0..count).map(move |_| {
-            let mut damaged = bytes.to_vec();
+        for _ in 0..200 {
+            let mut damaged = bytes.clone();
             for _ in 0..4 {
                 state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
                 let index = (state >> 8) as usize % damaged.len();
                 damaged[index] = (state >> 3) as u8;
             }
-            damaged
-        })
+            let _ = decode(&damaged);
+            let _ = decode_scaled(&damaged, 8);
+        }
     }
 }
