@@ -225,7 +225,8 @@ async fn scheduled_snapshots_are_checked_pruned_and_reported_and_a_late_one_is_a
     assert_eq!((status, &ready["checks"]["backup"]["ok"]), (StatusCode::OK, &serde_json::json!(true)), "{ready:#}");
 
     // The folder becomes a file: snapshots fail; after two periods /readyz warns and stays 200.
-    std::fs::remove_dir_all(&dir).unwrap();
+    // Moved away in one step (a snapshot may be under way in it), then a file in its place.
+    std::fs::rename(&dir, backups.path().join("moved-away")).unwrap();
     std::fs::write(&dir, b"not a folder").unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (status, ready) = app.get("/readyz").await;
