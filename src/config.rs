@@ -74,6 +74,23 @@ pub enum Command {
     Rm(JobsArg),
     /// Admin commands against the server (need an admin's token).
     Admin(AdminArgs),
+    /// Your token: `trainq token rotate` gets a new one and saves it (the old one stops working).
+    Token(TokenArgs),
+}
+
+/// `trainq token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The `trainq token` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Get a new token and save it in the client's config; the old one stops working at once.
+    Rotate,
 }
 
 /// `trainq admin`.
@@ -92,6 +109,58 @@ pub enum AdminCommand {
     Gc(GcArgs),
     /// Every user's disk usage (bytes of their job folders) and the quota.
     Usage,
+    /// Accounts: import a class roster, list, disable, enable, give a new token.
+    Users(AdminUsersArgs),
+}
+
+/// `trainq admin users`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminUsersArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminUsersCommand,
+}
+
+/// The `trainq admin users` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminUsersCommand {
+    /// Create the accounts of a roster CSV (header row `name,email,admin`; `admin` optional), all
+    /// or none; accounts that exist with the same email and role are skipped.
+    Import {
+        /// The roster: a CSV file with a header row.
+        roster: PathBuf,
+        /// Mail each new student a welcome with their token and the `trainq login` line (needs the
+        /// server's SMTP settings); otherwise the tokens go to a CSV file of mode 0600.
+        #[arg(long)]
+        send_tokens: bool,
+        /// Where to write the tokens that are not mailed (default: next to the roster,
+        /// `<roster>-tokens-<time>.csv`). Never overwritten.
+        #[arg(long)]
+        tokens_file: Option<PathBuf>,
+    },
+    /// Every account: role, state, jobs, device-hours, disk, last request.
+    Ls {
+        /// The server's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable accounts: their tokens answer 401 at once; their jobs stay (queued ones still run).
+    Disable {
+        /// User names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Enable disabled accounts again.
+    Enable {
+        /// User names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give a user a new token (printed once); the old one stops working at once.
+    Rotate {
+        /// The user.
+        name: String,
+    },
 }
 
 /// `trainq admin gc`.
@@ -619,6 +688,10 @@ pub struct UserLimitsConfig {
     /// exempt. Default: no quota.
     #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB", display_order = 35)]
     pub max_disk_per_user_gb: Option<f64>,
+    /// Days a token works after it was made: an older one answers 401 "token expired", and
+    /// students rotate theirs before then (`trainq token rotate`). Default: tokens never expire.
+    #[arg(long, env = "TRAINQ_TOKEN_TTL_DAYS", display_order = 43)]
+    pub token_ttl_days: Option<f64>,
 }
 
 impl UserLimitsConfig {
@@ -632,6 +705,7 @@ impl UserLimitsConfig {
             max_image_side: self.max_image_side,
             half_life_secs,
             max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
+            token_ttl_secs: self.token_ttl_days.map(|days| days.max(0.0) * 86_400.0),
         }
     }
 }
@@ -994,13 +1068,14 @@ mod tests {
             "--smtp-from TRAINQ_SMTP_FROM default=trainq <trainq@localhost> value",
             "--notify-retry-secs TRAINQ_NOTIFY_RETRY_SECS default=30 value",
             "--notify-max-attempts TRAINQ_NOTIFY_MAX_ATTEMPTS default=12 value",
+            "--token-ttl-days TRAINQ_TOKEN_TTL_DAYS default= value",
             "--help  default= switch",
         ];
         assert_eq!(serve_flags(), expected);
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 43] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 44] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("data_dir", r#""/srv/data""#),
@@ -1044,6 +1119,7 @@ mod tests {
         ("smtp_from", r#""trainq <q@example.org>""#),
         ("notify_retry_secs", "2.5"),
         ("notify_max_attempts", "3"),
+        ("token_ttl_days", "90"),
     ];
 
     /// Parses `trainq serve` with these arguments and these variables set (and every other

@@ -47,10 +47,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     parts.start_scheduler(&supervisor, &folders, config.storage.cache_budget_bytes(), scheduling);
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
     let notifier = config.notifications.settings(public_url)?;
-    tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier));
+    let welcome = http::WelcomeMail { wake: crate::notify::Wake::default(), by_email: notifier.mailer.is_some() };
+    tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier, welcome.wake.clone()));
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs);
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, welcome);
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
@@ -162,6 +163,7 @@ impl Parts {
         worker_program: PathBuf,
         config: &ServeConfig,
         half_life_secs: f64,
+        welcome: http::WelcomeMail,
     ) -> AppState {
         AppState {
             store: self.store,
@@ -180,6 +182,7 @@ impl Parts {
             limits: Arc::new(config.limits.settings(half_life_secs)),
             tokens: Arc::default(),
             telemetry: self.telemetry,
+            welcome,
         }
     }
 }

@@ -70,8 +70,10 @@ pub(super) async fn test_router() -> TestRouter {
             max_image_side: 1024,
             half_life_secs: 3600.0,
             max_disk_bytes_per_user: None,
+            token_ttl_secs: None,
         }),
         tokens: Arc::default(),
+        welcome: super::WelcomeMail::default(),
     };
     TestRouter { router: router(state), token, _dir: dir }
 }
@@ -189,6 +191,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/jobs/{id}"),
     ("get", "/api/admin/usage"),
     ("post", "/api/admin/gc"),
+    ("get", "/api/admin/users"),
+    ("post", "/api/admin/users"),
+    ("patch", "/api/admin/users/{name}"),
+    ("post", "/api/admin/users/{name}/token"),
+    ("post", "/api/me/token"),
 ];
 
 #[tokio::test]
