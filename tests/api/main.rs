@@ -30,5 +30,6 @@ mod slurm;
 mod small_disk;
 mod sweeps;
 mod training;
+mod users;
 mod validation;
 mod variable;
