@@ -82,6 +82,9 @@ const ACCOUNT_QUERY: &str = "SELECT name, full_name, email, admin, disabled_at, 
      (SELECT COALESCE(SUM(COALESCE(ended_at, ?1) - started_at), 0.0) FROM job_runs WHERE job_runs.owner = users.name) \
      FROM users";
 
+/// A token holder's columns: name, admin, disabled_at, token_issued_at, last_request_at.
+type HolderRow = (String, bool, Option<f64>, Option<f64>, Option<f64>);
+
 type AccountRow = (String, Option<String>, Option<String>, bool, Option<f64>, String, Option<f64>, i64, f64);
 
 fn account(row: AccountRow) -> Account {
@@ -92,7 +95,7 @@ fn account(row: AccountRow) -> Account {
 impl Store {
     /// The holder of a bearer token, disabled or not.
     pub async fn token_holder(&self, token: &str) -> Result<Option<TokenHolder>, StoreError> {
-        let row: Option<(String, bool, Option<f64>, Option<f64>, Option<f64>)> = sqlx::query_as(
+        let row: Option<HolderRow> = sqlx::query_as(
             "SELECT name, admin, disabled_at, token_issued_at, last_request_at FROM users WHERE token_sha256 = ?",
         )
         .bind(token_hash(token))
