@@ -74,6 +74,23 @@ pub enum Command {
     Rm(JobsArg),
     /// Admin commands against the server (need an admin's token).
     Admin(AdminArgs),
+    /// Your token: `trainq token rotate` gets a new one and saves it (the old one stops working).
+    Token(TokenArgs),
+}
+
+/// `trainq token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The `trainq token` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Get a new token and save it in the client's config; the old one stops working at once.
+    Rotate,
 }
 
 /// `trainq admin`.
@@ -97,6 +114,8 @@ pub enum AdminCommand {
     /// Datasets on the server.
     #[command(subcommand)]
     Datasets(DatasetsCommand),
+    /// Accounts: import a class roster, list, disable, enable, give a new token.
+    Users(AdminUsersArgs),
 }
 
 /// `trainq admin backup`.
@@ -128,6 +147,56 @@ pub struct DatasetImportArgs {
     /// Leave files that do not fully decode out (listed) instead of refusing the import.
     #[arg(long)]
     pub skip_bad: bool,
+}
+
+/// `trainq admin users`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminUsersArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: AdminUsersCommand,
+}
+
+/// The `trainq admin users` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminUsersCommand {
+    /// Create the accounts of a roster CSV (header row `name,email,admin`; `admin` optional), all
+    /// or none; accounts that exist with the same email and role are skipped.
+    Import {
+        /// The roster: a CSV file with a header row.
+        roster: PathBuf,
+        /// Mail each new student a welcome with their token and the `trainq login` line (needs the
+        /// server's SMTP settings); otherwise the tokens go to a CSV file of mode 0600.
+        #[arg(long)]
+        send_tokens: bool,
+        /// Where to write the tokens that are not mailed (default: next to the roster,
+        /// `<roster>-tokens-<time>.csv`). Never overwritten.
+        #[arg(long)]
+        tokens_file: Option<PathBuf>,
+    },
+    /// Every account: role, state, jobs, device-hours, disk, last request.
+    Ls {
+        /// The server's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable accounts: their tokens answer 401 at once; their jobs stay (queued ones still run).
+    Disable {
+        /// User names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Enable disabled accounts again.
+    Enable {
+        /// User names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give a user a new token (printed once); the old one stops working at once.
+    Rotate {
+        /// The user.
+        name: String,
+    },
 }
 
 /// `trainq admin gc`.
@@ -678,6 +747,10 @@ pub struct UserLimitsConfig {
     /// one is refused before it fills the disk.
     #[arg(long, env = "TRAINQ_MAX_DATASET_GB", default_value_t = 20.0, display_order = 35)]
     pub max_dataset_gb: f64,
+    /// Days a token works after it was made: an older one answers 401 "token expired", and
+    /// students rotate theirs before then (`trainq token rotate`). Default: tokens never expire.
+    #[arg(long, env = "TRAINQ_TOKEN_TTL_DAYS", display_order = 43)]
+    pub token_ttl_days: Option<f64>,
 }
 
 impl UserLimitsConfig {
@@ -692,6 +765,7 @@ impl UserLimitsConfig {
             half_life_secs,
             max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
             max_dataset_bytes: bytes_from_gigabytes(self.max_dataset_gb),
+            token_ttl_secs: self.token_ttl_days.map(|days| days.max(0.0) * 86_400.0),
         }
     }
 }
@@ -1086,13 +1160,14 @@ mod tests {
             "--backup-dir TRAINQ_BACKUP_DIR default= value",
             "--backup-every TRAINQ_BACKUP_EVERY default=6h value",
             "--backup-keep TRAINQ_BACKUP_KEEP default=28 value",
+            "--token-ttl-days TRAINQ_TOKEN_TTL_DAYS default= value",
             "--help  default= switch",
         ];
         assert_eq!(serve_flags(), expected);
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 49] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 50] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("tls_cert", r#""/etc/trainq/cert.pem""#),
@@ -1142,6 +1217,7 @@ mod tests {
         ("backup_dir", r#""/srv/backups""#),
         ("backup_every", r#""1d""#),
         ("backup_keep", "7"),
+        ("token_ttl_days", "90"),
     ];
 
     /// Parses `trainq serve` with these arguments and these variables set (and every other

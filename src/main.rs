@@ -59,6 +59,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(args) => trainq::client::report(&args.ids).await,
         Command::Rm(args) => trainq::client::rm(&args.ids).await,
         Command::Admin(args) => trainq::client::admin(args.command).await,
+        Command::Token(args) => match args.command {
+            trainq::config::TokenCommand::Rotate => trainq::client::rotate_own_token().await,
+        },
         Command::Notify(args) => {
             let change = trainq::client::NotifyChange {
                 email: args.email,

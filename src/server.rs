@@ -59,11 +59,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     parts.start_scheduler(&supervisor, &folders, config.storage.cache_budget_bytes(), scheduling);
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
     let notifier = config.notifications.settings(public_url)?;
-    tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier));
+    let welcome = http::WelcomeMail { wake: crate::notify::Wake::default(), by_email: notifier.mailer.is_some() };
+    tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier, welcome.wake.clone()));
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let backups = start_backups(&parts.store, backup_schedule);
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups, transport);
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups, transport, welcome);
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on {}://{address}", if transport.tls { "https" } else { "http" });
     tracing::info!(%address, "serving");
@@ -177,6 +178,7 @@ impl Parts {
         half_life_secs: f64,
         backups: crate::backup::BackupStatus,
         transport: crate::tls::Transport,
+        welcome: http::WelcomeMail,
     ) -> AppState {
         AppState {
             store: self.store,
@@ -197,6 +199,7 @@ impl Parts {
             telemetry: self.telemetry,
             backups,
             transport,
+            welcome,
         }
     }
 }

@@ -16,6 +16,7 @@ import { createJobOutputs } from './js/job-outputs.js';
 import { createCompareView } from './js/compare.js';
 import { createSubmitView } from './js/submit.js';
 import { createAccountView } from './js/account.js';
+import { createUsersView } from './js/users.js';
 
 const state = {
   session: createSession(),
@@ -34,10 +35,12 @@ Object.assign(views, {
   queue: createQueueView(app),
   jobOutputs: createJobOutputs(app),
   jobPage: createJobPage(app),
+  users: createUsersView(app),
 });
 
 views.submit.start();
 views.account.start();
+views.users.start();
 views.compare.start();
 views.queue.start();
 views.jobPage.start();

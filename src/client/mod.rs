@@ -11,12 +11,14 @@ mod pull;
 mod retention;
 mod submit;
 mod table;
+mod users;
 mod watch;
 
 pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use retention::{admin, rm};
 pub use submit::{redo, submit, SubmitOptions};
+pub use users::rotate_own_token;
 pub use watch::watch;
 
 use anyhow::{anyhow, bail, Context};

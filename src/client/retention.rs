@@ -28,6 +28,7 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Datasets(crate::config::DatasetsCommand::Import(args)) => {
             super::dataset_import::import(&api, &args).await
         }
+        AdminCommand::Users(args) => super::users::admin_users(&api, args.command).await,
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
             let quota = usage["quota_bytes"]

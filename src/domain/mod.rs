@@ -17,6 +17,8 @@ pub mod outcome;
 pub mod relay;
 /// Delete and retention: gc's ages and keep lists.
 pub mod retention;
+/// Class rosters: the CSV an admin imports, and the checks every imported account passes.
+pub mod roster;
 /// Test-set scores computed as scikit-learn does: confusion matrix, precision/recall/specificity/F1, ROC and AUC.
 pub mod scores;
 pub mod spec;

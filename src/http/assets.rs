@@ -23,11 +23,12 @@ macro_rules! asset {
 
 /// Every file of `static/`, sub-folders included (a test checks that none is missing): the page,
 /// its style, the entry module `app.js` and the ES modules it imports from `js/`.
-const ASSETS: [Asset; 16] = [
+const ASSETS: [Asset; 17] = [
     asset!("index.html"),
     asset!("style.css"),
     asset!("app.js"),
     asset!("js/account.js"),
+    asset!("js/users.js"),
     asset!("js/api.js"),
     asset!("js/charts.js"),
     asset!("js/compare.js"),

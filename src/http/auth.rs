@@ -8,6 +8,7 @@
 
 use super::{ApiError, AppState};
 use crate::domain::user::User;
+use crate::store::TokenHolder;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -40,7 +41,9 @@ impl Caller {
     }
 }
 
-/// How long a token's user is remembered: a rotated or removed token stops working within this.
+/// How long a token's user is remembered. A token rotated or an account changed through the API
+/// is forgotten at once ([`TokenCache::forget_user`]); one changed by `trainq user token` on the
+/// server's shell stops working within this.
 const TOKEN_TTL: Duration = Duration::from_secs(5);
 
 /// Most tokens remembered at once; past it the memory starts over (a class has a few hundred).
@@ -50,37 +53,74 @@ const TOKEN_CACHE_CAPACITY: usize = 10_000;
 /// database read per few seconds, not one per request. Unknown tokens are never remembered.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    known: Mutex<HashMap<String, (User, Instant)>>,
+    known: Mutex<HashMap<String, (TokenHolder, Instant)>>,
 }
 
 impl TokenCache {
-    /// The user `token` belongs to, from memory if looked up in the last [`TOKEN_TTL`].
-    pub async fn user(
+    /// Whom `token` belongs to (disabled or not), from memory if looked up in the last
+    /// [`TOKEN_TTL`]. A lookup in the database also records the account's request (at most once a
+    /// minute), which the admin's list shows as its last request.
+    pub async fn holder(
         &self,
         store: &crate::store::Store,
         token: &str,
-    ) -> Result<Option<User>, crate::store::StoreError> {
+    ) -> Result<Option<TokenHolder>, crate::store::StoreError> {
         let now = Instant::now();
-        if let Some((user, at)) = self.known.lock().expect("token cache poisoned").get(token) {
+        if let Some((holder, at)) = self.known.lock().expect("token cache poisoned").get(token) {
             if now.duration_since(*at) < TOKEN_TTL {
-                return Ok(Some(user.clone()));
+                return Ok(Some(holder.clone()));
             }
         }
-        let user = store.user_by_token(token).await?;
+        let holder = store.token_holder(token).await?;
+        if let Some(holder) = &holder {
+            // A request is not refused because its time could not be noted (a full disk, a busy
+            // database): the note is a convenience for the admin.
+            if let Err(err) = store.note_request(holder).await {
+                tracing::debug!(error = ?err, user = %holder.user.name, "could not note the request's time");
+            }
+        }
         let mut known = self.known.lock().expect("token cache poisoned");
-        match &user {
-            Some(user) => {
+        match &holder {
+            Some(holder) => {
                 if known.len() >= TOKEN_CACHE_CAPACITY {
                     known.clear();
                 }
-                known.insert(token.to_string(), (user.clone(), now));
+                known.insert(token.to_string(), (holder.clone(), now));
             }
             None => {
                 known.remove(token);
             }
         }
-        Ok(user)
+        Ok(holder)
     }
+
+    /// Forgets every token of `name`'s: the next request reads the account again, so a rotated
+    /// token or a disabled account answers 401 at once. Scans the memory, which only an admin's
+    /// change or a rotation does.
+    pub fn forget_user(&self, name: &str) {
+        self.known.lock().expect("token cache poisoned").retain(|_, (holder, _)| holder.user.name != name);
+    }
+}
+
+/// Why a known token is refused (401): its account is disabled, or it is older than
+/// `--token-ttl-days`. The message starts with the reason, then says what to do.
+fn refusal(holder: &TokenHolder, token_ttl_secs: Option<f64>, now: f64) -> Option<String> {
+    let name = &holder.user.name;
+    if holder.disabled {
+        return Some(format!(
+            "account disabled: the admin disabled `{name}`; ask them to enable it (`trainq admin users enable {name}`)"
+        ));
+    }
+    let ttl = token_ttl_secs?;
+    let age = now - holder.token_issued_at;
+    (age > ttl).then(|| {
+        format!(
+            "token expired: it was made {:.0} days ago and tokens here work for {:.0} days; ask the admin for a new one \
+             (`trainq admin users rotate {name}`), and next time run `trainq token rotate` before it expires",
+            (age / 86_400.0).floor(),
+            ttl / 86_400.0
+        )
+    })
 }
 
 /// The auth middleware: a missing header makes an anonymous caller; a malformed or unknown token
@@ -125,8 +165,12 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                 ))
                 .into_response();
             };
-            match state.tokens.user(&state.store, token).await {
-                Ok(Some(user)) => {
+            match state.tokens.holder(&state.store, token).await {
+                Ok(Some(holder)) => {
+                    if let Some(message) = refusal(&holder, state.limits.token_ttl_secs, crate::store::unix_now()) {
+                        return ApiError::Unauthorized(message).into_response();
+                    }
+                    let user = holder.user;
                     if let Err(retry_after) = state.limits.rate.check(&user.name, Instant::now()) {
                         return ApiError::TooManyRequests {
                             message: format!(
@@ -225,6 +269,24 @@ pub(super) fn admin_only(user: &User, what: &str) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_disabled_account_or_an_old_token_is_refused_with_the_reason_first() {
+        let holder = TokenHolder {
+            user: User { name: String::from("alice"), admin: false },
+            disabled: false,
+            token_issued_at: 1_000_000.0,
+            last_request_at: None,
+        };
+        let day = 86_400.0;
+        assert_eq!(refusal(&holder, None, 1_000_000.0 + 1000.0 * day), None, "no TTL: tokens work forever");
+        assert_eq!(refusal(&holder, Some(30.0 * day), 1_000_000.0 + 29.0 * day), None);
+        let expired = refusal(&holder, Some(30.0 * day), 1_000_000.0 + 31.5 * day).unwrap();
+        assert!(expired.starts_with("token expired: it was made 31 days ago"), "{expired}");
+        assert!(expired.contains("trainq token rotate"), "{expired}");
+        let disabled = refusal(&TokenHolder { disabled: true, ..holder }, Some(30.0 * day), 1_000_000.0).unwrap();
+        assert!(disabled.starts_with("account disabled"), "{disabled}");
+    }
 
     #[test]
     fn a_burst_is_allowed_then_the_rate_holds_per_user() {

@@ -162,7 +162,7 @@ pub async fn update_me(
 pub struct NotificationView {
     /// The delivery's id (`X-Trainq-Delivery`, the email's Message-ID).
     pub id: i64,
-    /// The job whose end it reports.
+    /// The job whose end it reports; empty for a new account's welcome mail.
     pub job_id: String,
     /// Whose target it is.
     pub owner: String,

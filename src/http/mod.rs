@@ -2,7 +2,7 @@
 //!
 //! Layers, top down: the resource handlers (`jobs.rs` holds every verb of `/api/jobs` and
 //! `/api/jobs/{id}`; `job_list.rs`, `outputs.rs`, `plots.rs`, `compare.rs`, `groups.rs`,
-//! `report.rs`, `events.rs`, `inference.rs`, `me.rs`, `admin.rs`, `catalog.rs`, `health.rs`,
+//! `report.rs`, `events.rs`, `inference.rs`, `me.rs`, `admin.rs`, `users.rs`, `catalog.rs`, `health.rs`,
 //! `prometheus.rs`, `worker.rs` for relays) use `job_view.rs` (how a job is found and shown) and
 //! the plumbing (`auth.rs`, `error.rs`, `extract.rs`, `etag.rs`, `csv.rs`, `assets.rs`,
 //! `openapi.rs`, `security_headers.rs`, `tls_listener.rs`). Handlers only turn requests into calls of the services below (`crate::submit`,
@@ -39,10 +39,12 @@ mod router_tests;
 mod version;
 mod security_headers;
 mod tls_listener;
+mod users;
 mod worker;
 
 pub use auth::RateLimiter;
 pub use error::ApiError;
+pub use users::WelcomeMail;
 
 use crate::devices::Inventory;
 use crate::events::EventBus;
@@ -95,6 +97,8 @@ pub struct Limits {
     pub max_disk_bytes_per_user: Option<u64>,
     /// Most bytes a dataset archive may unpack to (`--max-dataset-gb`).
     pub max_dataset_bytes: u64,
+    /// How long a token works after it was made (`--token-ttl-days`), seconds; `None`: forever.
+    pub token_ttl_secs: Option<f64>,
 }
 
 /// What every handler gets.
@@ -124,6 +128,9 @@ pub struct AppState {
     pub backups: crate::backup::BackupStatus,
     /// TLS or plain HTTP, for the answers' headers and `/readyz`.
     pub transport: crate::tls::Transport,
+    /// How new accounts get their tokens: by a welcome mail (when SMTP is set), through the
+    /// notifier this wakes.
+    pub welcome: users::WelcomeMail,
 }
 
 impl AppState {
@@ -188,6 +195,11 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/gc", post(admin::gc))
         .route("/version", get(version::version))
         .route("/admin/backup", get(backup::backup))
+        // Accounts: the admin's roster and each user's own token (`users.rs`).
+        .route("/admin/users", get(users::list).post(users::import))
+        .route("/admin/users/{name}", axum::routing::patch(users::patch))
+        .route("/admin/users/{name}/token", post(users::rotate))
+        .route("/me/token", post(users::rotate_own))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

@@ -71,10 +71,12 @@ pub(super) async fn test_router() -> TestRouter {
             half_life_secs: 3600.0,
             max_disk_bytes_per_user: None,
             max_dataset_bytes: 1 << 30,
+            token_ttl_secs: None,
         }),
         tokens: Arc::default(),
         backups: crate::backup::BackupStatus::new(None),
         transport: crate::tls::Transport { tls: false, loopback_only: true },
+        welcome: super::WelcomeMail::default(),
     };
     TestRouter { router: router(state), token, _dir: dir }
 }
@@ -195,6 +197,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/version"),
     ("get", "/api/admin/backup"),
     ("put", "/api/admin/datasets/{name}"),
+    ("get", "/api/admin/users"),
+    ("post", "/api/admin/users"),
+    ("patch", "/api/admin/users/{name}"),
+    ("post", "/api/admin/users/{name}/token"),
+    ("post", "/api/me/token"),
 ];
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //! by the store in the same transaction as each end) by email and webhook, in its own task, so a
 //! slow or dead target delays only its own messages, never the scheduler or a request.
 //!
-//! It wakes when a job ends (a `finished` event on the bus) and when the earliest retry is due,
+//! It also delivers new accounts' welcome mails (`welcome.rs`), whose token is made at delivery.
+//! It wakes when a job ends (a `finished` event on the bus), when an import queues welcome mails
+//! ([`Wake`]) and when the earliest retry is due,
 //! and sleeps otherwise: no polling while nothing is owed. A failed attempt is retried after
 //! `base · 2^(attempts − 1)` (capped at an hour) until `max_attempts`, then the row is `failed`
 //! with its last error for the admin (`GET /api/admin/notifications?state=failed`, `/metrics`).
@@ -15,10 +17,12 @@
 pub mod email;
 pub mod message;
 pub mod webhook;
+pub mod welcome;
 
 use crate::events::{EventBus, EventKind};
 use crate::store::{unix_now, Notification, Store};
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -60,6 +64,18 @@ impl NotifierSettings {
     }
 }
 
+/// Wakes the notifier when something other than a job's end adds to the outbox (a roster
+/// import's welcome mails). A wake while the notifier is busy is kept for its next wait.
+#[derive(Debug, Clone, Default)]
+pub struct Wake(Arc<tokio::sync::Notify>);
+
+impl Wake {
+    /// Asks the notifier to read the outbox now.
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// An error and its causes on one line (`connection refused` is usually a cause, not the error).
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -72,8 +88,9 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Runs the notifier until the event bus closes (the server shutting down).
-pub async fn run(store: Store, events: EventBus, settings: NotifierSettings) {
+/// Runs the notifier until the event bus closes (the server shutting down); `wake` brings it to
+/// the outbox between jobs' ends.
+pub async fn run(store: Store, events: EventBus, settings: NotifierSettings, wake: Wake) {
     // Subscribed before the first read of the outbox, so an end between the two is not missed.
     let mut live = events.subscribe(None).live;
     let closed = events.closed();
@@ -99,10 +116,14 @@ pub async fn run(store: Store, events: EventBus, settings: NotifierSettings) {
             }
         };
         tokio::pin!(timer);
-        // Only a job's end can add to the outbox; other events are skipped without a query.
+        let woken = wake.0.notified();
+        tokio::pin!(woken);
+        // Only a job's end or a wake (welcome mails) adds to the outbox; other events are skipped
+        // without a query.
         loop {
             tokio::select! {
                 () = &mut timer => break,
+                () = &mut woken => break,
                 () = &mut closed => return,
                 event = live.recv() => match event {
                     Ok(event) if matches!(event.kind, EventKind::Finished { .. }) => break,
@@ -156,6 +177,12 @@ async fn deliver(
     transport: Option<&lettre::AsyncSmtpTransport<lettre::Tokio1Executor>>,
     row: &Notification,
 ) -> Result<(), String> {
+    if row.event == crate::store::WELCOME {
+        let (Some(mailer), Some(transport)) = (&settings.mailer, transport) else {
+            return Err(String::from("no SMTP server is set: the admin sets --smtp-url and --smtp-from"));
+        };
+        return welcome::deliver(store, mailer, transport, &settings.public_url, row).await;
+    }
     let id = row.job_id.parse().map_err(|_| format!("the outbox names no job id: `{}`", row.job_id))?;
     let job = match store.job(id).await {
         Ok(Some(job)) => job,

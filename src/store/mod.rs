@@ -11,12 +11,14 @@
 //! ever submitted.
 
 mod backup;
+mod accounts;
 mod jobs;
 mod notifications;
 mod retention;
 mod users;
 
 pub use backup::integrity_of_file;
+pub use accounts::{Account, ExistingDiffers, NewAccount, TokenHolder, WELCOME};
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use retention::{JobSize, Tombstone};

@@ -31,7 +31,7 @@ pub struct NotifyTargetsChange {
 pub struct Notification {
     /// The outbox id; also the delivery's id receivers de-duplicate by.
     pub id: i64,
-    /// The job that ended.
+    /// The job that ended; empty for a welcome (about an account, not a job).
     pub job_id: String,
     /// The job's owner, whose target this is.
     pub owner: String,
@@ -92,8 +92,9 @@ impl From<NotificationRow> for Notification {
     }
 }
 
+/// A welcome (about an account, not a job) has no job: its `job_id` reads as empty.
 const NOTIFICATION_COLUMNS: &str =
-    "id, job_id, owner, channel, target, secret, event, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
+    "id, COALESCE(job_id, '') AS job_id, owner, channel, target, secret, event, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
 
 /// Whether the ended job's spec asks for a message on its final state: the spec's `notify` list,
 /// or succeeded and failed when it has none.

@@ -17,21 +17,25 @@ impl Store {
     /// Adds a user holding `token` (whose hash alone is stored). False if the name is taken.
     pub async fn add_user(&self, name: &str, admin: bool, token: &str) -> Result<bool, StoreError> {
         let result = sqlx::query(
-            "INSERT INTO users (name, token_sha256, admin, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO users (name, token_sha256, admin, created_at, token_issued_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(token_hash(token))
         .bind(admin)
         .bind(Timestamp::now().to_rfc3339())
+        .bind(super::unix_now())
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Replaces a user's token (the old one stops working at once). False if there is no such user.
+    /// Replaces a user's token (the old one stops working at once; the new one's age counts from
+    /// now). False if there is no such user.
     pub async fn set_token(&self, name: &str, token: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query("UPDATE users SET token_sha256 = ? WHERE name = ?")
+        let result = sqlx::query("UPDATE users SET token_sha256 = ?, token_issued_at = ? WHERE name = ?")
             .bind(token_hash(token))
+            .bind(super::unix_now())
             .bind(name)
             .execute(&self.pool)
             .await?;

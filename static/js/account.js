@@ -27,6 +27,7 @@ export function createAccountView(app) {
       ? `signed in as ${session.user.name}${session.user.admin ? ' (admin)' : ''}${diskText(session.user)}`
       : 'signed in (checking the token…)';
     $('submit-button').disabled = !signedIn;
+    views.users.renderForCaller();
   }
 
   // Brings the sign-in form into view with the cursor in it (the job page's "Sign in" button too).
@@ -110,5 +111,12 @@ export function createAccountView(app) {
     renderAccount();
   }
 
-  return { start, focusSignIn, tokenRefused, checkToken };
+  // A new token for the same user (the settings' "New token"): kept for this tab, nothing else
+  // changes, since the caller is the same.
+  function replaceToken(token) {
+    session.token = token;
+    storeToken(token);
+  }
+
+  return { start, focusSignIn, tokenRefused, checkToken, replaceToken };
 }

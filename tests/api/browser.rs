@@ -905,5 +905,61 @@ async fn the_dashboard_works_over_https_under_its_security_policy() {
         .collect();
     assert!(refused.is_empty(), "the dashboard's policy refused: {refused:?}");
     assert_eq!(browser.eval("return location.protocol", json!([])).await, "https:");
+}
+
+#[tokio::test]
+async fn an_admin_disables_an_account_and_imports_a_roster_file_on_the_accounts_page() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let app = TestApp::spawn(Options::default());
+    let roster = app.root.join("roster.csv");
+    std::fs::write(
+        &roster,
+        "\u{feff}name,full_name,email\r\nst1,\"Doe, One\",st1@example.org\r\n\r\nst2,,st2@example.org\r\n",
+    )
+    .unwrap();
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&app.url("/")).await;
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["root"]])).await;
+    browser.goto(&app.url("/?signed-in")).await;
+    browser.eval("window.__trainqErrors = []; addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));", json!([])).await;
+    browser.wait_for("the accounts page", VISIBLE, json!(["#users-table tr[data-name='bob'] button"])).await;
+    assert_eq!(browser.eval(VISIBLE, json!(["#settings"])).await, true, "the settings panel");
+
+    // Disable bob: his token answers 401 at once, and the row says so.
+    browser.click("#users-table tr[data-name='bob'] button").await;
+    browser
+        .wait_for(
+            "bob shown disabled",
+            "const row = document.querySelector(\"#users-table tr[data-name='bob']\"); return row && row.textContent.includes('disabled');",
+            json!([]),
+        )
+        .await;
+    let refused = client_with(&app.tokens["bob"]).get(app.url("/api/me")).send().await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+
+    // The roster as an upload: created, each token shown once, the rows in the table.
+    let input = browser.find("#roster-file").await;
+    browser
+        .command(
+            reqwest::Method::POST,
+            &format!("/element/{input}/value"),
+            Some(json!({"text": roster.to_str().unwrap()})),
+        )
+        .await;
+    browser.click("#roster-import").await;
+    let result = browser
+        .wait_for(
+            "the import's result",
+            "const t = document.getElementById('users-result').textContent; return t.includes('created') && t;",
+            json!([]),
+        )
+        .await;
+    assert!(result.as_str().unwrap().contains("created 2 accounts"), "{result}");
+    let token = browser.eval("return document.querySelector('#users-result td code').textContent", json!([])).await;
+    let me = client_with(token.as_str().unwrap()).get(app.url("/api/me")).send().await.unwrap();
+    assert_eq!(me.json::<Value>().await.unwrap()["name"], "st1");
+    browser.wait_for("st2's row", VISIBLE, json!(["#users-table tr[data-name='st2']"])).await;
+    assert_eq!(browser.console_errors().await, Vec::<Value>::new(), "console errors");
+    assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
     browser.quit().await;
 }

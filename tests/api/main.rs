@@ -35,5 +35,6 @@ mod sweeps;
 mod tls;
 mod training;
 mod upgrades;
+mod users;
 mod validation;
 mod variable;

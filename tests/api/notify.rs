@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SECRET: &str = "a-webhook-secret-of-32-characters";
-const PUBLIC_URL: &str = "http://gpubox.example.org:8080";
+pub(crate) const PUBLIC_URL: &str = "http://gpubox.example.org:8080";
 
 /// The Python that has aiosmtpd: `TRAINQ_AIOSMTPD_PYTHON`, else the test script's venv. Without
 /// it: a failure under CI, else a loud SKIPPED (the caller returns).
-fn aiosmtpd_python() -> Option<PathBuf> {
+pub(crate) fn aiosmtpd_python() -> Option<PathBuf> {
     let python = std::env::var_os("TRAINQ_AIOSMTPD_PYTHON")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/trainq/aiosmtpd/bin/python")));
@@ -44,29 +44,40 @@ fn aiosmtpd_python() -> Option<PathBuf> {
 }
 
 /// A port nothing listens on now (the receivers start on it later).
-fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The SMTP server: aiosmtpd on `port`, one JSON file per message in `folder`. Killed on drop.
-struct SmtpSink {
+pub(crate) struct SmtpSink {
     process: Child,
     folder: PathBuf,
 }
 
 impl SmtpSink {
-    fn start(python: &Path, port: u16, folder: &Path) -> SmtpSink {
+    pub(crate) fn start(python: &Path, port: u16, folder: &Path) -> SmtpSink {
         SmtpSink::start_with(python, port, folder, &[])
     }
 
     /// With `tls`: `["starttls" | "smtps", CERT, KEY]`.
     fn start_with(python: &Path, port: u16, folder: &Path, tls: &[&std::ffi::OsStr]) -> SmtpSink {
+        SmtpSink::spawn(python, port, folder, tls, 0.0)
+    }
+
+    /// A sink that takes `delay_secs` over each message before it answers (deliveries a test can
+    /// interrupt in the middle).
+    pub(crate) fn start_slow(python: &Path, port: u16, folder: &Path, delay_secs: f64) -> SmtpSink {
+        SmtpSink::spawn(python, port, folder, &[], delay_secs)
+    }
+
+    fn spawn(python: &Path, port: u16, folder: &Path, tls: &[&std::ffi::OsStr], delay_secs: f64) -> SmtpSink {
         use std::io::BufRead;
         let mut process = Command::new(python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/smtp_sink.py"))
             .arg(port.to_string())
             .arg(folder)
             .args(tls)
+            .env("SMTP_SINK_DELAY_SECS", delay_secs.to_string())
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting aiosmtpd");
@@ -76,14 +87,19 @@ impl SmtpSink {
         SmtpSink { process, folder: folder.to_path_buf() }
     }
 
-    /// Every message received so far, oldest first.
-    fn messages(&self) -> Vec<Value> {
+    /// Every message received so far, oldest first (files are `<pid>-<n>.json`, in order of `n`).
+    pub(crate) fn messages(&self) -> Vec<Value> {
         let Ok(entries) = std::fs::read_dir(&self.folder) else { return Vec::new() };
         let mut files: Vec<PathBuf> = entries
             .map(|entry| entry.unwrap().path())
             .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
             .collect();
-        files.sort();
+        let number = |path: &PathBuf| -> (String, u64) {
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let (pid, n) = stem.rsplit_once('-').unwrap_or(("", &stem));
+            (pid.to_string(), n.parse().unwrap_or(0))
+        };
+        files.sort_by_key(number);
         files.iter().map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()).collect()
     }
 }
@@ -133,7 +149,7 @@ fn verified_webhooks(received: &Received) -> Vec<Value> {
 }
 
 /// Server flags: email through `smtp_port`, fast retries, links under [`PUBLIC_URL`].
-fn notify_args(smtp_port: u16, retry_secs: &str, max_attempts: &str) -> Vec<String> {
+pub(crate) fn notify_args(smtp_port: u16, retry_secs: &str, max_attempts: &str) -> Vec<String> {
     [
         "--smtp-url",
         &format!("smtp://127.0.0.1:{smtp_port}"),
@@ -159,7 +175,7 @@ async fn set_alice_targets(app: &TestApp, webhook_port: u16) {
 }
 
 /// Polls until `done` holds, or panics naming `what` after `timeout`.
-async fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
         assert!(started.elapsed() < timeout, "timed out waiting for {what}");

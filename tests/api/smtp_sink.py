@@ -5,10 +5,14 @@ so a reader never sees half a file.
 
     python smtp_sink.py PORT FOLDER [starttls|smtps CERT KEY]
 
+With SMTP_SINK_DELAY_SECS set, each message takes that long before it is accepted (so a test can
+kill the sender in the middle of its deliveries).
+
 With `starttls` the server offers STARTTLS and refuses mail without it; with `smtps` it speaks TLS
 from the first byte. Each record says whether its message came over TLS.
 """
 
+import asyncio
 import email
 import email.header
 import email.policy
@@ -26,8 +30,11 @@ class Sink:
     def __init__(self, folder):
         self.folder = folder
         self.numbers = itertools.count()
+        self.delay = float(os.environ.get("SMTP_SINK_DELAY_SECS") or 0)
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         message = email.message_from_bytes(envelope.original_content or envelope.content, policy=email.policy.default)
         body = message.get_body(preferencelist=("plain",))
         record = {
