@@ -619,20 +619,32 @@ pub struct UserLimitsConfig {
     /// exempt. Default: no quota.
     #[arg(long, env = "TRAINQ_MAX_DISK_PER_USER_GB", display_order = 35)]
     pub max_disk_per_user_gb: Option<f64>,
+    /// The device time a job without a `time_limit` of its own may use over all its runs
+    /// ("6h", "90m", "2d" or seconds); at it, the job stops with a checkpoint and ends `timeout`.
+    /// Default: no limit.
+    #[arg(long, env = "TRAINQ_DEFAULT_TIME_LIMIT", display_order = 50)]
+    pub default_time_limit: Option<crate::domain::TimeLimit>,
+    /// The longest `time_limit` a job may ask for (a longer one is refused with a 422). Default:
+    /// 30 days.
+    #[arg(long, env = "TRAINQ_MAX_TIME_LIMIT", display_order = 51)]
+    pub max_time_limit: Option<crate::domain::TimeLimit>,
 }
 
 impl UserLimitsConfig {
     /// The limits the API enforces; `half_life_secs` is fair share's, which `/metrics` reports
     /// usage with.
-    pub fn settings(&self, half_life_secs: f64) -> crate::http::Limits {
-        crate::http::Limits {
+    pub fn settings(&self, half_life_secs: f64) -> anyhow::Result<crate::http::Limits> {
+        let time_limits = crate::domain::time_limit::TimeLimitPolicy::new(self.default_time_limit, self.max_time_limit)
+            .map_err(anyhow::Error::msg)?;
+        Ok(crate::http::Limits {
             rate: crate::http::RateLimiter::new(self.rate_limit_per_minute.max(1)),
             max_jobs_per_user: self.max_jobs_per_user,
             max_epochs: self.max_epochs,
             max_image_side: self.max_image_side,
             half_life_secs,
             max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
-        }
+            time_limits,
+        })
     }
 }
 
@@ -994,13 +1006,15 @@ mod tests {
             "--smtp-from TRAINQ_SMTP_FROM default=trainq <trainq@localhost> value",
             "--notify-retry-secs TRAINQ_NOTIFY_RETRY_SECS default=30 value",
             "--notify-max-attempts TRAINQ_NOTIFY_MAX_ATTEMPTS default=12 value",
+            "--default-time-limit TRAINQ_DEFAULT_TIME_LIMIT default= value",
+            "--max-time-limit TRAINQ_MAX_TIME_LIMIT default= value",
             "--help  default= switch",
         ];
         assert_eq!(serve_flags(), expected);
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 43] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 45] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("data_dir", r#""/srv/data""#),
@@ -1044,6 +1058,8 @@ mod tests {
         ("smtp_from", r#""trainq <q@example.org>""#),
         ("notify_retry_secs", "2.5"),
         ("notify_max_attempts", "3"),
+        ("default_time_limit", r#""6h""#),
+        ("max_time_limit", "43200"),
     ];
 
     /// Parses `trainq serve` with these arguments and these variables set (and every other

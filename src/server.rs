@@ -50,7 +50,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier));
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs);
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs)?;
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
@@ -154,7 +154,8 @@ impl Parts {
         ));
     }
 
-    /// What every request handler is given.
+    /// What every request handler is given; an error when the limits' settings contradict each
+    /// other.
     fn app_state(
         self,
         supervisor: Supervisor,
@@ -162,8 +163,8 @@ impl Parts {
         worker_program: PathBuf,
         config: &ServeConfig,
         half_life_secs: f64,
-    ) -> AppState {
-        AppState {
+    ) -> anyhow::Result<AppState> {
+        Ok(AppState {
             store: self.store,
             scheduler: self.scheduler,
             supervisor,
@@ -177,10 +178,10 @@ impl Parts {
                 static_dir: config.storage.static_dir.clone(),
                 worker_program,
             }),
-            limits: Arc::new(config.limits.settings(half_life_secs)),
+            limits: Arc::new(config.limits.settings(half_life_secs)?),
             tokens: Arc::default(),
             telemetry: self.telemetry,
-        }
+        })
     }
 }
 

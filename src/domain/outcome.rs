@@ -28,17 +28,20 @@ pub enum RunOutcome {
     /// A write failed for lack of disk space or an I/O error: back to the queue, to resume from
     /// its last checkpoint once the disk has room.
     Storage,
+    /// It reached its time limit and stopped with a checkpoint: the job ends `timeout`.
+    Timeout,
 }
 
 impl RunOutcome {
     /// Every outcome, as the migration's CHECK constraint lists them.
-    pub const ALL: [RunOutcome; 6] = [
+    pub const ALL: [RunOutcome; 7] = [
         RunOutcome::Succeeded,
         RunOutcome::Failed,
         RunOutcome::Cancelled,
         RunOutcome::Interrupted,
         RunOutcome::Requeued,
         RunOutcome::Storage,
+        RunOutcome::Timeout,
     ];
 
     /// The stored name.
@@ -50,6 +53,7 @@ impl RunOutcome {
             RunOutcome::Interrupted => "interrupted",
             RunOutcome::Requeued => "requeued",
             RunOutcome::Storage => "storage",
+            RunOutcome::Timeout => "timeout",
         }
     }
 
@@ -59,6 +63,7 @@ impl RunOutcome {
             RunOutcome::Succeeded => JobState::Succeeded,
             RunOutcome::Failed => JobState::Failed,
             RunOutcome::Cancelled => JobState::Cancelled,
+            RunOutcome::Timeout => JobState::Timeout,
             RunOutcome::Interrupted | RunOutcome::Requeued | RunOutcome::Storage => JobState::Queued,
         }
     }

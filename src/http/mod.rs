@@ -88,6 +88,8 @@ pub struct Limits {
     pub half_life_secs: f64,
     /// Most bytes one student's job folders may hold before their submits answer 507.
     pub max_disk_bytes_per_user: Option<u64>,
+    /// The default time limit and the cap (`--default-time-limit`, `--max-time-limit`).
+    pub time_limits: crate::domain::time_limit::TimeLimitPolicy,
 }
 
 /// What every handler gets.
@@ -132,6 +134,7 @@ impl AppState {
                 max_epochs: self.limits.max_epochs,
                 max_image_side: self.limits.max_image_side,
                 max_disk_bytes_per_user: self.limits.max_disk_bytes_per_user,
+                time_limits: self.limits.time_limits,
             },
         }
     }

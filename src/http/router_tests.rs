@@ -70,6 +70,7 @@ pub(super) async fn test_router() -> TestRouter {
             max_image_side: 1024,
             half_life_secs: 3600.0,
             max_disk_bytes_per_user: None,
+            time_limits: crate::domain::time_limit::TimeLimitPolicy::default(),
         }),
         tokens: Arc::default(),
     };

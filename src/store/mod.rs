@@ -113,9 +113,34 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        Self::migrate(&options).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// Applies the migrations on a connection of its own with foreign keys off, as SQLite's
+    /// table rebuild needs (a CHECK can only change by rebuilding the table, and dropping a
+    /// table others reference fails with them on: `0011_time_limits.sql`), then proves every
+    /// reference still holds before any pooled connection (foreign keys on) opens.
+    async fn migrate(options: &SqliteConnectOptions) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        let mut connection = sqlx::SqliteConnection::connect_with(&options.clone().foreign_keys(false)).await?;
+        sqlx::migrate!("./migrations").run(&mut connection).await?;
+        let broken: Vec<(String, Option<i64>, String)> =
+            sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
+                .fetch_all(&mut connection)
+                .await?;
+        connection.close().await?;
+        match broken.first() {
+            None => Ok(()),
+            Some((table, rowid, parent)) => Err(StoreError::Corrupt {
+                column: "foreign keys",
+                detail: format!(
+                    "{} rows break a reference after the migrations, e.g. {table} row {rowid:?} to {parent}",
+                    broken.len()
+                ),
+            }),
+        }
     }
 
     /// Rewrites the one `server_health` row: whether the database takes a write right now.

@@ -32,6 +32,8 @@ pub struct Caps {
     pub max_image_side: u32,
     /// Most bytes one student's job folders may hold before their submits are refused.
     pub max_disk_bytes_per_user: Option<u64>,
+    /// The default time limit and the cap: each job's effective limit, and what is refused.
+    pub time_limits: crate::domain::time_limit::TimeLimitPolicy,
 }
 
 /// Where a submission's inputs and outputs are on disk.
@@ -187,6 +189,7 @@ impl Submissions<'_> {
                     owner: Some(user.name.clone()),
                     priority: sibling.priority,
                     memory_bytes: crate::domain::memory::estimate_bytes(&sibling),
+                    time_limit: self.caps.time_limits.applied(sibling.time_limit),
                     spec: sibling,
                 });
             }
@@ -258,8 +261,8 @@ fn in_combination(variant: &Variant, err: SubmitError) -> SubmitError {
     }
 }
 
-/// The caps one spec must keep: priority for admins only, epochs and image side under the box's
-/// limits.
+/// The caps one spec must keep: priority for admins only, epochs, image side and time limit
+/// under the box's limits.
 fn check_spec_limits(caps: &Caps, user: &User, spec: &JobSpec) -> Result<(), SubmitError> {
     if spec.priority != 0 && !user.admin {
         return Err(SubmitError::AdminOnly {
@@ -275,6 +278,9 @@ fn check_spec_limits(caps: &Caps, user: &User, spec: &JobSpec) -> Result<(), Sub
             format!("{} epochs in all; this box allows at most {} per job", spec.total_epochs(), caps.max_epochs),
         )
         .into());
+    }
+    if let Err(message) = caps.time_limits.check(spec.time_limit) {
+        return Err(SpecError::new("time_limit", message).into());
     }
     let (field, side) = match spec.image_size {
         Some(size) => ("image_size", size),
