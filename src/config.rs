@@ -49,7 +49,8 @@ pub enum Command {
     /// Live progress bars of jobs (without ids: your queued and running ones) until they end;
     /// plain lines when not on a terminal. Exits like `wait`.
     Watch(WatchArgs),
-    /// Wait until jobs end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
+    /// Wait until jobs end: exit 0 when all succeeded, 1 when any failed, else 3 when any reached
+    /// its time limit, else 2 when any was cancelled.
     Wait(JobsArg),
     /// Cancel jobs (queued at once; running ones stop after a checkpoint).
     Cancel(JobsArg),
@@ -176,6 +177,11 @@ pub struct SubmitArgs {
 pub struct RedoArgs {
     /// The job's id, or a unique prefix.
     pub id: String,
+    /// Continue a timed-out, failed or cancelled job from its last checkpoint instead of from the
+    /// start (epochs done are not done again); only `time_limit`, `name` and `notify` may change,
+    /// e.g. `--resume --set time_limit=4h`.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub edits: EditArgs,
 }

@@ -423,6 +423,10 @@ pub struct JobSpec {
     pub time_limit: Option<crate::domain::time_limit::TimeLimit>,
 }
 
+/// The spec fields a job resumed from another's checkpoint may change: none changes what is
+/// trained, so the checkpoint still fits (`JobSpec::training`).
+pub const RESUMABLE_CHANGES: [&str; 3] = ["time_limit", "name", "notify"];
+
 /// Most jobs one spec's `after` may name.
 pub const MAX_AFTER: usize = 16;
 
@@ -639,6 +643,12 @@ impl JobSpec {
             }
         }
         ids
+    }
+
+    /// The spec without [`RESUMABLE_CHANGES`]: what a resumable checkpoint belongs to, so a
+    /// job resumed with more time, another name or other notifications continues it.
+    pub fn training(&self) -> JobSpec {
+        JobSpec { name: String::new(), notify: None, time_limit: None, ..self.clone() }
     }
 
     /// Total epochs over all phases.

@@ -156,6 +156,19 @@ impl TimeLimitPolicy {
     }
 }
 
+/// Why a job stopped at its limit, where it stood: "time limit 2h reached at phase 2, epoch 37
+/// of 50", or "… reached before training started" when no epoch had begun. The job's `error`
+/// and the reason a student reads.
+pub fn reached_reason(limit: TimeLimit, progress: Option<&crate::domain::JobProgress>) -> String {
+    match progress.filter(|progress| progress.phase > 0 && progress.epoch > 0) {
+        Some(progress) => format!(
+            "time limit {limit} reached at phase {}, epoch {} of {}",
+            progress.phase, progress.epoch, progress.epochs
+        ),
+        None => format!("time limit {limit} reached before training started"),
+    }
+}
+
 impl fmt::Display for TimeLimit {
     /// The largest unit that divides the limit exactly: 7200 s is "2h", 5400 s is "90m".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -344,5 +357,15 @@ mod tests {
         let err = TimeLimitPolicy::new(Some(hours(13)), Some(hours(12))).unwrap_err();
         assert!(err.contains("--default-time-limit") && err.contains("--max-time-limit"), "{err}");
         assert!(TimeLimitPolicy::new(Some(hours(24 * 31)), None).is_err());
+    }
+
+    #[test]
+    fn the_reason_says_where_the_job_stood() {
+        let limit = TimeLimit::parse("2h").unwrap();
+        let at = crate::domain::JobProgress { phase: 2, phases: 2, epoch: 37, epochs: 50, ..Default::default() };
+        assert_eq!(reached_reason(limit, Some(&at)), "time limit 2h reached at phase 2, epoch 37 of 50");
+        assert_eq!(reached_reason(limit, None), "time limit 2h reached before training started");
+        let starting = crate::domain::JobProgress { phases: 2, ..Default::default() };
+        assert_eq!(reached_reason(limit, Some(&starting)), "time limit 2h reached before training started");
     }
 }

@@ -875,8 +875,13 @@ impl Store {
     /// Records a finished epoch (replacing a row from an earlier attempt of the same epoch).
     pub async fn record_epoch(&self, id: JobId, metrics: &EpochMetrics) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            // An upsert, not a replace: a resumed child's worker sends its parent's epochs again,
+            // which must keep saying whose run trained them (`ran_in_job`).
+            "INSERT INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (job_id, phase, epoch) DO UPDATE SET train_loss = excluded.train_loss, \
+             train_acc = excluded.train_acc, val_loss = excluded.val_loss, val_acc = excluded.val_acc, \
+             seconds = excluded.seconds",
         )
         .bind(id.to_string())
         .bind(metrics.phase)
@@ -899,6 +904,69 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// A job's curves as [`Store::epoch_metrics`] has them, each with the job whose run trained
+    /// it when that is not this job (a resumed child's epochs from before its checkpoint).
+    pub async fn epoch_metrics_with_origin(&self, id: JobId) -> Result<Vec<(EpochMetrics, Option<JobId>)>, StoreError> {
+        let rows: Vec<(u32, u32, f64, f64, Option<f64>, Option<f64>, f64, Option<String>)> = sqlx::query_as(
+            "SELECT phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job FROM epoch_metrics \
+             WHERE job_id = ? ORDER BY phase, epoch",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job)| {
+                let origin = ran_in_job.map(|job| job.parse().map_err(|err| corrupt("ran_in_job", err))).transpose()?;
+                Ok((EpochMetrics { phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds }, origin))
+            })
+            .collect()
+    }
+
+    /// Inserts a job that resumes `parent` from its checkpoint at `point`, in one transaction: the
+    /// job (with `point` as its resume point), what it waits for, and the parent's epochs up to
+    /// the checkpoint, each marked with the job whose run trained it, so the child's curves hold
+    /// every epoch exactly once. Its worker then continues from the checkpoint file the caller
+    /// put in its folder.
+    pub async fn insert_resumed(&self, job: &NewJob, parent: JobId, point: ResumePoint) -> Result<Job, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let inserted = sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
+            .bind(job.id.to_string())
+            .bind(job.name.clone())
+            .bind(encode_spec(&job.spec))
+            .bind(Timestamp::now().to_rfc3339())
+            .bind(job.group_id.clone())
+            .bind(job.owner.clone())
+            .bind(job.priority)
+            .bind(job.memory_bytes as i64)
+            .bind(job.parent_id.map(|id| id.to_string()))
+            .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
+            .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
+            .bind(job.time_limit.map(|limit| limit.seconds() as i64))
+            .fetch_one(&mut *transaction)
+            .await?;
+        Self::write_deps(&mut transaction, job.id, &job.spec.waits_for()).await?;
+        sqlx::query(
+            "INSERT INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job) \
+             SELECT ?, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, COALESCE(ran_in_job, job_id) \
+             FROM epoch_metrics WHERE job_id = ? AND (phase < ? OR (phase = ? AND epoch <= ?))",
+        )
+        .bind(job.id.to_string())
+        .bind(parent.to_string())
+        .bind(point.phase)
+        .bind(point.phase)
+        .bind(point.epoch)
+        .execute(&mut *transaction)
+        .await?;
+        let point_json = serde_json::to_string(&point).expect("resume points serialize");
+        sqlx::query("UPDATE jobs SET resume_point = ? WHERE id = ?")
+            .bind(&point_json)
+            .bind(job.id.to_string())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(Job { resume_point: Some(point), ..Job::try_from(inserted)? })
     }
 
     /// A job's curves, in phase and epoch order.

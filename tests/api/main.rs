@@ -29,6 +29,7 @@ mod slurm;
 #[path = "../common/small_disk.rs"]
 mod small_disk;
 mod sweeps;
+mod time_limits;
 mod training;
 mod validation;
 mod variable;
