@@ -58,6 +58,7 @@ export function createJobPage(app) {
       ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
       ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
       ...fact('ETA', etaText(job)),
+      ...(job.time_limit ? fact('Time limit', `${job.time_limit} of device time`) : []),
       ...(job.parent_id ? fact('Parent', el('span', { class: 'parent' }, jobLink(job.parent_id, shortId(job.parent_id)))) : []),
       ...(job.params ? fact('Sweep values', paramsText(job.params)) : []),
       ...(job.notes?.length ? fact('Notes', ...job.notes.map((note) => el('div', { class: 'note' }, note))) : []),
