@@ -173,7 +173,7 @@ impl fmt::Display for TimeLimit {
     /// The largest unit that divides the limit exactly: 7200 s is "2h", 5400 s is "90m".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (unit, seconds) =
-            UNITS.iter().find(|(_, seconds)| self.0 % seconds == 0).expect("seconds divide everything");
+            UNITS.iter().find(|(_, seconds)| self.0.is_multiple_of(*seconds)).expect("seconds divide everything");
         write!(f, "{}{unit}", self.0 / seconds)
     }
 }
@@ -281,7 +281,8 @@ mod tests {
 
     #[test]
     fn bad_limits_say_what_is_wrong() {
-        let cases: [(&str, fn(&TimeLimitError) -> bool); 11] = [
+        type Expected = fn(&TimeLimitError) -> bool;
+        let cases: [(&str, Expected); 11] = [
             ("0", |err| *err == TimeLimitError::Zero),
             ("0h", |err| *err == TimeLimitError::Zero),
             ("-3h", |err| matches!(err, TimeLimitError::Negative(_))),

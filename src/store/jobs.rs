@@ -16,6 +16,8 @@ use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState, TimeLimit, Times
 
 /// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
 type EpochRow = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64);
+/// An `epoch_metrics` row as [`EpochRow`], and the job whose run trained it if another.
+type EpochRowWithOrigin = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64, Option<String>);
 
 /// What the API inserts for an accepted submission.
 #[derive(Debug, Clone)]
@@ -909,7 +911,7 @@ impl Store {
     /// A job's curves as [`Store::epoch_metrics`] has them, each with the job whose run trained
     /// it when that is not this job (a resumed child's epochs from before its checkpoint).
     pub async fn epoch_metrics_with_origin(&self, id: JobId) -> Result<Vec<(EpochMetrics, Option<JobId>)>, StoreError> {
-        let rows: Vec<(u32, u32, f64, f64, Option<f64>, Option<f64>, f64, Option<String>)> = sqlx::query_as(
+        let rows: Vec<EpochRowWithOrigin> = sqlx::query_as(
             "SELECT phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job FROM epoch_metrics \
              WHERE job_id = ? ORDER BY phase, epoch",
         )
