@@ -18,7 +18,7 @@ ALTER TABLE users ADD COLUMN last_request_at REAL;
 -- token (a rotation) when it delivers the message, so no token is ever stored in clear. SQLite
 -- cannot relax a CHECK or a NOT NULL in place, so the table is rebuilt with the same rows and ids:
 --   job_id: the job whose end this is; NULL for a welcome
---   event:  succeeded | failed | cancelled (a job's end) | welcome (a new account's token)
+--   event:  succeeded | failed | cancelled | timeout (a job's end) | welcome (a new account's token)
 CREATE TABLE notifications_with_welcome (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id          TEXT    REFERENCES jobs (id),
@@ -26,7 +26,7 @@ CREATE TABLE notifications_with_welcome (
     channel         TEXT    NOT NULL CHECK (channel IN ('email', 'webhook')),
     target          TEXT    NOT NULL,
     secret          TEXT,
-    event           TEXT    NOT NULL CHECK (event IN ('succeeded', 'failed', 'cancelled', 'welcome')),
+    event           TEXT    NOT NULL CHECK (event IN ('succeeded', 'failed', 'cancelled', 'timeout', 'welcome')),
     state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL    NOT NULL,

@@ -49,7 +49,8 @@ pub enum Command {
     /// Live progress bars of jobs (without ids: your queued and running ones) until they end;
     /// plain lines when not on a terminal. Exits like `wait`.
     Watch(WatchArgs),
-    /// Wait until jobs (or each job of a group) end: exit 0 when all succeeded, 1 when any failed, 2 when any was cancelled.
+    /// Wait until jobs (or each job of a group) end: exit 0 when all succeeded, 1 when any failed,
+    /// else 3 when any reached its time limit, else 2 when any was cancelled.
     Wait(JobsArg),
     /// Cancel jobs (queued at once; running ones stop after a checkpoint).
     Cancel(JobsArg),
@@ -281,6 +282,11 @@ pub struct SubmitArgs {
 pub struct RedoArgs {
     /// The job's id, or a unique prefix.
     pub id: String,
+    /// Continue a timed-out, failed or cancelled job from its last checkpoint instead of from the
+    /// start (epochs done are not done again); only `time_limit`, `name` and `notify` may change,
+    /// e.g. `--resume --set time_limit=4h`.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub edits: EditArgs,
 }
@@ -751,13 +757,24 @@ pub struct UserLimitsConfig {
     /// students rotate theirs before then (`trainq token rotate`). Default: tokens never expire.
     #[arg(long, env = "TRAINQ_TOKEN_TTL_DAYS", display_order = 43)]
     pub token_ttl_days: Option<f64>,
+    /// The device time a job without a `time_limit` of its own may use over all its runs
+    /// ("6h", "90m", "2d" or seconds); at it, the job stops with a checkpoint and ends `timeout`.
+    /// Default: no limit.
+    #[arg(long, env = "TRAINQ_DEFAULT_TIME_LIMIT", display_order = 50)]
+    pub default_time_limit: Option<crate::domain::TimeLimit>,
+    /// The longest `time_limit` a job may ask for (a longer one is refused with a 422). Default:
+    /// 30 days.
+    #[arg(long, env = "TRAINQ_MAX_TIME_LIMIT", display_order = 51)]
+    pub max_time_limit: Option<crate::domain::TimeLimit>,
 }
 
 impl UserLimitsConfig {
     /// The limits the API enforces; `half_life_secs` is fair share's, which `/metrics` reports
     /// usage with.
-    pub fn settings(&self, half_life_secs: f64) -> crate::http::Limits {
-        crate::http::Limits {
+    pub fn settings(&self, half_life_secs: f64) -> anyhow::Result<crate::http::Limits> {
+        let time_limits = crate::domain::time_limit::TimeLimitPolicy::new(self.default_time_limit, self.max_time_limit)
+            .map_err(anyhow::Error::msg)?;
+        Ok(crate::http::Limits {
             rate: crate::http::RateLimiter::new(self.rate_limit_per_minute.max(1)),
             max_jobs_per_user: self.max_jobs_per_user,
             max_epochs: self.max_epochs,
@@ -766,7 +783,8 @@ impl UserLimitsConfig {
             max_disk_bytes_per_user: self.max_disk_per_user_gb.map(bytes_from_gigabytes),
             max_dataset_bytes: bytes_from_gigabytes(self.max_dataset_gb),
             token_ttl_secs: self.token_ttl_days.map(|days| days.max(0.0) * 86_400.0),
-        }
+            time_limits,
+        })
     }
 }
 
@@ -1161,13 +1179,15 @@ mod tests {
             "--backup-every TRAINQ_BACKUP_EVERY default=6h value",
             "--backup-keep TRAINQ_BACKUP_KEEP default=28 value",
             "--token-ttl-days TRAINQ_TOKEN_TTL_DAYS default= value",
+            "--default-time-limit TRAINQ_DEFAULT_TIME_LIMIT default= value",
+            "--max-time-limit TRAINQ_MAX_TIME_LIMIT default= value",
             "--help  default= switch",
         ];
         assert_eq!(serve_flags(), expected);
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 50] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 52] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("tls_cert", r#""/etc/trainq/cert.pem""#),
@@ -1218,6 +1238,8 @@ mod tests {
         ("backup_every", r#""1d""#),
         ("backup_keep", "7"),
         ("token_ttl_days", "90"),
+        ("default_time_limit", r#""6h""#),
+        ("max_time_limit", "43200"),
     ];
 
     /// Parses `trainq serve` with these arguments and these variables set (and every other

@@ -84,9 +84,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             (options.after, options.init_from) = (args.after, args.init_from);
             exit(trainq::client::submit(&args.spec, &options).await?)
         }
-        Command::Redo(args) => {
-            exit(trainq::client::redo(&args.id, &submit_options(args.edits, Vec::new(), None, None)).await?)
-        }
+        Command::Redo(args) => exit(
+            trainq::client::redo(&args.id, args.resume, &submit_options(args.edits, Vec::new(), None, None)).await?,
+        ),
     }
 }
 

@@ -64,7 +64,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let backups = start_backups(&parts.store, backup_schedule);
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups, transport, welcome);
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups, transport, welcome)?;
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on {}://{address}", if transport.tls { "https" } else { "http" });
     tracing::info!(%address, "serving");
@@ -168,7 +168,8 @@ impl Parts {
         ));
     }
 
-    /// What every request handler is given.
+    /// What every request handler is given; an error when the limits' settings contradict each
+    /// other.
     fn app_state(
         self,
         supervisor: Supervisor,
@@ -179,8 +180,8 @@ impl Parts {
         backups: crate::backup::BackupStatus,
         transport: crate::tls::Transport,
         welcome: http::WelcomeMail,
-    ) -> AppState {
-        AppState {
+    ) -> anyhow::Result<AppState> {
+        Ok(AppState {
             store: self.store,
             scheduler: self.scheduler,
             supervisor,
@@ -194,13 +195,13 @@ impl Parts {
                 static_dir: config.storage.static_dir.clone(),
                 worker_program,
             }),
-            limits: Arc::new(config.limits.settings(half_life_secs)),
+            limits: Arc::new(config.limits.settings(half_life_secs)?),
             tokens: Arc::default(),
             telemetry: self.telemetry,
             backups,
             transport,
             welcome,
-        }
+        })
     }
 }
 

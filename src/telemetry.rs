@@ -169,6 +169,7 @@ impl Telemetry {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Timeout => "timeout",
             JobState::Queued | JobState::Running => return,
         };
         self.jobs_finished.get_or_create(&OutcomeLabels { outcome }).inc();

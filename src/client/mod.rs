@@ -412,10 +412,13 @@ pub async fn report(ids: &[String]) -> anyhow::Result<()> {
 }
 
 /// What `trainq wait` exits with when every job has ended: 0 when all succeeded, 1 when any
-/// failed, else 2 when any was cancelled.
+/// failed, else 3 when any reached its time limit (it can be resumed with more time), else 2
+/// when any was cancelled.
 pub fn wait_code(states: &[&str]) -> i32 {
     if states.contains(&"failed") {
         1
+    } else if states.contains(&"timeout") {
+        3
     } else if states.contains(&"cancelled") {
         2
     } else {
@@ -436,7 +439,7 @@ pub async fn wait(ids: &[String], poll: Duration) -> anyhow::Result<i32> {
         for (id, end) in resolved.iter().zip(ended.iter_mut()).filter(|(_, end)| end.is_none()) {
             let job = api.get(&format!("/api/jobs/{id}")).await?;
             let state = job["state"].as_str().unwrap_or_default();
-            if matches!(state, "succeeded" | "failed" | "cancelled") {
+            if state.parse::<crate::domain::JobState>().is_ok_and(crate::domain::JobState::is_terminal) {
                 println!("{id} {state}");
                 *end = Some(state.to_string());
             }
@@ -475,6 +478,8 @@ mod tests {
         assert_eq!(wait_code(&["succeeded", "succeeded"]), 0);
         assert_eq!(wait_code(&["succeeded", "cancelled"]), 2);
         assert_eq!(wait_code(&["cancelled", "failed"]), 1);
+        assert_eq!(wait_code(&["timeout", "cancelled", "succeeded"]), 3, "a time limit before a cancel");
+        assert_eq!(wait_code(&["timeout", "failed"]), 1, "a failure before a time limit");
     }
 
     #[test]

@@ -192,16 +192,18 @@ pub fn merge_diff(from: &Value, to: &Value) -> Value {
     Value::Object(patch)
 }
 
-/// `trainq redo ID [--set …]`: the job again, with these changes, as a child of it
-/// (`POST /api/jobs/{id}/resubmit` with the changes as a merge patch).
-pub async fn redo(given: &str, options: &SubmitOptions) -> anyhow::Result<i32> {
+/// `trainq redo ID [--resume] [--set …]`: the job again, with these changes, as a child of it
+/// (`POST /api/jobs/{id}/resubmit` with the changes as a merge patch); with `--resume`, from
+/// where its last checkpoint stands (`?resume=true`).
+pub async fn redo(given: &str, resume: bool, options: &SubmitOptions) -> anyhow::Result<i32> {
     let api = Api::new(Profile::load()?)?;
     let id = api.resolve(given).await?;
     let job = api.get(&format!("/api/jobs/{id}")).await?;
     let original = job["spec"].clone();
     let mut spec = original.clone();
     options.apply(&mut spec)?;
-    let answer = api.post(&format!("/api/jobs/{id}/resubmit"), &merge_diff(&original, &spec)).await?;
+    let query = if resume { "?resume=true" } else { "" };
+    let answer = api.post(&format!("/api/jobs/{id}/resubmit{query}"), &merge_diff(&original, &spec)).await?;
     let ids = report_queued(&answer, options.json)?;
     if options.follow {
         return super::watch::watch_ids(&api, &ids).await;

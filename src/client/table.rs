@@ -40,7 +40,9 @@ pub fn jobs(rows: &[Value]) -> String {
                     ),
                     None => job["progress"]["activity"].as_str().unwrap_or_default().to_string(),
                 },
-                "failed" => job["error"].as_str().unwrap_or_default().lines().next().unwrap_or_default().to_string(),
+                "failed" | "timeout" => {
+                    job["error"].as_str().unwrap_or_default().lines().next().unwrap_or_default().to_string()
+                }
                 _ => String::new(),
             };
             let accuracy = job["test_metrics"]["test_acc"].as_f64().map(|acc| format!("{acc:.3}")).unwrap_or_default();

@@ -150,7 +150,7 @@ pub async fn rotate_own_token() -> anyhow::Result<()> {
     let profile = Profile::load()?;
     let answer = Api::new(profile.clone())?.post("/api/me/token", &Value::Null).await?;
     let Some(token) = answer["token"].as_str() else { bail!("the server answered no token: {answer}") };
-    let saved = Profile { url: profile.url.clone(), token: Some(token.to_string()) };
+    let saved = Profile { token: Some(token.to_string()), ..profile.clone() };
     let path = saved.save().context("saving the new token (the old one no longer works; ask the admin for another)")?;
     println!(
         "new token for {} saved in {}; the old one no longer works",

@@ -60,7 +60,7 @@ impl Watched {
     }
 
     fn ended(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+        self.state.parse::<crate::domain::JobState>().is_ok_and(crate::domain::JobState::is_terminal)
     }
 
     /// Takes in the job as `GET /api/jobs/{id}` has it.

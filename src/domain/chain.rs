@@ -192,9 +192,14 @@ pub fn waiting_reason(dep: JobId, status: &DependencyStatus, planned_epochs: &[u
 /// Why a job fails when a job it waits for ended without succeeding:
 /// `job 5b0c1d2e… it waits for failed: <its reason>`.
 pub fn dependency_failed(dep: JobId, state: JobState, error: Option<&str>) -> String {
+    let ended = match state {
+        JobState::Timeout => "timed out",
+        other => other.as_str(),
+    };
     match error {
-        Some(error) if !error.is_empty() => format!("job {} it waits for {state}: {error}", short_id(dep)),
-        _ => format!("job {} it waits for was {state}", short_id(dep)),
+        Some(error) if !error.is_empty() => format!("job {} it waits for {ended}: {error}", short_id(dep)),
+        _ if state == JobState::Timeout => format!("job {} it waits for timed out", short_id(dep)),
+        _ => format!("job {} it waits for was {ended}", short_id(dep)),
     }
 }
 
@@ -305,6 +310,10 @@ mod tests {
             "job 5b0c1d2e… it waits for failed: out of memory"
         );
         assert_eq!(dependency_failed(dep, JobState::Cancelled, None), "job 5b0c1d2e… it waits for was cancelled");
+        assert_eq!(
+            dependency_failed(dep, JobState::Timeout, Some("time limit 2h reached at phase 1, epoch 3 of 9")),
+            "job 5b0c1d2e… it waits for timed out: time limit 2h reached at phase 1, epoch 3 of 9"
+        );
     }
 
     #[test]

@@ -50,12 +50,21 @@ pub enum JobState {
     Failed,
     /// A user cancelled it, queued or running.
     Cancelled,
+    /// It used all the device time its `time_limit` allowed and was stopped with a checkpoint;
+    /// a resubmit with `resume=true` continues it with more time.
+    Timeout,
 }
 
 impl JobState {
     /// Every state, in display order.
-    pub const ALL: [JobState; 5] =
-        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Timeout,
+    ];
 
     /// The name used in the API and in the database.
     pub fn as_str(self) -> &'static str {
@@ -65,16 +74,24 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Timeout => "timeout",
         }
     }
 
     /// True once nothing more will happen to the job.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Timeout)
+    }
+
+    /// True for the ends that are not a success (failed, cancelled, timed out): a job that
+    /// waits for one (`after`, `init_from`) can never start, and fails.
+    pub fn is_unsuccessful_end(self) -> bool {
+        matches!(self, JobState::Failed | JobState::Cancelled | JobState::Timeout)
     }
 
     /// The legal transitions. `Running → Queued` is the re-queue of a job whose server died;
-    /// `Queued → Failed` is a job whose dependency (`after`, `init_from`) failed or was cancelled.
+    /// `Queued → Failed` is a job whose dependency (`after`, `init_from`) failed or was cancelled;
+    /// `Running → Timeout` is a job stopped at its time limit.
     pub fn can_become(self, next: JobState) -> bool {
         use JobState::*;
         matches!(
@@ -85,6 +102,7 @@ impl JobState {
                 | (Running, Succeeded)
                 | (Running, Failed)
                 | (Running, Cancelled)
+                | (Running, Timeout)
                 | (Running, Queued)
         )
     }
@@ -269,6 +287,10 @@ pub struct Job {
     #[serde(skip_serializing_if = "Option::is_none", with = "crate::domain::timestamp::unix_seconds::option")]
     #[schema(value_type = Option<f64>)]
     pub pruned_at: Option<Timestamp>,
+    /// The device time it may use over all its runs: its spec's `time_limit`, else the server's
+    /// `--default-time-limit` when it was submitted. Absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<crate::domain::time_limit::TimeLimit>,
 }
 
 impl Job {
@@ -355,6 +377,7 @@ mod tests {
             deleted_by: None,
             disk_bytes: 0,
             pruned_at: None,
+            time_limit: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub mod scores;
 pub mod spec;
 /// Sweeps (one spec, a grid of combinations), JSON pointers and merge patches of spec documents.
 pub mod sweep;
+/// A job's time limit (`"90m"`, `"4h"`, seconds): parsing, display, and the server's ceiling.
+pub mod time_limit;
 /// One type for a moment in time, and the two encodings (RFC 3339 text, Unix seconds) its fields use.
 pub mod timestamp;
 pub mod user;
@@ -32,5 +34,6 @@ pub mod worker_protocol;
 
 pub use job::{Job, JobId, JobProgress, JobState};
 pub use spec::{JobSpec, SpecError};
+pub use time_limit::TimeLimit;
 pub use timestamp::Timestamp;
 pub use worker_protocol::ProgressEvent;

@@ -28,17 +28,20 @@ pub enum RunOutcome {
     /// A write failed for lack of disk space or an I/O error: back to the queue, to resume from
     /// its last checkpoint once the disk has room.
     Storage,
+    /// It reached its time limit and stopped with a checkpoint: the job ends `timeout`.
+    Timeout,
 }
 
 impl RunOutcome {
     /// Every outcome, as the migration's CHECK constraint lists them.
-    pub const ALL: [RunOutcome; 6] = [
+    pub const ALL: [RunOutcome; 7] = [
         RunOutcome::Succeeded,
         RunOutcome::Failed,
         RunOutcome::Cancelled,
         RunOutcome::Interrupted,
         RunOutcome::Requeued,
         RunOutcome::Storage,
+        RunOutcome::Timeout,
     ];
 
     /// The stored name.
@@ -50,6 +53,7 @@ impl RunOutcome {
             RunOutcome::Interrupted => "interrupted",
             RunOutcome::Requeued => "requeued",
             RunOutcome::Storage => "storage",
+            RunOutcome::Timeout => "timeout",
         }
     }
 
@@ -59,6 +63,7 @@ impl RunOutcome {
             RunOutcome::Succeeded => JobState::Succeeded,
             RunOutcome::Failed => JobState::Failed,
             RunOutcome::Cancelled => JobState::Cancelled,
+            RunOutcome::Timeout => JobState::Timeout,
             RunOutcome::Interrupted | RunOutcome::Requeued | RunOutcome::Storage => JobState::Queued,
         }
     }
@@ -234,6 +239,10 @@ pub struct RunFacts<'a> {
     pub storage_attempts_left: bool,
     /// The disk as it stands now, for storage messages ("0.2 GB free on /var/lib/trainq").
     pub disk: Option<&'a str>,
+    /// Why the run was stopped at the job's time limit ("time limit 2h reached at phase 2, epoch
+    /// 37 of 50"), when it was: trainq sent the stop itself, or Slurm ended the job `TIMEOUT`
+    /// under a `--time` that was the job's limit. `None` for a job without a limit.
+    pub time_limit_reached: Option<&'a str>,
 }
 
 /// What [`decide`] concluded.
@@ -256,6 +265,10 @@ impl Decision {
 
     fn failed(reason: String) -> Decision {
         Decision { reason: Some(reason), ..Decision::new(RunOutcome::Failed) }
+    }
+
+    fn timed_out(reason: &str) -> Decision {
+        Decision { reason: Some(reason.to_string()), ..Decision::new(RunOutcome::Timeout) }
     }
 
     fn requeued(outcome: RunOutcome, note: Option<String>) -> Decision {
@@ -286,7 +299,8 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 /// The one decision of how a run ended. The order is the precedence: a cancel beats everything,
-/// then a success, a stop that resumes, a full disk, out of memory, and the plain failures.
+/// then a success, the time limit, a stop that resumes, a full disk, out of memory, and the plain
+/// failures.
 pub fn decide(facts: &RunFacts) -> Decision {
     if facts.cancel_requested {
         return Decision::new(RunOutcome::Cancelled);
@@ -307,6 +321,18 @@ pub fn decide(facts: &RunFacts) -> Decision {
     }
     let foreign_cancel =
         facts.slurm.is_some_and(|slurm| slurm.state == Some(SlurmState::Cancelled) && !slurm.marked_by_trainq);
+    // Stopped at its time limit, as a SIGTERM stops it (a checkpoint, or killed after the grace:
+    // the checkpoint of its last epoch stands either way). A worker that failed on its own
+    // before the stop took effect still failed.
+    if let Some(reason) = facts.time_limit_reached.filter(|_| !foreign_cancel) {
+        let stopped = match facts.exit {
+            Some(WorkerExit::Code(code)) => code == EXIT_INTERRUPTED,
+            Some(WorkerExit::Signal(_)) | None => true,
+        };
+        if stopped && facts.failure.is_none_or(|(kind, _)| kind != FailureKind::Error) {
+            return Decision::timed_out(reason);
+        }
+    }
     // Stopped by a signal after a checkpoint (the server's shutdown, a Slurm time limit, a
     // preemption): it resumes. A cancel from outside trainq also sends SIGTERM but means "stop".
     if (facts.server_stopping || facts.exit == Some(WorkerExit::Code(EXIT_INTERRUPTED))) && !foreign_cancel {
@@ -394,7 +420,11 @@ mod tests {
         let text = decision.reason.clone().or(decision.note.clone()).unwrap_or_default();
         assert_eq!(decision.outcome, outcome, "{facts:?} → {decision:?}");
         assert!(text.contains(says), "{facts:?} → `{text}` should say `{says}`");
-        assert_eq!(decision.reason.is_some(), outcome == Failed, "only failures have reasons: {decision:?}");
+        assert_eq!(
+            decision.reason.is_some(),
+            matches!(outcome, Failed | Timeout),
+            "only ends that need a word have reasons: {decision:?}"
+        );
         assert!(
             decision.note.is_none() || decision.outcome.job_state() == JobState::Queued,
             "notes are for re-queues: {decision:?}"
@@ -566,6 +596,38 @@ mod tests {
                 "batch_size 4",
             ),
             (RunFacts { exit: Some(Code(3)), failure: oom, gpu: true, ..base(&failed) }, Failed, "out of GPU memory"),
+        ];
+        for (facts, outcome, says) in table {
+            check(facts, outcome, says);
+        }
+    }
+
+    #[test]
+    fn a_run_stopped_at_its_time_limit_times_out_unless_something_stronger_happened() {
+        let limit = Some("time limit 2h reached at phase 2, epoch 37 of 50");
+        let base = || RunFacts { time_limit_reached: limit, ..RunFacts::default() };
+        let error = Some((FailureKind::Error, "shape mismatch"));
+        let timeout = slurm(Some(SlurmState::Timeout), false);
+        let foreign = slurm(Some(SlurmState::Cancelled), false);
+        let table: Vec<(RunFacts, RunOutcome, &str)> = vec![
+            (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), ..base() }, Timeout, "epoch 37 of 50"),
+            (RunFacts { exit: Some(Signal(libc::SIGKILL)), ..base() }, Timeout, "time limit 2h"),
+            (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), server_stopping: true, ..base() }, Timeout, "2h"),
+            // It finished its last step as the limit came, or was cancelled: that is what it did.
+            (RunFacts { exit: Some(Code(0)), saw_final: true, ..base() }, Succeeded, ""),
+            (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), cancel_requested: true, ..base() }, Cancelled, ""),
+            // A failure of its own is not hidden behind the limit.
+            (RunFacts { exit: Some(Code(1)), failure: error, ..base() }, Failed, "exited with code 1"),
+            // Slurm ended it TIMEOUT under a --time that was the job's limit.
+            (RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), slurm: Some(&timeout), ..base() }, Timeout, "2h"),
+            (RunFacts { exit: None, slurm: Some(&timeout), ..base() }, Timeout, "2h"),
+            (RunFacts { exit: None, slurm: Some(&foreign), ..base() }, Failed, "scancel"),
+            // Without a limit, today's behaviour: a Slurm TIMEOUT under --slurm-time is re-queued.
+            (
+                RunFacts { exit: Some(Code(EXIT_INTERRUPTED)), slurm: Some(&timeout), ..RunFacts::default() },
+                Interrupted,
+                "--slurm-time",
+            ),
         ];
         for (facts, outcome, says) in table {
             check(facts, outcome, says);

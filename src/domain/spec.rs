@@ -397,7 +397,7 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "is_false")]
     pub retry_on_oom: bool,
     /// Which of the job's ends send its owner a message (email and/or webhook, whichever they
-    /// set with `PUT /api/me`): `["succeeded", "failed"]` when absent, `[]` for none.
+    /// set with `PUT /api/me`): `["succeeded", "failed", "timeout"]` when absent, `[]` for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Vec<NotifyEvent>>,
     // Chained jobs (`domain::chain`): where the weights start, and what must succeed first.
@@ -415,7 +415,17 @@ pub struct JobSpec {
     /// `phaseN-epochEE.safetensors` after every epoch).
     #[serde(default, skip_serializing_if = "Checkpoints::is_default")]
     pub checkpoints: Checkpoints,
+    /// The device time the job may use over all its runs (`"90m"`, `"4h"`, `"2d"`, `"45s"` or
+    /// whole seconds): reaching it stops the job with a checkpoint and it ends `timeout`; a
+    /// resubmit with `resume=true` and a longer limit continues it. Absent: the server's
+    /// `--default-time-limit` (if any) applies. At most `--max-time-limit` (30 days without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<crate::domain::time_limit::TimeLimit>,
 }
+
+/// The spec fields a job resumed from another's checkpoint may change: none changes what is
+/// trained, so the checkpoint still fits (`JobSpec::training`).
+pub const RESUMABLE_CHANGES: [&str; 3] = ["time_limit", "name", "notify"];
 
 /// Most jobs one spec's `after` may name.
 pub const MAX_AFTER: usize = 16;
@@ -532,6 +542,14 @@ pub enum NotifyEvent {
     Failed,
     /// The job was cancelled.
     Cancelled,
+    /// The job reached its time limit.
+    Timeout,
+}
+
+impl NotifyEvent {
+    /// The ends a spec without a `notify` list is told about: success, failure and a time limit
+    /// reached (each asks the student to act); a cancel is their own doing.
+    pub const DEFAULT: [NotifyEvent; 3] = [NotifyEvent::Succeeded, NotifyEvent::Failed, NotifyEvent::Timeout];
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -625,6 +643,12 @@ impl JobSpec {
             }
         }
         ids
+    }
+
+    /// The spec without [`RESUMABLE_CHANGES`]: what a resumable checkpoint belongs to, so a
+    /// job resumed with more time, another name or other notifications continues it.
+    pub fn training(&self) -> JobSpec {
+        JobSpec { name: String::new(), notify: None, time_limit: None, ..self.clone() }
     }
 
     /// Total epochs over all phases.
@@ -1100,5 +1124,31 @@ mod tests {
         assert_eq!(err.field, "notify[0]");
         assert!(err.message.contains("succeeded") && err.message.contains("cancelled"), "{}", err.message);
         assert_eq!(with(|value| value["notify"] = serde_json::json!("failed")).unwrap_err().field, "notify");
+    }
+
+    #[test]
+    fn time_limits_read_every_spelling_and_name_the_field_when_bad() {
+        assert_eq!(with(|_| {}).unwrap().time_limit, None, "absent: the server's default applies");
+        for (value, seconds) in
+            [(serde_json::json!("90m"), 5_400), (serde_json::json!("4h"), 14_400), (serde_json::json!(7_200), 7_200)]
+        {
+            let spec = with(|spec| spec["time_limit"] = value.clone()).unwrap();
+            assert_eq!(spec.time_limit.map(|limit| limit.seconds()), Some(seconds), "{value}");
+        }
+        let spec = with(|spec| spec["time_limit"] = serde_json::json!(7_200)).unwrap();
+        assert_eq!(serde_json::to_value(&spec).unwrap()["time_limit"], "2h", "stored in its compact text");
+        for (value, says) in [
+            (serde_json::json!(0), "zero"),
+            (serde_json::json!("0m"), "zero"),
+            (serde_json::json!(-60), "negative"),
+            (serde_json::json!("-3h"), "negative"),
+            (serde_json::json!("soon"), "not a duration"),
+            (serde_json::json!(true), "duration"),
+            (serde_json::json!("9999d"), "absurdly long"),
+        ] {
+            let err = with(|spec| spec["time_limit"] = value.clone()).unwrap_err();
+            assert_eq!(err.field, "time_limit", "{value}");
+            assert!(err.message.contains(says), "{value}: {}", err.message);
+        }
     }
 }

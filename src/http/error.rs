@@ -168,6 +168,9 @@ impl From<crate::submit::SubmitError> for ApiError {
             SubmitError::DiskQuota { quota_bytes, usage_bytes, largest } => {
                 ApiError::DiskQuota { quota_bytes, usage_bytes, largest }
             }
+            SubmitError::NotResumable { message, state } => {
+                ApiError::Conflict { message, detail: serde_json::json!({"state": state}) }
+            }
             SubmitError::DiskFull(full) => full.into(),
             SubmitError::Store(err) => err.into(),
             SubmitError::Internal(err) => ApiError::Internal(err),

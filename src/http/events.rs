@@ -238,7 +238,7 @@ fn feed(
     get, path = "/api/events", tag = "events",
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "size of the snapshot's pages"),
-        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*$", description = "the snapshot's list: comma-separated states"),
+        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled|timeout)(,(queued|running|succeeded|failed|cancelled|timeout))*$", description = "the snapshot's list: comma-separated states"),
         ("owner" = Option<String>, Query, pattern = r"^(me|[a-z0-9][a-z0-9._-]{0,31})$", description = "the snapshot's list: `me` or a user name"),
         ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "the snapshot's list: `asc` for oldest first"),
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this event"),

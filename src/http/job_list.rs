@@ -373,7 +373,7 @@ pub(super) fn snapshot_lists(query: &ListQuery, caller: &Caller) -> Result<Vec<(
     params(
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "rows per page (default 50)"),
         ("cursor" = Option<String>, Query, pattern = r"^s[1-9][0-9]{0,17}$", description = "the previous page's `next_cursor`"),
-        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled)(,(queued|running|succeeded|failed|cancelled))*$", description = "comma-separated states"),
+        ("state" = Option<String>, Query, pattern = r"^(queued|running|succeeded|failed|cancelled|timeout)(,(queued|running|succeeded|failed|cancelled|timeout))*$", description = "comma-separated states"),
         ("owner" = Option<String>, Query, pattern = r"^(me|[a-z0-9][a-z0-9._-]{0,31})$", description = "`me` (needs a token) or a user name"),
         ("order" = Option<String>, Query, pattern = r"^(asc|desc)$", description = "`asc` for oldest first (default `desc`, newest first)"),
         ("deleted" = Option<String>, Query, pattern = r"^(true|false)$", description = "`true` lists deleted jobs (tombstones) too"),

@@ -6,7 +6,7 @@
 //! `inference.rs`; how a job is found and shown is `job_view.rs`.
 
 use super::auth::{Authed, Caller};
-use super::extract::{Json, Path};
+use super::extract::{Json, Path, Query};
 use super::job_view::{find_by_id, find_own, gone, view, view_for, JobView};
 use super::{ApiError, AppState};
 use crate::domain::{Job, JobId, JobSpec, JobState};
@@ -47,17 +47,29 @@ pub async fn submit(State(state): State<AppState>, Authed(user): Authed, body: B
     created(&state, accepted).await
 }
 
+/// Query of `POST /api/jobs/{id}/resubmit`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ResubmitQuery {
+    /// Continue the job from its checkpoint instead of from the start.
+    #[serde(default)]
+    resume: bool,
+}
+
 /// `POST /api/jobs/{id}/resubmit`: the job's spec changed by a JSON merge patch (RFC 7396; an
 /// empty body or `{}` runs it again as it was), submitted exactly like `POST /api/jobs` (so the
 /// patch may add a `sweep` or `repeats`). Each new job links back with `parent_id` and notes what
-/// changed.
+/// changed. With `?resume=true`, one child continues a timed-out, failed or cancelled job from
+/// its checkpoint (epochs done are not done again, and its curves start with the parent's); the
+/// patch may then change only `time_limit`, `name` and `notify`.
 #[utoipa::path(
-    post, path = "/api/jobs/{id}/resubmit", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)")),
+    post, path = "/api/jobs/{id}/resubmit", tag = "jobs", params(("id" = String, Path, description = "the job's id (a UUID)"),
+        ("resume" = Option<bool>, Query, description = "continue the job from its checkpoint (a timed-out, failed or cancelled job); the patch may change only `time_limit`, `name` and `notify`")),
     request_body(content = Option<Object>, description = "a JSON merge patch (RFC 7396) of the job's spec; no body or `{}` runs it again"),
     responses(
         (status = 201, description = "queued, as `POST /api/jobs`", body = Submitted,
             headers(("Location" = String, description = "the first new job, `/api/jobs/{id}`"))),
-        (status = 422, description = "the patch is not an object, or makes the spec invalid", body = super::error::ErrorBody),
+        (status = 409, description = "`resume=true` for a job that is not timed out, failed or cancelled, or has no checkpoint (`detail.state`)", body = super::error::ErrorBody),
+        (status = 422, description = "the patch is not an object, makes the spec invalid, or (resuming) changes another field than `time_limit`, `name` or `notify`", body = super::error::ErrorBody),
         (status = 507, description = "the disk is full, or the caller's jobs hold their disk quota (`detail.quota_bytes`, `usage_bytes`, `largest_jobs`); nothing was queued", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
@@ -66,10 +78,16 @@ pub async fn resubmit(
     State(state): State<AppState>,
     Authed(user): Authed,
     Path(id): Path<String>,
+    Query(query): Query<ResubmitQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let parent = find_own(&state, &user, &id).await?;
-    let accepted = state.submissions().resubmit(&user, &parent, &body).await?;
+    let submissions = state.submissions();
+    let accepted = if query.resume {
+        submissions.resume(&user, &parent, &body).await?
+    } else {
+        submissions.resubmit(&user, &parent, &body).await?
+    };
     created(&state, accepted).await
 }
 

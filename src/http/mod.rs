@@ -99,6 +99,8 @@ pub struct Limits {
     pub max_dataset_bytes: u64,
     /// How long a token works after it was made (`--token-ttl-days`), seconds; `None`: forever.
     pub token_ttl_secs: Option<f64>,
+    /// The default time limit and the cap (`--default-time-limit`, `--max-time-limit`).
+    pub time_limits: crate::domain::time_limit::TimeLimitPolicy,
 }
 
 /// What every handler gets.
@@ -150,6 +152,7 @@ impl AppState {
                 max_epochs: self.limits.max_epochs,
                 max_image_side: self.limits.max_image_side,
                 max_disk_bytes_per_user: self.limits.max_disk_bytes_per_user,
+                time_limits: self.limits.time_limits,
             },
         }
     }

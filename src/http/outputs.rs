@@ -25,10 +25,22 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 pub struct MetricsView {
     job_id: JobId,
     /// One entry per finished epoch, in phase and epoch order.
-    epochs: Vec<EpochMetrics>,
+    epochs: Vec<EpochView>,
     /// Train and test loss/accuracy at the end; null until the job has finished.
     #[serde(rename = "final")]
     final_metrics: Option<FinalMetrics>,
+}
+
+/// One epoch of a job's curves, and whose run trained it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EpochView {
+    /// The epoch's metrics.
+    #[serde(flatten)]
+    metrics: EpochMetrics,
+    /// The job whose run trained this epoch, when it is not this job: a job resumed from
+    /// another's checkpoint (`resubmit?resume=true`) starts with that job's epochs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ran_in_job: Option<JobId>,
 }
 
 /// `GET /api/jobs/{id}/metrics[?format=csv]`: JSON with the final metrics, or the curves as CSV
@@ -49,12 +61,13 @@ pub async fn metrics(
     let format = query.table_format()?;
     // The curves are rows, not files: a deleted job keeps them, as compare and groups do.
     let job = find_own(&state, &user, &id).await?;
-    let epochs = state.store.epoch_metrics(job.id).await?;
+    let epochs = state.store.epoch_metrics_with_origin(job.id).await?;
     if format == TableFormat::Json {
+        let epochs = epochs.into_iter().map(|(metrics, ran_in_job)| EpochView { metrics, ran_in_job }).collect();
         return Ok(Json(MetricsView { job_id: job.id, epochs, final_metrics: job.final_metrics }).into_response());
     }
     let mut body = csv::line(["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]);
-    for e in &epochs {
+    for (e, _) in &epochs {
         body.push_str(&csv::line([
             e.phase.to_string(),
             e.epoch.to_string(),

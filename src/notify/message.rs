@@ -97,7 +97,9 @@ pub fn body(facts: &JobFacts) -> String {
         text.push_str(&format!("Test AUC:      {auc:.4}\n"));
     }
     if let Some(error) = &facts.error {
-        text.push_str(&format!("\nWhy it {}:\n{}\n", facts.state, error.trim_end()));
+        // A timed-out job did not fail: it stopped at its limit, resumable with more time.
+        let ended = if facts.state == JobState::Timeout { "stopped" } else { facts.state.as_str() };
+        text.push_str(&format!("\nWhy it {ended}:\n{}\n", error.trim_end()));
     }
     text.push_str(&format!("\nOn the dashboard: {}\n", facts.url));
     text.push_str("\n-- \ntrainq sends this because the job's spec asks for it (\"notify\"); `trainq notify --off` stops all of them.\n");

@@ -158,7 +158,7 @@ impl Queue {
                 continue;
             }
             dependency.waiting.insert(job.id);
-            if let Some(state @ (JobState::Failed | JobState::Cancelled)) = dependency.state {
+            if let Some(state) = dependency.state.filter(|state| state.is_unsuccessful_end()) {
                 self.doomed.entry(job.id).or_insert_with(|| crate::domain::chain::dependency_failed(dep, state, None));
             }
             unmet.push(dep);
@@ -211,7 +211,7 @@ impl Queue {
                     }
                 }
             }
-            Some(state @ (JobState::Failed | JobState::Cancelled)) => {
+            Some(state) if state.is_unsuccessful_end() => {
                 dependency.state = Some(state);
                 let reason = crate::domain::chain::dependency_failed(dep, state, error);
                 for id in &dependency.waiting {
@@ -465,6 +465,7 @@ mod tests {
                                 owner: Some(format!("user{}", rng.gen_range(0..3))),
                                 priority: rng.gen_range(0..2),
                                 memory_bytes: 0,
+                                time_limit: None,
                             })
                             .collect();
                         for job in store.insert_jobs(&new).await.unwrap() {
@@ -547,6 +548,7 @@ mod tests {
                 owner: None,
                 priority: 0,
                 memory_bytes: 0,
+                time_limit: None,
             }
         };
         let (a, b) = (new(Vec::new()), new(Vec::new()));
@@ -597,6 +599,7 @@ mod tests {
             owner: None,
             priority: 0,
             memory_bytes: 0,
+            time_limit: None,
         };
         store.insert_jobs(&[new]).await.unwrap();
         assert_ne!(queue.fingerprint(), store.queued_fingerprint().await.unwrap());

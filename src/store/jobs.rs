@@ -12,10 +12,12 @@ use super::{legal, Store, StoreError};
 use crate::domain::job::ResumePoint;
 use crate::domain::outcome::RunOutcome;
 use crate::domain::worker_protocol::{EpochMetrics, FinalMetrics};
-use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState, Timestamp};
+use crate::domain::{Job, JobId, JobProgress, JobSpec, JobState, TimeLimit, Timestamp};
 
 /// One `epoch_metrics` row: phase, epoch, train loss and accuracy, val loss and accuracy, seconds.
 type EpochRow = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64);
+/// An `epoch_metrics` row as [`EpochRow`], and the job whose run trained it if another.
+type EpochRowWithOrigin = (u32, u32, f64, f64, Option<f64>, Option<f64>, f64, Option<String>);
 
 /// What the API inserts for an accepted submission.
 #[derive(Debug, Clone)]
@@ -40,6 +42,9 @@ pub struct NewJob {
     pub priority: i64,
     /// Estimated GPU memory, bytes.
     pub memory_bytes: u64,
+    /// Its effective time limit: the spec's `time_limit`, else the server's default at
+    /// submission; `None` for no limit.
+    pub time_limit: Option<TimeLimit>,
 }
 
 /// One worker start of a job.
@@ -207,6 +212,7 @@ pub(super) struct JobRecord {
     deleted_by: Option<String>,
     disk_bytes: i64,
     pruned_at: Option<f64>,
+    time_limit_seconds: Option<i64>,
 }
 
 pub(super) fn corrupt(column: &'static str, detail: impl ToString) -> StoreError {
@@ -271,6 +277,14 @@ impl TryFrom<JobRecord> for Job {
             deleted_by: record.deleted_by,
             disk_bytes: record.disk_bytes.max(0) as u64,
             pruned_at: record.pruned_at.map(|seconds| decode_unix_seconds("pruned_at", seconds)).transpose()?,
+            time_limit: record
+                .time_limit_seconds
+                .map(|seconds| {
+                    u64::try_from(seconds).map_err(|err| corrupt("time_limit_seconds", err)).and_then(|seconds| {
+                        TimeLimit::from_seconds(seconds).map_err(|err| corrupt("time_limit_seconds", err))
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -278,13 +292,13 @@ impl TryFrom<JobRecord> for Job {
 pub(super) const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submitted_at, started_at, finished_at, \
                            progress, error, cancel_requested, final_metrics, attempts, group_id, owner, priority, \
                            memory_bytes, memory_measured, notes, resume_point, parent_id, params, \
-                           deleted_at, deleted_by, disk_bytes, pruned_at";
+                           deleted_at, deleted_by, disk_bytes, pruned_at, time_limit_seconds";
 
 /// The insert of one accepted job, returning its row as every read does.
 static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes, parent_id, params, notes) \
-         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
+        "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes, parent_id, params, notes, time_limit_seconds) \
+         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
     )
 });
 
@@ -306,6 +320,7 @@ impl Store {
                 .bind(job.parent_id.map(|id| id.to_string()))
                 .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
                 .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
+                .bind(job.time_limit.map(|limit| limit.seconds() as i64))
         };
         let mut inserted = Vec::with_capacity(jobs.len());
         if let [job] = jobs {
@@ -549,6 +564,7 @@ impl Store {
             JobState::Succeeded => RunOutcome::Succeeded,
             JobState::Failed => RunOutcome::Failed,
             JobState::Cancelled => RunOutcome::Cancelled,
+            JobState::Timeout => RunOutcome::Timeout,
             // Not an end: `requeue_job` and `claim_job` make those changes.
             JobState::Queued | JobState::Running => {
                 return Err(StoreError::IllegalTransition { from: JobState::Running, to: state })
@@ -768,6 +784,20 @@ impl Store {
             .collect()
     }
 
+    /// The device time job `id` has used over all its runs, in seconds, its current run (if
+    /// any) counted up to now: what its time limit is measured against. Re-queues (out of
+    /// memory, a full disk, a restart) start new runs, so they never reset it. One indexed read
+    /// of the job's own runs (`job_runs_by_job`).
+    pub async fn device_seconds_used(&self, id: JobId) -> Result<f64, StoreError> {
+        let (seconds,): (Option<f64>,) =
+            sqlx::query_as("SELECT SUM(MAX(0.0, COALESCE(ended_at, ?) - started_at)) FROM job_runs WHERE job_id = ?")
+                .bind(unix_now())
+                .bind(id.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seconds.unwrap_or(0.0))
+    }
+
     /// Cancels a queued job at once, or marks a running one for stopping.
     pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
         legal(JobState::Queued, JobState::Cancelled)?;
@@ -847,8 +877,13 @@ impl Store {
     /// Records a finished epoch (replacing a row from an earlier attempt of the same epoch).
     pub async fn record_epoch(&self, id: JobId, metrics: &EpochMetrics) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            // An upsert, not a replace: a resumed child's worker sends its parent's epochs again,
+            // which must keep saying whose run trained them (`ran_in_job`).
+            "INSERT INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (job_id, phase, epoch) DO UPDATE SET train_loss = excluded.train_loss, \
+             train_acc = excluded.train_acc, val_loss = excluded.val_loss, val_acc = excluded.val_acc, \
+             seconds = excluded.seconds",
         )
         .bind(id.to_string())
         .bind(metrics.phase)
@@ -871,6 +906,69 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// A job's curves as [`Store::epoch_metrics`] has them, each with the job whose run trained
+    /// it when that is not this job (a resumed child's epochs from before its checkpoint).
+    pub async fn epoch_metrics_with_origin(&self, id: JobId) -> Result<Vec<(EpochMetrics, Option<JobId>)>, StoreError> {
+        let rows: Vec<EpochRowWithOrigin> = sqlx::query_as(
+            "SELECT phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job FROM epoch_metrics \
+             WHERE job_id = ? ORDER BY phase, epoch",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job)| {
+                let origin = ran_in_job.map(|job| job.parse().map_err(|err| corrupt("ran_in_job", err))).transpose()?;
+                Ok((EpochMetrics { phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds }, origin))
+            })
+            .collect()
+    }
+
+    /// Inserts a job that resumes `parent` from its checkpoint at `point`, in one transaction: the
+    /// job (with `point` as its resume point), what it waits for, and the parent's epochs up to
+    /// the checkpoint, each marked with the job whose run trained it, so the child's curves hold
+    /// every epoch exactly once. Its worker then continues from the checkpoint file the caller
+    /// put in its folder.
+    pub async fn insert_resumed(&self, job: &NewJob, parent: JobId, point: ResumePoint) -> Result<Job, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let inserted = sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
+            .bind(job.id.to_string())
+            .bind(job.name.clone())
+            .bind(encode_spec(&job.spec))
+            .bind(Timestamp::now().to_rfc3339())
+            .bind(job.group_id.clone())
+            .bind(job.owner.clone())
+            .bind(job.priority)
+            .bind(job.memory_bytes as i64)
+            .bind(job.parent_id.map(|id| id.to_string()))
+            .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
+            .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
+            .bind(job.time_limit.map(|limit| limit.seconds() as i64))
+            .fetch_one(&mut *transaction)
+            .await?;
+        Self::write_deps(&mut transaction, job.id, &job.spec.waits_for()).await?;
+        sqlx::query(
+            "INSERT INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job) \
+             SELECT ?, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, COALESCE(ran_in_job, job_id) \
+             FROM epoch_metrics WHERE job_id = ? AND (phase < ? OR (phase = ? AND epoch <= ?))",
+        )
+        .bind(job.id.to_string())
+        .bind(parent.to_string())
+        .bind(point.phase)
+        .bind(point.phase)
+        .bind(point.epoch)
+        .execute(&mut *transaction)
+        .await?;
+        let point_json = serde_json::to_string(&point).expect("resume points serialize");
+        sqlx::query("UPDATE jobs SET resume_point = ? WHERE id = ?")
+            .bind(&point_json)
+            .bind(job.id.to_string())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(Job { resume_point: Some(point), ..Job::try_from(inserted)? })
     }
 
     /// A job's curves, in phase and epoch order.
@@ -925,7 +1023,13 @@ pub(super) mod tests {
 
     /// A queued job of `owner` with `spec`.
     pub(in crate::store) async fn queued_with(store: &Store, owner: &str, spec: JobSpec) -> Job {
-        let job = NewJob {
+        let job = NewJob { owner: Some(owner.to_string()), ..queued_new(spec) };
+        store.insert_jobs(&[job]).await.unwrap().remove(0)
+    }
+
+    /// What a submission of `spec` by `alice` inserts, with no time limit.
+    fn queued_new(spec: JobSpec) -> NewJob {
+        NewJob {
             id: JobId::new(),
             name: spec.name.clone(),
             spec,
@@ -933,11 +1037,11 @@ pub(super) mod tests {
             parent_id: None,
             params: None,
             notes: Vec::new(),
-            owner: Some(owner.to_string()),
+            owner: Some(String::from("alice")),
             priority: 0,
             memory_bytes: 1,
-        };
-        store.insert_jobs(&[job]).await.unwrap().remove(0)
+            time_limit: None,
+        }
     }
 
     #[tokio::test]
@@ -952,6 +1056,44 @@ pub(super) mod tests {
         assert!(!store.finish_job(job.id, JobState::Failed, None).await.unwrap(), "finished once");
         let job = store.job(job.id).await.unwrap().unwrap();
         assert_eq!(job.progress.unwrap().activity, "succeeded");
+    }
+
+    #[tokio::test]
+    async fn a_time_limit_is_stored_and_device_time_adds_up_over_runs() {
+        let (_dir, store) = store().await;
+        let limit = TimeLimit::parse("90m").unwrap();
+        let job = NewJob { time_limit: Some(limit), ..queued_new(test_spec()) };
+        let job = store.insert_jobs(&[job]).await.unwrap().remove(0);
+        assert_eq!(job.time_limit, Some(limit), "written at insert and read back");
+        assert_eq!(store.job(job.id).await.unwrap().unwrap().time_limit, Some(limit));
+        assert_eq!(store.device_seconds_used(job.id).await.unwrap(), 0.0, "no run yet");
+        // Two runs: one re-queued after 30 s, one still going for about 10 s.
+        assert!(store.claim_job(job.id, "cpu0").await.unwrap());
+        assert!(store.requeue_job(job.id, RunOutcome::Storage, None, None).await.unwrap());
+        assert!(store.claim_job(job.id, "cpu0").await.unwrap());
+        let now = unix_now();
+        sqlx::query("UPDATE job_runs SET started_at = ?, ended_at = ? WHERE job_id = ? AND ended_at IS NOT NULL")
+            .bind(now - 100.0)
+            .bind(now - 70.0)
+            .bind(job.id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE job_runs SET started_at = ? WHERE job_id = ? AND ended_at IS NULL")
+            .bind(now - 10.0)
+            .bind(job.id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let used = store.device_seconds_used(job.id).await.unwrap();
+        assert!((40.0..41.0).contains(&used), "a re-queue does not reset it: {used}");
+        assert!(store.finish_job(job.id, JobState::Timeout, Some("time limit 90m reached")).await.unwrap());
+        let ended = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!((ended.state, ended.error.as_deref()), (JobState::Timeout, Some("time limit 90m reached")));
+        let outcomes: Vec<_> = store.runs_of(job.id).await.unwrap().iter().map(|run| run.outcome).collect();
+        assert_eq!(outcomes, [Some(RunOutcome::Storage), Some(RunOutcome::Timeout)]);
+        let unlimited = queued(&store).await;
+        assert_eq!(unlimited.time_limit, None, "no limit unless one was given");
     }
 
     /// A job brought to `state` through the store's own legal changes.
@@ -1075,6 +1217,7 @@ pub(super) mod tests {
             owner: None,
             priority: 0,
             memory_bytes: 0,
+            time_limit: None,
         };
         let jobs = store.insert_jobs(&[member(JobId::new()), member(JobId::new())]).await.unwrap();
         assert_eq!(store.jobs_in_group("g1").await.unwrap().len(), 2);

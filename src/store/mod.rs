@@ -122,31 +122,6 @@ pub fn newest_migration() -> i64 {
     MIGRATOR.iter().map(|migration| migration.version).max().unwrap_or(0)
 }
 
-/// Applies the pending migrations all together or not at all. sqlx commits each migration on
-/// its own, so a failure halfway through an upgrade would leave a schema no release ever had;
-/// here they run inside one transaction (each in a savepoint of it, SQLite's DDL being
-/// transactional), and a failure rolls every one of them back and names the migration.
-async fn migrate_all_or_nothing(pool: &SqlitePool) -> Result<(), StoreError> {
-    let mut transaction = pool.begin().await?;
-    match MIGRATOR.run(&mut *transaction).await {
-        Ok(()) => Ok(transaction.commit().await?),
-        Err(source) => {
-            transaction.rollback().await?;
-            match source {
-                sqlx::migrate::MigrateError::ExecuteMigration(_, version) => {
-                    let description = MIGRATOR
-                        .iter()
-                        .find(|migration| migration.version == version)
-                        .map(|migration| migration.description.to_string())
-                        .unwrap_or_default();
-                    Err(StoreError::MigrationRolledBack { version, description, source })
-                }
-                other => Err(StoreError::Migration(other)),
-            }
-        }
-    }
-}
-
 /// The database handle; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -164,9 +139,54 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        Self::migrate(&options).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        migrate_all_or_nothing(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// Applies the pending migrations on a connection of its own, all together or not at all.
+    ///
+    /// - Foreign keys are off on that connection, as SQLite's table rebuild needs (a CHECK can
+    ///   only change by rebuilding the table, and dropping a table others reference fails with
+    ///   them on: `0011_time_limits.sql`); every reference is proven to hold before the commit and
+    ///   before any pooled connection (foreign keys on) opens.
+    /// - sqlx commits each migration on its own, so a failure halfway through an upgrade would
+    ///   leave a schema no release ever had; here they run inside one transaction (each in a
+    ///   savepoint of it, SQLite's DDL being transactional), and a failure rolls every one of them
+    ///   back and names the migration.
+    async fn migrate(options: &SqliteConnectOptions) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        let mut connection = sqlx::SqliteConnection::connect_with(&options.clone().foreign_keys(false)).await?;
+        let mut transaction = connection.begin().await?;
+        if let Err(source) = MIGRATOR.run(&mut *transaction).await {
+            transaction.rollback().await?;
+            return Err(match source {
+                sqlx::migrate::MigrateError::ExecuteMigration(_, version) => {
+                    let description = MIGRATOR
+                        .iter()
+                        .find(|migration| migration.version == version)
+                        .map(|migration| migration.description.to_string())
+                        .unwrap_or_default();
+                    StoreError::MigrationRolledBack { version, description, source }
+                }
+                other => StoreError::Migration(other),
+            });
+        }
+        let broken: Vec<(String, Option<i64>, String)> =
+            sqlx::query_as("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check")
+                .fetch_all(&mut *transaction)
+                .await?;
+        if let Some((table, rowid, parent)) = broken.first() {
+            let detail = format!(
+                "{} rows break a reference after the migrations, e.g. {table} row {rowid:?} to {parent}",
+                broken.len()
+            );
+            transaction.rollback().await?;
+            return Err(StoreError::Corrupt { column: "foreign keys", detail });
+        }
+        transaction.commit().await?;
+        connection.close().await?;
+        Ok(())
     }
 
     /// Rewrites the one `server_health` row: whether the database takes a write right now.

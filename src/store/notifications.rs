@@ -97,9 +97,9 @@ const NOTIFICATION_COLUMNS: &str =
     "id, COALESCE(job_id, '') AS job_id, owner, channel, target, secret, event, state, attempts, next_attempt_at, last_error, created_at, delivered_at";
 
 /// Whether the ended job's spec asks for a message on its final state: the spec's `notify` list,
-/// or succeeded and failed when it has none.
-const WANTED: &str = "jobs.state IN ('succeeded', 'failed', 'cancelled') AND CASE \
-                      WHEN json_type(jobs.spec, '$.notify') IS NULL THEN jobs.state IN ('succeeded', 'failed') \
+/// or `NotifyEvent::DEFAULT` (succeeded, failed, timeout) when it has none.
+const WANTED: &str = "jobs.state IN ('succeeded', 'failed', 'cancelled', 'timeout') AND CASE \
+                      WHEN json_type(jobs.spec, '$.notify') IS NULL THEN jobs.state IN ('succeeded', 'failed', 'timeout') \
                       ELSE EXISTS (SELECT 1 FROM json_each(jobs.spec, '$.notify') AS wanted WHERE wanted.value = jobs.state) END";
 
 /// Enqueues the messages job `job_id`'s end owes its owner (one per target the owner has, if the

@@ -44,7 +44,7 @@ pub struct JobSize {
 }
 
 /// The states a job may be deleted in.
-const FINISHED: &str = "('succeeded', 'failed', 'cancelled')";
+const FINISHED: &str = "('succeeded', 'failed', 'cancelled', 'timeout')";
 
 /// gc's candidates: see [`Store::ended_before`].
 fn ended_before_query(unpruned_only: bool) -> String {

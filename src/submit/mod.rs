@@ -9,7 +9,10 @@
 //! A spec error of one sweep combination names the combination. The chain checks that need only
 //! specs are `domain::chain`'s; the ones that read the store or the disk are in `waits.rs`.
 
+mod resume;
 mod waits;
+
+pub use resume::check_resumable;
 
 use crate::catalog;
 use crate::disk_space::{Disk, Full};
@@ -32,6 +35,8 @@ pub struct Caps {
     pub max_image_side: u32,
     /// Most bytes one student's job folders may hold before their submits are refused.
     pub max_disk_bytes_per_user: Option<u64>,
+    /// The default time limit and the cap: each job's effective limit, and what is refused.
+    pub time_limits: crate::domain::time_limit::TimeLimitPolicy,
 }
 
 /// Where a submission's inputs and outputs are on disk.
@@ -92,6 +97,15 @@ pub enum SubmitError {
         /// Their largest live jobs: what to delete.
         largest: Vec<JobSize>,
     },
+    /// A resume of a job that cannot be resumed: it is not timed out, failed or cancelled, or it
+    /// has no checkpoint.
+    #[error("{message}")]
+    NotResumable {
+        /// Why, and what to do instead.
+        message: String,
+        /// The job's state.
+        state: crate::domain::JobState,
+    },
     /// The disk is full: accepted jobs must never be lost, so none is accepted onto it.
     #[error("the disk is full")]
     DiskFull(Full),
@@ -136,16 +150,7 @@ impl Submissions<'_> {
     /// `{}` runs it again as it was), exactly like a fresh submission (so the patch may add a
     /// `sweep` or `repeats`). Each new job links back to `parent` and notes what changed.
     pub async fn resubmit(&self, user: &User, parent: &Job, patch_body: &[u8]) -> Result<Accepted, SubmitError> {
-        const HOW: &str = r#"send a JSON merge patch (RFC 7396) of the changes, e.g. {"optimizer": {"lr": 1e-4}} ("null" removes a field), or {} to run the same spec again"#;
-        let patch: serde_json::Value = if patch_body.trim_ascii().is_empty() {
-            serde_json::json!({})
-        } else {
-            serde_json::from_slice(patch_body)
-                .map_err(|err| SpecError::new("(body)", format!("not valid JSON: {err}; {HOW}")))?
-        };
-        if !patch.is_object() {
-            return Err(SpecError::new("(body)", format!("a patch is a JSON object, not {patch}; {HOW}")).into());
-        }
+        let patch = merge_patch_of(patch_body)?;
         let mut spec = serde_json::to_value(&parent.spec).map_err(anyhow::Error::from)?;
         sweep::merge_patch(&mut spec, &patch);
         let note = format!("resubmitted from {} with {patch}", parent.id);
@@ -187,6 +192,7 @@ impl Submissions<'_> {
                     owner: Some(user.name.clone()),
                     priority: sibling.priority,
                     memory_bytes: crate::domain::memory::estimate_bytes(&sibling),
+                    time_limit: self.caps.time_limits.applied(sibling.time_limit),
                     spec: sibling,
                 });
             }
@@ -250,6 +256,21 @@ impl Submissions<'_> {
     }
 }
 
+/// A resubmit's body as a JSON merge patch (RFC 7396): an object, `{}` when empty.
+fn merge_patch_of(patch_body: &[u8]) -> Result<serde_json::Value, SpecError> {
+    const HOW: &str = r#"send a JSON merge patch (RFC 7396) of the changes, e.g. {"optimizer": {"lr": 1e-4}} ("null" removes a field), or {} to run the same spec again"#;
+    let patch: serde_json::Value = if patch_body.trim_ascii().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(patch_body)
+            .map_err(|err| SpecError::new("(body)", format!("not valid JSON: {err}; {HOW}")))?
+    };
+    if !patch.is_object() {
+        return Err(SpecError::new("(body)", format!("a patch is a JSON object, not {patch}; {HOW}")));
+    }
+    Ok(patch)
+}
+
 /// A spec error of one sweep combination, worded to name the combination (other errors as they are).
 fn in_combination(variant: &Variant, err: SubmitError) -> SubmitError {
     match err {
@@ -258,8 +279,8 @@ fn in_combination(variant: &Variant, err: SubmitError) -> SubmitError {
     }
 }
 
-/// The caps one spec must keep: priority for admins only, epochs and image side under the box's
-/// limits.
+/// The caps one spec must keep: priority for admins only, epochs, image side and time limit
+/// under the box's limits.
 fn check_spec_limits(caps: &Caps, user: &User, spec: &JobSpec) -> Result<(), SubmitError> {
     if spec.priority != 0 && !user.admin {
         return Err(SubmitError::AdminOnly {
@@ -275,6 +296,9 @@ fn check_spec_limits(caps: &Caps, user: &User, spec: &JobSpec) -> Result<(), Sub
             format!("{} epochs in all; this box allows at most {} per job", spec.total_epochs(), caps.max_epochs),
         )
         .into());
+    }
+    if let Err(message) = caps.time_limits.check(spec.time_limit) {
+        return Err(SpecError::new("time_limit", message).into());
     }
     let (field, side) = match spec.image_size {
         Some(size) => ("image_size", size),

@@ -36,7 +36,7 @@ impl Submissions<'_> {
         for (index, id) in spec.after.iter().enumerate() {
             let field = format!("after[{index}]");
             let dep = visible(id).ok_or_else(|| unknown(field.clone(), *id))?;
-            if matches!(dep.state, JobState::Failed | JobState::Cancelled) {
+            if dep.state.is_unsuccessful_end() {
                 return Err(SpecError::new(
                     field,
                     format!("job {} already {}, so this job would never start; resubmit that job and wait for the new one, or leave it out", dep.id, dep.state),
@@ -46,7 +46,7 @@ impl Submissions<'_> {
         }
         if let Some(init) = &spec.init_from {
             let source = visible(&init.job).ok_or_else(|| unknown(String::from("init_from.job"), init.job))?;
-            if matches!(source.state, JobState::Failed | JobState::Cancelled) {
+            if source.state.is_unsuccessful_end() {
                 return Err(SpecError::new(
                     "init_from.job",
                     format!(

@@ -24,7 +24,7 @@ use crate::devices::{DeviceKind, DeviceSlot, Inventory};
 use crate::domain::outcome::{decide, describe_exit, Decision, RunFacts, RunOutcome};
 use crate::domain::relay::WorkerExit;
 use crate::domain::worker_protocol::{FailureKind, WorkerJob};
-use crate::domain::{JobId, JobSpec, JobState};
+use crate::domain::{JobId, JobSpec, JobState, TimeLimit};
 use crate::events::{EventBus, EventKind};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -258,6 +258,7 @@ impl Supervisor {
         let token = CancellationToken::new();
         self.running.lock().expect("running map poisoned").insert(id, token.clone());
         let log = self.job_log(&paths, id);
+        let time_limit = self.time_limit_left(id).await;
         match self.spawn(&paths, &log, &work, slot).await {
             Ok(child) => {
                 self.events.publish(id, EventKind::Started { device: slot.id.clone() });
@@ -271,7 +272,8 @@ impl Supervisor {
                 let slot = slot.clone();
                 let spec = work.spec.clone();
                 tokio::spawn(
-                    async move { watcher.watch(id, log, child, token, phases, slot, spec).await }.instrument(span),
+                    async move { watcher.watch(id, log, child, token, phases, slot, spec, time_limit).await }
+                        .instrument(span),
                 );
             }
             Err(err) => {
@@ -397,6 +399,24 @@ impl Supervisor {
         Ok(child)
     }
 
+    /// Job `id`'s time limit and the device time left of it (its earlier runs counted), when it
+    /// has one. An unreadable database gives no limit for this run rather than no run.
+    async fn time_limit_left(&self, id: JobId) -> Option<(TimeLimit, Duration)> {
+        let limit = match self.store.job(id).await {
+            Ok(Some(job)) => job.time_limit?,
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::error!(error = ?err, "reading the job's time limit failed; this run has none");
+                return None;
+            }
+        };
+        let used = self.store.device_seconds_used(id).await.unwrap_or_else(|err| {
+            tracing::error!(error = ?err, "reading the job's device time failed; counting from zero");
+            0.0
+        });
+        Some((limit, Duration::from_secs_f64((limit.seconds() as f64 - used).max(0.0))))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn watch(
         &self,
@@ -407,6 +427,7 @@ impl Supervisor {
         phases: u32,
         slot: DeviceSlot,
         spec: JobSpec,
+        time_limit: Option<(TimeLimit, Duration)>,
     ) {
         let pid = child.id().map(|pid| pid as i32);
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -429,6 +450,9 @@ impl Supervisor {
         let mut stderr_open = true;
         let mut cancelled = false;
         let mut stopping = false;
+        // The moment the job's device time reaches its limit, and why it stopped once it did.
+        let limit_at = time_limit.map(|(_, left)| tokio::time::Instant::now() + left);
+        let mut time_limit_reached: Option<String> = None;
         let mut kill_at: Option<tokio::time::Instant> = None;
         let mut peak_memory: u64 = 0;
         let mut memory_recorded = false;
@@ -460,7 +484,18 @@ impl Supervisor {
                         kill_at = Some(tokio::time::Instant::now() + self.config.kill_grace);
                     }
                 }
-                () = self.shutdown.cancelled(), if !stopping && !cancelled => {
+                () = tokio::time::sleep_until(limit_at.unwrap_or(never)), if limit_at.is_some() && time_limit_reached.is_none() && !stopping && !cancelled => {
+                    let limit = time_limit.map(|(limit, _)| limit).expect("a deadline comes from a limit");
+                    let reason = crate::domain::time_limit::reached_reason(limit, Some(tracker.progress()));
+                    log.append(&format!("trainq: {reason}: stopping the worker with a checkpoint (SIGTERM)\n")).await;
+                    tracing::info!(%reason, "time limit reached: SIGTERM to the worker, which checkpoints and exits");
+                    time_limit_reached = Some(reason);
+                    if let Some(pid) = pid {
+                        signal_group(pid, libc::SIGTERM);
+                        kill_at = Some(tokio::time::Instant::now() + self.config.shutdown_grace);
+                    }
+                }
+                () = self.shutdown.cancelled(), if !stopping && !cancelled && time_limit_reached.is_none() => {
                     stopping = true;
                     if let Some(pid) = pid {
                         tracing::info!("server shutting down: SIGTERM to the worker, which checkpoints and exits");
@@ -539,6 +574,7 @@ impl Supervisor {
             oom_retry_batch: retries.oom_retry_batch,
             storage_attempts_left: retries.storage_attempts_left,
             disk: retries.disk.as_deref(),
+            time_limit_reached: time_limit_reached.as_deref(),
         };
         let decision = decide(&facts);
         let summary = match &status {
@@ -587,6 +623,8 @@ impl Supervisor {
         let next = decision.outcome.job_state();
         if next != JobState::Queued {
             let reason = match decision.reason {
+                // Where it stopped says it all; the log's tail is of a healthy run.
+                Some(reason) if next == JobState::Timeout => Some(reason),
                 Some(reason) => {
                     let tail = log_tail(&log.path, REASON_LOG_LINES).await;
                     Some(format!("{reason}\n--- last lines of the log ---\n{tail}"))

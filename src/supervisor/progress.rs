@@ -92,6 +92,11 @@ impl ProgressTracker {
         }
     }
 
+    /// Where the worker stands as last reported (phase, epoch, step).
+    pub(super) fn progress(&self) -> &JobProgress {
+        &self.progress
+    }
+
     /// Epoch events received from this worker.
     pub(super) fn epochs_seen(&self) -> u32 {
         self.epochs_seen

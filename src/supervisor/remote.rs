@@ -64,7 +64,10 @@ impl Supervisor {
             write_file(script.clone(), text).await.context("writing the batch script")?;
             let secret = crate::domain::user::new_token();
             let after = self.slurm_dependencies(&work.spec).await?;
-            let slurm_id = slurm::submit(self.slurm(), &id.to_string(), &paths.dir, &script, &secret, &after).await?;
+            // A job with a time limit runs for what is left of it, and the grace to checkpoint.
+            let time = self.time_limit_left(id).await.map(|(_, left)| left + self.config.shutdown_grace);
+            let slurm_id =
+                slurm::submit(self.slurm(), &id.to_string(), &paths.dir, &script, &secret, &after, time).await?;
             self.store.set_executor_ref(id, &slurm_id, &secret).await?;
             anyhow::Ok(slurm_id)
         }
@@ -279,6 +282,13 @@ impl Supervisor {
         };
         let failure = remote.tracker.failure().cloned();
         let retries = self.retries(id, &spec).await;
+        // Its `--time` was its limit: Slurm's TIMEOUT is the limit reached.
+        let time_limit_reached = match (stored.as_ref().and_then(|job| job.time_limit), &end.state) {
+            (Some(limit), Some(SlurmState::Timeout)) => {
+                Some(crate::domain::time_limit::reached_reason(limit, Some(remote.tracker.progress())))
+            }
+            _ => None,
+        };
         let facts = RunFacts {
             exit: remote.exit,
             cancel_requested: cancel_sent || stored.as_ref().is_some_and(|job| job.cancel_requested),
@@ -291,6 +301,7 @@ impl Supervisor {
             oom_retry_batch: retries.oom_retry_batch,
             storage_attempts_left: retries.storage_attempts_left,
             disk: retries.disk.as_deref(),
+            time_limit_reached: time_limit_reached.as_deref(),
         };
         let decision = dependency_ended.unwrap_or_else(|| decide(&facts));
         let log = remote.log.clone();

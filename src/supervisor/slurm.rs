@@ -115,10 +115,26 @@ pub fn batch_script(config: &SlurmConfig, job_id: &str, worker: &Path, job_json:
 /// `--kill-on-invalid-dep=no` it stays pending with it until cancelled).
 pub const DEPENDENCY_NEVER_SATISFIED: &str = "DependencyNeverSatisfied";
 
+/// Slurm's `--time` for `duration`, rounded up to whole minutes (Slurm's own granularity):
+/// `days-hours:minutes:00`.
+pub fn slurm_time(duration: std::time::Duration) -> String {
+    let minutes = duration.as_secs().div_ceil(60).max(1);
+    format!("{}-{:02}:{:02}:00", minutes / 1440, minutes / 60 % 24, minutes % 60)
+}
+
 /// `sbatch`'s arguments for a job whose folder is `dir`, to start only after the Slurm jobs
 /// `after` completed successfully (`--dependency=afterok:…`: the Slurm ids of the jobs it waits
-/// for that run in Slurm now).
-pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path, after: &[String]) -> Vec<String> {
+/// for that run in Slurm now). `time_limit` is a job's own `--time` (what is left of its time
+/// limit plus the shutdown grace): it replaces `--slurm-time`, and Slurm's `TIMEOUT` then means
+/// the job reached its limit.
+pub fn sbatch_args(
+    config: &SlurmConfig,
+    job_id: &str,
+    dir: &Path,
+    script: &Path,
+    after: &[String],
+    time_limit: Option<std::time::Duration>,
+) -> Vec<String> {
     let mut args = vec![
         String::from("--parsable"),
         // The trainq id itself: `squeue -n <id>` finds the job even without its Slurm id.
@@ -137,8 +153,10 @@ pub fn sbatch_args(config: &SlurmConfig, job_id: &str, dir: &Path, script: &Path
     if let Some(account) = &config.account {
         args.push(format!("--account={account}"));
     }
-    if let Some(time) = &config.time {
-        args.push(format!("--time={time}"));
+    match (time_limit, &config.time) {
+        (Some(limit), _) => args.push(format!("--time={}", slurm_time(limit))),
+        (None, Some(time)) => args.push(format!("--time={time}")),
+        (None, None) => {}
     }
     if config.gpus > 0 {
         args.push(format!("--gres=gpu:{}", config.gpus));
@@ -161,8 +179,9 @@ pub async fn submit(
     script: &Path,
     secret: &str,
     after: &[String],
+    time_limit: Option<std::time::Duration>,
 ) -> Result<String, SlurmError> {
-    let args = sbatch_args(config, job_id, dir, script, after);
+    let args = sbatch_args(config, job_id, dir, script, after, time_limit);
     let out = run("sbatch", &args, &[(crate::domain::relay::SECRET_VARIABLE, secret)]).await?;
     parse_sbatch(&out).ok_or_else(|| SlurmError {
         command: String::from("sbatch"),
@@ -228,8 +247,14 @@ mod tests {
 
     #[test]
     fn sbatch_gets_the_request_and_only_the_secret_by_name() {
-        let args =
-            sbatch_args(&config(), "abc", Path::new("/shared/jobs/abc"), Path::new("/shared/jobs/abc/job.sbatch"), &[]);
+        let args = sbatch_args(
+            &config(),
+            "abc",
+            Path::new("/shared/jobs/abc"),
+            Path::new("/shared/jobs/abc/job.sbatch"),
+            &[],
+            None,
+        );
         assert!(!args.iter().any(|arg| arg.starts_with("--dependency")), "{args:?}");
         assert!(args.contains(&String::from("--parsable")));
         assert!(args.contains(&String::from("--job-name=abc")));
@@ -257,10 +282,24 @@ mod tests {
             Path::new("/shared/jobs/abc"),
             Path::new("/shared/jobs/abc/job.sbatch"),
             &after,
+            None,
         );
         assert!(args.contains(&String::from("--dependency=afterok:41:45")), "{args:?}");
         assert!(args.contains(&String::from("--kill-on-invalid-dep=no")), "{args:?}");
         assert_eq!(args.last().unwrap(), "/shared/jobs/abc/job.sbatch", "the script stays last");
+    }
+
+    #[test]
+    fn a_job_with_a_time_limit_gets_it_as_its_own_time() {
+        let limit = std::time::Duration::from_secs(2 * 3600 + 30);
+        let args = sbatch_args(&config(), "abc", Path::new("/j"), Path::new("/j/job.sbatch"), &[], Some(limit));
+        assert!(
+            args.contains(&String::from("--time=0-02:01:00")),
+            "rounded up to a minute, not --slurm-time: {args:?}"
+        );
+        assert_eq!(args.iter().filter(|arg| arg.starts_with("--time=")).count(), 1);
+        assert_eq!(slurm_time(std::time::Duration::from_secs(3 * 86_400 + 5 * 3600 + 7 * 60)), "3-05:07:00");
+        assert_eq!(slurm_time(std::time::Duration::from_secs(1)), "0-00:01:00");
     }
 
     #[test]

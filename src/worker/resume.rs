@@ -39,7 +39,8 @@ const OPTIMIZER_PREFIX: &str = "optimizer.";
 pub struct Progress {
     /// [`FORMAT_VERSION`] of the writer.
     pub format: u32,
-    /// SHA-256 (hex) of the spec's JSON: a checkpoint only resumes the very same spec.
+    /// SHA-256 (hex) of the spec's training (`JobSpec::training`: all but its time limit, name
+    /// and notifications): a checkpoint only resumes the very same training.
     pub spec_sha256: String,
     /// 1-based phase the tensors belong to (the optimizer state is this phase's).
     pub phase: u32,
@@ -86,8 +87,19 @@ impl Progress {
     }
 }
 
-/// SHA-256 (hex) of the spec's JSON (serialized from the validated spec, so field order is fixed).
+/// SHA-256 (hex) of the JSON of the spec's training (serialized from the validated spec, so
+/// field order is fixed): a job resumed with more time, or renamed, matches its parent's.
 pub fn spec_sha256(spec: &JobSpec) -> String {
+    sha256_of_json(&spec.training())
+}
+
+/// Whether a checkpoint's hash is of `spec`'s training, or (written before resumes could change
+/// a spec) of the whole spec.
+fn belongs_to(hash: &str, spec: &JobSpec) -> bool {
+    hash == spec_sha256(spec) || hash == sha256_of_json(spec)
+}
+
+fn sha256_of_json(spec: &JobSpec) -> String {
     let json = serde_json::to_vec(spec).expect("a spec always serializes");
     Sha256::digest(&json).iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -209,7 +221,7 @@ pub fn restore(dir: &Path, spec: &JobSpec, network: &Network) -> anyhow::Result<
         "format {} (this worker writes {FORMAT_VERSION})",
         progress.format
     );
-    anyhow::ensure!(progress.spec_sha256 == spec_sha256(spec), "it belongs to another spec");
+    anyhow::ensure!(belongs_to(&progress.spec_sha256, spec), "it belongs to another spec");
     let phase = spec.phases.get((progress.phase as usize).wrapping_sub(1)).context("its phase is not in the spec")?;
     anyhow::ensure!(
         progress.epochs < phase.epochs || (progress.epochs == phase.epochs && progress.partial.steps == 0),

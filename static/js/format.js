@@ -4,7 +4,7 @@
 import { el, enc } from './dom.js';
 
 /** A job's states after which nothing about it changes any more. */
-export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+export const TERMINAL = new Set(['succeeded', 'failed', 'cancelled', 'timeout']);
 
 /** How each metric is titled, in the order a report lists them. */
 export const METRIC_NAMES = {

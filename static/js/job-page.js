@@ -7,7 +7,7 @@
 // private part, and the summary then follows the queue's rows (`syncLocked`).
 
 import { $, el, enc, fact, setConnection, showResult } from './dom.js';
-import { badge, bytesText, fixed, jobLink, ownerText, paramsText, percent, shortId, TERMINAL, when } from './format.js';
+import { badge, bytesText, fixed, jobHref, jobLink, ownerText, paramsText, percent, shortId, TERMINAL, when } from './format.js';
 import { etaText, jobFraction, progressBar, progressText } from './progress.js';
 import { errorNodes, mayOpen } from './api.js';
 import { openStream } from './stream.js';
@@ -17,6 +17,8 @@ import { drawCharts } from './charts.js';
 const LOG_LINES = 60;
 const LOG_KEEP = 400;
 const CANCELLABLE = new Set(['queued', 'running']);
+/** The states a job can be resumed from (with its checkpoint) with more time. */
+const RESUMABLE = new Set(['timeout', 'failed', 'cancelled']);
 
 // `access`: 'open' (the job's own stream feeds it), 'signed-out' or 'foreign' (only the queue's
 // public facts); `generation` tells a stale answer from the current one after a reopen.
@@ -57,6 +59,7 @@ export function createJobPage(app) {
       ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
       ...skippedFacts(job.progress?.data),
       ...fact('ETA', etaText(job)),
+      ...(job.time_limit ? fact('Time limit', `${job.time_limit} of device time`) : []),
       ...(job.parent_id ? fact('Parent', el('span', { class: 'parent' }, jobLink(job.parent_id, shortId(job.parent_id)))) : []),
       ...(job.params ? fact('Sweep values', paramsText(job.params)) : []),
       ...(job.notes?.length ? fact('Notes', ...job.notes.map((note) => el('div', { class: 'note' }, note))) : []),
@@ -69,6 +72,7 @@ export function createJobPage(app) {
       ...(job.deleted_at ? fact('Deleted', `${when(job.deleted_at * 1000)} by ${job.deleted_by ?? '?'}: its files are gone`) : []));
     $('cancel-button').hidden = !(CANCELLABLE.has(job.state) && detail.access === 'open');
     $('delete-button').hidden = !(TERMINAL.has(job.state) && !job.deleted_at && detail.access === 'open');
+    $('resume-button').hidden = !(RESUMABLE.has(job.state) && job.resume_point && !job.deleted_at && detail.access === 'open');
     $('detail-error-box').hidden = !job.error;
     $('detail-error').textContent = job.error ?? '';
     $('job-spec').textContent = JSON.stringify(job.spec, null, 2);
@@ -262,6 +266,36 @@ export function createJobPage(app) {
     }
   }
 
+  // Resuming starts a child that continues the job from its checkpoint with a new time limit
+  // (`resubmit?resume=true`); the page then shows the child.
+  async function resumeJob() {
+    const job = detail.job;
+    if (!job) return;
+    const limit = window.prompt(`Resume “${job.name}” from its checkpoint with a time limit of (e.g. 4h, 90m, 2d):`, job.time_limit ? `${job.time_limit}` : '4h');
+    if (!limit) return;
+    const button = $('resume-button');
+    const out = $('cancel-result');
+    button.disabled = true;
+    showResult(out, '', 'Resuming…');
+    try {
+      const answer = await client.request(`/api/jobs/${enc(job.id)}/resubmit?resume=true`, {
+        method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ time_limit: limit.trim() }),
+      });
+      if (!answer.ok) {
+        showResult(out, 'error', ['Resume failed: ', ...errorNodes(answer)]);
+        return;
+      }
+      const child = answer.body.jobs[0];
+      showResult(out, 'ok', ['Resumed as ', jobLink(child.id, shortId(child.id)), '.']);
+      views.queue.scheduleRefresh();
+      window.location.hash = jobHref(child.id);
+    } catch (err) {
+      showResult(out, 'error', `Resume failed: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // Deleting removes a finished job's files (checkpoints, plots, log); its row stays, marked deleted.
   async function deleteJob() {
     const id = detail.id;
@@ -298,6 +332,7 @@ export function createJobPage(app) {
     files.bindDownload($('metrics-csv'));
     $('cancel-button').addEventListener('click', cancelJob);
     $('delete-button').addEventListener('click', deleteJob);
+    $('resume-button').addEventListener('click', resumeJob);
     window.addEventListener('hashchange', () => onHashChange().catch(setConnection));
     let pending = 0;
     window.addEventListener('resize', () => {

@@ -438,6 +438,7 @@ pub async fn seed_jobs(data: &Path, count: usize, queued: usize) -> Vec<String> 
                     owner,
                     priority: 0,
                     memory_bytes: 1,
+                    time_limit: None,
                 }
             })
             .collect();

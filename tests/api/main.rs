@@ -33,6 +33,7 @@ mod slurm;
 mod small_disk;
 mod sweeps;
 mod tls;
+mod time_limits;
 mod training;
 mod upgrades;
 mod users;

@@ -2,7 +2,8 @@
 //! `.ci/run` does it before the tests): submit through the API → Slurm runs `trainq relay` and the
 //! worker → progress and metrics arrive over HTTP → artifacts download; cancel through the API
 //! ends the Slurm job; a restarted server re-attaches; a job `scancel`led from outside fails
-//! with that reason; Slurm's pending reason shows.
+//! with that reason; Slurm's pending reason shows; a job's time limit is its `--time`, and Slurm's
+//! `TIMEOUT` ends it `timeout`.
 //!
 //! Without a cluster these tests fail, unless `TRAINQ_SKIP_SLURM=1` asks to skip them (for
 //! developer machines without root), which they say loudly.
@@ -230,4 +231,28 @@ async fn after_maps_to_a_slurm_dependency_that_holds_the_job_and_fails_it_with_t
     let error = job["error"].as_str().unwrap();
     assert!(error.starts_with(&format!("job {}… it waits for was cancelled", &third[..8])), "{error}");
     wait_until("squeue no longer lists the waiting job", || !in_squeue(&fourth_slurm)).await;
+}
+
+#[tokio::test]
+async fn a_job_with_a_time_limit_gets_it_as_its_slurm_time_and_slurms_timeout_ends_it_timeout() {
+    if !cluster() {
+        return;
+    }
+    let (app, _) = slurm_app(1);
+    // Far longer than its limit: 30 s of device time, plus the 30 s shutdown grace, is one minute
+    // of Slurm `--time` (Slurm counts whole minutes).
+    let mut spec = long_spec("limited", 1000);
+    spec["phases"] = json!([{"epochs": 1000, "train": "all"}]);
+    spec["time_limit"] = json!("30s");
+    let id = app.submit(&spec).await;
+    let slurm = slurm_id(&app, &id).await;
+    let shown = Command::new("scontrol").args(["show", "job", "-o", &slurm]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("TimeLimit=00:01:00"), "the job's limit, not --slurm-time: {shown}");
+    let job = app.wait_for(&id, WAIT, |job| job["state"] != "queued" && job["state"] != "running").await;
+    let (_, log) = app.text(&format!("/api/jobs/{id}/log")).await;
+    assert_eq!(job["state"], "timeout", "{job:#}\n{log}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("time limit 30s reached at phase 1, epoch "), "{error}");
+    assert_eq!(app.run_outcomes(&id).await, ["timeout"]);
 }
