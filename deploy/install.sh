@@ -18,12 +18,13 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 root=""
 bin="$repo/target/release"
 libtorch=""
+link_libtorch=false
 uninstall=false
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) root=$(realpath -m "$2"); shift 2 ;;
         --bin) bin=$(realpath "$2"); shift 2 ;;
-        --libtorch) libtorch=$(realpath "$2"); shift 2 ;;
+        --libtorch) libtorch=$(realpath "$2"); link_libtorch=true; shift 2 ;;
         --uninstall) uninstall=true; shift ;;
         -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -89,11 +90,17 @@ if [ "$(readlink "$link" || true)" != /opt/trainq/bin/trainq ]; then
     ln -sfn /opt/trainq/bin/trainq "$link"
 fi
 
-# libtorch: a link to an existing install, or a copy made once (4.6 GB).
-if [ -n "$libtorch" ] && [ "$libtorch" != "$(realpath "$opt/torch" 2>/dev/null)" ]; then
-    if [ -L "$opt/torch" ] || [ ! -e "$opt/torch" ]; then
+# libtorch: with --libtorch a link to that install; else a copy of the repo's, made once (4.6 GB;
+# a copy already there is kept, so a second run copies nothing).
+if $link_libtorch; then
+    if [ "$(readlink "$opt/torch" || true)" != "$libtorch" ]; then
+        rm -rf "$opt/torch"
         ln -sfn "$libtorch" "$opt/torch"
     fi
+elif [ ! -d "$opt/torch" ] || [ -L "$opt/torch" ]; then
+    rm -rf "$opt/torch" "$opt/torch.partial"
+    cp -a "$libtorch" "$opt/torch.partial"
+    mv "$opt/torch.partial" "$opt/torch"
 fi
 
 # The config: the shipped example with this install's paths; one already there is the admin's.

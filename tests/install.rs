@@ -191,6 +191,7 @@ async fn a_scratch_install_is_complete_idempotent_and_serves_a_demo_job() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let _ = server.kill();
+    let _ = server.wait();
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert!(data.join("trainq.db").exists(), "the data lives under the scratch root");
 }

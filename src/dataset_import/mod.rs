@@ -236,12 +236,19 @@ pub fn finish(
     // The catalog must accept what is about to be served.
     crate::catalog::datasets::describe(&options.name, &dataset).map_err(|err| ImportError::layout(err.to_string()))?;
     let target = options.datasets_root.join(&options.name);
-    if options.replace && target.exists() {
+    let replaced = temp.path().join("replaced");
+    let replacing = options.replace && target.exists();
+    if replacing {
         // The old folder moves into the temporary one first, which is removed on drop: the name
         // is absent only between two renames.
-        std::fs::rename(&target, temp.path().join("replaced"))
-            .map_err(|err| ImportError::io("moving the replaced dataset aside", err))?;
+        std::fs::rename(&target, &replaced).map_err(|err| ImportError::io("moving the replaced dataset aside", err))?;
     }
-    std::fs::rename(&dataset, &target).map_err(|err| ImportError::io("moving the dataset into place", err))?;
+    if let Err(err) = std::fs::rename(&dataset, &target) {
+        if replacing {
+            // Nothing accepted is lost: the old dataset goes back where it was.
+            let _ = std::fs::rename(&replaced, &target);
+        }
+        return Err(ImportError::io("moving the dataset into place", err));
+    }
     Ok(manifest)
 }

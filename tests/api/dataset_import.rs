@@ -290,3 +290,34 @@ async fn a_folder_laid_out_by_hand_skips_what_does_not_decode_by_name_and_fails_
     let error = job["error"].as_str().unwrap_or_default();
     assert!(error.contains("class `NORMAL` of the test split has no images"), "{error}");
 }
+
+#[tokio::test]
+async fn the_client_imports_a_folder_with_its_stages_and_refuses_a_taken_name() {
+    let app = TestApp::spawn(Options::default());
+    let folder = tempfile::tempdir().unwrap();
+    for (path, bytes) in generated_images(3) {
+        let target = folder.path().join("course").join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, bytes).unwrap();
+    }
+    std::fs::write(folder.path().join("course/train/.DS_Store"), b"Bud1").unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_trainq"))
+            .args(["admin", "datasets", "import", "course"])
+            .arg(folder.path())
+            .env("TRAINQ_URL", &app.address)
+            .env("TRAINQ_TOKEN", &app.tokens["root"])
+            .env("HOME", folder.path())
+            .output()
+            .unwrap()
+    };
+    let output = run();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("imported `course`: 14 images"), "{stdout}");
+    assert!(stdout.contains("train: NORMAL 4, PNEUMONIA 4") && stdout.contains("left out: 1 ds_store"), "{stdout}");
+    assert!(stderr.contains("unpack:") && stderr.contains("verify:"), "the server's stages: {stderr}");
+    let output = run();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("409") && stderr.contains("--replace"), "{stderr}");
+}
