@@ -155,7 +155,8 @@ fn scene(width: u32, height: u32, seed: u32) -> RgbImage {
 
 /// Writes a dataset `large`: small train and val images, and a test split of 1–2 MP JPEGs per
 /// class as scanners and cameras write them: grayscale (portrait), colour without chroma
-/// subsampling (the `image` crate's encoder) and colour 4:2:0 (Pillow's default, as most cameras).
+/// subsampling (the `image` crate's encoder), colour 4:2:0 (Pillow's default, as most cameras) and
+/// the same progressive (as web images often are).
 fn write_large_dataset(root: &Path) {
     let dataset = root.join("datasets/large");
     for (label, class) in ["NORMAL", "PNEUMONIA"].into_iter().enumerate() {
@@ -178,19 +179,22 @@ fn write_large_dataset(root: &Path) {
         let gray: GrayImage = image::DynamicImage::ImageRgb8(scene(1001, 1203, seed)).to_luma8();
         gray.save(folder.join("gray.jpeg")).unwrap();
         scene(1400, 1100, seed + 1).save(folder.join("colour-444.jpeg")).unwrap();
-        let colour = scene(1597, 1203, seed + 2);
-        let script = "import sys; from PIL import Image; \
-            Image.frombytes('RGB', (int(sys.argv[1]), int(sys.argv[2])), sys.stdin.buffer.read()) \
-            .save(sys.argv[3], quality=90, subsampling='4:2:0')";
-        let mut pillow = Command::new(python())
-            .args(["-c", script])
-            .args([colour.width().to_string(), colour.height().to_string()])
-            .arg(folder.join("colour-420.jpeg"))
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        pillow.stdin.take().unwrap().write_all(colour.as_raw()).unwrap();
-        assert!(pillow.wait().unwrap().success(), "Pillow could not write the 4:2:0 JPEG");
+        for (name, seed, progressive) in [("colour-420", seed + 2, "0"), ("colour-420-progressive", seed + 4, "1")] {
+            let colour = scene(1597, 1203, seed);
+            let script = "import sys; from PIL import Image; \
+                Image.frombytes('RGB', (int(sys.argv[1]), int(sys.argv[2])), sys.stdin.buffer.read()) \
+                .save(sys.argv[3], quality=90, subsampling='4:2:0', progressive=sys.argv[4] == '1')";
+            let mut pillow = Command::new(python())
+                .args(["-c", script])
+                .args([colour.width().to_string(), colour.height().to_string()])
+                .arg(folder.join(format!("{name}.jpeg")))
+                .arg(progressive)
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            pillow.stdin.take().unwrap().write_all(colour.as_raw()).unwrap();
+            assert!(pillow.wait().unwrap().success(), "Pillow could not write {name}.jpeg");
+        }
     }
 }
 
@@ -223,7 +227,7 @@ async fn large_grayscale_and_colour_jpegs_predict_the_same_in_pytorch_for_every_
             worst = worst.max(check_in_pytorch(&app, spec, variable).await);
         }
     }
-    // trainq's full decode is libjpeg-turbo's arithmetic, as Pillow's: the same pixels, so what is
-    // left is float summation order (zune-jpeg's rounding moved Inception's by up to 1.2e-3 here).
+    // trainq decodes with libjpeg-turbo, as Pillow does: the same pixels, so what is left is float
+    // summation order (zune-jpeg's rounding moved Inception's by up to 1.2e-3 here).
     assert!(worst <= 1e-3, "max |PyTorch − trainq| = {worst}");
 }
