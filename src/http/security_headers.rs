@@ -7,11 +7,11 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 
 /// The dashboard's policy: its own files only, no inline script, no framing. Images and
-/// downloads it makes from fetched bytes are `blob:` URLs, and the report's heatmaps `data:`
-/// ones. Inline styles are allowed because the HW report the dashboard opens from a `blob:` URL
+/// downloads it makes from fetched bytes are `blob:` URLs (which a page may read back, as the
+/// browser test does with a download), and the report's heatmaps `data:` ones. Inline styles are allowed because the HW report the dashboard opens from a `blob:` URL
 /// inherits this policy, and its page carries its style inline (a style cannot run code).
 pub const DASHBOARD_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-                                    img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; \
+                                    img-src 'self' blob: data:; connect-src 'self' blob:; object-src 'none'; \
                                     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// `/api/docs`: one page with its style inline and nothing else to load.
