@@ -1,6 +1,8 @@
 //! trainq: a shared GPU box's training queue. The server side lives in this library; the tch
 //! worker is a separate binary (`src/worker/`) so the server process never loads libtorch.
 
+/// Device-hour budgets: each user's account for the period, for the scheduler and the API.
+pub mod budgets;
 /// Datasets and weights on disk.
 pub mod catalog;
 /// The students' terminal client: login, ls, show, cancel, wait.

@@ -59,6 +59,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(args) => trainq::client::report(&args.ids).await,
         Command::Rm(args) => trainq::client::rm(&args.ids).await,
         Command::Admin(args) => trainq::client::admin(args.command).await,
+        Command::Me => trainq::client::me().await,
         Command::Notify(args) => {
             let change = trainq::client::NotifyChange {
                 email: args.email,

@@ -42,7 +42,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let parts = Parts::new(store, disk, &config, slurm.as_deref());
     let supervisor = parts.supervisor(&folders, &workers, slurm.clone());
     follow_jobs_left_on_slurm(&parts.store, &supervisor, &parts.telemetry, slurm.is_some()).await?;
-    let scheduling = config.scheduling.settings();
+    let budgets = config
+        .budgets
+        .policy(config.limits.default_time_limit, config.scheduling.max_jobs_per_gpu, &parts.inventory)?
+        .map(Arc::new);
+    let scheduling = scheduler::Settings { budgets: budgets.clone(), ..config.scheduling.settings() };
     let half_life_secs = scheduling.half_life_secs;
     parts.start_scheduler(&supervisor, &folders, config.storage.cache_budget_bytes(), scheduling);
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
@@ -50,7 +54,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::notify::run(parts.store.clone(), parts.events.clone(), notifier));
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs)?;
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, budgets)?;
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on http://{address}");
     tracing::info!(%address, "serving");
@@ -163,6 +167,7 @@ impl Parts {
         worker_program: PathBuf,
         config: &ServeConfig,
         half_life_secs: f64,
+        budgets: Option<Arc<crate::budgets::BudgetPolicy>>,
     ) -> anyhow::Result<AppState> {
         Ok(AppState {
             store: self.store,
@@ -178,7 +183,7 @@ impl Parts {
                 static_dir: config.storage.static_dir.clone(),
                 worker_program,
             }),
-            limits: Arc::new(config.limits.settings(half_life_secs)?),
+            limits: Arc::new(crate::http::Limits { budgets, ..config.limits.settings(half_life_secs)? }),
             tokens: Arc::default(),
             telemetry: self.telemetry,
         })

@@ -4,6 +4,7 @@
 //! It links no libtorch: it shares the spec's parsing with the server (`domain`), so a bad
 //! `--set` is refused before any request.
 
+mod budget;
 mod notify;
 mod pull;
 mod retention;
@@ -11,6 +12,7 @@ mod submit;
 mod table;
 mod watch;
 
+pub use budget::me;
 pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use retention::{admin, rm};
@@ -158,6 +160,11 @@ impl Api {
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.http.post(format!("{}{path}", self.profile.url)).json(body)).await
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.patch(format!("{}{path}", self.profile.url)).json(body)).await
     }
 
     /// `DELETE path`, its answer as JSON.

@@ -24,6 +24,7 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     let api = Api::new(Profile::load()?)?;
     match command {
         AdminCommand::Gc(args) => gc(&api, &args).await,
+        AdminCommand::Budget(args) => super::budget::set_budget(&api, &args).await,
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
             let quota = usage["quota_bytes"]

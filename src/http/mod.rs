@@ -13,6 +13,7 @@
 mod admin;
 mod assets;
 mod auth;
+mod budgets;
 mod catalog;
 mod compare;
 mod csv;
@@ -90,6 +91,8 @@ pub struct Limits {
     pub max_disk_bytes_per_user: Option<u64>,
     /// The default time limit and the cap (`--default-time-limit`, `--max-time-limit`).
     pub time_limits: crate::domain::time_limit::TimeLimitPolicy,
+    /// Device-hour budgets; `None`: none set.
+    pub budgets: Option<Arc<crate::budgets::BudgetPolicy>>,
 }
 
 /// What every handler gets.
@@ -136,6 +139,7 @@ impl AppState {
                 max_disk_bytes_per_user: self.limits.max_disk_bytes_per_user,
                 time_limits: self.limits.time_limits,
             },
+            budgets: self.limits.budgets.as_deref(),
         }
     }
 
@@ -178,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/notifications", get(me::admin_notifications))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/gc", post(admin::gc))
+        .route("/admin/users/{name}", axum::routing::patch(budgets::patch_user))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))
         .layer(axum::middleware::map_response(|response| too_large_as_json(response, MAX_BODY_BYTES)))

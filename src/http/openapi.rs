@@ -64,6 +64,7 @@ use utoipa::{OpenApi, PartialSchema};
         super::jobs::delete,
         super::admin::usage,
         super::admin::gc,
+        super::budgets::patch_user,
         openapi_json,
         docs,
         super::health::live,

@@ -71,6 +71,7 @@ pub(super) async fn test_router() -> TestRouter {
             half_life_secs: 3600.0,
             max_disk_bytes_per_user: None,
             time_limits: crate::domain::time_limit::TimeLimitPolicy::default(),
+            budgets: None,
         }),
         tokens: Arc::default(),
     };

@@ -159,6 +159,8 @@ pub struct Settings {
     pub limits: policy::Limits,
     /// Half-life of past usage in fair share, seconds.
     pub half_life_secs: f64,
+    /// Device-hour budgets (`--gpu-hours-per-user`, `--cpu-hours-per-user`); `None`: none.
+    pub budgets: Option<Arc<crate::budgets::BudgetPolicy>>,
 }
 
 /// What a pass saw that decides when the next one is due without an event.
@@ -394,6 +396,10 @@ async fn schedule_once(
         })
         .collect();
     let timings = store.epoch_timings().await?;
+    let budgets = match &settings.budgets {
+        Some(policy) => budget_bounds(store, policy, &running, queue, now.unix_seconds()).await?,
+        None => policy::Budgets::default(),
+    };
     // Linear in the queue, about a millisecond per thousand jobs. Not under `block_in_place`: the
     // thread it leaves behind can end up in the blocking pool and exit when idle, and a worker the
     // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
@@ -405,7 +411,7 @@ async fn schedule_once(
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
-        let plan = policy::plan(&candidates, &devices, &usage, &settings.limits);
+        let plan = policy::plan_within(&candidates, &devices, &usage, &settings.limits, &budgets);
         let etas = eta::start_times(&timings, &running, queue, &plan, &devices, &settings.limits);
         let mut places: HashMap<JobId, Place> = plan
             .waiting
@@ -508,6 +514,24 @@ async fn schedule_once(
     handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
     drop(old);
     Ok(facts)
+}
+
+/// The budgets a pass plans within: the accounts of the users with a budget, and the most each
+/// of their queued jobs may be charged. Read again each pass, so an admin's change applies at once.
+async fn budget_bounds(
+    store: &Store,
+    budgets: &crate::budgets::BudgetPolicy,
+    running: &[Job],
+    queue: &Queue,
+    now: f64,
+) -> Result<policy::Budgets<JobId, String>, StoreError> {
+    let accounts = budgets.accounts(store, running, None, now).await?;
+    let job_seconds = queue
+        .jobs()
+        .filter(|job| accounts.contains_key(&job.user))
+        .map(|job| (job.id, budgets.job_seconds(job.time_limit)))
+        .collect();
+    Ok(policy::Budgets { accounts, job_seconds })
 }
 
 /// Whether `needs`, on top of what this pass already started (`committed`), fit above the disk's

@@ -10,11 +10,13 @@
 //! gc's candidates), with their query plans tested, so no request's cost grows with the jobs
 //! ever submitted.
 
+mod budgets;
 mod jobs;
 mod notifications;
 mod retention;
 mod users;
 
+pub use budgets::{BudgetHolder, ChargedRun};
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use retention::{JobSize, Tombstone};
