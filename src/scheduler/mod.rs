@@ -166,7 +166,8 @@ pub struct Settings {
 /// What a pass saw that decides when the next one is due without an event.
 #[derive(Debug, Default)]
 struct Facts {
-    /// Jobs wait for disk space, or devices are used outside trainq: look again every [`RECHECK`].
+    /// Jobs wait for disk space, devices are used outside trainq, or jobs wait for a rolling budget:
+    /// look again every [`RECHECK`].
     held_back: bool,
     /// Jobs run while others wait: fair share's order may change with time.
     running_with_queue: bool,
@@ -437,6 +438,15 @@ async fn schedule_once(
         }
         (order, plan, places)
     };
+    // Jobs held by a rolling budget period may fit as old runs leave the window, which no event
+    // announces: looked at again like jobs waiting for disk. (A fixed period only frees budget
+    // when a job ends or an admin raises it, and both wake the scheduler.)
+    let rolling_budget = settings
+        .budgets
+        .as_ref()
+        .is_some_and(|budgets| matches!(budgets.period, crate::domain::budget::BudgetPeriod::Rolling { .. }));
+    let budget_held = rolling_budget
+        && plan.waiting.iter().any(|waiting| matches!(waiting.reason, policy::PendingReason::OverBudget(_)));
     // What the jobs started in this pass will write, on top of what is already written.
     let mut committed: Vec<(crate::disk_space::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
@@ -496,7 +506,7 @@ async fn schedule_once(
         supervisor.start(work, slot, phases).await;
     }
     let facts = Facts {
-        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy),
+        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy) || budget_held,
         running_with_queue: !queue.is_empty() && (!running.is_empty() || !committed.is_empty()),
         order,
     };

@@ -621,7 +621,9 @@ mod tests {
         };
         let plan = plan_within(&queued, &slots, &HashMap::new(), &SHARED, &budgets);
         let started: Vec<u32> = plan.assignments.iter().map(|(job, _)| *job).collect();
-        assert_eq!(started, [1, 4, 3], "b has no budget; a's 1 h job is not held back by the 4 h one");
+        // b, holding nothing, is served first by fair share; b has no budget; a's 1 h job is not
+        // held back by the 4 h one that waits for budget.
+        assert_eq!(started, [4, 1, 3]);
         let reason = reason_of(&plan, 2);
         assert_eq!(
             reason.to_string(),

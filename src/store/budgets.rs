@@ -30,6 +30,9 @@ pub struct ChargedRun {
     pub ended_at: Option<f64>,
 }
 
+/// One `charged_runs_since` row: owner, device, memory bytes, start, end.
+type ChargedRunRow = (Option<String>, String, i64, f64, Option<f64>);
+
 impl Store {
     /// Every user's admin flag and budget overrides, by name: one read of the users (a class's
     /// hundred or so rows), so an admin's change is seen by the next scheduling pass.
@@ -85,7 +88,7 @@ impl Store {
     /// The runs that ended after `since` or still run, of `owner` (or of everyone): what a
     /// budget period charges. Indexed by `job_runs_by_owner` (owner, ended_at).
     pub async fn charged_runs_since(&self, since: f64, owner: Option<&str>) -> Result<Vec<ChargedRun>, StoreError> {
-        let rows: Vec<(Option<String>, String, i64, f64, Option<f64>)> = sqlx::query_as(
+        let rows: Vec<ChargedRunRow> = sqlx::query_as(
             "SELECT job_runs.owner, job_runs.device, jobs.memory_bytes, job_runs.started_at, job_runs.ended_at \
              FROM job_runs JOIN jobs ON jobs.id = job_runs.job_id \
              WHERE (job_runs.ended_at IS NULL OR job_runs.ended_at > ?) AND (? IS NULL OR job_runs.owner = ?)",

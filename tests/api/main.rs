@@ -2,6 +2,7 @@
 
 mod auth;
 mod browser;
+mod budgets;
 mod cache;
 mod chains;
 mod client;
