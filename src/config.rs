@@ -77,6 +77,8 @@ pub enum Command {
     Admin(AdminArgs),
     /// Your token: `trainq token rotate` gets a new one and saves it (the old one stops working).
     Token(TokenArgs),
+    /// Who you are, and your device-hour budget this period: used, held by running jobs, left.
+    Me,
 }
 
 /// `trainq token`.
@@ -117,6 +119,9 @@ pub enum AdminCommand {
     Datasets(DatasetsCommand),
     /// Accounts: import a class roster, list, disable, enable, give a new token.
     Users(AdminUsersArgs),
+    /// Set one user's device-hour budget per period (GPU-hours, or CPU-hours with `--cpu`);
+    /// it applies from the next scheduling pass.
+    Budget(BudgetArgs),
 }
 
 /// `trainq admin backup`.
@@ -198,6 +203,18 @@ pub enum AdminUsersCommand {
         /// The user.
         name: String,
     },
+}
+
+/// `trainq admin budget NAME 40h [--cpu]`.
+#[derive(Debug, Clone, Args)]
+pub struct BudgetArgs {
+    /// The user.
+    pub name: String,
+    /// Device-hours per period: `40h`, `40` or `2.5h`; `default` returns them to the server's.
+    pub hours: String,
+    /// Set the CPU-hours budget rather than the GPU-hours one.
+    #[arg(long)]
+    pub cpu: bool,
 }
 
 /// `trainq admin gc`.
@@ -533,6 +550,66 @@ pub struct ServeConfig {
     /// Scheduled backups of the database.
     #[command(flatten)]
     pub backups: BackupConfig,
+    /// Each student's device-hours per budget period.
+    #[command(flatten)]
+    pub budgets: BudgetConfig,
+}
+
+/// `trainq serve`'s device-hour budgets (`crate::domain::budget` has the rules).
+#[derive(Debug, Clone, Args)]
+pub struct BudgetConfig {
+    /// GPU-hours each student's jobs may be charged per budget period (admins are exempt; an
+    /// admin may set one student's with `trainq admin budget`). Needs --default-time-limit.
+    /// Default: no budget.
+    #[arg(long, env = "TRAINQ_GPU_HOURS_PER_USER", display_order = 52)]
+    pub gpu_hours_per_user: Option<f64>,
+    /// CPU-hours each student's jobs may be charged per budget period, on CPU slots. Needs
+    /// --default-time-limit. Default: no budget.
+    #[arg(long, env = "TRAINQ_CPU_HOURS_PER_USER", display_order = 53)]
+    pub cpu_hours_per_user: Option<f64>,
+    /// The budget period: a number of rolling days (`30`) or the date it starts (`2026-09-01`,
+    /// a term's first day, UTC).
+    #[arg(long, env = "TRAINQ_BUDGET_PERIOD", default_value = "30", display_order = 54)]
+    pub budget_period: crate::domain::budget::BudgetPeriod,
+}
+
+impl BudgetConfig {
+    /// The budgets for `inventory`'s devices, `None` when none is set; an error when a budget
+    /// is negative or set without the default time limit that every job's charge is bounded by.
+    pub fn policy(
+        &self,
+        default_time_limit: Option<crate::domain::TimeLimit>,
+        max_jobs_per_gpu: usize,
+        inventory: &crate::devices::Inventory,
+    ) -> anyhow::Result<Option<crate::budgets::BudgetPolicy>> {
+        for (flag, hours) in
+            [("--gpu-hours-per-user", self.gpu_hours_per_user), ("--cpu-hours-per-user", self.cpu_hours_per_user)]
+        {
+            if let Some(hours) = hours {
+                crate::domain::budget::check_hours(hours)
+                    .map_err(|message| anyhow::anyhow!("{flag} {hours} {message}"))?;
+            }
+        }
+        let flag = match (self.gpu_hours_per_user, self.cpu_hours_per_user) {
+            (None, None) => return Ok(None),
+            (Some(_), _) => "--gpu-hours-per-user",
+            (None, Some(_)) => "--cpu-hours-per-user",
+        };
+        let Some(default_time_limit) = default_time_limit else {
+            anyhow::bail!(
+                "{flag} needs --default-time-limit: a job's time limit is what a budget counts before it runs; \
+                 set --default-time-limit (e.g. 6h) too"
+            );
+        };
+        Ok(Some(crate::budgets::BudgetPolicy::new(
+            self.gpu_hours_per_user,
+            self.cpu_hours_per_user,
+            self.budget_period,
+            default_time_limit,
+            max_jobs_per_gpu,
+            inventory,
+        )))
+    }
 }
 
 /// Bytes in `gigabytes` GB (10⁹ bytes, as the flags say), rounded down; negative or NaN is 0.
@@ -784,6 +861,7 @@ impl UserLimitsConfig {
             max_dataset_bytes: bytes_from_gigabytes(self.max_dataset_gb),
             token_ttl_secs: self.token_ttl_days.map(|days| days.max(0.0) * 86_400.0),
             time_limits,
+            budgets: None,
         })
     }
 }
@@ -816,6 +894,7 @@ impl SchedulingConfig {
                 max_running_per_user: self.max_running_per_user,
             },
             half_life_secs: self.fair_share_half_life_hours.max(0.001) * 3600.0,
+            budgets: None,
         }
     }
 }
@@ -1181,13 +1260,16 @@ mod tests {
             "--token-ttl-days TRAINQ_TOKEN_TTL_DAYS default= value",
             "--default-time-limit TRAINQ_DEFAULT_TIME_LIMIT default= value",
             "--max-time-limit TRAINQ_MAX_TIME_LIMIT default= value",
+            "--gpu-hours-per-user TRAINQ_GPU_HOURS_PER_USER default= value",
+            "--cpu-hours-per-user TRAINQ_CPU_HOURS_PER_USER default= value",
+            "--budget-period TRAINQ_BUDGET_PERIOD default=30 value",
             "--help  default= switch",
         ];
         assert_eq!(serve_flags(), expected);
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 52] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 55] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("tls_cert", r#""/etc/trainq/cert.pem""#),
@@ -1240,6 +1322,9 @@ mod tests {
         ("token_ttl_days", "90"),
         ("default_time_limit", r#""6h""#),
         ("max_time_limit", "43200"),
+        ("gpu_hours_per_user", "24"),
+        ("cpu_hours_per_user", "2.5"),
+        ("budget_period", r#""2026-09-01""#),
     ];
 
     /// Parses `trainq serve` with these arguments and these variables set (and every other

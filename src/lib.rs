@@ -3,6 +3,8 @@
 
 /// Backups: consistent snapshots of the database, on request and on a schedule.
 pub mod backup;
+/// Device-hour budgets: each user's account for the period, for the scheduler and the API.
+pub mod budgets;
 /// Datasets and weights on disk.
 pub mod catalog;
 /// The students' terminal client: login, ls, show, cancel, wait.
@@ -51,7 +53,7 @@ pub mod submit;
 pub mod supervisor;
 /// Counters and histograms since the server started (jobs finished, retries, requests, waits), for `/metrics`.
 pub mod telemetry;
-/// The build's version, git commit and schema version.
-pub mod version;
 /// TLS on the wire: the server's reloading certificate and handshakes, and the CA clients trust.
 pub mod tls;
+/// The build's version, git commit and schema version.
+pub mod version;

@@ -62,6 +62,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Token(args) => match args.command {
             trainq::config::TokenCommand::Rotate => trainq::client::rotate_own_token().await,
         },
+        Command::Me => trainq::client::me().await,
         Command::Notify(args) => {
             let change = trainq::client::NotifyChange {
                 email: args.email,

@@ -54,7 +54,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let parts = Parts::new(store, disk, &config, slurm.as_deref());
     let supervisor = parts.supervisor(&folders, &workers, slurm.clone());
     follow_jobs_left_on_slurm(&parts.store, &supervisor, &parts.telemetry, slurm.is_some()).await?;
-    let scheduling = config.scheduling.settings();
+    let budgets = config
+        .budgets
+        .policy(config.limits.default_time_limit, config.scheduling.max_jobs_per_gpu, &parts.inventory)?
+        .map(Arc::new);
+    let scheduling = scheduler::Settings { budgets: budgets.clone(), ..config.scheduling.settings() };
     let half_life_secs = scheduling.half_life_secs;
     parts.start_scheduler(&supervisor, &folders, config.storage.cache_budget_bytes(), scheduling);
     // Notifications of jobs' ends: the outbox the store fills, delivered in a task of its own.
@@ -64,7 +68,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     start_retention(&parts.store, &supervisor, &parts.events, &config)?;
     let backups = start_backups(&parts.store, backup_schedule);
     let events = parts.events.clone();
-    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, backups, transport, welcome)?;
+    let services = Services { backups, transport, welcome, budgets };
+    let state = parts.app_state(supervisor, folders, workers.program, &config, half_life_secs, services)?;
     // Tests and scripts read this line to find a port-0 server.
     println!("trainq listening on {}://{address}", if transport.tls { "https" } else { "http" });
     tracing::info!(%address, "serving");
@@ -80,6 +85,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     http::serve(listener, certificate, state, shutdown).await?;
     Ok(())
+}
+
+/// What the API is given besides the [`Parts`]: the backups' status, the transport (TLS or not),
+/// the welcome mails' wake-up and the device-hour budgets.
+struct Services {
+    backups: crate::backup::BackupStatus,
+    transport: crate::tls::Transport,
+    welcome: http::WelcomeMail,
+    budgets: Option<Arc<crate::budgets::BudgetPolicy>>,
 }
 
 /// What every long-running part of the server shares: the database, the disk, the devices, the
@@ -177,10 +191,9 @@ impl Parts {
         worker_program: PathBuf,
         config: &ServeConfig,
         half_life_secs: f64,
-        backups: crate::backup::BackupStatus,
-        transport: crate::tls::Transport,
-        welcome: http::WelcomeMail,
+        services: Services,
     ) -> anyhow::Result<AppState> {
+        let Services { backups, transport, welcome, budgets } = services;
         Ok(AppState {
             store: self.store,
             scheduler: self.scheduler,
@@ -195,7 +208,7 @@ impl Parts {
                 static_dir: config.storage.static_dir.clone(),
                 worker_program,
             }),
-            limits: Arc::new(config.limits.settings(half_life_secs)?),
+            limits: Arc::new(crate::http::Limits { budgets, ..config.limits.settings(half_life_secs)? }),
             tokens: Arc::default(),
             telemetry: self.telemetry,
             backups,

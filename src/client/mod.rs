@@ -5,6 +5,7 @@
 //! `--set` is refused before any request.
 
 mod backup;
+mod budget;
 mod dataset_import;
 mod notify;
 mod pull;
@@ -14,6 +15,7 @@ mod table;
 mod users;
 mod watch;
 
+pub use budget::me;
 pub use notify::{notify, NotifyChange};
 pub use pull::pull;
 pub use retention::{admin, rm};
@@ -185,6 +187,11 @@ impl Api {
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.http.post(format!("{}{path}", self.profile.url)).json(body)).await
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.patch(format!("{}{path}", self.profile.url)).json(body)).await
     }
 
     /// `DELETE path`, its answer as JSON.

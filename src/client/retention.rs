@@ -29,6 +29,7 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             super::dataset_import::import(&api, &args).await
         }
         AdminCommand::Users(args) => super::users::admin_users(&api, args.command).await,
+        AdminCommand::Budget(args) => super::budget::set_budget(&api, &args).await,
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
             let quota = usage["quota_bytes"]

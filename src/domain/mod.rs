@@ -4,6 +4,8 @@
 //! No I/O lives here, except `weights_layout::check_file` reading a weights file's header.
 
 pub mod backbone;
+/// Device-hour budgets: the charge rule, the admission rule and their wording.
+pub mod budget;
 /// Chained jobs: dependency cycles, checkpoint compatibility, a waiting job's reason.
 pub mod chain;
 /// The assignment's experiments, shipped as specs.

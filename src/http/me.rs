@@ -25,6 +25,10 @@ pub struct MeView {
     /// The bytes the caller's jobs hold, and the quota if any.
     #[serde(flatten)]
     pub disk: DiskUsage,
+    /// The caller's device-hour budget this period: used, held, left. Absent without budgets
+    /// and for admins (exempt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<super::budgets::BudgetView>,
 }
 
 /// A user's disk: the bytes of their live jobs' folders and the quota, if any.
@@ -79,7 +83,9 @@ pub struct WebhookChange {
 }
 
 /// A field that is present, even as `null`, becomes `Some(…)`; an absent one stays `None`.
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
@@ -120,7 +126,8 @@ async fn view(state: &AppState, user: User) -> Result<MeView, ApiError> {
     let targets = state.store.notify_targets(&user.name).await?.unwrap_or_default();
     let disk = usage_of(state, &user).await?;
     let webhook = targets.webhook_url.map(|url| WebhookView { url });
-    Ok(MeView { name: user.name, admin: user.admin, email: targets.email, webhook, disk })
+    let budget = super::budgets::budget_of(state, &user).await?;
+    Ok(MeView { name: user.name, admin: user.admin, email: targets.email, webhook, disk, budget })
 }
 
 /// `GET /api/me`: who the token belongs to, where their notifications go, and their disk usage.

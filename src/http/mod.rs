@@ -14,6 +14,7 @@ mod admin;
 mod assets;
 mod auth;
 mod backup;
+mod budgets;
 mod catalog;
 mod compare;
 mod csv;
@@ -36,10 +37,10 @@ mod prometheus;
 mod report;
 #[cfg(test)]
 mod router_tests;
-mod version;
 mod security_headers;
 mod tls_listener;
 mod users;
+mod version;
 mod worker;
 
 pub use auth::RateLimiter;
@@ -101,6 +102,8 @@ pub struct Limits {
     pub token_ttl_secs: Option<f64>,
     /// The default time limit and the cap (`--default-time-limit`, `--max-time-limit`).
     pub time_limits: crate::domain::time_limit::TimeLimitPolicy,
+    /// Device-hour budgets; `None`: none set.
+    pub budgets: Option<Arc<crate::budgets::BudgetPolicy>>,
 }
 
 /// What every handler gets.
@@ -154,6 +157,7 @@ impl AppState {
                 max_disk_bytes_per_user: self.limits.max_disk_bytes_per_user,
                 time_limits: self.limits.time_limits,
             },
+            budgets: self.limits.budgets.as_deref(),
         }
     }
 

@@ -132,6 +132,26 @@ pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Re
         Some(Unit::Seconds),
         usage.into_iter().map(|(user, seconds)| (vec![("user", user)], seconds)),
     );
+    if let Some(budgets) = &state.limits.budgets {
+        // The period's runs: bounded by the period, not by every job ever run.
+        let accounts = budgets.accounts(&state.store, &running, None, now).await?;
+        let charged = accounts.iter().map(|(user, account)| (vec![("user", user.clone())], account.used_seconds));
+        gauges::<f64, AtomicU64>(
+            &mut registry,
+            "trainq_user_budget_charged",
+            "Device-seconds charged to each user with a budget in the current budget period (device time x share held)",
+            Some(Unit::Seconds),
+            charged.collect::<Vec<_>>(),
+        );
+        let budget = accounts.iter().map(|(user, account)| (vec![("user", user.clone())], account.budget_seconds));
+        gauges::<f64, AtomicU64>(
+            &mut registry,
+            "trainq_user_budget",
+            "Each user's device-hour budget per period, in device-seconds (admins have none)",
+            Some(Unit::Seconds),
+            budget.collect::<Vec<_>>(),
+        );
+    }
     // One row per user from the running totals, never a walk of job folders.
     let disk_usage = state.store.disk_usage().await?;
     gauges::<i64, AtomicI64>(

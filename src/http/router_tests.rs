@@ -73,6 +73,7 @@ pub(super) async fn test_router() -> TestRouter {
             max_dataset_bytes: 1 << 30,
             token_ttl_secs: None,
             time_limits: crate::domain::time_limit::TimeLimitPolicy::default(),
+            budgets: None,
         }),
         tokens: Arc::default(),
         backups: crate::backup::BackupStatus::new(None),

@@ -56,11 +56,18 @@ pub struct AccountView {
     pub device_hours: f64,
     /// Bytes their live jobs' folders hold.
     pub disk_bytes: u64,
+    /// Their GPU-hours per budget period when set for them (`trainq admin budget`); `null`: the
+    /// server's `--gpu-hours-per-user`.
+    pub gpu_hours: Option<f64>,
+    /// Their CPU-hours per budget period when set for them; `null`: the server's.
+    pub cpu_hours: Option<f64>,
 }
 
 impl AccountView {
-    fn of(account: Account, disk_bytes: u64) -> AccountView {
+    fn of(account: Account, disk_bytes: u64, budget: Option<&crate::store::BudgetHolder>) -> AccountView {
         AccountView {
+            gpu_hours: budget.and_then(|budget| budget.gpu_hours),
+            cpu_hours: budget.and_then(|budget| budget.cpu_hours),
             role: String::from(if account.admin { "admin" } else { "student" }),
             state: String::from(if account.disabled_at.is_some() { "disabled" } else { "enabled" }),
             name: account.name,
@@ -97,6 +104,7 @@ pub struct AccountList {
 pub async fn list(State(state): State<AppState>, Authed(user): Authed) -> Result<axum::Json<AccountList>, ApiError> {
     admin_only(&user, "the list of accounts")?;
     let disk: std::collections::HashMap<String, u64> = state.store.disk_usage().await?.into_iter().collect();
+    let budgets = state.store.budget_holders().await?;
     let users = state
         .store
         .accounts()
@@ -104,7 +112,8 @@ pub async fn list(State(state): State<AppState>, Authed(user): Authed) -> Result
         .into_iter()
         .map(|account| {
             let bytes = disk.get(&account.name).copied().unwrap_or(0);
-            AccountView::of(account, bytes)
+            let budget = budgets.get(&account.name);
+            AccountView::of(account, bytes, budget)
         })
         .collect();
     Ok(axum::Json(AccountList { users }))
@@ -374,6 +383,14 @@ fn import_message(report: &ImportReport, send_tokens: bool, by_email: bool) -> S
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountChange {
+    /// GPU-hours per budget period, 0 or more; `null`: back to the server's.
+    #[serde(default, deserialize_with = "super::me::present")]
+    #[schema(value_type = Option<f64>, minimum = 0)]
+    pub gpu_hours: Option<Option<f64>>,
+    /// CPU-hours per budget period, 0 or more; `null`: back to the server's.
+    #[serde(default, deserialize_with = "super::me::present")]
+    #[schema(value_type = Option<f64>, minimum = 0)]
+    pub cpu_hours: Option<Option<f64>>,
     /// `true` disables the account (its token answers 401 at once; its jobs stay), `false`
     /// enables it again.
     #[serde(default)]
@@ -383,15 +400,17 @@ pub struct AccountChange {
     pub admin: Option<bool>,
 }
 
-/// `PATCH /api/admin/users/{name}`: disables or enables an account, or changes its role (admins
-/// only). An admin cannot disable themselves or drop their own admin flag (another admin can).
+/// `PATCH /api/admin/users/{name}`: disables or enables an account, changes its role or its
+/// device-hour budgets (admins only). An admin cannot disable themselves or drop their own admin
+/// flag (another admin can). The budgets are checked before anything is stored.
 #[utoipa::path(
     patch, path = "/api/admin/users/{name}", operation_id = "patch_user", tag = "admin", params(("name" = String, Path, description = "the user's name")),
-    request_body(content = AccountChange, description = "`disabled` and/or `admin`"),
+    request_body(content = AccountChange, description = "`disabled`, `admin`, `gpu_hours` and/or `cpu_hours`"),
     responses(
         (status = 200, description = "the account as it is now", body = AccountView),
         (status = 403, description = "not an admin", body = super::error::ErrorBody),
-        (status = 422, description = "a change of one's own account that would lock one out", body = super::error::ErrorBody),
+        (status = 404, description = "no such user", body = super::error::ErrorBody),
+        (status = 422, description = "a negative budget, or a change of one's own account that would lock one out: `detail.field` names it", body = super::error::ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -416,6 +435,11 @@ pub async fn patch(
         ));
     }
     let missing = || ApiError::NotFound(format!("no user `{name}`"));
+    let budget = super::budgets::BudgetChange { gpu_hours: change.gpu_hours, cpu_hours: change.cpu_hours };
+    super::budgets::check_budget(&budget)?;
+    if change.gpu_hours.is_some() || change.cpu_hours.is_some() {
+        super::budgets::change_budget(&state, &name, budget).await?;
+    }
     if let Some(disabled) = change.disabled {
         if !state.store.set_disabled(&name, disabled).await? {
             return Err(missing());
@@ -430,7 +454,8 @@ pub async fn patch(
     let account = state.store.account(&name).await?.ok_or_else(missing)?;
     tracing::info!(by = %user.name, user = %name, disabled = ?change.disabled, admin = ?change.admin, "account changed");
     let disk_bytes = state.store.disk_usage_of(&name).await?;
-    Ok(axum::Json(AccountView::of(account, disk_bytes)))
+    let budget = state.store.budget_holders().await?.remove(&name);
+    Ok(axum::Json(AccountView::of(account, disk_bytes, budget.as_ref())))
 }
 
 /// A new token, shown this once.

@@ -57,7 +57,9 @@ pub(super) fn start_times<U>(
     let mut waiting: Vec<_> = plan.waiting.iter().collect();
     waiting.sort_by_key(|waiting| waiting.position);
     for waiting in waiting {
-        if waiting.reason.is_permanent() {
+        // A job held by its budget starts when a running job of its owner ends (or an admin
+        // raises the budget), which no lane's time says.
+        if waiting.reason.is_permanent() || matches!(waiting.reason, super::policy::PendingReason::OverBudget(_)) {
             continue;
         }
         // The earliest known lane; an unknown one could be earlier, so it makes the ETA unknown.

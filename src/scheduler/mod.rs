@@ -159,12 +159,15 @@ pub struct Settings {
     pub limits: policy::Limits,
     /// Half-life of past usage in fair share, seconds.
     pub half_life_secs: f64,
+    /// Device-hour budgets (`--gpu-hours-per-user`, `--cpu-hours-per-user`); `None`: none.
+    pub budgets: Option<Arc<crate::budgets::BudgetPolicy>>,
 }
 
 /// What a pass saw that decides when the next one is due without an event.
 #[derive(Debug, Default)]
 struct Facts {
-    /// Jobs wait for disk space, or devices are used outside trainq: look again every [`RECHECK`].
+    /// Jobs wait for disk space, devices are used outside trainq, or jobs wait for a rolling budget:
+    /// look again every [`RECHECK`].
     held_back: bool,
     /// Jobs run while others wait: fair share's order may change with time.
     running_with_queue: bool,
@@ -394,6 +397,10 @@ async fn schedule_once(
         })
         .collect();
     let timings = store.epoch_timings().await?;
+    let budgets = match &settings.budgets {
+        Some(policy) => budget_bounds(store, policy, &running, queue, now.unix_seconds()).await?,
+        None => policy::Budgets::default(),
+    };
     // Linear in the queue, about a millisecond per thousand jobs. Not under `block_in_place`: the
     // thread it leaves behind can end up in the blocking pool and exit when idle, and a worker the
     // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
@@ -405,7 +412,7 @@ async fn schedule_once(
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
-        let plan = policy::plan(&candidates, &devices, &usage, &settings.limits);
+        let plan = policy::plan_within(&candidates, &devices, &usage, &settings.limits, &budgets);
         let etas = eta::start_times(&timings, &running, queue, &plan, &devices, &settings.limits);
         let mut places: HashMap<JobId, Place> = plan
             .waiting
@@ -431,6 +438,15 @@ async fn schedule_once(
         }
         (order, plan, places)
     };
+    // Jobs held by a rolling budget period may fit as old runs leave the window, which no event
+    // announces: looked at again like jobs waiting for disk. (A fixed period only frees budget
+    // when a job ends or an admin raises it, and both wake the scheduler.)
+    let rolling_budget = settings
+        .budgets
+        .as_ref()
+        .is_some_and(|budgets| matches!(budgets.period, crate::domain::budget::BudgetPeriod::Rolling { .. }));
+    let budget_held = rolling_budget
+        && plan.waiting.iter().any(|waiting| matches!(waiting.reason, policy::PendingReason::OverBudget(_)));
     // What the jobs started in this pass will write, on top of what is already written.
     let mut committed: Vec<(crate::disk_space::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
@@ -490,7 +506,7 @@ async fn schedule_once(
         supervisor.start(work, slot, phases).await;
     }
     let facts = Facts {
-        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy),
+        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy) || budget_held,
         running_with_queue: !queue.is_empty() && (!running.is_empty() || !committed.is_empty()),
         order,
     };
@@ -508,6 +524,24 @@ async fn schedule_once(
     handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
     drop(old);
     Ok(facts)
+}
+
+/// The budgets a pass plans within: the accounts of the users with a budget, and the most each
+/// of their queued jobs may be charged. Read again each pass, so an admin's change applies at once.
+async fn budget_bounds(
+    store: &Store,
+    budgets: &crate::budgets::BudgetPolicy,
+    running: &[Job],
+    queue: &Queue,
+    now: f64,
+) -> Result<policy::Budgets<JobId, String>, StoreError> {
+    let accounts = budgets.accounts(store, running, None, now).await?;
+    let job_seconds = queue
+        .jobs()
+        .filter(|job| accounts.contains_key(&job.user))
+        .map(|job| (job.id, budgets.job_seconds(job.time_limit)))
+        .collect();
+    Ok(policy::Budgets { accounts, job_seconds })
 }
 
 /// Whether `needs`, on top of what this pass already started (`committed`), fit above the disk's

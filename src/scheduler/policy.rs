@@ -16,10 +16,15 @@
 //! - **A per-user cap** on running jobs ([`Limits::max_running_per_user`]).
 //! - **Packing.** A GPU hosts several jobs while their count and memory (plus a headroom) fit; a
 //!   CPU slot hosts one. Devices used by processes outside trainq get no job.
+//! - **Device-hour budgets** ([`crate::domain::budget`]): a job starts only if its owner's
+//!   account admits its whole time limit on top of what they used and their running jobs (and
+//!   those started earlier in this pass) hold. A job that does not fit waits without holding back
+//!   the owner's later jobs: a shorter one may fit.
 //! - **No starvation of big jobs.** The first job in line that waits for room reserves the device
 //!   that would hold it once its running jobs end, and no later job is placed there in this pass;
 //!   as the device's jobs finish, the big job gets it.
 
+use crate::domain::budget::{Account, OverBudget};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -86,6 +91,22 @@ pub struct Limits {
     pub max_running_per_user: Option<usize>,
 }
 
+/// Device-hour budgets as one pass sees them: the accounts of users who have a budget (users
+/// without one are not bounded) and the most each queued job may be charged (its time limit).
+#[derive(Debug, Clone)]
+pub struct Budgets<J, U> {
+    /// Each bounded user's account now.
+    pub accounts: HashMap<U, Account>,
+    /// The most each queued job of a bounded user may be charged, in device-seconds.
+    pub job_seconds: HashMap<J, f64>,
+}
+
+impl<J, U> Default for Budgets<J, U> {
+    fn default() -> Self {
+        Budgets { accounts: HashMap::new(), job_seconds: HashMap::new() }
+    }
+}
+
 /// The outcome of one scheduling pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan<J, D> {
@@ -144,6 +165,8 @@ pub enum PendingReason {
     OutsideProcesses,
     /// trainq has no device at all.
     NoDevices,
+    /// Its owner's device-hour budget does not admit its time limit now.
+    OverBudget(OverBudget),
 }
 
 impl PendingReason {
@@ -193,6 +216,7 @@ impl fmt::Display for PendingReason {
                 "the devices it fits on are in use by programs outside trainq; it starts when they are free",
             ),
             PendingReason::NoDevices => f.write_str("trainq has no device to run jobs on"),
+            PendingReason::OverBudget(over) => over.fmt(f),
         }
     }
 }
@@ -319,6 +343,8 @@ struct Line<'a, J, U> {
     served: usize,
     /// A job of this user waits for room: the user's later jobs start behind it.
     blocked: bool,
+    /// The user's budget, its `held` growing with each job started in this pass; `None`: unbounded.
+    account: Option<Account>,
 }
 
 /// Why a job waits, before the final state of the pass decides the wording.
@@ -338,7 +364,24 @@ pub fn plan<J, U, D>(
     limits: &Limits,
 ) -> Plan<J, D>
 where
-    J: Copy + Eq,
+    J: Copy + Eq + Hash,
+    U: Clone + Eq + Hash + Ord,
+    D: Clone,
+{
+    plan_within(queued, devices, usage, limits, &Budgets::default())
+}
+
+/// [`plan`], with device-hour budgets: a bounded user's job starts only if their account admits
+/// its time limit (`budgets.job_seconds`; a job missing there is not bounded).
+pub fn plan_within<J, U, D>(
+    queued: &[Candidate<J, U>],
+    devices: &[DeviceState<D, U>],
+    usage: &HashMap<U, f64>,
+    limits: &Limits,
+    budgets: &Budgets<J, U>,
+) -> Plan<J, D>
+where
+    J: Copy + Eq + Hash,
     U: Clone + Eq + Hash + Ord,
     D: Clone,
 {
@@ -365,6 +408,7 @@ where
             holding: 0,
             served: 0,
             blocked: false,
+            account: budgets.accounts.get(&candidate.user).copied(),
         });
         line.jobs.push_back(candidate);
     }
@@ -413,12 +457,22 @@ where
             in_line.push((candidate, Wait::Capped));
             continue;
         }
+        let charge = budgets.job_seconds.get(&candidate.job).copied();
+        if let (Some(account), Some(seconds)) = (&line.account, charge) {
+            if !account.admits(seconds) {
+                in_line.push((candidate, Wait::SetAside(PendingReason::OverBudget(account.over(seconds)))));
+                continue;
+            }
+        }
         let device = if line.blocked { None } else { room.place(bytes, reserved.map(|(device, _)| device)) };
         match device {
             Some(device) => {
                 room.loads[device].jobs += 1;
                 room.loads[device].bytes += bytes;
                 line.holding += 1;
+                if let (Some(account), Some(seconds)) = (&mut line.account, charge) {
+                    account.held_seconds += seconds;
+                }
                 assignments.push((candidate.job, devices[device].id.clone()));
             }
             None => {
@@ -544,6 +598,41 @@ mod tests {
         assert_eq!(plan.assignments, [(10, "gpu1"), (11, "gpu3")]);
         assert_eq!(plan.waiting, [Waiting { job: 12, position: 1, reason: PendingReason::AllDevicesBusy }]);
         assert_eq!(plan.reserved, Some((12, "gpu1")), "the first job in line waits for the first slot to free");
+    }
+
+    fn account(budget_hours: f64, used_hours: f64, held_hours: f64) -> Account {
+        Account {
+            class: crate::domain::budget::DeviceClass::Cpu,
+            budget_seconds: budget_hours * 3600.0,
+            used_seconds: used_hours * 3600.0,
+            held_seconds: held_hours * 3600.0,
+        }
+    }
+
+    #[test]
+    fn a_budget_admits_jobs_while_used_held_and_their_limits_fit() {
+        // "a" has 10 h with 3 used and 2 held by a running job: a 4 h job fits, a second one not
+        // (the first, started in this pass, now holds its 4 h too), but a 1 h one behind it does.
+        let queued = [job(1, "a", 1, 0), job(2, "a", 2, 0), job(3, "a", 3, 0), job(4, "b", 4, 0)];
+        let slots = [slot("s0", &["a"]), slot("s1", &[]), slot("s2", &[]), slot("s3", &[]), slot("s4", &[])];
+        let budgets = Budgets {
+            accounts: HashMap::from([("a", account(10.0, 3.0, 2.0))]),
+            job_seconds: HashMap::from([(1, 4.0 * 3600.0), (2, 4.0 * 3600.0), (3, 3600.0)]),
+        };
+        let plan = plan_within(&queued, &slots, &HashMap::new(), &SHARED, &budgets);
+        let started: Vec<u32> = plan.assignments.iter().map(|(job, _)| *job).collect();
+        // b, holding nothing, is served first by fair share; b has no budget; a's 1 h job is not
+        // held back by the 4 h one that waits for budget.
+        assert_eq!(started, [4, 1, 3]);
+        let reason = reason_of(&plan, 2);
+        assert_eq!(
+            reason.to_string(),
+            "budget: 3 of 10 CPU-h used and 6 h held by your running jobs, this job may take up to 4 h"
+        );
+        assert!(!reason.is_permanent(), "it starts once a running job ends or the budget is raised");
+        assert_eq!(plan.reserved, None, "a job held by its budget keeps no device");
+        // Without budgets the same queue starts every job.
+        assert_eq!(plan_with(&queued, &slots, &SHARED).assignments.len(), 4);
     }
 
     #[test]
@@ -1033,6 +1122,7 @@ mod tests {
                     assert!((0..devices.len()).any(fits_empty) && !(0..devices.len()).filter(usable).any(fits_empty))
                 }
                 PendingReason::NoDevices => assert!(devices.is_empty()),
+                PendingReason::OverBudget(_) => panic!("no budgets were given, so none holds a job"),
             }
         }
 

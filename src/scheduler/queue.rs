@@ -48,6 +48,8 @@ pub(super) struct Queued {
     /// The job whose weights it starts from (`init_from`): that one must have succeeded before
     /// it starts, with any executor (its weights file must be there).
     pub(super) starts_from: Option<JobId>,
+    /// Its effective time limit: what a device-hour budget counts it at.
+    pub(super) time_limit: Option<crate::domain::TimeLimit>,
 }
 
 impl Queued {
@@ -89,6 +91,7 @@ impl From<&Job> for Queued {
             epochs: job.spec.total_epochs(),
             unmet: job.spec.waits_for(),
             starts_from: job.spec.init_from.as_ref().map(|init| init.job),
+            time_limit: job.time_limit,
         }
     }
 }

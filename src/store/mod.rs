@@ -10,15 +10,17 @@
 //! gc's candidates), with their query plans tested, so no request's cost grows with the jobs
 //! ever submitted.
 
-mod backup;
 mod accounts;
+mod backup;
+mod budgets;
 mod jobs;
 mod notifications;
 mod retention;
 mod users;
 
-pub use backup::integrity_of_file;
 pub use accounts::{Account, ExistingDiffers, NewAccount, TokenHolder, WELCOME};
+pub use backup::integrity_of_file;
+pub use budgets::{BudgetHolder, ChargedRun};
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use retention::{JobSize, Tombstone};

@@ -9,6 +9,7 @@
 //! A spec error of one sweep combination names the combination. The chain checks that need only
 //! specs are `domain::chain`'s; the ones that read the store or the disk are in `waits.rs`.
 
+mod budget;
 mod resume;
 mod waits;
 
@@ -65,6 +66,8 @@ pub struct Submissions<'a> {
     pub folders: Folders<'a>,
     /// The admin's limits.
     pub caps: Caps,
+    /// Device-hour budgets: a job that could never fit its owner's is refused.
+    pub budgets: Option<&'a crate::budgets::BudgetPolicy>,
 }
 
 /// Why a submission (or a change of what a job waits for) was refused; nothing was queued.
@@ -165,6 +168,7 @@ impl Submissions<'_> {
         let variants = sweep::expand(body)?;
         self.check_limits(user, &variants).await?;
         self.check_quota(user).await?;
+        self.check_budget(user, &variants).await?;
         let mut checked = Vec::new();
         for variant in &variants {
             let spec = &variant.spec;

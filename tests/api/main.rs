@@ -3,6 +3,7 @@
 mod auth;
 mod backups;
 mod browser;
+mod budgets;
 mod cache;
 mod chains;
 mod client;
@@ -32,8 +33,8 @@ mod slurm;
 #[path = "../common/small_disk.rs"]
 mod small_disk;
 mod sweeps;
-mod tls;
 mod time_limits;
+mod tls;
 mod training;
 mod upgrades;
 mod users;
