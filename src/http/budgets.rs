@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct BudgetChange {
     /// GPU-hours per budget period, 0 or more; `null`: the server's.
-    #[serde(default, deserialize_with = "super::me::present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<f64>, minimum = 0)]
     pub gpu_hours: Option<Option<f64>>,
     /// CPU-hours per budget period, 0 or more; `null`: the server's.
-    #[serde(default, deserialize_with = "super::me::present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<f64>, minimum = 0)]
     pub cpu_hours: Option<Option<f64>>,
 }

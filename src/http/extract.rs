@@ -121,3 +121,11 @@ impl From<JsonRejection> for ApiError {
         }
     }
 }
+
+/// A field that is present, even as `null`, becomes `Some(…)`; an absent one stays `None`: how a
+/// merge-patch body tells "set to null" from "leave alone".
+pub(super) fn present<'de, T: serde::Deserialize<'de>, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}

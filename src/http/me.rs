@@ -9,7 +9,7 @@ use crate::domain::user::User;
 use crate::store::{Notification, NotifyTargetsChange};
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// `GET /api/me`: the caller and their notification targets (never the webhook's secret).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -60,11 +60,11 @@ pub struct WebhookView {
 #[serde(deny_unknown_fields)]
 pub struct MeChange {
     /// An email address for job notifications, or `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<String>, max_length = 254)]
     pub email: Option<Option<String>>,
     /// A webhook for job notifications, or `null` for none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<WebhookChange>)]
     pub webhook: Option<Option<WebhookChange>>,
 }
@@ -80,13 +80,6 @@ pub struct WebhookChange {
     /// 16 to 256 printable characters, e.g. from `openssl rand -hex 32`.
     #[schema(min_length = 16, max_length = 256)]
     pub secret: String,
-}
-
-/// A field that is present, even as `null`, becomes `Some(…)`; an absent one stays `None`.
-pub(super) fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A field of `PUT /api/me` that failed its check (422).

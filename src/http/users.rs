@@ -384,11 +384,11 @@ fn import_message(report: &ImportReport, send_tokens: bool, by_email: bool) -> S
 #[serde(deny_unknown_fields)]
 pub struct AccountChange {
     /// GPU-hours per budget period, 0 or more; `null`: back to the server's.
-    #[serde(default, deserialize_with = "super::me::present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<f64>, minimum = 0)]
     pub gpu_hours: Option<Option<f64>>,
     /// CPU-hours per budget period, 0 or more; `null`: back to the server's.
-    #[serde(default, deserialize_with = "super::me::present")]
+    #[serde(default, deserialize_with = "super::extract::present")]
     #[schema(value_type = Option<f64>, minimum = 0)]
     pub cpu_hours: Option<Option<f64>>,
     /// `true` disables the account (its token answers 401 at once; its jobs stay), `false`

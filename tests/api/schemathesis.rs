@@ -48,12 +48,15 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     // ends, has 20 events or is silent for its request timeout (`schemathesis.toml` gives the
     // streams a short one), and checks each complete event against the document. A followed log
     // is plain text and, for this finished job, ends at once.
-    let others = format!("^({RETENTION_OPERATIONS}|rotate_own_token)$");
+    // The dataset import's body is a zip, which schemathesis cannot make (no serializer for
+    // `application/zip`): tests/api/dataset_import.rs sends it real and hostile archives.
+    let others = format!("^({RETENTION_OPERATIONS}|rotate_own_token|import_dataset)$");
     run(&st, &app, &finished, &app.tokens["alice"], &["--exclude-operation-id-regex", &others]).await;
+    // A new token for the caller ends the token the run sends: as a user of its own, before the
+    // admin's run, whose account changes (disable, rotate) may reach that user too.
+    run(&st, &app, &deletable, &app.tokens["bob"], &["--include-operation-id-regex", "^rotate_own_token$"]).await;
     let retention = format!("^({RETENTION_OPERATIONS})$");
     run(&st, &app, &deletable, &app.tokens["root"], &["--include-operation-id-regex", &retention]).await;
-    // A new token for the caller ends the token the run sends: last, as a user of its own.
-    run(&st, &app, &deletable, &app.tokens["bob"], &["--include-operation-id-regex", "^rotate_own_token$"]).await;
 }
 
 /// Operations that delete a job's files or act on every job or account: run last, on a job of
