@@ -302,26 +302,33 @@ static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// `INSERT_JOB` with `job`'s values bound, submitted at `submitted_at`: the one insert of a new
+/// job row, whether submitted or resumed.
+fn insert_job_query(
+    job: &NewJob,
+    submitted_at: String,
+) -> sqlx::query::QueryAs<'static, sqlx::Sqlite, JobRecord, sqlx::sqlite::SqliteArguments<'static>> {
+    sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
+        .bind(job.id.to_string())
+        .bind(job.name.clone())
+        .bind(encode_spec(&job.spec))
+        .bind(submitted_at)
+        .bind(job.group_id.clone())
+        .bind(job.owner.clone())
+        .bind(job.priority)
+        .bind(job.memory_bytes as i64)
+        .bind(job.parent_id.map(|id| id.to_string()))
+        .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
+        .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
+        .bind(job.time_limit.map(|limit| limit.seconds() as i64))
+}
+
 impl Store {
     /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued).
     /// One statement per job, each returning its row: a single submission is one round trip.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
         let submitted_at = Timestamp::now().to_rfc3339();
-        let insert = |job: &NewJob| {
-            sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
-                .bind(job.id.to_string())
-                .bind(job.name.clone())
-                .bind(encode_spec(&job.spec))
-                .bind(submitted_at.clone())
-                .bind(job.group_id.clone())
-                .bind(job.owner.clone())
-                .bind(job.priority)
-                .bind(job.memory_bytes as i64)
-                .bind(job.parent_id.map(|id| id.to_string()))
-                .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
-                .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
-                .bind(job.time_limit.map(|limit| limit.seconds() as i64))
-        };
+        let insert = |job: &NewJob| insert_job_query(job, submitted_at.clone());
         let mut inserted = Vec::with_capacity(jobs.len());
         if let [job] = jobs {
             if job.spec.waits_for().is_empty() {
@@ -933,21 +940,7 @@ impl Store {
     /// put in its folder.
     pub async fn insert_resumed(&self, job: &NewJob, parent: JobId, point: ResumePoint) -> Result<Job, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let inserted = sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
-            .bind(job.id.to_string())
-            .bind(job.name.clone())
-            .bind(encode_spec(&job.spec))
-            .bind(Timestamp::now().to_rfc3339())
-            .bind(job.group_id.clone())
-            .bind(job.owner.clone())
-            .bind(job.priority)
-            .bind(job.memory_bytes as i64)
-            .bind(job.parent_id.map(|id| id.to_string()))
-            .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
-            .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
-            .bind(job.time_limit.map(|limit| limit.seconds() as i64))
-            .fetch_one(&mut *transaction)
-            .await?;
+        let inserted = insert_job_query(job, Timestamp::now().to_rfc3339()).fetch_one(&mut *transaction).await?;
         Self::write_deps(&mut transaction, job.id, &job.spec.waits_for()).await?;
         sqlx::query(
             "INSERT INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job) \
