@@ -10,14 +10,15 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 /// `trainq ARGS` with `home` as HOME and nothing from the caller's environment that would log it
-/// in; `stdin` is written to it.
-fn trainq(home: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+/// in or pick its CA; `stdin` is written to it.
+pub(crate) fn trainq(home: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trainq"))
         .args(args)
         .env("HOME", home)
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("TRAINQ_URL")
         .env_remove("TRAINQ_TOKEN")
+        .env_remove("TRAINQ_CA_FILE")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -28,7 +29,8 @@ fn trainq(home: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Outp
     child.wait_with_output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+/// A program's output as text.
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

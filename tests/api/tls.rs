@@ -4,12 +4,13 @@
 //! swapped while an event stream stays open; a key that is not the certificate's named at start.
 //! And the security headers of the answers.
 
+use crate::client::{text, trainq};
 use crate::helpers::FAKE_WORKER;
 use crate::helpers::{client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Long enough for the server's file poll (2 s) several times over.
@@ -212,30 +213,6 @@ async fn wait_for_serial(address: &str, serial: &str) {
         assert!(started.elapsed() < RELOAD_WAIT, "still serving {served:?}, not serial {serial}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// `trainq ARGS` as a student in `home`, with `env` and `stdin`.
-fn trainq(home: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainq"))
-        .args(args)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("TRAINQ_URL")
-        .env_remove("TRAINQ_TOKEN")
-        .env_remove("TRAINQ_CA_FILE")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test]
