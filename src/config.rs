@@ -951,6 +951,11 @@ pub struct ExecutorConfig {
     /// Slurm: seconds between reads of a job's Slurm state.
     #[arg(long, env = "TRAINQ_SLURM_POLL_SECS", default_value_t = 5.0, display_order = 27)]
     pub slurm_poll_secs: f64,
+    /// Slurm: the CA (PEM) that signed this server's TLS certificate, as a path compute nodes can
+    /// read (e.g. under `--shared-dir`); the relay trusts it besides the usual roots. Needed only
+    /// when the certificate is not from a CA the nodes already trust.
+    #[arg(long, env = "TRAINQ_SLURM_CA_FILE", display_order = 27)]
+    pub slurm_ca_file: Option<PathBuf>,
 }
 
 impl ExecutorConfig {
@@ -967,6 +972,7 @@ impl ExecutorConfig {
                 cpus_per_job: self.slurm_cpus,
                 public_url,
                 relay_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trainq")),
+                relay_ca_file: self.slurm_ca_file.clone(),
                 poll: Duration::from_secs_f64(self.slurm_poll_secs.max(0.1)),
             }),
         }
@@ -1238,6 +1244,7 @@ mod tests {
             "--slurm-gpus TRAINQ_SLURM_GPUS default=1 value",
             "--slurm-cpus TRAINQ_SLURM_CPUS default=4 value",
             "--slurm-poll-secs TRAINQ_SLURM_POLL_SECS default=5 value",
+            "--slurm-ca-file TRAINQ_SLURM_CA_FILE default= value",
             "--public-url TRAINQ_PUBLIC_URL default= value",
             "--shared-dir TRAINQ_SHARED_DIR default= value",
             "--max-jobs-per-gpu TRAINQ_MAX_JOBS_PER_GPU default=2 value",
@@ -1269,7 +1276,7 @@ mod tests {
     }
 
     /// A value for every `trainq serve` key, none of them the default, as a config file writes it.
-    const CONFIG_FILE_SAMPLES: [(&str, &str); 55] = [
+    const CONFIG_FILE_SAMPLES: [(&str, &str); 56] = [
         ("config", r#""/etc/trainq/other.toml""#),
         ("listen", r#""0.0.0.0:9""#),
         ("tls_cert", r#""/etc/trainq/cert.pem""#),
@@ -1300,6 +1307,7 @@ mod tests {
         ("slurm_gpus", "2"),
         ("slurm_cpus", "8"),
         ("slurm_poll_secs", "0.5"),
+        ("slurm_ca_file", r#""/shared/campus-ca.pem""#),
         ("public_url", r#""http://gpubox:8080""#),
         ("shared_dir", r#""/shared""#),
         ("max_jobs_per_gpu", "3"),

@@ -30,6 +30,9 @@ pub struct SlurmConfig {
     pub public_url: String,
     /// The `trainq` binary as compute nodes see it (runs `trainq relay`).
     pub relay_program: PathBuf,
+    /// The CA (PEM) that signed the server's certificate, as compute nodes see the file: the relay
+    /// trusts it besides the usual roots (`trainq relay --ca-file`).
+    pub relay_ca_file: Option<PathBuf>,
     /// How often a job's Slurm state is read.
     pub poll: std::time::Duration,
 }
@@ -102,9 +105,13 @@ fn quote(word: &str) -> String {
 /// The batch script: the relay runs the worker and reports for it.
 pub fn batch_script(config: &SlurmConfig, job_id: &str, worker: &Path, job_json: &Path) -> String {
     format!(
-        "#!/bin/sh\n# trainq job {job_id}, submitted by trainq: it reports to {url} with the secret in its environment.\nexec {relay} relay --url {url_q} --job {job_id} -- {worker} run --job {job_json}\n",
+        "#!/bin/sh\n# trainq job {job_id}, submitted by trainq: it reports to {url} with the secret in its environment.\nexec {relay} relay --url {url_q}{ca} --job {job_id} -- {worker} run --job {job_json}\n",
         url = config.public_url,
         relay = quote(&config.relay_program.to_string_lossy()),
+        ca = match &config.relay_ca_file {
+            Some(path) => format!(" --ca-file {}", quote(&path.to_string_lossy())),
+            None => String::new(),
+        },
         url_q = quote(&config.public_url),
         worker = quote(&worker.to_string_lossy()),
         job_json = quote(&job_json.to_string_lossy()),
@@ -241,8 +248,24 @@ mod tests {
             cpus_per_job: 4,
             public_url: String::from("http://head:8080"),
             relay_program: PathBuf::from("/opt/trainq/bin/trainq"),
+            relay_ca_file: None,
             poll: std::time::Duration::from_secs(2),
         }
+    }
+
+    #[test]
+    fn a_relay_behind_tls_trusts_the_admins_ca_as_the_compute_nodes_see_it() {
+        let config = SlurmConfig {
+            public_url: String::from("https://head:8443"),
+            relay_ca_file: Some(PathBuf::from("/shared/campus ca.pem")),
+            ..config()
+        };
+        let script =
+            batch_script(&config, "abc", Path::new("/opt/trainq-worker"), Path::new("/shared/jobs/abc/job.json"));
+        assert!(
+            script.contains("relay --url 'https://head:8443' --ca-file '/shared/campus ca.pem' --job abc --"),
+            "{script}"
+        );
     }
 
     #[test]
