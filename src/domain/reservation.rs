@@ -219,7 +219,7 @@ pub struct Upcoming {
     /// Its occurrence under way, else its next one: start and end.
     #[serde(with = "super::timestamp::rfc3339")]
     pub start: Timestamp,
-    /// See `start`.
+    /// When that occurrence ends.
     #[serde(with = "super::timestamp::rfc3339")]
     pub end: Timestamp,
     /// Under way now.
