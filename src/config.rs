@@ -122,6 +122,38 @@ pub enum AdminCommand {
     /// Set one user's device-hour budget per period (GPU-hours, or CPU-hours with `--cpu`);
     /// it applies from the next scheduling pass.
     Budget(BudgetArgs),
+    /// Keep devices for a lab's users from a start to an end, once or weekly: during it only
+    /// their jobs start there; before it, only jobs whose time limit ends by its start.
+    Reserve(ReserveArgs),
+    /// Every lab reservation: devices, times, users.
+    Reservations,
+    /// Delete a lab reservation: its devices are everyone's from the next scheduling pass.
+    Unreserve {
+        /// The reservation's name.
+        name: String,
+    },
+}
+
+/// `trainq admin reserve NAME --devices gpu0,gpu1 --start ... --end ... [--weekly] --users a,b`.
+#[derive(Debug, Clone, Args)]
+pub struct ReserveArgs {
+    /// Its name (`lab-b`).
+    pub name: String,
+    /// The devices, as `GET /api/devices` names them (`gpu0,gpu1`); a bare number means that GPU.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub devices: Vec<String>,
+    /// When it begins: RFC 3339 (`2026-12-08T14:00:00Z`, `2026-12-08T15:00:00+01:00`).
+    #[arg(long)]
+    pub start: String,
+    /// When it ends, RFC 3339.
+    #[arg(long)]
+    pub end: String,
+    /// Repeat it every week.
+    #[arg(long)]
+    pub weekly: bool,
+    /// The users it is for (`alice,bob`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub users: Vec<String>,
 }
 
 /// `trainq admin backup`.

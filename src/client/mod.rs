@@ -9,6 +9,7 @@ mod budget;
 mod dataset_import;
 mod notify;
 mod pull;
+mod reservations;
 mod retention;
 mod submit;
 mod table;

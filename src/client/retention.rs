@@ -30,6 +30,9 @@ pub async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Users(args) => super::users::admin_users(&api, args.command).await,
         AdminCommand::Budget(args) => super::budget::set_budget(&api, &args).await,
+        AdminCommand::Reserve(args) => super::reservations::reserve(&api, &args).await,
+        AdminCommand::Reservations => super::reservations::list(&api).await,
+        AdminCommand::Unreserve { name } => super::reservations::unreserve(&api, &name).await,
         AdminCommand::Usage => {
             let usage = api.get("/api/admin/usage").await?;
             let quota = usage["quota_bytes"]

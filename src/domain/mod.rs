@@ -17,6 +17,8 @@ pub mod notify_target;
 /// How a run ended: the one decision both executors share.
 pub mod outcome;
 pub mod relay;
+/// Lab reservations: occurrences (weekly ones repeat), overlaps, and how they read.
+pub mod reservation;
 /// Delete and retention: gc's ages and keep lists.
 pub mod retention;
 /// Class rosters: the CSV an admin imports, and the checks every imported account passes.

@@ -23,7 +23,7 @@ macro_rules! asset {
 
 /// Every file of `static/`, sub-folders included (a test checks that none is missing): the page,
 /// its style, the entry module `app.js` and the ES modules it imports from `js/`.
-const ASSETS: [Asset; 17] = [
+const ASSETS: [Asset; 18] = [
     asset!("index.html"),
     asset!("style.css"),
     asset!("app.js"),
@@ -39,6 +39,7 @@ const ASSETS: [Asset; 17] = [
     asset!("js/job-page.js"),
     asset!("js/progress.js"),
     asset!("js/queue.js"),
+    asset!("js/reservations.js"),
     asset!("js/stream.js"),
     asset!("js/submit.js"),
 ];

@@ -111,6 +111,9 @@ pub struct DeviceView {
     reading: Option<GpuReading>,
     /// The running job on it.
     job: Option<String>,
+    /// The lab reservations that keep it: each one's occurrence under way, else its next one,
+    /// soonest first.
+    reservations: Vec<crate::domain::reservation::Upcoming>,
 }
 
 /// `GET /api/devices`.
@@ -121,6 +124,8 @@ pub struct DeviceView {
 )]
 pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let running = state.store.jobs(Some(JobState::Running)).await?;
+    let reservations = state.store.reservations().await?;
+    let now = crate::domain::Timestamp::now().unix_seconds();
     let views = state
         .inventory
         .slots()
@@ -129,6 +134,7 @@ pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceVie
             slot: slot.clone(),
             reading: state.inventory.reading(slot),
             job: running.iter().find(|job| job.device.as_deref() == Some(&slot.id)).map(|job| job.id.to_string()),
+            reservations: crate::domain::reservation::upcoming(&reservations, &slot.id, now),
         })
         .collect();
     Ok(Json(views))

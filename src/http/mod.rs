@@ -35,6 +35,7 @@ mod outputs;
 mod plots;
 mod prometheus;
 mod report;
+mod reservations;
 #[cfg(test)]
 mod router_tests;
 mod security_headers;
@@ -206,6 +207,8 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/users", get(users::list).post(users::import))
         .route("/admin/users/{name}", axum::routing::patch(users::patch))
         .route("/admin/users/{name}/token", post(users::rotate))
+        .route("/admin/reservations", get(reservations::list).post(reservations::create))
+        .route("/admin/reservations/{name}", axum::routing::delete(reservations::delete))
         .route("/me/token", post(users::rotate_own))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs))

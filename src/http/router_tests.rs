@@ -204,6 +204,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/admin/users/{name}"),
     ("post", "/api/admin/users/{name}/token"),
     ("post", "/api/me/token"),
+    ("post", "/api/admin/reservations"),
+    ("get", "/api/admin/reservations"),
+    ("delete", "/api/admin/reservations/{name}"),
 ];
 
 #[tokio::test]

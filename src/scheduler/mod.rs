@@ -401,6 +401,7 @@ async fn schedule_once(
         Some(policy) => budget_bounds(store, policy, &running, queue, now.unix_seconds()).await?,
         None => policy::Budgets::default(),
     };
+    let reservations = reservation_spans(store, inventory.slots(), now.unix_seconds()).await?;
     // Linear in the queue, about a millisecond per thousand jobs. Not under `block_in_place`: the
     // thread it leaves behind can end up in the blocking pool and exit when idle, and a worker the
     // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
@@ -412,7 +413,7 @@ async fn schedule_once(
         // In submission order, as the database gave them: `plan` breaks its last ties by input order.
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
-        let plan = policy::plan_within(&candidates, &devices, &usage, &settings.limits, &budgets);
+        let plan = policy::plan_within(&candidates, &devices, &usage, &settings.limits, &budgets, &reservations);
         let etas = eta::start_times(&timings, &running, queue, &plan, &devices, &settings.limits);
         let mut places: HashMap<JobId, Place> = plan
             .waiting
@@ -420,7 +421,7 @@ async fn schedule_once(
             .map(|waiting| {
                 let place = Place {
                     position: waiting.position,
-                    reason: Reason::Plan(waiting.reason),
+                    reason: Reason::Plan(waiting.reason.clone()),
                     eta_at: etas.get(&waiting.job).map(|&seconds| now.plus_seconds(seconds)),
                 };
                 (waiting.job, place)
@@ -447,6 +448,9 @@ async fn schedule_once(
         .is_some_and(|budgets| matches!(budgets.period, crate::domain::budget::BudgetPeriod::Rolling { .. }));
     let budget_held = rolling_budget
         && plan.waiting.iter().any(|waiting| matches!(waiting.reason, policy::PendingReason::OverBudget(_)));
+    // Jobs kept off a device by a reservation may start when it ends, which no event announces.
+    let reservation_held =
+        plan.waiting.iter().any(|waiting| matches!(waiting.reason, policy::PendingReason::Reserved(_)));
     // What the jobs started in this pass will write, on top of what is already written.
     let mut committed: Vec<(crate::disk_space::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
@@ -506,7 +510,10 @@ async fn schedule_once(
         supervisor.start(work, slot, phases).await;
     }
     let facts = Facts {
-        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy) || budget_held,
+        held_back: !waiting_for_disk.is_empty()
+            || devices.iter().any(|device| device.foreign_busy)
+            || budget_held
+            || reservation_held,
         running_with_queue: !queue.is_empty() && (!running.is_empty() || !committed.is_empty()),
         order,
     };
@@ -542,6 +549,38 @@ async fn budget_bounds(
         .map(|job| (job.id, budgets.job_seconds(job.time_limit)))
         .collect();
     Ok(policy::Budgets { accounts, job_seconds })
+}
+
+/// The lab reservations a pass plans within: each device's current or next occurrence of every
+/// reservation that keeps it. Read again each pass that has jobs (a handful of rows), so a new or
+/// deleted reservation applies at once.
+async fn reservation_spans(
+    store: &Store,
+    slots: &[crate::devices::DeviceSlot],
+    now: f64,
+) -> Result<policy::Reservations<String>, StoreError> {
+    let reservations = store.reservations().await?;
+    let by_device = if reservations.is_empty() {
+        Vec::new()
+    } else {
+        slots
+            .iter()
+            .map(|slot| {
+                let keeping = reservations.iter().filter(|reservation| reservation.keeps(&slot.id));
+                keeping
+                    .filter_map(|reservation| {
+                        Some(policy::ReservedSpan {
+                            device_label: crate::domain::reservation::device_label(&slot.id),
+                            name: reservation.name.clone(),
+                            occurrence: reservation.occurrence_at(now)?,
+                            users: reservation.users.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    Ok(policy::Reservations { now, by_device })
 }
 
 /// Whether `needs`, on top of what this pass already started (`committed`), fit above the disk's

@@ -20,11 +20,17 @@
 //!   account admits its whole time limit on top of what they used and their running jobs (and
 //!   those started earlier in this pass) hold. A job that does not fit waits without holding back
 //!   the owner's later jobs: a shorter one may fit.
+//! - **Lab reservations** ([`Reservations`], [`crate::domain::reservation`]): during an
+//!   occurrence only its users' jobs start on its devices; before it, a job starts on one of them
+//!   only if its time limit ([`Candidate::limit_seconds`]) ends by the occurrence's start, so a job
+//!   without a limit never starts on a device whose next occurrence is known. A job kept off a
+//!   device only by a reservation waits without holding back the owner's later jobs.
 //! - **No starvation of big jobs.** The first job in line that waits for room reserves the device
 //!   that would hold it once its running jobs end, and no later job is placed there in this pass;
 //!   as the device's jobs finish, the big job gets it.
 
 use crate::domain::budget::{Account, OverBudget};
+use crate::domain::reservation::{Occurrence, When};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -43,6 +49,8 @@ pub struct Candidate<J, U> {
     pub seq: i64,
     /// GPU memory the job needs ([`crate::domain::memory::estimate_bytes`]); ignored on CPU slots.
     pub memory_bytes: u64,
+    /// The most device time it may still use, seconds (its time limit); `None`: no limit.
+    pub limit_seconds: Option<f64>,
 }
 
 /// What a device can hold.
@@ -107,6 +115,94 @@ impl<J, U> Default for Budgets<J, U> {
     }
 }
 
+/// Lab reservations as one pass sees them: the pass's clock and, per device, the current or next
+/// occurrence of each reservation that keeps it. Empty: no device is reserved.
+#[derive(Debug, Clone)]
+pub struct Reservations<U> {
+    /// The pass's clock, Unix seconds (injected in tests).
+    pub now: f64,
+    /// By device index in the pass's `devices` (a missing index keeps nothing): what keeps it.
+    pub by_device: Vec<Vec<ReservedSpan<U>>>,
+}
+
+impl<U> Default for Reservations<U> {
+    fn default() -> Self {
+        Reservations { now: 0.0, by_device: Vec::new() }
+    }
+}
+
+/// One reservation's current or next occurrence on one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReservedSpan<U> {
+    /// The device as students read it (`GPU 0`).
+    pub device_label: String,
+    /// The reservation's name (`lab-b`).
+    pub name: String,
+    /// Its occurrence under way at the pass's `now`, else its next one.
+    pub occurrence: Occurrence,
+    /// The users whose jobs may start during it.
+    pub users: Vec<U>,
+}
+
+impl<U: Eq> Reservations<U> {
+    /// The reservation that keeps a job of `user`, with `limit_seconds` left, off `device` now;
+    /// `None` when the job may start there.
+    pub fn hold(&self, device: usize, user: &U, limit_seconds: Option<f64>) -> Option<ReservationHold> {
+        let spans = self.by_device.get(device)?;
+        let now = self.now;
+        let span = spans.iter().find(|span| {
+            if span.occurrence.is_current(now) {
+                !span.users.contains(user)
+            } else {
+                span.occurrence.start > now && limit_seconds.is_none_or(|limit| now + limit > span.occurrence.start)
+            }
+        })?;
+        Some(ReservationHold {
+            device: span.device_label.clone(),
+            reservation: span.name.clone(),
+            start_unix: span.occurrence.start.round() as i64,
+            end_unix: span.occurrence.end.round() as i64,
+            under_way: span.occurrence.is_current(now),
+            limit_seconds: limit_seconds.map(|limit| limit.max(0.0).round() as u64),
+        })
+    }
+}
+
+/// Why a reservation keeps a job off the device it would start on ([`PendingReason::Reserved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationHold {
+    /// The device (`GPU 0`).
+    pub device: String,
+    /// The reservation (`lab-b`).
+    pub reservation: String,
+    /// Its occurrence's start, Unix seconds.
+    pub start_unix: i64,
+    /// Its occurrence's end, Unix seconds.
+    pub end_unix: i64,
+    /// The occurrence is under way (and the job's owner is not among its users).
+    pub under_way: bool,
+    /// The job's time limit left, seconds; `None`: no limit.
+    pub limit_seconds: Option<u64>,
+}
+
+impl fmt::Display for ReservationHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let when = When(Occurrence { start: self.start_unix as f64, end: self.end_unix as f64 });
+        write!(f, "{} is reserved for {}, {when}; ", self.device, self.reservation)?;
+        match self.limit_seconds {
+            _ if self.under_way => {
+                f.write_str("only its users' jobs start there now, so yours starts on another device or after it")
+            }
+            Some(seconds) => {
+                write!(f, "your job's {} h limit would overlap", crate::domain::budget::hours(seconds as f64))
+            }
+            None => f.write_str(
+                "your job has no time limit, so it could overlap; a time_limit that ends before it lets it start there",
+            ),
+        }
+    }
+}
+
 /// The outcome of one scheduling pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan<J, D> {
@@ -130,7 +226,7 @@ pub struct Waiting<J> {
 }
 
 /// Why a queued job did not start, worded for the student who submitted it ([`fmt::Display`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PendingReason {
     /// It would fit now, but jobs ahead of it start first: the same user's earlier job, or a
     /// larger job for which the device it fits on is kept free.
@@ -167,6 +263,8 @@ pub enum PendingReason {
     NoDevices,
     /// Its owner's device-hour budget does not admit its time limit now.
     OverBudget(OverBudget),
+    /// It would start now but for a lab reservation on the device it fits.
+    Reserved(Box<ReservationHold>),
 }
 
 impl PendingReason {
@@ -217,6 +315,7 @@ impl fmt::Display for PendingReason {
             ),
             PendingReason::NoDevices => f.write_str("trainq has no device to run jobs on"),
             PendingReason::OverBudget(over) => over.fmt(f),
+            PendingReason::Reserved(ref hold) => fmt::Display::fmt(hold, f),
         }
     }
 }
@@ -302,9 +401,10 @@ impl<D, U> Room<'_, D, U> {
     /// idles a second job on a busy one runs slower for nothing. Best fit would keep large holes
     /// for large jobs, but the reservation already guarantees those a device, so spreading costs
     /// them nothing in the end.
-    fn place(&self, bytes: u64, reserved: Option<usize>) -> Option<usize> {
+    /// `allowed` narrows the devices further (lab reservations).
+    fn place(&self, bytes: u64, reserved: Option<usize>, allowed: impl Fn(usize) -> bool) -> Option<usize> {
         self.usable()
-            .filter(|&device| Some(device) != reserved && self.fits_now(device, bytes))
+            .filter(|&device| Some(device) != reserved && self.fits_now(device, bytes) && allowed(device))
             .min_by_key(|&device| (self.loads[device].jobs, Reverse(self.free_bytes(device)), device))
     }
 
@@ -368,17 +468,19 @@ where
     U: Clone + Eq + Hash + Ord,
     D: Clone,
 {
-    plan_within(queued, devices, usage, limits, &Budgets::default())
+    plan_within(queued, devices, usage, limits, &Budgets::default(), &Reservations::default())
 }
 
 /// [`plan`], with device-hour budgets: a bounded user's job starts only if their account admits
-/// its time limit (`budgets.job_seconds`; a job missing there is not bounded).
+/// its time limit (`budgets.job_seconds`; a job missing there is not bounded); and with lab
+/// reservations ([`Reservations`]).
 pub fn plan_within<J, U, D>(
     queued: &[Candidate<J, U>],
     devices: &[DeviceState<D, U>],
     usage: &HashMap<U, f64>,
     limits: &Limits,
     budgets: &Budgets<J, U>,
+    reservations: &Reservations<U>,
 ) -> Plan<J, D>
 where
     J: Copy + Eq + Hash,
@@ -464,7 +566,18 @@ where
                 continue;
             }
         }
-        let device = if line.blocked { None } else { room.place(bytes, reserved.map(|(device, _)| device)) };
+        let device = if line.blocked {
+            None
+        } else {
+            match placement(&room, reservations, candidate, reserved.map(|(device, _)| device)) {
+                Ok(device) => device,
+                // Like a budget, a reservation holds this job alone: a shorter one may fit.
+                Err(hold) => {
+                    in_line.push((candidate, Wait::SetAside(PendingReason::Reserved(Box::new(hold)))));
+                    continue;
+                }
+            }
+        };
         match device {
             Some(device) => {
                 room.loads[device].jobs += 1;
@@ -504,6 +617,25 @@ where
         })
         .collect();
     Plan { assignments, waiting, reserved: reserved.map(|(device, job)| (job, devices[device].id.clone())) }
+}
+
+/// Where a job starts now under the lab reservations: the device [`Room::place`] picks among
+/// those no reservation keeps it off (`None`: it fits none now), or, when a reservation alone
+/// keeps it off the device it would get, that reservation.
+fn placement<J, U: Eq, D>(
+    room: &Room<'_, D, U>,
+    reservations: &Reservations<U>,
+    candidate: &Candidate<J, U>,
+    kept: Option<usize>,
+) -> Result<Option<usize>, ReservationHold> {
+    let hold = |device: usize| reservations.hold(device, &candidate.user, candidate.limit_seconds);
+    match room.place(candidate.memory_bytes, kept, |device| hold(device).is_none()) {
+        Some(device) => Ok(Some(device)),
+        None => match room.place(candidate.memory_bytes, kept, |_| true).and_then(hold) {
+            Some(hold) => Err(hold),
+            None => Ok(None),
+        },
+    }
 }
 
 /// Fair share's order of `users` as [`plan`] can tell it: sorted by usage (missing = 0), each
@@ -552,6 +684,9 @@ pub fn decayed_usage(runs: &[(f64, f64)], now: f64, half_life_secs: f64) -> f64 
 }
 
 #[cfg(test)]
+mod reservation_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use proptest::collection::vec;
@@ -564,7 +699,7 @@ mod tests {
     type Device = DeviceState<&'static str, &'static str>;
 
     fn job(job: u32, user: &'static str, seq: i64, gb: u64) -> Job {
-        Candidate { job, user, priority: 0, seq, memory_bytes: gb * GB }
+        Candidate { job, user, priority: 0, seq, memory_bytes: gb * GB, limit_seconds: None }
     }
 
     fn gpu(id: &'static str, gb: u64, running: &[(&'static str, u64)]) -> Device {
@@ -588,7 +723,7 @@ mod tests {
     }
 
     fn reason_of(plan: &Plan<u32, &'static str>, job: u32) -> PendingReason {
-        plan.waiting.iter().find(|waiting| waiting.job == job).expect("the job waits").reason
+        plan.waiting.iter().find(|waiting| waiting.job == job).expect("the job waits").reason.clone()
     }
 
     #[test]
@@ -619,7 +754,7 @@ mod tests {
             accounts: HashMap::from([("a", account(10.0, 3.0, 2.0))]),
             job_seconds: HashMap::from([(1, 4.0 * 3600.0), (2, 4.0 * 3600.0), (3, 3600.0)]),
         };
-        let plan = plan_within(&queued, &slots, &HashMap::new(), &SHARED, &budgets);
+        let plan = plan_within(&queued, &slots, &HashMap::new(), &SHARED, &budgets, &Reservations::default());
         let started: Vec<u32> = plan.assignments.iter().map(|(job, _)| *job).collect();
         // b, holding nothing, is served first by fair share; b has no budget; a's 1 h job is not
         // held back by the 4 h one that waits for budget.
@@ -846,7 +981,17 @@ mod tests {
         // User 0 queues 20 jobs, then user 1 queues 2; one device.
         let jobs: Vec<_> = (0..22u32)
             .map(|i| {
-                (Candidate { job: i, user: u8::from(i >= 20), priority: 0, seq: i64::from(i), memory_bytes: 0 }, 0)
+                (
+                    Candidate {
+                        job: i,
+                        user: u8::from(i >= 20),
+                        priority: 0,
+                        seq: i64::from(i),
+                        memory_bytes: 0,
+                        limit_seconds: None,
+                    },
+                    0,
+                )
             })
             .collect();
         let devices = [DeviceState { id: 0u8, capacity: Capacity::Slot, running: vec![], foreign_busy: false }];
@@ -954,6 +1099,7 @@ mod tests {
                         priority,
                         seq: i64::from(job),
                         memory_bytes,
+                        limit_seconds: None,
                     })
                     .collect()
             });
@@ -1009,7 +1155,10 @@ mod tests {
                 (0..)
                     .zip(jobs)
                     .map(|(job, (user, priority, memory_bytes, arrival))| {
-                        (Candidate { job, user, priority, seq: i64::from(job), memory_bytes }, arrival)
+                        (
+                            Candidate { job, user, priority, seq: i64::from(job), memory_bytes, limit_seconds: None },
+                            arrival,
+                        )
                     })
                     .collect()
             });
@@ -1123,6 +1272,7 @@ mod tests {
                 }
                 PendingReason::NoDevices => assert!(devices.is_empty()),
                 PendingReason::OverBudget(_) => panic!("no budgets were given, so none holds a job"),
+                PendingReason::Reserved(_) => panic!("no reservations were given, so none holds a job"),
             }
         }
 

@@ -75,6 +75,9 @@ impl Queued {
             priority: self.priority,
             seq: self.seq,
             memory_bytes: self.memory_bytes,
+            // The whole limit: an upper bound of what is left after earlier runs, so a
+            // reservation is never overlapped (a re-queued job may wait a little longer).
+            limit_seconds: self.time_limit.map(|limit| limit.seconds() as f64),
         }
     }
 }

@@ -15,6 +15,7 @@ mod backup;
 mod budgets;
 mod jobs;
 mod notifications;
+mod reservations;
 mod retention;
 mod users;
 
@@ -23,6 +24,7 @@ pub use backup::integrity_of_file;
 pub use budgets::{BudgetHolder, ChargedRun};
 pub use jobs::{unix_now, CancelOutcome, EpochTiming, JobFilter, JobPage, JobRun, NewJob, PageOrder};
 pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
+pub use reservations::ReservationRefused;
 pub use retention::{JobSize, Tombstone};
 pub use users::UserRecord;
 

@@ -11,6 +11,7 @@ import { badge, fixed, gib, jobHref, jobLink, ownerText, percent, shortId, TERMI
 import { etaText, jobFraction, meter, progressBar, progressText } from './progress.js';
 import { mayOpen } from './api.js';
 import { openStream } from './stream.js';
+import { deviceReservations } from './reservations.js';
 
 // The devices have no events: their memory and utilisation are asked for again this often.
 const DEVICE_POLL_MS = 5000;
@@ -78,7 +79,8 @@ export function createQueueView(app) {
         memory, utilisation,
         el('div', { class: 'device-job' }, device.job
           ? ['Running ', jobLink(device.job, job?.name ?? shortId(device.job))]
-          : el('span', { class: 'muted' }, 'idle')));
+          : el('span', { class: 'muted' }, 'idle')),
+        deviceReservations(device));
     });
     $('devices').replaceChildren(...(cards.length ? cards : [el('p', { class: 'muted' }, 'No devices reported.')]));
   }

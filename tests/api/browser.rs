@@ -28,7 +28,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// chromedriver (in its own process group, so Chromium goes with it) and one browser session.
-struct Browser {
+pub(crate) struct Browser {
     client: reqwest::Client,
     session: String,
     driver: Child,
@@ -36,7 +36,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start(chromium: &std::path::Path, chromedriver: &std::path::Path) -> Browser {
+    pub(crate) async fn start(chromium: &std::path::Path, chromedriver: &std::path::Path) -> Browser {
         Browser::start_with(chromium, chromedriver, &[]).await
     }
 
@@ -107,7 +107,7 @@ impl Browser {
         Ok(answer["value"].clone())
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.command(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
     }
 
@@ -117,7 +117,7 @@ impl Browser {
         found[ELEMENT].as_str().unwrap().to_string()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         // The live page redraws rows as events arrive: an element found a moment ago may have
         // been replaced (a stale reference). Then the same selector is looked up again.
         for attempt in 0.. {
@@ -155,12 +155,12 @@ impl Browser {
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
-    async fn eval(&self, script: &str, args: Value) -> Value {
+    pub(crate) async fn eval(&self, script: &str, args: Value) -> Value {
         self.command(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": args}))).await
     }
 
     /// Polls `script` until it returns something other than null or false.
-    async fn wait_for(&self, what: &str, script: &str, args: Value) -> Value {
+    pub(crate) async fn wait_for(&self, what: &str, script: &str, args: Value) -> Value {
         let started = Instant::now();
         loop {
             let value = self.eval(script, args.clone()).await;
@@ -173,7 +173,7 @@ impl Browser {
     }
 
     /// The console's errors since the last call (a failed load, a blocked request, a script error).
-    async fn console_errors(&self) -> Vec<Value> {
+    pub(crate) async fn console_errors(&self) -> Vec<Value> {
         let entries = self.command(reqwest::Method::POST, "/se/log", Some(json!({"type": "browser"}))).await;
         entries.as_array().cloned().unwrap_or_default().into_iter().filter(|entry| entry["level"] == "SEVERE").collect()
     }
@@ -182,7 +182,7 @@ impl Browser {
         self.command(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
     }
 
-    async fn quit(&self) {
+    pub(crate) async fn quit(&self) {
         let _ = self.client.delete(&self.session).send().await;
     }
 }
@@ -216,14 +216,15 @@ async fn download(browser: &Browser, css: &str) -> Value {
 }
 
 /// Whether an element is displayed (not hidden, not inside something hidden).
-const VISIBLE: &str = "const e = document.querySelector(arguments[0]); return Boolean(e && e.getClientRects().length);";
+pub(crate) const VISIBLE: &str =
+    "const e = document.querySelector(arguments[0]); return Boolean(e && e.getClientRects().length);";
 
 /// True when every image matching `selector` has loaded with a real size (at least `count`).
 const IMAGES_LOADED: &str = "
     const images = [...document.querySelectorAll(arguments[0])];
     return images.length >= arguments[1] && images.every((img) => img.complete && img.naturalWidth > 0);";
 
-fn spec(name: &str, epochs: [u32; 2]) -> Value {
+pub(crate) fn spec(name: &str, epochs: [u32; 2]) -> Value {
     json!({
         "name": name, "dataset": "demo", "backbone": "vgg16", "weights": "random",
         "image_size": 32, "batch_size": 4,
@@ -234,7 +235,7 @@ fn spec(name: &str, epochs: [u32; 2]) -> Value {
 }
 
 /// Chromium and chromedriver, or `None` when `TRAINQ_SKIP_BROWSER=1` asks to skip (said loudly).
-fn browser_programs() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn browser_programs() -> Option<(PathBuf, PathBuf)> {
     if std::env::var("TRAINQ_SKIP_BROWSER").is_ok_and(|value| value == "1") {
         eprintln!("\n!!! SKIPPED: the browser test (TRAINQ_SKIP_BROWSER=1); the dashboard was NOT tested !!!\n");
         return None;

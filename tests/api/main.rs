@@ -3,6 +3,7 @@
 mod auth;
 mod backups;
 mod browser;
+mod browser_reservations;
 mod budgets;
 mod cache;
 mod chains;
@@ -25,6 +26,7 @@ mod notify;
 mod pytorch;
 mod recovery;
 mod report;
+mod reservations;
 mod results;
 mod retention;
 mod schemathesis;
