@@ -75,6 +75,9 @@ impl Queued {
             priority: self.priority,
             seq: self.seq,
             memory_bytes: self.memory_bytes,
+            // Its whole limit, though a re-queued job has used part of it: an upper bound, so
+            // backfill stays safe, and a pass reads nothing per queued job.
+            limit_seconds: self.time_limit.map(|limit| limit.seconds() as f64),
         }
     }
 }
@@ -427,7 +430,11 @@ mod tests {
             policy::DeviceState {
                 id: "cpu0",
                 capacity: policy::Capacity::Slot,
-                running: vec![policy::Running { user: String::from("user0"), memory_bytes: 0 }],
+                running: vec![policy::Running {
+                    user: String::from("user0"),
+                    memory_bytes: 0,
+                    limit_left_seconds: None,
+                }],
                 foreign_busy: false,
             },
             policy::DeviceState { id: "cpu1", capacity: policy::Capacity::Slot, running: vec![], foreign_busy: true },
