@@ -1421,6 +1421,26 @@ mod tests {
         }
     }
 
+    /// The README's `trainq.toml` excerpts (the budgets, a course's settings) are config files
+    /// `trainq serve` takes: known keys, values its flags accept.
+    #[test]
+    fn the_readme_config_excerpts_are_valid() {
+        let readme = include_str!("../README.md");
+        let excerpts: Vec<&str> =
+            readme.split("```toml\n").skip(1).filter_map(|rest| rest.split("```").next()).collect();
+        assert!(excerpts.len() >= 2, "the budgets' and the course's excerpts");
+        for excerpt in excerpts {
+            assert!(!config_variables(excerpt).unwrap().is_empty(), "{excerpt}");
+            let table: toml::Table = excerpt.parse().unwrap();
+            let flags = table.iter().map(|(key, value)| match value {
+                toml::Value::String(text) => format!("--{}={text}", key.replace('_', "-")),
+                other => format!("--{}={other}", key.replace('_', "-")),
+            });
+            let arguments = ["trainq", "serve"].into_iter().map(String::from).chain(flags);
+            Cli::try_parse_from(arguments).unwrap_or_else(|err| panic!("{excerpt}: {err}"));
+        }
+    }
+
     #[test]
     fn the_example_configs_are_valid() {
         for text in [include_str!("../deploy/trainq.toml"), include_str!("../deploy/slurm/trainq.toml")] {

@@ -25,7 +25,7 @@ pub struct JobView {
     pub(super) job: Job,
     #[serde(flatten)]
     standing: Standing,
-    /// Expected seconds until a queued job starts (absent when unknown).
+    /// Expected seconds until a queued job starts (absent when unknown); see `eta_at`.
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_seconds: Option<f64>,
     /// Every worker start with its device, times and outcome (`GET /api/jobs/{id}` only).
@@ -42,8 +42,10 @@ pub(super) struct Standing {
     /// Why a queued job is not running yet (or why Slurm still holds a running one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
-    /// When a queued job is expected to start, Unix seconds (absent when unknown). Absolute, so
-    /// the answer (and its ETag) stays the same from one second to the next.
+    /// When a queued job is expected to start, Unix seconds (absent when unknown). Jobs are
+    /// counted to last their measured pace but no longer than their time limits; where only the
+    /// limits are known, it is the latest start (each job ahead running to its limit). Absolute,
+    /// so the answer (and its ETag) stays the same from one second to the next.
     #[serde(skip_serializing_if = "Option::is_none", with = "crate::domain::timestamp::unix_seconds::option")]
     #[schema(value_type = Option<f64>)]
     pub eta_at: Option<crate::domain::Timestamp>,

@@ -3,6 +3,10 @@
 //! job's measured pace; queued jobs then take the earliest lane in the plan's order, each lasting
 //! its epochs times the mean epoch time of similar finished jobs (same backbone, image size and
 //! batch size). Where nothing similar was ever measured, the ETA is unknown rather than invented.
+//!
+//! Time limits bound both: a job is stopped at its limit, so a running job's lane frees by the
+//! rest of its limit at the latest, and a queued job lasts at most its limit. Where a job's pace
+//! is unknown but its limit known, the limit stands in for it: the ETA is then the latest start.
 
 use super::policy::{Capacity, DeviceState, Limits, Plan};
 use super::queue::{similarity_key, Queue};
@@ -18,6 +22,7 @@ fn total_epochs(spec: &JobSpec) -> u32 {
 pub(super) fn start_times<U>(
     timings: &[EpochTiming],
     running: &[Job],
+    limit_left: &HashMap<JobId, f64>,
     queued: &Queue,
     plan: &Plan<JobId, &str>,
     devices: &[DeviceState<&str, U>],
@@ -47,7 +52,7 @@ pub(super) fn start_times<U>(
                 Some((done, seconds)) => Some(f64::from(total_epochs(&job.spec).saturating_sub(*done)) * seconds),
                 None => pace(&job.spec).map(|seconds| f64::from(total_epochs(&job.spec)) * seconds),
             };
-            *lane = remaining;
+            *lane = at_most(remaining, limit_left.get(&job.id).copied());
         }
         if !device.foreign_busy {
             lanes.extend(device_lanes);
@@ -73,8 +78,33 @@ pub(super) fn start_times<U>(
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("lanes exist");
         starts.insert(waiting.job, start);
-        lanes[index] =
-            queued.get(waiting.job).and_then(|job| Some(start + f64::from(job.epochs) * pace_of(&job.pace_key)?));
+        lanes[index] = queued.get(waiting.job).and_then(|job| {
+            let paced = pace_of(&job.pace_key).map(|seconds| f64::from(job.epochs) * seconds);
+            Some(start + at_most(paced, job.time_limit.map(|limit| limit.seconds() as f64))?)
+        });
     }
     starts
+}
+
+/// How long a job lasts: its estimate, but no longer than its time limit (at which it is
+/// stopped); the limit alone where there is no estimate; unknown without either.
+fn at_most(estimate: Option<f64>, limit: Option<f64>) -> Option<f64> {
+    match (estimate, limit) {
+        (Some(estimate), Some(limit)) => Some(estimate.min(limit)),
+        (estimate, limit) => estimate.or(limit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::at_most;
+
+    #[test]
+    fn a_time_limit_bounds_the_estimate_and_stands_in_for_a_missing_one() {
+        assert_eq!(at_most(Some(600.0), Some(3600.0)), Some(600.0), "a job that ends before its limit");
+        assert_eq!(at_most(Some(7200.0), Some(3600.0)), Some(3600.0), "stopped at its limit");
+        assert_eq!(at_most(None, Some(3600.0)), Some(3600.0), "at the latest");
+        assert_eq!(at_most(Some(600.0), None), Some(600.0));
+        assert_eq!(at_most(None, None), None);
+    }
 }

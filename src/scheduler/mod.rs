@@ -58,7 +58,8 @@ pub struct QueueInfo {
     /// Why it is not running yet, in a sentence.
     pub pending_reason: String,
     /// When it is expected to start (sent as Unix seconds), from measured epoch times of the
-    /// running jobs and of similar finished jobs; absent when nothing similar was ever measured.
+    /// running jobs and of similar finished jobs, each bounded by its time limit (where only the
+    /// limit is known, it stands in: the ETA is then the latest start); absent when neither is known.
     /// Absolute, so it stays right between scheduling passes (which happen only when something
     /// changes).
     #[serde(with = "crate::domain::timestamp::unix_seconds::option")]
@@ -371,6 +372,7 @@ async fn schedule_once(
     let running = store.jobs(Some(JobState::Running)).await?;
     let now = Timestamp::now();
     let usage = usage_by_user(store, now.unix_seconds(), settings.half_life_secs).await?;
+    let limit_left = limits_left(store, &running).await?;
     let devices: Vec<_> = inventory
         .slots()
         .iter()
@@ -390,7 +392,11 @@ async fn schedule_once(
                 },
                 running: here
                     .iter()
-                    .map(|job| policy::Running { user: user_of(job), memory_bytes: job.memory_bytes })
+                    .map(|job| policy::Running {
+                        user: user_of(job),
+                        memory_bytes: job.memory_bytes,
+                        limit_left_seconds: limit_left.get(&job.id).copied(),
+                    })
                     .collect(),
                 foreign_busy,
             }
@@ -414,7 +420,7 @@ async fn schedule_once(
         candidates.sort_unstable_by_key(|candidate| candidate.seq);
         let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
         let plan = policy::plan_within(&candidates, &devices, &usage, &settings.limits, &budgets, &reservations);
-        let etas = eta::start_times(&timings, &running, queue, &plan, &devices, &settings.limits);
+        let etas = eta::start_times(&timings, &running, &limit_left, queue, &plan, &devices, &settings.limits);
         let mut places: HashMap<JobId, Place> = plan
             .waiting
             .iter()
@@ -531,6 +537,20 @@ async fn schedule_once(
     handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
     drop(old);
     Ok(facts)
+}
+
+/// Seconds until each running job that has a time limit reaches it: the limit less the device
+/// time its runs used (a query per running job, as many as the devices hold). What backfill and
+/// the ETAs count on: the job is stopped then at the latest.
+async fn limits_left(store: &Store, running: &[Job]) -> Result<HashMap<JobId, f64>, StoreError> {
+    let mut left = HashMap::new();
+    for job in running {
+        if let Some(limit) = job.time_limit {
+            let used = store.device_seconds_used(job.id).await?;
+            left.insert(job.id, (limit.seconds() as f64 - used).max(0.0));
+        }
+    }
+    Ok(left)
 }
 
 /// The budgets a pass plans within: the accounts of the users with a budget, and the most each

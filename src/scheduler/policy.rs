@@ -28,6 +28,11 @@
 //! - **No starvation of big jobs.** The first job in line that waits for room reserves the device
 //!   that would hold it once its running jobs end, and no later job is placed there in this pass;
 //!   as the device's jobs finish, the big job gets it.
+//! - **Backfill.** With time limits known, the reservation has a start: the time by which enough
+//!   of the device's jobs have reached their limits for the big job to fit (the earliest such
+//!   device is the one kept). A later job may still go on the kept device if its own limit ends
+//!   by then, so it fills the gap without ever delaying the big job. Without limits nothing is
+//!   backfilled and the rule above holds as it is.
 
 use crate::domain::budget::{Account, OverBudget};
 use crate::domain::reservation::{Occurrence, When};
@@ -49,7 +54,8 @@ pub struct Candidate<J, U> {
     pub seq: i64,
     /// GPU memory the job needs ([`crate::domain::memory::estimate_bytes`]); ignored on CPU slots.
     pub memory_bytes: u64,
-    /// The most device time it may still use, seconds (its time limit); `None`: no limit.
+    /// The most device time it may still use (its time limit), in seconds; `None`: no limit, so
+    /// it is never backfilled.
     pub limit_seconds: Option<f64>,
 }
 
@@ -85,6 +91,9 @@ pub struct Running<U> {
     pub user: U,
     /// The memory it was granted.
     pub memory_bytes: u64,
+    /// Seconds until it reaches its time limit (at which it is stopped); `None`: no limit, so
+    /// nobody knows when it ends.
+    pub limit_left_seconds: Option<f64>,
 }
 
 /// The box's sharing settings.
@@ -212,6 +221,10 @@ pub struct Plan<J, D> {
     pub waiting: Vec<Waiting<J>>,
     /// The device kept free in this pass for the first job in line that waits for room, if any.
     pub reserved: Option<(J, D)>,
+    /// When the kept device will hold that job at the latest, in seconds from now, if every job
+    /// on it runs to its time limit; `None` when one of those it waits for has no limit (or
+    /// nothing is kept). Later jobs were backfilled there only if their limits end by then.
+    pub reserved_start_seconds: Option<f64>,
 }
 
 /// A job that does not start in this pass.
@@ -331,6 +344,9 @@ struct Load {
 struct Room<'a, D, U> {
     devices: &'a [DeviceState<D, U>],
     loads: Vec<Load>,
+    /// Per device, each job's `(seconds to its time limit, memory)`: those running and those
+    /// assigned in this pass.
+    ends: Vec<Vec<(Option<f64>, u64)>>,
     max_jobs_per_gpu: usize,
     headroom_bytes: u64,
 }
@@ -408,12 +424,45 @@ impl<D, U> Room<'_, D, U> {
             .min_by_key(|&device| (self.loads[device].jobs, Reverse(self.free_bytes(device)), device))
     }
 
-    /// The device to keep for a job of `bytes` that fits nowhere now: among those it would fit
-    /// once empty, the one with the most free memory (the least to wait for), then the fewest jobs.
-    fn reserve(&self, bytes: u64) -> Option<usize> {
-        self.usable()
-            .filter(|&device| self.fits_empty(device, bytes))
-            .min_by_key(|&device| (Reverse(self.free_bytes(device)), self.loads[device].jobs, device))
+    /// Counts a job of `bytes` that may run `limit_seconds` as placed on `device`.
+    fn add(&mut self, device: usize, bytes: u64, limit_seconds: Option<f64>) {
+        self.loads[device].jobs += 1;
+        self.loads[device].bytes += bytes;
+        self.ends[device].push((limit_seconds, bytes));
+    }
+
+    /// When `device` can take a job of `bytes` at the latest, in seconds from now, if each of its
+    /// jobs runs to its time limit: the limit of the last job that must end for it to fit (jobs
+    /// end in the order of their limits). `None` if a job it must wait for has no limit.
+    fn start_on(&self, device: usize, bytes: u64) -> Option<f64> {
+        let mut ends = self.ends[device].clone();
+        ends.sort_by(|a, b| a.0.unwrap_or(f64::INFINITY).total_cmp(&b.0.unwrap_or(f64::INFINITY)));
+        let (mut load, mut start) = (self.loads[device], 0.0);
+        for (end, job_bytes) in ends {
+            if self.hosts(device, load, bytes) {
+                return Some(start);
+            }
+            start = end?;
+            load.jobs -= 1;
+            load.bytes -= job_bytes;
+        }
+        self.hosts(device, load, bytes).then_some(start)
+    }
+
+    /// The device to keep for a job of `bytes` that fits nowhere now, and when it can start
+    /// there at the latest ([`Room::start_on`]): among the devices it would fit once empty, the
+    /// earliest known start; where no start is known, the one with the most free memory (the
+    /// least to wait for), then the fewest jobs.
+    fn reserve(&self, bytes: u64) -> Option<(usize, Option<f64>)> {
+        let fitting = || self.usable().filter(|&device| self.fits_empty(device, bytes));
+        let drains_first = |device: usize| (Reverse(self.free_bytes(device)), self.loads[device].jobs, device);
+        let earliest = fitting()
+            .filter_map(|device| Some((device, self.start_on(device, bytes)?)))
+            .min_by(|a, b| a.1.total_cmp(&b.1).then_with(|| drains_first(a.0).cmp(&drains_first(b.0))));
+        match earliest {
+            Some((device, start)) => Some((device, Some(start))),
+            None => fitting().min_by_key(|&device| drains_first(device)).map(|device| (device, None)),
+        }
     }
 
     /// Why a job that waits for room (not capped, not set aside) is waiting after this pass.
@@ -494,9 +543,14 @@ where
             bytes: device.running.iter().map(|running| running.memory_bytes).sum(),
         })
         .collect();
+    let ends = devices
+        .iter()
+        .map(|device| device.running.iter().map(|running| (running.limit_left_seconds, running.memory_bytes)).collect())
+        .collect();
     let mut room = Room {
         devices,
         loads,
+        ends,
         max_jobs_per_gpu: limits.max_jobs_per_gpu.max(1),
         headroom_bytes: limits.headroom_bytes,
     };
@@ -527,7 +581,7 @@ where
     let mut assignments = Vec::new();
     let mut in_line: Vec<(&Candidate<J, U>, Wait)> = Vec::new();
     let mut set_aside: Vec<(&Candidate<J, U>, PendingReason)> = Vec::new();
-    let mut reserved: Option<(usize, J)> = None;
+    let mut reserved: Option<Kept<J>> = None;
     loop {
         let next = lines
             .iter()
@@ -566,10 +620,12 @@ where
                 continue;
             }
         }
+        // The kept device is closed to this job unless it would end there before the kept job starts.
+        let closed = reserved.as_ref().filter(|kept| !kept.backfills(candidate.limit_seconds)).map(|kept| kept.device);
         let device = if line.blocked {
             None
         } else {
-            match placement(&room, reservations, candidate, reserved.map(|(device, _)| device)) {
+            match placement(&room, reservations, candidate, closed) {
                 Ok(device) => device,
                 // Like a budget, a reservation holds this job alone: a shorter one may fit.
                 Err(hold) => {
@@ -580,8 +636,7 @@ where
         };
         match device {
             Some(device) => {
-                room.loads[device].jobs += 1;
-                room.loads[device].bytes += bytes;
+                room.add(device, bytes, candidate.limit_seconds);
                 line.holding += 1;
                 if let (Some(account), Some(seconds)) = (&mut line.account, charge) {
                     account.held_seconds += seconds;
@@ -590,7 +645,11 @@ where
             }
             None => {
                 if !line.blocked && reserved.is_none() {
-                    reserved = room.reserve(bytes).map(|device| (device, candidate.job));
+                    reserved = room.reserve(bytes).map(|(device, start_seconds)| Kept {
+                        job: candidate.job,
+                        device,
+                        start_seconds,
+                    });
                 }
                 line.blocked = true;
                 in_line.push((candidate, Wait::ForRoom));
@@ -616,7 +675,28 @@ where
             },
         })
         .collect();
-    Plan { assignments, waiting, reserved: reserved.map(|(device, job)| (job, devices[device].id.clone())) }
+    Plan {
+        assignments,
+        waiting,
+        reserved_start_seconds: reserved.as_ref().and_then(|kept| kept.start_seconds),
+        reserved: reserved.map(|kept| (kept.job, devices[kept.device].id.clone())),
+    }
+}
+
+/// The device kept for the first job in line that waits for room.
+struct Kept<J> {
+    job: J,
+    device: usize,
+    /// When the job can start there at the latest (seconds from now), if known.
+    start_seconds: Option<f64>,
+}
+
+impl<J> Kept<J> {
+    /// Whether a later job that may run `limit_seconds` can go on the kept device: only if it
+    /// ends by the time the kept job could start there, so it never delays it.
+    fn backfills(&self, limit_seconds: Option<f64>) -> bool {
+        matches!((limit_seconds, self.start_seconds), (Some(limit), Some(start)) if limit <= start)
+    }
 }
 
 /// Where a job starts now under the lab reservations: the device [`Room::place`] picks among
@@ -703,12 +783,15 @@ mod tests {
     }
 
     fn gpu(id: &'static str, gb: u64, running: &[(&'static str, u64)]) -> Device {
-        let running = running.iter().map(|&(user, gb)| Running { user, memory_bytes: gb * GB }).collect();
+        let running = running
+            .iter()
+            .map(|&(user, gb)| Running { user, memory_bytes: gb * GB, limit_left_seconds: None })
+            .collect();
         DeviceState { id, capacity: Capacity::Gpu { memory_bytes: gb * GB }, running, foreign_busy: false }
     }
 
     fn slot(id: &'static str, running: &[&'static str]) -> Device {
-        let running = running.iter().map(|&user| Running { user, memory_bytes: 0 }).collect();
+        let running = running.iter().map(|&user| Running { user, memory_bytes: 0, limit_left_seconds: None }).collect();
         DeviceState { id, capacity: Capacity::Slot, running, foreign_busy: false }
     }
 
@@ -884,6 +967,76 @@ mod tests {
         // Once gpu0 drains, the big job gets it.
         let devices = [gpu("gpu0", 40, &[]), gpu("gpu1", 40, &[("x", 25), ("small", 8)])];
         assert_eq!(plan_with(&queued[..1], &devices, &SHARED).assignments, [(1, "gpu0")]);
+    }
+
+    /// `job` with a time limit of `hours`.
+    fn limited(mut job: Job, hours: f64) -> Job {
+        job.limit_seconds = Some(hours * 3600.0);
+        job
+    }
+
+    /// `device` whose running jobs reach their limits in `hours` (in order; `None`: no limit).
+    fn ending(mut device: Device, hours: &[Option<f64>]) -> Device {
+        for (running, hours) in device.running.iter_mut().zip(hours) {
+            running.limit_left_seconds = hours.map(|hours| hours * 3600.0);
+        }
+        device
+    }
+
+    #[test]
+    fn a_job_that_ends_before_the_kept_job_can_start_is_backfilled_on_its_device() {
+        // gpu0's job reaches its limit in 1 h, gpu1's in 2 h: the 35 GB job can start on gpu0 in
+        // 1 h at the latest. A 30-minute job fills that gap; a 90-minute one may not.
+        let devices =
+            [ending(gpu("gpu0", 40, &[("x", 10)]), &[Some(1.0)]), ending(gpu("gpu1", 40, &[("x", 25)]), &[Some(2.0)])];
+        let queued = [
+            limited(job(1, "big", 1, 35), 4.0),
+            limited(job(2, "small", 2, 8), 0.5),
+            limited(job(3, "small", 3, 8), 1.5),
+            limited(job(4, "other", 4, 8), 1.5),
+        ];
+        let plan = plan_with(&queued, &devices, &SHARED);
+        assert_eq!((plan.reserved, plan.reserved_start_seconds), (Some((1, "gpu0")), Some(3600.0)));
+        assert_eq!(
+            plan.assignments,
+            [(2, "gpu0"), (4, "gpu1")],
+            "job 3 would overlap the kept start, and gpu1 is full"
+        );
+        // Exactly at the start still fits: the backfilled job has ended by then.
+        let plan = plan_with(&[queued[0].clone(), limited(job(2, "small", 2, 8), 1.0)], &devices, &SHARED);
+        assert_eq!(plan.assignments, [(2, "gpu0")]);
+        // A job without a limit is never backfilled: job 2 goes to gpu1, the other two wait.
+        let unknown: Vec<Job> = queued.iter().map(|job| Job { limit_seconds: None, ..job.clone() }).collect();
+        let plan = plan_with(&unknown, &devices, &SHARED);
+        assert_eq!((plan.assignments, plan.reserved_start_seconds), (vec![(2, "gpu1")], Some(3600.0)));
+        // Nor when a job the kept one waits for has no limit: nobody knows when the gap ends.
+        let devices = [ending(gpu("gpu0", 40, &[("x", 10)]), &[None]), gpu("gpu1", 40, &[("x", 25)])];
+        let plan = plan_with(&queued, &devices, &SHARED);
+        assert_eq!((plan.reserved, plan.reserved_start_seconds), (Some((1, "gpu0")), None));
+        assert_eq!(plan.assignments, [(2, "gpu1")]);
+    }
+
+    #[test]
+    fn the_device_kept_is_the_one_that_frees_first_when_limits_say() {
+        // gpu0 has more memory free, but its job may run 5 h more; on gpu1 one job ends within
+        // 10 minutes and the other in 3 h.
+        let devices = [
+            ending(gpu("gpu0", 40, &[("x", 20)]), &[Some(5.0)]),
+            ending(gpu("gpu1", 40, &[("x", 20), ("y", 10)]), &[Some(1.0 / 6.0), Some(3.0)]),
+        ];
+        // A 25 GB job fits gpu1 once its first job ends; a 35 GB one once both have.
+        let plan = plan_with(&[job(1, "big", 1, 25)], &devices, &SHARED);
+        assert_eq!((plan.reserved, plan.reserved_start_seconds), (Some((1, "gpu1")), Some(600.0)));
+        let plan = plan_with(&[job(1, "big", 1, 35)], &devices, &SHARED);
+        assert_eq!((plan.reserved, plan.reserved_start_seconds), (Some((1, "gpu1")), Some(3.0 * 3600.0)));
+        // Without limits, the device with the most memory free is kept, as ever.
+        let unknown = [gpu("gpu0", 40, &[("x", 20)]), gpu("gpu1", 40, &[("x", 20), ("y", 10)])];
+        assert_eq!(plan_with(&[job(1, "big", 1, 25)], &unknown, &SHARED).reserved, Some((1, "gpu0")));
+        // Where one device's start is unknown, the known one is kept.
+        let devices =
+            [ending(gpu("gpu0", 40, &[("x", 10)]), &[None]), ending(gpu("gpu1", 40, &[("x", 25)]), &[Some(2.0)])];
+        let plan = plan_with(&[job(1, "big", 1, 35)], &devices, &SHARED);
+        assert_eq!((plan.reserved, plan.reserved_start_seconds), (Some((1, "gpu1")), Some(7200.0)));
     }
 
     #[test]
@@ -1076,7 +1229,7 @@ mod tests {
                             }
                         };
                         if fits {
-                            running.push(Running { user, memory_bytes });
+                            running.push(Running { user, memory_bytes, limit_left_seconds: None });
                         }
                     }
                     DeviceState { id, capacity, running, foreign_busy }
@@ -1365,6 +1518,187 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A box and a queue with time limits, some unknown: running jobs with the rest of their
+    /// limits, candidates with theirs (whole seconds, 1 to 20). Each user has usage of their own
+    /// number, so fair share's order stays the same pass after pass; no cap.
+    fn backfill_case() -> impl Strategy<Value = Case> {
+        (limits(2, 0.0, 1), 1..=4u8, kind()).prop_flat_map(|(limits, users, kind)| {
+            let limit = || proptest::option::weighted(0.8, 1..=20u8).prop_map(|limit| limit.map(f64::from));
+            let memory = (1..=80 * 4u64).prop_map(|quarters| quarters * GB / 4);
+            let queued = vec((0..users, 0..=1i64, memory, limit()), 1..=12).prop_map(|jobs| {
+                (0..)
+                    .zip(jobs)
+                    .map(|(job, (user, priority, memory_bytes, limit_seconds))| Candidate {
+                        job,
+                        user,
+                        priority,
+                        seq: i64::from(job),
+                        memory_bytes,
+                        limit_seconds,
+                    })
+                    .collect()
+            });
+            (devices(kind, limits, users, 1..=4), vec(limit(), 12), queued).prop_map(
+                move |(mut devices, running_limits, queued)| {
+                    let running = devices.iter_mut().flat_map(|device| device.running.iter_mut());
+                    for (running, limit) in running.zip(running_limits) {
+                        running.limit_left_seconds = limit;
+                    }
+                    let usage = (0..users).map(|user| (user, f64::from(user))).collect();
+                    Case { queued, devices, usage, limits }
+                },
+            )
+        })
+    }
+
+    /// The job the first pass keeps a device for, and when it starts (`None`: never, as no job it
+    /// waits for ends), passes running at each job's end with every job running exactly its
+    /// limit (the worst case a reservation is made against; a job without one never ends). With
+    /// `hide_limits` the policy is not told the limits (the jobs still run them): today's
+    /// policy, without backfill. `check` sees each pass's time, queue and plan.
+    fn protected_start(
+        case: &Case,
+        hide_limits: bool,
+        mut check: impl FnMut(f64, &[Candidate<u32, u8>], &Plan<u32, u8>),
+    ) -> Option<(u32, Option<f64>)> {
+        let shown = |limit: Option<f64>| if hide_limits { None } else { limit };
+        // Each device's jobs as `(user, memory, end)`, absolute times.
+        let mut running: Vec<Vec<(u8, u64, Option<f64>)>> = case
+            .devices
+            .iter()
+            .map(|device| {
+                device.running.iter().map(|job| (job.user, job.memory_bytes, job.limit_left_seconds)).collect()
+            })
+            .collect();
+        let mut queued = case.queued.clone();
+        let mut protected = None;
+        let mut now = 0.0;
+        loop {
+            for jobs in &mut running {
+                jobs.retain(|&(_, _, end)| end.is_none_or(|end| end > now));
+            }
+            let devices: Vec<DeviceState<u8, u8>> = case
+                .devices
+                .iter()
+                .zip(&running)
+                .map(|(device, jobs)| DeviceState {
+                    running: jobs
+                        .iter()
+                        .map(|&(user, memory_bytes, end)| Running {
+                            user,
+                            memory_bytes,
+                            limit_left_seconds: shown(end.map(|end| end - now)),
+                        })
+                        .collect(),
+                    ..device.clone()
+                })
+                .collect();
+            let candidates: Vec<Candidate<u32, u8>> = queued
+                .iter()
+                .map(|candidate| Candidate { limit_seconds: shown(candidate.limit_seconds), ..candidate.clone() })
+                .collect();
+            let plan = plan(&candidates, &devices, &case.usage, &case.limits);
+            check(now, &queued, &plan);
+            let kept = *protected.get_or_insert(plan.reserved.map(|(job, _)| job));
+            let kept = kept?;
+            for (job, device) in &plan.assignments {
+                let index = queued.iter().position(|candidate| candidate.job == *job).expect("a queued job");
+                let candidate = queued.remove(index);
+                let end = candidate.limit_seconds.map(|limit| now + limit);
+                running[usize::from(*device)].push((candidate.user, candidate.memory_bytes, end));
+                if *job == kept {
+                    return Some((kept, Some(now)));
+                }
+            }
+            let next = running.iter().flatten().filter_map(|&(_, _, end)| end).filter(|&end| end > now);
+            match next.min_by(f64::total_cmp) {
+                Some(next) => now = next,
+                None => return Some((kept, None)),
+            }
+        }
+    }
+
+    /// The jobs `plan` placed on the `device` kept for `kept` that come after it in fair share's
+    /// order (users by their usage, which [`backfill_case`] makes their number): backfilled ones.
+    fn backfilled_on<'a>(
+        queued: &'a [Candidate<u32, u8>],
+        plan: &'a Plan<u32, u8>,
+        kept: u32,
+        device: u8,
+    ) -> impl Iterator<Item = &'a Candidate<u32, u8>> + 'a {
+        let order = |candidate: &Candidate<u32, u8>| (candidate.user, Reverse(candidate.priority), candidate.seq);
+        let find = move |job: u32| queued.iter().find(|candidate| candidate.job == job).expect("a queued job");
+        let kept = order(find(kept));
+        plan.assignments
+            .iter()
+            .filter(move |(_, on)| *on == device)
+            .map(move |(job, _)| find(*job))
+            .filter(move |job| order(job) > kept)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Backfill never delays the job it protects: run forward with every job taking its whole
+        /// limit and a pass at every end, the protected job starts no later with backfill than
+        /// without (today's policy, told no limits), and no later than the first pass's reserved
+        /// start. Every job backfilled on the kept device ends by that pass's reserved start.
+        #[test]
+        fn backfill_never_delays_the_protected_job(case in backfill_case()) {
+            let mut first_start = None;
+            let with = protected_start(&case, false, |now, queued, plan| {
+                let Some((kept, device)) = plan.reserved else { return };
+                first_start.get_or_insert(plan.reserved_start_seconds.map(|start| now + start));
+                for job in backfilled_on(queued, plan, kept, device) {
+                    let (limit, start) = (job.limit_seconds, plan.reserved_start_seconds);
+                    assert!(
+                        matches!((limit, start), (Some(limit), Some(start)) if limit <= start),
+                        "job {} backfilled at {now} with limit {limit:?} before the kept start {start:?}",
+                        job.job
+                    );
+                }
+            });
+            let without = protected_start(&case, true, |_, _, _| {});
+            match (with, without) {
+                (Some((kept, with)), Some((same, without))) => {
+                    prop_assert_eq!(kept, same, "the first pass protects the same job either way");
+                    let late = |start: Option<f64>| start.unwrap_or(f64::INFINITY);
+                    prop_assert!(late(with) <= late(without), "job {} starts at {:?} with backfill, {:?} without", kept, with, without);
+                    if let Some(Some(reserved)) = first_start {
+                        prop_assert!(late(with) <= reserved, "job {} starts at {:?}, after its reserved start {}", kept, with, reserved);
+                    }
+                }
+                (None, None) => {}
+                (with, without) => prop_assert!(false, "a job protected in one world only: {:?} {:?}", with, without),
+            }
+        }
+    }
+
+    /// The backfill cases are worth their runs: over a fixed sample, reserved starts are known,
+    /// jobs are backfilled, and backfill sometimes starts the protected job earlier than today.
+    #[test]
+    fn the_backfill_cases_reach_backfill() {
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = backfill_case();
+        let (mut known_starts, mut backfilled, mut earlier) = (0, 0, 0);
+        for _ in 0..500 {
+            let case = strategy.new_tree(&mut runner).expect("a case").current();
+            let with = protected_start(&case, false, |_, queued, plan| {
+                let Some((kept, device)) = plan.reserved else { return };
+                known_starts += usize::from(plan.reserved_start_seconds.is_some());
+                backfilled += backfilled_on(queued, plan, kept, device).count();
+            });
+            let without = protected_start(&case, true, |_, _, _| {});
+            if let (Some((_, Some(with))), Some((_, without))) = (with, without) {
+                earlier += usize::from(without.is_none_or(|without| with < without));
+            }
+        }
+        assert!(
+            known_starts > 100 && backfilled > 20 && earlier > 5,
+            "{known_starts} known starts, {backfilled} backfilled, {earlier} earlier"
+        );
     }
 
     /// The strategy is worth its cases: over a fixed sample they reach every reason, reservations

@@ -75,8 +75,8 @@ impl Queued {
             priority: self.priority,
             seq: self.seq,
             memory_bytes: self.memory_bytes,
-            // The whole limit: an upper bound of what is left after earlier runs, so a
-            // reservation is never overlapped (a re-queued job may wait a little longer).
+            // Its whole limit, though a re-queued job has used part of it: an upper bound, so
+            // backfill stays safe, and a pass reads nothing per queued job.
             limit_seconds: self.time_limit.map(|limit| limit.seconds() as f64),
         }
     }
@@ -430,7 +430,11 @@ mod tests {
             policy::DeviceState {
                 id: "cpu0",
                 capacity: policy::Capacity::Slot,
-                running: vec![policy::Running { user: String::from("user0"), memory_bytes: 0 }],
+                running: vec![policy::Running {
+                    user: String::from("user0"),
+                    memory_bytes: 0,
+                    limit_left_seconds: None,
+                }],
                 foreign_busy: false,
             },
             policy::DeviceState { id: "cpu1", capacity: policy::Capacity::Slot, running: vec![], foreign_busy: true },

@@ -13,6 +13,21 @@ function diskText(user) {
   return ` · disk ${bytesText(user.disk_bytes)}${quota}`;
 }
 
+// Hours with at most one decimal (`19.6`, `24`), as the waiting reasons say them.
+function hoursText(hours) {
+  return String(Math.round(hours * 10) / 10);
+}
+
+// The device-hour budget of this period (GET /api/me's `budget`): used, held by running jobs'
+// time limits, and left. Nothing for admins or without a budget (the server sends none then).
+function budgetText(user) {
+  const budget = user.budget;
+  if (!budget) return '';
+  const unit = `${budget.class.toUpperCase()}-h`;
+  return ` · budget ${hoursText(budget.used_hours)} used, ${hoursText(budget.held_hours)} held, `
+    + `${hoursText(budget.left_hours)} left of ${hoursText(budget.budget_hours)} ${unit}`;
+}
+
 // The account's view over `app` ({state, client, views}).
 export function createAccountView(app) {
   const { state: { session, detail }, client, views } = app;
@@ -24,7 +39,7 @@ export function createAccountView(app) {
     $('signin').hidden = signedIn;
     $('account').hidden = !signedIn;
     $('whoami').textContent = session.user
-      ? `signed in as ${session.user.name}${session.user.admin ? ' (admin)' : ''}${diskText(session.user)}`
+      ? `signed in as ${session.user.name}${session.user.admin ? ' (admin)' : ''}${diskText(session.user)}${budgetText(session.user)}`
       : 'signed in (checking the token…)';
     $('submit-button').disabled = !signedIn;
     views.users.renderForCaller();
@@ -118,5 +133,16 @@ export function createAccountView(app) {
     storeToken(token);
   }
 
-  return { start, focusSignIn, tokenRefused, checkToken, replaceToken };
+  // A job started or ended: a budgeted user's used and held hours moved, so the top bar reads
+  // them again (coalesced with the lists' refresh; nothing is asked of users without a budget).
+  async function refreshBudget() {
+    if (!session.user?.budget) return;
+    const token = session.token;
+    const answer = await client.request('/api/me');
+    if (!answer.ok || token !== session.token) return;
+    session.user = answer.body;
+    renderAccount();
+  }
+
+  return { start, focusSignIn, tokenRefused, checkToken, replaceToken, refreshBudget };
 }

@@ -250,7 +250,7 @@ export function createQueueView(app) {
   function scheduleRefresh() {
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(() => {
-      Promise.all([refreshLists(), refreshDevices()]).catch(setConnection);
+      Promise.all([refreshLists(), refreshDevices(), views.account.refreshBudget()]).catch(setConnection);
     }, 150);
   }
 

@@ -871,6 +871,42 @@ async fn a_finished_job_is_deleted_from_its_page_after_a_confirmation() {
     browser.quit().await;
 }
 
+/// With `--cpu-hours-per-user` and `--default-time-limit`, the top bar shows the student's
+/// device-hours (used, held by their running jobs' limits, left) and follows a job's start
+/// without a reload; an admin, exempt, sees no budget there.
+#[tokio::test]
+async fn the_header_shows_a_students_budget_and_none_for_an_admin() {
+    let Some((chromium, chromedriver)) = browser_programs() else { return };
+    let scripts = tempfile::tempdir().unwrap();
+    let worker = fake_worker(scripts.path(), "worker.sh", FAKE_WORKER);
+    let args = ["--cpu-hours-per-user", "2", "--default-time-limit", "30m"].map(String::from).to_vec();
+    let app = TestApp::spawn(Options { worker: Some(worker), cpu_slots: Some(1), args });
+    write_dataset(&app.root, 2, 1, 1);
+    let whoami_with = "const t = document.getElementById('whoami').textContent; return t.includes(arguments[0]) && t;";
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    browser.goto(&app.url("/")).await;
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["alice"]])).await;
+    browser.goto(&app.url("/?signed-in")).await;
+    browser.eval("window.__trainqErrors = []; addEventListener('error', (e) => window.__trainqErrors.push(String(e.message)));", json!([])).await;
+    let whoami = browser.wait_for("the budget", whoami_with, json!(["budget"])).await;
+    assert!(whoami.as_str().unwrap().ends_with(" · budget 0 used, 0 held, 2 left of 2 CPU-h"), "{whoami}");
+
+    // Her job starts with the default 30-minute limit: that much is held, and the bar says so.
+    let id = app.submit(&spec("sleep", [1, 1])).await;
+    app.wait_for_state(&id, "running", Duration::from_secs(60)).await;
+    let whoami = browser.wait_for("the held half hour", whoami_with, json!(["0.5 held"])).await;
+    assert!(whoami.as_str().unwrap().ends_with(" · budget 0 used, 0.5 held, 1.5 left of 2 CPU-h"), "{whoami}");
+    assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
+
+    // The admin is exempt: no budget in their bar.
+    browser.eval("sessionStorage.setItem('trainq.token', arguments[0])", json!([app.tokens["root"]])).await;
+    browser.goto(&app.url("/?admin")).await;
+    let whoami = browser.wait_for("the admin signed in", whoami_with, json!(["(admin)"])).await;
+    assert!(!whoami.as_str().unwrap().contains("budget"), "{whoami}");
+    browser.quit().await;
+}
+
 /// The dashboard over the server's own TLS (issue 29): signed in, it lists the student's job
 /// and follows the event stream live, and its security policy refuses nothing.
 #[tokio::test]
