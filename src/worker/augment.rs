@@ -21,7 +21,7 @@ use trainq::domain::spec::JobSpec;
 
 /// Keeps the augmentation's random stream apart from the shuffle's and dropout's, which derive
 /// their seeds from the same (seed, phase, epoch, step).
-const AUGMENT_STREAM: u64 = 0x6175_676d_656e_74;
+const AUGMENT_STREAM: u64 = 0x0061_7567_6d65_6e74;
 
 /// How far from a whole pixel a sampling position may be and still count as that pixel: a quarter
 /// turn's `cos 90°` is 6e-17, not 0, and would otherwise blend in a neighbour at 1e-14.
