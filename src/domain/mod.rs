@@ -3,11 +3,15 @@
 //! the GPU memory a job needs.
 //! No I/O lives here, except `weights_layout::check_file` reading a weights file's header.
 
+/// Keras' `ImageDataGenerator` augmentation: the spec's `augment`, its bounds and its random draw.
+pub mod augment;
 pub mod backbone;
 /// Device-hour budgets: the charge rule, the admission rule and their wording.
 pub mod budget;
 /// Chained jobs: dependency cycles, checkpoint compatibility, a waiting job's reason.
 pub mod chain;
+/// Keras' `class_weight`: `"balanced"` (scikit-learn's rule) or per class, checked and resolved.
+pub mod class_weight;
 /// The assignment's experiments, shipped as specs.
 pub mod examples;
 pub mod job;

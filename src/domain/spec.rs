@@ -421,6 +421,16 @@ pub struct JobSpec {
     /// `--default-time-limit` (if any) applies. At most `--max-time-limit` (30 days without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<crate::domain::time_limit::TimeLimit>,
+    /// Random changes to each training image, as Keras' `ImageDataGenerator` makes them
+    /// (`domain::augment`). A phase that augments computes its frozen layers every step: its
+    /// activations change with every image, so none are cached (the pixel cache still serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<crate::domain::augment::Augment>,
+    /// Each training image's loss multiplied by its class's weight, as Keras' `class_weight`:
+    /// `"balanced"` or `{"NORMAL": 1.9, "PNEUMONIA": 0.66}` (`domain::class_weight`). The training
+    /// loss curve is then weighted; validation and test metrics are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weight: Option<crate::domain::class_weight::ClassWeight>,
 }
 
 /// The spec fields a job resumed from another's checkpoint may change: none changes what is
@@ -777,7 +787,18 @@ impl JobSpec {
                 validate_optimizer(&format!("phases[{index}].optimizer"), optimizer)?;
             }
         }
+        if let Some(augment) = &self.augment {
+            augment.validate()?;
+        }
+        if let Some(class_weight) = &self.class_weight {
+            class_weight.validate()?;
+        }
         Ok(())
+    }
+
+    /// Whether training images are augmented (an `augment` that changes something).
+    pub fn augments(&self) -> bool {
+        self.augment.is_some_and(|augment| !augment.is_identity())
     }
 
     fn validate_head(&self) -> Result<(), SpecError> {
@@ -889,6 +910,16 @@ fn describe_serde_error(err: &serde_json::Error) -> String {
     };
     if message.contains("did not match any variant of untagged enum TrainSet") {
         return String::from("must be \"head\", \"all\", or a list of block names such as [\"block5\", \"head\"]");
+    }
+    if message.contains("did not match any variant of untagged enum ZoomRange") {
+        return String::from(
+            "must be a number z (factors from [1 − z, 1 + z]), e.g. 0.2, or the bounds [lower, upper]",
+        );
+    }
+    if message.contains("did not match any variant of untagged enum ClassWeight") {
+        return String::from(
+            "must be \"balanced\" or one weight per class, e.g. {\"NORMAL\": 1.9, \"PNEUMONIA\": 0.66}",
+        );
     }
     if message.contains("did not match any variant of untagged enum HeadLayerRepr") {
         return String::from(
@@ -1040,6 +1071,12 @@ mod tests {
             ("optimizer.name", Box::new(|v| v["optimizer"]["name"] = json!("lbfgs"))),
             ("phases[1].optimizer.lr", Box::new(|v| v["phases"][1]["optimizer"] = json!({"name": "sgd", "lr": 0}))),
             ("dataset", Box::new(|v| v.as_object_mut().unwrap().remove("dataset").map(drop).unwrap())),
+            ("augment.rotation_range", Box::new(|v| v["augment"] = json!({"rotation_range": 720}))),
+            ("augment.zoom_range", Box::new(|v| v["augment"] = json!({"zoom_range": -0.2}))),
+            ("augment.zoom_range", Box::new(|v| v["augment"] = json!({"zoom_range": "big"}))),
+            ("augment.shear_range", Box::new(|v| v["augment"] = json!({"shear_range": 0.2}))),
+            ("class_weight", Box::new(|v| v["class_weight"] = json!("equal"))),
+            ("class_weight.NORMAL", Box::new(|v| v["class_weight"] = json!({"NORMAL": -1, "PNEUMONIA": 1}))),
         ];
         for (field, patch) in cases {
             let err = with(patch).expect_err(field);
@@ -1049,6 +1086,19 @@ mod tests {
                 assert!(err.message.contains("dataset"), "{err:?}");
             }
         }
+    }
+
+    #[test]
+    fn augmentation_with_cached_features_is_allowed_and_all_zero_augments_nothing() {
+        let spec = with(|v| v["augment"] = serde_json::json!({"horizontal_flip": true})).unwrap();
+        assert!(spec.cache_features && spec.augments(), "allowed: the worker explains what it means");
+        let zero = with(|v| v["augment"] = serde_json::json!({"rotation_range": 0, "zoom_range": [1, 1]})).unwrap();
+        assert!(!zero.augments());
+        assert!(!with(|_| {}).unwrap().augments());
+        let weighted = with(|v| v["class_weight"] = serde_json::json!("balanced")).unwrap();
+        let again = JobSpec::parse(serde_json::to_string(&weighted).unwrap().as_bytes()).unwrap();
+        assert_eq!(again, weighted);
+        assert!(serde_json::to_value(with(|_| {}).unwrap()).unwrap().get("augment").is_none(), "absent stays absent");
     }
 
     #[test]

@@ -110,6 +110,12 @@ pub struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// How the training images are augmented, in words (absent when they are not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    augment: Option<String>,
+    /// The class weights of the training loss, in words (absent when there are none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class_weight: Option<String>,
 }
 
 /// `GET /api/compare`.
@@ -155,6 +161,11 @@ fn row(group: Option<String>, jobs: &[Job], params: Option<serde_json::Map<Strin
         succeeded,
         metrics,
         params,
+        augment: jobs
+            .first()
+            .and_then(|job| job.spec.augment.filter(|_| job.spec.augments()))
+            .map(|augment| augment.describe()),
+        class_weight: jobs.first().and_then(|job| job.spec.class_weight.as_ref()).map(|weights| weights.describe()),
     }
 }
 

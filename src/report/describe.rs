@@ -60,6 +60,12 @@ pub fn describe(spec: &JobSpec, ran_in: &[&str]) -> String {
             format!("seeds {}–{} ({repeats} repeats)", spec.seed, spec.seed.wrapping_add(u64::from(repeats) - 1))
         }
     };
+    if let Some(augment) = spec.augment.filter(|_| spec.augments()) {
+        sentences.push(format!("Augmentation of the training images: {}.", augment.describe()));
+    }
+    if let Some(class_weight) = &spec.class_weight {
+        sentences.push(format!("Class weights: {} (the training loss is weighted).", class_weight.describe()));
+    }
     sentences.push(format!("Batch size {}, {precision}, {seeds}.", spec.batch_size));
     sentences.join(" ")
 }
@@ -162,6 +168,28 @@ mod tests {
         assert!(words.contains("Phase 1: 1 epoch training every layer"), "{words}");
         assert!(words.contains("SGD, learning rate 1e-2, momentum 0.9"), "{words}");
         assert!(words.contains("seed 0."), "{words}");
+    }
+
+    #[test]
+    fn augmentation_and_class_weights_are_told() {
+        let spec = JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "vgg16", "image_size": 64, "batch_size": 4, "head": ["gap", {"dense": 1}],
+                 "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "adam", "lr": 0.001},
+                 "augment": {"horizontal_flip": true, "zoom_range": 0.1},
+                 "class_weight": {"NORMAL": 1.9, "PNEUMONIA": 0.66}}"#,
+        )
+        .unwrap();
+        let words = describe(&spec, &[]);
+        assert!(
+            words.contains("Augmentation of the training images: horizontal flips, zoom 0.9–1.1, fill nearest."),
+            "{words}"
+        );
+        assert!(
+            words.contains("Class weights: NORMAL 1.9, PNEUMONIA 0.66 (the training loss is weighted)."),
+            "{words}"
+        );
+        let plain = describe(&JobSpec { augment: None, class_weight: None, ..spec }, &[]);
+        assert!(!plain.contains("Augmentation") && !plain.contains("Class weights"), "{plain}");
     }
 
     #[test]

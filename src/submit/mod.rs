@@ -327,6 +327,9 @@ fn check_inputs_on_disk(datasets: &Path, weights: &Path, spec: &JobSpec) -> Resu
         return Err(SpecError::new("dataset", format!("dataset `{}` has no training images", dataset.name)));
     }
     spec.check_classes(dataset.classes.len())?;
+    if let Some(class_weight) = &spec.class_weight {
+        class_weight.check_classes(&dataset.name, &dataset.classes)?;
+    }
     if spec.weights != Weights::Imagenet {
         return Ok(());
     }

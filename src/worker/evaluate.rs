@@ -11,18 +11,36 @@ use trainq::domain::scores::{self, BinaryMetrics, MulticlassMetrics};
 
 /// Loss (mean over the batch) and the number of correct predictions, both as 0-d tensors.
 pub fn loss_and_correct(logits: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+    weighted_loss_and_correct(logits, labels, None)
+}
+
+/// As [`loss_and_correct`], with each sample's loss multiplied by its class's weight
+/// (`class_weights`, one per class, on the logits' device) when there are weights, as Keras
+/// applies `class_weight`: the weighted sum divided by the batch size, not by the sum of the
+/// weights. The correct predictions do not depend on the weights.
+pub fn weighted_loss_and_correct(logits: &Tensor, labels: &Tensor, class_weights: Option<&Tensor>) -> (Tensor, Tensor) {
+    let weighted_mean = |per_sample: Tensor, weights: &Tensor| {
+        (per_sample * weights.index_select(0, labels)).sum(Kind::Float) / labels.size()[0] as f64
+    };
     if logits.size()[1] == 1 {
         let logits = logits.squeeze_dim(1);
-        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(
-            &labels.to_kind(Kind::Float),
-            None,
-            None,
-            Reduction::Mean,
-        );
+        // Unweighted, libtorch's own mean (as before weights existed); weighted, per sample.
+        let reduction = if class_weights.is_some() { Reduction::None } else { Reduction::Mean };
+        let loss =
+            logits.binary_cross_entropy_with_logits::<Tensor>(&labels.to_kind(Kind::Float), None, None, reduction);
+        let loss = match class_weights {
+            Some(weights) => weighted_mean(loss, weights),
+            None => loss,
+        };
         let correct = logits.gt(0.0).to_kind(Kind::Int64).eq_tensor(labels).sum(Kind::Int64);
         (loss, correct)
     } else {
-        let loss = logits.cross_entropy_for_logits(labels);
+        let loss = match class_weights {
+            Some(weights) => {
+                weighted_mean(logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, -100, 0.0), weights)
+            }
+            None => logits.cross_entropy_for_logits(labels),
+        };
         let correct = logits.argmax(1, false).eq_tensor(labels).sum(Kind::Int64);
         (loss, correct)
     }
@@ -184,5 +202,33 @@ mod tests {
         assert_eq!(correct.int64_value(&[]), 2);
         let expected = ((1.0 + (-2.0f64).exp()).ln() + (1.0 + (-1.0f64).exp()).ln() + (1.0 + 0.5f64.exp()).ln()) / 3.0;
         assert!((loss.double_value(&[]) - expected).abs() < 1e-6);
+    }
+
+    /// Keras' `class_weight` by hand: each sample's loss times its class's weight, summed, over
+    /// the batch size (not over the sum of the weights); the hits are unweighted.
+    #[test]
+    fn class_weights_scale_each_samples_loss_as_keras_does() {
+        let weights = Tensor::from_slice(&[1.9f32, 0.66]);
+        let logits = Tensor::from_slice(&[2.0f32, -1.0, 0.5]).view([3, 1]);
+        let labels = Tensor::from_slice(&[1i64, 0, 0]);
+        let (loss, correct) = weighted_loss_and_correct(&logits, &labels, Some(&weights));
+        assert_eq!(correct.int64_value(&[]), 2);
+        let softplus = |x: f64| (1.0 + x.exp()).ln();
+        let expected = (0.66 * softplus(-2.0) + 1.9 * softplus(-1.0) + 1.9 * softplus(0.5)) / 3.0;
+        assert!((loss.double_value(&[]) - expected).abs() < 1e-6, "{} vs {expected}", loss.double_value(&[]));
+        // Softmax with three classes: −log p(label) per sample, weighted, over the batch size.
+        let weights = Tensor::from_slice(&[1.0f32, 2.0, 0.5]);
+        let logits = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 2.0, 0.0]).view([2, 3]);
+        let labels = Tensor::from_slice(&[0i64, 2]);
+        let (loss, correct) = weighted_loss_and_correct(&logits, &labels, Some(&weights));
+        assert_eq!(correct.int64_value(&[]), 1);
+        let nll = |logits: [f64; 3], label: usize| logits.iter().map(|l| l.exp()).sum::<f64>().ln() - logits[label];
+        let expected = (1.0 * nll([1.0, 0.0, 0.0], 0) + 0.5 * nll([0.0, 2.0, 0.0], 2)) / 2.0;
+        assert!((loss.double_value(&[]) - expected).abs() < 1e-6, "{} vs {expected}", loss.double_value(&[]));
+        // Weights of 1 are the unweighted loss.
+        let ones = Tensor::from_slice(&[1.0f32, 1.0, 1.0]);
+        let (plain, _) = loss_and_correct(&logits, &labels);
+        let (weighted, _) = weighted_loss_and_correct(&logits, &labels, Some(&ones));
+        assert!((plain.double_value(&[]) - weighted.double_value(&[])).abs() < 1e-6);
     }
 }

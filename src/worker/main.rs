@@ -2,6 +2,8 @@
 //! (`trainq-worker run --job job.json`); `bench` measures a training step for the benchmarks.
 
 mod artifacts;
+mod augment;
+mod augment_bench;
 mod cache;
 mod cam;
 mod data;
@@ -92,6 +94,26 @@ enum Command {
         #[arg(long, default_value = "auto")]
         precision: String,
     },
+    /// Time one augmented epoch next to one trained from cached activations; prints JSON (for
+    /// `benches/augment.rs`).
+    #[command(hide = true)]
+    BenchAugment {
+        /// Square input side.
+        #[arg(long, default_value_t = 128)]
+        image_size: u32,
+        /// Images per step.
+        #[arg(long, default_value_t = 20)]
+        batch_size: u32,
+        /// Images in the epoch.
+        #[arg(long, default_value_t = 200)]
+        images: u32,
+        /// CPU threads.
+        #[arg(long, default_value_t = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))]
+        threads: usize,
+        /// Use the GPU.
+        #[arg(long)]
+        cuda: bool,
+    },
     /// Time a split's first pass (decode + resize), cache build or cache hit, each followed by one
     /// epoch's batch feed; prints JSON (for `benches/decode.rs`).
     #[command(hide = true)]
@@ -141,6 +163,18 @@ fn main() -> ExitCode {
                     )
                 },
             )
+        }
+        Command::BenchAugment { image_size, batch_size, images, threads, cuda } => {
+            tch::set_num_threads(threads as i32);
+            let device = if cuda { WorkerDevice::Cuda } else { WorkerDevice::Cpu };
+            train::device_for(device).and_then(|device| {
+                augment_bench::bench_augmented_epoch(augment_bench::AugmentBench {
+                    image_size,
+                    batch_size,
+                    images,
+                    device,
+                })
+            })
         }
         Command::BenchDecode {
             dataset,

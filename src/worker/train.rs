@@ -17,11 +17,12 @@
 //! non-determinism).
 
 use crate::artifacts::{save_checkpoint, write_json, write_predictions};
+use crate::augment::Augmenter;
 use crate::cache;
 use crate::data::{load_split, CacheOutcome, Split};
 use crate::emit::emit;
 use crate::epochs::{derived_seed, epoch_plan, lone_images, PlannedBatch};
-use crate::evaluate::{evaluate, loss_and_correct, test_metrics, Evaluation, Feed};
+use crate::evaluate::{evaluate, test_metrics, weighted_loss_and_correct, Evaluation, Feed};
 use crate::features::{self, Features, Source};
 use crate::interrupt::{self, Interrupted};
 use crate::model::{Cut, Network, Trainable};
@@ -90,6 +91,11 @@ struct Job<'a> {
     network: Network,
     normaliser: Normaliser,
     numerics: Numerics,
+    /// The spec's `augment`, when it changes anything: every training batch goes through it.
+    augmenter: Option<Augmenter>,
+    /// The spec's `class_weight`, one weight per class on the job's device: the training loss
+    /// is weighted by it.
+    class_weights: Option<Tensor>,
 }
 
 impl<'a> Job<'a> {
@@ -117,7 +123,15 @@ impl<'a> Job<'a> {
         let (network, normaliser) = build_network(work, device, &numerics)?;
         std::fs::create_dir_all(&work.output_dir).with_context(|| format!("creating {}", work.output_dir.display()))?;
         write_json(&work.output_dir, "spec.json", spec)?;
-        Ok(Job { work, classes: dataset.classes, splits, network, normaliser, numerics })
+        let augmenter = Augmenter::for_spec(spec);
+        if let Some(augmenter) = &augmenter {
+            eprintln!(
+                "augment: {} on the training images only, drawn anew for every image of every step from the seed",
+                augmenter.describe()
+            );
+        }
+        let class_weights = class_weights_for(spec, &dataset.classes, &splits.train, device)?;
+        Ok(Job { work, classes: dataset.classes, splits, network, normaliser, numerics, augmenter, class_weights })
     }
 
     /// The spec's batch size, as libtorch counts sizes (`i64`).
@@ -186,7 +200,8 @@ impl<'a> Job<'a> {
         let spec = &self.work.spec;
         let network = &self.network;
         let number = index as u32 + 1;
-        match (spec.cache_features, network.cut_for(trainable)) {
+        let augmented = self.augmenter.is_some();
+        match (spec.cache_features && !augmented, network.cut_for(trainable)) {
             (true, Some(cut)) => {
                 // A phase that trains no backbone block leaves the backbone as it is, so the next
                 // phase's deeper cut can be computed now, in the same pass over the frozen blocks.
@@ -194,11 +209,14 @@ impl<'a> Job<'a> {
                 let lower = next.filter(|next| cut.block == network.block_count() && next.block < cut.block);
                 Some((cut, self.phase_features(cut, lower, number)))
             }
-            (enabled, _) => {
-                let reason = if enabled {
+            (_, cut) => {
+                let reason = if !spec.cache_features {
+                    "cache_features is false in the spec"
+                } else if cut.is_none() {
                     "the phase trains the first block: nothing frozen to reuse"
                 } else {
-                    "cache_features is false in the spec"
+                    // `cache_features: true` with `augment` is allowed: this says what it means.
+                    "augment changes every training image at every step, so the frozen layers run on each augmented batch (the pixel cache still serves the pixels)"
                 };
                 eprintln!("phase {number}: no activation cache ({reason}); every epoch runs the whole network");
                 emit(&ProgressEvent::Features {
@@ -512,6 +530,32 @@ fn load_split_and_report(work: &WorkerJob, split: &str, classes: &[String]) -> a
     Ok(loaded)
 }
 
+/// The spec's class weights resolved against the dataset's `classes` and the training split's
+/// class counts (`"balanced"`), logged, on `device`. Fails the job with the reason when they no
+/// longer fit the dataset (the server checked them against its classes at submission).
+fn class_weights_for(
+    spec: &JobSpec,
+    classes: &[String],
+    train: &Split,
+    device: Device,
+) -> anyhow::Result<Option<Tensor>> {
+    let Some(class_weight) = &spec.class_weight else { return Ok(None) };
+    let counts = train.labels.to_device(Device::Cpu).bincount::<Tensor>(None, classes.len() as i64);
+    let counts: Vec<i64> = Vec::try_from(&counts)?;
+    let counts: Vec<u64> = counts.into_iter().map(|count| count.max(0) as u64).collect();
+    let weights = class_weight
+        .resolve(&spec.dataset, classes, &counts)
+        .map_err(|err| anyhow::anyhow!("class_weight does not fit the dataset: {err}"))?;
+    let shown: Vec<String> =
+        classes.iter().zip(&weights).map(|(class, weight)| format!("{class} {weight:.4}")).collect();
+    eprintln!(
+        "class weights ({}): {}; the training loss is weighted, validation and test metrics are not",
+        class_weight.describe(),
+        shown.join(", ")
+    );
+    Ok(Some(Tensor::from_slice(&weights).to_kind(Kind::Float).to_device(device)))
+}
+
 /// Builds the network on `device` from the spec's seed, loads the pretrained backbone and the
 /// `init_from` job's weights when the job names them, and lays the weights out as `numerics`
 /// wants. Returns it with the input normaliser of its backbone.
@@ -693,14 +737,21 @@ impl PhaseRun<'_> {
         let train = &self.train_feed;
         let index = orders[group].narrow(0, start, len);
         let (stored, labels) = train.groups[group];
-        let images = train.input(&stored.index_select(0, &index));
+        let pixels = stored.index_select(0, &index);
+        let images = match &self.job.augmenter {
+            // Augmenting phases train from pixels (`phase_activations`), never activations.
+            Some(augmenter) => train.input(&augmenter.apply(&pixels, (self.number, epoch, step))),
+            None => train.input(&pixels),
+        };
         // The labels may live elsewhere than the stored inputs: a GPU job keeps its pixels (and
         // their labels) on the GPU but may stream activations too large for its share from host
         // memory. (Found by the packed GPU run of the matrix: "index is on cpu".)
         let labels = labels.index_select(0, &index.to_device(labels.device())).to_device(train.device());
-        let (loss, hits) = train
-            .numerics
-            .forward(|| loss_and_correct(&train.forward(&self.job.network, &images, &self.trainable, true), &labels));
+        let class_weights = self.job.class_weights.as_ref();
+        let (loss, hits) = train.numerics.forward(|| {
+            let logits = train.forward(&self.job.network, &images, &self.trainable, true);
+            weighted_loss_and_correct(&logits, &labels, class_weights)
+        });
         self.optimizer.zero_grad();
         loss.backward();
         self.optimizer.step();

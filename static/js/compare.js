@@ -45,12 +45,16 @@ export function createCompareView(app) {
     const { metrics, rows } = answer.body;
     // A sweep group is one row per combination: its swept values are columns.
     const pointers = [...new Set(rows.flatMap((row) => Object.keys(row.params ?? {})))].sort();
+    // Augmentation and class weights: a column only when some row has them.
+    const training = rows.some((row) => row.augment || row.class_weight);
+    const trainingText = (row) => [row.augment && `augment: ${row.augment}`, row.class_weight && `class weights: ${row.class_weight}`].filter(Boolean).join('; ') || '—';
     $('compare-table').tHead.replaceChildren(el('tr', {},
-      el('th', {}, 'Name'), ...pointers.map((pointer) => el('th', {}, pointer)), el('th', {}, 'ID'), el('th', {}, 'State'), el('th', { class: 'num' }, 'Runs'),
+      el('th', {}, 'Name'), ...pointers.map((pointer) => el('th', {}, pointer)), ...(training ? [el('th', {}, 'Training')] : []), el('th', {}, 'ID'), el('th', {}, 'State'), el('th', { class: 'num' }, 'Runs'),
       ...metrics.map((name) => el('th', { class: 'num' }, METRIC_NAMES[name] ?? name))));
     $('compare-table').tBodies[0].replaceChildren(...rows.map((row) => el('tr', { dataset: { compareId: row.id } },
       el('td', {}, row.kind === 'job' ? jobLink(row.id, row.name) : `${row.name} (group)`),
       ...pointers.map((pointer) => el('td', { class: 'mono' }, row.params && pointer in row.params ? JSON.stringify(row.params[pointer]) : '—')),
+      ...(training ? [el('td', {}, trainingText(row))] : []),
       el('td', { class: 'mono', title: row.id }, shortId(row.id)),
       el('td', {}, row.kind === 'job' ? badge(row.state) : row.state),
       el('td', { class: 'num' }, `${row.succeeded}/${row.jobs.length}`),

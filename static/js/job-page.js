@@ -58,6 +58,7 @@ export function createJobPage(app) {
       ...fact('Progress', fraction != null && progressBar(fraction), job.progress ? progressText(job.progress) : '—'),
       ...fact('Images/s', fixed(job.progress?.images_per_sec, 1)),
       ...skippedFacts(job.progress?.data),
+      ...trainingFacts(job.spec, job.progress?.features),
       ...fact('ETA', etaText(job)),
       ...(job.time_limit ? fact('Time limit', `${job.time_limit} of device time`) : []),
       ...(job.parent_id ? fact('Parent', el('span', { class: 'parent' }, jobLink(job.parent_id, shortId(job.parent_id)))) : []),
@@ -87,6 +88,17 @@ export function createJobPage(app) {
     return fact('Skipped files', ...splits.map(([split, load]) => el('div', { class: 'note' },
       `${split}: ${load.skipped} skipped`,
       ...(load.skipped_files ?? []).map((file) => el('div', { class: 'mono' }, `${file.path}: ${file.reason}`)))));
+  }
+
+  // The spec's augmentation and class weights, and why a phase ran without cached activations
+  // (an augmenting phase computes its frozen layers every step).
+  function trainingFacts(spec, features) {
+    const off = Object.entries(features ?? {}).filter(([, use]) => use.state === 'off' && use.reason);
+    return [
+      ...(spec?.augment ? fact('Augmentation', el('span', { class: 'mono' }, JSON.stringify(spec.augment))) : []),
+      ...(spec?.class_weight ? fact('Class weights', el('span', { class: 'mono' }, JSON.stringify(spec.class_weight)), ' (the training loss is weighted)') : []),
+      ...(off.length ? fact('Activation cache', ...off.map(([phase, use]) => el('div', { class: 'note' }, `phase ${phase}: off, ${use.reason}`))) : []),
+    ];
   }
 
   // Epoch events may repeat what a snapshot already had: they are keyed by phase and epoch.

@@ -1,5 +1,6 @@
 //! API integration tests: each starts a real `trainq serve` on port 0 with its own temp data dir.
 
+mod augment;
 mod auth;
 mod backups;
 mod browser;
