@@ -1,13 +1,17 @@
 """Write torchvision's own ImageNet weights as a safetensors file trainq can load.
 
 For admins who prefer torchvision's downloads to `trainq weights fetch` (which takes the same
-weights from Hugging Face):
+weights from Hugging Face), and the only way to get EfficientNet-B0's: no safetensors copy of
+torchvision's EfficientNet-B0 weights is published, so `trainq weights fetch efficientnet_b0`
+without `--url` refuses and points here:
 
     python deploy/convert_torchvision_weights.py vgg16 /srv/weights
     python deploy/convert_torchvision_weights.py inception_v3 /srv/weights
+    python deploy/convert_torchvision_weights.py efficientnet_b0 /srv/weights
 
 writes OUT_DIR/<backbone>.safetensors. The whole state_dict is kept, with torchvision's names:
-trainq ignores the classifier tensors (`classifier.*`, `fc.*`, `AuxLogits.*`). Needs `torch`,
+trainq ignores the classifier tensors (`classifier.*`, `fc.*`, `AuxLogits.*`). torchvision
+downloads its `.pth` file into its cache (~/.cache/torch/hub/checkpoints) first. Needs `torch`,
 `torchvision` and `safetensors` (pip install torch torchvision safetensors).
 """
 
@@ -21,6 +25,7 @@ from safetensors.torch import save_file
 BUILDERS = {
     "vgg16": torchvision.models.vgg16,
     "inception_v3": torchvision.models.inception_v3,
+    "efficientnet_b0": torchvision.models.efficientnet_b0,
 }
 
 

@@ -56,6 +56,10 @@ class TrainqModel(nn.Module):
             for name in INCEPTION_BLOCKS:
                 setattr(self, name, getattr(net, name))
             channels = 2048
+        elif self.backbone == "efficientnet_b0":
+            # eval() turns its stochastic depth off, as trainq's evaluation does.
+            self.features = torchvision.models.efficientnet_b0(weights=None).features
+            channels = 1280
         else:
             raise SystemExit(f"unknown backbone {self.backbone}")
         # Variable size needs a size-free head ("gap"); any size serves the probe then.
@@ -84,7 +88,7 @@ class TrainqModel(nn.Module):
         self.head = nn.Sequential(*layers)
 
     def backbone_forward(self, x):
-        if self.backbone == "vgg16":
+        if self.backbone in ("vgg16", "efficientnet_b0"):
             return self.features(x)
         pool = nn.functional.max_pool2d
         for name in INCEPTION_BLOCKS:
@@ -120,8 +124,8 @@ def export_onnx(model, spec, path):
     if spec["image_size"]:
         height = width = spec["image_size"]
     else:
-        # Any size the backbone takes (trainq's own are multiples of 32 from 32 for VGG16, from 96
-        # for Inception); the example is rectangular so that height and width stay two dimensions.
+        # Any size the backbone takes (trainq's own are multiples of 32 from 32 for VGG16 and
+        # EfficientNet-B0, from 96 for Inception); the example is rectangular so that height and width stay two dimensions.
         least = MIN_SIDE[spec["backbone"]]
         height, width = 2 * QUANTUM * -(-least // QUANTUM), 3 * QUANTUM * -(-least // QUANTUM)
         shapes.update({2: torch.export.Dim("height", min=least), 3: torch.export.Dim("width", min=least)})

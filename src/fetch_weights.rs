@@ -12,17 +12,31 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Where `fetch` downloads from without `--url`: torchvision's own ImageNet weights
-/// (`IMAGENET1K_V1`), converted to safetensors with torchvision's names by timm.
-pub fn default_url(backbone: Backbone) -> &'static str {
+/// (`IMAGENET1K_V1`), converted to safetensors with torchvision's names by timm. `None` where no
+/// such copy is published (EfficientNet-B0: timm's `efficientnet_b0` files are timm's own
+/// training, under timm's names), which the admin converts from torchvision's file instead.
+pub fn default_url(backbone: Backbone) -> Option<&'static str> {
     match backbone {
-        Backbone::Vgg16 => "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors",
-        Backbone::InceptionV3 => "https://huggingface.co/timm/inception_v3.tv_in1k/resolve/main/model.safetensors",
+        Backbone::Vgg16 => Some("https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors"),
+        Backbone::InceptionV3 => {
+            Some("https://huggingface.co/timm/inception_v3.tv_in1k/resolve/main/model.safetensors")
+        }
+        Backbone::EfficientNetB0 => None,
     }
 }
 
 /// Why nothing was installed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// No `--url` was given and no safetensors copy of torchvision's weights is published.
+    #[error(
+        "no safetensors copy of torchvision's {backbone} ImageNet weights is published; make one from torchvision's own file with `python deploy/convert_torchvision_weights.py {backbone} <weights dir>` (see the README), or pass --url",
+        backbone = backbone.name()
+    )]
+    NoPublishedCopy {
+        /// The backbone asked for.
+        backbone: Backbone,
+    },
     /// The download could not start or broke off.
     #[error("downloading {url} failed")]
     Http {
@@ -80,7 +94,11 @@ pub async fn fetch(args: WeightsFetchArgs) -> Result<(), FetchError> {
     tokio::fs::create_dir_all(&dir).await.map_err(|source| FetchError::Write { path: dir.clone(), source })?;
     let target = dir.join(backbone.weights_file_name());
     let partial = dir.join(format!("{}.partial", backbone.weights_file_name()));
-    let url = args.url.clone().unwrap_or_else(|| default_url(backbone).to_string());
+    let url = match (&args.url, default_url(backbone)) {
+        (Some(url), _) => url.clone(),
+        (None, Some(url)) => url.to_string(),
+        (None, None) => return Err(FetchError::NoPublishedCopy { backbone }),
+    };
 
     match install(backbone, &url, &partial, &target).await {
         Ok((download, check)) => {

@@ -123,3 +123,54 @@ fn a_404_is_a_clear_failure() {
     assert!(stderr.contains(&format!("{url} answered 404 Not Found; nothing was installed")), "{stderr}");
     assert!(file_names(weights.path()).is_empty());
 }
+
+/// A safetensors file with every tensor of `backbone`'s torchvision layout (F16 zeros; the
+/// optional batch counters included) and a classifier tensor trainq ignores.
+fn torchvision_file(backbone: Backbone) -> Arc<Vec<u8>> {
+    let mut tensors: Vec<(String, Vec<usize>)> =
+        expected_tensors(backbone).into_iter().map(|tensor| (tensor.name, tensor.shape)).collect();
+    tensors.push(("classifier.1.weight".into(), vec![1000, 8]));
+    let largest = tensors.iter().map(|(_, shape)| shape.iter().product::<usize>() * 2).max().unwrap();
+    let zeros = vec![0u8; largest];
+    let views = tensors.iter().map(|(name, shape)| {
+        let bytes = shape.iter().product::<usize>() * 2;
+        (name.clone(), TensorView::new(Dtype::F16, shape.clone(), &zeros[..bytes]).unwrap())
+    });
+    Arc::new(safetensors::serialize(views, &None).unwrap())
+}
+
+/// Runs `trainq weights fetch <backbone> [--url URL] --weights <weights>`.
+fn fetch_backbone(backbone: &str, url: Option<&str>, weights: &Path) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_trainq"));
+    command.args(["weights", "fetch", backbone]);
+    if let Some(url) = url {
+        command.args(["--url", url]);
+    }
+    command.arg("--weights").arg(weights).env_remove("TRAINQ_WEIGHTS").env_remove("TRAINQ_DATA_DIR");
+    command.output().unwrap()
+}
+
+#[test]
+fn efficientnet_b0_has_no_published_copy_so_fetch_says_how_to_convert_one_and_takes_a_url() {
+    let weights = tempfile::tempdir().unwrap();
+    let output = fetch_backbone("efficientnet_b0", None, weights.path());
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no safetensors copy of torchvision's efficientnet_b0 ImageNet weights is published"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("python deploy/convert_torchvision_weights.py efficientnet_b0 <weights dir>"), "{stderr}");
+    assert!(file_names(weights.path()).is_empty(), "nothing is downloaded or left behind");
+
+    let body = torchvision_file(Backbone::EfficientNetB0);
+    let served = Arc::clone(&body);
+    let base = serve(move |_| Reply::ok(&served));
+    let output =
+        fetch_backbone("efficientnet_b0", Some(&format!("{base}/efficientnet_b0.safetensors")), weights.path());
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("358 tensors match torchvision's efficientnet_b0 layout"), "{stdout}");
+    assert_eq!(file_names(weights.path()), ["efficientnet_b0.safetensors"]);
+    assert_eq!(std::fs::read(weights.path().join("efficientnet_b0.safetensors")).unwrap(), *body);
+}

@@ -11,6 +11,9 @@ pub enum Backbone {
     Vgg16,
     /// InceptionV3 (torchvision names, no auxiliary head).
     InceptionV3,
+    /// EfficientNet-B0 (torchvision `features.0` … `features.8` names; its classifier is unused).
+    #[serde(rename = "efficientnet_b0")]
+    EfficientNetB0,
 }
 
 /// Static facts about a backbone.
@@ -35,7 +38,7 @@ pub struct BackboneInfo {
 
 impl Backbone {
     /// Every backbone, in listing order.
-    pub const ALL: [Backbone; 2] = [Backbone::Vgg16, Backbone::InceptionV3];
+    pub const ALL: [Backbone; 3] = [Backbone::Vgg16, Backbone::InceptionV3, Backbone::EfficientNetB0];
 
     /// The spec's name, which is also the weights file's stem (`vgg16.safetensors`).
     pub fn name(self) -> &'static str {
@@ -66,6 +69,20 @@ impl Backbone {
                 // The Google-trained weights expect pixels in -1..1 (torchvision's transform_input).
                 input_mean: [0.5, 0.5, 0.5],
                 input_std: [0.5, 0.5, 0.5],
+            },
+            Backbone::EfficientNetB0 => BackboneInfo {
+                name: "efficientnet_b0",
+                // torchvision's `features` children: `stem` = features.0 (the stride-2 3×3
+                // convolution), `stage1`…`stage7` = features.1…7 (the MBConv stages, the paper's
+                // stages 2–8), `top` = features.8 (the 1×1 convolution to 1280 channels, Keras'
+                // `top_conv`; `head` already names the classifier in a `train` list).
+                blocks: &["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "top"],
+                // Five stride-2 steps: 32 px ends in a 1×1 feature map.
+                min_image_size: 32,
+                feature_channels: 1280,
+                // torchvision's ImageNet statistics.
+                input_mean: [0.485, 0.456, 0.406],
+                input_std: [0.229, 0.224, 0.225],
             },
         }
     }

@@ -46,7 +46,9 @@
 
 use super::backbone::Backbone;
 use super::spec::{HeadLayer, JobSpec, OptimizerName, OptimizerSpec, Precision, Resize};
-use super::weights_layout::expected_tensors;
+use super::weights_layout::{
+    expected_tensors, EFFICIENTNET_B0_STAGES, EFFICIENTNET_B0_STEM_CHANNELS, EFFICIENTNET_B0_TOP_CHANNELS,
+};
 
 /// What a job holds on its GPU before and besides its tensors: the CUDA context (a few hundred MB
 /// with libtorch's kernels), cuBLAS and cuDNN handles and workspaces, and allocator slack.
@@ -190,6 +192,8 @@ fn block_parameters(backbone: Backbone) -> BlockParameters {
                 let module = tensor.name.split('.').next().unwrap_or_default();
                 blocks.iter().position(|block| *block == module).unwrap_or(0)
             }
+            // `features.N.*` is block N: the stem, the seven stages, then the top convolution.
+            Backbone::EfficientNetB0 => tensor.name.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0),
         };
         counts.trainable[block] += values;
     }
@@ -213,6 +217,7 @@ impl NetworkShape {
         match backbone {
             Backbone::Vgg16 => NetworkShape::vgg16(side as f64),
             Backbone::InceptionV3 => NetworkShape::inception_v3(side as f64),
+            Backbone::EfficientNetB0 => NetworkShape::efficientnet_b0(side as f64),
         }
     }
 
@@ -248,6 +253,59 @@ impl NetworkShape {
             feature_area: feature_side.max(1.0).powi(2),
             backward_factor: 3.0,
         }
+    }
+}
+
+impl NetworkShape {
+    /// EfficientNet-B0's outputs, exactly, from the stage table the weights are checked against:
+    /// per MBConv block the expansion, the depthwise convolution, the squeeze-excitation's
+    /// rescaled map and the projection (each convolution with its batch norm and SiLU once), plus
+    /// the residual sum where there is one; the squeeze-excitation's pooled vectors are too small
+    /// to count. Every stride-2 step rounds up ("same" padding on an odd side). Backward factor 3,
+    /// as for InceptionV3: each convolution's output is kept by its batch norm, whose output is
+    /// kept by the SiLU.
+    fn efficientnet_b0(side: f64) -> NetworkShape {
+        let mut shape =
+            NetworkShape { block_outputs: Vec::new(), largest_layer: 0.0, feature_area: 0.0, backward_factor: 3.0 };
+        let layer = |shape: &mut NetworkShape, inputs: f64, outputs: f64| {
+            shape.largest_layer = f64::max(shape.largest_layer, inputs + outputs);
+            outputs
+        };
+        let image = 3.0 * side * side;
+        let mut side = (side / 2.0).ceil();
+        let stem_channels = EFFICIENTNET_B0_STEM_CHANNELS as f64;
+        let stem = layer(&mut shape, image, stem_channels * side * side);
+        shape.block_outputs.push(image + stem);
+        for stage in &EFFICIENTNET_B0_STAGES {
+            let mut outputs = 0.0;
+            for block in 0..stage.layers {
+                let in_channels = stage.block_in_channels(block) as f64;
+                let expanded = in_channels * stage.expand_ratio as f64;
+                let stride = if block == 0 { stage.stride } else { 1 };
+                let area_in = side * side;
+                if stride == 2 {
+                    side = (side / 2.0).ceil();
+                }
+                let area = side * side;
+                if stage.expand_ratio != 1 {
+                    outputs += layer(&mut shape, in_channels * area_in, expanded * area_in);
+                }
+                outputs += layer(&mut shape, expanded * area_in, expanded * area);
+                outputs += expanded * area; // the squeeze-excitation's rescaled map
+                let out_channels = stage.out_channels as f64;
+                outputs += layer(&mut shape, expanded * area, out_channels * area);
+                if stride == 1 && stage.block_in_channels(block) == stage.out_channels {
+                    outputs += out_channels * area; // the residual sum
+                }
+            }
+            shape.block_outputs.push(outputs);
+        }
+        let last = EFFICIENTNET_B0_STAGES[EFFICIENTNET_B0_STAGES.len() - 1].out_channels as f64;
+        let area = side * side;
+        let top = layer(&mut shape, last * area, EFFICIENTNET_B0_TOP_CHANNELS as f64 * area);
+        shape.block_outputs.push(top);
+        shape.feature_area = area;
+        shape
     }
 }
 
@@ -460,6 +518,28 @@ mod tests {
         assert_eq!(NetworkShape::new(Backbone::InceptionV3, 299).feature_area, 64.0);
         assert_eq!(NetworkShape::new(Backbone::InceptionV3, 75).feature_area, 1.0);
         assert_eq!(NetworkShape::new(Backbone::Vgg16, 224).feature_area, 49.0);
+    }
+
+    #[test]
+    fn efficientnet_b0_counts_its_stages_and_ends_in_a_seven_by_seven_map_at_224_px() {
+        let parameters = block_parameters(Backbone::EfficientNetB0);
+        // torchvision's 5,288,548 less the classifier's 1,281,000; the top is 320·1280 + 2·1280.
+        assert_eq!(parameters.trainable.iter().sum::<f64>(), 4_007_548.0);
+        assert_eq!(parameters.trainable[8], 320.0 * 1280.0 + 2.0 * 1280.0);
+        assert!(parameters.trainable.iter().all(|count| *count > 0.0), "every block has parameters");
+        let shape = NetworkShape::new(Backbone::EfficientNetB0, 224);
+        assert_eq!(shape.feature_area, 49.0);
+        assert_eq!(NetworkShape::new(Backbone::EfficientNetB0, 32).feature_area, 1.0);
+        // The stem at 224 px: the image (150,528 values) and 32 × 112 × 112 (401,408).
+        assert_eq!(shape.block_outputs[0], 150_528.0 + 401_408.0);
+        // stage1 (one block, 32 → 16 at 112 px, no expansion, no residual): the depthwise output
+        // and the rescaled map (32 × 112² each), the projection (16 × 112²).
+        assert_eq!(shape.block_outputs[1], (32.0 + 32.0 + 16.0) * 12_544.0);
+        // The largest layer is stage2's first depthwise convolution, 96 channels from 112 px to 56.
+        assert_eq!(shape.largest_layer, 96.0 * (12_544.0 + 3_136.0));
+        // 9.4 M values per image at 224 px, summed by hand from torchvision's output shapes.
+        let values: f64 = shape.block_outputs.iter().sum();
+        assert_eq!(values, 9_404_864.0);
     }
 
     #[test]

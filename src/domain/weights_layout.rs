@@ -3,7 +3,7 @@
 //!
 //! The server never loads libtorch, yet it must refuse a wrong weights file before a job fails on
 //! it hours later; so the layout is written down here from torchvision's module definitions
-//! (`torchvision/models/vgg.py` and `inception.py`) rather than read from a live model. Only the
+//! (`torchvision/models/vgg.py`, `inception.py` and `efficientnet.py`) rather than read from a live model. Only the
 //! feature extractor is listed: classifiers (`classifier.*`, `fc.*`, `AuxLogits.*`, timm's
 //! `pre_logits.*` and `head.*`) are replaced by the job's head, so a file may carry them and they
 //! are ignored.
@@ -34,6 +34,7 @@ pub fn expected_tensors(backbone: Backbone) -> Vec<ExpectedTensor> {
     match backbone {
         Backbone::Vgg16 => vgg16_features(),
         Backbone::InceptionV3 => inception_v3_features(),
+        Backbone::EfficientNetB0 => efficientnet_b0_features(),
     }
 }
 
@@ -186,6 +187,123 @@ impl InceptionLayout {
         self.branch(module, "branch3x3dbl_3b", 384, 384, (3, 1));
         self.branch(module, "branch_pool", in_channels, 192, (1, 1));
     }
+}
+
+/// One stage of EfficientNet-B0's MBConv blocks: a row of torchvision's `_MBConvConfig` list at
+/// width and depth multiplier 1.0. The worker builds its network from these rows and the memory
+/// estimate counts its activations from them, so the layout is written down once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MbConvStage {
+    /// The expanded width over the block's input width (1 = no expansion convolution).
+    pub expand_ratio: usize,
+    /// The depthwise convolution's kernel side.
+    pub kernel: usize,
+    /// The first block's stride (the stage's others have stride 1).
+    pub stride: usize,
+    /// Input channels of the stage's first block.
+    pub in_channels: usize,
+    /// Output channels of every block of the stage.
+    pub out_channels: usize,
+    /// Number of MBConv blocks.
+    pub layers: usize,
+}
+
+impl MbConvStage {
+    /// The input channels of the stage's block `index` (the first takes the previous stage's).
+    pub fn block_in_channels(&self, index: usize) -> usize {
+        if index == 0 {
+            self.in_channels
+        } else {
+            self.out_channels
+        }
+    }
+
+    /// The squeeze-excitation's bottleneck width for block `index`: torchvision's
+    /// `max(1, input_channels // 4)`, a quarter of the block's input, not of its expanded width.
+    pub fn squeeze_channels(&self, index: usize) -> usize {
+        (self.block_in_channels(index) / 4).max(1)
+    }
+}
+
+/// EfficientNet-B0's stages `features.1` … `features.7` (torchvision's `_efficientnet_conf`).
+pub const EFFICIENTNET_B0_STAGES: [MbConvStage; 7] = {
+    const fn stage(
+        expand_ratio: usize,
+        kernel: usize,
+        stride: usize,
+        in_channels: usize,
+        out_channels: usize,
+        layers: usize,
+    ) -> MbConvStage {
+        MbConvStage { expand_ratio, kernel, stride, in_channels, out_channels, layers }
+    }
+    [
+        stage(1, 3, 1, 32, 16, 1),
+        stage(6, 3, 2, 16, 24, 2),
+        stage(6, 5, 2, 24, 40, 2),
+        stage(6, 3, 2, 40, 80, 3),
+        stage(6, 5, 1, 80, 112, 3),
+        stage(6, 5, 2, 112, 192, 4),
+        stage(6, 3, 1, 192, 320, 1),
+    ]
+};
+
+/// Output channels of EfficientNet-B0's stem (`features.0`, a stride-2 3×3 convolution).
+pub const EFFICIENTNET_B0_STEM_CHANNELS: usize = 32;
+/// Output channels of EfficientNet-B0's last 1×1 convolution (`features.8`), what the head takes.
+pub const EFFICIENTNET_B0_TOP_CHANNELS: usize = 1280;
+
+/// torchvision's `efficientnet_b0().features`: `Conv2dNormActivation`s (`N.0` the convolution
+/// without bias, `N.1` its batch norm) around seven stages of MBConv blocks, each
+/// `features.S.I.block.*`: an expansion convolution (when the ratio is not 1), the depthwise
+/// convolution, the squeeze-excitation (`fc1`, `fc2`, 1×1 convolutions with biases) and the
+/// projection.
+fn efficientnet_b0_features() -> Vec<ExpectedTensor> {
+    let mut tensors = Vec::new();
+    efficientnet_conv_norm(&mut tensors, "features.0", 3, EFFICIENTNET_B0_STEM_CHANNELS, 3, 1);
+    for (stage_index, stage) in EFFICIENTNET_B0_STAGES.iter().enumerate() {
+        for block in 0..stage.layers {
+            let prefix = format!("features.{}.{block}.block", stage_index + 1);
+            let in_channels = stage.block_in_channels(block);
+            let expanded = in_channels * stage.expand_ratio;
+            let mut layer = 0;
+            if stage.expand_ratio != 1 {
+                efficientnet_conv_norm(&mut tensors, &format!("{prefix}.{layer}"), in_channels, expanded, 1, 1);
+                layer += 1;
+            }
+            let depthwise = format!("{prefix}.{layer}");
+            efficientnet_conv_norm(&mut tensors, &depthwise, expanded, expanded, stage.kernel, expanded);
+            layer += 1;
+            let squeeze = stage.squeeze_channels(block);
+            tensors.push(required(format!("{prefix}.{layer}.fc1.weight"), vec![squeeze, expanded, 1, 1]));
+            tensors.push(required(format!("{prefix}.{layer}.fc1.bias"), vec![squeeze]));
+            tensors.push(required(format!("{prefix}.{layer}.fc2.weight"), vec![expanded, squeeze, 1, 1]));
+            tensors.push(required(format!("{prefix}.{layer}.fc2.bias"), vec![expanded]));
+            layer += 1;
+            let projection = format!("{prefix}.{layer}");
+            efficientnet_conv_norm(&mut tensors, &projection, expanded, stage.out_channels, 1, 1);
+        }
+    }
+    let last = EFFICIENTNET_B0_STAGES[EFFICIENTNET_B0_STAGES.len() - 1].out_channels;
+    efficientnet_conv_norm(&mut tensors, "features.8", last, EFFICIENTNET_B0_TOP_CHANNELS, 1, 1);
+    tensors
+}
+
+/// A `Conv2dNormActivation` under `prefix`: `prefix.0.weight` (no bias; `groups` channels groups,
+/// as many as channels for a depthwise convolution) and batch norm `prefix.1.*`.
+fn efficientnet_conv_norm(
+    tensors: &mut Vec<ExpectedTensor>,
+    prefix: &str,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    groups: usize,
+) {
+    tensors.push(required(format!("{prefix}.0.weight"), vec![out_channels, in_channels / groups, kernel, kernel]));
+    for statistic in ["weight", "bias", "running_mean", "running_var"] {
+        tensors.push(required(format!("{prefix}.1.{statistic}"), vec![out_channels]));
+    }
+    tensors.push(ExpectedTensor { name: format!("{prefix}.1.num_batches_tracked"), shape: vec![], required: false });
 }
 
 /// What [`check_file`] found in a file that holds every required tensor.
@@ -416,6 +534,44 @@ mod tests {
         assert_eq!(aux_logits, 3_326_696);
         assert_eq!(parameter_count(&tensors), 27_161_264 - 2_049_000 - aux_logits);
         assert_eq!(parameter_count(&tensors), 21_785_568);
+    }
+
+    #[test]
+    fn efficientnet_b0_lists_torchvisions_features_without_the_classifier() {
+        let tensors = expected_tensors(Backbone::EfficientNetB0);
+        // The stem, 16 MBConv blocks (the first without an expansion) and the top: 49 convolutions
+        // with batch norm (6 tensors each, the counter included) and 16 squeeze-excitations (4).
+        assert_eq!(tensors.len(), 49 * 6 + 16 * 4);
+        assert_eq!(tensors[0], required("features.0.0.weight".into(), vec![32, 3, 3, 3]));
+        let find = |name: &str| tensors.iter().find(|tensor| tensor.name == name).unwrap().shape.clone();
+        assert_eq!(find("features.1.0.block.0.0.weight"), [32, 1, 3, 3], "stage1 starts depthwise");
+        assert_eq!(find("features.1.0.block.1.fc1.weight"), [8, 32, 1, 1]);
+        assert_eq!(find("features.2.1.block.0.0.weight"), [144, 24, 1, 1]);
+        assert_eq!(find("features.3.0.block.1.0.weight"), [144, 1, 5, 5]);
+        assert_eq!(find("features.6.3.block.2.fc2.weight"), [1152, 48, 1, 1]);
+        assert_eq!(find("features.7.0.block.3.1.running_var"), [320]);
+        assert_eq!(find("features.8.0.weight"), [1280, 320, 1, 1]);
+        assert_eq!(tensors.last().unwrap().name, "features.8.1.num_batches_tracked");
+        assert!(tensors.iter().all(|tensor| tensor.required != tensor.name.ends_with("num_batches_tracked")));
+        // torchvision's efficientnet_b0 has 5,288,548 parameters; its classifier holds
+        // 1280·1000+1000 = 1,281,000.
+        assert_eq!(parameter_count(&tensors), 5_288_548 - 1_281_000);
+    }
+
+    #[test]
+    fn a_complete_efficientnet_b0_file_passes_and_a_missing_squeeze_excitation_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("efficientnet_b0.safetensors");
+        let mut tensors = torchvision_tensors(Backbone::EfficientNetB0, Dtype::F32);
+        tensors.push(("classifier.1.weight".into(), vec![1000, 1280], Dtype::F32));
+        write_file(&path, &tensors);
+        let check = check_file(Backbone::EfficientNetB0, &path).unwrap();
+        assert_eq!(check.matched, 49 * 6 + 16 * 4);
+        assert_eq!(check.ignored, ["classifier.1.weight"]);
+        tensors.retain(|(name, _, _)| name != "features.4.2.block.2.fc1.bias");
+        write_file(&path, &tensors);
+        let err = check_file(Backbone::EfficientNetB0, &path).unwrap_err().to_string();
+        assert!(err.contains("features.4.2.block.2.fc1.bias") && err.contains("[20]"), "{err}");
     }
 
     /// Writes `tensors` as F16 zeros (BF16 where the name says so) into a safetensors file.

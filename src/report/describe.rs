@@ -17,6 +17,7 @@ pub fn describe(spec: &JobSpec, ran_in: &[&str]) -> String {
     let backbone = match spec.backbone {
         Backbone::Vgg16 => "VGG16",
         Backbone::InceptionV3 => "InceptionV3",
+        Backbone::EfficientNetB0 => "EfficientNet-B0",
     };
     let weights = match spec.weights {
         Weights::Imagenet => "ImageNet weights",
@@ -190,6 +191,19 @@ mod tests {
         );
         let plain = describe(&JobSpec { augment: None, class_weight: None, ..spec }, &[]);
         assert!(!plain.contains("Augmentation") && !plain.contains("Class weights"), "{plain}");
+    }
+
+    #[test]
+    fn efficientnet_b0_is_named_as_the_paper_does_with_its_stages() {
+        let spec = JobSpec::parse(
+            br#"{"dataset": "d", "backbone": "efficientnet_b0", "image_size": 224, "batch_size": 16,
+                 "head": ["gap", {"dense": 1}], "phases": [{"epochs": 3, "train": ["stage7", "top", "head"]}],
+                 "optimizer": {"name": "adam", "lr": 1e-4}}"#,
+        )
+        .unwrap();
+        let words = describe(&spec, &[]);
+        assert!(words.contains("EfficientNet-B0 with ImageNet weights"), "{words}");
+        assert!(words.contains("Phase 1: 3 epochs training stage7, top and the head (the rest frozen)"), "{words}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod crash;
 mod data_dir;
 mod dataset_import;
 mod disk;
+mod efficientnet;
 mod events;
 mod features;
 mod helpers;

@@ -2,6 +2,7 @@
 //! (`head.N.*`), written functionally over tensors held in one VarStore so a checkpoint is simply
 //! the store's named tensors.
 
+mod efficientnet;
 mod inception;
 mod layers;
 mod vgg;
@@ -184,7 +185,7 @@ impl Trainable {
 }
 
 /// FLOPs (2 per multiply-add) of one image's forward pass through the backbone's convolutions, for
-/// reporting a benchmark as a fraction of a GPU's peak: VGG16 only (InceptionV3's are not counted).
+/// reporting a benchmark as a fraction of a GPU's peak: VGG16 only (InceptionV3's and EfficientNet-B0's are not counted).
 pub fn forward_flops(spec: &JobSpec) -> Option<f64> {
     let side = spec.image_size? as f64;
     match spec.backbone {
@@ -199,7 +200,7 @@ pub fn forward_flops(spec: &JobSpec) -> Option<f64> {
             }
             Some(flops)
         }
-        Backbone::InceptionV3 => None,
+        Backbone::InceptionV3 | Backbone::EfficientNetB0 => None,
     }
 }
 
@@ -213,6 +214,7 @@ impl Network {
         let backbone: Box<dyn BackboneNet> = match spec.backbone {
             Backbone::Vgg16 => Box::new(vgg::Vgg16::new(&root)),
             Backbone::InceptionV3 => Box::new(inception::InceptionV3::new(&root)),
+            Backbone::EfficientNetB0 => Box::new(efficientnet::EfficientNetB0::new(&root)),
         };
         let feature_area = match (spec.head.first(), spec.image_size) {
             (Some(HeadLayer::Flatten), Some(size)) => tch::no_grad(|| {
