@@ -17,6 +17,10 @@ pub fn default_url(backbone: Backbone) -> &'static str {
     match backbone {
         Backbone::Vgg16 => "https://huggingface.co/timm/vgg16.tv_in1k/resolve/main/model.safetensors",
         Backbone::InceptionV3 => "https://huggingface.co/timm/inception_v3.tv_in1k/resolve/main/model.safetensors",
+        // timm's ResNet and DenseNet keep torchvision's module names (`layer1.0.downsample.0`,
+        // `features.denseblock1.denselayer1.norm1`), so these files load without renaming.
+        Backbone::ResNet50 => "https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors",
+        Backbone::DenseNet121 => "https://huggingface.co/timm/densenet121.tv_in1k/resolve/main/model.safetensors",
     }
 }
 

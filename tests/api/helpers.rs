@@ -112,19 +112,29 @@ pub fn write_vgg16_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 /// Writes plausible InceptionV3 weights (He-scaled convolutions, running variance near 1) with
 /// every required torchvision tensor, leaving out the optional `num_batches_tracked`.
 pub fn write_inception_weights(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    write_generated_weights(trainq::domain::backbone::Backbone::InceptionV3, path)
+}
+
+/// Writes plausible weights for a batch-normalised backbone (He-scaled convolutions, batch-norm
+/// scales and running variances near 1) with every required torchvision tensor of `backbone`,
+/// leaving out the optional `num_batches_tracked`.
+pub fn write_generated_weights(
+    backbone: trainq::domain::backbone::Backbone,
+    path: &Path,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     use rand::{Rng, SeedableRng};
-    use trainq::domain::{backbone::Backbone, weights_layout::expected_tensors};
+    use trainq::domain::weights_layout::expected_tensors;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = expected_tensors(Backbone::InceptionV3)
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = expected_tensors(backbone)
         .into_iter()
         .filter(|t| t.required)
         .map(|t| {
             let count: usize = t.shape.iter().product();
-            let values: Vec<f32> = if t.name.ends_with("conv.weight") {
+            let values: Vec<f32> = if t.shape.len() == 4 {
                 let fan_in: usize = t.shape[1..].iter().product();
                 let bound = (6.0 / fan_in as f32).sqrt();
                 (0..count).map(|_| rng.gen_range(-bound..bound)).collect()
-            } else if t.name.ends_with("running_var") || t.name.ends_with("bn.weight") {
+            } else if t.name.ends_with("running_var") || t.name.ends_with(".weight") {
                 (0..count).map(|_| rng.gen_range(0.8..1.2)).collect()
             } else {
                 (0..count).map(|_| rng.gen_range(-0.05..0.05)).collect()

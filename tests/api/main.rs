@@ -1,6 +1,7 @@
 //! API integration tests: each starts a real `trainq serve` on port 0 with its own temp data dir.
 
 mod auth;
+mod backbones;
 mod backups;
 mod browser;
 mod budgets;

@@ -53,7 +53,7 @@ fn largest_difference(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> f64 {
 /// Trains `spec`, predicts its test images with the loader, and returns the largest difference
 /// from trainq's own probabilities (`predictions.csv`). With `onnx`, the loader also exports the
 /// model, and onnxruntime must predict the same images to PyTorch's probabilities within 1e-5.
-async fn check_in_pytorch(app: &TestApp, mut spec: Value, onnx: bool) -> f64 {
+pub async fn check_in_pytorch(app: &TestApp, mut spec: Value, onnx: bool) -> f64 {
     // The loader computes in float32, and so does the job here whatever the CPU: `auto` is bf16 on
     // a CPU with bf16 units, whose rounding moved these probabilities by up to 1.3e-3.
     spec["precision"] = json!("fp32");

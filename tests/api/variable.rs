@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Stretches every third image of each split to twice its width and every third (offset by one)
 /// to twice its height, so the set holds square, landscape and portrait films.
-fn vary_aspects(dataset: &std::path::Path) {
+pub fn vary_aspects(dataset: &std::path::Path) {
     for split in ["train", "val", "test"] {
         for class in ["NORMAL", "PNEUMONIA"] {
             let mut files: Vec<_> =
