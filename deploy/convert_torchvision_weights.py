@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 BUILDERS = {
     "vgg16": torchvision.models.vgg16,
     "inception_v3": torchvision.models.inception_v3,
+    "resnet50": torchvision.models.resnet50,
+    "densenet121": torchvision.models.densenet121,
     "efficientnet_b0": torchvision.models.efficientnet_b0,
 }
 

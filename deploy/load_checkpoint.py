@@ -35,6 +35,9 @@ INCEPTION_BLOCKS = [
     "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
     "Mixed_7a", "Mixed_7b", "Mixed_7c",
 ]
+# torchvision's ResNet modules before `avgpool` and `fc`, in forward order (relu and maxpool hold
+# no tensors).
+RESNET_MODULES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
 
 
 class GlobalAveragePool(nn.Module):
@@ -56,6 +59,15 @@ class TrainqModel(nn.Module):
             for name in INCEPTION_BLOCKS:
                 setattr(self, name, getattr(net, name))
             channels = 2048
+        elif self.backbone == "resnet50":
+            net = torchvision.models.resnet50(weights=None)
+            for name in RESNET_MODULES:
+                setattr(self, name, getattr(net, name))
+            channels = 2048
+        elif self.backbone == "densenet121":
+            # `features` ends with norm5; torchvision's DenseNet.forward applies the ReLU after it.
+            self.features = torchvision.models.densenet121(weights=None).features
+            channels = 1024
         elif self.backbone == "efficientnet_b0":
             # eval() turns its stochastic depth off, as trainq's evaluation does.
             self.features = torchvision.models.efficientnet_b0(weights=None).features
@@ -90,6 +102,12 @@ class TrainqModel(nn.Module):
     def backbone_forward(self, x):
         if self.backbone in ("vgg16", "efficientnet_b0"):
             return self.features(x)
+        if self.backbone == "densenet121":
+            return nn.functional.relu(self.features(x))
+        if self.backbone == "resnet50":
+            for name in RESNET_MODULES:
+                x = getattr(self, name)(x)
+            return x
         pool = nn.functional.max_pool2d
         for name in INCEPTION_BLOCKS:
             x = getattr(self, name)(x)

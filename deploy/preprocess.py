@@ -11,12 +11,14 @@ from PIL import Image
 NORMALISATION = {
     "vgg16": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "inception_v3": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "resnet50": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "densenet121": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "efficientnet_b0": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
 }
 RESAMPLING = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 # trainq's smallest input side per backbone, its variable-size default and its size quantum
 # (`domain::backbone`, `domain::spec`).
-MIN_SIDE = {"vgg16": 32, "inception_v3": 75, "efficientnet_b0": 32}
+MIN_SIDE = {"vgg16": 32, "inception_v3": 75, "resnet50": 32, "densenet121": 29, "efficientnet_b0": 32}
 DEFAULT_MAX_SIDE = 256
 QUANTUM = 32
 

@@ -11,6 +11,12 @@ pub enum Backbone {
     Vgg16,
     /// InceptionV3 (torchvision names, no auxiliary head).
     InceptionV3,
+    /// ResNet50 (torchvision names, `conv1`, `bn1`, `layer1.0.conv1`, …, without `fc`).
+    #[serde(rename = "resnet50")]
+    ResNet50,
+    /// DenseNet121, CheXNet's backbone (torchvision `features.*` names, without `classifier`).
+    #[serde(rename = "densenet121")]
+    DenseNet121,
     /// EfficientNet-B0 (torchvision `features.0` … `features.8` names; its classifier is unused).
     #[serde(rename = "efficientnet_b0")]
     EfficientNetB0,
@@ -38,7 +44,13 @@ pub struct BackboneInfo {
 
 impl Backbone {
     /// Every backbone, in listing order.
-    pub const ALL: [Backbone; 3] = [Backbone::Vgg16, Backbone::InceptionV3, Backbone::EfficientNetB0];
+    pub const ALL: [Backbone; 5] = [
+        Backbone::Vgg16,
+        Backbone::InceptionV3,
+        Backbone::ResNet50,
+        Backbone::DenseNet121,
+        Backbone::EfficientNetB0,
+    ];
 
     /// The spec's name, which is also the weights file's stem (`vgg16.safetensors`).
     pub fn name(self) -> &'static str {
@@ -69,6 +81,32 @@ impl Backbone {
                 // The Google-trained weights expect pixels in -1..1 (torchvision's transform_input).
                 input_mean: [0.5, 0.5, 0.5],
                 input_std: [0.5, 0.5, 0.5],
+            },
+            Backbone::ResNet50 => BackboneInfo {
+                name: "resnet50",
+                // `stem` is conv1, bn1, its ReLU and the max pool; `layerN` are torchvision's stages.
+                blocks: &["stem", "layer1", "layer2", "layer3", "layer4"],
+                // Every stride-2 step pads and rounds up, so the network runs on any side; at 32 (its
+                // total stride, and Keras' limit) layer4's map is 1×1 and every stride-2 step still
+                // halves a real extent rather than padding alone.
+                min_image_size: 32,
+                feature_channels: 2048,
+                input_mean: [0.485, 0.456, 0.406],
+                input_std: [0.229, 0.224, 0.225],
+            },
+            Backbone::DenseNet121 => BackboneInfo {
+                name: "densenet121",
+                // `stem` is conv0, norm0, its ReLU and pool0. `denseblockN` (N = 1…3) includes the
+                // `transitionN` after it (batch norm, ReLU, 1×1 convolution, 2×2 average pool), so
+                // a block's output is the next block's input; `denseblock4` includes the final
+                // batch norm `norm5` and its ReLU, whose output is the feature map.
+                blocks: &["stem", "denseblock1", "denseblock2", "denseblock3", "denseblock4"],
+                // The three transitions' 2×2 pools floor: 29 px reaches them as 8×8 and ends 1×1;
+                // 28 px reaches them as 7×7 and the third pool has nothing left.
+                min_image_size: 29,
+                feature_channels: 1024,
+                input_mean: [0.485, 0.456, 0.406],
+                input_std: [0.229, 0.224, 0.225],
             },
             Backbone::EfficientNetB0 => BackboneInfo {
                 name: "efficientnet_b0",

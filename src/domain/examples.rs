@@ -24,7 +24,7 @@ macro_rules! example {
 }
 
 /// Every shipped example, in the assignment's order.
-pub const EXAMPLES: [Example; 9] = [
+pub const EXAMPLES: [Example; 10] = [
     example!("q1-demo", "Q1 on the generated demo dataset (32 px, random weights, 8 + 4 epochs): tries the queue in minutes"),
     example!("q1", "Q1: VGG16 (ImageNet) at 128×128, GAP → Dense 512 → BN → ReLU → Dense 128 → Dense 1; 100 epochs head, 50 fine-tuning block5"),
     example!("q2", "Q2: Q1's model with Dropout(0.25) after GAP, the BN block and Dense 128; 100 + 100 epochs"),
@@ -34,6 +34,7 @@ pub const EXAMPLES: [Example; 9] = [
     example!("qe1-flatten", "QE1: Flatten instead of GAP on variable-size images; refused on purpose, the answer to \"does it work?\""),
     example!("qe3-inception-128", "QE3: Q2's head on InceptionV3 (ImageNet) at 128×128, fine-tuning Mixed_7b and Mixed_7c"),
     example!("qe3-inception-256", "QE3: Q2's head on InceptionV3 (ImageNet) at 256×256, fine-tuning Mixed_7b and Mixed_7c"),
+    example!("chexnet-densenet121", "Beyond: CheXNet's recipe, DenseNet121 (ImageNet) at 224×224 fine-tuned whole with Adam (lr 0.001, batch 16), GAP → Dense 1 (sigmoid)"),
 ];
 
 #[cfg(test)]

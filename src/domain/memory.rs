@@ -38,7 +38,9 @@
 //! torchvision's layer output shapes at 299 px (its native size; 14.4 M values per image); other
 //! sizes scale them by the pixel count. Its valid convolutions and stride-2 reductions shrink small
 //! images more than in proportion (at 96 px the true sum is 106 values per pixel, not 161), so
-//! scaling overestimates below 299 px and is within 4 % up to 512 px.
+//! scaling overestimates below 299 px and is within 4 % up to 512 px. ResNet50's and DenseNet121's
+//! are computed exactly, stage by stage (backward factor 3, like InceptionV3: a batch norm beside
+//! every convolution).
 //!
 //! **Not included:** the dataset the worker may keep resident on the GPU (its pixels, up to 4 GiB,
 //! and a phase's cached activations, up to 8 GiB; see `src/worker/train.rs`). Those depend on the
@@ -47,7 +49,8 @@
 use super::backbone::Backbone;
 use super::spec::{HeadLayer, JobSpec, OptimizerName, OptimizerSpec, Precision, Resize};
 use super::weights_layout::{
-    expected_tensors, EFFICIENTNET_B0_STAGES, EFFICIENTNET_B0_STEM_CHANNELS, EFFICIENTNET_B0_TOP_CHANNELS,
+    expected_tensors, DENSENET121_BOTTLENECK, DENSENET121_GROWTH, DENSENET121_LAYERS, EFFICIENTNET_B0_STAGES,
+    EFFICIENTNET_B0_STEM_CHANNELS, EFFICIENTNET_B0_TOP_CHANNELS, RESNET50_STAGES,
 };
 
 /// What a job holds on its GPU before and besides its tensors: the CUDA context (a few hundred MB
@@ -192,6 +195,22 @@ fn block_parameters(backbone: Backbone) -> BlockParameters {
                 let module = tensor.name.split('.').next().unwrap_or_default();
                 blocks.iter().position(|block| *block == module).unwrap_or(0)
             }
+            // `layerN.*` is block N; `conv1` and `bn1` are the stem.
+            Backbone::ResNet50 => {
+                let module = tensor.name.split('.').next().unwrap_or_default();
+                blocks.iter().position(|block| *block == module).unwrap_or(0)
+            }
+            // `features.denseblockN.*` and `features.transitionN.*` are block N, `features.norm5`
+            // closes block 4; `conv0` and `norm0` are the stem.
+            Backbone::DenseNet121 => {
+                let module = tensor.name.split('.').nth(1).unwrap_or_default();
+                let module = module.replace("transition", "denseblock");
+                if module == "norm5" {
+                    blocks.len() - 1
+                } else {
+                    blocks.iter().position(|block| *block == module).unwrap_or(0)
+                }
+            }
             // `features.N.*` is block N: the stem, the seven stages, then the top convolution.
             Backbone::EfficientNetB0 => tensor.name.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0),
         };
@@ -217,8 +236,91 @@ impl NetworkShape {
         match backbone {
             Backbone::Vgg16 => NetworkShape::vgg16(side as f64),
             Backbone::InceptionV3 => NetworkShape::inception_v3(side as f64),
+            Backbone::ResNet50 => NetworkShape::resnet50(side as f64),
+            Backbone::DenseNet121 => NetworkShape::densenet121(side as f64),
             Backbone::EfficientNetB0 => NetworkShape::efficientnet_b0(side as f64),
         }
+    }
+
+    /// A convolution (with its batch norm and ReLU) from `in_channels` at `in_area` to
+    /// `out_channels` at `out_area`: its output counts, its input plus output bounds the largest.
+    fn layer(&mut self, outputs: &mut f64, in_values: f64, out_values: f64) {
+        self.largest_layer = f64::max(self.largest_layer, in_values + out_values);
+        *outputs += out_values;
+    }
+
+    /// torchvision's ResNet50, exactly: every stride-2 step (7×7 pad 3, 3×3 pool pad 1, 3×3 pad 1)
+    /// rounds up. Per bottleneck three convolutions, the projection in a stage's first, and the
+    /// residual sum; backward factor 3 as for InceptionV3 (batch norm after every convolution).
+    fn resnet50(side: f64) -> NetworkShape {
+        let mut shape =
+            NetworkShape { block_outputs: Vec::new(), largest_layer: 0.0, feature_area: 0.0, backward_factor: 3.0 };
+        let halve = |side: f64| (side / 2.0).ceil();
+        let mut outputs = 3.0 * side * side;
+        let conv1 = halve(side);
+        shape.layer(&mut outputs, 3.0 * side * side, 64.0 * conv1 * conv1);
+        let mut side = halve(conv1);
+        outputs += 64.0 * side * side; // the max pool
+        shape.block_outputs.push(std::mem::take(&mut outputs));
+        let mut channels = 64.0;
+        for (stage, (count, width, out_channels)) in RESNET50_STAGES.into_iter().enumerate() {
+            let (width, out_channels) = (width as f64, out_channels as f64);
+            for index in 0..count {
+                let in_area = side * side;
+                if index == 0 && stage > 0 {
+                    side = halve(side);
+                }
+                let area = side * side;
+                shape.layer(&mut outputs, channels * in_area, width * in_area);
+                shape.layer(&mut outputs, width * in_area, width * area);
+                shape.layer(&mut outputs, width * area, out_channels * area);
+                if index == 0 {
+                    shape.layer(&mut outputs, channels * in_area, out_channels * area);
+                }
+                outputs += out_channels * area; // the residual sum and its ReLU
+                channels = out_channels;
+            }
+            shape.block_outputs.push(std::mem::take(&mut outputs));
+        }
+        shape.feature_area = side * side;
+        shape
+    }
+
+    /// torchvision's DenseNet121, exactly: per dense layer the concatenation of its inputs, the
+    /// 1×1 bottleneck and the 3×3 growth; per transition its convolution and 2×2 average pool
+    /// (which floors); backward factor 3 (a batch norm before every convolution).
+    fn densenet121(side: f64) -> NetworkShape {
+        let mut shape =
+            NetworkShape { block_outputs: Vec::new(), largest_layer: 0.0, feature_area: 0.0, backward_factor: 3.0 };
+        let mut outputs = 3.0 * side * side;
+        let conv0 = (side / 2.0).ceil();
+        shape.layer(&mut outputs, 3.0 * side * side, 64.0 * conv0 * conv0);
+        let mut side = (conv0 / 2.0).ceil();
+        outputs += 64.0 * side * side; // pool0
+        shape.block_outputs.push(std::mem::take(&mut outputs));
+        let (growth, bottleneck) = (DENSENET121_GROWTH as f64, DENSENET121_BOTTLENECK as f64);
+        let mut channels = 64.0;
+        for (block, layers) in DENSENET121_LAYERS.into_iter().enumerate() {
+            let area = side * side;
+            for _ in 0..layers {
+                outputs += channels * area; // the concatenated input
+                shape.layer(&mut outputs, channels * area, bottleneck * area);
+                shape.layer(&mut outputs, bottleneck * area, growth * area);
+                channels += growth;
+            }
+            outputs += channels * area; // the block's concatenated output
+            if block + 1 < DENSENET121_LAYERS.len() {
+                shape.layer(&mut outputs, channels * area, channels / 2.0 * area);
+                channels /= 2.0;
+                side = (side / 2.0).floor();
+                outputs += channels * side * side;
+            } else {
+                outputs += channels * area; // norm5 and its ReLU
+            }
+            shape.block_outputs.push(std::mem::take(&mut outputs));
+        }
+        shape.feature_area = side * side;
+        shape
     }
 
     fn vgg16(side: f64) -> NetworkShape {
@@ -549,5 +651,40 @@ mod tests {
         assert!((values / 14.42e6 - 1.0).abs() < 0.005, "{values}");
         let vgg: f64 = NetworkShape::new(Backbone::Vgg16, 224).block_outputs.iter().sum();
         assert!((vgg / 15.24e6 - 1.0).abs() < 0.005, "{vgg}");
+    }
+
+    #[test]
+    fn resnet50_and_densenet121_count_torchvision_layer_outputs_and_feature_maps() {
+        // torchvision's shapes at 224 px, counted by hand the way the functions above count them.
+        let resnet = NetworkShape::new(Backbone::ResNet50, 224);
+        assert_eq!(resnet.feature_area, 49.0);
+        assert_eq!(resnet.block_outputs.len(), 5);
+        assert_eq!(resnet.block_outputs[0], 3.0 * 224.0 * 224.0 + 64.0 * 112.0 * 112.0 + 64.0 * 56.0 * 56.0);
+        // layer4 at 7×7: 3 bottlenecks of 512 + 512 + 2048 + the sum, the first's 1×1 runs at
+        // 14×14, and the projection.
+        let layer4 = 512.0 * 196.0
+            + 512.0 * 49.0
+            + 2.0 * 2048.0 * 49.0
+            + 2048.0 * 49.0
+            + 2.0 * (512.0 * 49.0 * 2.0 + 2.0 * 2048.0 * 49.0);
+        assert_eq!(resnet.block_outputs[4], layer4);
+        assert_eq!(NetworkShape::new(Backbone::ResNet50, 32).feature_area, 1.0);
+        assert_eq!(NetworkShape::new(Backbone::ResNet50, 65).feature_area, 9.0);
+        let densenet = NetworkShape::new(Backbone::DenseNet121, 224);
+        assert_eq!(densenet.feature_area, 49.0);
+        assert_eq!(densenet.block_outputs.len(), 5);
+        assert_eq!(NetworkShape::new(Backbone::DenseNet121, 29).feature_area, 1.0);
+        // Dense block 4 at 7×7: inputs of 512 + 32k channels for k = 0…15, 128 and 32 per layer,
+        // the 1024-channel output, and norm5.
+        let block4: f64 =
+            (0..16).map(|k| (512.0 + 32.0 * k as f64 + 128.0 + 32.0) * 49.0).sum::<f64>() + 2.0 * 1024.0 * 49.0;
+        assert_eq!(densenet.block_outputs[4], block4);
+        // Each backbone's parameters land in its blocks and none in a block that has none.
+        for backbone in [Backbone::ResNet50, Backbone::DenseNet121] {
+            let parameters = block_parameters(backbone);
+            assert!(parameters.trainable.iter().all(|count| *count > 0.0), "{backbone:?}");
+        }
+        assert_eq!(block_parameters(Backbone::ResNet50).trainable[0], 64.0 * 3.0 * 49.0 + 2.0 * 64.0);
+        assert_eq!(block_parameters(Backbone::DenseNet121).trainable[0], 64.0 * 3.0 * 49.0 + 2.0 * 64.0);
     }
 }

@@ -1025,7 +1025,7 @@ mod tests {
         type Patch = Box<dyn FnOnce(&mut serde_json::Value)>;
         let cases: Vec<(&str, Patch)> = vec![
             ("colour", Box::new(|v| v["colour"] = json!("red"))),
-            ("backbone", Box::new(|v| v["backbone"] = json!("resnet50"))),
+            ("backbone", Box::new(|v| v["backbone"] = json!("resnet101"))),
             ("image_size", Box::new(|v| v["image_size"] = json!(8))),
             ("max_image_side", Box::new(|v| v["max_image_side"] = json!(256))),
             (

@@ -34,8 +34,93 @@ pub fn expected_tensors(backbone: Backbone) -> Vec<ExpectedTensor> {
     match backbone {
         Backbone::Vgg16 => vgg16_features(),
         Backbone::InceptionV3 => inception_v3_features(),
+        Backbone::ResNet50 => resnet50_features(),
+        Backbone::DenseNet121 => densenet121_features(),
         Backbone::EfficientNetB0 => efficientnet_b0_features(),
     }
+}
+
+/// A convolution's weight without bias, `[out, in, k, k]`.
+fn conv_weight(name: String, in_channels: usize, out_channels: usize, kernel: usize) -> ExpectedTensor {
+    required(name, vec![out_channels, in_channels, kernel, kernel])
+}
+
+/// A `BatchNorm2d`'s parameters and running statistics under `name`, in `state_dict()` order,
+/// with the optional `num_batches_tracked` counter last.
+fn batch_norm(name: &str, channels: usize) -> Vec<ExpectedTensor> {
+    let mut tensors: Vec<ExpectedTensor> = ["weight", "bias", "running_mean", "running_var"]
+        .into_iter()
+        .map(|statistic| required(format!("{name}.{statistic}"), vec![channels]))
+        .collect();
+    tensors.push(ExpectedTensor { name: format!("{name}.num_batches_tracked"), shape: vec![], required: false });
+    tensors
+}
+
+/// ResNet50's stages: (bottlenecks, bottleneck width, output channels). torchvision's
+/// `ResNet(Bottleneck, [3, 4, 6, 3])` with expansion 4; the first bottleneck of each stage has a
+/// `downsample` projection (a 1×1 convolution and batch norm), stride 2 from `layer2` on.
+pub const RESNET50_STAGES: [(usize, usize, usize); 4] = [(3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048)];
+
+/// torchvision's `resnet50()` without `fc`: `conv1`, `bn1`, then `layerN.M.{conv1,bn1,conv2,bn2,
+/// conv3,bn3,downsample.0,downsample.1}` (`torchvision/models/resnet.py`; timm's ResNet uses the
+/// same names).
+fn resnet50_features() -> Vec<ExpectedTensor> {
+    let mut tensors = vec![conv_weight(String::from("conv1.weight"), 3, 64, 7)];
+    tensors.extend(batch_norm("bn1", 64));
+    let mut in_channels = 64;
+    for (stage, (count, width, out_channels)) in RESNET50_STAGES.into_iter().enumerate() {
+        for index in 0..count {
+            let block = format!("layer{}.{index}", stage + 1);
+            tensors.push(conv_weight(format!("{block}.conv1.weight"), in_channels, width, 1));
+            tensors.extend(batch_norm(&format!("{block}.bn1"), width));
+            tensors.push(conv_weight(format!("{block}.conv2.weight"), width, width, 3));
+            tensors.extend(batch_norm(&format!("{block}.bn2"), width));
+            tensors.push(conv_weight(format!("{block}.conv3.weight"), width, out_channels, 1));
+            tensors.extend(batch_norm(&format!("{block}.bn3"), out_channels));
+            if index == 0 {
+                tensors.push(conv_weight(format!("{block}.downsample.0.weight"), in_channels, out_channels, 1));
+                tensors.extend(batch_norm(&format!("{block}.downsample.1"), out_channels));
+            }
+            in_channels = out_channels;
+        }
+    }
+    tensors
+}
+
+/// DenseNet121's dense layers per block (`block_config`), growth rate, and bottleneck width
+/// (`bn_size` × growth rate); torchvision's `densenet121()`: 64 initial features, halved by each
+/// transition.
+pub const DENSENET121_LAYERS: [usize; 4] = [6, 12, 24, 16];
+/// Channels each dense layer adds.
+pub const DENSENET121_GROWTH: usize = 32;
+/// The width of each dense layer's 1×1 bottleneck convolution.
+pub const DENSENET121_BOTTLENECK: usize = 128;
+
+/// torchvision's `densenet121().features`: `conv0`, `norm0`, `denseblockN.denselayerM.{norm1,
+/// conv1,norm2,conv2}`, `transitionN.{norm,conv}` after blocks 1–3, and `norm5`
+/// (`torchvision/models/densenet.py`; timm's DenseNet uses the same names).
+fn densenet121_features() -> Vec<ExpectedTensor> {
+    let mut tensors = vec![conv_weight(String::from("features.conv0.weight"), 3, 64, 7)];
+    tensors.extend(batch_norm("features.norm0", 64));
+    let mut channels = 64;
+    for (block, layers) in DENSENET121_LAYERS.into_iter().enumerate() {
+        for layer in 1..=layers {
+            let name = format!("features.denseblock{}.denselayer{layer}", block + 1);
+            tensors.extend(batch_norm(&format!("{name}.norm1"), channels));
+            tensors.push(conv_weight(format!("{name}.conv1.weight"), channels, DENSENET121_BOTTLENECK, 1));
+            tensors.extend(batch_norm(&format!("{name}.norm2"), DENSENET121_BOTTLENECK));
+            tensors.push(conv_weight(format!("{name}.conv2.weight"), DENSENET121_BOTTLENECK, DENSENET121_GROWTH, 3));
+            channels += DENSENET121_GROWTH;
+        }
+        if block + 1 < DENSENET121_LAYERS.len() {
+            let name = format!("features.transition{}", block + 1);
+            tensors.extend(batch_norm(&format!("{name}.norm"), channels));
+            tensors.push(conv_weight(format!("{name}.conv.weight"), channels, channels / 2, 1));
+            channels /= 2;
+        }
+    }
+    tensors.extend(batch_norm("features.norm5", channels));
+    tensors
 }
 
 /// One entry of a torchvision VGG configuration list.
@@ -507,6 +592,41 @@ mod tests {
         // 25088·4096+4096 + 4096·4096+4096 + 4096·1000+1000 = 123,642,856.
         assert_eq!(parameter_count(&tensors), 14_714_688);
         assert_eq!(parameter_count(&tensors), 138_357_544 - 123_642_856);
+    }
+
+    #[test]
+    fn resnet50_lists_torchvisions_tensors_without_fc() {
+        let tensors = expected_tensors(Backbone::ResNet50);
+        // 53 convolutions (1 + 16 bottlenecks × 3 + 4 projections), each with a batch norm of 5.
+        assert_eq!(tensors.len(), 53 * 6);
+        assert_eq!(tensors[0], required("conv1.weight".into(), vec![64, 3, 7, 7]));
+        let find = |name: &str| tensors.iter().find(|tensor| tensor.name == name).unwrap().shape.clone();
+        assert_eq!(find("layer1.0.downsample.0.weight"), [256, 64, 1, 1]);
+        assert_eq!(find("layer2.0.conv2.weight"), [128, 128, 3, 3]);
+        assert_eq!(find("layer3.5.conv1.weight"), [256, 1024, 1, 1]);
+        assert_eq!(find("layer4.2.bn3.running_var"), [2048]);
+        assert!(!tensors.iter().any(|tensor| tensor.name == "layer1.1.downsample.0.weight"));
+        assert_eq!(tensors.last().unwrap().name, "layer4.2.bn3.num_batches_tracked");
+        // torchvision's resnet50 has 25,557,032 parameters; fc holds 2048·1000+1000.
+        assert_eq!(parameter_count(&tensors), 25_557_032 - 2_049_000);
+    }
+
+    #[test]
+    fn densenet121_lists_torchvisions_features_with_transitions_after_blocks_one_to_three() {
+        let tensors = expected_tensors(Backbone::DenseNet121);
+        // 58 dense layers of 2 convolutions and 2 batch norms, 3 transitions of 1 and 1, and
+        // conv0, norm0, norm5.
+        assert_eq!(tensors.len(), 58 * (2 + 2 * 5) + 3 * (1 + 5) + 1 + 2 * 5);
+        let find = |name: &str| tensors.iter().find(|tensor| tensor.name == name).unwrap().shape.clone();
+        assert_eq!(find("features.conv0.weight"), [64, 3, 7, 7]);
+        assert_eq!(find("features.denseblock1.denselayer6.norm1.weight"), [64 + 5 * 32]);
+        assert_eq!(find("features.transition1.conv.weight"), [128, 256, 1, 1]);
+        assert_eq!(find("features.denseblock3.denselayer1.conv1.weight"), [128, 256, 1, 1]);
+        assert_eq!(find("features.denseblock4.denselayer16.conv2.weight"), [32, 128, 3, 3]);
+        assert!(!tensors.iter().any(|tensor| tensor.name.starts_with("features.transition4")));
+        assert_eq!(find("features.norm5.running_mean"), [1024]);
+        // torchvision's densenet121 has 7,978,856 parameters; classifier holds 1024·1000+1000.
+        assert_eq!(parameter_count(&tensors), 7_978_856 - 1_025_000);
     }
 
     #[test]

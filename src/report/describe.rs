@@ -17,6 +17,8 @@ pub fn describe(spec: &JobSpec, ran_in: &[&str]) -> String {
     let backbone = match spec.backbone {
         Backbone::Vgg16 => "VGG16",
         Backbone::InceptionV3 => "InceptionV3",
+        Backbone::ResNet50 => "ResNet50",
+        Backbone::DenseNet121 => "DenseNet121",
         Backbone::EfficientNetB0 => "EfficientNet-B0",
     };
     let weights = match spec.weights {

@@ -81,7 +81,7 @@ enum Command {
         /// What trains: `all` (full fine-tune), `head`, or one block name (e.g. `block5`).
         #[arg(long, default_value = "all")]
         train: String,
-        /// `vgg16` or `inception_v3`.
+        /// A backbone's spec name (`vgg16`, `inception_v3`, `resnet50`, `densenet121`, …).
         #[arg(long, default_value = "vgg16")]
         backbone: String,
         /// CPU threads.

@@ -2,6 +2,7 @@
 
 mod augment;
 mod auth;
+mod backbones;
 mod backups;
 mod browser;
 mod browser_reservations;

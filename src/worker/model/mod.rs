@@ -1,10 +1,12 @@
-//! The networks: a torchvision-named backbone (VGG16 or InceptionV3) and the spec's classifier head
+//! The networks: a torchvision-named backbone (VGG16, InceptionV3, ResNet50, DenseNet121 or EfficientNet-B0) and the spec's classifier head
 //! (`head.N.*`), written functionally over tensors held in one VarStore so a checkpoint is simply
 //! the store's named tensors.
 
+mod densenet;
 mod efficientnet;
 mod inception;
 mod layers;
+mod resnet;
 mod vgg;
 
 use layers::BatchNorm;
@@ -185,7 +187,7 @@ impl Trainable {
 }
 
 /// FLOPs (2 per multiply-add) of one image's forward pass through the backbone's convolutions, for
-/// reporting a benchmark as a fraction of a GPU's peak: VGG16 only (InceptionV3's and EfficientNet-B0's are not counted).
+/// reporting a benchmark as a fraction of a GPU's peak: VGG16 only (the others are not counted).
 pub fn forward_flops(spec: &JobSpec) -> Option<f64> {
     let side = spec.image_size? as f64;
     match spec.backbone {
@@ -200,7 +202,7 @@ pub fn forward_flops(spec: &JobSpec) -> Option<f64> {
             }
             Some(flops)
         }
-        Backbone::InceptionV3 | Backbone::EfficientNetB0 => None,
+        Backbone::InceptionV3 | Backbone::ResNet50 | Backbone::DenseNet121 | Backbone::EfficientNetB0 => None,
     }
 }
 
@@ -214,6 +216,8 @@ impl Network {
         let backbone: Box<dyn BackboneNet> = match spec.backbone {
             Backbone::Vgg16 => Box::new(vgg::Vgg16::new(&root)),
             Backbone::InceptionV3 => Box::new(inception::InceptionV3::new(&root)),
+            Backbone::ResNet50 => Box::new(resnet::ResNet50::new(&root)),
+            Backbone::DenseNet121 => Box::new(densenet::DenseNet121::new(&root)),
             Backbone::EfficientNetB0 => Box::new(efficientnet::EfficientNetB0::new(&root)),
         };
         let feature_area = match (spec.head.first(), spec.image_size) {
@@ -570,6 +574,62 @@ mod tests {
         network.set_trainable(&named("head"));
         close(&network.features(&images, block5), &at5, "block5 from the pixels");
         close(&network.features_between(&cached4, block4, block5), &at5, "block5 from block4's cache");
+    }
+
+    /// ResNet50 and DenseNet121: the forward pass from cached activations of the frozen prefix is
+    /// the full pass, and training the last block moves its batch-norm statistics while the frozen
+    /// blocks' stay as loaded (Keras' inference-mode batch norm in frozen layers).
+    #[test]
+    fn resnet50_and_densenet121_cache_their_frozen_prefix_and_train_batch_norm_only_where_trained() {
+        let cases = [
+            (Backbone::ResNet50, "layer4", "layer3.5.bn3.running_mean", "layer4.2.bn3.running_mean"),
+            (
+                Backbone::DenseNet121,
+                "denseblock4",
+                "features.transition3.norm.running_mean",
+                "features.norm5.running_mean",
+            ),
+        ];
+        for (backbone, block, frozen_statistic, trained_statistic) in cases {
+            tch::manual_seed(3);
+            let network = Network::new(&spec(backbone, 64, "gap"), Device::Cpu);
+            let images = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+            let train = TrainSet::Blocks(vec![String::from(block), String::from("head")]);
+            let (trainable, _) = network.set_trainable(&train);
+            assert_eq!(trainable.frozen_prefix, 4, "{block}");
+            let full = tch::no_grad(|| network.forward(&images, &trainable, false));
+            let cut = network.cut_for(&trainable).unwrap();
+            let cached = network.features(&images, cut);
+            let from_cache = tch::no_grad(|| network.forward_from(&cached, cut, &trainable, false));
+            let difference = (&from_cache - &full).abs().max().double_value(&[]);
+            assert!(difference <= 1e-4 * full.abs().max().double_value(&[]).max(1e-6), "{block}: {difference}");
+
+            let variables = network.vs.variables();
+            let (frozen_before, trained_before) =
+                (variables[frozen_statistic].copy(), variables[trained_statistic].copy());
+            let _ = network.forward(&images, &trainable, true);
+            assert!(variables[frozen_statistic].equal(&frozen_before), "{frozen_statistic} moved although frozen");
+            assert!(!variables[trained_statistic].equal(&trained_before), "{trained_statistic} did not move");
+        }
+    }
+
+    /// Each backbone's `min_image_size` is what the network takes: ResNet50 ends 1×1 at 32 px and
+    /// DenseNet121 at 29 px, below which its last transition's 2×2 pool has nothing to pool.
+    #[test]
+    fn resnet50_and_densenet121_accept_their_minimum_image_side() {
+        for backbone in [Backbone::ResNet50, Backbone::DenseNet121] {
+            let side = backbone.info().min_image_size as i64;
+            let network = Network::new(&spec(backbone, side as u32, "gap"), Device::Cpu);
+            let all = Cut { block: network.block_count(), pooled: false };
+            let images = Tensor::rand([2, 3, side, side], (Kind::Float, Device::Cpu));
+            let features = network.features(&images, all);
+            assert_eq!(features.size(), [2, backbone.info().feature_channels as i64, 1, 1], "{backbone:?}");
+        }
+        let network = Network::new(&spec(Backbone::DenseNet121, 29, "gap"), Device::Cpu);
+        let all = Cut { block: network.block_count(), pooled: false };
+        let smaller = Tensor::rand([2, 3, 28, 28], (Kind::Float, Device::Cpu));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| network.features(&smaller, all)));
+        assert!(outcome.is_err(), "DenseNet121 at 28 px should have no feature map left");
     }
 
     #[test]
