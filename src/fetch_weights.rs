@@ -24,9 +24,7 @@ pub fn default_url(backbone: Backbone) -> Option<&'static str> {
         // timm's ResNet and DenseNet keep torchvision's module names (`layer1.0.downsample.0`,
         // `features.denseblock1.denselayer1.norm1`), so these files load without renaming.
         Backbone::ResNet50 => Some("https://huggingface.co/timm/resnet50.tv_in1k/resolve/main/model.safetensors"),
-        Backbone::DenseNet121 => {
-            Some("https://huggingface.co/timm/densenet121.tv_in1k/resolve/main/model.safetensors")
-        }
+        Backbone::DenseNet121 => Some("https://huggingface.co/timm/densenet121.tv_in1k/resolve/main/model.safetensors"),
         Backbone::EfficientNetB0 => None,
     }
 }

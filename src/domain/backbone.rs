@@ -44,13 +44,8 @@ pub struct BackboneInfo {
 
 impl Backbone {
     /// Every backbone, in listing order.
-    pub const ALL: [Backbone; 5] = [
-        Backbone::Vgg16,
-        Backbone::InceptionV3,
-        Backbone::ResNet50,
-        Backbone::DenseNet121,
-        Backbone::EfficientNetB0,
-    ];
+    pub const ALL: [Backbone; 5] =
+        [Backbone::Vgg16, Backbone::InceptionV3, Backbone::ResNet50, Backbone::DenseNet121, Backbone::EfficientNetB0];
 
     /// The spec's name, which is also the weights file's stem (`vgg16.safetensors`).
     pub fn name(self) -> &'static str {

@@ -1196,13 +1196,11 @@ mod tests {
     fn limits(headroom_gb: u64, cap: f64, max_cap: usize) -> impl Strategy<Value = Limits> {
         // proptest's weights must lie strictly between 0 and 1: a cap of 0 is "never capped".
         let cap = if cap > 0.0 { proptest::option::weighted(cap, 1..=max_cap).boxed() } else { Just(None).boxed() };
-        (1..=3usize, 0..=headroom_gb, cap).prop_map(
-            |(max_jobs_per_gpu, headroom_gb, max_running_per_user)| Limits {
-                max_jobs_per_gpu,
-                headroom_bytes: headroom_gb * GB,
-                max_running_per_user,
-            },
-        )
+        (1..=3usize, 0..=headroom_gb, cap).prop_map(|(max_jobs_per_gpu, headroom_gb, max_running_per_user)| Limits {
+            max_jobs_per_gpu,
+            headroom_bytes: headroom_gb * GB,
+            max_running_per_user,
+        })
     }
 
     /// Devices numbered 0, 1, …; `running` are `(user, half-GB)` tries, kept while they fit (the

@@ -86,7 +86,15 @@ async fn the_devices_panel_shows_reservations_and_a_timed_out_job_resumes_with_m
     assert_eq!((&job["parent_id"], &job["time_limit"]), (&json!(id), &json!("4h")), "{job}");
     let done = app.wait_for_state(child, "succeeded", Duration::from_secs(60)).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(browser.console_errors().await, Vec::<Value>::new(), "console errors");
+    // The fake worker draws no heatmaps: the job page asks for their index, gets the 404 it shows
+    // as "No heatmaps yet", and Chromium logs that answer as an error. Anything else is one.
+    let errors: Vec<Value> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        .filter(|entry| !entry["message"].as_str().is_some_and(|message| message.contains("/artifacts/cam/index.json")))
+        .collect();
+    assert_eq!(errors, Vec::<Value>::new(), "console errors");
     assert_eq!(browser.eval("return window.__trainqErrors", json!([])).await, json!([]), "script errors on the page");
     browser.quit().await;
 }

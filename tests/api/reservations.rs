@@ -138,7 +138,7 @@ async fn a_reserved_slot_runs_only_its_users_jobs_and_others_are_told_why() {
     let bob = client_with(&app.tokens["bob"]);
     let (status, job) = send(bob.post(app.url("/api/jobs")).json(&spec)).await;
     assert_eq!(status, StatusCode::CREATED, "{job}");
-    let bobs = app.wait_for_state(job["id"].as_str().unwrap(), "running", WAIT).await;
+    let bobs = app.wait_for_state(job["jobs"][0]["id"].as_str().unwrap(), "running", WAIT).await;
     assert_eq!(bobs["device"], "cpu0", "{bobs}");
     assert_eq!(app.get(&format!("/api/jobs/{second}")).await.1["state"], "queued");
 }

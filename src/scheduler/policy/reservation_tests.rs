@@ -139,7 +139,11 @@ fn case() -> impl Strategy<Value = Case> {
                 .map(|(id, busy)| DeviceState {
                     id: id as u8,
                     capacity: Capacity::Slot,
-                    running: if busy { vec![Running { user: 9, memory_bytes: 0, limit_left_seconds: None }] } else { Vec::new() },
+                    running: if busy {
+                        vec![Running { user: 9, memory_bytes: 0, limit_left_seconds: None }]
+                    } else {
+                        Vec::new()
+                    },
                     foreign_busy: false,
                 })
                 .collect::<Vec<_>>()
