@@ -56,6 +56,11 @@ async fn admins_create_list_and_delete_reservations_and_bad_ones_are_refused_who
     let alice = client_with(&app.tokens["alice"]);
     assert_eq!(send(alice.get(app.url("/api/admin/reservations"))).await.0, StatusCode::FORBIDDEN);
     assert_eq!(send(alice.delete(app.url("/api/admin/reservations/lab-b"))).await.0, StatusCode::FORBIDDEN);
+    // Nor may anyone without a token.
+    let nobody = reqwest::Client::new();
+    assert_eq!(send(nobody.get(app.url("/api/admin/reservations"))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(nobody.delete(app.url("/api/admin/reservations/lab-b"))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(names(&app).await, ["lab-b"], "the refused delete removed nothing");
 
     // An overlap on the shared device, weeks later, names the other reservation; a taken name too.
     let exam = lab("exam", "cpu0", "2030-01-22T15:00:00Z", "2030-01-22T15:30:00Z", &["bob"]);
