@@ -30,13 +30,7 @@ fn vgg16_file(misshape: Option<(&str, Vec<usize>)>) -> Arc<Vec<u8>> {
     if let Some((name, shape)) = misshape {
         tensors.iter_mut().find(|(tensor, _)| tensor == name).unwrap().1 = shape;
     }
-    let largest = tensors.iter().map(|(_, shape)| shape.iter().product::<usize>() * 2).max().unwrap();
-    let zeros = vec![0u8; largest];
-    let views = tensors.iter().map(|(name, shape)| {
-        let bytes = shape.iter().product::<usize>() * 2;
-        (name.clone(), TensorView::new(Dtype::F16, shape.clone(), &zeros[..bytes]).unwrap())
-    });
-    Arc::new(safetensors::serialize(views, &None).unwrap())
+    zero_file(&tensors)
 }
 
 fn fetch_vgg16(url: &str, weights: &Path) -> Output {
@@ -130,13 +124,7 @@ fn torchvision_file(backbone: Backbone) -> Arc<Vec<u8>> {
     let mut tensors: Vec<(String, Vec<usize>)> =
         expected_tensors(backbone).into_iter().map(|tensor| (tensor.name, tensor.shape)).collect();
     tensors.push(("classifier.1.weight".into(), vec![1000, 8]));
-    let largest = tensors.iter().map(|(_, shape)| shape.iter().product::<usize>() * 2).max().unwrap();
-    let zeros = vec![0u8; largest];
-    let views = tensors.iter().map(|(name, shape)| {
-        let bytes = shape.iter().product::<usize>() * 2;
-        (name.clone(), TensorView::new(Dtype::F16, shape.clone(), &zeros[..bytes]).unwrap())
-    });
-    Arc::new(safetensors::serialize(views, &None).unwrap())
+    zero_file(&tensors)
 }
 
 /// Runs `trainq weights fetch <backbone> [--url URL] --weights <weights>`.
@@ -173,4 +161,15 @@ fn efficientnet_b0_has_no_published_copy_so_fetch_says_how_to_convert_one_and_ta
     assert!(stdout.contains("358 tensors match torchvision's efficientnet_b0 layout"), "{stdout}");
     assert_eq!(file_names(weights.path()), ["efficientnet_b0.safetensors"]);
     assert_eq!(std::fs::read(weights.path().join("efficientnet_b0.safetensors")).unwrap(), *body);
+}
+
+/// A safetensors file of `tensors` (name, shape) in float16, every value zero.
+fn zero_file(tensors: &[(String, Vec<usize>)]) -> Arc<Vec<u8>> {
+    let largest = tensors.iter().map(|(_, shape)| shape.iter().product::<usize>() * 2).max().unwrap();
+    let zeros = vec![0u8; largest];
+    let views = tensors.iter().map(|(name, shape)| {
+        let bytes = shape.iter().product::<usize>() * 2;
+        (name.clone(), TensorView::new(Dtype::F16, shape.clone(), &zeros[..bytes]).unwrap())
+    });
+    Arc::new(safetensors::serialize(views, &None).unwrap())
 }

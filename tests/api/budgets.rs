@@ -3,19 +3,13 @@
 //! and the start error of a budget without a default time limit.
 
 use crate::helpers::{
-    client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER,
+    client_with, fake_worker, send, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 async fn patch_as(app: &TestApp, user: &str, name: &str, body: &Value) -> (StatusCode, Value) {
     let client = client_with(&app.tokens[user]);

@@ -56,6 +56,13 @@ fn users(root: &Path) -> std::collections::HashMap<&'static str, String> {
     tokens
 }
 
+/// Sends `request` and answers its status and JSON body (`null` when the body is not JSON).
+pub async fn send(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, serde_json::Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// A client that sends `token` with every request.
 pub fn client_with(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();

@@ -3,7 +3,7 @@
 //! and the scheduler keeping a reserved CPU slot for the reservation's users with the reason.
 
 use crate::helpers::{
-    client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER,
+    client_with, fake_worker, send, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -11,12 +11,6 @@ use std::time::Duration;
 use trainq::domain::Timestamp;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 /// RFC 3339 `hours` from now.
 fn in_hours(hours: f64) -> String {

@@ -3,7 +3,9 @@
 //! the quota's 507, `trainq rm` and `trainq admin gc` through the real client, the `/metrics`
 //! gauge, and the `checkpoints` choice in a real training run.
 
-use crate::helpers::{app_with_worker, client_with, small_spec, write_dataset, write_vgg16_weights, Options, TestApp};
+use crate::helpers::{
+    app_with_worker, client_with, send, small_spec, write_dataset, write_vgg16_weights, Options, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -32,12 +34,6 @@ const WRITTEN: u64 = 1_001_000;
 
 fn job_dir(app: &TestApp, id: &str) -> PathBuf {
     app.root.join("data/jobs").join(id)
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn delete_as(app: &TestApp, user: &str, id: &str) -> (StatusCode, Value) {
