@@ -97,6 +97,11 @@ fn in_squeue(slurm_id: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).lines().any(|line| line.trim() == slurm_id)
 }
 
+/// Runs `scontrol` with these arguments; true when it succeeded.
+fn scontrol(args: &[&str]) -> bool {
+    Command::new("scontrol").args(args).output().is_ok_and(|out| out.status.success())
+}
+
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
@@ -209,13 +214,18 @@ async fn after_maps_to_a_slurm_dependency_that_holds_the_job_and_fails_it_with_t
     let held =
         |job: &Value| job["pending_reason"].as_str().is_some_and(|reason| reason == "pending in Slurm: Dependency");
     let first = app.submit(&long_spec("first", 3)).await;
+    // Three epochs on cached features can end before the server's next squeue poll; suspended, the
+    // first job cannot, so the second is seen held every time.
+    let first_slurm = slurm_id(&app, &first).await;
+    wait_until("Slurm suspends the first job", || scontrol(&["suspend", &first_slurm])).await;
     let second = app.submit(&after("second", 1, &first)).await;
     let job = app.wait_for(&second, WAIT, held).await;
     assert_eq!(job["state"], "running", "handed to Slurm, held there: {job:#}");
-    let (first_slurm, second_slurm) = (slurm_id(&app, &first).await, slurm_id(&app, &second).await);
+    let second_slurm = slurm_id(&app, &second).await;
     let shown = Command::new("scontrol").args(["show", "job", "-o", &second_slurm]).output().unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains(&format!("Dependency=afterok:{first_slurm}")), "{shown}");
+    assert!(scontrol(&["resume", &first_slurm]), "Slurm resumes the first job");
     let job = app.wait_for(&second, WAIT, |job| job["state"] != "running").await;
     assert_eq!(job["state"], "succeeded", "{job:#}");
     assert_eq!(app.get(&format!("/api/jobs/{first}")).await.1["state"], "succeeded");
