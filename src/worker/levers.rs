@@ -243,7 +243,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Times `rounds` alternating rounds of `steps` steps of each side on the same batches; returns the
 /// median seconds per step of each and both final losses.
-fn race(config: &LeverBench, cached: &Cached, off: &mut dyn Side, on: &mut dyn Side) -> (f64, f64, f64, f64) {
+fn race<'a>(config: &LeverBench, cached: &Cached, off: &'a mut dyn Side, on: &'a mut dyn Side) -> (f64, f64, f64, f64) {
     let (mut off_times, mut on_times) = (vec![], vec![]);
     let (mut off_loss, mut on_loss) = (0.0, 0.0);
     // One warm-up step each (allocator, oneDNN primitive caches), on the same batch.
