@@ -14,6 +14,7 @@ mod failure;
 mod features;
 mod interrupt;
 mod jpeg;
+mod levers;
 mod model;
 mod normalise;
 mod optim;
@@ -114,6 +115,23 @@ enum Command {
         #[arg(long)]
         cuda: bool,
     },
+    /// Time Q1's phase 1 and phase 2 steps with each lever off and on (`levers.rs`); prints JSON
+    /// (for `benches/train_step.rs`).
+    #[command(hide = true)]
+    BenchLevers {
+        /// Images per step.
+        #[arg(long, default_value_t = 20)]
+        batch_size: i64,
+        /// Timed steps per round.
+        #[arg(long, default_value_t = 20)]
+        steps: u32,
+        /// Alternating rounds per side.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// CPU threads.
+        #[arg(long, default_value_t = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))]
+        threads: usize,
+    },
     /// Time a split's first pass (decode + resize), cache build or cache hit, each followed by one
     /// epoch's batch feed; prints JSON (for `benches/decode.rs`).
     #[command(hide = true)]
@@ -175,6 +193,9 @@ fn main() -> ExitCode {
                     device,
                 })
             })
+        }
+        Command::BenchLevers { batch_size, steps, rounds, threads } => {
+            levers::run(levers::LeverBench { batch_size, steps, rounds, threads })
         }
         Command::BenchDecode {
             dataset,

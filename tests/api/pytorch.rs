@@ -1,7 +1,8 @@
 //! Checkpoints load in plain PyTorch: `deploy/load_checkpoint.py` builds torchvision's backbone
 //! and the spec's head, loads `final.safetensors` with strict=True, and predicts the test images
 //! the worker predicted, to the same probabilities — on the small demo films and on 1–2 MP
-//! grayscale and colour JPEGs. Its `--onnx` export, run in onnxruntime (`deploy/onnx_predict.py`),
+//! grayscale and colour JPEGs, for float32 and bf16 jobs alike (the loader runs in the precision
+//! the job recorded). Its `--onnx` export, run in onnxruntime (`deploy/onnx_predict.py`),
 //! predicts them to PyTorch's probabilities.
 
 use crate::helpers::{write_dataset, write_inception_weights, Options, TestApp};
@@ -54,12 +55,16 @@ fn largest_difference(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> f64 {
 /// from trainq's own probabilities (`predictions.csv`). With `onnx`, the loader also exports the
 /// model, and onnxruntime must predict the same images to PyTorch's probabilities within 1e-5.
 pub(crate) async fn check_in_pytorch(app: &TestApp, mut spec: Value, onnx: bool) -> f64 {
-    // The loader computes in float32, and so does the job here whatever the CPU: `auto` is bf16 on
-    // a CPU with bf16 units, whose rounding moved these probabilities by up to 1.3e-3.
-    spec["precision"] = json!("fp32");
+    // The ONNX graph computes in float32, so a job checked against it does too; the others run in
+    // their spec's precision (`auto` is bf16 on a CPU with bf16 units, whose rounding moves these
+    // probabilities by up to 1.3e-3 from float32), and the loader runs in what the job recorded.
+    if onnx {
+        spec["precision"] = json!("fp32");
+    }
     let id = app.submit(&spec).await;
     let (job, log) = app.finished(&id, Duration::from_secs(600)).await;
     assert_eq!(job["state"], "succeeded", "{job:#}\n{log}");
+    let precision = job["progress"]["precision"].as_str().expect("the job records its precision").to_string();
     let folder = tempfile::tempdir().unwrap();
     for name in ["spec.json", "final.safetensors"] {
         std::fs::write(folder.path().join(name), app.download(&id, name).await).unwrap();
@@ -70,18 +75,26 @@ pub(crate) async fn check_in_pytorch(app: &TestApp, mut spec: Value, onnx: bool)
     let images: Vec<PathBuf> = rows.iter().map(|row| dataset.join(row[0])).collect();
     let [spec_file, weights, model] =
         ["spec.json", "final.safetensors", "model.onnx"].map(|name| folder.path().join(name));
-    let mut args = vec![spec_file.as_path(), weights.as_path()];
+    let mut args = vec![spec_file.as_path(), weights.as_path(), Path::new("--precision"), Path::new(&precision)];
     if onnx {
         args.extend([Path::new("--onnx"), model.as_path()]);
     }
     args.extend(images.iter().map(PathBuf::as_path));
     let (stdout, stderr) = run_script("load_checkpoint.py", &args);
     assert!(stderr.contains("loaded") && stderr.contains("strictly"), "{stderr}");
+    let bf16 = precision.starts_with("bf16");
+    assert_eq!(stderr.contains("predicting in bf16 autocast"), bf16, "{precision}: {stderr}");
     let pytorch = probabilities(&stdout);
     let trainq: Vec<Vec<f64>> = rows.iter().map(|row| row[2..].iter().map(|p| p.parse().unwrap()).collect()).collect();
     let worst = largest_difference(&pytorch, &trainq);
     let said = |field: &str| spec[field].as_str().unwrap_or("nearest").to_string();
-    let case = format!("{} ({}, {}, {})", said("name"), said("backbone"), said("interpolation"), spec["image_size"]);
+    let case = format!(
+        "{} ({}, {}, {}, {precision})",
+        said("name"),
+        said("backbone"),
+        said("interpolation"),
+        spec["image_size"]
+    );
     let first = pytorch.iter().map(|row| row[0]);
     let (low, high) = first.fold((f64::MAX, f64::MIN), |(low, high), p| (low.min(p), high.max(p)));
     let count = rows.len();
@@ -113,7 +126,7 @@ async fn vgg16_and_inception_v3_checkpoints_load_strictly_in_pytorch_and_onnxrun
     for (interpolation, image_size) in
         [("nearest", json!(32)), ("bilinear", json!(48)), ("area", json!(32)), ("bilinear", json!(null))]
     {
-        let spec = json!({
+        let mut spec = json!({
             "name": format!("torch-vgg-{interpolation}"), "dataset": "demo", "backbone": "vgg16", "weights": "random",
             "image_size": image_size, "max_image_side": if image_size.is_null() { json!(64) } else { json!(null) },
             "interpolation": interpolation, "batch_size": 3,
@@ -121,6 +134,11 @@ async fn vgg16_and_inception_v3_checkpoints_load_strictly_in_pytorch_and_onnxrun
             "phases": [{"epochs": 1, "train": "head"}, {"epochs": 1, "train": ["block5", "head"]}],
             "optimizer": {"name": "adam", "lr": 1e-3}, "seed": 5
         });
+        // One job asks for bf16 (channels-last throughout, what a GPU job runs), so the loader's
+        // bf16 path is covered on a CPU without bf16 units too, where `auto` is float32.
+        if interpolation == "area" {
+            spec["precision"] = json!("bf16");
+        }
         worst = worst.max(check_in_pytorch(&app, spec, interpolation == "nearest").await);
     }
     // Generated "imagenet" weights: an untrained Inception's probabilities are all 0 or 1 here.
