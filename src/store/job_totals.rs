@@ -10,10 +10,10 @@ use sqlx::SqlitePool;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// Jobs by (owner, state); cheap to clone, every clone the same totals.
+/// Jobs by (owner, state name); cheap to clone, every clone the same totals.
 #[derive(Debug, Clone, Default)]
 pub(super) struct JobTotals {
-    counts: Arc<Mutex<BTreeMap<(Option<String>, JobState), i64>>>,
+    counts: Arc<Mutex<BTreeMap<(Option<String>, &'static str), i64>>>,
 }
 
 impl JobTotals {
@@ -24,8 +24,8 @@ impl JobTotals {
         {
             let mut counts = totals.lock();
             for (owner, state, count) in rows {
-                let state = state.parse().map_err(|err| super::jobs::corrupt("state", err))?;
-                counts.insert((owner, state), count);
+                let state: JobState = state.parse().map_err(|err| super::jobs::corrupt("state", err))?;
+                counts.insert((owner, state.as_str()), count);
             }
         }
         Ok(totals)
@@ -33,7 +33,7 @@ impl JobTotals {
 
     /// The counts, never poisoned: an update is one addition, so a panic elsewhere cannot leave
     /// it half done.
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Option<String>, JobState), i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Option<String>, &'static str), i64>> {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -41,13 +41,13 @@ impl JobTotals {
     pub(super) fn moved(&self, owner: Option<&str>, from: Option<JobState>, to: JobState) {
         let mut counts = self.lock();
         if let Some(from) = from {
-            let left = counts.entry((owner.map(str::to_string), from)).or_default();
+            let left = counts.entry((owner.map(str::to_string), from.as_str())).or_default();
             *left -= 1;
             if *left == 0 {
-                counts.remove(&(owner.map(str::to_string), from));
+                counts.remove(&(owner.map(str::to_string), from.as_str()));
             }
         }
-        *counts.entry((owner.map(str::to_string), to)).or_default() += 1;
+        *counts.entry((owner.map(str::to_string), to.as_str())).or_default() += 1;
     }
 
     /// (owner, state, count) for every pair with jobs, ordered by owner and state name: what
@@ -57,7 +57,7 @@ impl JobTotals {
             .lock()
             .iter()
             .filter(|(_, count)| **count != 0)
-            .map(|((owner, state), count)| (owner.clone(), state.as_str().to_string(), *count))
+            .map(|((owner, state), count)| (owner.clone(), state.to_string(), *count))
             .collect();
         rows.sort();
         rows
@@ -66,7 +66,7 @@ impl JobTotals {
     /// Jobs of `owner` in any of `states`.
     pub(super) fn of_owner(&self, owner: &str, states: &[JobState]) -> i64 {
         let counts = self.lock();
-        states.iter().map(|state| counts.get(&(Some(owner.to_string()), *state)).copied().unwrap_or(0)).sum()
+        states.iter().map(|state| counts.get(&(Some(owner.to_string()), state.as_str())).copied().unwrap_or(0)).sum()
     }
 }
 
