@@ -13,13 +13,24 @@
 //! - **dispatch**: a worker exits → the next worker is running (timestamps the fake workers write),
 //!   with 10,000 queued, against the same with a handful queued.
 //!
+//! Then, on a fresh server, the **closed loop**: 8 connections, each sending its next submission
+//! when the last is answered, so the figure is what the server sustains, not what was offered.
+//! The queue is filled (by the same loop, unmeasured) to 1,000, 10,000 and 100,000 jobs, and at
+//! each: a measured round of `TRAINQ_LOAD_CLOSED_N` submissions (submits/s, p50/p99), then, once
+//! quiet, a device freeing → the next job running, the server's idle CPU over 10 s, `GET /metrics`
+//! p99, the first page of `GET /api/jobs` p99 and RSS. The load average is printed beside each
+//! level: the box may be shared, so compare only figures of one run.
+//!
 //! `cargo bench --no-default-features --bench load` (env `TRAINQ_LOAD_RATE=2000` per second,
 //! `TRAINQ_LOAD_N=10000` submissions per round, `TRAINQ_LOAD_BIG=100000`: the queue for the second
-//! idle measure, 0 to skip it). The CPU flags are printed with the results.
+//! idle measure, 0 to skip it; `TRAINQ_LOAD_ROUNDS=open,closed`: which halves run;
+//! `TRAINQ_LOAD_CLOSED_N=5000`, `TRAINQ_LOAD_LEVELS=1000,10000,100000`; `TRAINQ_LOAD_SERVER`: another
+//! build's `trainq` binary to measure, e.g. the base branch's, for a before/after on one box). The
+//! CPU flags are printed with the results.
 //!
 //! The bench binary is also the load generator: the parent re-executes itself with
-//! `--generator MODE URL RATE N TOKENS_FILE`, so the client never shares a process (or a tokio
-//! runtime) with the measurement's other half.
+//! `--generator MODE URL RATE N TOKENS_FILE` (in `closed` mode RATE is the number of connections),
+//! so the client never shares a process (or a tokio runtime) with the measurement's other half.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -47,10 +58,14 @@ date +%s.%N > "$d/ended-$$"
 exit 0
 "#;
 
+/// How many connections the closed loop keeps busy.
+const CLOSED_LOOP_CONNECTIONS: usize = 8;
+
 /// What the generator process reports on its last stdout line.
 #[derive(Serialize, Deserialize)]
 struct Summary {
-    /// Milliseconds from each answered request's scheduled send time to its response.
+    /// Milliseconds from each answered request's scheduled send time (closed loop: its send) to
+    /// its response.
     latencies_ms: Vec<f64>,
     /// Seconds from the first scheduled send to the last response.
     seconds: f64,
@@ -79,9 +94,101 @@ fn spec(index: usize) -> serde_json::Value {
     })
 }
 
-/// The load generator (the second process): `n` requests at `rate` per second, open loop.
+/// Sends one submission (the `index`th) and waits for its answer.
+async fn submit_once(client: &reqwest::Client, url: &str, token: &str, index: usize) -> Outcome {
+    let sent = tokio::time::Instant::now();
+    let answer = client.post(format!("{url}/api/jobs")).bearer_auth(token).json(&spec(index)).send().await;
+    outcome_of(index, answer, sent).await
+}
+
+/// A request's answer as an [`Outcome`], its latency counted from `since`.
+async fn outcome_of(
+    index: usize,
+    answer: Result<reqwest::Response, reqwest::Error>,
+    since: tokio::time::Instant,
+) -> Outcome {
+    let answer = match answer {
+        Ok(response) => {
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            Ok((status, body))
+        }
+        Err(err) => Err(err),
+    };
+    let latency_ms = (tokio::time::Instant::now() - since).as_secs_f64() * 1e3;
+    match answer {
+        Ok((status, body)) => Outcome {
+            latency_ms: Some(latency_ms),
+            status: status.as_u16().to_string(),
+            job_id: body["jobs"][0]["id"]
+                .as_str()
+                .filter(|_| status == reqwest::StatusCode::CREATED)
+                .map(str::to_string),
+        },
+        Err(err) => {
+            eprintln!("request {index}: {err}");
+            Outcome { latency_ms: None, status: String::from("error"), job_id: None }
+        }
+    }
+}
+
+/// Adds outcomes to a summary.
+fn summarize(outcomes: impl IntoIterator<Item = Outcome>, seconds: f64) -> Summary {
+    let mut summary =
+        Summary { latencies_ms: Vec::new(), seconds, statuses: BTreeMap::new(), accepted_ids: Vec::new() };
+    for outcome in outcomes {
+        summary.latencies_ms.extend(outcome.latency_ms);
+        *summary.statuses.entry(outcome.status).or_default() += 1;
+        summary.accepted_ids.extend(outcome.job_id);
+    }
+    summary
+}
+
+/// The closed-loop generator: `connections` connections, each sending its next submission when
+/// its last is answered, until `n` have been sent. Each connection has a client of its own, so
+/// none waits on another's connection.
+fn closed_loop_generator(url: &str, connections: usize, n: usize, tokens: &[String]) -> Summary {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = tokio::time::Instant::now();
+        let loops: Vec<_> = (0..connections)
+            .map(|_| {
+                let (next, url, tokens) = (next.clone(), url.to_string(), tokens.to_vec());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(60))
+                        .pool_max_idle_per_host(1)
+                        .build()
+                        .unwrap();
+                    let mut outcomes = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if index >= n {
+                            return outcomes;
+                        }
+                        outcomes.push(submit_once(&client, &url, &tokens[index % tokens.len()], index).await);
+                    }
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(n);
+        for each in loops {
+            outcomes.extend(each.await.unwrap());
+        }
+        summarize(outcomes, started.elapsed().as_secs_f64())
+    })
+}
+
+/// The load generator (the second process): `n` requests at `rate` per second, open loop; or, in
+/// `closed` mode, `n` submissions over `rate` connections, closed loop.
 fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
     let tokens: Vec<String> = std::fs::read_to_string(tokens_file).unwrap().lines().map(str::to_string).collect();
+    if mode == "closed" {
+        let summary = closed_loop_generator(url, rate as usize, n, &tokens);
+        println!("{}", serde_json::to_string(&summary).unwrap());
+        return;
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let summary = runtime.block_on(async {
         // One keep-alive client; the pool opens more connections only when requests overlap.
@@ -98,42 +205,13 @@ fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
                 "healthz" => client.get(format!("{url}/healthz")),
                 other => panic!("unknown generator mode {other}"),
             };
-            tasks.push(tokio::spawn(async move {
-                let answer = match request.send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let body: serde_json::Value = response.json().await.unwrap_or_default();
-                        Ok((status, body))
-                    }
-                    Err(err) => Err(err),
-                };
-                let latency_ms = (tokio::time::Instant::now() - scheduled).as_secs_f64() * 1e3;
-                match answer {
-                    Ok((status, body)) => Outcome {
-                        latency_ms: Some(latency_ms),
-                        status: status.as_u16().to_string(),
-                        job_id: body["jobs"][0]["id"]
-                            .as_str()
-                            .filter(|_| status == reqwest::StatusCode::CREATED)
-                            .map(str::to_string),
-                    },
-                    Err(err) => {
-                        eprintln!("request {index}: {err}");
-                        Outcome { latency_ms: None, status: String::from("error"), job_id: None }
-                    }
-                }
-            }));
+            tasks.push(tokio::spawn(async move { outcome_of(index, request.send().await, scheduled).await }));
         }
-        let mut summary =
-            Summary { latencies_ms: Vec::new(), seconds: 0.0, statuses: BTreeMap::new(), accepted_ids: Vec::new() };
+        let mut outcomes = Vec::with_capacity(n);
         for task in tasks {
-            let outcome = task.await.unwrap();
-            summary.latencies_ms.extend(outcome.latency_ms);
-            *summary.statuses.entry(outcome.status).or_default() += 1;
-            summary.accepted_ids.extend(outcome.job_id);
+            outcomes.push(task.await.unwrap());
         }
-        summary.seconds = started.elapsed().as_secs_f64();
-        summary
+        summarize(outcomes, started.elapsed().as_secs_f64())
     });
     println!("{}", serde_json::to_string(&summary).unwrap());
 }
@@ -166,15 +244,20 @@ fn latency(summary: &Summary) -> (f64, f64, f64) {
     (quantile(&sorted, 0.5), quantile(&sorted, 0.99), sorted.last().copied().unwrap_or(f64::NAN))
 }
 
+/// The `trainq` binary measured: `TRAINQ_LOAD_SERVER` when set, else this build's.
+fn server_binary() -> std::path::PathBuf {
+    std::env::var_os("TRAINQ_LOAD_SERVER").map_or_else(|| env!("CARGO_BIN_EXE_trainq").into(), Into::into)
+}
+
 fn trainq(args: &[&str], data: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_trainq")).args(args).arg("--data-dir").arg(data).output().unwrap();
+    let output = Command::new(server_binary()).args(args).arg("--data-dir").arg(data).output().unwrap();
     assert!(output.status.success(), "trainq {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 /// Starts `trainq serve` on port 0; returns the process and its address.
 fn serve(root: &Path, worker: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainq"))
+    let mut child = Command::new(server_binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--no-gpu", "--cpu-slots", "2"])
         .arg("--data-dir")
         .arg(root.join("data"))
@@ -278,14 +361,14 @@ fn sequential_gets(url: &str, path: &str, token: Option<&str>, n: usize) -> Vec<
     })
 }
 
-/// How many jobs are queued, from `/metrics`.
+/// How many jobs are queued, from `/metrics`: the sum over users of `trainq_jobs{state="queued"}`.
 fn queued(url: &str) -> u64 {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let text = runtime.block_on(async { reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap() });
     text.lines()
-        .find_map(|line| line.strip_prefix("trainq_jobs{state=\"queued\"} "))
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(0)
+        .filter(|line| line.starts_with("trainq_jobs{") && line.contains("state=\"queued\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The fake workers' notes: which have started, which have ended, and when.
@@ -397,23 +480,33 @@ fn submission_round(url: &str, rate: f64, n: usize, tokens_file: &Path, admin: &
     );
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(at) = args.iter().position(|arg| arg == "--generator") {
-        let rest = &args[at + 1..];
-        generator(&rest[0], &rest[1], rest[2].parse().unwrap(), rest[3].parse().unwrap(), Path::new(&rest[4]));
-        return;
-    }
-    let n: usize = env_or("TRAINQ_LOAD_N", 10_000);
-    let rate: f64 = env_or("TRAINQ_LOAD_RATE", 2000.0);
-    let big: usize = env_or("TRAINQ_LOAD_BIG", 100_000);
-    println!("load: CPU {}", support::cpu_line());
+/// A running server with its students, fake workers and data dir, in a temporary folder of its
+/// own (removed when dropped, after the server is stopped).
+struct Bench {
+    students: Vec<String>,
+    admin: String,
+    tokens_file: std::path::PathBuf,
+    server: Child,
+    url: String,
+    workers: Workers,
+    _temp: tempfile::TempDir,
+}
 
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Starts a server on a fresh data dir: a generated Kaggle-sized dataset, 20 students and an
+/// admin, and fake workers that hold their slots.
+fn start_bench() -> Bench {
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path();
     let data = root.join("data");
     // Kaggle's chest-xray-pneumonia counts: 5,216 train, 16 val, 624 test films (tiny images).
-    let status = Command::new(env!("CARGO_BIN_EXE_trainq"))
+    let status = Command::new(server_binary())
         .args(["demo-data", root.join("datasets/demo").to_str().unwrap(), "--size", "16"])
         .args(["--train-per-class", "2608", "--val-per-class", "8", "--test-per-class", "312"])
         .stdout(Stdio::null())
@@ -430,9 +523,93 @@ fn main() {
     let worker = root.join("fake-worker.sh");
     std::fs::write(&worker, FAKE_WORKER.replace("DIR", notes.to_str().unwrap())).unwrap();
     std::fs::set_permissions(&worker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (mut server, url) = serve(root, &worker);
-    let pid = server.id();
-    let workers = Workers { dir: notes };
+    let (server, url) = serve(root, &worker);
+    Bench { students, admin, tokens_file, server, url, workers: Workers { dir: notes }, _temp: temp }
+}
+
+/// The 1-, 5- and 15-minute load averages (`/proc/loadavg`): how busy the box was around a figure.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The closed loop at each queue level in `levels`: fills the queue to the level (unmeasured),
+/// measures `n` submissions over 8 connections, then, once quiet, dispatch, idle CPU, `/metrics`,
+/// the first page of the list and RSS.
+fn closed_loop(levels: &[usize], n: usize) {
+    let bench = start_bench();
+    let (url, pid) = (bench.url.as_str(), bench.server.id());
+    let connections = CLOSED_LOOP_CONNECTIONS as f64;
+    let mut submitted = 0;
+    for &level in levels {
+        if level > submitted {
+            let fill = generate("closed", url, connections, level - submitted, &bench.tokens_file);
+            submitted += fill.accepted_ids.len();
+        }
+        let round = generate("closed", url, connections, n, &bench.tokens_file);
+        submitted += round.accepted_ids.len();
+        let refused = n - round.accepted_ids.len();
+        let (p50, p99, max) = latency(&round);
+        println!(
+            "closed loop at {level} queued ({} -> {} submitted), {CLOSED_LOOP_CONNECTIONS} connections, {n} submissions: {:.0} submits/s, p50 {p50:.1} ms p99 {p99:.1} ms max {max:.0} ms, refused {refused}; load average {}",
+            submitted - round.accepted_ids.len(),
+            submitted,
+            round.accepted_ids.len() as f64 / round.seconds,
+            load_average(),
+        );
+        // Quiet means after the passes over the new jobs.
+        std::thread::sleep(Duration::from_secs(5));
+        let dispatch = bench.workers.dispatches(10);
+        let idle = idle_cpu(pid, Duration::from_secs(10));
+        let metrics = sequential_gets(url, "/metrics", None, 200);
+        let first_page = sequential_gets(url, "/api/jobs?limit=50", Some(&bench.students[0]), 200);
+        let first_page_admin = sequential_gets(url, "/api/jobs?limit=50", Some(&bench.admin), 200);
+        println!(
+            "  at {} queued: dispatch (device frees -> next job running) p50 {:.1} ms max {:.1} ms (10); idle CPU over 10 s {:.2} % of a core; GET /metrics p50 {:.1} ms p99 {:.1} ms; first page GET /api/jobs?limit=50 p50 {:.1} ms p99 {:.1} ms (as the admin: p99 {:.1} ms); RSS {:.0} MB; load average {}",
+            queued(url),
+            quantile(&dispatch, 0.5),
+            dispatch.last().unwrap(),
+            idle * 100.0,
+            quantile(&metrics, 0.5),
+            quantile(&metrics, 0.99),
+            quantile(&first_page, 0.5),
+            quantile(&first_page, 0.99),
+            quantile(&first_page_admin, 0.99),
+            rss_mb(pid),
+            load_average(),
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|arg| arg == "--generator") {
+        let rest = &args[at + 1..];
+        generator(&rest[0], &rest[1], rest[2].parse().unwrap(), rest[3].parse().unwrap(), Path::new(&rest[4]));
+        return;
+    }
+    let rounds: String = env_or("TRAINQ_LOAD_ROUNDS", String::from("open,closed"));
+    println!("load: CPU {}; load average {}", support::cpu_line(), load_average());
+    if rounds.split(',').any(|round| round == "open") {
+        open_loop();
+    }
+    if rounds.split(',').any(|round| round == "closed") {
+        let levels: String = env_or("TRAINQ_LOAD_LEVELS", String::from("1000,10000,100000"));
+        let levels: Vec<usize> =
+            levels.split(',').map(|level| level.trim().parse().expect("TRAINQ_LOAD_LEVELS")).collect();
+        closed_loop(&levels, env_or("TRAINQ_LOAD_CLOSED_N", 5_000));
+    }
+}
+
+/// The open-loop half: submissions at a fixed rate, idle CPU, the list and dispatch.
+fn open_loop() {
+    let n: usize = env_or("TRAINQ_LOAD_N", 10_000);
+    let rate: f64 = env_or("TRAINQ_LOAD_RATE", 2000.0);
+    let big: usize = env_or("TRAINQ_LOAD_BIG", 100_000);
+    let bench = start_bench();
+    let (url, admin, students, tokens_file, workers) =
+        (bench.url.as_str(), bench.admin.as_str(), &bench.students, &bench.tokens_file, &bench.workers);
+    let pid = bench.server.id();
     let window = Duration::from_secs(10);
 
     // Baselines on an empty queue: idle CPU, and dispatch with a handful queued.
@@ -440,26 +617,26 @@ fn main() {
     let idle_empty = idle_cpu(pid, window);
     let rss_empty = rss_mb(pid);
     let mut accepted = Vec::new();
-    submission_round(&url, 200.0, 30, &tokens_file, &admin, &mut accepted);
-    let few_queued = queued(&url);
+    submission_round(url, 200.0, 30, tokens_file, admin, &mut accepted);
+    let few_queued = queued(url);
     let few = workers.dispatches(10);
 
     // A class submitting at once: the queue grows to `n`.
-    submission_round(&url, rate, n, &tokens_file, &admin, &mut accepted);
+    submission_round(url, rate, n, tokens_file, admin, &mut accepted);
     // Idle means after the last passes over the new jobs.
     std::thread::sleep(Duration::from_secs(10));
     let idle_n = idle_cpu(pid, window);
     println!(
         "idle: server CPU over {}s with {} queued: {:.2} % of a core (RSS {:.0} MB); baseline with 0 queued: {:.2} % (RSS {rss_empty:.0} MB)",
         window.as_secs(),
-        queued(&url),
+        queued(url),
         idle_n * 100.0,
         rss_mb(pid),
         idle_empty * 100.0
     );
-    let health = sequential_gets(&url, "/healthz", None, 300);
+    let health = sequential_gets(url, "/healthz", None, 300);
     for path in ["/api/jobs?limit=50", "/api/jobs?limit=50&state=queued,running", "/api/jobs?limit=50&owner=me"] {
-        let list = sequential_gets(&url, path, Some(&students[0]), 300);
+        let list = sequential_gets(url, path, Some(&students[0]), 300);
         println!(
             "list: GET {path} with {} jobs, 300 in a row: p50 {:.1} ms p99 {:.1} ms; baseline GET /healthz p50 {:.2} ms p99 {:.2} ms",
             accepted.len(),
@@ -469,7 +646,7 @@ fn main() {
             quantile(&health, 0.99)
         );
     }
-    let many_queued = queued(&url);
+    let many_queued = queued(url);
     let many = workers.dispatches(20);
     println!(
         "dispatch: worker exit -> next worker running with {many_queued} queued: p50 {:.1} ms p99 {:.1} ms max {:.1} ms (20); baseline with {few_queued} queued: p50 {:.1} ms max {:.1} ms (10)",
@@ -482,18 +659,18 @@ fn main() {
 
     if big > accepted.len() {
         let more = big - accepted.len();
-        submission_round(&url, rate, more, &tokens_file, &admin, &mut accepted);
+        submission_round(url, rate, more, tokens_file, admin, &mut accepted);
         std::thread::sleep(Duration::from_secs(10));
         let idle_big = idle_cpu(pid, window);
         println!(
             "idle: server CPU over {}s with {} queued: {:.2} % of a core (RSS {:.0} MB); baseline with 0 queued: {:.2} % (RSS {rss_empty:.0} MB)",
             window.as_secs(),
-            queued(&url),
+            queued(url),
             idle_big * 100.0,
             rss_mb(pid),
             idle_empty * 100.0
         );
-        let list = sequential_gets(&url, "/api/jobs?limit=50", Some(&students[0]), 300);
+        let list = sequential_gets(url, "/api/jobs?limit=50", Some(&students[0]), 300);
         println!(
             "list: GET /api/jobs?limit=50 with {} jobs: p50 {:.1} ms p99 {:.1} ms",
             accepted.len(),
@@ -501,6 +678,4 @@ fn main() {
             quantile(&list, 0.99)
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }

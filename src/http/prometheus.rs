@@ -8,8 +8,9 @@
 //! follow Prometheus's naming guide (base units, `_total` on counters, no label names inside
 //! metric names). Public like the queue itself; it carries no job content.
 //!
-//! A scrape's cost does not grow with the jobs ever submitted: one `GROUP BY` count, the running
-//! jobs (at most a few per device), fair share's recent runs, and one `statvfs` per folder.
+//! A scrape's cost does not grow with the jobs ever submitted nor with the queue: jobs by user
+//! and state are the store's running totals (no table count), then the running jobs (at most a
+//! few per device), fair share's recent runs, and one `statvfs` per folder.
 
 use super::{ApiError, AppState};
 use crate::domain::JobState;
@@ -67,6 +68,7 @@ fn negotiate(headers: &HeaderMap) -> Format {
 pub async fn prometheus(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     let mut registry = Registry::default();
     // Every user with jobs has a row for every state, so a series drops to 0 instead of vanishing.
+    // The store's running totals: no table count per scrape.
     let counts = state.store.job_counts().await?;
     let mut by_user: BTreeMap<String, BTreeMap<&str, i64>> = BTreeMap::new();
     for (owner, job_state, count) in &counts {

@@ -56,7 +56,7 @@ mod tests {
         /// A store on a snapshot file (tests only).
         async fn open_snapshot_for_test(path: &Path) -> Store {
             let options = SqliteConnectOptions::new().filename(path).read_only(true);
-            Store { pool: sqlx::sqlite::SqlitePoolOptions::new().connect_with(options).await.unwrap() }
+            Store::over_pool(sqlx::sqlite::SqlitePoolOptions::new().connect_with(options).await.unwrap()).await.unwrap()
         }
     }
 }

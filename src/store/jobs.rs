@@ -303,8 +303,8 @@ static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// `INSERT_JOB` with `job`'s values bound, submitted at `submitted_at`: the one insert of a new
-/// job row, whether submitted or resumed.
-fn insert_job_query(
+/// job row, whether submitted (`group_commit.rs`) or resumed.
+pub(super) fn insert_job_query(
     job: &NewJob,
     submitted_at: String,
 ) -> sqlx::query::QueryAs<'static, sqlx::Sqlite, JobRecord, sqlx::sqlite::SqliteArguments<'static>> {
@@ -324,29 +324,19 @@ fn insert_job_query(
 }
 
 impl Store {
-    /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued).
-    /// One statement per job, each returning its row: a single submission is one round trip.
+    /// Inserts accepted jobs as `queued`, all or none (a repeat group is never half-queued), in
+    /// the submissions' writer's next transaction together with the others that arrive meanwhile
+    /// (`group_commit.rs`); this request's own rows or its own error come back.
     pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
-        let submitted_at = Timestamp::now().to_rfc3339();
-        let insert = |job: &NewJob| insert_job_query(job, submitted_at.clone());
-        let mut inserted = Vec::with_capacity(jobs.len());
-        if let [job] = jobs {
-            if job.spec.waits_for().is_empty() {
-                inserted.push(Job::try_from(insert(job).fetch_one(&self.pool).await?)?);
-                return Ok(inserted);
-            }
-        }
-        let mut transaction = self.pool.begin().await?;
-        for job in jobs {
-            inserted.push(Job::try_from(insert(job).fetch_one(&mut *transaction).await?)?);
-            Self::write_deps(&mut transaction, job.id, &job.spec.waits_for()).await?;
-        }
-        transaction.commit().await?;
-        Ok(inserted)
+        self.submissions.insert(jobs.to_vec()).await
     }
 
     /// Replaces the jobs `id` waits for in `job_deps` with `deps`.
-    async fn write_deps(transaction: &mut sqlx::SqliteConnection, id: JobId, deps: &[JobId]) -> Result<(), StoreError> {
+    pub(super) async fn write_deps(
+        transaction: &mut sqlx::SqliteConnection,
+        id: JobId,
+        deps: &[JobId],
+    ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM job_deps WHERE job_id = ?").bind(id.to_string()).execute(&mut *transaction).await?;
         for dep in deps {
             sqlx::query("INSERT OR IGNORE INTO job_deps (job_id, after_id) VALUES (?, ?)")
@@ -524,19 +514,17 @@ impl Store {
             serde_json::to_string(&JobProgress { activity: String::from("starting"), ..JobProgress::default() })
                 .expect("progress serializes");
         let mut transaction = self.pool.begin().await?;
-        let result = sqlx::query(
+        let claimed: Option<(Option<String>,)> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', device = ?, started_at = ?, attempts = attempts + 1, progress = ? \
-             WHERE id = ? AND state = 'queued'",
+             WHERE id = ? AND state = 'queued' RETURNING owner",
         )
         .bind(device)
         .bind(Timestamp::now().to_rfc3339())
         .bind(progress)
         .bind(id.to_string())
-        .execute(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
-        if result.rows_affected() != 1 {
-            return Ok(false);
-        }
+        let Some((owner,)) = claimed else { return Ok(false) };
         sqlx::query(
             "INSERT INTO job_runs (job_id, owner, device, started_at) SELECT id, owner, ?, ? FROM jobs WHERE id = ?",
         )
@@ -546,6 +534,7 @@ impl Store {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
+        self.totals.moved(owner.as_deref(), Some(JobState::Queued), JobState::Running);
         Ok(true)
     }
 
@@ -582,25 +571,35 @@ impl Store {
         let from_queued = JobState::Queued.can_become(state);
         let mut transaction = self.pool.begin().await?;
         // The last progress snapshot stays (where it stopped), but no longer claims an activity.
-        let result = sqlx::query(
-            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, \
-             progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', ?) END \
-             WHERE id = ? AND (state = 'running' OR (state = 'queued' AND ?))",
-        )
-        .bind(state.as_str())
-        .bind(error)
-        .bind(Timestamp::now().to_rfc3339())
-        .bind(state.as_str())
-        .bind(id.to_string())
-        .bind(from_queued)
-        .execute(&mut *transaction)
-        .await?;
-        if result.rows_affected() != 1 {
-            return Ok(false);
+        // Running first, then queued: the running totals need the state it ended from.
+        let mut ended = None;
+        for from in [JobState::Running, JobState::Queued] {
+            if from == JobState::Queued && !from_queued {
+                break;
+            }
+            let owner: Option<(Option<String>,)> = sqlx::query_as(
+                "UPDATE jobs SET state = ?, error = ?, finished_at = ?, \
+                 progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', ?) END \
+                 WHERE id = ? AND state = ? RETURNING owner",
+            )
+            .bind(state.as_str())
+            .bind(error)
+            .bind(Timestamp::now().to_rfc3339())
+            .bind(state.as_str())
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .fetch_optional(&mut *transaction)
+            .await?;
+            if let Some((owner,)) = owner {
+                ended = Some((owner, from));
+                break;
+            }
         }
+        let Some((owner, from)) = ended else { return Ok(false) };
         Self::close_run(&mut transaction, &id.to_string(), outcome).await?;
         super::notifications::enqueue_for_end(&mut transaction, &id.to_string()).await?;
         transaction.commit().await?;
+        self.totals.moved(owner.as_deref(), Some(from), state);
         Ok(true)
     }
 
@@ -631,13 +630,13 @@ impl Store {
             return Err(StoreError::IllegalTransition { from: JobState::Running, to: outcome.job_state() });
         }
         let mut transaction = self.pool.begin().await?;
-        let result = sqlx::query(
+        let requeued: Option<(Option<String>,)> = sqlx::query_as(
             "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL, \
              spec = COALESCE(?, spec), \
              notes = CASE WHEN ? IS NULL THEN notes ELSE json_insert(notes, '$[#]', ?) END, \
              oom_retried = oom_retried OR ?, \
              resume_point = CASE WHEN ? THEN NULL ELSE resume_point END, executor_ref = NULL, worker_secret_sha256 = NULL \
-             WHERE id = ? AND state = 'running' AND cancel_requested = 0",
+             WHERE id = ? AND state = 'running' AND cancel_requested = 0 RETURNING owner",
         )
         .bind(spec.map(encode_spec))
         .bind(note)
@@ -645,13 +644,12 @@ impl Store {
         .bind(outcome == RunOutcome::Requeued)
         .bind(spec.is_some())
         .bind(id.to_string())
-        .execute(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
-        if result.rows_affected() != 1 {
-            return Ok(false);
-        }
+        let Some((owner,)) = requeued else { return Ok(false) };
         Self::close_run(&mut transaction, &id.to_string(), outcome).await?;
         transaction.commit().await?;
+        self.totals.moved(owner.as_deref(), Some(JobState::Running), JobState::Queued);
         Ok(true)
     }
 
@@ -696,12 +694,8 @@ impl Store {
 
     /// Jobs of `owner` still waiting or running: what the per-user queue limit counts.
     pub async fn active_jobs_of(&self, owner: &str) -> Result<i64, StoreError> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ('queued', 'running')")
-                .bind(owner)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count)
+        // From the running totals: a submission's cap check costs the same at any queue length.
+        Ok(self.totals.of_owner(owner, &[JobState::Queued, JobState::Running]))
     }
 
     /// Every run that ended after `since` (Unix seconds) or is still going: (owner, start, end).
@@ -766,11 +760,16 @@ impl Store {
         Ok(row.and_then(|(hash,)| hash).is_some_and(|hash| hash == crate::domain::user::token_hash(secret)))
     }
 
-    /// Job counts by owner and state: (owner, state, count).
+    /// Job counts by owner and state: (owner, state, count), ordered by owner and state, from the
+    /// running totals (`job_totals.rs`): no table count per call.
     pub async fn job_counts(&self) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
-        Ok(sqlx::query_as("SELECT owner, state, COUNT(*) FROM jobs GROUP BY owner, state ORDER BY owner, state")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(self.totals.snapshot())
+    }
+
+    /// The same counts over the table, to check the running totals against.
+    #[cfg(test)]
+    pub(super) async fn job_counts_by_query(&self) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
+        super::job_totals::counted_by_query(&self.pool).await
     }
 
     /// A job's runs in order: (device, start, end, outcome), Unix seconds.
@@ -809,16 +808,18 @@ impl Store {
     pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
         legal(JobState::Queued, JobState::Cancelled)?;
         let mut transaction = self.pool.begin().await?;
-        let cancelled = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ? AND state = 'queued'",
+        let cancelled: Option<(Option<String>,)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ? AND state = 'queued' \
+             RETURNING owner",
         )
         .bind(Timestamp::now().to_rfc3339())
         .bind(id.to_string())
-        .execute(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
-        if cancelled.rows_affected() == 1 {
+        if let Some((owner,)) = cancelled {
             super::notifications::enqueue_for_end(&mut transaction, &id.to_string()).await?;
             transaction.commit().await?;
+            self.totals.moved(owner.as_deref(), Some(JobState::Queued), JobState::Cancelled);
             return Ok(CancelOutcome::CancelledWhileQueued);
         }
         drop(transaction);
@@ -841,21 +842,21 @@ impl Store {
         legal(JobState::Running, JobState::Queued)?;
         let mut transaction = self.pool.begin().await?;
         // A cancel that was under way when the server died is honoured now.
-        let cancelled: Vec<(String,)> = sqlx::query_as(
+        let cancelled: Vec<(String, Option<String>)> = sqlx::query_as(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, \
              progress = CASE WHEN progress IS NULL THEN NULL ELSE json_set(progress, '$.activity', 'cancelled') END \
-             WHERE state = 'running' AND cancel_requested = 1 RETURNING id",
+             WHERE state = 'running' AND cancel_requested = 1 RETURNING id, owner",
         )
         .bind(Timestamp::now().to_rfc3339())
         .fetch_all(&mut *transaction)
         .await?;
-        for (cancelled_id,) in &cancelled {
+        for (cancelled_id, _) in &cancelled {
             super::notifications::enqueue_for_end(&mut transaction, cancelled_id).await?;
         }
         // Jobs handed to Slurm keep running there without us: they are re-attached, not re-queued.
-        let rows: Vec<(String,)> = sqlx::query_as(
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
             "UPDATE jobs SET state = 'queued', device = NULL, progress = NULL \
-             WHERE state = 'running' AND executor_ref IS NULL RETURNING id",
+             WHERE state = 'running' AND executor_ref IS NULL RETURNING id, owner",
         )
         .fetch_all(&mut *transaction)
         .await?;
@@ -868,7 +869,13 @@ impl Store {
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        rows.into_iter().map(|(id,)| id.parse().map_err(|err| corrupt("id", err))).collect()
+        for (_, owner) in &cancelled {
+            self.totals.moved(owner.as_deref(), Some(JobState::Running), JobState::Cancelled);
+        }
+        for (_, owner) in &rows {
+            self.totals.moved(owner.as_deref(), Some(JobState::Running), JobState::Queued);
+        }
+        rows.into_iter().map(|(id, _)| id.parse().map_err(|err| corrupt("id", err))).collect()
     }
 
     /// Stores the latest progress snapshot of a running job.
@@ -961,6 +968,7 @@ impl Store {
             .execute(&mut *transaction)
             .await?;
         transaction.commit().await?;
+        self.totals.moved(job.owner.as_deref(), None, JobState::Queued);
         Ok(Job { resume_point: Some(point), ..Job::try_from(inserted)? })
     }
 
@@ -998,7 +1006,7 @@ pub(super) mod tests {
         (dir, store)
     }
 
-    fn test_spec() -> JobSpec {
+    pub(in crate::store) fn test_spec() -> JobSpec {
         JobSpec::parse(
             br#"{"dataset": "d", "backbone": "vgg16", "image_size": 32, "batch_size": 4, "head": ["gap", {"dense": 1}],
                             "phases": [{"epochs": 1, "train": "head"}], "optimizer": {"name": "sgd", "lr": 0.1}}"#,
@@ -1021,7 +1029,7 @@ pub(super) mod tests {
     }
 
     /// What a submission of `spec` by `alice` inserts, with no time limit.
-    fn queued_new(spec: JobSpec) -> NewJob {
+    pub(in crate::store) fn queued_new(spec: JobSpec) -> NewJob {
         NewJob {
             id: JobId::new(),
             name: spec.name.clone(),

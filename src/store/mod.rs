@@ -1,7 +1,9 @@
 //! The only place with SQL. SQLite through sqlx: WAL, a busy timeout on every pooled connection,
 //! migrations from `migrations/` applied at open. One file per table family: `jobs.rs` (jobs,
 //! epochs, runs, dependencies), `users.rs`, `notifications.rs` (targets and the outbox),
-//! `retention.rs` (tombstones and disk usage), `backup.rs` (snapshots of the live database).
+//! `retention.rs` (tombstones and disk usage), `backup.rs` (snapshots of the live database);
+//! `group_commit.rs` (one writer task inserting submissions in batches) and `job_totals.rs` (jobs
+//! by owner and state, kept in memory by the state changes).
 //!
 //! Every state change is checked against `JobState::can_become` (`legal`) before it is
 //! written. [`StoreError::is_transient`] and [`StoreError::is_disk_full`] tell a write that may
@@ -13,6 +15,8 @@
 mod accounts;
 mod backup;
 mod budgets;
+mod group_commit;
+mod job_totals;
 mod jobs;
 mod notifications;
 mod reservations;
@@ -27,6 +31,9 @@ pub use notifications::{Notification, NotifyTargets, NotifyTargetsChange};
 pub use reservations::ReservationRefused;
 pub use retention::{JobSize, Tombstone};
 pub use users::UserRecord;
+
+use group_commit::SubmissionWriter;
+use job_totals::JobTotals;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
@@ -130,6 +137,10 @@ pub fn newest_migration() -> i64 {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Jobs by owner and state, moved by every state change (`job_totals.rs`).
+    totals: JobTotals,
+    /// The writer task that inserts submissions in batches (`group_commit.rs`).
+    submissions: SubmissionWriter,
 }
 
 impl Store {
@@ -145,7 +156,15 @@ impl Store {
             .foreign_keys(true);
         Self::migrate(&options).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        Ok(Store { pool })
+        Self::over_pool(pool).await
+    }
+
+    /// The store over an open, migrated pool: counts the jobs once for the running totals and
+    /// starts the submissions' writer task.
+    async fn over_pool(pool: SqlitePool) -> Result<Store, StoreError> {
+        let totals = JobTotals::count(&pool).await?;
+        let submissions = SubmissionWriter::start(pool.clone(), totals.clone());
+        Ok(Store { pool, totals, submissions })
     }
 
     /// Applies the pending migrations on a connection of its own, all together or not at all.
