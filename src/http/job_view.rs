@@ -80,7 +80,7 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
         return Ok(Standing { pending_reason, ..Standing::default() });
     }
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
-    let mut info = match state.scheduler.queue_info(job.id) {
+    let mut info = match state.scheduler.queue_info(job) {
         Some(info) => info,
         // Counted over the jobs submitted since the last pass only, not the whole queue.
         None => state
@@ -103,7 +103,7 @@ async fn waiting_reason(state: &AppState, dep: JobId) -> Result<String, ApiError
         return Ok(format!("waiting for job {}", chain::short_id(dep)));
     };
     let status = match job.state {
-        JobState::Queued => DependencyStatus::Queued(state.scheduler.queue_info(dep).map(|info| info.position)),
+        JobState::Queued => DependencyStatus::Queued(state.scheduler.queue_info(&job).map(|info| info.position)),
         JobState::Running => DependencyStatus::Running(job.progress.clone()),
         ended => DependencyStatus::Ended(ended),
     };

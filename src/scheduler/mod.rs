@@ -74,9 +74,38 @@ pub struct QueueInfo {
 #[derive(Debug, Clone, Default)]
 pub struct SchedulerHandle {
     wake: Arc<Notify>,
-    queue: Arc<RwLock<HashMap<JobId, Place>>>,
+    queue: Arc<RwLock<Standings>>,
+    /// Each user's ready jobs in order, kept by the scheduler's queue: where a job the last pass
+    /// did not look at finds its place.
+    lines: Arc<RwLock<queue::Lines>>,
     /// The highest `seq` the last pass planned: jobs after it are not placed yet.
     planned_up_to: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Jobs a pass looks at before it stops (once that many wait in line and no device has a turn
+/// free): they get their place, reason and ETA in the pass; the others get theirs from the lines
+/// when someone asks ([`policy::Rest::place`]), and no ETA. A pass over 100,000 queued jobs on a
+/// full box costs what one over this many does.
+pub(crate) const DEPTH: usize = 1000;
+
+/// What the last pass left for the API to read: the places it gave, and what places the jobs it
+/// did not look at.
+#[derive(Debug, Default)]
+struct Standings {
+    places: HashMap<JobId, Place>,
+    /// The jobs the pass did not look at.
+    rest: Option<policy::Rest<String>>,
+    /// Jobs held back for disk space, ahead of every job the pass did not look at.
+    disk_ahead: usize,
+    /// What a budget counts a job without a time limit at, when budgets are on.
+    default_charge_seconds: Option<f64>,
+}
+
+impl Standings {
+    /// Jobs with a place, given or to be worked out.
+    fn len(&self) -> usize {
+        self.places.len() + self.rest.as_ref().map_or(0, policy::Rest::left)
+    }
 }
 
 /// A queued job's place as a pass leaves it: worded only when asked ([`SchedulerHandle::queue_info`]),
@@ -115,9 +144,36 @@ impl SchedulerHandle {
         self.wake.clone()
     }
 
-    /// Position, pending reason and ETA of a queued job (after the first pass that saw it).
-    pub fn queue_info(&self, id: JobId) -> Option<QueueInfo> {
-        self.queue.read().expect("queue info poisoned").get(&id).map(Place::info)
+    /// Position, pending reason and ETA of a queued job (after the first pass that saw it). A job
+    /// the pass did not look at is placed now, from its rank in its line (no ETA).
+    pub fn queue_info(&self, job: &Job) -> Option<QueueInfo> {
+        let standings = self.queue.read().expect("queue info poisoned");
+        if let Some(place) = standings.places.get(&job.id) {
+            return Some(place.info());
+        }
+        let rest = standings.rest.as_ref()?;
+        let lines = self.lines.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let user = user_of(job);
+        let start = |user: &String| {
+            let end = rest.lines().iter().find(|line| &line.user == user)?;
+            Some(lines.after(user, end.last))
+        };
+        let index =
+            lines.rank(&user, queue::LineKey::new(job.priority, job.seq, job.id))?.checked_sub(start(&user)?)?;
+        let charge = job.time_limit.map(|limit| limit.seconds() as f64).or(standings.default_charge_seconds);
+        let key_at = |other: &String, at: usize| lines.get(other, start(other)? + at).map(queue::LineKey::order);
+        let (position, reason) = rest.place(&user, index, (job.priority, job.seq), job.memory_bytes, charge, key_at)?;
+        Some(QueueInfo {
+            position: position + standings.disk_ahead,
+            pending_reason: reason.to_string(),
+            eta_at: None,
+            waiting_for: None,
+        })
+    }
+
+    /// Where the job a pass is about to hold back for disk space stood in the last pass.
+    fn place_of(&self, id: JobId) -> Option<QueueInfo> {
+        self.queue.read().expect("queue info poisoned").places.get(&id).map(Place::info)
     }
 
     /// Where a job the scheduler has not planned yet stands for now: behind every job it placed,
@@ -188,7 +244,7 @@ pub async fn run(
 ) {
     // Subscribed before the queue is first read, so no change falls between the two.
     let mut live = events.subscribe(None).live;
-    let mut queue = Queue::default();
+    let mut queue = Queue::with_lines(handle.lines.clone());
     let mut pending = Pending::everything();
     let mut facts = Facts::default();
     let mut last_pass = Instant::now();
@@ -365,7 +421,7 @@ async fn schedule_once(
     .await
     .unwrap_or_default();
     if queue.is_empty() {
-        handle.queue.write().expect("queue info poisoned").clear();
+        *handle.queue.write().expect("queue info poisoned") = Standings::default();
         handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
         return Ok(Facts::default());
     }
@@ -403,23 +459,56 @@ async fn schedule_once(
         })
         .collect();
     let timings = store.epoch_timings().await?;
-    let budgets = match &settings.budgets {
-        Some(policy) => budget_bounds(store, policy, &running, queue, now.unix_seconds()).await?,
-        None => policy::Budgets::default(),
+    let accounts = match &settings.budgets {
+        Some(policy) => policy.accounts(store, &running, None, now.unix_seconds()).await?,
+        None => HashMap::new(),
     };
+    let default_charge_seconds = settings.budgets.as_ref().map(|policy| policy.job_seconds(None));
     let reservations = reservation_spans(store, inventory.slots(), now.unix_seconds()).await?;
-    // Linear in the queue, about a millisecond per thousand jobs. Not under `block_in_place`: the
-    // thread it leaves behind can end up in the blocking pool and exit when idle, and a worker the
-    // supervisor spawned from it would die with it (`PR_SET_PDEATHSIG` follows the thread).
-    let (order, plan, mut places) = {
-        // Jobs waiting for others to succeed are not candidates; they wait behind the rest.
+    // The heads of the lines, as far as the pass must look ([`DEPTH`]). Not under
+    // `block_in_place`: the thread it leaves behind can end up in the blocking pool and exit when
+    // idle, and a worker the supervisor spawned from it would die with it (`PR_SET_PDEATHSIG`
+    // follows the thread).
+    let (order, plan, rest, mut places) = {
         let slurm = inventory.slots().iter().any(|slot| matches!(slot.kind, crate::devices::DeviceKind::Slurm { .. }));
-        let mut candidates: Vec<_> =
-            queue.jobs().filter(|job| job.ready(queue, slurm)).map(queue::Queued::candidate).collect();
-        // In submission order, as the database gave them: `plan` breaks its last ties by input order.
-        candidates.sort_unstable_by_key(|candidate| candidate.seq);
-        let order = policy::usage_order(candidates.iter().map(|candidate| &candidate.user), &usage);
-        let plan = policy::plan_within(&candidates, &devices, &usage, &settings.limits, &budgets, &reservations);
+        let order = policy::usage_order(queue.users(), &usage);
+        // Jobs waiting for others to succeed are not in the lines; they wait behind the rest.
+        // With Slurm, one whose waits all run there is handed over now (Slurm holds it), in its
+        // user's line.
+        let chained = queue.chained();
+        let mut handed: HashMap<&str, Vec<queue::LineKey>> = HashMap::new();
+        for job in chained.iter().filter(|job| job.ready(queue, slurm)) {
+            handed.entry(job.user.as_str()).or_default().push(job.line_key());
+        }
+        for keys in handed.values_mut() {
+            keys.sort_unstable();
+        }
+        let lines = queue.lines();
+        let candidate = |key: queue::LineKey| queue.get(key.id()).map(queue::Queued::candidate);
+        let mut inputs = Vec::new();
+        for (user, line) in lines.iter() {
+            let extra = handed.remove(user.as_str()).unwrap_or_default();
+            let len = line.len() + extra.len();
+            let jobs = Box::new(merged(line.iter().copied(), extra).filter_map(candidate));
+            inputs.push(policy::LineInput { user: user.clone(), len, jobs });
+        }
+        for (user, extra) in handed {
+            let jobs = Box::new(extra.into_iter().filter_map(candidate));
+            inputs.push(policy::LineInput { user: user.to_string(), len: 0, jobs });
+        }
+        let bounds = policy::Bounds {
+            usage: &usage,
+            limits: &settings.limits,
+            accounts: &accounts,
+            reservations: &reservations,
+            depth: DEPTH,
+        };
+        // What a bounded user's job is counted at: its whole limit (its own, else the default).
+        let charge = |candidate: &policy::Candidate<JobId, String>| {
+            accounts.get(&candidate.user).and(candidate.limit_seconds.or(default_charge_seconds))
+        };
+        let (plan, rest) = policy::plan_lines(inputs, &devices, &bounds, &charge);
+        drop(lines);
         let etas = eta::start_times(&timings, &running, &limit_left, queue, &plan, &devices, &settings.limits);
         let mut places: HashMap<JobId, Place> = plan
             .waiting
@@ -433,17 +522,12 @@ async fn schedule_once(
                 (waiting.job, place)
             })
             .collect();
-        let mut chained: Vec<&queue::Queued> = queue.jobs().filter(|job| !job.ready(queue, slurm)).collect();
-        chained.sort_unstable_by_key(|job| job.seq);
-        for (index, job) in chained.into_iter().enumerate() {
-            let place = Place {
-                position: plan.waiting.len() + index + 1,
-                reason: Reason::Dependency(job.unmet[0]),
-                eta_at: None,
-            };
+        let ready = plan.waiting.len() + rest.left();
+        for (index, job) in chained.into_iter().filter(|job| !job.ready(queue, slurm)).enumerate() {
+            let place = Place { position: ready + index + 1, reason: Reason::Dependency(job.unmet[0]), eta_at: None };
             places.insert(job.id, place);
         }
-        (order, plan, places)
+        (order, plan, rest, places)
     };
     // Jobs held by a rolling budget period may fit as old runs leave the window, which no event
     // announces: looked at again like jobs waiting for disk. (A fixed period only frees budget
@@ -524,6 +608,7 @@ async fn schedule_once(
         order,
     };
     // Jobs held back by the disk are next in line; the rest move down behind them.
+    let disk_ahead = waiting_for_disk.len();
     if !waiting_for_disk.is_empty() {
         for info in places.values_mut() {
             info.position += waiting_for_disk.len();
@@ -532,8 +617,9 @@ async fn schedule_once(
             places.insert(id, Place { position: place + 1, reason: Reason::Disk(reason.into()), eta_at: None });
         }
     }
+    let standings = Standings { places, rest: Some(rest), disk_ahead, default_charge_seconds };
     // The old places are freed after the lock is let go.
-    let old = std::mem::replace(&mut *handle.queue.write().expect("queue info poisoned"), places);
+    let old = std::mem::replace(&mut *handle.queue.write().expect("queue info poisoned"), standings);
     handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
     drop(old);
     Ok(facts)
@@ -553,22 +639,17 @@ async fn limits_left(store: &Store, running: &[Job]) -> Result<HashMap<JobId, f6
     Ok(left)
 }
 
-/// The budgets a pass plans within: the accounts of the users with a budget, and the most each
-/// of their queued jobs may be charged. Read again each pass, so an admin's change applies at once.
-async fn budget_bounds(
-    store: &Store,
-    budgets: &crate::budgets::BudgetPolicy,
-    running: &[Job],
-    queue: &Queue,
-    now: f64,
-) -> Result<policy::Budgets<JobId, String>, StoreError> {
-    let accounts = budgets.accounts(store, running, None, now).await?;
-    let job_seconds = queue
-        .jobs()
-        .filter(|job| accounts.contains_key(&job.user))
-        .map(|job| (job.id, budgets.job_seconds(job.time_limit)))
-        .collect();
-    Ok(policy::Budgets { accounts, job_seconds })
+/// `line` and `extra` (both in line order) as one line.
+fn merged(
+    line: impl Iterator<Item = queue::LineKey>,
+    extra: Vec<queue::LineKey>,
+) -> impl Iterator<Item = queue::LineKey> {
+    let (mut line, mut extra) = (line.peekable(), extra.into_iter().peekable());
+    std::iter::from_fn(move || match (line.peek(), extra.peek()) {
+        (Some(a), Some(b)) if b < a => extra.next(),
+        (Some(_), _) => line.next(),
+        (None, _) => extra.next(),
+    })
 }
 
 /// The lab reservations a pass plans within: each device's current or next occurrence of every
@@ -628,7 +709,7 @@ async fn make_room(
 /// A planned job that waits for disk space: its queue entry, said in the log once when it
 /// starts waiting, not on every pass.
 fn waits_for_disk(handle: &SchedulerHandle, id: JobId, short: crate::disk_space::Shortage) -> (JobId, String) {
-    if handle.queue_info(id).is_none_or(|info| !info.pending_reason.starts_with("waiting for disk space")) {
+    if handle.place_of(id).is_none_or(|info| !info.pending_reason.starts_with("waiting for disk space")) {
         tracing::warn!(%id, reason = %short, "job waits for disk space");
     }
     (id, short.to_string())

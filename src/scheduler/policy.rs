@@ -37,7 +37,7 @@
 use crate::domain::budget::{Account, OverBudget};
 use crate::domain::reservation::{Occurrence, When};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
 
@@ -340,9 +340,17 @@ struct Load {
     bytes: u64,
 }
 
+/// What a device is to the sharing rules: its capacity, and whether processes outside trainq use it.
+#[derive(Debug, Clone, Copy)]
+struct Kind {
+    capacity: Capacity,
+    foreign_busy: bool,
+}
+
 /// The sharing rules of one pass, over every device's load as it grows.
-struct Room<'a, D, U> {
-    devices: &'a [DeviceState<D, U>],
+#[derive(Debug, Clone)]
+struct Room {
+    devices: Vec<Kind>,
     loads: Vec<Load>,
     /// Per device, each job's `(seconds to its time limit, memory)`: those running and those
     /// assigned in this pass.
@@ -351,7 +359,7 @@ struct Room<'a, D, U> {
     headroom_bytes: u64,
 }
 
-impl<D, U> Room<'_, D, U> {
+impl Room {
     /// Whether `device` at `load` can take one more job of `bytes`.
     fn hosts(&self, device: usize, load: Load, bytes: u64) -> bool {
         match self.devices[device].capacity {
@@ -381,6 +389,15 @@ impl<D, U> Room<'_, D, U> {
                 memory_bytes.saturating_sub(self.loads[device].bytes).saturating_sub(self.headroom_bytes)
             }
         }
+    }
+
+    /// Whether some device trainq may use could take one more job of some size: a slot without a
+    /// job, a GPU below its job count.
+    fn has_a_free_turn(&self) -> bool {
+        self.usable().any(|device| match self.devices[device].capacity {
+            Capacity::Slot => self.loads[device].jobs == 0,
+            Capacity::Gpu { .. } => self.loads[device].jobs < self.max_jobs_per_gpu,
+        })
     }
 
     fn usable(&self) -> impl Iterator<Item = usize> + '_ {
@@ -483,7 +500,11 @@ impl<D, U> Room<'_, D, U> {
 
 /// One user's queued jobs in the order they start, and what the user holds.
 struct Line<'a, J, U> {
-    jobs: VecDeque<&'a Candidate<J, U>>,
+    /// The next job in the line, if any, and the ones after it (read only as far as a pass looks).
+    head: Option<Candidate<J, U>>,
+    rest: Box<dyn Iterator<Item = Candidate<J, U>> + 'a>,
+    /// Jobs not taken from the line yet, the head included.
+    left: usize,
     usage: f64,
     /// Running jobs plus those assigned in this pass: what the cap counts.
     holding: usize,
@@ -494,6 +515,127 @@ struct Line<'a, J, U> {
     blocked: bool,
     /// The user's budget, its `held` growing with each job started in this pass; `None`: unbounded.
     account: Option<Account>,
+    /// `(priority, seq)` of the last job taken from the line.
+    last: Option<(i64, i64)>,
+}
+
+impl<J, U> Line<'_, J, U> {
+    fn take(&mut self) -> Option<Candidate<J, U>> {
+        let head = self.head.take()?;
+        self.head = self.rest.next();
+        self.left = self.left.saturating_sub(1);
+        self.last = Some((head.priority, head.seq));
+        Some(head)
+    }
+}
+
+/// One user's queued jobs as a pass reads them ([`plan_lines`]): `len` jobs in the order they
+/// start (priority, highest first, then `seq`), produced only as far as the pass looks.
+pub struct LineInput<'a, J, U> {
+    /// Their owner.
+    pub user: U,
+    /// How many jobs `jobs` holds.
+    pub len: usize,
+    /// The jobs, in the order they start.
+    pub jobs: Box<dyn Iterator<Item = Candidate<J, U>> + 'a>,
+}
+
+/// Where a pass left a user's line whose later jobs it did not look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineEnd<U> {
+    /// The line's owner.
+    pub user: U,
+    usage: f64,
+    served: usize,
+    holding: usize,
+    account: Option<Account>,
+    /// `(priority, seq)` of the last job the pass took from the line; `None`: it took none. The
+    /// jobs after it in the line's order are the ones not looked at.
+    pub last: Option<(i64, i64)>,
+    /// How many jobs it did not look at.
+    pub left: usize,
+}
+
+/// The jobs a depth-bounded pass ([`plan_lines`]) did not look at, and what places each of them
+/// in line when someone asks ([`Rest::place`]): nothing per job is computed in the pass.
+#[derive(Debug, Clone)]
+pub struct Rest<U> {
+    lines: Vec<LineEnd<U>>,
+    /// Jobs put in line by the pass (positions 1 to `in_line`).
+    in_line: usize,
+    room: Room,
+    max_running_per_user: Option<usize>,
+}
+
+impl<U: Ord> Rest<U> {
+    /// The lines with jobs the pass did not look at.
+    pub fn lines(&self) -> &[LineEnd<U>] {
+        &self.lines
+    }
+
+    /// Jobs not looked at, over every line.
+    pub fn left(&self) -> usize {
+        self.lines.iter().map(|line| line.left).sum()
+    }
+
+    /// The place and reason of a job the pass did not look at, exactly where the whole pass
+    /// ([`plan_within`]) would have put it, except that a job that can never run (larger than any
+    /// GPU) is counted in line rather than after it. It is `user`'s `index`-th (0-based) job
+    /// after [`LineEnd::last`], with `key = (priority, seq)`, `memory_bytes` and
+    /// `charge_seconds` (what its owner's budget counts it at); `key_at(v, t)` is the key of user
+    /// `v`'s `t`-th such job. `None` when `user` has no such line or `index` is past its end
+    /// (the job came later: the next pass places it).
+    ///
+    /// The lines merge in one order: usage, then jobs served, then priority, then `seq`, then
+    /// user. Each job taken adds one to its user's served count, so the merged line is the
+    /// sorted order of `(usage, served + t, key, user)` over every line's `t`-th job, and a job's
+    /// place is the count of smaller tuples: at most one key is read per user.
+    pub fn place(
+        &self,
+        user: &U,
+        index: usize,
+        key: (i64, i64),
+        memory_bytes: u64,
+        charge_seconds: Option<f64>,
+        key_at: impl Fn(&U, usize) -> Option<(i64, i64)>,
+    ) -> Option<(usize, PendingReason)> {
+        let own = self.lines.iter().find(|line| &line.user == user)?;
+        if index >= own.left {
+            return None;
+        }
+        let turn = own.served + index;
+        let mine = (turn, Reverse(key.0), key.1, user);
+        let mut ahead = self.in_line + index;
+        for other in self.lines.iter().filter(|line| &line.user != user) {
+            ahead += match other.usage.total_cmp(&own.usage) {
+                std::cmp::Ordering::Less => other.left,
+                std::cmp::Ordering::Greater => 0,
+                std::cmp::Ordering::Equal => {
+                    // Their jobs taken at a smaller served count are ahead; the one at the same
+                    // count is ahead if its key is smaller.
+                    let tie = turn.checked_sub(other.served);
+                    let before = tie.unwrap_or(0).min(other.left);
+                    let tied_ahead = tie
+                        .filter(|&t| t < other.left)
+                        .and_then(|t| key_at(&other.user, t))
+                        .is_some_and(|(priority, seq)| (turn, Reverse(priority), seq, &other.user) < mine);
+                    before + usize::from(tied_ahead)
+                }
+            };
+        }
+        let reason = if let Some(reason) = self.room.never(memory_bytes) {
+            reason
+        } else if let Some(limit) = self.max_running_per_user.filter(|&limit| own.holding >= limit) {
+            PendingReason::UserLimit { running: own.holding, limit }
+        } else if let Some((account, seconds)) =
+            own.account.zip(charge_seconds).filter(|(account, seconds)| !account.admits(*seconds))
+        {
+            PendingReason::OverBudget(account.over(seconds))
+        } else {
+            self.room.wait_reason(memory_bytes, ahead)
+        };
+        Some((ahead + 1, reason))
+    }
 }
 
 /// Why a job waits, before the final state of the pass decides the wording.
@@ -536,6 +678,59 @@ where
     U: Clone + Eq + Hash + Ord,
     D: Clone,
 {
+    let bounds = Bounds { usage, limits, accounts: &budgets.accounts, reservations, depth: usize::MAX };
+    let charge = |candidate: &Candidate<J, U>| budgets.job_seconds.get(&candidate.job).copied();
+    plan_lines(lines_of(queued), devices, &bounds, &charge).0
+}
+
+/// `queued` as each user's line, in the order [`plan_lines`] takes them.
+pub fn lines_of<'a, J: Clone + 'a, U: Clone + Ord + 'a>(queued: &[Candidate<J, U>]) -> Vec<LineInput<'a, J, U>> {
+    let mut by_user: BTreeMap<U, Vec<Candidate<J, U>>> = BTreeMap::new();
+    for candidate in queued {
+        by_user.entry(candidate.user.clone()).or_default().push(candidate.clone());
+    }
+    by_user
+        .into_iter()
+        .map(|(user, mut jobs)| {
+            // Stable: jobs of equal priority and seq keep their input order.
+            jobs.sort_by_key(|candidate| (Reverse(candidate.priority), candidate.seq));
+            LineInput { user, len: jobs.len(), jobs: Box::new(jobs.into_iter()) }
+        })
+        .collect()
+}
+
+/// What a pass plans within, besides the queue and the devices.
+pub struct Bounds<'a, U> {
+    /// Each user's [`decayed_usage`] (missing = 0).
+    pub usage: &'a HashMap<U, f64>,
+    /// Packing and per-user caps.
+    pub limits: &'a Limits,
+    /// The accounts of users with a device-hour budget.
+    pub accounts: &'a HashMap<U, Account>,
+    /// Lab reservations.
+    pub reservations: &'a Reservations<U>,
+    /// Once this many jobs wait in line and no device has a turn free for another job, the pass
+    /// stops looking: nothing after could start, and [`Rest::place`] places the rest when asked.
+    pub depth: usize,
+}
+
+/// [`plan_within`] over each user's line as the caller keeps it, looking only as far as it must:
+/// the placements are the same, `waiting` holds the jobs it looked at (with the places and
+/// reasons the whole pass gives them), and the returned [`Rest`] places the others when asked.
+/// `charge` is what a bounded user's job is counted at (its time limit). A pass over a queue of
+/// any length on a full box looks at `depth` jobs.
+pub fn plan_lines<'a, J, U, D>(
+    queued: Vec<LineInput<'a, J, U>>,
+    devices: &[DeviceState<D, U>],
+    bounds: &Bounds<'_, U>,
+    charge: &dyn Fn(&Candidate<J, U>) -> Option<f64>,
+) -> (Plan<J, D>, Rest<U>)
+where
+    J: Copy + Eq + Hash,
+    U: Clone + Eq + Hash + Ord,
+    D: Clone,
+{
+    let Bounds { usage, limits, accounts, reservations, depth } = *bounds;
     let loads = devices
         .iter()
         .map(|device| Load {
@@ -548,7 +743,10 @@ where
         .map(|device| device.running.iter().map(|running| (running.limit_left_seconds, running.memory_bytes)).collect())
         .collect();
     let mut room = Room {
-        devices,
+        devices: devices
+            .iter()
+            .map(|device| Kind { capacity: device.capacity, foreign_busy: device.foreign_busy })
+            .collect(),
         loads,
         ends,
         max_jobs_per_gpu: limits.max_jobs_per_gpu.max(1),
@@ -556,20 +754,21 @@ where
     };
 
     // A BTreeMap, so users whose every key ties are still served in one fixed order.
-    let mut lines: BTreeMap<&U, Line<J, U>> = BTreeMap::new();
-    for candidate in queued {
-        let line = lines.entry(&candidate.user).or_insert_with(|| Line {
-            jobs: VecDeque::new(),
-            usage: usage.get(&candidate.user).copied().unwrap_or(0.0),
+    let mut lines: BTreeMap<U, Line<J, U>> = BTreeMap::new();
+    for LineInput { user, len, mut jobs } in queued {
+        let head = jobs.next();
+        let line = Line {
+            head,
+            rest: jobs,
+            left: len,
+            usage: usage.get(&user).copied().unwrap_or(0.0),
             holding: 0,
             served: 0,
             blocked: false,
-            account: budgets.accounts.get(&candidate.user).copied(),
-        });
-        line.jobs.push_back(candidate);
-    }
-    for line in lines.values_mut() {
-        line.jobs.make_contiguous().sort_by_key(|candidate| (Reverse(candidate.priority), candidate.seq));
+            account: accounts.get(&user).copied(),
+            last: None,
+        };
+        lines.insert(user, line);
     }
     for running in devices.iter().flat_map(|device| &device.running) {
         if let Some(line) = lines.get_mut(&running.user) {
@@ -579,13 +778,16 @@ where
     }
 
     let mut assignments = Vec::new();
-    let mut in_line: Vec<(&Candidate<J, U>, Wait)> = Vec::new();
-    let mut set_aside: Vec<(&Candidate<J, U>, PendingReason)> = Vec::new();
+    let mut in_line: Vec<(Candidate<J, U>, Wait)> = Vec::new();
+    let mut set_aside: Vec<(Candidate<J, U>, PendingReason)> = Vec::new();
     let mut reserved: Option<Kept<J>> = None;
     loop {
+        if in_line.len() >= depth && !room.has_a_free_turn() {
+            break;
+        }
         let next = lines
             .iter()
-            .filter_map(|(user, line)| line.jobs.front().map(|head| (*user, line, head)))
+            .filter_map(|(user, line)| line.head.as_ref().map(|head| (user, line, head)))
             .min_by(|(_, a, a_head), (_, b, b_head)| {
                 a.usage
                     .total_cmp(&b.usage)
@@ -593,10 +795,10 @@ where
                     .then(b_head.priority.cmp(&a_head.priority))
                     .then(a_head.seq.cmp(&b_head.seq))
             })
-            .map(|(user, _, _)| user);
+            .map(|(user, _, _)| user.clone());
         let Some(user) = next else { break };
-        let line = lines.get_mut(user).expect("chosen from the lines");
-        let candidate = line.jobs.pop_front().expect("chosen for its head");
+        let line = lines.get_mut(&user).expect("chosen from the lines");
+        let candidate = line.take().expect("chosen for its head");
         let bytes = candidate.memory_bytes;
         if let Some(reason) = room.never(bytes) {
             // Permanently impossible jobs go to the end of the line; the others keep their turn.
@@ -613,7 +815,7 @@ where
             in_line.push((candidate, Wait::Capped));
             continue;
         }
-        let charge = budgets.job_seconds.get(&candidate.job).copied();
+        let charge = charge(&candidate);
         if let (Some(account), Some(seconds)) = (&line.account, charge) {
             if !account.admits(seconds) {
                 in_line.push((candidate, Wait::SetAside(PendingReason::OverBudget(account.over(seconds)))));
@@ -625,7 +827,7 @@ where
         let device = if line.blocked {
             None
         } else {
-            match placement(&room, reservations, candidate, closed) {
+            match placement(&room, reservations, &candidate, closed) {
                 Ok(device) => device,
                 // Like a budget, a reservation holds this job alone: a shorter one may fit.
                 Err(hold) => {
@@ -657,9 +859,28 @@ where
         }
     }
 
+    let rest = Rest {
+        lines: lines
+            .iter()
+            .filter(|(_, line)| line.left > 0)
+            .map(|(user, line)| LineEnd {
+                user: user.clone(),
+                usage: line.usage,
+                served: line.served,
+                holding: line.holding,
+                account: line.account,
+                last: line.last,
+                left: line.left,
+            })
+            .collect(),
+        in_line: in_line.len(),
+        room: room.clone(),
+        max_running_per_user: limits.max_running_per_user,
+    };
+    // Jobs set aside come after every job in line, the ones not looked at included.
+    let not_looked_at = rest.left();
     let waiting = in_line
         .into_iter()
-        .chain(set_aside.into_iter().map(|(candidate, reason)| (candidate, Wait::SetAside(reason))))
         .enumerate()
         .map(|(ahead, (candidate, wait))| Waiting {
             job: candidate.job,
@@ -674,13 +895,19 @@ where
                 Wait::ForRoom => room.wait_reason(candidate.memory_bytes, ahead),
             },
         })
+        .chain(set_aside.into_iter().enumerate().map(|(index, (candidate, reason))| Waiting {
+            job: candidate.job,
+            position: rest.in_line + not_looked_at + index + 1,
+            reason,
+        }))
         .collect();
-    Plan {
+    let plan = Plan {
         assignments,
         waiting,
         reserved_start_seconds: reserved.as_ref().and_then(|kept| kept.start_seconds),
         reserved: reserved.map(|kept| (kept.job, devices[kept.device].id.clone())),
-    }
+    };
+    (plan, rest)
 }
 
 /// The device kept for the first job in line that waits for room.
@@ -702,8 +929,8 @@ impl<J> Kept<J> {
 /// Where a job starts now under the lab reservations: the device [`Room::place`] picks among
 /// those no reservation keeps it off (`None`: it fits none now), or, when a reservation alone
 /// keeps it off the device it would get, that reservation.
-fn placement<J, U: Eq, D>(
-    room: &Room<'_, D, U>,
+fn placement<J, U: Eq>(
+    room: &Room,
     reservations: &Reservations<U>,
     candidate: &Candidate<J, U>,
     kept: Option<usize>,
@@ -1470,6 +1697,53 @@ mod tests {
             prop_assert_eq!(plan(&queued, &devices, &usage, &limits), plan(&queued, &devices, &moved, &limits));
         }
 
+        /// A pass that stops looking once `depth` jobs wait in line and no device has a turn free
+        /// starts the same jobs as the whole pass, gives the jobs it looked at the whole pass's
+        /// places and reasons, and [`Rest::place`] puts every other job where the whole pass did.
+        #[test]
+        fn a_bounded_pass_places_every_job_where_the_whole_pass_does(case in case(), depth in 0..4usize) {
+            let Case { mut queued, devices, usage, limits } = case;
+            // `Rest::place` counts a job that can never run in line, where the whole pass puts it
+            // last: such jobs are left out (they change no other job's place).
+            let never: Vec<u32> = plan(&queued, &devices, &usage, &limits)
+                .waiting
+                .iter()
+                .filter(|waiting| waiting.reason.is_permanent())
+                .map(|waiting| waiting.job)
+                .collect();
+            queued.retain(|candidate| !never.contains(&candidate.job));
+            let whole = plan(&queued, &devices, &usage, &limits);
+            let (accounts, reservations) = (HashMap::new(), Reservations::default());
+            let bounds = Bounds { usage: &usage, limits: &limits, accounts: &accounts, reservations: &reservations, depth };
+            let (bounded, rest) = plan_lines(lines_of(&queued), &devices, &bounds, &|_| None);
+            prop_assert_eq!(&bounded.assignments, &whole.assignments);
+            prop_assert_eq!(bounded.waiting.len() + rest.left(), whole.waiting.len());
+            for waiting in &bounded.waiting {
+                prop_assert!(whole.waiting.contains(waiting), "{:?} not in {:?}", waiting, whole.waiting);
+            }
+            // Each user's line in order, and where the pass left it.
+            let mut lines: HashMap<u8, Vec<&Candidate<u32, u8>>> = HashMap::new();
+            for candidate in &queued {
+                lines.entry(candidate.user).or_default().push(candidate);
+            }
+            for line in lines.values_mut() {
+                line.sort_by_key(|candidate| (Reverse(candidate.priority), candidate.seq));
+            }
+            let start = |user: &u8| {
+                let last = rest.lines().iter().find(|end| end.user == *user)?.last;
+                Some(lines[user].iter().position(|c| Some((c.priority, c.seq)) == last).map_or(0, |at| at + 1))
+            };
+            let key_at = |user: &u8, at: usize| lines[user].get(start(user)? + at).map(|c| (c.priority, c.seq));
+            let looked: Vec<u32> = bounded.waiting.iter().map(|waiting| waiting.job).collect();
+            for waiting in whole.waiting.iter().filter(|waiting| !looked.contains(&waiting.job)) {
+                let candidate = queued.iter().find(|candidate| candidate.job == waiting.job).unwrap();
+                let user = candidate.user;
+                let index = lines[&user].iter().position(|c| c.job == candidate.job).unwrap() - start(&user).unwrap();
+                let placed = rest.place(&user, index, (candidate.priority, candidate.seq), candidate.memory_bytes, None, key_at);
+                prop_assert_eq!(placed, Some((waiting.position, waiting.reason.clone())), "job {}", waiting.job);
+            }
+        }
+
         /// And an order that changed is noticed.
         #[test]
         fn a_changed_usage_order_is_noticed(a in 0.0..100.0f64, b in 0.0..100.0f64) {
@@ -1708,15 +1982,26 @@ mod tests {
         );
     }
 
-    /// The strategy is worth its cases: over a fixed sample they reach every reason, reservations
-    /// and many assignments.
+    /// The strategy is worth its cases: over a fixed sample they reach every reason, reservations,
+    /// many assignments, and many jobs a bounded pass leaves to [`Rest::place`].
     #[test]
     fn the_cases_reach_every_rule() {
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let strategy = case();
         let (mut reasons, mut reservations, mut assignments) = (std::collections::BTreeSet::new(), 0, 0);
+        let (accounts, no_reservations) = (HashMap::new(), Reservations::default());
+        let mut not_looked_at = 0;
         for _ in 0..1000 {
             let Case { queued, devices, usage, limits } = strategy.new_tree(&mut runner).expect("a case").current();
+            // What a pass that stops after two jobs in line leaves to `Rest::place`.
+            let bounds = Bounds {
+                usage: &usage,
+                limits: &limits,
+                accounts: &accounts,
+                reservations: &no_reservations,
+                depth: 2,
+            };
+            not_looked_at += plan_lines(lines_of(&queued), &devices, &bounds, &|_| None).1.left();
             let plan = plan(&queued, &devices, &usage, &limits);
             reasons.extend(
                 plan.waiting.iter().map(|waiting| std::mem::discriminant(&waiting.reason)).map(|d| format!("{d:?}")),
@@ -1726,6 +2011,7 @@ mod tests {
         }
         assert_eq!(reasons.len(), 7, "every kind of reason occurs");
         assert!(reservations > 100 && assignments > 300, "{reservations} reservations, {assignments} assignments");
+        assert!(not_looked_at > 1000, "{not_looked_at} jobs placed when asked, past a bounded pass");
     }
 
     proptest! {

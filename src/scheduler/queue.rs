@@ -11,7 +11,9 @@
 use crate::domain::{Job, JobId, JobSpec, JobState};
 use crate::events::{EventKind, JobEvent};
 use crate::store::{Store, StoreError};
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -67,6 +69,11 @@ impl Queued {
 }
 
 impl Queued {
+    /// Its place in its user's line.
+    pub(super) fn line_key(&self) -> LineKey {
+        LineKey::new(self.priority, self.seq, self.id)
+    }
+
     /// The job as [`super::policy::plan`] sees it.
     pub(super) fn candidate(&self) -> super::policy::Candidate<JobId, String> {
         super::policy::Candidate {
@@ -99,10 +106,91 @@ impl From<&Job> for Queued {
     }
 }
 
+/// A job's place in its user's line: the order a user's jobs start in (priority, highest first,
+/// then submission).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct LineKey {
+    rank: Reverse<i64>,
+    seq: i64,
+    id: JobId,
+}
+
+impl LineKey {
+    pub(super) fn new(priority: i64, seq: i64, id: JobId) -> LineKey {
+        LineKey { rank: Reverse(priority), seq, id }
+    }
+
+    /// `(priority, seq)`, as the policy orders lines by.
+    pub(super) fn order(&self) -> (i64, i64) {
+        (self.rank.0, self.seq)
+    }
+
+    pub(super) fn id(&self) -> JobId {
+        self.id
+    }
+}
+
+/// Each user's ready jobs (waiting for no other job) in the order they start, kept in step with
+/// the queue: a pass reads the heads of the lines, and [`super::SchedulerHandle`] finds the place
+/// of a job the pass did not look at from its rank in its line, when someone asks.
+#[derive(Debug, Default)]
+pub(super) struct Lines {
+    by_user: HashMap<String, VecDeque<LineKey>>,
+}
+
+impl Lines {
+    fn insert(&mut self, user: &str, key: LineKey) {
+        let line = self.by_user.entry(user.to_string()).or_default();
+        // Mostly at the end: a new job is the user's last of its priority.
+        let at = line.partition_point(|other| *other < key);
+        if line.get(at) != Some(&key) {
+            line.insert(at, key);
+        }
+    }
+
+    fn remove(&mut self, user: &str, key: LineKey) {
+        if let Some(line) = self.by_user.get_mut(user) {
+            if let Ok(at) = line.binary_search(&key) {
+                line.remove(at);
+            }
+            if line.is_empty() {
+                self.by_user.remove(user);
+            }
+        }
+    }
+
+    /// Every user's line.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &VecDeque<LineKey>)> {
+        self.by_user.iter()
+    }
+
+    /// Where the jobs after `last` (`(priority, seq)` of a job a pass took) begin in `user`'s line.
+    pub(super) fn after(&self, user: &str, last: Option<(i64, i64)>) -> usize {
+        match (self.by_user.get(user), last) {
+            (Some(line), Some((priority, seq))) => {
+                line.partition_point(|key| (key.rank, key.seq) <= (Reverse(priority), seq))
+            }
+            _ => 0,
+        }
+    }
+
+    /// The `index`-th job of `user`'s line.
+    pub(super) fn get(&self, user: &str, index: usize) -> Option<&LineKey> {
+        self.by_user.get(user)?.get(index)
+    }
+
+    /// Where `key` is in `user`'s line, if it is there.
+    pub(super) fn rank(&self, user: &str, key: LineKey) -> Option<usize> {
+        self.by_user.get(user)?.binary_search(&key).ok()
+    }
+}
+
 /// The queued jobs, by id.
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     jobs: HashMap<JobId, Queued>,
+    /// The ready jobs as each user's line, shared with the handle.
+    lines: Arc<RwLock<Lines>>,
     seq_sum: i64,
     /// The highest `seq` ever held: jobs submitted later are read by `seq`, in one query.
     max_seq: i64,
@@ -126,9 +214,24 @@ struct Dependency {
 }
 
 impl Queue {
+    /// An empty queue whose lines are `lines` (shared with the scheduler's handle).
+    pub(super) fn with_lines(lines: Arc<RwLock<Lines>>) -> Queue {
+        Queue { lines, ..Queue::default() }
+    }
+
+    /// The lines, for reading (never held across an await).
+    pub(super) fn lines(&self) -> std::sync::RwLockReadGuard<'_, Lines> {
+        self.lines.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lines_mut(&self) -> std::sync::RwLockWriteGuard<'_, Lines> {
+        self.lines.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Replaces the whole queue (at start, after a lag, after a failed audit).
     pub(super) fn replace(&mut self, jobs: Vec<Job>) {
         self.jobs.clear();
+        self.lines_mut().by_user.clear();
         self.users.clear();
         self.deps.clear();
         self.doomed.clear();
@@ -170,10 +273,16 @@ impl Queue {
             unmet.push(dep);
         }
         queued.unmet = unmet;
+        if queued.unmet.is_empty() {
+            self.lines_mut().insert(&queued.user, queued.line_key());
+        }
         self.jobs.insert(job.id, queued);
     }
 
     fn forget(&mut self, old: &Queued) {
+        if old.unmet.is_empty() {
+            self.lines_mut().remove(&old.user, old.line_key());
+        }
         for dep in &old.unmet {
             if let Some(dependency) = self.deps.get_mut(dep) {
                 dependency.waiting.remove(&old.id);
@@ -214,6 +323,10 @@ impl Queue {
                 for id in waiting {
                     if let Some(job) = self.jobs.get_mut(&id) {
                         job.unmet.retain(|unmet| *unmet != dep);
+                        if job.unmet.is_empty() {
+                            let mut lines = self.lines.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                            lines.insert(&job.user, job.line_key());
+                        }
                     }
                 }
             }
@@ -261,8 +374,19 @@ impl Queue {
     }
 
     /// The queued jobs, in no particular order.
+    #[cfg(test)]
     pub(super) fn jobs(&self) -> impl Iterator<Item = &Queued> {
         self.jobs.values()
+    }
+
+    /// The queued jobs that wait for another job, by `seq`: as many as wait, not the queue.
+    pub(super) fn chained(&self) -> Vec<&Queued> {
+        let ids: HashSet<JobId> =
+            self.deps.values().flat_map(|dependency| dependency.waiting.iter().copied()).collect();
+        let mut chained: Vec<&Queued> =
+            ids.into_iter().filter_map(|id| self.jobs.get(&id)).filter(|job| !job.unmet.is_empty()).collect();
+        chained.sort_unstable_by_key(|job| job.seq);
+        chained
     }
 
     /// One queued job.
@@ -523,6 +647,19 @@ mod tests {
                     let truth: Vec<Queued> =
                         store.jobs(Some(JobState::Queued)).await.unwrap().iter().map(Queued::from).collect();
                     assert_eq!(plan_of(queue.jobs()), plan_of(truth.iter()), "seed {seed}, step {step}");
+                    // Each user's line: their jobs in start order (none waits for another here).
+                    let mut expected_lines: HashMap<String, Vec<JobId>> = HashMap::new();
+                    let mut in_order: Vec<&Queued> = truth.iter().collect();
+                    in_order.sort_by_key(|job| (std::cmp::Reverse(job.priority), job.seq));
+                    for job in in_order {
+                        expected_lines.entry(job.user.clone()).or_default().push(job.id);
+                    }
+                    let lines: HashMap<String, Vec<JobId>> = queue
+                        .lines()
+                        .iter()
+                        .map(|(user, line)| (user.clone(), line.iter().map(LineKey::id).collect()))
+                        .collect();
+                    assert_eq!(lines, expected_lines, "seed {seed}, step {step}");
                     assert_eq!(
                         queue.fingerprint(),
                         store.queued_fingerprint().await.unwrap(),

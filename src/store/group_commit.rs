@@ -108,34 +108,64 @@ async fn insert_together(
     batch: &[Submission],
 ) -> Result<Vec<Result<Vec<Job>, StoreError>>, StoreError> {
     let submitted_at = Timestamp::now().to_rfc3339();
-    let mut transaction = pool.begin().await?;
+    let mut connection = begin(pool).await?;
+    let result = insert_each(&mut connection, batch, &submitted_at).await;
+    finish(&mut connection, result).await
+}
+
+async fn insert_each(
+    connection: &mut sqlx::SqliteConnection,
+    batch: &[Submission],
+    submitted_at: &str,
+) -> Result<Vec<Result<Vec<Job>, StoreError>>, StoreError> {
     let mut answers = Vec::with_capacity(batch.len());
     for submission in batch {
-        sqlx::query("SAVEPOINT submission").execute(&mut *transaction).await?;
-        match insert_rows(&mut transaction, &submission.jobs, &submitted_at).await {
+        sqlx::query("SAVEPOINT submission").execute(&mut *connection).await?;
+        match insert_rows(connection, &submission.jobs, submitted_at).await {
             Ok(jobs) => {
-                sqlx::query("RELEASE submission").execute(&mut *transaction).await?;
+                sqlx::query("RELEASE submission").execute(&mut *connection).await?;
                 answers.push(Ok(jobs));
             }
             // The disk, not the row: the transaction may be gone, and each is tried alone.
             Err(err) if err.is_transient() => return Err(err),
             Err(err) => {
-                sqlx::query("ROLLBACK TO submission").execute(&mut *transaction).await?;
-                sqlx::query("RELEASE submission").execute(&mut *transaction).await?;
+                sqlx::query("ROLLBACK TO submission").execute(&mut *connection).await?;
+                sqlx::query("RELEASE submission").execute(&mut *connection).await?;
                 answers.push(Err(err));
             }
         }
     }
-    transaction.commit().await?;
     Ok(answers)
 }
 
 /// Inserts one submission in a transaction of its own.
 async fn insert_alone(pool: &SqlitePool, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
-    let mut transaction = pool.begin().await?;
-    let inserted = insert_rows(&mut transaction, jobs, &Timestamp::now().to_rfc3339()).await?;
-    transaction.commit().await?;
-    Ok(inserted)
+    let mut connection = begin(pool).await?;
+    let result = insert_rows(&mut connection, jobs, &Timestamp::now().to_rfc3339()).await;
+    finish(&mut connection, result).await
+}
+
+/// A connection in a write transaction (the write lock taken at once, within the busy timeout).
+async fn begin(pool: &SqlitePool) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+    let mut connection = pool.acquire().await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
+    Ok(connection)
+}
+
+/// Commits the transaction `begin` opened if `result` is a success. On any error, the work's or
+/// the `COMMIT`'s (a full disk fails either), it is rolled back there and then: SQLite keeps a
+/// transaction whose `COMMIT` failed open, and one left open on a pooled connection holds the
+/// write lock past every other writer's busy timeout.
+async fn finish<T>(connection: &mut sqlx::SqliteConnection, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    let result = match result {
+        Ok(value) => sqlx::query("COMMIT").execute(&mut *connection).await.map(|_| value).map_err(StoreError::from),
+        Err(err) => Err(err),
+    };
+    if result.is_err() {
+        // Fails harmlessly when SQLite already rolled the transaction back itself.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+    }
+    result
 }
 
 /// One submission's rows: each job and what it waits for.

@@ -248,8 +248,8 @@ fn race<'a>(config: &LeverBench, cached: &Cached, off: &'a mut dyn Side, on: &'a
     let (mut off_loss, mut on_loss) = (0.0, 0.0);
     // One warm-up step each (allocator, oneDNN primitive caches), on the same batch.
     let (inputs, labels) = cached.batch(0, config.batch_size);
-    off.step(&inputs, &labels);
-    on.step(&inputs, &labels);
+    let _ = off.step(&inputs, &labels);
+    let _ = on.step(&inputs, &labels);
     for round in 0..config.rounds {
         for (side, times, loss) in [(&mut *off, &mut off_times, &mut off_loss), (&mut *on, &mut on_times, &mut on_loss)]
         {

@@ -1,12 +1,14 @@
 //! `GET /api/jobs` in pages: every job once, pages that stay put while jobs are added, filters by
 //! owner and states, bad queries named, compact rows that still hide what only owners may see,
-//! `ETag`s with `304`, and a queue of 10,000 jobs answered a small page at a time.
+//! `ETag`s with `304`, a queue of 10,000 jobs answered a small page at a time, and a queue longer
+//! than a scheduling pass looks at, every job in its own place.
 
 use crate::helpers::{
     client_with, fake_worker, small_spec, write_dataset, write_vgg16_weights, Options, TestApp, FAKE_WORKER,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -297,4 +299,53 @@ async fn a_queue_of_10000_jobs_is_listed_a_small_page_at_a_time() {
     let every = app.all_jobs("limit=500").await;
     println!("all 10000 jobs in 20 pages of 500: {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     assert_eq!(ids(&every), seeded.iter().rev().cloned().collect::<Vec<_>>());
+}
+
+/// A queue longer than a scheduling pass looks at (1,000 jobs, `scheduler::DEPTH`): the jobs
+/// past it are placed when they are listed, from their rank in their owner's line, and every
+/// queued job still has its own place, 1 to N, each user's jobs in their order, the forty users
+/// (of equal usage) taking turns.
+#[tokio::test]
+async fn every_job_of_a_queue_longer_than_a_pass_looks_at_has_its_own_place() {
+    let (_scripts, options) = fake_worker_options();
+    let (app, seeded) = TestApp::spawn_seeded(options, 2_500, 2_500).await;
+    let placed = |job: &Value| {
+        job["position"].is_u64()
+            && job["pending_reason"] != "just submitted; the scheduler places it in line in a moment"
+    };
+    let started = Instant::now();
+    let queued = loop {
+        let jobs = app.all_jobs("state=queued&limit=500").await;
+        // One CPU slot: one job runs, the rest wait.
+        if jobs.len() == 2_499 && jobs.iter().all(placed) {
+            break jobs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never placed: {}", jobs.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let position = |job: &Value| job["position"].as_u64().unwrap() as usize;
+    let mut positions: Vec<usize> = queued.iter().map(position).collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=2_499).collect::<Vec<_>>(), "each place once");
+    let submitted: HashMap<&str, usize> = seeded.iter().enumerate().map(|(at, id)| (id.as_str(), at)).collect();
+    let mut by_owner: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for job in &queued {
+        by_owner
+            .entry(job["owner"].as_str().unwrap())
+            .or_default()
+            .push((submitted[job["id"].as_str().unwrap()], position(job)));
+    }
+    for (owner, mut jobs) in by_owner {
+        jobs.sort_unstable();
+        assert!(jobs.windows(2).all(|pair| pair[0].1 < pair[1].1), "{owner}'s jobs in their order: {jobs:?}");
+    }
+    let mut in_line: Vec<&Value> = queued.iter().collect();
+    in_line.sort_by_key(|job| position(job));
+    // Far past the first thousand, the forty users still take turns.
+    let owners: std::collections::HashSet<&str> =
+        in_line[2_000..2_040].iter().map(|job| job["owner"].as_str().unwrap()).collect();
+    assert_eq!(owners.len(), 40, "forty users, one job each, in forty places");
+    let (near, far) = (in_line[10], in_line[2_000]);
+    assert_eq!(near["pending_reason"], far["pending_reason"], "the same reason, placed in the pass or when asked");
+    assert!(far["eta_at"].is_null(), "no ETA past the first thousand: {far}");
 }
