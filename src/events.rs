@@ -20,8 +20,12 @@ use tokio_util::sync::CancellationToken;
 /// lines a second per job this covers minutes of every running job.
 const REPLAY_CAPACITY: usize = 8192;
 
-/// How far a slow live subscriber may fall behind before it is told to resynchronise.
-const LIVE_CAPACITY: usize = 1024;
+/// How far a slow live subscriber may fall behind before it is told to resynchronise. The
+/// scheduler is one: a burst of submissions at 2,000/s fills 1,024 slots while one pass waits on
+/// the database for half a second, and falling behind costs it a reload of the whole queue (100,000
+/// specs parsed), which made it fall behind again. 16,384 slots are eight seconds of such a burst,
+/// a few megabytes.
+const LIVE_CAPACITY: usize = 16_384;
 
 /// What happened, as the `data` of a server-sent event whose name is the variant's `type`.
 /// `http::openapi` reads the event names from this type's schema, so each variant is described
