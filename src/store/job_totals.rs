@@ -10,10 +10,13 @@ use sqlx::SqlitePool;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// Jobs counted by (owner, state name).
+type Counts = BTreeMap<(Option<String>, &'static str), i64>;
+
 /// Jobs by (owner, state name); cheap to clone, every clone the same totals.
 #[derive(Debug, Clone, Default)]
 pub(super) struct JobTotals {
-    counts: Arc<Mutex<BTreeMap<(Option<String>, &'static str), i64>>>,
+    counts: Arc<Mutex<Counts>>,
 }
 
 impl JobTotals {
@@ -33,7 +36,7 @@ impl JobTotals {
 
     /// The counts, never poisoned: an update is one addition, so a panic elsewhere cannot leave
     /// it half done.
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Option<String>, &'static str), i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
