@@ -287,29 +287,32 @@ mod tests {
     }
 
     /// A tmpfs of `size` mounted on `dir` (root only); `None`, after a loud SKIPPED line, elsewhere.
+    /// Through mount(2) itself: only the supervisor starts processes.
     fn small_tmpfs(dir: &std::path::Path, size: &str) -> Option<SmallTmpfs> {
-        // SAFETY: geteuid(2) has no preconditions and cannot fail.
-        let mounted = unsafe { libc::geteuid() } == 0
-            && std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(dir)
-                .status()
-                .is_ok_and(|status| status.success());
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let target = CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let (tmpfs, options) = (CString::new("tmpfs").ok()?, CString::new(format!("size={size}")).ok()?);
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call; mount(2) fails
+        // cleanly (EPERM) without root.
+        let mounted =
+            unsafe { libc::mount(tmpfs.as_ptr(), target.as_ptr(), tmpfs.as_ptr(), 0, options.as_ptr().cast()) } == 0;
         if !mounted {
             eprintln!("\n!!! SKIPPED: a full disk needs root to mount a small tmpfs; the full-disk batch was NOT tested !!!\n");
             return None;
         }
-        Some(SmallTmpfs { dir: dir.to_path_buf() })
+        Some(SmallTmpfs { target })
     }
 
     /// Unmounts the tmpfs when dropped.
     struct SmallTmpfs {
-        dir: std::path::PathBuf,
+        target: std::ffi::CString,
     }
 
     impl Drop for SmallTmpfs {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+            // SAFETY: a NUL-terminated path; a lazy unmount cannot fail on a busy mount.
+            unsafe { libc::umount2(self.target.as_ptr(), libc::MNT_DETACH) };
         }
     }
 
