@@ -5,7 +5,8 @@
 //! Passes run only when something changed ([`queue`]): a submission or re-queue (coalesced, at
 //! most one pass per [`queue::COALESCE`]), an end or a cancel (at once), a finished epoch (ETAs,
 //! at most every [`queue::ETA_REFRESH`]). Time alone changes little: while jobs wait for disk
-//! space or for a GPU used outside trainq they are looked at again every [`RECHECK`]; while jobs
+//! space or for a GPU used outside trainq they are looked at again every [`RECHECK`], and jobs a
+//! lab reservation holds when its occurrence next starts or ends; while jobs
 //! run, fair share's decay is checked every [`DECAY_CHECK`] and a pass follows only if it changed
 //! the users' order ([`policy::usage_order`]); the disks' reserve and cache are kept every
 //! [`DISK_CHECK`]; the queue in memory is audited against the database every [`AUDIT`]. An idle
@@ -226,6 +227,9 @@ struct Facts {
     /// Jobs wait for disk space, devices are used outside trainq, or jobs wait for a rolling budget:
     /// look again every [`RECHECK`].
     held_back: bool,
+    /// Jobs wait on a lab reservation: look again when its occurrence next starts or ends, the
+    /// only moment that lets them start (a device freeing wakes the scheduler anyway).
+    reservation_change_at: Option<Instant>,
     /// Jobs run while others wait: fair share's order may change with time.
     running_with_queue: bool,
     /// The users' order the pass planned with.
@@ -288,6 +292,7 @@ pub async fn run(
         let next = [
             pending.due(last_pass, gap).map(|due| due.max(retry_at.unwrap_or(due))),
             recheck_at,
+            facts.reservation_change_at,
             decay_at,
             Some(disk_at),
         ];
@@ -317,7 +322,7 @@ pub async fn run(
             () = tokio::time::sleep_until(wake_at) => {}
         }
         let now = Instant::now();
-        if recheck_at.is_some_and(|at| at <= now) {
+        if recheck_at.is_some_and(|at| at <= now) || facts.reservation_change_at.is_some_and(|at| at <= now) {
             pending.urgent = true;
         }
         if disk_at <= now {
@@ -538,9 +543,13 @@ async fn schedule_once(
         .is_some_and(|budgets| matches!(budgets.period, crate::domain::budget::BudgetPeriod::Rolling { .. }));
     let budget_held = rolling_budget
         && plan.waiting.iter().any(|waiting| matches!(waiting.reason, policy::PendingReason::OverBudget(_)));
-    // Jobs kept off a device by a reservation may start when it ends, which no event announces.
+    // Jobs kept off a device by a reservation may start when it starts (its users) or ends, which
+    // no event announces: the pass after that moment is due then, a little past it.
     let reservation_held =
         plan.waiting.iter().any(|waiting| matches!(waiting.reason, policy::PendingReason::Reserved(_)));
+    let reservation_change_at = reservation_held.then(|| reservations.next_change()).flatten().map(|at| {
+        Instant::now() + Duration::from_secs_f64((at - reservations.now).max(0.0)) + Duration::from_millis(50)
+    });
     // What the jobs started in this pass will write, on top of what is already written.
     let mut committed: Vec<(crate::disk_space::Role, u64)> = Vec::new();
     let mut waiting_for_disk = Vec::new();
@@ -600,10 +609,8 @@ async fn schedule_once(
         supervisor.start(work, slot, phases).await;
     }
     let facts = Facts {
-        held_back: !waiting_for_disk.is_empty()
-            || devices.iter().any(|device| device.foreign_busy)
-            || budget_held
-            || reservation_held,
+        held_back: !waiting_for_disk.is_empty() || devices.iter().any(|device| device.foreign_busy) || budget_held,
+        reservation_change_at,
         running_with_queue: !queue.is_empty() && (!running.is_empty() || !committed.is_empty()),
         order,
     };

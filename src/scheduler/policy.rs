@@ -153,6 +153,20 @@ pub struct ReservedSpan<U> {
     pub users: Vec<U>,
 }
 
+impl<U> Reservations<U> {
+    /// When the next occurrence starts or ends after the pass's `now`, if any: the one moment a
+    /// job a reservation holds can start where it could not (a reservation's users at its start,
+    /// the others at its end). A job held by a reservation needs no look before then.
+    pub fn next_change(&self) -> Option<f64> {
+        self.by_device
+            .iter()
+            .flatten()
+            .map(|span| if span.occurrence.start > self.now { span.occurrence.start } else { span.occurrence.end })
+            .filter(|&at| at > self.now)
+            .min_by(f64::total_cmp)
+    }
+}
+
 impl<U: Eq> Reservations<U> {
     /// The reservation that keeps a job of `user`, with `limit_seconds` left, off `device` now;
     /// `None` when the job may start there.

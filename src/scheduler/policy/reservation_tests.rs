@@ -122,6 +122,25 @@ fn a_weekly_reservation_wraps_to_next_week() {
     );
 }
 
+#[test]
+fn a_held_job_is_looked_at_again_when_the_occurrence_starts_or_ends_and_not_before() {
+    // Bob's job with no limit waits before lab-b and during it; alice's 3 h job waits before it.
+    // At 14:00 alice may start; at 16:00 (one-off) bob may: the pass needs no look in between.
+    let before = lab_b(LAB_START - HOUR, false, 1);
+    assert_eq!(before.next_change(), Some(LAB_START));
+    let plan = run(&[job(1, "alice", 1, Some(3.0)), job(2, "bob", 2, None)], &[slot("gpu0")], &before);
+    assert!(plan.assignments.is_empty(), "both held: {plan:?}");
+    let during = lab_b(LAB_START + HOUR, false, 1);
+    assert_eq!(during.next_change(), Some(LAB_START + 2.0 * HOUR));
+    assert_eq!(run(&[job(1, "alice", 1, Some(3.0))], &[slot("gpu0")], &during).assignments, [(1, "gpu0")]);
+    let after = lab_b(LAB_START + 2.0 * HOUR, false, 1);
+    assert_eq!(after.next_change(), None, "a one-off reservation that ended changes nothing more");
+    assert_eq!(run(&[job(2, "bob", 2, None)], &[slot("gpu0")], &after).assignments, [(2, "gpu0")]);
+    // A weekly one next changes when next week's starts.
+    assert_eq!(lab_b(LAB_START + 2.0 * HOUR, true, 1).next_change(), Some(LAB_START + WEEK_SECONDS));
+    assert_eq!(Reservations::<&str>::default().next_change(), None);
+}
+
 /// A random box: slots, each with up to two reservation spans around `now`, and a queue.
 #[derive(Debug, Clone)]
 struct Case {
