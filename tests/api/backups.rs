@@ -140,7 +140,9 @@ async fn snapshots_taken_while_eight_clients_submit_are_whole_growing_and_restor
     copy_folder(&app.root.join("tokens"), &restored_root.path().join("tokens"));
     write_dataset(restored_root.path(), 2, 1, 1);
     write_vgg16_weights(&restored_root.path().join("weights/vgg16.safetensors"));
-    let worker = fake_worker(scripts.path(), "worker.sh", WORKER);
+    // A script of its own: the first server may be starting `worker.sh` right now, and writing
+    // a file that is being executed fails with "Text file busy" (CI saw it once).
+    let worker = fake_worker(scripts.path(), "restored-worker.sh", WORKER);
     let restored = TestApp::spawn_in(restored_root.path(), Options { worker: Some(worker), ..Options::default() });
     let admin = crate::helpers::client_with(&restored.tokens["root"]);
     let mut listed = BTreeSet::new();
