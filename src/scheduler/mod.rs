@@ -498,8 +498,9 @@ async fn schedule_once(
             inputs.push(policy::LineInput { user: user.clone(), len, jobs });
         }
         for (user, extra) in handed {
+            let len = extra.len();
             let jobs = Box::new(extra.into_iter().filter_map(candidate));
-            inputs.push(policy::LineInput { user: user.to_string(), len: 0, jobs });
+            inputs.push(policy::LineInput { user: user.to_string(), len, jobs });
         }
         let bounds = policy::Bounds {
             usage: &usage,
