@@ -8,11 +8,13 @@
 //!   a step for a few hundred thousand multiply-adds, so dispatch, not arithmetic, is the cost.
 //!   Lever (a): the head in float32, outside autocast: bf16 buys nothing on a 20×512 matmul, and
 //!   autocast adds a cast of each input, weight and bias to every linear, forward and backward.
-//! - Phase 2 (block5 and the head over block4's activations, `[n, 512, 8, 8]`). Lever (b): block5's
-//!   weights held in bf16 for the forward and backward passes, with float32 masters that RMSprop
-//!   updates from the bf16 gradients, writing the next step's bf16 weights in the same pass over
-//!   memory. Autocast instead casts about 28 MB of float32 weights to bf16 every forward pass and
-//!   the bf16 gradients back to float32 every backward pass. The arithmetic is the same (the same
+//!   The off side is the worker's step as it is (lever (b) included).
+//! - Phase 2 (block5 and the head over block4's activations, `[n, 512, 8, 8]`). Lever (b), which
+//!   the worker now takes on a bf16 CPU (`Optimizer::keep_bf16_weights`): the trained weights held
+//!   in bf16 for the forward and backward passes, with float32 masters that the optimizer updates
+//!   from the bf16 gradients, writing the next step's bf16 weights in the same pass over memory.
+//!   Autocast instead casts about 28 MB of float32 weights to bf16 every forward pass and the bf16
+//!   gradients back to float32 every backward pass. The arithmetic is the same (the same
 //!   round-to-nearest-even casts, the same float32 update), so both sides must end with the same
 //!   weights, bit for bit; the bench checks it.
 
@@ -23,10 +25,6 @@ use crate::precision::{CpuBf16, Numerics};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use trainq::domain::spec::{JobSpec, Precision};
-
-extern "C" {
-    fn trainq_clear_grad(tensor: *mut torch_sys::C_tensor) -> std::os::raw::c_int;
-}
 
 /// What `bench-levers` runs.
 pub struct LeverBench {
@@ -88,11 +86,15 @@ struct WorkerStep {
 }
 
 impl WorkerStep {
-    fn new(spec: &JobSpec, phase: usize, numerics: Numerics, float32_head: bool) -> WorkerStep {
+    /// `bf16_weights`: lever (b), the optimizer's bf16 working copies.
+    fn new(spec: &JobSpec, phase: usize, numerics: Numerics, float32_head: bool, bf16_weights: bool) -> WorkerStep {
         tch::manual_seed(1);
         let network = Network::new(spec, Device::Cpu);
         let (trainable, parameters) = network.set_trainable(&spec.phases[phase].train);
-        let optimizer = Optimizer::new(&spec.optimizer, &parameters);
+        let mut optimizer = Optimizer::new(&spec.optimizer, &parameters);
+        if bf16_weights {
+            optimizer.keep_bf16_weights();
+        }
         let cut = network.cut_for(&trainable).expect("Q1's phases leave a frozen prefix");
         WorkerStep { network, trainable, optimizer, cut, numerics, float32_head }
     }
@@ -106,6 +108,7 @@ impl WorkerStep {
 
 impl Side for WorkerStep {
     fn step(&mut self, inputs: &Tensor, labels: &Tensor) -> Tensor {
+        self.optimizer.lower();
         let loss = if self.float32_head {
             self.loss(&inputs.to_kind(Kind::Float), labels)
         } else {
@@ -128,111 +131,6 @@ fn trained_backbone_tensors(network: &Network) -> Vec<Tensor> {
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     named.into_iter().map(|(_, tensor)| tensor).collect()
-}
-
-/// Lever (b): block5's weights live in bf16 inside the network; float32 masters and RMSprop's
-/// state live here; the head keeps the worker's optimizer.
-struct Bf16Weights {
-    inner: WorkerStep,
-    /// Block5's parameters as the network holds them now (bf16 leaves).
-    weights: Vec<Tensor>,
-    masters: Vec<Tensor>,
-    square_averages: Vec<Tensor>,
-    lr: f32,
-}
-
-impl Bf16Weights {
-    fn new(spec: &JobSpec, numerics: Numerics) -> Bf16Weights {
-        let mut inner = WorkerStep::new(spec, 1, numerics, false);
-        let head: Vec<Tensor> = inner
-            .network
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(name, tensor)| name.starts_with("head.") && tensor.requires_grad())
-            .map(|(_, tensor)| tensor)
-            .collect();
-        inner.optimizer = Optimizer::new(&spec.optimizer, &head);
-        let mut weights = trained_backbone_tensors(&inner.network);
-        let masters: Vec<Tensor> = weights.iter().map(|weight| weight.detach().copy()).collect();
-        tch::no_grad(|| {
-            for weight in &mut weights {
-                let bf16 = weight.to_kind(Kind::BFloat16);
-                weight.set_data(&bf16);
-            }
-        });
-        let square_averages = masters.iter().map(Tensor::zeros_like).collect();
-        Bf16Weights { inner, weights, masters, square_averages, lr: spec.optimizer.lr as f32 }
-    }
-}
-
-impl Side for Bf16Weights {
-    fn step(&mut self, inputs: &Tensor, labels: &Tensor) -> Tensor {
-        for weight in &mut self.weights {
-            // SAFETY: a live handle; the shim only resets the tensor's gradient.
-            assert_eq!(unsafe { trainq_clear_grad(weight.as_mut_ptr()) }, 0);
-        }
-        let loss = self.inner.step(inputs, labels);
-        tch::no_grad(|| {
-            for ((weight, master), square_average) in self.weights.iter().zip(&self.masters).zip(&self.square_averages)
-            {
-                rmsprop_from_bf16(master, &weight.grad(), square_average, weight, self.lr);
-            }
-        });
-        loss
-    }
-}
-
-/// Keras' RMSprop (rho 0.9, epsilon 1e-7, no momentum or decay) on a float32 `master` from a bf16
-/// `gradient`, in one pass that also writes the rounded new weight into the bf16 `copy`: the same
-/// float32 arithmetic as `optim::rmsprop_in_one_pass`, and the same round-to-nearest-even as
-/// libtorch's cast.
-fn rmsprop_from_bf16(master: &Tensor, gradient: &Tensor, square_average: &Tensor, copy: &Tensor, lr: f32) {
-    let n = master.numel();
-    for (tensor, kind) in
-        [(master, Kind::Float), (gradient, Kind::BFloat16), (square_average, Kind::Float), (copy, Kind::BFloat16)]
-    {
-        assert!(tensor.kind() == kind && tensor.is_contiguous() && tensor.numel() == n, "{:?}", tensor.size());
-    }
-    // SAFETY: four distinct contiguous CPU tensors of `n` elements of the kinds checked above; no
-    // other code touches them while the slices live (under no_grad), and each thread below takes
-    // its own disjoint chunk of each.
-    let (p, g, s, c) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(master.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts(gradient.data_ptr() as *const u16, n),
-            std::slice::from_raw_parts_mut(square_average.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts_mut(copy.data_ptr() as *mut u16, n),
-        )
-    };
-    let (alpha, rest, eps) = (0.9f32, (1.0 - 0.9f64) as f32, 1e-7f32);
-    let update = |p: &mut [f32], g: &[u16], s: &mut [f32], c: &mut [u16]| {
-        for (((p, &g), s), c) in p.iter_mut().zip(g).zip(s.iter_mut()).zip(c.iter_mut()) {
-            let g = f32::from_bits((g as u32) << 16);
-            *s = *s * alpha + (g * rest) * g;
-            *p -= (g / (s.sqrt() + eps)) * lr;
-            *c = bf16_nearest_even(*p);
-        }
-    };
-    // Threads as the float32 side's update takes them: libtorch's count, 64 Ki elements at least each.
-    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(1 << 16)).max(1);
-    let chunk = n.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (((p, g), s), c) in
-            p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(s.chunks_mut(chunk)).zip(c.chunks_mut(chunk))
-        {
-            scope.spawn(move || update(p, g, s, c));
-        }
-    });
-}
-
-/// A float32 rounded to bf16 as libtorch rounds (`c10::BFloat16`'s round-to-nearest-even).
-fn bf16_nearest_even(value: f32) -> u16 {
-    if value.is_nan() {
-        return 0x7FC0;
-    }
-    let bits = value.to_bits();
-    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
 }
 
 /// Median of per-step seconds.
@@ -274,19 +172,20 @@ pub fn run(config: LeverBench) -> anyhow::Result<()> {
     // are 64 KB an image in bf16).
     let count = 20 * config.batch_size;
 
+    // Lever (a) against the worker's step as it is, lever (b) included (its copies are for autocast).
     let cached = Cached::new(count, &[512]);
-    let mut off = WorkerStep::new(&spec, 0, numerics, false);
-    let mut on = WorkerStep::new(&spec, 0, numerics, true);
+    let mut off = WorkerStep::new(&spec, 0, numerics, false, numerics.bf16_weights());
+    let mut on = WorkerStep::new(&spec, 0, numerics, true, false);
     let (phase1_off, phase1_on, phase1_off_loss, phase1_on_loss) = race(&config, &cached, &mut off, &mut on);
 
     let cached = Cached::new(count, &[512, 8, 8]);
-    let mut off = WorkerStep::new(&spec, 1, numerics, false);
-    let mut on = Bf16Weights::new(&spec, numerics);
+    let mut off = WorkerStep::new(&spec, 1, numerics, false, false);
+    let mut on = WorkerStep::new(&spec, 1, numerics, false, true);
     let (phase2_off, phase2_on, phase2_off_loss, phase2_on_loss) = race(&config, &cached, &mut off, &mut on);
     // The same arithmetic: block5's float32 weights must match bit for bit.
-    let block5 = trained_backbone_tensors(&off.network);
-    let identical = block5.len() == on.masters.len()
-        && block5.iter().zip(&on.masters).all(|(autocast, master)| autocast.detach().equal(master));
+    let (casts, copies) = (trained_backbone_tensors(&off.network), trained_backbone_tensors(&on.network));
+    assert!(on.optimizer.has_bf16_weights() && !copies.is_empty());
+    let identical = casts.len() == copies.len() && casts.iter().zip(&copies).all(|(a, b)| a.detach().equal(b));
 
     println!(
         "{}",

@@ -2,6 +2,14 @@
 //! PyTorch's `torch.optim` SGD, Adam and RMSprop (single-tensor, not fused), but with state this
 //! worker can read and restore — momentum buffers, Adam's moments and step counts — so a resumed
 //! job continues exactly where it stopped (`resume.rs`).
+//!
+//! Under bf16 autocast an optimizer can also keep bf16 working copies of the weights
+//! ([`Optimizer::keep_bf16_weights`]): the forward and backward passes then use them as they are,
+//! where autocast would cast every float32 weight to bf16 on each forward pass and each bf16
+//! gradient back to float32 on each backward pass (VGG16's block5: about 28 MB each way a step).
+//! The float32 weights stay the masters the update writes, and the update writes the next working
+//! copy in the same pass over memory: the same arithmetic and the same rounding, so the weights
+//! come out bit for bit as under autocast's casts.
 
 use anyhow::Context;
 use std::collections::HashMap;
@@ -49,6 +57,15 @@ pub struct Optimizer {
     /// Per parameter: updates applied (torch keeps one count per parameter: a parameter without a
     /// gradient is skipped and its count stays).
     steps: Vec<i64>,
+    /// Per parameter: its bf16 working copy, when it has one ([`Optimizer::keep_bf16_weights`]).
+    working: Vec<Option<Working>>,
+}
+
+/// A weight's bf16 working copy and its float32 master (the same storage the network's variable
+/// holds between steps).
+struct Working {
+    master: Tensor,
+    copy: Tensor,
 }
 
 extern "C" {
@@ -109,6 +126,141 @@ fn rmsprop_in_one_pass(
     true
 }
 
+/// [`rmsprop_in_one_pass`] on a float32 `master` from a bf16 `gradient`, also writing the updated
+/// weight, rounded as libtorch rounds to bf16 (to nearest, ties to even), into its bf16 working
+/// `copy`: the arithmetic of the float32 path after autocast's cast of the gradient (exact: every
+/// bf16 is a float32) and before its cast of the weight. Contiguous tensors only, as the float32
+/// one-pass update: a channels-last weight takes the tensor ops there, which round differently.
+/// Returns false (nothing done) for tensors it does not take.
+fn rmsprop_bf16_in_one_pass(
+    master: &Tensor,
+    gradient: &Tensor,
+    square_avg: &Tensor,
+    copy: &Tensor,
+    [lr, alpha, eps, weight_decay]: [f64; 4],
+) -> bool {
+    let kinds = [(master, Kind::Float), (gradient, Kind::BFloat16), (square_avg, Kind::Float), (copy, Kind::BFloat16)];
+    let n = master.numel();
+    if !kinds.iter().all(|(tensor, kind)| {
+        tensor.device() == tch::Device::Cpu && tensor.kind() == *kind && tensor.numel() == n && tensor.is_contiguous()
+    }) {
+        return false;
+    }
+    // SAFETY: four distinct contiguous CPU tensors of `n` elements, of the kinds checked above.
+    // Nothing else touches them while the slices live (under no_grad, inside `step`), and each
+    // thread below takes a disjoint chunk of each.
+    let (p, g, s, c) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(master.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(gradient.data_ptr() as *const u16, n),
+            std::slice::from_raw_parts_mut(square_avg.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts_mut(copy.data_ptr() as *mut u16, n),
+        )
+    };
+    let (lr, alpha, rest, eps, wd) = (lr as f32, alpha as f32, (1.0 - alpha) as f32, eps as f32, weight_decay as f32);
+    let update = |p: &mut [f32], g: &[u16], s: &mut [f32], c: &mut [u16]| {
+        for (((p, &g), s), c) in p.iter_mut().zip(g).zip(s.iter_mut()).zip(c.iter_mut()) {
+            let g = f32::from_bits(u32::from(g) << 16);
+            let g = if wd != 0.0 { g + *p * wd } else { g };
+            *s = *s * alpha + (g * rest) * g;
+            *p -= (g / (s.sqrt() + eps)) * lr;
+            *c = bf16_nearest_even(*p);
+        }
+    };
+    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(PARALLEL_ELEMENTS));
+    if threads <= 1 {
+        update(p, g, s, c);
+    } else {
+        let chunk = n.div_ceil(threads);
+        std::thread::scope(|scope| {
+            for (((p, g), s), c) in
+                p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(s.chunks_mut(chunk)).zip(c.chunks_mut(chunk))
+            {
+                scope.spawn(move || update(p, g, s, c));
+            }
+        });
+    }
+    true
+}
+
+/// A float32 rounded to bf16 as libtorch rounds it (`c10::BFloat16`: to nearest, ties to even;
+/// NaN stays NaN).
+fn bf16_nearest_even(value: f32) -> u16 {
+    if value.is_nan() {
+        return 0x7FC0;
+    }
+    let bits = value.to_bits();
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// Drops a tensor's gradient.
+fn clear_grad(tensor: &mut Tensor) {
+    // SAFETY: a live handle; the shim only resets the tensor's gradient.
+    let status = unsafe { trainq_clear_grad(tensor.as_mut_ptr()) };
+    assert_eq!(status, 0, "libtorch could not drop a gradient");
+}
+
+/// One update of `parameter` (float32) from `gradient` (float32) by `rule`, with its state
+/// buffers and its step count (this step included), in place.
+fn update(
+    rule: Rule,
+    [lr, weight_decay]: [f64; 2],
+    parameter: &Tensor,
+    gradient: &Tensor,
+    state: &mut [Tensor],
+    steps: i64,
+) {
+    if let Rule::Rmsprop { alpha, eps, momentum: 0.0 } = rule {
+        if rmsprop_in_one_pass(parameter, gradient, &state[0], [lr, alpha, eps, weight_decay]) {
+            return;
+        }
+    }
+    let gradient = if weight_decay != 0.0 { gradient + parameter * weight_decay } else { gradient.shallow_clone() };
+    let mut parameter = parameter.shallow_clone();
+    match rule {
+        Rule::Sgd { momentum } => {
+            let update = if momentum != 0.0 {
+                let buffer = &mut state[0];
+                let _ = buffer.g_mul_scalar_(momentum);
+                let _ = buffer.g_add_(&gradient);
+                buffer.shallow_clone()
+            } else {
+                gradient
+            };
+            let _ = parameter.g_sub_(&(update * lr));
+        }
+        Rule::Adam { beta1, beta2, eps } => {
+            let bias_correction1 = 1.0 - beta1.powi(steps as i32);
+            let bias_correction2 = 1.0 - beta2.powi(steps as i32);
+            let (first, rest) = state.split_at_mut(1);
+            let (exp_avg, exp_avg_sq) = (&mut first[0], &mut rest[0]);
+            let _ = exp_avg.g_mul_scalar_(beta1);
+            let _ = exp_avg.g_add_(&(&gradient * (1.0 - beta1)));
+            let _ = exp_avg_sq.g_mul_scalar_(beta2);
+            let _ = exp_avg_sq.addcmul_(&(&gradient * (1.0 - beta2)), &gradient);
+            let mut denominator = exp_avg_sq.sqrt() / bias_correction2.sqrt();
+            let _ = denominator.g_add_scalar_(eps);
+            let _ = parameter.g_sub_(&((&*exp_avg / denominator) * (lr / bias_correction1)));
+        }
+        Rule::Rmsprop { alpha, eps, momentum } => {
+            let (first, rest) = state.split_at_mut(1);
+            let square_avg = &mut first[0];
+            let _ = square_avg.g_mul_scalar_(alpha);
+            let _ = square_avg.addcmul_(&(&gradient * (1.0 - alpha)), &gradient);
+            let mut average = square_avg.sqrt();
+            let _ = average.g_add_scalar_(eps);
+            if momentum != 0.0 {
+                let buffer = &mut rest[0];
+                let _ = buffer.g_mul_scalar_(momentum);
+                let _ = buffer.addcdiv_(&gradient, &average);
+                let _ = parameter.g_sub_(&(&*buffer * lr));
+            } else {
+                let _ = parameter.g_sub_(&((gradient / average) * lr));
+            }
+        }
+    }
+}
+
 /// The tensor that holds every parameter's step count in an exported state.
 const STEPS: &str = "steps";
 
@@ -132,6 +284,42 @@ impl Optimizer {
             parameters: parameters.iter().map(Tensor::shallow_clone).collect(),
             state,
             steps: vec![0; parameters.len()],
+            working: parameters.iter().map(|_| None).collect(),
+        }
+    }
+
+    /// Keeps a bf16 working copy of every float32 weight of two or more dimensions (convolution
+    /// and dense kernels: what bf16 autocast casts for every forward pass; biases and batch-norm
+    /// tensors are small, and batch norm computes with float32 ones). Between steps the network
+    /// holds the float32 masters, so checkpoints, evaluation and the optimizer's state are as
+    /// without copies; [`Optimizer::lower`] gives it the copies for one step, which [`Optimizer::step`]
+    /// ends. Only for steps under bf16 autocast: without it the copies would compute in bf16.
+    pub fn keep_bf16_weights(&mut self) {
+        tch::no_grad(|| {
+            for (parameter, working) in self.parameters.iter().zip(&mut self.working) {
+                if working.is_none() && parameter.dim() >= 2 && parameter.kind() == Kind::Float {
+                    // The master shares the variable's storage; the copy keeps its layout.
+                    let master = parameter.detach();
+                    let copy = master.to_kind(Kind::BFloat16);
+                    *working = Some(Working { master, copy });
+                }
+            }
+        });
+    }
+
+    /// Whether this optimizer keeps bf16 working copies.
+    pub fn has_bf16_weights(&self) -> bool {
+        self.working.iter().any(Option::is_some)
+    }
+
+    /// Puts the bf16 working copies in the network for the next forward and backward pass; the
+    /// next [`Optimizer::step`] puts the masters back.
+    pub fn lower(&mut self) {
+        for (parameter, working) in self.parameters.iter_mut().zip(&self.working) {
+            if let Some(working) = working {
+                clear_grad(parameter);
+                parameter.set_data(&working.copy);
+            }
         }
     }
 
@@ -139,70 +327,38 @@ impl Optimizer {
     /// ones rather than adding into zeros, a pass over every gradient saved.
     pub fn zero_grad(&mut self) {
         for parameter in &mut self.parameters {
-            // SAFETY: a live handle; the shim only resets the tensor's gradient.
-            let status = unsafe { trainq_clear_grad(parameter.as_mut_ptr()) };
-            assert_eq!(status, 0, "libtorch could not drop a gradient");
+            clear_grad(parameter);
         }
     }
 
-    /// One update of every parameter that has a gradient, in place and outside autograd.
+    /// One update of every parameter that has a gradient, in place and outside autograd. A
+    /// parameter with a bf16 working copy has its float32 master updated from the copy's gradient,
+    /// the copy rewritten from the master, and the master put back in the network.
     pub fn step(&mut self) {
         let (lr, weight_decay, rule) = (self.lr, self.weight_decay, self.rule);
         tch::no_grad(|| {
-            for ((parameter, state), steps) in self.parameters.iter().zip(&mut self.state).zip(&mut self.steps) {
+            let each = self.parameters.iter_mut().zip(&mut self.state).zip(&mut self.steps).zip(&self.working);
+            for (((parameter, state), steps), working) in each {
                 let gradient = parameter.grad();
-                if !gradient.defined() {
-                    continue;
-                }
-                *steps += 1;
-                if let Rule::Rmsprop { alpha, eps, momentum: 0.0 } = rule {
-                    if rmsprop_in_one_pass(parameter, &gradient, &state[0], [lr, alpha, eps, weight_decay]) {
-                        continue;
-                    }
-                }
-                let gradient = if weight_decay != 0.0 { gradient + parameter * weight_decay } else { gradient };
-                let mut parameter = parameter.shallow_clone();
-                match rule {
-                    Rule::Sgd { momentum } => {
-                        let update = if momentum != 0.0 {
-                            let buffer = &mut state[0];
-                            let _ = buffer.g_mul_scalar_(momentum);
-                            let _ = buffer.g_add_(&gradient);
-                            buffer.shallow_clone()
-                        } else {
-                            gradient
-                        };
-                        let _ = parameter.g_sub_(&(update * lr));
-                    }
-                    Rule::Adam { beta1, beta2, eps } => {
-                        let bias_correction1 = 1.0 - beta1.powi(*steps as i32);
-                        let bias_correction2 = 1.0 - beta2.powi(*steps as i32);
-                        let (first, rest) = state.split_at_mut(1);
-                        let (exp_avg, exp_avg_sq) = (&mut first[0], &mut rest[0]);
-                        let _ = exp_avg.g_mul_scalar_(beta1);
-                        let _ = exp_avg.g_add_(&(&gradient * (1.0 - beta1)));
-                        let _ = exp_avg_sq.g_mul_scalar_(beta2);
-                        let _ = exp_avg_sq.addcmul_(&(&gradient * (1.0 - beta2)), &gradient);
-                        let mut denominator = exp_avg_sq.sqrt() / bias_correction2.sqrt();
-                        let _ = denominator.g_add_scalar_(eps);
-                        let _ = parameter.g_sub_(&((&*exp_avg / denominator) * (lr / bias_correction1)));
-                    }
-                    Rule::Rmsprop { alpha, eps, momentum } => {
-                        let (first, rest) = state.split_at_mut(1);
-                        let square_avg = &mut first[0];
-                        let _ = square_avg.g_mul_scalar_(alpha);
-                        let _ = square_avg.addcmul_(&(&gradient * (1.0 - alpha)), &gradient);
-                        let mut average = square_avg.sqrt();
-                        let _ = average.g_add_scalar_(eps);
-                        if momentum != 0.0 {
-                            let buffer = &mut rest[0];
-                            let _ = buffer.g_mul_scalar_(momentum);
-                            let _ = buffer.addcdiv_(&gradient, &average);
-                            let _ = parameter.g_sub_(&(&*buffer * lr));
-                        } else {
-                            let _ = parameter.g_sub_(&((gradient / average) * lr));
+                if gradient.defined() {
+                    *steps += 1;
+                    match working {
+                        None => update(rule, [lr, weight_decay], parameter, &gradient, state, *steps),
+                        Some(Working { master, copy }) => {
+                            let constants = |alpha, eps| [lr, alpha, eps, weight_decay];
+                            let fused = matches!(rule, Rule::Rmsprop { alpha, eps, momentum: 0.0 }
+                                if rmsprop_bf16_in_one_pass(master, &gradient, &state[0], copy, constants(alpha, eps)));
+                            if !fused {
+                                let gradient = gradient.to_kind(Kind::Float);
+                                update(rule, [lr, weight_decay], master, &gradient, state, *steps);
+                                copy.shallow_clone().copy_(master);
+                            }
                         }
                     }
+                }
+                if let Some(working) = working {
+                    clear_grad(parameter);
+                    parameter.set_data(&working.master);
                 }
             }
         });
@@ -338,6 +494,73 @@ mod tests {
                 assert!(difference < 1e-5, "{spec:?}: parameters differ by {difference}");
                 let moved = (a - initial).abs().max().double_value(&[]);
                 assert!(moved > 1e-3 && moved.is_finite(), "{spec:?}: moved by {moved}");
+            }
+        }
+    }
+
+    /// Parameters of a small network: a 3×3 convolution (4 → 8 channels, weight and bias) and a
+    /// dense layer (288 → 256: enough elements for the one-pass updates to split across threads).
+    fn network(seed: i64, channels_last: bool) -> Vec<Tensor> {
+        let mut parameters: Vec<Tensor> = [vec![8, 4, 3, 3], vec![8], vec![640, 128], vec![640]]
+            .iter()
+            .map(|shape| {
+                let count: i64 = shape.iter().product();
+                let values: Vec<f32> =
+                    (0..count).map(|i| ((i as f32 * 0.37 + seed as f32) * 1.7).sin() * 0.2).collect();
+                Tensor::from_slice(&values).view(shape.as_slice()).set_requires_grad(true)
+            })
+            .collect();
+        if channels_last {
+            crate::precision::set_channels_last(&mut parameters);
+        }
+        parameters
+    }
+
+    /// The network's loss on a batch that changes with the step, under bf16 autocast as a bf16
+    /// job's forward pass runs.
+    fn autocast_loss(parameters: &[Tensor], step: i64) -> Tensor {
+        use trainq::domain::spec::Precision;
+        let numerics = crate::precision::Numerics::new(Precision::Bf16, Device::Cpu, crate::precision::CpuBf16::None);
+        let values: Vec<f32> = (0..2 * 4 * 6 * 6).map(|i| ((i + 13 * step) as f32 * 0.61).cos()).collect();
+        let images = Tensor::from_slice(&values).view([2, 4, 6, 6]);
+        numerics.forward(|| {
+            let x = images.conv2d(&parameters[0], Some(&parameters[1]), [1, 1], [0, 0], [1, 1], 1).relu();
+            let y = x.flatten(1, -1).linear(&parameters[2], Some(&parameters[3]));
+            (y - step as f64 * 0.05).tanh().square().mean(Kind::Float)
+        })
+    }
+
+    #[test]
+    fn bf16_working_copies_train_bit_for_bit_as_autocasts_casts_do() {
+        for channels_last in [false, true] {
+            for spec in specs() {
+                let (plain, lowered) = (network(5, channels_last), network(5, channels_last));
+                let mut casts = Optimizer::new(&spec, &plain);
+                let mut copies = Optimizer::new(&spec, &lowered);
+                copies.keep_bf16_weights();
+                assert!(copies.has_bf16_weights() && !casts.has_bf16_weights());
+                for step in 0..8 {
+                    casts.zero_grad();
+                    autocast_loss(&plain, step).backward();
+                    casts.step();
+                    copies.lower();
+                    assert_eq!(lowered[0].kind(), Kind::BFloat16, "the copies train");
+                    assert_eq!(lowered[1].kind(), Kind::Float, "a bias keeps float32");
+                    copies.zero_grad();
+                    autocast_loss(&lowered, step).backward();
+                    copies.step();
+                }
+                let case = format!("{spec:?}, channels-last {channels_last}");
+                for ((a, b), initial) in plain.iter().zip(&lowered).zip(network(5, channels_last)) {
+                    assert_eq!(b.kind(), Kind::Float, "{case}: the masters are back after a step");
+                    assert!(a.equal(b), "{case}: the weights differ by {}", (a - b).abs().max().double_value(&[]));
+                    let moved = (a - initial).abs().max().double_value(&[]);
+                    assert!(moved > 1e-6 && moved.is_finite(), "{case}: moved by {moved}");
+                }
+                assert!(
+                    plain[0].grad().defined() && !lowered[0].grad().defined(),
+                    "{case}: a master carries no bf16 gradient"
+                );
             }
         }
     }
