@@ -24,9 +24,10 @@
 //! `cargo bench --no-default-features --bench load` (env `TRAINQ_LOAD_RATE=2000` per second,
 //! `TRAINQ_LOAD_N=10000` submissions per round, `TRAINQ_LOAD_BIG=100000`: the queue for the second
 //! idle measure, 0 to skip it; `TRAINQ_LOAD_ROUNDS=open,closed`: which halves run;
-//! `TRAINQ_LOAD_CLOSED_N=5000`, `TRAINQ_LOAD_LEVELS=1000,10000,100000`; `TRAINQ_LOAD_SERVER`: another
-//! build's `trainq` binary to measure, e.g. the base branch's, for a before/after on one box). The
-//! CPU flags are printed with the results.
+//! `TRAINQ_LOAD_CLOSED_N=5000`, `TRAINQ_LOAD_DISPATCHES=40` per level,
+//! `TRAINQ_LOAD_LEVELS=1000,10000,100000`; `TRAINQ_LOAD_SERVER`: another build's `trainq` binary to
+//! measure, e.g. the base branch's, for a before/after on one box). The CPU flags are printed with
+//! the results.
 //!
 //! The bench binary is also the load generator: the parent re-executes itself with
 //! `--generator MODE URL RATE N TOKENS_FILE` (in `closed` mode RATE is the number of connections),
@@ -559,13 +560,14 @@ fn closed_loop(levels: &[usize], n: usize) {
         );
         // Quiet means after the passes over the new jobs.
         std::thread::sleep(Duration::from_secs(5));
-        let dispatch = bench.workers.dispatches(10);
+        let dispatches = env_or("TRAINQ_LOAD_DISPATCHES", 40);
+        let dispatch = bench.workers.dispatches(dispatches);
         let idle = idle_cpu(pid, Duration::from_secs(10));
         let metrics = sequential_gets(url, "/metrics", None, 200);
         let first_page = sequential_gets(url, "/api/jobs?limit=50", Some(&bench.students[0]), 200);
         let first_page_admin = sequential_gets(url, "/api/jobs?limit=50", Some(&bench.admin), 200);
         println!(
-            "  at {} queued: dispatch (device frees -> next job running) p50 {:.1} ms max {:.1} ms (10); idle CPU over 10 s {:.2} % of a core; GET /metrics p50 {:.1} ms p99 {:.1} ms; first page GET /api/jobs?limit=50 p50 {:.1} ms p99 {:.1} ms (as the admin: p99 {:.1} ms); RSS {:.0} MB; load average {}",
+            "  at {} queued: dispatch (device frees -> next job running) p50 {:.1} ms max {:.1} ms ({dispatches}); idle CPU over 10 s {:.2} % of a core; GET /metrics p50 {:.1} ms p99 {:.1} ms; first page GET /api/jobs?limit=50 p50 {:.1} ms p99 {:.1} ms (as the admin: p99 {:.1} ms); RSS {:.0} MB; load average {}",
             queued(url),
             quantile(&dispatch, 0.5),
             dispatch.last().unwrap(),
