@@ -10,7 +10,9 @@ The predictions run as the job's own evaluation ran: in its precision (bf16 auto
 `--precision`), with the worker's memory layout per block, and from the activations it cached at
 its last phase's cut, rounded to their stored dtype (`src/worker/features.rs`). A bf16 job's
 probabilities are therefore reproduced within float summation order, not only within bf16's
-rounding (up to 1.3e-3 from a float32 run).
+rounding (up to 1.3e-3 from a float32 run); `preprocess.network_input` normalises with the
+worker's own float32 operations, since a last-bit difference there is rounded the other way by
+a bf16 job's first convolution.
 
     python deploy/load_checkpoint.py spec.json final.safetensors [--precision TEXT] [--onnx model.onnx] [image.jpeg ...]
 
