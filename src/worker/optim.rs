@@ -499,7 +499,7 @@ mod tests {
     }
 
     /// Parameters of a small network: a 3×3 convolution (4 → 8 channels, weight and bias) and a
-    /// dense layer (288 → 256: enough elements for the one-pass updates to split across threads).
+    /// dense layer (128 → 640: enough elements for the one-pass updates to split across threads).
     fn network(seed: i64, channels_last: bool) -> Vec<Tensor> {
         let mut parameters: Vec<Tensor> = [vec![8, 4, 3, 3], vec![8], vec![640, 128], vec![640]]
             .iter()

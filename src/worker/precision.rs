@@ -121,7 +121,7 @@ impl Numerics {
 
     /// Whether training steps use bf16 working copies of the weights they train
     /// ([`crate::optim::Optimizer::keep_bf16_weights`]) rather than autocast's casts: on a CPU under
-    /// bf16 autocast, where Q1's phase-2 step measured 1.17× faster with the same weights, bit for
+    /// bf16 autocast, where Q1's phase-2 step measured 1.10–1.18× faster with the same weights, bit for
     /// bit (`cargo bench --bench train_step`). Not on a GPU until measured there.
     pub fn bf16_weights(&self) -> bool {
         self.bf16 && self.device == Device::Cpu
