@@ -75,112 +75,128 @@ extern "C" {
 /// Below this many elements a parameter is updated on one thread.
 const PARALLEL_ELEMENTS: usize = 1 << 16;
 
-/// RMSprop without momentum on contiguous float32 CPU tensors, in one pass over memory: the
-/// tensor ops of [`Optimizer::step`] make about a dozen passes and four temporaries, which on a
-/// CPU cost a fifth of a VGG16 block5 step. The arithmetic is theirs, element by element, in
-/// float32: `g = g + p·wd`, `s = s·α + (g·(1−α))·g`, `p = p − (g / (√s + ε))·lr`. Returns false
-/// (nothing done) for tensors it does not take: other devices, kinds or layouts.
+/// A gradient's element as it lies in memory: a float32, or a bf16 (the high 16 bits of one).
+trait GradientElement: Copy + Send + Sync {
+    const KIND: Kind;
+    /// The float32 this element is (exact: every bf16 is a float32).
+    fn widen(self) -> f32;
+}
+
+impl GradientElement for f32 {
+    const KIND: Kind = Kind::Float;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl GradientElement for u16 {
+    const KIND: Kind = Kind::BFloat16;
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16)
+    }
+}
+
+/// RMSprop without momentum on contiguous CPU tensors, in one pass over memory: the tensor ops of
+/// [`Optimizer::step`] make about a dozen passes and four temporaries, which on a CPU cost a fifth
+/// of a VGG16 block5 step. The arithmetic is theirs, element by element, in float32:
+/// `g = g + p·wd`, `s = s·α + (g·(1−α))·g`, `p = p − (g / (√s + ε))·lr`.
+///
+/// `parameter` and `square_avg` are float32; `gradient` is float32 or bf16 (a bf16 weight's
+/// gradient: widening it is exactly autocast's cast back to float32). With a bf16 `copy` the
+/// updated weight is also written there, rounded as libtorch rounds to bf16 (to nearest, ties to
+/// even), as autocast's cast of the weight would. Contiguous tensors only: a channels-last weight
+/// takes the tensor ops, which round differently. Returns false (nothing done) for tensors it does
+/// not take: other devices, kinds or layouts.
 fn rmsprop_in_one_pass(
     parameter: &Tensor,
     gradient: &Tensor,
     square_avg: &Tensor,
-    [lr, alpha, eps, weight_decay]: [f64; 4],
+    copy: Option<&Tensor>,
+    constants: [f64; 4],
 ) -> bool {
-    let tensors = [parameter, gradient, square_avg];
-    if !tensors.iter().all(|t| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()) {
-        return false;
+    match gradient.kind() {
+        Kind::Float => rmsprop_over::<f32>(parameter, gradient, square_avg, copy, constants),
+        Kind::BFloat16 => rmsprop_over::<u16>(parameter, gradient, square_avg, copy, constants),
+        _ => false,
     }
-    let n = parameter.numel();
-    if gradient.numel() != n || square_avg.numel() != n {
-        return false;
-    }
-    // SAFETY: three distinct contiguous float32 CPU tensors of `n` elements (checked above), not
-    // otherwise touched while the slices live (under no_grad, inside `step`). A gradient never
-    // shares storage with its parameter or with the optimizer's buffer.
-    let (p, g, s) = unsafe {
-        (
-            std::slice::from_raw_parts_mut(parameter.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts(gradient.data_ptr() as *const f32, n),
-            std::slice::from_raw_parts_mut(square_avg.data_ptr() as *mut f32, n),
-        )
-    };
-    let (lr, alpha, rest, eps, wd) = (lr as f32, alpha as f32, (1.0 - alpha) as f32, eps as f32, weight_decay as f32);
-    let update = |p: &mut [f32], g: &[f32], s: &mut [f32]| {
-        for ((p, &g), s) in p.iter_mut().zip(g).zip(s.iter_mut()) {
-            let g = if wd != 0.0 { g + *p * wd } else { g };
-            *s = *s * alpha + (g * rest) * g;
-            *p -= (g / (s.sqrt() + eps)) * lr;
-        }
-    };
-    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(PARALLEL_ELEMENTS));
-    if threads <= 1 {
-        update(p, g, s);
-    } else {
-        let chunk = n.div_ceil(threads);
-        std::thread::scope(|scope| {
-            for ((p, g), s) in p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(s.chunks_mut(chunk)) {
-                scope.spawn(move || update(p, g, s));
-            }
-        });
-    }
-    true
 }
 
-/// [`rmsprop_in_one_pass`] on a float32 `master` from a bf16 `gradient`, also writing the updated
-/// weight, rounded as libtorch rounds to bf16 (to nearest, ties to even), into its bf16 working
-/// `copy`: the arithmetic of the float32 path after autocast's cast of the gradient (exact: every
-/// bf16 is a float32) and before its cast of the weight. Contiguous tensors only, as the float32
-/// one-pass update: a channels-last weight takes the tensor ops there, which round differently.
-/// Returns false (nothing done) for tensors it does not take.
-fn rmsprop_bf16_in_one_pass(
-    master: &Tensor,
+/// [`rmsprop_in_one_pass`] for gradients of element `G`.
+fn rmsprop_over<G: GradientElement>(
+    parameter: &Tensor,
     gradient: &Tensor,
     square_avg: &Tensor,
-    copy: &Tensor,
+    copy: Option<&Tensor>,
     [lr, alpha, eps, weight_decay]: [f64; 4],
 ) -> bool {
-    let kinds = [(master, Kind::Float), (gradient, Kind::BFloat16), (square_avg, Kind::Float), (copy, Kind::BFloat16)];
-    let n = master.numel();
-    if !kinds.iter().all(|(tensor, kind)| {
-        tensor.device() == tch::Device::Cpu && tensor.kind() == *kind && tensor.numel() == n && tensor.is_contiguous()
-    }) {
+    let n = parameter.numel();
+    let kinds = [
+        (Some(parameter), Kind::Float),
+        (Some(gradient), G::KIND),
+        (Some(square_avg), Kind::Float),
+        (copy, Kind::BFloat16),
+    ];
+    let takes = |tensor: &Tensor, kind| {
+        tensor.device() == tch::Device::Cpu && tensor.kind() == kind && tensor.numel() == n && tensor.is_contiguous()
+    };
+    if !kinds.iter().all(|&(tensor, kind)| tensor.is_none_or(|tensor| takes(tensor, kind))) {
         return false;
     }
-    // SAFETY: four distinct contiguous CPU tensors of `n` elements, of the kinds checked above.
-    // Nothing else touches them while the slices live (under no_grad, inside `step`), and each
-    // thread below takes a disjoint chunk of each.
+    // SAFETY: distinct contiguous CPU tensors of `n` elements, of the kinds checked above. A
+    // gradient never shares storage with its parameter, the optimizer's buffer or the working
+    // copy; nothing else touches them while the slices live (under no_grad, inside `step`), and
+    // each thread below takes a disjoint chunk of each.
     let (p, g, s, c) = unsafe {
         (
-            std::slice::from_raw_parts_mut(master.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts(gradient.data_ptr() as *const u16, n),
+            std::slice::from_raw_parts_mut(parameter.data_ptr() as *mut f32, n),
+            std::slice::from_raw_parts(gradient.data_ptr() as *const G, n),
             std::slice::from_raw_parts_mut(square_avg.data_ptr() as *mut f32, n),
-            std::slice::from_raw_parts_mut(copy.data_ptr() as *mut u16, n),
+            copy.map(|copy| std::slice::from_raw_parts_mut(copy.data_ptr() as *mut u16, n)),
         )
     };
-    let (lr, alpha, rest, eps, wd) = (lr as f32, alpha as f32, (1.0 - alpha) as f32, eps as f32, weight_decay as f32);
-    let update = |p: &mut [f32], g: &[u16], s: &mut [f32], c: &mut [u16]| {
-        for (((p, &g), s), c) in p.iter_mut().zip(g).zip(s.iter_mut()).zip(c.iter_mut()) {
-            let g = f32::from_bits(u32::from(g) << 16);
-            let g = if wd != 0.0 { g + *p * wd } else { g };
-            *s = *s * alpha + (g * rest) * g;
-            *p -= (g / (s.sqrt() + eps)) * lr;
-            *c = bf16_nearest_even(*p);
-        }
+    let constants = [lr as f32, alpha as f32, (1.0 - alpha) as f32, eps as f32, weight_decay as f32];
+    let update = |p: &mut [f32], g: &[G], s: &mut [f32], c: Option<&mut [u16]>| match c {
+        Some(c) => rmsprop_elements::<G, true>(p, g, s, c, constants),
+        None => rmsprop_elements::<G, false>(p, g, s, &mut [], constants),
     };
     let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(PARALLEL_ELEMENTS));
     if threads <= 1 {
         update(p, g, s, c);
     } else {
         let chunk = n.div_ceil(threads);
+        let mut copies = c.map(|c| c.chunks_mut(chunk));
         std::thread::scope(|scope| {
-            for (((p, g), s), c) in
-                p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(s.chunks_mut(chunk)).zip(c.chunks_mut(chunk))
-            {
+            for ((p, g), s) in p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(s.chunks_mut(chunk)) {
+                let c = copies.as_mut().and_then(Iterator::next);
                 scope.spawn(move || update(p, g, s, c));
             }
         });
     }
     true
+}
+
+/// The elements of one thread's chunk, updated by [`rmsprop_in_one_pass`]'s arithmetic; with
+/// `COPY`, each updated weight is also rounded into `c` in the same visit.
+#[inline(always)]
+fn rmsprop_elements<G: GradientElement, const COPY: bool>(
+    p: &mut [f32],
+    g: &[G],
+    s: &mut [f32],
+    c: &mut [u16],
+    [lr, alpha, rest, eps, wd]: [f32; 5],
+) {
+    let n = p.len();
+    // Equal lengths up front let the compiler drop the bounds checks below.
+    assert!(g.len() == n && s.len() == n && (!COPY || c.len() == n));
+    for i in 0..n {
+        let g = g[i].widen();
+        let g = if wd != 0.0 { g + p[i] * wd } else { g };
+        s[i] = s[i] * alpha + (g * rest) * g;
+        p[i] -= (g / (s[i].sqrt() + eps)) * lr;
+        if COPY {
+            c[i] = bf16_nearest_even(p[i]);
+        }
+    }
 }
 
 /// A float32 rounded to bf16 as libtorch rounds it (`c10::BFloat16`: to nearest, ties to even;
@@ -211,7 +227,7 @@ fn update(
     steps: i64,
 ) {
     if let Rule::Rmsprop { alpha, eps, momentum: 0.0 } = rule {
-        if rmsprop_in_one_pass(parameter, gradient, &state[0], [lr, alpha, eps, weight_decay]) {
+        if rmsprop_in_one_pass(parameter, gradient, &state[0], None, [lr, alpha, eps, weight_decay]) {
             return;
         }
     }
@@ -347,7 +363,7 @@ impl Optimizer {
                         Some(Working { master, copy }) => {
                             let constants = |alpha, eps| [lr, alpha, eps, weight_decay];
                             let fused = matches!(rule, Rule::Rmsprop { alpha, eps, momentum: 0.0 }
-                                if rmsprop_bf16_in_one_pass(master, &gradient, &state[0], copy, constants(alpha, eps)));
+                                if rmsprop_in_one_pass(master, &gradient, &state[0], Some(copy), constants(alpha, eps)));
                             if !fused {
                                 let gradient = gradient.to_kind(Kind::Float);
                                 update(rule, [lr, weight_decay], master, &gradient, state, *steps);
