@@ -3,20 +3,23 @@
 //! class's submissions costs one commit per batch instead of one per job, and SQLite's write lock
 //! changes hands once per batch instead of once per job.
 //!
-//! Each submission keeps its own answer: its rows are written inside a savepoint of the batch's
-//! transaction, so a row that fails (a constraint, a value that does not decode) rolls back only
-//! its own submission and answers only its own request. A failure of the transaction itself (its
-//! `BEGIN` or `COMMIT`, or a full disk or an I/O error in any statement) is no submission's fault:
-//! then every submission of the batch is tried again alone, so each request gets the error its
-//! own write meets (a full disk answers each `507`) and nothing is half-written. The writer never
-//! stops on an error; it ends when the last handle to the store is dropped.
+//! A batch's jobs go in as one multi-row insert (`BEGIN`, one `INSERT … RETURNING` per thousand
+//! rows, `COMMIT`): each statement is a round trip to SQLite's thread, and per-submission
+//! savepoints cost two more round trips a submission for a failure that almost never comes.
+//!
+//! Each submission still keeps its own answer. When anything fails — a row (a constraint, a value
+//! that does not decode) or the transaction itself (its `BEGIN` or `COMMIT`, a full disk, an I/O
+//! error) — the batch is rolled back whole and every submission of it is tried again alone, so a
+//! failing row answers only its own request, each request gets the error its own write meets (a
+//! full disk answers each `507`) and nothing is half-written. The writer never stops on an error;
+//! it ends when the last handle to the store is dropped.
 //!
 //! The scheduler's claims and the supervisor's state writes keep out of its way through SQLite's
 //! own lock (the busy timeout): a batch holds at most [`MOST_SUBMISSIONS_PER_BATCH`] submissions,
 //! so the lock is never held for more than a few milliseconds at a time.
 
-use super::jobs::insert_job_query;
-use super::{JobTotals, Store, StoreError};
+use super::jobs::insert_job_rows;
+use super::{JobTotals, StoreError};
 use crate::domain::{Job, JobState, Timestamp};
 use crate::store::NewJob;
 use sqlx::SqlitePool;
@@ -80,9 +83,9 @@ async fn commit_batch(pool: &SqlitePool, totals: &JobTotals, batch: Vec<Submissi
         return;
     }
     let answers = match insert_together(pool, &batch).await {
-        Ok(answers) => answers,
+        Ok(rows) => rows.into_iter().map(Ok).collect(),
         Err(err) => {
-            tracing::warn!(error = ?err, submissions = batch.len(), "a batch of submissions failed as a whole; trying each alone");
+            tracing::warn!(error = ?err, submissions = batch.len(), "a batch of submissions failed; trying each alone");
             let mut answers = Vec::with_capacity(batch.len());
             for submission in &batch {
                 answers.push(insert_alone(pool, &submission.jobs).await);
@@ -101,47 +104,21 @@ async fn commit_batch(pool: &SqlitePool, totals: &JobTotals, batch: Vec<Submissi
     }
 }
 
-/// Inserts a batch in one transaction, each submission in a savepoint of its own: the answer of
-/// each, or the error that failed the transaction as a whole.
-async fn insert_together(
-    pool: &SqlitePool,
-    batch: &[Submission],
-) -> Result<Vec<Result<Vec<Job>, StoreError>>, StoreError> {
+/// Inserts a batch in one transaction: each submission's rows, or the error that failed it.
+async fn insert_together(pool: &SqlitePool, batch: &[Submission]) -> Result<Vec<Vec<Job>>, StoreError> {
     let submitted_at = Timestamp::now().to_rfc3339();
     let mut connection = begin(pool).await?;
-    let result = insert_each(&mut connection, batch, &submitted_at).await;
-    finish(&mut connection, result).await
-}
-
-async fn insert_each(
-    connection: &mut sqlx::SqliteConnection,
-    batch: &[Submission],
-    submitted_at: &str,
-) -> Result<Vec<Result<Vec<Job>, StoreError>>, StoreError> {
-    let mut answers = Vec::with_capacity(batch.len());
-    for submission in batch {
-        sqlx::query("SAVEPOINT submission").execute(&mut *connection).await?;
-        match insert_rows(connection, &submission.jobs, submitted_at).await {
-            Ok(jobs) => {
-                sqlx::query("RELEASE submission").execute(&mut *connection).await?;
-                answers.push(Ok(jobs));
-            }
-            // The disk, not the row: the transaction may be gone, and each is tried alone.
-            Err(err) if err.is_transient() => return Err(err),
-            Err(err) => {
-                sqlx::query("ROLLBACK TO submission").execute(&mut *connection).await?;
-                sqlx::query("RELEASE submission").execute(&mut *connection).await?;
-                answers.push(Err(err));
-            }
-        }
-    }
-    Ok(answers)
+    let jobs: Vec<&NewJob> = batch.iter().flat_map(|submission| &submission.jobs).collect();
+    let result = insert_job_rows(&mut connection, &jobs, &submitted_at).await;
+    let mut rows = finish(&mut connection, result).await?.into_iter();
+    Ok(batch.iter().map(|submission| rows.by_ref().take(submission.jobs.len()).collect()).collect())
 }
 
 /// Inserts one submission in a transaction of its own.
 async fn insert_alone(pool: &SqlitePool, jobs: &[NewJob]) -> Result<Vec<Job>, StoreError> {
     let mut connection = begin(pool).await?;
-    let result = insert_rows(&mut connection, jobs, &Timestamp::now().to_rfc3339()).await;
+    let jobs: Vec<&NewJob> = jobs.iter().collect();
+    let result = insert_job_rows(&mut connection, &jobs, &Timestamp::now().to_rfc3339()).await;
     finish(&mut connection, result).await
 }
 
@@ -168,28 +145,11 @@ async fn finish<T>(connection: &mut sqlx::SqliteConnection, result: Result<T, St
     result
 }
 
-/// One submission's rows: each job and what it waits for.
-async fn insert_rows(
-    connection: &mut sqlx::SqliteConnection,
-    jobs: &[NewJob],
-    submitted_at: &str,
-) -> Result<Vec<Job>, StoreError> {
-    let mut inserted = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let record = insert_job_query(job, submitted_at.to_string()).fetch_one(&mut *connection).await?;
-        inserted.push(Job::try_from(record)?);
-        let waits_for = job.spec.waits_for();
-        if !waits_for.is_empty() {
-            Store::write_deps(connection, job.id, &waits_for).await?;
-        }
-    }
-    Ok(inserted)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::jobs::tests::{queued_new, store, test_spec};
+    use crate::store::Store;
 
     /// A submission for the writer, and the receiver of its answer.
     fn submission(jobs: Vec<NewJob>) -> (Submission, oneshot::Receiver<Result<Vec<Job>, StoreError>>) {

@@ -294,33 +294,67 @@ pub(super) const JOB_COLUMNS: &str = "seq, id, name, state, spec, device, submit
                            memory_bytes, memory_measured, notes, resume_point, parent_id, params, \
                            deleted_at, deleted_by, disk_bytes, pruned_at, time_limit_seconds";
 
-/// The insert of one accepted job, returning its row as every read does.
-static INSERT_JOB: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes, parent_id, params, notes, time_limit_seconds) \
-         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {JOB_COLUMNS}"
-    )
-});
+/// The most job rows one insert statement carries: a row binds 12 values, and SQLite takes at
+/// most 32,766 a statement.
+const ROWS_PER_INSERT: usize = 1000;
 
-/// `INSERT_JOB` with `job`'s values bound, submitted at `submitted_at`: the one insert of a new
-/// job row, whether submitted (`group_commit.rs`) or resumed.
-pub(super) fn insert_job_query(
-    job: &NewJob,
-    submitted_at: String,
-) -> sqlx::query::QueryAs<'static, sqlx::Sqlite, JobRecord, sqlx::sqlite::SqliteArguments<'static>> {
-    sqlx::query_as::<_, JobRecord>(&INSERT_JOB)
-        .bind(job.id.to_string())
-        .bind(job.name.clone())
-        .bind(encode_spec(&job.spec))
-        .bind(submitted_at)
-        .bind(job.group_id.clone())
-        .bind(job.owner.clone())
-        .bind(job.priority)
-        .bind(job.memory_bytes as i64)
-        .bind(job.parent_id.map(|id| id.to_string()))
-        .bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
-        .bind(serde_json::to_string(&job.notes).expect("strings serialize"))
-        .bind(job.time_limit.map(|limit| limit.seconds() as i64))
+/// Inserts of up to this many rows are kept prepared (one statement per row count).
+const PREPARED_ROW_COUNTS: usize = 16;
+
+/// Inserts accepted jobs as `queued` rows, submitted at `submitted_at`, with what each waits for,
+/// on a connection inside a transaction: one multi-row insert per [`ROWS_PER_INSERT`] jobs, so a
+/// batch of submissions costs one statement, not one per job. Returns their rows in `jobs`' order;
+/// the first error fails the whole call (the caller rolls back). The one insert of a new job row,
+/// whether submitted (`group_commit.rs`) or resumed.
+pub(super) async fn insert_job_rows(
+    connection: &mut sqlx::SqliteConnection,
+    jobs: &[&NewJob],
+    submitted_at: &str,
+) -> Result<Vec<Job>, StoreError> {
+    let mut inserted = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO jobs (id, name, state, spec, submitted_at, group_id, owner, priority, memory_bytes, \
+             parent_id, params, notes, time_limit_seconds) ",
+        );
+        insert.push_values(chunk, |mut row, job| {
+            row.push_bind(job.id.to_string())
+                .push_bind(job.name.clone())
+                .push("'queued'")
+                .push_bind(encode_spec(&job.spec))
+                .push_bind(submitted_at.to_string())
+                .push_bind(job.group_id.clone())
+                .push_bind(job.owner.clone())
+                .push_bind(job.priority)
+                .push_bind(job.memory_bytes as i64)
+                .push_bind(job.parent_id.map(|id| id.to_string()))
+                .push_bind(job.params.as_ref().map(|params| serde_json::Value::Object(params.clone()).to_string()))
+                .push_bind(serde_json::to_string(&job.notes).expect("strings serialize"))
+                .push_bind(job.time_limit.map(|limit| limit.seconds() as i64));
+        });
+        insert.push(format_args!(" RETURNING {JOB_COLUMNS}"));
+        // RETURNING promises no order: the rows are put back in the submissions' by id.
+        let mut rows = std::collections::HashMap::with_capacity(chunk.len());
+        // sqlx keeps each connection's last 100 statements prepared, keyed by their text, and every
+        // row count is a text of its own: the small batches of steady traffic stay prepared; a
+        // burst's large ones are prepared for the once, not evicting the scheduler's statements.
+        let query = insert.build_query_as::<JobRecord>().persistent(chunk.len() <= PREPARED_ROW_COUNTS);
+        for record in query.fetch_all(&mut *connection).await? {
+            let job = Job::try_from(record)?;
+            rows.insert(job.id, job);
+        }
+        for job in chunk {
+            let row = rows.remove(&job.id).ok_or_else(|| corrupt("id", "an inserted job came back without its row"))?;
+            inserted.push(row);
+        }
+    }
+    for job in jobs {
+        let waits_for = job.spec.waits_for();
+        if !waits_for.is_empty() {
+            Store::write_deps(connection, job.id, &waits_for).await?;
+        }
+    }
+    Ok(inserted)
 }
 
 impl Store {
@@ -947,8 +981,7 @@ impl Store {
     /// put in its folder.
     pub async fn insert_resumed(&self, job: &NewJob, parent: JobId, point: ResumePoint) -> Result<Job, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let inserted = insert_job_query(job, Timestamp::now().to_rfc3339()).fetch_one(&mut *transaction).await?;
-        Self::write_deps(&mut transaction, job.id, &job.spec.waits_for()).await?;
+        let inserted = insert_job_rows(&mut transaction, &[job], &Timestamp::now().to_rfc3339()).await?.remove(0);
         sqlx::query(
             "INSERT INTO epoch_metrics (job_id, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, ran_in_job) \
              SELECT ?, phase, epoch, train_loss, train_acc, val_loss, val_acc, seconds, COALESCE(ran_in_job, job_id) \
@@ -969,7 +1002,7 @@ impl Store {
             .await?;
         transaction.commit().await?;
         self.totals.moved(job.owner.as_deref(), None, JobState::Queued);
-        Ok(Job { resume_point: Some(point), ..Job::try_from(inserted)? })
+        Ok(Job { resume_point: Some(point), ..inserted })
     }
 
     /// A job's curves, in phase and epoch order.
