@@ -148,7 +148,7 @@ fn summarize(outcomes: impl IntoIterator<Item = Outcome>, seconds: f64) -> Summa
 /// The closed-loop generator: `connections` connections, each sending its next submission when
 /// its last is answered, until `n` have been sent. Each connection has a client of its own, so
 /// none waits on another's connection.
-fn closed_loop_generator(url: &str, connections: usize, n: usize, tokens: &[String]) -> Summary {
+fn closed_loop_generator(url: &str, connections: usize, n: usize, tokens: &[String], healthz: bool) -> Summary {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -168,7 +168,12 @@ fn closed_loop_generator(url: &str, connections: usize, n: usize, tokens: &[Stri
                         if index >= n {
                             return outcomes;
                         }
-                        outcomes.push(submit_once(&client, &url, &tokens[index % tokens.len()], index).await);
+                        outcomes.push(if healthz {
+                            let sent = tokio::time::Instant::now();
+                            outcome_of(index, client.get(format!("{url}/healthz")).send().await, sent).await
+                        } else {
+                            submit_once(&client, &url, &tokens[index % tokens.len()], index).await
+                        });
                     }
                 })
             })
@@ -185,8 +190,8 @@ fn closed_loop_generator(url: &str, connections: usize, n: usize, tokens: &[Stri
 /// `closed` mode, `n` submissions over `rate` connections, closed loop.
 fn generator(mode: &str, url: &str, rate: f64, n: usize, tokens_file: &Path) {
     let tokens: Vec<String> = std::fs::read_to_string(tokens_file).unwrap().lines().map(str::to_string).collect();
-    if mode == "closed" {
-        let summary = closed_loop_generator(url, rate as usize, n, &tokens);
+    if mode == "closed" || mode == "closed-healthz" {
+        let summary = closed_loop_generator(url, rate as usize, n, &tokens, mode == "closed-healthz");
         println!("{}", serde_json::to_string(&summary).unwrap());
         return;
     }
@@ -551,12 +556,21 @@ fn closed_loop(levels: &[usize], n: usize) {
         submitted += round.accepted_ids.len();
         let refused = n - round.accepted_ids.len();
         let (p50, p99, max) = latency(&round);
+        // The ceiling: the same client, loop and connections on `GET /healthz` (no auth, no
+        // database), so the submission's own cost is the gap between the two lines.
+        let ceiling = generate("closed-healthz", url, connections, n, &bench.tokens_file);
+        let (h50, h99, _) = latency(&ceiling);
         println!(
             "closed loop at {level} queued ({} -> {} submitted), {CLOSED_LOOP_CONNECTIONS} connections, {n} submissions: {:.0} submits/s, p50 {p50:.1} ms p99 {p99:.1} ms max {max:.0} ms, refused {refused}; load average {}",
             submitted - round.accepted_ids.len(),
             submitted,
             round.accepted_ids.len() as f64 / round.seconds,
             load_average(),
+        );
+        println!(
+            "  baseline: the same loop on GET /healthz, {n} requests: {:.0} requests/s, p50 {h50:.1} ms p99 {h99:.1} ms; submits/healthz {:.2}x",
+            n as f64 / ceiling.seconds,
+            (round.accepted_ids.len() as f64 / round.seconds) / (n as f64 / ceiling.seconds),
         );
         // Quiet means after the passes over the new jobs.
         std::thread::sleep(Duration::from_secs(5));

@@ -194,7 +194,7 @@ impl Parts {
         services: Services,
     ) -> anyhow::Result<AppState> {
         let Services { backups, transport, welcome, budgets } = services;
-        Ok(AppState {
+        Ok(AppState::from(crate::http::AppParts {
             store: self.store,
             scheduler: self.scheduler,
             supervisor,
@@ -214,7 +214,7 @@ impl Parts {
             backups,
             transport,
             welcome,
-        })
+        }))
     }
 }
 

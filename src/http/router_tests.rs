@@ -48,7 +48,7 @@ pub(super) async fn test_router() -> TestRouter {
         disk.clone(),
         telemetry.clone(),
     );
-    let state = AppState {
+    let state = AppState::from(super::AppParts {
         telemetry,
         store,
         scheduler,
@@ -79,7 +79,7 @@ pub(super) async fn test_router() -> TestRouter {
         backups: crate::backup::BackupStatus::new(None),
         transport: crate::tls::Transport { tls: false, loopback_only: true },
         welcome: super::WelcomeMail::default(),
-    };
+    });
     TestRouter { router: router(state), token, _dir: dir }
 }
 
