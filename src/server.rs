@@ -214,6 +214,7 @@ impl Parts {
             backups,
             transport,
             welcome,
+            recent_inputs: crate::submit::RecentInputs::default(),
         }))
     }
 }

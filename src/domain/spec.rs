@@ -36,7 +36,7 @@ impl SpecError {
 }
 
 /// Where the backbone's initial weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// `<weights dir>/<backbone>.safetensors`, torchvision parameter names.

@@ -157,6 +157,8 @@ pub struct AppParts {
     /// How new accounts get their tokens: by a welcome mail (when SMTP is set), through the
     /// notifier this wakes.
     pub welcome: users::WelcomeMail,
+    /// The datasets and weights submissions found on disk in the last second.
+    pub recent_inputs: crate::submit::RecentInputs,
 }
 
 impl AppParts {
@@ -179,6 +181,7 @@ impl AppParts {
                 time_limits: self.limits.time_limits,
             },
             budgets: self.limits.budgets.as_deref(),
+            recent_inputs: &self.recent_inputs,
         }
     }
 

@@ -79,6 +79,7 @@ pub(super) async fn test_router() -> TestRouter {
         backups: crate::backup::BackupStatus::new(None),
         transport: crate::tls::Transport { tls: false, loopback_only: true },
         welcome: super::WelcomeMail::default(),
+        recent_inputs: crate::submit::RecentInputs::default(),
     });
     TestRouter { router: router(state), token, _dir: dir }
 }

@@ -10,14 +10,15 @@
 //! specs are `domain::chain`'s; the ones that read the store or the disk are in `waits.rs`.
 
 mod budget;
+mod inputs;
 mod resume;
 mod waits;
 
+pub use inputs::RecentInputs;
 pub use resume::check_resumable;
 
-use crate::catalog;
 use crate::disk_space::{Disk, Full};
-use crate::domain::spec::{Resize, Weights};
+use crate::domain::spec::Resize;
 use crate::domain::sweep::{self, Variant};
 use crate::domain::user::User;
 use crate::domain::{Job, JobId, JobSpec, SpecError};
@@ -68,6 +69,8 @@ pub struct Submissions<'a> {
     pub caps: Caps,
     /// Device-hour budgets: a job that could never fit its owner's is refused.
     pub budgets: Option<&'a crate::budgets::BudgetPolicy>,
+    /// Inputs found on disk in the last second.
+    pub recent_inputs: &'a RecentInputs,
 }
 
 /// Why a submission (or a change of what a job waits for) was refused; nothing was queued.
@@ -247,17 +250,6 @@ impl Submissions<'_> {
         let largest = self.store.largest_jobs_of(&user.name, 3).await?;
         Err(SubmitError::DiskQuota { quota_bytes, usage_bytes, largest })
     }
-
-    /// Checks a parsed spec against what is on disk now: the dataset (from the catalog's index),
-    /// its classes, the weights file's header. Filesystem work, so off the async runtime.
-    async fn check_inputs(&self, spec: &JobSpec) -> Result<(), SubmitError> {
-        let (datasets, weights, spec) =
-            (self.folders.datasets.to_path_buf(), self.folders.weights.to_path_buf(), spec.clone());
-        tokio::task::spawn_blocking(move || check_inputs_on_disk(&datasets, &weights, &spec))
-            .await
-            .map_err(|err| SubmitError::Internal(err.into()))?
-            .map_err(SubmitError::from)
-    }
 }
 
 /// A resubmit's body as a JSON merge patch (RFC 7396): an object, `{}` when empty.
@@ -316,39 +308,4 @@ fn check_spec_limits(caps: &Caps, user: &User, spec: &JobSpec) -> Result<(), Sub
         );
     }
     Ok(())
-}
-
-/// The dataset named by `spec` has training images and its classes, and the ImageNet weights it
-/// starts from are installed and readable.
-fn check_inputs_on_disk(datasets: &Path, weights: &Path, spec: &JobSpec) -> Result<(), SpecError> {
-    let dataset = catalog::datasets::open(datasets, &spec.dataset)
-        .map_err(|err| SpecError::new("dataset", format!("{err}; GET /api/datasets lists the datasets")))?;
-    if dataset.split("train").is_none_or(|split| split.images == 0) {
-        return Err(SpecError::new("dataset", format!("dataset `{}` has no training images", dataset.name)));
-    }
-    spec.check_classes(dataset.classes.len())?;
-    if let Some(class_weight) = &spec.class_weight {
-        class_weight.check_classes(&dataset.name, &dataset.classes)?;
-    }
-    if spec.weights != Weights::Imagenet {
-        return Ok(());
-    }
-    if let Some(file) = catalog::weights::find(weights, spec.backbone) {
-        // The header alone (kilobytes) tells a wrong file now, not hours later in the worker.
-        return crate::domain::weights_layout::check_file(spec.backbone, &file).map(drop).map_err(|err| {
-            SpecError::new(
-                "weights",
-                format!("the installed weights file is unusable ({err}); the admin can replace it with `trainq weights fetch {}`", spec.backbone.name()),
-            )
-        });
-    }
-    Err(SpecError::new(
-        "weights",
-        format!(
-            "no ImageNet weights installed for {backbone}: the admin can run `trainq weights fetch {backbone} --weights {dir}`, or place a safetensors file with torchvision names at {path}; or submit with \"weights\": \"random\"",
-            backbone = spec.backbone.name(),
-            dir = weights.display(),
-            path = weights.join(spec.backbone.weights_file_name()).display(),
-        ),
-    ))
 }
