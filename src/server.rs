@@ -52,6 +52,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let public_url = config.listen.public_url(address, transport.tls);
     let slurm = config.executor.slurm_settings(public_url.clone()).map(Arc::new);
     let parts = Parts::new(store, disk, &config, slurm.as_deref());
+    parts.scheduler.planned_at_least_up_to(parts.store.highest_seq().await?);
     let supervisor = parts.supervisor(&folders, &workers, slurm.clone());
     follow_jobs_left_on_slurm(&parts.store, &supervisor, &parts.telemetry, slurm.is_some()).await?;
     let budgets = config

@@ -71,6 +71,24 @@ pub(super) async fn view_for(state: &AppState, caller: &Caller, mut job: Job) ->
 /// submitted since then is behind every job the scheduler knows), a running job's Slurm reason
 /// while Slurm holds it pending.
 pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, ApiError> {
+    standing_counted(state, job, Unplaced::Counted).await
+}
+
+/// How the place of a job the scheduler has not placed yet counts the jobs submitted before it
+/// since the scheduler's last pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unplaced {
+    /// Those still queued, in the store (one indexed count).
+    Counted,
+    /// All of them, from the `seq`s alone: what the answer to a submission says, a moment after
+    /// the insert, without a trip to the database. `seq`s are handed out in order without gaps
+    /// (a rolled-back insert gives its numbers back) and a job starts only once a pass has
+    /// placed it, so every one of them is still queued unless it was cancelled since, which
+    /// the next pass, within moments, accounts for.
+    JustSubmitted,
+}
+
+async fn standing_counted(state: &AppState, job: &Job, unplaced: Unplaced) -> Result<Standing, ApiError> {
     if job.state != JobState::Queued {
         let pending_reason = job
             .progress
@@ -82,10 +100,16 @@ pub(super) async fn standing(state: &AppState, job: &Job) -> Result<Standing, Ap
     // The scheduler's last pass says where it stands; a job submitted since then is last in line.
     let mut info = match state.scheduler.queue_info(job) {
         Some(info) => info,
-        // Counted over the jobs submitted since the last pass only, not the whole queue.
-        None => state
-            .scheduler
-            .provisional_info(state.store.queued_between(state.scheduler.planned_up_to(), job.seq).await?),
+        None => {
+            let planned_up_to = state.scheduler.planned_up_to();
+            let ahead = match unplaced {
+                Unplaced::Counted => state.store.queued_between(planned_up_to, job.seq).await?,
+                Unplaced::JustSubmitted => {
+                    usize::try_from(job.seq.saturating_sub(planned_up_to).saturating_sub(1)).unwrap_or(0)
+                }
+            };
+            state.scheduler.provisional_info(ahead)
+        }
     };
     if let Some(dep) = info.waiting_for {
         info.pending_reason = waiting_reason(state, dep).await?;
@@ -113,7 +137,12 @@ async fn waiting_reason(state: &AppState, dep: JobId) -> Result<String, ApiError
 
 /// A job as the API shows it, with its queue position when queued.
 pub(super) async fn view(state: &AppState, job: Job) -> Result<JobView, ApiError> {
-    let standing = standing(state, &job).await?;
+    view_counted(state, job, Unplaced::Counted).await
+}
+
+/// A job as the API shows it, a job not placed yet counted as `unplaced` says.
+pub(super) async fn view_counted(state: &AppState, job: Job, unplaced: Unplaced) -> Result<JobView, ApiError> {
+    let standing = standing_counted(state, &job, unplaced).await?;
     // Counted down from the absolute time the scheduler gave, 0 when overdue.
     let eta_seconds = standing.eta_at.map(|at| at.seconds_since(crate::domain::Timestamp::now()).max(0.0));
     Ok(JobView { job, standing, eta_seconds, runs: None })

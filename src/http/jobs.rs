@@ -7,7 +7,7 @@
 
 use super::auth::{Authed, Caller};
 use super::extract::{Json, Path, Query};
-use super::job_view::{find_by_id, find_own, gone, view, view_for, JobView};
+use super::job_view::{find_by_id, find_own, gone, view, view_counted, view_for, JobView, Unplaced};
 use super::{ApiError, AppState};
 use crate::domain::{Job, JobId, JobSpec, JobState};
 use crate::events::EventKind;
@@ -95,7 +95,7 @@ pub async fn resubmit(
 async fn created(state: &AppState, accepted: crate::submit::Accepted) -> Result<Response, ApiError> {
     let mut views = Vec::with_capacity(accepted.jobs.len());
     for job in accepted.jobs {
-        views.push(view(state, job).await?);
+        views.push(view_counted(state, job, Unplaced::JustSubmitted).await?);
     }
     // `insert_jobs` inserts at least one job: a spec makes one or more.
     let location = format!("/api/jobs/{}", views[0].job.id);

@@ -79,7 +79,8 @@ pub struct SchedulerHandle {
     /// Each user's ready jobs in order, kept by the scheduler's queue: where a job the last pass
     /// did not look at finds its place.
     lines: Arc<RwLock<queue::Lines>>,
-    /// The highest `seq` the last pass planned: jobs after it are not placed yet.
+    /// The highest `seq` placed: jobs after it are not placed yet. Only rises: it starts at the
+    /// store's highest when the server starts, and each pass raises it to the highest it read.
     planned_up_to: Arc<std::sync::atomic::AtomicI64>,
 }
 
@@ -189,7 +190,14 @@ impl SchedulerHandle {
         }
     }
 
-    /// The highest `seq` the last pass planned: later jobs have no place yet.
+    /// Marks every job up to `seq` as seen before the first pass: at start, the store's highest
+    /// `seq` ([`Store::highest_seq`]), so a job submitted then is behind the queued jobs, not
+    /// behind the history.
+    pub fn planned_at_least_up_to(&self, seq: i64) {
+        self.planned_up_to.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The highest `seq` placed: later jobs have no place yet.
     pub fn planned_up_to(&self) -> i64 {
         self.planned_up_to.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -427,7 +435,7 @@ async fn schedule_once(
     .unwrap_or_default();
     if queue.is_empty() {
         *handle.queue.write().expect("queue info poisoned") = Standings::default();
-        handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
+        handle.planned_at_least_up_to(queue.max_seq());
         return Ok(Facts::default());
     }
     let running = store.jobs(Some(JobState::Running)).await?;
@@ -628,7 +636,7 @@ async fn schedule_once(
     let standings = Standings { places, rest: Some(rest), disk_ahead, default_charge_seconds };
     // The old places are freed after the lock is let go.
     let old = std::mem::replace(&mut *handle.queue.write().expect("queue info poisoned"), standings);
-    handle.planned_up_to.store(queue.max_seq(), std::sync::atomic::Ordering::Relaxed);
+    handle.planned_at_least_up_to(queue.max_seq());
     drop(old);
     Ok(facts)
 }

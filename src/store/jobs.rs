@@ -794,6 +794,16 @@ impl Store {
         Ok(row.and_then(|(hash,)| hash).is_some_and(|hash| hash == crate::domain::user::token_hash(secret)))
     }
 
+    /// The highest `seq` a job has been given (0 before the first): where a server starting over
+    /// a history counts the jobs its scheduler has not placed yet from.
+    pub async fn highest_seq(&self) -> Result<i64, StoreError> {
+        let (seq,): (i64,) =
+            sqlx::query_as("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0)")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq)
+    }
+
     /// Job counts by owner and state: (owner, state, count), ordered by owner and state, from the
     /// running totals (`job_totals.rs`): no table count per call.
     pub async fn job_counts(&self) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {

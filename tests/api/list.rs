@@ -301,6 +301,18 @@ async fn a_queue_of_10000_jobs_is_listed_a_small_page_at_a_time() {
     assert_eq!(ids(&every), seeded.iter().rev().cloned().collect::<Vec<_>>());
 }
 
+/// A job the scheduler has not placed yet (its answer to the submission) is behind the queued
+/// jobs only, however long the history: on a server started over 300 finished jobs, the first
+/// new job is first in line.
+#[tokio::test]
+async fn a_new_job_on_a_server_with_a_history_is_first_in_line() {
+    let (_scripts, options) = fake_worker_options();
+    let (app, _) = TestApp::spawn_seeded(options, 300, 0).await;
+    let (status, body) = app.post("/api/jobs", &small_spec("fresh")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["jobs"][0]["position"], 1, "{body}");
+}
+
 /// A queue longer than a scheduling pass looks at (1,000 jobs, `scheduler::DEPTH`): the jobs
 /// past it are placed when they are listed, from their rank in their owner's line, and every
 /// queued job still has its own place, 1 to N, each user's jobs in their order, the forty users
