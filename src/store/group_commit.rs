@@ -18,7 +18,7 @@
 //! own lock (the busy timeout): a batch holds at most [`MOST_SUBMISSIONS_PER_BATCH`] submissions,
 //! so the lock is never held for more than a few milliseconds at a time.
 
-use super::jobs::insert_job_rows;
+use super::jobs::{begin, finish, insert_job_rows};
 use super::{JobTotals, StoreError};
 use crate::domain::{Job, JobState, Timestamp};
 use crate::store::NewJob;
@@ -120,29 +120,6 @@ async fn insert_alone(pool: &SqlitePool, jobs: &[NewJob]) -> Result<Vec<Job>, St
     let jobs: Vec<&NewJob> = jobs.iter().collect();
     let result = insert_job_rows(&mut connection, &jobs, &Timestamp::now().to_rfc3339()).await;
     finish(&mut connection, result).await
-}
-
-/// A connection in a write transaction (the write lock taken at once, within the busy timeout).
-async fn begin(pool: &SqlitePool) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
-    let mut connection = pool.acquire().await?;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
-    Ok(connection)
-}
-
-/// Commits the transaction `begin` opened if `result` is a success. On any error, the work's or
-/// the `COMMIT`'s (a full disk fails either), it is rolled back there and then: SQLite keeps a
-/// transaction whose `COMMIT` failed open, and one left open on a pooled connection holds the
-/// write lock past every other writer's busy timeout.
-async fn finish<T>(connection: &mut sqlx::SqliteConnection, result: Result<T, StoreError>) -> Result<T, StoreError> {
-    let result = match result {
-        Ok(value) => sqlx::query("COMMIT").execute(&mut *connection).await.map(|_| value).map_err(StoreError::from),
-        Err(err) => Err(err),
-    };
-    if result.is_err() {
-        // Fails harmlessly when SQLite already rolled the transaction back itself.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-    }
-    result
 }
 
 #[cfg(test)]
