@@ -18,8 +18,10 @@
 //! The queue is filled (by the same loop, unmeasured) to 1,000, 10,000 and 100,000 jobs, and at
 //! each: a measured round of `TRAINQ_LOAD_CLOSED_N` submissions (submits/s, p50/p99), then, once
 //! quiet, a device freeing → the next job running, the server's idle CPU over 10 s, `GET /metrics`
-//! p99, the first page of `GET /api/jobs` p99 and RSS. The load average is printed beside each
-//! level: the box may be shared, so compare only figures of one run.
+//! p99, the first page of `GET /api/jobs` p99 and RSS. Each level also runs the same loop on
+//! `GET /healthz` (no auth, no database): the ceiling of this client, connections and HTTP stack
+//! on this box. The load average is printed beside each level: the box may be shared, so compare
+//! only figures of one run.
 //!
 //! `cargo bench --no-default-features --bench load` (env `TRAINQ_LOAD_RATE=2000` per second,
 //! `TRAINQ_LOAD_N=10000` submissions per round, `TRAINQ_LOAD_BIG=100000`: the queue for the second
