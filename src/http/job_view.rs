@@ -88,6 +88,7 @@ pub(super) enum Unplaced {
     JustSubmitted,
 }
 
+/// [`standing`], a job not placed yet counted as `unplaced` says.
 async fn standing_counted(state: &AppState, job: &Job, unplaced: Unplaced) -> Result<Standing, ApiError> {
     if job.state != JobState::Queued {
         let pending_reason = job

@@ -190,9 +190,9 @@ impl SchedulerHandle {
         }
     }
 
-    /// Marks every job up to `seq` as seen before the first pass: at start, the store's highest
-    /// `seq` ([`Store::highest_seq`]), so a job submitted then is behind the queued jobs, not
-    /// behind the history.
+    /// Raises the highest `seq` placed to `seq`, never lowers it: each pass, to the highest it
+    /// read; at start, to the store's highest ([`Store::highest_seq`]), so a job submitted before
+    /// the first pass is behind the queued jobs, not behind the history.
     pub fn planned_at_least_up_to(&self, seq: i64) {
         self.planned_up_to.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
     }

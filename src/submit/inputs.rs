@@ -64,9 +64,7 @@ impl RecentInputs {
         }
         found.insert(inputs, (Instant::now(), dataset));
     }
-}
 
-impl RecentInputs {
     /// The dataset of `spec`'s inputs: from memory if they were found on disk less than
     /// `trusted_for` ago, else looked for on disk (filesystem work, so off the async runtime).
     async fn dataset_for(&self, folders: &Folders<'_>, spec: &JobSpec) -> Result<Arc<DatasetInfo>, SubmitError> {

@@ -165,22 +165,18 @@ impl Submissions<'_> {
     }
 
     /// The one way into the queue: expands a sweep, validates every combination and the limits
-    /// for all the jobs together, checks each distinct input on disk once, then inserts every job
+    /// for all the jobs together, checks each input (each distinct one read on disk once), then inserts every job
     /// (all or none, one group when there are several) and announces them.
     async fn enqueue(&self, user: &User, body: &[u8], lineage: Option<Lineage>) -> Result<Accepted, SubmitError> {
         let variants = sweep::expand(body)?;
         self.check_limits(user, &variants).await?;
         self.check_quota(user).await?;
         self.check_budget(user, &variants).await?;
-        let mut checked = Vec::new();
         for variant in &variants {
             let spec = &variant.spec;
-            // What the disk check reads: a sweep of rates or sizes checks its dataset and weights once.
-            let inputs = (spec.dataset.clone(), spec.backbone, spec.weights, spec.output_units());
-            if !checked.contains(&inputs) {
-                self.check_inputs(spec).await.map_err(|err| in_combination(variant, err))?;
-                checked.push(inputs);
-            }
+            // A sweep reads its dataset and weights on disk once: the first variant's find is
+            // remembered (`inputs.rs`) for the others.
+            self.check_inputs(spec).await.map_err(|err| in_combination(variant, err))?;
             // What it waits for (`after`, `init_from`): one query, and none for a spec without.
             self.check_waits(user, spec, None).await.map_err(|err| in_combination(variant, err))?;
         }
